@@ -1,0 +1,110 @@
+//! `steadfast server`: runs the embedded server until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use steadfast::server::{FsyncPolicy, Server};
+
+/// Options of `steadfast server`.
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:9092", env = "STEADFAST_LISTEN")]
+    listen: String,
+    /// Directory for topics and server metadata.
+    #[arg(long, default_value = "./steadfast-data", env = "STEADFAST_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Host:port advertised to clients (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// When to fsync: `always` (every produce), `interval` (acks=-1 before answering, the
+    /// rest every --fsync-interval-ms), `never` (leave it to the OS).
+    #[arg(long, default_value = "interval")]
+    fsync: String,
+    /// Interval of background fsyncs with `--fsync interval`.
+    #[arg(long, default_value_t = 1000)]
+    fsync_interval_ms: u64,
+    /// Create unknown topics when a client asks for their metadata.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    auto_create_topics: bool,
+    /// Partitions of auto-created topics.
+    #[arg(long, default_value_t = 1)]
+    default_partitions: i32,
+    /// Roll a new segment when the active one reaches this size.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    segment_bytes: u64,
+    /// Delete segments whose newest record is older than this (hours; negative keeps forever).
+    #[arg(long, default_value_t = 168, allow_negative_numbers = true)]
+    retention_hours: i64,
+    /// Delete the oldest segments while a partition is larger than this (bytes).
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// Largest request accepted (bytes); larger requests close the connection.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    max_request_bytes: usize,
+}
+
+/// Starts the server and waits for a shutdown signal.
+pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let fsync = match args
+        .fsync
+        .parse::<FsyncPolicy>()
+        .map_err(anyhow::Error::msg)?
+    {
+        FsyncPolicy::Interval(_) => {
+            FsyncPolicy::Interval(Duration::from_millis(args.fsync_interval_ms.max(1)))
+        }
+        other => other,
+    };
+    let mut builder = Server::builder()
+        .listen(args.listen.clone())
+        .data_dir(&args.data_dir)
+        .fsync(fsync)
+        .auto_create_topics(args.auto_create_topics)
+        .default_partitions(args.default_partitions)
+        .segment_bytes(args.segment_bytes)
+        .retention(
+            (args.retention_hours >= 0)
+                .then(|| Duration::from_secs(args.retention_hours as u64 * 3600)),
+        )
+        .retention_bytes(args.retention_bytes)
+        .max_request_bytes(args.max_request_bytes);
+    if let Some(advertise) = &args.advertise {
+        let (host, port) = advertise
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            .with_context(|| format!("--advertise `{advertise}`: expected HOST:PORT"))?;
+        builder = builder.advertised(host, port);
+    }
+    let server = builder.start().await?;
+    // One line on stdout that scripts (and tests) can wait for.
+    println!("steadfast server listening on {}", server.local_addr());
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,125 @@
+//! Request routing by API key, one file per API.
+
+pub(crate) mod api_versions;
+pub(crate) mod create_topics;
+pub(crate) mod delete_topics;
+pub(crate) mod fetch;
+pub(crate) mod init_producer_id;
+pub(crate) mod list_offsets;
+pub(crate) mod metadata;
+pub(crate) mod produce;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Encodable, HeaderVersion};
+
+use super::broker::Broker;
+use super::protocol::{encode_response, RequestError, RequestFrame};
+
+/// What a handled request gives back to the connection.
+pub(crate) enum Reply {
+    /// No response is sent (produce with acks=0).
+    Nothing,
+    /// A response frame ready to send.
+    Ready(Bytes),
+    /// A response that is ready later (a long-poll fetch, a produce waiting for fsync).
+    Later(BoxFuture<'static, Result<Bytes, RequestError>>),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Nothing => f.write_str("Reply::Nothing"),
+            Reply::Ready(b) => write!(f, "Reply::Ready({} bytes)", b.len()),
+            Reply::Later(_) => f.write_str("Reply::Later"),
+        }
+    }
+}
+
+/// Why a request could not be answered; the connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DispatchError {
+    /// The request does not decode.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The API is known but not served, or not at this version.
+    #[error("{api:?} v{version} is not supported (served: {served})")]
+    Unsupported {
+        /// The API.
+        api: ApiKey,
+        /// The version asked for.
+        version: i16,
+        /// What is served, for the log line.
+        served: String,
+    },
+}
+
+/// Encodes a response with the header version that belongs to its API and version.
+pub(crate) fn respond<R: Encodable + HeaderVersion>(
+    frame: &RequestFrame,
+    body: &R,
+) -> Result<Bytes, RequestError> {
+    respond_with_header(frame, R::header_version(frame.api_version), body)
+}
+
+/// Encodes a response with an explicit response-header version.
+pub(crate) fn respond_with_header<R: Encodable>(
+    frame: &RequestFrame,
+    header_version: i16,
+    body: &R,
+) -> Result<Bytes, RequestError> {
+    encode_response(
+        frame.correlation_id,
+        header_version,
+        body,
+        frame.api_version,
+    )
+    .map_err(|e| RequestError::Malformed {
+        api: frame.api_key,
+        version: frame.api_version,
+        reason: format!("response does not encode: {e}"),
+    })
+}
+
+/// Handles one request: the synchronous part (appends, topic changes) happens before this
+/// returns, so requests of a connection take effect in the order they were sent.
+pub(crate) fn dispatch(broker: &Arc<Broker>, frame: RequestFrame) -> Result<Reply, DispatchError> {
+    let Some(range) = api_versions::served_range(frame.api_key) else {
+        return Err(DispatchError::Unsupported {
+            api: frame.api_key,
+            version: frame.api_version,
+            served: "none".to_owned(),
+        });
+    };
+    if !range.contains(&frame.api_version) {
+        if frame.api_key == ApiKey::ApiVersions {
+            return Ok(Reply::Ready(api_versions::unsupported_version(&frame)?));
+        }
+        return Err(DispatchError::Unsupported {
+            api: frame.api_key,
+            version: frame.api_version,
+            served: format!("v{}..=v{}", range.start(), range.end()),
+        });
+    }
+    let reply = match frame.api_key {
+        ApiKey::ApiVersions => Reply::Ready(api_versions::handle(&frame)?),
+        ApiKey::Metadata => Reply::Ready(metadata::handle(broker, &frame)?),
+        ApiKey::Produce => produce::handle(broker, &frame)?,
+        ApiKey::Fetch => fetch::handle(broker, &frame)?,
+        ApiKey::ListOffsets => Reply::Ready(list_offsets::handle(broker, &frame)?),
+        ApiKey::CreateTopics => Reply::Ready(create_topics::handle(broker, &frame)?),
+        ApiKey::DeleteTopics => Reply::Ready(delete_topics::handle(broker, &frame)?),
+        ApiKey::InitProducerId => Reply::Ready(init_producer_id::handle(broker, &frame)?),
+        other => {
+            return Err(DispatchError::Unsupported {
+                api: other,
+                version: frame.api_version,
+                served: "none".to_owned(),
+            })
+        }
+    };
+    Ok(reply)
+}

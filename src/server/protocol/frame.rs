@@ -1,0 +1,61 @@
+//! Reading length-prefixed request frames off a byte stream, with a size limit.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Why no frame could be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    /// The length prefix is negative or larger than the configured maximum.
+    #[error("request size {size} is outside 0..={max} bytes")]
+    InvalidSize {
+        /// The size the prefix announced.
+        size: i64,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed in the middle of a request")]
+    Truncated,
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame; `Ok(None)` when the peer closed the connection between frames.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_size: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let mut prefix = [0u8; 4];
+    match reader.read(&mut prefix[..1]).await? {
+        0 => return Ok(None),
+        _ => {
+            reader
+                .read_exact(&mut prefix[1..])
+                .await
+                .map_err(eof_is_truncation)?;
+        }
+    }
+    let size = i32::from_be_bytes(prefix);
+    if size < 0 || size as usize > max_size {
+        return Err(FrameError::InvalidSize {
+            size: size as i64,
+            max: max_size,
+        });
+    }
+    let mut body = BytesMut::zeroed(size as usize);
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(eof_is_truncation)?;
+    Ok(Some(body.freeze()))
+}
+
+fn eof_is_truncation(e: std::io::Error) -> FrameError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        FrameError::Truncated
+    } else {
+        FrameError::Io(e)
+    }
+}

@@ -1,0 +1,457 @@
+//! One segment of a partition log: a file of record batches, `{base_offset:020}.log`, with
+//! its sparse indexes. Appends go through `pwrite` at the known end; reads use `pread` on a
+//! shared file handle, so a reader never holds the partition lock while it does I/O.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::batch::{verify_crc, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
+use super::index::{OffsetEntry, SegmentIndex, TimeEntry};
+
+/// What recovery found in a segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecoveryReport {
+    /// Bytes of whole, valid batches.
+    pub(crate) valid_bytes: u64,
+    /// Bytes cut from the end because they were torn or corrupt.
+    pub(crate) truncated_bytes: u64,
+}
+
+/// A segment of a partition log.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    base_offset: i64,
+    log_path: PathBuf,
+    file: Arc<File>,
+    size: u64,
+    next_offset: i64,
+    max_timestamp: i64,
+    last_batch: Option<(i64, u64)>,
+    index: SegmentIndex,
+    bytes_since_index: u64,
+}
+
+/// The three files of a segment.
+fn paths(dir: &Path, base_offset: i64) -> (PathBuf, PathBuf, PathBuf) {
+    let stem = format!("{base_offset:020}");
+    (
+        dir.join(format!("{stem}.log")),
+        dir.join(format!("{stem}.index")),
+        dir.join(format!("{stem}.timeindex")),
+    )
+}
+
+/// Parses a segment file name back into its base offset.
+pub(crate) fn base_offset_of(file_name: &str) -> Option<i64> {
+    let stem = file_name.strip_suffix(".log")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// A snapshot of a segment taken under the partition lock, read from without it.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentView {
+    pub(crate) file: Arc<File>,
+    /// Bytes of the segment that hold whole batches at the time of the snapshot.
+    pub(crate) end: u64,
+    /// Where to start scanning (from the index).
+    pub(crate) start_hint: u64,
+}
+
+impl Segment {
+    /// Creates a new, empty segment.
+    pub(crate) fn create(dir: &Path, base_offset: i64) -> io::Result<Self> {
+        let (log_path, index_path, time_path) = paths(dir, base_offset);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&log_path)?;
+        Ok(Segment {
+            base_offset,
+            log_path,
+            file: Arc::new(file),
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            last_batch: None,
+            index: SegmentIndex::create(&index_path, &time_path)?,
+            bytes_since_index: 0,
+        })
+    }
+
+    /// Opens an existing segment. The last segment of a partition (`verify_all`) has every
+    /// batch CRC-checked and a torn or corrupt tail truncated; older segments trust their
+    /// index and only scan their tail, unless the index is missing or inconsistent.
+    pub(crate) fn open(
+        dir: &Path,
+        base_offset: i64,
+        verify_all: bool,
+        index_interval: u64,
+    ) -> io::Result<(Self, RecoveryReport)> {
+        let (log_path, index_path, time_path) = paths(dir, base_offset);
+        let file = OpenOptions::new().read(true).write(true).open(&log_path)?;
+        let file_len = file.metadata()?.len();
+        if !verify_all {
+            if let Some(index) = SegmentIndex::load(&index_path, &time_path, file_len)? {
+                if let Some(segment) =
+                    Self::from_trusted_index(&log_path, file, file_len, base_offset, index)?
+                {
+                    let report = RecoveryReport {
+                        valid_bytes: segment.size,
+                        truncated_bytes: 0,
+                    };
+                    return Ok((segment, report));
+                }
+                // The tail did not end cleanly: fall through to a full recovery.
+            }
+        }
+        let file = OpenOptions::new().read(true).write(true).open(&log_path)?;
+        let mut segment = Segment {
+            base_offset,
+            log_path,
+            file: Arc::new(file),
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            last_batch: None,
+            index: SegmentIndex::create(&index_path, &time_path)?,
+            bytes_since_index: 0,
+        };
+        let report = segment.recover(file_len, index_interval)?;
+        Ok((segment, report))
+    }
+
+    /// Loads a sealed segment whose index files are consistent, scanning only the batches
+    /// after the last index entry. `None` when that tail does not end exactly at the file end.
+    fn from_trusted_index(
+        log_path: &Path,
+        file: File,
+        file_len: u64,
+        base_offset: i64,
+        index: SegmentIndex,
+    ) -> io::Result<Option<Self>> {
+        let start = index.position_for_offset(u32::MAX);
+        let mut scanner = HeaderScanner::new(&file, start, file_len);
+        let mut next_offset = base_offset;
+        let mut max_timestamp = index.max_timestamp().unwrap_or(-1);
+        let mut last_batch = None;
+        let mut end = start;
+        while let Some((pos, header)) = scanner.next_header()? {
+            next_offset = header.last_offset() + 1;
+            max_timestamp = max_timestamp.max(header.max_timestamp);
+            last_batch = Some((header.base_offset, pos));
+            end = pos + header.total_size() as u64;
+        }
+        if end != file_len || scanner.failed {
+            return Ok(None);
+        }
+        if start == 0 && last_batch.is_none() && file_len != 0 {
+            return Ok(None);
+        }
+        Ok(Some(Segment {
+            base_offset,
+            log_path: log_path.to_path_buf(),
+            file: Arc::new(file),
+            size: file_len,
+            next_offset,
+            max_timestamp,
+            last_batch,
+            index,
+            bytes_since_index: 0,
+        }))
+    }
+
+    /// Reads every batch, checking CRCs and offset continuity, rebuilding the indexes, and
+    /// truncates the file after the last good batch.
+    fn recover(&mut self, file_len: u64, index_interval: u64) -> io::Result<RecoveryReport> {
+        let file = self.file.clone();
+        let mut reader = io::BufReader::with_capacity(1 << 20, file.as_ref());
+        let mut batch = Vec::new();
+        let mut pos = 0u64;
+        loop {
+            if file_len - pos < LOG_OVERHEAD as u64 {
+                break;
+            }
+            batch.resize(LOG_OVERHEAD, 0);
+            reader.read_exact(&mut batch[..LOG_OVERHEAD])?;
+            let Ok(size) = BatchHeader::peek_size(&batch) else {
+                break;
+            };
+            if pos + size as u64 > file_len {
+                break;
+            }
+            batch.resize(size, 0);
+            reader.read_exact(&mut batch[LOG_OVERHEAD..])?;
+            let Ok(header) = BatchHeader::parse(&batch) else {
+                break;
+            };
+            if verify_crc(&batch, &header).is_err() || header.base_offset != self.next_offset {
+                break;
+            }
+            self.note_appended(&header, pos, index_interval)?;
+            pos += size as u64;
+        }
+        self.size = pos;
+        let truncated = file_len - pos;
+        if truncated > 0 {
+            self.file.set_len(pos)?;
+            self.file.sync_all()?;
+        }
+        Ok(RecoveryReport {
+            valid_bytes: pos,
+            truncated_bytes: truncated,
+        })
+    }
+
+    /// Updates the end, offsets, timestamps and indexes for a batch written at `pos`.
+    fn note_appended(
+        &mut self,
+        header: &BatchHeader,
+        pos: u64,
+        index_interval: u64,
+    ) -> io::Result<()> {
+        let relative_offset = (header.base_offset - self.base_offset) as u32;
+        if self.bytes_since_index >= index_interval {
+            self.index.push_offset(OffsetEntry {
+                relative_offset,
+                position: pos as u32,
+            })?;
+            self.index.push_time(TimeEntry {
+                timestamp: self.max_timestamp.max(header.max_timestamp),
+                relative_offset,
+                position: pos as u32,
+            })?;
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += header.total_size() as u64;
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        self.next_offset = header.last_offset() + 1;
+        self.last_batch = Some((header.base_offset, pos));
+        Ok(())
+    }
+
+    /// Appends already-offset batches (`data` is their concatenation, `headers` theirs).
+    pub(crate) fn append(
+        &mut self,
+        data: &[u8],
+        headers: &[BatchHeader],
+        index_interval: u64,
+    ) -> io::Result<()> {
+        if let Err(e) = self.file.write_all_at(data, self.size) {
+            // Cut a partial write so the file ends at a batch boundary again.
+            let _ = self.file.set_len(self.size);
+            return Err(e);
+        }
+        let mut pos = self.size;
+        for header in headers {
+            self.note_appended(header, pos, index_interval)?;
+            pos += header.total_size() as u64;
+        }
+        self.size = pos;
+        Ok(())
+    }
+
+    /// Finishes a segment that will receive no more data: a final time-index entry for its
+    /// newest timestamp, and everything fsynced.
+    pub(crate) fn seal(&mut self) -> io::Result<()> {
+        if let Some((base, pos)) = self.last_batch {
+            self.index.push_time(TimeEntry {
+                timestamp: self.max_timestamp,
+                relative_offset: (base - self.base_offset) as u32,
+                position: pos as u32,
+            })?;
+        }
+        self.file.sync_data()?;
+        self.index.sync()
+    }
+
+    /// Fsyncs the data and indexes without sealing (the segment stays active).
+    pub(crate) fn seal_data(&self) -> io::Result<()> {
+        self.file.sync_data()?;
+        self.index.sync()
+    }
+
+    /// A snapshot to read `offset` from.
+    pub(crate) fn view_for_offset(&self, offset: i64) -> SegmentView {
+        let relative = (offset - self.base_offset).clamp(0, u32::MAX as i64) as u32;
+        SegmentView {
+            file: self.file.clone(),
+            end: self.size,
+            start_hint: self.index.position_for_offset(relative),
+        }
+    }
+
+    /// A snapshot to search for the first record at or after `timestamp`.
+    pub(crate) fn view_for_timestamp(&self, timestamp: i64) -> SegmentView {
+        SegmentView {
+            file: self.file.clone(),
+            end: self.size,
+            start_hint: self.index.position_for_timestamp(timestamp),
+        }
+    }
+
+    /// Base offset (the offset of its first batch).
+    pub(crate) fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+    /// Offset after its last batch.
+    pub(crate) fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+    /// Size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+    /// Newest timestamp in the segment, -1 when empty.
+    pub(crate) fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+    /// The log file, for fsync.
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+    /// Deletes the segment's files.
+    pub(crate) fn delete_files(&self) -> io::Result<()> {
+        let dir = self.log_path.parent().unwrap_or(Path::new("."));
+        let (log, index, time) = paths(dir, self.base_offset);
+        for p in [log, index, time] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SegmentIndex {
+    /// Largest timestamp recorded in the time index.
+    pub(crate) fn max_timestamp(&self) -> Option<i64> {
+        self.last_time().map(|e| e.timestamp)
+    }
+}
+
+/// Walks batch headers of a segment file from a position, reading in large chunks.
+#[derive(Debug)]
+pub(crate) struct HeaderScanner<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+    /// Set when a header could not be parsed before `end`.
+    pub(crate) failed: bool,
+}
+
+const SCAN_CHUNK: u64 = 64 * 1024;
+
+impl<'a> HeaderScanner<'a> {
+    /// Starts at `pos` (a batch boundary) and stops at `end`.
+    pub(crate) fn new(file: &'a File, pos: u64, end: u64) -> Self {
+        HeaderScanner {
+            file,
+            pos,
+            end,
+            buf: Vec::new(),
+            buf_start: 0,
+            failed: false,
+        }
+    }
+
+    /// The next batch's position and header, or `None` at the end.
+    pub(crate) fn next_header(&mut self) -> io::Result<Option<(u64, BatchHeader)>> {
+        if self.end.saturating_sub(self.pos) < HEADER_LEN as u64 {
+            if self.pos < self.end {
+                self.failed = true;
+            }
+            return Ok(None);
+        }
+        let have = self.pos >= self.buf_start
+            && self.pos + HEADER_LEN as u64 <= self.buf_start + self.buf.len() as u64;
+        if !have {
+            let len = SCAN_CHUNK.min(self.end - self.pos) as usize;
+            self.buf.resize(len, 0);
+            self.file.read_exact_at(&mut self.buf, self.pos)?;
+            self.buf_start = self.pos;
+        }
+        let at = (self.pos - self.buf_start) as usize;
+        match BatchHeader::parse(&self.buf[at..at + HEADER_LEN]) {
+            Ok(header) if self.pos + header.total_size() as u64 <= self.end => {
+                let pos = self.pos;
+                self.pos += header.total_size() as u64;
+                Ok(Some((pos, header)))
+            }
+            _ => {
+                self.failed = true;
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl SegmentView {
+    /// Position of the first batch whose last offset is at or after `offset`.
+    pub(crate) fn find_offset(&self, offset: i64) -> io::Result<Option<(u64, BatchHeader)>> {
+        let mut scanner = HeaderScanner::new(&self.file, self.start_hint, self.end);
+        while let Some((pos, header)) = scanner.next_header()? {
+            if header.last_offset() >= offset {
+                return Ok(Some((pos, header)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Position of the first batch whose newest timestamp is at or after `timestamp`.
+    pub(crate) fn find_timestamp(&self, timestamp: i64) -> io::Result<Option<(u64, BatchHeader)>> {
+        let mut scanner = HeaderScanner::new(&self.file, self.start_hint, self.end);
+        while let Some((pos, header)) = scanner.next_header()? {
+            if header.max_timestamp >= timestamp {
+                return Ok(Some((pos, header)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads whole batches starting at `pos`, up to `max_bytes`; with `at_least_one`, the
+    /// first batch is returned however large it is, so a consumer can make progress.
+    pub(crate) fn read_batches(
+        &self,
+        pos: u64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> io::Result<Bytes> {
+        let available = self.end.saturating_sub(pos);
+        let len = (max_bytes as u64).min(available) as usize;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, pos)?;
+        let mut whole = 0;
+        while let Ok(size) = BatchHeader::peek_size(&buf[whole..]) {
+            if whole + size > buf.len() {
+                break;
+            }
+            whole += size;
+        }
+        if whole == 0 && at_least_one && available >= LOG_OVERHEAD as u64 {
+            let mut prefix = [0u8; LOG_OVERHEAD];
+            self.file.read_exact_at(&mut prefix, pos)?;
+            let size = BatchHeader::peek_size(&prefix)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let size = (size as u64).min(available) as usize;
+            buf.resize(size, 0);
+            self.file.read_exact_at(&mut buf, pos)?;
+            return Ok(Bytes::from(buf));
+        }
+        buf.truncate(whole);
+        Ok(Bytes::from(buf))
+    }
+}
