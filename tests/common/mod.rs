@@ -170,6 +170,27 @@ impl RawClient {
         }
     }
 
+    /// Closes the sending side, as a client that stops mid-request would.
+    pub fn stream_shutdown_write(&mut self) {
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown write");
+    }
+
+    /// True when no byte arrives for `wait` (the connection stays open and silent).
+    pub fn nothing_received_for(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let mut probe = [0u8; 1];
+        let silent = matches!(
+            self.stream.peek(&mut probe),
+            Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut
+        );
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        silent
+    }
+
     /// Encodes a request frame for `request` at `version`.
     pub fn frame<R: Request>(&mut self, request: &R, version: i16) -> Vec<u8> {
         self.correlation_id += 1;

@@ -206,7 +206,7 @@ pub(crate) mod tests {
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: -1,
+                sequence: i as i32 - 1,
                 timestamp: first_timestamp + i as i64,
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(format!("value-{i}"))),
