@@ -240,10 +240,13 @@ impl RawClient {
     }
 }
 
-/// Delivery reports collected by a producer: (message index, partition, offset) or an error.
+/// One delivery report: the message index and its (partition, offset), or the error.
+pub type DeliveryReport = (usize, Result<(i32, i64), String>);
+
+/// Delivery reports collected by a producer.
 #[derive(Default)]
 pub struct DeliveryLog {
-    pub reports: std::sync::Mutex<Vec<(usize, Result<(i32, i64), String>)>>,
+    pub reports: std::sync::Mutex<Vec<DeliveryReport>>,
 }
 
 impl rdkafka::ClientContext for DeliveryLog {}

@@ -52,7 +52,7 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
             let partition = topic.as_ref().and_then(|t| t.partition(data.index));
-            let outcome = if !matches!(acks, 0 | 1 | -1) {
+            let outcome = if !(-1..=1).contains(&acks) {
                 Err(ResponseError::InvalidRequiredAcks)
             } else if request.transactional_id.is_some() {
                 Err(ResponseError::TransactionalIdAuthorizationFailed)

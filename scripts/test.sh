@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: services up, formatting and lints clean, every test run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/services.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked --all-targets "$@"
