@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ServerConfig;
 use super::error::ServerError;
+use super::group::GroupCoordinator;
 use super::storage::sync::Syncer;
 use super::storage::{write_durably, LogStore};
 
@@ -24,6 +25,7 @@ pub(crate) struct Broker {
     pub(crate) advertised_port: u16,
     pub(crate) cluster_id: String,
     pub(crate) producer_ids: ProducerIdAllocator,
+    pub(crate) groups: GroupCoordinator,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub retention_check_interval: Duration,
     /// Log defaults.
     pub log: LogConfig,
+    /// Consumer-group coordinator settings.
+    pub groups: crate::server::group::GroupConfig,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +107,7 @@ impl Default for ServerConfig {
             fsync: FsyncPolicy::default(),
             retention_check_interval: Duration::from_secs(60),
             log: LogConfig::default(),
+            groups: Default::default(),
         }
     }
 }

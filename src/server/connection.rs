@@ -54,7 +54,10 @@ pub(crate) async fn serve(
             }
         };
         let request = match RequestFrame::parse(frame) {
-            Ok(request) => request,
+            Ok(mut request) => {
+                request.peer = Some(peer);
+                request
+            }
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection: bad request header");
                 break;

@@ -19,6 +19,7 @@ mod broker;
 mod config;
 mod connection;
 mod error;
+mod group;
 mod protocol;
 mod storage;
 
@@ -33,8 +34,11 @@ use tokio_util::task::TaskTracker;
 
 pub use self::config::{FsyncPolicy, LogConfig, ServerConfig};
 pub use self::error::ServerError;
+pub use self::group::GroupConfig;
 
 use self::broker::{load_cluster_id, Broker, ProducerIdAllocator};
+use self::group::offsets::OffsetStore;
+use self::group::GroupCoordinator;
 use self::storage::sync::Syncer;
 use self::storage::LogStore;
 
@@ -115,6 +119,16 @@ impl ServerBuilder {
         self.config.retention_check_interval = every;
         self
     }
+    /// Smallest session timeout a group member may ask for (default: 6 s, as Kafka).
+    pub fn group_min_session_timeout(mut self, timeout: Duration) -> Self {
+        self.config.groups.min_session_timeout = timeout;
+        self
+    }
+    /// Committed offsets of a group that has been empty this long are deleted (default: 7 days).
+    pub fn offsets_retention(mut self, retention: Duration) -> Self {
+        self.config.groups.offsets_retention = retention;
+        self
+    }
     /// Replaces the whole configuration (the listen address set by [`Self::listen`] wins).
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.config = config;
@@ -149,6 +163,9 @@ impl ServerBuilder {
         };
         let cluster_id = load_cluster_id(&data_dir)?;
         let producer_ids = ProducerIdAllocator::load(&data_dir)?;
+        let offsets = OffsetStore::open(&data_dir)
+            .map_err(|e| ServerError::storage(data_dir.join("groups"), e))?;
+        let groups = GroupCoordinator::new(config.groups.clone(), offsets);
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -176,6 +193,7 @@ impl ServerBuilder {
             advertised_port,
             cluster_id,
             producer_ids,
+            groups,
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -186,6 +204,7 @@ impl ServerBuilder {
             tasks.clone(),
         ));
         tasks.spawn(retention_loop(broker.clone(), shutdown.clone()));
+        tasks.spawn(group_timer_loop(broker.clone(), shutdown.clone()));
         if let FsyncPolicy::Interval(every) = broker.config.fsync {
             tasks.spawn(flush_loop(broker.clone(), every, shutdown.clone()));
         }
@@ -227,6 +246,11 @@ impl ServerHandle {
     pub fn segment_base_offsets(&self, topic: &str, partition: i32) -> Option<Vec<i64>> {
         let topic = self.broker.store.topic(topic)?;
         Some(topic.partition(partition)?.segment_bases())
+    }
+
+    /// The current generation of a consumer group, `None` if the group is unknown.
+    pub fn group_generation(&self, group: &str) -> Option<i32> {
+        self.broker.groups.generation(group)
     }
 
     /// Runs retention on every partition now; returns how many segments were deleted.
@@ -309,6 +333,18 @@ async fn retention_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
             Err(e) => tracing::error!(error = %e, "retention task failed"),
+        }
+    }
+}
+
+/// Enforces group session and rebalance timeouts and offset retention.
+async fn group_timer_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => broker.groups.tick(),
         }
     }
 }

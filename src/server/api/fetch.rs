@@ -48,13 +48,7 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
             });
         }
     }
-    let frame = RequestFrame {
-        api_key: frame.api_key,
-        api_version: frame.api_version,
-        correlation_id: frame.correlation_id,
-        client_id: None,
-        body: bytes::Bytes::new(),
-    };
+    let frame = frame.detached();
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let min_bytes = request.min_bytes.max(0) as usize;
     let max_bytes = if request.max_bytes <= 0 {

@@ -2,12 +2,22 @@
 
 pub(crate) mod api_versions;
 pub(crate) mod create_topics;
+pub(crate) mod delete_groups;
 pub(crate) mod delete_topics;
+pub(crate) mod describe_groups;
 pub(crate) mod fetch;
+pub(crate) mod find_coordinator;
+pub(crate) mod heartbeat;
 pub(crate) mod init_producer_id;
+pub(crate) mod join_group;
+pub(crate) mod leave_group;
+pub(crate) mod list_groups;
 pub(crate) mod list_offsets;
 pub(crate) mod metadata;
+pub(crate) mod offset_commit;
+pub(crate) mod offset_fetch;
 pub(crate) mod produce;
+pub(crate) mod sync_group;
 
 use std::sync::Arc;
 
@@ -113,6 +123,16 @@ pub(crate) fn dispatch(broker: &Arc<Broker>, frame: RequestFrame) -> Result<Repl
         ApiKey::CreateTopics => Reply::Ready(create_topics::handle(broker, &frame)?),
         ApiKey::DeleteTopics => Reply::Ready(delete_topics::handle(broker, &frame)?),
         ApiKey::InitProducerId => Reply::Ready(init_producer_id::handle(broker, &frame)?),
+        ApiKey::FindCoordinator => Reply::Ready(find_coordinator::handle(broker, &frame)?),
+        ApiKey::JoinGroup => join_group::handle(broker, &frame)?,
+        ApiKey::SyncGroup => sync_group::handle(broker, &frame)?,
+        ApiKey::Heartbeat => Reply::Ready(heartbeat::handle(broker, &frame)?),
+        ApiKey::LeaveGroup => Reply::Ready(leave_group::handle(broker, &frame)?),
+        ApiKey::OffsetCommit => offset_commit::handle(broker, &frame)?,
+        ApiKey::OffsetFetch => Reply::Ready(offset_fetch::handle(broker, &frame)?),
+        ApiKey::DescribeGroups => Reply::Ready(describe_groups::handle(broker, &frame)?),
+        ApiKey::ListGroups => Reply::Ready(list_groups::handle(broker, &frame)?),
+        ApiKey::DeleteGroups => Reply::Ready(delete_groups::handle(broker, &frame)?),
         other => {
             return Err(DispatchError::Unsupported {
                 api: other,

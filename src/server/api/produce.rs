@@ -104,13 +104,7 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
         return Ok(Reply::Ready(respond(frame, &response)?));
     }
     let broker = broker.clone();
-    let frame = RequestFrame {
-        api_key: frame.api_key,
-        api_version: frame.api_version,
-        correlation_id: frame.correlation_id,
-        client_id: None,
-        body: bytes::Bytes::new(),
-    };
+    let frame = frame.detached();
     Ok(Reply::Later(Box::pin(async move {
         let mut response = response;
         for file in to_sync.into_values() {

@@ -36,6 +36,8 @@ pub(crate) struct RequestFrame {
     pub(crate) correlation_id: i32,
     pub(crate) client_id: Option<String>,
     pub(crate) body: Bytes,
+    /// The client's address, when known.
+    pub(crate) peer: Option<std::net::SocketAddr>,
 }
 
 impl RequestFrame {
@@ -62,7 +64,25 @@ impl RequestFrame {
             correlation_id: header.correlation_id,
             client_id: header.client_id.map(|c| c.as_str().to_owned()),
             body: frame,
+            peer: None,
         })
+    }
+
+    /// What a deferred response needs of the request: its API, version and correlation id.
+    pub(crate) fn detached(&self) -> RequestFrame {
+        RequestFrame {
+            api_key: self.api_key,
+            api_version: self.api_version,
+            correlation_id: self.correlation_id,
+            client_id: None,
+            body: Bytes::new(),
+            peer: self.peer,
+        }
+    }
+
+    /// The client host as Kafka reports it (`/127.0.0.1`).
+    pub(crate) fn client_host(&self) -> String {
+        self.peer.map(|p| format!("/{}", p.ip())).unwrap_or_default()
     }
 
     /// Decodes the body as request type `R`. Bytes after the decoded body are ignored, as

@@ -1,0 +1,531 @@
+//! The group coordinator: the classic Kafka consumer-group protocol (join, sync, heartbeat,
+//! leave), static membership, session and rebalance timeouts enforced by the server, and
+//! durable committed offsets fenced by generation.
+
+pub(crate) mod codes;
+pub(crate) mod offsets;
+pub(crate) mod state;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use self::offsets::OffsetStore;
+use self::state::{Group, GroupState, JoinResult, Member, SyncResult};
+
+/// Settings of the coordinator.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Smallest session timeout a member may ask for.
+    pub min_session_timeout: Duration,
+    /// Largest session timeout a member may ask for.
+    pub max_session_timeout: Duration,
+    /// Offsets of a group that has had no members for this long are deleted.
+    pub offsets_retention: Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            min_session_timeout: Duration::from_secs(6),
+            max_session_timeout: Duration::from_secs(30 * 60),
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// A JoinGroup request, decoded.
+#[derive(Debug)]
+pub(crate) struct JoinRequest {
+    pub(crate) group_id: String,
+    pub(crate) member_id: String,
+    pub(crate) instance_id: Option<String>,
+    pub(crate) client_id: String,
+    pub(crate) client_host: String,
+    pub(crate) session_timeout: Duration,
+    pub(crate) rebalance_timeout: Duration,
+    pub(crate) protocol_type: String,
+    pub(crate) protocols: Vec<(String, Bytes)>,
+    /// v4+: a new dynamic member first gets its id with MEMBER_ID_REQUIRED.
+    pub(crate) require_known_member_id: bool,
+}
+
+/// An answer now, or later when the rebalance gets there.
+#[derive(Debug)]
+pub(crate) enum Pending<T> {
+    /// Ready.
+    Now(T),
+    /// Sent when the rebalance reaches this member.
+    Later(oneshot::Receiver<T>),
+}
+
+/// What a group looks like, for DescribeGroups and tooling.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupDescription {
+    pub(crate) state: GroupState,
+    pub(crate) protocol_type: String,
+    pub(crate) protocol_name: String,
+    /// (member id, instance id, client id, client host, metadata, assignment)
+    pub(crate) members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+}
+
+/// The coordinator of every group on this node.
+#[derive(Debug)]
+pub(crate) struct GroupCoordinator {
+    config: GroupConfig,
+    groups: Mutex<HashMap<String, Group>>,
+    pub(crate) offsets: OffsetStore,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn new_member_id(client_id: &str) -> String {
+    let prefix = if client_id.is_empty() { "member" } else { client_id };
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+impl GroupCoordinator {
+    /// A coordinator over `offsets`.
+    pub(crate) fn new(config: GroupConfig, offsets: OffsetStore) -> Self {
+        GroupCoordinator {
+            config,
+            groups: Mutex::new(HashMap::new()),
+            offsets,
+        }
+    }
+
+    /// Handles JoinGroup.
+    pub(crate) fn join(&self, req: JoinRequest) -> Pending<JoinResult> {
+        let now = Instant::now();
+        if req.group_id.is_empty() {
+            return Pending::Now(JoinResult::error(codes::INVALID_GROUP_ID, &req.member_id));
+        }
+        if req.session_timeout < self.config.min_session_timeout
+            || req.session_timeout > self.config.max_session_timeout
+        {
+            tracing::info!(
+                group = %req.group_id,
+                session_timeout_ms = req.session_timeout.as_millis() as u64,
+                "session timeout outside the allowed range"
+            );
+            return Pending::Now(JoinResult::error(codes::INVALID_SESSION_TIMEOUT, &req.member_id));
+        }
+        if req.protocol_type.is_empty() || req.protocols.is_empty() {
+            return Pending::Now(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &req.member_id));
+        }
+        let mut groups = self.groups.lock();
+        if !req.member_id.is_empty() && !groups.contains_key(&req.group_id) {
+            return Pending::Now(JoinResult::error(codes::UNKNOWN_MEMBER_ID, &req.member_id));
+        }
+        let group = groups
+            .entry(req.group_id.clone())
+            .or_insert_with(|| Group::new(&req.group_id, now));
+        if !group.supports(&req.protocol_type, &req.protocols) {
+            return Pending::Now(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &req.member_id));
+        }
+        if req.member_id.is_empty() {
+            if let Some(instance) = &req.instance_id {
+                if let Some(old_id) = group.static_members.get(instance).cloned() {
+                    return Self::rejoin_static(group, &old_id, req, now);
+                }
+                let id = new_member_id(&req.client_id);
+                return Self::add_member_and_wait(group, id, req, now);
+            }
+            let id = new_member_id(&req.client_id);
+            if req.require_known_member_id {
+                group.pending.insert(id.clone(), now + req.session_timeout);
+                return Pending::Now(JoinResult::error(codes::MEMBER_ID_REQUIRED, &id));
+            }
+            return Self::add_member_and_wait(group, id, req, now);
+        }
+        if group.pending.shift_remove(&req.member_id).is_some() {
+            let id = req.member_id.clone();
+            return Self::add_member_and_wait(group, id, req, now);
+        }
+        let Some(member) = group.members.get(&req.member_id) else {
+            let fenced = req
+                .instance_id
+                .as_ref()
+                .is_some_and(|i| group.static_members.contains_key(i));
+            let code = if fenced { codes::FENCED_INSTANCE_ID } else { codes::UNKNOWN_MEMBER_ID };
+            return Pending::Now(JoinResult::error(code, &req.member_id));
+        };
+        if req.instance_id.is_some() && member.instance_id != req.instance_id {
+            return Pending::Now(JoinResult::error(codes::FENCED_INSTANCE_ID, &req.member_id));
+        }
+        let unchanged = member.protocols == req.protocols;
+        let is_leader = group.leader.as_deref() == Some(req.member_id.as_str());
+        match group.state {
+            GroupState::CompletingRebalance if unchanged => {
+                Pending::Now(group.join_result_for(&req.member_id))
+            }
+            GroupState::Stable if unchanged && !is_leader => {
+                Pending::Now(group.join_result_for(&req.member_id))
+            }
+            _ => {
+                let id = req.member_id.clone();
+                Self::update_member_and_wait(group, &id, req, now)
+            }
+        }
+    }
+
+    fn add_member_and_wait(group: &mut Group, id: String, req: JoinRequest, now: Instant) -> Pending<JoinResult> {
+        if group.members.is_empty() {
+            group.protocol_type = Some(req.protocol_type.clone());
+        }
+        if let Some(instance) = &req.instance_id {
+            group.static_members.insert(instance.clone(), id.clone());
+        }
+        let (tx, rx) = oneshot::channel();
+        group.members.insert(
+            id.clone(),
+            Member {
+                member_id: id.clone(),
+                instance_id: req.instance_id,
+                client_id: req.client_id,
+                client_host: req.client_host,
+                session_timeout: req.session_timeout,
+                rebalance_timeout: req.rebalance_timeout,
+                protocols: req.protocols,
+                assignment: Bytes::new(),
+                join_waiter: Some(tx),
+                sync_waiter: None,
+                last_heartbeat: now,
+            },
+        );
+        group.prepare_rebalance(now, "member joined");
+        group.try_complete_join(now, false);
+        Pending::Later(rx)
+    }
+
+    fn update_member_and_wait(group: &mut Group, id: &str, req: JoinRequest, now: Instant) -> Pending<JoinResult> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(member) = group.members.get_mut(id) {
+            member.protocols = req.protocols;
+            member.session_timeout = req.session_timeout;
+            member.rebalance_timeout = req.rebalance_timeout;
+            member.last_heartbeat = now;
+            if let Some(old) = member.join_waiter.replace(tx) {
+                let _ = old.send(JoinResult::error(codes::UNKNOWN_MEMBER_ID, id));
+            }
+        }
+        group.prepare_rebalance(now, "member rejoined");
+        group.try_complete_join(now, false);
+        Pending::Later(rx)
+    }
+
+    /// A static member rejoining with a new process: it takes over the old member's place
+    /// (and assignment) under a new member id, without a rebalance when nothing changed.
+    fn rejoin_static(group: &mut Group, old_id: &str, req: JoinRequest, now: Instant) -> Pending<JoinResult> {
+        let Some(mut member) = group.members.shift_remove(old_id) else {
+            return Pending::Now(JoinResult::error(codes::UNKNOWN_MEMBER_ID, ""));
+        };
+        member.fail_waiters(codes::FENCED_INSTANCE_ID);
+        let new_id = new_member_id(&req.client_id);
+        let unchanged = member.protocols == req.protocols;
+        member.member_id = new_id.clone();
+        member.client_id = req.client_id.clone();
+        member.client_host = req.client_host.clone();
+        member.session_timeout = req.session_timeout;
+        member.rebalance_timeout = req.rebalance_timeout;
+        member.protocols = req.protocols.clone();
+        member.last_heartbeat = now;
+        group.members.insert(new_id.clone(), member);
+        if let Some(instance) = &req.instance_id {
+            group.static_members.insert(instance.clone(), new_id.clone());
+        }
+        if group.leader.as_deref() == Some(old_id) {
+            group.leader = Some(new_id.clone());
+        }
+        tracing::info!(group = %group.id, instance = ?req.instance_id, member = %new_id, "static member rejoined");
+        if group.state == GroupState::Stable && unchanged {
+            return Pending::Now(group.join_result_for(&new_id));
+        }
+        Self::update_member_and_wait(group, &new_id, req, now)
+    }
+
+    /// Handles SyncGroup.
+    pub(crate) fn sync(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Pending<SyncResult> {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return Pending::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID));
+        };
+        if let Err(code) = Self::check_member(group, member_id, instance_id) {
+            return Pending::Now(SyncResult::error(code));
+        }
+        if generation != group.generation {
+            return Pending::Now(SyncResult::error(codes::ILLEGAL_GENERATION));
+        }
+        match group.state {
+            GroupState::Empty | GroupState::Dead => Pending::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID)),
+            GroupState::PreparingRebalance => Pending::Now(SyncResult::error(codes::REBALANCE_IN_PROGRESS)),
+            GroupState::Stable => {
+                let member = &group.members[member_id];
+                Pending::Now(SyncResult {
+                    error: codes::NONE,
+                    protocol_type: group.protocol_type.clone(),
+                    protocol_name: group.protocol_name.clone(),
+                    assignment: member.assignment.clone(),
+                })
+            }
+            GroupState::CompletingRebalance => {
+                let (tx, rx) = oneshot::channel();
+                if let Some(member) = group.members.get_mut(member_id) {
+                    member.sync_waiter = Some(tx);
+                    member.last_heartbeat = now;
+                }
+                if group.leader.as_deref() == Some(member_id) {
+                    group.complete_sync(assignments);
+                }
+                Pending::Later(rx)
+            }
+        }
+    }
+
+    fn check_member(group: &Group, member_id: &str, instance_id: Option<&str>) -> Result<(), i16> {
+        match group.members.get(member_id) {
+            None => {
+                let fenced = instance_id.is_some_and(|i| group.static_members.contains_key(i));
+                Err(if fenced { codes::FENCED_INSTANCE_ID } else { codes::UNKNOWN_MEMBER_ID })
+            }
+            Some(m) if instance_id.is_some() && m.instance_id.as_deref() != instance_id => {
+                Err(codes::FENCED_INSTANCE_ID)
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Handles Heartbeat.
+    pub(crate) fn heartbeat(&self, group_id: &str, generation: i32, member_id: &str, instance_id: Option<&str>) -> i16 {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return codes::UNKNOWN_MEMBER_ID;
+        };
+        if let Err(code) = Self::check_member(group, member_id, instance_id) {
+            return code;
+        }
+        if generation != group.generation {
+            return codes::ILLEGAL_GENERATION;
+        }
+        if let Some(m) = group.members.get_mut(member_id) {
+            m.last_heartbeat = now;
+        }
+        match group.state {
+            GroupState::PreparingRebalance => codes::REBALANCE_IN_PROGRESS,
+            GroupState::Empty | GroupState::Dead => codes::UNKNOWN_MEMBER_ID,
+            GroupState::CompletingRebalance | GroupState::Stable => codes::NONE,
+        }
+    }
+
+    /// Handles LeaveGroup: one result per member (member id or instance id).
+    pub(crate) fn leave(&self, group_id: &str, leaving: &[(String, Option<String>)]) -> Vec<i16> {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return vec![codes::UNKNOWN_MEMBER_ID; leaving.len()];
+        };
+        let mut results = Vec::with_capacity(leaving.len());
+        let mut removed = false;
+        for (member_id, instance_id) in leaving {
+            let id = match instance_id {
+                Some(instance) => match group.static_members.get(instance) {
+                    Some(id) if member_id.is_empty() || id == member_id => Some(id.clone()),
+                    Some(_) => {
+                        results.push(codes::FENCED_INSTANCE_ID);
+                        continue;
+                    }
+                    None => None,
+                },
+                None => Some(member_id.clone()),
+            };
+            match id.and_then(|id| group.remove_member(&id, codes::UNKNOWN_MEMBER_ID)) {
+                Some(m) => {
+                    tracing::info!(group = %group_id, member = %m.member_id, "member left");
+                    removed = true;
+                    results.push(codes::NONE);
+                }
+                None => results.push(codes::UNKNOWN_MEMBER_ID),
+            }
+        }
+        if removed {
+            group.prepare_rebalance(now, "member left");
+            group.try_complete_join(now, false);
+        }
+        results
+    }
+
+    /// Checks whether a member may commit offsets for its group (generation fencing).
+    pub(crate) fn check_commit(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), i16> {
+        let groups = self.groups.lock();
+        let Some(group) = groups.get(group_id) else {
+            // Offsets-only use (no membership): allowed for a group nobody is in.
+            return if generation < 0 { Ok(()) } else { Err(codes::ILLEGAL_GENERATION) };
+        };
+        if generation < 0 && group.members.is_empty() {
+            return Ok(());
+        }
+        Self::check_member(group, member_id, instance_id)?;
+        if generation != group.generation {
+            return Err(codes::ILLEGAL_GENERATION);
+        }
+        if group.state == GroupState::CompletingRebalance {
+            return Err(codes::REBALANCE_IN_PROGRESS);
+        }
+        Ok(())
+    }
+
+    /// Describes a group; unknown groups are Dead.
+    pub(crate) fn describe(&self, group_id: &str) -> GroupDescription {
+        let groups = self.groups.lock();
+        match groups.get(group_id) {
+            Some(g) => GroupDescription {
+                state: g.state,
+                protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                protocol_name: if g.state == GroupState::Stable {
+                    g.protocol_name.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                members: g
+                    .members
+                    .values()
+                    .map(|m| {
+                        let protocol = g.protocol_name.clone().unwrap_or_default();
+                        (
+                            m.member_id.clone(),
+                            m.instance_id.clone(),
+                            m.client_id.clone(),
+                            m.client_host.clone(),
+                            m.metadata_for(&protocol),
+                            m.assignment.clone(),
+                        )
+                    })
+                    .collect(),
+            },
+            None => GroupDescription {
+                state: if self.offsets.has_group(group_id) { GroupState::Empty } else { GroupState::Dead },
+                protocol_type: String::new(),
+                protocol_name: String::new(),
+                members: Vec::new(),
+            },
+        }
+    }
+
+    /// Every group: id, protocol type, state.
+    pub(crate) fn list(&self) -> Vec<(String, String, GroupState)> {
+        let groups = self.groups.lock();
+        let mut out: Vec<(String, String, GroupState)> = groups
+            .values()
+            .map(|g| (g.id.clone(), g.protocol_type.clone().unwrap_or_default(), g.state))
+            .collect();
+        for (group, _) in self.offsets.groups() {
+            if !groups.contains_key(&group) {
+                out.push((group, "consumer".to_owned(), GroupState::Empty));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Deletes an empty group and its offsets.
+    pub(crate) fn delete(&self, group_id: &str) -> i16 {
+        let mut groups = self.groups.lock();
+        let known = match groups.get(group_id) {
+            Some(g) if !g.members.is_empty() => return codes::NON_EMPTY_GROUP,
+            Some(_) => true,
+            None => self.offsets.has_group(group_id),
+        };
+        if !known {
+            return codes::GROUP_ID_NOT_FOUND;
+        }
+        groups.remove(group_id);
+        match self.offsets.delete_group(group_id) {
+            Ok(()) => codes::NONE,
+            Err(e) => {
+                tracing::error!(group = %group_id, error = %e, "deleting group offsets failed");
+                codes::COORDINATOR_NOT_AVAILABLE
+            }
+        }
+    }
+
+    /// The generation of a group, if it exists.
+    pub(crate) fn generation(&self, group_id: &str) -> Option<i32> {
+        self.groups.lock().get(group_id).map(|g| g.generation)
+    }
+
+    /// Enforces session timeouts, rebalance timeouts and offset retention.
+    pub(crate) fn tick(&self) {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        for group in groups.values_mut() {
+            let expired: Vec<String> = group
+                .members
+                .values()
+                .filter(|m| m.session_expired(now))
+                .map(|m| m.member_id.clone())
+                .collect();
+            let pending_before = group.pending.len();
+            group.pending.retain(|_, deadline| *deadline > now);
+            for id in &expired {
+                tracing::info!(group = %group.id, member = %id, "session timed out; member removed");
+                group.remove_member(id, codes::UNKNOWN_MEMBER_ID);
+            }
+            if !expired.is_empty() {
+                group.prepare_rebalance(now, "member session expired");
+            }
+            if !expired.is_empty() || group.pending.len() != pending_before {
+                group.try_complete_join(now, false);
+            }
+            if group.state == GroupState::PreparingRebalance
+                && group.rebalance_deadline.is_some_and(|d| now >= d)
+            {
+                group.try_complete_join(now, true);
+            }
+        }
+        // Offset retention: groups without members whose last activity is old enough.
+        let retention_ms = self.config.offsets_retention.as_millis() as i64;
+        let now_wall = now_ms();
+        for (group_id, last_commit) in self.offsets.groups() {
+            let idle_since_ms = match groups.get(&group_id) {
+                Some(g) if !g.members.is_empty() => continue,
+                Some(g) => {
+                    let empty_for = now.duration_since(g.empty_since).as_millis() as i64;
+                    last_commit.max(now_wall - empty_for)
+                }
+                None => last_commit,
+            };
+            if now_wall - idle_since_ms > retention_ms {
+                tracing::info!(group = %group_id, "offsets expired (group empty past offsets retention)");
+                if let Err(e) = self.offsets.delete_group(&group_id) {
+                    tracing::error!(group = %group_id, error = %e, "expiring offsets failed");
+                }
+                groups.remove(&group_id);
+            }
+        }
+        // Groups with neither members nor offsets are gone.
+        groups.retain(|id, g| !(g.state == GroupState::Empty && g.members.is_empty() && g.pending.is_empty() && !self.offsets.has_group(id)));
+    }
+}

@@ -1,0 +1,356 @@
+//! The state of one consumer group under the classic rebalance protocol:
+//! Empty → PreparingRebalance → CompletingRebalance → Stable (and Dead once deleted), its
+//! members, and the join and sync requests waiting for a rebalance to finish.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::indexmap::IndexMap;
+use tokio::sync::oneshot;
+
+use super::codes;
+
+/// Where a group is in its rebalance cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GroupState {
+    /// No members (offsets may still be stored).
+    Empty,
+    /// Waiting for every member to (re)join.
+    PreparingRebalance,
+    /// Joined; waiting for the leader's assignment.
+    CompletingRebalance,
+    /// Every member has its assignment.
+    Stable,
+    /// Deleted.
+    Dead,
+}
+
+impl GroupState {
+    /// The name Kafka tools print.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+            GroupState::Dead => "Dead",
+        }
+    }
+}
+
+/// What a JoinGroup request is answered with.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JoinResult {
+    pub(crate) error: i16,
+    pub(crate) generation: i32,
+    pub(crate) protocol_type: Option<String>,
+    pub(crate) protocol_name: Option<String>,
+    pub(crate) leader: String,
+    pub(crate) member_id: String,
+    /// Only for the leader: (member id, instance id, metadata of the chosen protocol).
+    pub(crate) members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl JoinResult {
+    /// An error answer.
+    pub(crate) fn error(error: i16, member_id: &str) -> Self {
+        JoinResult {
+            error,
+            generation: -1,
+            member_id: member_id.to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a SyncGroup request is answered with.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SyncResult {
+    pub(crate) error: i16,
+    pub(crate) protocol_type: Option<String>,
+    pub(crate) protocol_name: Option<String>,
+    pub(crate) assignment: Bytes,
+}
+
+impl SyncResult {
+    /// An error answer.
+    pub(crate) fn error(error: i16) -> Self {
+        SyncResult {
+            error,
+            ..Default::default()
+        }
+    }
+}
+
+/// A group member.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub(crate) member_id: String,
+    pub(crate) instance_id: Option<String>,
+    pub(crate) client_id: String,
+    pub(crate) client_host: String,
+    pub(crate) session_timeout: Duration,
+    pub(crate) rebalance_timeout: Duration,
+    pub(crate) protocols: Vec<(String, Bytes)>,
+    pub(crate) assignment: Bytes,
+    pub(crate) join_waiter: Option<oneshot::Sender<JoinResult>>,
+    pub(crate) sync_waiter: Option<oneshot::Sender<SyncResult>>,
+    pub(crate) last_heartbeat: Instant,
+}
+
+impl Member {
+    /// Metadata the member gave for `protocol`.
+    pub(crate) fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(name, _)| name == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether the session has lapsed (members waiting on a rebalance are kept alive).
+    pub(crate) fn session_expired(&self, now: Instant) -> bool {
+        self.join_waiter.is_none()
+            && self.sync_waiter.is_none()
+            && now.duration_since(self.last_heartbeat) > self.session_timeout
+    }
+
+    /// Answers any waiting request with `error` (the member is going away).
+    pub(crate) fn fail_waiters(&mut self, error: i16) {
+        if let Some(w) = self.join_waiter.take() {
+            let _ = w.send(JoinResult::error(error, &self.member_id));
+        }
+        if let Some(w) = self.sync_waiter.take() {
+            let _ = w.send(SyncResult::error(error));
+        }
+    }
+}
+
+/// One consumer group.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) id: String,
+    pub(crate) state: GroupState,
+    pub(crate) generation: i32,
+    pub(crate) protocol_type: Option<String>,
+    pub(crate) protocol_name: Option<String>,
+    pub(crate) leader: Option<String>,
+    /// Members in join order.
+    pub(crate) members: IndexMap<String, Member>,
+    /// Static members: instance id → member id.
+    pub(crate) static_members: IndexMap<String, String>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, with the deadline to join.
+    pub(crate) pending: IndexMap<String, Instant>,
+    pub(crate) rebalance_deadline: Option<Instant>,
+    pub(crate) empty_since: Instant,
+}
+
+/// Rebalance timeout used when no member gave one.
+const DEFAULT_REBALANCE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Group {
+    /// A new, empty group.
+    pub(crate) fn new(id: &str, now: Instant) -> Self {
+        Group {
+            id: id.to_owned(),
+            state: GroupState::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol_name: None,
+            leader: None,
+            members: IndexMap::new(),
+            static_members: IndexMap::new(),
+            pending: IndexMap::new(),
+            rebalance_deadline: None,
+            empty_since: now,
+        }
+    }
+
+    /// Whether every member supports one of `protocols` (by name).
+    pub(crate) fn supports(&self, protocol_type: &str, protocols: &[(String, Bytes)]) -> bool {
+        if self.members.is_empty() {
+            return true;
+        }
+        if self.protocol_type.as_deref() != Some(protocol_type) {
+            return false;
+        }
+        protocols.iter().any(|(name, _)| {
+            self.members
+                .values()
+                .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+        })
+    }
+
+    /// Moves to PreparingRebalance (if not there yet), failing pending syncs.
+    pub(crate) fn prepare_rebalance(&mut self, now: Instant, reason: &str) {
+        if self.state == GroupState::CompletingRebalance {
+            for m in self.members.values_mut() {
+                if let Some(w) = m.sync_waiter.take() {
+                    let _ = w.send(SyncResult::error(codes::REBALANCE_IN_PROGRESS));
+                }
+            }
+        }
+        if self.state == GroupState::PreparingRebalance {
+            return;
+        }
+        let timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or(DEFAULT_REBALANCE_TIMEOUT);
+        tracing::info!(group = %self.id, generation = self.generation, reason, "preparing rebalance");
+        self.state = GroupState::PreparingRebalance;
+        self.rebalance_deadline = Some(now + timeout);
+    }
+
+    /// Removes a member, answering its waiting requests with `error`.
+    pub(crate) fn remove_member(&mut self, member_id: &str, error: i16) -> Option<Member> {
+        let mut member = self.members.shift_remove(member_id)?;
+        member.fail_waiters(error);
+        if let Some(instance) = &member.instance_id {
+            if self.static_members.get(instance).map(String::as_str) == Some(member_id) {
+                self.static_members.shift_remove(instance);
+            }
+        }
+        if self.leader.as_deref() == Some(member_id) {
+            self.leader = None;
+        }
+        Some(member)
+    }
+
+    /// Finishes the join phase once every member has rejoined (or, with `force`, when the
+    /// rebalance timeout is up: members that did not rejoin are removed).
+    pub(crate) fn try_complete_join(&mut self, now: Instant, force: bool) {
+        if self.state != GroupState::PreparingRebalance {
+            return;
+        }
+        let all_joined =
+            self.pending.is_empty() && self.members.values().all(|m| m.join_waiter.is_some());
+        if !all_joined && !force {
+            return;
+        }
+        if force {
+            self.pending.clear();
+            let late: Vec<String> = self
+                .members
+                .values()
+                .filter(|m| m.join_waiter.is_none())
+                .map(|m| m.member_id.clone())
+                .collect();
+            for id in late {
+                tracing::info!(group = %self.id, member = %id, "member did not rejoin in time; removed");
+                self.remove_member(&id, codes::UNKNOWN_MEMBER_ID);
+            }
+        }
+        self.generation += 1;
+        self.rebalance_deadline = None;
+        if self.members.is_empty() {
+            self.state = GroupState::Empty;
+            self.protocol_name = None;
+            self.leader = None;
+            self.empty_since = now;
+            tracing::info!(group = %self.id, generation = self.generation, "group is empty");
+            return;
+        }
+        self.protocol_name = self.select_protocol();
+        if self.leader.as_ref().is_none_or(|l| !self.members.contains_key(l)) {
+            self.leader = self.members.keys().next().cloned();
+        }
+        self.state = GroupState::CompletingRebalance;
+        tracing::info!(
+            group = %self.id,
+            generation = self.generation,
+            members = self.members.len(),
+            protocol = ?self.protocol_name,
+            "rebalance joined; waiting for the leader's assignment"
+        );
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in ids {
+            let result = self.join_result_for(&id);
+            if let Some(m) = self.members.get_mut(&id) {
+                m.assignment = Bytes::new();
+                m.last_heartbeat = now;
+                if let Some(w) = m.join_waiter.take() {
+                    let _ = w.send(result);
+                }
+            }
+        }
+    }
+
+    /// The protocol most members prefer among those every member supports.
+    fn select_protocol(&self) -> Option<String> {
+        let first = self.members.values().next()?;
+        let candidates: Vec<&String> = first
+            .protocols
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(p, _)| p == *n))
+            })
+            .collect();
+        let mut votes: IndexMap<&String, usize> = candidates.iter().map(|c| (*c, 0)).collect();
+        for m in self.members.values() {
+            if let Some((name, _)) = m.protocols.iter().find(|(n, _)| candidates.contains(&n)) {
+                if let Some(v) = votes.get_mut(name) {
+                    *v += 1;
+                }
+            }
+        }
+        votes
+            .iter()
+            .max_by_key(|(_, v)| **v)
+            .map(|(name, _)| (*name).clone())
+    }
+
+    /// The JoinGroup answer for a member in the current generation.
+    pub(crate) fn join_result_for(&self, member_id: &str) -> JoinResult {
+        let leader = self.leader.clone().unwrap_or_default();
+        let protocol = self.protocol_name.clone().unwrap_or_default();
+        let members = if leader == member_id {
+            self.members
+                .values()
+                .map(|m| (m.member_id.clone(), m.instance_id.clone(), m.metadata_for(&protocol)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        JoinResult {
+            error: codes::NONE,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol_name.clone(),
+            leader,
+            member_id: member_id.to_owned(),
+            members,
+        }
+    }
+
+    /// Stores the leader's assignment and answers every waiting SyncGroup.
+    pub(crate) fn complete_sync(&mut self, assignments: Vec<(String, Bytes)>) {
+        for m in self.members.values_mut() {
+            m.assignment = Bytes::new();
+        }
+        for (member_id, assignment) in assignments {
+            if let Some(m) = self.members.get_mut(&member_id) {
+                m.assignment = assignment;
+            }
+        }
+        self.state = GroupState::Stable;
+        tracing::info!(group = %self.id, generation = self.generation, "group is stable");
+        let protocol_type = self.protocol_type.clone();
+        let protocol_name = self.protocol_name.clone();
+        for m in self.members.values_mut() {
+            if let Some(w) = m.sync_waiter.take() {
+                let _ = w.send(SyncResult {
+                    error: codes::NONE,
+                    protocol_type: protocol_type.clone(),
+                    protocol_name: protocol_name.clone(),
+                    assignment: m.assignment.clone(),
+                });
+            }
+        }
+    }
+}
