@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
-use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
@@ -52,7 +54,13 @@ fn send_join(client: &mut RawClient, group: &str) -> String {
     member_id
 }
 
-fn sync(client: &mut RawClient, group: &str, generation: i32, member: &str, assignments: &[(&str, &[u8])]) -> SyncGroupResponse {
+fn sync(
+    client: &mut RawClient,
+    group: &str,
+    generation: i32,
+    member: &str,
+    assignments: &[(&str, &[u8])],
+) -> SyncGroupResponse {
     let request = SyncGroupRequest::default()
         .with_group_id(GroupId(s(group)))
         .with_generation_id(generation)
@@ -80,7 +88,14 @@ fn heartbeat(client: &mut RawClient, group: &str, generation: i32, member: &str)
     client.call(&request, HEARTBEAT_V).error_code
 }
 
-fn commit(client: &mut RawClient, group: &str, generation: i32, member: &str, topic: &str, offset: i64) -> i16 {
+fn commit(
+    client: &mut RawClient,
+    group: &str,
+    generation: i32,
+    member: &str,
+    topic: &str,
+    offset: i64,
+) -> i16 {
     let request = OffsetCommitRequest::default()
         .with_group_id(GroupId(s(group)))
         .with_generation_id_or_member_epoch(generation)
@@ -102,7 +117,13 @@ fn committed(client: &mut RawClient, group: &str, topic: &str) -> (i64, String) 
             .with_partition_indexes(vec![0])]));
     let response = client.call(&request, FETCH_OFFSETS_V);
     let p = &response.topics[0].partitions[0];
-    (p.committed_offset, p.metadata.as_ref().map(|m| m.as_str().to_owned()).unwrap_or_default())
+    (
+        p.committed_offset,
+        p.metadata
+            .as_ref()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +138,10 @@ async fn a_commit_from_a_stale_generation_is_rejected_with_illegal_generation() 
     tokio::task::spawn_blocking(move || {
         // The topic must exist for commits to it: a producer's metadata request creates it.
         let producer = logged_producer(&bootstrap, &[]);
-        send_record(&producer, rdkafka::producer::BaseRecord::with_opaque_to(&t, Box::new(0)).payload(&b"x"[..]));
+        send_record(
+            &producer,
+            rdkafka::producer::BaseRecord::with_opaque_to(&t, Box::new(0)).payload(&b"x"[..]),
+        );
         assert_eq!(delivered_ok(&producer).len(), 1);
         let mut first = RawClient::connect(addr);
         let id1 = send_join(&mut first, &g);
@@ -126,17 +150,30 @@ async fn a_commit_from_a_stale_generation_is_rejected_with_illegal_generation() 
         assert_eq!(joined.leader.as_str(), id1, "the only member leads");
         assert_eq!(joined.members.len(), 1, "the leader sees the members");
         let synced = sync(&mut first, &g, 1, &id1, &[(&id1, b"all")]);
-        assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"all"[..]));
+        assert_eq!(
+            (synced.error_code, &synced.assignment[..]),
+            (0, &b"all"[..])
+        );
         assert_eq!(heartbeat(&mut first, &g, 1, &id1), 0);
         assert_eq!(commit(&mut first, &g, 1, &id1, &t, 10), 0);
 
         // A second member joins: a rebalance starts and waits for the first to rejoin.
         let mut second = RawClient::connect(addr);
         let id2 = send_join(&mut second, &g);
-        assert!(second.nothing_received_for(Duration::from_millis(200)), "join waits for the rebalance");
+        assert!(
+            second.nothing_received_for(Duration::from_millis(200)),
+            "join waits for the rebalance"
+        );
         assert_eq!(heartbeat(&mut first, &g, 1, &id1), REBALANCE_IN_PROGRESS);
-        assert_eq!(sync(&mut first, &g, 1, &id1, &[]).error_code, REBALANCE_IN_PROGRESS);
-        assert_eq!(commit(&mut first, &g, 1, &id1, &t, 11), 0, "the current generation may still commit");
+        assert_eq!(
+            sync(&mut first, &g, 1, &id1, &[]).error_code,
+            REBALANCE_IN_PROGRESS
+        );
+        assert_eq!(
+            commit(&mut first, &g, 1, &id1, &t, 11),
+            0,
+            "the current generation may still commit"
+        );
 
         let rejoined = first.call(&join_request(&g, &id1), JOIN_V);
         let joined2 = second.receive::<JoinGroupRequest>(JOIN_V);
@@ -144,14 +181,27 @@ async fn a_commit_from_a_stale_generation_is_rejected_with_illegal_generation() 
         assert_eq!((joined2.error_code, joined2.generation_id), (0, 2));
         assert_eq!(rejoined.leader.as_str(), id1, "the leader keeps leading");
         assert_eq!(rejoined.members.len(), 2);
-        assert!(joined2.members.is_empty(), "followers do not see the members");
+        assert!(
+            joined2.members.is_empty(),
+            "followers do not see the members"
+        );
 
         // Generation 1 is now stale everywhere.
         assert_eq!(commit(&mut first, &g, 1, &id1, &t, 99), ILLEGAL_GENERATION);
         assert_eq!(heartbeat(&mut first, &g, 1, &id1), ILLEGAL_GENERATION);
-        assert_eq!(sync(&mut second, &g, 1, &id2, &[]).error_code, ILLEGAL_GENERATION);
-        assert_eq!(commit(&mut first, &g, 2, "no-such-member", &t, 99), UNKNOWN_MEMBER_ID);
-        assert_eq!(committed(&mut first, &g, &t), (11, "meta".to_owned()), "refused commits stored nothing");
+        assert_eq!(
+            sync(&mut second, &g, 1, &id2, &[]).error_code,
+            ILLEGAL_GENERATION
+        );
+        assert_eq!(
+            commit(&mut first, &g, 2, "no-such-member", &t, 99),
+            UNKNOWN_MEMBER_ID
+        );
+        assert_eq!(
+            committed(&mut first, &g, &t),
+            (11, "meta".to_owned()),
+            "refused commits stored nothing"
+        );
 
         // The follower's sync waits for the leader's assignment, then both get theirs.
         let frame = second.frame(
@@ -162,11 +212,17 @@ async fn a_commit_from_a_stale_generation_is_rejected_with_illegal_generation() 
             SYNC_V,
         );
         second.send_raw(&frame).expect("send sync");
-        assert!(second.nothing_received_for(Duration::from_millis(200)), "follower waits for the leader");
+        assert!(
+            second.nothing_received_for(Duration::from_millis(200)),
+            "follower waits for the leader"
+        );
         let leader_sync = sync(&mut first, &g, 2, &id1, &[(&id1, b"p0"), (&id2, b"p1")]);
         assert_eq!(&leader_sync.assignment[..], b"p0");
         let follower_sync = second.receive::<SyncGroupRequest>(SYNC_V);
-        assert_eq!((follower_sync.error_code, &follower_sync.assignment[..]), (0, &b"p1"[..]));
+        assert_eq!(
+            (follower_sync.error_code, &follower_sync.assignment[..]),
+            (0, &b"p1"[..])
+        );
         assert_eq!(commit(&mut second, &g, 2, &id2, &t, 12), 0);
         assert_eq!(committed(&mut first, &g, &t).0, 12);
     })

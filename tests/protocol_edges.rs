@@ -580,3 +580,17 @@ async fn fetch_answers_at_once_when_data_is_ready_and_long_polls_otherwise() {
     .expect("client thread");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_is_refused_until_the_first_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = start_server(dir.path()).await;
+    let err = server_on(dir.path())
+        .start()
+        .await
+        .expect_err("second server must not start");
+    assert!(err.to_string().contains("in use"), "clear error: {err}");
+    first.shutdown().await;
+    let again = start_server(dir.path()).await;
+    again.shutdown().await;
+}

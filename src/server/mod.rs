@@ -40,7 +40,7 @@ use self::broker::{load_cluster_id, Broker, ProducerIdAllocator};
 use self::group::offsets::OffsetStore;
 use self::group::GroupCoordinator;
 use self::storage::sync::Syncer;
-use self::storage::LogStore;
+use self::storage::{DataDirLock, LogStore};
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug)]
@@ -155,6 +155,7 @@ impl ServerBuilder {
         }
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| ServerError::storage(&data_dir, e))?;
+        let lock = DataDirLock::acquire(&data_dir)?;
         let store = {
             let (dir, log) = (data_dir.clone(), config.log.clone());
             tokio::task::spawn_blocking(move || LogStore::open(&dir, log))
@@ -214,6 +215,7 @@ impl ServerBuilder {
             broker,
             shutdown,
             tasks,
+            lock,
         })
     }
 }
@@ -225,6 +227,7 @@ pub struct ServerHandle {
     broker: Arc<Broker>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    lock: DataDirLock,
 }
 
 impl ServerHandle {
@@ -269,6 +272,7 @@ impl ServerHandle {
                 tracing::error!(error = %e, "flush at shutdown failed");
             }
         }
+        drop(self.lock);
         tracing::info!("steadfast server stopped");
     }
 }

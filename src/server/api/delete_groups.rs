@@ -20,5 +20,8 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
                 .with_error_code(broker.groups.delete(g.0.as_str()))
         })
         .collect();
-    respond(frame, &DeleteGroupsResponse::default().with_results(results))
+    respond(
+        frame,
+        &DeleteGroupsResponse::default().with_results(results),
+    )
 }

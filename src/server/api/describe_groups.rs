@@ -26,18 +26,23 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
                 .with_members(
                     d.members
                         .into_iter()
-                        .map(|(member_id, instance, client_id, host, metadata, assignment)| {
-                            DescribedGroupMember::default()
-                                .with_member_id(StrBytes::from_string(member_id))
-                                .with_group_instance_id(instance.map(StrBytes::from_string))
-                                .with_client_id(StrBytes::from_string(client_id))
-                                .with_client_host(StrBytes::from_string(host))
-                                .with_member_metadata(metadata)
-                                .with_member_assignment(assignment)
-                        })
+                        .map(
+                            |(member_id, instance, client_id, host, metadata, assignment)| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(StrBytes::from_string(member_id))
+                                    .with_group_instance_id(instance.map(StrBytes::from_string))
+                                    .with_client_id(StrBytes::from_string(client_id))
+                                    .with_client_host(StrBytes::from_string(host))
+                                    .with_member_metadata(metadata)
+                                    .with_member_assignment(assignment)
+                            },
+                        )
                         .collect(),
                 )
         })
         .collect();
-    respond(frame, &DescribeGroupsResponse::default().with_groups(groups))
+    respond(
+        frame,
+        &DescribeGroupsResponse::default().with_groups(groups),
+    )
 }

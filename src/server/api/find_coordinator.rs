@@ -23,7 +23,11 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
     } else {
         ResponseError::CoordinatorNotAvailable.code()
     };
-    let (node, h, p) = if error == 0 { (NODE_ID, host.clone(), port) } else { (-1, StrBytes::default(), -1) };
+    let (node, h, p) = if error == 0 {
+        (NODE_ID, host.clone(), port)
+    } else {
+        (-1, StrBytes::default(), -1)
+    };
     let response = if frame.api_version >= 4 {
         FindCoordinatorResponse::default().with_coordinators(
             request

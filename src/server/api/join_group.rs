@@ -52,7 +52,10 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
     let join = JoinRequest {
         group_id: request.group_id.0.as_str().to_owned(),
         member_id: request.member_id.as_str().to_owned(),
-        instance_id: request.group_instance_id.as_ref().map(|s| s.as_str().to_owned()),
+        instance_id: request
+            .group_instance_id
+            .as_ref()
+            .map(|s| s.as_str().to_owned()),
         client_id: frame.client_id.clone().unwrap_or_default(),
         client_host: frame.client_host(),
         session_timeout,

@@ -17,7 +17,10 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
         let results = broker
             .groups
             .leave(group, &[(request.member_id.as_str().to_owned(), None)]);
-        return respond(frame, &LeaveGroupResponse::default().with_error_code(results[0]));
+        return respond(
+            frame,
+            &LeaveGroupResponse::default().with_error_code(results[0]),
+        );
     }
     let leaving: Vec<(String, Option<String>)> = request
         .members

@@ -21,7 +21,9 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
         .groups
         .list()
         .into_iter()
-        .filter(|(_, _, state)| wanted.is_empty() || wanted.contains(&state.as_str().to_ascii_lowercase()))
+        .filter(|(_, _, state)| {
+            wanted.is_empty() || wanted.contains(&state.as_str().to_ascii_lowercase())
+        })
         .map(|(id, protocol_type, state)| {
             ListedGroup::default()
                 .with_group_id(GroupId(StrBytes::from_string(id)))

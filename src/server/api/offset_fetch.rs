@@ -11,7 +11,10 @@ use super::respond;
 use crate::server::broker::Broker;
 use crate::server::protocol::{RequestError, RequestFrame};
 
-fn partition(index: i32, committed: Option<(i64, i32, Option<String>)>) -> OffsetFetchResponsePartition {
+fn partition(
+    index: i32,
+    committed: Option<(i64, i32, Option<String>)>,
+) -> OffsetFetchResponsePartition {
     let (offset, epoch, metadata) = committed.unwrap_or((-1, -1, Some(String::new())));
     OffsetFetchResponsePartition::default()
         .with_partition_index(index)
@@ -31,24 +34,28 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
             .iter()
             .map(|t| {
                 let name = t.name.0.as_str();
-                OffsetFetchResponseTopic::default().with_name(t.name.clone()).with_partitions(
-                    t.partition_indexes
-                        .iter()
-                        .map(|&p| {
-                            partition(
-                                p,
-                                offsets
-                                    .get(group, name, p)
-                                    .map(|c| (c.offset, c.leader_epoch, c.metadata)),
-                            )
-                        })
-                        .collect(),
-                )
+                OffsetFetchResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partition_indexes
+                            .iter()
+                            .map(|&p| {
+                                partition(
+                                    p,
+                                    offsets
+                                        .get(group, name, p)
+                                        .map(|c| (c.offset, c.leader_epoch, c.metadata)),
+                                )
+                            })
+                            .collect(),
+                    )
             })
             .collect(),
         None => {
-            let mut by_topic: std::collections::BTreeMap<String, Vec<OffsetFetchResponsePartition>> =
-                Default::default();
+            let mut by_topic: std::collections::BTreeMap<
+                String,
+                Vec<OffsetFetchResponsePartition>,
+            > = Default::default();
             for (topic, p, c) in offsets.all(group) {
                 by_topic
                     .entry(topic)
@@ -65,5 +72,10 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
                 .collect()
         }
     };
-    respond(frame, &OffsetFetchResponse::default().with_topics(topics).with_error_code(0))
+    respond(
+        frame,
+        &OffsetFetchResponse::default()
+            .with_topics(topics)
+            .with_error_code(0),
+    )
 }

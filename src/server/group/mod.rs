@@ -88,7 +88,11 @@ fn now_ms() -> i64 {
 }
 
 fn new_member_id(client_id: &str) -> String {
-    let prefix = if client_id.is_empty() { "member" } else { client_id };
+    let prefix = if client_id.is_empty() {
+        "member"
+    } else {
+        client_id
+    };
     format!("{prefix}-{}", uuid::Uuid::new_v4())
 }
 
@@ -116,10 +120,16 @@ impl GroupCoordinator {
                 session_timeout_ms = req.session_timeout.as_millis() as u64,
                 "session timeout outside the allowed range"
             );
-            return Pending::Now(JoinResult::error(codes::INVALID_SESSION_TIMEOUT, &req.member_id));
+            return Pending::Now(JoinResult::error(
+                codes::INVALID_SESSION_TIMEOUT,
+                &req.member_id,
+            ));
         }
         if req.protocol_type.is_empty() || req.protocols.is_empty() {
-            return Pending::Now(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &req.member_id));
+            return Pending::Now(JoinResult::error(
+                codes::INCONSISTENT_GROUP_PROTOCOL,
+                &req.member_id,
+            ));
         }
         let mut groups = self.groups.lock();
         if !req.member_id.is_empty() && !groups.contains_key(&req.group_id) {
@@ -129,7 +139,10 @@ impl GroupCoordinator {
             .entry(req.group_id.clone())
             .or_insert_with(|| Group::new(&req.group_id, now));
         if !group.supports(&req.protocol_type, &req.protocols) {
-            return Pending::Now(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &req.member_id));
+            return Pending::Now(JoinResult::error(
+                codes::INCONSISTENT_GROUP_PROTOCOL,
+                &req.member_id,
+            ));
         }
         if req.member_id.is_empty() {
             if let Some(instance) = &req.instance_id {
@@ -155,7 +168,11 @@ impl GroupCoordinator {
                 .instance_id
                 .as_ref()
                 .is_some_and(|i| group.static_members.contains_key(i));
-            let code = if fenced { codes::FENCED_INSTANCE_ID } else { codes::UNKNOWN_MEMBER_ID };
+            let code = if fenced {
+                codes::FENCED_INSTANCE_ID
+            } else {
+                codes::UNKNOWN_MEMBER_ID
+            };
             return Pending::Now(JoinResult::error(code, &req.member_id));
         };
         if req.instance_id.is_some() && member.instance_id != req.instance_id {
@@ -177,7 +194,12 @@ impl GroupCoordinator {
         }
     }
 
-    fn add_member_and_wait(group: &mut Group, id: String, req: JoinRequest, now: Instant) -> Pending<JoinResult> {
+    fn add_member_and_wait(
+        group: &mut Group,
+        id: String,
+        req: JoinRequest,
+        now: Instant,
+    ) -> Pending<JoinResult> {
         if group.members.is_empty() {
             group.protocol_type = Some(req.protocol_type.clone());
         }
@@ -206,7 +228,12 @@ impl GroupCoordinator {
         Pending::Later(rx)
     }
 
-    fn update_member_and_wait(group: &mut Group, id: &str, req: JoinRequest, now: Instant) -> Pending<JoinResult> {
+    fn update_member_and_wait(
+        group: &mut Group,
+        id: &str,
+        req: JoinRequest,
+        now: Instant,
+    ) -> Pending<JoinResult> {
         let (tx, rx) = oneshot::channel();
         if let Some(member) = group.members.get_mut(id) {
             member.protocols = req.protocols;
@@ -224,7 +251,12 @@ impl GroupCoordinator {
 
     /// A static member rejoining with a new process: it takes over the old member's place
     /// (and assignment) under a new member id, without a rebalance when nothing changed.
-    fn rejoin_static(group: &mut Group, old_id: &str, req: JoinRequest, now: Instant) -> Pending<JoinResult> {
+    fn rejoin_static(
+        group: &mut Group,
+        old_id: &str,
+        req: JoinRequest,
+        now: Instant,
+    ) -> Pending<JoinResult> {
         let Some(mut member) = group.members.shift_remove(old_id) else {
             return Pending::Now(JoinResult::error(codes::UNKNOWN_MEMBER_ID, ""));
         };
@@ -240,7 +272,9 @@ impl GroupCoordinator {
         member.last_heartbeat = now;
         group.members.insert(new_id.clone(), member);
         if let Some(instance) = &req.instance_id {
-            group.static_members.insert(instance.clone(), new_id.clone());
+            group
+                .static_members
+                .insert(instance.clone(), new_id.clone());
         }
         if group.leader.as_deref() == Some(old_id) {
             group.leader = Some(new_id.clone());
@@ -273,8 +307,12 @@ impl GroupCoordinator {
             return Pending::Now(SyncResult::error(codes::ILLEGAL_GENERATION));
         }
         match group.state {
-            GroupState::Empty | GroupState::Dead => Pending::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID)),
-            GroupState::PreparingRebalance => Pending::Now(SyncResult::error(codes::REBALANCE_IN_PROGRESS)),
+            GroupState::Empty | GroupState::Dead => {
+                Pending::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID))
+            }
+            GroupState::PreparingRebalance => {
+                Pending::Now(SyncResult::error(codes::REBALANCE_IN_PROGRESS))
+            }
             GroupState::Stable => {
                 let member = &group.members[member_id];
                 Pending::Now(SyncResult {
@@ -302,7 +340,11 @@ impl GroupCoordinator {
         match group.members.get(member_id) {
             None => {
                 let fenced = instance_id.is_some_and(|i| group.static_members.contains_key(i));
-                Err(if fenced { codes::FENCED_INSTANCE_ID } else { codes::UNKNOWN_MEMBER_ID })
+                Err(if fenced {
+                    codes::FENCED_INSTANCE_ID
+                } else {
+                    codes::UNKNOWN_MEMBER_ID
+                })
             }
             Some(m) if instance_id.is_some() && m.instance_id.as_deref() != instance_id => {
                 Err(codes::FENCED_INSTANCE_ID)
@@ -312,7 +354,13 @@ impl GroupCoordinator {
     }
 
     /// Handles Heartbeat.
-    pub(crate) fn heartbeat(&self, group_id: &str, generation: i32, member_id: &str, instance_id: Option<&str>) -> i16 {
+    pub(crate) fn heartbeat(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> i16 {
         let now = Instant::now();
         let mut groups = self.groups.lock();
         let Some(group) = groups.get_mut(group_id) else {
@@ -382,7 +430,11 @@ impl GroupCoordinator {
         let groups = self.groups.lock();
         let Some(group) = groups.get(group_id) else {
             // Offsets-only use (no membership): allowed for a group nobody is in.
-            return if generation < 0 { Ok(()) } else { Err(codes::ILLEGAL_GENERATION) };
+            return if generation < 0 {
+                Ok(())
+            } else {
+                Err(codes::ILLEGAL_GENERATION)
+            };
         };
         if generation < 0 && group.members.is_empty() {
             return Ok(());
@@ -426,7 +478,11 @@ impl GroupCoordinator {
                     .collect(),
             },
             None => GroupDescription {
-                state: if self.offsets.has_group(group_id) { GroupState::Empty } else { GroupState::Dead },
+                state: if self.offsets.has_group(group_id) {
+                    GroupState::Empty
+                } else {
+                    GroupState::Dead
+                },
                 protocol_type: String::new(),
                 protocol_name: String::new(),
                 members: Vec::new(),
@@ -439,7 +495,13 @@ impl GroupCoordinator {
         let groups = self.groups.lock();
         let mut out: Vec<(String, String, GroupState)> = groups
             .values()
-            .map(|g| (g.id.clone(), g.protocol_type.clone().unwrap_or_default(), g.state))
+            .map(|g| {
+                (
+                    g.id.clone(),
+                    g.protocol_type.clone().unwrap_or_default(),
+                    g.state,
+                )
+            })
             .collect();
         for (group, _) in self.offsets.groups() {
             if !groups.contains_key(&group) {
@@ -526,6 +588,11 @@ impl GroupCoordinator {
             }
         }
         // Groups with neither members nor offsets are gone.
-        groups.retain(|id, g| !(g.state == GroupState::Empty && g.members.is_empty() && g.pending.is_empty() && !self.offsets.has_group(id)));
+        groups.retain(|id, g| {
+            !(g.state == GroupState::Empty
+                && g.members.is_empty()
+                && g.pending.is_empty()
+                && !self.offsets.has_group(id))
+        });
     }
 }

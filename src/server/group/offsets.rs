@@ -65,8 +65,16 @@ impl OffsetStore {
                     continue;
                 }
                 match serde_json::from_str::<LogEntry>(&line) {
-                    Ok(LogEntry::Commit { group, topic, partition, committed }) => {
-                        offsets.entry(group).or_default().insert((topic, partition), committed);
+                    Ok(LogEntry::Commit {
+                        group,
+                        topic,
+                        partition,
+                        committed,
+                    }) => {
+                        offsets
+                            .entry(group)
+                            .or_default()
+                            .insert((topic, partition), committed);
                     }
                     Ok(LogEntry::DeleteGroup { group }) => {
                         offsets.remove(&group);
@@ -168,7 +176,12 @@ impl OffsetStore {
         self.offsets
             .lock()
             .iter()
-            .map(|(g, entries)| (g.clone(), entries.values().map(|c| c.commit_ms).max().unwrap_or(0)))
+            .map(|(g, entries)| {
+                (
+                    g.clone(),
+                    entries.values().map(|c| c.commit_ms).max().unwrap_or(0),
+                )
+            })
             .collect()
     }
 
@@ -208,9 +221,13 @@ mod tests {
         {
             let store = OffsetStore::open(dir.path()).expect("open");
             for o in 0..100 {
-                store.commit("g", vec![("t".into(), 0, committed(o))]).expect("commit");
+                store
+                    .commit("g", vec![("t".into(), 0, committed(o))])
+                    .expect("commit");
             }
-            store.commit("gone", vec![("t".into(), 1, committed(5))]).expect("commit");
+            store
+                .commit("gone", vec![("t".into(), 1, committed(5))])
+                .expect("commit");
             store.delete_group("gone").expect("delete");
         }
         // A torn line at the end (crash mid-append) is ignored.

@@ -254,7 +254,11 @@ impl Group {
             return;
         }
         self.protocol_name = self.select_protocol();
-        if self.leader.as_ref().is_none_or(|l| !self.members.contains_key(l)) {
+        if self
+            .leader
+            .as_ref()
+            .is_none_or(|l| !self.members.contains_key(l))
+        {
             self.leader = self.members.keys().next().cloned();
         }
         self.state = GroupState::CompletingRebalance;
@@ -312,7 +316,13 @@ impl Group {
         let members = if leader == member_id {
             self.members
                 .values()
-                .map(|m| (m.member_id.clone(), m.instance_id.clone(), m.metadata_for(&protocol)))
+                .map(|m| {
+                    (
+                        m.member_id.clone(),
+                        m.instance_id.clone(),
+                        m.metadata_for(&protocol),
+                    )
+                })
                 .collect()
         } else {
             Vec::new()

@@ -82,7 +82,9 @@ impl RequestFrame {
 
     /// The client host as Kafka reports it (`/127.0.0.1`).
     pub(crate) fn client_host(&self) -> String {
-        self.peer.map(|p| format!("/{}", p.ip())).unwrap_or_default()
+        self.peer
+            .map(|p| format!("/{}", p.ip()))
+            .unwrap_or_default()
     }
 
     /// Decodes the body as request type `R`. Bytes after the decoded body are ignored, as

@@ -248,6 +248,34 @@ impl LogStore {
     }
 }
 
+/// An exclusive lock on a data directory, so two servers never write the same files.
+/// Released when dropped, or by the OS when the process dies.
+#[derive(Debug)]
+pub(crate) struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Takes the lock on `data_dir/lock`, failing at once if another server holds it.
+    pub(crate) fn acquire(data_dir: &Path) -> Result<Self, ServerError> {
+        let path = data_dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ServerError::storage(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::Config(format!(
+                "data directory {} is in use by another steadfast server",
+                data_dir.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(ServerError::storage(&path, e)),
+        }
+    }
+}
+
 /// Writes a small file and fsyncs it.
 pub(crate) fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
