@@ -271,3 +271,67 @@ async fn a_member_that_stops_heartbeating_is_removed_after_its_session_timeout()
     .expect("client thread");
     server.shutdown().await;
 }
+
+fn simple_commit(client: &mut RawClient, group: &str, topic: &str, offset: i64) -> i16 {
+    commit(client, group, -1, "", topic, offset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_an_empty_group_expire_after_offsets_retention_but_not_while_it_has_members() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = server_on(dir.path())
+        .offsets_retention(Duration::from_millis(300))
+        .start()
+        .await
+        .expect("server");
+    let addr = server.local_addr();
+    let bootstrap = server.bootstrap_servers();
+    tokio::task::spawn_blocking(move || {
+        let topic = unique_topic("expiry");
+        let producer = logged_producer(&bootstrap, &[]);
+        send_record(
+            &producer,
+            rdkafka::producer::BaseRecord::with_opaque_to(&topic, Box::new(0)).payload(&b"x"[..]),
+        );
+        assert_eq!(delivered_ok(&producer).len(), 1);
+        let mut c = RawClient::connect(addr);
+
+        // A group with a live member keeps its offsets past the retention time.
+        let active = unique_topic("active");
+        let id = send_join(&mut c, &active);
+        let joined = c.receive::<JoinGroupRequest>(JOIN_V);
+        assert_eq!(
+            sync(&mut c, &active, joined.generation_id, &id, &[(&id, b"a")]).error_code,
+            0
+        );
+        assert_eq!(
+            commit(&mut c, &active, joined.generation_id, &id, &topic, 7),
+            0
+        );
+
+        // An offsets-only group (no members) commits with generation -1 and then expires.
+        let idle = unique_topic("idle");
+        assert_eq!(simple_commit(&mut c, &idle, &topic, 5), 0);
+        assert_eq!(committed(&mut c, &idle, &topic).0, 5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while committed(&mut c, &idle, &topic).0 != -1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle group's offsets never expired"
+            );
+            assert_eq!(heartbeat(&mut c, &active, joined.generation_id, &id), 0);
+            std::thread::sleep(Duration::from_millis(50)); // heartbeat pacing, not a condition
+        }
+        assert_eq!(heartbeat(&mut c, &active, joined.generation_id, &id), 0);
+        assert_eq!(
+            committed(&mut c, &active, &topic).0,
+            7,
+            "a group with members keeps its offsets"
+        );
+        // A simple commit is refused while the group has members.
+        assert_eq!(simple_commit(&mut c, &active, &topic, 1), UNKNOWN_MEMBER_ID);
+    })
+    .await
+    .expect("client thread");
+    server.shutdown().await;
+}

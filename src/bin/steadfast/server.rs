@@ -44,6 +44,12 @@ pub(crate) struct ServerArgs {
     /// Largest request accepted (bytes); larger requests close the connection.
     #[arg(long, default_value_t = 100 * 1024 * 1024)]
     max_request_bytes: usize,
+    /// Committed offsets of a consumer group that has had no members this long are deleted.
+    #[arg(long, default_value_t = 7 * 24 * 60)]
+    offsets_retention_minutes: u64,
+    /// Smallest session timeout a consumer-group member may ask for.
+    #[arg(long, default_value_t = 6000)]
+    group_min_session_timeout_ms: u64,
 }
 
 /// Starts the server and waits for a shutdown signal.
@@ -70,7 +76,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 .then(|| Duration::from_secs(args.retention_hours as u64 * 3600)),
         )
         .retention_bytes(args.retention_bytes)
-        .max_request_bytes(args.max_request_bytes);
+        .max_request_bytes(args.max_request_bytes)
+        .offsets_retention(Duration::from_secs(args.offsets_retention_minutes * 60))
+        .group_min_session_timeout(Duration::from_millis(args.group_min_session_timeout_ms));
     if let Some(advertise) = &args.advertise {
         let (host, port) = advertise
             .rsplit_once(':')
