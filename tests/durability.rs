@@ -202,7 +202,7 @@ fn sigkill_while_producing_loses_no_acknowledged_message() {
                     BaseRecord::with_opaque_to(&topic, Box::new(i)).payload(&payload[..]),
                 );
                 i += 1;
-                if i % 100 == 0 {
+                if i.is_multiple_of(100) {
                     producer.poll(Duration::ZERO);
                 }
             }

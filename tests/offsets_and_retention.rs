@@ -45,7 +45,7 @@ fn produce_timed(
                 .payload(payload.as_bytes())
                 .timestamp(first_ts + 10 * i as i64),
         );
-        if (i + 1) % per_batch == 0 {
+        if (i + 1).is_multiple_of(per_batch) {
             producer.flush(Duration::from_secs(10)).expect("flush");
         }
     }

@@ -2,6 +2,8 @@
 //! against any Kafka cluster alike.
 
 use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -9,7 +11,8 @@ use clap::{Args, Subcommand};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -22,16 +25,23 @@ pub(crate) struct Connection {
         long,
         short = 'b',
         default_value = "127.0.0.1:9092",
-        env = "STEADFAST_BOOTSTRAP"
+        env = "STEADFAST_BOOTSTRAP",
+        global = true
     )]
     bootstrap: String,
 }
 
 impl Connection {
-    fn config(&self) -> ClientConfig {
+    /// A client configuration with `bootstrap.servers` set.
+    pub(crate) fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
         config
+    }
+
+    /// The bootstrap servers, as given.
+    pub(crate) fn bootstrap(&self) -> &str {
+        &self.bootstrap
     }
 }
 
@@ -66,7 +76,8 @@ enum TopicsAction {
     },
 }
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of metadata and admin requests.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `steadfast topics`.
 pub(crate) async fn topics(args: TopicsArgs) -> anyhow::Result<()> {
@@ -205,33 +216,148 @@ pub(crate) struct ConsumeArgs {
     /// Topic to read.
     #[arg(long, short = 't')]
     topic: String,
-    /// Start at the earliest offset instead of the end.
+    /// Start at the earliest offset instead of the end. With --group, this applies to
+    /// partitions the group has no committed offset for.
     #[arg(long)]
     from_beginning: bool,
     /// Stop after this many messages.
     #[arg(long)]
     count: Option<u64>,
-    /// Stop when no message arrived for this many milliseconds.
+    /// Stop when no message arrived for this many milliseconds (0: never stop for idleness).
     #[arg(long, default_value_t = 5000)]
     idle_timeout_ms: u64,
+    /// Consume as a member of this consumer group: partitions are assigned by the group,
+    /// each printed message's offset is stored and committed automatically, and the
+    /// consumer resumes from the group's committed offsets. Without it, every partition is
+    /// read and nothing is committed.
+    #[arg(long, short = 'g')]
+    group: Option<String>,
+    /// Session timeout of the group member in milliseconds (heartbeats are sent every
+    /// third of it).
+    #[arg(long, requires = "group")]
+    session_timeout_ms: Option<u32>,
+    /// Static membership: the `group.instance.id` of this member. A static member that
+    /// restarts within its session timeout gets its partitions back without a rebalance.
+    #[arg(long, requires = "group")]
+    instance_id: Option<String>,
+    /// Interval of automatic offset commits in milliseconds (default: librdkafka's, 5000).
+    #[arg(long, requires = "group")]
+    auto_commit_interval_ms: Option<u32>,
+    /// Partition assignment strategy: `range`, `roundrobin` or `cooperative-sticky`
+    /// (default: librdkafka's, `range,roundrobin`).
+    #[arg(long, requires = "group")]
+    assignment_strategy: Option<String>,
 }
 
-/// Runs `steadfast consume`: reads every partition (no consumer group) and prints
-/// `partition/offset key value` lines.
+/// Runs `steadfast consume`: prints `partition/offset<TAB>key<TAB>value` lines, one per
+/// message, flushing each line. Without `--group` it reads every partition; with `--group`
+/// it subscribes as a group member and commits what it printed. Ctrl-C or SIGTERM stops it
+/// cleanly (with `--group`: final commit, then the member leaves the group).
 pub(crate) async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || consume_blocking(args)).await?
+    let stop = Arc::new(AtomicBool::new(false));
+    // Installed before the first message, so a signal never kills the process mid-way.
+    let mut shutdown = ShutdownSignals::install()?;
+    let signals = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.recv().await;
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let result = tokio::task::spawn_blocking(move || consume_blocking(args, &stop)).await;
+    signals.abort();
+    result?
 }
 
-fn consume_blocking(args: ConsumeArgs) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = args
-        .connection
-        .config()
-        // librdkafka needs a group id to assign partitions; no offsets are committed.
-        .set("group.id", "steadfast-cli-consume")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
+/// Logs group events of the CLI consumer to standard error.
+#[derive(Debug, Default)]
+struct GroupLog;
+
+impl rdkafka::ClientContext for GroupLog {}
+
+impl ConsumerContext for GroupLog {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => eprintln!("assigned: {}", partition_list(tpl)),
+            Rebalance::Revoke(tpl) => eprintln!("revoked: {}", partition_list(tpl)),
+            Rebalance::Error(e) => eprintln!("rebalance error: {e}"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => eprintln!("warning: offset commit failed: {e}"),
+        }
+    }
+}
+
+/// `topic[0,1,2] other[3]`, for assignment logs.
+pub(crate) fn partition_list(tpl: &TopicPartitionList) -> String {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for e in tpl.elements() {
+        by_topic
+            .entry(e.topic().to_owned())
+            .or_default()
+            .push(e.partition());
+    }
+    if by_topic.is_empty() {
+        return "(none)".to_owned();
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, mut ps)| {
+            ps.sort_unstable();
+            let ps: Vec<String> = ps.iter().map(i32::to_string).collect();
+            format!("{topic}[{}]", ps.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn consume_blocking(args: ConsumeArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut config = args.connection.config();
+    config
         .set("enable.partition.eof", "false")
-        .create()?;
+        .set("enable.auto.offset.store", "false");
+    match &args.group {
+        Some(group) => {
+            config
+                .set("group.id", group)
+                .set("enable.auto.commit", "true")
+                .set(
+                    "auto.offset.reset",
+                    if args.from_beginning {
+                        "earliest"
+                    } else {
+                        "latest"
+                    },
+                );
+            if let Some(ms) = args.session_timeout_ms {
+                config
+                    .set("session.timeout.ms", ms.to_string())
+                    .set("heartbeat.interval.ms", (ms / 3).max(1).to_string());
+            }
+            if let Some(id) = &args.instance_id {
+                config.set("group.instance.id", id);
+            }
+            if let Some(ms) = args.auto_commit_interval_ms {
+                config.set("auto.commit.interval.ms", ms.to_string());
+            }
+            if let Some(strategy) = &args.assignment_strategy {
+                config.set("partition.assignment.strategy", strategy);
+            }
+        }
+        None => {
+            // librdkafka needs a group id to assign partitions; no offsets are committed.
+            config
+                .set("group.id", "steadfast-cli-consume")
+                .set("enable.auto.commit", "false");
+        }
+    }
+    let consumer: BaseConsumer<GroupLog> = config
+        .create_with_context(GroupLog)
+        .context("creating the consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), TIMEOUT)
         .context("fetching metadata")?;
@@ -242,35 +368,141 @@ fn consume_blocking(args: ConsumeArgs) -> anyhow::Result<()> {
     if let Some(err) = topic.error() {
         bail!("topic {}: {:?}", args.topic, err);
     }
-    let start = if args.from_beginning {
-        Offset::Beginning
+    if let Some(group) = &args.group {
+        consumer
+            .subscribe(&[&args.topic])
+            .with_context(|| format!("subscribing to {} as a member of {group}", args.topic))?;
     } else {
-        Offset::End
-    };
-    let mut assignment = TopicPartitionList::new();
-    for p in topic.partitions() {
-        assignment.add_partition_offset(&args.topic, p.id(), start)?;
+        let start = if args.from_beginning {
+            Offset::Beginning
+        } else {
+            Offset::End
+        };
+        let mut assignment = TopicPartitionList::new();
+        for p in topic.partitions() {
+            assignment.add_partition_offset(&args.topic, p.id(), start)?;
+        }
+        consumer.assign(&assignment)?;
     }
-    consumer.assign(&assignment)?;
+    let outcome = consume_loop(&consumer, &args, stop);
+    let mut result = outcome.map(|seen| eprintln!("consumed {seen} message(s)"));
+    if let Some(group) = &args.group {
+        // Commit what was printed, then close (the member leaves the group on drop).
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                let e = anyhow::Error::new(e).context(format!("final commit for group {group}"));
+                result = result.and(Err(e));
+            }
+        }
+        drop(consumer);
+        match &args.instance_id {
+            // Static members do not leave: a restart within the session timeout keeps the
+            // assignment without a rebalance.
+            Some(id) => eprintln!(
+                "closed; static member {id} keeps its place in group {group} until its session times out"
+            ),
+            None => eprintln!("left group {group}"),
+        }
+    }
+    result
+}
+
+/// Polls and prints until the count, the idle timeout or a stop signal; returns how many
+/// messages were printed.
+fn consume_loop(
+    consumer: &BaseConsumer<GroupLog>,
+    args: &ConsumeArgs,
+    stop: &AtomicBool,
+) -> anyhow::Result<u64> {
     let mut seen = 0u64;
-    let idle = Duration::from_millis(args.idle_timeout_ms);
+    let idle = (args.idle_timeout_ms > 0).then(|| Duration::from_millis(args.idle_timeout_ms));
     let mut last = std::time::Instant::now();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    while args.count.is_none_or(|n| seen < n) && last.elapsed() < idle {
+    while args.count.is_none_or(|n| seen < n) && idle.is_none_or(|idle| last.elapsed() < idle) {
+        if stop.load(Ordering::SeqCst) {
+            eprintln!("stopping on signal");
+            break;
+        }
         match consumer.poll(Duration::from_millis(100)) {
             None => continue,
+            Some(Err(e)) if args.group.is_some() && !is_fatal(consumer, &e) => {
+                eprintln!("warning: {e}");
+            }
             Some(Err(e)) => bail!("consume failed: {e}"),
             Some(Ok(m)) => {
                 let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
                 let value = m.payload().map(String::from_utf8_lossy).unwrap_or_default();
-                writeln!(out, "{}/{}\t{}\t{}", m.partition(), m.offset(), key, value)?;
+                writeln!(out, "{}/{}\t{}\t{}", m.partition(), m.offset(), key, value)
+                    .and_then(|()| out.flush())
+                    .context("writing to standard output")?;
+                if args.group.is_some() {
+                    // Stored only once printed: the group's commit never runs ahead of output.
+                    if let Err(e) = consumer.store_offset_from_message(&m) {
+                        eprintln!(
+                            "warning: storing offset {}/{}: {e}",
+                            m.partition(),
+                            m.offset()
+                        );
+                    }
+                }
                 seen += 1;
                 last = std::time::Instant::now();
             }
         }
     }
-    out.flush()?;
-    eprintln!("consumed {seen} message(s)");
-    Ok(())
+    Ok(seen)
+}
+
+/// Whether a consume error means the client cannot go on.
+fn is_fatal(consumer: &BaseConsumer<GroupLog>, error: &KafkaError) -> bool {
+    consumer.client().fatal_error().is_some()
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Authentication)
+        )
+}
+
+/// Ctrl-C and (on Unix) SIGTERM, registered when installed.
+struct ShutdownSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Registers the handlers (the default actions no longer apply from here on).
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignals {
+                interrupt: signal(SignalKind::interrupt())
+                    .context("installing a SIGINT handler")?,
+                terminate: signal(SignalKind::terminate())
+                    .context("installing a SIGTERM handler")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(ShutdownSignals {})
+        }
+    }
+
+    /// Waits for the first signal.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -1,6 +1,8 @@
-//! The `steadfast` command: run the embedded server, manage topics, produce and consume.
+//! The `steadfast` command: run the embedded server, manage topics, produce and consume,
+//! inspect consumer groups and reset their offsets.
 
 mod client;
+mod groups;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -21,8 +23,12 @@ enum Command {
     Topics(client::TopicsArgs),
     /// Produce lines from standard input (or generated messages) to a topic.
     Produce(client::ProduceArgs),
-    /// Consume a topic and print its messages.
+    /// Consume a topic and print its messages (alone, or as a consumer-group member).
     Consume(client::ConsumeArgs),
+    /// List and describe consumer groups: state, members, assignments, offsets and lag.
+    Groups(groups::GroupsArgs),
+    /// Manage consumer-group offsets (reset to earliest, latest, an offset or a time).
+    Offsets(groups::OffsetsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,13 +53,26 @@ fn main() -> std::process::ExitCode {
             Command::Topics(args) => client::topics(args).await,
             Command::Produce(args) => client::produce(args).await,
             Command::Consume(args) => client::consume(args).await,
+            Command::Groups(args) => groups::groups(args).await,
+            Command::Offsets(args) => groups::offsets(args).await,
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Output piped into a reader that went away (`| head`): stop quietly.
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `error` comes from writing to a closed pipe.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1,0 +1,789 @@
+//! Consumer-group tooling: `steadfast groups list|describe` and `steadfast offsets reset`,
+//! through librdkafka (plus one raw DescribeGroups request for static-member instance ids,
+//! which librdkafka's group listing does not report).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::groups::GroupInfo;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::client::{Connection, TIMEOUT};
+
+/// Options of `steadfast groups`.
+#[derive(Debug, Args)]
+pub(crate) struct GroupsArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    action: GroupsAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupsAction {
+    /// List consumer groups with their state, protocol type and member count.
+    List,
+    /// Show a group's state, members with their assignments, and per partition the
+    /// committed offset, log-end offset and lag.
+    Describe {
+        /// Group id.
+        group: String,
+        /// Topics to show offsets for (default: every topic the group is assigned or has
+        /// committed offsets for).
+        #[arg(long = "topic", short = 't')]
+        topics: Vec<String>,
+    },
+}
+
+/// Options of `steadfast offsets`.
+#[derive(Debug, Args)]
+pub(crate) struct OffsetsArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    action: OffsetsAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum OffsetsAction {
+    /// Set a group's committed offsets. Only groups without active members (state Empty,
+    /// or unknown) can be reset.
+    Reset(ResetArgs),
+}
+
+/// Options of `steadfast offsets reset`.
+#[derive(Debug, Args)]
+struct ResetArgs {
+    /// Group id.
+    #[arg(long, short = 'g')]
+    group: String,
+    /// Topic whose partitions are reset (repeatable).
+    #[arg(long = "topic", short = 't', required = true)]
+    topics: Vec<String>,
+    #[command(flatten)]
+    target: ResetTarget,
+    /// Print the plan (old -> new per partition) without committing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Where `offsets reset` moves the group.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct ResetTarget {
+    /// The earliest offset still in the log.
+    #[arg(long)]
+    to_earliest: bool,
+    /// The log end: only messages produced from now on are read.
+    #[arg(long)]
+    to_latest: bool,
+    /// This offset on every partition (clamped to the partition's earliest and log end).
+    #[arg(long, value_name = "OFFSET")]
+    to_offset: Option<i64>,
+    /// The first message with a timestamp at or after this RFC 3339 time, such as
+    /// `2024-05-01T12:00:00Z`; partitions with no such message go to the log end.
+    #[arg(long, value_name = "RFC3339")]
+    to_time: Option<String>,
+}
+
+/// Runs `steadfast groups`.
+pub(crate) async fn groups(args: GroupsArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || match args.action {
+        GroupsAction::List => list(&args.connection),
+        GroupsAction::Describe { group, topics } => describe(&args.connection, &group, &topics),
+    })
+    .await?
+}
+
+/// Runs `steadfast offsets`.
+pub(crate) async fn offsets(args: OffsetsArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || match args.action {
+        OffsetsAction::Reset(reset_args) => reset(&args.connection, &reset_args),
+    })
+    .await?
+}
+
+/// A consumer for admin lookups: in `group` (for committed offsets) or in a throwaway
+/// group; it never subscribes and never commits on its own.
+fn tool_consumer(connection: &Connection, group: Option<&str>) -> anyhow::Result<BaseConsumer> {
+    let group = group.unwrap_or("steadfast-cli-admin");
+    connection
+        .config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .context("creating the client")
+}
+
+fn list(connection: &Connection) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let consumer = tool_consumer(connection, None)?;
+    let groups = consumer
+        .fetch_group_list(None, TIMEOUT)
+        .context("listing groups")?;
+    let mut rows: Vec<&GroupInfo> = groups.groups().iter().collect();
+    rows.sort_by(|a, b| a.name().cmp(b.name()));
+    writeln!(out, "GROUP\tSTATE\tPROTOCOL-TYPE\tMEMBERS")?;
+    for g in rows {
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}",
+            g.name(),
+            or_dash(g.state()),
+            or_dash(g.protocol_type()),
+            g.members().len()
+        )?;
+    }
+    Ok(())
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// One member of a group, as described.
+#[derive(Debug)]
+struct Member {
+    id: String,
+    client_id: String,
+    host: String,
+    assignment: Result<Vec<(String, Vec<i32>)>, String>,
+}
+
+/// A group's description: state, protocol, members.
+#[derive(Debug)]
+struct GroupState {
+    state: String,
+    protocol_type: String,
+    protocol: String,
+    members: Vec<Member>,
+}
+
+impl GroupState {
+    /// Whether the group is known to the coordinator at all.
+    fn exists(&self) -> bool {
+        !self.state.is_empty() && self.state != "Dead"
+    }
+}
+
+/// Describes `group` through librdkafka. Unknown groups come back with an empty or `Dead`
+/// state and no members.
+fn group_state(consumer: &BaseConsumer, group: &str) -> anyhow::Result<GroupState> {
+    let list = consumer
+        .fetch_group_list(Some(group), TIMEOUT)
+        .with_context(|| format!("describing group {group}"))?;
+    // With several brokers, non-coordinators answer too (without a state): keep the best.
+    let info = list
+        .groups()
+        .iter()
+        .filter(|g| g.name() == group)
+        .max_by_key(|g| (g.members().len(), !g.state().is_empty()));
+    let Some(info) = info else {
+        return Ok(GroupState {
+            state: String::new(),
+            protocol_type: String::new(),
+            protocol: String::new(),
+            members: vec![],
+        });
+    };
+    let members = info
+        .members()
+        .iter()
+        .map(|m| Member {
+            id: m.id().to_owned(),
+            client_id: m.client_id().to_owned(),
+            host: m.client_host().to_owned(),
+            assignment: decode_assignment(m.assignment().unwrap_or_default())
+                .map_err(|e| format!("{e:#}")),
+        })
+        .collect();
+    Ok(GroupState {
+        state: info.state().to_owned(),
+        protocol_type: info.protocol_type().to_owned(),
+        protocol: info.protocol().to_owned(),
+        members,
+    })
+}
+
+/// Decodes a consumer-protocol assignment: version (i16), then at that version an array of
+/// (topic, partitions) and user data. Empty bytes are an empty assignment.
+fn decode_assignment(bytes: &[u8]) -> anyhow::Result<Vec<(String, Vec<i32>)>> {
+    use bytes::Buf;
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    use kafka_protocol::protocol::Decodable;
+    if bytes.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut buf = bytes::Bytes::copy_from_slice(bytes);
+    if buf.remaining() < 2 {
+        bail!("assignment of {} byte(s) is too short", bytes.len());
+    }
+    let version = buf.get_i16();
+    if version < 0 {
+        bail!("assignment version {version} is invalid");
+    }
+    // Later versions only add fields at the end: read them as the newest one known.
+    let assignment = ConsumerProtocolAssignment::decode(&mut buf, version.min(3))
+        .with_context(|| format!("decoding a version {version} assignment"))?;
+    Ok(assignment
+        .assigned_partitions
+        .into_iter()
+        .map(|tp| {
+            let mut partitions = tp.partitions;
+            partitions.sort_unstable();
+            (tp.topic.to_string(), partitions)
+        })
+        .collect())
+}
+
+fn format_assignment(assignment: &[(String, Vec<i32>)]) -> String {
+    if assignment.is_empty() {
+        return "(none)".to_owned();
+    }
+    assignment
+        .iter()
+        .map(|(topic, ps)| {
+            let ps: Vec<String> = ps.iter().map(i32::to_string).collect();
+            format!("{topic}[{}]", ps.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Partition ids of `topic`, from metadata.
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .with_context(|| format!("fetching metadata of {topic}"))?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        bail!("topic {topic} not found");
+    };
+    if let Some(err) = t.error() {
+        bail!(
+            "topic {topic}: {}",
+            rdkafka::types::RDKafkaErrorCode::from(err)
+        );
+    }
+    if t.partitions().is_empty() {
+        bail!("topic {topic} not found");
+    }
+    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Committed offsets of `group` for the given partitions (`None`: nothing committed).
+fn committed(
+    group_consumer: &BaseConsumer,
+    partitions: &[(String, i32)],
+) -> anyhow::Result<HashMap<(String, i32), Option<i64>>> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p) in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let result = group_consumer
+        .committed_offsets(tpl, TIMEOUT)
+        .context("fetching committed offsets")?;
+    let mut out = HashMap::new();
+    for e in result.elements() {
+        if let Err(err) = e.error() {
+            bail!("committed offset of {}/{}: {err}", e.topic(), e.partition());
+        }
+        let offset = match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        };
+        out.insert((e.topic().to_owned(), e.partition()), offset);
+    }
+    Ok(out)
+}
+
+fn describe(connection: &Connection, group: &str, topics: &[String]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let admin = tool_consumer(connection, None)?;
+    let group_consumer = tool_consumer(connection, Some(group))?;
+    let state = group_state(&admin, group)?;
+    let instance_ids = if state.members.is_empty() {
+        HashMap::new()
+    } else {
+        match wire::instance_ids(connection.bootstrap(), group, TIMEOUT) {
+            Ok(ids) => ids,
+            Err(e) => {
+                eprintln!("note: instance ids unavailable: {e:#}");
+                HashMap::new()
+            }
+        }
+    };
+
+    writeln!(out, "group: {group}")?;
+    if state.exists() {
+        writeln!(out, "state: {}", state.state)?;
+        writeln!(out, "protocol type: {}", or_dash(&state.protocol_type))?;
+        writeln!(out, "protocol: {}", or_dash(&state.protocol))?;
+    } else {
+        writeln!(out, "state: {} (no such group)", or_dash(&state.state))?;
+    }
+    writeln!(out, "members: {}", state.members.len())?;
+    let mut owners: HashMap<(String, i32), String> = HashMap::new();
+    for m in &state.members {
+        writeln!(out, "  member {}", m.id)?;
+        writeln!(out, "    client id: {}", m.client_id)?;
+        writeln!(out, "    host: {}", m.host)?;
+        if let Some(instance) = instance_ids.get(&m.id) {
+            writeln!(out, "    instance id: {instance}")?;
+        }
+        match &m.assignment {
+            Ok(assignment) => {
+                writeln!(out, "    assigned: {}", format_assignment(assignment))?;
+                for (topic, ps) in assignment {
+                    for p in ps {
+                        owners.insert((topic.clone(), *p), m.client_id.clone());
+                    }
+                }
+            }
+            Err(e) => writeln!(out, "    assigned: (undecodable: {e})")?,
+        }
+    }
+
+    // Topics: as asked; else every assigned topic and every topic with committed offsets.
+    let mut shown: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    if topics.is_empty() {
+        let assigned: BTreeSet<String> = owners.keys().map(|(t, _)| t.clone()).collect();
+        let metadata = admin
+            .fetch_metadata(None, TIMEOUT)
+            .context("fetching metadata")?;
+        let mut all = Vec::new();
+        for t in metadata.topics() {
+            if t.name().starts_with("__") || t.error().is_some() {
+                continue;
+            }
+            for p in t.partitions() {
+                all.push((t.name().to_owned(), p.id()));
+            }
+        }
+        let offsets = if all.is_empty() {
+            HashMap::new()
+        } else {
+            committed(&group_consumer, &all)?
+        };
+        for (topic, p) in all {
+            let has_commit = offsets
+                .get(&(topic.clone(), p))
+                .is_some_and(Option::is_some);
+            if has_commit || assigned.contains(&topic) {
+                shown.entry(topic).or_default().push(p);
+            }
+        }
+        // A topic with committed offsets on some partitions shows all of them.
+        for (topic, ps) in shown.iter_mut() {
+            *ps = partitions_of(&admin, topic)?;
+        }
+    } else {
+        for topic in topics {
+            shown.insert(topic.clone(), partitions_of(&admin, topic)?);
+        }
+    }
+    if shown.is_empty() {
+        writeln!(out, "no committed offsets")?;
+        return Ok(());
+    }
+    let all: Vec<(String, i32)> = shown
+        .iter()
+        .flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p)))
+        .collect();
+    let offsets = committed(&group_consumer, &all)?;
+    writeln!(out, "TOPIC\tPARTITION\tCOMMITTED\tLOG-END\tLAG\tOWNER")?;
+    for (topic, p) in &all {
+        let (_, high) = admin
+            .fetch_watermarks(topic, *p, TIMEOUT)
+            .with_context(|| format!("fetching the log end of {topic}/{p}"))?;
+        let committed = offsets.get(&(topic.clone(), *p)).copied().flatten();
+        let (committed_text, lag) = match committed {
+            Some(c) => (c.to_string(), (high - c).max(0).to_string()),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        let owner = owners.get(&(topic.clone(), *p)).map_or("-", String::as_str);
+        writeln!(
+            out,
+            "{topic}\t{p}\t{committed_text}\t{high}\t{lag}\t{owner}"
+        )?;
+    }
+    Ok(())
+}
+
+fn reset(connection: &Connection, args: &ResetArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let group = args.group.as_str();
+    let admin = tool_consumer(connection, None)?;
+    let state = group_state(&admin, group)?;
+    if !state.members.is_empty() {
+        let names: Vec<String> = state
+            .members
+            .iter()
+            .map(|m| format!("{} (client id {}, host {})", m.id, m.client_id, m.host))
+            .collect();
+        bail!(
+            "group {group} has {} active member(s): {}; stop them first",
+            state.members.len(),
+            names.join(", ")
+        );
+    }
+    if state.exists() && state.state != "Empty" {
+        bail!(
+            "group {group} is in state {}; only groups without members (Empty) can be reset",
+            state.state
+        );
+    }
+
+    let target_time = match &args.target.to_time {
+        Some(text) => Some(parse_rfc3339_ms(text).with_context(|| format!("--to-time `{text}`"))?),
+        None => None,
+    };
+    let mut partitions = Vec::new();
+    for topic in &args.topics {
+        for p in partitions_of(&admin, topic)? {
+            partitions.push((topic.clone(), p));
+        }
+    }
+    let group_consumer = tool_consumer(connection, Some(group))?;
+    let old = committed(&group_consumer, &partitions)?;
+    let by_time = match target_time {
+        Some(ms) => Some(offsets_at_time(&admin, &partitions, ms)?),
+        None => None,
+    };
+
+    let mut plan = TopicPartitionList::new();
+    let mut lines = Vec::new();
+    for (topic, p) in &partitions {
+        let (low, high) = admin
+            .fetch_watermarks(topic, *p, TIMEOUT)
+            .with_context(|| format!("fetching the offsets of {topic}/{p}"))?;
+        let new = if args.target.to_earliest {
+            low
+        } else if args.target.to_latest {
+            high
+        } else if let Some(offset) = args.target.to_offset {
+            offset.clamp(low, high)
+        } else if let Some(found) = &by_time {
+            // No message at or after the time: the log end.
+            found
+                .get(&(topic.clone(), *p))
+                .copied()
+                .flatten()
+                .unwrap_or(high)
+                .clamp(low, high)
+        } else {
+            bail!("no reset target given");
+        };
+        plan.add_partition_offset(topic, *p, Offset::Offset(new))
+            .with_context(|| format!("planning {topic}/{p}"))?;
+        let old_text = old
+            .get(&(topic.clone(), *p))
+            .copied()
+            .flatten()
+            .map_or_else(|| "-".to_owned(), |o| o.to_string());
+        lines.push(format!("{topic}\t{p}\t{old_text} -> {new}"));
+    }
+    writeln!(out, "TOPIC\tPARTITION\tOLD -> NEW")?;
+    for line in &lines {
+        writeln!(out, "{line}")?;
+    }
+    if args.dry_run {
+        writeln!(out, "dry run: nothing committed")?;
+        return Ok(());
+    }
+    group_consumer
+        .commit(&plan, CommitMode::Sync)
+        .with_context(|| {
+            format!("committing the new offsets of group {group} (did a member join meanwhile?)")
+        })?;
+    writeln!(out, "committed new offsets for group {group}")?;
+    Ok(())
+}
+
+/// For each partition, the first offset whose timestamp is at or after `ms`; `None` where
+/// there is none.
+fn offsets_at_time(
+    consumer: &BaseConsumer,
+    partitions: &[(String, i32)],
+    ms: i64,
+) -> anyhow::Result<HashMap<(String, i32), Option<i64>>> {
+    let mut query = TopicPartitionList::new();
+    for (topic, p) in partitions {
+        query
+            .add_partition_offset(topic, *p, Offset::Offset(ms))
+            .with_context(|| format!("querying {topic}/{p}"))?;
+    }
+    let found = consumer
+        .offsets_for_times(query, TIMEOUT)
+        .context("looking up offsets by time")?;
+    let mut out = HashMap::new();
+    for e in found.elements() {
+        if let Err(err) = e.error() {
+            bail!("offset by time of {}/{}: {err}", e.topic(), e.partition());
+        }
+        let offset = match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        };
+        out.insert((e.topic().to_owned(), e.partition()), offset);
+    }
+    Ok(out)
+}
+
+/// Parses an RFC 3339 date-time (`2024-05-01T12:00:00Z`, `2024-05-01 12:00:00.250+02:00`)
+/// into milliseconds since the Unix epoch (fractions below a millisecond are dropped).
+pub(crate) fn parse_rfc3339_ms(text: &str) -> anyhow::Result<i64> {
+    // RFC 3339 allows a space (and lower case `t`/`z`) where ISO 8601 has `T`/`Z`.
+    let mut normalized = text.trim().to_ascii_uppercase();
+    if normalized.as_bytes().get(10) == Some(&b' ') {
+        normalized.replace_range(10..11, "T");
+    }
+    let parsed =
+        time::OffsetDateTime::parse(&normalized, &time::format_description::well_known::Rfc3339)
+            .with_context(|| {
+                format!("`{text}` is not an RFC 3339 date-time such as 2024-05-01T12:00:00Z")
+            })?;
+    Ok((parsed.unix_timestamp_nanos().div_euclid(1_000_000)) as i64)
+}
+
+/// A minimal Kafka-protocol exchange for what librdkafka's group listing leaves out: the
+/// `group.instance.id` of static members (DescribeGroups v4+).
+mod wire {
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+
+    use anyhow::{bail, Context};
+    use bytes::{BufMut, Bytes, BytesMut};
+    use kafka_protocol::error::ResponseError;
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId,
+        RequestHeader, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+
+    struct Conn {
+        stream: TcpStream,
+        correlation_id: i32,
+    }
+
+    impl Conn {
+        fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Conn> {
+            let mut last = None;
+            for a in addr
+                .to_socket_addrs()
+                .with_context(|| format!("resolving {addr}"))?
+            {
+                match TcpStream::connect_timeout(&a, timeout) {
+                    Ok(stream) => {
+                        stream.set_read_timeout(Some(timeout))?;
+                        stream.set_write_timeout(Some(timeout))?;
+                        return Ok(Conn {
+                            stream,
+                            correlation_id: 0,
+                        });
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            match last {
+                Some(e) => Err(e).with_context(|| format!("connecting to {addr}")),
+                None => bail!("{addr} resolves to no address"),
+            }
+        }
+
+        fn call<R: Request>(&mut self, request: &R, version: i16) -> anyhow::Result<R::Response> {
+            self.correlation_id += 1;
+            let mut header = RequestHeader::default();
+            header.request_api_key = R::KEY;
+            header.request_api_version = version;
+            header.correlation_id = self.correlation_id;
+            header.client_id = Some(StrBytes::from_static_str("steadfast-cli"));
+            let mut body = BytesMut::new();
+            header.encode(&mut body, R::header_version(version))?;
+            request.encode(&mut body, version)?;
+            let mut frame = Vec::with_capacity(body.len() + 4);
+            frame.put_i32(i32::try_from(body.len())?);
+            frame.extend_from_slice(&body);
+            self.stream.write_all(&frame)?;
+            let mut len = [0u8; 4];
+            self.stream.read_exact(&mut len)?;
+            let len = usize::try_from(i32::from_be_bytes(len)).context("negative length")?;
+            let mut response = vec![0u8; len];
+            self.stream.read_exact(&mut response)?;
+            let mut response = Bytes::from(response);
+            let header_version = if R::KEY == ApiKey::ApiVersions as i16 {
+                0
+            } else {
+                R::Response::header_version(version)
+            };
+            let header = ResponseHeader::decode(&mut response, header_version)?;
+            if header.correlation_id != self.correlation_id {
+                bail!("response to another request");
+            }
+            R::Response::decode(&mut response, version)
+        }
+    }
+
+    fn check(code: i16, what: &str) -> anyhow::Result<()> {
+        match ResponseError::try_from_code(code) {
+            None => Ok(()),
+            Some(e) => bail!("{what}: {e}"),
+        }
+    }
+
+    /// The highest version of `key` both sides speak, if any.
+    fn version(served: &HashMap<i16, (i16, i16)>, key: ApiKey, ours: i16) -> Option<i16> {
+        let (min, max) = served.get(&(key as i16))?;
+        let v = ours.min(*max);
+        (v >= *min).then_some(v)
+    }
+
+    /// Member id → instance id of the static members of `group`.
+    pub(super) fn instance_ids(
+        bootstrap: &str,
+        group: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<HashMap<String, String>> {
+        let mut errors = Vec::new();
+        for addr in bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match instance_ids_via(addr, group, timeout) {
+                Ok(ids) => return Ok(ids),
+                Err(e) => errors.push(format!("{addr}: {e:#}")),
+            }
+        }
+        bail!("{}", errors.join("; "))
+    }
+
+    fn instance_ids_via(
+        addr: &str,
+        group: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<HashMap<String, String>> {
+        let mut conn = Conn::connect(addr, timeout)?;
+        let versions = conn.call(&ApiVersionsRequest::default(), 0)?;
+        check(versions.error_code, "ApiVersions")?;
+        let served: HashMap<i16, (i16, i16)> = versions
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        let find_version =
+            version(&served, ApiKey::FindCoordinator, 3).context("FindCoordinator not served")?;
+        let mut find = FindCoordinatorRequest::default();
+        find.key = StrBytes::from_string(group.to_owned());
+        find.key_type = 0;
+        let found = conn.call(&find, find_version)?;
+        check(found.error_code, "FindCoordinator")?;
+        let coordinator = format!("{}:{}", found.host.as_str(), found.port);
+        let describe_version = match version(&served, ApiKey::DescribeGroups, 5) {
+            Some(v) if v >= 4 => v,
+            // Before version 4 DescribeGroups carries no instance ids.
+            _ => return Ok(HashMap::new()),
+        };
+        let mut conn = if coordinator == addr {
+            conn
+        } else {
+            Conn::connect(&coordinator, timeout)?
+        };
+        let mut describe = DescribeGroupsRequest::default();
+        describe.groups = vec![GroupId(StrBytes::from_string(group.to_owned()))];
+        let described = conn.call(&describe, describe_version)?;
+        let mut out = HashMap::new();
+        for g in described.groups {
+            if g.group_id.as_str() != group {
+                continue;
+            }
+            check(g.error_code, "DescribeGroups")?;
+            for m in g.members {
+                if let Some(instance) = m.group_instance_id {
+                    out.insert(m.member_id.to_string(), instance.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_parses_utc_offsets_and_fractions() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T12:00:00Z").unwrap(),
+            1_714_564_800_000
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T14:00:00.250+02:00").unwrap(),
+            1_714_564_800_250
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01 11:30:00.1234567-00:30").unwrap(),
+            1_714_564_800_123
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29t00:00:00z").unwrap(),
+            951_782_400_000
+        );
+        assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59.5Z").unwrap(), -500);
+    }
+
+    #[test]
+    fn rfc3339_rejects_malformed_input() {
+        for bad in [
+            "",
+            "2024-05-01",
+            "2024-05-01T12:00:00",
+            "2024-13-01T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T12:00:00.Z",
+            "2024-05-01T12:00:00+0200",
+            "2024-05-01T12:00:00Zjunk",
+            "1714564800000",
+        ] {
+            assert!(parse_rfc3339_ms(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn assignments_decode_at_every_version() {
+        use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+        use kafka_protocol::messages::{ConsumerProtocolAssignment, TopicName};
+        use kafka_protocol::protocol::{Encodable, StrBytes};
+        for version in 0..=3i16 {
+            let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+                TopicPartition::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("orders")))
+                    .with_partitions(vec![3, 1]),
+            ]);
+            let mut bytes = version.to_be_bytes().to_vec();
+            let mut body = bytes::BytesMut::new();
+            assignment.encode(&mut body, version).unwrap();
+            bytes.extend_from_slice(&body);
+            assert_eq!(
+                decode_assignment(&bytes).unwrap(),
+                vec![("orders".to_owned(), vec![1, 3])]
+            );
+        }
+        assert_eq!(decode_assignment(&[]).unwrap(), vec![]);
+        assert!(decode_assignment(&[0]).is_err());
+    }
+}
