@@ -1001,6 +1001,66 @@ fn parse_consumed(line: &str) -> (i32, i64) {
     (p.parse().expect("partition"), o.parse().expect("offset"))
 }
 
+/// A `steadfast consume --group G --from-beginning` child process whose output is read.
+struct CliConsumer {
+    process: KillOnDrop,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl CliConsumer {
+    fn spawn(bootstrap: &str, topic: &str, group: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(STEADFAST)
+            .args(["consume", "--bootstrap", bootstrap, "--topic", topic])
+            .args([
+                "--group",
+                group,
+                "--from-beginning",
+                "--idle-timeout-ms",
+                "0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn steadfast consume");
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        CliConsumer {
+            process: KillOnDrop(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Reads `count` printed positions, failing with the child's stderr if it exits or
+    /// the deadline passes first.
+    fn read_positions(&mut self, count: usize, timeout: Duration) -> Vec<(i32, i64)> {
+        let deadline = Instant::now() + timeout;
+        let mut positions = Vec::with_capacity(count);
+        let mut line = String::new();
+        while positions.len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "the child printed only {} lines\nstderr:\n{}",
+                positions.len(),
+                self.stderr.lock().expect("lock")
+            );
+            line.clear();
+            let n = self.stdout.read_line(&mut line).expect("read child stdout");
+            assert!(
+                n > 0,
+                "the child exited early\nstderr:\n{}",
+                self.stderr.lock().expect("lock")
+            );
+            positions.push(parse_consumed(line.trim_end()));
+        }
+        positions
+    }
+}
+
 #[test]
 fn a_killed_member_is_expelled_after_its_session_timeout_and_its_partitions_reassigned() {
     let server = TestServer::start();
@@ -1012,40 +1072,22 @@ fn a_killed_member_is_expelled_after_its_session_timeout_and_its_partitions_reas
     let probe = GroupProbe::new(&bootstrap, &group, &topic);
     let ends = probe.log_ends();
 
-    let mut child = Command::new(STEADFAST)
-        .args(["consume", "--bootstrap", &bootstrap, "--topic", &topic])
-        .args(["--group", &group, "--from-beginning"])
-        .args(["--session-timeout-ms", &SESSION_TIMEOUT_MS.to_string()])
-        .args(["--auto-commit-interval-ms", "200", "--idle-timeout-ms", "0"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn steadfast consume");
-    let stderr = collect(child.stderr.take().expect("stderr"));
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut child = KillOnDrop(child);
+    let mut child = CliConsumer::spawn(
+        &bootstrap,
+        &topic,
+        &group,
+        &[
+            "--session-timeout-ms",
+            &SESSION_TIMEOUT_MS.to_string(),
+            "--auto-commit-interval-ms",
+            "200",
+        ],
+    );
     let mut by_child: HashMap<(i32, i64), u32> = HashMap::new();
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
     // Read some of its output, then stop reading: once the pipe is full it blocks, as a
     // member stuck in processing would.
-    while by_child.len() < 3_000 {
-        assert!(
-            Instant::now() < deadline,
-            "the child consumed only {} messages\nstderr:\n{}",
-            by_child.len(),
-            stderr.lock().expect("lock")
-        );
-        line.clear();
-        let n = stdout.read_line(&mut line).expect("read child stdout");
-        assert!(
-            n > 0,
-            "the child exited early\nstderr:\n{}",
-            stderr.lock().expect("lock")
-        );
-        *by_child.entry(parse_consumed(line.trim_end())).or_default() += 1;
+    for at in child.read_positions(3_000, Duration::from_secs(60)) {
+        *by_child.entry(at).or_default() += 1;
     }
     wait_for(
         "the child to commit some offsets",
@@ -1055,13 +1097,13 @@ fn a_killed_member_is_expelled_after_its_session_timeout_and_its_partitions_reas
                 .try_committed()
                 .is_ok_and(|c| c.iter().any(Option::is_some))
         },
-        || format!("stderr:\n{}", stderr.lock().expect("lock")),
+        || format!("stderr:\n{}", child.stderr.lock().expect("lock")),
     );
-    child.0.kill().expect("SIGKILL");
+    child.process.0.kill().expect("SIGKILL");
     let killed_at = Instant::now();
-    child.0.wait().expect("reap");
+    child.process.0.wait().expect("reap");
     // Whatever it printed before it died counts as processed.
-    for line in stdout.lines() {
+    for line in (&mut child.stdout).lines() {
         let line = line.expect("read child stdout");
         *by_child.entry(parse_consumed(&line)).or_default() += 1;
     }
@@ -1190,69 +1232,38 @@ fn the_cli_consumer_commits_what_it_printed_and_leaves_on_sigterm() {
     let probe = GroupProbe::new(&bootstrap, &group, &topic);
 
     // Automatic commits far apart: what is committed at the end is the final commit.
-    let mut child = Command::new(STEADFAST)
-        .args(["consume", "--bootstrap", &bootstrap, "--topic", &topic])
-        .args([
-            "--group",
-            &group,
-            "--from-beginning",
-            "--idle-timeout-ms",
-            "0",
-        ])
-        .args(["--auto-commit-interval-ms", "600000"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn steadfast consume");
-    let stderr = collect(child.stderr.take().expect("stderr"));
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut child = KillOnDrop(child);
-    let mut printed: Vec<(i32, i64)> = Vec::new();
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while printed.len() < 5_000 {
-        assert!(
-            Instant::now() < deadline,
-            "the child printed only {} lines\nstderr:\n{}",
-            printed.len(),
-            stderr.lock().expect("lock")
-        );
-        line.clear();
-        let n = stdout.read_line(&mut line).expect("read child stdout");
-        assert!(
-            n > 0,
-            "the child exited early\nstderr:\n{}",
-            stderr.lock().expect("lock")
-        );
-        printed.push(parse_consumed(line.trim_end()));
-    }
+    let mut child = CliConsumer::spawn(
+        &bootstrap,
+        &topic,
+        &group,
+        &["--auto-commit-interval-ms", "600000"],
+    );
+    let mut printed = child.read_positions(5_000, Duration::from_secs(60));
     let term = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
+        .args(["-TERM", &child.process.0.id().to_string()])
         .status()
         .expect("run kill");
     assert!(term.success(), "kill -TERM failed");
     // Keep reading: a child blocked on a full pipe must get to its stop check.
-    for line in stdout.lines() {
+    for line in (&mut child.stdout).lines() {
         printed.push(parse_consumed(&line.expect("read child stdout")));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.0.try_wait().expect("try_wait") {
+        if let Some(status) = child.process.0.try_wait().expect("try_wait") {
             break status;
         }
         assert!(
             Instant::now() < deadline,
             "the child did not stop on SIGTERM\nstderr:\n{}",
-            stderr.lock().expect("lock")
+            child.stderr.lock().expect("lock")
         );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(
         status.success(),
         "clean exit on SIGTERM: {status}\nstderr:\n{}",
-        stderr.lock().expect("lock")
+        child.stderr.lock().expect("lock")
     );
     assert!(
         printed.len() < MESSAGES,
@@ -1272,7 +1283,7 @@ fn the_cli_consumer_commits_what_it_printed_and_leaves_on_sigterm() {
         probe.committed(),
         next,
         "the committed offsets are exactly what was printed\nstderr:\n{}",
-        stderr.lock().expect("lock")
+        child.stderr.lock().expect("lock")
     );
     assert_eq!(probe.try_members(), Ok(0), "the member left the group");
 }
