@@ -372,6 +372,15 @@ async fn refused_requests_get_kafka_error_codes_and_store_nothing() {
 
         assert_eq!(produce(&mut c, &topic, good, -1), (0, 0));
         assert_eq!(latest_offset(&mut c, &topic), 3);
+
+        // acks=0: stored, and no response is sent (the next response on the connection
+        // belongs to the next request, which `receive` checks by correlation id).
+        let frame = c.frame(
+            &produce_request(&topic, 0, batch(2, -1, -1, -1, 10), 0),
+            PRODUCE_V,
+        );
+        c.send_raw(&frame).expect("send");
+        assert_eq!(latest_offset(&mut c, &topic), 5);
     })
     .await
     .expect("client thread");
