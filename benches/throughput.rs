@@ -82,7 +82,9 @@ struct Args {
     /// Extra or overriding librdkafka consumer property, `key=value` (repeatable).
     #[arg(long = "consumer-set", value_name = "KEY=VALUE", value_parser = parse_property)]
     consumer_set: Vec<(String, String)>,
-    /// Passed by `cargo bench`; ignored.
+    /// Passed by `cargo bench`. Without it (the binary run by `cargo test --all-targets`)
+    /// the benchmark does a `--quick` smoke run, so the test suite checks that it works
+    /// without spending a minute on it.
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -190,7 +192,8 @@ impl Payloads {
 /// Parses the flags, starts the embedded server, runs every case `repeat` times and prints
 /// the table of medians to stdout (progress goes to stderr).
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.quick |= !args.bench;
     // Server logs (errors only unless RUST_LOG says otherwise) go to stderr.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
