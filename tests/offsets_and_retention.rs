@@ -271,3 +271,40 @@ async fn size_retention_keeps_the_partition_under_its_limit() {
     assert_eq!(server.enforce_retention_now().expect("retention"), 0);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_retention_task_deletes_expired_segments_on_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = server_on(dir.path())
+        .retention_check_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .expect("server");
+    let bootstrap = server.bootstrap_servers();
+    let topic = unique_topic("retention-task");
+    create_topic(
+        &bootstrap,
+        &topic,
+        &[("segment.bytes", "8192"), ("retention.ms", "60000")],
+    )
+    .await;
+    let (b, t) = (bootstrap.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || {
+        produce_timed(&b, &t, 300, now_ms() - 7_200_000, 20, "none")
+    })
+    .await
+    .expect("producer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let bases = server.segment_base_offsets(&topic, 0).expect("partition");
+        if bases.len() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention never ran: {bases:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling interval
+    }
+    server.shutdown().await;
+}

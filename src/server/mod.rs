@@ -42,6 +42,9 @@ use self::group::GroupCoordinator;
 use self::storage::sync::Syncer;
 use self::storage::{DataDirLock, LogStore};
 
+/// Largest segment size: index entries hold 32-bit file positions.
+const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+
 /// Entry point: `Server::builder()`.
 #[derive(Debug)]
 pub struct Server;
@@ -148,10 +151,10 @@ impl ServerBuilder {
                 "default partitions must be at least 1".into(),
             ));
         }
-        if config.log.segment_bytes < 1024 {
-            return Err(ServerError::Config(
-                "segment bytes must be at least 1024".into(),
-            ));
+        if !(1024..=MAX_SEGMENT_BYTES).contains(&config.log.segment_bytes) {
+            return Err(ServerError::Config(format!(
+                "segment bytes must be between 1024 and {MAX_SEGMENT_BYTES}"
+            )));
         }
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| ServerError::storage(&data_dir, e))?;

@@ -43,9 +43,10 @@ pub(crate) fn apply(
             }
             "segment.bytes" => {
                 let bytes = parse_i64(key, value)?;
-                if bytes < 1024 {
+                if !(1024..=i32::MAX as i64).contains(&bytes) {
                     return Err(format!(
-                        "config segment.bytes={value}: must be at least 1024"
+                        "config segment.bytes={value}: must be between 1024 and {}",
+                        i32::MAX
                     ));
                 }
                 config.segment_bytes = bytes as u64;
