@@ -211,6 +211,15 @@ async fn malformed_frames_leave_the_server_serving_a_well_behaved_client() {
         c.send_raw(&frame).expect("send");
         expect_closed(&mut c, "a garbage Produce body");
 
+        // A tiny request claiming an array of 2^31 - 1 elements must not make the server
+        // try to allocate for them.
+        let mut c = RawClient::connect(addr);
+        let mut frame = c.frame(&MetadataRequest::default().with_topics(Some(vec![])), 1);
+        let len = frame.len();
+        frame[len - 4..].copy_from_slice(&i32::MAX.to_be_bytes());
+        c.send_raw(&frame).expect("send");
+        expect_closed(&mut c, "an array length far beyond the request");
+
         let mut c = RawClient::connect(addr);
         c.send_raw(&i32::MAX.to_be_bytes()).expect("send");
         expect_closed(&mut c, "a length prefix above the maximum");
