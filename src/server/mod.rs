@@ -146,10 +146,11 @@ impl ServerBuilder {
                 .parse()
                 .map_err(|e| ServerError::Config(format!("listen address `{listen}`: {e}")))?;
         }
-        if config.default_partitions < 1 {
-            return Err(ServerError::Config(
-                "default partitions must be at least 1".into(),
-            ));
+        if !(1..=storage::MAX_PARTITIONS).contains(&config.default_partitions) {
+            return Err(ServerError::Config(format!(
+                "default partitions must be between 1 and {}",
+                storage::MAX_PARTITIONS
+            )));
         }
         if !(1024..=MAX_SEGMENT_BYTES).contains(&config.log.segment_bytes) {
             return Err(ServerError::Config(format!(
@@ -159,6 +160,11 @@ impl ServerBuilder {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| ServerError::storage(&data_dir, e))?;
         let lock = DataDirLock::acquire(&data_dir)?;
+        // Every segment keeps its log file open: raise the soft descriptor limit to the hard one.
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => tracing::debug!(limit, "open file limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+        }
         let store = {
             let (dir, log) = (data_dir.clone(), config.log.clone());
             tokio::task::spawn_blocking(move || LogStore::open(&dir, log))

@@ -29,21 +29,6 @@ fn now_ms() -> i64 {
 pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply, RequestError> {
     let request: OffsetCommitRequest = frame.decode()?;
     let group = request.group_id.0.as_str().to_owned();
-    let fenced = broker.groups.check_commit(
-        &group,
-        request.generation_id_or_member_epoch,
-        request.member_id.as_str(),
-        request.group_instance_id.as_ref().map(|s| s.as_str()),
-    );
-    if let Err(code) = fenced {
-        tracing::info!(
-            group = %group,
-            generation = request.generation_id_or_member_epoch,
-            member = %request.member_id.as_str(),
-            code,
-            "offset commit refused"
-        );
-    }
     let commit_ms = now_ms();
     let mut accepted = Vec::new();
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -53,10 +38,9 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
             let metadata = p.committed_metadata.as_ref().map(|m| m.as_str().to_owned());
-            let error = match (&fenced, &known) {
-                (Err(code), _) => *code,
-                (_, None) => ResponseError::UnknownTopicOrPartition.code(),
-                (_, Some(t)) if t.partition(p.partition_index).is_none() => {
+            let error = match &known {
+                None => ResponseError::UnknownTopicOrPartition.code(),
+                Some(t) if t.partition(p.partition_index).is_none() => {
                     ResponseError::UnknownTopicOrPartition.code()
                 }
                 _ if metadata.as_ref().is_some_and(|m| m.len() > MAX_METADATA) => {
@@ -89,14 +73,28 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
         );
     }
     let mut response = OffsetCommitResponse::default().with_topics(topics);
-    if accepted.is_empty() {
-        return Ok(Reply::Ready(respond(frame, &response)?));
-    }
-    let file = match broker.groups.offsets.commit(&group, accepted) {
+    let committed = broker.groups.commit(
+        &group,
+        request.generation_id_or_member_epoch,
+        request.member_id.as_str(),
+        request.group_instance_id.as_ref().map(|s| s.as_str()),
+        accepted,
+    );
+    let file = match committed {
         Ok(file) => file,
-        Err(e) => {
-            tracing::error!(group = %group, error = %e, "writing committed offsets failed");
-            fail_all(&mut response, ResponseError::CoordinatorNotAvailable.code());
+        Err(code) => {
+            tracing::info!(
+                group = %group,
+                generation = request.generation_id_or_member_epoch,
+                member = %request.member_id.as_str(),
+                code,
+                "offset commit refused"
+            );
+            for t in &mut response.topics {
+                for p in &mut t.partitions {
+                    p.error_code = code;
+                }
+            }
             return Ok(Reply::Ready(respond(frame, &response)?));
         }
     };

@@ -76,6 +76,9 @@ pub(crate) struct GroupDescription {
 #[derive(Debug)]
 pub(crate) struct GroupCoordinator {
     config: GroupConfig,
+    /// When this coordinator started (ms since the epoch): groups are not persisted, so a
+    /// group not yet rejoined after a restart counts as active from then on.
+    started_ms: i64,
     groups: Mutex<HashMap<String, Group>>,
     pub(crate) offsets: OffsetStore,
 }
@@ -101,6 +104,7 @@ impl GroupCoordinator {
     pub(crate) fn new(config: GroupConfig, offsets: OffsetStore) -> Self {
         GroupCoordinator {
             config,
+            started_ms: now_ms(),
             groups: Mutex::new(HashMap::new()),
             offsets,
         }
@@ -262,7 +266,13 @@ impl GroupCoordinator {
         };
         member.fail_waiters(codes::FENCED_INSTANCE_ID);
         let new_id = new_member_id(&req.client_id);
-        let unchanged = member.protocols == req.protocols;
+        // As Kafka does: no rebalance as long as the group's protocol stays supported. The
+        // metadata bytes differ anyway (cooperative-sticky encodes owned partitions, which a
+        // restarted process does not have).
+        let unchanged = group
+            .protocol_name
+            .as_ref()
+            .is_some_and(|p| req.protocols.iter().any(|(name, _)| name == p));
         member.member_id = new_id.clone();
         member.client_id = req.client_id.clone();
         member.client_host = req.client_host.clone();
@@ -392,6 +402,12 @@ impl GroupCoordinator {
         let mut results = Vec::with_capacity(leaving.len());
         let mut removed = false;
         for (member_id, instance_id) in leaving {
+            if instance_id.is_none() && group.pending.shift_remove(member_id).is_some() {
+                // Left between MEMBER_ID_REQUIRED and its real join.
+                removed = true;
+                results.push(codes::NONE);
+                continue;
+            }
             let id = match instance_id {
                 Some(instance) => match group.static_members.get(instance) {
                     Some(id) if member_id.is_empty() || id == member_id => Some(id.clone()),
@@ -419,15 +435,33 @@ impl GroupCoordinator {
         results
     }
 
-    /// Checks whether a member may commit offsets for its group (generation fencing).
-    pub(crate) fn check_commit(
+    /// Commits offsets if the member may (generation fencing), checking and writing under
+    /// the group lock so no rebalance can slip in between. Returns the offsets log to fsync
+    /// before acknowledging, or the error code for every partition.
+    pub(crate) fn commit(
         &self,
         group_id: &str,
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
-    ) -> Result<(), i16> {
+        commits: Vec<(String, i32, offsets::CommittedOffset)>,
+    ) -> Result<std::sync::Arc<std::fs::File>, i16> {
         let groups = self.groups.lock();
+        Self::check_commit(&groups, group_id, generation, member_id, instance_id)?;
+        self.offsets.commit(group_id, commits).map_err(|e| {
+            tracing::error!(group = %group_id, error = %e, "writing committed offsets failed");
+            codes::COORDINATOR_NOT_AVAILABLE
+        })
+    }
+
+    /// Whether a member may commit offsets for its group (generation fencing).
+    fn check_commit(
+        groups: &HashMap<String, Group>,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), i16> {
         let Some(group) = groups.get(group_id) else {
             // Offsets-only use (no membership): allowed for a group nobody is in.
             return if generation < 0 {
@@ -566,6 +600,24 @@ impl GroupCoordinator {
             {
                 group.try_complete_join(now, true);
             }
+            // A leader that never hands in the assignment must not stall the group: members
+            // that have not sent SyncGroup within the rebalance timeout are removed.
+            if group.state == GroupState::CompletingRebalance
+                && group.sync_deadline.is_some_and(|d| now >= d)
+            {
+                let unsynced: Vec<String> = group
+                    .members
+                    .values()
+                    .filter(|m| m.sync_waiter.is_none())
+                    .map(|m| m.member_id.clone())
+                    .collect();
+                for id in &unsynced {
+                    tracing::info!(group = %group.id, member = %id, "no SyncGroup within the rebalance timeout; member removed");
+                    group.remove_member(id, codes::UNKNOWN_MEMBER_ID);
+                }
+                group.prepare_rebalance(now, "members did not sync in time");
+                group.try_complete_join(now, false);
+            }
         }
         // Offset retention: groups without members whose last activity is old enough.
         let retention_ms = self.config.offsets_retention.as_millis() as i64;
@@ -577,7 +629,7 @@ impl GroupCoordinator {
                     let empty_for = now.duration_since(g.empty_since).as_millis() as i64;
                     last_commit.max(now_wall - empty_for)
                 }
-                None => last_commit,
+                None => last_commit.max(self.started_ms),
             };
             if now_wall - idle_since_ms > retention_ms {
                 tracing::info!(group = %group_id, "offsets expired (group empty past offsets retention)");

@@ -113,6 +113,8 @@ impl OffsetStore {
         })
     }
 
+    /// Appends entries and applies them to the in-memory map while holding the file lock,
+    /// so memory and disk agree on the order of concurrent changes.
     fn append(&self, entries: &[LogEntry]) -> io::Result<Arc<File>> {
         let mut buf = Vec::new();
         for entry in entries {
@@ -121,6 +123,25 @@ impl OffsetStore {
         }
         let file = self.file.lock();
         (&**file).write_all(&buf)?;
+        let mut offsets = self.offsets.lock();
+        for entry in entries {
+            match entry {
+                LogEntry::Commit {
+                    group,
+                    topic,
+                    partition,
+                    committed,
+                } => {
+                    offsets
+                        .entry(group.clone())
+                        .or_default()
+                        .insert((topic.clone(), *partition), committed.clone());
+                }
+                LogEntry::DeleteGroup { group } => {
+                    offsets.remove(group);
+                }
+            }
+        }
         Ok(file.clone())
     }
 
@@ -139,13 +160,7 @@ impl OffsetStore {
                 committed: committed.clone(),
             })
             .collect();
-        let file = self.append(&entries)?;
-        let mut offsets = self.offsets.lock();
-        let group_offsets = offsets.entry(group.to_owned()).or_default();
-        for (topic, partition, committed) in commits {
-            group_offsets.insert((topic, partition), committed);
-        }
-        Ok(file)
+        self.append(&entries)
     }
 
     /// The committed offset of one partition.
@@ -192,7 +207,7 @@ impl OffsetStore {
 
     /// Forgets a group's offsets (durably).
     pub(crate) fn delete_group(&self, group: &str) -> io::Result<()> {
-        if self.offsets.lock().remove(group).is_none() {
+        if !self.has_group(group) {
             return Ok(());
         }
         let file = self.append(&[LogEntry::DeleteGroup {

@@ -142,6 +142,8 @@ pub(crate) struct Group {
     /// Member ids handed out with MEMBER_ID_REQUIRED, with the deadline to join.
     pub(crate) pending: IndexMap<String, Instant>,
     pub(crate) rebalance_deadline: Option<Instant>,
+    /// In CompletingRebalance: when members that have not sent SyncGroup are removed.
+    pub(crate) sync_deadline: Option<Instant>,
     pub(crate) empty_since: Instant,
 }
 
@@ -162,6 +164,7 @@ impl Group {
             static_members: IndexMap::new(),
             pending: IndexMap::new(),
             rebalance_deadline: None,
+            sync_deadline: None,
             empty_since: now,
         }
     }
@@ -190,6 +193,7 @@ impl Group {
                 }
             }
         }
+        self.sync_deadline = None;
         if self.state == GroupState::PreparingRebalance {
             return;
         }
@@ -262,6 +266,13 @@ impl Group {
             self.leader = self.members.keys().next().cloned();
         }
         self.state = GroupState::CompletingRebalance;
+        let sync_timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or(DEFAULT_REBALANCE_TIMEOUT);
+        self.sync_deadline = Some(now + sync_timeout);
         tracing::info!(
             group = %self.id,
             generation = self.generation,
@@ -349,6 +360,7 @@ impl Group {
             }
         }
         self.state = GroupState::Stable;
+        self.sync_deadline = None;
         tracing::info!(group = %self.id, generation = self.generation, "group is stable");
         let protocol_type = self.protocol_type.clone();
         let protocol_name = self.protocol_name.clone();

@@ -102,8 +102,16 @@ impl BatchHeader {
         if header.last_offset_delta < 0 {
             return Err(BatchError::Inconsistent("negative last offset delta"));
         }
-        if header.record_count < 0 {
-            return Err(BatchError::Inconsistent("negative record count"));
+        if header.record_count as i64 != header.last_offset_delta as i64 + 1 {
+            return Err(BatchError::Inconsistent(
+                "record count does not match the last offset delta",
+            ));
+        }
+        // Uncompressed, every record takes at least 7 bytes.
+        if header.attributes & 0x07 == 0
+            && header.record_count as i64 * 7 > header.batch_length as i64 - 49
+        {
+            return Err(BatchError::Inconsistent("more records than bytes"));
         }
         Ok(header)
     }

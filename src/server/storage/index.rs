@@ -33,8 +33,9 @@ pub(crate) struct TimeEntry {
 pub(crate) struct SegmentIndex {
     offsets: Vec<OffsetEntry>,
     times: Vec<TimeEntry>,
-    offset_file: File,
-    time_file: File,
+    /// Open while the segment is active; sealed segments keep only the in-memory entries,
+    /// so they hold no file descriptors for their indexes.
+    files: Option<(File, File)>,
 }
 
 const OFFSET_ENTRY_LEN: usize = 8;
@@ -53,8 +54,7 @@ impl SegmentIndex {
         Ok(SegmentIndex {
             offsets: Vec::new(),
             times: Vec::new(),
-            offset_file: open(offset_path)?,
-            time_file: open(time_path)?,
+            files: Some((open(offset_path)?, open(time_path)?)),
         })
     }
 
@@ -97,12 +97,10 @@ impl SegmentIndex {
         if !monotonic || !in_bounds {
             return Ok(None);
         }
-        let append = |p: &Path| OpenOptions::new().append(true).open(p);
         Ok(Some(SegmentIndex {
             offsets,
             times,
-            offset_file: append(offset_path)?,
-            time_file: append(time_path)?,
+            files: None,
         }))
     }
 
@@ -111,7 +109,7 @@ impl SegmentIndex {
         let mut buf = [0u8; OFFSET_ENTRY_LEN];
         buf[0..4].copy_from_slice(&entry.relative_offset.to_be_bytes());
         buf[4..8].copy_from_slice(&entry.position.to_be_bytes());
-        self.offset_file.write_all(&buf)?;
+        self.writable()?.0.write_all(&buf)?;
         self.offsets.push(entry);
         Ok(())
     }
@@ -129,7 +127,7 @@ impl SegmentIndex {
         buf[0..8].copy_from_slice(&entry.timestamp.to_be_bytes());
         buf[8..12].copy_from_slice(&entry.relative_offset.to_be_bytes());
         buf[12..16].copy_from_slice(&entry.position.to_be_bytes());
-        self.time_file.write_all(&buf)?;
+        self.writable()?.1.write_all(&buf)?;
         self.times.push(entry);
         Ok(())
     }
@@ -160,10 +158,26 @@ impl SegmentIndex {
         }
     }
 
+    fn writable(&mut self) -> io::Result<&mut (File, File)> {
+        self.files
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the index of a sealed segment is read-only"))
+    }
+
     /// Flushes both index files to stable storage.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.offset_file.sync_data()?;
-        self.time_file.sync_data()
+        if let Some((offsets, times)) = &self.files {
+            offsets.sync_data()?;
+            times.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Syncs and closes the index files: the segment takes no more appends.
+    pub(crate) fn close(&mut self) -> io::Result<()> {
+        self.sync()?;
+        self.files = None;
+        Ok(())
     }
 
     /// The newest time-index entry.

@@ -59,8 +59,8 @@ pub(crate) enum CreateTopicError {
     /// A topic of that name exists.
     #[error("topic `{0}` already exists")]
     AlreadyExists(String),
-    /// Partition count below one.
-    #[error("number of partitions must be at least 1, got {0}")]
+    /// Partition count below one or above [`MAX_PARTITIONS`].
+    #[error("number of partitions must be between 1 and {MAX_PARTITIONS}, got {0}")]
     InvalidPartitions(i32),
     /// A config override is unknown or has a bad value.
     #[error("{0}")]
@@ -69,6 +69,9 @@ pub(crate) enum CreateTopicError {
     #[error(transparent)]
     Storage(#[from] ServerError),
 }
+
+/// Most partitions a topic may have on this single node.
+pub(crate) const MAX_PARTITIONS: i32 = 10_000;
 
 /// Checks a topic name against Kafka's rules.
 pub(crate) fn is_valid_topic_name(name: &str) -> bool {
@@ -182,7 +185,7 @@ impl LogStore {
         if !is_valid_topic_name(name) {
             return Err(CreateTopicError::InvalidName(name.to_owned()));
         }
-        if partitions < 1 {
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(CreateTopicError::InvalidPartitions(partitions));
         }
         if self.topics.read().contains_key(name) {
@@ -276,12 +279,19 @@ impl DataDirLock {
     }
 }
 
-/// Writes a small file and fsyncs it.
+/// Replaces a small file atomically and durably: a temporary file is written and fsynced,
+/// renamed over the target, and the directory fsynced, so a crash leaves the old or the new
+/// contents, never a torn file.
 pub(crate) fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut file = std::fs::File::create(path)?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut file = std::fs::File::create(&tmp)?;
     file.write_all(body)?;
-    file.sync_all()
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Fsyncs a directory so renames and new files in it survive a crash.

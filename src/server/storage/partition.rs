@@ -149,15 +149,20 @@ impl Partition {
             .next_back()
             .expect("not empty")
             .next_offset();
+        // Producer sequences come from the log tail: the last two segments, and more (up to
+        // six) while they are small, so a producer's last few batches are found even when
+        // they span several tiny segments.
+        let mut tail: Vec<&Segment> = Vec::new();
+        let mut tail_bytes = 0u64;
+        for segment in segments.values().rev() {
+            if tail.len() >= 2 && (tail.len() >= 6 || tail_bytes >= 64 * 1024 * 1024) {
+                break;
+            }
+            tail_bytes += segment.size();
+            tail.push(segment);
+        }
         let mut producers = ProducerStates::default();
-        for segment in segments
-            .values()
-            .rev()
-            .take(2)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
+        for segment in tail.into_iter().rev() {
             let view = segment.view_for_offset(segment.base_offset());
             let mut scanner = HeaderScanner::new(&view.file, 0, view.end);
             while let Some((_, header)) = scanner.next_header()? {
@@ -220,10 +225,12 @@ impl Partition {
             return Err(AppendError::Corrupt(BatchError::Truncated));
         };
         if headers.is_empty() {
+            // A retried batch: the original may still be waiting for its fsync (or its fsync
+            // failed), so the retry's acknowledgement waits for one as well.
             return Ok(Appended {
                 base_offset,
                 log_start_offset,
-                written_to: None,
+                written_to: Some(log.active().file().clone()),
             });
         }
         let needs_roll = {
@@ -265,7 +272,7 @@ impl Partition {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<ReadResult, ReadError> {
-        let (view, high_watermark, log_start_offset) = {
+        let (views, high_watermark, log_start_offset) = {
             let log = self.log.lock();
             if offset < log.log_start_offset || offset > log.next_offset {
                 return Err(ReadError::OffsetOutOfRange {
@@ -274,23 +281,32 @@ impl Partition {
                     log_end: log.next_offset,
                 });
             }
-            let view = if offset == log.next_offset {
-                None
+            // The segment holding `offset`, and the next ones in case it ends early (a gap
+            // left by recovering a damaged older segment must not stall consumers).
+            let views: Vec<SegmentView> = if offset == log.next_offset {
+                Vec::new()
             } else {
-                log.segments
+                let first = log
+                    .segments
                     .range(..=offset)
                     .next_back()
+                    .map(|(base, _)| *base)
+                    .unwrap_or(log.log_start_offset);
+                log.segments
+                    .range(first..)
+                    .take(3)
                     .map(|(_, s)| s.view_for_offset(offset))
+                    .collect()
             };
-            (view, log.next_offset, log.log_start_offset)
+            (views, log.next_offset, log.log_start_offset)
         };
-        let records = match view {
-            Some(view) => match view.find_offset(offset)? {
-                Some((pos, _)) => view.read_batches(pos, max_bytes, at_least_one)?,
-                None => Bytes::new(),
-            },
-            None => Bytes::new(),
-        };
+        let mut records = Bytes::new();
+        for view in views {
+            if let Some((pos, _)) = view.find_offset(offset)? {
+                records = view.read_batches(pos, max_bytes, at_least_one)?;
+                break;
+            }
+        }
         Ok(ReadResult {
             records,
             high_watermark,

@@ -127,6 +127,10 @@ impl Segment {
             bytes_since_index: 0,
         };
         let report = segment.recover(file_len, index_interval)?;
+        if !verify_all {
+            // An older segment whose index had to be rebuilt: it takes no more appends.
+            segment.seal()?;
+        }
         Ok((segment, report))
     }
 
@@ -271,7 +275,7 @@ impl Segment {
             })?;
         }
         self.file.sync_data()?;
-        self.index.sync()
+        self.index.close()
     }
 
     /// Fsyncs the data and indexes without sealing (the segment stays active).
