@@ -1294,6 +1294,15 @@ fn the_cli_consumer_commits_what_it_printed_and_leaves_on_sigterm() {
 
 #[test]
 fn a_restarted_static_member_gets_its_partitions_back_without_a_rebalance() {
+    static_member_restart(None);
+}
+
+#[test]
+fn a_restarted_static_member_under_cooperative_sticky_causes_no_rebalance() {
+    static_member_restart(Some("cooperative-sticky"));
+}
+
+fn static_member_restart(strategy: Option<&'static str>) {
     let server = TestServer::start();
     let bootstrap = server.bootstrap();
     let topic = unique_topic("cg-static");
@@ -1304,6 +1313,7 @@ fn a_restarted_static_member_gets_its_partitions_back_without_a_rebalance() {
     let static_spec = MemberSpec {
         instance_id: Some(instance.clone()),
         session_timeout_ms: Some(10_000),
+        strategy,
         ..Default::default()
     };
     let others: Vec<Member> = ["a", "b"]
@@ -1314,7 +1324,10 @@ fn a_restarted_static_member_gets_its_partitions_back_without_a_rebalance() {
                 &group,
                 &topic,
                 n,
-                MemberSpec::default(),
+                MemberSpec {
+                    strategy,
+                    ..Default::default()
+                },
                 &tracker,
             )
         })

@@ -335,3 +335,101 @@ async fn offsets_of_an_empty_group_expire_after_offsets_retention_but_not_while_
     .expect("client thread");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaving_between_member_id_required_and_its_join_does_not_hold_the_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_server(dir.path()).await;
+    let addr = server.local_addr();
+    let group = unique_topic("group");
+    tokio::task::spawn_blocking(move || {
+        let mut quitter = RawClient::connect(addr);
+        let response = quitter.call(&join_request(&group, ""), JOIN_V);
+        assert_eq!(response.error_code, MEMBER_ID_REQUIRED);
+        let leave = LeaveGroupRequest::default()
+            .with_group_id(GroupId(s(&group)))
+            .with_members(vec![
+                kafka_protocol::messages::leave_group_request::MemberIdentity::default()
+                    .with_member_id(response.member_id.clone()),
+            ]);
+        let left = quitter.call(&leave, 4);
+        assert_eq!(
+            left.members[0].error_code, 0,
+            "the pending member may leave"
+        );
+        // A real member now completes its join at once instead of waiting out the
+        // pending member's session timeout (10 s).
+        let mut member = RawClient::connect(addr);
+        let id = send_join(&mut member, &group);
+        assert!(
+            !member.nothing_received_for(Duration::from_secs(3)),
+            "the join completed without waiting for the member that left"
+        );
+        let joined = member.receive::<JoinGroupRequest>(JOIN_V);
+        assert_eq!(
+            (joined.error_code, joined.leader.as_str()),
+            (0, id.as_str())
+        );
+    })
+    .await
+    .expect("client thread");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_expire_offsets_of_a_quiet_group_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let retention = Duration::from_millis(1500);
+    let server = server_on(dir.path())
+        .offsets_retention(retention)
+        .start()
+        .await
+        .expect("server");
+    let (addr, bootstrap) = (server.local_addr(), server.bootstrap_servers());
+    let (group, topic) = (unique_topic("quiet"), unique_topic("quiet-topic"));
+    let (g, t) = (group.clone(), topic.clone());
+    let committed_at = tokio::task::spawn_blocking(move || {
+        let producer = logged_producer(&bootstrap, &[]);
+        send_record(
+            &producer,
+            rdkafka::producer::BaseRecord::with_opaque_to(&t, Box::new(0)).payload(&b"x"[..]),
+        );
+        assert_eq!(delivered_ok(&producer).len(), 1);
+        let mut c = RawClient::connect(addr);
+        assert_eq!(simple_commit(&mut c, &g, &t, 3), 0);
+        std::time::Instant::now()
+    })
+    .await
+    .expect("client thread");
+    server.shutdown().await;
+    // Restart once the commit is older than the retention time, as a quiet group's is.
+    while committed_at.elapsed() <= retention {
+        tokio::time::sleep(Duration::from_millis(50)).await; // waiting for the clock itself
+    }
+    let server = server_on(dir.path())
+        .offsets_retention(retention)
+        .start()
+        .await
+        .expect("server");
+    let addr = server.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let mut c = RawClient::connect(addr);
+        assert_eq!(
+            committed(&mut c, &group, &topic).0,
+            3,
+            "members get a retention period to come back"
+        );
+        // With nobody back, the offsets do expire one retention period after the restart.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while committed(&mut c, &group, &topic).0 != -1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "offsets never expired"
+            );
+            std::thread::sleep(Duration::from_millis(50)); // polling interval
+        }
+    })
+    .await
+    .expect("client thread");
+    server.shutdown().await;
+}

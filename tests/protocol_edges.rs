@@ -346,6 +346,15 @@ async fn refused_requests_get_kafka_error_codes_and_store_nothing() {
             36,
             "TOPIC_ALREADY_EXISTS"
         );
+        let huge = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(name(&unique_topic("huge")))
+            .with_num_partitions(i32::MAX)
+            .with_replication_factor(1)]);
+        assert_eq!(
+            c.call(&huge, 7).topics[0].error_code,
+            37,
+            "INVALID_PARTITIONS"
+        );
 
         let good = batch(3, -1, -1, -1, 10);
         let mut corrupt = good.to_vec();

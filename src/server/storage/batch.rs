@@ -273,6 +273,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_record_count_that_contradicts_the_offsets_is_refused() {
+        let mut bytes = encode_batch(3, 0).to_vec();
+        bytes[57..61].copy_from_slice(&1_000_000i32.to_be_bytes());
+        assert!(matches!(
+            BatchHeader::parse(&bytes),
+            Err(BatchError::Inconsistent(_))
+        ));
+    }
+
+    #[test]
     fn last_sequence_wraps_at_i32_max() {
         let mut h = BatchHeader::parse(&encode_batch(3, 0)).expect("valid");
         h.base_sequence = i32::MAX - 1;
