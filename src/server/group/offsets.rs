@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::server::storage::sync_dir;
+use crate::server::storage::write_durably;
 
 /// One committed offset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,26 +86,20 @@ impl OffsetStore {
                 }
             }
         }
-        let tmp = dir.join("offsets.log.compact");
-        {
-            let mut out = io::BufWriter::new(File::create(&tmp)?);
-            for (group, entries) in &offsets {
-                for ((topic, partition), committed) in entries {
-                    let entry = LogEntry::Commit {
-                        group: group.clone(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                        committed: committed.clone(),
-                    };
-                    serde_json::to_writer(&mut out, &entry).map_err(io::Error::other)?;
-                    out.write_all(b"\n")?;
-                }
+        let mut compacted = Vec::new();
+        for (group, entries) in &offsets {
+            for ((topic, partition), committed) in entries {
+                let entry = LogEntry::Commit {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    committed: committed.clone(),
+                };
+                serde_json::to_writer(&mut compacted, &entry).map_err(io::Error::other)?;
+                compacted.push(b'\n');
             }
-            out.flush()?;
-            out.get_ref().sync_all()?;
         }
-        std::fs::rename(&tmp, &path)?;
-        sync_dir(&dir)?;
+        write_durably(&path, &compacted)?;
         let file = OpenOptions::new().append(true).open(&path)?;
         Ok(OffsetStore {
             file: Mutex::new(Arc::new(file)),

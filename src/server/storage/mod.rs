@@ -147,7 +147,7 @@ impl LogStore {
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
         for p in 0..meta.partitions {
             let pdir = dir.join(p.to_string());
-            let (partition, _) = Partition::open(&pdir, config.clone())
+            let partition = Partition::open(&pdir, config.clone())
                 .map_err(|e| ServerError::storage(&pdir, e))?;
             partitions.push(Arc::new(partition));
         }
@@ -215,11 +215,9 @@ impl LogStore {
         std::fs::create_dir_all(&dir).map_err(|e| ServerError::storage(&dir, e))?;
         let topic = Self::open_topic(&dir, name.to_owned(), &meta, config)?;
         let meta_path = dir.join("topic.json");
-        let tmp = dir.join("topic.json.tmp");
         let body = serde_json::to_vec_pretty(&meta).expect("topic metadata serializes");
-        write_durably(&tmp, &body).map_err(|e| ServerError::storage(&tmp, e))?;
-        std::fs::rename(&tmp, &meta_path).map_err(|e| ServerError::storage(&meta_path, e))?;
-        sync_dir(&dir).map_err(|e| ServerError::storage(&dir, e))?;
+        // Written last (atomically), so a crash before it leaves no half topic.
+        write_durably(&meta_path, &body).map_err(|e| ServerError::storage(&meta_path, e))?;
         sync_dir(&self.root).map_err(|e| ServerError::storage(&self.root, e))?;
         let topic = Arc::new(topic);
         topics.insert(name.to_owned(), topic.clone());

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::batch::{set_base_offset, BatchError, IncomingBatch};
 use super::producer_state::{ProducerStates, SequenceCheck, SequenceError};
-use super::segment::{base_offset_of, HeaderScanner, RecoveryReport, Segment, SegmentView};
+use super::segment::{base_offset_of, HeaderScanner, Segment, SegmentView};
 use crate::server::config::LogConfig;
 
 /// Why an append was refused.
@@ -86,8 +86,6 @@ pub(crate) struct ReadResult {
 #[derive(Debug)]
 struct PartitionLog {
     segments: BTreeMap<i64, Segment>,
-    log_start_offset: i64,
-    next_offset: i64,
     producers: ProducerStates,
     dirty: bool,
 }
@@ -108,11 +106,29 @@ impl PartitionLog {
             .next_back()
             .expect("a partition always has an active segment")
     }
+
+    /// First offset kept: the base of the oldest segment.
+    fn log_start_offset(&self) -> i64 {
+        *self
+            .segments
+            .keys()
+            .next()
+            .expect("a partition always has an active segment")
+    }
+
+    /// Next offset to be written: the end of the active segment.
+    fn next_offset(&self) -> i64 {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a partition always has an active segment")
+            .next_offset()
+    }
 }
 
 impl Partition {
     /// Opens (recovering) or creates the partition stored in `dir`.
-    pub(crate) fn open(dir: &Path, config: LogConfig) -> io::Result<(Self, RecoveryReport)> {
+    pub(crate) fn open(dir: &Path, config: LogConfig) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut bases: Vec<i64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -120,10 +136,6 @@ impl Partition {
             .collect();
         bases.sort_unstable();
         let mut segments = BTreeMap::new();
-        let mut report = RecoveryReport {
-            valid_bytes: 0,
-            truncated_bytes: 0,
-        };
         for (i, base) in bases.iter().enumerate() {
             let is_last = i + 1 == bases.len();
             let (segment, seg_report) =
@@ -136,14 +148,11 @@ impl Partition {
                     "truncated a torn or corrupt segment tail"
                 );
             }
-            report.valid_bytes += seg_report.valid_bytes;
-            report.truncated_bytes += seg_report.truncated_bytes;
             segments.insert(*base, segment);
         }
         if segments.is_empty() {
             segments.insert(0, Segment::create(dir, 0)?);
         }
-        let log_start_offset = *segments.keys().next().expect("not empty");
         let next_offset = segments
             .values()
             .next_back()
@@ -170,21 +179,16 @@ impl Partition {
             }
         }
         let (end_offset, _) = watch::channel(next_offset);
-        Ok((
-            Partition {
-                dir: dir.to_path_buf(),
-                config,
-                log: Mutex::new(PartitionLog {
-                    segments,
-                    log_start_offset,
-                    next_offset,
-                    producers,
-                    dirty: false,
-                }),
-                end_offset,
-            },
-            report,
-        ))
+        Ok(Partition {
+            dir: dir.to_path_buf(),
+            config,
+            log: Mutex::new(PartitionLog {
+                segments,
+                producers,
+                dirty: false,
+            }),
+            end_offset,
+        })
     }
 
     /// Appends a produce request's batches, assigning offsets.
@@ -193,7 +197,7 @@ impl Partition {
         let mut data = Vec::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
         let mut headers = Vec::with_capacity(batches.len());
         let mut first_offset = None;
-        let mut next = log.next_offset;
+        let mut next = log.next_offset();
         for batch in batches {
             if batch.bytes.len() > self.config.max_message_bytes {
                 return Err(AppendError::TooLarge {
@@ -220,7 +224,7 @@ impl Partition {
             next += header.offset_count();
             headers.push(header);
         }
-        let log_start_offset = log.log_start_offset;
+        let log_start_offset = log.log_start_offset();
         let Some(base_offset) = first_offset else {
             return Err(AppendError::Corrupt(BatchError::Truncated));
         };
@@ -241,7 +245,7 @@ impl Partition {
         };
         if needs_roll {
             log.active().seal()?;
-            let new_base = log.next_offset;
+            let new_base = log.next_offset();
             log.segments
                 .insert(new_base, Segment::create(&self.dir, new_base)?);
             tracing::debug!(dir = %self.dir.display(), base_offset = new_base, "rolled segment");
@@ -253,7 +257,6 @@ impl Partition {
         for header in &headers {
             log.producers.record(header);
         }
-        log.next_offset = next;
         log.dirty = true;
         drop(log);
         self.end_offset.send_replace(next);
@@ -274,16 +277,17 @@ impl Partition {
     ) -> Result<ReadResult, ReadError> {
         let (views, high_watermark, log_start_offset) = {
             let log = self.log.lock();
-            if offset < log.log_start_offset || offset > log.next_offset {
+            let (log_start, log_end) = (log.log_start_offset(), log.next_offset());
+            if offset < log_start || offset > log_end {
                 return Err(ReadError::OffsetOutOfRange {
                     offset,
-                    log_start: log.log_start_offset,
-                    log_end: log.next_offset,
+                    log_start,
+                    log_end,
                 });
             }
             // The segment holding `offset`, and the next ones in case it ends early (a gap
             // left by recovering a damaged older segment must not stall consumers).
-            let views: Vec<SegmentView> = if offset == log.next_offset {
+            let views: Vec<SegmentView> = if offset == log_end {
                 Vec::new()
             } else {
                 let first = log
@@ -291,14 +295,14 @@ impl Partition {
                     .range(..=offset)
                     .next_back()
                     .map(|(base, _)| *base)
-                    .unwrap_or(log.log_start_offset);
+                    .unwrap_or(log_start);
                 log.segments
                     .range(first..)
                     .take(3)
                     .map(|(_, s)| s.view_for_offset(offset))
                     .collect()
             };
-            (views, log.next_offset, log.log_start_offset)
+            (views, log_end, log_start)
         };
         let mut records = Bytes::new();
         for view in views {
@@ -341,12 +345,12 @@ impl Partition {
 
     /// First offset kept in the log.
     pub(crate) fn log_start_offset(&self) -> i64 {
-        self.log.lock().log_start_offset
+        self.log.lock().log_start_offset()
     }
 
     /// Next offset to be written.
     pub(crate) fn log_end_offset(&self) -> i64 {
-        self.log.lock().next_offset
+        self.log.lock().next_offset()
     }
 
     /// A receiver that sees the log end offset change.
@@ -387,7 +391,6 @@ impl Partition {
                 let (_, segment) = log.segments.pop_first().expect("more than one segment");
                 total -= segment.size();
                 removed.push(segment);
-                log.log_start_offset = *log.segments.keys().next().expect("active remains");
             }
             removed
         };

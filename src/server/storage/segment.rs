@@ -357,7 +357,9 @@ pub(crate) struct HeaderScanner<'a> {
     pub(crate) failed: bool,
 }
 
-const SCAN_CHUNK: u64 = 64 * 1024;
+/// Bytes read per step while walking headers: an index entry lies within about 4 KiB of the
+/// batch a read looks for, so a small read finds it without pulling in the data after it.
+const SCAN_CHUNK: u64 = 8 * 1024;
 
 impl<'a> HeaderScanner<'a> {
     /// Starts at `pos` (a batch boundary) and stops at `end`.
