@@ -245,11 +245,16 @@ fn sigkill_while_producing_loses_no_acknowledged_message() {
         high as usize >= acknowledged.len(),
         "high watermark {high} below acknowledged count"
     );
-    let received = {
-        let consumer_bootstrap = server.bootstrap.clone();
-        // check.crcs makes the client verify every batch it is served: a partial batch fails.
-        consume_checked(&consumer_bootstrap, &topic, high as usize)
-    };
+    // check.crcs makes the client verify every batch it is served: a partial batch fails.
+    let received = consume_with(
+        &server.bootstrap,
+        &topic,
+        1,
+        Offset::Beginning,
+        high as usize,
+        Duration::from_secs(60),
+        &[("check.crcs", "true")],
+    );
     assert_eq!(
         received.values().map(Vec::len).sum::<usize>(),
         high as usize
@@ -269,46 +274,6 @@ fn sigkill_while_producing_loses_no_acknowledged_message() {
         (0, high),
         "next produce lands at the old high watermark"
     );
-}
-
-fn consume_checked(bootstrap: &str, topic: &str, expected: usize) -> HashMap<i32, Vec<Received>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .set("group.id", unique_topic("checked"))
-        .set("enable.auto.commit", "false")
-        .set("check.crcs", "true")
-        .create()
-        .expect("consumer");
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .expect("tpl");
-    consumer.assign(&tpl).expect("assign");
-    let mut out: HashMap<i32, Vec<Received>> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut n = 0;
-    while n < expected {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {n} of {expected}"
-        );
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(e)) => panic!("served data failed the client's checks: {e}"),
-            Some(Ok(m)) => {
-                out.entry(m.partition()).or_default().push(Received {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers: vec![],
-                    timestamp: None,
-                });
-                n += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Produces `count` messages (acks=all) to a fresh single-partition topic, then stops the
@@ -339,25 +304,28 @@ async fn fill_and_stop(dir: &Path, count: usize) -> String {
     topic
 }
 
+/// Reads partition 0 of `topic` up to its high watermark; returns the watermark too.
+fn read_partition(bootstrap: &str, topic: &str) -> (i64, HashMap<i32, Vec<Received>>) {
+    let (_, high) = watermarks(bootstrap, topic, 0);
+    let received = consume(
+        bootstrap,
+        topic,
+        1,
+        Offset::Beginning,
+        high as usize,
+        Duration::from_secs(30),
+    );
+    (high, received)
+}
+
 /// Restarts on `dir` and reads the whole partition back; returns its high watermark too.
 async fn read_back(dir: &Path, topic: &str) -> (i64, HashMap<i32, Vec<Received>>) {
     let server = start_server(dir).await;
     let bootstrap = server.bootstrap_servers();
     let t = topic.to_owned();
-    let result = tokio::task::spawn_blocking(move || {
-        let (_, high) = watermarks(&bootstrap, &t, 0);
-        let received = consume(
-            &bootstrap,
-            &t,
-            1,
-            Offset::Beginning,
-            high as usize,
-            Duration::from_secs(30),
-        );
-        (high, received)
-    })
-    .await
-    .expect("consumer");
+    let result = tokio::task::spawn_blocking(move || read_partition(&bootstrap, &t))
+        .await
+        .expect("consumer");
     server.shutdown().await;
     result
 }
@@ -411,18 +379,10 @@ async fn a_torn_last_batch_is_dropped_and_offsets_continue_from_it() {
     let bootstrap = server.bootstrap_servers();
     let t = topic.clone();
     tokio::task::spawn_blocking(move || {
-        let (_, high) = watermarks(&bootstrap, &t, 0);
+        let (high, received) = read_partition(&bootstrap, &t);
         assert!(
             (950..1_000).contains(&high),
             "the torn batch is gone, the rest kept: {high}"
-        );
-        let received = consume(
-            &bootstrap,
-            &t,
-            1,
-            Offset::Beginning,
-            high as usize,
-            Duration::from_secs(30),
         );
         let records = &received[&0];
         assert_eq!(records.len(), high as usize, "nothing partial served");

@@ -136,13 +136,8 @@ async fn a_commit_from_a_stale_generation_is_rejected_with_illegal_generation() 
     let topic = unique_topic("fenced");
     let (g, t) = (group.clone(), topic.clone());
     tokio::task::spawn_blocking(move || {
-        // The topic must exist for commits to it: a producer's metadata request creates it.
-        let producer = logged_producer(&bootstrap, &[]);
-        send_record(
-            &producer,
-            rdkafka::producer::BaseRecord::with_opaque_to(&t, Box::new(0)).payload(&b"x"[..]),
-        );
-        assert_eq!(delivered_ok(&producer).len(), 1);
+        // The topic must exist for commits to it.
+        create_by_producing(&bootstrap, &t);
         let mut first = RawClient::connect(addr);
         let id1 = send_join(&mut first, &g);
         let joined = first.receive::<JoinGroupRequest>(JOIN_V);
@@ -288,12 +283,7 @@ async fn offsets_of_an_empty_group_expire_after_offsets_retention_but_not_while_
     let bootstrap = server.bootstrap_servers();
     tokio::task::spawn_blocking(move || {
         let topic = unique_topic("expiry");
-        let producer = logged_producer(&bootstrap, &[]);
-        send_record(
-            &producer,
-            rdkafka::producer::BaseRecord::with_opaque_to(&topic, Box::new(0)).payload(&b"x"[..]),
-        );
-        assert_eq!(delivered_ok(&producer).len(), 1);
+        create_by_producing(&bootstrap, &topic);
         let mut c = RawClient::connect(addr);
 
         // A group with a live member keeps its offsets past the retention time.
@@ -389,12 +379,7 @@ async fn a_restart_does_not_expire_offsets_of_a_quiet_group_at_once() {
     let (group, topic) = (unique_topic("quiet"), unique_topic("quiet-topic"));
     let (g, t) = (group.clone(), topic.clone());
     let committed_at = tokio::task::spawn_blocking(move || {
-        let producer = logged_producer(&bootstrap, &[]);
-        send_record(
-            &producer,
-            rdkafka::producer::BaseRecord::with_opaque_to(&t, Box::new(0)).payload(&b"x"[..]),
-        );
-        assert_eq!(delivered_ok(&producer).len(), 1);
+        create_by_producing(&bootstrap, &t);
         let mut c = RawClient::connect(addr);
         assert_eq!(simple_commit(&mut c, &g, &t, 3), 0);
         std::time::Instant::now()

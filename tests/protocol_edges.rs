@@ -149,6 +149,14 @@ fn fetch_request(
                 .with_partition_max_bytes(partition_max)])])
 }
 
+/// The record set of the first partition of a fetch response.
+fn fetched_records(response: &FetchResponse) -> Bytes {
+    response.responses[0].partitions[0]
+        .records
+        .clone()
+        .expect("records")
+}
+
 /// Record batch sizes in a fetched record set.
 fn batch_sizes(records: &Bytes) -> Vec<usize> {
     let mut sizes = Vec::new();
@@ -531,34 +539,13 @@ async fn fetch_answers_at_once_when_data_is_ready_and_long_polls_otherwise() {
             &fetch_request(&topic, 0, 0, 1, (2 * one + one / 2) as i32),
             FETCH_V,
         );
-        assert_eq!(
-            batch_sizes(
-                response.responses[0].partitions[0]
-                    .records
-                    .as_ref()
-                    .expect("records")
-            )
-            .len(),
-            2
-        );
+        assert_eq!(batch_sizes(&fetched_records(&response)).len(), 2);
         let response = c.call(&fetch_request(&topic, 0, 0, 1, 10), FETCH_V);
-        assert_eq!(
-            batch_sizes(
-                response.responses[0].partitions[0]
-                    .records
-                    .as_ref()
-                    .expect("records")
-            )
-            .len(),
-            1
-        );
+        assert_eq!(batch_sizes(&fetched_records(&response)).len(), 1);
 
         // A fetch from the middle of a batch returns that whole batch.
         let response = c.call(&fetch_request(&topic, 5, 0, 1, 10), FETCH_V);
-        let records = response.responses[0].partitions[0]
-            .records
-            .clone()
-            .expect("records");
+        let records = fetched_records(&response);
         assert_eq!(
             i64::from_be_bytes(records[..8].try_into().expect("8 bytes")),
             4

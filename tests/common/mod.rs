@@ -82,13 +82,30 @@ pub fn consume(
     expected: usize,
     deadline: Duration,
 ) -> HashMap<i32, Vec<Received>> {
-    let consumer: BaseConsumer = client_config(bootstrap)
+    consume_with(bootstrap, topic, partitions, start, expected, deadline, &[])
+}
+
+/// [`consume`] with extra consumer `settings` (such as `check.crcs=true`); a consume error
+/// fails the test.
+pub fn consume_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    start: Offset,
+    expected: usize,
+    deadline: Duration,
+    settings: &[(&str, &str)],
+) -> HashMap<i32, Vec<Received>> {
+    let mut config = client_config(bootstrap);
+    config
         .set("group.id", unique_topic("test-reader"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("consumer");
+        .set("fetch.wait.max.ms", "100");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
         assignment
@@ -116,8 +133,10 @@ pub fn consume(
     // Anything beyond `expected` would be a duplicate: give it a moment to show up.
     let grace = Instant::now() + Duration::from_millis(300);
     while Instant::now() < grace {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-            out.entry(m.partition()).or_default().push(to_received(&m));
+        match consumer.poll(Duration::from_millis(50)) {
+            None => {}
+            Some(Err(e)) => panic!("consume error: {e}"),
+            Some(Ok(m)) => out.entry(m.partition()).or_default().push(to_received(&m)),
         }
     }
     out
@@ -319,4 +338,15 @@ pub fn delivered_ok(producer: &LoggedProducer) -> HashMap<usize, (i32, i64)> {
         }
     }
     out
+}
+
+/// Creates `topic` the way an application would: a producer's metadata request auto-creates
+/// it, and one record is produced and acknowledged.
+pub fn create_by_producing(bootstrap: &str, topic: &str) {
+    let producer = logged_producer(bootstrap, &[]);
+    send_record(
+        &producer,
+        rdkafka::producer::BaseRecord::with_opaque_to(topic, Box::new(0)).payload(&b"x"[..]),
+    );
+    assert_eq!(delivered_ok(&producer).len(), 1);
 }
