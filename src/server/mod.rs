@@ -350,15 +350,22 @@ async fn retention_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
     }
 }
 
-/// Enforces group session and rebalance timeouts and offset retention.
+/// Enforces group session, rebalance and sync timeouts (every 100 ms) and offset
+/// retention (every second).
 async fn group_timer_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => broker.groups.tick(),
+            _ = tick.tick() => {}
         }
+        broker.groups.tick();
+        if ticks.is_multiple_of(10) {
+            broker.groups.expire_offsets();
+        }
+        ticks += 1;
     }
 }
 

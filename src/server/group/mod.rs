@@ -572,7 +572,7 @@ impl GroupCoordinator {
         self.groups.lock().get(group_id).map(|g| g.generation)
     }
 
-    /// Enforces session timeouts, rebalance timeouts and offset retention.
+    /// Enforces session, rebalance and sync timeouts.
     pub(crate) fn tick(&self) {
         let now = Instant::now();
         let mut groups = self.groups.lock();
@@ -619,7 +619,14 @@ impl GroupCoordinator {
                 group.try_complete_join(now, false);
             }
         }
-        // Offset retention: groups without members whose last activity is old enough.
+    }
+
+    /// Deletes the offsets of groups that have had no members for the offsets retention,
+    /// and forgets groups with neither members nor offsets. Runs far less often than
+    /// [`Self::tick`]: it walks every committed group.
+    pub(crate) fn expire_offsets(&self) {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
         let retention_ms = self.config.offsets_retention.as_millis() as i64;
         let now_wall = now_ms();
         for (group_id, last_commit) in self.offsets.groups() {

@@ -275,7 +275,7 @@ impl Partition {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<ReadResult, ReadError> {
-        let (views, high_watermark, log_start_offset) = {
+        let (view, high_watermark, log_start_offset) = {
             let log = self.log.lock();
             let (log_start, log_end) = (log.log_start_offset(), log.next_offset());
             if offset < log_start || offset > log_end {
@@ -285,31 +285,28 @@ impl Partition {
                     log_end,
                 });
             }
-            // The segment holding `offset`, and the next ones in case it ends early (a gap
-            // left by recovering a damaged older segment must not stall consumers).
-            let views: Vec<SegmentView> = if offset == log_end {
-                Vec::new()
-            } else {
-                let first = log
-                    .segments
-                    .range(..=offset)
-                    .next_back()
-                    .map(|(base, _)| *base)
-                    .unwrap_or(log_start);
-                log.segments
-                    .range(first..)
-                    .take(3)
-                    .map(|(_, s)| s.view_for_offset(offset))
-                    .collect()
-            };
-            (views, log_end, log_start)
+            let view = (offset < log_end)
+                .then(|| log.segments.range(..=offset).next_back())
+                .flatten()
+                .map(|(base, s)| (*base, s.view_for_offset(offset)));
+            (view, log_end, log_start)
         };
         let mut records = Bytes::new();
-        for view in views {
+        let mut next = view;
+        while let Some((base, view)) = next {
             if let Some((pos, _)) = view.find_offset(offset)? {
                 records = view.read_batches(pos, max_bytes, at_least_one)?;
                 break;
             }
+            // The segment ends before `offset`: a gap left by recovering a damaged older
+            // segment. Read on from the next segment rather than stall the consumer.
+            next = self
+                .log
+                .lock()
+                .segments
+                .range(base + 1..)
+                .next()
+                .map(|(b, s)| (*b, s.view_for_offset(offset)));
         }
         Ok(ReadResult {
             records,
