@@ -1,0 +1,1217 @@
+//! Throughput benchmark: the embedded steadfast server, driven by the real librdkafka
+//! client, against Redis Streams on the local Redis — same payloads, same machine.
+//!
+//! Run with `cargo bench --bench throughput` (add `-- --quick` for a smoke run, or
+//! `-- --help` for every flag). See `benches/README.md` for what each row measures.
+//!
+//! Workloads, for message size {100 B, 1 KiB} x partitions {1, 8}:
+//!
+//! * produce with `acks=1` and with `acks=-1` (steadfast answers `acks=-1` only after an
+//!   fsync; Redis has no equivalent, so its `acks=1` numbers are repeated and marked);
+//! * consume a backlog: the messages of the `acks=1` row, read from offset 0 to the end.
+//!
+//! The Redis side uses a small hand-written RESP client (see [`resp`]) so that the client is
+//! not the bottleneck: a generic reply parser (the `redis` crate's) tops out near 0.5M
+//! entries/s here, while with this one redis-server runs at 100% of a core and the client
+//! at about 15%.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use clap::Parser;
+use rand::Rng as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use steadfast_server::{FsyncPolicy, Server, ServerHandle};
+
+/// Default messages per run for messages up to 512 bytes.
+const DEFAULT_MESSAGES_SMALL: u64 = 2_000_000;
+/// Default messages per run for larger messages.
+const DEFAULT_MESSAGES_LARGE: u64 = 500_000;
+/// Messages per run with `--quick` (small, large).
+const QUICK_MESSAGES: (u64, u64) = (20_000, 5_000);
+/// A run fails if no message or delivery report arrives for this long.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Command-line flags (everything after `cargo bench --bench throughput --`).
+#[derive(Parser, Debug)]
+#[command(about = "steadfast vs Redis Streams throughput benchmark")]
+struct Args {
+    /// Messages per run for every message size (default: 2,000,000 for messages up to 512 B
+    /// and 500,000 for larger ones).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Smoke run: 20,000 messages per 100-byte run and 5,000 per 1 KiB run, one run each.
+    #[arg(long)]
+    quick: bool,
+    /// Runs of every case; the table shows the median (default: 3, or 1 with --quick).
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Message sizes in bytes to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1024")]
+    sizes: Vec<usize>,
+    /// Partition counts (stream keys for Redis) to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    partitions: Vec<i32>,
+    /// Address of the Redis server to compare with.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    redis: String,
+    /// Skip Redis (for profiling the steadfast side alone).
+    #[arg(long)]
+    no_redis: bool,
+    /// Skip steadfast (for checking the Redis side alone).
+    #[arg(long)]
+    no_steadfast: bool,
+    /// XADD commands per pipelined round trip.
+    #[arg(long, default_value_t = 1000)]
+    redis_pipeline: usize,
+    /// Entries per XRANGE call when reading the backlog from Redis.
+    #[arg(long, default_value_t = 10_000)]
+    redis_batch: usize,
+    /// Extra or overriding librdkafka producer property, `key=value` (repeatable).
+    #[arg(long = "producer-set", value_name = "KEY=VALUE", value_parser = parse_property)]
+    producer_set: Vec<(String, String)>,
+    /// Extra or overriding librdkafka consumer property, `key=value` (repeatable).
+    #[arg(long = "consumer-set", value_name = "KEY=VALUE", value_parser = parse_property)]
+    consumer_set: Vec<(String, String)>,
+    /// Passed by `cargo bench`. Without it (the binary run by `cargo test --all-targets`)
+    /// the benchmark does a `--quick` smoke run, so the test suite checks that it works
+    /// without spending a minute on it.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Parses `key=value`.
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+}
+
+/// The three measured workloads, in table order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Workload {
+    /// Produce, answered after the write to the OS.
+    ProduceAcks1,
+    /// Produce, answered after fsync (steadfast's default policy).
+    ProduceAcksAll,
+    /// Read the `acks=1` backlog from the start.
+    ConsumeBacklog,
+}
+
+impl Workload {
+    /// Label in the table.
+    fn label(self) -> &'static str {
+        match self {
+            Workload::ProduceAcks1 => "produce acks=1",
+            Workload::ProduceAcksAll => "produce acks=-1",
+            Workload::ConsumeBacklog => "consume backlog",
+        }
+    }
+}
+
+/// The result of one timed run.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    /// Messages moved.
+    messages: u64,
+    /// Payload bytes moved.
+    bytes: u64,
+    /// Wall-clock time of the run.
+    elapsed: Duration,
+}
+
+impl Measured {
+    /// Messages per second.
+    fn msgs_per_sec(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+    /// Payload megabytes (10^6 bytes) per second.
+    fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64() / 1e6
+    }
+}
+
+/// One line of the final table.
+#[derive(Debug)]
+struct Row {
+    /// What was measured.
+    workload: Workload,
+    /// Message payload size in bytes.
+    size: usize,
+    /// Partitions (steadfast) or stream keys (Redis).
+    partitions: i32,
+    /// Messages per run.
+    messages: u64,
+    /// steadfast's result, if it ran.
+    steadfast: Option<Measured>,
+    /// Redis's result, if it ran.
+    redis: Option<Measured>,
+    /// Whether the Redis numbers are borrowed from another workload (no equivalent exists).
+    redis_substituted: bool,
+}
+
+/// Random payloads: message `i` is a `size`-byte window into one random block, so payloads
+/// differ from message to message without allocating per message.
+#[derive(Debug)]
+struct Payloads {
+    /// Random bytes, `WINDOWS * STRIDE + size` long.
+    block: Vec<u8>,
+    /// Payload size.
+    size: usize,
+}
+
+impl Payloads {
+    /// Distinct windows in the block.
+    const WINDOWS: usize = 1024;
+    /// Distance between windows.
+    const STRIDE: usize = 61;
+
+    /// Random payloads of `size` bytes.
+    fn new(size: usize) -> Self {
+        let mut block = vec![0u8; Self::WINDOWS * Self::STRIDE + size];
+        rand::rng().fill(&mut block[..]);
+        Payloads { block, size }
+    }
+
+    /// The payload of message `i`.
+    fn get(&self, i: u64) -> &[u8] {
+        let start = (i as usize % Self::WINDOWS) * Self::STRIDE;
+        &self.block[start..start + self.size]
+    }
+}
+
+/// Parses the flags, starts the embedded server, runs every case `repeat` times and prints
+/// the table of medians to stdout (progress goes to stderr).
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    args.quick |= !args.bench;
+    // Server logs (errors only unless RUST_LOG says otherwise) go to stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    ensure!(
+        !(args.no_redis && args.no_steadfast),
+        "--no-redis and --no-steadfast together leave nothing to run"
+    );
+    ensure!(
+        args.sizes.iter().all(|&s| s > 0) && args.partitions.iter().all(|&p| p > 0),
+        "sizes and partition counts must be positive"
+    );
+    ensure!(
+        args.redis_pipeline > 0 && args.redis_batch > 0,
+        "--redis-pipeline and --redis-batch must be positive"
+    );
+    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 });
+    ensure!(repeat > 0, "--repeat must be at least 1");
+    let messages_for = |size: usize| -> u64 {
+        match (args.messages, args.quick) {
+            (Some(n), _) => n,
+            (None, true) if size <= 512 => QUICK_MESSAGES.0,
+            (None, true) => QUICK_MESSAGES.1,
+            (None, false) if size <= 512 => DEFAULT_MESSAGES_SMALL,
+            (None, false) => DEFAULT_MESSAGES_LARGE,
+        }
+    };
+
+    // Fail before any work if the peer is not there; note how durable it is configured.
+    let redis_persistence = if args.no_redis {
+        "not run".to_owned()
+    } else {
+        let mut conn = resp::Conn::connect(&args.redis)
+            .and_then(|mut c| c.ping().map(|()| c))
+            .with_context(|| {
+                format!(
+                    "Redis does not answer at {} (start it, pass --redis ADDR, or --no-redis)",
+                    args.redis
+                )
+            })?;
+        let mut settings = Vec::new();
+        for name in ["appendonly", "appendfsync", "save"] {
+            let value = conn.config_get(name)?;
+            settings.push(format!("{name}={value:?}"));
+        }
+        settings.join(" ")
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("steadfast-server")
+        .build()
+        .context("building the server's tokio runtime")?;
+    let data_dir = tempfile::tempdir().context("creating the server's data dir")?;
+    let server = if args.no_steadfast {
+        None
+    } else {
+        Some(
+            runtime
+                .block_on(
+                    Server::builder()
+                        .listen("127.0.0.1:0")
+                        .data_dir(data_dir.path())
+                        .fsync(FsyncPolicy::default())
+                        .start(),
+                )
+                .context("starting the embedded server")?,
+        )
+    };
+    let run_id = format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+
+    eprintln!(
+        "steadfast throughput benchmark: sizes {:?}, partitions {:?}, fsync policy {:?}",
+        args.sizes,
+        args.partitions,
+        FsyncPolicy::default()
+    );
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &size in &args.sizes {
+        let n = messages_for(size);
+        let payloads = Payloads::new(size);
+        for &partitions in &args.partitions {
+            let (mut steadfast_runs, mut redis_runs) = (Vec::new(), Vec::new());
+            for repetition in 1..=repeat {
+                let case = Case {
+                    size,
+                    partitions,
+                    messages: n,
+                    payloads: &payloads,
+                    repetition,
+                };
+                let run = format!("{run_id}-r{repetition}");
+                if let Some(server) = &server {
+                    let result = steadfast_case(&runtime, server, &args, &case, &run)
+                        .with_context(|| format!("steadfast, {size} B, {partitions} partitions"))?;
+                    steadfast_runs.push(result);
+                }
+                if !args.no_redis {
+                    let result = redis_case(&args, &case, &run)
+                        .with_context(|| format!("Redis, {size} B, {partitions} stream keys"))?;
+                    redis_runs.push(result);
+                }
+            }
+            for workload in [
+                Workload::ProduceAcks1,
+                Workload::ProduceAcksAll,
+                Workload::ConsumeBacklog,
+            ] {
+                let pick = |r: &CaseResult| match workload {
+                    Workload::ProduceAcks1 => r.produce_acks1,
+                    Workload::ProduceAcksAll => r.produce_acks_all.unwrap_or(r.produce_acks1),
+                    Workload::ConsumeBacklog => r.consume,
+                };
+                rows.push(Row {
+                    workload,
+                    size,
+                    partitions,
+                    messages: n,
+                    steadfast: median(&steadfast_runs, pick),
+                    redis: median(&redis_runs, pick),
+                    redis_substituted: workload == Workload::ProduceAcksAll,
+                });
+            }
+        }
+    }
+    if let Some(server) = server {
+        runtime.block_on(server.shutdown());
+    }
+    drop(runtime);
+    if let Err(e) = data_dir.close() {
+        eprintln!("warning: could not remove the server's data dir: {e}");
+    }
+    rows.sort_by_key(|r| (r.workload, r.size, r.partitions));
+    rows.dedup_by_key(|r| (r.workload, r.size, r.partitions));
+    println!("{}", render_table(&rows, &args, repeat, &redis_persistence));
+    eprintln!("total time: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One (size, partitions) combination.
+#[derive(Debug)]
+struct Case<'a> {
+    /// Payload size in bytes.
+    size: usize,
+    /// Partitions or stream keys.
+    partitions: i32,
+    /// Messages per workload.
+    messages: u64,
+    /// The payloads to send.
+    payloads: &'a Payloads,
+    /// Which run of the case this is, from 1.
+    repetition: usize,
+}
+
+/// The run with the median message rate (the upper one of the two middle runs for an even
+/// count); `None` without runs.
+fn median(runs: &[CaseResult], pick: impl Fn(&CaseResult) -> Measured) -> Option<Measured> {
+    let mut measured: Vec<Measured> = runs.iter().map(pick).collect();
+    measured.sort_by(|a, b| a.msgs_per_sec().total_cmp(&b.msgs_per_sec()));
+    measured.get(measured.len() / 2).copied()
+}
+
+/// The three workloads of one case for one system.
+#[derive(Debug)]
+struct CaseResult {
+    /// Produce with `acks=1` (Redis: plain pipelined XADD).
+    produce_acks1: Measured,
+    /// Produce with `acks=-1`; `None` where the system has no such mode.
+    produce_acks_all: Option<Measured>,
+    /// Consume the `acks=1` backlog.
+    consume: Measured,
+}
+
+/// Prints one finished measurement to stderr, as progress.
+fn report(system: &str, workload: Workload, case: &Case<'_>, m: &Measured) {
+    eprintln!(
+        "  run {} {system:<9} {:<16} {:>5} B x {} partitions: {:>10} msg/s {:>8.1} MB/s ({:.2} s)",
+        case.repetition,
+        workload.label(),
+        case.size,
+        case.partitions,
+        group_digits(m.msgs_per_sec()),
+        m.mb_per_sec(),
+        m.elapsed.as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// steadfast, through librdkafka
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the three workloads against the embedded server, on fresh topics that are deleted
+/// afterwards.
+fn steadfast_case(
+    runtime: &tokio::runtime::Runtime,
+    server: &ServerHandle,
+    args: &Args,
+    case: &Case<'_>,
+    run_id: &str,
+) -> Result<CaseResult> {
+    let bootstrap = server.bootstrap_servers();
+    let topic_acks1 = format!("bench-{run_id}-{}b-{}p-acks1", case.size, case.partitions);
+    let topic_acks_all = format!("bench-{run_id}-{}b-{}p-acksall", case.size, case.partitions);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .context("creating the admin client")?;
+    runtime.block_on(create_topics(
+        &admin,
+        &[&topic_acks1, &topic_acks_all],
+        case.partitions,
+    ))?;
+
+    let produce_acks1 = produce(&bootstrap, &topic_acks1, "1", case, &args.producer_set)?;
+    report("steadfast", Workload::ProduceAcks1, case, &produce_acks1);
+    let consume = consume(&bootstrap, &topic_acks1, case, &args.consumer_set)?;
+    report("steadfast", Workload::ConsumeBacklog, case, &consume);
+    let produce_acks_all = produce(&bootstrap, &topic_acks_all, "all", case, &args.producer_set)?;
+    report(
+        "steadfast",
+        Workload::ProduceAcksAll,
+        case,
+        &produce_acks_all,
+    );
+
+    let deleted = runtime.block_on(admin.delete_topics(
+        &[topic_acks1.as_str(), topic_acks_all.as_str()],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ));
+    if let Err(e) = deleted.map_err(anyhow::Error::from).and_then(|results| {
+        results
+            .into_iter()
+            .try_for_each(|r| r.map(drop).map_err(|(t, e)| anyhow!("{t}: {e}")))
+    }) {
+        eprintln!("warning: deleting benchmark topics failed: {e:#}");
+    }
+    Ok(CaseResult {
+        produce_acks1,
+        produce_acks_all: Some(produce_acks_all),
+        consume,
+    })
+}
+
+/// Creates `topics` with `partitions` partitions each, failing on any per-topic error.
+async fn create_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<()> {
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .context("CreateTopics")?;
+    for result in results {
+        result.map_err(|(topic, e)| anyhow!("creating topic {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Counts delivery reports; the producer's poll loop runs the callback.
+#[derive(Debug, Default)]
+struct DeliveryCounter {
+    /// Messages acknowledged by the server.
+    delivered: AtomicU64,
+    /// Messages that failed.
+    failed: AtomicU64,
+    /// The first failure, for the error message.
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = self.first_error.lock() {
+                    first.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+    }
+}
+
+impl DeliveryCounter {
+    /// Delivery reports received, successful or not.
+    fn reports(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// How long the producing thread sleeps when it has nothing to do but wait for the client.
+const IDLE_WAIT: Duration = Duration::from_micros(100);
+
+/// Runs every delivery report that is ready, without blocking; true if there were any.
+///
+/// `BaseProducer::poll` with a timeout busy-waits for the sub-millisecond rest of its
+/// deadline, which on a two-core machine steals CPU from the server, so the loops here poll
+/// with a zero timeout (one event — a batch of reports — per call) and sleep briefly instead.
+fn serve_reports(producer: &BaseProducer<DeliveryCounter>) -> bool {
+    let counter = producer.context();
+    let mut served = false;
+    loop {
+        let before = counter.reports();
+        producer.poll(Duration::ZERO);
+        if counter.reports() == before {
+            return served;
+        }
+        served = true;
+    }
+}
+
+/// librdkafka producer settings tuned for throughput; `acks` is `1` or `all`; `overrides`
+/// come last and win.
+fn producer_config(bootstrap: &str, acks: &str, overrides: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", acks)
+        .set("compression.type", "none")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "1000000")
+        // One request may carry a full batch for every partition.
+        .set("message.max.bytes", "16000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("enable.idempotence", "false")
+        .set("message.timeout.ms", "120000")
+        .set("socket.timeout.ms", "60000");
+    for (key, value) in overrides {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Sends `case.messages` messages round-robin over the partitions and waits for every
+/// delivery report. Timed from the first send to the last report.
+fn produce(
+    bootstrap: &str,
+    topic: &str,
+    acks: &str,
+    case: &Case<'_>,
+    overrides: &[(String, String)],
+) -> Result<Measured> {
+    let producer: BaseProducer<DeliveryCounter> = producer_config(bootstrap, acks, overrides)
+        .create_with_context(DeliveryCounter::default())
+        .context("creating the producer")?;
+    // Connect and learn the topic's leaders before the clock starts.
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .context("fetching metadata")?;
+    let known = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    ensure!(
+        known == case.partitions as usize,
+        "topic {topic} has {known} partitions, expected {}",
+        case.partitions
+    );
+
+    let n = case.messages;
+    let parts = case.partitions as u64;
+    let counter = producer.context();
+    let start = Instant::now();
+    for i in 0..n {
+        let mut record = BaseRecord::<(), [u8]>::to(topic)
+            .payload(case.payloads.get(i))
+            .partition((i % parts) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    if !serve_reports(&producer) {
+                        std::thread::sleep(IDLE_WAIT);
+                    }
+                }
+                Err((e, _)) => bail!("send failed at message {i}: {e}"),
+            }
+        }
+        if i % 1024 == 1023 {
+            serve_reports(&producer);
+        }
+    }
+    // Own flush loop: rdkafka's `flush` polls in 100 ms steps, which would blur the timing.
+    let mut last_progress = (counter.reports(), Instant::now());
+    while counter.reports() < n {
+        if !serve_reports(&producer) {
+            std::thread::sleep(IDLE_WAIT);
+        }
+        let reports = counter.reports();
+        if reports != last_progress.0 {
+            last_progress = (reports, Instant::now());
+        } else if last_progress.1.elapsed() > STALL_TIMEOUT {
+            bail!("no delivery report for {STALL_TIMEOUT:?} ({reports} of {n} in)");
+        }
+    }
+    let elapsed = start.elapsed();
+    let failed = counter.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = counter
+            .first_error
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .unwrap_or_default();
+        bail!("{failed} of {n} messages failed to produce to {topic} (first error: {first})");
+    }
+    Ok(Measured {
+        messages: n,
+        bytes: n * case.size as u64,
+        elapsed,
+    })
+}
+
+/// librdkafka consumer settings tuned for reading a backlog; `overrides` come last and win.
+fn consumer_config(bootstrap: &str, topic: &str, overrides: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        // Required by librdkafka even for `assign`; no group protocol is used.
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        // About 1 MiB per fetch: both sides then reuse warm buffers. (64 MiB fetches were
+        // 3-4x slower here: buffers that large are mmap'ed and page-faulted in anew every
+        // time, on the server and in librdkafka.) 1 MiB is the floor: fetch.max.bytes must
+        // be at least message.max.bytes (1,000,000 by default).
+        .set("fetch.max.bytes", "1048576")
+        .set("max.partition.fetch.bytes", "1048576")
+        .set("queued.min.messages", "1000000")
+        .set("queued.max.messages.kbytes", "262144")
+        .set("fetch.wait.max.ms", "100")
+        .set("socket.timeout.ms", "60000");
+    for (key, value) in overrides {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Reads `case.messages` messages from offset 0 of every partition. Timed from the first
+/// poll to the last message.
+fn consume(
+    bootstrap: &str,
+    topic: &str,
+    case: &Case<'_>,
+    overrides: &[(String, String)],
+) -> Result<Measured> {
+    let consumer: BaseConsumer = consumer_config(bootstrap, topic, overrides)
+        .create()
+        .context("creating the consumer")?;
+    // Connect and learn the partitions' leader before the clock starts, as for the producer.
+    consumer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .context("fetching metadata")?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..case.partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .context("building the assignment")?;
+    }
+    consumer.assign(&assignment).context("assign")?;
+
+    let n = case.messages;
+    let (mut received, mut bytes) = (0u64, 0u64);
+    let start = Instant::now();
+    // (count at the last idle poll, when that count was first seen): no clock reads per message.
+    let mut idle_since = (0u64, start);
+    while received < n {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                received += 1;
+                bytes += message.payload_len() as u64;
+            }
+            Some(Err(e)) => bail!("consume failed after {received} of {n} messages: {e}"),
+            None if received != idle_since.0 => idle_since = (received, Instant::now()),
+            None if idle_since.1.elapsed() > STALL_TIMEOUT => {
+                bail!("no message for {STALL_TIMEOUT:?} ({received} of {n} in)")
+            }
+            None => {}
+        }
+    }
+    let elapsed = start.elapsed();
+    ensure!(
+        bytes == n * case.size as u64,
+        "consumed {bytes} payload bytes, expected {}",
+        n * case.size as u64
+    );
+    Ok(Measured {
+        messages: received,
+        bytes,
+        elapsed,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis Streams
+// ---------------------------------------------------------------------------------------------
+
+/// Deletes the benchmark's stream keys when dropped, so a failed run leaves nothing behind.
+#[derive(Debug)]
+struct KeyGuard<'a> {
+    /// Redis address.
+    addr: &'a str,
+    /// Keys to delete.
+    keys: Vec<String>,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        let deleted = resp::Conn::connect(self.addr).and_then(|mut c| c.del(&self.keys));
+        if let Err(e) = deleted {
+            eprintln!("warning: deleting Redis keys {:?} failed: {e:#}", self.keys);
+        }
+    }
+}
+
+/// XADD then XRANGE the same messages on `case.partitions` stream keys.
+fn redis_case(args: &Args, case: &Case<'_>, run_id: &str) -> Result<CaseResult> {
+    let guard = KeyGuard {
+        addr: &args.redis,
+        keys: (0..case.partitions)
+            .map(|p| format!("steadfast-bench:{run_id}:{}b:{p}", case.size))
+            .collect(),
+    };
+    let keys = &guard.keys;
+    let mut conn = resp::Conn::connect(&args.redis)?;
+    conn.del(keys)?;
+
+    // Produce: pipelined XADD, round-robin over the keys, one batch in flight while the
+    // next is written.
+    let n = case.messages;
+    let start = Instant::now();
+    let mut pending = 0usize;
+    let mut i = 0u64;
+    while i < n {
+        let batch = (n - i).min(args.redis_pipeline as u64);
+        for j in i..i + batch {
+            let key = &keys[(j % keys.len() as u64) as usize];
+            conn.push_command(&[b"XADD", key.as_bytes(), b"*", b"d", case.payloads.get(j)]);
+        }
+        conn.send()?;
+        conn.skip_bulk_replies(pending)?;
+        pending = batch as usize;
+        i += batch;
+    }
+    conn.skip_bulk_replies(pending)?;
+    let produce = Measured {
+        messages: n,
+        bytes: n * case.size as u64,
+        elapsed: start.elapsed(),
+    };
+    report("redis", Workload::ProduceAcks1, case, &produce);
+
+    // Consume: XRANGE each key from the start in batches, resuming after the last ID.
+    let count = args.redis_batch.to_string();
+    let start = Instant::now();
+    let (mut received, mut bytes) = (0u64, 0u64);
+    for key in keys {
+        let mut from = b"-".to_vec();
+        loop {
+            conn.push_command(&[
+                b"XRANGE",
+                key.as_bytes(),
+                &from,
+                b"+",
+                b"COUNT",
+                count.as_bytes(),
+            ]);
+            conn.send()?;
+            let got = conn.read_xrange(&mut from)?;
+            received += got.entries;
+            bytes += got.value_bytes;
+            if got.entries < args.redis_batch as u64 {
+                break;
+            }
+            // Exclusive start: "(" followed by the last ID seen.
+            from.insert(0, b'(');
+        }
+    }
+    let consume = Measured {
+        messages: received,
+        bytes,
+        elapsed: start.elapsed(),
+    };
+    ensure!(
+        received == n && bytes == n * case.size as u64,
+        "read back {received} entries / {bytes} bytes, expected {n} / {}",
+        n * case.size as u64
+    );
+    report("redis", Workload::ConsumeBacklog, case, &consume);
+    drop(conn);
+    drop(guard);
+    Ok(CaseResult {
+        produce_acks1: produce,
+        produce_acks_all: None,
+        consume,
+    })
+}
+
+/// A minimal, fast RESP2 client over a blocking `TcpStream` — benchmark-only code.
+///
+/// Commands are encoded straight into one write buffer (so a pipeline is one `write`), and
+/// replies are parsed in place from a large read buffer without allocating per reply. It
+/// understands only what the benchmark needs: bulk strings, arrays, integers, simple strings
+/// and errors.
+mod resp {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use anyhow::{bail, ensure, Context as _, Result};
+
+    /// Read buffer size; also the largest single read.
+    const READ_BUFFER: usize = 4 << 20;
+
+    /// Counts from one XRANGE reply.
+    #[derive(Debug)]
+    pub(crate) struct XrangeBatch {
+        /// Entries in the reply.
+        pub(crate) entries: u64,
+        /// Sum of the field values' lengths.
+        pub(crate) value_bytes: u64,
+    }
+
+    /// One connection with its buffers.
+    #[derive(Debug)]
+    pub(crate) struct Conn {
+        /// The socket.
+        stream: TcpStream,
+        /// Encoded commands not yet sent.
+        out: Vec<u8>,
+        /// Received bytes; `buf[pos..end]` is not yet parsed.
+        buf: Vec<u8>,
+        /// Start of the unparsed bytes.
+        pos: usize,
+        /// End of the received bytes.
+        end: usize,
+    }
+
+    impl Conn {
+        /// Connects with Nagle off and read/write timeouts.
+        pub(crate) fn connect(addr: &str) -> Result<Conn> {
+            let stream =
+                TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+            stream.set_nodelay(true).context("TCP_NODELAY")?;
+            // Fail rather than hang if Redis stops answering.
+            stream
+                .set_read_timeout(Some(super::STALL_TIMEOUT))
+                .and_then(|()| stream.set_write_timeout(Some(super::STALL_TIMEOUT)))
+                .context("socket timeouts")?;
+            Ok(Conn {
+                stream,
+                out: Vec::with_capacity(1 << 20),
+                buf: vec![0; READ_BUFFER],
+                pos: 0,
+                end: 0,
+            })
+        }
+
+        /// `PING`, expecting `+PONG`.
+        pub(crate) fn ping(&mut self) -> Result<()> {
+            self.push_command(&[b"PING"]);
+            self.send()?;
+            let (kind, _) = self.header()?;
+            ensure!(kind == b'+', "unexpected reply to PING");
+            Ok(())
+        }
+
+        /// `CONFIG GET name`: the value, or an empty string if the server does not know it.
+        pub(crate) fn config_get(&mut self, name: &str) -> Result<String> {
+            self.push_command(&[b"CONFIG", b"GET", name.as_bytes()]);
+            self.send()?;
+            let items = self.expect(b'*')?;
+            let mut value = String::new();
+            for i in 0..items {
+                let len = self.expect(b'$')?;
+                let data = self.take(len)?;
+                if i == 1 {
+                    value = String::from_utf8_lossy(data).into_owned();
+                }
+            }
+            Ok(value)
+        }
+
+        /// `DEL keys...`.
+        pub(crate) fn del(&mut self, keys: &[String]) -> Result<()> {
+            let mut args: Vec<&[u8]> = vec![b"DEL"];
+            args.extend(keys.iter().map(|k| k.as_bytes()));
+            self.push_command(&args);
+            self.send()?;
+            let (kind, _) = self.header()?;
+            ensure!(kind == b':', "unexpected reply to DEL");
+            Ok(())
+        }
+
+        /// Appends one command (an array of bulk strings) to the write buffer.
+        pub(crate) fn push_command(&mut self, args: &[&[u8]]) {
+            push_len(&mut self.out, b'*', args.len());
+            for arg in args {
+                push_len(&mut self.out, b'$', arg.len());
+                self.out.extend_from_slice(arg);
+                self.out.extend_from_slice(b"\r\n");
+            }
+        }
+
+        /// Writes every buffered command.
+        pub(crate) fn send(&mut self) -> Result<()> {
+            self.stream
+                .write_all(&self.out)
+                .context("writing to Redis")?;
+            self.out.clear();
+            Ok(())
+        }
+
+        /// Reads `count` bulk-string replies (such as XADD's IDs), failing on an error reply.
+        pub(crate) fn skip_bulk_replies(&mut self, count: usize) -> Result<()> {
+            for _ in 0..count {
+                let len = self.expect(b'$')?;
+                self.take(len)?;
+            }
+            Ok(())
+        }
+
+        /// Reads one XRANGE reply: `[[id, [field, value, ...]], ...]`. Leaves the last entry's
+        /// ID in `last_id` (unchanged when the reply is empty).
+        pub(crate) fn read_xrange(&mut self, last_id: &mut Vec<u8>) -> Result<XrangeBatch> {
+            let entries = self.expect(b'*')?;
+            let mut value_bytes = 0u64;
+            for _ in 0..entries {
+                ensure!(self.expect(b'*')? == 2, "XRANGE entry is not [id, fields]");
+                let id_len = self.expect(b'$')?;
+                let id = self.take(id_len)?;
+                last_id.clear();
+                last_id.extend_from_slice(id);
+                let fields = self.expect(b'*')?;
+                for f in 0..fields {
+                    let len = self.expect(b'$')?;
+                    self.take(len)?;
+                    if f % 2 == 1 {
+                        value_bytes += len as u64;
+                    }
+                }
+            }
+            Ok(XrangeBatch {
+                entries: entries as u64,
+                value_bytes,
+            })
+        }
+
+        /// Reads a header of type `kind` (`$` or `*`) and returns its length.
+        fn expect(&mut self, kind: u8) -> Result<usize> {
+            let (got, n) = self.header()?;
+            ensure!(
+                got == kind,
+                "expected RESP `{}`, got `{}`",
+                kind as char,
+                got as char
+            );
+            usize::try_from(n).context("null reply")
+        }
+
+        /// Reads one `<type><line>\r\n` header. `-` (error) replies become errors; the number
+        /// is 0 for `+` simple strings.
+        fn header(&mut self) -> Result<(u8, i64)> {
+            loop {
+                let unparsed = &self.buf[self.pos..self.end];
+                if let Some(cr) = unparsed.iter().position(|&b| b == b'\r') {
+                    if cr + 1 < unparsed.len() {
+                        let kind = unparsed[0];
+                        let line = &unparsed[1..cr];
+                        self.pos += cr + 2;
+                        return match kind {
+                            b'-' => bail!("Redis error: {}", String::from_utf8_lossy(line)),
+                            b'+' => Ok((kind, 0)),
+                            b'$' | b'*' | b':' => Ok((kind, parse_int(line)?)),
+                            other => bail!("unexpected RESP type byte {other:#x}"),
+                        };
+                    }
+                }
+                self.fill(self.end - self.pos + 1)?;
+            }
+        }
+
+        /// Consumes `len` bytes of bulk data plus the trailing CRLF and returns the data.
+        fn take(&mut self, len: usize) -> Result<&[u8]> {
+            if self.end - self.pos < len + 2 {
+                self.fill(len + 2)?;
+            }
+            let data = &self.buf[self.pos..self.pos + len];
+            self.pos += len + 2;
+            Ok(data)
+        }
+
+        /// Reads until at least `need` unparsed bytes are buffered.
+        fn fill(&mut self, need: usize) -> Result<()> {
+            if self.pos > 0 {
+                self.buf.copy_within(self.pos..self.end, 0);
+                self.end -= self.pos;
+                self.pos = 0;
+            }
+            if self.buf.len() < need {
+                self.buf.resize(need.max(2 * self.buf.len()), 0);
+            }
+            while self.end < need {
+                let read = self
+                    .stream
+                    .read(&mut self.buf[self.end..])
+                    .context("reading from Redis")?;
+                ensure!(read > 0, "Redis closed the connection");
+                self.end += read;
+            }
+            Ok(())
+        }
+    }
+
+    /// Appends `<kind><n>\r\n`.
+    fn push_len(out: &mut Vec<u8>, kind: u8, n: usize) {
+        out.push(kind);
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[i..]);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Parses a RESP integer line (`-1` for null bulk/array).
+    fn parse_int(line: &[u8]) -> Result<i64> {
+        let (negative, digits) = match line.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, line),
+        };
+        ensure!(!digits.is_empty(), "empty RESP integer");
+        let mut n: i64 = 0;
+        for &d in digits {
+            ensure!(d.is_ascii_digit(), "bad RESP integer");
+            n = n * 10 + i64::from(d - b'0');
+        }
+        Ok(if negative { -n } else { n })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------------
+
+/// `1234567.8` -> `1,234,568`.
+fn group_digits(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `100` -> `100 B`, `1024` -> `1 KiB`.
+fn format_size(size: usize) -> String {
+    if size.is_multiple_of(1024) {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// The results as a Markdown table, with its notes.
+fn render_table(rows: &[Row], args: &Args, repeat: usize, redis_persistence: &str) -> String {
+    let header = [
+        "workload",
+        "size",
+        "partitions",
+        "steadfast msg/s",
+        "steadfast MB/s",
+        "redis msg/s",
+        "redis MB/s",
+        "ratio (steadfast/redis)",
+    ];
+    let mut cells: Vec<[String; 8]> = Vec::new();
+    for row in rows {
+        let size = format_size(row.size);
+        let (s_msgs, s_mb) = match &row.steadfast {
+            Some(m) => (
+                group_digits(m.msgs_per_sec()),
+                format!("{:.1}", m.mb_per_sec()),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let mark = if row.redis_substituted { " *" } else { "" };
+        let (r_msgs, r_mb) = match &row.redis {
+            Some(m) => (
+                format!("{}{mark}", group_digits(m.msgs_per_sec())),
+                format!("{:.1}{mark}", m.mb_per_sec()),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let ratio = match (&row.steadfast, &row.redis) {
+            (Some(s), Some(r)) => format!("{:.2}{mark}", s.msgs_per_sec() / r.msgs_per_sec()),
+            _ => "-".into(),
+        };
+        cells.push([
+            row.workload.label().into(),
+            size,
+            row.partitions.to_string(),
+            s_msgs,
+            s_mb,
+            r_msgs,
+            r_mb,
+            ratio,
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            cells
+                .iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let line = |out: &mut String, values: &[&str]| {
+        out.push('|');
+        for (c, v) in values.iter().enumerate() {
+            // Text columns left-aligned, numbers right-aligned.
+            if c < 3 {
+                let _ = write!(out, " {v:<w$} |", w = widths[c]);
+            } else {
+                let _ = write!(out, " {v:>w$} |", w = widths[c]);
+            }
+        }
+        out.push('\n');
+    };
+    line(&mut out, &header);
+    out.push('|');
+    for (c, w) in widths.iter().enumerate() {
+        let dashes = "-".repeat(*w);
+        if c < 3 {
+            let _ = write!(out, " {dashes} |");
+        } else {
+            let _ = write!(out, "{dashes}-:|");
+        }
+    }
+    out.push('\n');
+    for row in &cells {
+        let values: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&mut out, &values);
+    }
+    out.push('\n');
+    let mut counts: Vec<(usize, u64)> = rows.iter().map(|r| (r.size, r.messages)).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|(size, n)| format!("{} x {}", group_digits(*n as f64), format_size(*size)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "Messages per run: {}; each figure is the median of {repeat} run{}.",
+        counts.join(", "),
+        if repeat == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        out,
+        "MB/s = 10^6 payload bytes per second. steadfast: embedded server, default fsync \
+         policy {:?} (acks=-1 is answered after fsync), librdkafka client.",
+        FsyncPolicy::default()
+    );
+    let _ = writeln!(
+        out,
+        "Redis: XADD pipelined {} per round trip, XRANGE COUNT {}; partitions = stream keys; \
+         persistence on this server: {redis_persistence}.",
+        args.redis_pipeline, args.redis_batch
+    );
+    let _ = writeln!(
+        out,
+        "* Redis has no acks=-1 equivalent (no fsync on acknowledgement): its acks=1 XADD \
+         numbers are repeated."
+    );
+    out
+}

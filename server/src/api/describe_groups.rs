@@ -1,0 +1,48 @@
+//! DescribeGroups: state, protocol and members (with assignments) of groups.
+
+use bytes::Bytes;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use super::respond;
+use crate::broker::Broker;
+use crate::protocol::{RequestError, RequestFrame};
+
+/// Answers a DescribeGroups request; unknown groups are described as Dead.
+pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, RequestError> {
+    let request: DescribeGroupsRequest = frame.decode()?;
+    let groups = request
+        .groups
+        .iter()
+        .map(|id| {
+            let d = broker.groups.describe(id.0.as_str());
+            DescribedGroup::default()
+                .with_group_id(id.clone())
+                .with_group_state(StrBytes::from_static_str(d.state.as_str()))
+                .with_protocol_type(StrBytes::from_string(d.protocol_type))
+                .with_protocol_data(StrBytes::from_string(d.protocol_name))
+                .with_authorized_operations(i32::MIN)
+                .with_members(
+                    d.members
+                        .into_iter()
+                        .map(
+                            |(member_id, instance, client_id, host, metadata, assignment)| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(StrBytes::from_string(member_id))
+                                    .with_group_instance_id(instance.map(StrBytes::from_string))
+                                    .with_client_id(StrBytes::from_string(client_id))
+                                    .with_client_host(StrBytes::from_string(host))
+                                    .with_member_metadata(metadata)
+                                    .with_member_assignment(assignment)
+                            },
+                        )
+                        .collect(),
+                )
+        })
+        .collect();
+    respond(
+        frame,
+        &DescribeGroupsResponse::default().with_groups(groups),
+    )
+}

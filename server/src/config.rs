@@ -1,0 +1,113 @@
+//! Configuration of the embedded server: where it listens, where it keeps data, and how
+//! its logs are segmented, retained and synced to disk.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// When appended data is forced to stable storage with `fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every produce request, whatever its `acks`, is answered only after its data is fsynced
+    /// (group commit: one fsync covers every request waiting at that moment).
+    Always,
+    /// The default. A produce with `acks=-1` is answered only after its data is fsynced
+    /// (group commit); `acks=0/1` are answered after the write to the OS, and dirty partitions
+    /// are fsynced on the interval. A machine crash (not a process crash) can lose up to one
+    /// interval of `acks=0/1` data.
+    Interval(Duration),
+    /// Never fsync explicitly except when a segment is rolled and at shutdown; the OS decides.
+    /// A machine crash can lose any data not yet written back, including `acks=-1` data.
+    Never,
+}
+
+impl Default for FsyncPolicy {
+    fn default() -> Self {
+        FsyncPolicy::Interval(Duration::from_millis(1000))
+    }
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "interval" => Ok(FsyncPolicy::default()),
+            "never" => Ok(FsyncPolicy::Never),
+            other => Err(format!(
+                "unknown fsync policy `{other}`: expected always, interval or never"
+            )),
+        }
+    }
+}
+
+/// Settings of the log storage, server-wide defaults that a topic may override.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A segment is rolled once it would grow past this many bytes.
+    pub segment_bytes: u64,
+    /// Segments whose newest record is older than this are deleted (never the active one).
+    pub retention: Option<Duration>,
+    /// Oldest segments are deleted while the partition exceeds this size (never the active one).
+    pub retention_bytes: Option<u64>,
+    /// The largest record batch accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// One offset-index entry is written per this many bytes of log.
+    pub index_interval_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 256 * 1024 * 1024,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_bytes: None,
+            max_message_bytes: 8 * 1024 * 1024,
+            index_interval_bytes: 4096,
+        }
+    }
+}
+
+/// Everything the embedded server is configured with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address given to clients in Metadata; defaults to the bound address.
+    pub advertised: Option<(String, u16)>,
+    /// Directory holding topics, segments and server metadata.
+    pub data_dir: PathBuf,
+    /// Whether Metadata requests for unknown topics create them.
+    pub auto_create_topics: bool,
+    /// Partition count of auto-created topics and of CreateTopics with `num_partitions = -1`.
+    pub default_partitions: i32,
+    /// Largest request frame accepted; larger ones close the connection.
+    pub max_request_bytes: usize,
+    /// When data is fsynced.
+    pub fsync: FsyncPolicy,
+    /// How often retention runs.
+    pub retention_check_interval: Duration,
+    /// Log defaults.
+    pub log: LogConfig,
+    /// Consumer-group coordinator settings.
+    pub groups: crate::group::GroupConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised: None,
+            data_dir: PathBuf::from("./steadfast-data"),
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_request_bytes: 100 * 1024 * 1024,
+            fsync: FsyncPolicy::default(),
+            retention_check_interval: Duration::from_secs(60),
+            log: LogConfig::default(),
+            groups: Default::default(),
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The embedded Kafka-protocol log server: a single node that serves topics, produce, fetch
+//! and offsets to unmodified Kafka clients, with durable segmented storage.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), steadfast_server::ServerError> {
+//! let dir = std::env::temp_dir().join("steadfast-demo");
+//! let server = steadfast_server::Server::builder()
+//!     .listen("127.0.0.1:0")
+//!     .data_dir(&dir)
+//!     .start()
+//!     .await?;
+//! println!("bootstrap.servers={}", server.bootstrap_servers());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod broker;
+mod config;
+mod connection;
+mod error;
+mod group;
+mod protocol;
+mod storage;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::config::{FsyncPolicy, LogConfig, ServerConfig};
+pub use self::error::ServerError;
+pub use self::group::GroupConfig;
+
+use self::broker::{load_cluster_id, Broker, ProducerIdAllocator};
+use self::group::offsets::OffsetStore;
+use self::group::GroupCoordinator;
+use self::storage::sync::Syncer;
+use self::storage::{DataDirLock, LogStore};
+
+/// Largest segment size: index entries hold 32-bit file positions.
+const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+
+/// Entry point: `Server::builder()`.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// A builder with the defaults of [`ServerConfig`].
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            config: ServerConfig::default(),
+            listen: None,
+        }
+    }
+}
+
+/// Configures and starts a server.
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    listen: Option<String>,
+}
+
+impl ServerBuilder {
+    /// Address to listen on, such as `127.0.0.1:9092` (port 0 picks a free port).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+    /// Directory for topics and server metadata (created if missing).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = dir.into();
+        self
+    }
+    /// Host and port given to clients in Metadata responses.
+    pub fn advertised(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.config.advertised = Some((host.into(), port));
+        self
+    }
+    /// Whether Metadata requests create unknown topics (default: true).
+    pub fn auto_create_topics(mut self, on: bool) -> Self {
+        self.config.auto_create_topics = on;
+        self
+    }
+    /// Partitions of auto-created topics (default: 1).
+    pub fn default_partitions(mut self, partitions: i32) -> Self {
+        self.config.default_partitions = partitions;
+        self
+    }
+    /// When data is fsynced (default: [`FsyncPolicy::Interval`] of one second).
+    pub fn fsync(mut self, policy: FsyncPolicy) -> Self {
+        self.config.fsync = policy;
+        self
+    }
+    /// Largest request accepted (default: 100 MiB).
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_request_bytes = bytes;
+        self
+    }
+    /// Segment size at which a new segment is started (default: 256 MiB).
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.config.log.segment_bytes = bytes;
+        self
+    }
+    /// Time retention (default: 7 days; `None` keeps data forever).
+    pub fn retention(mut self, retention: Option<Duration>) -> Self {
+        self.config.log.retention = retention;
+        self
+    }
+    /// Size retention per partition (default: none).
+    pub fn retention_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.config.log.retention_bytes = bytes;
+        self
+    }
+    /// How often retention runs (default: one minute).
+    pub fn retention_check_interval(mut self, every: Duration) -> Self {
+        self.config.retention_check_interval = every;
+        self
+    }
+    /// Smallest session timeout a group member may ask for (default: 6 s, as Kafka).
+    pub fn group_min_session_timeout(mut self, timeout: Duration) -> Self {
+        self.config.groups.min_session_timeout = timeout;
+        self
+    }
+    /// Committed offsets of a group that has been empty this long are deleted (default: 7 days).
+    pub fn offsets_retention(mut self, retention: Duration) -> Self {
+        self.config.groups.offsets_retention = retention;
+        self
+    }
+    /// Replaces the whole configuration (the listen address set by [`Self::listen`] wins).
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Recovers storage, binds the listener and starts serving.
+    pub async fn start(self) -> Result<ServerHandle, ServerError> {
+        let mut config = self.config;
+        if let Some(listen) = &self.listen {
+            config.listen = listen
+                .parse()
+                .map_err(|e| ServerError::Config(format!("listen address `{listen}`: {e}")))?;
+        }
+        if !(1..=storage::MAX_PARTITIONS).contains(&config.default_partitions) {
+            return Err(ServerError::Config(format!(
+                "default partitions must be between 1 and {}",
+                storage::MAX_PARTITIONS
+            )));
+        }
+        if !(1024..=MAX_SEGMENT_BYTES).contains(&config.log.segment_bytes) {
+            return Err(ServerError::Config(format!(
+                "segment bytes must be between 1024 and {MAX_SEGMENT_BYTES}"
+            )));
+        }
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|e| ServerError::storage(&data_dir, e))?;
+        let lock = DataDirLock::acquire(&data_dir)?;
+        // Every segment keeps its log file open: raise the soft descriptor limit to the hard one.
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => tracing::debug!(limit, "open file limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+        }
+        let store = {
+            let (dir, log) = (data_dir.clone(), config.log.clone());
+            tokio::task::spawn_blocking(move || LogStore::open(&dir, log))
+                .await
+                .map_err(|e| ServerError::Config(format!("recovery task failed: {e}")))??
+        };
+        let cluster_id = load_cluster_id(&data_dir)?;
+        let producer_ids = ProducerIdAllocator::load(&data_dir)?;
+        let offsets = OffsetStore::open(&data_dir)
+            .map_err(|e| ServerError::storage(data_dir.join("groups"), e))?;
+        let groups = GroupCoordinator::new(config.groups.clone(), offsets);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let (advertised_host, advertised_port) = config.advertised.clone().unwrap_or_else(|| {
+            let ip = if local_addr.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                local_addr.ip().to_string()
+            };
+            (ip, local_addr.port())
+        });
+        let broker = Arc::new(Broker {
+            config,
+            store,
+            syncer: Syncer::start(),
+            advertised_host,
+            advertised_port,
+            cluster_id,
+            producer_ids,
+            groups,
+        });
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(accept_loop(
+            listener,
+            broker.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        tasks.spawn(retention_loop(broker.clone(), shutdown.clone()));
+        tasks.spawn(group_timer_loop(broker.clone(), shutdown.clone()));
+        if let FsyncPolicy::Interval(every) = broker.config.fsync {
+            tasks.spawn(flush_loop(broker.clone(), every, shutdown.clone()));
+        }
+        tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "steadfast server listening");
+        Ok(ServerHandle {
+            addr: local_addr,
+            broker,
+            shutdown,
+            tasks,
+            lock,
+        })
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    lock: DataDirLock,
+}
+
+impl ServerHandle {
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `bootstrap.servers` value for clients.
+    pub fn bootstrap_servers(&self) -> String {
+        format!(
+            "{}:{}",
+            self.broker.advertised_host, self.broker.advertised_port
+        )
+    }
+
+    /// Base offsets of a partition's segments, oldest first; `None` if there is no such
+    /// partition. Meant for tooling and tests.
+    pub fn segment_base_offsets(&self, topic: &str, partition: i32) -> Option<Vec<i64>> {
+        let topic = self.broker.store.topic(topic)?;
+        Some(topic.partition(partition)?.segment_bases())
+    }
+
+    /// The current generation of a consumer group, `None` if the group is unknown.
+    pub fn group_generation(&self, group: &str) -> Option<i32> {
+        self.broker.groups.generation(group)
+    }
+
+    /// Runs retention on every partition now; returns how many segments were deleted.
+    pub fn enforce_retention_now(&self) -> Result<usize, ServerError> {
+        enforce_retention(&self.broker)
+    }
+
+    /// Stops accepting connections, closes the open ones, fsyncs every partition and waits
+    /// for the server's tasks to end.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        for partition in self.broker.store.all_partitions() {
+            if let Err(e) = partition.flush() {
+                tracing::error!(error = %e, "flush at shutdown failed");
+            }
+        }
+        drop(self.lock);
+        tracing::info!("steadfast server stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracing::debug!(%peer, "connection accepted");
+                tasks.spawn(connection::serve(
+                    broker.clone(),
+                    stream,
+                    peer,
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn enforce_retention(broker: &Broker) -> Result<usize, ServerError> {
+    let now = now_ms();
+    let mut deleted = 0;
+    for partition in broker.store.all_partitions() {
+        deleted += partition
+            .enforce_retention(now)
+            .map_err(|e| ServerError::storage(&broker.config.data_dir, e))?;
+    }
+    Ok(deleted)
+}
+
+async fn retention_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(broker.config.retention_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let b = broker.clone();
+        match tokio::task::spawn_blocking(move || enforce_retention(&b)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+            Err(e) => tracing::error!(error = %e, "retention task failed"),
+        }
+    }
+}
+
+/// Enforces group session, rebalance and sync timeouts (every 100 ms) and offset
+/// retention (every second).
+async fn group_timer_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        broker.groups.tick();
+        if ticks.is_multiple_of(10) {
+            broker.groups.expire_offsets();
+        }
+        ticks += 1;
+    }
+}
+
+async fn flush_loop(broker: Arc<Broker>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let dirty: Vec<_> = broker
+            .store
+            .all_partitions()
+            .iter()
+            .filter_map(|p| p.take_dirty())
+            .collect();
+        if dirty.is_empty() {
+            continue;
+        }
+        let result =
+            tokio::task::spawn_blocking(move || dirty.iter().try_for_each(|f| f.sync_data())).await;
+        if !matches!(result, Ok(Ok(()))) {
+            tracing::error!("interval fsync failed");
+        }
+    }
+}
