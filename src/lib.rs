@@ -8,6 +8,21 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod handler;
+pub mod message;
+
+pub use handler::{Context, Handler, HandlerError};
+pub use message::{Envelope, Headers, Message, Outcome};
+
+/// Derive macros: `#[derive(steadfast::Message)]` and `#[derive(steadfast::Handler)]`.
+pub use steadfast_macros::{Handler, Message};
+
 /// The embedded Kafka-protocol log server (the `steadfast-server` crate).
 #[cfg(feature = "server")]
 pub use steadfast_server as server;
+
+/// Items the derive macros expand to; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::message::{Json, MessageId, MessageKey, MessageVersion, RawBytes};
+}
