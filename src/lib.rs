@@ -2,17 +2,60 @@
 //! processing, bounded retries, retry topics that keep key order and a dead-letter queue,
 //! around the real Kafka client (librdkafka through the `rdkafka` crate).
 //!
+//! ```no_run
+//! use std::time::Duration;
+//! use serde::{Deserialize, Serialize};
+//! use steadfast::{Context, HandlerError, Retry, Worker};
+//!
+//! #[derive(Debug, Serialize, Deserialize, steadfast::Message)]
+//! #[message(topic = "orders", key = order_id, version = updated_at, id = event_id)]
+//! struct OrderUpdated { event_id: String, order_id: String, updated_at: i64, amount_cents: i64 }
+//!
+//! #[derive(steadfast::Handler)]
+//! #[handler(message = OrderUpdated, group = "billing")]
+//! struct Billing;
+//!
+//! impl Billing {
+//!     async fn handle(&self, msg: OrderUpdated, cx: &Context) -> Result<(), HandlerError> {
+//!         println!("{} at attempt {}", msg.order_id, cx.attempt());
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), steadfast::WorkerError> {
+//! Worker::builder()
+//!     .brokers("127.0.0.1:9092")
+//!     .handler(Billing)
+//!     .concurrency(256)
+//!     .retry(Retry::exponential(3, Duration::from_millis(100), Duration::from_secs(30)))
+//!     .retry_topics([Duration::from_secs(10), Duration::from_secs(300)])
+//!     .dead_letter_topic("orders.dlq")
+//!     .run_until_signal()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! With the default `server` feature, [`server`] is the embedded log server that speaks the
 //! Kafka wire protocol, so the same client code runs in tests, on a laptop and against a
 //! Kafka cluster.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod broker;
+pub mod config;
+mod error;
 pub mod handler;
 pub mod message;
+pub mod policy;
+pub mod runtime;
+pub mod testing;
 
+pub use config::{Ordering, WorkerConfig};
+pub use error::WorkerError;
 pub use handler::{Context, Handler, HandlerError};
 pub use message::{Envelope, Headers, Message, Outcome};
+pub use policy::Retry;
+pub use runtime::{Worker, WorkerBuilder, WorkerStats};
 
 /// Derive macros: `#[derive(steadfast::Message)]` and `#[derive(steadfast::Handler)]`.
 pub use steadfast_macros::{Handler, Message};

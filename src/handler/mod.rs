@@ -4,11 +4,13 @@
 
 mod context;
 mod error;
+mod service;
 
 use std::future::Future;
 
 pub use self::context::Context;
 pub use self::error::HandlerError;
+pub use self::service::HandlerService;
 
 use crate::message::Message;
 

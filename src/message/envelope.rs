@@ -20,6 +20,10 @@ impl Headers {
         self.0.retain(|(n, _)| n != name);
         self.0.push((name.to_owned(), value.into()));
     }
+    /// Removes every header named `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| n != name);
+    }
     /// The last value of `name`.
     pub fn get(&self, name: &str) -> Option<&Bytes> {
         self.0.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v)
@@ -74,6 +78,9 @@ pub struct Envelope {
     pub headers: Headers,
     /// The record timestamp in milliseconds since the epoch, if any.
     pub timestamp_ms: Option<i64>,
+    /// The attempt this handler call is (1-based, in-place retries and retry tiers counted);
+    /// set by the runtime from the attempts header.
+    pub attempt: u32,
 }
 
 impl Envelope {
@@ -83,6 +90,7 @@ impl Envelope {
             topic: topic.into(),
             key: Some(key.into()),
             payload: Some(payload.into()),
+            attempt: 1,
             ..Envelope::default()
         }
     }

@@ -8,7 +8,7 @@ mod outcome;
 
 pub use self::codec::{Codec, DecodeError, EncodeError, Json, RawBytes};
 pub use self::envelope::{Envelope, Headers};
-pub use self::outcome::{DropReason, Outcome, RouteTarget};
+pub use self::outcome::{DropReason, Failure, Outcome, RouteTarget};
 
 /// A message type bound to its topic, key, optional version and optional id.
 ///

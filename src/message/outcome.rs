@@ -2,6 +2,23 @@
 
 use std::time::Duration;
 
+/// Why a handler call failed, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `transient`, `permanent`, `decode`, `panic` or `timeout`.
+    pub class: &'static str,
+    /// The error message.
+    pub message: String,
+    /// Whether retrying cannot help (dead-letter at once).
+    pub permanent: bool,
+    /// The least delay before the next attempt, when the handler asked for one.
+    pub retry_after: Option<Duration>,
+    /// When the first failure of this delivery happened (ms since the epoch).
+    pub first_failed_ms: i64,
+    /// The attempt that failed (1-based, all tiers counted).
+    pub attempt: u32,
+}
+
 /// Why a message was dropped without running the handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -30,17 +47,9 @@ pub enum Outcome {
     },
     /// Dropped before the handler ran.
     Drop(DropReason),
-    /// The handler failed and in-place retries are spent: the message must be routed.
-    Route {
-        /// Where it goes.
-        target: RouteTarget,
-        /// Error class (`transient`, `permanent`, `decode`, `panic`, `timeout`).
-        error_class: &'static str,
-        /// The last error message.
-        error: String,
-        /// Attempts made so far, all tiers counted.
-        attempts: u32,
-    },
+    /// The handler failed; the route layer turns this into [`Outcome::Routed`] (seen only
+    /// inside the policy stack and from [`crate::testing`] without routing).
+    Failed(Failure),
     /// The message was routed and its copy acknowledged by the broker.
     Routed {
         /// Where it went.
@@ -51,8 +60,6 @@ pub enum Outcome {
     /// Not finished (shutdown, revoke deadline, or infrastructure outage past a deadline):
     /// the offset stays unfinished and the message is delivered again later.
     Requeue,
-    /// The handler asked to try again after this long without spending an attempt.
-    Later(Duration),
 }
 
 impl Outcome {

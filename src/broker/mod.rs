@@ -1,0 +1,10 @@
+//! The broker side through librdkafka: turning records into envelopes, publishing routed
+//! copies with an idempotent producer, and creating the retry and dead-letter topics.
+
+mod producer;
+mod records;
+mod topics;
+
+pub(crate) use self::producer::KafkaSink;
+pub(crate) use self::records::envelope_of;
+pub(crate) use self::topics::ensure_topics;

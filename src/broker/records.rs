@@ -1,0 +1,31 @@
+//! Records as delivered by librdkafka, copied into owned envelopes.
+
+use bytes::Bytes;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+
+use crate::message::{Envelope, Headers};
+use crate::policy::headers;
+
+/// An owned envelope of a delivered record; its attempt is the attempts header plus one.
+pub(crate) fn envelope_of(message: &BorrowedMessage<'_>) -> Envelope {
+    let mut h = Headers::new();
+    if let Some(borrowed) = message.headers() {
+        for header in borrowed.iter() {
+            h.push(
+                header.key,
+                Bytes::copy_from_slice(header.value.unwrap_or_default()),
+            );
+        }
+    }
+    let attempt = headers::attempts_before(&h) + 1;
+    Envelope {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(Bytes::copy_from_slice),
+        payload: message.payload().map(Bytes::copy_from_slice),
+        headers: h,
+        timestamp_ms: message.timestamp().to_millis(),
+        attempt,
+    }
+}

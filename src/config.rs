@@ -1,0 +1,329 @@
+//! Worker settings: built in code with [`crate::WorkerBuilder`], or read from `steadfast.toml`
+//! with `STEADFAST_*` environment overrides. Unknown keys and impossible combinations are
+//! refused with a message that names the key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A setting that was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings (an unknown key is named here).
+    #[error("{0}")]
+    Parse(String),
+    /// A key's value is impossible, alone or with another key.
+    #[error("`{key}`: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Key order through retry tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Later messages of a key wait while one of its messages sits in a retry tier.
+    #[default]
+    Strict,
+    /// Later messages of a key pass a message that sits in a retry tier.
+    Relaxed,
+}
+
+/// In-place retry settings (`[retry]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts per delivery, the first included.
+    pub attempts: u32,
+    /// Delay before the first retry, in milliseconds.
+    pub min_delay_ms: u64,
+    /// Longest delay between retries, in milliseconds.
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 3,
+            min_delay_ms: 100,
+            max_delay_ms: 30_000,
+        }
+    }
+}
+
+/// Every worker setting; the field names are the keys of `steadfast.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// `bootstrap.servers`. Env: `STEADFAST_BROKERS`.
+    pub brokers: String,
+    /// Consumer group; the handler's group when unset. Env: `STEADFAST_GROUP`.
+    pub group: Option<String>,
+    /// Source topic; the message type's topic when unset. Env: `STEADFAST_TOPIC`.
+    pub topic: Option<String>,
+    /// Handler calls at once. Env: `STEADFAST_CONCURRENCY`.
+    pub concurrency: usize,
+    /// Messages delivered and unfinished before fetching pauses; 4 × concurrency when unset.
+    /// Env: `STEADFAST_MAX_IN_FLIGHT`.
+    pub max_in_flight: Option<usize>,
+    /// Messages queued for one key before its partition pauses. Env: `STEADFAST_MAX_PER_KEY`.
+    pub max_per_key: usize,
+    /// `strict` or `relaxed`. Env: `STEADFAST_ORDERING`.
+    pub ordering: Ordering,
+    /// In-place retry.
+    pub retry: RetryConfig,
+    /// Delay of each retry tier in milliseconds; tier n is `<topic>.retry.<n>`.
+    /// Env: `STEADFAST_RETRY_TIERS_MS` (comma-separated).
+    pub retry_tiers_ms: Vec<u64>,
+    /// Dead-letter topic; `<topic>.dlq` when unset. Env: `STEADFAST_DEAD_LETTER_TOPIC`.
+    pub dead_letter_topic: Option<String>,
+    /// Time limit of one handler attempt, in ms. Env: `STEADFAST_HANDLER_TIMEOUT_MS`.
+    pub handler_timeout_ms: u64,
+    /// How long a revoke or a shutdown waits for running handlers, in ms.
+    /// Env: `STEADFAST_DRAIN_TIMEOUT_MS`.
+    pub drain_timeout_ms: u64,
+    /// How often finished offsets are committed, in ms. Env: `STEADFAST_COMMIT_INTERVAL_MS`.
+    pub commit_interval_ms: u64,
+    /// Raw librdkafka properties passed through (`[kafka]` table).
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            brokers: "127.0.0.1:9092".to_owned(),
+            group: None,
+            topic: None,
+            concurrency: 64,
+            max_in_flight: None,
+            max_per_key: 256,
+            ordering: Ordering::Strict,
+            retry: RetryConfig::default(),
+            retry_tiers_ms: Vec::new(),
+            dead_letter_topic: None,
+            handler_timeout_ms: 30_000,
+            drain_timeout_ms: 10_000,
+            commit_interval_ms: 1_000,
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// The `STEADFAST_*` variables read as overrides, with the key each sets.
+pub const ENV_OVERRIDES: [(&str, &str); 12] = [
+    ("STEADFAST_BROKERS", "brokers"),
+    ("STEADFAST_GROUP", "group"),
+    ("STEADFAST_TOPIC", "topic"),
+    ("STEADFAST_CONCURRENCY", "concurrency"),
+    ("STEADFAST_MAX_IN_FLIGHT", "max_in_flight"),
+    ("STEADFAST_MAX_PER_KEY", "max_per_key"),
+    ("STEADFAST_ORDERING", "ordering"),
+    ("STEADFAST_RETRY_TIERS_MS", "retry_tiers_ms"),
+    ("STEADFAST_DEAD_LETTER_TOPIC", "dead_letter_topic"),
+    ("STEADFAST_HANDLER_TIMEOUT_MS", "handler_timeout_ms"),
+    ("STEADFAST_DRAIN_TIMEOUT_MS", "drain_timeout_ms"),
+    ("STEADFAST_COMMIT_INTERVAL_MS", "commit_interval_ms"),
+];
+
+impl WorkerConfig {
+    /// Parses `steadfast.toml` text and checks it.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: WorkerConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path` (defaults when it does not exist), applies the `STEADFAST_*`
+    /// environment overrides, and checks the result.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        for (var, key) in ENV_OVERRIDES {
+            if let Ok(value) = std::env::var(var) {
+                table.insert(key.to_owned(), env_value(key, &value));
+            }
+        }
+        let config: WorkerConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses impossible values and combinations, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.brokers.trim().is_empty() {
+            return invalid("brokers", "must name at least one host:port");
+        }
+        if self.concurrency == 0 {
+            return invalid("concurrency", "must be at least 1");
+        }
+        if let Some(max) = self.max_in_flight {
+            if max < self.concurrency {
+                return invalid("max_in_flight", "must be at least `concurrency`, or no handler could ever run at full concurrency");
+            }
+        }
+        if self.max_per_key == 0 {
+            return invalid("max_per_key", "must be at least 1");
+        }
+        if self.retry.attempts == 0 {
+            return invalid(
+                "retry.attempts",
+                "must be at least 1 (the first attempt counts)",
+            );
+        }
+        if self.retry.min_delay_ms > self.retry.max_delay_ms {
+            return invalid("retry.min_delay_ms", "is larger than `retry.max_delay_ms`");
+        }
+        if self.retry_tiers_ms.contains(&0) {
+            return invalid(
+                "retry_tiers_ms",
+                "a tier delay of 0 ms would busy-loop; give each tier a delay",
+            );
+        }
+        if self.handler_timeout_ms == 0 {
+            return invalid("handler_timeout_ms", "must be positive");
+        }
+        if self.commit_interval_ms == 0 {
+            return invalid("commit_interval_ms", "must be positive");
+        }
+        if self.dead_letter_topic.is_some() && self.dead_letter_topic == self.topic {
+            return invalid(
+                "dead_letter_topic",
+                "is the source topic: dead letters would be consumed again",
+            );
+        }
+        for key in [
+            "enable.auto.offset.store",
+            "enable.auto.commit",
+            "group.id",
+            "bootstrap.servers",
+        ] {
+            if self.kafka.contains_key(key) {
+                return Err(ConfigError::Invalid {
+                    key: "kafka",
+                    reason: format!("`{key}` is set by steadfast and cannot be overridden"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The in-place retry policy.
+    pub fn retry_policy(&self) -> crate::policy::Retry {
+        crate::policy::Retry::exponential(
+            self.retry.attempts,
+            Duration::from_millis(self.retry.min_delay_ms),
+            Duration::from_millis(self.retry.max_delay_ms),
+        )
+    }
+}
+
+/// An environment value as the TOML value of `key`.
+fn env_value(key: &str, value: &str) -> toml::Value {
+    match key {
+        "concurrency" | "max_in_flight" | "max_per_key" | "handler_timeout_ms"
+        | "drain_timeout_ms" | "commit_interval_ms" => value
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .unwrap_or_else(|_| toml::Value::String(value.to_owned())),
+        "retry_tiers_ms" => toml::Value::Array(
+            value
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| {
+                    s.trim()
+                        .parse::<i64>()
+                        .map(toml::Value::Integer)
+                        .unwrap_or_else(|_| toml::Value::String(s.to_owned()))
+                })
+                .collect(),
+        ),
+        _ => toml::Value::String(value.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = WorkerConfig::from_toml("concurency = 4\n").expect_err("refused");
+        assert!(err.to_string().contains("concurency"), "{err}");
+        let err = WorkerConfig::from_toml("[retry]\nattempt = 4\n").expect_err("refused");
+        assert!(err.to_string().contains("attempt"), "{err}");
+    }
+
+    #[test]
+    fn impossible_combinations_are_refused_by_name() {
+        for (text, key) in [
+            ("concurrency = 8\nmax_in_flight = 4\n", "max_in_flight"),
+            (
+                "[retry]\nmin_delay_ms = 10\nmax_delay_ms = 5\n",
+                "retry.min_delay_ms",
+            ),
+            ("retry_tiers_ms = [1000, 0]\n", "retry_tiers_ms"),
+            (
+                "topic = \"a\"\ndead_letter_topic = \"a\"\n",
+                "dead_letter_topic",
+            ),
+            (
+                "[kafka]\n\"enable.auto.commit\" = \"true\"\n",
+                "enable.auto.commit",
+            ),
+            ("concurrency = 0\n", "concurrency"),
+        ] {
+            let err = WorkerConfig::from_toml(text).expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = WorkerConfig::from_toml(
+            "brokers = \"k:9092\"\nconcurrency = 8\nordering = \"relaxed\"\nretry_tiers_ms = [10000, 300000]\n[retry]\nattempts = 5\n[kafka]\n\"fetch.min.bytes\" = \"1\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.ordering, Ordering::Relaxed);
+        assert_eq!(c.retry.attempts, 5);
+        assert_eq!(c.retry_tiers_ms, vec![10_000, 300_000]);
+        assert_eq!(
+            c.kafka.get("fetch.min.bytes").map(String::as_str),
+            Some("1")
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! The headers steadfast writes on retry-tier and dead-letter records, and reads back.
+//! Values are UTF-8 text: numbers in decimal, times in RFC 3339, so kcat shows them.
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::message::{Envelope, Headers};
+
+/// Topic of the first delivery.
+pub const ORIGINAL_TOPIC: &str = "steadfast-original-topic";
+/// Partition of the first delivery.
+pub const ORIGINAL_PARTITION: &str = "steadfast-original-partition";
+/// Offset of the first delivery.
+pub const ORIGINAL_OFFSET: &str = "steadfast-original-offset";
+/// Record timestamp of the first delivery (RFC 3339).
+pub const ORIGINAL_TIMESTAMP: &str = "steadfast-original-timestamp";
+/// The consumer group that gave up on the record.
+pub const GROUP: &str = "steadfast-group";
+/// `transient`, `permanent`, `decode`, `panic` or `timeout`.
+pub const ERROR_CLASS: &str = "steadfast-error-class";
+/// The last error's message.
+pub const ERROR_MESSAGE: &str = "steadfast-error-message";
+/// Handler attempts made so far, all tiers counted.
+pub const ATTEMPTS: &str = "steadfast-attempts";
+/// When the first attempt failed (RFC 3339).
+pub const FIRST_FAILURE: &str = "steadfast-first-failure-at";
+/// When the last attempt failed (RFC 3339).
+pub const LAST_FAILURE: &str = "steadfast-last-failure-at";
+/// The retry tier a record sits in (1-based); absent on the source topic.
+pub const RETRY_TIER: &str = "steadfast-retry-tier";
+/// When a retry-tier record is due (RFC 3339).
+pub const DUE_AT: &str = "steadfast-due-at";
+
+/// Every header name above, in the order they are written.
+pub const ALL: [&str; 12] = [
+    ORIGINAL_TOPIC,
+    ORIGINAL_PARTITION,
+    ORIGINAL_OFFSET,
+    ORIGINAL_TIMESTAMP,
+    GROUP,
+    ERROR_CLASS,
+    ERROR_MESSAGE,
+    ATTEMPTS,
+    FIRST_FAILURE,
+    LAST_FAILURE,
+    RETRY_TIER,
+    DUE_AT,
+];
+
+/// Milliseconds since the epoch as RFC 3339 text (UTC, millisecond precision).
+pub fn format_time_ms(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => {
+            let t = t
+                .replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
+                .unwrap_or(t);
+            t.format(&Rfc3339).unwrap_or_else(|_| ms.to_string())
+        }
+        Err(_) => ms.to_string(),
+    }
+}
+
+/// RFC 3339 text as milliseconds since the epoch.
+pub fn parse_time_ms(text: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(text.trim(), &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// The retry tier a record sits in; 0 on the source topic.
+pub(crate) fn retry_tier(headers: &Headers) -> u32 {
+    headers
+        .get_i64(RETRY_TIER)
+        .and_then(|t| u32::try_from(t).ok())
+        .unwrap_or(0)
+}
+
+/// Attempts made before this delivery.
+pub(crate) fn attempts_before(headers: &Headers) -> u32 {
+    headers
+        .get_i64(ATTEMPTS)
+        .and_then(|t| u32::try_from(t).ok())
+        .unwrap_or(0)
+}
+
+/// When a retry-tier record is due, in milliseconds since the epoch.
+pub(crate) fn due_at_ms(headers: &Headers) -> Option<i64> {
+    headers.get_str(DUE_AT).and_then(parse_time_ms)
+}
+
+/// The topic of the first delivery.
+pub(crate) fn original_topic(envelope: &Envelope) -> &str {
+    envelope
+        .headers
+        .get_str(ORIGINAL_TOPIC)
+        .unwrap_or(&envelope.topic)
+}
+
+/// The partition of the first delivery.
+pub(crate) fn original_partition(envelope: &Envelope) -> i32 {
+    envelope
+        .headers
+        .get_i64(ORIGINAL_PARTITION)
+        .and_then(|p| i32::try_from(p).ok())
+        .unwrap_or(envelope.partition)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_through_rfc3339_text() {
+        let ms = 1_764_633_600_123;
+        let text = format_time_ms(ms);
+        assert_eq!(text, "2025-12-02T00:00:00.123Z");
+        assert_eq!(parse_time_ms(&text), Some(ms));
+    }
+}

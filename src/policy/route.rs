@@ -1,0 +1,225 @@
+//! Routing of failed messages: through the retry tiers (`<topic>.retry.<n>`, each with its
+//! delay) and then to the dead-letter topic, with provenance headers. A message's outcome is
+//! `Routed` only after its copy is acknowledged; a publish that keeps failing is retried with
+//! backoff until it succeeds or the worker shuts down (then the message is requeued).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
+
+use super::headers;
+use super::sink::{OutgoingRecord, Sink};
+use super::{now_ms, OutcomeFuture};
+use crate::message::{Envelope, Failure, Outcome, RouteTarget};
+
+/// The delays of the retry tiers, in order: tier `n` is `<topic>.retry.<n>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryTiers(pub Vec<Duration>);
+
+impl RetryTiers {
+    /// The topic of tier `n` (1-based) for source topic `topic`.
+    pub fn topic(topic: &str, n: u32) -> String {
+        format!("{topic}.retry.{n}")
+    }
+    /// How many tiers there are.
+    pub fn len(&self) -> u32 {
+        u32::try_from(self.0.len()).unwrap_or(u32::MAX)
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct RouteConfig {
+    tiers: RetryTiers,
+    dead_letter_topic: Option<String>,
+    tier_partitions: Option<i32>,
+    group: String,
+    sink: Arc<dyn Sink>,
+    shutdown: CancellationToken,
+}
+
+/// Routes failed messages to retry tiers and the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct RouteLayer {
+    config: Arc<RouteConfig>,
+}
+
+impl RouteLayer {
+    /// Routes through `tiers`, then to `dead_letter_topic` (`<topic>.dlq` when `None`),
+    /// publishing with `sink`. `tier_partitions` is the partition count of the tier topics:
+    /// a copy goes to the partition of its first delivery when it exists there.
+    pub fn new(
+        tiers: RetryTiers,
+        dead_letter_topic: Option<String>,
+        tier_partitions: Option<i32>,
+        group: &str,
+        sink: Arc<dyn Sink>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        RouteLayer {
+            config: Arc::new(RouteConfig {
+                tiers,
+                dead_letter_topic,
+                tier_partitions,
+                group: group.to_owned(),
+                sink,
+                shutdown,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = RouteService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RouteService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// See [`RouteLayer`].
+#[derive(Debug, Clone)]
+pub struct RouteService<S> {
+    inner: S,
+    config: Arc<RouteConfig>,
+}
+
+impl<S> Service<Envelope> for RouteService<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = OutcomeFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            let outcome = inner.call(envelope.clone()).await?;
+            let Outcome::Failed(failure) = outcome else {
+                return Ok(outcome);
+            };
+            let (target, record) = config.copy_of(&envelope, &failure);
+            Ok(config.publish(record, target, failure.class).await)
+        })
+    }
+}
+
+impl RouteConfig {
+    /// Where a failed message goes next, and its copy.
+    fn copy_of(&self, envelope: &Envelope, failure: &Failure) -> (RouteTarget, OutgoingRecord) {
+        let now = now_ms();
+        let tier = headers::retry_tier(&envelope.headers);
+        let target = if !failure.permanent && tier < self.tiers.len() {
+            RouteTarget::RetryTier(tier + 1)
+        } else {
+            RouteTarget::DeadLetter
+        };
+        let original_topic = headers::original_topic(envelope).to_owned();
+        let original_partition = headers::original_partition(envelope);
+        let mut h = envelope.headers.clone();
+        if h.get(headers::ORIGINAL_TOPIC).is_none() {
+            h.set(headers::ORIGINAL_TOPIC, envelope.topic.clone());
+            h.set(headers::ORIGINAL_PARTITION, envelope.partition.to_string());
+            h.set(headers::ORIGINAL_OFFSET, envelope.offset.to_string());
+            if let Some(ts) = envelope.timestamp_ms {
+                h.set(headers::ORIGINAL_TIMESTAMP, headers::format_time_ms(ts));
+            }
+        }
+        h.set(headers::GROUP, self.group.clone());
+        h.set(headers::ERROR_CLASS, failure.class);
+        h.set(headers::ERROR_MESSAGE, failure.message.clone());
+        h.set(headers::ATTEMPTS, failure.attempt.to_string());
+        if h.get(headers::FIRST_FAILURE).is_none() {
+            h.set(
+                headers::FIRST_FAILURE,
+                headers::format_time_ms(failure.first_failed_ms),
+            );
+        }
+        h.set(headers::LAST_FAILURE, headers::format_time_ms(now));
+        let (topic, partition) = match &target {
+            RouteTarget::RetryTier(n) => {
+                let delay = self
+                    .tiers
+                    .0
+                    .get((*n - 1) as usize)
+                    .copied()
+                    .unwrap_or_default();
+                let due = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                h.set(headers::RETRY_TIER, n.to_string());
+                h.set(headers::DUE_AT, headers::format_time_ms(due));
+                let partition = self
+                    .tier_partitions
+                    .filter(|count| original_partition < *count)
+                    .map(|_| original_partition);
+                (RetryTiers::topic(&original_topic, *n), partition)
+            }
+            RouteTarget::DeadLetter => {
+                h.remove(headers::RETRY_TIER);
+                h.remove(headers::DUE_AT);
+                let topic = self
+                    .dead_letter_topic
+                    .clone()
+                    .unwrap_or_else(|| format!("{original_topic}.dlq"));
+                (topic, None)
+            }
+        };
+        let record = OutgoingRecord {
+            topic,
+            partition,
+            key: envelope.key.clone(),
+            payload: envelope.payload.clone(),
+            headers: h,
+        };
+        (target, record)
+    }
+
+    /// Publishes until acknowledged; requeues on shutdown.
+    async fn publish(
+        &self,
+        record: OutgoingRecord,
+        target: RouteTarget,
+        error_class: &'static str,
+    ) -> Outcome {
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times()
+            .with_jitter()
+            .build();
+        loop {
+            match self.sink.send(record.clone()).await {
+                Ok(()) => {
+                    return Outcome::Routed {
+                        target,
+                        error_class,
+                    }
+                }
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %e, ?delay, "routing a failed message did not get an acknowledgement; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => return Outcome::Requeue,
+                    }
+                }
+            }
+        }
+    }
+}

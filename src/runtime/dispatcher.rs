@@ -1,0 +1,627 @@
+//! The dispatcher: per partition an [`OffsetTracker`], per key a FIFO lane (one key strictly
+//! sequential, other keys concurrent up to the concurrency bound), bounds that pause fetching
+//! when reached and resume it when drained, and the parking of keys whose message sits in a
+//! retry tier (strict ordering).
+//!
+//! Pure state: it decides which jobs start and which partitions to pause or resume; the
+//! worker carries the decisions out. Lanes are freed when empty, so memory follows the
+//! in-flight bound, not the number of distinct keys ever seen.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::offsets::{FinishedAbove, OffsetTracker};
+use crate::message::{Envelope, Outcome, RouteTarget};
+use crate::policy::headers;
+
+/// A topic and partition.
+pub(crate) type TopicPartition = (Arc<str>, i32);
+
+/// The identity of a lane: messages with the same lane key run one at a time, in offset order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum LaneKey {
+    /// A keyed record: ordered with the other records of its key in its partition.
+    Keyed(Arc<str>, i32, Bytes),
+    /// A record without a key: a lane of its own.
+    Unkeyed(Arc<str>, i32, i64),
+}
+
+impl LaneKey {
+    fn of(envelope: &Envelope, topic: &Arc<str>) -> Self {
+        match &envelope.key {
+            Some(key) => LaneKey::Keyed(topic.clone(), envelope.partition, key.clone()),
+            None => LaneKey::Unkeyed(topic.clone(), envelope.partition, envelope.offset),
+        }
+    }
+}
+
+/// The bounds and ordering mode the dispatcher enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Handler calls running at once, across all keys.
+    pub(crate) concurrency: usize,
+    /// Messages delivered and not finished (running, queued in lanes, parked, held).
+    pub(crate) max_in_flight: usize,
+    /// Messages queued in one key's lane.
+    pub(crate) max_per_key: usize,
+    /// Park later messages of a key while one of its messages sits in a retry tier.
+    pub(crate) strict: bool,
+}
+
+/// A message to hand to the policy stack.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) lane: LaneKey,
+    pub(crate) epoch: u64,
+    pub(crate) envelope: Envelope,
+}
+
+/// What became of a delivered message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Accepted {
+    /// Queued in its lane (and possibly started).
+    Queued,
+    /// Finished before the last commit: skipped.
+    AlreadyFinished,
+    /// A retry-tier message that is not due: held, its partition paused until `due_ms`.
+    Held { due_ms: i64, epoch: u64 },
+    /// Its partition is not assigned (a message from before a revoke): ignored.
+    NotAssigned,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    tracker: OffsetTracker,
+    epoch: u64,
+    running: usize,
+    full_lanes: usize,
+    held: Option<Envelope>,
+    revoking: bool,
+    /// Pause state last handed to the consumer.
+    paused: bool,
+    /// The commit last taken, to skip commits that would change nothing.
+    last_commit: Option<(i64, String)>,
+}
+
+#[derive(Debug)]
+struct Lane {
+    queue: VecDeque<Envelope>,
+    running: bool,
+    in_ready: bool,
+    full: bool,
+    epoch: u64,
+}
+
+/// The dispatcher's state; the worker keeps it behind a mutex.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    limits: Limits,
+    partitions: HashMap<TopicPartition, PartitionState>,
+    lanes: HashMap<LaneKey, Lane>,
+    ready: VecDeque<LaneKey>,
+    /// Main-topic lanes parked while one of their messages sits in a retry tier.
+    parked: HashSet<LaneKey>,
+    running: usize,
+    in_flight: usize,
+    globally_paused: bool,
+    stopping: bool,
+    next_epoch: u64,
+    /// Pause (true) or resume (false) decisions not yet carried out.
+    control: BTreeMap<TopicPartition, bool>,
+}
+
+impl Dispatcher {
+    /// An empty dispatcher enforcing `limits`.
+    pub(crate) fn new(limits: Limits) -> Self {
+        Dispatcher {
+            limits: Limits {
+                concurrency: limits.concurrency.max(1),
+                max_in_flight: limits.max_in_flight.max(limits.concurrency.max(1)),
+                max_per_key: limits.max_per_key.max(1),
+                strict: limits.strict,
+            },
+            partitions: HashMap::new(),
+            lanes: HashMap::new(),
+            ready: VecDeque::new(),
+            parked: HashSet::new(),
+            running: 0,
+            in_flight: 0,
+            globally_paused: false,
+            stopping: false,
+            next_epoch: 1,
+            control: BTreeMap::new(),
+        }
+    }
+
+    /// Starts tracking an assigned partition; `restored` holds the offsets above its committed
+    /// offset that the last commit recorded as finished. The partition is resumed (a pause
+    /// left over from an earlier assignment does not survive).
+    pub(crate) fn assign(&mut self, tp: TopicPartition, restored: FinishedAbove) {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        self.partitions.insert(
+            tp.clone(),
+            PartitionState {
+                tracker: OffsetTracker::new(restored),
+                epoch,
+                paused: true,
+                ..PartitionState::default()
+            },
+        );
+        self.update_pause(&tp);
+    }
+
+    /// Stops delivering a revoked partition: queued messages are dropped (the next owner reads
+    /// them again); running ones may still finish. Returns how many are running.
+    pub(crate) fn begin_revoke(&mut self, tp: &TopicPartition) -> usize {
+        let Some(p) = self.partitions.get_mut(tp) else {
+            return 0;
+        };
+        p.revoking = true;
+        if p.held.take().is_some() {
+            self.in_flight -= 1;
+        }
+        let epoch = p.epoch;
+        let mut dropped = 0;
+        self.lanes.retain(|_, lane| {
+            if lane.epoch != epoch {
+                return true;
+            }
+            dropped += lane.queue.len();
+            lane.queue.clear();
+            lane.running
+        });
+        self.parked
+            .retain(|key| lane_partition(key) != (&tp.0, tp.1));
+        self.in_flight -= dropped;
+        self.update_global_pause();
+        self.partitions.get(tp).map_or(0, |p| p.running)
+    }
+
+    /// How many handler calls of `tp` are running.
+    pub(crate) fn running_in(&self, tp: &TopicPartition) -> usize {
+        self.partitions.get(tp).map_or(0, |p| p.running)
+    }
+
+    /// Forgets a revoked partition; returns its final commit (watermark and metadata).
+    pub(crate) fn finish_revoke(&mut self, tp: &TopicPartition) -> Option<(i64, String)> {
+        let p = self.partitions.remove(tp)?;
+        self.control.remove(tp);
+        let epoch = p.epoch;
+        self.lanes.retain(|_, lane| lane.epoch != epoch);
+        p.tracker.commit_point()
+    }
+
+    /// Takes a delivered message. `due_ms` is set for retry-tier messages.
+    pub(crate) fn accept(
+        &mut self,
+        envelope: Envelope,
+        due_ms: Option<i64>,
+        now_ms: i64,
+    ) -> (Accepted, Vec<Job>) {
+        let tp: TopicPartition = (Arc::from(envelope.topic.as_str()), envelope.partition);
+        let Some(p) = self.partitions.get_mut(&tp) else {
+            return (Accepted::NotAssigned, Vec::new());
+        };
+        if p.revoking {
+            return (Accepted::NotAssigned, Vec::new());
+        }
+        if !p.tracker.begin(envelope.offset) {
+            return (Accepted::AlreadyFinished, Vec::new());
+        }
+        self.in_flight += 1;
+        if let Some(due_ms) = due_ms.filter(|due| *due > now_ms) {
+            let epoch = p.epoch;
+            p.held = Some(envelope);
+            self.update_pause(&tp);
+            self.update_global_pause();
+            return (Accepted::Held { due_ms, epoch }, Vec::new());
+        }
+        self.enqueue(&tp, envelope);
+        self.update_global_pause();
+        (Accepted::Queued, self.fill())
+    }
+
+    /// Hands over a held retry-tier message once it is due, and resumes its partition.
+    pub(crate) fn release_held(&mut self, tp: &TopicPartition, epoch: u64) -> Vec<Job> {
+        let Some(p) = self.partitions.get_mut(tp) else {
+            return Vec::new();
+        };
+        if p.epoch != epoch {
+            return Vec::new();
+        }
+        let Some(envelope) = p.held.take() else {
+            return Vec::new();
+        };
+        self.enqueue(tp, envelope);
+        self.update_pause(tp);
+        self.fill()
+    }
+
+    fn enqueue(&mut self, tp: &TopicPartition, envelope: Envelope) {
+        let Some(p) = self.partitions.get_mut(tp) else {
+            return;
+        };
+        let epoch = p.epoch;
+        let key = LaneKey::of(&envelope, &tp.0);
+        let lane = self.lanes.entry(key.clone()).or_insert_with(|| Lane {
+            queue: VecDeque::new(),
+            running: false,
+            in_ready: false,
+            full: false,
+            epoch,
+        });
+        lane.queue.push_back(envelope);
+        if !lane.full && lane.queue.len() >= self.limits.max_per_key {
+            lane.full = true;
+            p.full_lanes += 1;
+            self.update_pause(tp);
+        }
+        self.mark_ready(&key);
+    }
+
+    fn mark_ready(&mut self, key: &LaneKey) {
+        if self.parked.contains(key) {
+            return;
+        }
+        if let Some(lane) = self.lanes.get_mut(key) {
+            if !lane.running && !lane.in_ready && !lane.queue.is_empty() {
+                lane.in_ready = true;
+                self.ready.push_back(key.clone());
+            }
+        }
+    }
+
+    /// Starts queued messages while there is room under the concurrency bound.
+    fn fill(&mut self) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        while !self.stopping && self.running < self.limits.concurrency {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(lane) = self.lanes.get_mut(&key) else {
+                continue;
+            };
+            lane.in_ready = false;
+            if lane.running || self.parked.contains(&key) {
+                continue;
+            }
+            let Some(envelope) = lane.queue.pop_front() else {
+                continue;
+            };
+            lane.running = true;
+            let epoch = lane.epoch;
+            let unfull = lane.full && lane.queue.len() < self.limits.max_per_key;
+            if unfull {
+                lane.full = false;
+            }
+            let tp: TopicPartition = (lane_partition(&key).0.clone(), envelope.partition);
+            if let Some(p) = self.partitions.get_mut(&tp) {
+                p.running += 1;
+                if unfull {
+                    p.full_lanes -= 1;
+                }
+            }
+            if unfull {
+                self.update_pause(&tp);
+            }
+            self.running += 1;
+            jobs.push(Job {
+                lane: key,
+                epoch,
+                envelope,
+            });
+        }
+        jobs
+    }
+
+    /// Records the outcome of a job and starts what may start next.
+    pub(crate) fn complete(
+        &mut self,
+        job_lane: &LaneKey,
+        epoch: u64,
+        envelope: &Envelope,
+        outcome: &Outcome,
+    ) -> Vec<Job> {
+        self.running -= 1;
+        self.in_flight -= 1;
+        let tp: TopicPartition = (lane_partition(job_lane).0.clone(), envelope.partition);
+        let current = self.partitions.get(&tp).is_some_and(|p| p.epoch == epoch);
+        if current {
+            if let Some(p) = self.partitions.get_mut(&tp) {
+                p.running -= 1;
+                if outcome.is_finished() {
+                    p.tracker.finish(envelope.offset);
+                }
+            }
+            if self.limits.strict {
+                self.update_parking(envelope, outcome);
+            }
+            let lane_done = match self.lanes.get_mut(job_lane) {
+                Some(lane) if lane.epoch == epoch => {
+                    lane.running = false;
+                    lane.queue.is_empty()
+                }
+                _ => false,
+            };
+            if lane_done && !self.parked.contains(job_lane) {
+                self.lanes.remove(job_lane);
+            } else {
+                self.mark_ready(job_lane);
+            }
+        }
+        self.update_global_pause();
+        self.fill()
+    }
+
+    /// Parks a main-topic lane whose message left for a retry tier; unparks it when the
+    /// message's retry resolves (handled, dropped or dead-lettered).
+    fn update_parking(&mut self, envelope: &Envelope, outcome: &Outcome) {
+        let Some(key) = envelope.key.clone() else {
+            return;
+        };
+        let in_tier = headers::retry_tier(&envelope.headers) > 0;
+        let origin_topic: Arc<str> = Arc::from(headers::original_topic(envelope));
+        let origin_partition = headers::original_partition(envelope);
+        let origin = LaneKey::Keyed(origin_topic, origin_partition, key);
+        let origin_assigned = self
+            .partitions
+            .contains_key(&(lane_partition(&origin).0.clone(), origin_partition));
+        match outcome {
+            Outcome::Routed {
+                target: RouteTarget::RetryTier(_),
+                ..
+            } if origin_assigned => {
+                self.parked.insert(origin);
+            }
+            _ if in_tier && outcome.is_finished() && self.parked.remove(&origin) => {
+                let idle = self
+                    .lanes
+                    .get(&origin)
+                    .is_some_and(|l| l.queue.is_empty() && !l.running);
+                if idle {
+                    self.lanes.remove(&origin);
+                } else {
+                    self.mark_ready(&origin);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Stops starting new jobs (shutdown); running ones finish.
+    pub(crate) fn stop(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Handler calls running now.
+    pub(crate) fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Messages delivered and not finished.
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Pause and resume decisions to carry out, in partition order.
+    pub(crate) fn take_control(&mut self) -> Vec<(TopicPartition, bool)> {
+        std::mem::take(&mut self.control).into_iter().collect()
+    }
+
+    /// Drops pending pause/resume decisions for `tps` (already carried out directly).
+    pub(crate) fn take_control_of(&mut self, tps: &[TopicPartition]) {
+        for tp in tps {
+            self.control.remove(tp);
+        }
+    }
+
+    /// The partitions assigned now.
+    pub(crate) fn assigned(&self) -> Vec<TopicPartition> {
+        self.partitions.keys().cloned().collect()
+    }
+
+    /// Commits that would change what the broker holds, and marks them taken.
+    pub(crate) fn take_commits(&mut self) -> Vec<(TopicPartition, i64, String)> {
+        let mut out = Vec::new();
+        for (tp, p) in &mut self.partitions {
+            if p.revoking {
+                continue;
+            }
+            if let Some(point) = p.tracker.commit_point() {
+                if p.last_commit.as_ref() != Some(&point) {
+                    p.last_commit = Some(point.clone());
+                    out.push((tp.clone(), point.0, point.1));
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets which commits were taken, so the next [`Self::take_commits`] returns them all
+    /// (after a failed commit).
+    pub(crate) fn forget_commits(&mut self) {
+        for p in self.partitions.values_mut() {
+            p.last_commit = None;
+        }
+    }
+
+    fn update_global_pause(&mut self) {
+        let pause = if self.globally_paused {
+            self.in_flight > self.limits.max_in_flight / 2
+        } else {
+            self.in_flight >= self.limits.max_in_flight
+        };
+        if pause != self.globally_paused {
+            self.globally_paused = pause;
+            let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+            for tp in tps {
+                self.update_pause(&tp);
+            }
+        }
+    }
+
+    fn update_pause(&mut self, tp: &TopicPartition) {
+        let Some(p) = self.partitions.get_mut(tp) else {
+            return;
+        };
+        let want = self.globally_paused || p.full_lanes > 0 || p.held.is_some() || p.revoking;
+        if want != p.paused {
+            p.paused = want;
+            self.control.insert(tp.clone(), want);
+        }
+    }
+}
+
+fn lane_partition(key: &LaneKey) -> (&Arc<str>, i32) {
+    match key {
+        LaneKey::Keyed(t, p, _) | LaneKey::Unkeyed(t, p, _) => (t, *p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(concurrency: usize, max_in_flight: usize, max_per_key: usize) -> Limits {
+        Limits {
+            concurrency,
+            max_in_flight,
+            max_per_key,
+            strict: true,
+        }
+    }
+
+    fn msg(key: &str, offset: i64) -> Envelope {
+        Envelope::new("t", key.as_bytes().to_vec(), Vec::new()).with_offset(offset)
+    }
+
+    fn tp() -> TopicPartition {
+        (Arc::from("t"), 0)
+    }
+
+    fn ack() -> Outcome {
+        Outcome::Ack { attempt: 1 }
+    }
+
+    #[test]
+    fn one_key_runs_sequentially_other_keys_in_parallel() {
+        let mut d = Dispatcher::new(limits(10, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        let (_, a) = d.accept(msg("a", 0), None, 0);
+        let (_, a2) = d.accept(msg("a", 1), None, 0);
+        let (_, b) = d.accept(msg("b", 2), None, 0);
+        assert_eq!(a.len(), 1);
+        assert!(a2.is_empty(), "second message of key a waits");
+        assert_eq!(b.len(), 1);
+        let next = d.complete(&a[0].lane, a[0].epoch, &a[0].envelope, &ack());
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].envelope.offset, 1);
+    }
+
+    #[test]
+    fn concurrency_bound_holds_and_lanes_are_freed() {
+        let mut d = Dispatcher::new(limits(2, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        let mut started = Vec::new();
+        for o in 0..5 {
+            started.extend(d.accept(msg(&format!("k{o}"), o), None, 0).1);
+        }
+        assert_eq!(started.len(), 2);
+        while let Some(job) = started.pop() {
+            assert!(d.running() <= 2);
+            started.extend(d.complete(&job.lane, job.epoch, &job.envelope, &ack()));
+        }
+        assert_eq!(d.running(), 0);
+        assert!(d.lanes.is_empty(), "empty lanes are freed");
+        assert_eq!(d.take_commits(), vec![(tp(), 5, String::new())]);
+    }
+
+    #[test]
+    fn in_flight_bound_pauses_then_resumes_when_drained() {
+        let mut d = Dispatcher::new(limits(1, 4, 10));
+        d.assign(tp(), FinishedAbove::default());
+        d.take_control();
+        let mut jobs = Vec::new();
+        for o in 0..4 {
+            jobs.extend(d.accept(msg("k", o), None, 0).1);
+        }
+        assert_eq!(d.take_control(), vec![(tp(), true)]);
+        for _ in 0..3 {
+            let job = jobs.remove(0);
+            jobs.extend(d.complete(&job.lane, job.epoch, &job.envelope, &ack()));
+        }
+        assert_eq!(d.take_control(), vec![(tp(), false)]);
+    }
+
+    #[test]
+    fn a_full_key_lane_pauses_its_partition() {
+        let mut d = Dispatcher::new(limits(4, 100, 2));
+        d.assign(tp(), FinishedAbove::default());
+        d.take_control();
+        let (_, first) = d.accept(msg("k", 0), None, 0);
+        d.accept(msg("k", 1), None, 0);
+        d.accept(msg("k", 2), None, 0);
+        assert_eq!(d.take_control(), vec![(tp(), true)]);
+        let job = &first[0];
+        d.complete(&job.lane, job.epoch, &job.envelope, &ack());
+        assert_eq!(d.take_control(), vec![(tp(), false)]);
+    }
+
+    #[test]
+    fn a_held_retry_message_pauses_until_released() {
+        let mut d = Dispatcher::new(limits(4, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        d.take_control();
+        let (accepted, jobs) = d.accept(msg("k", 0), Some(2_000), 1_000);
+        assert!(jobs.is_empty());
+        let Accepted::Held { epoch, .. } = accepted else {
+            panic!("held expected, got {accepted:?}");
+        };
+        assert_eq!(d.take_control(), vec![(tp(), true)]);
+        let jobs = d.release_held(&tp(), epoch);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(d.take_control(), vec![(tp(), false)]);
+    }
+
+    #[test]
+    fn reassignment_resumes_a_partition_paused_before_the_revoke() {
+        let mut d = Dispatcher::new(limits(4, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        d.accept(msg("k", 0), Some(9_000), 0);
+        d.take_control();
+        d.begin_revoke(&tp());
+        d.finish_revoke(&tp());
+        d.assign(tp(), FinishedAbove::default());
+        assert_eq!(
+            d.take_control(),
+            vec![(tp(), false)],
+            "resumed after reassignment"
+        );
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn revoke_drops_queued_messages_and_ignores_late_completions() {
+        let mut d = Dispatcher::new(limits(1, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        let (_, jobs) = d.accept(msg("k", 0), None, 0);
+        d.accept(msg("k", 1), None, 0);
+        assert_eq!(d.begin_revoke(&tp()), 1);
+        assert_eq!(d.finish_revoke(&tp()), Some((0, String::new())));
+        d.assign(tp(), FinishedAbove::default());
+        let job = &jobs[0];
+        assert!(d
+            .complete(&job.lane, job.epoch, &job.envelope, &ack())
+            .is_empty());
+        assert_eq!((d.running(), d.in_flight()), (0, 0));
+        assert_eq!(
+            d.take_commits(),
+            Vec::new(),
+            "the old epoch's completion is not counted"
+        );
+    }
+}

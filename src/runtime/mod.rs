@@ -1,0 +1,13 @@
+//! The worker runtime: the builder, the consume loop, the dispatcher with its key lanes, the
+//! offset tracking with finished-offset commits, rebalance drains and graceful shutdown.
+
+mod builder;
+mod dispatcher;
+mod offsets;
+mod rebalance;
+mod shared;
+mod worker;
+
+pub use self::builder::WorkerBuilder;
+pub(crate) use self::worker::build_stack_for_tests;
+pub use self::worker::{Worker, WorkerStats};

@@ -1,0 +1,316 @@
+//! Per-partition offset tracking: the commit point is the lowest unfinished offset, and the
+//! offsets above it that are already finished travel in the commit's metadata so that a
+//! restart or a rebalance replays only what was really unfinished.
+//!
+//! Metadata format, version 1 (`sf1`), relative to the committed offset `c`:
+//! `sf1;<span>;r;<runs>` — `span` offsets from `c` are covered; `runs` alternate lengths of
+//! unfinished and finished offsets, starting with unfinished (decimal, comma-separated) — or
+//! `sf1;<span>;b;<hex>` — a bitset over the span, bit `i` set when `c + i` is finished.
+//! Whichever is shorter is written; when neither fits the metadata limit the commit carries
+//! no metadata (the plain watermark: everything above it is delivered again).
+
+use std::collections::BTreeSet;
+
+/// The longest metadata string written (Kafka's default `offset.metadata.max.bytes` is 4096).
+pub(crate) const MAX_METADATA_BYTES: usize = 4000;
+
+const PREFIX: &str = "sf1";
+
+/// Offsets above a committed offset known to be finished, read back from commit metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FinishedAbove {
+    committed: i64,
+    finished: BTreeSet<i64>,
+}
+
+impl FinishedAbove {
+    /// Parses `metadata` written with a commit at `committed`; unknown or malformed metadata
+    /// means nothing is known (everything above `committed` is delivered again).
+    pub(crate) fn parse(committed: i64, metadata: &str) -> Self {
+        let none = FinishedAbove {
+            committed,
+            finished: BTreeSet::new(),
+        };
+        let mut parts = metadata.splitn(4, ';');
+        if parts.next() != Some(PREFIX) {
+            return none;
+        }
+        let (Some(span), Some(kind), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return none;
+        };
+        let Ok(span) = span.parse::<i64>() else {
+            return none;
+        };
+        let finished = match kind {
+            "r" => parse_runs(committed, span, body),
+            "b" => parse_bits(committed, span, body),
+            _ => None,
+        };
+        match finished {
+            Some(finished) => FinishedAbove {
+                committed,
+                finished,
+            },
+            None => none,
+        }
+    }
+    /// Whether `offset` was finished before the commit was written.
+    pub(crate) fn contains(&self, offset: i64) -> bool {
+        self.finished.contains(&offset)
+    }
+    /// How many offsets are known finished.
+    pub(crate) fn len(&self) -> usize {
+        self.finished.len()
+    }
+    /// The committed offset this was read with.
+    pub(crate) fn committed(&self) -> i64 {
+        self.committed
+    }
+}
+
+fn parse_runs(committed: i64, span: i64, body: &str) -> Option<BTreeSet<i64>> {
+    let mut finished = BTreeSet::new();
+    let mut at = committed;
+    for (i, run) in body.split(',').filter(|r| !r.is_empty()).enumerate() {
+        let len: i64 = run.parse().ok()?;
+        if len < 0 || at.checked_add(len)? > committed.checked_add(span)? {
+            return None;
+        }
+        if i % 2 == 1 {
+            finished.extend(at..at + len);
+        }
+        at += len;
+    }
+    Some(finished)
+}
+
+fn parse_bits(committed: i64, span: i64, body: &str) -> Option<BTreeSet<i64>> {
+    if !body.len().is_multiple_of(2) || (body.len() as i64) * 4 < span {
+        return None;
+    }
+    let mut finished = BTreeSet::new();
+    for (byte_index, pair) in body.as_bytes().chunks(2).enumerate() {
+        let byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        for bit in 0..8 {
+            let i = byte_index as i64 * 8 + bit;
+            if i < span && byte & (1 << bit) != 0 {
+                finished.insert(committed + i);
+            }
+        }
+    }
+    Some(finished)
+}
+
+/// The offsets of one partition that were handed out and are not finished yet.
+#[derive(Debug, Default)]
+pub(crate) struct OffsetTracker {
+    unfinished: BTreeSet<i64>,
+    /// One past the highest offset seen.
+    next: Option<i64>,
+    /// Finished offsets restored from the last commit; consulted once per offset.
+    restored: FinishedAbove,
+}
+
+impl OffsetTracker {
+    /// A tracker for a partition whose last commit carried `restored`.
+    pub(crate) fn new(restored: FinishedAbove) -> Self {
+        OffsetTracker {
+            unfinished: BTreeSet::new(),
+            next: None,
+            restored,
+        }
+    }
+    /// Records that `offset` was delivered. Returns false when the last commit says it is
+    /// already finished, in which case it counts as finished and must be skipped.
+    pub(crate) fn begin(&mut self, offset: i64) -> bool {
+        self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        if self.restored.contains(offset) {
+            return false;
+        }
+        self.unfinished.insert(offset);
+        true
+    }
+    /// Records that `offset` is finished.
+    pub(crate) fn finish(&mut self, offset: i64) {
+        self.unfinished.remove(&offset);
+    }
+    /// The offset to commit: the lowest unfinished one, or one past the highest seen.
+    pub(crate) fn watermark(&self) -> Option<i64> {
+        self.unfinished.first().copied().or(self.next)
+    }
+    /// The commit: the watermark and the metadata naming the finished offsets above it.
+    pub(crate) fn commit_point(&self) -> Option<(i64, String)> {
+        let watermark = self.watermark()?;
+        let next = self.next?;
+        let span = usize::try_from(next - watermark).unwrap_or(usize::MAX);
+        if self.unfinished.len() >= span {
+            // Nothing above the watermark is finished.
+            return Some((watermark, String::new()));
+        }
+        Some((watermark, encode(watermark, next, &self.unfinished)))
+    }
+}
+
+/// Encodes which offsets in `[watermark, next)` are finished (those not in `unfinished`).
+fn encode(watermark: i64, next: i64, unfinished: &BTreeSet<i64>) -> String {
+    let span = next - watermark;
+    let runs = encode_runs(watermark, next, unfinished);
+    let bits =
+        (span <= (MAX_METADATA_BYTES as i64) * 4).then(|| encode_bits(watermark, span, unfinished));
+    let best = match bits {
+        Some(bits) if bits.len() < runs.len() => bits,
+        _ => runs,
+    };
+    if best.len() > MAX_METADATA_BYTES {
+        String::new()
+    } else {
+        best
+    }
+}
+
+fn encode_runs(watermark: i64, next: i64, unfinished: &BTreeSet<i64>) -> String {
+    let mut out = format!("{PREFIX};{};r;", next - watermark);
+    let mut at = watermark;
+    let mut first = true;
+    let mut push = |out: &mut String, len: i64| {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&len.to_string());
+    };
+    let mut pending_unfinished = 0i64;
+    for &offset in unfinished.range(watermark..next) {
+        if offset > at {
+            push(&mut out, pending_unfinished);
+            push(&mut out, offset - at);
+            pending_unfinished = 0;
+        }
+        pending_unfinished += 1;
+        at = offset + 1;
+        if out.len() > MAX_METADATA_BYTES {
+            return out;
+        }
+    }
+    push(&mut out, pending_unfinished);
+    if next > at {
+        push(&mut out, next - at);
+    }
+    out
+}
+
+fn encode_bits(watermark: i64, span: i64, unfinished: &BTreeSet<i64>) -> String {
+    let bytes = usize::try_from((span + 7) / 8).unwrap_or(0);
+    let mut bits = vec![0xffu8; bytes];
+    if span % 8 != 0 {
+        if let Some(last) = bits.last_mut() {
+            *last = (1u8 << (span % 8)) - 1;
+        }
+    }
+    for &offset in unfinished.range(watermark..watermark + span) {
+        let i = offset - watermark;
+        bits[(i / 8) as usize] &= !(1 << (i % 8));
+    }
+    let mut out = format!("{PREFIX};{span};b;");
+    for b in bits {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(tracker: &OffsetTracker) -> (i64, FinishedAbove) {
+        let (committed, metadata) = tracker.commit_point().expect("a commit point");
+        (committed, FinishedAbove::parse(committed, &metadata))
+    }
+
+    #[test]
+    fn watermark_is_the_lowest_unfinished_offset() {
+        let mut t = OffsetTracker::default();
+        for o in 10..20 {
+            assert!(t.begin(o));
+        }
+        for o in [10, 11, 13, 15] {
+            t.finish(o);
+        }
+        assert_eq!(t.watermark(), Some(12));
+        t.finish(12);
+        assert_eq!(t.watermark(), Some(14));
+        for o in 10..20 {
+            t.finish(o);
+        }
+        assert_eq!(t.watermark(), Some(20));
+    }
+
+    #[test]
+    fn finished_offsets_above_the_watermark_survive_a_round_trip() {
+        let mut t = OffsetTracker::default();
+        for o in 0..1000 {
+            t.begin(o);
+        }
+        for o in 0..1000 {
+            if o != 5 && o != 700 {
+                t.finish(o);
+            }
+        }
+        let (committed, restored) = round_trip(&t);
+        assert_eq!(committed, 5);
+        assert_eq!(restored.len(), 1000 - 5 - 2);
+        assert!(!restored.contains(5) && !restored.contains(700));
+        assert!(restored.contains(6) && restored.contains(999) && !restored.contains(1000));
+
+        let mut again = OffsetTracker::new(restored);
+        let handled: Vec<i64> = (committed..1000).filter(|&o| again.begin(o)).collect();
+        assert_eq!(handled, vec![5, 700]);
+    }
+
+    #[test]
+    fn scattered_offsets_pick_the_bitset_when_it_is_shorter() {
+        let mut t = OffsetTracker::default();
+        for o in 0..400 {
+            t.begin(o);
+        }
+        for o in (1..400).step_by(2) {
+            t.finish(o);
+        }
+        let (committed, metadata) = t.commit_point().expect("commit");
+        assert!(metadata.starts_with("sf1;400;b;"), "{metadata}");
+        let restored = FinishedAbove::parse(committed, &metadata);
+        for o in 0..400 {
+            assert_eq!(restored.contains(o), o % 2 == 1, "offset {o}");
+        }
+    }
+
+    #[test]
+    fn metadata_too_large_falls_back_to_the_plain_watermark() {
+        let mut t = OffsetTracker::default();
+        for o in 0..100_000 {
+            t.begin(o);
+        }
+        for o in (1..100_000).step_by(2) {
+            t.finish(o);
+        }
+        let (committed, metadata) = t.commit_point().expect("commit");
+        assert_eq!(committed, 0);
+        assert!(metadata.is_empty());
+    }
+
+    #[test]
+    fn malformed_metadata_means_nothing_is_known() {
+        for m in [
+            "",
+            "x",
+            "sf1;",
+            "sf1;5;r;1,a",
+            "sf1;5;r;3,9",
+            "sf1;10;b;f",
+            "sf2;1;r;1",
+        ] {
+            assert_eq!(FinishedAbove::parse(3, m).len(), 0, "{m}");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Rebalance callbacks: a revoked partition is drained (running handlers finish or are
+//! abandoned at the drain deadline) and its offsets committed before the revoke completes; a
+//! lost partition is abandoned without a commit; an assigned partition reads back its
+//! finished offsets and is explicitly resumed, so a pause from an earlier assignment never
+//! leaves it stuck.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::dispatcher::TopicPartition;
+use super::offsets::FinishedAbove;
+use super::shared::Shared;
+
+/// The consumer context of a worker.
+pub(crate) struct WorkerContext {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) drain_timeout: Duration,
+}
+
+impl ClientContext for WorkerContext {}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (Arc::from(e.topic()), e.partition()))
+        .collect()
+}
+
+/// Builds a commit list with each partition's offset and finished-offset metadata.
+pub(crate) fn commit_list(commits: &[(TopicPartition, i64, String)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset, metadata) in commits {
+        if tpl
+            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .is_ok()
+        {
+            if let Some(mut elem) = tpl.find_partition(topic, *partition) {
+                elem.set_metadata(metadata);
+            }
+        }
+    }
+    tpl
+}
+
+impl WorkerContext {
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let tps = partitions_of(tpl);
+        let lost = consumer.assignment_lost();
+        let deadline = Instant::now() + self.drain_timeout;
+        let drain = || {
+            let mut d = self.shared.dispatcher.lock();
+            for tp in &tps {
+                d.begin_revoke(tp);
+            }
+            while !lost && tps.iter().any(|tp| d.running_in(tp) > 0) {
+                if self
+                    .shared
+                    .completed
+                    .wait_until(&mut d, deadline)
+                    .timed_out()
+                {
+                    let abandoned: usize = tps.iter().map(|tp| d.running_in(tp)).sum();
+                    tracing::warn!(
+                        abandoned,
+                        "revoke drain deadline passed; abandoning running handlers"
+                    );
+                    break;
+                }
+            }
+            let mut commits = Vec::new();
+            for tp in &tps {
+                if let Some((offset, metadata)) = d.finish_revoke(tp) {
+                    commits.push((tp.clone(), offset, metadata));
+                }
+            }
+            commits
+        };
+        let commits = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(drain)
+            }
+            _ => drain(),
+        };
+        if lost {
+            tracing::warn!(
+                partitions = tps.len(),
+                "partitions lost: abandoned without a commit"
+            );
+            return;
+        }
+        if !commits.is_empty() {
+            if let Err(e) = consumer.commit(&commit_list(&commits), CommitMode::Sync) {
+                tracing::warn!(error = %e, "commit on revoke failed; the next owner replays from the last commit");
+            }
+        }
+        tracing::info!(partitions = tps.len(), "partitions revoked");
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let committed = consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed; nothing above them is skipped"))
+            .ok();
+        let mut d = self.shared.dispatcher.lock();
+        for tp in partitions_of(tpl) {
+            let restored = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(&tp.0, tp.1))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(FinishedAbove::parse(o, e.metadata())),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            if restored.len() > 0 {
+                tracing::info!(topic = %tp.0, partition = tp.1, committed = restored.committed(), finished_above = restored.len(), "skipping offsets finished before the last commit");
+            }
+            d.assign(tp, restored);
+        }
+        drop(d);
+        // An explicit resume: a partition paused in an earlier assignment runs again.
+        if let Err(e) = consumer.resume(tpl) {
+            tracing::warn!(error = %e, "resuming assigned partitions failed");
+        }
+        self.shared
+            .dispatcher
+            .lock()
+            .take_control_of(&partitions_of(tpl));
+        tracing::info!(partitions = tpl.count(), "partitions assigned");
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.revoke(consumer, tpl);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.assign(consumer, tpl);
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The worker: subscribes to the source topic and its retry tiers, feeds delivered records to
+//! the dispatcher, carries out its pause/resume decisions, commits finished offsets, and shuts
+//! down gracefully (stop fetching, drain with a deadline, commit, leave the group).
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::TopicPartitionList;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::builder::WorkerBuilder;
+use super::dispatcher::{Accepted, Dispatcher, Limits, TopicPartition};
+use super::rebalance::{commit_list, WorkerContext};
+use super::shared::{Counters, Shared};
+use crate::broker::{ensure_topics, envelope_of, KafkaSink};
+use crate::config::{Ordering, WorkerConfig};
+use crate::error::WorkerError;
+use crate::handler::{Handler, HandlerService};
+use crate::message::Message;
+use crate::policy::{self, headers, BoxedStack, RetryTiers, Sink};
+
+/// Runs a handler over a topic and its retry tiers. Built with [`Worker::builder`].
+#[derive(Debug)]
+pub struct Worker<H> {
+    handler: Arc<H>,
+    config: WorkerConfig,
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Messages the handler finished successfully.
+    pub handled: u64,
+    /// Messages sent to a retry tier.
+    pub routed_to_tier: u64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Messages dropped as stale or duplicate.
+    pub dropped: u64,
+    /// Messages left unfinished at shutdown or revoke (delivered again later).
+    pub requeued: u64,
+    /// Messages skipped because the last commit recorded them as finished.
+    pub skipped_finished: u64,
+}
+
+impl Worker<()> {
+    /// A builder with the defaults of [`WorkerConfig`].
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+}
+
+type WorkerConsumer = StreamConsumer<WorkerContext>;
+
+impl<H: Handler> Worker<H> {
+    pub(crate) fn new(handler: H, config: WorkerConfig) -> Self {
+        Worker {
+            handler: Arc::new(handler),
+            config,
+        }
+    }
+
+    fn topic(&self) -> String {
+        self.config
+            .topic
+            .clone()
+            .unwrap_or_else(|| H::Message::TOPIC.to_owned())
+    }
+
+    fn group(&self) -> String {
+        self.config
+            .group
+            .clone()
+            .unwrap_or_else(|| H::GROUP.to_owned())
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.config.kafka {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &self.config.brokers);
+        c
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully; a second signal exits the
+    /// process at once (committed offsets stay correct: only finished work was committed).
+    pub async fn run_until_signal(self) -> Result<WorkerStats, WorkerError> {
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            if wait_for_signal().await.is_ok() {
+                tracing::info!("signal received: draining (send another to exit at once)");
+                trigger.cancel();
+                if wait_for_signal().await.is_ok() {
+                    tracing::warn!("second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        });
+        self.run(shutdown).await
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops fetching, drains running handlers
+    /// (up to the drain timeout), commits and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<WorkerStats, WorkerError> {
+        let runtime = tokio::runtime::Handle::current();
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(WorkerError::CurrentThreadRuntime);
+        }
+        let topic = self.topic();
+        let group = self.group();
+        let tiers = RetryTiers(
+            self.config
+                .retry_tiers_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+        );
+        let tier_topics: Vec<String> = (1..=tiers.len())
+            .map(|n| RetryTiers::topic(&topic, n))
+            .collect();
+        let dead_letter = self
+            .config
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{topic}.dlq"));
+        let mut derived = tier_topics.clone();
+        derived.push(dead_letter.clone());
+        let partitions = ensure_topics(&self.client_config(), &topic, &derived).await?;
+
+        let sink: Arc<dyn Sink> = Arc::new(
+            KafkaSink::new(self.client_config()).map_err(|e| WorkerError::Broker(e.to_string()))?,
+        );
+        // Handlers see this token; it fires only once the drain deadline has passed.
+        let handler_shutdown = CancellationToken::new();
+        let stack = build_stack(
+            self.handler.clone(),
+            &self.config,
+            &group,
+            tiers,
+            Some(dead_letter),
+            Some(partitions),
+            sink,
+            handler_shutdown.clone(),
+        );
+        let limits = Limits {
+            concurrency: self.config.concurrency,
+            max_in_flight: self
+                .config
+                .max_in_flight
+                .unwrap_or(self.config.concurrency.saturating_mul(4)),
+            max_per_key: self.config.max_per_key,
+            strict: self.config.ordering == Ordering::Strict,
+        };
+        let shared = Arc::new(Shared {
+            dispatcher: Mutex::new(Dispatcher::new(limits)),
+            completed: Condvar::new(),
+            wake: Notify::new(),
+            stack,
+            runtime,
+            counters: Counters::default(),
+        });
+        let context = WorkerContext {
+            shared: shared.clone(),
+            drain_timeout: Duration::from_millis(self.config.drain_timeout_ms),
+        };
+        let mut consumer_config = self.client_config();
+        consumer_config
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        for (key, default) in [
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("auto.offset.reset", "earliest"),
+        ] {
+            if !self.config.kafka.contains_key(key) {
+                consumer_config.set(key, default);
+            }
+        }
+        let consumer: WorkerConsumer = consumer_config
+            .create_with_context(context)
+            .map_err(|e| WorkerError::Broker(e.to_string()))?;
+        let mut subscription: Vec<&str> = vec![topic.as_str()];
+        subscription.extend(tier_topics.iter().map(String::as_str));
+        consumer
+            .subscribe(&subscription)
+            .map_err(|e| WorkerError::Broker(e.to_string()))?;
+        tracing::info!(%topic, %group, tiers = tier_topics.len(), "worker started");
+
+        consume(
+            &consumer,
+            &shared,
+            &shutdown,
+            Duration::from_millis(self.config.commit_interval_ms),
+        )
+        .await;
+        drain(
+            &consumer,
+            &shared,
+            Duration::from_millis(self.config.drain_timeout_ms),
+            &handler_shutdown,
+        )
+        .await;
+        commit(&consumer, &shared, CommitMode::Sync, true);
+        consumer.unsubscribe();
+        drop(consumer);
+        let c = &shared.counters;
+        let stats = WorkerStats {
+            handled: c.handled.load(AtomicOrdering::Relaxed),
+            routed_to_tier: c.routed_to_tier.load(AtomicOrdering::Relaxed),
+            dead_lettered: c.dead_lettered.load(AtomicOrdering::Relaxed),
+            dropped: c.dropped.load(AtomicOrdering::Relaxed),
+            requeued: c.requeued.load(AtomicOrdering::Relaxed),
+            skipped_finished: c.skipped_finished.load(AtomicOrdering::Relaxed),
+        };
+        tracing::info!(?stats, "worker stopped");
+        Ok(stats)
+    }
+}
+
+/// The fixed policy stack for `handler`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_stack<H: Handler>(
+    handler: Arc<H>,
+    config: &WorkerConfig,
+    group: &str,
+    tiers: RetryTiers,
+    dead_letter: Option<String>,
+    tier_partitions: Option<i32>,
+    sink: Arc<dyn Sink>,
+    shutdown: CancellationToken,
+) -> BoxedStack {
+    let service = tower::ServiceBuilder::new()
+        .layer(policy::TraceLayer)
+        .layer(policy::RouteLayer::new(
+            tiers,
+            dead_letter,
+            tier_partitions,
+            group,
+            sink,
+            shutdown.clone(),
+        ))
+        .layer(policy::RetryLayer::new(
+            config.retry_policy(),
+            shutdown.clone(),
+        ))
+        .layer(policy::TimeoutLayer::new(Duration::from_millis(
+            config.handler_timeout_ms,
+        )))
+        .service(HandlerService::new(handler, group, shutdown));
+    BoxedStack::new(service)
+}
+
+/// The stack for [`crate::testing`]: dead letters to `<topic>.dlq`, partitions left to the key.
+pub(crate) fn build_stack_for_tests<H: Handler>(
+    handler: Arc<H>,
+    config: &WorkerConfig,
+    group: &str,
+    tiers: RetryTiers,
+    sink: Arc<dyn Sink>,
+    shutdown: CancellationToken,
+) -> BoxedStack {
+    build_stack(handler, config, group, tiers, None, None, sink, shutdown)
+}
+
+/// The consume loop: records in, pause/resume decisions out, periodic commits.
+async fn consume(
+    consumer: &WorkerConsumer,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    commit_interval: Duration,
+) {
+    let mut commit_tick = tokio::time::interval(commit_interval);
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = shared.wake.notified() => apply_control(consumer, shared),
+            _ = commit_tick.tick() => commit(consumer, shared, CommitMode::Async, false),
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    let envelope = envelope_of(&message);
+                    drop(message);
+                    accept(shared, envelope);
+                    apply_control(consumer, shared);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn accept(shared: &Arc<Shared>, envelope: crate::message::Envelope) {
+    let due = if headers::retry_tier(&envelope.headers) > 0 {
+        headers::due_at_ms(&envelope.headers)
+    } else {
+        None
+    };
+    let tp: TopicPartition = (Arc::from(envelope.topic.as_str()), envelope.partition);
+    let (accepted, jobs) = shared
+        .dispatcher
+        .lock()
+        .accept(envelope, due, policy::now_ms());
+    match accepted {
+        Accepted::Held { due_ms, epoch } => {
+            let wait = Duration::from_millis(u64::try_from(due_ms - policy::now_ms()).unwrap_or(0));
+            tracing::debug!(topic = %tp.0, partition = tp.1, ?wait, "retry-tier message not due: partition paused");
+            let shared = shared.clone();
+            shared.runtime.clone().spawn(async move {
+                tokio::time::sleep(wait).await;
+                shared.release_held(&tp, epoch);
+            });
+        }
+        Accepted::AlreadyFinished => {
+            shared
+                .counters
+                .skipped_finished
+                .fetch_add(1, AtomicOrdering::Relaxed);
+        }
+        Accepted::Queued | Accepted::NotAssigned => {}
+    }
+    shared.start(jobs);
+}
+
+/// Carries out the dispatcher's pause and resume decisions.
+fn apply_control(consumer: &WorkerConsumer, shared: &Shared) {
+    let decisions = shared.dispatcher.lock().take_control();
+    if decisions.is_empty() {
+        return;
+    }
+    let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+    for ((topic, partition), paused) in decisions {
+        if paused {
+            pause.add_partition(&topic, partition);
+        } else {
+            resume.add_partition(&topic, partition);
+        }
+    }
+    if pause.count() > 0 {
+        if let Err(e) = consumer.pause(&pause) {
+            tracing::warn!(error = %e, "pause failed");
+        }
+    }
+    if resume.count() > 0 {
+        if let Err(e) = consumer.resume(&resume) {
+            tracing::warn!(error = %e, "resume failed");
+        }
+    }
+}
+
+/// Commits each partition's lowest unfinished offset with its finished-offset metadata.
+fn commit(consumer: &WorkerConsumer, shared: &Shared, mode: CommitMode, all: bool) {
+    let commits = {
+        let mut d = shared.dispatcher.lock();
+        if all {
+            d.forget_commits();
+        }
+        d.take_commits()
+    };
+    if commits.is_empty() {
+        return;
+    }
+    if let Err(e) = consumer.commit(&commit_list(&commits), mode) {
+        tracing::warn!(error = %e, "commit failed; trying again at the next interval");
+        shared.dispatcher.lock().forget_commits();
+    }
+}
+
+/// Stops fetching and waits for running handlers, up to `limit`.
+async fn drain(
+    consumer: &WorkerConsumer,
+    shared: &Arc<Shared>,
+    limit: Duration,
+    handler_shutdown: &CancellationToken,
+) {
+    let assigned = {
+        let mut d = shared.dispatcher.lock();
+        d.stop();
+        d.assigned()
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in &assigned {
+        tpl.add_partition(topic, *partition);
+    }
+    if tpl.count() > 0 {
+        let _ = consumer.pause(&tpl);
+    }
+    let deadline = Instant::now() + limit;
+    loop {
+        let notified = shared.wake.notified();
+        let running = shared.dispatcher.lock().running();
+        if running == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(running, "drain deadline passed; abandoning running handlers (their messages are delivered again)");
+            handler_shutdown.cancel();
+            return;
+        }
+        let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), notified)
+            .await;
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> Result<(), WorkerError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(WorkerError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(WorkerError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> Result<(), WorkerError> {
+    tokio::signal::ctrl_c().await.map_err(WorkerError::Signal)
+}
