@@ -1,0 +1,328 @@
+//! Helpers of the runtime tests: a recording handler whose behaviour each message chooses,
+//! topic creation, producing events, reading a topic back, and reading committed offsets.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use steadfast::message::Json;
+use steadfast::{Context, Handler, HandlerError, Message};
+
+/// A test event: its key, its sequence number within the key, and what the handler does.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Event {
+    pub key: String,
+    pub seq: u64,
+    /// Fail transiently on the first `fail_times` attempts.
+    #[serde(default)]
+    pub fail_times: u32,
+    /// Fail permanently.
+    #[serde(default)]
+    pub permanent: bool,
+    /// Panic.
+    #[serde(default)]
+    pub panic: bool,
+    /// Sleep this long in the handler.
+    #[serde(default)]
+    pub sleep_ms: u64,
+}
+
+impl Message for Event {
+    const TOPIC: &'static str = "events";
+    type Codec = Json;
+    fn key(&self) -> Vec<u8> {
+        self.key.as_bytes().to_vec()
+    }
+}
+
+/// One handler call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub key: String,
+    pub seq: u64,
+    pub attempt: u32,
+    pub topic: String,
+    pub started: Instant,
+    pub ended: Instant,
+    pub ok: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    calls: Vec<Call>,
+    running: usize,
+    max_running: usize,
+    running_keys: HashMap<String, usize>,
+    key_overlaps: usize,
+}
+
+/// A handler that records every call, the most calls it saw at once, and whether two calls
+/// of one key ever overlapped.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    state: Arc<Mutex<State>>,
+}
+
+impl Recorder {
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().calls.clone()
+    }
+    pub fn successes(&self) -> Vec<Call> {
+        self.calls().into_iter().filter(|c| c.ok).collect()
+    }
+    pub fn max_running(&self) -> usize {
+        self.state.lock().max_running
+    }
+    pub fn key_overlaps(&self) -> usize {
+        self.state.lock().key_overlaps
+    }
+    /// Polls until `done` holds for the calls, or panics after `limit`.
+    pub async fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&[Call]) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if done(&self.state.lock().calls) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; calls: {}",
+                self.state.lock().calls.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Handler for Recorder {
+    type Message = Event;
+    const GROUP: &'static str = "recorder";
+
+    fn handle_message(
+        &self,
+        event: Event,
+        cx: &Context,
+    ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send {
+        let state = self.state.clone();
+        let attempt = cx.attempt();
+        let topic = cx.topic().to_owned();
+        async move {
+            let started = Instant::now();
+            {
+                let mut s = state.lock();
+                s.running += 1;
+                s.max_running = s.max_running.max(s.running);
+                let n = s.running_keys.entry(event.key.clone()).or_default();
+                *n += 1;
+                if *n > 1 {
+                    s.key_overlaps += 1;
+                }
+            }
+            if event.sleep_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(event.sleep_ms)).await;
+            }
+            let result = if event.panic {
+                None
+            } else if event.permanent {
+                Some(Err(HandlerError::permanent(format!(
+                    "{} is invalid",
+                    event.key
+                ))))
+            } else if attempt <= event.fail_times {
+                Some(Err(HandlerError::transient(format!(
+                    "flaky dependency at attempt {attempt}"
+                ))))
+            } else {
+                Some(Ok(()))
+            };
+            {
+                let mut s = state.lock();
+                s.running -= 1;
+                if let Some(n) = s.running_keys.get_mut(&event.key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        s.running_keys.remove(&event.key);
+                    }
+                }
+                s.calls.push(Call {
+                    key: event.key.clone(),
+                    seq: event.seq,
+                    attempt,
+                    topic,
+                    started,
+                    ended: Instant::now(),
+                    ok: matches!(result, Some(Ok(()))),
+                });
+            }
+            match result {
+                Some(r) => r,
+                None => panic!("handler panics on {}", event.key),
+            }
+        }
+    }
+}
+
+pub fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+/// Creates `topic` with `partitions` partitions.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        client(bootstrap).create().expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Produces raw records (key, payload) to partition 0 of `topic`, in order.
+pub async fn produce_raw(bootstrap: &str, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
+    let producer: FutureProducer = client(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut pending = Vec::with_capacity(records.len());
+    for (key, payload) in records {
+        let record = FutureRecord::to(topic)
+            .key(key.as_slice())
+            .payload(payload.as_slice())
+            .partition(0);
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("queued"),
+        );
+        if pending.len() >= 10_000 {
+            for p in pending.drain(..) {
+                p.await.expect("delivery").expect("acknowledged");
+            }
+        }
+    }
+    for p in pending {
+        p.await.expect("delivery").expect("acknowledged");
+    }
+}
+
+/// Produces events as JSON to partition 0 of `topic`, in order.
+pub async fn produce(bootstrap: &str, topic: &str, events: &[Event]) {
+    let records: Vec<(Vec<u8>, Vec<u8>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.key.as_bytes().to_vec(),
+                serde_json::to_vec(e).expect("encodes"),
+            )
+        })
+        .collect();
+    produce_raw(bootstrap, topic, &records).await;
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads partition 0 of `topic` from the beginning until `count` records arrived (or panics).
+pub fn read_topic(bootstrap: &str, topic: &str, count: usize, limit: Duration) -> Vec<Read> {
+    let consumer: BaseConsumer = client(bootstrap)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    while out.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {count} records of {topic}",
+            out.len()
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Read {
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// The offset `group` committed for partition 0 of `topic`, with its metadata.
+pub fn committed(bootstrap: &str, group: &str, topic: &str) -> (Option<i64>, String) {
+    let consumer: BaseConsumer = client(bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let c = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    let elem = c.find_partition(topic, 0).expect("partition listed");
+    let offset = match elem.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    };
+    (offset, elem.metadata().to_owned())
+}
+
+/// The end offset of partition 0 of `topic`.
+pub fn log_end(bootstrap: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = client(bootstrap).create().expect("consumer");
+    consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks")
+        .1
+}
+
+/// Polls `check` until it holds or panics after `limit`.
+pub async fn eventually(limit: Duration, what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,451 @@
+//! The worker's semantics contract against the in-process server with the real rdkafka
+//! client: per-key order, bounds, exactly-once handling without failures, in-place retry,
+//! dead-lettering with provenance headers, retry tiers, strict and relaxed ordering, and a
+//! paused partition that is revoked and assigned again.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use steadfast::policy::headers;
+use steadfast::{Ordering, Retry, Worker, WorkerStats};
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    server: steadfast::server::ServerHandle,
+    bootstrap: String,
+    topic: String,
+    group: String,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = steadfast_testkit::start_server(dir.path()).await;
+    let bootstrap = server.bootstrap_servers();
+    let topic = steadfast_testkit::unique_topic(prefix);
+    create_topic(&bootstrap, &topic, 1).await;
+    Setup {
+        _dir: dir,
+        server,
+        bootstrap,
+        group: format!("{topic}-group"),
+        topic,
+    }
+}
+
+fn worker(s: &Setup) -> steadfast::WorkerBuilder {
+    Worker::builder()
+        .brokers(s.bootstrap.clone())
+        .topic(s.topic.clone())
+        .group(s.group.clone())
+        .commit_interval(Duration::from_millis(100))
+        .retry(Retry::exponential(1, Duration::ZERO, Duration::ZERO))
+}
+
+fn spawn(
+    builder: steadfast::WorkerBuilder<Recorder>,
+) -> (CancellationToken, tokio::task::JoinHandle<WorkerStats>) {
+    let token = CancellationToken::new();
+    let w = builder.build().expect("valid worker");
+    let t = token.clone();
+    let handle = tokio::spawn(async move { w.run(t).await.expect("worker runs") });
+    (token, handle)
+}
+
+async fn stop(
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<WorkerStats>,
+) -> WorkerStats {
+    token.cancel();
+    handle.await.expect("worker task")
+}
+
+fn event(key: &str, seq: u64) -> Event {
+    Event {
+        key: key.to_owned(),
+        seq,
+        ..Event::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_keys_are_handled_once_each_in_key_order_within_the_bounds() {
+    let s = setup("order").await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut next_seq: HashMap<String, u64> = HashMap::new();
+    let events: Vec<Event> = (0..20_000)
+        .map(|_| {
+            let key = format!("k{}", rng.random_range(0..2_000));
+            let seq = next_seq.entry(key.clone()).or_default();
+            *seq += 1;
+            Event {
+                sleep_ms: rng.random_range(1..=5),
+                ..event(&key, *seq)
+            }
+        })
+        .collect();
+    produce(&s.bootstrap, &s.topic, &events).await;
+    let recorder = Recorder::default();
+    let (token, handle) = spawn(
+        worker(&s)
+            .concurrency(64)
+            .max_per_key(8)
+            .handler(recorder.clone()),
+    );
+    recorder
+        .wait_for(Duration::from_secs(120), "20,000 messages", |c| {
+            c.len() >= 20_000
+        })
+        .await;
+    let end = log_end(&s.bootstrap, &s.topic);
+    eventually(
+        Duration::from_secs(10),
+        "the commit to reach the log end",
+        || committed(&s.bootstrap, &s.group, &s.topic).0 == Some(end),
+    )
+    .await;
+    let stats = stop(token, handle).await;
+
+    let calls = recorder.calls();
+    assert_eq!(calls.len(), 20_000, "every message handled exactly once");
+    assert_eq!(stats.handled, 20_000);
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for c in &calls {
+        let prev = last.insert(&c.key, c.seq).unwrap_or(0);
+        assert_eq!(c.seq, prev + 1, "key {} handled out of order", c.key);
+    }
+    assert!(
+        recorder.max_running() <= 64,
+        "concurrency bound exceeded: {}",
+        recorder.max_running()
+    );
+    assert!(
+        recorder.max_running() > 8,
+        "keys ran in parallel: {}",
+        recorder.max_running()
+    );
+    assert_eq!(
+        recorder.key_overlaps(),
+        0,
+        "two calls of one key overlapped"
+    );
+    assert_eq!(committed(&s.bootstrap, &s.group, &s.topic).0, Some(20_000));
+    s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transient_failure_is_retried_in_place_and_handled_once_at_attempt_three() {
+    let s = setup("transient").await;
+    produce(
+        &s.bootstrap,
+        &s.topic,
+        &[Event {
+            fail_times: 2,
+            ..event("k", 1)
+        }],
+    )
+    .await;
+    let recorder = Recorder::default();
+    let (token, handle) = spawn(
+        worker(&s)
+            .retry(Retry::exponential(
+                3,
+                Duration::from_millis(10),
+                Duration::from_millis(50),
+            ))
+            .handler(recorder.clone()),
+    );
+    recorder
+        .wait_for(Duration::from_secs(30), "a success", |c| {
+            c.iter().any(|c| c.ok)
+        })
+        .await;
+    eventually(Duration::from_secs(10), "the commit", || {
+        committed(&s.bootstrap, &s.group, &s.topic).0 == Some(1)
+    })
+    .await;
+    let stats = stop(token, handle).await;
+    let calls = recorder.calls();
+    assert_eq!(
+        calls.iter().map(|c| (c.attempt, c.ok)).collect::<Vec<_>>(),
+        vec![(1, false), (2, false), (3, true)]
+    );
+    assert_eq!(
+        (stats.handled, stats.dead_lettered, stats.routed_to_tier),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        log_end(&s.bootstrap, &format!("{}.dlq", s.topic)),
+        0,
+        "nothing dead-lettered"
+    );
+    s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permanent_undecodable_and_panicking_messages_are_dead_lettered_once_with_provenance() {
+    let s = setup("dlq").await;
+    let permanent = serde_json::to_vec(&Event {
+        permanent: true,
+        ..event("perm", 1)
+    })
+    .expect("json");
+    let panicking = serde_json::to_vec(&Event {
+        panic: true,
+        ..event("boom", 1)
+    })
+    .expect("json");
+    let garbage = b"{not json".to_vec();
+    let records = vec![
+        (b"perm".to_vec(), permanent.clone()),
+        (b"bad".to_vec(), garbage.clone()),
+        (b"boom".to_vec(), panicking.clone()),
+        (
+            b"fine".to_vec(),
+            serde_json::to_vec(&event("fine", 1)).expect("json"),
+        ),
+    ];
+    produce_raw(&s.bootstrap, &s.topic, &records).await;
+    let recorder = Recorder::default();
+    let (token, handle) = spawn(
+        worker(&s)
+            .retry(Retry::exponential(
+                3,
+                Duration::from_millis(10),
+                Duration::from_millis(10),
+            ))
+            .handler(recorder.clone()),
+    );
+    let dlq = format!("{}.dlq", s.topic);
+    let dead = read_topic(&s.bootstrap, &dlq, 3, Duration::from_secs(30));
+    eventually(Duration::from_secs(10), "the commit", || {
+        committed(&s.bootstrap, &s.group, &s.topic).0 == Some(4)
+    })
+    .await;
+    let stats = stop(token, handle).await;
+    assert_eq!(
+        log_end(&s.bootstrap, &dlq),
+        3,
+        "each dead-lettered exactly once"
+    );
+    assert_eq!((stats.handled, stats.dead_lettered), (1, 3));
+
+    let by_key: HashMap<Vec<u8>, &Read> = dead
+        .iter()
+        .map(|r| (r.key.clone().expect("key kept"), r))
+        .collect();
+    for ((key, payload), (offset, class)) in
+        records
+            .iter()
+            .take(3)
+            .zip([(0, "permanent"), (1, "decode"), (2, "panic")])
+    {
+        let r = by_key
+            .get(key)
+            .unwrap_or_else(|| panic!("{} not dead-lettered", String::from_utf8_lossy(key)));
+        assert_eq!(r.payload.as_ref(), Some(payload), "payload byte-identical");
+        let h = &r.headers;
+        assert_eq!(h[headers::ORIGINAL_TOPIC], s.topic);
+        assert_eq!(h[headers::ORIGINAL_PARTITION], "0");
+        assert_eq!(h[headers::ORIGINAL_OFFSET], offset.to_string());
+        assert_eq!(h[headers::GROUP], s.group);
+        assert_eq!(h[headers::ERROR_CLASS], class);
+        assert!(!h[headers::ERROR_MESSAGE].is_empty());
+        assert_eq!(
+            h[headers::ATTEMPTS],
+            "1",
+            "permanent failures are not retried in place"
+        );
+        for name in [
+            headers::ORIGINAL_TIMESTAMP,
+            headers::FIRST_FAILURE,
+            headers::LAST_FAILURE,
+        ] {
+            assert!(
+                headers::parse_time_ms(&h[name]).is_some(),
+                "{name} is RFC 3339: {}",
+                h[name]
+            );
+        }
+        assert!(!h.contains_key(headers::RETRY_TIER) && !h.contains_key(headers::DUE_AT));
+    }
+    // The panic was caught: the worker lived on and handled the next message.
+    assert!(recorder.successes().iter().any(|c| c.key == "fine"));
+    s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_tier_waits_for_its_delay_and_the_last_tier_leads_to_the_dlq() {
+    let s = setup("tiers").await;
+    produce(
+        &s.bootstrap,
+        &s.topic,
+        &[Event {
+            fail_times: 99,
+            ..event("k", 1)
+        }],
+    )
+    .await;
+    let recorder = Recorder::default();
+    let (token, handle) = spawn(
+        worker(&s)
+            .retry_topics([Duration::from_secs(2)])
+            .handler(recorder.clone()),
+    );
+    let dlq = format!("{}.dlq", s.topic);
+    let dead = read_topic(&s.bootstrap, &dlq, 1, Duration::from_secs(30));
+    let stats = stop(token, handle).await;
+    let calls = recorder.calls();
+    assert_eq!(
+        calls.len(),
+        2,
+        "one attempt on the topic, one in the tier: {calls:?}"
+    );
+    assert_eq!(calls[1].topic, format!("{}.retry.1", s.topic));
+    let waited = calls[1].started.duration_since(calls[0].ended);
+    assert!(
+        waited >= Duration::from_millis(1_990),
+        "the tier's message ran after {waited:?}, before it was due"
+    );
+    assert_eq!(dead[0].headers[headers::ATTEMPTS], "2");
+    assert_eq!(
+        dead[0].headers[headers::ORIGINAL_TOPIC],
+        s.topic,
+        "the first delivery, not the tier"
+    );
+    assert_eq!(dead[0].headers[headers::ORIGINAL_OFFSET], "0");
+    assert_eq!((stats.routed_to_tier, stats.dead_lettered), (1, 1));
+    s.server.shutdown().await;
+}
+
+async fn ordering_case(ordering: Ordering) -> Vec<Call> {
+    let s = setup("strict").await;
+    let mut events = vec![
+        Event {
+            fail_times: 1,
+            ..event("K", 1)
+        },
+        event("K", 2),
+    ];
+    events.extend((1..=20).map(|i| event(&format!("other{i}"), 1)));
+    produce(&s.bootstrap, &s.topic, &events).await;
+    let recorder = Recorder::default();
+    let (token, handle) = spawn(
+        worker(&s)
+            .ordering(ordering)
+            .retry_topics([Duration::from_millis(1_500)])
+            .handler(recorder.clone()),
+    );
+    recorder
+        .wait_for(Duration::from_secs(30), "every message handled", |c| {
+            c.iter().filter(|c| c.ok).count() >= 22
+        })
+        .await;
+    stop(token, handle).await;
+    s.server.shutdown().await;
+    recorder.calls()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strict_ordering_parks_later_messages_of_a_key_while_it_sits_in_a_retry_tier() {
+    let calls = ordering_case(Ordering::Strict).await;
+    let a_retry = calls
+        .iter()
+        .position(|c| c.key == "K" && c.seq == 1 && c.ok)
+        .expect("A handled from the tier");
+    let b = calls
+        .iter()
+        .position(|c| c.key == "K" && c.seq == 2)
+        .expect("B handled");
+    assert!(b > a_retry, "B ran before A resolved: {calls:?}");
+    assert!(calls[b].started >= calls[a_retry].ended);
+    let others_before_a: usize = calls[..a_retry]
+        .iter()
+        .filter(|c| c.key.starts_with("other"))
+        .count();
+    assert_eq!(
+        others_before_a, 20,
+        "other keys kept flowing while A waited in the tier"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relaxed_ordering_lets_later_messages_of_a_key_pass() {
+    let calls = ordering_case(Ordering::Relaxed).await;
+    let a_retry = calls
+        .iter()
+        .position(|c| c.key == "K" && c.seq == 1 && c.ok)
+        .expect("A handled from the tier");
+    let b = calls
+        .iter()
+        .position(|c| c.key == "K" && c.seq == 2)
+        .expect("B handled");
+    assert!(b < a_retry, "B waited for A in relaxed mode: {calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_paused_for_a_tier_then_revoked_and_reassigned_is_consumed_again() {
+    let s = setup("repause").await;
+    produce(
+        &s.bootstrap,
+        &s.topic,
+        &[Event {
+            fail_times: 1,
+            ..event("K", 1)
+        }],
+    )
+    .await;
+    let recorder = Recorder::default();
+    let (token, handle) = spawn(
+        worker(&s)
+            .retry_topics([Duration::from_secs(3)])
+            .kafka_property("partition.assignment.strategy", "range")
+            .kafka_property("session.timeout.ms", "6000")
+            .handler(recorder.clone()),
+    );
+    // The first attempt fails; the copy sits in the tier's partition, which is paused.
+    recorder
+        .wait_for(Duration::from_secs(20), "the first attempt", |c| {
+            !c.is_empty()
+        })
+        .await;
+    eventually(Duration::from_secs(10), "the copy in the tier", || {
+        log_end(&s.bootstrap, &format!("{}.retry.1", s.topic)) == 1
+    })
+    .await;
+    // Another member joins (eager protocol: every partition is revoked and assigned again).
+    let other_topic = steadfast_testkit::unique_topic("other");
+    create_topic(&s.bootstrap, &other_topic, 1).await;
+    let other: rdkafka::consumer::BaseConsumer = client(&s.bootstrap)
+        .set("group.id", &s.group)
+        .set("partition.assignment.strategy", "range")
+        .create()
+        .expect("consumer");
+    rdkafka::consumer::Consumer::subscribe(&other, &[other_topic.as_str()]).expect("subscribe");
+    let poll_until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < poll_until {
+        let _ = other.poll(Duration::from_millis(100));
+    }
+    recorder
+        .wait_for(
+            Duration::from_secs(30),
+            "the tier's message after the reassignment",
+            |c| c.iter().any(|c| c.ok),
+        )
+        .await;
+    produce(&s.bootstrap, &s.topic, &[event("L", 1)]).await;
+    recorder
+        .wait_for(
+            Duration::from_secs(30),
+            "a new message after the reassignment",
+            |c| c.iter().any(|c| c.key == "L"),
+        )
+        .await;
+    drop(other);
+    stop(token, handle).await;
+    s.server.shutdown().await;
+}
