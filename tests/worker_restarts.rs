@@ -1,0 +1,304 @@
+//! A worker in a child process, stopped hard (SIGKILL) or gracefully (SIGTERM) and started
+//! again: finished offsets above the watermark are not handled twice, and a graceful stop
+//! loses nothing and repeats nothing. The test binary runs itself as the child: with
+//! `STEADFAST_TEST_CHILD` set, a test function becomes the worker process.
+
+mod support;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use steadfast::{Context, Handler, HandlerError, Retry, Worker};
+use support::*;
+
+const CHILD: &str = "STEADFAST_TEST_CHILD";
+
+/// Appends `offset` of every handled message to a file; a message with `sleep_ms` set sleeps
+/// unless `STEADFAST_TEST_NO_SLEEP` is set.
+#[derive(Debug)]
+struct FileRecorder {
+    file: Arc<Mutex<std::fs::File>>,
+    sleep: bool,
+}
+
+impl Handler for FileRecorder {
+    type Message = Event;
+    const GROUP: &'static str = "restarts";
+
+    fn handle_message(
+        &self,
+        event: Event,
+        cx: &Context,
+    ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send {
+        let file = self.file.clone();
+        let offset = cx.offset();
+        let sleep = self.sleep && event.sleep_ms > 0;
+        async move {
+            if sleep {
+                tokio::time::sleep(Duration::from_millis(event.sleep_ms)).await;
+            }
+            let mut f = file.lock();
+            writeln!(f, "{offset}").map_err(HandlerError::transient)?;
+            f.flush().map_err(HandlerError::transient)
+        }
+    }
+}
+
+/// The child: a worker on the topic and group given in the environment.
+fn run_child() {
+    let var =
+        |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set for the child"));
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(var("STEADFAST_TEST_OUT"))
+        .expect("output file");
+    let handler = FileRecorder {
+        file: Arc::new(Mutex::new(file)),
+        sleep: std::env::var("STEADFAST_TEST_NO_SLEEP").is_err(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        Worker::builder()
+            .brokers(var("STEADFAST_TEST_BOOTSTRAP"))
+            .topic(var("STEADFAST_TEST_TOPIC"))
+            .group(var("STEADFAST_TEST_GROUP"))
+            .concurrency(16)
+            .commit_interval(Duration::from_millis(100))
+            .drain_timeout(Duration::from_secs(20))
+            .retry(Retry::none())
+            .handler(handler)
+            .run_until_signal()
+            .await
+            .expect("worker runs");
+    });
+}
+
+struct Case {
+    _dir: tempfile::TempDir,
+    server: steadfast::server::ServerHandle,
+    bootstrap: String,
+    topic: String,
+    group: String,
+    out: std::path::PathBuf,
+}
+
+impl Case {
+    async fn new(prefix: &str) -> Case {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = steadfast_testkit::start_server(&dir.path().join("data")).await;
+        let bootstrap = server.bootstrap_servers();
+        let topic = steadfast_testkit::unique_topic(prefix);
+        create_topic(&bootstrap, &topic, 1).await;
+        Case {
+            out: dir.path().join("handled.txt"),
+            _dir: dir,
+            server,
+            bootstrap,
+            group: format!("{topic}-group"),
+            topic,
+        }
+    }
+
+    fn spawn_child(&self, test: &str, no_sleep: bool) -> Child {
+        let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("STEADFAST_TEST_BOOTSTRAP", &self.bootstrap)
+            .env("STEADFAST_TEST_TOPIC", &self.topic)
+            .env("STEADFAST_TEST_GROUP", &self.group)
+            .env("STEADFAST_TEST_OUT", &self.out);
+        if no_sleep {
+            cmd.env("STEADFAST_TEST_NO_SLEEP", "1");
+        }
+        cmd.spawn().expect("child worker starts")
+    }
+
+    fn handled(&self) -> Vec<i64> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} failed");
+}
+
+async fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child did not exit within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn after_a_sigkill_only_unfinished_messages_are_handled_again() {
+    if std::env::var(CHILD).is_ok() {
+        return run_child();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let case = Case::new("sigkill").await;
+        let mut events = vec![Event {
+            sleep_ms: 600_000,
+            ..Event {
+                key: "slow".into(),
+                seq: 1,
+                ..Event::default()
+            }
+        }];
+        events.extend((0..1_000).map(|i| Event {
+            key: format!("k{i}"),
+            seq: 1,
+            ..Event::default()
+        }));
+        produce(&case.bootstrap, &case.topic, &events).await;
+
+        let mut child = case.spawn_child(
+            "after_a_sigkill_only_unfinished_messages_are_handled_again",
+            false,
+        );
+        eventually(
+            Duration::from_secs(60),
+            "1,000 fast messages handled",
+            || case.handled().len() >= 1_000,
+        )
+        .await;
+        // The watermark stays at the slow message; the commit names the 1,000 finished above it.
+        eventually(
+            Duration::from_secs(20),
+            "a commit with finished offsets",
+            || {
+                let (offset, metadata) = committed(&case.bootstrap, &case.group, &case.topic);
+                offset == Some(0) && metadata.starts_with("sf1;1001;")
+            },
+        )
+        .await;
+        signal(&child, "KILL");
+        wait_exit(&mut child, Duration::from_secs(10)).await;
+        let before = case.handled().len();
+        assert_eq!(before, 1_000);
+
+        let mut again = case.spawn_child(
+            "after_a_sigkill_only_unfinished_messages_are_handled_again",
+            true,
+        );
+        eventually(
+            Duration::from_secs(60),
+            "the slow message handled after the restart",
+            || case.handled().contains(&0),
+        )
+        .await;
+        eventually(Duration::from_secs(20), "the commit at the log end", || {
+            committed(&case.bootstrap, &case.group, &case.topic).0 == Some(1_001)
+        })
+        .await;
+        signal(&again, "TERM");
+        assert!(wait_exit(&mut again, Duration::from_secs(30))
+            .await
+            .success());
+        let handled = case.handled();
+        let replayed = handled.len() - before;
+        println!("handled again after SIGKILL and restart: {replayed} (in flight at the kill: 1)");
+        assert_eq!(
+            &handled[before..],
+            &[0],
+            "only the unfinished message is handled again"
+        );
+        case.server.shutdown().await;
+    });
+}
+
+#[test]
+fn a_sigterm_mid_stream_then_a_restart_handles_every_message_once() {
+    if std::env::var(CHILD).is_ok() {
+        return run_child();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let case = Case::new("sigterm").await;
+        let events: Vec<Event> = (0..5_000)
+            .map(|i| Event {
+                key: format!("k{}", i % 300),
+                seq: i,
+                sleep_ms: 2,
+                ..Event::default()
+            })
+            .collect();
+        produce(&case.bootstrap, &case.topic, &events).await;
+
+        let mut child = case.spawn_child(
+            "a_sigterm_mid_stream_then_a_restart_handles_every_message_once",
+            false,
+        );
+        eventually(Duration::from_secs(60), "1,000 messages handled", || {
+            case.handled().len() >= 1_000
+        })
+        .await;
+        signal(&child, "TERM");
+        assert!(
+            wait_exit(&mut child, Duration::from_secs(30))
+                .await
+                .success(),
+            "graceful exit"
+        );
+        let first_run = case.handled().len();
+        assert!(first_run < 5_000, "stopped mid-stream");
+
+        let mut again = case.spawn_child(
+            "a_sigterm_mid_stream_then_a_restart_handles_every_message_once",
+            false,
+        );
+        eventually(Duration::from_secs(60), "every message handled", || {
+            case.handled().len() >= 5_000
+        })
+        .await;
+        eventually(Duration::from_secs(20), "the commit at the log end", || {
+            committed(&case.bootstrap, &case.group, &case.topic).0 == Some(5_000)
+        })
+        .await;
+        signal(&again, "TERM");
+        assert!(wait_exit(&mut again, Duration::from_secs(30))
+            .await
+            .success());
+        let mut handled = case.handled();
+        println!(
+            "first run handled {first_run}, second run {}",
+            handled.len() - first_run
+        );
+        handled.sort_unstable();
+        assert_eq!(
+            handled,
+            (0..5_000).collect::<Vec<i64>>(),
+            "every message handled exactly once"
+        );
+        case.server.shutdown().await;
+    });
+}
