@@ -1,88 +1,215 @@
-//! Quickstart: start the embedded server in-process, produce a few keyed messages with
-//! librdkafka, read them back, and print them. `cargo run --release --example quickstart`.
+//! Quickstart: the embedded Kafka-protocol server in-process, a burst of order events (poison
+//! pills, duplicates, out-of-order versions, a flaky payment dependency), a steadfast worker
+//! with in-place retries, a retry tier and a dead-letter topic, and a summary at the end.
 //!
-//! Set `STEADFAST_DATA_DIR` to keep the data somewhere other than `./steadfast-data`.
+//! `cargo run --release --example quickstart` — finishes by itself in a few seconds.
+//! Set `STEADFAST_DATA_DIR` to keep the server's data somewhere other than a temp directory.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context as _};
+use parking_lot::Mutex;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use steadfast::server::Server;
+use steadfast::{Context, HandlerError, Message as _, Retry, Worker};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
+#[message(topic = "orders", key = order_id, version = updated_at, id = event_id)]
+struct OrderUpdated {
+    event_id: String,
+    order_id: String,
+    updated_at: i64,
+    amount_cents: i64,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    handled: u64,
+    retried_in_place: u64,
+    duplicates: u64,
+    stale: u64,
+    seen_ids: HashSet<String>,
+    versions: HashMap<String, i64>,
+}
+
+/// Bills orders; the payment dependency fails now and then, and negative amounts are invalid.
+#[derive(steadfast::Handler)]
+#[handler(message = OrderUpdated, group = "billing")]
+struct Billing {
+    tally: Arc<Mutex<Tally>>,
+}
+
+impl Billing {
+    async fn handle(&self, msg: OrderUpdated, cx: &Context) -> Result<(), HandlerError> {
+        if msg.amount_cents < 0 {
+            return Err(HandlerError::permanent(format!("negative amount {}", msg.amount_cents)));
+        }
+        // A flaky payment provider: every 7th order fails on its first attempt, and order 13
+        // keeps failing until its retry tier gives up.
+        let n: u64 = msg.order_id.trim_start_matches("order-").parse().unwrap_or(0);
+        if (n % 7 == 3 && cx.attempt() == 1) || n == 13 {
+            self.tally.lock().retried_in_place += 1;
+            return Err(HandlerError::transient("payment provider timed out"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let mut t = self.tally.lock();
+        if let Some(id) = msg.id() {
+            if !t.seen_ids.insert(id) {
+                t.duplicates += 1;
+                return Ok(());
+            }
+        }
+        let version = msg.version().unwrap_or_default();
+        let last = t.versions.entry(msg.order_id.clone()).or_insert(i64::MIN);
+        if version <= *last {
+            t.stale += 1;
+            return Ok(());
+        }
+        *last = version;
+        t.handled += 1;
+        Ok(())
+    }
+}
+
+/// The burst: 500 updates over 50 orders, with duplicates, out-of-order versions and two
+/// kinds of poison pill (an invalid amount and bytes that are not JSON).
+fn burst() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in 0..500i64 {
+        let order = i % 50;
+        let mut event = OrderUpdated {
+            event_id: format!("evt-{i}"),
+            order_id: format!("order-{order}"),
+            updated_at: 1_000 + i,
+            amount_cents: 100 + i,
+        };
+        if i % 97 == 5 {
+            event.amount_cents = -1; // poison pill
+        }
+        let bytes = serde_json::to_vec(&event).unwrap_or_default();
+        out.push((event.order_id.clone(), bytes.clone()));
+        if i % 41 == 0 {
+            out.push((event.order_id.clone(), bytes)); // a duplicate delivery
+        }
+        if i % 53 == 10 {
+            let old = OrderUpdated { updated_at: event.updated_at - 200, event_id: format!("evt-{i}-late"), ..event };
+            out.push((old.order_id.clone(), serde_json::to_vec(&old).unwrap_or_default())); // out of order
+        }
+    }
+    out.push(("order-7".into(), b"{\"order_id\": oops".to_vec())); // not JSON
+    out
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let data_dir =
-        std::env::var("STEADFAST_DATA_DIR").unwrap_or_else(|_| "./steadfast-data".into());
-    let server = Server::builder()
-        .listen("127.0.0.1:0")
-        .data_dir(&data_dir)
-        .start()
-        .await
-        .context("starting the embedded server")?;
+    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
+    let temp = tempfile::tempdir()?;
+    let data_dir = std::env::var("STEADFAST_DATA_DIR").map(Into::into).unwrap_or_else(|_| temp.path().to_path_buf());
+    let server = Server::builder().listen("127.0.0.1:0").data_dir(&data_dir).start().await.context("starting the embedded server")?;
     let bootstrap = server.bootstrap_servers();
-    println!("embedded server on {bootstrap} (data in {data_dir})");
+    println!("embedded server on {bootstrap} (data in {})", data_dir.display());
 
-    let topic = format!("quickstart-{}", uuid::Uuid::new_v4().simple());
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .create()?;
-    for (key, value) in [
-        ("alice", "signed up"),
-        ("bob", "signed up"),
-        ("alice", "upgraded plan"),
-    ] {
-        let delivery = producer
-            .send(
-                FutureRecord::to(&topic).key(key).payload(value),
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
-        println!(
-            "produced {key}: {value} -> partition {}, offset {}",
-            delivery.partition, delivery.offset
-        );
-    }
-
-    let topic_for_reader = topic.clone();
-    let bootstrap_for_reader = bootstrap.clone();
-    let read = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap_for_reader)
-            .set("group.id", "quickstart")
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic_for_reader, 0, Offset::Beginning)?;
-        consumer.assign(&tpl)?;
-        let mut lines = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while lines.len() < 3 {
-            if std::time::Instant::now() > deadline {
-                bail!("read {} of 3 messages before the deadline", lines.len());
-            }
-            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-                let m = message?;
-                lines.push(format!(
-                    "consumed offset {}: {} = {}",
-                    m.offset(),
-                    String::from_utf8_lossy(m.key().unwrap_or_default()),
-                    String::from_utf8_lossy(m.payload().unwrap_or_default())
-                ));
+    let topic = OrderUpdated::TOPIC;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+    for result in admin.create_topics(&[NewTopic::new(topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new()).await? {
+        if let Err((name, code)) = result {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("creating {name}: {code}");
             }
         }
-        Ok(lines)
-    })
-    .await??;
-    for line in read {
-        println!("{line}");
     }
+
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create()?;
+    let events = burst();
+    for (key, payload) in &events {
+        producer
+            .send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    println!("produced {} order events to {topic} (4 partitions)", events.len());
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let worker = Worker::builder()
+        .brokers(bootstrap.clone())
+        .handler(Billing { tally: tally.clone() })
+        .concurrency(32)
+        .retry(Retry::exponential(2, Duration::from_millis(20), Duration::from_millis(200)))
+        .retry_topics([Duration::from_millis(500)])
+        .dead_letter_topic("orders.dlq")
+        .commit_interval(Duration::from_millis(200))
+        .build()?;
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.run(stop.clone()));
+
+    // Every event ends handled, routed to the DLQ, or seen as duplicate or stale.
+    let started = Instant::now();
+    let expected = events.len() as u64;
+    loop {
+        let finished = {
+            let t = tally.lock();
+            t.handled + t.duplicates + t.stale
+        };
+        let dead = dead_letters(&bootstrap)?;
+        if finished + dead.len() as u64 >= expected {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("only {finished} handled and {} dead-lettered of {expected} after 60 s", dead.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let stats = run.await??;
+    let dead = dead_letters(&bootstrap)?;
+    let t = tally.lock();
+    println!("\nfinished in {:.1} s\n", started.elapsed().as_secs_f64());
+    println!("| outcome                          | count |");
+    println!("|----------------------------------|------:|");
+    println!("| handled                          | {:>5} |", t.handled);
+    println!("| retried in place (failed tries)  | {:>5} |", t.retried_in_place);
+    println!("| sent to orders.retry.1           | {:>5} |", stats.routed_to_tier);
+    for (reason, n) in &dead {
+        println!("| dead-lettered: {reason:<17} | {n:>5} |");
+    }
+    println!("| duplicates seen                  | {:>5} |", t.duplicates);
+    println!("| stale versions seen              | {:>5} |", t.stale);
+    drop(t);
     server.shutdown().await;
-    println!("done: the same code runs against a Kafka cluster by changing bootstrap.servers");
     Ok(())
+}
+
+/// Dead-lettered records so far, counted by error class.
+fn dead_letters(bootstrap: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "quickstart-dlq-reader").create()?;
+    let mut counts = BTreeMap::new();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset("orders.dlq", p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut idle = 0;
+    while idle < 3 {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                idle = 0;
+                let class = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == steadfast::policy::headers::ERROR_CLASS).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+                    .unwrap_or_default();
+                *counts.entry(class).or_default() += 1;
+            }
+            _ => idle += 1,
+        }
+    }
+    Ok(counts)
 }
