@@ -49,11 +49,18 @@ struct Billing {
 impl Billing {
     async fn handle(&self, msg: OrderUpdated, cx: &Context) -> Result<(), HandlerError> {
         if msg.amount_cents < 0 {
-            return Err(HandlerError::permanent(format!("negative amount {}", msg.amount_cents)));
+            return Err(HandlerError::permanent(format!(
+                "negative amount {}",
+                msg.amount_cents
+            )));
         }
         // A flaky payment provider: every 7th order fails on its first attempt, and order 13
         // keeps failing until its retry tier gives up.
-        let n: u64 = msg.order_id.trim_start_matches("order-").parse().unwrap_or(0);
+        let n: u64 = msg
+            .order_id
+            .trim_start_matches("order-")
+            .parse()
+            .unwrap_or(0);
         if (n % 7 == 3 && cx.attempt() == 1) || n == 13 {
             self.tally.lock().retried_in_place += 1;
             return Err(HandlerError::transient("payment provider timed out"));
@@ -99,8 +106,15 @@ fn burst() -> Vec<(String, Vec<u8>)> {
             out.push((event.order_id.clone(), bytes)); // a duplicate delivery
         }
         if i % 53 == 10 {
-            let old = OrderUpdated { updated_at: event.updated_at - 200, event_id: format!("evt-{i}-late"), ..event };
-            out.push((old.order_id.clone(), serde_json::to_vec(&old).unwrap_or_default())); // out of order
+            let old = OrderUpdated {
+                updated_at: event.updated_at - 200,
+                event_id: format!("evt-{i}-late"),
+                ..event
+            };
+            out.push((
+                old.order_id.clone(),
+                serde_json::to_vec(&old).unwrap_or_default(),
+            )); // out of order
         }
     }
     out.push(("order-7".into(), b"{\"order_id\": oops".to_vec())); // not JSON
@@ -109,16 +123,36 @@ fn burst() -> Vec<(String, Vec<u8>)> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
     let temp = tempfile::tempdir()?;
-    let data_dir = std::env::var("STEADFAST_DATA_DIR").map(Into::into).unwrap_or_else(|_| temp.path().to_path_buf());
-    let server = Server::builder().listen("127.0.0.1:0").data_dir(&data_dir).start().await.context("starting the embedded server")?;
+    let data_dir = std::env::var("STEADFAST_DATA_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| temp.path().to_path_buf());
+    let server = Server::builder()
+        .listen("127.0.0.1:0")
+        .data_dir(&data_dir)
+        .start()
+        .await
+        .context("starting the embedded server")?;
     let bootstrap = server.bootstrap_servers();
-    println!("embedded server on {bootstrap} (data in {})", data_dir.display());
+    println!(
+        "embedded server on {bootstrap} (data in {})",
+        data_dir.display()
+    );
 
     let topic = OrderUpdated::TOPIC;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
-    for result in admin.create_topics(&[NewTopic::new(topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new()).await? {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
+    for result in admin
+        .create_topics(
+            &[NewTopic::new(topic, 4, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
         if let Err((name, code)) = result {
             if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
                 bail!("creating {name}: {code}");
@@ -126,22 +160,37 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create()?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .create()?;
     let events = burst();
     for (key, payload) in &events {
         producer
-            .send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| e)?;
     }
-    println!("produced {} order events to {topic} (4 partitions)", events.len());
+    println!(
+        "produced {} order events to {topic} (4 partitions)",
+        events.len()
+    );
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let worker = Worker::builder()
         .brokers(bootstrap.clone())
-        .handler(Billing { tally: tally.clone() })
+        .handler(Billing {
+            tally: tally.clone(),
+        })
         .concurrency(32)
-        .retry(Retry::exponential(2, Duration::from_millis(20), Duration::from_millis(200)))
+        .retry(Retry::exponential(
+            2,
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+        ))
         .retry_topics([Duration::from_millis(500)])
         .dead_letter_topic("orders.dlq")
         .commit_interval(Duration::from_millis(200))
@@ -162,7 +211,10 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("only {finished} handled and {} dead-lettered of {expected} after 60 s", dead.len());
+            bail!(
+                "only {finished} handled and {} dead-lettered of {expected} after 60 s",
+                dead.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -174,8 +226,14 @@ async fn main() -> anyhow::Result<()> {
     println!("| outcome                          | count |");
     println!("|----------------------------------|------:|");
     println!("| handled                          | {:>5} |", t.handled);
-    println!("| retried in place (failed tries)  | {:>5} |", t.retried_in_place);
-    println!("| sent to orders.retry.1           | {:>5} |", stats.routed_to_tier);
+    println!(
+        "| retried in place (failed tries)  | {:>5} |",
+        t.retried_in_place
+    );
+    println!(
+        "| sent to orders.retry.1           | {:>5} |",
+        stats.routed_to_tier
+    );
     for (reason, n) in &dead {
         println!("| dead-lettered: {reason:<17} | {n:>5} |");
     }
@@ -190,7 +248,10 @@ async fn main() -> anyhow::Result<()> {
 fn dead_letters(bootstrap: &str) -> anyhow::Result<BTreeMap<String, u64>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "quickstart-dlq-reader").create()?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "quickstart-dlq-reader")
+        .create()?;
     let mut counts = BTreeMap::new();
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..4 {
@@ -204,7 +265,11 @@ fn dead_letters(bootstrap: &str) -> anyhow::Result<BTreeMap<String, u64>> {
                 idle = 0;
                 let class = m
                     .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == steadfast::policy::headers::ERROR_CLASS).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == steadfast::policy::headers::ERROR_CLASS)
+                            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                    })
                     .unwrap_or_default();
                 *counts.entry(class).or_default() += 1;
             }

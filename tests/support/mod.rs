@@ -195,6 +195,16 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 
 /// Produces raw records (key, payload) to partition 0 of `topic`, in order.
 pub async fn produce_raw(bootstrap: &str, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
+    produce_to(bootstrap, topic, records, Some(0)).await;
+}
+
+/// Produces raw records to `partition`, or to the partition their key hashes to.
+pub async fn produce_to(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(Vec<u8>, Vec<u8>)],
+    partition: Option<i32>,
+) {
     let producer: FutureProducer = client(bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
