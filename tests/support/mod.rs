@@ -212,10 +212,12 @@ pub async fn produce_to(
         .expect("producer");
     let mut pending = Vec::with_capacity(records.len());
     for (key, payload) in records {
-        let record = FutureRecord::to(topic)
+        let mut record = FutureRecord::to(topic)
             .key(key.as_slice())
-            .payload(payload.as_slice())
-            .partition(0);
+            .payload(payload.as_slice());
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         pending.push(
             producer
                 .send_result(record)
