@@ -2,7 +2,6 @@
 //! generation gets ILLEGAL_GENERATION); answered after the offsets log is fsynced.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::offset_commit_response::{
@@ -12,18 +11,12 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
 use super::{respond, Reply};
 use crate::broker::Broker;
+use crate::durable::now_ms;
 use crate::group::offsets::CommittedOffset;
 use crate::protocol::{RequestError, RequestFrame};
 
 /// Longest metadata string kept with an offset.
 const MAX_METADATA: usize = 4096;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Handles OffsetCommit.
 pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply, RequestError> {

@@ -7,7 +7,7 @@ pub(crate) mod offsets;
 pub(crate) mod state;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -15,27 +15,8 @@ use tokio::sync::oneshot;
 
 use self::offsets::OffsetStore;
 use self::state::{Group, GroupState, JoinResult, Member, SyncResult};
-
-/// Settings of the coordinator.
-#[derive(Debug, Clone)]
-pub struct GroupConfig {
-    /// Smallest session timeout a member may ask for.
-    pub min_session_timeout: Duration,
-    /// Largest session timeout a member may ask for.
-    pub max_session_timeout: Duration,
-    /// Offsets of a group that has had no members for this long are deleted.
-    pub offsets_retention: Duration,
-}
-
-impl Default for GroupConfig {
-    fn default() -> Self {
-        GroupConfig {
-            min_session_timeout: Duration::from_secs(6),
-            max_session_timeout: Duration::from_secs(30 * 60),
-            offsets_retention: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
+use crate::config::GroupConfig;
+use crate::durable::now_ms;
 
 /// A JoinGroup request, decoded.
 #[derive(Debug)]
@@ -81,13 +62,6 @@ pub(crate) struct GroupCoordinator {
     started_ms: i64,
     groups: Mutex<HashMap<String, Group>>,
     pub(crate) offsets: OffsetStore,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn new_member_id(client_id: &str) -> String {
