@@ -9,6 +9,7 @@ use kafka_protocol::messages::offset_commit_response::{
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
+use super::group_error::error_code;
 use super::{respond, Reply};
 use crate::broker::Broker;
 use crate::durable::now_ms;
@@ -75,12 +76,14 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
     );
     let file = match committed {
         Ok(file) => file,
-        Err(code) => {
+        Err(e) => {
+            let code = error_code(&e);
             tracing::info!(
                 group = %group,
                 generation = request.generation_id_or_member_epoch,
                 member = %request.member_id.as_str(),
                 code,
+                error = %e,
                 "offset commit refused"
             );
             for t in &mut response.topics {
