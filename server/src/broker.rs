@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::config::ServerConfig;
-use super::error::ServerError;
-use super::group::GroupCoordinator;
-use super::storage::sync::Syncer;
-use super::storage::{write_durably, LogStore};
+use crate::config::ServerConfig;
+use crate::durable::write_durably;
+use crate::error::ServerError;
+use crate::group::GroupCoordinator;
+use crate::storage::sync::Syncer;
+use crate::storage::LogStore;
 
 /// The node id of the single embedded broker.
 pub(crate) const NODE_ID: i32 = 0;

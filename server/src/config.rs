@@ -1,5 +1,5 @@
 //! Configuration of the embedded server: where it listens, where it keeps data, and how
-//! its logs are segmented, retained and synced to disk.
+//! its logs are segmented, retained and synced to disk, and how consumer groups are timed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,6 +70,27 @@ impl Default for LogConfig {
     }
 }
 
+/// Settings of the consumer-group coordinator.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Smallest session timeout a member may ask for.
+    pub min_session_timeout: Duration,
+    /// Largest session timeout a member may ask for.
+    pub max_session_timeout: Duration,
+    /// Offsets of a group that has had no members for this long are deleted.
+    pub offsets_retention: Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            min_session_timeout: Duration::from_secs(6),
+            max_session_timeout: Duration::from_secs(30 * 60),
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// Everything the embedded server is configured with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -92,7 +113,7 @@ pub struct ServerConfig {
     /// Log defaults.
     pub log: LogConfig,
     /// Consumer-group coordinator settings.
-    pub groups: crate::group::GroupConfig,
+    pub groups: GroupConfig,
 }
 
 impl Default for ServerConfig {

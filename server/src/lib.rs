@@ -18,6 +18,7 @@ mod api;
 mod broker;
 mod config;
 mod connection;
+mod durable;
 mod error;
 mod group;
 mod protocol;
@@ -26,17 +27,17 @@ mod storage;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::config::{FsyncPolicy, LogConfig, ServerConfig};
+pub use self::config::{FsyncPolicy, GroupConfig, LogConfig, ServerConfig};
 pub use self::error::ServerError;
-pub use self::group::GroupConfig;
 
 use self::broker::{load_cluster_id, Broker, ProducerIdAllocator};
+use self::durable::now_ms;
 use self::group::offsets::OffsetStore;
 use self::group::GroupCoordinator;
 use self::storage::sync::Syncer;
@@ -313,13 +314,6 @@ async fn accept_loop(
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn enforce_retention(broker: &Broker) -> Result<usize, ServerError> {

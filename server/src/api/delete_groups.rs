@@ -4,6 +4,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
+use super::group_error::result_code;
 use super::respond;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
@@ -17,7 +18,7 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
         .map(|g| {
             DeletableGroupResult::default()
                 .with_group_id(g.clone())
-                .with_error_code(broker.groups.delete(g.0.as_str()))
+                .with_error_code(result_code(&broker.groups.delete(g.0.as_str())))
         })
         .collect();
     respond(

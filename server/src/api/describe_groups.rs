@@ -26,17 +26,15 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
                 .with_members(
                     d.members
                         .into_iter()
-                        .map(
-                            |(member_id, instance, client_id, host, metadata, assignment)| {
-                                DescribedGroupMember::default()
-                                    .with_member_id(StrBytes::from_string(member_id))
-                                    .with_group_instance_id(instance.map(StrBytes::from_string))
-                                    .with_client_id(StrBytes::from_string(client_id))
-                                    .with_client_host(StrBytes::from_string(host))
-                                    .with_member_metadata(metadata)
-                                    .with_member_assignment(assignment)
-                            },
-                        )
+                        .map(|m| {
+                            DescribedGroupMember::default()
+                                .with_member_id(StrBytes::from_string(m.member_id))
+                                .with_group_instance_id(m.instance_id.map(StrBytes::from_string))
+                                .with_client_id(StrBytes::from_string(m.client_id))
+                                .with_client_host(StrBytes::from_string(m.client_host))
+                                .with_member_metadata(m.metadata)
+                                .with_member_assignment(m.assignment)
+                        })
                         .collect(),
                 )
         })

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
+use super::group_error::result_code;
 use super::respond;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
@@ -10,11 +11,14 @@ use crate::protocol::{RequestError, RequestFrame};
 /// Answers a Heartbeat request.
 pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, RequestError> {
     let request: HeartbeatRequest = frame.decode()?;
-    let error = broker.groups.heartbeat(
+    let outcome = broker.groups.heartbeat(
         request.group_id.0.as_str(),
         request.generation_id,
         request.member_id.as_str(),
         request.group_instance_id.as_ref().map(|s| s.as_str()),
     );
-    respond(frame, &HeartbeatResponse::default().with_error_code(error))
+    respond(
+        frame,
+        &HeartbeatResponse::default().with_error_code(result_code(&outcome)),
+    )
 }

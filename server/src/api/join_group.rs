@@ -8,33 +8,58 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use super::group_error::error_code;
 use super::{respond, Reply};
 use crate::broker::Broker;
-use crate::group::state::JoinResult;
-use crate::group::{codes, JoinRequest, Pending};
+use crate::group::state::{JoinOutcome, Joined};
+use crate::group::{GroupError, JoinRequest, Pending};
 use crate::protocol::{RequestError, RequestFrame};
 
 fn str_bytes(s: Option<String>) -> Option<StrBytes> {
     s.map(StrBytes::from_string)
 }
 
-fn response(result: JoinResult) -> JoinGroupResponse {
+/// The answer to a JoinGroup; a refusal names `member_id` (the request's, or the one the
+/// coordinator gave a new member), or the id MEMBER_ID_REQUIRED hands out.
+fn response(outcome: JoinOutcome, member_id: &str) -> JoinGroupResponse {
+    match outcome {
+        Ok(joined) => joined_response(joined),
+        Err(e) => {
+            let member_id = match &e {
+                GroupError::MemberIdRequired { member_id } => member_id.clone(),
+                _ => member_id.to_owned(),
+            };
+            // Protocol type and name are null, not the defaults (the name defaults to "").
+            JoinGroupResponse::default()
+                .with_error_code(error_code(&e))
+                .with_generation_id(-1)
+                .with_protocol_type(None)
+                .with_protocol_name(None)
+                .with_leader(StrBytes::default())
+                .with_member_id(StrBytes::from_string(member_id))
+                .with_members(Vec::new())
+        }
+    }
+}
+
+/// The answer to a member that joined a generation.
+fn joined_response(joined: Joined) -> JoinGroupResponse {
     JoinGroupResponse::default()
-        .with_error_code(result.error)
-        .with_generation_id(result.generation)
-        .with_protocol_type(str_bytes(result.protocol_type))
-        .with_protocol_name(str_bytes(result.protocol_name))
-        .with_leader(StrBytes::from_string(result.leader))
-        .with_member_id(StrBytes::from_string(result.member_id))
+        .with_error_code(0)
+        .with_generation_id(joined.generation)
+        .with_protocol_type(str_bytes(joined.protocol_type))
+        .with_protocol_name(str_bytes(joined.protocol_name))
+        .with_leader(StrBytes::from_string(joined.leader))
+        .with_member_id(StrBytes::from_string(joined.member_id))
         .with_members(
-            result
+            joined
                 .members
                 .into_iter()
-                .map(|(id, instance, metadata)| {
+                .map(|m| {
                     JoinGroupResponseMember::default()
-                        .with_member_id(StrBytes::from_string(id))
-                        .with_group_instance_id(str_bytes(instance))
-                        .with_metadata(metadata)
+                        .with_member_id(StrBytes::from_string(m.member_id))
+                        .with_group_instance_id(str_bytes(m.instance_id))
+                        .with_metadata(m.metadata)
                 })
                 .collect(),
         )
@@ -68,16 +93,22 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
             .collect(),
         require_known_member_id: frame.api_version >= 4,
     };
+    let requested_id = request.member_id.as_str();
     match broker.groups.join(join) {
-        Pending::Now(result) => Ok(Reply::Ready(respond(frame, &response(result))?)),
-        Pending::Later(wait) => {
+        Pending::Now(outcome) => Ok(Reply::Ready(respond(
+            frame,
+            &response(outcome, requested_id),
+        )?)),
+        Pending::Later { member_id, answer } => {
             let frame = frame.detached();
-            let member_id = request.member_id.as_str().to_owned();
+            let requested_id = requested_id.to_owned();
             Ok(Reply::Later(Box::pin(async move {
-                let result = wait
-                    .await
-                    .unwrap_or_else(|_| JoinResult::error(codes::UNKNOWN_MEMBER_ID, &member_id));
-                respond(&frame, &response(result))
+                let response = match answer.await {
+                    Ok(outcome) => response(outcome, &member_id),
+                    // The coordinator dropped the request without answering it.
+                    Err(_) => response(Err(GroupError::UnknownMemberId), &requested_id),
+                };
+                respond(&frame, &response)
             })))
         }
     }

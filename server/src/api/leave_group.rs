@@ -5,8 +5,10 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use super::group_error::result_code;
 use super::respond;
 use crate::broker::Broker;
+use crate::group::LeavingMember;
 use crate::protocol::{RequestError, RequestFrame};
 
 /// Answers a LeaveGroup request (v0-2: one member id; v3+: a batch of members).
@@ -14,33 +16,31 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
     let request: LeaveGroupRequest = frame.decode()?;
     let group = request.group_id.0.as_str();
     if frame.api_version < 3 {
-        let results = broker
-            .groups
-            .leave(group, &[(request.member_id.as_str().to_owned(), None)]);
-        return respond(
-            frame,
-            &LeaveGroupResponse::default().with_error_code(results[0]),
-        );
+        let leaving = LeavingMember {
+            member_id: request.member_id.as_str().to_owned(),
+            instance_id: None,
+        };
+        let results = broker.groups.leave(group, &[leaving]);
+        let error = results.first().map_or(0, result_code);
+        return respond(frame, &LeaveGroupResponse::default().with_error_code(error));
     }
-    let leaving: Vec<(String, Option<String>)> = request
+    let leaving: Vec<LeavingMember> = request
         .members
         .iter()
-        .map(|m| {
-            (
-                m.member_id.as_str().to_owned(),
-                m.group_instance_id.as_ref().map(|s| s.as_str().to_owned()),
-            )
+        .map(|m| LeavingMember {
+            member_id: m.member_id.as_str().to_owned(),
+            instance_id: m.group_instance_id.as_ref().map(|s| s.as_str().to_owned()),
         })
         .collect();
     let results = broker.groups.leave(group, &leaving);
     let members = leaving
         .into_iter()
         .zip(results)
-        .map(|((id, instance), error)| {
+        .map(|(member, outcome)| {
             MemberResponse::default()
-                .with_member_id(StrBytes::from_string(id))
-                .with_group_instance_id(instance.map(StrBytes::from_string))
-                .with_error_code(error)
+                .with_member_id(StrBytes::from_string(member.member_id))
+                .with_group_instance_id(member.instance_id.map(StrBytes::from_string))
+                .with_error_code(result_code(&outcome))
         })
         .collect();
     respond(frame, &LeaveGroupResponse::default().with_members(members))

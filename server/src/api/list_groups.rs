@@ -21,14 +21,12 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
         .groups
         .list()
         .into_iter()
-        .filter(|(_, _, state)| {
-            wanted.is_empty() || wanted.contains(&state.as_str().to_ascii_lowercase())
-        })
-        .map(|(id, protocol_type, state)| {
+        .filter(|g| wanted.is_empty() || wanted.contains(&g.state.as_str().to_ascii_lowercase()))
+        .map(|g| {
             ListedGroup::default()
-                .with_group_id(GroupId(StrBytes::from_string(id)))
-                .with_protocol_type(StrBytes::from_string(protocol_type))
-                .with_group_state(StrBytes::from_static_str(state.as_str()))
+                .with_group_id(GroupId(StrBytes::from_string(g.group_id)))
+                .with_protocol_type(StrBytes::from_string(g.protocol_type))
+                .with_group_state(StrBytes::from_static_str(g.state.as_str()))
         })
         .collect();
     respond(frame, &ListGroupsResponse::default().with_groups(groups))

@@ -2,7 +2,6 @@
 //! generation gets ILLEGAL_GENERATION); answered after the offsets log is fsynced.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::offset_commit_response::{
@@ -10,20 +9,15 @@ use kafka_protocol::messages::offset_commit_response::{
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
+use super::group_error::error_code;
 use super::{respond, Reply};
 use crate::broker::Broker;
+use crate::durable::now_ms;
 use crate::group::offsets::CommittedOffset;
 use crate::protocol::{RequestError, RequestFrame};
 
 /// Longest metadata string kept with an offset.
 const MAX_METADATA: usize = 4096;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Handles OffsetCommit.
 pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply, RequestError> {
@@ -82,12 +76,14 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
     );
     let file = match committed {
         Ok(file) => file,
-        Err(code) => {
+        Err(e) => {
+            let code = error_code(&e);
             tracing::info!(
                 group = %group,
                 generation = request.generation_id_or_member_epoch,
                 member = %request.member_id.as_str(),
                 code,
+                error = %e,
                 "offset commit refused"
             );
             for t in &mut response.topics {

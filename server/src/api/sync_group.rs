@@ -5,18 +5,23 @@ use std::sync::Arc;
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use super::group_error::error_code;
 use super::{respond, Reply};
 use crate::broker::Broker;
-use crate::group::state::SyncResult;
-use crate::group::{codes, Pending};
+use crate::group::state::SyncOutcome;
+use crate::group::{GroupError, Pending};
 use crate::protocol::{RequestError, RequestFrame};
 
-fn response(result: SyncResult) -> SyncGroupResponse {
-    SyncGroupResponse::default()
-        .with_error_code(result.error)
-        .with_protocol_type(result.protocol_type.map(StrBytes::from_string))
-        .with_protocol_name(result.protocol_name.map(StrBytes::from_string))
-        .with_assignment(result.assignment)
+/// The answer to a SyncGroup: the member's assignment, or why not.
+fn response(outcome: SyncOutcome) -> SyncGroupResponse {
+    match outcome {
+        Ok(synced) => SyncGroupResponse::default()
+            .with_error_code(0)
+            .with_protocol_type(synced.protocol_type.map(StrBytes::from_string))
+            .with_protocol_name(synced.protocol_name.map(StrBytes::from_string))
+            .with_assignment(synced.assignment),
+        Err(e) => SyncGroupResponse::default().with_error_code(error_code(&e)),
+    }
 }
 
 /// Handles SyncGroup.
@@ -35,14 +40,13 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
         assignments,
     );
     match pending {
-        Pending::Now(result) => Ok(Reply::Ready(respond(frame, &response(result))?)),
-        Pending::Later(wait) => {
+        Pending::Now(outcome) => Ok(Reply::Ready(respond(frame, &response(outcome))?)),
+        Pending::Later { answer, .. } => {
             let frame = frame.detached();
             Ok(Reply::Later(Box::pin(async move {
-                let result = wait
-                    .await
-                    .unwrap_or_else(|_| SyncResult::error(codes::UNKNOWN_MEMBER_ID));
-                respond(&frame, &response(result))
+                // A request the coordinator dropped without answering is refused.
+                let outcome = answer.await.unwrap_or(Err(GroupError::UnknownMemberId));
+                respond(&frame, &response(outcome))
             })))
         }
     }

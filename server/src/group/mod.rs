@@ -2,40 +2,25 @@
 //! leave), static membership, session and rebalance timeouts enforced by the server, and
 //! durable committed offsets fenced by generation.
 
-pub(crate) mod codes;
+pub(crate) mod error;
 pub(crate) mod offsets;
 pub(crate) mod state;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use self::offsets::OffsetStore;
-use self::state::{Group, GroupState, JoinResult, Member, SyncResult};
+pub(crate) use self::error::GroupError;
 
-/// Settings of the coordinator.
-#[derive(Debug, Clone)]
-pub struct GroupConfig {
-    /// Smallest session timeout a member may ask for.
-    pub min_session_timeout: Duration,
-    /// Largest session timeout a member may ask for.
-    pub max_session_timeout: Duration,
-    /// Offsets of a group that has had no members for this long are deleted.
-    pub offsets_retention: Duration,
-}
-
-impl Default for GroupConfig {
-    fn default() -> Self {
-        GroupConfig {
-            min_session_timeout: Duration::from_secs(6),
-            max_session_timeout: Duration::from_secs(30 * 60),
-            offsets_retention: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
+use self::offsets::{CommittedOffset, OffsetStore};
+use self::state::{Group, GroupState, JoinOutcome, Member, SyncOutcome, Synced};
+use crate::config::GroupConfig;
+use crate::durable::now_ms;
 
 /// A JoinGroup request, decoded.
 #[derive(Debug)]
@@ -59,7 +44,13 @@ pub(crate) enum Pending<T> {
     /// Ready.
     Now(T),
     /// Sent when the rebalance reaches this member.
-    Later(oneshot::Receiver<T>),
+    Later {
+        /// The member id the request waits under (for a new member, the one it was given);
+        /// a refusal sent later names it.
+        member_id: String,
+        /// The answer to come.
+        answer: oneshot::Receiver<T>,
+    },
 }
 
 /// What a group looks like, for DescribeGroups and tooling.
@@ -68,8 +59,45 @@ pub(crate) struct GroupDescription {
     pub(crate) state: GroupState,
     pub(crate) protocol_type: String,
     pub(crate) protocol_name: String,
-    /// (member id, instance id, client id, client host, metadata, assignment)
-    pub(crate) members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+    /// Members in join order.
+    pub(crate) members: Vec<MemberDescription>,
+}
+
+/// One member of a described group.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberDescription {
+    /// The member's id.
+    pub(crate) member_id: String,
+    /// The static member's instance id, if it has one.
+    pub(crate) instance_id: Option<String>,
+    /// The client id it joined with.
+    pub(crate) client_id: String,
+    /// The host it joined from.
+    pub(crate) client_host: String,
+    /// The member's metadata for the group's protocol.
+    pub(crate) metadata: Bytes,
+    /// Its current assignment (empty until the group is synced).
+    pub(crate) assignment: Bytes,
+}
+
+/// One group as ListGroups shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupListing {
+    /// The group's id.
+    pub(crate) group_id: String,
+    /// Its protocol type (`consumer` for a group known only by its offsets).
+    pub(crate) protocol_type: String,
+    /// Where it is in its rebalance cycle.
+    pub(crate) state: GroupState,
+}
+
+/// A member named in a LeaveGroup request: by member id, instance id, or both.
+#[derive(Debug, Clone)]
+pub(crate) struct LeavingMember {
+    /// The member id (may be empty when the instance id names the member).
+    pub(crate) member_id: String,
+    /// The static member's instance id, if given.
+    pub(crate) instance_id: Option<String>,
 }
 
 /// The coordinator of every group on this node.
@@ -81,13 +109,6 @@ pub(crate) struct GroupCoordinator {
     started_ms: i64,
     groups: Mutex<HashMap<String, Group>>,
     pub(crate) offsets: OffsetStore,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn new_member_id(client_id: &str) -> String {
@@ -111,10 +132,10 @@ impl GroupCoordinator {
     }
 
     /// Handles JoinGroup.
-    pub(crate) fn join(&self, req: JoinRequest) -> Pending<JoinResult> {
+    pub(crate) fn join(&self, req: JoinRequest) -> Pending<JoinOutcome> {
         let now = Instant::now();
         if req.group_id.is_empty() {
-            return Pending::Now(JoinResult::error(codes::INVALID_GROUP_ID, &req.member_id));
+            return Pending::Now(Err(GroupError::InvalidGroupId));
         }
         if req.session_timeout < self.config.min_session_timeout
             || req.session_timeout > self.config.max_session_timeout
@@ -124,29 +145,20 @@ impl GroupCoordinator {
                 session_timeout_ms = req.session_timeout.as_millis() as u64,
                 "session timeout outside the allowed range"
             );
-            return Pending::Now(JoinResult::error(
-                codes::INVALID_SESSION_TIMEOUT,
-                &req.member_id,
-            ));
+            return Pending::Now(Err(GroupError::InvalidSessionTimeout));
         }
         if req.protocol_type.is_empty() || req.protocols.is_empty() {
-            return Pending::Now(JoinResult::error(
-                codes::INCONSISTENT_GROUP_PROTOCOL,
-                &req.member_id,
-            ));
+            return Pending::Now(Err(GroupError::InconsistentGroupProtocol));
         }
         let mut groups = self.groups.lock();
         if !req.member_id.is_empty() && !groups.contains_key(&req.group_id) {
-            return Pending::Now(JoinResult::error(codes::UNKNOWN_MEMBER_ID, &req.member_id));
+            return Pending::Now(Err(GroupError::UnknownMemberId));
         }
         let group = groups
             .entry(req.group_id.clone())
             .or_insert_with(|| Group::new(&req.group_id, now));
         if !group.supports(&req.protocol_type, &req.protocols) {
-            return Pending::Now(JoinResult::error(
-                codes::INCONSISTENT_GROUP_PROTOCOL,
-                &req.member_id,
-            ));
+            return Pending::Now(Err(GroupError::InconsistentGroupProtocol));
         }
         if req.member_id.is_empty() {
             if let Some(instance) = &req.instance_id {
@@ -159,7 +171,7 @@ impl GroupCoordinator {
             let id = new_member_id(&req.client_id);
             if req.require_known_member_id {
                 group.pending.insert(id.clone(), now + req.session_timeout);
-                return Pending::Now(JoinResult::error(codes::MEMBER_ID_REQUIRED, &id));
+                return Pending::Now(Err(GroupError::MemberIdRequired { member_id: id }));
             }
             return Self::add_member_and_wait(group, id, req, now);
         }
@@ -172,24 +184,23 @@ impl GroupCoordinator {
                 .instance_id
                 .as_ref()
                 .is_some_and(|i| group.static_members.contains_key(i));
-            let code = if fenced {
-                codes::FENCED_INSTANCE_ID
+            return Pending::Now(Err(if fenced {
+                GroupError::FencedInstanceId
             } else {
-                codes::UNKNOWN_MEMBER_ID
-            };
-            return Pending::Now(JoinResult::error(code, &req.member_id));
+                GroupError::UnknownMemberId
+            }));
         };
         if req.instance_id.is_some() && member.instance_id != req.instance_id {
-            return Pending::Now(JoinResult::error(codes::FENCED_INSTANCE_ID, &req.member_id));
+            return Pending::Now(Err(GroupError::FencedInstanceId));
         }
         let unchanged = member.protocols == req.protocols;
         let is_leader = group.leader.as_deref() == Some(req.member_id.as_str());
         match group.state {
             GroupState::CompletingRebalance if unchanged => {
-                Pending::Now(group.join_result_for(&req.member_id))
+                Pending::Now(Ok(group.joined(&req.member_id)))
             }
             GroupState::Stable if unchanged && !is_leader => {
-                Pending::Now(group.join_result_for(&req.member_id))
+                Pending::Now(Ok(group.joined(&req.member_id)))
             }
             _ => {
                 let id = req.member_id.clone();
@@ -203,7 +214,7 @@ impl GroupCoordinator {
         id: String,
         req: JoinRequest,
         now: Instant,
-    ) -> Pending<JoinResult> {
+    ) -> Pending<JoinOutcome> {
         if group.members.is_empty() {
             group.protocol_type = Some(req.protocol_type.clone());
         }
@@ -229,7 +240,10 @@ impl GroupCoordinator {
         );
         group.prepare_rebalance(now, "member joined");
         group.try_complete_join(now, false);
-        Pending::Later(rx)
+        Pending::Later {
+            member_id: id,
+            answer: rx,
+        }
     }
 
     fn update_member_and_wait(
@@ -237,7 +251,7 @@ impl GroupCoordinator {
         id: &str,
         req: JoinRequest,
         now: Instant,
-    ) -> Pending<JoinResult> {
+    ) -> Pending<JoinOutcome> {
         let (tx, rx) = oneshot::channel();
         if let Some(member) = group.members.get_mut(id) {
             member.protocols = req.protocols;
@@ -245,12 +259,15 @@ impl GroupCoordinator {
             member.rebalance_timeout = req.rebalance_timeout;
             member.last_heartbeat = now;
             if let Some(old) = member.join_waiter.replace(tx) {
-                let _ = old.send(JoinResult::error(codes::UNKNOWN_MEMBER_ID, id));
+                let _ = old.send(Err(GroupError::UnknownMemberId));
             }
         }
         group.prepare_rebalance(now, "member rejoined");
         group.try_complete_join(now, false);
-        Pending::Later(rx)
+        Pending::Later {
+            member_id: id.to_owned(),
+            answer: rx,
+        }
     }
 
     /// A static member rejoining with a new process: it takes over the old member's place
@@ -260,11 +277,11 @@ impl GroupCoordinator {
         old_id: &str,
         req: JoinRequest,
         now: Instant,
-    ) -> Pending<JoinResult> {
+    ) -> Pending<JoinOutcome> {
         let Some(mut member) = group.members.shift_remove(old_id) else {
-            return Pending::Now(JoinResult::error(codes::UNKNOWN_MEMBER_ID, ""));
+            return Pending::Now(Err(GroupError::UnknownMemberId));
         };
-        member.fail_waiters(codes::FENCED_INSTANCE_ID);
+        member.fail_waiters(GroupError::FencedInstanceId);
         let new_id = new_member_id(&req.client_id);
         // As Kafka does: no rebalance as long as the group's protocol stays supported. The
         // metadata bytes differ anyway (cooperative-sticky encodes owned partitions, which a
@@ -291,7 +308,7 @@ impl GroupCoordinator {
         }
         tracing::info!(group = %group.id, instance = ?req.instance_id, member = %new_id, "static member rejoined");
         if group.state == GroupState::Stable && unchanged {
-            return Pending::Now(group.join_result_for(&new_id));
+            return Pending::Now(Ok(group.joined(&new_id)));
         }
         Self::update_member_and_wait(group, &new_id, req, now)
     }
@@ -304,33 +321,28 @@ impl GroupCoordinator {
         member_id: &str,
         instance_id: Option<&str>,
         assignments: Vec<(String, Bytes)>,
-    ) -> Pending<SyncResult> {
+    ) -> Pending<SyncOutcome> {
         let now = Instant::now();
         let mut groups = self.groups.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return Pending::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID));
+            return Pending::Now(Err(GroupError::UnknownMemberId));
         };
-        if let Err(code) = Self::check_member(group, member_id, instance_id) {
-            return Pending::Now(SyncResult::error(code));
+        if let Err(e) = Self::check_member(group, member_id, instance_id) {
+            return Pending::Now(Err(e));
         }
         if generation != group.generation {
-            return Pending::Now(SyncResult::error(codes::ILLEGAL_GENERATION));
+            return Pending::Now(Err(GroupError::IllegalGeneration));
         }
         match group.state {
-            GroupState::Empty | GroupState::Dead => {
-                Pending::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID))
-            }
-            GroupState::PreparingRebalance => {
-                Pending::Now(SyncResult::error(codes::REBALANCE_IN_PROGRESS))
-            }
+            GroupState::Empty | GroupState::Dead => Pending::Now(Err(GroupError::UnknownMemberId)),
+            GroupState::PreparingRebalance => Pending::Now(Err(GroupError::RebalanceInProgress)),
             GroupState::Stable => {
                 let member = &group.members[member_id];
-                Pending::Now(SyncResult {
-                    error: codes::NONE,
+                Pending::Now(Ok(Synced {
                     protocol_type: group.protocol_type.clone(),
                     protocol_name: group.protocol_name.clone(),
                     assignment: member.assignment.clone(),
-                })
+                }))
             }
             GroupState::CompletingRebalance => {
                 let (tx, rx) = oneshot::channel();
@@ -341,23 +353,32 @@ impl GroupCoordinator {
                 if group.leader.as_deref() == Some(member_id) {
                     group.complete_sync(assignments);
                 }
-                Pending::Later(rx)
+                Pending::Later {
+                    member_id: member_id.to_owned(),
+                    answer: rx,
+                }
             }
         }
     }
 
-    fn check_member(group: &Group, member_id: &str, instance_id: Option<&str>) -> Result<(), i16> {
+    /// Whether `member_id` is a member of `group`, and the static member `instance_id` if
+    /// one is given.
+    fn check_member(
+        group: &Group,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), GroupError> {
         match group.members.get(member_id) {
             None => {
                 let fenced = instance_id.is_some_and(|i| group.static_members.contains_key(i));
                 Err(if fenced {
-                    codes::FENCED_INSTANCE_ID
+                    GroupError::FencedInstanceId
                 } else {
-                    codes::UNKNOWN_MEMBER_ID
+                    GroupError::UnknownMemberId
                 })
             }
             Some(m) if instance_id.is_some() && m.instance_id.as_deref() != instance_id => {
-                Err(codes::FENCED_INSTANCE_ID)
+                Err(GroupError::FencedInstanceId)
             }
             Some(_) => Ok(()),
         }
@@ -370,62 +391,71 @@ impl GroupCoordinator {
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
-    ) -> i16 {
+    ) -> Result<(), GroupError> {
         let now = Instant::now();
         let mut groups = self.groups.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return codes::UNKNOWN_MEMBER_ID;
+            return Err(GroupError::UnknownMemberId);
         };
-        if let Err(code) = Self::check_member(group, member_id, instance_id) {
-            return code;
-        }
+        Self::check_member(group, member_id, instance_id)?;
         if generation != group.generation {
-            return codes::ILLEGAL_GENERATION;
+            return Err(GroupError::IllegalGeneration);
         }
         if let Some(m) = group.members.get_mut(member_id) {
             m.last_heartbeat = now;
         }
         match group.state {
-            GroupState::PreparingRebalance => codes::REBALANCE_IN_PROGRESS,
-            GroupState::Empty | GroupState::Dead => codes::UNKNOWN_MEMBER_ID,
-            GroupState::CompletingRebalance | GroupState::Stable => codes::NONE,
+            GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
+            GroupState::Empty | GroupState::Dead => Err(GroupError::UnknownMemberId),
+            GroupState::CompletingRebalance | GroupState::Stable => Ok(()),
         }
     }
 
-    /// Handles LeaveGroup: one result per member (member id or instance id).
-    pub(crate) fn leave(&self, group_id: &str, leaving: &[(String, Option<String>)]) -> Vec<i16> {
+    /// Handles LeaveGroup: one result per member, in the order given.
+    pub(crate) fn leave(
+        &self,
+        group_id: &str,
+        leaving: &[LeavingMember],
+    ) -> Vec<Result<(), GroupError>> {
         let now = Instant::now();
         let mut groups = self.groups.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return vec![codes::UNKNOWN_MEMBER_ID; leaving.len()];
+            return leaving
+                .iter()
+                .map(|_| Err(GroupError::UnknownMemberId))
+                .collect();
         };
         let mut results = Vec::with_capacity(leaving.len());
         let mut removed = false;
-        for (member_id, instance_id) in leaving {
+        for LeavingMember {
+            member_id,
+            instance_id,
+        } in leaving
+        {
             if instance_id.is_none() && group.pending.shift_remove(member_id).is_some() {
                 // Left between MEMBER_ID_REQUIRED and its real join.
                 removed = true;
-                results.push(codes::NONE);
+                results.push(Ok(()));
                 continue;
             }
             let id = match instance_id {
                 Some(instance) => match group.static_members.get(instance) {
                     Some(id) if member_id.is_empty() || id == member_id => Some(id.clone()),
                     Some(_) => {
-                        results.push(codes::FENCED_INSTANCE_ID);
+                        results.push(Err(GroupError::FencedInstanceId));
                         continue;
                     }
                     None => None,
                 },
                 None => Some(member_id.clone()),
             };
-            match id.and_then(|id| group.remove_member(&id, codes::UNKNOWN_MEMBER_ID)) {
+            match id.and_then(|id| group.remove_member(&id, GroupError::UnknownMemberId)) {
                 Some(m) => {
                     tracing::info!(group = %group_id, member = %m.member_id, "member left");
                     removed = true;
-                    results.push(codes::NONE);
+                    results.push(Ok(()));
                 }
-                None => results.push(codes::UNKNOWN_MEMBER_ID),
+                None => results.push(Err(GroupError::UnknownMemberId)),
             }
         }
         if removed {
@@ -437,20 +467,20 @@ impl GroupCoordinator {
 
     /// Commits offsets if the member may (generation fencing), checking and writing under
     /// the group lock so no rebalance can slip in between. Returns the offsets log to fsync
-    /// before acknowledging, or the error code for every partition.
+    /// before acknowledging, or why every partition is refused.
     pub(crate) fn commit(
         &self,
         group_id: &str,
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
-        commits: Vec<(String, i32, offsets::CommittedOffset)>,
-    ) -> Result<std::sync::Arc<std::fs::File>, i16> {
+        commits: Vec<(String, i32, CommittedOffset)>,
+    ) -> Result<Arc<File>, GroupError> {
         let groups = self.groups.lock();
         Self::check_commit(&groups, group_id, generation, member_id, instance_id)?;
         self.offsets.commit(group_id, commits).map_err(|e| {
             tracing::error!(group = %group_id, error = %e, "writing committed offsets failed");
-            codes::COORDINATOR_NOT_AVAILABLE
+            GroupError::CoordinatorNotAvailable
         })
     }
 
@@ -461,13 +491,13 @@ impl GroupCoordinator {
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
-    ) -> Result<(), i16> {
+    ) -> Result<(), GroupError> {
         let Some(group) = groups.get(group_id) else {
             // Offsets-only use (no membership): allowed for a group nobody is in.
             return if generation < 0 {
                 Ok(())
             } else {
-                Err(codes::ILLEGAL_GENERATION)
+                Err(GroupError::IllegalGeneration)
             };
         };
         if generation < 0 && group.members.is_empty() {
@@ -475,10 +505,10 @@ impl GroupCoordinator {
         }
         Self::check_member(group, member_id, instance_id)?;
         if generation != group.generation {
-            return Err(codes::ILLEGAL_GENERATION);
+            return Err(GroupError::IllegalGeneration);
         }
         if group.state == GroupState::CompletingRebalance {
-            return Err(codes::REBALANCE_IN_PROGRESS);
+            return Err(GroupError::RebalanceInProgress);
         }
         Ok(())
     }
@@ -500,14 +530,14 @@ impl GroupCoordinator {
                     .values()
                     .map(|m| {
                         let protocol = g.protocol_name.clone().unwrap_or_default();
-                        (
-                            m.member_id.clone(),
-                            m.instance_id.clone(),
-                            m.client_id.clone(),
-                            m.client_host.clone(),
-                            m.metadata_for(&protocol),
-                            m.assignment.clone(),
-                        )
+                        MemberDescription {
+                            member_id: m.member_id.clone(),
+                            instance_id: m.instance_id.clone(),
+                            client_id: m.client_id.clone(),
+                            client_host: m.client_host.clone(),
+                            metadata: m.metadata_for(&protocol),
+                            assignment: m.assignment.clone(),
+                        }
                     })
                     .collect(),
             },
@@ -524,47 +554,46 @@ impl GroupCoordinator {
         }
     }
 
-    /// Every group: id, protocol type, state.
-    pub(crate) fn list(&self) -> Vec<(String, String, GroupState)> {
+    /// Every group, sorted by id.
+    pub(crate) fn list(&self) -> Vec<GroupListing> {
         let groups = self.groups.lock();
-        let mut out: Vec<(String, String, GroupState)> = groups
+        let mut out: Vec<GroupListing> = groups
             .values()
-            .map(|g| {
-                (
-                    g.id.clone(),
-                    g.protocol_type.clone().unwrap_or_default(),
-                    g.state,
-                )
+            .map(|g| GroupListing {
+                group_id: g.id.clone(),
+                protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                state: g.state,
             })
             .collect();
         for (group, _) in self.offsets.groups() {
             if !groups.contains_key(&group) {
-                out.push((group, "consumer".to_owned(), GroupState::Empty));
+                out.push(GroupListing {
+                    group_id: group,
+                    protocol_type: "consumer".to_owned(),
+                    state: GroupState::Empty,
+                });
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         out
     }
 
     /// Deletes an empty group and its offsets.
-    pub(crate) fn delete(&self, group_id: &str) -> i16 {
+    pub(crate) fn delete(&self, group_id: &str) -> Result<(), GroupError> {
         let mut groups = self.groups.lock();
         let known = match groups.get(group_id) {
-            Some(g) if !g.members.is_empty() => return codes::NON_EMPTY_GROUP,
+            Some(g) if !g.members.is_empty() => return Err(GroupError::NonEmptyGroup),
             Some(_) => true,
             None => self.offsets.has_group(group_id),
         };
         if !known {
-            return codes::GROUP_ID_NOT_FOUND;
+            return Err(GroupError::GroupIdNotFound);
         }
         groups.remove(group_id);
-        match self.offsets.delete_group(group_id) {
-            Ok(()) => codes::NONE,
-            Err(e) => {
-                tracing::error!(group = %group_id, error = %e, "deleting group offsets failed");
-                codes::COORDINATOR_NOT_AVAILABLE
-            }
-        }
+        self.offsets.delete_group(group_id).map_err(|e| {
+            tracing::error!(group = %group_id, error = %e, "deleting group offsets failed");
+            GroupError::CoordinatorNotAvailable
+        })
     }
 
     /// The generation of a group, if it exists.
@@ -587,7 +616,7 @@ impl GroupCoordinator {
             group.pending.retain(|_, deadline| *deadline > now);
             for id in &expired {
                 tracing::info!(group = %group.id, member = %id, "session timed out; member removed");
-                group.remove_member(id, codes::UNKNOWN_MEMBER_ID);
+                group.remove_member(id, GroupError::UnknownMemberId);
             }
             if !expired.is_empty() {
                 group.prepare_rebalance(now, "member session expired");
@@ -613,7 +642,7 @@ impl GroupCoordinator {
                     .collect();
                 for id in &unsynced {
                     tracing::info!(group = %group.id, member = %id, "no SyncGroup within the rebalance timeout; member removed");
-                    group.remove_member(id, codes::UNKNOWN_MEMBER_ID);
+                    group.remove_member(id, GroupError::UnknownMemberId);
                 }
                 group.prepare_rebalance(now, "members did not sync in time");
                 group.try_complete_join(now, false);

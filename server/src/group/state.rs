@@ -8,7 +8,7 @@ use bytes::Bytes;
 use kafka_protocol::indexmap::IndexMap;
 use tokio::sync::oneshot;
 
-use super::codes;
+use super::error::GroupError;
 
 /// Where a group is in its rebalance cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,49 +38,51 @@ impl GroupState {
     }
 }
 
-/// What a JoinGroup request is answered with.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct JoinResult {
-    pub(crate) error: i16,
+/// A successful JoinGroup: the generation the member joined and, for the leader, the
+/// members to assign.
+#[derive(Debug, Clone)]
+pub(crate) struct Joined {
+    /// The generation joined.
     pub(crate) generation: i32,
+    /// The group's protocol type (`consumer` for consumers).
     pub(crate) protocol_type: Option<String>,
+    /// The protocol (assignor) chosen for this generation.
     pub(crate) protocol_name: Option<String>,
+    /// Member id of the leader, who computes the assignment.
     pub(crate) leader: String,
+    /// The joining member's id.
     pub(crate) member_id: String,
-    /// Only for the leader: (member id, instance id, metadata of the chosen protocol).
-    pub(crate) members: Vec<(String, Option<String>, Bytes)>,
+    /// Only for the leader: every member, in join order.
+    pub(crate) members: Vec<JoinedMember>,
 }
 
-impl JoinResult {
-    /// An error answer.
-    pub(crate) fn error(error: i16, member_id: &str) -> Self {
-        JoinResult {
-            error,
-            generation: -1,
-            member_id: member_id.to_owned(),
-            ..Default::default()
-        }
-    }
+/// A member as the leader sees it in its JoinGroup answer.
+#[derive(Debug, Clone)]
+pub(crate) struct JoinedMember {
+    /// The member's id.
+    pub(crate) member_id: String,
+    /// The static member's instance id, if it has one.
+    pub(crate) instance_id: Option<String>,
+    /// The member's metadata for the chosen protocol.
+    pub(crate) metadata: Bytes,
 }
 
-/// What a SyncGroup request is answered with.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SyncResult {
-    pub(crate) error: i16,
+/// What a JoinGroup request is answered with.
+pub(crate) type JoinOutcome = Result<Joined, GroupError>;
+
+/// A successful SyncGroup: the member's part of the leader's assignment.
+#[derive(Debug, Clone)]
+pub(crate) struct Synced {
+    /// The group's protocol type.
     pub(crate) protocol_type: Option<String>,
+    /// The protocol (assignor) of this generation.
     pub(crate) protocol_name: Option<String>,
+    /// This member's assignment, as the leader encoded it.
     pub(crate) assignment: Bytes,
 }
 
-impl SyncResult {
-    /// An error answer.
-    pub(crate) fn error(error: i16) -> Self {
-        SyncResult {
-            error,
-            ..Default::default()
-        }
-    }
-}
+/// What a SyncGroup request is answered with.
+pub(crate) type SyncOutcome = Result<Synced, GroupError>;
 
 /// A group member.
 #[derive(Debug)]
@@ -93,8 +95,8 @@ pub(crate) struct Member {
     pub(crate) rebalance_timeout: Duration,
     pub(crate) protocols: Vec<(String, Bytes)>,
     pub(crate) assignment: Bytes,
-    pub(crate) join_waiter: Option<oneshot::Sender<JoinResult>>,
-    pub(crate) sync_waiter: Option<oneshot::Sender<SyncResult>>,
+    pub(crate) join_waiter: Option<oneshot::Sender<JoinOutcome>>,
+    pub(crate) sync_waiter: Option<oneshot::Sender<SyncOutcome>>,
     pub(crate) last_heartbeat: Instant,
 }
 
@@ -116,12 +118,12 @@ impl Member {
     }
 
     /// Answers any waiting request with `error` (the member is going away).
-    pub(crate) fn fail_waiters(&mut self, error: i16) {
+    pub(crate) fn fail_waiters(&mut self, error: GroupError) {
         if let Some(w) = self.join_waiter.take() {
-            let _ = w.send(JoinResult::error(error, &self.member_id));
+            let _ = w.send(Err(error.clone()));
         }
         if let Some(w) = self.sync_waiter.take() {
-            let _ = w.send(SyncResult::error(error));
+            let _ = w.send(Err(error));
         }
     }
 }
@@ -189,7 +191,7 @@ impl Group {
         if self.state == GroupState::CompletingRebalance {
             for m in self.members.values_mut() {
                 if let Some(w) = m.sync_waiter.take() {
-                    let _ = w.send(SyncResult::error(codes::REBALANCE_IN_PROGRESS));
+                    let _ = w.send(Err(GroupError::RebalanceInProgress));
                 }
             }
         }
@@ -209,7 +211,7 @@ impl Group {
     }
 
     /// Removes a member, answering its waiting requests with `error`.
-    pub(crate) fn remove_member(&mut self, member_id: &str, error: i16) -> Option<Member> {
+    pub(crate) fn remove_member(&mut self, member_id: &str, error: GroupError) -> Option<Member> {
         let mut member = self.members.shift_remove(member_id)?;
         member.fail_waiters(error);
         if let Some(instance) = &member.instance_id {
@@ -244,7 +246,7 @@ impl Group {
                 .collect();
             for id in late {
                 tracing::info!(group = %self.id, member = %id, "member did not rejoin in time; removed");
-                self.remove_member(&id, codes::UNKNOWN_MEMBER_ID);
+                self.remove_member(&id, GroupError::UnknownMemberId);
             }
         }
         self.generation += 1;
@@ -282,12 +284,12 @@ impl Group {
         );
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
-            let result = self.join_result_for(&id);
+            let joined = self.joined(&id);
             if let Some(m) = self.members.get_mut(&id) {
                 m.assignment = Bytes::new();
                 m.last_heartbeat = now;
                 if let Some(w) = m.join_waiter.take() {
-                    let _ = w.send(result);
+                    let _ = w.send(Ok(joined));
                 }
             }
         }
@@ -321,25 +323,22 @@ impl Group {
     }
 
     /// The JoinGroup answer for a member in the current generation.
-    pub(crate) fn join_result_for(&self, member_id: &str) -> JoinResult {
+    pub(crate) fn joined(&self, member_id: &str) -> Joined {
         let leader = self.leader.clone().unwrap_or_default();
         let protocol = self.protocol_name.clone().unwrap_or_default();
         let members = if leader == member_id {
             self.members
                 .values()
-                .map(|m| {
-                    (
-                        m.member_id.clone(),
-                        m.instance_id.clone(),
-                        m.metadata_for(&protocol),
-                    )
+                .map(|m| JoinedMember {
+                    member_id: m.member_id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    metadata: m.metadata_for(&protocol),
                 })
                 .collect()
         } else {
             Vec::new()
         };
-        JoinResult {
-            error: codes::NONE,
+        Joined {
             generation: self.generation,
             protocol_type: self.protocol_type.clone(),
             protocol_name: self.protocol_name.clone(),
@@ -366,12 +365,11 @@ impl Group {
         let protocol_name = self.protocol_name.clone();
         for m in self.members.values_mut() {
             if let Some(w) = m.sync_waiter.take() {
-                let _ = w.send(SyncResult {
-                    error: codes::NONE,
+                let _ = w.send(Ok(Synced {
                     protocol_type: protocol_type.clone(),
                     protocol_name: protocol_name.clone(),
                     assignment: m.assignment.clone(),
-                });
+                }));
             }
         }
     }

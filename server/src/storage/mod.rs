@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use self::partition::Partition;
 use crate::config::LogConfig;
+use crate::durable::{sync_dir, write_durably};
 use crate::error::ServerError;
 
 /// What is persisted about a topic.
@@ -275,24 +276,4 @@ impl DataDirLock {
             Err(std::fs::TryLockError::Error(e)) => Err(ServerError::storage(&path, e)),
         }
     }
-}
-
-/// Replaces a small file atomically and durably: a temporary file is written and fsynced,
-/// renamed over the target, and the directory fsynced, so a crash leaves the old or the new
-/// contents, never a torn file.
-pub(crate) fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(body)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// Fsyncs a directory so renames and new files in it survive a crash.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
