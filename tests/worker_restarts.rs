@@ -61,6 +61,12 @@ fn run_child() {
         file: Arc::new(Mutex::new(file)),
         sleep: std::env::var("STEADFAST_TEST_NO_SLEEP").is_err(),
     };
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

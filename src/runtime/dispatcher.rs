@@ -42,7 +42,8 @@ impl LaneKey {
 pub(crate) struct Limits {
     /// Handler calls running at once, across all keys.
     pub(crate) concurrency: usize,
-    /// Messages delivered and not finished (running, queued in lanes, parked, held).
+    /// Messages delivered and not finished (running, queued in lanes, parked, held): past
+    /// it the consume loop stops taking records.
     pub(crate) max_in_flight: usize,
     /// Messages queued in one key's lane.
     pub(crate) max_per_key: usize,
@@ -176,7 +177,6 @@ impl Dispatcher {
         self.parked
             .retain(|key| lane_partition(key) != (&tp.0, tp.1));
         self.in_flight -= dropped;
-        self.update_global_pause();
         self.partitions.get(tp).map_or(0, |p| p.running)
     }
 
@@ -216,11 +216,9 @@ impl Dispatcher {
             let epoch = p.epoch;
             p.held = Some(envelope);
             self.update_pause(&tp);
-            self.update_global_pause();
             return (Accepted::Held { due_ms, epoch }, Vec::new());
         }
         self.enqueue(&tp, envelope);
-        self.update_global_pause();
         (Accepted::Queued, self.fill())
     }
 
@@ -352,7 +350,6 @@ impl Dispatcher {
                 self.mark_ready(job_lane);
             }
         }
-        self.update_global_pause();
         self.fill()
     }
 
@@ -449,14 +446,21 @@ impl Dispatcher {
         }
     }
 
-    fn update_global_pause(&mut self) {
-        let pause = if self.globally_paused {
-            self.in_flight > self.limits.max_in_flight / 2
-        } else {
-            self.in_flight >= self.limits.max_in_flight
-        };
-        if pause != self.globally_paused {
-            self.globally_paused = pause;
+    /// Whether the in-flight bound is reached: the consume loop stops taking records.
+    pub(crate) fn is_full(&self) -> bool {
+        self.in_flight >= self.limits.max_in_flight
+    }
+
+    /// Whether every partition is paused because the bound stayed reached too long.
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.globally_paused
+    }
+
+    /// Pauses every partition (`true`) while the bound stays reached, so the consume loop can
+    /// keep polling without taking records; resumes them (`false`) once there is room.
+    pub(crate) fn set_stalled(&mut self, stalled: bool) {
+        if stalled != self.globally_paused {
+            self.globally_paused = stalled;
             let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
             for tp in tps {
                 self.update_pause(&tp);
@@ -541,19 +545,26 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_bound_pauses_then_resumes_when_drained() {
+    fn in_flight_bound_reports_full_and_a_stall_pauses_every_partition() {
         let mut d = Dispatcher::new(limits(1, 4, 10));
         d.assign(tp(), FinishedAbove::default());
         d.take_control();
         let mut jobs = Vec::new();
         for o in 0..4 {
+            assert!(!d.is_full());
             jobs.extend(d.accept(msg("k", o), None, 0).1);
         }
+        assert!(d.is_full());
+        assert!(
+            d.take_control().is_empty(),
+            "a full dispatcher pauses nothing by itself"
+        );
+        d.set_stalled(true);
         assert_eq!(d.take_control(), vec![(tp(), true)]);
-        for _ in 0..3 {
-            let job = jobs.remove(0);
-            jobs.extend(d.complete(&job.lane, job.epoch, &job.envelope, &ack()));
-        }
+        let job = jobs.remove(0);
+        jobs.extend(d.complete(&job.lane, job.epoch, &job.envelope, &ack()));
+        assert!(!d.is_full());
+        d.set_stalled(false);
         assert_eq!(d.take_control(), vec![(tp(), false)]);
     }
 

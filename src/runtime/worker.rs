@@ -269,6 +269,12 @@ pub(crate) fn build_stack_for_tests<H: Handler>(
     build_stack(handler, config, group, tiers, None, None, sink, shutdown)
 }
 
+/// How long the in-flight bound may stay reached before every partition is paused so that
+/// the loop can keep polling (rebalance callbacks, `max.poll.interval.ms`) without taking
+/// records. Shorter stalls just wait for completions: pausing and resuming a partition costs
+/// a fetch round trip and the prefetched records.
+const STALL_BEFORE_PAUSE: Duration = Duration::from_secs(1);
+
 /// The consume loop: records in, pause/resume decisions out, periodic commits.
 async fn consume(
     consumer: &WorkerConsumer,
@@ -278,7 +284,34 @@ async fn consume(
 ) {
     let mut commit_tick = tokio::time::interval(commit_interval);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut full_since: Option<Instant> = None;
     loop {
+        let (full, stalled) = {
+            let d = shared.dispatcher.lock();
+            (d.is_full(), d.is_stalled())
+        };
+        if full && !stalled {
+            let since = *full_since.get_or_insert_with(Instant::now);
+            let stall_at = since + STALL_BEFORE_PAUSE;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = shared.wake.notified() => apply_control(consumer, shared),
+                _ = commit_tick.tick() => commit(consumer, shared, CommitMode::Async, false),
+                _ = tokio::time::sleep_until(stall_at.into()) => {
+                    shared.dispatcher.lock().set_stalled(true);
+                    apply_control(consumer, shared);
+                }
+            }
+            continue;
+        }
+        if !full {
+            full_since = None;
+            if stalled {
+                shared.dispatcher.lock().set_stalled(false);
+                apply_control(consumer, shared);
+            }
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,

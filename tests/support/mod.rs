@@ -55,6 +55,8 @@ pub struct Call {
     pub started: Instant,
     pub ended: Instant,
     pub ok: bool,
+    /// Which recorder (worker) made the call.
+    pub worker: usize,
 }
 
 #[derive(Debug, Default)]
@@ -71,9 +73,17 @@ struct State {
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
     state: Arc<Mutex<State>>,
+    worker: usize,
 }
 
 impl Recorder {
+    /// A recorder sharing this one's record, marking its calls with `worker`.
+    pub fn for_worker(&self, worker: usize) -> Recorder {
+        Recorder {
+            state: self.state.clone(),
+            worker,
+        }
+    }
     pub fn calls(&self) -> Vec<Call> {
         self.state.lock().calls.clone()
     }
@@ -115,6 +125,7 @@ impl Handler for Recorder {
         let state = self.state.clone();
         let attempt = cx.attempt();
         let topic = cx.topic().to_owned();
+        let worker = self.worker;
         async move {
             let started = Instant::now();
             {
@@ -161,6 +172,7 @@ impl Handler for Recorder {
                     started,
                     ended: Instant::now(),
                     ok: matches!(result, Some(Ok(()))),
+                    worker,
                 });
             }
             match result {
