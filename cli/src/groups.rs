@@ -555,99 +555,20 @@ pub(crate) fn parse_rfc3339_ms(text: &str) -> anyhow::Result<i64> {
     Ok((parsed.unix_timestamp_nanos().div_euclid(1_000_000)) as i64)
 }
 
-/// A minimal Kafka-protocol exchange for what librdkafka's group listing leaves out: the
+/// What librdkafka's group listing leaves out, asked of the group coordinator directly: the
 /// `group.instance.id` of static members (DescribeGroups v4+).
 mod wire {
     use std::collections::HashMap;
-    use std::io::{Read, Write};
-    use std::net::{TcpStream, ToSocketAddrs};
     use std::time::Duration;
 
-    use anyhow::{bail, Context};
-    use bytes::{BufMut, Bytes, BytesMut};
-    use kafka_protocol::error::ResponseError;
+    use anyhow::bail;
     use kafka_protocol::messages::{
-        ApiKey, ApiVersionsRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId,
-        RequestHeader, ResponseHeader,
+        ApiKey, DescribeGroupsRequest, FindCoordinatorRequest, GroupId,
     };
-    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+    use kafka_protocol::protocol::StrBytes;
+    use steadfast::server::client::{check_error_code, Client};
 
-    struct Conn {
-        stream: TcpStream,
-        correlation_id: i32,
-    }
-
-    impl Conn {
-        fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Conn> {
-            let mut last = None;
-            for a in addr
-                .to_socket_addrs()
-                .with_context(|| format!("resolving {addr}"))?
-            {
-                match TcpStream::connect_timeout(&a, timeout) {
-                    Ok(stream) => {
-                        stream.set_read_timeout(Some(timeout))?;
-                        stream.set_write_timeout(Some(timeout))?;
-                        return Ok(Conn {
-                            stream,
-                            correlation_id: 0,
-                        });
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            match last {
-                Some(e) => Err(e).with_context(|| format!("connecting to {addr}")),
-                None => bail!("{addr} resolves to no address"),
-            }
-        }
-
-        fn call<R: Request>(&mut self, request: &R, version: i16) -> anyhow::Result<R::Response> {
-            self.correlation_id += 1;
-            let mut header = RequestHeader::default();
-            header.request_api_key = R::KEY;
-            header.request_api_version = version;
-            header.correlation_id = self.correlation_id;
-            header.client_id = Some(StrBytes::from_static_str("steadfast-cli"));
-            let mut body = BytesMut::new();
-            header.encode(&mut body, R::header_version(version))?;
-            request.encode(&mut body, version)?;
-            let mut frame = Vec::with_capacity(body.len() + 4);
-            frame.put_i32(i32::try_from(body.len())?);
-            frame.extend_from_slice(&body);
-            self.stream.write_all(&frame)?;
-            let mut len = [0u8; 4];
-            self.stream.read_exact(&mut len)?;
-            let len = usize::try_from(i32::from_be_bytes(len)).context("negative length")?;
-            let mut response = vec![0u8; len];
-            self.stream.read_exact(&mut response)?;
-            let mut response = Bytes::from(response);
-            let header_version = if R::KEY == ApiKey::ApiVersions as i16 {
-                0
-            } else {
-                R::Response::header_version(version)
-            };
-            let header = ResponseHeader::decode(&mut response, header_version)?;
-            if header.correlation_id != self.correlation_id {
-                bail!("response to another request");
-            }
-            R::Response::decode(&mut response, version)
-        }
-    }
-
-    fn check(code: i16, what: &str) -> anyhow::Result<()> {
-        match ResponseError::try_from_code(code) {
-            None => Ok(()),
-            Some(e) => bail!("{what}: {e}"),
-        }
-    }
-
-    /// The highest version of `key` both sides speak, if any.
-    fn version(served: &HashMap<i16, (i16, i16)>, key: ApiKey, ours: i16) -> Option<i16> {
-        let (min, max) = served.get(&(key as i16))?;
-        let v = ours.min(*max);
-        (v >= *min).then_some(v)
-    }
+    const CLIENT_ID: &str = "steadfast-cli";
 
     /// Member id → instance id of the static members of `group`.
     pub(super) fn instance_ids(
@@ -674,31 +595,23 @@ mod wire {
         group: &str,
         timeout: Duration,
     ) -> anyhow::Result<HashMap<String, String>> {
-        let mut conn = Conn::connect(addr, timeout)?;
-        let versions = conn.call(&ApiVersionsRequest::default(), 0)?;
-        check(versions.error_code, "ApiVersions")?;
-        let served: HashMap<i16, (i16, i16)> = versions
-            .api_keys
-            .iter()
-            .map(|k| (k.api_key, (k.min_version, k.max_version)))
-            .collect();
-        let find_version =
-            version(&served, ApiKey::FindCoordinator, 3).context("FindCoordinator not served")?;
+        let mut conn = Client::connect(addr, timeout)?.with_client_id(CLIENT_ID);
+        let served = conn.api_versions()?;
+        let find_version = served.negotiate(ApiKey::FindCoordinator, 0, 3)?;
         let mut find = FindCoordinatorRequest::default();
         find.key = StrBytes::from_string(group.to_owned());
         find.key_type = 0;
         let found = conn.call(&find, find_version)?;
-        check(found.error_code, "FindCoordinator")?;
+        check_error_code(found.error_code, "FindCoordinator")?;
         let coordinator = format!("{}:{}", found.host.as_str(), found.port);
-        let describe_version = match version(&served, ApiKey::DescribeGroups, 5) {
-            Some(v) if v >= 4 => v,
-            // Before version 4 DescribeGroups carries no instance ids.
-            _ => return Ok(HashMap::new()),
+        // Before version 4 DescribeGroups carries no instance ids.
+        let Some(describe_version) = served.highest_common(ApiKey::DescribeGroups, 4, 5) else {
+            return Ok(HashMap::new());
         };
         let mut conn = if coordinator == addr {
             conn
         } else {
-            Conn::connect(&coordinator, timeout)?
+            Client::connect(&coordinator, timeout)?.with_client_id(CLIENT_ID)
         };
         let mut describe = DescribeGroupsRequest::default();
         describe.groups = vec![GroupId(StrBytes::from_string(group.to_owned()))];
@@ -708,7 +621,7 @@ mod wire {
             if g.group_id.as_str() != group {
                 continue;
             }
-            check(g.error_code, "DescribeGroups")?;
+            check_error_code(g.error_code, "DescribeGroups")?;
             for m in g.members {
                 if let Some(instance) = m.group_instance_id {
                     out.insert(m.member_id.to_string(), instance.to_string());

@@ -20,8 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
@@ -87,17 +85,8 @@ impl TestServer {
     }
 
     fn create_topic(&self, topic: &str) {
-        let admin: AdminClient<DefaultClientContext> = client_config(&self.bootstrap())
-            .create()
-            .expect("admin client");
-        let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
-        let results = self
-            .rt
-            .block_on(admin.create_topics([&new], &AdminOptions::new()))
-            .expect("create topics");
-        for r in results {
-            r.unwrap_or_else(|(name, code)| panic!("creating {name}: {code}"));
-        }
+        self.rt
+            .block_on(create_topic(&self.bootstrap(), topic, PARTITIONS, &[]));
     }
 }
 

@@ -302,20 +302,6 @@ async fn fill_and_stop(dir: &Path, count: usize) -> String {
     topic
 }
 
-/// Reads partition 0 of `topic` up to its high watermark; returns the watermark too.
-fn read_partition(bootstrap: &str, topic: &str) -> (i64, HashMap<i32, Vec<Received>>) {
-    let (_, high) = watermarks(bootstrap, topic, 0);
-    let received = consume(
-        bootstrap,
-        topic,
-        1,
-        Offset::Beginning,
-        high as usize,
-        Duration::from_secs(30),
-    );
-    (high, received)
-}
-
 /// Restarts on `dir` and reads the whole partition back; returns its high watermark too.
 async fn read_back(dir: &Path, topic: &str) -> (i64, HashMap<i32, Vec<Received>>) {
     let server = start_server(dir).await;

@@ -16,6 +16,7 @@
 
 mod api;
 mod broker;
+pub mod client;
 mod config;
 mod connection;
 mod durable;

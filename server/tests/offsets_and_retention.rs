@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -125,22 +123,6 @@ async fn list_offsets_by_timestamp_looks_inside_compressed_batches() {
     list_offsets_by_timestamp("lz4").await;
 }
 
-async fn create_topic(bootstrap: &str, topic: &str, configs: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(bootstrap).create().expect("admin");
-    let mut new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        new_topic = new_topic.set(k, v);
-    }
-    let results = admin
-        .create_topics([&new_topic], &AdminOptions::new())
-        .await
-        .expect("create topics");
-    for r in results {
-        r.expect("topic created");
-    }
-}
-
 fn log_files(dir: &std::path::Path, topic: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join("topics").join(topic).join("0"))
         .expect("partition dir")
@@ -160,6 +142,7 @@ async fn time_retention_deletes_whole_old_segments_but_never_the_active_one() {
     create_topic(
         &bootstrap,
         &topic,
+        1,
         &[("segment.bytes", "8192"), ("retention.ms", "600000")],
     )
     .await;
@@ -227,6 +210,7 @@ async fn size_retention_keeps_the_partition_under_its_limit() {
     create_topic(
         &bootstrap,
         &topic,
+        1,
         &[
             ("segment.bytes", "8192"),
             ("retention.bytes", "20000"),
@@ -283,6 +267,7 @@ async fn the_background_retention_task_deletes_expired_segments_on_its_own() {
     create_topic(
         &bootstrap,
         &topic,
+        1,
         &[("segment.bytes", "8192"), ("retention.ms", "60000")],
     )
     .await;

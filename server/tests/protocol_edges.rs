@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -11,12 +11,10 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::BaseRecord;
 use rdkafka::Offset;
+use steadfast_testkit::batch::BatchSpec;
 use steadfast_testkit::*;
 
 const PRODUCE_V: i16 = 9;
@@ -26,7 +24,8 @@ fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_owned()))
 }
 
-/// One v2 batch of `count` records with the given producer id, epoch and first sequence.
+/// One v2 batch of `count` records (keys `key-{i}`, values of `value_len` bytes) from
+/// producer `producer_id` (none if negative) at `epoch`, starting at `first_sequence`.
 fn batch(
     count: usize,
     producer_id: i64,
@@ -34,39 +33,18 @@ fn batch(
     first_sequence: i32,
     value_len: usize,
 ) -> Bytes {
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // Sequences step with offsets, so the encoder keeps every record in one batch.
-            sequence: if producer_id >= 0 {
-                first_sequence + i as i32
-            } else {
-                i as i32 - 1
-            },
-            timestamp: 1_700_000_000_000 + i as i64,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(vec![b'v'; value_len])),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("batch encodes");
-    buf.freeze()
+    let spec = BatchSpec::numbered(
+        count,
+        1_700_000_000_000,
+        |i| format!("key-{i}").into_bytes(),
+        |_| vec![b'v'; value_len],
+    );
+    if producer_id >= 0 {
+        spec.from_producer(producer_id, epoch, first_sequence)
+            .encode()
+    } else {
+        spec.encode()
+    }
 }
 
 fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {

@@ -1,21 +1,24 @@
-//! Shared helpers of the integration tests: an in-process server on a fresh data directory,
-//! unique topic names, librdkafka producers and consumers, and a raw protocol client.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+//! Shared helpers of the tests: an in-process server on a free port, unique topic names,
+//! creating topics, librdkafka producers and consumers, reading a partition back, a raw
+//! protocol client ([`RawClient`], over `steadfast_server::client`) and the record-batch
+//! encoder ([`batch`]).
+
+pub mod batch;
+mod raw;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use steadfast_server::{Server, ServerBuilder, ServerHandle};
+
+pub use self::raw::RawClient;
 
 /// A topic name no other test uses.
 pub fn unique_topic(prefix: &str) -> String {
@@ -45,11 +48,17 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
 /// One consumed record, everything a test compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
+    /// Partition it was read from.
     pub partition: i32,
+    /// Its offset.
     pub offset: i64,
+    /// Its key.
     pub key: Option<Vec<u8>>,
+    /// Its value.
     pub payload: Option<Vec<u8>>,
+    /// Its headers, in order.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Its timestamp in milliseconds, if it has one.
     pub timestamp: Option<i64>,
 }
 
@@ -142,6 +151,39 @@ pub fn consume_with(
     out
 }
 
+/// Reads partition 0 of `topic` from the beginning up to its high watermark; returns the
+/// watermark and the records (keyed by partition, as [`consume`] returns them).
+pub fn read_partition(bootstrap: &str, topic: &str) -> (i64, HashMap<i32, Vec<Received>>) {
+    let (_, high) = watermarks(bootstrap, topic, 0);
+    let received = consume(
+        bootstrap,
+        topic,
+        1,
+        Offset::Beginning,
+        high as usize,
+        Duration::from_secs(30),
+    );
+    (high, received)
+}
+
+/// Creates `topic` with `partitions` partitions and the topic `configs` through the admin
+/// API (CreateTopics); panics if it is refused.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(bootstrap).create().expect("admin client");
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new_topic = new_topic.set(k, v);
+    }
+    let results = admin
+        .create_topics([&new_topic], &AdminOptions::new())
+        .await
+        .expect("create topics");
+    for r in results {
+        r.unwrap_or_else(|(name, code)| panic!("creating {name}: {code}"));
+    }
+}
+
 /// The low and high watermarks of a partition.
 pub fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> (i64, i64) {
     let consumer: BaseConsumer = client_config(bootstrap)
@@ -153,119 +195,13 @@ pub fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> (i64, i64) {
         .expect("watermarks")
 }
 
-/// A minimal blocking Kafka-protocol client for tests that must speak the protocol directly.
-#[derive(Debug)]
-pub struct RawClient {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl RawClient {
-    pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        RawClient {
-            stream,
-            correlation_id: 0,
-        }
-    }
-
-    /// Writes raw bytes.
-    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
-    }
-
-    /// Whether the server closed the connection (read returns EOF or reset) within the timeout.
-    pub fn is_closed_by_server(&mut self) -> bool {
-        let mut buf = [0u8; 1024];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// Closes the sending side, as a client that stops mid-request would.
-    pub fn stream_shutdown_write(&mut self) {
-        self.stream
-            .shutdown(std::net::Shutdown::Write)
-            .expect("shutdown write");
-    }
-
-    /// True when no byte arrives for `wait` (the connection stays open and silent).
-    pub fn nothing_received_for(&mut self, wait: Duration) -> bool {
-        self.stream.set_read_timeout(Some(wait)).expect("timeout");
-        let mut probe = [0u8; 1];
-        let silent = matches!(
-            self.stream.peek(&mut probe),
-            Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut
-        );
-        self.stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        silent
-    }
-
-    /// Encodes a request frame for `request` at `version`.
-    pub fn frame<R: Request>(&mut self, request: &R, version: i16) -> Vec<u8> {
-        self.correlation_id += 1;
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation_id;
-        header.client_id = Some(StrBytes::from_static_str("raw-test"));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, R::header_version(version))
-            .expect("header encodes");
-        request.encode(&mut body, version).expect("request encodes");
-        let mut framed = Vec::with_capacity(body.len() + 4);
-        framed.put_i32(body.len() as i32);
-        framed.extend_from_slice(&body);
-        framed
-    }
-
-    /// Reads one response frame and decodes it as `R::Response`.
-    pub fn receive<R: Request>(&mut self, version: i16) -> R::Response {
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).expect("response length");
-        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut body).expect("response body");
-        let mut body = Bytes::from(body);
-        let header_version = if R::KEY == ApiKey::ApiVersions as i16 {
-            0
-        } else {
-            R::Response::header_version(version)
-        };
-        let header = ResponseHeader::decode(&mut body, header_version).expect("response header");
-        assert_eq!(header.correlation_id, self.correlation_id, "correlation id");
-        let response = R::Response::decode(&mut body, version).expect("response body decodes");
-        assert!(
-            !body.has_remaining() || body.remaining() < 4,
-            "unexpected trailing response bytes"
-        );
-        response
-    }
-
-    /// Sends `request` and waits for its response.
-    pub fn call<R: Request>(&mut self, request: &R, version: i16) -> R::Response {
-        let frame = self.frame(request, version);
-        self.send_raw(&frame).expect("send");
-        self.receive::<R>(version)
-    }
-}
-
 /// One delivery report: the message index and its (partition, offset), or the error.
 pub type DeliveryReport = (usize, Result<(i32, i64), String>);
 
 /// Delivery reports collected by a producer.
 #[derive(Default, Debug)]
 pub struct DeliveryLog {
+    /// The reports in the order they arrived.
     pub reports: std::sync::Mutex<Vec<DeliveryReport>>,
 }
 

@@ -198,40 +198,17 @@ pub(crate) fn set_base_offset(buf: &mut [u8], base_offset: i64) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use steadfast_testkit::batch::BatchSpec;
 
     /// Encodes `count` small records as one v2 batch with the given first timestamp.
-    pub(crate) fn encode_batch(count: usize, first_timestamp: i64) -> Bytes {
-        let records: Vec<Record> = (0..count)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32 - 1,
-                timestamp: first_timestamp + i as i64,
-                key: Some(Bytes::from(format!("k{i}"))),
-                value: Some(Bytes::from(format!("value-{i}"))),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
+    fn encode_batch(count: usize, first_timestamp: i64) -> Bytes {
+        BatchSpec::numbered(
+            count,
+            first_timestamp,
+            |i| format!("k{i}").into_bytes(),
+            |i| format!("value-{i}").into_bytes(),
         )
-        .expect("encoding a small batch cannot fail");
-        buf.freeze()
+        .encode()
     }
 
     #[test]
