@@ -58,6 +58,11 @@ pub trait Message: Sized + Send + Sync + 'static {
 }
 
 /// A field type that can serve as a message key: it has a stable byte form.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot serve as a message key",
+    label = "the `key` field's type does not implement `MessageKey`",
+    note = "a key is a `String`, an integer, a `char` or a `Vec<u8>`; for another type, implement `steadfast::message::MessageKey` for it"
+)]
 pub trait MessageKey {
     /// The key's bytes, as used for the Kafka record key.
     fn key_bytes(&self) -> Vec<u8>;
@@ -97,6 +102,11 @@ impl<T: MessageKey + ?Sized> MessageKey for &T {
 
 /// A field type that can serve as a message version: it converts to an `i64` that grows
 /// with every update (integers up to 64 bits; times as milliseconds).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot serve as a message version",
+    label = "the `version` field's type does not implement `MessageVersion`",
+    note = "a version is an integer up to 64 bits, a `SystemTime` or an `Option` of those; for another type, implement `steadfast::message::MessageVersion` for it"
+)]
 pub trait MessageVersion {
     /// The version as a number compared with `>`.
     fn as_version(&self) -> i64;

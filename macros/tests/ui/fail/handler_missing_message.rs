@@ -1,0 +1,5 @@
+#[derive(steadfast::Handler)]
+#[handler(group = "billing")]
+struct Billing;
+
+fn main() {}
