@@ -198,6 +198,10 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let run = tokio::spawn(worker.run(stop.clone()));
 
+    let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "quickstart-dlq-reader")
+        .create()?;
     // Every event ends handled, routed to the DLQ, or seen as duplicate or stale.
     let started = Instant::now();
     let expected = events.len() as u64;
@@ -206,22 +210,21 @@ async fn main() -> anyhow::Result<()> {
             let t = tally.lock();
             t.handled + t.duplicates + t.stale
         };
-        let dead = dead_letters(&bootstrap)?;
-        if finished + dead.len() as u64 >= expected {
+        let dead_total = dead_letter_count(&reader);
+        if finished + dead_total >= expected {
             break;
         }
         if started.elapsed() > Duration::from_secs(60) {
             bail!(
-                "only {finished} handled and {} dead-lettered of {expected} after 60 s",
-                dead.len()
+                "only {finished} handled and {dead_total} dead-lettered of {expected} after 60 s"
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
     let stats = run.await??;
-    let dead = dead_letters(&bootstrap)?;
-    let t = tally.lock();
+    let dead = dead_letters_by_class(&reader, dead_letter_count(&reader))?;
+    let t = std::mem::take(&mut *tally.lock());
     println!("\nfinished in {:.1} s\n", started.elapsed().as_secs_f64());
     println!("| outcome                          | count |");
     println!("|----------------------------------|------:|");
@@ -239,41 +242,50 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("| duplicates seen                  | {:>5} |", t.duplicates);
     println!("| stale versions seen              | {:>5} |", t.stale);
-    drop(t);
     server.shutdown().await;
     Ok(())
 }
 
-/// Dead-lettered records so far, counted by error class.
-fn dead_letters(bootstrap: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+/// How many records the dead-letter topic holds.
+fn dead_letter_count(reader: &rdkafka::consumer::BaseConsumer) -> u64 {
+    use rdkafka::consumer::Consumer;
+    (0..4)
+        .filter_map(|p| {
+            reader
+                .fetch_watermarks("orders.dlq", p, Duration::from_secs(5))
+                .ok()
+        })
+        .map(|(low, high)| u64::try_from(high - low).unwrap_or(0))
+        .sum()
+}
+
+/// The dead-lettered records, counted by error class.
+fn dead_letters_by_class(
+    reader: &rdkafka::consumer::BaseConsumer,
+    total: u64,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    use rdkafka::consumer::Consumer;
     use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "quickstart-dlq-reader")
-        .create()?;
-    let mut counts = BTreeMap::new();
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..4 {
         tpl.add_partition_offset("orders.dlq", p, rdkafka::Offset::Beginning)?;
     }
-    consumer.assign(&tpl)?;
-    let mut idle = 0;
-    while idle < 3 {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                idle = 0;
-                let class = m
-                    .headers()
-                    .and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == steadfast::policy::headers::ERROR_CLASS)
-                            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-                    })
-                    .unwrap_or_default();
-                *counts.entry(class).or_default() += 1;
-            }
-            _ => idle += 1,
+    reader.assign(&tpl)?;
+    let mut counts = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = 0;
+    while seen < total && Instant::now() < deadline {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            seen += 1;
+            let class = m
+                .headers()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == steadfast::policy::headers::ERROR_CLASS)
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                })
+                .unwrap_or_default();
+            *counts.entry(class).or_default() += 1;
         }
     }
     Ok(counts)

@@ -17,7 +17,6 @@ pub struct Context {
 
 impl Context {
     // Called by the consumer runtime, which is not in this crate yet.
-    #[allow(dead_code)]
     pub(crate) fn new(
         envelope: Envelope,
         attempt: u32,

@@ -1,0 +1,483 @@
+//! Runtime benchmarks against the embedded server, printed as Markdown tables:
+//!
+//! - **overhead**: a no-op handler through the full worker vs a raw rdkafka consumer loop on
+//!   the same backlog of 100-byte messages, as a ratio;
+//! - **keys**: Parallel Consumer's published case: 10,000 messages on one partition, handler
+//!   latency uniform 0–5 ms, concurrency 100, with 1, 10, 100 and 10,000 keys, a Zipf(s=1)
+//!   draw over 10,000 keys, and the partition-ordered baseline (concurrency 1);
+//! - **memory**: peak RSS of a worker process over 1,000,000 distinct keys vs 1,000 keys.
+//!
+//! `cargo bench --bench runtime` runs the full sizes; without cargo bench's `--bench` flag
+//! (as under `cargo test`) it runs a quick smoke pass. `-- --only overhead|keys|memory`.
+
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use steadfast::message::RawBytes;
+use steadfast::{Context, Handler, HandlerError, Message, Retry, Worker};
+use tokio_util::sync::CancellationToken;
+
+/// A payload as raw bytes; its first byte is the handler's sleep in milliseconds.
+#[derive(Debug)]
+struct Payload(Vec<u8>);
+
+impl TryFrom<&[u8]> for Payload {
+    type Error = std::convert::Infallible;
+    fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
+        Ok(Payload(bytes.to_vec()))
+    }
+}
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+impl Message for Payload {
+    const TOPIC: &'static str = "bench";
+    type Codec = RawBytes;
+    fn key(&self) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+/// Counts calls; sleeps as long as the payload's first byte says when `sleep` is set; records
+/// the first start and last end.
+#[derive(Debug, Clone)]
+struct Bench {
+    done: Arc<AtomicU64>,
+    sleep: bool,
+    span: Arc<Mutex<Option<(Instant, Instant)>>>,
+}
+
+impl Bench {
+    fn new(sleep: bool) -> Self {
+        Bench {
+            done: Arc::new(AtomicU64::new(0)),
+            sleep,
+            span: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+impl Handler for Bench {
+    type Message = Payload;
+    const GROUP: &'static str = "bench";
+    fn handle_message(
+        &self,
+        msg: Payload,
+        _cx: &Context,
+    ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send {
+        let this = self.clone();
+        async move {
+            let start = Instant::now();
+            if this.sleep {
+                let ms = msg.0.first().copied().unwrap_or(0);
+                if ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+                }
+            }
+            {
+                let mut span = this.span.lock();
+                let end = Instant::now();
+                *span = Some(match *span {
+                    Some((first, _)) => (first, end),
+                    None => (start, end),
+                });
+            }
+            this.done.fetch_add(1, AtomicOrdering::Relaxed);
+            Ok(())
+        }
+    }
+}
+
+struct Env {
+    bootstrap: String,
+    quick: bool,
+}
+
+fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client(bootstrap).create()?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Produces `count` records with keys from `key_of` and payloads from `payload_of`.
+fn produce(
+    bootstrap: &str,
+    topic: &str,
+    count: u64,
+    partition: Option<i32>,
+    key_of: impl Fn(u64) -> String,
+    payload_of: impl Fn(u64) -> Vec<u8>,
+) -> anyhow::Result<()> {
+    let producer: BaseProducer = client(bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    for i in 0..count {
+        let key = key_of(i);
+        let payload = payload_of(i);
+        let mut record = BaseRecord::to(topic).key(&key).payload(&payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        let mut record = Some(record);
+        while let Some(r) = record.take() {
+            if let Err((e, r)) = producer.send(r) {
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                ) {
+                    producer.poll(Duration::from_millis(10));
+                    record = Some(r);
+                } else {
+                    bail!("produce: {e}");
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Runs a worker over `topic` until `count` messages are handled; returns the elapsed time
+/// from the start of `run` (group join included) and the handler's first-start-to-last-end span.
+async fn run_worker(
+    env: &Env,
+    topic: &str,
+    count: u64,
+    handler: Bench,
+    concurrency: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let done = handler.done.clone();
+    let span = handler.span.clone();
+    let worker = Worker::builder()
+        .brokers(env.bootstrap.clone())
+        .topic(topic)
+        .group(unique("bench-group"))
+        .concurrency(concurrency)
+        .max_per_key(1_000_000)
+        .retry(Retry::none())
+        .handler(handler)
+        .build()?;
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let run = tokio::spawn(worker.run(stop.clone()));
+    while done.load(AtomicOrdering::Relaxed) < count {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "worker handled {} of {count} in 600 s",
+                done.load(AtomicOrdering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    stop.cancel();
+    run.await??;
+    let (first, last) = span.lock().context("no handler call")?;
+    Ok((elapsed, last.duration_since(first)))
+}
+
+/// A raw rdkafka consumer loop: subscribe in a fresh group, receive `count` records, store each
+/// offset (as a careful at-least-once loop does).
+async fn run_raw(env: &Env, topic: &str, count: u64) -> anyhow::Result<Duration> {
+    let consumer: StreamConsumer = client(&env.bootstrap)
+        .set("group.id", unique("raw-group"))
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()?;
+    let started = Instant::now();
+    consumer.subscribe(&[topic])?;
+    let mut seen = 0u64;
+    while seen < count {
+        let m = consumer.recv().await?;
+        consumer.store_offset_from_message(&m)?;
+        seen += 1;
+    }
+    Ok(started.elapsed())
+}
+
+async fn overhead(env: &Env) -> anyhow::Result<()> {
+    let count: u64 = if env.quick { 20_000 } else { 1_000_000 };
+    let topic = unique("overhead");
+    create_topic(&env.bootstrap, &topic, 4).await?;
+    let bootstrap = env.bootstrap.clone();
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || {
+        produce(
+            &bootstrap,
+            &t,
+            count,
+            None,
+            |i| format!("k{}", i % 10_000),
+            |_| vec![0u8; 100],
+        )
+    })
+    .await??;
+    let raw = run_raw(env, &topic, count).await?;
+    let (steadfast, _) = run_worker(env, &topic, count, Bench::new(false), 256).await?;
+    let rate = |d: Duration| count as f64 / d.as_secs_f64();
+    println!("\n### (a) overhead: no-op handler vs raw rdkafka loop, {count} x 100 B, 4 partitions, 10,000 keys\n");
+    println!("| consumer | elapsed s | msg/s |");
+    println!("|---|---:|---:|");
+    println!(
+        "| raw rdkafka StreamConsumer loop (store_offset per message) | {:.2} | {:.0} |",
+        raw.as_secs_f64(),
+        rate(raw)
+    );
+    println!(
+        "| steadfast worker, no-op handler, concurrency 256 | {:.2} | {:.0} |",
+        steadfast.as_secs_f64(),
+        rate(steadfast)
+    );
+    println!(
+        "\nsteadfast / raw throughput: {:.2} (both timed from subscribe to the last message)",
+        rate(steadfast) / rate(raw)
+    );
+    Ok(())
+}
+
+/// Keys for Parallel Consumer's case.
+#[derive(Debug, Clone, Copy)]
+enum Keys {
+    Distinct(u64),
+    Zipf,
+}
+
+fn zipf_cdf(n: usize) -> Vec<f64> {
+    let mut cdf = Vec::with_capacity(n);
+    let mut total = 0.0;
+    for k in 1..=n {
+        total += 1.0 / k as f64;
+        cdf.push(total);
+    }
+    cdf.iter().map(|c| c / total).collect()
+}
+
+async fn keys(env: &Env) -> anyhow::Result<()> {
+    let count: u64 = if env.quick { 1_000 } else { 10_000 };
+    let cases: Vec<(&str, Keys, usize, &str)> = vec![
+        ("1 key", Keys::Distinct(1), 100, "26.7"),
+        ("10 keys", Keys::Distinct(10), 100, "3.3"),
+        ("100 keys", Keys::Distinct(100), 100, "2.18"),
+        ("10,000 keys", Keys::Distinct(10_000), 100, "2.13"),
+        ("Zipf(s=1) over 10,000 keys", Keys::Zipf, 100, "-"),
+        (
+            "partition order (concurrency 1)",
+            Keys::Distinct(10_000),
+            1,
+            "22.2",
+        ),
+    ];
+    println!(
+        "\n### (b) key-parallel speed: {count} messages on 1 partition, handler 0-5 ms uniform\n"
+    );
+    println!("| case | concurrency | elapsed s | handler span s | ideal s | span / ideal | Parallel Consumer s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let cdf = zipf_cdf(10_000);
+    for (name, keys, concurrency, pc) in cases {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let draws: Vec<(u64, u8)> = (0..count)
+            .map(|_| {
+                let key = match keys {
+                    Keys::Distinct(n) => rng.random_range(0..n),
+                    Keys::Zipf => {
+                        let u: f64 = rng.random();
+                        cdf.partition_point(|c| *c < u) as u64
+                    }
+                };
+                (key, rng.random_range(0..=5u8))
+            })
+            .collect();
+        // Ideal: total handler time over the concurrency, or the busiest key's total.
+        let total_ms: u64 = draws.iter().map(|(_, ms)| u64::from(*ms)).sum();
+        let mut per_key = std::collections::HashMap::<u64, u64>::new();
+        for (k, ms) in &draws {
+            *per_key.entry(*k).or_default() += u64::from(*ms);
+        }
+        let longest_key = per_key.values().copied().max().unwrap_or(0);
+        let ideal_ms = (total_ms as f64 / concurrency as f64).max(if concurrency == 1 {
+            total_ms as f64
+        } else {
+            longest_key as f64
+        });
+        let topic = unique("keys");
+        create_topic(&env.bootstrap, &topic, 1).await?;
+        let bootstrap = env.bootstrap.clone();
+        let t = topic.clone();
+        let d = Arc::new(draws);
+        let d2 = d.clone();
+        let d3 = d.clone();
+        tokio::task::spawn_blocking(move || {
+            produce(
+                &bootstrap,
+                &t,
+                count,
+                Some(0),
+                move |i| format!("k{}", d2[i as usize].0),
+                move |i| vec![d3[i as usize].1; 16],
+            )
+        })
+        .await??;
+        let (elapsed, span) = run_worker(env, &topic, count, Bench::new(true), concurrency).await?;
+        println!(
+            "| {name} | {concurrency} | {:.2} | {:.2} | {:.2} | {:.2} | {pc} |",
+            elapsed.as_secs_f64(),
+            span.as_secs_f64(),
+            ideal_ms / 1000.0,
+            span.as_secs_f64() * 1000.0 / ideal_ms.max(1.0)
+        );
+    }
+    println!("\nelapsed: from the worker's start (group join included) to the last message; handler span: first handler start to last handler end. Parallel Consumer's figures are its published ones for the same case (key order), not measured here.");
+    Ok(())
+}
+
+/// Peak RSS (VmHWM) of this process in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn memory(env: &Env) -> anyhow::Result<()> {
+    let count: u64 = if env.quick { 20_000 } else { 1_000_000 };
+    println!("\n### (c) memory: peak RSS of a worker process over {count} messages (no-op handler, concurrency 256)\n");
+    println!("| distinct keys | peak RSS MiB |");
+    println!("|---:|---:|");
+    let mut peaks = Vec::new();
+    for distinct in [count, 1_000] {
+        let topic = unique("memory");
+        create_topic(&env.bootstrap, &topic, 1).await?;
+        let bootstrap = env.bootstrap.clone();
+        let t = topic.clone();
+        tokio::task::spawn_blocking(move || {
+            produce(
+                &bootstrap,
+                &t,
+                count,
+                Some(0),
+                move |i| format!("key-{}", i % distinct),
+                |_| vec![0u8; 100],
+            )
+        })
+        .await??;
+        let exe = std::env::current_exe()?;
+        let output = tokio::process::Command::new(exe)
+            .args(["--memory-child", &env.bootstrap, &topic, &count.to_string()])
+            .output()
+            .await?;
+        if !output.status.success() {
+            bail!(
+                "memory child failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let kib: u64 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .context("child's peak RSS")?;
+        peaks.push(kib);
+        println!("| {distinct} | {:.1} |", kib as f64 / 1024.0);
+    }
+    println!(
+        "\ndifference: {:.1} MiB",
+        (peaks[0] as f64 - peaks[1] as f64) / 1024.0
+    );
+    Ok(())
+}
+
+fn memory_child(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let env = Env {
+            bootstrap: bootstrap.to_owned(),
+            quick: false,
+        };
+        run_worker(&env, topic, count, Bench::new(false), 256).await
+    })?;
+    println!("{}", peak_rss_kib());
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--memory-child") {
+        let count = args.get(4).context("count")?.parse()?;
+        return memory_child(&args[2], &args[3], count);
+    }
+    let quick = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let dir = tempfile::tempdir()?;
+        let server = steadfast::server::Server::builder()
+            .listen("127.0.0.1:0")
+            .data_dir(dir.path())
+            .start()
+            .await?;
+        let env = Env {
+            bootstrap: server.bootstrap_servers(),
+            quick,
+        };
+        println!(
+            "## steadfast runtime benchmarks ({})",
+            if quick { "quick smoke run" } else { "full run" }
+        );
+        let wants = |case: &str| only.as_deref().is_none_or(|o| o == case);
+        if wants("overhead") {
+            overhead(&env).await?;
+        }
+        if wants("keys") {
+            keys(&env).await?;
+        }
+        if wants("memory") {
+            memory(&env).await?;
+        }
+        server.shutdown().await;
+        anyhow::Ok(())
+    })
+}
