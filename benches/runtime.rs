@@ -76,9 +76,14 @@ impl Handler for Bench {
     fn handle_message(
         &self,
         msg: Payload,
-        _cx: &Context,
+        cx: &Context,
     ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send {
         let this = self.clone();
+        let key = if self.sleep {
+            cx.key().map(|k| k.to_vec())
+        } else {
+            None
+        };
         async move {
             let start = Instant::now();
             if this.sleep {
@@ -209,8 +214,6 @@ async fn run_worker(
     stop.cancel();
     run.await??;
     let (first, last) = span.lock().context("no handler call")?;
-    // Kept for the caller through the shared map.
-    drop(busy);
     Ok((elapsed, last.duration_since(first)))
 }
 
