@@ -144,7 +144,7 @@ impl<H: Handler> TestWorker<H> {
                 break;
             };
             let mut envelope = Envelope {
-                topic: copy.topic,
+                topic: std::sync::Arc::from(copy.topic),
                 partition: copy.partition.unwrap_or(0),
                 offset: self
                     .next_offset

@@ -1,6 +1,8 @@
 //! What a handler knows about the message it handles: where it came from and which attempt
 //! this is.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -11,8 +13,8 @@ use crate::message::{Envelope, Headers};
 pub struct Context {
     pub(crate) envelope: Envelope,
     pub(crate) attempt: u32,
-    pub(crate) group: String,
-    pub(crate) shutdown: CancellationToken,
+    pub(crate) group: Arc<str>,
+    pub(crate) shutdown: Arc<CancellationToken>,
 }
 
 impl Context {
@@ -20,13 +22,13 @@ impl Context {
     pub(crate) fn new(
         envelope: Envelope,
         attempt: u32,
-        group: &str,
-        shutdown: CancellationToken,
+        group: Arc<str>,
+        shutdown: Arc<CancellationToken>,
     ) -> Self {
         Context {
             envelope,
             attempt,
-            group: group.to_owned(),
+            group,
             shutdown,
         }
     }

@@ -19,7 +19,7 @@ use crate::policy::{now_ms, OutcomeFuture};
 pub struct HandlerService<H> {
     handler: Arc<H>,
     group: Arc<str>,
-    shutdown: CancellationToken,
+    shutdown: Arc<CancellationToken>,
 }
 
 impl<H> Clone for HandlerService<H> {
@@ -38,7 +38,7 @@ impl<H: Handler> HandlerService<H> {
         HandlerService {
             handler,
             group: Arc::from(group),
-            shutdown,
+            shutdown: Arc::new(shutdown),
         }
     }
 }
@@ -74,7 +74,7 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
                 Ok(m) => m,
                 Err(e) => return Ok(failure("decode", e.to_string(), true, attempt)),
             };
-            let cx = Context::new(envelope, attempt, &group, shutdown);
+            let cx = Context::new(envelope, attempt, group, shutdown);
             let result = AssertUnwindSafe(handler.handle_message(message, &cx))
                 .catch_unwind()
                 .await;

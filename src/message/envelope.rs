@@ -1,5 +1,7 @@
 //! A record as the broker delivered it, owned, with where it came from and its attempt count.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 /// Record headers in order; values are raw bytes (steadfast's own are UTF-8 text).
@@ -62,10 +64,10 @@ impl<N: Into<String>, V: Into<Bytes>> FromIterator<(N, V)> for Headers {
 
 /// One record as delivered: topic, partition, offset, key, payload, headers, timestamp.
 /// Cloning is cheap (the bytes are shared).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Envelope {
     /// The topic the record was read from (a retry tier's topic for a retried record).
-    pub topic: String,
+    pub topic: Arc<str>,
     /// Its partition.
     pub partition: i32,
     /// Its offset.
@@ -85,13 +87,16 @@ pub struct Envelope {
 
 impl Envelope {
     /// A record of `topic` with a key and a payload, for tests and the [`crate::testing`] worker.
-    pub fn new(topic: impl Into<String>, key: impl Into<Bytes>, payload: impl Into<Bytes>) -> Self {
+    pub fn new(topic: impl AsRef<str>, key: impl Into<Bytes>, payload: impl Into<Bytes>) -> Self {
         Envelope {
-            topic: topic.into(),
+            topic: Arc::from(topic.as_ref()),
             key: Some(key.into()),
             payload: Some(payload.into()),
+            partition: 0,
+            offset: 0,
+            headers: Headers::new(),
+            timestamp_ms: None,
             attempt: 1,
-            ..Envelope::default()
         }
     }
     /// The same record at `offset`.

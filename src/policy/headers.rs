@@ -93,7 +93,7 @@ pub(crate) fn original_topic(envelope: &Envelope) -> &str {
     envelope
         .headers
         .get_str(ORIGINAL_TOPIC)
-        .unwrap_or(&envelope.topic)
+        .unwrap_or(&envelope.topic[..])
 }
 
 /// The partition of the first delivery.

@@ -74,7 +74,7 @@ impl<S> Layer<S> for RetryLayer {
         RetryService {
             inner,
             policy: self.policy,
-            shutdown: self.shutdown.clone(),
+            shutdown: std::sync::Arc::new(self.shutdown.clone()),
         }
     }
 }
@@ -84,7 +84,7 @@ impl<S> Layer<S> for RetryLayer {
 pub struct RetryService<S> {
     inner: S,
     policy: Retry,
-    shutdown: CancellationToken,
+    shutdown: std::sync::Arc<CancellationToken>,
 }
 
 impl<S> Service<Envelope> for RetryService<S>

@@ -135,7 +135,7 @@ impl RouteConfig {
         let original_partition = headers::original_partition(envelope);
         let mut h = envelope.headers.clone();
         if h.get(headers::ORIGINAL_TOPIC).is_none() {
-            h.set(headers::ORIGINAL_TOPIC, envelope.topic.clone());
+            h.set(headers::ORIGINAL_TOPIC, envelope.topic.to_string());
             h.set(headers::ORIGINAL_PARTITION, envelope.partition.to_string());
             h.set(headers::ORIGINAL_OFFSET, envelope.offset.to_string());
             if let Some(ts) = envelope.timestamp_ms {

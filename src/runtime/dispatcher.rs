@@ -201,7 +201,7 @@ impl Dispatcher {
         due_ms: Option<i64>,
         now_ms: i64,
     ) -> (Accepted, Vec<Job>) {
-        let tp: TopicPartition = (Arc::from(envelope.topic.as_str()), envelope.partition);
+        let tp: TopicPartition = (envelope.topic.clone(), envelope.partition);
         let Some(p) = self.partitions.get_mut(&tp) else {
             return (Accepted::NotAssigned, Vec::new());
         };
@@ -444,6 +444,12 @@ impl Dispatcher {
         for p in self.partitions.values_mut() {
             p.last_commit = None;
         }
+    }
+
+    /// Whether the consume loop must look at the state after a completion: decisions to
+    /// carry out, a shutdown drain waiting, or a bound that was reached until now.
+    pub(crate) fn loop_needs_wake(&self) -> bool {
+        !self.control.is_empty() || self.stopping || self.in_flight + 1 >= self.limits.max_in_flight
     }
 
     /// Whether the in-flight bound is reached: the consume loop stops taking records.

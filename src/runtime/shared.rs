@@ -59,12 +59,15 @@ impl Shared {
 
     fn finish(self: &Arc<Self>, job: Job, outcome: Outcome) {
         self.count(&outcome);
-        let next = self
-            .dispatcher
-            .lock()
-            .complete(&job.lane, job.epoch, &job.envelope, &outcome);
+        let (next, wake) = {
+            let mut d = self.dispatcher.lock();
+            let next = d.complete(&job.lane, job.epoch, &job.envelope, &outcome);
+            (next, d.loop_needs_wake())
+        };
         self.completed.notify_all();
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
         self.start(next);
     }
 

@@ -17,7 +17,7 @@ use super::builder::WorkerBuilder;
 use super::dispatcher::{Accepted, Dispatcher, Limits, TopicPartition};
 use super::rebalance::{commit_list, WorkerContext};
 use super::shared::{Counters, Shared};
-use crate::broker::{ensure_topics, envelope_of, KafkaSink};
+use crate::broker::{ensure_topics, envelope_of, KafkaSink, TopicNames};
 use crate::config::{Ordering, WorkerConfig};
 use crate::error::WorkerError;
 use crate::handler::{Handler, HandlerService};
@@ -285,6 +285,7 @@ async fn consume(
     let mut commit_tick = tokio::time::interval(commit_interval);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut full_since: Option<Instant> = None;
+    let mut topics = TopicNames::default();
     loop {
         let (full, stalled) = {
             let d = shared.dispatcher.lock();
@@ -319,7 +320,7 @@ async fn consume(
             _ = commit_tick.tick() => commit(consumer, shared, CommitMode::Async, false),
             received = consumer.recv() => match received {
                 Ok(message) => {
-                    let envelope = envelope_of(&message);
+                    let envelope = envelope_of(&message, &mut topics);
                     drop(message);
                     accept(shared, envelope);
                     apply_control(consumer, shared);
@@ -342,7 +343,7 @@ fn accept(shared: &Arc<Shared>, envelope: crate::message::Envelope) {
     } else {
         None
     };
-    let tp: TopicPartition = (Arc::from(envelope.topic.as_str()), envelope.partition);
+    let tp: TopicPartition = (envelope.topic.clone(), envelope.partition);
     let (accepted, jobs) = shared
         .dispatcher
         .lock()
