@@ -80,6 +80,8 @@ fn run_child() {
             .commit_interval(Duration::from_millis(100))
             .drain_timeout(Duration::from_secs(20))
             .retry(Retry::none())
+            // A SIGKILLed member holds its partitions until its session times out.
+            .kafka_property("session.timeout.ms", "6000")
             .handler(handler)
             .run_until_signal()
             .await
