@@ -6,3 +6,4 @@ bash scripts/services.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked --all-targets "$@"
+cargo test --workspace --locked --doc

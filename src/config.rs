@@ -65,6 +65,21 @@ impl Default for RetryConfig {
     }
 }
 
+impl From<crate::policy::Retry> for RetryConfig {
+    fn from(retry: crate::policy::Retry) -> Self {
+        RetryConfig {
+            attempts: retry.attempts,
+            min_delay_ms: millis(retry.min_delay),
+            max_delay_ms: millis(retry.max_delay),
+        }
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Every worker setting; the field names are the keys of `steadfast.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -239,6 +254,16 @@ impl WorkerConfig {
             }
         }
         Ok(())
+    }
+
+    /// The retry tiers' delays.
+    pub fn retry_tiers(&self) -> crate::policy::RetryTiers {
+        crate::policy::RetryTiers(
+            self.retry_tiers_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+        )
     }
 
     /// The in-place retry policy.

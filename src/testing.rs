@@ -41,10 +41,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::config::WorkerConfig;
+use crate::config::{millis, WorkerConfig};
 use crate::handler::Handler;
 use crate::message::{Envelope, Message, Outcome};
-use crate::policy::{BoxedStack, MemorySink, OutgoingRecord, Retry, RetryTiers, Sink};
+use crate::policy::{BoxedStack, MemorySink, OutgoingRecord, Retry, Sink};
 use crate::runtime::build_stack_for_tests;
 
 /// A handler with the full policy stack and an in-memory sink for routed copies.
@@ -68,35 +68,22 @@ impl<H: Handler> TestWorker<H> {
     }
     /// The in-place retry policy.
     pub fn retry(mut self, retry: Retry) -> Self {
-        self.config.retry.attempts = retry.attempts;
-        self.config.retry.min_delay_ms =
-            u64::try_from(retry.min_delay.as_millis()).unwrap_or(u64::MAX);
-        self.config.retry.max_delay_ms =
-            u64::try_from(retry.max_delay.as_millis()).unwrap_or(u64::MAX);
+        self.config.retry = retry.into();
         self
     }
     /// Retry tiers (their delays are recorded in the copies' headers, not waited for).
     pub fn retry_topics(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
-        self.config.retry_tiers_ms = delays
-            .into_iter()
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .collect();
+        self.config.retry_tiers_ms = delays.into_iter().map(millis).collect();
         self
     }
     /// The time limit of one attempt.
     pub fn handler_timeout(mut self, limit: Duration) -> Self {
-        self.config.handler_timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        self.config.handler_timeout_ms = millis(limit);
         self
     }
 
     fn stack(&self) -> BoxedStack {
-        let tiers = RetryTiers(
-            self.config
-                .retry_tiers_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
-        );
+        let tiers = self.config.retry_tiers();
         let sink: Arc<dyn Sink> = Arc::new(self.sink.clone());
         build_stack_for_tests(
             self.handler.clone(),

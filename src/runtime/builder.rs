@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use super::worker::Worker;
-use crate::config::{Ordering, WorkerConfig};
+use crate::config::{millis, Ordering, WorkerConfig};
 use crate::error::WorkerError;
 use crate::handler::Handler;
 use crate::policy::Retry;
@@ -75,19 +75,12 @@ impl<H> WorkerBuilder<H> {
     }
     /// In-place retry policy (default: 3 attempts, 100 ms to 30 s).
     pub fn retry(mut self, retry: Retry) -> Self {
-        self.config.retry.attempts = retry.attempts;
-        self.config.retry.min_delay_ms =
-            u64::try_from(retry.min_delay.as_millis()).unwrap_or(u64::MAX);
-        self.config.retry.max_delay_ms =
-            u64::try_from(retry.max_delay.as_millis()).unwrap_or(u64::MAX);
+        self.config.retry = retry.into();
         self
     }
     /// Retry tiers with their delays: `<topic>.retry.1`, `<topic>.retry.2`, ...
     pub fn retry_topics(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
-        self.config.retry_tiers_ms = delays
-            .into_iter()
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .collect();
+        self.config.retry_tiers_ms = delays.into_iter().map(millis).collect();
         self
     }
     /// The dead-letter topic (default `<topic>.dlq`).
@@ -97,17 +90,17 @@ impl<H> WorkerBuilder<H> {
     }
     /// Time limit of one handler attempt (default 30 s).
     pub fn handler_timeout(mut self, limit: Duration) -> Self {
-        self.config.handler_timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        self.config.handler_timeout_ms = millis(limit);
         self
     }
     /// How long a revoke or a shutdown waits for running handlers (default 10 s).
     pub fn drain_timeout(mut self, limit: Duration) -> Self {
-        self.config.drain_timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        self.config.drain_timeout_ms = millis(limit);
         self
     }
     /// How often finished offsets are committed (default 1 s).
     pub fn commit_interval(mut self, interval: Duration) -> Self {
-        self.config.commit_interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.config.commit_interval_ms = millis(interval);
         self
     }
     /// A raw librdkafka property, passed through.

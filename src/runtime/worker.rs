@@ -115,13 +115,7 @@ impl<H: Handler> Worker<H> {
         }
         let topic = self.topic();
         let group = self.group();
-        let tiers = RetryTiers(
-            self.config
-                .retry_tiers_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
-        );
+        let tiers = self.config.retry_tiers();
         let tier_topics: Vec<String> = (1..=tiers.len())
             .map(|n| RetryTiers::topic(&topic, n))
             .collect();
