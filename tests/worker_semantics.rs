@@ -446,7 +446,11 @@ async fn a_partition_paused_for_a_tier_then_revoked_and_reassigned_is_consumed_a
         )
         .await;
     drop(other);
-    stop(token, handle).await;
+    let stats = stop(token, handle).await;
+    assert!(
+        stats.partitions_assigned >= 4,
+        "the topic and its tier were assigned twice: {stats:?}"
+    );
     s.server.shutdown().await;
 }
 

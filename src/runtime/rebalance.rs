@@ -129,6 +129,10 @@ impl WorkerContext {
             .dispatcher
             .lock()
             .take_control_of(&partitions_of(tpl));
+        self.shared
+            .counters
+            .partitions_assigned
+            .fetch_add(tpl.count() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(partitions = tpl.count(), "partitions assigned");
     }
 }

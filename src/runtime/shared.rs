@@ -21,6 +21,7 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     pub(crate) requeued: AtomicU64,
     pub(crate) skipped_finished: AtomicU64,
+    pub(crate) partitions_assigned: AtomicU64,
 }
 
 /// See the module docs.

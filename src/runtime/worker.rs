@@ -46,6 +46,8 @@ pub struct WorkerStats {
     pub requeued: u64,
     /// Messages skipped because the last commit recorded them as finished.
     pub skipped_finished: u64,
+    /// Partitions assigned to the worker, counted at every assignment.
+    pub partitions_assigned: u64,
 }
 
 impl Worker<()> {
@@ -212,6 +214,7 @@ impl<H: Handler> Worker<H> {
             dropped: c.dropped.load(AtomicOrdering::Relaxed),
             requeued: c.requeued.load(AtomicOrdering::Relaxed),
             skipped_finished: c.skipped_finished.load(AtomicOrdering::Relaxed),
+            partitions_assigned: c.partitions_assigned.load(AtomicOrdering::Relaxed),
         };
         tracing::info!(?stats, "worker stopped");
         Ok(stats)
