@@ -122,7 +122,9 @@ impl Case {
             .env("STEADFAST_TEST_BOOTSTRAP", &self.bootstrap)
             .env("STEADFAST_TEST_TOPIC", &self.topic)
             .env("STEADFAST_TEST_GROUP", &self.group)
-            .env("STEADFAST_TEST_OUT", &self.out);
+            .env("STEADFAST_TEST_OUT", &self.out)
+            // The child's own test-harness lines would read as extra test results.
+            .stdout(std::process::Stdio::null());
         if no_sleep {
             cmd.env("STEADFAST_TEST_NO_SLEEP", "1");
         }
