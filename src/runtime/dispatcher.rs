@@ -7,8 +7,9 @@
 //! worker carries the decisions out. Lanes are freed when empty, so memory follows the
 //! in-flight bound, not the number of distinct keys ever seen.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -49,6 +50,8 @@ pub(crate) struct Limits {
     pub(crate) max_per_key: usize,
     /// Park later messages of a key while one of its messages sits in a retry tier.
     pub(crate) strict: bool,
+    /// The longest a key stays parked without seeing its retry record resolve.
+    pub(crate) park_limit: Duration,
 }
 
 /// A message to hand to the policy stack.
@@ -102,8 +105,8 @@ pub(crate) struct Dispatcher {
     partitions: HashMap<TopicPartition, PartitionState>,
     lanes: HashMap<LaneKey, Lane>,
     ready: VecDeque<LaneKey>,
-    /// Main-topic lanes parked while one of their messages sits in a retry tier.
-    parked: HashSet<LaneKey>,
+    /// Main-topic lanes parked while one of their messages sits in a retry tier, with when.
+    parked: HashMap<LaneKey, Instant>,
     running: usize,
     in_flight: usize,
     globally_paused: bool,
@@ -122,11 +125,12 @@ impl Dispatcher {
                 max_in_flight: limits.max_in_flight.max(limits.concurrency.max(1)),
                 max_per_key: limits.max_per_key.max(1),
                 strict: limits.strict,
+                park_limit: limits.park_limit,
             },
             partitions: HashMap::new(),
             lanes: HashMap::new(),
             ready: VecDeque::new(),
-            parked: HashSet::new(),
+            parked: HashMap::new(),
             running: 0,
             in_flight: 0,
             globally_paused: false,
@@ -175,7 +179,7 @@ impl Dispatcher {
             lane.running
         });
         self.parked
-            .retain(|key| lane_partition(key) != (&tp.0, tp.1));
+            .retain(|key, _| lane_partition(key) != (&tp.0, tp.1));
         self.in_flight -= dropped;
         self.partitions.get(tp).map_or(0, |p| p.running)
     }
@@ -261,7 +265,7 @@ impl Dispatcher {
     }
 
     fn mark_ready(&mut self, key: &LaneKey) {
-        if self.parked.contains(key) {
+        if self.parked.contains_key(key) {
             return;
         }
         if let Some(lane) = self.lanes.get_mut(key) {
@@ -283,7 +287,7 @@ impl Dispatcher {
                 continue;
             };
             lane.in_ready = false;
-            if lane.running || self.parked.contains(&key) {
+            if lane.running || self.parked.contains_key(&key) {
                 continue;
             }
             let Some(envelope) = lane.queue.pop_front() else {
@@ -344,7 +348,7 @@ impl Dispatcher {
                 }
                 _ => false,
             };
-            if lane_done && !self.parked.contains(job_lane) {
+            if lane_done && !self.parked.contains_key(job_lane) {
                 self.lanes.remove(job_lane);
             } else {
                 self.mark_ready(job_lane);
@@ -356,10 +360,20 @@ impl Dispatcher {
     /// Parks a main-topic lane whose message left for a retry tier; unparks it when the
     /// message's retry resolves (handled, dropped or dead-lettered).
     fn update_parking(&mut self, envelope: &Envelope, outcome: &Outcome) {
+        let routed_to_tier = matches!(
+            outcome,
+            Outcome::Routed {
+                target: RouteTarget::RetryTier(_),
+                ..
+            }
+        );
+        let in_tier = headers::retry_tier(&envelope.headers) > 0;
+        if !(routed_to_tier || (in_tier && outcome.is_finished())) {
+            return;
+        }
         let Some(key) = envelope.key.clone() else {
             return;
         };
-        let in_tier = headers::retry_tier(&envelope.headers) > 0;
         let origin_topic: Arc<str> = Arc::from(headers::original_topic(envelope));
         let origin_partition = headers::original_partition(envelope);
         let origin = LaneKey::Keyed(origin_topic, origin_partition, key);
@@ -371,21 +385,51 @@ impl Dispatcher {
                 target: RouteTarget::RetryTier(_),
                 ..
             } if origin_assigned => {
-                self.parked.insert(origin);
+                self.parked.entry(origin).or_insert_with(Instant::now);
             }
-            _ if in_tier && outcome.is_finished() && self.parked.remove(&origin) => {
-                let idle = self
-                    .lanes
-                    .get(&origin)
-                    .is_some_and(|l| l.queue.is_empty() && !l.running);
-                if idle {
-                    self.lanes.remove(&origin);
-                } else {
-                    self.mark_ready(&origin);
-                }
+            _ if in_tier && outcome.is_finished() && self.parked.remove(&origin).is_some() => {
+                self.unparked(&origin);
             }
             _ => {}
         }
+    }
+
+    /// A lane that was parked runs again (or is freed when it holds nothing).
+    fn unparked(&mut self, key: &LaneKey) {
+        let idle = self
+            .lanes
+            .get(key)
+            .is_some_and(|l| l.queue.is_empty() && !l.running);
+        if idle {
+            self.lanes.remove(key);
+        } else {
+            self.mark_ready(key);
+        }
+    }
+
+    /// Unparks lanes parked longer than the park limit (their retry record was never seen
+    /// resolving here, e.g. another worker consumes that tier partition) and starts them.
+    pub(crate) fn expire_parked(&mut self, now: Instant) -> Vec<Job> {
+        let limit = self.limits.park_limit;
+        let expired: Vec<LaneKey> = self
+            .parked
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= limit)
+            .map(|(key, _)| key.clone())
+            .collect();
+        if expired.is_empty() {
+            return Vec::new();
+        }
+        tracing::warn!(
+            lanes = expired.len(),
+            ?limit,
+            "keys parked for a retry tier longer than the park limit run again: their retry record was not seen resolving on this worker"
+        );
+        for key in &expired {
+            self.parked.remove(key);
+            self.unparked(key);
+        }
+        self.fill()
     }
 
     /// Stops starting new jobs (shutdown); running ones finish.
@@ -502,6 +546,7 @@ mod tests {
             max_in_flight,
             max_per_key,
             strict: true,
+            park_limit: Duration::from_secs(60),
         }
     }
 
@@ -639,6 +684,79 @@ mod tests {
             d.take_commits(),
             Vec::new(),
             "the old epoch's completion is not counted"
+        );
+    }
+}
+
+#[cfg(test)]
+mod parking_tests {
+    use super::*;
+    use crate::policy::headers;
+
+    #[test]
+    fn a_key_parked_for_a_tier_runs_again_when_its_retry_resolves_or_the_park_limit_passes() {
+        let mut d = Dispatcher::new(Limits {
+            concurrency: 4,
+            max_in_flight: 100,
+            max_per_key: 10,
+            strict: true,
+            park_limit: Duration::from_secs(60),
+        });
+        let tp: TopicPartition = (Arc::from("t"), 0);
+        d.assign(tp.clone(), FinishedAbove::default());
+        let a = Envelope::new("t", b"K".to_vec(), Vec::new()).with_offset(0);
+        let b = Envelope::new("t", b"K".to_vec(), Vec::new()).with_offset(1);
+        let (_, jobs) = d.accept(a, None, 0);
+        d.accept(b, None, 0);
+        let routed = Outcome::Routed {
+            target: RouteTarget::RetryTier(1),
+            error_class: "transient",
+        };
+        let job = &jobs[0];
+        assert!(
+            d.complete(&job.lane, job.epoch, &job.envelope, &routed)
+                .is_empty(),
+            "B waits while A sits in the tier"
+        );
+        assert!(
+            d.expire_parked(Instant::now()).is_empty(),
+            "not before the park limit"
+        );
+        let later = d.expire_parked(Instant::now() + Duration::from_secs(61));
+        assert_eq!(
+            later.iter().map(|j| j.envelope.offset).collect::<Vec<_>>(),
+            vec![1]
+        );
+
+        // The regular path: A's retry record resolves on this worker and B runs.
+        let mut d2 = Dispatcher::new(d.limits);
+        d2.assign(tp.clone(), FinishedAbove::default());
+        d2.assign((Arc::from("t.retry.1"), 0), FinishedAbove::default());
+        let (_, jobs) = d2.accept(
+            Envelope::new("t", b"K".to_vec(), Vec::new()).with_offset(0),
+            None,
+            0,
+        );
+        d2.accept(
+            Envelope::new("t", b"K".to_vec(), Vec::new()).with_offset(1),
+            None,
+            0,
+        );
+        d2.complete(&jobs[0].lane, jobs[0].epoch, &jobs[0].envelope, &routed);
+        let mut retry = Envelope::new("t.retry.1", b"K".to_vec(), Vec::new());
+        retry.headers.set(headers::RETRY_TIER, "1");
+        retry.headers.set(headers::ORIGINAL_TOPIC, "t");
+        retry.headers.set(headers::ORIGINAL_PARTITION, "0");
+        let (_, rjobs) = d2.accept(retry, None, 0);
+        let next = d2.complete(
+            &rjobs[0].lane,
+            rjobs[0].epoch,
+            &rjobs[0].envelope,
+            &Outcome::Ack { attempt: 2 },
+        );
+        assert_eq!(
+            next.iter().map(|j| j.envelope.offset).collect::<Vec<_>>(),
+            vec![1]
         );
     }
 }

@@ -153,6 +153,7 @@ impl<H: Handler> Worker<H> {
                 .unwrap_or(self.config.concurrency.saturating_mul(4)),
             max_per_key: self.config.max_per_key,
             strict: self.config.ordering == Ordering::Strict,
+            park_limit: park_limit(&self.config),
         };
         let shared = Arc::new(Shared {
             dispatcher: Mutex::new(Dispatcher::new(limits)),
@@ -219,6 +220,24 @@ impl<H: Handler> Worker<H> {
         tracing::info!(?stats, "worker stopped");
         Ok(stats)
     }
+}
+
+/// How long a key may stay parked for a retry tier: twice every tier's delay plus the longest
+/// in-place retrying of every tier, and five minutes of slack.
+fn park_limit(config: &WorkerConfig) -> Duration {
+    let tiers: u64 = config.retry_tiers_ms.iter().sum();
+    let per_delivery = u64::from(config.retry.attempts).saturating_mul(
+        config
+            .handler_timeout_ms
+            .saturating_add(config.retry.max_delay_ms),
+    );
+    let deliveries = config.retry_tiers_ms.len() as u64 + 1;
+    Duration::from_millis(
+        tiers
+            .saturating_mul(2)
+            .saturating_add(per_delivery.saturating_mul(deliveries))
+            .saturating_add(300_000),
+    )
 }
 
 /// The fixed policy stack for `handler`.
@@ -314,7 +333,11 @@ async fn consume(
             biased;
             _ = shutdown.cancelled() => return,
             _ = shared.wake.notified() => apply_control(consumer, shared),
-            _ = commit_tick.tick() => commit(consumer, shared, CommitMode::Async, false),
+            _ = commit_tick.tick() => {
+                commit(consumer, shared, CommitMode::Async, false);
+                let jobs = shared.dispatcher.lock().expire_parked(Instant::now());
+                shared.start(jobs);
+            }
             received = consumer.recv() => match received {
                 Ok(message) => {
                     let envelope = envelope_of(&message, &mut topics);
