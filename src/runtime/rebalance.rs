@@ -49,6 +49,19 @@ pub(crate) fn commit_list(commits: &[(TopicPartition, i64, String)]) -> TopicPar
 impl WorkerContext {
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let tps = partitions_of(tpl);
+        if self
+            .shared
+            .closing
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // Shutdown drained and committed already; just forget the partitions.
+            let mut d = self.shared.dispatcher.lock();
+            for tp in &tps {
+                d.begin_revoke(tp);
+                d.finish_revoke(tp);
+            }
+            return;
+        }
         let lost = consumer.assignment_lost();
         let deadline = Instant::now() + self.drain_timeout;
         let drain = || {

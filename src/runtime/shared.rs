@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     pub(crate) stack: BoxedStack,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) counters: Counters,
+    /// Set once the final commit is done and the consumer is closing: the revoke that closing
+    /// triggers must not commit again (a synchronous commit while closing can wait forever).
+    pub(crate) closing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {

@@ -162,6 +162,7 @@ impl<H: Handler> Worker<H> {
             stack,
             runtime,
             counters: Counters::default(),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         let context = WorkerContext {
             shared: shared.clone(),
@@ -205,6 +206,7 @@ impl<H: Handler> Worker<H> {
         )
         .await;
         commit(&consumer, &shared, CommitMode::Sync, true);
+        shared.closing.store(true, AtomicOrdering::SeqCst);
         consumer.unsubscribe();
         drop(consumer);
         let c = &shared.counters;
