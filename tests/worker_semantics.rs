@@ -461,7 +461,7 @@ async fn a_worker_joining_and_leaving_mid_stream_never_runs_a_key_twice_at_once(
     let bootstrap = server.bootstrap_servers();
     let topic = steadfast_testkit::unique_topic("rebalance");
     create_topic(&bootstrap, &topic, 4).await;
-    let events: Vec<(Vec<u8>, Vec<u8>)> = (0..4_000u64)
+    let events: Vec<(Vec<u8>, Vec<u8>)> = (0..6_000u64)
         .map(|i| {
             let e = Event {
                 sleep_ms: 2,
@@ -509,12 +509,12 @@ async fn a_worker_joining_and_leaving_mid_stream_never_runs_a_key_twice_at_once(
                 .filter(|c| c.ok)
                 .map(|c| (c.key.as_str(), c.seq))
                 .collect();
-            done.len() >= 4_000
+            done.len() >= 6_000
         })
         .await;
     let first_stats = stop(first, first_run).await;
     let calls = recorder.successes();
-    let duplicates = calls.len() - 4_000;
+    let duplicates = calls.len() - 6_000;
     println!(
         "first worker handled {}, second {}; handled twice (in flight at a revoke): {duplicates}",
         first_stats.handled, second_stats.handled

@@ -173,9 +173,18 @@ impl<H: Handler> Worker<H> {
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
+        // librdkafka prefetches up to 100,000 records per partition by default; rebalance
+        // events queue behind them, so a large prefetch delays a revoke by as long as the
+        // handlers need to work through it. Keep it near the in-flight bound.
+        let prefetch = limits
+            .max_in_flight
+            .saturating_mul(2)
+            .max(1_000)
+            .to_string();
         for (key, default) in [
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("auto.offset.reset", "earliest"),
+            ("queued.min.messages", prefetch.as_str()),
         ] {
             if !self.config.kafka.contains_key(key) {
                 consumer_config.set(key, default);
