@@ -48,6 +48,14 @@ impl Handler for FileRecorder {
     }
 }
 
+/// The worker needs tokio's multi-thread runtime; tests here build their own (parent and child).
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+}
+
 /// The child: a worker on the topic and group given in the environment.
 fn run_child() {
     let var =
@@ -67,10 +75,7 @@ fn run_child() {
             .with_writer(std::io::stderr)
             .init();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = multi_thread_runtime();
     runtime.block_on(async {
         Worker::builder()
             .brokers(var("STEADFAST_TEST_BOOTSTRAP"))
@@ -167,10 +172,7 @@ fn after_a_sigkill_only_unfinished_messages_are_handled_again() {
     if std::env::var(CHILD).is_ok() {
         return run_child();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = multi_thread_runtime();
     runtime.block_on(async {
         let case = Case::new("sigkill").await;
         let mut events = vec![Event {
@@ -248,10 +250,7 @@ fn a_sigterm_mid_stream_then_a_restart_handles_every_message_once() {
     if std::env::var(CHILD).is_ok() {
         return run_child();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = multi_thread_runtime();
     runtime.block_on(async {
         let case = Case::new("sigterm").await;
         let events: Vec<Event> = (0..5_000)
