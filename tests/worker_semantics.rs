@@ -426,9 +426,19 @@ async fn a_partition_paused_for_a_tier_then_revoked_and_reassigned_is_consumed_a
         .create()
         .expect("consumer");
     rdkafka::consumer::Consumer::subscribe(&other, &[other_topic.as_str()]).expect("subscribe");
-    let poll_until = std::time::Instant::now() + Duration::from_secs(2);
-    while std::time::Instant::now() < poll_until {
+    // Poll the new member until the group has given it its own partition: the rebalance
+    // (and with it the worker's revoke and reassignment) has happened.
+    let joined_by = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
         let _ = other.poll(Duration::from_millis(100));
+        let assigned = rdkafka::consumer::Consumer::assignment(&other).map_or(0, |a| a.count());
+        if assigned > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < joined_by,
+            "the second member never got its partition"
+        );
     }
     recorder
         .wait_for(
