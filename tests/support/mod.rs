@@ -7,9 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -183,26 +180,11 @@ impl Handler for Recorder {
     }
 }
 
-pub fn client(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap);
-    c
-}
+pub use steadfast_testkit::{client_config as client, create_topic as create_topic_with};
 
-/// Creates `topic` with `partitions` partitions.
+/// Creates `topic` with `partitions` partitions and no config overrides.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        client(bootstrap).create().expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("create topics");
-    for r in results {
-        r.expect("topic created");
-    }
+    create_topic_with(bootstrap, topic, partitions, &[]).await;
 }
 
 /// Produces raw records (key, payload) to partition 0 of `topic`, in order.
@@ -335,11 +317,7 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str) -> (Option<i64>, Str
 
 /// The end offset of partition 0 of `topic`.
 pub fn log_end(bootstrap: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer = client(bootstrap).create().expect("consumer");
-    consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .expect("watermarks")
-        .1
+    steadfast_testkit::watermarks(bootstrap, topic, 0).1
 }
 
 /// Polls `check` until it holds or panics after `limit`.
