@@ -48,6 +48,7 @@ pub mod handler;
 pub mod message;
 pub mod policy;
 pub mod runtime;
+pub mod store;
 pub mod testing;
 
 pub use config::{Ordering, WorkerConfig};

@@ -141,6 +141,7 @@ impl<H: Handler> TestWorker<H> {
                 headers: copy.headers,
                 timestamp_ms: None,
                 attempt: 1,
+                guard: crate::message::Guard::default(),
             };
             envelope.attempt = crate::policy::headers::attempts_before(&envelope.headers) + 1;
             outcomes.push(self.handle_envelope(envelope).await);

@@ -44,5 +44,6 @@ pub(crate) fn envelope_of(message: &BorrowedMessage<'_>, topics: &mut TopicNames
         headers: h,
         timestamp_ms: message.timestamp().to_millis(),
         attempt,
+        guard: crate::message::Guard::default(),
     }
 }

@@ -17,6 +17,11 @@ pub enum HandlerError {
     /// A failure that will not pass by retrying (a validation error): dead-letter at once.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// A dependency is unreachable (its connection broke, a commit failed on a lost
+    /// connection): retried with backoff until it answers, without spending an attempt and
+    /// never dead-lettered.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl HandlerError {
@@ -32,18 +37,44 @@ impl HandlerError {
     pub fn retry_after(delay: Duration, error: impl std::fmt::Display) -> Self {
         HandlerError::RetryAfter(delay, error.to_string())
     }
+    /// A dependency that cannot be reached, with this message.
+    pub fn unavailable(error: impl std::fmt::Display) -> Self {
+        HandlerError::Unavailable(error.to_string())
+    }
     /// The error class written to dead-letter headers and metrics.
     pub fn class(&self) -> &'static str {
         match self {
             HandlerError::Transient(_) | HandlerError::RetryAfter(..) => "transient",
             HandlerError::Permanent(_) => "permanent",
+            HandlerError::Unavailable(_) => "unavailable",
         }
     }
     /// The error message without its class.
     pub fn message(&self) -> &str {
         match self {
-            HandlerError::Transient(m) | HandlerError::Permanent(m) => m,
+            HandlerError::Transient(m)
+            | HandlerError::Permanent(m)
+            | HandlerError::Unavailable(m) => m,
             HandlerError::RetryAfter(_, m) => m,
         }
+    }
+}
+
+impl From<crate::store::StoreError> for HandlerError {
+    /// An unreachable store is [`HandlerError::Unavailable`]; a refused call is transient.
+    fn from(e: crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            HandlerError::Unavailable(e.to_string())
+        } else {
+            HandlerError::Transient(e.to_string())
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for HandlerError {
+    /// A lost or refused connection is [`HandlerError::Unavailable`]; any other database
+    /// error (a constraint, a serialization failure) is transient.
+    fn from(e: tokio_postgres::Error) -> Self {
+        crate::store::postgres::classify(&e).into()
     }
 }

@@ -51,6 +51,7 @@ fn failure(class: &'static str, message: String, permanent: bool, attempt: u32) 
         retry_after: None,
         first_failed_ms: now_ms(),
         attempt,
+        unavailable: false,
     })
 }
 
@@ -92,6 +93,7 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
                         retry_after,
                         first_failed_ms: now_ms(),
                         attempt,
+                        unavailable: matches!(e, HandlerError::Unavailable(_)),
                     })
                 }
                 Err(panic) => {

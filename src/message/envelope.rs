@@ -83,6 +83,8 @@ pub struct Envelope {
     /// The attempt this handler call is (1-based, in-place retries and retry tiers counted);
     /// set by the runtime from the attempts header.
     pub attempt: u32,
+    /// What the protective policies learned on the way in (empty when none is configured).
+    pub guard: super::Guard,
 }
 
 impl Envelope {
@@ -97,6 +99,7 @@ impl Envelope {
             headers: Headers::new(),
             timestamp_ms: None,
             attempt: 1,
+            guard: super::Guard::default(),
         }
     }
     /// The same record at `offset`.

@@ -4,10 +4,12 @@
 
 mod codec;
 mod envelope;
+mod guard;
 mod outcome;
 
 pub use self::codec::{Codec, DecodeError, EncodeError, Json, RawBytes};
 pub use self::envelope::{Envelope, Headers};
+pub use self::guard::{Facts, Guard, HandlerNotes, LeaseState};
 pub use self::outcome::{DropReason, Failure, Outcome, RouteTarget};
 
 /// A message type bound to its topic, key, optional version and optional id.

@@ -5,7 +5,7 @@ use std::time::Duration;
 /// Why a handler call failed, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// `transient`, `permanent`, `decode`, `panic` or `timeout`.
+    /// `transient`, `permanent`, `unavailable`, `decode`, `panic` or `timeout`.
     pub class: &'static str,
     /// The error message.
     pub message: String,
@@ -17,6 +17,9 @@ pub struct Failure {
     pub first_failed_ms: i64,
     /// The attempt that failed (1-based, all tiers counted).
     pub attempt: u32,
+    /// Whether a store or a dependency was unreachable: retried with backoff without
+    /// spending an attempt, never routed.
+    pub unavailable: bool,
 }
 
 /// Why a message was dropped without running the handler.

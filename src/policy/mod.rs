@@ -1,12 +1,21 @@
 //! The policy stack every message goes through, as tower layers in a fixed order (outermost
-//! first): trace → route (retry tiers, dead-letter topic) → retry in place → timeout → handler.
+//! first): trace → route (retry tiers, dead-letter topic) → facts → stale drop → breaker →
+//! rate limit → key lock → dedup → retry in place → timeout → handler. The protective layers
+//! (facts to dedup) are present only when configured.
 //! Every layer is a `Service<Envelope, Response = Outcome, Error = Infallible>`: a failure is
 //! a value ([`Outcome::Failed`]), never an error that escapes.
 
+mod breaker;
+mod dedup;
+mod facts;
 pub mod headers;
+mod lock;
+mod outage;
+mod ratelimit;
 mod retry;
 mod route;
 mod sink;
+mod stale;
 mod timeout;
 mod trace;
 
@@ -14,9 +23,17 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use self::breaker::{
+    Breaker, BreakerLayer, BreakerPhase, BreakerService, BreakerSettings, BreakerState, Permit,
+};
+pub use self::dedup::{DedupLayer, DedupService};
+pub use self::facts::{describe, Describe, FactsLayer, FactsService};
+pub use self::lock::{KeyLockLayer, KeyLockService};
+pub use self::ratelimit::{RateLimitLayer, RateLimitService};
 pub use self::retry::{Retry, RetryLayer, RetryService};
 pub use self::route::{RetryTiers, RouteLayer, RouteService};
 pub use self::sink::{MemorySink, OutgoingRecord, Sink, SinkError};
+pub use self::stale::{stale_topic, StaleLayer, StaleService};
 pub use self::timeout::{TimeoutLayer, TimeoutService};
 pub use self::trace::{TraceLayer, TraceService};
 

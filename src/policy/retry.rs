@@ -106,12 +106,23 @@ where
         let shutdown = self.shutdown.clone();
         Box::pin(async move {
             let mut delays = policy.delays();
+            let mut outage = super::outage::outage_backoff();
             let mut first_failed_ms = None;
             loop {
                 let outcome = inner.call(envelope.clone()).await?;
                 let Outcome::Failed(mut failure) = outcome else {
                     return Ok(outcome);
                 };
+                if failure.unavailable {
+                    // A dependency outage: wait it out without spending an attempt.
+                    let delay = outage.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(attempt = envelope.attempt, ?delay, error = %failure.message, "dependency unavailable; trying again without spending an attempt");
+                    if !super::outage::pause(delay, &shutdown).await {
+                        return Ok(Outcome::Requeue);
+                    }
+                    continue;
+                }
+                outage = super::outage::outage_backoff();
                 let first = *first_failed_ms.get_or_insert(failure.first_failed_ms);
                 failure.first_failed_ms = first;
                 if failure.permanent {

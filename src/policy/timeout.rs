@@ -65,6 +65,7 @@ where
                     permanent: false,
                     retry_after: None,
                     first_failed_ms: now_ms(),
+                    unavailable: false,
                     attempt,
                 })),
             }

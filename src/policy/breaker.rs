@@ -1,0 +1,357 @@
+//! A circuit breaker around the handler: when the failure rate over a sliding window passes a
+//! threshold (with a minimum number of calls), the breaker opens. While it is open the
+//! handler is not called: messages wait (in flight, never dead-lettered, never committed
+//! past) and the worker pauses its partitions while it keeps polling. After the open period
+//! a few probe calls go through (half-open); if they succeed the breaker closes, otherwise it
+//! opens again. A message whose failure opened the breaker is not routed: it waits with the
+//! others and is tried again, without spending an attempt.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
+
+use super::OutcomeFuture;
+use crate::message::{Envelope, Outcome};
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerSettings {
+    /// The failure rate (0 to 1) at or above which the breaker opens.
+    pub failure_rate: f64,
+    /// The sliding window the rate is measured over.
+    pub window: Duration,
+    /// Calls the window must hold before the rate counts.
+    pub min_calls: u32,
+    /// How long the breaker stays open before probing.
+    pub open_for: Duration,
+    /// Probe calls in the half-open state; all must succeed to close.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerSettings {
+    /// Opens at 50 % failures over 10 s with at least 20 calls; probes after 5 s with 3 calls.
+    fn default() -> Self {
+        BreakerSettings {
+            failure_rate: 0.5,
+            window: Duration::from_secs(10),
+            min_calls: 20,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 3,
+        }
+    }
+}
+
+/// Where a breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerPhase {
+    /// Calls go through; failures are counted.
+    Closed,
+    /// Calls wait.
+    Open,
+    /// A few probe calls go through.
+    HalfOpen,
+}
+
+/// Whether a call may go through now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Call now.
+    Go,
+    /// Ask again at this instant.
+    WaitUntil(Instant),
+}
+
+/// The breaker's state machine, without clocks of its own (the caller passes `now`).
+#[derive(Debug)]
+pub struct BreakerState {
+    settings: BreakerSettings,
+    phase: BreakerPhase,
+    opened_at: Instant,
+    calls: VecDeque<(Instant, bool)>,
+    probes_started: u32,
+    probes_succeeded: u32,
+}
+
+impl BreakerState {
+    /// A closed breaker.
+    pub fn new(settings: BreakerSettings, now: Instant) -> Self {
+        BreakerState {
+            settings,
+            phase: BreakerPhase::Closed,
+            opened_at: now,
+            calls: VecDeque::new(),
+            probes_started: 0,
+            probes_succeeded: 0,
+        }
+    }
+    /// The current phase (an open breaker whose period passed reports half-open).
+    pub fn phase(&self) -> BreakerPhase {
+        self.phase
+    }
+    /// Asks to call.
+    pub fn permit(&mut self, now: Instant) -> Permit {
+        if self.phase == BreakerPhase::Open {
+            let reopen = self.opened_at + self.settings.open_for;
+            if now < reopen {
+                return Permit::WaitUntil(reopen);
+            }
+            self.phase = BreakerPhase::HalfOpen;
+            self.probes_started = 0;
+            self.probes_succeeded = 0;
+        }
+        if self.phase == BreakerPhase::HalfOpen {
+            if self.probes_started >= self.settings.half_open_probes.max(1) {
+                return Permit::WaitUntil(now + Duration::from_millis(50));
+            }
+            self.probes_started += 1;
+        }
+        Permit::Go
+    }
+    /// Records a call's result.
+    pub fn record(&mut self, now: Instant, success: bool) {
+        match self.phase {
+            BreakerPhase::Open => {}
+            BreakerPhase::HalfOpen => {
+                if !success {
+                    self.open(now);
+                } else {
+                    self.probes_succeeded += 1;
+                    if self.probes_succeeded >= self.settings.half_open_probes.max(1) {
+                        self.phase = BreakerPhase::Closed;
+                        self.calls.clear();
+                    }
+                }
+            }
+            BreakerPhase::Closed => {
+                self.calls.push_back((now, success));
+                while let Some((at, _)) = self.calls.front() {
+                    if now.duration_since(*at) > self.settings.window {
+                        self.calls.pop_front();
+                    } else {
+                        break;
+                    }
+                }
+                let total = self.calls.len();
+                let failed = self.calls.iter().filter(|(_, ok)| !ok).count();
+                if total >= self.settings.min_calls as usize
+                    && failed as f64 >= self.settings.failure_rate * total as f64
+                {
+                    self.open(now);
+                }
+            }
+        }
+    }
+    fn open(&mut self, now: Instant) {
+        self.phase = BreakerPhase::Open;
+        self.opened_at = now;
+        self.calls.clear();
+    }
+}
+
+/// A breaker shared by every clone of its layer; the worker watches its phase to pause and
+/// resume partitions.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    state: Arc<Mutex<BreakerState>>,
+    phase: Arc<watch::Sender<BreakerPhase>>,
+    name: Arc<str>,
+}
+
+impl Breaker {
+    /// A closed breaker named `name` (in logs).
+    pub fn new(name: &str, settings: BreakerSettings) -> Self {
+        Breaker {
+            state: Arc::new(Mutex::new(BreakerState::new(settings, Instant::now()))),
+            phase: Arc::new(watch::channel(BreakerPhase::Closed).0),
+            name: Arc::from(name),
+        }
+    }
+    /// Follows the breaker's phase.
+    pub fn watch(&self) -> watch::Receiver<BreakerPhase> {
+        self.phase.subscribe()
+    }
+    fn permit(&self) -> Permit {
+        let mut state = self.state.lock();
+        let permit = state.permit(Instant::now());
+        self.publish(state.phase());
+        permit
+    }
+    fn record(&self, success: bool) -> BreakerPhase {
+        let mut state = self.state.lock();
+        let before = state.phase();
+        state.record(Instant::now(), success);
+        let after = state.phase();
+        if before != after {
+            tracing::warn!(breaker = %self.name, from = ?before, to = ?after, "circuit breaker changed phase");
+        }
+        self.publish(after);
+        after
+    }
+    fn publish(&self, phase: BreakerPhase) {
+        self.phase.send_if_modified(|p| {
+            let changed = *p != phase;
+            *p = phase;
+            changed
+        });
+    }
+}
+
+/// Puts a [`Breaker`] around the inner services.
+#[derive(Debug, Clone)]
+pub struct BreakerLayer {
+    breaker: Breaker,
+    shutdown: CancellationToken,
+}
+
+impl BreakerLayer {
+    /// Guards the inner services with `breaker`; a shutdown while waiting requeues.
+    pub fn new(breaker: Breaker, shutdown: CancellationToken) -> Self {
+        BreakerLayer { breaker, shutdown }
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = BreakerService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        BreakerService {
+            inner,
+            breaker: self.breaker.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// See [`BreakerLayer`].
+#[derive(Debug, Clone)]
+pub struct BreakerService<S> {
+    inner: S,
+    breaker: Breaker,
+    shutdown: CancellationToken,
+}
+
+impl<S> Service<Envelope> for BreakerService<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = OutcomeFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let breaker = self.breaker.clone();
+        let shutdown = self.shutdown.clone();
+        Box::pin(async move {
+            loop {
+                while let Permit::WaitUntil(at) = breaker.permit() {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = shutdown.cancelled() => return Ok(Outcome::Requeue),
+                    }
+                }
+                let outcome = inner.call(envelope.clone()).await?;
+                let failed = matches!(&outcome, Outcome::Failed(f) if !f.permanent);
+                if matches!(outcome, Outcome::Requeue) {
+                    return Ok(outcome);
+                }
+                let phase = breaker.record(!failed);
+                if failed && phase == BreakerPhase::Open {
+                    // The dependency is down: wait with the others instead of routing.
+                    continue;
+                }
+                return Ok(outcome);
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            failure_rate: 0.5,
+            window: Duration::from_secs(10),
+            min_calls: 4,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 2,
+        }
+    }
+
+    #[test]
+    fn opens_at_the_failure_rate_only_after_the_minimum_calls() {
+        let t0 = Instant::now();
+        let mut b = BreakerState::new(settings(), t0);
+        b.record(t0, false);
+        b.record(t0, false);
+        b.record(t0, false);
+        assert_eq!(
+            b.phase(),
+            BreakerPhase::Closed,
+            "3 calls are under the minimum"
+        );
+        b.record(t0, true);
+        assert_eq!(b.phase(), BreakerPhase::Open, "3 of 4 failed");
+        assert_eq!(b.permit(t0), Permit::WaitUntil(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn old_calls_leave_the_window() {
+        let t0 = Instant::now();
+        let mut b = BreakerState::new(settings(), t0);
+        for _ in 0..3 {
+            b.record(t0, false);
+        }
+        let later = t0 + Duration::from_secs(11);
+        b.record(later, true);
+        b.record(later, true);
+        b.record(later, true);
+        b.record(later, false);
+        assert_eq!(
+            b.phase(),
+            BreakerPhase::Closed,
+            "1 of 4 in the window failed"
+        );
+    }
+
+    #[test]
+    fn half_open_probes_close_on_success_and_reopen_on_failure() {
+        let t0 = Instant::now();
+        let mut b = BreakerState::new(settings(), t0);
+        for _ in 0..4 {
+            b.record(t0, false);
+        }
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(b.permit(t1), Permit::Go);
+        assert_eq!(b.phase(), BreakerPhase::HalfOpen);
+        assert_eq!(b.permit(t1), Permit::Go);
+        assert!(
+            matches!(b.permit(t1), Permit::WaitUntil(_)),
+            "only 2 probes at once"
+        );
+        b.record(t1, false);
+        assert_eq!(b.phase(), BreakerPhase::Open, "a failed probe reopens");
+
+        let t2 = t1 + Duration::from_secs(5);
+        assert_eq!(b.permit(t2), Permit::Go);
+        assert_eq!(b.permit(t2), Permit::Go);
+        b.record(t2, true);
+        assert_eq!(b.phase(), BreakerPhase::HalfOpen);
+        b.record(t2, true);
+        assert_eq!(b.phase(), BreakerPhase::Closed, "all probes succeeded");
+        assert_eq!(b.permit(t2), Permit::Go);
+    }
+}

@@ -1,0 +1,143 @@
+//! Deduplication by message id, two-phase: the id is reserved before the handler runs,
+//! completed after it succeeded and released when it failed; never marked before success.
+//! An id completed before drops the message as a duplicate; an id reserved by another
+//! running holder is waited for.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
+
+use super::facts::{facts_of, recorded_in_transaction};
+use super::outage::{pause, until_available};
+use super::OutcomeFuture;
+use crate::message::{DropReason, Envelope, Outcome};
+use crate::store::{DedupStore, Reservation};
+
+#[derive(Debug)]
+struct DedupConfig {
+    store: Arc<dyn DedupStore>,
+    /// How long a reservation lives if its holder crashes.
+    lease: Duration,
+    /// How long a completed id is remembered.
+    ttl: Duration,
+    /// This worker's name in reservations.
+    worker: String,
+    shutdown: CancellationToken,
+}
+
+/// Deduplicates messages by id.
+#[derive(Debug, Clone)]
+pub struct DedupLayer {
+    config: Arc<DedupConfig>,
+}
+
+impl DedupLayer {
+    /// Reserves ids in `store` for `lease`, remembers completed ones for `ttl`. `worker`
+    /// names this worker in reservations.
+    pub fn new(
+        store: Arc<dyn DedupStore>,
+        lease: Duration,
+        ttl: Duration,
+        worker: &str,
+        shutdown: CancellationToken,
+    ) -> Self {
+        DedupLayer {
+            config: Arc::new(DedupConfig {
+                store,
+                lease,
+                ttl,
+                worker: worker.to_owned(),
+                shutdown,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for DedupLayer {
+    type Service = DedupService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        DedupService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// See [`DedupLayer`].
+#[derive(Debug, Clone)]
+pub struct DedupService<S> {
+    inner: S,
+    config: Arc<DedupConfig>,
+}
+
+impl<S> Service<Envelope> for DedupService<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = OutcomeFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            let Some(id) = facts_of(&envelope).and_then(|f| f.id.clone()) else {
+                return inner.call(envelope).await;
+            };
+            let owner = format!(
+                "{}/{}/{}/{}",
+                config.worker, envelope.topic, envelope.partition, envelope.offset
+            );
+            let shutdown = &config.shutdown;
+            let mut wait = Duration::from_millis(10);
+            loop {
+                let Some(state) = until_available("dedup reserve", shutdown, || {
+                    config.store.reserve(&id, &owner, config.lease)
+                })
+                .await
+                else {
+                    return Ok(Outcome::Requeue);
+                };
+                match state {
+                    Reservation::Reserved => break,
+                    Reservation::Completed => {
+                        tracing::info!(id, offset = envelope.offset, "duplicate message dropped");
+                        return Ok(Outcome::Drop(DropReason::Duplicate));
+                    }
+                    Reservation::InProgress => {
+                        if !pause(wait, shutdown).await {
+                            return Ok(Outcome::Requeue);
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            let outcome = inner.call(envelope.clone()).await?;
+            if matches!(outcome, Outcome::Ack { .. }) && !recorded_in_transaction(&envelope) {
+                let done = until_available("dedup complete", shutdown, || {
+                    config.store.complete(&id, &owner, config.ttl)
+                })
+                .await;
+                if done.is_none() {
+                    tracing::warn!(
+                        id,
+                        "shutdown before the id was recorded; the message was handled"
+                    );
+                }
+            } else if let Err(e) = config.store.release(&id, &owner).await {
+                tracing::debug!(id, error = %e, "releasing a reservation failed; it expires with its lease");
+            }
+            Ok(outcome)
+        })
+    }
+}

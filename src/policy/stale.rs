@@ -1,0 +1,161 @@
+//! Stale-message dropping: a message whose version is not newer than the last applied version
+//! of its key is dropped before any lock or handler work, counted and logged, and optionally
+//! copied to `<topic>.stale`. After the handler succeeded, the key's version advances
+//! (compare-and-set), unless the handler's transaction already recorded it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
+
+use super::facts::{facts_of, recorded_in_transaction};
+use super::outage::until_available;
+use super::sink::{OutgoingRecord, Sink};
+use super::{headers, OutcomeFuture};
+use crate::message::{DropReason, Envelope, Outcome};
+use crate::store::VersionStore;
+
+#[derive(Debug)]
+struct StaleConfig {
+    versions: Arc<dyn VersionStore>,
+    /// Where dropped messages are copied (`<topic>.stale`), when enabled.
+    copy_to: Option<Arc<dyn Sink>>,
+    shutdown: CancellationToken,
+}
+
+/// Drops stale messages; see the module docs.
+#[derive(Debug, Clone)]
+pub struct StaleLayer {
+    config: Arc<StaleConfig>,
+}
+
+impl StaleLayer {
+    /// Checks and advances versions in `versions`; copies dropped messages with `copy_to`
+    /// when given. A shutdown while the store is unreachable requeues the message.
+    pub fn new(
+        versions: Arc<dyn VersionStore>,
+        copy_to: Option<Arc<dyn Sink>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        StaleLayer {
+            config: Arc::new(StaleConfig {
+                versions,
+                copy_to,
+                shutdown,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for StaleLayer {
+    type Service = StaleService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        StaleService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// See [`StaleLayer`].
+#[derive(Debug, Clone)]
+pub struct StaleService<S> {
+    inner: S,
+    config: Arc<StaleConfig>,
+}
+
+/// The topic stale copies of `topic`'s messages go to.
+pub fn stale_topic(topic: &str) -> String {
+    format!("{topic}.stale")
+}
+
+impl<S> Service<Envelope> for StaleService<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = OutcomeFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            let Some(facts) = facts_of(&envelope) else {
+                return inner.call(envelope).await;
+            };
+            let Some(version) = facts.version else {
+                return inner.call(envelope).await;
+            };
+            let key = facts.store_key.as_str();
+            let shutdown = &config.shutdown;
+            let Some(current) =
+                until_available("version get", shutdown, || config.versions.get(key)).await
+            else {
+                return Ok(Outcome::Requeue);
+            };
+            if let Some(current) = current.filter(|c| *c >= version) {
+                tracing::info!(
+                    key,
+                    version,
+                    current,
+                    offset = envelope.offset,
+                    "stale message dropped"
+                );
+                if let Some(sink) = &config.copy_to {
+                    if !copy(sink.as_ref(), &envelope, shutdown).await {
+                        return Ok(Outcome::Requeue);
+                    }
+                }
+                return Ok(Outcome::Drop(DropReason::Stale));
+            }
+            let outcome = inner.call(envelope.clone()).await?;
+            if matches!(outcome, Outcome::Ack { .. }) && !recorded_in_transaction(&envelope) {
+                let advanced = until_available("version advance", shutdown, || {
+                    config.versions.advance(key, version)
+                })
+                .await;
+                if advanced.is_none() {
+                    tracing::warn!(
+                        key,
+                        version,
+                        "shutdown before the version was recorded; the message was handled"
+                    );
+                }
+            }
+            Ok(outcome)
+        })
+    }
+}
+
+/// Publishes a copy of a stale message to `<original topic>.stale` until acknowledged;
+/// `false` when the worker shuts down first.
+async fn copy(sink: &dyn Sink, envelope: &Envelope, shutdown: &CancellationToken) -> bool {
+    let record = OutgoingRecord {
+        topic: stale_topic(headers::original_topic(envelope)),
+        partition: None,
+        key: envelope.key.clone(),
+        payload: envelope.payload.clone(),
+        headers: envelope.headers.clone(),
+    };
+    let mut delays = super::outage::outage_backoff();
+    loop {
+        match sink.send(record.clone()).await {
+            Ok(()) => return true,
+            Err(e) => {
+                let delay = delays.next().unwrap_or(std::time::Duration::from_secs(5));
+                tracing::warn!(error = %e, ?delay, "copying a stale message was not acknowledged; trying again");
+                if !super::outage::pause(delay, shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! In-process stores: for one worker process, tests and the quickstart. State lives and dies
+//! with the process, so they protect nothing across pods.
+
+mod dedup;
+mod lock;
+mod version;
+
+pub use self::dedup::MemoryDedupStore;
+pub use self::lock::MemoryLockStore;
+pub use self::version::MemoryVersionStore;

@@ -1,0 +1,173 @@
+//! The stores behind the protective policies, one small trait per concern, each with a
+//! memory, a Redis and a Postgres backend:
+//!
+//! - [`LockStore`]: a lease lock per key with a fencing token that strictly increases per key;
+//! - [`DedupStore`]: two-phase deduplication of message ids (reserve → complete / release);
+//! - [`VersionStore`]: the last applied version per key, advanced by compare-and-set.
+//!
+//! Every backend passes the same conformance suite (`tests/store_conformance.rs`). A store
+//! call that fails is an infrastructure failure ([`StoreError`]): the policies back off and
+//! try again, never dead-letter the message and never spend one of its attempts.
+//!
+//! ## What the fencing token protects, and what it cannot
+//!
+//! A lease can run out while its holder still works (a long GC-like pause, a stalled network):
+//! another worker then takes the lock and both believe they hold it. The token tells them
+//! apart: every grant of a key's lock gets a larger token than every earlier grant. A
+//! downstream that remembers the largest token it has accepted per key (the transactional
+//! store does this inside the handler's Postgres transaction, [`LockStore::fence`] does it in
+//! the store) refuses the late writer's smaller token. It cannot protect a downstream that
+//! does not check the token: there the lock only narrows the window.
+//!
+//! Tokens must keep growing after a store loses its memory. The Redis backend seeds every
+//! grant from the Redis server's clock in microseconds (`max(last + 1, now_us)`), so a Redis
+//! without persistence that restarts and forgets its counters still hands out larger tokens
+//! than before, as long as its clock did not step back and no key was granted more than a
+//! million times a second. The Postgres backend keeps its counters in a table and needs no
+//! such seed; the memory backend lives and dies with the process.
+
+pub mod memory;
+pub mod postgres;
+pub mod redis;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// A store call that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or dropped the connection: retry with backoff.
+    #[error("{backend} unavailable: {message}")]
+    Unavailable {
+        /// `redis` or `postgres`.
+        backend: &'static str,
+        /// What the client reported.
+        message: String,
+    },
+    /// The store answered with an error (a script or a statement failed).
+    #[error("{backend} refused the call: {message}")]
+    Failed {
+        /// `redis` or `postgres`.
+        backend: &'static str,
+        /// What the store reported.
+        message: String,
+    },
+    /// A store URL that cannot be used.
+    #[error("store URL `{url}`: {reason}")]
+    Url {
+        /// The URL as given (without its password).
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Applying the schema migrations failed.
+    #[error("migration {version}: {message}")]
+    Migration {
+        /// The migration's version.
+        version: u32,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the store was unreachable (rather than refusing the call).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// A lease lock per key with a fencing token.
+///
+/// Tokens strictly increase per key across every grant, also across store restarts (see the
+/// module docs). A lease not renewed within its time-to-live expires, and the key may be
+/// granted to someone else with a larger token.
+#[async_trait]
+pub trait LockStore: Send + Sync + fmt::Debug {
+    /// Takes the lock of `key` for `ttl` if nobody holds it: `Some(token)` when granted,
+    /// `None` when another holder's lease is still running.
+    async fn acquire(&self, key: &str, ttl: Duration) -> Result<Option<u64>, StoreError>;
+    /// Extends the lease of the grant `token` to `ttl` from now; `false` when the lease has
+    /// already expired or the key was granted to someone else.
+    async fn renew(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError>;
+    /// Gives up the grant `token`; releasing a lease already lost is not an error.
+    async fn release(&self, key: &str, token: u64) -> Result<(), StoreError>;
+    /// The fencing check of a write made under `token`: accepted (and remembered) when no
+    /// larger token of `key` was accepted before, refused otherwise.
+    async fn fence(&self, key: &str, token: u64) -> Result<bool, StoreError>;
+}
+
+/// The state of a message id when a worker asks to handle it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The id is reserved for the caller: handle the message, then complete or release.
+    Reserved,
+    /// Another worker holds a running reservation: wait and ask again.
+    InProgress,
+    /// The id was handled successfully before: drop the message as a duplicate.
+    Completed,
+}
+
+/// Two-phase deduplication of message ids: `reserve` before the handler, `complete` after it
+/// succeeded, `release` when it failed. An id is never marked before its handler succeeded;
+/// a reservation whose holder crashed expires after its lease.
+#[async_trait]
+pub trait DedupStore: Send + Sync + fmt::Debug {
+    /// Reserves `id` for `owner` for `lease`, unless it is completed or reserved by a
+    /// running holder.
+    async fn reserve(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Reservation, StoreError>;
+    /// Marks `id` as handled, remembered for `ttl`.
+    async fn complete(&self, id: &str, owner: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Drops `owner`'s reservation of `id` (the handler failed); a completed id stays
+    /// completed and another owner's reservation stays.
+    async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError>;
+}
+
+/// The last applied version per key, for dropping stale messages.
+#[async_trait]
+pub trait VersionStore: Send + Sync + fmt::Debug {
+    /// The last applied version of `key`, if any.
+    async fn get(&self, key: &str) -> Result<Option<i64>, StoreError>;
+    /// Records `version` as applied if it is newer than the stored one (compare-and-set);
+    /// `true` when it was stored.
+    async fn advance(&self, key: &str, version: i64) -> Result<bool, StoreError>;
+}
+
+/// The text form of a record key in store keys: UTF-8 as is, other bytes as `hex:<hex>`.
+pub fn key_text(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) => text.to_owned(),
+        Err(_) => {
+            let mut out = String::with_capacity(4 + key.len() * 2);
+            out.push_str("hex:");
+            for b in key {
+                out.push_str(&format!("{b:02x}"));
+            }
+            out
+        }
+    }
+}
+
+/// Whole milliseconds of `d`, at least 1 (stores refuse a zero time-to-live).
+#[allow(dead_code)]
+pub(crate) fn ttl_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_are_not_utf8_are_hex_encoded() {
+        assert_eq!(key_text(b"acct-1"), "acct-1");
+        assert_eq!(key_text(&[0xff, 0x00, 0x10]), "hex:ff0010");
+    }
+}

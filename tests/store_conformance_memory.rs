@@ -1,0 +1,21 @@
+//! The store conformance suite against the memory backends.
+
+#[path = "conformance/mod.rs"]
+mod conformance;
+
+use std::sync::Arc;
+
+use steadfast::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore};
+use steadfast::store::{DedupStore, LockStore, VersionStore};
+
+fn lock() -> Arc<dyn LockStore> {
+    Arc::new(MemoryLockStore::new())
+}
+fn dedup() -> Arc<dyn DedupStore> {
+    Arc::new(MemoryDedupStore::new())
+}
+fn version() -> Arc<dyn VersionStore> {
+    Arc::new(MemoryVersionStore::new())
+}
+
+conformance_tests!(lock(), dedup(), version());
