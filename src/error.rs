@@ -15,6 +15,10 @@ pub enum WorkerError {
     /// The worker needs tokio's multi-thread runtime (rebalance drains block their thread).
     #[error("the worker needs a multi-thread tokio runtime (#[tokio::main] or #[tokio::test(flavor = \"multi_thread\")])")]
     CurrentThreadRuntime,
+    /// A store could not be used (a refused URL, a failed migration, or unreachable until
+    /// shutdown).
+    #[error("store: {0}")]
+    Store(crate::store::StoreError),
     /// Listening for signals failed.
     #[error("signal handling: {0}")]
     Signal(std::io::Error),

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::message::{Envelope, Headers};
+use super::{HandlerError, Transaction};
+use crate::message::{DropReason, Envelope, Headers};
+use crate::store::postgres::{OnceRecord, OnceStart, PostgresStores};
 
 /// The context of one handler call.
 #[derive(Debug, Clone)]
@@ -15,21 +17,23 @@ pub struct Context {
     pub(crate) attempt: u32,
     pub(crate) group: Arc<str>,
     pub(crate) shutdown: Arc<CancellationToken>,
+    pub(crate) transactions: Option<PostgresStores>,
 }
 
 impl Context {
-    // Called by the consumer runtime, which is not in this crate yet.
     pub(crate) fn new(
         envelope: Envelope,
         attempt: u32,
         group: Arc<str>,
         shutdown: Arc<CancellationToken>,
+        transactions: Option<PostgresStores>,
     ) -> Self {
         Context {
             envelope,
             attempt,
             group,
             shutdown,
+            transactions,
         }
     }
     /// The attempt number, counting from 1 at the first delivery, across in-place retries
@@ -65,5 +69,84 @@ impl Context {
     /// transient error (the message is delivered again).
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
+    }
+    /// The fencing token of the key lock held for this message, when the lock policy is on.
+    /// Pass it to downstream writes that check it: a write carrying a smaller token than one
+    /// already seen for the key comes from a holder whose lease ran out.
+    pub fn lock_token(&self) -> Option<u64> {
+        self.envelope.guard.lease.as_ref().map(|l| l.token)
+    }
+    /// Whether the key lock's lease was lost while this handler ran (its renewal was refused
+    /// or a newer holder's write was seen). The result of this call will not be reported as
+    /// handled: the message is handled again under a new grant. A long handler may check this
+    /// and stop early.
+    pub fn lease_lost(&self) -> bool {
+        self.envelope
+            .guard
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.is_lost())
+    }
+    /// The message's version as the stale-drop policy sees it, when its type declares one.
+    pub fn version(&self) -> Option<i64> {
+        self.envelope.guard.facts.as_ref().and_then(|f| f.version)
+    }
+
+    /// A Postgres transaction in which steadfast has already recorded this message's id and
+    /// compare-and-set its key's version (and checked the lock's fencing token): the
+    /// recommended path for once-only effects. Write through it and commit it.
+    ///
+    /// `Ok(None)` means there is nothing to do: the message was applied before (a
+    /// duplicate), a newer version of its key was applied (stale), or a newer lock holder
+    /// wrote (this holder's lease is lost). Return `Ok(())`; steadfast reports the message as
+    /// dropped, or handles it again under a new lock grant.
+    ///
+    /// Needs `[transaction] postgres = "postgres://..."` (or the builder's `transactions`).
+    ///
+    /// ```no_run
+    /// # async fn handle(cx: &steadfast::Context) -> Result<(), steadfast::HandlerError> {
+    /// let Some(tx) = cx.transaction().await? else { return Ok(()) };
+    /// tx.execute("UPDATE accounts SET balance = balance + $1 WHERE id = $2", &[&10_i64, &"a"]).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction(&self) -> Result<Option<Transaction>, HandlerError> {
+        let Some(stores) = &self.transactions else {
+            return Err(HandlerError::permanent(
+                "no transactional store is configured: set `[transaction] postgres = \"postgres://...\"` or call `WorkerBuilder::transactions`",
+            ));
+        };
+        let guard = &self.envelope.guard;
+        let facts = guard.facts.as_deref();
+        let record = OnceRecord {
+            id: facts.and_then(|f| f.id.clone()),
+            version_key: facts
+                .filter(|f| f.version.is_some())
+                .map(|f| f.store_key.clone()),
+            version: facts.and_then(|f| f.version),
+            fence: facts
+                .zip(guard.lease.as_ref())
+                .map(|(f, lease)| (f.store_key.clone(), lease.token)),
+        };
+        if let Some(notes) = &guard.notes {
+            notes
+                .used_transaction
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let skipped = match stores.begin_once(&record).await? {
+            OnceStart::Apply(tx) => return Ok(Some(Transaction::new(tx, guard.notes.clone()))),
+            OnceStart::Duplicate => Some(DropReason::Duplicate),
+            OnceStart::Stale => Some(DropReason::Stale),
+            OnceStart::Fenced => {
+                if let Some(lease) = &guard.lease {
+                    lease.mark_lost();
+                }
+                None
+            }
+        };
+        if let (Some(reason), Some(notes)) = (skipped, &guard.notes) {
+            *notes.skipped.lock() = Some(reason);
+        }
+        Ok(None)
     }
 }

@@ -5,12 +5,14 @@
 mod context;
 mod error;
 mod service;
+mod transaction;
 
 use std::future::Future;
 
 pub use self::context::Context;
 pub use self::error::HandlerError;
 pub use self::service::HandlerService;
+pub use self::transaction::Transaction;
 
 use crate::message::Message;
 

@@ -13,6 +13,36 @@ use tower::Service;
 use super::{Context, Handler, HandlerError};
 use crate::message::{Envelope, Failure, Message, Outcome};
 use crate::policy::{now_ms, OutcomeFuture};
+use crate::store::postgres::PostgresStores;
+use crate::store::StoreError;
+
+/// Whether the database of the handler's transaction answers: a handler failure while it
+/// does not is an outage (retried without spending an attempt), whatever the handler made
+/// of the error.
+async fn database_answers(stores: &PostgresStores) -> Result<(), StoreError> {
+    let probe = async {
+        let client = stores
+            .pool()
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                backend: "postgres",
+                message: e.to_string(),
+            })?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| crate::store::postgres::classify(&e))?;
+        Ok(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable {
+            backend: "postgres",
+            message: "no answer within 2 s".to_owned(),
+        }),
+    }
+}
 
 /// Runs a [`Handler`] on envelopes.
 #[derive(Debug)]
@@ -20,6 +50,7 @@ pub struct HandlerService<H> {
     handler: Arc<H>,
     group: Arc<str>,
     shutdown: Arc<CancellationToken>,
+    transactions: Option<PostgresStores>,
 }
 
 impl<H> Clone for HandlerService<H> {
@@ -28,6 +59,7 @@ impl<H> Clone for HandlerService<H> {
             handler: self.handler.clone(),
             group: self.group.clone(),
             shutdown: self.shutdown.clone(),
+            transactions: self.transactions.clone(),
         }
     }
 }
@@ -39,7 +71,13 @@ impl<H: Handler> HandlerService<H> {
             handler,
             group: Arc::from(group),
             shutdown: Arc::new(shutdown),
+            transactions: None,
         }
+    }
+    /// Hands handlers transactions of `stores` ([`Context::transaction`]).
+    pub fn with_transactions(mut self, stores: Option<PostgresStores>) -> Self {
+        self.transactions = stores;
+        self
     }
 }
 
@@ -68,6 +106,7 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
         let handler = self.handler.clone();
         let group = self.group.clone();
         let shutdown = self.shutdown.clone();
+        let transactions = self.transactions.clone();
         Box::pin(async move {
             let attempt = envelope.attempt;
             let payload = envelope.payload.clone().unwrap_or_default();
@@ -75,13 +114,31 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
                 Ok(m) => m,
                 Err(e) => return Ok(failure("decode", e.to_string(), true, attempt)),
             };
-            let cx = Context::new(envelope, attempt, group, shutdown);
+            let notes = envelope.guard.notes.clone();
+            let cx = Context::new(envelope, attempt, group, shutdown, transactions.clone());
             let result = AssertUnwindSafe(handler.handle_message(message, &cx))
                 .catch_unwind()
                 .await;
             Ok(match result {
-                Ok(Ok(())) => Outcome::Ack { attempt },
-                Ok(Err(e)) => {
+                Ok(Ok(())) => match notes.as_ref().and_then(|n| *n.skipped.lock()) {
+                    Some(reason) => Outcome::Drop(reason),
+                    None => Outcome::Ack { attempt },
+                },
+                Ok(Err(mut e)) => {
+                    if !matches!(e, HandlerError::Unavailable(_) | HandlerError::Permanent(_))
+                        && notes.as_ref().is_some_and(|n| {
+                            n.used_transaction.load(std::sync::atomic::Ordering::SeqCst)
+                        })
+                    {
+                        if let Some(stores) = &transactions {
+                            if let Err(down) = database_answers(stores).await {
+                                e = HandlerError::Unavailable(format!(
+                                    "{}; the database does not answer: {down}",
+                                    e.message()
+                                ));
+                            }
+                        }
+                    }
                     let retry_after = match &e {
                         HandlerError::RetryAfter(d, _) => Some(*d),
                         _ => None,

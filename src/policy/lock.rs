@@ -88,11 +88,9 @@ where
                     return Ok(Outcome::Requeue);
                 };
                 let lease = Arc::new(LeaseState::new(token));
-                let renewer = tokio::spawn(renew(config.clone(), key.to_owned(), lease.clone()));
                 let mut held = envelope.clone();
                 held.guard.lease = Some(lease.clone());
-                let outcome = inner.call(held).await?;
-                renewer.abort();
+                let outcome = config.hold(key, &lease, inner.call(held)).await?;
                 if let Err(e) = config.store.release(key, token).await {
                     tracing::debug!(key, error = %e, "lock release failed; the lease will expire");
                 }
@@ -112,6 +110,33 @@ where
 }
 
 impl LockConfig {
+    /// Runs `call` while renewing the lease every third of its length; marks the lease lost
+    /// when a renewal is refused or none succeeded within the lease.
+    async fn hold<F: std::future::Future>(&self, key: &str, lease: &LeaseState, call: F) -> F::Output {
+        let every = self.lease / 3;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_renewed = Instant::now();
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                output = &mut call => return output,
+                _ = tick.tick(), if !lease.is_lost() => {
+                    match self.store.renew(key, lease.token, self.lease).await {
+                        Ok(true) => last_renewed = Instant::now(),
+                        Ok(false) => lease.mark_lost(),
+                        Err(e) => {
+                            tracing::warn!(key, error = %e, "lease renewal failed");
+                            if last_renewed.elapsed() >= self.lease {
+                                lease.mark_lost();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Takes the key's lock, waiting while another holder has it; `None` on shutdown.
     async fn acquire(&self, key: &str) -> Option<u64> {
         let mut wait = Duration::from_millis(5);
@@ -127,30 +152,6 @@ impl LockConfig {
                 return None;
             }
             wait = (wait * 2).min(self.lease / 4).max(Duration::from_millis(5));
-        }
-    }
-}
-
-/// Renews the lease every third of its length until aborted; marks it lost when a renewal
-/// is refused or when no renewal succeeded within the lease.
-async fn renew(config: Arc<LockConfig>, key: String, lease: Arc<LeaseState>) {
-    let every = config.lease / 3;
-    let mut last_renewed = Instant::now();
-    loop {
-        tokio::time::sleep(every).await;
-        match config.store.renew(&key, lease.token, config.lease).await {
-            Ok(true) => last_renewed = Instant::now(),
-            Ok(false) => {
-                lease.mark_lost();
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(key, error = %e, "lease renewal failed");
-                if last_renewed.elapsed() >= config.lease {
-                    lease.mark_lost();
-                    return;
-                }
-            }
         }
     }
 }

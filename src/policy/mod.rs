@@ -11,6 +11,8 @@ mod facts;
 pub mod headers;
 mod lock;
 mod outage;
+
+pub(crate) use self::outage::outage_backoff;
 mod ratelimit;
 mod retry;
 mod route;

@@ -108,6 +108,91 @@ impl<H> WorkerBuilder<H> {
         self.config.kafka.insert(key.into(), value.into());
         self
     }
+    /// Drops messages whose version is not newer than their key's last applied one, with the
+    /// version store at `store` (`memory`, `redis://…`, `postgres://…`).
+    pub fn stale_drop(mut self, store: impl Into<String>) -> Self {
+        self.config.stale = Some(crate::config::StaleConfig {
+            store: store.into(),
+            copy_to_topic: false,
+        });
+        self
+    }
+    /// Also copies every stale message to `<topic>.stale` (needs [`Self::stale_drop`]).
+    pub fn stale_copies(mut self, copy: bool) -> Self {
+        if let Some(stale) = &mut self.config.stale {
+            stale.copy_to_topic = copy;
+        }
+        self
+    }
+    /// Holds a lease lock on each message's key while it is handled, in the lock store at
+    /// `store`, with leases of `lease` renewed every third of it.
+    pub fn key_lock(mut self, store: impl Into<String>, lease: Duration) -> Self {
+        self.config.lock = Some(crate::config::LockConfig {
+            store: store.into(),
+            lease_ms: millis(lease),
+        });
+        self
+    }
+    /// Deduplicates messages by id in the dedup store at `store` (completed ids remembered
+    /// for 7 days).
+    pub fn dedup(mut self, store: impl Into<String>) -> Self {
+        self.config.dedup = Some(crate::config::DedupConfig {
+            store: store.into(),
+            lease_ms: None,
+            ttl_ms: 7 * 24 * 3_600_000,
+        });
+        self
+    }
+    /// Limits handler calls of this worker to `per_second`, `burst` at once.
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.config.rate_limit = Some(crate::config::RateLimitConfig {
+            per_second,
+            burst,
+            store: None,
+            name: None,
+        });
+        self
+    }
+    /// Limits handler calls of every worker sharing the Redis at `redis` and the limit
+    /// `name` to `per_second`, `burst` at once.
+    pub fn shared_rate_limit(
+        mut self,
+        redis: impl Into<String>,
+        name: impl Into<String>,
+        per_second: u32,
+        burst: u32,
+    ) -> Self {
+        self.config.rate_limit = Some(crate::config::RateLimitConfig {
+            per_second,
+            burst,
+            store: Some(redis.into()),
+            name: Some(name.into()),
+        });
+        self
+    }
+    /// Puts a circuit breaker around the handler.
+    pub fn breaker(mut self, breaker: crate::config::BreakerConfig) -> Self {
+        self.config.breaker = Some(breaker);
+        self
+    }
+    /// Hands handlers Postgres transactions with the idempotency records in them
+    /// ([`crate::Context::transaction`]), on the database at `postgres`.
+    pub fn transactions(mut self, postgres: impl Into<String>) -> Self {
+        self.config.transaction = Some(crate::config::TransactionConfig {
+            postgres: postgres.into(),
+        });
+        self
+    }
+    /// The Postgres schema of the store tables (default `steadfast`).
+    pub fn store_schema(mut self, schema: impl Into<String>) -> Self {
+        self.config.stores.schema = schema.into();
+        self
+    }
+    /// The prefix of the stores' Redis keys (default `steadfast`).
+    pub fn store_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.stores.key_prefix = prefix.into();
+        self
+    }
     /// The handler.
     pub fn handler<H2: Handler>(self, handler: H2) -> WorkerBuilder<H2> {
         WorkerBuilder {

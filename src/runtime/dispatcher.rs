@@ -110,6 +110,8 @@ pub(crate) struct Dispatcher {
     running: usize,
     in_flight: usize,
     globally_paused: bool,
+    /// Every partition is paused while the circuit breaker is open.
+    breaker_open: bool,
     stopping: bool,
     next_epoch: u64,
     /// Pause (true) or resume (false) decisions not yet carried out.
@@ -134,6 +136,7 @@ impl Dispatcher {
             running: 0,
             in_flight: 0,
             globally_paused: false,
+            breaker_open: false,
             stopping: false,
             next_epoch: 1,
             control: BTreeMap::new(),
@@ -518,11 +521,27 @@ impl Dispatcher {
         }
     }
 
+    /// Pauses every partition while the circuit breaker is open (`true`), resumes them when it
+    /// probes or closes (`false`); the consume loop keeps polling either way.
+    pub(crate) fn set_breaker_open(&mut self, open: bool) {
+        if open != self.breaker_open {
+            self.breaker_open = open;
+            let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+            for tp in tps {
+                self.update_pause(&tp);
+            }
+        }
+    }
+
     fn update_pause(&mut self, tp: &TopicPartition) {
         let Some(p) = self.partitions.get_mut(tp) else {
             return;
         };
-        let want = self.globally_paused || p.full_lanes > 0 || p.held.is_some() || p.revoking;
+        let want = self.globally_paused
+            || self.breaker_open
+            || p.full_lanes > 0
+            || p.held.is_some()
+            || p.revoking;
         if want != p.paused {
             p.paused = want;
             self.control.insert(tp.clone(), want);

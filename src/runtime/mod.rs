@@ -3,6 +3,7 @@
 
 mod builder;
 mod dispatcher;
+mod guards;
 mod offsets;
 mod rebalance;
 mod shared;

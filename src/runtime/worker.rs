@@ -10,11 +10,12 @@ use parking_lot::{Condvar, Mutex};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::TopicPartitionList;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::builder::WorkerBuilder;
 use super::dispatcher::{Accepted, Dispatcher, Limits, TopicPartition};
+use super::guards::Guards;
 use super::rebalance::{commit_list, WorkerContext};
 use super::shared::{Counters, Shared};
 use crate::broker::{ensure_topics, envelope_of, KafkaSink, TopicNames};
@@ -22,7 +23,7 @@ use crate::config::{Ordering, WorkerConfig};
 use crate::error::WorkerError;
 use crate::handler::{Handler, HandlerService};
 use crate::message::Message;
-use crate::policy::{self, headers, BoxedStack, RetryTiers, Sink};
+use crate::policy::{self, headers, BoxedStack, BreakerPhase, RetryTiers, Sink};
 
 /// Runs a handler over a topic and its retry tiers. Built with [`Worker::builder`].
 #[derive(Debug)]
@@ -128,21 +129,29 @@ impl<H: Handler> Worker<H> {
             .unwrap_or_else(|| format!("{topic}.dlq"));
         let mut derived = tier_topics.clone();
         derived.push(dead_letter.clone());
+        if self.config.stale.as_ref().is_some_and(|s| s.copy_to_topic) {
+            derived.push(policy::stale_topic(&topic));
+        }
         let partitions = ensure_topics(&self.client_config(), &topic, &derived).await?;
+        let guards = Guards::connect(&self.config, &group, &shutdown).await?;
 
         let sink: Arc<dyn Sink> = Arc::new(
             KafkaSink::new(self.client_config()).map_err(|e| WorkerError::Broker(e.to_string()))?,
         );
         // Handlers see this token; it fires only once the drain deadline has passed.
         let handler_shutdown = CancellationToken::new();
+        let routing = Routing {
+            tiers,
+            dead_letter: Some(dead_letter),
+            tier_partitions: Some(partitions),
+            sink,
+        };
         let stack = build_stack(
             self.handler.clone(),
             &self.config,
             &group,
-            tiers,
-            Some(dead_letter),
-            Some(partitions),
-            sink,
+            routing,
+            &guards,
             handler_shutdown.clone(),
         );
         let limits = Limits {
@@ -205,6 +214,7 @@ impl<H: Handler> Worker<H> {
             &shared,
             &shutdown,
             Duration::from_millis(self.config.commit_interval_ms),
+            guards.breaker.as_ref().map(policy::Breaker::watch),
         )
         .await;
         drain(
@@ -251,28 +261,66 @@ fn park_limit(config: &WorkerConfig) -> Duration {
     )
 }
 
-/// The fixed policy stack for `handler`.
-#[allow(clippy::too_many_arguments)]
+/// Where a stack's failed messages go, and how it publishes them.
+pub(crate) struct Routing {
+    pub(crate) tiers: RetryTiers,
+    pub(crate) dead_letter: Option<String>,
+    pub(crate) tier_partitions: Option<i32>,
+    pub(crate) sink: Arc<dyn Sink>,
+}
+
+/// The fixed policy stack for `handler`: trace → route → facts → stale drop → breaker →
+/// rate limit → key lock → dedup → retry in place → timeout → handler, the protective
+/// layers only where `guards` has them.
 pub(crate) fn build_stack<H: Handler>(
     handler: Arc<H>,
     config: &WorkerConfig,
     group: &str,
-    tiers: RetryTiers,
-    dead_letter: Option<String>,
-    tier_partitions: Option<i32>,
-    sink: Arc<dyn Sink>,
+    routing: Routing,
+    guards: &Guards,
     shutdown: CancellationToken,
 ) -> BoxedStack {
+    let facts = guards
+        .need_facts()
+        .then(|| policy::FactsLayer::new(policy::describe::<H::Message>(group)));
+    let stale = guards.stale.as_ref().map(|(store, copy)| {
+        policy::StaleLayer::new(
+            store.clone(),
+            copy.then(|| routing.sink.clone()),
+            shutdown.clone(),
+        )
+    });
+    let breaker = guards
+        .breaker
+        .clone()
+        .map(|b| policy::BreakerLayer::new(b, shutdown.clone()));
+    let rate = guards.rate.as_ref().map(|(local, shared)| {
+        policy::RateLimitLayer::new(*local, shared.clone(), shutdown.clone())
+    });
+    let lock = guards
+        .lock
+        .as_ref()
+        .map(|(store, lease)| policy::KeyLockLayer::new(store.clone(), *lease, shutdown.clone()));
+    let worker_id = worker_id();
+    let dedup = guards.dedup.as_ref().map(|(store, lease, ttl)| {
+        policy::DedupLayer::new(store.clone(), *lease, *ttl, &worker_id, shutdown.clone())
+    });
     let service = tower::ServiceBuilder::new()
         .layer(policy::TraceLayer)
         .layer(policy::RouteLayer::new(
-            tiers,
-            dead_letter,
-            tier_partitions,
+            routing.tiers,
+            routing.dead_letter,
+            routing.tier_partitions,
             group,
-            sink,
+            routing.sink,
             shutdown.clone(),
         ))
+        .option_layer(facts)
+        .option_layer(stale)
+        .option_layer(breaker)
+        .option_layer(rate)
+        .option_layer(lock)
+        .option_layer(dedup)
         .layer(policy::RetryLayer::new(
             config.retry_policy(),
             shutdown.clone(),
@@ -280,8 +328,16 @@ pub(crate) fn build_stack<H: Handler>(
         .layer(policy::TimeoutLayer::new(Duration::from_millis(
             config.handler_timeout_ms,
         )))
-        .service(HandlerService::new(handler, group, shutdown));
+        .service(
+            HandlerService::new(handler, group, shutdown)
+                .with_transactions(guards.transaction.clone()),
+        );
     BoxedStack::new(service)
+}
+
+/// This worker's name in dedup reservations: process id and start time.
+fn worker_id() -> String {
+    format!("{}-{:x}", std::process::id(), policy::now_ms())
 }
 
 /// The stack for [`crate::testing`]: dead letters to `<topic>.dlq`, partitions left to the key.
@@ -293,7 +349,20 @@ pub(crate) fn build_stack_for_tests<H: Handler>(
     sink: Arc<dyn Sink>,
     shutdown: CancellationToken,
 ) -> BoxedStack {
-    build_stack(handler, config, group, tiers, None, None, sink, shutdown)
+    let routing = Routing {
+        tiers,
+        dead_letter: None,
+        tier_partitions: None,
+        sink,
+    };
+    build_stack(
+        handler,
+        config,
+        group,
+        routing,
+        &Guards::default(),
+        shutdown,
+    )
 }
 
 /// How long the in-flight bound may stay reached before every partition is paused so that
@@ -308,6 +377,7 @@ async fn consume(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     commit_interval: Duration,
+    mut breaker: Option<watch::Receiver<BreakerPhase>>,
 ) {
     let mut commit_tick = tokio::time::interval(commit_interval);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -325,6 +395,10 @@ async fn consume(
                 biased;
                 _ = shutdown.cancelled() => return,
                 _ = shared.wake.notified() => apply_control(consumer, shared),
+                Some(open) = breaker_change(&mut breaker) => {
+                    shared.dispatcher.lock().set_breaker_open(open);
+                    apply_control(consumer, shared);
+                }
                 _ = commit_tick.tick() => commit(consumer, shared, CommitMode::Async, false),
                 _ = tokio::time::sleep_until(stall_at.into()) => {
                     shared.dispatcher.lock().set_stalled(true);
@@ -344,6 +418,10 @@ async fn consume(
             biased;
             _ = shutdown.cancelled() => return,
             _ = shared.wake.notified() => apply_control(consumer, shared),
+            Some(open) = breaker_change(&mut breaker) => {
+                shared.dispatcher.lock().set_breaker_open(open);
+                apply_control(consumer, shared);
+            }
             _ = commit_tick.tick() => {
                 commit(consumer, shared, CommitMode::Async, false);
                 let jobs = shared.dispatcher.lock().expire_parked(Instant::now());
@@ -366,6 +444,25 @@ async fn consume(
             },
         }
     }
+}
+
+/// The next change of the breaker's phase: `Some(true)` when it opened, `Some(false)` when
+/// it half-opened or closed; never resolves without a breaker (or once it is gone).
+async fn breaker_change(breaker: &mut Option<watch::Receiver<BreakerPhase>>) -> Option<bool> {
+    let Some(rx) = breaker else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *breaker = None;
+        return std::future::pending().await;
+    }
+    let open = *rx.borrow_and_update() == BreakerPhase::Open;
+    if open {
+        tracing::warn!("circuit breaker open: partitions paused, polling continues");
+    } else {
+        tracing::info!("circuit breaker probing or closed: partitions resumed");
+    }
+    Some(open)
 }
 
 fn accept(shared: &Arc<Shared>, envelope: crate::message::Envelope) {

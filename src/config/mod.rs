@@ -8,6 +8,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod policies;
+
+pub use self::policies::{
+    redact, store_kind, BreakerConfig, DedupConfig, LockConfig, RateLimitConfig, StaleConfig,
+    StoreKind, StoresConfig, TransactionConfig,
+};
+
 /// A setting that was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -115,6 +122,20 @@ pub struct WorkerConfig {
     pub commit_interval_ms: u64,
     /// Raw librdkafka properties passed through (`[kafka]` table).
     pub kafka: BTreeMap<String, String>,
+    /// Where store tables and keys live (`[stores]`).
+    pub stores: StoresConfig,
+    /// Stale-message dropping (`[stale]`); off when absent.
+    pub stale: Option<StaleConfig>,
+    /// The per-key lock (`[lock]`); off when absent.
+    pub lock: Option<LockConfig>,
+    /// Deduplication by message id (`[dedup]`); off when absent.
+    pub dedup: Option<DedupConfig>,
+    /// Rate limit (`[rate_limit]`); off when absent.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Circuit breaker (`[breaker]`); off when absent.
+    pub breaker: Option<BreakerConfig>,
+    /// Transactional idempotency on Postgres (`[transaction]`); off when absent.
+    pub transaction: Option<TransactionConfig>,
 }
 
 impl Default for WorkerConfig {
@@ -134,6 +155,13 @@ impl Default for WorkerConfig {
             drain_timeout_ms: 10_000,
             commit_interval_ms: 1_000,
             kafka: BTreeMap::new(),
+            stores: StoresConfig::default(),
+            stale: None,
+            lock: None,
+            dedup: None,
+            rate_limit: None,
+            breaker: None,
+            transaction: None,
         }
     }
 }
@@ -240,6 +268,7 @@ impl WorkerConfig {
                 "is the source topic: dead letters would be consumed again",
             );
         }
+        self.validate_policies()?;
         for key in [
             "enable.auto.offset.store",
             "enable.auto.commit",
@@ -254,6 +283,92 @@ impl WorkerConfig {
             }
         }
         Ok(())
+    }
+
+    fn validate_policies(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if !policies::is_identifier(&self.stores.schema) {
+            return invalid(
+                "stores.schema",
+                "must be a plain lower-case identifier (letters, digits, `_`, at most 63)",
+            );
+        }
+        if self.stores.key_prefix.is_empty() {
+            return invalid("stores.key_prefix", "must not be empty");
+        }
+        if let Some(stale) = &self.stale {
+            store_kind("stale.store", &stale.store)?;
+        }
+        if let Some(lock) = &self.lock {
+            store_kind("lock.store", &lock.store)?;
+            if lock.lease_ms < 100 {
+                return invalid(
+                    "lock.lease_ms",
+                    "must be at least 100 ms (it is renewed every third of it)",
+                );
+            }
+        }
+        if let Some(dedup) = &self.dedup {
+            store_kind("dedup.store", &dedup.store)?;
+            if dedup.ttl_ms == 0 || dedup.lease_ms == Some(0) {
+                return invalid("dedup.ttl_ms", "`ttl_ms` and `lease_ms` must be positive");
+            }
+        }
+        if let Some(rate) = &self.rate_limit {
+            if rate.per_second == 0 {
+                return invalid("rate_limit.per_second", "must be at least 1");
+            }
+            if rate.burst == 0 {
+                return invalid("rate_limit.burst", "must be at least 1");
+            }
+            if let Some(url) = &rate.store {
+                if store_kind("rate_limit.store", url)? != StoreKind::Redis {
+                    return invalid("rate_limit.store", "a shared rate limit lives in Redis: give a `redis://` URL, or leave it out for a per-worker limit");
+                }
+            }
+        }
+        if let Some(breaker) = &self.breaker {
+            if breaker.failure_rate_percent == 0 || breaker.failure_rate_percent > 100 {
+                return invalid("breaker.failure_rate_percent", "must be between 1 and 100");
+            }
+            if breaker.min_calls == 0 || breaker.half_open_probes == 0 {
+                return invalid(
+                    "breaker.min_calls",
+                    "`min_calls` and `half_open_probes` must be at least 1",
+                );
+            }
+            if breaker.window_ms == 0 || breaker.open_ms == 0 {
+                return invalid(
+                    "breaker.window_ms",
+                    "`window_ms` and `open_ms` must be positive",
+                );
+            }
+        }
+        if let Some(tx) = &self.transaction {
+            if store_kind("transaction.postgres", &tx.postgres)? != StoreKind::Postgres {
+                return invalid("transaction.postgres", "must be a `postgres://` URL");
+            }
+        }
+        Ok(())
+    }
+
+    /// How long a dedup reservation outlives a crashed holder: the configured lease, or the
+    /// longest a delivery can take plus 30 s.
+    pub fn dedup_lease(&self) -> Duration {
+        let configured = self.dedup.as_ref().and_then(|d| d.lease_ms);
+        Duration::from_millis(configured.unwrap_or_else(|| {
+            u64::from(self.retry.attempts)
+                .saturating_mul(
+                    self.handler_timeout_ms
+                        .saturating_add(self.retry.max_delay_ms),
+                )
+                .saturating_add(30_000)
+        }))
     }
 
     /// The retry tiers' delays.
@@ -331,6 +446,25 @@ mod tests {
                 "enable.auto.commit",
             ),
             ("concurrency = 0\n", "concurrency"),
+            ("[lock]\nstore = \"etcd://x\"\n", "lock.store"),
+            (
+                "[lock]\nstore = \"memory\"\nlease_ms = 10\n",
+                "lock.lease_ms",
+            ),
+            ("[rate_limit]\nper_second = 0\n", "rate_limit.per_second"),
+            (
+                "[rate_limit]\nper_second = 5\nstore = \"postgres://u@h/d\"\n",
+                "rate_limit.store",
+            ),
+            (
+                "[breaker]\nfailure_rate_percent = 150\n",
+                "breaker.failure_rate_percent",
+            ),
+            (
+                "[transaction]\npostgres = \"redis://h\"\n",
+                "transaction.postgres",
+            ),
+            ("[stores]\nschema = \"Bad-Name\"\n", "stores.schema"),
         ] {
             let err = WorkerConfig::from_toml(text).expect_err(text);
             assert!(err.to_string().contains(key), "{text}: {err}");
@@ -349,6 +483,35 @@ mod tests {
         assert_eq!(
             c.kafka.get("fetch.min.bytes").map(String::as_str),
             Some("1")
+        );
+    }
+
+    #[test]
+    fn policies_parse_with_their_defaults() {
+        let c = WorkerConfig::from_toml(
+            "[stale]\nstore = \"redis://127.0.0.1:6379\"\n[lock]\nstore = \"postgres://postgres@127.0.0.1/test\"\n[dedup]\nstore = \"memory\"\n[rate_limit]\nper_second = 50\nburst = 5\n[breaker]\nmin_calls = 5\n[transaction]\npostgres = \"postgres://postgres@127.0.0.1/test\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.lock.as_ref().map(|l| l.lease_ms), Some(10_000));
+        assert_eq!(c.dedup.as_ref().map(|d| d.ttl_ms), Some(7 * 24 * 3_600_000));
+        assert_eq!(
+            c.breaker
+                .as_ref()
+                .map(|b| (b.min_calls, b.failure_rate_percent)),
+            Some((5, 50))
+        );
+        assert_eq!(
+            c.rate_limit
+                .as_ref()
+                .map(|r| (r.per_second, r.burst, r.store.is_none())),
+            Some((50, 5, true))
+        );
+        assert_eq!(c.stores.schema, "steadfast");
+        // 3 attempts × (30 s timeout + 30 s longest delay) + 30 s.
+        assert_eq!(c.dedup_lease(), Duration::from_secs(210));
+        assert!(
+            WorkerConfig::default().stale.is_none(),
+            "policies are off by default"
         );
     }
 }

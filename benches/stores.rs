@@ -1,0 +1,357 @@
+//! Store-backed policy benchmarks against the embedded server, printed as Markdown tables,
+//! each as a ratio to the no-op runtime measured in the same run:
+//!
+//! - **guards**: Redis dedup + key lock + stale drop on every message vs the same worker
+//!   without policies (target ≥ 50,000 msg/s on a 2-core machine);
+//! - **ledger**: the once-only Postgres path (a transaction per message with the id and
+//!   version recorded in it, the key lock in Redis) with 2 workers, and where the time of a
+//!   message goes (begin with records, the handler's writes, commit).
+//!
+//! Needs Redis on 127.0.0.1:6379 and Postgres on 127.0.0.1:5432 (`scripts/services.sh`).
+//! `cargo bench --bench stores` runs the full sizes; without `--bench` (as under
+//! `cargo test`) a quick smoke pass. `-- --only guards|ledger`.
+
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde::{Deserialize, Serialize};
+use steadfast::{Context, HandlerError, Retry, Worker};
+use tokio_util::sync::CancellationToken;
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A versioned event with an id.
+#[derive(Debug, Serialize, Deserialize, steadfast::Message)]
+#[message(topic = "bench", key = key, version = version, id = id)]
+struct Update {
+    id: String,
+    key: String,
+    version: i64,
+    amount: i64,
+}
+
+/// Counts calls.
+#[derive(Debug, Clone, steadfast::Handler)]
+#[handler(message = Update, group = "bench")]
+struct Count {
+    done: Arc<AtomicU64>,
+}
+
+impl Count {
+    async fn handle(&self, _msg: Update, _cx: &Context) -> Result<(), HandlerError> {
+        self.done.fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Time spent per stage of the once-only path, in microseconds, summed over messages.
+#[derive(Debug, Default)]
+struct Stages {
+    begin_us: AtomicU64,
+    writes_us: AtomicU64,
+    commit_us: AtomicU64,
+}
+
+/// The ledger's handler: one effect row and a balance update per message, in the
+/// transaction steadfast hands it.
+#[derive(Debug, Clone, steadfast::Handler)]
+#[handler(message = Update, group = "bench")]
+struct Ledger {
+    done: Arc<AtomicU64>,
+    stages: Arc<Stages>,
+    insert: Arc<str>,
+    upsert: Arc<str>,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Ledger {
+    async fn handle(&self, msg: Update, cx: &Context) -> Result<(), HandlerError> {
+        let t0 = Instant::now();
+        let Some(tx) = cx.transaction().await? else {
+            self.done.fetch_add(1, AtomicOrdering::Relaxed);
+            return Ok(());
+        };
+        let t1 = Instant::now();
+        tx.execute(&*self.insert, &[&msg.id, &msg.key, &msg.amount, &msg.version])
+            .await?;
+        tx.execute(&*self.upsert, &[&msg.key, &msg.amount, &msg.version])
+            .await?;
+        let t2 = Instant::now();
+        tx.commit().await?;
+        let t3 = Instant::now();
+        self.stages.begin_us.fetch_add(micros(t1 - t0), AtomicOrdering::Relaxed);
+        self.stages.writes_us.fetch_add(micros(t2 - t1), AtomicOrdering::Relaxed);
+        self.stages.commit_us.fetch_add(micros(t3 - t2), AtomicOrdering::Relaxed);
+        self.done.fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+}
+
+struct Env {
+    bootstrap: String,
+    quick: bool,
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = steadfast_testkit::client_config(bootstrap).create()?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Produces `count` updates over `keys` keys, versions increasing per key.
+fn produce(bootstrap: &str, topic: &str, count: u64, keys: u64) -> anyhow::Result<()> {
+    let producer: BaseProducer = steadfast_testkit::client_config(bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    for i in 0..count {
+        let update = Update {
+            id: format!("u{i}"),
+            key: format!("k{}", i % keys),
+            version: i64::try_from(i / keys + 1)?,
+            amount: 1,
+        };
+        let payload = serde_json::to_vec(&update)?;
+        let mut record = Some(BaseRecord::to(topic).key(&update.key).payload(&payload));
+        while let Some(r) = record.take() {
+            if let Err((e, r)) = producer.send(r) {
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                ) {
+                    producer.poll(Duration::from_millis(10));
+                    record = Some(r);
+                } else {
+                    bail!("produce: {e}");
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+async fn backlog(env: &Env, prefix: &str, count: u64, keys: u64) -> anyhow::Result<String> {
+    let topic = unique(prefix);
+    create_topic(&env.bootstrap, &topic, 4).await?;
+    let (bootstrap, t) = (env.bootstrap.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || produce(&bootstrap, &t, count, keys)).await??;
+    Ok(topic)
+}
+
+/// Runs `workers` until `done` reaches `count`; the elapsed time from start.
+async fn run_until(
+    workers: Vec<Worker<impl steadfast::Handler>>,
+    done: &AtomicU64,
+    count: u64,
+) -> anyhow::Result<Duration> {
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let runs: Vec<_> = workers
+        .into_iter()
+        .map(|w| tokio::spawn(w.run(stop.clone())))
+        .collect();
+    while done.load(AtomicOrdering::Relaxed) < count {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("handled {} of {count} in 600 s", done.load(AtomicOrdering::Relaxed));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    stop.cancel();
+    for run in runs {
+        run.await??;
+    }
+    Ok(elapsed)
+}
+
+fn base(env: &Env, topic: &str) -> steadfast::WorkerBuilder {
+    Worker::builder()
+        .brokers(env.bootstrap.clone())
+        .topic(topic)
+        .group(unique("bench_group"))
+        .concurrency(256)
+        .retry(Retry::none())
+}
+
+async fn guards(env: &Env) -> anyhow::Result<()> {
+    let count: u64 = if env.quick { 5_000 } else { 200_000 };
+    let keys = 10_000;
+    let plain_topic = backlog(env, "plain", count, keys).await?;
+    let guarded_topic = backlog(env, "guarded", count, keys).await?;
+
+    let done = Arc::new(AtomicU64::new(0));
+    let worker = base(env, &plain_topic)
+        .handler(Count { done: done.clone() })
+        .build()?;
+    let plain = run_until(vec![worker], &done, count).await?;
+
+    let done = Arc::new(AtomicU64::new(0));
+    let worker = base(env, &guarded_topic)
+        .store_key_prefix(unique("bench"))
+        .stale_drop(REDIS)
+        .key_lock(REDIS, Duration::from_secs(10))
+        .dedup(REDIS)
+        .handler(Count { done: done.clone() })
+        .build()?;
+    let guarded = run_until(vec![worker], &done, count).await?;
+
+    let rate = |d: Duration| count as f64 / d.as_secs_f64();
+    println!("\n### (a) Redis dedup + key lock + stale drop, {count} JSON messages, 4 partitions, {keys} keys, concurrency 256\n");
+    println!("| worker | elapsed s | msg/s |");
+    println!("|---|---:|---:|");
+    println!("| no policies (no-op handler) | {:.2} | {:.0} |", plain.as_secs_f64(), rate(plain));
+    println!(
+        "| Redis dedup + lock + stale drop | {:.2} | {:.0} |",
+        guarded.as_secs_f64(),
+        rate(guarded)
+    );
+    println!(
+        "\nguarded / no-op: {:.2}; target 50,000 msg/s: {:.2} of it",
+        rate(guarded) / rate(plain),
+        rate(guarded) / 50_000.0
+    );
+    Ok(())
+}
+
+async fn ledger(env: &Env) -> anyhow::Result<()> {
+    let count: u64 = if env.quick { 2_000 } else { 50_000 };
+    let keys = 1_000;
+    let plain_topic = backlog(env, "plain", count, keys).await?;
+    let ledger_topic = backlog(env, "ledger", count, keys).await?;
+    let schema = unique("bench");
+    let (client, connection) = tokio_postgres::connect(POSTGRES, tokio_postgres::NoTls)
+        .await
+        .context("Postgres on 127.0.0.1:5432 (scripts/services.sh)")?;
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.effects (txn text, account text, amount bigint, version bigint);
+             CREATE TABLE {schema}.balances (account text PRIMARY KEY, balance bigint, version bigint);"
+        ))
+        .await?;
+
+    let done = Arc::new(AtomicU64::new(0));
+    let workers = (0..2)
+        .map(|_| {
+            base(env, &plain_topic)
+                .group("plain_pair")
+                .handler(Count { done: done.clone() })
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let plain = run_until(workers, &done, count).await?;
+
+    let done = Arc::new(AtomicU64::new(0));
+    let stages = Arc::new(Stages::default());
+    let handler = Ledger {
+        done: done.clone(),
+        stages: stages.clone(),
+        insert: Arc::from(format!(
+            "INSERT INTO {schema}.effects VALUES ($1, $2, $3, $4)"
+        )),
+        upsert: Arc::from(format!(
+            "INSERT INTO {schema}.balances VALUES ($1, $2, $3) ON CONFLICT (account) DO UPDATE \
+             SET balance = {schema}.balances.balance + EXCLUDED.balance, \
+             version = GREATEST({schema}.balances.version, EXCLUDED.version)"
+        )),
+    };
+    let group = unique("ledger_pair");
+    let prefix = unique("bench");
+    let workers = (0..2)
+        .map(|_| {
+            base(env, &ledger_topic)
+                .group(&group)
+                .concurrency(32)
+                .store_schema(&schema)
+                .store_key_prefix(&prefix)
+                .stale_drop(POSTGRES)
+                .key_lock(REDIS, Duration::from_secs(10))
+                .transactions(POSTGRES)
+                .handler(handler.clone())
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let once = run_until(workers, &done, count).await?;
+    let per = |us: &AtomicU64| us.load(AtomicOrdering::Relaxed) as f64 / count as f64 / 1000.0;
+
+    let rate = |d: Duration| count as f64 / d.as_secs_f64();
+    println!("\n### (b) the ledger path: a Postgres transaction per message, 2 workers, {count} messages, 4 partitions, {keys} keys\n");
+    println!("| workers | elapsed s | msg/s |");
+    println!("|---|---:|---:|");
+    println!("| 2 × no policies (no-op handler) | {:.2} | {:.0} |", plain.as_secs_f64(), rate(plain));
+    println!(
+        "| 2 × stale drop (Postgres) + lock (Redis) + transaction, concurrency 32 | {:.2} | {:.0} |",
+        once.as_secs_f64(),
+        rate(once)
+    );
+    println!("\nledger / no-op: {:.3}", rate(once) / rate(plain));
+    println!(
+        "\nmean handler time per message: begin with id + version + fence recorded {:.2} ms, the two writes {:.2} ms, commit {:.2} ms",
+        per(&stages.begin_us),
+        per(&stages.writes_us),
+        per(&stages.commit_us)
+    );
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await?;
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let dir = tempfile::tempdir()?;
+        let server = steadfast_testkit::start_server(dir.path()).await;
+        let env = Env {
+            bootstrap: server.bootstrap_servers(),
+            quick,
+        };
+        println!(
+            "## steadfast store benchmarks ({})",
+            if quick { "quick smoke run" } else { "full run" }
+        );
+        let wants = |case: &str| only.as_deref().is_none_or(|o| o == case);
+        if wants("guards") {
+            guards(&env).await?;
+        }
+        if wants("ledger") {
+            ledger(&env).await?;
+        }
+        server.shutdown().await;
+        anyhow::Ok(())
+    })
+}
