@@ -1,0 +1,299 @@
+//! The store conformance suite against the Redis backends (Redis at 127.0.0.1:6379, a fresh
+//! random key prefix per test), plus what only Redis has to show: tokens that keep growing
+//! across a restart without persistence, calls that fail fast while Redis is down and work
+//! again by themselves, and the shared rate limit.
+
+#[path = "conformance/mod.rs"]
+mod conformance;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use steadfast::store::redis::RedisStores;
+use steadfast::store::{DedupStore, LockStore, StoreError, VersionStore};
+
+const URL: &str = "redis://127.0.0.1:6379";
+const LONG: Duration = Duration::from_secs(60);
+
+fn fresh_prefix() -> String {
+    format!("sf-test-{}", uuid::Uuid::new_v4())
+}
+
+async fn stores_at(url: &str, prefix: &str) -> RedisStores {
+    RedisStores::connect(url, prefix).await.unwrap_or_else(|e| {
+        panic!("start redis-server on 127.0.0.1:6379 (scripts/services.sh): {e}")
+    })
+}
+
+async fn stores() -> RedisStores {
+    stores_at(URL, &fresh_prefix()).await
+}
+
+async fn lock() -> Arc<dyn LockStore> {
+    Arc::new(stores().await.lock_store())
+}
+async fn dedup() -> Arc<dyn DedupStore> {
+    Arc::new(stores().await.dedup_store())
+}
+async fn version() -> Arc<dyn VersionStore> {
+    Arc::new(stores().await.version_store())
+}
+
+conformance_tests!(lock().await, dedup().await, version().await);
+
+#[tokio::test]
+async fn versions_beyond_lua_number_precision_compare_exactly() {
+    let store = version().await;
+    let big = i64::MAX - 1;
+    assert!(store.advance("big", big).await.expect("advance"));
+    assert!(
+        !store.advance("big", big - 1).await.expect("advance"),
+        "one below is refused although both round to the same double"
+    );
+    assert!(store.advance("big", i64::MAX).await.expect("advance"));
+    assert_eq!(store.get("big").await.expect("get"), Some(i64::MAX));
+    assert!(store.advance("neg", -10).await.expect("advance"));
+    assert!(!store.advance("neg", -11).await.expect("advance"));
+    assert!(store.advance("neg", -9).await.expect("advance"));
+}
+
+#[tokio::test]
+async fn a_bad_url_is_reported_without_its_password() {
+    let err = RedisStores::connect("redis://:s3cret@127.0.0.1:notaport", "p")
+        .await
+        .expect_err("a port that is not a number");
+    assert!(matches!(err, StoreError::Url { .. }), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("s3cret"), "{err:?}");
+}
+
+#[tokio::test]
+async fn connecting_to_a_redis_that_is_down_fails_fast_as_unavailable() {
+    let port = free_port();
+    let started = Instant::now();
+    let err = RedisStores::connect(&format!("redis://127.0.0.1:{port}"), "p")
+        .await
+        .expect_err("nothing listens there");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A port nobody listens on (right now).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// A `redis-server` child without persistence, killed (SIGKILL) when dropped.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    fn start(port: u16) -> RedisServer {
+        let mut server = RedisServer { port, child: None };
+        server.spawn();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until the server answers PING.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = redis::Client::open(self.url()).expect("url");
+        loop {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_millis(500)))
+                .set_response_timeout(Some(Duration::from_millis(500)));
+            if let Ok(mut conn) = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+                if pong.is_ok_and(|p| p == "PONG") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within 10 s",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `call` and checks that it fails as unavailable within a few seconds.
+async fn assert_unavailable<T: std::fmt::Debug>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) {
+    let started = Instant::now();
+    let result = call.await;
+    let took = started.elapsed();
+    match result {
+        Err(e) if e.is_unavailable() => {}
+        other => panic!("{what} while Redis is down: {other:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "{what} took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_keep_growing_across_a_redis_restart() {
+    let mut server = RedisServer::start(free_port());
+    server.wait_ready().await;
+    let stores = stores_at(&server.url(), &fresh_prefix()).await;
+    let lock = stores.lock_store();
+    let dedup = stores.dedup_store();
+    let version = stores.version_store();
+
+    let mut last = 0;
+    for _ in 0..5 {
+        let token = lock
+            .acquire("k", LONG)
+            .await
+            .expect("acquire")
+            .expect("granted");
+        assert!(token > last);
+        last = token;
+        lock.release("k", token).await.expect("release");
+    }
+    assert!(version.advance("v", 7).await.expect("advance"));
+
+    server.kill();
+    assert_unavailable("acquire", lock.acquire("k", LONG)).await;
+    assert_unavailable("renew", lock.renew("k", last, LONG)).await;
+    assert_unavailable("reserve", dedup.reserve("id", "a", LONG)).await;
+    assert_unavailable("get", version.get("v")).await;
+    assert_unavailable("rate limit", stores.rate_limiter("r", 10.0, 1).reserve()).await;
+
+    server.spawn();
+    server.wait_ready().await;
+    // The same stores, no new connection by hand: the first calls may still meet the
+    // reconnect in progress.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        match lock.acquire("k", LONG).await {
+            Ok(granted) => break granted.expect("a restarted Redis holds no lock"),
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "calls did not work again within 15 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(
+        version.get("v").await.expect("get"),
+        None,
+        "the restarted Redis forgot everything"
+    );
+    assert!(
+        first > last,
+        "token after the restart {first} > token before {last}"
+    );
+    lock.release("k", first).await.expect("release");
+    let next = lock
+        .acquire("k", LONG)
+        .await
+        .expect("acquire")
+        .expect("granted");
+    assert!(next > first, "{next} > {first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limiter_never_exceeds_rate_plus_burst() {
+    const PER_SECOND: f64 = 100.0;
+    const BURST: u32 = 10;
+    let prefix = fresh_prefix();
+    let a = stores_at(URL, &prefix).await;
+    let b = stores_at(URL, &prefix).await;
+    let limiters = [
+        a.rate_limiter("api", PER_SECOND, BURST),
+        b.rate_limiter("api", PER_SECOND, BURST),
+    ];
+
+    let started = Instant::now();
+    let until = started + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let limiter = limiters[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut permits = Vec::new();
+            while Instant::now() < until {
+                limiter.acquire().await.expect("acquire");
+                permits.push(Instant::now());
+            }
+            permits
+        }));
+    }
+    let mut permits = Vec::new();
+    for t in tasks {
+        permits.extend(t.await.expect("task"));
+    }
+    permits.sort();
+
+    // Every window [t, t + 1 s) that starts at a permit (the fullest windows do).
+    let mut most = 0;
+    let mut end = 0;
+    for (start, at) in permits.iter().enumerate() {
+        while end < permits.len() && permits[end] < *at + Duration::from_secs(1) {
+            end += 1;
+        }
+        let count = end - start;
+        most = most.max(count);
+        assert!(
+            count <= PER_SECOND as usize + BURST as usize,
+            "{count} permits within 1 s from {:?} after the start",
+            at.duration_since(started)
+        );
+    }
+    assert!(
+        permits.len() >= 250,
+        "only {} permits in 3 s (at most {most} in a second)",
+        permits.len()
+    );
+}
