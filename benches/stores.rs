@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::{Deserialize, Serialize};
 use steadfast::{Context, HandlerError, Retry, Worker};
@@ -82,16 +81,25 @@ impl Ledger {
             return Ok(());
         };
         let t1 = Instant::now();
-        tx.execute(&*self.insert, &[&msg.id, &msg.key, &msg.amount, &msg.version])
-            .await?;
+        tx.execute(
+            &*self.insert,
+            &[&msg.id, &msg.key, &msg.amount, &msg.version],
+        )
+        .await?;
         tx.execute(&*self.upsert, &[&msg.key, &msg.amount, &msg.version])
             .await?;
         let t2 = Instant::now();
         tx.commit().await?;
         let t3 = Instant::now();
-        self.stages.begin_us.fetch_add(micros(t1 - t0), AtomicOrdering::Relaxed);
-        self.stages.writes_us.fetch_add(micros(t2 - t1), AtomicOrdering::Relaxed);
-        self.stages.commit_us.fetch_add(micros(t3 - t2), AtomicOrdering::Relaxed);
+        self.stages
+            .begin_us
+            .fetch_add(micros(t1 - t0), AtomicOrdering::Relaxed);
+        self.stages
+            .writes_us
+            .fetch_add(micros(t2 - t1), AtomicOrdering::Relaxed);
+        self.stages
+            .commit_us
+            .fetch_add(micros(t3 - t2), AtomicOrdering::Relaxed);
         self.done.fetch_add(1, AtomicOrdering::Relaxed);
         Ok(())
     }
@@ -107,7 +115,8 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = steadfast_testkit::client_config(bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        steadfast_testkit::client_config(bootstrap).create()?;
     for r in admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -176,7 +185,10 @@ async fn run_until(
         .collect();
     while done.load(AtomicOrdering::Relaxed) < count {
         if started.elapsed() > Duration::from_secs(600) {
-            bail!("handled {} of {count} in 600 s", done.load(AtomicOrdering::Relaxed));
+            bail!(
+                "handled {} of {count} in 600 s",
+                done.load(AtomicOrdering::Relaxed)
+            );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -223,7 +235,11 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
     println!("\n### (a) Redis dedup + key lock + stale drop, {count} JSON messages, 4 partitions, {keys} keys, concurrency 256\n");
     println!("| worker | elapsed s | msg/s |");
     println!("|---|---:|---:|");
-    println!("| no policies (no-op handler) | {:.2} | {:.0} |", plain.as_secs_f64(), rate(plain));
+    println!(
+        "| no policies (no-op handler) | {:.2} | {:.0} |",
+        plain.as_secs_f64(),
+        rate(plain)
+    );
     println!(
         "| Redis dedup + lock + stale drop | {:.2} | {:.0} |",
         guarded.as_secs_f64(),
@@ -303,7 +319,11 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
     println!("\n### (b) the ledger path: a Postgres transaction per message, 2 workers, {count} messages, 4 partitions, {keys} keys\n");
     println!("| workers | elapsed s | msg/s |");
     println!("|---|---:|---:|");
-    println!("| 2 × no policies (no-op handler) | {:.2} | {:.0} |", plain.as_secs_f64(), rate(plain));
+    println!(
+        "| 2 × no policies (no-op handler) | {:.2} | {:.0} |",
+        plain.as_secs_f64(),
+        rate(plain)
+    );
     println!(
         "| 2 × stale drop (Postgres) + lock (Redis) + transaction, concurrency 32 | {:.2} | {:.0} |",
         once.as_secs_f64(),
@@ -316,7 +336,9 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
         per(&stages.writes_us),
         per(&stages.commit_us)
     );
-    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await?;
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await?;
     drop(client);
     let _ = driver.await;
     Ok(())

@@ -26,7 +26,10 @@ use steadfast::{Context, HandlerError, Ordering, Retry, Worker};
 
 /// The command line; its flags are a contract that outside checks rely on.
 #[derive(Debug, Parser)]
-#[command(name = "ledger", about = "Applies ledger transactions once each, through steadfast")]
+#[command(
+    name = "ledger",
+    about = "Applies ledger transactions once each, through steadfast"
+)]
 struct Args {
     /// Kafka bootstrap servers (the embedded server's or a cluster's).
     #[arg(long)]
@@ -178,8 +181,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();

@@ -112,7 +112,12 @@ where
 impl LockConfig {
     /// Runs `call` while renewing the lease every third of its length; marks the lease lost
     /// when a renewal is refused or none succeeded within the lease.
-    async fn hold<F: std::future::Future>(&self, key: &str, lease: &LeaseState, call: F) -> F::Output {
+    async fn hold<F: std::future::Future>(
+        &self,
+        key: &str,
+        lease: &LeaseState,
+        call: F,
+    ) -> F::Output {
         let every = self.lease / 3;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -16,13 +16,16 @@ use crate::store::postgres::PostgresStores;
 use crate::store::redis::{RedisRateLimiter, RedisStores};
 use crate::store::{DedupStore, LockStore, StoreError, VersionStore};
 
+/// A per-worker limit (permits per second, burst) and a limit shared through Redis.
+pub(crate) type RateLimits = (Option<(NonZeroU32, NonZeroU32)>, Option<RedisRateLimiter>);
+
 /// The connected policies; `None` where a policy is off.
 #[derive(Debug, Default)]
 pub(crate) struct Guards {
     pub(crate) stale: Option<(Arc<dyn VersionStore>, bool)>,
     pub(crate) lock: Option<(Arc<dyn LockStore>, Duration)>,
     pub(crate) dedup: Option<(Arc<dyn DedupStore>, Duration, Duration)>,
-    pub(crate) rate: Option<(Option<(NonZeroU32, NonZeroU32)>, Option<RedisRateLimiter>)>,
+    pub(crate) rate: Option<RateLimits>,
     pub(crate) breaker: Option<Breaker>,
     pub(crate) transaction: Option<PostgresStores>,
 }

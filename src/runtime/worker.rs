@@ -96,11 +96,14 @@ impl<H: Handler> Worker<H> {
     pub async fn run_until_signal(self) -> Result<WorkerStats, WorkerError> {
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();
+        // One set of listeners for both signals: a listener registered after the first signal
+        // would report that same signal again at once.
+        let mut signals = Signals::new()?;
         tokio::spawn(async move {
-            if wait_for_signal().await.is_ok() {
+            if signals.next().await.is_some() {
                 tracing::info!("signal received: draining (send another to exit at once)");
                 trigger.cancel();
-                if wait_for_signal().await.is_ok() {
+                if signals.next().await.is_some() {
                     tracing::warn!("second signal: exiting now");
                     std::process::exit(130);
                 }
@@ -577,19 +580,41 @@ async fn drain(
     }
 }
 
+/// SIGTERM and SIGINT (Ctrl-C elsewhere), listened for from creation on.
 #[cfg(unix)]
-async fn wait_for_signal() -> Result<(), WorkerError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(WorkerError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(WorkerError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
+#[cfg(unix)]
+impl Signals {
+    fn new() -> Result<Self, WorkerError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(WorkerError::Signal)?,
+            int: signal(SignalKind::interrupt()).map_err(WorkerError::Signal)?,
+        })
+    }
+    /// The next signal; `None` once no more can arrive.
+    async fn next(&mut self) -> Option<()> {
+        tokio::select! {
+            s = self.term.recv() => s,
+            s = self.int.recv() => s,
+        }
+    }
+}
+
+/// Ctrl-C, listened for from creation on.
 #[cfg(not(unix))]
-async fn wait_for_signal() -> Result<(), WorkerError> {
-    tokio::signal::ctrl_c().await.map_err(WorkerError::Signal)
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> Result<Self, WorkerError> {
+        Ok(Signals)
+    }
+    async fn next(&mut self) -> Option<()> {
+        tokio::signal::ctrl_c().await.ok()
+    }
 }

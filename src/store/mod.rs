@@ -5,7 +5,7 @@
 //! - [`DedupStore`]: two-phase deduplication of message ids (reserve → complete / release);
 //! - [`VersionStore`]: the last applied version per key, advanced by compare-and-set.
 //!
-//! Every backend passes the same conformance suite (`tests/store_conformance.rs`). A store
+//! Every backend passes the same conformance suite (`tests/store_conformance_<backend>.rs`). A store
 //! call that fails is an infrastructure failure ([`StoreError`]): the policies back off and
 //! try again, never dead-letter the message and never spend one of its attempts.
 //!
