@@ -156,7 +156,6 @@ pub fn key_text(key: &[u8]) -> String {
 }
 
 /// Whole milliseconds of `d`, at least 1 (stores refuse a zero time-to-live).
-#[allow(dead_code)]
 pub(crate) fn ttl_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
