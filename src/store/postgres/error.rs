@@ -8,7 +8,7 @@ use crate::store::StoreError;
 /// state (08xxx), an administrator shutdown or a server that cannot take connections is
 /// [`StoreError::Unavailable`]; everything else is [`StoreError::Failed`].
 pub fn classify(e: &tokio_postgres::Error) -> StoreError {
-    let message = e.to_string();
+    let message = describe(e);
     let connection_state = e.code().is_some_and(|code| {
         code.code().starts_with("08")
             || *code == SqlState::ADMIN_SHUTDOWN
@@ -30,6 +30,19 @@ pub fn classify(e: &tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// The error with its causes (`tokio_postgres` shows the server's message, or the I/O
+/// failure, only as the error's source): `db error: ERROR: relation "x" does not exist`.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 /// Whether an I/O error is somewhere in the error's source chain (a refused connect, a reset).
 fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = e.source();
@@ -40,4 +53,17 @@ fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
         source = cause.source();
     }
     false
+}
+
+/// A pooled connection that could not be had (no free slot in time, a connect that failed
+/// or timed out, a closed pool) is [`StoreError::Unavailable`].
+pub(crate) fn pool_unavailable(e: &deadpool_postgres::PoolError) -> StoreError {
+    let cause = match e {
+        deadpool_postgres::PoolError::Backend(e) => describe(e),
+        other => other.to_string(),
+    };
+    StoreError::Unavailable {
+        backend: "postgres",
+        message: format!("no pooled connection: {cause}"),
+    }
 }

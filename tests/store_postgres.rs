@@ -1,0 +1,393 @@
+//! The Postgres stores beyond the conformance suite: connecting, schema migrations and the
+//! transactional idempotency path (`begin_once`). Each test works in a fresh schema.
+
+use std::time::{Duration, Instant};
+
+use steadfast::store::postgres::{OnceRecord, OnceStart, OnceTransaction, PostgresStores};
+use steadfast::store::{LockStore, StoreError, VersionStore};
+
+const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const START_POSTGRES: &str = "start PostgreSQL on 127.0.0.1:5432 (scripts/services.sh)";
+
+fn fresh_schema() -> String {
+    format!("sf_test_{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn connect(schema: &str) -> PostgresStores {
+    PostgresStores::connect(URL, schema)
+        .await
+        .unwrap_or_else(|e| panic!("{START_POSTGRES}: {e}"))
+}
+
+/// Stores in a fresh schema holding a table `effects(id)` for a handler's own writes.
+async fn stores_with_effects() -> PostgresStores {
+    let stores = connect(&fresh_schema()).await;
+    sql(
+        &stores,
+        &format!(
+            "CREATE TABLE \"{}\".effects (id text PRIMARY KEY)",
+            stores.schema()
+        ),
+    )
+    .await;
+    stores
+}
+
+async fn sql(stores: &PostgresStores, statement: &str) {
+    let client = stores.pool().get().await.expect("pooled connection");
+    client.batch_execute(statement).await.expect(statement);
+}
+
+async fn count(stores: &PostgresStores, query: &str) -> i64 {
+    let client = stores.pool().get().await.expect("pooled connection");
+    client
+        .query_one(query, &[])
+        .await
+        .expect(query)
+        .get::<_, i64>(0)
+}
+
+async fn effects(stores: &PostgresStores) -> i64 {
+    count(
+        stores,
+        &format!("SELECT count(*) FROM \"{}\".effects", stores.schema()),
+    )
+    .await
+}
+
+async fn processed(stores: &PostgresStores, id: &str) -> bool {
+    count(
+        stores,
+        &format!(
+            "SELECT count(*) FROM \"{}\".steadfast_processed WHERE id = '{id}'",
+            stores.schema()
+        ),
+    )
+    .await
+        == 1
+}
+
+async fn drop_schema(stores: &PostgresStores) {
+    sql(
+        stores,
+        &format!("DROP SCHEMA \"{}\" CASCADE", stores.schema()),
+    )
+    .await;
+}
+
+fn record(id: &str, version: Option<i64>, fence: Option<u64>) -> OnceRecord {
+    OnceRecord {
+        id: Some(id.to_owned()),
+        version_key: version.map(|_| "acct".to_owned()),
+        version,
+        fence: fence.map(|token| ("acct".to_owned(), token)),
+    }
+}
+
+async fn begin(stores: &PostgresStores, record: &OnceRecord) -> OnceStart {
+    stores.begin_once(record).await.expect("begin_once")
+}
+
+async fn apply(stores: &PostgresStores, record: &OnceRecord) -> OnceTransaction {
+    match begin(stores, record).await {
+        OnceStart::Apply(tx) => tx,
+        other => panic!("expected Apply for {record:?}, got {other:?}"),
+    }
+}
+
+/// The handler's own write, inside the transaction.
+async fn write_effect(stores: &PostgresStores, tx: &OnceTransaction, id: &str) {
+    let insert = format!(
+        "INSERT INTO \"{}\".effects (id) VALUES ($1)",
+        stores.schema()
+    );
+    let statement = tx.prepare_cached(&insert).await.expect("prepare");
+    tx.client()
+        .execute(&statement, &[&id])
+        .await
+        .expect("the handler's insert");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connects_apply_each_migration_once() {
+    let schema = fresh_schema();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let schema = schema.clone();
+        tasks.push(tokio::spawn(async move {
+            PostgresStores::connect(URL, &schema).await
+        }));
+    }
+    let mut stores = Vec::new();
+    for task in tasks {
+        stores.push(
+            task.await
+                .expect("task")
+                .unwrap_or_else(|e| panic!("{START_POSTGRES}: {e}")),
+        );
+    }
+    let stores = &stores[0];
+    let applied = format!(
+        "SELECT version, name, applied_at::text FROM \"{schema}\".steadfast_migrations ORDER BY 1"
+    );
+    let read = || async {
+        let client = stores.pool().get().await.expect("pooled connection");
+        client
+            .query(&applied, &[])
+            .await
+            .expect("read the migrations table")
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect::<Vec<(i32, String, String)>>()
+    };
+    let first = read().await;
+    assert_eq!(
+        first
+            .iter()
+            .map(|(v, n, _)| (*v, n.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1, "stores")],
+        "every migration recorded exactly once"
+    );
+    connect(&schema).await;
+    assert_eq!(read().await, first, "a second connect applies nothing");
+    drop_schema(stores).await;
+}
+
+#[tokio::test]
+async fn a_bad_url_is_a_url_error_without_its_password() {
+    for url in [
+        "postgres://app:s3cret@127.0.0.1:notaport/test",
+        "host=127.0.0.1 password=s3cret port=notaport",
+        "not a url",
+    ] {
+        let err = PostgresStores::connect(url, "steadfast")
+            .await
+            .expect_err(url);
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Url { .. }), "{url}: {err:?}");
+        assert!(!text.contains("s3cret"), "the password is shown: {text}");
+        assert!(!format!("{err:?}").contains("s3cret"), "{err:?}");
+    }
+    let err = PostgresStores::connect("postgres://app:s3cret@127.0.0.1:notaport/test", "s")
+        .await
+        .expect_err("bad port");
+    assert!(err.to_string().contains("port"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_schema_name_is_a_url_error_naming_it() {
+    for schema in ["Steadfast", "sf-test", "sf\"; DROP SCHEMA public; --", ""] {
+        let err = PostgresStores::connect(URL, schema)
+            .await
+            .expect_err(schema);
+        assert!(matches!(err, StoreError::Url { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&format!("schema `{schema}`")),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_is_unavailable_promptly() {
+    let started = Instant::now();
+    let err = PostgresStores::connect("postgres://postgres@127.0.0.1:1/test", "steadfast")
+        .await
+        .expect_err("nobody listens on port 1");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_once_applies_then_refuses_duplicates_stale_versions_and_lower_fences() {
+    let stores = stores_with_effects().await;
+    let versions = stores.version_store();
+
+    let tx = apply(&stores, &record("m1", Some(5), Some(7))).await;
+    write_effect(&stores, &tx, "m1").await;
+    tx.commit().await.expect("commit");
+    assert_eq!(effects(&stores).await, 1, "the handler's write committed");
+    assert!(processed(&stores, "m1").await, "the id is recorded");
+    assert_eq!(versions.get("acct").await.expect("get"), Some(5));
+
+    let same_id = begin(&stores, &record("m1", Some(6), Some(7))).await;
+    assert!(matches!(same_id, OnceStart::Duplicate), "{same_id:?}");
+    let older = begin(&stores, &record("m2", Some(4), Some(7))).await;
+    assert!(matches!(older, OnceStart::Stale), "{older:?}");
+    let same_version = begin(&stores, &record("m2", Some(5), None)).await;
+    assert!(matches!(same_version, OnceStart::Stale), "{same_version:?}");
+    let lower_fence = begin(&stores, &record("m3", Some(9), Some(6))).await;
+    assert!(matches!(lower_fence, OnceStart::Fenced), "{lower_fence:?}");
+
+    let all_refuse = begin(&stores, &record("m1", Some(1), Some(6))).await;
+    assert!(
+        matches!(all_refuse, OnceStart::Fenced),
+        "fenced first: {all_refuse:?}"
+    );
+    let dup_and_stale = begin(&stores, &record("m1", Some(1), None)).await;
+    assert!(
+        matches!(dup_and_stale, OnceStart::Duplicate),
+        "duplicate before stale: {dup_and_stale:?}"
+    );
+
+    assert!(!processed(&stores, "m2").await && !processed(&stores, "m3").await);
+    assert_eq!(
+        versions.get("acct").await.expect("get"),
+        Some(5),
+        "refused attempts record nothing"
+    );
+    assert!(
+        !stores.lock_store().fence("acct", 6).await.expect("fence"),
+        "the lock store's fence sees the committed token 7"
+    );
+
+    let newer = apply(&stores, &record("m4", Some(6), Some(8))).await;
+    newer.commit().await.expect("commit");
+    assert_eq!(versions.get("acct").await.expect("get"), Some(6));
+    drop_schema(&stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_transaction_records_nothing_and_the_id_applies_again() {
+    let stores = stores_with_effects().await;
+    let tx = apply(&stores, &record("m1", Some(1), Some(1))).await;
+    write_effect(&stores, &tx, "m1").await;
+    drop(tx);
+    assert_eq!(effects(&stores).await, 0, "the handler's write vanished");
+    assert!(
+        !processed(&stores, "m1").await,
+        "the id record vanished with it"
+    );
+
+    // The server rolls the dropped transaction back when its connection closes; until then
+    // this attempt waits on the id.
+    let again = apply(&stores, &record("m1", Some(1), Some(1))).await;
+    write_effect(&stores, &again, "m1").await;
+    again.commit().await.expect("commit");
+    assert_eq!(effects(&stores).await, 1);
+    assert!(processed(&stores, "m1").await);
+    assert_eq!(
+        stores.version_store().get("acct").await.expect("get"),
+        Some(1)
+    );
+    drop_schema(&stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_transaction_records_nothing() {
+    let stores = stores_with_effects().await;
+    let tx = apply(&stores, &record("m1", Some(1), None)).await;
+    write_effect(&stores, &tx, "m1").await;
+    tx.rollback().await.expect("rollback");
+    assert_eq!(effects(&stores).await, 0);
+    assert!(!processed(&stores, "m1").await);
+    assert_eq!(stores.version_store().get("acct").await.expect("get"), None);
+    let again = apply(&stores, &record("m1", Some(1), None)).await;
+    again.commit().await.expect("commit");
+    assert!(processed(&stores, "m1").await);
+    drop_schema(&stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_with_a_failed_statement_commits_nothing() {
+    let stores = stores_with_effects().await;
+    let tx = apply(&stores, &record("m1", Some(1), None)).await;
+    write_effect(&stores, &tx, "m1").await;
+    tx.client()
+        .batch_execute("SELECT * FROM no_such_table")
+        .await
+        .expect_err("the handler's failing statement");
+    let err = tx.commit().await.expect_err("an aborted transaction");
+    assert!(matches!(err, StoreError::Failed { .. }), "{err:?}");
+    assert_eq!(effects(&stores).await, 0);
+    assert!(!processed(&stores, "m1").await);
+    let again = apply(&stores, &record("m1", Some(1), None)).await;
+    again.commit().await.expect("commit");
+    drop_schema(&stores).await;
+}
+
+/// Waits until a statement on `stores`' schema waits for a lock another transaction holds.
+async fn wait_until_blocked(stores: &PostgresStores) {
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE '%\"{}\".steadfast_processed%'",
+        stores.schema()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(stores, &waiting).await == 0 {
+        assert!(Instant::now() < deadline, "the second attempt never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_attempts_with_one_id_apply_once() {
+    let stores = stores_with_effects().await;
+    let first = apply(&stores, &record("m1", None, None)).await;
+    write_effect(&stores, &first, "m1").await;
+    let second = tokio::spawn({
+        let stores = stores.clone();
+        async move { begin(&stores, &record("m1", None, None)).await }
+    });
+    wait_until_blocked(&stores).await;
+    first.commit().await.expect("commit");
+    let second = second.await.expect("task");
+    assert!(matches!(second, OnceStart::Duplicate), "{second:?}");
+    assert_eq!(effects(&stores).await, 1, "exactly one attempt applied");
+    drop_schema(&stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_attempt_applies_when_the_first_rolls_back() {
+    let stores = stores_with_effects().await;
+    let first = apply(&stores, &record("m1", Some(1), None)).await;
+    let second = tokio::spawn({
+        let stores = stores.clone();
+        async move {
+            match begin(&stores, &record("m1", Some(1), None)).await {
+                OnceStart::Apply(tx) => {
+                    write_effect(&stores, &tx, "m1").await;
+                    tx.commit().await.expect("commit");
+                    true
+                }
+                _ => false,
+            }
+        }
+    });
+    wait_until_blocked(&stores).await;
+    first.rollback().await.expect("rollback");
+    assert!(second.await.expect("task"), "the waiting attempt applied");
+    assert_eq!(effects(&stores).await, 1);
+    drop_schema(&stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_attempt_leaves_no_transaction_behind() {
+    let stores = stores_with_effects().await;
+    let first = apply(&stores, &record("m1", None, None)).await;
+    let cancelled = tokio::spawn({
+        let stores = stores.clone();
+        async move { begin(&stores, &record("m1", None, None)).await }
+    });
+    wait_until_blocked(&stores).await;
+    cancelled.abort();
+    assert!(cancelled.await.expect_err("aborted").is_cancelled());
+    first.rollback().await.expect("rollback");
+    // Had the cancelled attempt's connection gone back to the pool, its transaction would
+    // now hold the id, and this attempt would wait or be refused.
+    let third = tokio::time::timeout(
+        Duration::from_secs(10),
+        apply(&stores, &record("m1", None, None)),
+    )
+    .await
+    .expect("the id is free");
+    write_effect(&stores, &third, "m1").await;
+    third.commit().await.expect("commit");
+    assert_eq!(effects(&stores).await, 1);
+    drop_schema(&stores).await;
+}
