@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use super::facts::facts_of;
 use super::outage::{pause, until_available};
 use super::OutcomeFuture;
-use crate::message::{Envelope, LeaseState, Outcome};
+use crate::message::{DropReason, Envelope, LeaseState, Outcome};
 use crate::store::LockStore;
 
 #[derive(Debug)]
@@ -83,6 +83,8 @@ where
                 return inner.call(envelope).await;
             };
             let key = facts.store_key.as_str();
+            // A run that succeeded before its lease was found lost: its effect landed.
+            let mut succeeded = None;
             loop {
                 let Some(token) = config.acquire(key).await else {
                     return Ok(Outcome::Requeue);
@@ -101,7 +103,17 @@ where
                         offset = envelope.offset,
                         "lease lost while handling; handling again under a new grant"
                     );
+                    if matches!(outcome, Outcome::Ack { .. }) {
+                        succeeded = Some(outcome);
+                    }
                     continue;
+                }
+                // The run again finds the id completed, by the earlier run of this delivery
+                // (or a newer holder): the delivery was handled, not a duplicate, and the
+                // layers above (stale drop's version advance, the counters) must see the
+                // success.
+                if let (Outcome::Drop(DropReason::Duplicate), Some(ack)) = (&outcome, &succeeded) {
+                    return Ok(ack.clone());
                 }
                 return Ok(outcome);
             }
@@ -158,5 +170,82 @@ impl LockConfig {
             }
             wait = (wait * 2).min(self.lease / 4).max(Duration::from_millis(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::message::{DropReason, Facts};
+    use crate::store::StoreError;
+
+    /// Grants every acquire; every renewal fails as if the store were down.
+    #[derive(Debug, Default)]
+    struct Unrenewable {
+        tokens: AtomicU64,
+    }
+
+    #[async_trait]
+    impl LockStore for Unrenewable {
+        async fn acquire(&self, _key: &str, _ttl: Duration) -> Result<Option<u64>, StoreError> {
+            Ok(Some(self.tokens.fetch_add(1, Ordering::SeqCst) + 1))
+        }
+        async fn renew(&self, _key: &str, _token: u64, _ttl: Duration) -> Result<bool, StoreError> {
+            Err(StoreError::Unavailable {
+                backend: "test",
+                message: "down".into(),
+            })
+        }
+        async fn release(&self, _key: &str, _token: u64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn fence(&self, _key: &str, _token: u64) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+    }
+
+    // Real time: the lease measures its renewals with `std::time::Instant`.
+    #[tokio::test]
+    async fn a_run_again_after_a_lost_lease_that_finds_its_own_success_reports_the_success() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let inner = {
+            let runs = runs.clone();
+            tower::service_fn(move |_envelope: Envelope| {
+                let run = runs.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if run == 0 {
+                        // Succeeds, but only after the lease ran out unrenewed.
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                        Ok::<_, Infallible>(Outcome::Ack { attempt: 1 })
+                    } else {
+                        // The run again finds the id completed by the first run.
+                        Ok(Outcome::Drop(DropReason::Duplicate))
+                    }
+                }
+            })
+        };
+        let mut service = KeyLockLayer::new(
+            Arc::new(Unrenewable::default()),
+            Duration::from_millis(45),
+            CancellationToken::new(),
+        )
+        .layer(inner);
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(Arc::new(Facts {
+            store_key: "k".into(),
+            version: None,
+            id: Some("id".into()),
+        }));
+        let outcome = service.call(envelope).await.expect("infallible");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "run again under a new grant"
+        );
+        assert_eq!(outcome, Outcome::Ack { attempt: 1 });
     }
 }
