@@ -328,3 +328,34 @@ pub async fn eventually(limit: Duration, what: &str, check: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The Redis the store tests use.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The Postgres the store tests use.
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A Redis key prefix of its own, for isolation.
+pub fn fresh_prefix() -> String {
+    format!("sf-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A Postgres schema of its own, for isolation.
+pub fn fresh_schema() -> String {
+    format!("sf_test_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The Redis stores under `prefix`; panics saying what to start when Redis does not answer.
+pub async fn redis_stores(prefix: &str) -> steadfast::store::redis::RedisStores {
+    steadfast::store::redis::RedisStores::connect(REDIS_URL, prefix)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("start redis-server on 127.0.0.1:6379 (scripts/services.sh): {e}")
+        })
+}
+
+/// The Postgres stores in `schema`; panics saying what to start when Postgres does not answer.
+pub async fn postgres_stores(schema: &str) -> steadfast::store::postgres::PostgresStores {
+    steadfast::store::postgres::PostgresStores::connect(POSTGRES_URL, schema)
+        .await
+        .unwrap_or_else(|e| panic!("start PostgreSQL on 127.0.0.1:5432 (scripts/services.sh): {e}"))
+}
