@@ -197,9 +197,14 @@ async fn stale_case(bootstrap: String, store: &'static str, prefix: String, sche
         "{store}: the handler sees versions 1 and 3 only"
     );
     assert_eq!(
-        (stats.handled, stats.dropped, stats.dead_lettered),
-        (2, 1, 0),
-        "{store}: one message dropped"
+        (
+            stats.handled,
+            stats.dropped,
+            stats.dropped_stale,
+            stats.dead_lettered
+        ),
+        (2, 1, 1, 0),
+        "{store}: one message dropped as stale"
     );
     let store_key = format!("{group}/{topic}/acct");
     let last = match store {
@@ -308,11 +313,16 @@ async fn dedup_drops_a_redelivered_id() {
         "the id `dup` handled once: {calls:?}"
     );
     assert_eq!(
-        (stats.handled, stats.dropped, stats.dead_lettered),
-        (3, 1, 0),
-        "one drop"
+        (
+            stats.handled,
+            stats.dropped,
+            stats.dropped_stale,
+            stats.dead_lettered
+        ),
+        (3, 1, 0, 0),
+        "one drop, as a duplicate"
     );
-    // Only dedup is on, so the drop is a duplicate; the store has the id completed.
+    // The store has the id completed.
     let state = redis
         .dedup_store()
         .reserve(&format!("{group}/dup"), "probe", Duration::from_secs(1))

@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     pub(crate) routed_to_tier: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) dropped_stale: AtomicU64,
     pub(crate) requeued: AtomicU64,
     pub(crate) skipped_finished: AtomicU64,
     pub(crate) partitions_assigned: AtomicU64,
@@ -90,7 +91,12 @@ impl Shared {
                 ..
             } => &self.counters.routed_to_tier,
             Outcome::Routed { .. } => &self.counters.dead_lettered,
-            Outcome::Drop(DropReason::Stale | DropReason::Duplicate) => &self.counters.dropped,
+            Outcome::Drop(reason) => {
+                if *reason == DropReason::Stale {
+                    self.counters.dropped_stale.fetch_add(1, Ordering::Relaxed);
+                }
+                &self.counters.dropped
+            }
             Outcome::Requeue | Outcome::Failed(_) => &self.counters.requeued,
         };
         counter.fetch_add(1, Ordering::Relaxed);

@@ -43,6 +43,8 @@ pub struct WorkerStats {
     pub dead_lettered: u64,
     /// Messages dropped as stale or duplicate.
     pub dropped: u64,
+    /// Of those, messages dropped as stale (the rest were duplicates).
+    pub dropped_stale: u64,
     /// Messages left unfinished at shutdown or revoke (delivered again later).
     pub requeued: u64,
     /// Messages skipped because the last commit recorded them as finished.
@@ -237,6 +239,7 @@ impl<H: Handler> Worker<H> {
             routed_to_tier: c.routed_to_tier.load(AtomicOrdering::Relaxed),
             dead_lettered: c.dead_lettered.load(AtomicOrdering::Relaxed),
             dropped: c.dropped.load(AtomicOrdering::Relaxed),
+            dropped_stale: c.dropped_stale.load(AtomicOrdering::Relaxed),
             requeued: c.requeued.load(AtomicOrdering::Relaxed),
             skipped_finished: c.skipped_finished.load(AtomicOrdering::Relaxed),
             partitions_assigned: c.partitions_assigned.load(AtomicOrdering::Relaxed),
