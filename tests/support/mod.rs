@@ -359,3 +359,58 @@ pub async fn postgres_stores(schema: &str) -> steadfast::store::postgres::Postgr
         .await
         .unwrap_or_else(|e| panic!("start PostgreSQL on 127.0.0.1:5432 (scripts/services.sh): {e}"))
 }
+
+/// Every record of `partitions` partitions of `topic`, from the beginning up to the high
+/// watermarks read first (blocking; call from a blocking context).
+pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<steadfast_testkit::Received> {
+    let expected: i64 = (0..partitions)
+        .map(|p| steadfast_testkit::watermarks(bootstrap, topic, p).1)
+        .sum();
+    let by_partition = steadfast_testkit::consume(
+        bootstrap,
+        topic,
+        partitions,
+        Offset::Beginning,
+        usize::try_from(expected).expect("a record count"),
+        Duration::from_secs(60),
+    );
+    let mut records: Vec<_> = by_partition.into_values().flatten().collect();
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}
+
+/// The offsets `group` committed for partitions `0..partitions` of `topic` (`None` where
+/// nothing is committed), and the high watermarks of those partitions (blocking).
+pub fn committed_and_ends(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> (Vec<Option<i64>>, Vec<i64>) {
+    let consumer: BaseConsumer = client(bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let c = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    let committed = (0..partitions)
+        .map(|p| match c.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        })
+        .collect();
+    let ends = (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect();
+    (committed, ends)
+}
