@@ -16,6 +16,9 @@
 //!   transaction with steadfast's records (tables created if missing).
 //! - The per-key lock lives in Redis with `--redis`, else in Postgres. SIGTERM drains,
 //!   commits and exits 0. Logs go to stderr (`RUST_LOG` filters them).
+//! - Other settings come from `steadfast.toml` (or the file `STEADFAST_CONFIG` names) and
+//!   `STEADFAST_*` variables when present, e.g. `STEADFAST_KAFKA_SESSION_TIMEOUT_MS=6000`;
+//!   the flags take precedence.
 
 use std::time::{Duration, SystemTime};
 
@@ -188,7 +191,12 @@ async fn main() -> anyhow::Result<()> {
     valid_schema(&args.schema)?;
     create_tables(&args.postgres, &args.schema).await?;
     let lock_store = args.redis.clone().unwrap_or_else(|| args.postgres.clone());
+    // Settings the flags do not cover (librdkafka properties, say) come from
+    // `steadfast.toml` when present and `STEADFAST_*` variables; the flags win.
+    let file = std::env::var("STEADFAST_CONFIG").unwrap_or_else(|_| "steadfast.toml".to_owned());
+    let base = steadfast::WorkerConfig::load(&file).with_context(|| format!("reading {file}"))?;
     let stats = Worker::builder()
+        .config(base)
         .brokers(&args.bootstrap)
         .topic(&args.topic)
         .group(&args.group)

@@ -253,6 +253,9 @@ impl Fleet {
         let child = Command::new(&self.binary)
             .args(&self.args)
             .env("RUST_LOG", filter)
+            // A killed worker's partitions move on after 6 s instead of librdkafka's 45 s.
+            .env("STEADFAST_KAFKA_SESSION_TIMEOUT_MS", "6000")
+            .env("STEADFAST_KAFKA_HEARTBEAT_INTERVAL_MS", "1000")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

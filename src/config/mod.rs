@@ -212,6 +212,7 @@ impl WorkerConfig {
                 table.insert(key.to_owned(), env_value(key, &value));
             }
         }
+        apply_kafka_env(&mut table, std::env::vars())?;
         let config: WorkerConfig = table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
@@ -391,6 +392,34 @@ impl WorkerConfig {
     }
 }
 
+/// The prefix of environment variables that set librdkafka properties:
+/// `STEADFAST_KAFKA_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` in `[kafka]`.
+pub const KAFKA_ENV_PREFIX: &str = "STEADFAST_KAFKA_";
+
+/// Puts every `STEADFAST_KAFKA_<NAME>` of `vars` into the `[kafka]` table as the property
+/// `<name>` in lower case with `_` read as `.`.
+fn apply_kafka_env(
+    table: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, value) in vars {
+        let Some(name) = var.strip_prefix(KAFKA_ENV_PREFIX) else {
+            continue;
+        };
+        let property = name.to_ascii_lowercase().replace('_', ".");
+        let kafka = table
+            .entry("kafka")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match kafka {
+            toml::Value::Table(kafka) => {
+                kafka.insert(property, toml::Value::String(value));
+            }
+            _ => return Err(ConfigError::Parse("`kafka` must be a table".to_owned())),
+        }
+    }
+    Ok(())
+}
+
 /// An environment value as the TOML value of `key`.
 fn env_value(key: &str, value: &str) -> toml::Value {
     match key {
@@ -484,6 +513,30 @@ mod tests {
             c.kafka.get("fetch.min.bytes").map(String::as_str),
             Some("1")
         );
+    }
+
+    #[test]
+    fn kafka_properties_come_from_the_environment() {
+        let mut table: toml::Table =
+            toml::from_str("[kafka]\n\"fetch.min.bytes\" = \"1\"\n").expect("toml");
+        let vars = [
+            (
+                "STEADFAST_KAFKA_SESSION_TIMEOUT_MS".to_owned(),
+                "6000".to_owned(),
+            ),
+            ("STEADFAST_BROKERS".to_owned(), "ignored here".to_owned()),
+        ];
+        apply_kafka_env(&mut table, vars.into_iter()).expect("applied");
+        let config: WorkerConfig = table.try_into().expect("valid");
+        assert_eq!(
+            config.kafka.get("session.timeout.ms").map(String::as_str),
+            Some("6000")
+        );
+        assert_eq!(
+            config.kafka.get("fetch.min.bytes").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(config.kafka.len(), 2);
     }
 
     #[test]

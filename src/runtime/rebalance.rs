@@ -92,12 +92,7 @@ impl WorkerContext {
             }
             commits
         };
-        let commits = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(drain)
-            }
-            _ => drain(),
-        };
+        let commits = drain();
         if lost {
             tracing::warn!(
                 partitions = tps.len(),
@@ -150,16 +145,28 @@ impl WorkerContext {
     }
 }
 
+/// Runs `work` (which waits on handlers or the broker) off the async worker thread when the
+/// callback runs on one: the other tasks of the runtime, an in-process broker among them,
+/// keep running meanwhile.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            self.revoke(consumer, tpl);
+            blocking(|| self.revoke(consumer, tpl));
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            self.assign(consumer, tpl);
+            blocking(|| self.assign(consumer, tpl));
         }
     }
 }

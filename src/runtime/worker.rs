@@ -196,7 +196,11 @@ impl<H: Handler> Worker<H> {
             .max(1_000)
             .to_string();
         for (key, default) in [
-            ("partition.assignment.strategy", "cooperative-sticky"),
+            // Range assigns partition p of the topic and of each retry tier (they have the same
+            // partition count) to the same member, so a key parked for its retry copy is on
+            // the worker that consumes that copy, and the source partitions spread over the
+            // members. Rebalances are eager: every member drains and commits at each one.
+            ("partition.assignment.strategy", "range"),
             ("auto.offset.reset", "earliest"),
             ("queued.min.messages", prefetch.as_str()),
         ] {
@@ -229,10 +233,14 @@ impl<H: Handler> Worker<H> {
             &handler_shutdown,
         )
         .await;
-        commit(&consumer, &shared, CommitMode::Sync, true);
-        shared.closing.store(true, AtomicOrdering::SeqCst);
-        consumer.unsubscribe();
-        drop(consumer);
+        // The final commit, the unsubscribe and the close wait on the broker: off the async
+        // worker thread, or an in-process broker on the same runtime could not answer them.
+        tokio::task::block_in_place(|| {
+            commit(&consumer, &shared, CommitMode::Sync, true);
+            shared.closing.store(true, AtomicOrdering::SeqCst);
+            consumer.unsubscribe();
+            drop(consumer);
+        });
         let c = &shared.counters;
         let stats = WorkerStats {
             handled: c.handled.load(AtomicOrdering::Relaxed),
