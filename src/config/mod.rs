@@ -354,6 +354,11 @@ impl WorkerConfig {
             if store_kind("transaction.postgres", &tx.postgres)? != StoreKind::Postgres {
                 return invalid("transaction.postgres", "must be a `postgres://` URL");
             }
+            if let Some(lock) = &self.lock {
+                if store_kind("lock.store", &lock.store)? == StoreKind::Memory {
+                    return invalid("lock.store", "a memory lock's tokens start again at 1 in every process, and the transaction's fence keeps the largest token ever seen: use a Redis or Postgres lock with `[transaction]`");
+                }
+            }
         }
         Ok(())
     }
@@ -494,6 +499,10 @@ mod tests {
                 "transaction.postgres",
             ),
             ("[stores]\nschema = \"Bad-Name\"\n", "stores.schema"),
+            (
+                "[lock]\nstore = \"memory\"\n[transaction]\npostgres = \"postgres://u@h/d\"\n",
+                "lock.store",
+            ),
         ] {
             let err = WorkerConfig::from_toml(text).expect_err(text);
             assert!(err.to_string().contains(key), "{text}: {err}");

@@ -128,13 +128,25 @@ impl Context {
                 .zip(guard.lease.as_ref())
                 .map(|(f, lease)| (f.store_key.clone(), lease.token)),
         };
+        if record.id.is_none() && record.version.is_none() {
+            return Err(HandlerError::permanent(
+                "once-only effects need the message type to declare an `id` or a `version` (#[message(id = ..)]): without either, a redelivery cannot be recognised",
+            ));
+        }
         if let Some(notes) = &guard.notes {
             notes
                 .used_transaction
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         let skipped = match stores.begin_once(&record).await? {
-            OnceStart::Apply(tx) => return Ok(Some(Transaction::new(tx, guard.notes.clone()))),
+            OnceStart::Apply(tx) => {
+                if let Some(notes) = &guard.notes {
+                    notes
+                        .handed
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                return Ok(Some(Transaction::new(tx, guard.notes.clone())));
+            }
             OnceStart::Duplicate => Some(DropReason::Duplicate),
             OnceStart::Stale => Some(DropReason::Stale),
             OnceStart::Fenced => {

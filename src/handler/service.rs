@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
@@ -14,35 +15,6 @@ use super::{Context, Handler, HandlerError};
 use crate::message::{Envelope, Failure, Message, Outcome};
 use crate::policy::{now_ms, OutcomeFuture};
 use crate::store::postgres::PostgresStores;
-use crate::store::StoreError;
-
-/// Whether the database of the handler's transaction answers: a handler failure while it
-/// does not is an outage (retried without spending an attempt), whatever the handler made
-/// of the error.
-async fn database_answers(stores: &PostgresStores) -> Result<(), StoreError> {
-    let probe = async {
-        let client = stores
-            .pool()
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                backend: "postgres",
-                message: e.to_string(),
-            })?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| crate::store::postgres::classify(&e))?;
-        Ok(())
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
-        Ok(result) => result,
-        Err(_) => Err(StoreError::Unavailable {
-            backend: "postgres",
-            message: "no answer within 2 s".to_owned(),
-        }),
-    }
-}
 
 /// Runs a [`Handler`] on envelopes.
 #[derive(Debug)]
@@ -115,23 +87,41 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
                 Err(e) => return Ok(failure("decode", e.to_string(), true, attempt)),
             };
             let notes = envelope.guard.notes.clone();
+            if let Some(n) = &notes {
+                // What an earlier attempt of this delivery did with a transaction is not this
+                // attempt's.
+                n.used_transaction.store(false, Ordering::SeqCst);
+                n.handed.store(false, Ordering::SeqCst);
+                *n.skipped.lock() = None;
+            }
             let cx = Context::new(envelope, attempt, group, shutdown, transactions.clone());
             let result = AssertUnwindSafe(handler.handle_message(message, &cx))
                 .catch_unwind()
                 .await;
             Ok(match result {
-                Ok(Ok(())) => match notes.as_ref().and_then(|n| *n.skipped.lock()) {
-                    Some(reason) => Outcome::Drop(reason),
+                Ok(Ok(())) => match notes.as_deref() {
+                    Some(n) if n.handed.load(Ordering::SeqCst) && !n.recorded.load(Ordering::SeqCst) => {
+                        failure(
+                            "transient",
+                            "the handler returned Ok without committing the transaction it was handed: nothing of it was applied".to_owned(),
+                            false,
+                            attempt,
+                        )
+                    }
+                    Some(n) => match *n.skipped.lock() {
+                        Some(reason) => Outcome::Drop(reason),
+                        None => Outcome::Ack { attempt },
+                    },
                     None => Outcome::Ack { attempt },
                 },
                 Ok(Err(mut e)) => {
                     if !matches!(e, HandlerError::Unavailable(_) | HandlerError::Permanent(_))
                         && notes.as_ref().is_some_and(|n| {
-                            n.used_transaction.load(std::sync::atomic::Ordering::SeqCst)
+                            n.used_transaction.load(Ordering::SeqCst)
                         })
                     {
                         if let Some(stores) = &transactions {
-                            if let Err(down) = database_answers(stores).await {
+                            if let Err(down) = stores.answers().await {
                                 e = HandlerError::Unavailable(format!(
                                     "{}; the database does not answer: {down}",
                                     e.message()

@@ -40,6 +40,9 @@ impl Transaction {
     /// Rolls the transaction back: nothing of it, steadfast's records included, is applied.
     pub async fn rollback(self) -> Result<(), HandlerError> {
         self.inner.rollback().await?;
+        if let Some(notes) = &self.notes {
+            notes.handed.store(false, Ordering::SeqCst);
+        }
         Ok(())
     }
 }

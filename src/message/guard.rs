@@ -53,8 +53,10 @@ pub struct HandlerNotes {
     pub recorded: AtomicBool,
     /// The transactional store found the message already applied or stale.
     pub skipped: Mutex<Option<DropReason>>,
-    /// The handler was handed a database transaction (a failure may be the database's).
+    /// The handler asked for a database transaction (a failure may be the database's).
     pub used_transaction: AtomicBool,
+    /// A transaction was handed over and neither committed nor rolled back yet.
+    pub handed: AtomicBool,
 }
 
 /// See the module docs. Empty until a policy fills it.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
-use super::facts::{facts_of, recorded_in_transaction};
+use super::facts::facts_of;
 use super::outage::{pause, until_available};
 use super::OutcomeFuture;
 use crate::message::{DropReason, Envelope, Outcome};
@@ -26,6 +26,8 @@ struct DedupConfig {
     ttl: Duration,
     /// This worker's name in reservations.
     worker: String,
+    /// Calls so far, to make each reservation's owner unique.
+    calls: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
 }
 
@@ -51,6 +53,7 @@ impl DedupLayer {
                 lease,
                 ttl,
                 worker: worker.to_owned(),
+                calls: std::sync::atomic::AtomicU64::new(0),
                 shutdown,
             }),
         }
@@ -94,8 +97,13 @@ where
             let Some(id) = facts_of(&envelope).and_then(|f| f.id.clone()) else {
                 return inner.call(envelope).await;
             };
+            // Unique per call: a redelivered copy of the same offset in this process (after a
+            // rebalance brought the partition back) must not share the reservation.
+            let call = config
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let owner = format!(
-                "{}/{}/{}/{}",
+                "{}/{}/{}/{}/{call}",
                 config.worker, envelope.topic, envelope.partition, envelope.offset
             );
             let shutdown = &config.shutdown;
@@ -123,7 +131,7 @@ where
                 }
             }
             let outcome = inner.call(envelope.clone()).await?;
-            if matches!(outcome, Outcome::Ack { .. }) && !recorded_in_transaction(&envelope) {
+            if matches!(outcome, Outcome::Ack { .. }) {
                 let done = until_available("dedup complete", shutdown, || {
                     config.store.complete(&id, &owner, config.ttl)
                 })

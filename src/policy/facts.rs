@@ -110,12 +110,3 @@ where
 pub(crate) fn facts_of(envelope: &Envelope) -> Option<Arc<Facts>> {
     envelope.guard.facts.clone()
 }
-
-/// Whether the handler's committed transaction already recorded id and version.
-pub(crate) fn recorded_in_transaction(envelope: &Envelope) -> bool {
-    envelope
-        .guard
-        .notes
-        .as_ref()
-        .is_some_and(|n| n.recorded.load(std::sync::atomic::Ordering::SeqCst))
-}

@@ -17,12 +17,14 @@ use super::facts::facts_of;
 use super::outage::{pause, until_available};
 use super::OutcomeFuture;
 use crate::message::{DropReason, Envelope, LeaseState, Outcome};
-use crate::store::LockStore;
+use crate::store::{LockStore, StoreError, VersionStore};
 
 #[derive(Debug)]
 struct LockConfig {
     store: Arc<dyn LockStore>,
     lease: Duration,
+    /// The stale-drop policy's versions, checked again once the lock is held.
+    versions: Option<Arc<dyn VersionStore>>,
     shutdown: CancellationToken,
 }
 
@@ -39,7 +41,23 @@ impl KeyLockLayer {
             config: Arc::new(LockConfig {
                 store,
                 lease: lease.max(Duration::from_millis(30)),
+                versions: None,
                 shutdown,
+            }),
+        }
+    }
+
+    /// Checks the message's version against `versions` again once the lock is held: the
+    /// stale check before the lock may have raced with another holder that applied a newer
+    /// (or the same) version while this one waited for the lock.
+    pub fn recheck_versions(self, versions: Option<Arc<dyn VersionStore>>) -> Self {
+        let c = &self.config;
+        KeyLockLayer {
+            config: Arc::new(LockConfig {
+                store: c.store.clone(),
+                lease: c.lease,
+                versions,
+                shutdown: c.shutdown.clone(),
             }),
         }
     }
@@ -89,6 +107,23 @@ where
                 let Some(token) = config.acquire(key).await else {
                     return Ok(Outcome::Requeue);
                 };
+                if let (Some(versions), Some(version)) = (&config.versions, facts.version) {
+                    let current =
+                        until_available("version get", &config.shutdown, || versions.get(key))
+                            .await;
+                    let stale = match current {
+                        None => {
+                            let _ = config.store.release(key, token).await;
+                            return Ok(Outcome::Requeue);
+                        }
+                        Some(current) => current.is_some_and(|c| c >= version),
+                    };
+                    if stale {
+                        let _ = config.store.release(key, token).await;
+                        tracing::info!(key, version, offset = envelope.offset, "stale message dropped (a newer version was applied while it waited for the lock)");
+                        return Ok(Outcome::Drop(DropReason::Stale));
+                    }
+                }
                 let lease = Arc::new(LeaseState::new(token));
                 let mut held = envelope.clone();
                 held.guard.lease = Some(lease.clone());
@@ -139,7 +174,13 @@ impl LockConfig {
             tokio::select! {
                 output = &mut call => return output,
                 _ = tick.tick(), if !lease.is_lost() => {
-                    match self.store.renew(key, lease.token, self.lease).await {
+                    let renewal = tokio::time::timeout(every, self.store.renew(key, lease.token, self.lease))
+                        .await
+                        .unwrap_or_else(|_| Err(StoreError::Unavailable {
+                            backend: "lock",
+                            message: format!("renewal not answered within {every:?}"),
+                        }));
+                    match renewal {
                         Ok(true) => last_renewed = Instant::now(),
                         Ok(false) => lease.mark_lost(),
                         Err(e) => {

@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::StoreError;
 
+/// The longest a store call may take before it counts as unanswered.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Backoff between tries while a store is unreachable: 50 ms doubling to 5 s, with jitter,
 /// without end.
 pub(crate) fn outage_backoff() -> impl Iterator<Item = Duration> {
@@ -41,15 +44,30 @@ where
     Fut: Future<Output = Result<T, StoreError>>,
 {
     let mut delays = outage_backoff();
+    let mut failures = 0u32;
     loop {
         if shutdown.is_cancelled() {
             return None;
         }
-        match call().await {
+        let answer = match tokio::time::timeout(CALL_TIMEOUT, call()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Unavailable {
+                backend: "store",
+                message: format!("no answer within {CALL_TIMEOUT:?}"),
+            }),
+        };
+        match answer {
             Ok(value) => return Some(value),
             Err(e) => {
+                failures = failures.saturating_add(1);
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(call = what, error = %e, ?delay, "store call failed; trying again");
+                if !e.is_unavailable() && failures >= 10 {
+                    // A refusal that does not pass (a wrong type, missing rights): loud, but
+                    // still never a reason to drop or dead-letter the message.
+                    tracing::error!(call = what, error = %e, failures, ?delay, "store keeps refusing the call; the message waits until it is fixed");
+                } else {
+                    tracing::warn!(call = what, error = %e, ?delay, "store call failed; trying again");
+                }
                 if !pause(delay, shutdown).await {
                     return None;
                 }

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
-use super::facts::{facts_of, recorded_in_transaction};
+use super::facts::facts_of;
 use super::outage::until_available;
 use super::sink::{OutgoingRecord, Sink};
 use super::{headers, OutcomeFuture};
@@ -117,7 +117,13 @@ where
                 return Ok(Outcome::Drop(DropReason::Stale));
             }
             let outcome = inner.call(envelope.clone()).await?;
-            if matches!(outcome, Outcome::Ack { .. }) && !recorded_in_transaction(&envelope) {
+            // Also after a duplicate drop: the first run may have ended before it advanced.
+            // The advance is a compare-and-set, so recording what a transaction recorded too
+            // is harmless (and needed when this store is not the transaction's).
+            if matches!(
+                outcome,
+                Outcome::Ack { .. } | Outcome::Drop(DropReason::Duplicate)
+            ) {
                 let advanced = until_available("version advance", shutdown, || {
                     config.versions.advance(key, version)
                 })

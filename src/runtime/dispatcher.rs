@@ -457,6 +457,16 @@ impl Dispatcher {
     }
 
     /// Drops pending pause/resume decisions for `tps` (already carried out directly).
+    /// Of `tps`, the partitions that must stay paused (an open breaker, a stalled bound, a
+    /// held retry record).
+    pub(crate) fn paused_of(&self, tps: &[TopicPartition]) -> Vec<TopicPartition> {
+        tps.iter()
+            .filter(|tp| self.partitions.get(*tp).is_some_and(|p| p.paused))
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets pending pause/resume decisions of `tps` (the caller applied them itself).
     pub(crate) fn take_control_of(&mut self, tps: &[TopicPartition]) {
         for tp in tps {
             self.control.remove(tp);

@@ -50,6 +50,7 @@ impl Guards {
             postgres: HashMap::new(),
             prefix: config.stores.key_prefix.clone(),
             schema: config.stores.schema.clone(),
+            pool_size: config.concurrency.saturating_add(8).clamp(16, 128),
             shutdown: shutdown.clone(),
         };
         let mut guards = Guards::default();
@@ -116,6 +117,9 @@ struct Connections {
     postgres: HashMap<String, PostgresStores>,
     prefix: String,
     schema: String,
+    /// Connections per Postgres pool: the worker's concurrency plus room for lock renewals
+    /// and store calls.
+    pool_size: usize,
     shutdown: CancellationToken,
 }
 
@@ -136,8 +140,9 @@ impl Connections {
             return Ok(stores.clone());
         }
         let schema = self.schema.clone();
+        let size = self.pool_size;
         let stores = retry_connect(url, &self.shutdown, || {
-            PostgresStores::connect(url, &schema)
+            PostgresStores::connect_sized(url, &schema, size)
         })
         .await?;
         self.postgres.insert(url.to_owned(), stores.clone());

@@ -133,10 +133,22 @@ impl WorkerContext {
         if let Err(e) = consumer.resume(tpl) {
             tracing::warn!(error = %e, "resuming assigned partitions failed");
         }
-        self.shared
-            .dispatcher
-            .lock()
-            .take_control_of(&partitions_of(tpl));
+        let still_paused = {
+            let mut d = self.shared.dispatcher.lock();
+            let tps = partitions_of(tpl);
+            d.take_control_of(&tps);
+            d.paused_of(&tps)
+        };
+        // ...but one that must stay paused (an open breaker, say) is paused again.
+        if !still_paused.is_empty() {
+            let mut pause = TopicPartitionList::new();
+            for (topic, partition) in &still_paused {
+                pause.add_partition(topic, *partition);
+            }
+            if let Err(e) = consumer.pause(&pause) {
+                tracing::warn!(error = %e, "pausing assigned partitions failed");
+            }
+        }
         self.shared
             .counters
             .partitions_assigned

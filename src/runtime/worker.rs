@@ -311,10 +311,10 @@ pub(crate) fn build_stack<H: Handler>(
     let rate = guards.rate.as_ref().map(|(local, shared)| {
         policy::RateLimitLayer::new(*local, shared.clone(), shutdown.clone())
     });
-    let lock = guards
-        .lock
-        .as_ref()
-        .map(|(store, lease)| policy::KeyLockLayer::new(store.clone(), *lease, shutdown.clone()));
+    let lock = guards.lock.as_ref().map(|(store, lease)| {
+        policy::KeyLockLayer::new(store.clone(), *lease, shutdown.clone())
+            .recheck_versions(guards.stale.as_ref().map(|(versions, _)| versions.clone()))
+    });
     let worker_id = worker_id();
     let dedup = guards.dedup.as_ref().map(|(store, lease, ttl)| {
         policy::DedupLayer::new(store.clone(), *lease, *ttl, &worker_id, shutdown.clone())
@@ -339,9 +339,10 @@ pub(crate) fn build_stack<H: Handler>(
             config.retry_policy(),
             shutdown.clone(),
         ))
-        .layer(policy::TimeoutLayer::new(Duration::from_millis(
-            config.handler_timeout_ms,
-        )))
+        .layer(
+            policy::TimeoutLayer::new(Duration::from_millis(config.handler_timeout_ms))
+                .probing(guards.transaction.clone()),
+        )
         .service(
             HandlerService::new(handler, group, shutdown)
                 .with_transactions(guards.transaction.clone()),
@@ -349,9 +350,14 @@ pub(crate) fn build_stack<H: Handler>(
     BoxedStack::new(service)
 }
 
-/// This worker's name in dedup reservations: process id and start time.
+/// This worker's name in dedup reservations: process id, start time and a random part
+/// (containers often all run as process 1).
 fn worker_id() -> String {
-    format!("{}-{:x}", std::process::id(), policy::now_ms())
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{}-{:x}-{random:x}", std::process::id(), policy::now_ms())
 }
 
 /// The stack for [`crate::testing`]: dead letters to `<topic>.dlq`, partitions left to the key.

@@ -59,8 +59,9 @@ pub(crate) async fn migrate(
         .await
         .map_err(|e| classify(&e))?
         .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(|e| classify(&e))?;
     let mut applied = Vec::new();
     for migration in migrations {
         let version = i32::try_from(migration.version).map_err(|_| StoreError::Migration {

@@ -34,7 +34,7 @@ pub use self::once::{OnceRecord, OnceStart, OnceTransaction};
 pub use self::version::PostgresVersionStore;
 use crate::store::{ttl_ms, StoreError};
 
-/// The most connections the pool opens.
+/// The most connections the pool opens unless told otherwise.
 const MAX_CONNECTIONS: usize = 16;
 /// How long a call waits for a free connection, for a new connection, or for a recycle
 /// check before it reports the store unavailable.
@@ -56,10 +56,21 @@ impl PostgresStores {
     /// a server that does not answer within a few seconds is [`StoreError::Unavailable`]; a
     /// migration that fails is [`StoreError::Migration`].
     pub async fn connect(url: &str, schema: &str) -> Result<PostgresStores, StoreError> {
+        Self::connect_sized(url, schema, MAX_CONNECTIONS).await
+    }
+
+    /// [`connect`](Self::connect) with a pool of at most `max_connections` (at least 1): a
+    /// worker sizes it above its concurrency, so lock renewals and store calls do not wait
+    /// behind the handlers' open transactions.
+    pub async fn connect_sized(
+        url: &str,
+        schema: &str,
+        max_connections: usize,
+    ) -> Result<PostgresStores, StoreError> {
         let pg_config = config::parse_url(url)?;
         config::check_schema(url, schema)?;
         let pool = Pool::builder(Manager::new(pg_config, NoTls))
-            .max_size(MAX_CONNECTIONS)
+            .max_size(max_connections.max(1))
             .wait_timeout(Some(POOL_TIMEOUT))
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT))
@@ -109,6 +120,34 @@ impl PostgresStores {
     /// A pooled connection.
     async fn client(&self) -> Result<Object, StoreError> {
         pooled(&self.pool).await
+    }
+
+    /// Whether the database answers: `SELECT 1` within 2 s. A pool with no free connection
+    /// counts as answering (busy is not down); a refused or broken connection does not.
+    pub async fn answers(&self) -> Result<(), StoreError> {
+        let probe = async {
+            let client = match self.pool.get().await {
+                Ok(client) => client,
+                Err(deadpool_postgres::PoolError::Timeout(
+                    deadpool_postgres::TimeoutType::Wait,
+                )) => {
+                    return Ok(());
+                }
+                Err(e) => return Err(pool_unavailable(&e)),
+            };
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| classify(&e))?;
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Unavailable {
+                backend: "postgres",
+                message: "no answer to SELECT 1 within 2 s".to_owned(),
+            }),
+        }
     }
 }
 
