@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 mod policies;
 
+pub(crate) use self::policies::is_identifier;
 pub use self::policies::{
     redact, store_kind, BreakerConfig, DedupConfig, LockConfig, RateLimitConfig, StaleConfig,
     StoreKind, StoresConfig, TransactionConfig,

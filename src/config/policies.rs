@@ -174,23 +174,35 @@ pub fn store_kind(key: &'static str, url: &str) -> Result<StoreKind, ConfigError
     }
 }
 
-/// A URL without its password, for messages.
+/// The URL with every password replaced by `***`, for messages and logs: the one in the user
+/// info of a `scheme://user:password@host` URL and every `password=` parameter. Where the URL
+/// is ambiguous, more than the password is hidden rather than less.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
+    let mut out = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rfind('@') {
+            Some(at) => match rest[..at].split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
                 None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+            },
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    };
+    let mut from = 0;
+    while let Some(found) = out[from..].to_ascii_lowercase().find("password=") {
+        let start = from + found + "password=".len();
+        let value = &out[start..];
+        let len = if let Some(quoted) = value.strip_prefix('\'') {
+            quoted.find('\'').map_or(value.len(), |close| close + 2)
+        } else {
+            value
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .unwrap_or(value.len())
+        };
+        out.replace_range(start..start + len, "***");
+        from = start + 3;
     }
+    out
 }
 
 /// Whether `name` is a plain Postgres identifier.

@@ -2,6 +2,8 @@
 //! its password) and the schema name.
 
 use super::error::describe;
+use crate::config::is_identifier;
+pub(crate) use crate::config::redact;
 use crate::store::StoreError;
 
 /// The application name the stores' connections report, unless the URL names one.
@@ -27,13 +29,7 @@ pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError>
 
 /// Accepts a schema name that needs no quoting: `[a-z_][a-z0-9_]{0,62}`.
 pub(crate) fn check_schema(url: &str, schema: &str) -> Result<(), StoreError> {
-    let mut chars = schema.chars();
-    let plain = schema.len() <= 63
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
+    if is_identifier(schema) {
         Ok(())
     } else {
         Err(StoreError::Url {
@@ -44,37 +40,6 @@ pub(crate) fn check_schema(url: &str, schema: &str) -> Result<(), StoreError> {
             ),
         })
     }
-}
-
-/// The URL with every password replaced by `***`: the one in the user info of a
-/// `postgres://user:password@host` URL and every `password=` parameter. Where the URL is
-/// ambiguous, more than the password is hidden rather than less.
-pub(crate) fn redact(url: &str) -> String {
-    let mut out = match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rfind('@') {
-            Some(at) => match rest[..at].split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-                None => url.to_owned(),
-            },
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    };
-    let mut from = 0;
-    while let Some(found) = out[from..].to_ascii_lowercase().find("password=") {
-        let start = from + found + "password=".len();
-        let value = &out[start..];
-        let len = if let Some(quoted) = value.strip_prefix('\'') {
-            quoted.find('\'').map_or(value.len(), |close| close + 2)
-        } else {
-            value
-                .find(|c: char| c == '&' || c.is_whitespace())
-                .unwrap_or(value.len())
-        };
-        out.replace_range(start..start + len, "***");
-        from = start + 3;
-    }
-    out
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ fn password(url: &str) -> Option<&str> {
 
 /// `url` with its password (if any) replaced by `***`.
 fn without_password(url: &str) -> String {
-    scrub_password(url, url)
+    crate::config::redact(url)
 }
 
 /// `text` with every occurrence of `url`'s password replaced by `***`.
