@@ -202,7 +202,8 @@ impl Plan {
     }
 }
 
-/// The example binary next to this test's: `target/<profile>/deps/<test>` →
+/// The example binary next to this test's (`cargo build --example ledger` builds it):
+/// `target/<profile>/deps/<test>` →
 /// `target/<profile>/examples/ledger`.
 fn ledger_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
@@ -215,8 +216,7 @@ fn ledger_binary() -> PathBuf {
         .join(format!("ledger{}", std::env::consts::EXE_SUFFIX));
     assert!(
         binary.is_file(),
-        "{} is missing: run this test through `cargo test`, which builds examples, or run \
-         `cargo build --example ledger` first",
+        "{} is missing: run `cargo build --example ledger` first (scripts/test.sh does)",
         binary.display()
     );
     binary
