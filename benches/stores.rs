@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::{Deserialize, Serialize};
 use steadfast::{Context, HandlerError, Retry, Worker};
@@ -114,21 +112,6 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        steadfast_testkit::client_config(bootstrap).create()?;
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-    }
-    Ok(())
-}
-
 /// Produces `count` updates over `keys` keys, versions increasing per key.
 fn produce(bootstrap: &str, topic: &str, count: u64, keys: u64) -> anyhow::Result<()> {
     let producer: BaseProducer = steadfast_testkit::client_config(bootstrap)
@@ -165,7 +148,7 @@ fn produce(bootstrap: &str, topic: &str, count: u64, keys: u64) -> anyhow::Resul
 
 async fn backlog(env: &Env, prefix: &str, count: u64, keys: u64) -> anyhow::Result<String> {
     let topic = unique(prefix);
-    create_topic(&env.bootstrap, &topic, 4).await?;
+    steadfast_testkit::create_topic(&env.bootstrap, &topic, 4, &[]).await;
     let (bootstrap, t) = (env.bootstrap.clone(), topic.clone());
     tokio::task::spawn_blocking(move || produce(&bootstrap, &t, count, keys)).await??;
     Ok(topic)
