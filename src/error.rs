@@ -19,6 +19,14 @@ pub enum WorkerError {
     /// shutdown).
     #[error("store: {0}")]
     Store(crate::store::StoreError),
+    /// The metrics and health endpoint could not listen on its address.
+    #[error("observe endpoint {address}: {source}")]
+    Endpoint {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Listening for signals failed.
     #[error("signal handling: {0}")]
     Signal(std::io::Error),

@@ -46,6 +46,7 @@ pub mod config;
 mod error;
 pub mod handler;
 pub mod message;
+pub mod observe;
 pub mod policy;
 pub mod runtime;
 pub mod store;

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod observe;
 mod policies;
 
+pub use self::observe::ObserveConfig;
 pub(crate) use self::policies::is_identifier;
 pub use self::policies::{
     redact, store_kind, BreakerConfig, DedupConfig, LockConfig, RateLimitConfig, StaleConfig,
@@ -137,6 +139,8 @@ pub struct WorkerConfig {
     pub breaker: Option<BreakerConfig>,
     /// Transactional idempotency on Postgres (`[transaction]`); off when absent.
     pub transaction: Option<TransactionConfig>,
+    /// Metrics and health endpoint (`[observe]`).
+    pub observe: ObserveConfig,
 }
 
 impl Default for WorkerConfig {
@@ -163,12 +167,13 @@ impl Default for WorkerConfig {
             rate_limit: None,
             breaker: None,
             transaction: None,
+            observe: ObserveConfig::default(),
         }
     }
 }
 
 /// The `STEADFAST_*` variables read as overrides, with the key each sets.
-pub const ENV_OVERRIDES: [(&str, &str); 12] = [
+pub const ENV_OVERRIDES: [(&str, &str); 15] = [
     ("STEADFAST_BROKERS", "brokers"),
     ("STEADFAST_GROUP", "group"),
     ("STEADFAST_TOPIC", "topic"),
@@ -181,6 +186,12 @@ pub const ENV_OVERRIDES: [(&str, &str); 12] = [
     ("STEADFAST_HANDLER_TIMEOUT_MS", "handler_timeout_ms"),
     ("STEADFAST_DRAIN_TIMEOUT_MS", "drain_timeout_ms"),
     ("STEADFAST_COMMIT_INTERVAL_MS", "commit_interval_ms"),
+    ("STEADFAST_OBSERVE_LISTEN", "observe.listen"),
+    ("STEADFAST_OBSERVE_STALL_AFTER_MS", "observe.stall_after_ms"),
+    (
+        "STEADFAST_OBSERVE_LAG_INTERVAL_MS",
+        "observe.lag_interval_ms",
+    ),
 ];
 
 impl WorkerConfig {
@@ -210,7 +221,7 @@ impl WorkerConfig {
             toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         for (var, key) in ENV_OVERRIDES {
             if let Ok(value) = std::env::var(var) {
-                table.insert(key.to_owned(), env_value(key, &value));
+                set_dotted(&mut table, key, env_value(key, &value))?;
             }
         }
         apply_kafka_env(&mut table, std::env::vars())?;
@@ -263,6 +274,20 @@ impl WorkerConfig {
         }
         if self.commit_interval_ms == 0 {
             return invalid("commit_interval_ms", "must be positive");
+        }
+        if let Some(listen) = &self.observe.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return invalid(
+                    "observe.listen",
+                    "must be an `ip:port` address such as `0.0.0.0:9464`",
+                );
+            }
+        }
+        if self.observe.stall_after_ms == 0 || self.observe.lag_interval_ms == 0 {
+            return invalid(
+                "observe.stall_after_ms",
+                "`stall_after_ms` and `lag_interval_ms` must be positive",
+            );
         }
         if self.dead_letter_topic.is_some() && self.dead_letter_topic == self.topic {
             return invalid(
@@ -427,10 +452,37 @@ fn apply_kafka_env(
 }
 
 /// An environment value as the TOML value of `key`.
+/// Sets `key` (`name` or `table.name`) in `table`, creating the inner table.
+fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), ConfigError> {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+        Some((outer, inner)) => {
+            let entry = table
+                .entry(outer)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => {
+                    t.insert(inner.to_owned(), value);
+                }
+                _ => return Err(ConfigError::Parse(format!("`{outer}` must be a table"))),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn env_value(key: &str, value: &str) -> toml::Value {
     match key {
-        "concurrency" | "max_in_flight" | "max_per_key" | "handler_timeout_ms"
-        | "drain_timeout_ms" | "commit_interval_ms" => value
+        "concurrency"
+        | "max_in_flight"
+        | "max_per_key"
+        | "handler_timeout_ms"
+        | "drain_timeout_ms"
+        | "commit_interval_ms"
+        | "observe.stall_after_ms"
+        | "observe.lag_interval_ms" => value
             .trim()
             .parse::<i64>()
             .map(toml::Value::Integer)

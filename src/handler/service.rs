@@ -23,6 +23,7 @@ pub struct HandlerService<H> {
     group: Arc<str>,
     shutdown: Arc<CancellationToken>,
     transactions: Option<PostgresStores>,
+    duration: metrics::Histogram,
 }
 
 impl<H> Clone for HandlerService<H> {
@@ -32,6 +33,7 @@ impl<H> Clone for HandlerService<H> {
             group: self.group.clone(),
             shutdown: self.shutdown.clone(),
             transactions: self.transactions.clone(),
+            duration: self.duration.clone(),
         }
     }
 }
@@ -44,7 +46,13 @@ impl<H: Handler> HandlerService<H> {
             group: Arc::from(group),
             shutdown: Arc::new(shutdown),
             transactions: None,
+            duration: metrics::Histogram::noop(),
         }
+    }
+    /// Records each handler call's duration in `duration` (seconds).
+    pub(crate) fn timed(mut self, duration: metrics::Histogram) -> Self {
+        self.duration = duration;
+        self
     }
     /// Hands handlers transactions of `stores` ([`Context::transaction`]).
     pub fn with_transactions(mut self, stores: Option<PostgresStores>) -> Self {
@@ -79,6 +87,7 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
         let group = self.group.clone();
         let shutdown = self.shutdown.clone();
         let transactions = self.transactions.clone();
+        let duration = self.duration.clone();
         Box::pin(async move {
             let attempt = envelope.attempt;
             let payload = envelope.payload.clone().unwrap_or_default();
@@ -95,9 +104,11 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
                 *n.skipped.lock() = None;
             }
             let cx = Context::new(envelope, attempt, group, shutdown, transactions.clone());
+            let started = std::time::Instant::now();
             let result = AssertUnwindSafe(handler.handle_message(message, &cx))
                 .catch_unwind()
                 .await;
+            duration.record(started.elapsed().as_secs_f64());
             Ok(match result {
                 Ok(Ok(())) => match notes.as_deref() {
                     Some(n) if n.handed.load(Ordering::SeqCst) && !n.recorded.load(Ordering::SeqCst) => {

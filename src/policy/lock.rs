@@ -198,12 +198,14 @@ impl LockConfig {
     /// Takes the key's lock, waiting while another holder has it; `None` on shutdown.
     async fn acquire(&self, key: &str) -> Option<u64> {
         let mut wait = Duration::from_millis(5);
+        let asked = std::time::Instant::now();
         loop {
             let granted = until_available("lock acquire", &self.shutdown, || {
                 self.store.acquire(key, self.lease)
             })
             .await?;
             if let Some(token) = granted {
+                crate::observe::lock_wait(self.store.backend(), asked.elapsed().as_secs_f64());
                 return Some(token);
             }
             if !pause(wait, &self.shutdown).await {

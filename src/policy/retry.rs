@@ -59,12 +59,22 @@ impl Default for Retry {
 pub struct RetryLayer {
     policy: Retry,
     shutdown: CancellationToken,
+    retries: metrics::Counter,
 }
 
 impl RetryLayer {
     /// Applies `policy`; a shutdown while waiting for a retry requeues the message.
     pub fn new(policy: Retry, shutdown: CancellationToken) -> Self {
-        RetryLayer { policy, shutdown }
+        RetryLayer {
+            policy,
+            shutdown,
+            retries: metrics::Counter::noop(),
+        }
+    }
+    /// Counts each retry in place on `retries`.
+    pub(crate) fn counting(mut self, retries: metrics::Counter) -> Self {
+        self.retries = retries;
+        self
     }
 }
 
@@ -75,6 +85,7 @@ impl<S> Layer<S> for RetryLayer {
             inner,
             policy: self.policy,
             shutdown: std::sync::Arc::new(self.shutdown.clone()),
+            retries: self.retries.clone(),
         }
     }
 }
@@ -85,6 +96,7 @@ pub struct RetryService<S> {
     inner: S,
     policy: Retry,
     shutdown: std::sync::Arc<CancellationToken>,
+    retries: metrics::Counter,
 }
 
 impl<S> Service<Envelope> for RetryService<S>
@@ -104,6 +116,7 @@ where
         let mut inner = self.inner.clone();
         let policy = self.policy;
         let shutdown = self.shutdown.clone();
+        let retries = self.retries.clone();
         Box::pin(async move {
             let mut delays = policy.delays();
             let mut outage = super::outage::outage_backoff();
@@ -138,6 +151,7 @@ where
                     _ = shutdown.cancelled() => return Ok(Outcome::Requeue),
                 }
                 envelope.attempt += 1;
+                retries.increment(1);
             }
         })
     }

@@ -18,6 +18,7 @@ pub struct NoHandler;
 #[derive(Debug)]
 pub struct WorkerBuilder<H = NoHandler> {
     config: WorkerConfig,
+    listener: Option<std::net::TcpListener>,
     handler: H,
     _marker: PhantomData<fn() -> H>,
 }
@@ -26,6 +27,7 @@ impl Default for WorkerBuilder<NoHandler> {
     fn default() -> Self {
         WorkerBuilder {
             config: WorkerConfig::default(),
+            listener: None,
             handler: NoHandler,
             _marker: PhantomData,
         }
@@ -193,10 +195,34 @@ impl<H> WorkerBuilder<H> {
         self.config.stores.key_prefix = prefix.into();
         self
     }
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listen` (`ip:port`).
+    pub fn observe(mut self, listen: impl Into<String>) -> Self {
+        self.config.observe.listen = Some(listen.into());
+        self
+    }
+    /// Serves `/metrics`, `/healthz` and `/readyz` on an already bound listener (port 0 in
+    /// tests, or a socket handed over by a supervisor); it takes precedence over
+    /// [`Self::observe`].
+    pub fn observe_listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+    /// How long a partition may have work waiting without progress before `/readyz` reports
+    /// the worker not ready (default 120 s).
+    pub fn stall_after(mut self, limit: Duration) -> Self {
+        self.config.observe.stall_after_ms = millis(limit);
+        self
+    }
+    /// How often consumer lag per partition is read (default 5 s).
+    pub fn lag_interval(mut self, interval: Duration) -> Self {
+        self.config.observe.lag_interval_ms = millis(interval);
+        self
+    }
     /// The handler.
     pub fn handler<H2: Handler>(self, handler: H2) -> WorkerBuilder<H2> {
         WorkerBuilder {
             config: self.config,
+            listener: self.listener,
             handler,
             _marker: PhantomData,
         }
@@ -207,7 +233,7 @@ impl<H: Handler> WorkerBuilder<H> {
     /// Checks the settings and builds the worker.
     pub fn build(self) -> Result<Worker<H>, WorkerError> {
         self.config.validate()?;
-        Ok(Worker::new(self.handler, self.config))
+        Ok(Worker::new(self.handler, self.config).with_listener(self.listener))
     }
     /// Builds and runs the worker until SIGTERM or SIGINT; a second signal exits at once.
     pub async fn run_until_signal(self) -> Result<crate::runtime::WorkerStats, WorkerError> {

@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::offsets::{FinishedAbove, OffsetTracker};
 use crate::message::{Envelope, Outcome, RouteTarget};
+use crate::observe::{PartitionView, WorkerView};
 use crate::policy::headers;
 
 /// A topic and partition.
@@ -87,6 +88,8 @@ struct PartitionState {
     paused: bool,
     /// The commit last taken, to skip commits that would change nothing.
     last_commit: Option<(i64, String)>,
+    /// When a message of the partition last finished, or work began waiting if later.
+    last_progress: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -116,6 +119,8 @@ pub(crate) struct Dispatcher {
     next_epoch: u64,
     /// Pause (true) or resume (false) decisions not yet carried out.
     control: BTreeMap<TopicPartition, bool>,
+    /// When a message of any partition last finished.
+    last_finish: Instant,
 }
 
 impl Dispatcher {
@@ -140,6 +145,7 @@ impl Dispatcher {
             stopping: false,
             next_epoch: 1,
             control: BTreeMap::new(),
+            last_finish: Instant::now(),
         }
     }
 
@@ -155,6 +161,7 @@ impl Dispatcher {
                 tracker: OffsetTracker::new(restored),
                 epoch,
                 paused: true,
+                last_progress: Some(Instant::now()),
                 ..PartitionState::default()
             },
         );
@@ -215,6 +222,10 @@ impl Dispatcher {
         if p.revoking {
             return (Accepted::NotAssigned, Vec::new());
         }
+        if p.tracker.unfinished() == 0 {
+            // Work begins waiting: the stall clock starts now.
+            p.last_progress = Some(Instant::now());
+        }
         if !p.tracker.begin(envelope.offset) {
             return (Accepted::AlreadyFinished, Vec::new());
         }
@@ -240,6 +251,7 @@ impl Dispatcher {
         let Some(envelope) = p.held.take() else {
             return Vec::new();
         };
+        p.last_progress = Some(Instant::now());
         self.enqueue(tp, envelope);
         self.update_pause(tp);
         self.fill()
@@ -339,6 +351,9 @@ impl Dispatcher {
                 p.running -= 1;
                 if outcome.is_finished() {
                     p.tracker.finish(envelope.offset);
+                    let now = Instant::now();
+                    p.last_progress = Some(now);
+                    self.last_finish = now;
                 }
             }
             if self.limits.strict {
@@ -406,6 +421,11 @@ impl Dispatcher {
         if idle {
             self.lanes.remove(key);
         } else {
+            // Its queued messages could not run until now: their stall clock starts now.
+            let (topic, partition) = lane_partition(key);
+            if let Some(p) = self.partitions.get_mut(&(topic.clone(), partition)) {
+                p.last_progress = Some(Instant::now());
+            }
             self.mark_ready(key);
         }
     }
@@ -449,6 +469,48 @@ impl Dispatcher {
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Messages delivered and not finished, handler calls running, and keys parked.
+    pub(crate) fn gauges(&self) -> (usize, usize, usize) {
+        (self.in_flight, self.running, self.parked.len())
+    }
+
+    /// What the stall detector needs to know at `now`.
+    pub(crate) fn view(&self, now: Instant) -> WorkerView {
+        let mut parked_queued: HashMap<TopicPartition, usize> = HashMap::new();
+        for key in self.parked.keys() {
+            if let Some(lane) = self.lanes.get(key) {
+                let (topic, partition) = lane_partition(key);
+                *parked_queued.entry((topic.clone(), partition)).or_default() += lane.queue.len();
+            }
+        }
+        let partitions = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| !p.revoking)
+            .map(|(tp, p)| {
+                let held = p.held.is_some();
+                let parked = parked_queued.get(tp).copied().unwrap_or(0);
+                PartitionView {
+                    tp: tp.clone(),
+                    waiting: p
+                        .tracker
+                        .unfinished()
+                        .saturating_sub(usize::from(held) + parked),
+                    held,
+                    idle_for: p
+                        .last_progress
+                        .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
+                }
+            })
+            .collect();
+        WorkerView {
+            partitions,
+            idle_for: now.saturating_duration_since(self.last_finish),
+            breaker_open: self.breaker_open,
+            stopping: self.stopping,
+        }
     }
 
     /// Pause and resume decisions to carry out, in partition order.

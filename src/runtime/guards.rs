@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact, store_kind, StoreKind, WorkerConfig};
 use crate::error::WorkerError;
+use crate::observe::{Health, Observed};
 use crate::policy::{outage_backoff, Breaker};
 use crate::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore};
 use crate::store::postgres::PostgresStores;
@@ -44,6 +45,7 @@ impl Guards {
         config: &WorkerConfig,
         group: &str,
         shutdown: &CancellationToken,
+        health: &Arc<Health>,
     ) -> Result<Guards, WorkerError> {
         let mut stores = Connections {
             redis: HashMap::new(),
@@ -62,6 +64,11 @@ impl Guards {
                     Arc::new(stores.postgres(&stale.store).await?.version_store())
                 }
             };
+            let store: Arc<dyn VersionStore> = Arc::new(Observed::new(
+                store,
+                backend_name(store_kind("stale.store", &stale.store)?),
+                health.clone(),
+            ));
             guards.stale = Some((store, stale.copy_to_topic));
         }
         if let Some(lock) = &config.lock {
@@ -70,6 +77,11 @@ impl Guards {
                 StoreKind::Redis => Arc::new(stores.redis(&lock.store).await?.lock_store()),
                 StoreKind::Postgres => Arc::new(stores.postgres(&lock.store).await?.lock_store()),
             };
+            let store: Arc<dyn LockStore> = Arc::new(Observed::new(
+                store,
+                backend_name(store_kind("lock.store", &lock.store)?),
+                health.clone(),
+            ));
             guards.lock = Some((store, Duration::from_millis(lock.lease_ms)));
         }
         if let Some(dedup) = &config.dedup {
@@ -78,6 +90,11 @@ impl Guards {
                 StoreKind::Redis => Arc::new(stores.redis(&dedup.store).await?.dedup_store()),
                 StoreKind::Postgres => Arc::new(stores.postgres(&dedup.store).await?.dedup_store()),
             };
+            let store: Arc<dyn DedupStore> = Arc::new(Observed::new(
+                store,
+                backend_name(store_kind("dedup.store", &dedup.store)?),
+                health.clone(),
+            ));
             guards.dedup = Some((
                 store,
                 config.dedup_lease(),
@@ -108,6 +125,15 @@ impl Guards {
             guards.transaction = Some(stores.postgres(&tx.postgres).await?);
         }
         Ok(guards)
+    }
+}
+
+/// A backend's name in metrics and readiness reasons.
+fn backend_name(kind: StoreKind) -> &'static str {
+    match kind {
+        StoreKind::Memory => "memory",
+        StoreKind::Redis => "redis",
+        StoreKind::Postgres => "postgres",
     }
 }
 

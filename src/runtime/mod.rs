@@ -3,6 +3,7 @@
 
 mod builder;
 mod dispatcher;
+mod endpoint;
 mod guards;
 mod offsets;
 mod rebalance;

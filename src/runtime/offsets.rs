@@ -131,6 +131,10 @@ impl OffsetTracker {
         self.unfinished.insert(offset);
         true
     }
+    /// How many delivered offsets are not finished.
+    pub(crate) fn unfinished(&self) -> usize {
+        self.unfinished.len()
+    }
     /// Records that `offset` is finished.
     pub(crate) fn finish(&mut self, offset: i64) {
         self.unfinished.remove(&offset);

@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::dispatcher::TopicPartition;
+use super::endpoint::take_statistics;
 use super::offsets::FinishedAbove;
 use super::shared::Shared;
 
@@ -21,7 +24,18 @@ pub(crate) struct WorkerContext {
     pub(crate) drain_timeout: Duration,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    fn stats(&self, statistics: Statistics) {
+        take_statistics(&self.shared, &statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.shared.health.broker_down(reason.to_owned());
+        }
+        tracing::error!(%error, reason, "broker client error");
+    }
+}
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()
@@ -63,6 +77,9 @@ impl WorkerContext {
             return;
         }
         let lost = consumer.assignment_lost();
+        self.shared
+            .meters
+            .rebalance(if lost { "lost" } else { "revoke" });
         let deadline = Instant::now() + self.drain_timeout;
         let drain = || {
             let mut d = self.shared.dispatcher.lock();
@@ -109,6 +126,7 @@ impl WorkerContext {
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        self.shared.meters.rebalance("assign");
         let committed = consumer
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
             .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed; nothing above them is skipped"))

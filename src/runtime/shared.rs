@@ -10,6 +10,7 @@ use tower::ServiceExt;
 
 use super::dispatcher::{Dispatcher, Job, TopicPartition};
 use crate::message::{DropReason, Outcome};
+use crate::observe::{Health, Meters};
 use crate::policy::BoxedStack;
 
 /// Counts of outcomes since the worker started.
@@ -38,6 +39,10 @@ pub(crate) struct Shared {
     /// Set once the final commit is done and the consumer is closing: the revoke that closing
     /// triggers must not commit again (a synchronous commit while closing can wait forever).
     pub(crate) closing: std::sync::atomic::AtomicBool,
+    /// The worker's metric handles.
+    pub(crate) meters: Meters,
+    /// What the readiness probe knows of the broker and the stores.
+    pub(crate) health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -84,6 +89,7 @@ impl Shared {
     }
 
     fn count(&self, outcome: &Outcome) {
+        self.meters.outcome(outcome);
         let counter = match outcome {
             Outcome::Ack { .. } => &self.counters.handled,
             Outcome::Routed {

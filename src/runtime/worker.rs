@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::builder::WorkerBuilder;
 use super::dispatcher::{Accepted, Dispatcher, Limits, TopicPartition};
+use super::endpoint::{refresh_gauges, WorkerProbe};
 use super::guards::Guards;
 use super::rebalance::{commit_list, WorkerContext};
 use super::shared::{Counters, Shared};
@@ -23,6 +24,7 @@ use crate::config::{Ordering, WorkerConfig};
 use crate::error::WorkerError;
 use crate::handler::{Handler, HandlerService};
 use crate::message::Message;
+use crate::observe::{self, Health, Meters};
 use crate::policy::{self, headers, BoxedStack, BreakerPhase, RetryTiers, Sink};
 
 /// Runs a handler over a topic and its retry tiers. Built with [`Worker::builder`].
@@ -30,6 +32,7 @@ use crate::policy::{self, headers, BoxedStack, BreakerPhase, RetryTiers, Sink};
 pub struct Worker<H> {
     handler: Arc<H>,
     config: WorkerConfig,
+    listener: Option<std::net::TcpListener>,
 }
 
 /// What a worker did, returned when it stops.
@@ -67,7 +70,34 @@ impl<H: Handler> Worker<H> {
         Worker {
             handler: Arc::new(handler),
             config,
+            listener: None,
         }
+    }
+
+    pub(crate) fn with_listener(mut self, listener: Option<std::net::TcpListener>) -> Self {
+        self.listener = listener;
+        self
+    }
+
+    /// The endpoint's listener: the one handed over, or one bound to `[observe] listen`.
+    fn endpoint_listener(&mut self) -> Result<Option<tokio::net::TcpListener>, WorkerError> {
+        let failed = |address: String| move |source| WorkerError::Endpoint { address, source };
+        let listener = match (self.listener.take(), &self.config.observe.listen) {
+            (Some(listener), _) => listener,
+            (None, Some(address)) => {
+                std::net::TcpListener::bind(address).map_err(failed(address.clone()))?
+            }
+            (None, None) => return Ok(None),
+        };
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        listener
+            .set_nonblocking(true)
+            .map_err(failed(address.clone()))?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(failed(address))?;
+        Ok(Some(listener))
     }
 
     fn topic(&self) -> String {
@@ -116,7 +146,7 @@ impl<H: Handler> Worker<H> {
 
     /// Runs until `shutdown` is cancelled, then stops fetching, drains running handlers
     /// (up to the drain timeout), commits and leaves the group.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<WorkerStats, WorkerError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<WorkerStats, WorkerError> {
         let runtime = tokio::runtime::Handle::current();
         if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             return Err(WorkerError::CurrentThreadRuntime);
@@ -137,8 +167,17 @@ impl<H: Handler> Worker<H> {
         if self.config.stale.as_ref().is_some_and(|s| s.copy_to_topic) {
             derived.push(policy::stale_topic(&topic));
         }
+        let endpoint = self.endpoint_listener()?;
+        if endpoint.is_some() {
+            // Before the first handle is made: handles made earlier record nowhere.
+            if let Err(why) = observe::metrics::prometheus() {
+                tracing::warn!(why, "/metrics will answer 503");
+            }
+        }
+        let meters = Meters::new(&group, &topic);
+        let health = Arc::new(Health::default());
         let partitions = ensure_topics(&self.client_config(), &topic, &derived).await?;
-        let guards = Guards::connect(&self.config, &group, &shutdown).await?;
+        let guards = Guards::connect(&self.config, &group, &shutdown, &health).await?;
 
         let sink: Arc<dyn Sink> = Arc::new(
             KafkaSink::new(self.client_config()).map_err(|e| WorkerError::Broker(e.to_string()))?,
@@ -158,6 +197,7 @@ impl<H: Handler> Worker<H> {
             routing,
             &guards,
             handler_shutdown.clone(),
+            &meters,
         );
         let limits = Limits {
             concurrency: self.config.concurrency,
@@ -177,7 +217,25 @@ impl<H: Handler> Worker<H> {
             runtime,
             counters: Counters::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            meters,
+            health,
         });
+        let endpoint_stop = CancellationToken::new();
+        if let Some(listener) = endpoint {
+            let address = listener.local_addr().ok();
+            let probe = Arc::new(WorkerProbe {
+                shared: shared.clone(),
+                stall_after: Duration::from_millis(self.config.observe.stall_after_ms),
+            });
+            let stop = endpoint_stop.clone();
+            tokio::spawn(async move {
+                if let Err(e) = observe::serve(listener, probe, stop).await {
+                    tracing::error!(error = %e, "the metrics and health endpoint stopped");
+                }
+            });
+            tracing::info!(?address, "serving /metrics, /healthz and /readyz");
+        }
+        let _stop_endpoint = endpoint_stop.drop_guard();
         let context = WorkerContext {
             shared: shared.clone(),
             drain_timeout: Duration::from_millis(self.config.drain_timeout_ms),
@@ -190,6 +248,7 @@ impl<H: Handler> Worker<H> {
         // librdkafka prefetches up to 100,000 records per partition by default; rebalance
         // events queue behind them, so a large prefetch delays a revoke by as long as the
         // handlers need to work through it. Keep it near the in-flight bound.
+        let lag_interval = self.config.observe.lag_interval_ms.to_string();
         let prefetch = limits
             .max_in_flight
             .saturating_mul(2)
@@ -203,6 +262,7 @@ impl<H: Handler> Worker<H> {
             ("partition.assignment.strategy", "range"),
             ("auto.offset.reset", "earliest"),
             ("queued.min.messages", prefetch.as_str()),
+            ("statistics.interval.ms", lag_interval.as_str()),
         ] {
             if !self.config.kafka.contains_key(key) {
                 consumer_config.set(key, default);
@@ -293,6 +353,7 @@ pub(crate) fn build_stack<H: Handler>(
     routing: Routing,
     guards: &Guards,
     shutdown: CancellationToken,
+    meters: &Meters,
 ) -> BoxedStack {
     let facts = guards
         .need_facts()
@@ -335,17 +396,18 @@ pub(crate) fn build_stack<H: Handler>(
         .option_layer(rate)
         .option_layer(lock)
         .option_layer(dedup)
-        .layer(policy::RetryLayer::new(
-            config.retry_policy(),
-            shutdown.clone(),
-        ))
+        .layer(
+            policy::RetryLayer::new(config.retry_policy(), shutdown.clone())
+                .counting(meters.retries.clone()),
+        )
         .layer(
             policy::TimeoutLayer::new(Duration::from_millis(config.handler_timeout_ms))
                 .probing(guards.transaction.clone()),
         )
         .service(
             HandlerService::new(handler, group, shutdown)
-                .with_transactions(guards.transaction.clone()),
+                .with_transactions(guards.transaction.clone())
+                .timed(meters.handler_duration.clone()),
         );
     BoxedStack::new(service)
 }
@@ -382,6 +444,7 @@ pub(crate) fn build_stack_for_tests<H: Handler>(
         routing,
         &Guards::default(),
         shutdown,
+        &Meters::noop(),
     )
 }
 
@@ -415,7 +478,7 @@ async fn consume(
                 biased;
                 _ = shutdown.cancelled() => return,
                 _ = shared.wake.notified() => apply_control(consumer, shared),
-                Some(open) = breaker_change(&mut breaker) => {
+                Some(open) = breaker_change(&mut breaker, &shared.meters) => {
                     shared.dispatcher.lock().set_breaker_open(open);
                     apply_control(consumer, shared);
                 }
@@ -438,17 +501,19 @@ async fn consume(
             biased;
             _ = shutdown.cancelled() => return,
             _ = shared.wake.notified() => apply_control(consumer, shared),
-            Some(open) = breaker_change(&mut breaker) => {
+            Some(open) = breaker_change(&mut breaker, &shared.meters) => {
                 shared.dispatcher.lock().set_breaker_open(open);
                 apply_control(consumer, shared);
             }
             _ = commit_tick.tick() => {
                 commit(consumer, shared, CommitMode::Async, false);
+                refresh_gauges(shared);
                 let jobs = shared.dispatcher.lock().expire_parked(Instant::now());
                 shared.start(jobs);
             }
             received = consumer.recv() => match received {
                 Ok(message) => {
+                    shared.health.broker_up();
                     let envelope = envelope_of(&message, &mut topics);
                     drop(message);
                     accept(shared, envelope);
@@ -468,7 +533,10 @@ async fn consume(
 
 /// The next change of the breaker's phase: `Some(true)` when it opened, `Some(false)` when
 /// it half-opened or closed; never resolves without a breaker (or once it is gone).
-async fn breaker_change(breaker: &mut Option<watch::Receiver<BreakerPhase>>) -> Option<bool> {
+async fn breaker_change(
+    breaker: &mut Option<watch::Receiver<BreakerPhase>>,
+    meters: &Meters,
+) -> Option<bool> {
     let Some(rx) = breaker else {
         return std::future::pending().await;
     };
@@ -476,7 +544,13 @@ async fn breaker_change(breaker: &mut Option<watch::Receiver<BreakerPhase>>) -> 
         *breaker = None;
         return std::future::pending().await;
     }
-    let open = *rx.borrow_and_update() == BreakerPhase::Open;
+    let phase = *rx.borrow_and_update();
+    meters.breaker.set(match phase {
+        BreakerPhase::Closed => 0.0,
+        BreakerPhase::HalfOpen => 1.0,
+        BreakerPhase::Open => 2.0,
+    });
+    let open = phase == BreakerPhase::Open;
     if open {
         tracing::warn!("circuit breaker open: partitions paused, polling continues");
     } else {
@@ -486,6 +560,7 @@ async fn breaker_change(breaker: &mut Option<watch::Receiver<BreakerPhase>>) -> 
 }
 
 fn accept(shared: &Arc<Shared>, envelope: crate::message::Envelope) {
+    shared.meters.consumed();
     let due = if headers::retry_tier(&envelope.headers) > 0 {
         headers::due_at_ms(&envelope.headers)
     } else {
@@ -507,6 +582,7 @@ fn accept(shared: &Arc<Shared>, envelope: crate::message::Envelope) {
             });
         }
         Accepted::AlreadyFinished => {
+            shared.meters.skipped();
             shared
                 .counters
                 .skipped_finished

@@ -86,6 +86,11 @@ impl StoreError {
 /// granted to someone else with a larger token.
 #[async_trait]
 pub trait LockStore: Send + Sync + fmt::Debug {
+    /// The backend's name in metrics (`memory`, `redis`, `postgres`).
+    fn backend(&self) -> &'static str {
+        "custom"
+    }
+
     /// Takes the lock of `key` for `ttl` if nobody holds it: `Some(token)` when granted,
     /// `None` when another holder's lease is still running.
     async fn acquire(&self, key: &str, ttl: Duration) -> Result<Option<u64>, StoreError>;

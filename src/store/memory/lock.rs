@@ -33,6 +33,10 @@ impl MemoryLockStore {
 
 #[async_trait]
 impl LockStore for MemoryLockStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
     async fn acquire(&self, key: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
         let now = Instant::now();
         let mut keys = self.keys.lock();

@@ -60,6 +60,10 @@ pub(crate) fn fence_sql(schema: &str) -> String {
 
 #[async_trait]
 impl LockStore for PostgresLockStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn acquire(&self, key: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
         let row = query_opt(&self.pool, &self.acquire, &[&key, &ttl_param(ttl)]).await?;
         row.map(|row| token_value(column(&row, "token")?))

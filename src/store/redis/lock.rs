@@ -92,6 +92,10 @@ impl RedisLockStore {
 
 #[async_trait]
 impl LockStore for RedisLockStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
     async fn acquire(&self, key: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
         let lease_ms = ttl_ms(ttl);
         let counter_ms = lease_ms.max(ttl_ms(TOKEN_MEMORY));

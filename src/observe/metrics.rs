@@ -1,0 +1,220 @@
+//! The worker's Prometheus metrics: their names, the recorder that renders them, and the
+//! handles a worker updates. Names follow Prometheus conventions: `steadfast_` prefix, base
+//! units, `_total` counters, `_seconds` histograms.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::message::{DropReason, Outcome, RouteTarget};
+
+/// Records taken from the broker (source topic and retry tiers), labelled `group`, `topic`.
+pub const CONSUMED: &str = "steadfast_messages_consumed_total";
+/// Finished deliveries by `outcome`: `handled`, `routed` (to a retry tier), `dead_lettered`,
+/// `dropped`, `requeued` (unfinished at a shutdown or revoke), `skipped` (finished before the
+/// last commit).
+pub const MESSAGES: &str = "steadfast_messages_total";
+/// Deliveries routed to a retry tier, by `tier`.
+pub const ROUTED: &str = "steadfast_messages_routed_total";
+/// Deliveries dropped without running the handler, by `reason` (`stale`, `duplicate`).
+pub const DROPPED: &str = "steadfast_messages_dropped_total";
+/// Handler attempts retried in place.
+pub const RETRIES: &str = "steadfast_retries_total";
+/// Duration of one handler attempt, in seconds.
+pub const HANDLER_DURATION: &str = "steadfast_handler_duration_seconds";
+/// Messages delivered and not finished (running, queued, parked, held).
+pub const IN_FLIGHT: &str = "steadfast_in_flight_messages";
+/// Handler calls running now.
+pub const RUNNING: &str = "steadfast_running_handlers";
+/// Keys parked while one of their messages waits in a retry tier.
+pub const PARKED: &str = "steadfast_parked_keys";
+/// Partitions assigned to the worker.
+pub const ASSIGNED: &str = "steadfast_assigned_partitions";
+/// Consumer lag per partition (log end minus committed offset), labelled `partition`.
+pub const LAG: &str = "steadfast_consumer_lag_messages";
+/// The circuit breaker: 0 closed, 1 half-open, 2 open.
+pub const BREAKER: &str = "steadfast_breaker_state";
+/// Time from asking for a key's lock to holding it, by `backend`, in seconds.
+pub const LOCK_WAIT: &str = "steadfast_lock_wait_seconds";
+/// Duration of one store call, by `backend` and `call`, in seconds.
+pub const STORE_CALL: &str = "steadfast_store_call_duration_seconds";
+/// Store calls that failed, by `backend`, `call` and `kind` (`unavailable`, `failed`).
+pub const STORE_ERRORS: &str = "steadfast_store_errors_total";
+/// Rebalance events, by `kind` (`assign`, `revoke`, `lost`).
+pub const REBALANCES: &str = "steadfast_rebalances_total";
+/// 1 when `/readyz` answers ready, else 0.
+pub const READY: &str = "steadfast_ready";
+
+/// Histogram buckets for every `_seconds` metric: 1 ms to 60 s.
+const SECONDS_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0,
+];
+
+/// The process's Prometheus recorder: installed by the first worker that serves `/metrics`.
+/// `Err` holds why it could not be (another recorder was installed first).
+static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// The handle that renders this process's metrics, installing the recorder on first use.
+pub(crate) fn prometheus() -> Result<&'static PrometheusHandle, &'static str> {
+    RECORDER
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)
+                .map_err(|e| e.to_string())?;
+            let handle = builder.install_recorder().map_err(|e| {
+                format!("another metrics recorder is installed in this process ({e}); steadfast's metrics go to it")
+            })?;
+            describe();
+            Ok(handle)
+        })
+        .as_ref()
+        .map_err(String::as_str)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(CONSUMED, Unit::Count, "Records taken from the broker");
+    describe_counter!(MESSAGES, Unit::Count, "Finished deliveries by outcome");
+    describe_counter!(ROUTED, Unit::Count, "Deliveries routed to a retry tier");
+    describe_counter!(
+        DROPPED,
+        Unit::Count,
+        "Deliveries dropped before the handler"
+    );
+    describe_counter!(RETRIES, Unit::Count, "Handler attempts retried in place");
+    describe_histogram!(HANDLER_DURATION, Unit::Seconds, "One handler attempt");
+    describe_gauge!(IN_FLIGHT, Unit::Count, "Delivered and unfinished messages");
+    describe_gauge!(RUNNING, Unit::Count, "Running handler calls");
+    describe_gauge!(PARKED, Unit::Count, "Keys parked for a retry-tier message");
+    describe_gauge!(ASSIGNED, Unit::Count, "Assigned partitions");
+    describe_gauge!(LAG, Unit::Count, "Log end minus committed offset");
+    describe_gauge!(BREAKER, "Circuit breaker: 0 closed, 1 half-open, 2 open");
+    describe_histogram!(LOCK_WAIT, Unit::Seconds, "Waiting for a key's lock");
+    describe_histogram!(STORE_CALL, Unit::Seconds, "One store call");
+    describe_counter!(STORE_ERRORS, Unit::Count, "Failed store calls");
+    describe_counter!(REBALANCES, Unit::Count, "Rebalance events");
+    describe_gauge!(READY, "1 when the worker is ready");
+}
+
+/// A worker's metric handles, labelled with its group and source topic.
+#[derive(Debug, Clone)]
+pub(crate) struct Meters {
+    group: String,
+    topic: String,
+    consumed: Counter,
+    handled: Counter,
+    routed: Counter,
+    dead_lettered: Counter,
+    dropped: Counter,
+    requeued: Counter,
+    skipped: Counter,
+    stale: Counter,
+    duplicate: Counter,
+    pub(crate) retries: Counter,
+    pub(crate) handler_duration: Histogram,
+    pub(crate) in_flight: Gauge,
+    pub(crate) running: Gauge,
+    pub(crate) parked: Gauge,
+    pub(crate) assigned: Gauge,
+    pub(crate) breaker: Gauge,
+    pub(crate) ready: Gauge,
+}
+
+impl Meters {
+    /// Handles for `group` consuming `topic` (and its retry tiers).
+    pub(crate) fn new(group: &str, topic: &str) -> Self {
+        let (g, t) = (group.to_owned(), topic.to_owned());
+        let outcome = |o: &'static str| metrics::counter!(MESSAGES, "group" => g.clone(), "topic" => t.clone(), "outcome" => o);
+        let dropped = |r: &'static str| metrics::counter!(DROPPED, "group" => g.clone(), "topic" => t.clone(), "reason" => r);
+        Meters {
+            consumed: metrics::counter!(CONSUMED, "group" => g.clone(), "topic" => t.clone()),
+            handled: outcome("handled"),
+            routed: outcome("routed"),
+            dead_lettered: outcome("dead_lettered"),
+            dropped: outcome("dropped"),
+            requeued: outcome("requeued"),
+            skipped: outcome("skipped"),
+            stale: dropped("stale"),
+            duplicate: dropped("duplicate"),
+            retries: metrics::counter!(RETRIES, "group" => g.clone(), "topic" => t.clone()),
+            handler_duration: metrics::histogram!(HANDLER_DURATION, "group" => g.clone(), "topic" => t.clone()),
+            in_flight: metrics::gauge!(IN_FLIGHT, "group" => g.clone()),
+            running: metrics::gauge!(RUNNING, "group" => g.clone()),
+            parked: metrics::gauge!(PARKED, "group" => g.clone()),
+            assigned: metrics::gauge!(ASSIGNED, "group" => g.clone()),
+            breaker: metrics::gauge!(BREAKER, "group" => g.clone()),
+            ready: metrics::gauge!(READY, "group" => g.clone()),
+            group: g,
+            topic: t,
+        }
+    }
+
+    /// Handles that record nothing (tests of the stack without a worker).
+    pub(crate) fn noop() -> Self {
+        metrics::with_local_recorder(&metrics::NoopRecorder, || Meters::new("", ""))
+    }
+
+    /// A record taken from the broker.
+    pub(crate) fn consumed(&self) {
+        self.consumed.increment(1);
+    }
+
+    /// A record skipped as finished before the last commit.
+    pub(crate) fn skipped(&self) {
+        self.skipped.increment(1);
+    }
+
+    /// A finished (or requeued) delivery.
+    pub(crate) fn outcome(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Ack { .. } => self.handled.increment(1),
+            Outcome::Routed {
+                target: RouteTarget::RetryTier(tier),
+                ..
+            } => {
+                self.routed.increment(1);
+                metrics::counter!(ROUTED, "group" => self.group.clone(), "topic" => self.topic.clone(), "tier" => tier.to_string()).increment(1);
+            }
+            Outcome::Routed { .. } => self.dead_lettered.increment(1),
+            Outcome::Drop(reason) => {
+                self.dropped.increment(1);
+                match reason {
+                    DropReason::Stale => self.stale.increment(1),
+                    DropReason::Duplicate => self.duplicate.increment(1),
+                }
+            }
+            Outcome::Requeue | Outcome::Failed(_) => self.requeued.increment(1),
+        }
+    }
+
+    /// A rebalance event of `kind` (`assign`, `revoke`, `lost`).
+    pub(crate) fn rebalance(&self, kind: &'static str) {
+        metrics::counter!(REBALANCES, "group" => self.group.clone(), "kind" => kind).increment(1);
+    }
+
+    /// The lag of one partition.
+    pub(crate) fn lag(&self, topic: &str, partition: i32, lag: i64) {
+        metrics::gauge!(LAG, "group" => self.group.clone(), "topic" => topic.to_owned(), "partition" => partition.to_string())
+            .set(lag as f64);
+    }
+}
+
+/// Time spent waiting for a key's lock on `backend`.
+pub(crate) fn lock_wait(backend: &'static str, seconds: f64) {
+    metrics::histogram!(LOCK_WAIT, "backend" => backend).record(seconds);
+}
+
+/// One store call on `backend`: its duration, and its failure kind if it failed.
+pub(crate) fn store_call(
+    backend: &'static str,
+    call: &'static str,
+    seconds: f64,
+    error: Option<&'static str>,
+) {
+    metrics::histogram!(STORE_CALL, "backend" => backend, "call" => call).record(seconds);
+    if let Some(kind) = error {
+        metrics::counter!(STORE_ERRORS, "backend" => backend, "call" => call, "kind" => kind)
+            .increment(1);
+    }
+}

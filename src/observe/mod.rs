@@ -1,0 +1,14 @@
+//! What a worker shows the people who run it: Prometheus metrics, a liveness and a
+//! readiness probe with a stall detector, served over HTTP when `[observe] listen` is set.
+//! The metric names are the constants of [`metrics`]; the README lists them.
+
+mod health;
+mod http;
+pub mod metrics;
+mod stores;
+
+pub use self::health::Readiness;
+pub(crate) use self::health::{Health, PartitionView, WorkerView};
+pub(crate) use self::http::{serve, Probe};
+pub(crate) use self::metrics::{lock_wait, Meters};
+pub(crate) use self::stores::Observed;

@@ -1,0 +1,91 @@
+//! The worker's side of the HTTP endpoint: readiness from the dispatcher's view and what the
+//! broker client and the stores reported; gauges refreshed before each scrape; consumer lag
+//! and broker state taken from librdkafka's statistics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::statistics::Statistics;
+
+use super::shared::Shared;
+use crate::observe::{Probe, Readiness};
+
+/// Answers the probes of one worker.
+pub(crate) struct WorkerProbe {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stall_after: Duration,
+}
+
+impl Probe for WorkerProbe {
+    fn readiness(&self) -> Readiness {
+        let now = Instant::now();
+        let view = self.shared.dispatcher.lock().view(now);
+        let readiness = self.shared.health.readiness(&view, self.stall_after, now);
+        self.shared
+            .meters
+            .ready
+            .set(if readiness.ready { 1.0 } else { 0.0 });
+        readiness
+    }
+
+    fn refresh(&self) {
+        refresh_gauges(&self.shared);
+        // Readiness is a gauge too.
+        let _ = self.readiness();
+    }
+}
+
+/// Sets the in-flight, running, parked and assigned gauges from the dispatcher.
+pub(crate) fn refresh_gauges(shared: &Shared) {
+    let (in_flight, running, parked, assigned) = {
+        let d = shared.dispatcher.lock();
+        let (in_flight, running, parked) = d.gauges();
+        (in_flight, running, parked, d.assigned().len())
+    };
+    let m = &shared.meters;
+    m.in_flight.set(in_flight as f64);
+    m.running.set(running as f64);
+    m.parked.set(parked as f64);
+    m.assigned.set(assigned as f64);
+}
+
+/// Takes consumer lag per assigned partition and broker state from a statistics report.
+pub(crate) fn take_statistics(shared: &Shared, statistics: &Statistics) {
+    let now = Instant::now();
+    let assigned = shared.dispatcher.lock().assigned();
+    for (topic, partition) in &assigned {
+        let Some(p) = statistics
+            .topics
+            .get(&topic[..])
+            .and_then(|t| t.partitions.get(partition))
+        else {
+            continue;
+        };
+        let lag = if p.consumer_lag >= 0 {
+            p.consumer_lag
+        } else if p.hi_offset >= 0 {
+            // Nothing committed yet: everything from the log start lags.
+            p.hi_offset - p.lo_offset.max(0)
+        } else {
+            continue;
+        };
+        shared.meters.lag(topic, *partition, lag);
+        shared.health.set_lag(topic, *partition, lag, now);
+    }
+    shared.health.retain_lag(&assigned);
+    // Brokers learned from metadata have a node id; the bootstrap entries do not count.
+    let mut known = statistics
+        .brokers
+        .values()
+        .filter(|b| b.nodeid >= 0)
+        .peekable();
+    if known.peek().is_some() {
+        if known.clone().any(|b| b.state == "UP") {
+            shared.health.broker_up();
+        } else {
+            shared
+                .health
+                .broker_down("no connection to any broker is up".to_owned());
+        }
+    }
+}

@@ -1,0 +1,585 @@
+//! The worker's HTTP endpoint, through a real worker (rdkafka against the embedded server) and
+//! real HTTP: `/metrics` parsed with a Prometheus text parser agrees with what the handler saw,
+//! in the middle of a run and at its end; `/readyz` turns not ready when a handler hangs
+//! past the stall limit and ready again once it returns; an unreachable store is a reason.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use steadfast::{Context, HandlerError, Retry, Worker, WorkerBuilder, WorkerStats};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A keyed, versioned update with an id.
+#[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
+#[message(topic = "observe", key = key, version = version, id = id)]
+struct Update {
+    key: String,
+    version: i64,
+    id: String,
+    /// Fail permanently.
+    #[serde(default)]
+    fail: bool,
+    /// Wait for the gate before finishing.
+    #[serde(default)]
+    gated: bool,
+}
+
+/// What the handler saw.
+#[derive(Debug, Default)]
+struct Seen {
+    calls: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    applied: Mutex<HashMap<String, u32>>,
+}
+
+#[derive(steadfast::Handler)]
+#[handler(message = Update, group = "observe")]
+struct Recording {
+    seen: Arc<Seen>,
+    /// Gated messages wait until this is `true`.
+    gate: watch::Receiver<bool>,
+}
+
+impl Recording {
+    async fn handle(&self, u: Update, _cx: &Context) -> Result<(), HandlerError> {
+        self.seen.calls.fetch_add(1, Ordering::SeqCst);
+        if u.fail {
+            self.seen.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(HandlerError::permanent("bad update"));
+        }
+        if u.gated {
+            let mut gate = self.gate.clone();
+            gate.wait_for(|open| *open)
+                .await
+                .map_err(|_| HandlerError::transient("gate dropped"))?;
+        }
+        *self.seen.applied.lock().entry(u.id.clone()).or_default() += 1;
+        self.seen.successes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn record(u: &Update) -> (Vec<u8>, Vec<u8>) {
+    (
+        u.key.as_bytes().to_vec(),
+        serde_json::to_vec(u).expect("encodes"),
+    )
+}
+
+/// Produces `updates` to partition 0 in order.
+async fn send(bootstrap: &str, topic: &str, updates: &[Update]) {
+    let records: Vec<_> = updates.iter().map(record).collect();
+    produce_raw(bootstrap, topic, &records).await;
+}
+
+/// `GET path` over plain HTTP/1.1: status and body.
+async fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("the endpoint accepts connections");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("response");
+    let text = String::from_utf8(response).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    // Bodies come chunked or with a length; rebuild a chunked one.
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            out.push_str(&tail[..size]);
+            rest = &tail[size + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+/// The samples of one scrape, summed by metric name and the given label values.
+struct Scrape(prometheus_parse::Scrape);
+
+impl Scrape {
+    async fn take(address: SocketAddr) -> Scrape {
+        let (status, body) = get(address, "/metrics").await;
+        assert_eq!(status, 200, "/metrics answers: {body}");
+        let lines = body.lines().map(|l| Ok(l.to_owned()));
+        Scrape(prometheus_parse::Scrape::parse(lines).expect("Prometheus text format"))
+    }
+
+    /// The sum of `name`'s samples whose labels include every pair of `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(_) | prometheus_parse::Value::Summary(_) => 0.0,
+            })
+            .sum()
+    }
+
+    /// The observation count of histogram `name` with `labels` (its `_count` sample).
+    fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(&format!("{name}_count"), labels)
+    }
+}
+
+/// Every count of one scrape the identity needs, for `topic`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counts {
+    consumed: f64,
+    handled: f64,
+    dead_lettered: f64,
+    dropped: f64,
+    stale: f64,
+    duplicate: f64,
+    in_flight: f64,
+}
+
+impl Counts {
+    fn of(scrape: &Scrape, group: &str, topic: &str) -> Counts {
+        let outcome = |o: &str| {
+            scrape.value(
+                "steadfast_messages_total",
+                &[("group", group), ("topic", topic), ("outcome", o)],
+            )
+        };
+        let dropped = |r: &str| {
+            scrape.value(
+                "steadfast_messages_dropped_total",
+                &[("group", group), ("topic", topic), ("reason", r)],
+            )
+        };
+        Counts {
+            consumed: scrape.value(
+                "steadfast_messages_consumed_total",
+                &[("group", group), ("topic", topic)],
+            ),
+            handled: outcome("handled"),
+            dead_lettered: outcome("dead_lettered"),
+            dropped: outcome("dropped"),
+            stale: dropped("stale"),
+            duplicate: dropped("duplicate"),
+            in_flight: scrape.value("steadfast_in_flight_messages", &[("group", group)]),
+        }
+    }
+
+    fn finished(&self) -> f64 {
+        self.handled + self.dead_lettered + self.dropped
+    }
+}
+
+/// A worker running in a task, with the address of its endpoint.
+struct Running {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<WorkerStats>,
+    address: SocketAddr,
+}
+
+fn spawn<H: steadfast::Handler>(builder: WorkerBuilder<H>) -> Running {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let address = listener.local_addr().expect("bound");
+    let worker = builder
+        .observe_listener(listener)
+        .build()
+        .expect("valid worker");
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let handle = tokio::spawn(async move { worker.run(t).await.expect("worker runs") });
+    Running {
+        token,
+        handle,
+        address,
+    }
+}
+
+impl Running {
+    async fn stop(self) -> WorkerStats {
+        self.token.cancel();
+        self.handle.await.expect("worker task")
+    }
+}
+
+async fn server() -> (tempfile::TempDir, steadfast::server::ServerHandle, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let handle = steadfast_testkit::start_server(&dir.path().join("data")).await;
+    let bootstrap = handle.bootstrap_servers();
+    (dir, handle, bootstrap)
+}
+
+/// Polls `check` every 100 ms until it gives `Some`, failing after `limit`.
+async fn until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_agree_with_what_the_handler_saw_mid_run_and_at_the_end() {
+    let (_dir, _server, bootstrap) = server().await;
+    let topic = steadfast_testkit::unique_topic("observe-metrics");
+    let group = format!("{topic}-group");
+    create_topic(&bootstrap, &topic, 4).await;
+
+    // 1,000 updates of 100 keys: every 10th fails permanently, 40 are gated (they wait for
+    // the gate, holding their keys), then 150 redeliveries of applied ids with newer versions
+    // (duplicates by id) and 50 older versions of keys already applied (stale).
+    let mut updates = Vec::new();
+    for i in 0..1_000 {
+        updates.push(Update {
+            key: format!("k{}", i % 100),
+            version: 10 + i64::from(i / 100) * 10,
+            id: format!("u{i}"),
+            fail: i % 10 == 3,
+            gated: i % 25 == 7,
+        });
+    }
+    let originals = updates.clone();
+    for (j, u) in originals
+        .iter()
+        .filter(|u| !u.fail && !u.gated)
+        .take(150)
+        .enumerate()
+    {
+        let mut again = u.clone();
+        // Newer than every version of its key, so only its id makes it a duplicate.
+        again.version = 10_000 + j as i64;
+        updates.push(again);
+    }
+    // Keys k3, k13, … only ever failed: nothing of them was applied, nothing is stale.
+    for k in (0..100).filter(|k| k % 10 != 3).take(50) {
+        updates.push(Update {
+            key: format!("k{k}"),
+            version: 1,
+            id: format!("old{k}"),
+            fail: false,
+            gated: false,
+        });
+    }
+    let total = updates.len() as f64;
+    let records: Vec<_> = updates.iter().map(record).collect();
+    produce_to(&bootstrap, &topic, &records, None).await;
+
+    let seen = Arc::new(Seen::default());
+    let (open_gate, gate) = watch::channel(false);
+    let running = spawn(
+        Worker::builder()
+            .brokers(&bootstrap)
+            .topic(&topic)
+            .group(&group)
+            .commit_interval(Duration::from_millis(100))
+            .retry(Retry::none())
+            .dedup("memory")
+            .stale_drop("memory")
+            .handler(Recording {
+                seen: seen.clone(),
+                gate,
+            }),
+    );
+
+    // Mid-run: the gated messages hold their keys, so the run cannot finish; once the counts
+    // stop moving, every consumed message is finished or in flight, and the finished ones
+    // match what the handler reported.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last: Option<Counts> = None;
+    let mid = loop {
+        let counts = Counts::of(&Scrape::take(running.address).await, &group, &topic);
+        let settled = last == Some(counts)
+            && counts.in_flight > 0.0
+            && counts.handled == seen.successes.load(Ordering::SeqCst) as f64
+            && counts.dead_lettered == seen.failures.load(Ordering::SeqCst) as f64;
+        if settled {
+            break counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no settled mid-run scrape; last {counts:?}"
+        );
+        last = Some(counts);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        mid.finished() < total,
+        "mid-run: not everything finished: {mid:?}"
+    );
+    assert_eq!(
+        mid.consumed,
+        mid.finished() + mid.in_flight,
+        "mid-run: consumed = handled + dead-lettered + dropped + in flight: {mid:?}"
+    );
+    assert_eq!(mid.dropped, mid.stale + mid.duplicate, "{mid:?}");
+
+    // Open the gate: the run finishes.
+    open_gate.send(true).expect("gate");
+    let end = until(Duration::from_secs(60), "every message finished", || {
+        let (address, group, topic) = (running.address, group.clone(), topic.clone());
+        async move {
+            let counts = Counts::of(&Scrape::take(address).await, &group, &topic);
+            (counts.finished() == total && counts.in_flight == 0.0).then_some(counts)
+        }
+    })
+    .await;
+    let scrape = Scrape::take(running.address).await;
+    let stats = running.stop().await;
+
+    let successes = seen.successes.load(Ordering::SeqCst) as f64;
+    let failures = seen.failures.load(Ordering::SeqCst) as f64;
+    assert_eq!(end.consumed, total, "{end:?}");
+    assert_eq!(end.handled, successes, "handled = the handler's successes");
+    assert_eq!(end.dead_lettered, failures, "dead-lettered = its failures");
+    assert_eq!(end.dead_lettered, 100.0);
+    assert_eq!(end.duplicate, 150.0, "{end:?}");
+    assert_eq!(end.stale, 50.0, "{end:?}");
+    assert_eq!(
+        seen.applied.lock().values().filter(|n| **n > 1).count(),
+        0,
+        "no id applied twice"
+    );
+    assert_eq!(
+        scrape.histogram_count(
+            "steadfast_handler_duration_seconds",
+            &[("group", &group), ("topic", &topic)]
+        ),
+        seen.calls.load(Ordering::SeqCst) as f64,
+        "one duration per handler call"
+    );
+    assert_eq!(
+        scrape.value("steadfast_assigned_partitions", &[("group", &group)]),
+        4.0
+    );
+    assert!(
+        scrape.value(
+            "steadfast_rebalances_total",
+            &[("group", &group), ("kind", "assign")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        (
+            stats.handled as f64,
+            stats.dead_lettered as f64,
+            stats.dropped as f64
+        ),
+        (end.handled, end.dead_lettered, end.dropped),
+        "the worker's own stats agree"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_reports_a_hung_handler_after_the_stall_limit_and_recovers() {
+    let (_dir, _server, bootstrap) = server().await;
+    let topic = steadfast_testkit::unique_topic("observe-stall");
+    let group = format!("{topic}-group");
+    create_topic(&bootstrap, &topic, 1).await;
+    let stall_after = Duration::from_secs(3);
+
+    let seen = Arc::new(Seen::default());
+    let (open_gate, gate) = watch::channel(false);
+    let running = spawn(
+        Worker::builder()
+            .brokers(&bootstrap)
+            .topic(&topic)
+            .group(&group)
+            .handler_timeout(Duration::from_secs(600))
+            .stall_after(stall_after)
+            .lag_interval(Duration::from_millis(500))
+            .handler(Recording {
+                seen: seen.clone(),
+                gate,
+            }),
+    );
+    let address = running.address;
+    let (live, _) = get(address, "/healthz").await;
+    assert_eq!(live, 200);
+    until(
+        Duration::from_secs(30),
+        "ready once assigned",
+        || async move { (get(address, "/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+
+    // Work flows: still ready after longer than the stall limit.
+    let flowing: Vec<_> = (0..5)
+        .map(|i| Update {
+            key: "a".into(),
+            version: i + 1,
+            id: format!("f{i}"),
+            fail: false,
+            gated: false,
+        })
+        .collect();
+    send(&bootstrap, &topic, &flowing).await;
+    until(
+        Duration::from_secs(30),
+        "the first messages handled",
+        || {
+            let seen = seen.clone();
+            async move { (seen.successes.load(Ordering::SeqCst) == 5).then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(stall_after + Duration::from_secs(1)).await;
+    let (status, body) = get(address, "/readyz").await;
+    assert_eq!(status, 200, "an idle worker is not stalled: {body}");
+
+    // One message hangs, nothing else is in flight.
+    let hung = Update {
+        key: "a".into(),
+        version: 100,
+        id: "hung".into(),
+        fail: false,
+        gated: true,
+    };
+    send(&bootstrap, &topic, &[hung]).await;
+    until(Duration::from_secs(30), "the hung message started", || {
+        let seen = seen.clone();
+        async move { (seen.calls.load(Ordering::SeqCst) == 6).then_some(()) }
+    })
+    .await;
+    let started = Instant::now();
+    let (status, body) = until(
+        Duration::from_secs(30),
+        "/readyz not ready",
+        || async move {
+            let (status, body) = get(address, "/readyz").await;
+            (status == 503).then_some((status, body))
+        },
+    )
+    .await;
+    let noticed = started.elapsed();
+    assert!(
+        noticed + Duration::from_millis(200) >= stall_after,
+        "not before the stall limit: after {noticed:?}"
+    );
+    assert!(
+        noticed <= stall_after + Duration::from_secs(3),
+        "within the stall limit: after {noticed:?}"
+    );
+    assert_eq!(status, 503);
+    let reply: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(reply["ready"], false);
+    let reason = reply["reasons"][0].as_str().expect("a reason");
+    assert!(
+        reason.contains(&format!("{topic}-0")) && reason.contains("stalled"),
+        "{reason}"
+    );
+    let scrape = Scrape::take(address).await;
+    assert_eq!(scrape.value("steadfast_ready", &[("group", &group)]), 0.0);
+
+    // Unblock: ready again.
+    open_gate.send(true).expect("gate");
+    until(
+        Duration::from_secs(30),
+        "/readyz ready again",
+        || async move { (get(address, "/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    let stats = running.stop().await;
+    assert_eq!(stats.handled, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_names_an_unreachable_store() {
+    let (_dir, _server, bootstrap) = server().await;
+    let topic = steadfast_testkit::unique_topic("observe-store");
+    let group = format!("{topic}-group");
+    create_topic(&bootstrap, &topic, 1).await;
+    let redis = PrivateRedis::start();
+
+    let seen = Arc::new(Seen::default());
+    let (_open_gate, gate) = watch::channel(true);
+    let running = spawn(
+        Worker::builder()
+            .brokers(&bootstrap)
+            .topic(&topic)
+            .group(&group)
+            .dedup(redis.url())
+            .store_key_prefix(fresh_prefix())
+            .handler(Recording {
+                seen: seen.clone(),
+                gate,
+            }),
+    );
+    let address = running.address;
+    let first = Update {
+        key: "a".into(),
+        version: 1,
+        id: "first".into(),
+        fail: false,
+        gated: false,
+    };
+    send(&bootstrap, &topic, &[first]).await;
+    until(
+        Duration::from_secs(30),
+        "ready and the first handled",
+        || {
+            let seen = seen.clone();
+            async move {
+                (seen.successes.load(Ordering::SeqCst) == 1
+                    && get(address, "/readyz").await.0 == 200)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    drop(redis);
+    let second = Update {
+        key: "a".into(),
+        version: 2,
+        id: "second".into(),
+        fail: false,
+        gated: false,
+    };
+    send(&bootstrap, &topic, &[second]).await;
+    let body = until(
+        Duration::from_secs(30),
+        "/readyz naming redis",
+        || async move {
+            let (status, body) = get(address, "/readyz").await;
+            (status == 503 && body.contains("redis store unreachable")).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("\"ready\":false"), "{body}");
+    let stats = running.stop().await;
+    assert_eq!(stats.dead_lettered, 0, "an outage dead-letters nothing");
+}
