@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: services up, formatting and lints clean, every test run (unit,
+# The whole test suite: services up, formatting, lints and rustdoc clean, every test run (unit,
 # integration, UI, doc tests and the benchmarks' smoke runs), then one closing line with the
 # totals.
 set -euo pipefail
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked --doc 2>&1 | tee -a "$log"

@@ -38,6 +38,13 @@
 //! With the default `server` feature, [`server`] is the embedded log server that speaks the
 //! Kafka wire protocol, so the same client code runs in tests, on a laptop and against a
 //! Kafka cluster.
+//!
+//! Every setting of `steadfast.toml` is in [`config::WorkerConfig`]; the repository's `docs/`
+//! holds the configuration reference (`docs/configuration.md`) and one guide per guarantee —
+//! what it promises and its limits, what it costs, which tests hold it, how to configure it:
+//! `ordering.md`, `once-only-effects.md`, `stale-drop.md`, `lock.md`, `retry-and-dlq.md`,
+//! `rate-limit-and-breaker.md`, and guides for users of Spring Kafka
+//! (`from-spring-kafka.md`) and Confluent's Parallel Consumer (`from-parallel-consumer.md`).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
