@@ -219,12 +219,7 @@ impl WorkerConfig {
         };
         let mut table: toml::Table =
             toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        for (var, key) in ENV_OVERRIDES {
-            if let Ok(value) = std::env::var(var) {
-                set_dotted(&mut table, key, env_value(key, &value))?;
-            }
-        }
-        apply_kafka_env(&mut table, std::env::vars())?;
+        apply_env(&mut table, std::env::vars())?;
         let config: WorkerConfig = table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
@@ -452,6 +447,20 @@ fn apply_kafka_env(
 }
 
 /// An environment value as the TOML value of `key`.
+/// Applies the `STEADFAST_*` overrides among `vars` to `table`.
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let vars: Vec<(String, String)> = vars.collect();
+    for (var, key) in ENV_OVERRIDES {
+        if let Some((_, value)) = vars.iter().find(|(name, _)| name == var) {
+            set_dotted(table, key, env_value(key, value))?;
+        }
+    }
+    apply_kafka_env(table, vars.into_iter())
+}
+
 /// Sets `key` (`name` or `table.name`) in `table`, creating the inner table.
 fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), ConfigError> {
     match key.split_once('.') {
@@ -599,6 +608,32 @@ mod tests {
             Some("1")
         );
         assert_eq!(config.kafka.len(), 2);
+    }
+
+    #[test]
+    fn overrides_reach_keys_of_inner_tables() {
+        let mut table: toml::Table =
+            toml::from_str("[observe]\nstall_after_ms = 5000\n").expect("toml");
+        let vars = [
+            ("STEADFAST_OBSERVE_LISTEN", "0.0.0.0:9464"),
+            ("STEADFAST_OBSERVE_LAG_INTERVAL_MS", "1500"),
+            ("STEADFAST_CONCURRENCY", "12"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        apply_env(&mut table, vars.into_iter()).expect("applies");
+        let config: WorkerConfig = table.try_into().expect("valid");
+        assert_eq!(config.observe.listen.as_deref(), Some("0.0.0.0:9464"));
+        assert_eq!(config.observe.lag_interval_ms, 1500);
+        assert_eq!(
+            config.observe.stall_after_ms, 5000,
+            "the file's value stays"
+        );
+        assert_eq!(config.concurrency, 12);
+        let bad = WorkerConfig::from_toml("[observe]\nlisten = \"localhost\"\n");
+        assert!(
+            bad.is_err_and(|e| e.to_string().contains("observe.listen")),
+            "an address without a port is refused by name"
+        );
     }
 
     #[test]
