@@ -308,6 +308,7 @@ async fn metrics_agree_with_what_the_handler_saw_mid_run_and_at_the_end() {
             .group(&group)
             .commit_interval(Duration::from_millis(100))
             .retry(Retry::none())
+            .lag_interval(Duration::from_millis(200))
             .dedup("memory")
             .stale_drop("memory")
             .handler(Recording {
@@ -347,6 +348,23 @@ async fn metrics_agree_with_what_the_handler_saw_mid_run_and_at_the_end() {
         "mid-run: consumed = handled + dead-lettered + dropped + in flight: {mid:?}"
     );
     assert_eq!(mid.dropped, mid.stale + mid.duplicate, "{mid:?}");
+    // The gated messages hold their partitions' commits back: lag shows.
+    let lag = |scrape: &Scrape, group: &str| {
+        (0..4)
+            .map(|p| {
+                let p = p.to_string();
+                scrape.value(
+                    "steadfast_consumer_lag_messages",
+                    &[("group", group), ("partition", p.as_str())],
+                )
+            })
+            .sum::<f64>()
+    };
+    until(Duration::from_secs(20), "lag reported mid-run", || {
+        let (address, group) = (running.address, group.clone());
+        async move { (lag(&Scrape::take(address).await, &group) > 0.0).then_some(()) }
+    })
+    .await;
 
     // Open the gate: the run finishes.
     open_gate.send(true).expect("gate");
@@ -357,6 +375,15 @@ async fn metrics_agree_with_what_the_handler_saw_mid_run_and_at_the_end() {
             (counts.finished() == total && counts.in_flight == 0.0).then_some(counts)
         }
     })
+    .await;
+    until(
+        Duration::from_secs(20),
+        "no lag once all is committed",
+        || {
+            let (address, group) = (running.address, group.clone());
+            async move { (lag(&Scrape::take(address).await, &group) == 0.0).then_some(()) }
+        },
+    )
     .await;
     let scrape = Scrape::take(running.address).await;
     let stats = running.stop().await;
@@ -582,4 +609,64 @@ async fn readyz_names_an_unreachable_store() {
     assert!(body.contains("\"ready\":false"), "{body}");
     let stats = running.stop().await;
     assert_eq!(stats.dead_lettered, 0, "an outage dead-letters nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_names_an_unreachable_broker_and_recovers_when_it_returns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let server = steadfast_testkit::start_server(&data).await;
+    let address = server.local_addr();
+    let bootstrap = server.bootstrap_servers();
+    let topic = steadfast_testkit::unique_topic("observe-broker");
+    let group = format!("{topic}-group");
+    create_topic(&bootstrap, &topic, 1).await;
+
+    let seen = Arc::new(Seen::default());
+    let (_open_gate, gate) = watch::channel(true);
+    let running = spawn(
+        Worker::builder()
+            .brokers(&bootstrap)
+            .topic(&topic)
+            .group(&group)
+            .lag_interval(Duration::from_millis(500))
+            .handler(Recording {
+                seen: seen.clone(),
+                gate,
+            }),
+    );
+    let endpoint = running.address;
+    until(
+        Duration::from_secs(30),
+        "ready once assigned",
+        || async move { (get(endpoint, "/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+
+    server.shutdown().await;
+    let body = until(
+        Duration::from_secs(30),
+        "/readyz naming the broker",
+        || async move {
+            let (status, body) = get(endpoint, "/readyz").await;
+            (status == 503 && body.contains("broker unreachable")).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("\"ready\":false"), "{body}");
+
+    // The same server comes back on the same port and data: ready again.
+    let server = steadfast_testkit::server_on(&data)
+        .listen(address.to_string())
+        .start()
+        .await
+        .expect("server restarts on its port");
+    until(
+        Duration::from_secs(60),
+        "/readyz ready again",
+        || async move { (get(endpoint, "/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    running.stop().await;
+    server.shutdown().await;
 }
