@@ -24,8 +24,26 @@ const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// A topic and partition.
 pub(crate) type Tp = (String, i32);
 
+/// The consumer of the tooling's reads.
+pub(crate) type Reader = BaseConsumer<ReaderContext>;
+
+/// Logs client errors through `tracing`, except the end-of-partition events the reads ask
+/// for (`enable.partition.eof`), which are not errors here.
+#[derive(Debug, Default)]
+pub(crate) struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
 /// A consumer for reads: assigned partitions only, no commits.
-pub(crate) fn reader(config: &ClientConfig, group: &str) -> Result<BaseConsumer, DlqError> {
+pub(crate) fn reader(config: &ClientConfig, group: &str) -> Result<Reader, DlqError> {
     let mut config = config.clone();
     config
         .set("group.id", group)
@@ -35,12 +53,12 @@ pub(crate) fn reader(config: &ClientConfig, group: &str) -> Result<BaseConsumer,
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100");
     config
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(|e| DlqError::broker("creating a consumer", e))
 }
 
 /// The partitions of `topic`, or [`DlqError::UnknownTopic`].
-pub(crate) fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, DlqError> {
+pub(crate) fn partitions(consumer: &Reader, topic: &str) -> Result<Vec<i32>, DlqError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
         .map_err(|e| DlqError::broker(format!("fetching the metadata of {topic}"), e))?;
@@ -57,7 +75,7 @@ pub(crate) fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32
 
 /// The low and high watermarks of a partition.
 pub(crate) fn watermarks(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     partition: i32,
 ) -> Result<(i64, i64), DlqError> {
@@ -97,7 +115,7 @@ pub(crate) fn record_of(message: &BorrowedMessage<'_>) -> DlqRecord {
 /// high watermark it has when the read begins, calling `each` for every record below it.
 /// Returns those high watermarks.
 pub(crate) fn read_to_end(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     starts: &BTreeMap<Tp, Option<i64>>,
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<BTreeMap<Tp, i64>, DlqError> {
@@ -174,7 +192,7 @@ pub(crate) fn read_to_end(
 /// The record at `offset` of `topic`/`partition` (which must be below the high watermark),
 /// or `None` when the log has a gap there.
 pub(crate) fn read_one(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     partition: i32,
     offset: i64,

@@ -13,13 +13,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::super::error::DlqError;
 use super::super::record::RecordRef;
-use super::super::scan::Tp;
+use super::super::scan::{Reader, Tp};
 use crate::message::Headers;
 use crate::policy::headers;
 
@@ -80,7 +80,7 @@ pub(crate) struct Committed {
 
 /// Reads the committed progress of `consumer`'s group (the replay's) on `topic`.
 pub(crate) fn read_committed(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     partitions: &[i32],
     replay_id: &str,
@@ -111,7 +111,7 @@ pub(crate) fn read_committed(
 
 /// Commits `positions` of `topic` with `note` as metadata, synchronously.
 pub(crate) fn commit(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     positions: &BTreeMap<i32, i64>,
     note: &ProgressNote,

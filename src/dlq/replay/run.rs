@@ -10,7 +10,6 @@ use futures::future::join_all;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{Quota, RateLimiter};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -20,7 +19,7 @@ use super::resume::{self, AlreadyReplayed, Committed, ProgressNote};
 use super::{ReplayOptions, ReplayProgress, ReplayReport, ReplayedRecord};
 use crate::dlq::error::DlqError;
 use crate::dlq::record::DlqRecord;
-use crate::dlq::scan::{self, Tp};
+use crate::dlq::scan::{self, Reader, Tp};
 use crate::dlq::selection::Selection;
 use crate::policy::now_ms;
 
@@ -192,7 +191,7 @@ pub(crate) fn replay_blocking(
 /// The selected records at or above the committed position, in dead-letter order, and the
 /// high watermark of every dead-letter partition when the read began.
 fn read_selection(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     selection: &Selection,
     partitions: &[i32],
     committed: &Committed,
@@ -234,7 +233,7 @@ fn refuse_homeless(records: &[DlqRecord], dlq: &str) -> Result<(), DlqError> {
 
 /// The partitions of every original topic of `records`.
 fn target_partitions(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     records: &[DlqRecord],
 ) -> Result<BTreeMap<String, BTreeSet<i32>>, DlqError> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -262,7 +261,7 @@ fn target_partitions(
 
 /// Copies of this replay's records that an interrupted run produced after its last commit.
 fn find_copies(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     replay_id: &str,
     dlq: &str,
     committed: &Committed,
@@ -403,7 +402,7 @@ fn drain(
 
 /// The running progress note and its commits.
 struct Progressor<'a> {
-    consumer: &'a BaseConsumer,
+    consumer: &'a Reader,
     dlq: &'a str,
     already: &'a AlreadyReplayed,
     note: &'a mut ProgressNote,
