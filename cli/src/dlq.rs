@@ -324,8 +324,8 @@ fn print_report(report: &ReplayReport) -> anyhow::Result<()> {
     } else {
         writeln!(
             out,
-            "replayed {n} record(s) (replay id {}, progress in group {}; {} already replayed before)",
-            report.replay_id, report.group, report.already_replayed
+            "replayed {n} record(s) (replay id {}, progress in group {}; {} already replayed before, {} of them found past the last commit)",
+            report.replay_id, report.group, report.already_replayed, report.found_past_commit
         )?;
     }
     Ok(())

@@ -140,6 +140,9 @@ pub struct ReplayReport {
     /// Records this replay id had replayed before this run (committed, or found in the
     /// target topics after a kill); they are not replayed again.
     pub already_replayed: u64,
+    /// Of those, the ones found in the target topics past the last commit (produced by an
+    /// interrupted run after its last commit).
+    pub found_past_commit: u64,
     /// What this run replayed (in a dry run: would replay), in dead-letter order.
     pub replayed: Vec<ReplayedRecord>,
 }

@@ -43,7 +43,7 @@ pub(crate) struct ProgressNote {
 impl ProgressNote {
     /// The note as commit metadata (compact JSON).
     pub(crate) fn encode(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        serde_json::to_string(self).expect("a note of strings and integer maps always serializes")
     }
     /// A note read back from commit metadata.
     pub(crate) fn decode(text: &str) -> Result<Self, String> {

@@ -80,6 +80,7 @@ pub(crate) fn replay_blocking(
         dry_run: options.dry_run,
         selected: records.len() as u64,
         already_replayed: done_before + already.len() as u64,
+        found_past_commit: already.len() as u64,
         replayed: Vec::new(),
     };
     if options.dry_run {
