@@ -50,6 +50,7 @@
 
 mod broker;
 pub mod config;
+pub mod dlq;
 mod error;
 pub mod handler;
 pub mod message;

@@ -1,7 +1,8 @@
 //! The `steadfast` command: run the embedded server, manage topics, produce and consume,
-//! inspect consumer groups and reset their offsets.
+//! inspect consumer groups and reset their offsets, list, show and replay dead-letter records.
 
 mod client;
+mod dlq;
 mod groups;
 mod server;
 
@@ -29,6 +30,8 @@ enum Command {
     Groups(groups::GroupsArgs),
     /// Manage consumer-group offsets (reset to earliest, latest, an offset or a time).
     Offsets(groups::OffsetsArgs),
+    /// Dead-letter topics: list and show records, replay a selection to the original topics.
+    Dlq(dlq::DlqArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
             Command::Consume(args) => client::consume(args).await,
             Command::Groups(args) => groups::groups(args).await,
             Command::Offsets(args) => groups::offsets(args).await,
+            Command::Dlq(args) => dlq::dlq(args).await,
         }
     });
     match result {

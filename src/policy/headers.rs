@@ -1,5 +1,10 @@
 //! The headers steadfast writes on retry-tier and dead-letter records, and reads back.
 //! Values are UTF-8 text: numbers in decimal, times in RFC 3339, so kcat shows them.
+//!
+//! A record replayed from the dead-letter topic ([`crate::dlq`]) keeps the provenance headers
+//! but loses the per-delivery state ([`ATTEMPTS`], [`RETRY_TIER`], [`DUE_AT`]), so it starts
+//! fresh through the normal stack, and gains the replay headers ([`REPLAYED_BY`],
+//! [`REPLAYED_AT`], [`REPLAY_OF`], [`REPLAY_ID`]; see [`REPLAY`]).
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -31,7 +36,23 @@ pub const RETRY_TIER: &str = "steadfast-retry-tier";
 /// When a retry-tier record is due (RFC 3339).
 pub const DUE_AT: &str = "steadfast-due-at";
 
-/// Every header name above, in the order they are written.
+/// Who replayed a record from the dead-letter topic (`user@host`, or as given).
+pub const REPLAYED_BY: &str = "steadfast-replayed-by";
+/// When a record was replayed from the dead-letter topic (RFC 3339).
+pub const REPLAYED_AT: &str = "steadfast-replayed-at";
+/// The dead-letter record a replayed record is a copy of: `<dlq topic>/<partition>/<offset>`.
+pub const REPLAY_OF: &str = "steadfast-replay-of";
+/// The id of the replay that produced a record; a resumed replay recognises its own copies by it.
+pub const REPLAY_ID: &str = "steadfast-replay-id";
+
+/// The per-delivery state headers a replay removes, so the record starts fresh.
+pub const DELIVERY_STATE: [&str; 3] = [ATTEMPTS, RETRY_TIER, DUE_AT];
+
+/// The headers a replay adds, in the order they are written.
+pub const REPLAY: [&str; 4] = [REPLAYED_BY, REPLAYED_AT, REPLAY_OF, REPLAY_ID];
+
+/// Every provenance and delivery-state header name above, in the order they are written
+/// (the replay headers are in [`REPLAY`]).
 pub const ALL: [&str; 12] = [
     ORIGINAL_TOPIC,
     ORIGINAL_PARTITION,

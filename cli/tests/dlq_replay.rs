@@ -1,0 +1,913 @@
+//! The dead-letter tooling end to end: a real embedded server over TCP, real rdkafka, a real
+//! worker (the steadfast library in-process, dedup by id in Redis under a fresh key prefix)
+//! and the real `steadfast` binary. A handler with a bug dead-letters 100 of 1,000
+//! messages; `steadfast dlq replay` puts them back once the bug is fixed and each is applied
+//! exactly once; a fresh replay is dropped as duplicates; a rerun replays nothing; a replay
+//! killed with SIGKILL half-way and started again replays each record once in total. A
+//! second test checks `dlq list` filters, `show`, `--dry-run` and bad input.
+//!
+//! Needs Redis on 127.0.0.1:6379.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use steadfast::server::ServerHandle;
+use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerStats};
+use tokio_util::sync::CancellationToken;
+
+const STEADFAST: &str = env!("CARGO_BIN_EXE_steadfast");
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+const PARTITIONS: i32 = 3;
+const MESSAGES: usize = 1_000;
+
+// ---------------------------------------------------------------------------------------
+// Environment: server, runtime, CLI, reading topics
+// ---------------------------------------------------------------------------------------
+
+/// An in-process server on its own runtime, and a runtime for workers; the test thread
+/// itself may block.
+struct Env {
+    rt: tokio::runtime::Runtime,
+    server_rt: tokio::runtime::Runtime,
+    server: Option<ServerHandle>,
+    bootstrap: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn start() -> Self {
+        let server_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("worker runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = server_rt.block_on(steadfast_testkit::start_server(&dir.path().join("data")));
+        Env {
+            bootstrap: server.bootstrap_servers(),
+            rt,
+            server_rt,
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    fn create_topic(&self, topic: &str, partitions: i32) {
+        self.server_rt.block_on(steadfast_testkit::create_topic(
+            &self.bootstrap,
+            topic,
+            partitions,
+            &[],
+        ));
+    }
+
+    /// Runs `steadfast <args> -b <bootstrap>` to the end.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(STEADFAST)
+            .args(args)
+            .args(["-b", &self.bootstrap])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("steadfast runs")
+    }
+
+    /// Runs `steadfast <args>` and expects success; returns its standard output.
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "steadfast {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// The sum of the high watermarks of `topic`'s partitions.
+    fn end(&self, topic: &str, partitions: i32) -> i64 {
+        (0..partitions)
+            .map(|p| steadfast_testkit::watermarks(&self.bootstrap, topic, p).1)
+            .sum()
+    }
+
+    /// Every record of `topic` from `starts` (per partition) to the current high watermarks.
+    fn read_from(&self, topic: &str, starts: &[i64]) -> Vec<Copy> {
+        let consumer: BaseConsumer = steadfast_testkit::client_config(&self.bootstrap)
+            .set(
+                "group.id",
+                steadfast_testkit::unique_topic("dlq-test-reader"),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .expect("consumer");
+        let mut remaining = HashMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for (p, start) in starts.iter().enumerate() {
+            let p = i32::try_from(p).expect("few partitions");
+            let high = steadfast_testkit::watermarks(&self.bootstrap, topic, p).1;
+            if *start < high {
+                remaining.insert(p, high);
+                tpl.add_partition_offset(topic, p, Offset::Offset(*start))
+                    .expect("offset");
+            }
+        }
+        let mut out = Vec::new();
+        if remaining.is_empty() {
+            return out;
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !remaining.is_empty() {
+            assert!(Instant::now() < deadline, "timed out reading {topic}");
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| {
+                                    let v =
+                                        h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                    (h.key.to_owned(), v.unwrap_or_default())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(Copy {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        headers,
+                    });
+                    if remaining
+                        .get(&m.partition())
+                        .is_some_and(|h| m.offset() + 1 >= *h)
+                    {
+                        remaining.remove(&m.partition());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The offsets `group` committed on `topic`, per partition.
+    fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+        let consumer: BaseConsumer = steadfast_testkit::client_config(&self.bootstrap)
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let c = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..partitions)
+            .map(|p| match c.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.server_rt.block_on(server.shutdown());
+        }
+    }
+}
+
+/// A record read back: its partition, payload and headers (values as text).
+#[derive(Debug, Clone)]
+struct Copy {
+    partition: i32,
+    offset: i64,
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Copy {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Waits until `check` holds, polling, or fails saying what it waited for.
+fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn require_redis() {
+    if TcpStream::connect_timeout(
+        &"127.0.0.1:6379".parse().expect("address"),
+        Duration::from_secs(2),
+    )
+    .is_err()
+    {
+        panic!("this test needs Redis: start redis-server on 127.0.0.1:6379 (scripts/services.sh)");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The application: items with ids, a handler with a bug
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
+#[message(topic = "dlq-items", key = key, id = id)]
+struct Item {
+    id: String,
+    key: String,
+}
+
+fn item_id(i: usize) -> String {
+    format!("item-{i:04}")
+}
+
+/// What the handler did: every applied id with its count, and the bug's switch.
+struct App {
+    buggy: AtomicBool,
+    bad: HashSet<String>,
+    applied: Mutex<HashMap<String, u32>>,
+}
+
+#[derive(Clone)]
+struct Buggy(Arc<App>);
+
+impl Handler for Buggy {
+    type Message = Item;
+    const GROUP: &'static str = "dlq-items";
+
+    fn handle_message(
+        &self,
+        item: Item,
+        _cx: &Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let app = self.0.clone();
+        async move {
+            if app.buggy.load(Ordering::SeqCst) && app.bad.contains(&item.id) {
+                return Err(HandlerError::permanent(format!(
+                    "bug: cannot apply {}",
+                    item.id
+                )));
+            }
+            *app.applied.lock().entry(item.id).or_default() += 1;
+            Ok(())
+        }
+    }
+}
+
+/// A worker on the env's runtime until stopped.
+struct Running {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<WorkerStats>,
+}
+
+fn spawn_worker(env: &Env, topic: &str, group: &str, prefix: &str, app: &Arc<App>) -> Running {
+    let worker = Worker::builder()
+        .brokers(env.bootstrap.as_str())
+        .topic(topic)
+        .group(group)
+        .commit_interval(Duration::from_millis(100))
+        .retry(Retry::none())
+        .concurrency(32)
+        .dedup(REDIS_URL)
+        .store_key_prefix(prefix)
+        .handler(Buggy(app.clone()))
+        .build()
+        .expect("valid worker");
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let handle = env
+        .rt
+        .spawn(async move { worker.run(t).await.expect("worker runs") });
+    Running { token, handle }
+}
+
+impl Running {
+    fn stop(self, env: &Env) -> WorkerStats {
+        self.token.cancel();
+        env.rt.block_on(self.handle).expect("worker task")
+    }
+}
+
+fn produce_items(env: &Env, topic: &str) {
+    let producer: FutureProducer = steadfast_testkit::client_config(&env.bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    env.rt.block_on(async {
+        let sends = (0..MESSAGES).map(|i| {
+            let item = Item {
+                id: item_id(i),
+                key: format!("key-{}", i % 37),
+            };
+            let payload = serde_json::to_vec(&item).expect("encodes");
+            let producer = &producer;
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(topic).key(&item.key).payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("delivered")
+            }
+        });
+        futures::future::join_all(sends).await;
+    });
+}
+
+/// Waits until `group` has committed `topic` up to its end, then stops the worker.
+fn drain_and_stop(env: &Env, running: Running, topic: &str, group: &str) -> WorkerStats {
+    let ends: Vec<i64> = (0..PARTITIONS)
+        .map(|p| steadfast_testkit::watermarks(&env.bootstrap, topic, p).1)
+        .collect();
+    eventually(
+        Duration::from_secs(60),
+        "the worker to commit the whole topic",
+        || {
+            env.committed(group, topic, PARTITIONS)
+                .iter()
+                .zip(&ends)
+                .all(|(c, e)| *c == Some(*e))
+        },
+    );
+    running.stop(env)
+}
+
+/// `(replayed, already)` from a replay's summary line.
+fn replay_counts(stdout: &str) -> (u64, u64) {
+    if stdout.starts_with("nothing to replay") {
+        let already = stdout
+            .split("already replayed ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        return (0, already);
+    }
+    let replayed = stdout
+        .strip_prefix("replayed ")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no replay count in {stdout:?}"));
+    let already = stdout
+        .split("; ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no already-replayed count in {stdout:?}"));
+    (replayed, already)
+}
+
+// ---------------------------------------------------------------------------------------
+// The story
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn dead_lettered_messages_are_replayed_once_after_the_fix() {
+    require_redis();
+    let env = Env::start();
+    let topic = steadfast_testkit::unique_topic("dlq-items");
+    let dlq = format!("{topic}.dlq");
+    let group = format!("{topic}-group");
+    let prefix = format!("sf-dlq-{}", uuid::Uuid::new_v4().simple());
+    env.create_topic(&topic, PARTITIONS);
+    produce_items(&env, &topic);
+
+    // Every tenth item hits the bug.
+    let bad: HashSet<String> = (0..MESSAGES).filter(|i| i % 10 == 3).map(item_id).collect();
+    assert_eq!(bad.len(), 100);
+    let app = Arc::new(App {
+        buggy: AtomicBool::new(true),
+        bad: bad.clone(),
+        applied: Mutex::new(HashMap::new()),
+    });
+
+    // 1. The buggy handler: 900 applied, 100 dead-lettered.
+    let running = spawn_worker(&env, &topic, &group, &prefix, &app);
+    eventually(
+        Duration::from_secs(120),
+        "900 applied and 100 dead-lettered",
+        || {
+            app.applied.lock().len() == 900
+                && (0..PARTITIONS)
+                    .map(|p| steadfast_testkit::watermarks(&env.bootstrap, &dlq, p).1)
+                    .sum::<i64>()
+                    == 100
+        },
+    );
+    let stats = drain_and_stop(&env, running, &topic, &group);
+    assert_eq!(
+        (stats.handled, stats.dead_lettered, stats.dropped),
+        (900, 100, 0),
+        "{stats:?}"
+    );
+    let listed = env.cli_ok(&["dlq", "list", "-t", &dlq, "--json"]);
+    let mut dead: BTreeSet<String> = BTreeSet::new();
+    for line in listed.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        assert_eq!(r["error_class"], "permanent", "{r}");
+        assert_eq!(r["original"]["topic"], topic.as_str(), "{r}");
+        assert_eq!(r["attempts"], 1, "{r}");
+        let item: Item = serde_json::from_str(r["value"].as_str().expect("text value"))
+            .expect("the original payload");
+        assert!(r["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&item.id)));
+        dead.insert(item.id);
+    }
+    assert_eq!(
+        dead,
+        bad.iter().cloned().collect(),
+        "the DLQ holds exactly the 100"
+    );
+
+    // 2. Fixed: the replay puts exactly those 100 back; each is applied once.
+    app.buggy.store(false, Ordering::SeqCst);
+    let out = env.cli_ok(&[
+        "dlq",
+        "replay",
+        "-t",
+        &dlq,
+        "--error-class",
+        "permanent",
+        "--by",
+        "tester@ci",
+    ]);
+    assert_eq!(replay_counts(&out), (100, 0), "{out}");
+    assert_eq!(env.end(&topic, PARTITIONS), 1_100);
+    let running = spawn_worker(&env, &topic, &group, &prefix, &app);
+    eventually(Duration::from_secs(60), "all 1,000 ids applied", || {
+        app.applied.lock().len() == MESSAGES
+    });
+    let stats = drain_and_stop(&env, running, &topic, &group);
+    assert_eq!(
+        (stats.handled, stats.dead_lettered, stats.dropped),
+        (100, 0, 0),
+        "{stats:?}"
+    );
+    let applied = app.applied.lock().clone();
+    assert_eq!(applied.len(), MESSAGES);
+    assert!(
+        applied.values().all(|n| *n == 1),
+        "every id applied exactly once: {:?}",
+        applied.iter().filter(|(_, n)| **n != 1).collect::<Vec<_>>()
+    );
+    // The copies start fresh and say where they came from.
+    let copies = env.read_from(&topic, &[0; PARTITIONS as usize]);
+    let replayed: Vec<&Copy> = copies
+        .iter()
+        .filter(|c| c.header("steadfast-replay-of").is_some())
+        .collect();
+    assert_eq!(replayed.len(), 100);
+    for c in &replayed {
+        assert_eq!(c.header("steadfast-attempts"), None);
+        assert_eq!(c.header("steadfast-retry-tier"), None);
+        assert_eq!(c.header("steadfast-replayed-by"), Some("tester@ci"));
+        assert!(c.header("steadfast-replayed-at").is_some());
+        assert!(c.header("steadfast-replay-id").is_some());
+        assert_eq!(c.header("steadfast-original-topic"), Some(topic.as_str()));
+        assert_eq!(
+            c.header("steadfast-original-partition"),
+            Some(c.partition.to_string().as_str()),
+            "back on its original partition"
+        );
+        let item: Item = serde_json::from_slice(&c.payload).expect("payload unchanged");
+        assert!(bad.contains(&item.id));
+    }
+
+    // 3. A fresh replay produces the 100 again; the worker drops them all as duplicates.
+    let out = env.cli_ok(&[
+        "dlq",
+        "replay",
+        "-t",
+        &dlq,
+        "--error-class",
+        "permanent",
+        "--fresh",
+    ]);
+    assert_eq!(replay_counts(&out), (100, 0), "{out}");
+    assert_eq!(env.end(&topic, PARTITIONS), 1_200);
+    let running = spawn_worker(&env, &topic, &group, &prefix, &app);
+    let stats = drain_and_stop(&env, running, &topic, &group);
+    assert_eq!(
+        (
+            stats.handled,
+            stats.dead_lettered,
+            stats.dropped,
+            stats.dropped_stale
+        ),
+        (0, 0, 100, 0),
+        "100 more dropped, as duplicates: {stats:?}"
+    );
+    assert_eq!(*app.applied.lock(), applied, "applied counts unchanged");
+
+    // A rerun of the first replay (same selection, same id) replays nothing.
+    let out = env.cli_ok(&["dlq", "replay", "-t", &dlq, "--error-class", "permanent"]);
+    assert!(out.starts_with("nothing to replay"), "{out}");
+    assert_eq!(replay_counts(&out), (0, 100), "{out}");
+    assert_eq!(env.end(&topic, PARTITIONS), 1_200, "nothing produced");
+
+    // 4. A slow replay killed half-way and started again replays each record once in total.
+    let starts: Vec<i64> = (0..PARTITIONS)
+        .map(|p| steadfast_testkit::watermarks(&env.bootstrap, &topic, p).1)
+        .collect();
+    let id = format!("resume-{}", uuid::Uuid::new_v4().simple());
+    let copies_of = |env: &Env| -> Vec<String> {
+        env.read_from(&topic, &starts)
+            .iter()
+            .filter(|c| c.header("steadfast-replay-id") == Some(id.as_str()))
+            .filter_map(|c| c.header("steadfast-replay-of").map(str::to_owned))
+            .collect()
+    };
+    let mut child = Command::new(STEADFAST)
+        .args(["dlq", "replay", "-t", &dlq, "--error-class", "permanent"])
+        .args(["--replay-id", &id, "--rate", "10", "-b", &env.bootstrap])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("steadfast runs");
+    let mut at_kill = 0;
+    eventually(Duration::from_secs(60), "some replayed copies", || {
+        at_kill = copies_of(&env).len();
+        at_kill >= 20
+    });
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let after_kill = copies_of(&env).len();
+    assert!(
+        (20..100).contains(&after_kill),
+        "killed half-way: {after_kill} of 100 copies"
+    );
+    let out = env.cli_ok(&[
+        "dlq",
+        "replay",
+        "-t",
+        &dlq,
+        "--error-class",
+        "permanent",
+        "--replay-id",
+        &id,
+    ]);
+    let (replayed, already) = replay_counts(&out);
+    assert_eq!(
+        (replayed + already, already),
+        (100, after_kill as u64),
+        "the rerun skips what the killed run produced: {out}"
+    );
+    println!("rerun after the kill: {out}");
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for of in copies_of(&env) {
+        *counts.entry(of).or_default() += 1;
+    }
+    let every_dlq_record: BTreeSet<String> = env
+        .read_from(&dlq, &[0; PARTITIONS as usize])
+        .iter()
+        .map(|c| format!("{dlq}/{}/{}", c.partition, c.offset))
+        .collect();
+    assert_eq!(
+        counts.keys().cloned().collect::<BTreeSet<_>>(),
+        every_dlq_record,
+        "every DLQ record replayed"
+    );
+    assert_eq!(counts.len(), 100, "every DLQ record replayed: {counts:?}");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "each exactly once: {:?}",
+        counts.iter().filter(|(_, n)| **n != 1).collect::<Vec<_>>()
+    );
+    let out = env.cli_ok(&[
+        "dlq",
+        "replay",
+        "-t",
+        &dlq,
+        "--error-class",
+        "permanent",
+        "--replay-id",
+        &id,
+    ]);
+    assert_eq!(replay_counts(&out), (0, 100), "{out}");
+}
+
+// ---------------------------------------------------------------------------------------
+// list, show, dry run, bad input
+// ---------------------------------------------------------------------------------------
+
+/// Produces one dead-letter record with `headers` to partition 0 of `topic`.
+fn produce_dead_letter(env: &Env, topic: &str, key: &str, value: &[u8], headers: &[(&str, &str)]) {
+    let producer: FutureProducer = steadfast_testkit::client_config(&env.bootstrap)
+        .create()
+        .expect("producer");
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    env.rt
+        .block_on(
+            producer.send(
+                FutureRecord::to(topic)
+                    .partition(0)
+                    .key(key)
+                    .payload(value)
+                    .headers(h),
+                Duration::from_secs(30),
+            ),
+        )
+        .map_err(|(e, _): (KafkaError, _)| e)
+        .expect("delivered");
+}
+
+/// The `partition/offset` column of a `dlq list` table.
+fn listed(out: &str) -> Vec<String> {
+    out.lines()
+        .skip(1)
+        .filter(|l| !l.ends_with("record(s)"))
+        .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn list_filters_show_and_dry_run() {
+    let env = Env::start();
+    let orders = steadfast_testkit::unique_topic("orders");
+    let dlq = format!("{orders}.dlq");
+    env.create_topic(&orders, 2);
+    env.create_topic(&dlq, 1);
+    let june = "2025-06-01T00:00:00Z";
+    let provenance = |class: &'static str,
+                      partition: &'static str,
+                      offset: &'static str,
+                      failed: &'static str| {
+        vec![
+            ("steadfast-original-topic", orders.as_str()),
+            ("steadfast-original-partition", partition),
+            ("steadfast-original-offset", offset),
+            ("steadfast-original-timestamp", "2025-05-31T23:59:59.500Z"),
+            ("steadfast-group", "billing"),
+            ("steadfast-error-class", class),
+            ("steadfast-error-message", "no such account"),
+            ("steadfast-attempts", "3"),
+            ("steadfast-first-failure-at", "2025-05-31T23:59:59.900Z"),
+            ("steadfast-last-failure-at", failed),
+        ]
+    };
+    let mut first = provenance("permanent", "0", "10", june);
+    first.insert(0, ("trace-id", "t-0"));
+    produce_dead_letter(&env, &dlq, "k1", b"{\"amount\":1}", &first);
+    produce_dead_letter(
+        &env,
+        &dlq,
+        "k2",
+        b"two",
+        &provenance("transient", "1", "11", june),
+    );
+    produce_dead_letter(
+        &env,
+        &dlq,
+        "k1",
+        &[0xff, 0xfe],
+        &provenance("decode", "1", "12", june),
+    );
+    produce_dead_letter(
+        &env,
+        &dlq,
+        "k3",
+        b"three",
+        &provenance("permanent", "0", "13", "2025-01-01T00:00:00Z"),
+    );
+    produce_dead_letter(
+        &env,
+        &dlq,
+        "k4",
+        b"homeless",
+        &[("steadfast-error-class", "permanent")],
+    );
+
+    let list = |extra: &[&str]| {
+        let mut args = vec!["dlq", "list", "-t", dlq.as_str()];
+        args.extend_from_slice(extra);
+        listed(&env.cli_ok(&args))
+    };
+    assert_eq!(list(&[]), ["0/0", "0/1", "0/2", "0/3", "0/4"]);
+    assert_eq!(list(&["--key", "k1"]), ["0/0", "0/2"]);
+    assert_eq!(list(&["--error-class", "permanent"]), ["0/0", "0/3", "0/4"]);
+    assert_eq!(list(&["--original-partition", "1"]), ["0/1", "0/2"]);
+    assert_eq!(list(&["--until", "2025-03-01T00:00:00Z"]), ["0/3"]);
+    assert_eq!(
+        list(&[
+            "--original-offset-from",
+            "11",
+            "--original-offset-until",
+            "13"
+        ]),
+        ["0/1", "0/2"]
+    );
+    assert_eq!(list(&["--key", "k1", "--error-class", "decode"]), ["0/2"]);
+    let table = env.cli_ok(&["dlq", "list", "-t", &dlq, "--key", "k2"]);
+    let row: Vec<&str> = table.lines().nth(1).expect("a row").split('\t').collect();
+    assert_eq!(
+        row,
+        [
+            "0/1",
+            "k2",
+            "transient",
+            &format!("{orders}/1/11"),
+            "3",
+            "2025-06-01T00:00:00Z",
+            "no such account"
+        ]
+    );
+    let json = env.cli_ok(&["dlq", "list", "-t", &dlq, "--json", "--key", "k2"]);
+    let r: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
+    assert_eq!(r["original"]["partition"], 1);
+    assert_eq!(r["original"]["offset"], 11);
+    assert_eq!(r["original"]["timestamp"], "2025-05-31T23:59:59.5Z");
+    assert_eq!(r["attempts"], 3);
+    assert_eq!(r["group"], "billing");
+    assert_eq!(r["value"], "two");
+
+    let show = env.cli_ok(&[
+        "dlq",
+        "show",
+        "-t",
+        &dlq,
+        "--partition",
+        "0",
+        "--offset",
+        "2",
+    ]);
+    for expected in [
+        format!("record              {dlq}/0/2"),
+        "key                 k1".to_owned(),
+        "value               hex:fffe".to_owned(),
+        format!("original topic      {orders}"),
+        "original partition  1".to_owned(),
+        "original offset     12".to_owned(),
+        "error class         decode".to_owned(),
+        "attempts            3".to_owned(),
+        "first failure       2025-05-31T23:59:59.9Z".to_owned(),
+    ] {
+        assert!(
+            show.lines().any(|l| l == expected),
+            "{expected:?} in\n{show}"
+        );
+    }
+    let show = env.cli_ok(&[
+        "dlq",
+        "show",
+        "-t",
+        &dlq,
+        "--partition",
+        "0",
+        "--offset",
+        "0",
+    ]);
+    assert!(
+        show.lines().any(|l| l == "header trace-id     t-0"),
+        "{show}"
+    );
+    assert!(
+        show.lines()
+            .any(|l| l == "error message       no such account"),
+        "{show}"
+    );
+    let missing = env.cli(&[
+        "dlq",
+        "show",
+        "-t",
+        &dlq,
+        "--partition",
+        "0",
+        "--offset",
+        "99",
+    ]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("holds offsets 0..5"));
+
+    // A dry run says what it would replay and produces nothing.
+    let dry = env.cli_ok(&[
+        "dlq",
+        "replay",
+        "-t",
+        &dlq,
+        "--original-topic",
+        &orders,
+        "--dry-run",
+    ]);
+    assert!(
+        dry.starts_with("dry run: would replay 4 record(s)"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!("{dlq}/0/2\t-> {orders}/1\tkey k1")),
+        "{dry}"
+    );
+    assert_eq!(env.end(&orders, 2), 0, "a dry run produces nothing");
+
+    // A record without an original topic refuses the replay before anything is produced.
+    let refused = env.cli(&["dlq", "replay", "-t", &dlq, "--error-class", "permanent"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("no `steadfast-original-topic` header"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{dlq}/0/4")), "{stderr}");
+    assert_eq!(env.end(&orders, 2), 0);
+
+    // Bad input is named.
+    let bad_time = env.cli(&["dlq", "list", "-t", &dlq, "--from", "yesterday"]);
+    assert!(!bad_time.status.success());
+    assert!(String::from_utf8_lossy(&bad_time.stderr).contains("not an RFC 3339 time"));
+    let nope = steadfast_testkit::unique_topic("nope");
+    let unknown = env.cli(&["dlq", "list", "-t", &nope]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains(&format!("topic `{nope}` does not exist")),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+
+    // The permanent failures of `orders` go back, each to its original partition.
+    let out = env.cli_ok(&[
+        "dlq",
+        "replay",
+        "-t",
+        &dlq,
+        "--error-class",
+        "permanent",
+        "--original-topic",
+        &orders,
+    ]);
+    assert_eq!(replay_counts(&out), (2, 0), "{out}");
+    let copies = env.read_from(&orders, &[0, 0]);
+    let mut of: Vec<(i32, &str)> = copies
+        .iter()
+        .map(|c| {
+            (
+                c.partition,
+                c.header("steadfast-replay-of").unwrap_or_default(),
+            )
+        })
+        .collect();
+    of.sort_unstable();
+    assert_eq!(
+        of,
+        [
+            (0, format!("{dlq}/0/0").as_str()),
+            (0, format!("{dlq}/0/3").as_str())
+        ]
+    );
+    assert!(copies
+        .iter()
+        .all(|c| c.header("steadfast-attempts").is_none()));
+    assert_eq!(
+        copies
+            .iter()
+            .filter(|c| c.header("trace-id") == Some("t-0"))
+            .count(),
+        1,
+        "user headers kept"
+    );
+}

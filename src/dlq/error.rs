@@ -1,0 +1,99 @@
+//! The errors of the dead-letter tooling: what went wrong and what the user can do about it.
+
+/// A failure of [`list`](super::Dlq::list), [`show`](super::Dlq::show) or
+/// [`replay`](super::Dlq::replay).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DlqError {
+    /// The topic does not exist on the broker.
+    #[error("topic `{0}` does not exist")]
+    UnknownTopic(String),
+    /// The original topic of selected records does not exist, so they cannot be replayed.
+    #[error("the original topic `{topic}` of {count} selected record(s) does not exist; create it or leave those records out of the selection")]
+    UnknownOriginalTopic {
+        /// The missing topic.
+        topic: String,
+        /// How many selected records name it.
+        count: usize,
+    },
+    /// The selection's filters contradict each other or are out of range.
+    #[error("invalid selection: {0}")]
+    InvalidSelection(String),
+    /// No record at that position.
+    #[error("no record at {topic}/{partition}/{offset}: {reason}")]
+    NoSuchRecord {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The offset.
+        offset: i64,
+        /// Why (out of range, a gap in the log, no such partition).
+        reason: String,
+    },
+    /// Selected records lack the original-topic header, so there is nowhere to replay them.
+    #[error("{count} selected record(s) have no `steadfast-original-topic` header, so there is nowhere to replay them (the first: {topic}/{partition}/{offset}); narrow the selection, for instance with an original-topic filter")]
+    MissingOriginalTopic {
+        /// How many selected records lack it.
+        count: usize,
+        /// The dead-letter topic.
+        topic: String,
+        /// Partition of the first such record.
+        partition: i32,
+        /// Offset of the first such record.
+        offset: i64,
+    },
+    /// The replay id has progress recorded for another selection.
+    #[error("replay id `{id}` belongs to another selection (selection {recorded}, this one {current}); use another replay id, or a fresh one")]
+    ReplayIdInUse {
+        /// The replay id.
+        id: String,
+        /// The selection fingerprint recorded with the id's progress.
+        recorded: String,
+        /// The fingerprint of this selection.
+        current: String,
+    },
+    /// The recorded progress of a replay could not be understood.
+    #[error("the progress recorded for replay `{id}` cannot be read: {reason}")]
+    BadProgress {
+        /// The replay id.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A broker request failed.
+    #[error("{context}: {source}")]
+    Broker {
+        /// What was being done.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A replayed record was not acknowledged; a rerun with the same replay id resumes.
+    #[error("producing the copy of {of} to {topic} failed: {reason}; run the replay again with the same replay id to resume")]
+    Produce {
+        /// The dead-letter record (`<topic>/<partition>/<offset>`).
+        of: String,
+        /// The target topic.
+        topic: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// Reading stopped making progress.
+    #[error("timed out {0}")]
+    Timeout(String),
+    /// The blocking task that talks to the broker failed.
+    #[error("the broker task failed: {0}")]
+    Task(String),
+}
+
+impl DlqError {
+    /// A broker error with what was being done.
+    pub(crate) fn broker(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        DlqError::Broker {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Replay: produce selected dead-letter records back to their original topics, rate-limited,
+//! resumable, each record once in total across kills (see [`resume`] for how).
+
+mod copy;
+mod resume;
+mod run;
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::record::RecordRef;
+
+pub(crate) use self::run::replay_blocking;
+
+/// Progress of a running replay, handed to [`ReplayOptions::with_progress`]'s callback after
+/// every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayProgress {
+    /// Selected records dealt with so far (replayed or found already replayed).
+    pub done: u64,
+    /// Selected records in all.
+    pub total: u64,
+}
+
+/// A progress callback.
+pub type ProgressFn = Arc<dyn Fn(ReplayProgress) + Send + Sync>;
+
+/// How a replay runs. `Default`: no rate limit, produces, the replay id derived from the
+/// selection, `steadfast-replayed-by` = `user@host`.
+#[derive(Clone)]
+pub struct ReplayOptions {
+    /// At most this many records a second.
+    pub rate: Option<NonZeroU32>,
+    /// Produce nothing; report what would be replayed.
+    pub dry_run: bool,
+    /// The replay id; default: the selection's fingerprint (or a new one with `fresh`).
+    pub replay_id: Option<String>,
+    /// A new replay id (the fingerprint and a random suffix), so the selection is replayed
+    /// again even where an earlier replay of it finished.
+    pub fresh: bool,
+    /// `steadfast-replayed-by`; default `user@host`.
+    pub by: Option<String>,
+    /// Called after every record.
+    pub progress: Option<ProgressFn>,
+    /// Commit the position at least this often while producing.
+    pub commit_interval: Duration,
+    /// Commit the position at least every this many records.
+    pub commit_every: usize,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            rate: None,
+            dry_run: false,
+            replay_id: None,
+            fresh: false,
+            by: None,
+            progress: None,
+            commit_interval: Duration::from_secs(1),
+            commit_every: 500,
+        }
+    }
+}
+
+impl fmt::Debug for ReplayOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayOptions")
+            .field("rate", &self.rate)
+            .field("dry_run", &self.dry_run)
+            .field("replay_id", &self.replay_id)
+            .field("fresh", &self.fresh)
+            .field("by", &self.by)
+            .field("progress", &self.progress.as_ref().map(|_| "callback"))
+            .field("commit_interval", &self.commit_interval)
+            .field("commit_every", &self.commit_every)
+            .finish()
+    }
+}
+
+impl ReplayOptions {
+    /// At most `per_second` records a second.
+    pub fn with_rate(mut self, per_second: NonZeroU32) -> Self {
+        self.rate = Some(per_second);
+        self
+    }
+    /// Produce nothing; report what would be replayed.
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+    /// This replay id.
+    pub fn with_replay_id(mut self, id: impl Into<String>) -> Self {
+        self.replay_id = Some(id.into());
+        self
+    }
+    /// A new replay id, so the selection is replayed again.
+    pub fn with_fresh(mut self, fresh: bool) -> Self {
+        self.fresh = fresh;
+        self
+    }
+    /// `steadfast-replayed-by`.
+    pub fn with_by(mut self, by: impl Into<String>) -> Self {
+        self.by = Some(by.into());
+        self
+    }
+    /// Calls `f` after every record.
+    pub fn with_progress(mut self, f: impl Fn(ReplayProgress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+}
+
+/// One record a replay produced (or, in a dry run, would produce).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayedRecord {
+    /// The dead-letter record.
+    pub of: RecordRef,
+    /// Its key as text (lossy), for reports.
+    pub key: String,
+    /// The topic it goes back to.
+    pub topic: String,
+    /// The partition it goes to: its original one when the topic has it, else the key's.
+    pub partition: Option<i32>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// The replay id (stamped on every copy as `steadfast-replay-id`).
+    pub replay_id: String,
+    /// The consumer group holding the replay's position.
+    pub group: String,
+    /// Whether this was a dry run (nothing produced, nothing committed).
+    pub dry_run: bool,
+    /// Selected records not yet covered by the committed position when this run began.
+    pub selected: u64,
+    /// Records this replay id had replayed before this run (committed, or found in the
+    /// target topics after a kill); they are not replayed again.
+    pub already_replayed: u64,
+    /// Of those, the ones found in the target topics past the last commit (produced by an
+    /// interrupted run after its last commit).
+    pub found_past_commit: u64,
+    /// What this run replayed (in a dry run: would replay), in dead-letter order.
+    pub replayed: Vec<ReplayedRecord>,
+}

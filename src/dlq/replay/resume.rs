@@ -1,0 +1,270 @@
+//! The bookkeeping that makes a replay resumable with each record replayed once in total.
+//!
+//! The position is committed as offsets of the dead-letter partitions under the group
+//! `steadfast-replay-<id>`: every dead-letter record below a committed offset has been dealt
+//! with (replayed and acknowledged, or not selected). The commit's metadata is a
+//! [`ProgressNote`]: the selection's fingerprint, how many records were replayed so far, and
+//! for each target partition an offset at or below which no copy of an uncommitted record can
+//! sit (`ends`). A rerun reads the target partitions from those offsets to their end and
+//! takes every record whose `steadfast-replay-id` is the replay's and whose
+//! `steadfast-replay-of` names a dead-letter offset at or above the committed one as
+//! already replayed ([`AlreadyReplayed`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use super::super::error::DlqError;
+use super::super::record::RecordRef;
+use super::super::scan::{Reader, Tp};
+use crate::message::Headers;
+use crate::policy::headers;
+
+/// Timeout of the commit and committed-offset requests.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The metadata of a replay's commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProgressNote {
+    /// The format version (1).
+    pub(crate) v: u32,
+    /// The fingerprint of the selection the replay id belongs to.
+    pub(crate) selection: String,
+    /// Records replayed (acknowledged) under this id up to the commit.
+    pub(crate) done: u64,
+    /// Per target topic and partition: copies of records at or above the committed
+    /// dead-letter offsets sit at or above this offset.
+    pub(crate) ends: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+impl ProgressNote {
+    /// The note as commit metadata (compact JSON).
+    pub(crate) fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a note of strings and integer maps always serializes")
+    }
+    /// A note read back from commit metadata.
+    pub(crate) fn decode(text: &str) -> Result<Self, String> {
+        let note: ProgressNote = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if note.v != 1 {
+            return Err(format!("unknown progress format {}", note.v));
+        }
+        Ok(note)
+    }
+    /// `ends` as one map of topic-partitions.
+    pub(crate) fn flat_ends(&self) -> BTreeMap<Tp, i64> {
+        self.ends
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| ((t.clone(), *p), *o)))
+            .collect()
+    }
+    /// Sets `ends` from a map of topic-partitions.
+    pub(crate) fn set_ends(&mut self, ends: &BTreeMap<Tp, i64>) {
+        self.ends.clear();
+        for ((t, p), o) in ends {
+            self.ends.entry(t.clone()).or_default().insert(*p, *o);
+        }
+    }
+}
+
+/// What a replay id has committed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Committed {
+    /// Per dead-letter partition: every record below this offset was dealt with.
+    pub(crate) positions: BTreeMap<i32, i64>,
+    /// The note, when the id has committed anything.
+    pub(crate) note: Option<ProgressNote>,
+}
+
+/// Reads the committed progress of `consumer`'s group (the replay's) on `topic`.
+pub(crate) fn read_committed(
+    consumer: &Reader,
+    topic: &str,
+    partitions: &[i32],
+    replay_id: &str,
+) -> Result<Committed, DlqError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, TIMEOUT)
+        .map_err(|e| DlqError::broker(format!("reading the progress of replay {replay_id}"), e))?;
+    let mut out = Committed::default();
+    for e in committed.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            out.positions.insert(e.partition(), o);
+            if out.note.is_none() && !e.metadata().is_empty() {
+                let note =
+                    ProgressNote::decode(e.metadata()).map_err(|reason| DlqError::BadProgress {
+                        id: replay_id.to_owned(),
+                        reason,
+                    })?;
+                out.note = Some(note);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Commits `positions` of `topic` with `note` as metadata, synchronously.
+pub(crate) fn commit(
+    consumer: &Reader,
+    topic: &str,
+    positions: &BTreeMap<i32, i64>,
+    note: &ProgressNote,
+) -> Result<(), DlqError> {
+    let metadata = note.encode();
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in positions {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .map_err(|e| DlqError::broker("building the commit", e))?;
+    }
+    for mut e in tpl.elements() {
+        e.set_metadata(&metadata);
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .map_err(|e| DlqError::broker("committing the replay position", e))
+}
+
+/// The dead-letter record a target-topic record is a copy of, when it is a copy made by
+/// replay `replay_id` of a record of `dlq_topic`.
+pub(crate) fn copy_of(headers: &Headers, replay_id: &str, dlq_topic: &str) -> Option<RecordRef> {
+    if headers.get_str(headers::REPLAY_ID) != Some(replay_id) {
+        return None;
+    }
+    headers
+        .get_str(headers::REPLAY_OF)
+        .and_then(RecordRef::parse)
+        .filter(|r| r.topic == dlq_topic)
+}
+
+/// Dead-letter records an earlier run of the replay produced after its last commit: found in
+/// the target partitions, they are skipped.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AlreadyReplayed {
+    /// (dead-letter partition, offset) → where its copy sits (target partition, offset).
+    copies: BTreeMap<(i32, i64), (Tp, i64)>,
+}
+
+impl AlreadyReplayed {
+    /// Notes a copy of `of` found at `at`, if `of` is at or above the committed position
+    /// (below it, the commit already covers it).
+    pub(crate) fn found(&mut self, of: &RecordRef, at: (Tp, i64), committed: &BTreeMap<i32, i64>) {
+        let from = committed.get(&of.partition).copied().unwrap_or(0);
+        if of.offset >= from {
+            self.copies.entry((of.partition, of.offset)).or_insert(at);
+        }
+    }
+    /// Whether the record at `partition`/`offset` of the dead-letter topic was replayed.
+    pub(crate) fn contains(&self, partition: i32, offset: i64) -> bool {
+        self.copies.contains_key(&(partition, offset))
+    }
+    /// How many were found.
+    pub(crate) fn len(&self) -> usize {
+        self.copies.len()
+    }
+    /// The `ends` to commit with `positions`: `candidates` lowered, per target partition, to
+    /// the lowest copy of a record that `positions` do not cover yet, so that a later run
+    /// still finds it.
+    pub(crate) fn ends_for(
+        &self,
+        positions: &BTreeMap<i32, i64>,
+        candidates: &BTreeMap<Tp, i64>,
+    ) -> BTreeMap<Tp, i64> {
+        let mut ends = candidates.clone();
+        for ((p, o), (tp, at)) in &self.copies {
+            if positions.get(p).is_some_and(|covered| o < covered) {
+                continue;
+            }
+            let end = ends.entry(tp.clone()).or_insert(*at);
+            *end = (*end).min(*at);
+        }
+        ends
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn tp(t: &str, p: i32) -> Tp {
+        (t.to_owned(), p)
+    }
+
+    #[test]
+    fn the_progress_note_round_trips_through_commit_metadata() {
+        let mut note = ProgressNote {
+            v: 1,
+            selection: "abc".into(),
+            done: 7,
+            ..ProgressNote::default()
+        };
+        let ends = BTreeMap::from([(tp("orders", 0), 10), (tp("orders", 1), 3)]);
+        note.set_ends(&ends);
+        let text = note.encode();
+        assert!(text.len() < 200, "compact: {text}");
+        let back = ProgressNote::decode(&text).expect("decodes");
+        assert_eq!(back, note);
+        assert_eq!(back.flat_ends(), ends);
+        assert!(
+            ProgressNote::decode("{\"v\":2,\"selection\":\"\",\"done\":0,\"ends\":{}}").is_err()
+        );
+        assert!(ProgressNote::decode("garbage").is_err());
+    }
+
+    #[test]
+    fn only_this_replays_copies_of_this_dead_letter_topic_count() {
+        let h = |id: &str, of: &str| -> Headers {
+            [
+                (headers::REPLAY_ID, Bytes::from(id.to_owned())),
+                (headers::REPLAY_OF, Bytes::from(of.to_owned())),
+            ]
+            .into_iter()
+            .collect()
+        };
+        assert_eq!(
+            copy_of(&h("r1", "orders.dlq/0/5"), "r1", "orders.dlq").map(|r| r.offset),
+            Some(5)
+        );
+        assert_eq!(
+            copy_of(&h("r2", "orders.dlq/0/5"), "r1", "orders.dlq"),
+            None
+        );
+        assert_eq!(copy_of(&h("r1", "other.dlq/0/5"), "r1", "orders.dlq"), None);
+        assert_eq!(copy_of(&Headers::new(), "r1", "orders.dlq"), None);
+    }
+
+    #[test]
+    fn copies_below_the_committed_position_are_not_counted_twice() {
+        let committed = BTreeMap::from([(0, 10), (1, 0)]);
+        let mut already = AlreadyReplayed::default();
+        let of = |p, o| RecordRef {
+            topic: "orders.dlq".into(),
+            partition: p,
+            offset: o,
+        };
+        already.found(&of(0, 9), (tp("orders", 0), 100), &committed);
+        already.found(&of(0, 10), (tp("orders", 0), 101), &committed);
+        already.found(&of(0, 10), (tp("orders", 0), 150), &committed);
+        already.found(&of(1, 0), (tp("orders", 1), 40), &committed);
+        assert!(!already.contains(0, 9), "covered by the commit");
+        assert!(already.contains(0, 10));
+        assert!(already.contains(1, 0));
+        assert_eq!(already.len(), 2);
+
+        // A commit that covers (0, 10) but not (1, 0) must keep orders/1 at or below 40.
+        let positions = BTreeMap::from([(0, 11), (1, 0)]);
+        let candidates = BTreeMap::from([(tp("orders", 0), 200), (tp("orders", 1), 300)]);
+        let ends = already.ends_for(&positions, &candidates);
+        assert_eq!(ends[&tp("orders", 0)], 200);
+        assert_eq!(ends[&tp("orders", 1)], 40);
+        // Once both are covered, the candidates stand.
+        let positions = BTreeMap::from([(0, 11), (1, 1)]);
+        assert_eq!(already.ends_for(&positions, &candidates), candidates);
+    }
+}

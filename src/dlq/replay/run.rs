@@ -1,0 +1,427 @@
+//! The replay itself, blocking (run it on a blocking thread): read the selection from the
+//! committed position, find copies an interrupted run left, produce the rest in order with an
+//! idempotent producer, and commit the position after every acknowledged stretch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{Quota, RateLimiter};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use super::copy::{default_replayed_by, replay_headers, Stamp};
+use super::resume::{self, AlreadyReplayed, Committed, ProgressNote};
+use super::{ReplayOptions, ReplayProgress, ReplayReport, ReplayedRecord};
+use crate::dlq::error::DlqError;
+use crate::dlq::record::DlqRecord;
+use crate::dlq::scan::{self, Reader, Tp};
+use crate::dlq::selection::Selection;
+use crate::policy::now_ms;
+
+/// Most records produced and not yet acknowledged.
+const WINDOW: usize = 1_000;
+
+/// Runs a replay of `selection` with `options` against the brokers of `config`.
+pub(crate) fn replay_blocking(
+    config: &ClientConfig,
+    selection: &Selection,
+    options: &ReplayOptions,
+) -> Result<ReplayReport, DlqError> {
+    selection.validate()?;
+    let fingerprint = selection.fingerprint();
+    let replay_id = match (&options.replay_id, options.fresh) {
+        (Some(id), _) if !id.trim().is_empty() => id.trim().to_owned(),
+        (_, true) => format!(
+            "{fingerprint}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ),
+        _ => fingerprint.clone(),
+    };
+    let group = format!("steadfast-replay-{replay_id}");
+    let consumer = scan::reader(config, &group)?;
+    let dlq = selection.topic.as_str();
+    let dlq_partitions = scan::partitions(&consumer, dlq)?;
+
+    let committed = resume::read_committed(&consumer, dlq, &dlq_partitions, &replay_id)?;
+    if let Some(note) = &committed.note {
+        if note.selection != fingerprint {
+            return Err(DlqError::ReplayIdInUse {
+                id: replay_id,
+                recorded: note.selection.clone(),
+                current: fingerprint,
+            });
+        }
+    }
+
+    let (records, highs) = read_selection(&consumer, selection, &dlq_partitions, &committed)?;
+    refuse_homeless(&records, dlq)?;
+    let targets = target_partitions(&consumer, &records)?;
+    let previous_ends = committed
+        .note
+        .as_ref()
+        .map(ProgressNote::flat_ends)
+        .unwrap_or_default();
+    let already = find_copies(&consumer, &replay_id, dlq, &committed, &previous_ends)?;
+    let done_before = committed.note.as_ref().map_or(0, |n| n.done);
+
+    let planned: Vec<(&DlqRecord, ReplayedRecord)> = records
+        .iter()
+        .filter(|r| !already.contains(r.partition, r.offset))
+        .map(|r| (r, planned_copy(r, &targets)))
+        .collect();
+    let mut report = ReplayReport {
+        replay_id: replay_id.clone(),
+        group,
+        dry_run: options.dry_run,
+        selected: records.len() as u64,
+        already_replayed: done_before + already.len() as u64,
+        found_past_commit: already.len() as u64,
+        replayed: Vec::new(),
+    };
+    if options.dry_run {
+        report.replayed = planned.into_iter().map(|(_, p)| p).collect();
+        return Ok(report);
+    }
+
+    // Before anything is produced, the note must name every target partition this run may
+    // write to, at an offset below anything it will write there.
+    let mut ends = previous_ends;
+    for (topic, partitions) in &targets {
+        for p in partitions {
+            if let std::collections::btree_map::Entry::Vacant(e) = ends.entry((topic.clone(), *p)) {
+                e.insert(scan::watermarks(&consumer, topic, *p)?.1);
+            }
+        }
+    }
+    let mut positions: BTreeMap<i32, i64> = dlq_partitions
+        .iter()
+        .map(|p| (*p, committed.positions.get(p).copied().unwrap_or(0)))
+        .collect();
+    let mut note = ProgressNote {
+        v: 1,
+        selection: fingerprint,
+        done: report.already_replayed,
+        ends: BTreeMap::new(),
+    };
+    let mut progress = Progressor {
+        consumer: &consumer,
+        dlq,
+        already: &already,
+        note: &mut note,
+        ends: &mut ends,
+    };
+    progress.commit(&positions)?;
+
+    let producer = producer(config)?;
+    let limiter = options
+        .rate
+        .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN)));
+    let clock = DefaultClock::default();
+    let by = options.by.clone().unwrap_or_else(default_replayed_by);
+    let total = records.len() as u64;
+    let mut pending: Vec<(DeliveryFuture, ReplayedRecord)> = Vec::new();
+    let mut since_commit = 0usize;
+    let mut last_commit = Instant::now();
+    let mut planned = planned.into_iter().peekable();
+    for (handled, record) in (1u64..).zip(&records) {
+        let is_next = planned
+            .peek()
+            .is_some_and(|(r, _)| r.partition == record.partition && r.offset == record.offset);
+        if is_next {
+            let Some((_, copy)) = planned.next() else {
+                break;
+            };
+            if let Some(limiter) = &limiter {
+                while let Err(not_until) = limiter.check() {
+                    std::thread::sleep(not_until.wait_time_from(clock.now()));
+                }
+            }
+            let stamp = Stamp {
+                by: &by,
+                at_ms: now_ms(),
+                replay_id: &replay_id,
+            };
+            let headers = replay_headers(record, &stamp);
+            let future = send(
+                &producer,
+                record,
+                &copy,
+                &headers,
+                &mut pending,
+                &mut progress,
+                &mut report,
+            )?;
+            pending.push((future, copy));
+            since_commit += 1;
+        }
+        positions.insert(record.partition, record.offset + 1);
+        if let Some(f) = &options.progress {
+            f(ReplayProgress {
+                done: handled,
+                total,
+            });
+        }
+        if pending.len() >= WINDOW
+            || since_commit >= options.commit_every.max(1)
+            || (since_commit > 0 && last_commit.elapsed() >= options.commit_interval)
+        {
+            drain(&mut pending, &mut progress, &mut report)?;
+            progress.commit(&positions)?;
+            since_commit = 0;
+            last_commit = Instant::now();
+        }
+    }
+    drain(&mut pending, &mut progress, &mut report)?;
+    // Everything read is dealt with: the position moves to the watermarks of the read.
+    for (p, high) in highs {
+        let at = positions.entry(p).or_insert(high);
+        *at = (*at).max(high);
+    }
+    progress.commit(&positions)?;
+    report
+        .replayed
+        .sort_by_key(|r| (r.of.partition, r.of.offset));
+    Ok(report)
+}
+
+/// The selected records at or above the committed position, in dead-letter order, and the
+/// high watermark of every dead-letter partition when the read began.
+fn read_selection(
+    consumer: &Reader,
+    selection: &Selection,
+    partitions: &[i32],
+    committed: &Committed,
+) -> Result<(Vec<DlqRecord>, BTreeMap<i32, i64>), DlqError> {
+    let starts: BTreeMap<Tp, Option<i64>> = partitions
+        .iter()
+        .map(|p| {
+            (
+                (selection.topic.clone(), *p),
+                committed.positions.get(p).copied(),
+            )
+        })
+        .collect();
+    let mut records = Vec::new();
+    let highs = scan::read_to_end(consumer, &starts, |m| {
+        let r = scan::record_of(m);
+        if selection.matches(&r) {
+            records.push(r);
+        }
+    })?;
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let highs = highs.into_iter().map(|((_, p), h)| (p, h)).collect();
+    Ok((records, highs))
+}
+
+/// Refuses the replay when a selected record has no original topic.
+fn refuse_homeless(records: &[DlqRecord], dlq: &str) -> Result<(), DlqError> {
+    let homeless: Vec<&DlqRecord> = records.iter().filter(|r| r.original.is_none()).collect();
+    match homeless.first() {
+        None => Ok(()),
+        Some(first) => Err(DlqError::MissingOriginalTopic {
+            count: homeless.len(),
+            topic: dlq.to_owned(),
+            partition: first.partition,
+            offset: first.offset,
+        }),
+    }
+}
+
+/// The partitions of every original topic of `records`.
+fn target_partitions(
+    consumer: &Reader,
+    records: &[DlqRecord],
+) -> Result<BTreeMap<String, BTreeSet<i32>>, DlqError> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in records {
+        if let Some(o) = &r.original {
+            *counts.entry(o.topic.as_str()).or_default() += 1;
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (topic, count) in counts {
+        let partitions = match scan::partitions(consumer, topic) {
+            Ok(ps) => ps,
+            Err(DlqError::UnknownTopic(_)) => {
+                return Err(DlqError::UnknownOriginalTopic {
+                    topic: topic.to_owned(),
+                    count,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        out.insert(topic.to_owned(), partitions.into_iter().collect());
+    }
+    Ok(out)
+}
+
+/// Copies of this replay's records that an interrupted run produced after its last commit.
+fn find_copies(
+    consumer: &Reader,
+    replay_id: &str,
+    dlq: &str,
+    committed: &Committed,
+    ends: &BTreeMap<Tp, i64>,
+) -> Result<AlreadyReplayed, DlqError> {
+    let mut already = AlreadyReplayed::default();
+    if ends.is_empty() {
+        return Ok(already);
+    }
+    let starts: BTreeMap<Tp, Option<i64>> =
+        ends.iter().map(|(tp, o)| (tp.clone(), Some(*o))).collect();
+    scan::read_to_end(consumer, &starts, |m| {
+        if let Some(of) = resume::copy_of(&scan::headers_of(m), replay_id, dlq) {
+            use rdkafka::Message as _;
+            let at = ((m.topic().to_owned(), m.partition()), m.offset());
+            already.found(&of, at, &committed.positions);
+        }
+    })?;
+    Ok(already)
+}
+
+/// Where the copy of `record` goes.
+fn planned_copy(record: &DlqRecord, targets: &BTreeMap<String, BTreeSet<i32>>) -> ReplayedRecord {
+    let (topic, partition) = match &record.original {
+        Some(o) => {
+            let partition = o
+                .partition
+                .filter(|p| targets.get(&o.topic).is_some_and(|ps| ps.contains(p)));
+            (o.topic.clone(), partition)
+        }
+        None => (String::new(), None),
+    };
+    ReplayedRecord {
+        of: record.position(),
+        key: record
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        topic,
+        partition,
+    }
+}
+
+/// An idempotent producer: no duplicates from its own retries, order kept per partition.
+fn producer(config: &ClientConfig) -> Result<FutureProducer, DlqError> {
+    let mut config = config.clone();
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5");
+    config
+        .create()
+        .map_err(|e| DlqError::broker("creating the producer", e))
+}
+
+/// Hands one copy to the producer, draining acknowledgements while its queue is full.
+fn send(
+    producer: &FutureProducer,
+    record: &DlqRecord,
+    copy: &ReplayedRecord,
+    headers: &crate::message::Headers,
+    pending: &mut Vec<(DeliveryFuture, ReplayedRecord)>,
+    progress: &mut Progressor<'_>,
+    report: &mut ReplayReport,
+) -> Result<DeliveryFuture, DlqError> {
+    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+    for (name, value) in headers.iter() {
+        owned = owned.insert(Header {
+            key: name,
+            value: Some(value.as_ref()),
+        });
+    }
+    let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&copy.topic).headers(owned);
+    if let Some(key) = record.key.as_deref() {
+        out = out.key(key);
+    }
+    if let Some(value) = record.value.as_deref() {
+        out = out.payload(value);
+    }
+    if let Some(p) = copy.partition {
+        out = out.partition(p);
+    }
+    loop {
+        match producer.send_result(out) {
+            Ok(future) => return Ok(future),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                out = back;
+                drain(pending, progress, report)?;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((e, _)) => {
+                return Err(DlqError::Produce {
+                    of: copy.of.to_string(),
+                    topic: copy.topic.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Waits for every pending copy's acknowledgement.
+fn drain(
+    pending: &mut Vec<(DeliveryFuture, ReplayedRecord)>,
+    progress: &mut Progressor<'_>,
+    report: &mut ReplayReport,
+) -> Result<(), DlqError> {
+    let batch: Vec<(DeliveryFuture, ReplayedRecord)> = std::mem::take(pending);
+    let (futures, copies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    let results = futures::executor::block_on(join_all(futures));
+    let mut failure = None;
+    for (result, copy) in results.into_iter().zip(copies) {
+        match result {
+            Ok(Ok(delivery)) => {
+                progress.acknowledged((copy.topic.clone(), delivery.partition), delivery.offset);
+                report.replayed.push(copy);
+            }
+            Ok(Err((e, _))) => {
+                failure.get_or_insert(DlqError::Produce {
+                    of: copy.of.to_string(),
+                    topic: copy.topic.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                failure.get_or_insert(DlqError::Produce {
+                    of: copy.of.to_string(),
+                    topic: copy.topic.clone(),
+                    reason: "the producer went away before the acknowledgement".into(),
+                });
+            }
+        }
+    }
+    progress.note.done = report.already_replayed + report.replayed.len() as u64;
+    failure.map_or(Ok(()), Err)
+}
+
+/// The running progress note and its commits.
+struct Progressor<'a> {
+    consumer: &'a Reader,
+    dlq: &'a str,
+    already: &'a AlreadyReplayed,
+    note: &'a mut ProgressNote,
+    /// Per target partition: nothing this run produces from now on lands below it.
+    ends: &'a mut BTreeMap<Tp, i64>,
+}
+
+impl Progressor<'_> {
+    /// A copy was acknowledged at `offset` of `tp`: later copies land above it.
+    fn acknowledged(&mut self, tp: Tp, offset: i64) {
+        let end = self.ends.entry(tp).or_insert(offset + 1);
+        *end = (*end).max(offset + 1);
+    }
+
+    /// Commits `positions` (every copy below them acknowledged) with the note.
+    fn commit(&mut self, positions: &BTreeMap<i32, i64>) -> Result<(), DlqError> {
+        let ends = self.already.ends_for(positions, self.ends);
+        self.note.set_ends(&ends);
+        resume::commit(self.consumer, self.dlq, positions, self.note)
+    }
+}

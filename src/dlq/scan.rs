@@ -1,0 +1,219 @@
+//! Blocking reads through librdkafka: partition counts, watermarks, and reading partitions
+//! from a start offset up to the high watermark seen when the read began, with an assigned
+//! consumer (no group membership, nothing committed). Call from a blocking thread.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::error::DlqError;
+use super::record::DlqRecord;
+use crate::message::Headers;
+
+/// Timeout of one metadata or watermark request.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read may go without a record or an end-of-partition before it gives up.
+const STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// A topic and partition.
+pub(crate) type Tp = (String, i32);
+
+/// The consumer of the tooling's reads.
+pub(crate) type Reader = BaseConsumer<ReaderContext>;
+
+/// Logs client errors through `tracing`, except the end-of-partition events the reads ask
+/// for (`enable.partition.eof`), which are not errors here.
+#[derive(Debug, Default)]
+pub(crate) struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
+/// A consumer for reads: assigned partitions only, no commits.
+pub(crate) fn reader(config: &ClientConfig, group: &str) -> Result<Reader, DlqError> {
+    let mut config = config.clone();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100");
+    config
+        .create_with_context(ReaderContext)
+        .map_err(|e| DlqError::broker("creating a consumer", e))
+}
+
+/// The partitions of `topic`, or [`DlqError::UnknownTopic`].
+pub(crate) fn partitions(consumer: &Reader, topic: &str) -> Result<Vec<i32>, DlqError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(|e| DlqError::broker(format!("fetching the metadata of {topic}"), e))?;
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+        .filter(|ps| !ps.is_empty());
+    let mut ps = found.ok_or_else(|| DlqError::UnknownTopic(topic.to_owned()))?;
+    ps.sort_unstable();
+    Ok(ps)
+}
+
+/// The low and high watermarks of a partition.
+pub(crate) fn watermarks(
+    consumer: &Reader,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), DlqError> {
+    consumer
+        .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+        .map_err(|e| DlqError::broker(format!("reading the watermarks of {topic}/{partition}"), e))
+}
+
+/// The headers of a delivered record, owned.
+pub(crate) fn headers_of(message: &BorrowedMessage<'_>) -> Headers {
+    let mut h = Headers::new();
+    if let Some(borrowed) = message.headers() {
+        for header in borrowed.iter() {
+            h.push(
+                header.key,
+                Bytes::copy_from_slice(header.value.unwrap_or_default()),
+            );
+        }
+    }
+    h
+}
+
+/// A delivered dead-letter record, decoded.
+pub(crate) fn record_of(message: &BorrowedMessage<'_>) -> DlqRecord {
+    DlqRecord::decode(
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.timestamp().to_millis(),
+        message.key().map(Bytes::copy_from_slice),
+        message.payload().map(Bytes::copy_from_slice),
+        headers_of(message),
+    )
+}
+
+/// Reads every partition in `starts` from its start offset (`None`: the beginning) up to the
+/// high watermark it has when the read begins, calling `each` for every record below it.
+/// Returns those high watermarks.
+pub(crate) fn read_to_end(
+    consumer: &Reader,
+    starts: &BTreeMap<Tp, Option<i64>>,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<BTreeMap<Tp, i64>, DlqError> {
+    let mut highs = BTreeMap::new();
+    let mut remaining: BTreeMap<Tp, i64> = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for ((topic, partition), start) in starts {
+        let (low, high) = watermarks(consumer, topic, *partition)?;
+        highs.insert((topic.clone(), *partition), high);
+        let from = start.map_or(low, |s| s.max(low));
+        if from >= high {
+            continue;
+        }
+        remaining.insert((topic.clone(), *partition), high);
+        assignment
+            .add_partition_offset(topic, *partition, Offset::Offset(from))
+            .map_err(|e| DlqError::broker("building the assignment", e))?;
+    }
+    if remaining.is_empty() {
+        return Ok(highs);
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| DlqError::broker("assigning partitions", e))?;
+    let mut last_progress = Instant::now();
+    while !remaining.is_empty() {
+        if last_progress.elapsed() > STALL_LIMIT {
+            let left: Vec<String> = remaining.keys().map(|(t, p)| format!("{t}/{p}")).collect();
+            return Err(DlqError::Timeout(format!(
+                "reading {}: nothing arrived for {STALL_LIMIT:?}",
+                left.join(", ")
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                let tp = (m.topic().to_owned(), m.partition());
+                let Some(high) = remaining.get(&tp).copied() else {
+                    continue;
+                };
+                if m.offset() < high {
+                    each(&m);
+                }
+                if m.offset() + 1 >= high {
+                    remaining.remove(&tp);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                // The event does not name the topic: ask where every partition stands. A gap
+                // before the watermark (compaction, transaction markers) ends here.
+                last_progress = Instant::now();
+                let positions = consumer
+                    .position()
+                    .map_err(|e| DlqError::broker("reading positions", e))?;
+                for e in positions.elements() {
+                    let tp = (e.topic().to_owned(), e.partition());
+                    if let (Some(high), Offset::Offset(at)) = (remaining.get(&tp), e.offset()) {
+                        if at >= *high {
+                            remaining.remove(&tp);
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(DlqError::broker("reading records", e)),
+        }
+    }
+    consumer
+        .unassign()
+        .map_err(|e| DlqError::broker("unassigning partitions", e))?;
+    Ok(highs)
+}
+
+/// The record at `offset` of `topic`/`partition` (which must be below the high watermark),
+/// or `None` when the log has a gap there.
+pub(crate) fn read_one(
+    consumer: &Reader,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<DlqRecord>, DlqError> {
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(offset))
+        .map_err(|e| DlqError::broker("building the assignment", e))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| DlqError::broker("assigning the partition", e))?;
+    let deadline = Instant::now() + STALL_LIMIT;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Ok(m)) if m.offset() == offset => return Ok(Some(record_of(&m))),
+            Some(Ok(_)) => return Ok(None),
+            Some(Err(e)) => return Err(DlqError::broker("reading the record", e)),
+        }
+    }
+    Err(DlqError::Timeout(format!(
+        "reading {topic}/{partition}/{offset}"
+    )))
+}
