@@ -670,3 +670,52 @@ async fn readyz_names_an_unreachable_broker_and_recovers_when_it_returns() {
     running.stop().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_waiting_for_its_store_at_start_is_live_but_not_ready() {
+    let (_dir, _server, bootstrap) = server().await;
+    let topic = steadfast_testkit::unique_topic("observe-start");
+    let group = format!("{topic}-group");
+    create_topic(&bootstrap, &topic, 1).await;
+    let port = free_port();
+
+    let seen = Arc::new(Seen::default());
+    let (_open_gate, gate) = watch::channel(true);
+    let running = spawn(
+        Worker::builder()
+            .brokers(&bootstrap)
+            .topic(&topic)
+            .group(&group)
+            .dedup(format!("redis://127.0.0.1:{port}"))
+            .store_key_prefix(fresh_prefix())
+            .handler(Recording {
+                seen: seen.clone(),
+                gate,
+            }),
+    );
+    let endpoint = running.address;
+    let body = until(
+        Duration::from_secs(30),
+        "/readyz naming redis at start",
+        || async move {
+            let (status, body) = get(endpoint, "/readyz").await;
+            (status == 503 && body.contains("redis store unreachable")).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("starting"), "{body}");
+    assert_eq!(
+        get(endpoint, "/healthz").await.0,
+        200,
+        "live while it waits"
+    );
+
+    let _redis = tokio::task::block_in_place(|| PrivateRedis::start_on(port));
+    until(
+        Duration::from_secs(60),
+        "ready once the store answers",
+        || async move { (get(endpoint, "/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    running.stop().await;
+}

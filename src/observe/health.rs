@@ -41,6 +41,21 @@ pub(crate) struct WorkerView {
     pub(crate) breaker_open: bool,
     /// Whether the worker is shutting down.
     pub(crate) stopping: bool,
+    /// Whether the worker is still starting (connecting stores, joining the group).
+    pub(crate) starting: bool,
+}
+
+impl WorkerView {
+    /// A worker that has not started consuming yet.
+    pub(crate) fn starting() -> Self {
+        WorkerView {
+            partitions: Vec::new(),
+            idle_for: Duration::ZERO,
+            breaker_open: false,
+            stopping: false,
+            starting: true,
+        }
+    }
 }
 
 /// The answer of `/readyz`.
@@ -164,7 +179,9 @@ fn decide(
     for (backend, reason) in stores_down {
         reasons.push(format!("{backend} store unreachable: {reason}"));
     }
-    if worker.partitions.is_empty() {
+    if worker.starting {
+        reasons.push("starting: connecting stores and joining the group".to_owned());
+    } else if worker.partitions.is_empty() {
         reasons.push("no partitions assigned".to_owned());
     }
     if worker.breaker_open {
@@ -222,6 +239,7 @@ mod tests {
             idle_for: Duration::from_secs(idle_s),
             breaker_open: false,
             stopping: false,
+            starting: false,
         }
     }
 

@@ -510,6 +510,7 @@ impl Dispatcher {
             idle_for: now.saturating_duration_since(self.last_finish),
             breaker_open: self.breaker_open,
             stopping: self.stopping,
+            starting: false,
         }
     }
 

@@ -2,34 +2,42 @@
 //! broker client and the stores reported; gauges refreshed before each scrape; consumer lag
 //! and broker state taken from librdkafka's statistics.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::statistics::Statistics;
 
 use super::shared::Shared;
-use crate::observe::{Probe, Readiness};
+use crate::observe::{Health, Meters, Probe, Readiness, WorkerView};
 
-/// Answers the probes of one worker.
+/// Answers the probes of one worker, from its start on: until the worker consumes, it is
+/// not ready (starting), with what the stores reported meanwhile.
 pub(crate) struct WorkerProbe {
-    pub(crate) shared: Arc<Shared>,
+    /// Set once the worker consumes.
+    pub(crate) shared: Arc<OnceLock<Arc<Shared>>>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) meters: Meters,
     pub(crate) stall_after: Duration,
 }
 
 impl Probe for WorkerProbe {
     fn readiness(&self) -> Readiness {
         let now = Instant::now();
-        let view = self.shared.dispatcher.lock().view(now);
-        let readiness = self.shared.health.readiness(&view, self.stall_after, now);
-        self.shared
-            .meters
+        let view = match self.shared.get() {
+            Some(shared) => shared.dispatcher.lock().view(now),
+            None => WorkerView::starting(),
+        };
+        let readiness = self.health.readiness(&view, self.stall_after, now);
+        self.meters
             .ready
             .set(if readiness.ready { 1.0 } else { 0.0 });
         readiness
     }
 
     fn refresh(&self) {
-        refresh_gauges(&self.shared);
+        if let Some(shared) = self.shared.get() {
+            refresh_gauges(shared);
+        }
         // Readiness is a gauge too.
         let _ = self.readiness();
     }

@@ -54,6 +54,7 @@ impl Guards {
             schema: config.stores.schema.clone(),
             pool_size: config.concurrency.saturating_add(8).clamp(16, 128),
             shutdown: shutdown.clone(),
+            health: health.clone(),
         };
         let mut guards = Guards::default();
         if let Some(stale) = &config.stale {
@@ -137,6 +138,11 @@ fn backend_name(kind: StoreKind) -> &'static str {
     }
 }
 
+/// The backend a store URL names, for readiness reasons.
+fn backend_of(url: &str) -> &'static str {
+    store_kind("store", url).map_or("store", backend_name)
+}
+
 /// Store connections by URL.
 struct Connections {
     redis: HashMap<String, RedisStores>,
@@ -147,6 +153,7 @@ struct Connections {
     /// and store calls.
     pool_size: usize,
     shutdown: CancellationToken,
+    health: Arc<Health>,
 }
 
 impl Connections {
@@ -155,8 +162,10 @@ impl Connections {
             return Ok(stores.clone());
         }
         let prefix = self.prefix.clone();
-        let stores =
-            retry_connect(url, &self.shutdown, || RedisStores::connect(url, &prefix)).await?;
+        let stores = retry_connect(url, &self.shutdown, &self.health, || {
+            RedisStores::connect(url, &prefix)
+        })
+        .await?;
         self.redis.insert(url.to_owned(), stores.clone());
         Ok(stores)
     }
@@ -167,7 +176,7 @@ impl Connections {
         }
         let schema = self.schema.clone();
         let size = self.pool_size;
-        let stores = retry_connect(url, &self.shutdown, || {
+        let stores = retry_connect(url, &self.shutdown, &self.health, || {
             PostgresStores::connect_sized(url, &schema, size)
         })
         .await?;
@@ -181,6 +190,7 @@ impl Connections {
 async fn retry_connect<T, F, Fut>(
     url: &str,
     shutdown: &CancellationToken,
+    health: &Health,
     mut connect: F,
 ) -> Result<T, WorkerError>
 where
@@ -190,8 +200,12 @@ where
     let mut delays = outage_backoff();
     loop {
         match connect().await {
-            Ok(stores) => return Ok(stores),
+            Ok(stores) => {
+                health.store_up(backend_of(url));
+                return Ok(stores);
+            }
             Err(e) if e.is_unavailable() => {
+                health.store_down(backend_of(url), e.to_string());
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(url = %redact(url), error = %e, ?delay, "store unreachable at start; trying again");
                 tokio::select! {

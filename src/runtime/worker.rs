@@ -176,6 +176,26 @@ impl<H: Handler> Worker<H> {
         }
         let meters = Meters::new(&group, &topic);
         let health = Arc::new(Health::default());
+        // Served from the start: live at once, not ready (with the reason) until consuming.
+        let started = Arc::new(std::sync::OnceLock::new());
+        let endpoint_stop = CancellationToken::new();
+        if let Some(listener) = endpoint {
+            let address = listener.local_addr().ok();
+            let probe = Arc::new(WorkerProbe {
+                shared: started.clone(),
+                health: health.clone(),
+                meters: meters.clone(),
+                stall_after: Duration::from_millis(self.config.observe.stall_after_ms),
+            });
+            let stop = endpoint_stop.clone();
+            tokio::spawn(async move {
+                if let Err(e) = observe::serve(listener, probe, stop).await {
+                    tracing::error!(error = %e, "the metrics and health endpoint stopped");
+                }
+            });
+            tracing::info!(?address, "serving /metrics, /healthz and /readyz");
+        }
+        let _stop_endpoint = endpoint_stop.drop_guard();
         let partitions = ensure_topics(&self.client_config(), &topic, &derived).await?;
         let guards = Guards::connect(&self.config, &group, &shutdown, &health).await?;
 
@@ -220,22 +240,7 @@ impl<H: Handler> Worker<H> {
             meters,
             health,
         });
-        let endpoint_stop = CancellationToken::new();
-        if let Some(listener) = endpoint {
-            let address = listener.local_addr().ok();
-            let probe = Arc::new(WorkerProbe {
-                shared: shared.clone(),
-                stall_after: Duration::from_millis(self.config.observe.stall_after_ms),
-            });
-            let stop = endpoint_stop.clone();
-            tokio::spawn(async move {
-                if let Err(e) = observe::serve(listener, probe, stop).await {
-                    tracing::error!(error = %e, "the metrics and health endpoint stopped");
-                }
-            });
-            tracing::info!(?address, "serving /metrics, /healthz and /readyz");
-        }
-        let _stop_endpoint = endpoint_stop.drop_guard();
+        let _ = started.set(shared.clone());
         let context = WorkerContext {
             shared: shared.clone(),
             drain_timeout: Duration::from_millis(self.config.drain_timeout_ms),

@@ -435,10 +435,12 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
-        let mut redis = PrivateRedis {
-            port: free_port(),
-            child: None,
-        };
+        PrivateRedis::start_on(free_port())
+    }
+
+    /// Starts one on `port`.
+    pub fn start_on(port: u16) -> PrivateRedis {
+        let mut redis = PrivateRedis { port, child: None };
         redis.restart();
         redis
     }
