@@ -186,10 +186,16 @@ async fn run_worker(
     count: u64,
     handler: Bench,
     concurrency: usize,
+    observed: bool,
 ) -> anyhow::Result<(Duration, Duration)> {
     let done = handler.done.clone();
     let span = handler.span.clone();
-    let worker = Worker::builder()
+    let mut builder = Worker::builder();
+    if observed {
+        // Serving /metrics installs the Prometheus recorder: every metric records from then on.
+        builder = builder.observe_listener(std::net::TcpListener::bind("127.0.0.1:0")?);
+    }
+    let worker = builder
         .brokers(env.bootstrap.clone())
         .topic(topic)
         .group(unique("bench-group"))
@@ -255,7 +261,9 @@ async fn overhead(env: &Env) -> anyhow::Result<()> {
     })
     .await??;
     let raw = run_raw(env, &topic, count).await?;
-    let (steadfast, _) = run_worker(env, &topic, count, Bench::new(false), 256).await?;
+    let (steadfast, _) = run_worker(env, &topic, count, Bench::new(false), 256, false).await?;
+    // Another group reads the same records, now with the metrics recorded.
+    let (observed, _) = run_worker(env, &topic, count, Bench::new(false), 256, true).await?;
     let rate = |d: Duration| count as f64 / d.as_secs_f64();
     println!("\n### (a) overhead: no-op handler vs raw rdkafka loop, {count} x 100 B, 4 partitions, 10,000 keys\n");
     println!("| consumer | elapsed s | msg/s |");
@@ -271,8 +279,17 @@ async fn overhead(env: &Env) -> anyhow::Result<()> {
         rate(steadfast)
     );
     println!(
+        "| steadfast worker, same, serving /metrics (Prometheus recorder installed) | {:.2} | {:.0} |",
+        observed.as_secs_f64(),
+        rate(observed)
+    );
+    println!(
         "\nsteadfast / raw throughput: {:.2} (both timed from subscribe to the last message)",
         rate(steadfast) / rate(raw)
+    );
+    println!(
+        "with metrics / without: {:.2}",
+        rate(observed) / rate(steadfast)
     );
     Ok(())
 }
@@ -361,7 +378,7 @@ async fn keys(env: &Env) -> anyhow::Result<()> {
         .await??;
         let bench = Bench::new(true);
         let busy = bench.busy.clone();
-        let (elapsed, span) = run_worker(env, &topic, count, bench, concurrency).await?;
+        let (elapsed, span) = run_worker(env, &topic, count, bench, concurrency, false).await?;
         // The same ideal from the handler times measured in this run (tokio's timer rounds a
         // sleep up to the next millisecond, so a handler takes a little longer than drawn).
         let busy = busy.lock();
@@ -454,7 +471,7 @@ fn memory_child(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<()> 
             bootstrap: bootstrap.to_owned(),
             quick: false,
         };
-        run_worker(&env, topic, count, Bench::new(false), 256).await
+        run_worker(&env, topic, count, Bench::new(false), 256, false).await
     })?;
     println!("{}", peak_rss_kib());
     Ok(())
