@@ -549,7 +549,7 @@ async fn readyz_names_an_unreachable_store() {
     let topic = steadfast_testkit::unique_topic("observe-store");
     let group = format!("{topic}-group");
     create_topic(&bootstrap, &topic, 1).await;
-    let redis = PrivateRedis::start();
+    let mut redis = PrivateRedis::start();
 
     let seen = Arc::new(Seen::default());
     let (_open_gate, gate) = watch::channel(true);
@@ -588,7 +588,7 @@ async fn readyz_names_an_unreachable_store() {
     )
     .await;
 
-    drop(redis);
+    redis.kill();
     let second = Update {
         key: "a".into(),
         version: 2,
@@ -602,11 +602,27 @@ async fn readyz_names_an_unreachable_store() {
         "/readyz naming redis",
         || async move {
             let (status, body) = get(address, "/readyz").await;
-            (status == 503 && body.contains("redis store unreachable")).then_some(body)
+            (status == 503 && body.contains("dedup store (redis) unreachable")).then_some(body)
         },
     )
     .await;
     assert!(body.contains("\"ready\":false"), "{body}");
+
+    // Back (empty): the waiting message goes through and the worker is ready again.
+    tokio::task::block_in_place(|| redis.restart());
+    until(
+        Duration::from_secs(60),
+        "ready again with the store back",
+        || {
+            let seen = seen.clone();
+            async move {
+                (seen.successes.load(Ordering::SeqCst) == 2
+                    && get(address, "/readyz").await.0 == 200)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     let stats = running.stop().await;
     assert_eq!(stats.dead_lettered, 0, "an outage dead-letters nothing");
 }
@@ -699,7 +715,8 @@ async fn a_worker_waiting_for_its_store_at_start_is_live_but_not_ready() {
         "/readyz naming redis at start",
         || async move {
             let (status, body) = get(endpoint, "/readyz").await;
-            (status == 503 && body.contains("redis store unreachable")).then_some(body)
+            let named = body.contains(&format!("store redis://127.0.0.1:{port} unreachable"));
+            (status == 503 && named).then_some(body)
         },
     )
     .await;

@@ -278,10 +278,19 @@ impl WorkerConfig {
                 );
             }
         }
-        if self.observe.stall_after_ms == 0 || self.observe.lag_interval_ms == 0 {
+        if self.observe.stall_after_ms == 0 {
+            return invalid("observe.stall_after_ms", "must be positive");
+        }
+        if self.observe.lag_interval_ms == 0 {
             return invalid(
-                "observe.stall_after_ms",
-                "`stall_after_ms` and `lag_interval_ms` must be positive",
+                "observe.lag_interval_ms",
+                "must be positive (it is librdkafka's `statistics.interval.ms`)",
+            );
+        }
+        if self.kafka.get("statistics.interval.ms").map(String::as_str) == Some("0") {
+            return invalid(
+                "kafka",
+                "`statistics.interval.ms` = 0 turns off the consumer-lag metric and the stall detector's view of the log; set `observe.lag_interval_ms` instead",
             );
         }
         if self.dead_letter_topic.is_some() && self.dead_letter_topic == self.topic {
@@ -446,7 +455,6 @@ fn apply_kafka_env(
     Ok(())
 }
 
-/// An environment value as the TOML value of `key`.
 /// Applies the `STEADFAST_*` overrides among `vars` to `table`.
 fn apply_env(
     table: &mut toml::Table,
@@ -482,6 +490,7 @@ fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<
     Ok(())
 }
 
+/// An environment value as the TOML value of `key`.
 fn env_value(key: &str, value: &str) -> toml::Value {
     match key {
         "concurrency"

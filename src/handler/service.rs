@@ -104,11 +104,11 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
                 *n.skipped.lock() = None;
             }
             let cx = Context::new(envelope, attempt, group, shutdown, transactions.clone());
-            let started = std::time::Instant::now();
+            let timer = crate::observe::Timer::start(duration);
             let result = AssertUnwindSafe(handler.handle_message(message, &cx))
                 .catch_unwind()
                 .await;
-            duration.record(started.elapsed().as_secs_f64());
+            drop(timer);
             Ok(match result {
                 Ok(Ok(())) => match notes.as_deref() {
                     Some(n) if n.handed.load(Ordering::SeqCst) && !n.recorded.load(Ordering::SeqCst) => {

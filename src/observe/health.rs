@@ -1,12 +1,13 @@
 //! Readiness: what a worker knows about its broker, its stores and the progress of its
 //! partitions, and the pure decision whether it is ready.
 //!
-//! A partition is *stalled* when, for the configured time, nothing of it finished while work
-//! waited: either messages of it were delivered and are not finished (a handler that hangs),
-//! or it has lag, nothing of it is delivered, and the whole worker finished nothing (fetching
-//! is stuck). Work that waits on purpose is not counted: a retry-tier message held until it
-//! is due, keys parked behind a retry-tier message, partitions paused by an open circuit
-//! breaker (reported as a reason of its own).
+//! A partition is *stalled* when, for the configured time, either its lowest unfinished
+//! offset (what its committed offset waits for) stayed the same while that record could run
+//! (a handler that hangs, or runs longer than the limit), or records past what was delivered
+//! waited in the log while nothing of the partition could run and the whole worker finished
+//! nothing (fetching is stuck). Work that waits on purpose is not counted: a retry-tier
+//! record held until it is due, records queued behind a key parked for a retry-tier record,
+//! partitions paused by an open circuit breaker (a reason of its own).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -17,17 +18,28 @@ use serde::Serialize;
 /// A topic and partition.
 pub(crate) type TopicPartitionView = (std::sync::Arc<str>, i32);
 
+/// The lowest unfinished offset of a partition.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LowestUnfinished {
+    /// The offset.
+    pub(crate) offset: i64,
+    /// How long it has been the lowest.
+    pub(crate) for_: Duration,
+    /// Whether its record waits on purpose (held until due, or behind a parked key).
+    pub(crate) on_purpose: bool,
+}
+
 /// A partition's state as the stall detector sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct PartitionView {
     /// Topic and partition.
     pub(crate) tp: TopicPartitionView,
-    /// Delivered, unfinished messages that could run (not held for a due time, not parked).
+    /// Delivered, unfinished records that could run (not held, not parked).
     pub(crate) waiting: usize,
-    /// Whether a retry-tier message is held until it is due.
+    /// Whether a retry-tier record is held until it is due.
     pub(crate) held: bool,
-    /// Since when nothing of the partition finished (or since work began waiting, if later).
-    pub(crate) idle_for: Duration,
+    /// The lowest unfinished offset, if any.
+    pub(crate) lowest: Option<LowestUnfinished>,
 }
 
 /// The worker-wide facts a readiness decision takes besides the partitions.
@@ -67,19 +79,25 @@ pub struct Readiness {
     pub reasons: Vec<String>,
 }
 
-/// A partition's lag and since when it has been above zero without a break.
+/// Records of a partition not yet delivered to the worker, and since when there have been
+/// some without a break.
 #[derive(Debug, Clone, Copy)]
-struct Lag {
-    messages: i64,
+struct Backlog {
+    records: i64,
     since: Instant,
 }
+
+/// How long a store stays reported unreachable after its last failed call. Calls that are
+/// retried refresh the mark at least every 15 s (a 10 s call timeout, then at most 5 s of
+/// backoff); the mark of one that is not retried (a release) passes.
+const STORE_MARK_TTL: Duration = Duration::from_secs(30);
 
 /// What the broker client and the stores report, kept for the readiness probe.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     broker_down: Mutex<Option<String>>,
-    stores_down: Mutex<BTreeMap<&'static str, String>>,
-    lag: Mutex<HashMap<(String, i32), Lag>>,
+    stores_down: Mutex<BTreeMap<String, (String, Instant)>>,
+    backlog: Mutex<HashMap<(String, i32), Backlog>>,
 }
 
 impl Health {
@@ -96,34 +114,36 @@ impl Health {
         }
     }
 
-    /// A store call to `backend` found it unreachable.
-    pub(crate) fn store_down(&self, backend: &'static str, reason: String) {
-        self.stores_down.lock().insert(backend, reason);
+    /// A call to the store `name` (say `dedup store (redis)`) found it unreachable.
+    pub(crate) fn store_down(&self, name: &str, reason: String) {
+        self.stores_down
+            .lock()
+            .insert(name.to_owned(), (reason, Instant::now()));
     }
 
-    /// A store call to `backend` was answered.
-    pub(crate) fn store_up(&self, backend: &'static str) {
+    /// A call to the store `name` was answered.
+    pub(crate) fn store_up(&self, name: &str) {
         let mut down = self.stores_down.lock();
         if !down.is_empty() {
-            down.remove(backend);
+            down.remove(name);
         }
     }
 
-    /// Records the lag of a partition read at `now`.
-    pub(crate) fn set_lag(&self, topic: &str, partition: i32, messages: i64, now: Instant) {
-        let mut lag = self.lag.lock();
+    /// Records how many records of a partition wait in the log undelivered, read at `now`.
+    pub(crate) fn set_backlog(&self, topic: &str, partition: i32, records: i64, now: Instant) {
+        let mut backlog = self.backlog.lock();
         let key = (topic.to_owned(), partition);
-        if messages <= 0 {
-            lag.remove(&key);
+        if records <= 0 {
+            backlog.remove(&key);
             return;
         }
-        let since = lag.get(&key).map_or(now, |l| l.since);
-        lag.insert(key, Lag { messages, since });
+        let since = backlog.get(&key).map_or(now, |b| b.since);
+        backlog.insert(key, Backlog { records, since });
     }
 
-    /// Forgets the lag of partitions no longer assigned.
-    pub(crate) fn retain_lag(&self, assigned: &[TopicPartitionView]) {
-        self.lag
+    /// Forgets the backlog of partitions no longer assigned.
+    pub(crate) fn retain_backlog(&self, assigned: &[TopicPartitionView]) {
+        self.backlog
             .lock()
             .retain(|(t, p), _| assigned.iter().any(|a| &a.0[..] == t.as_str() && a.1 == *p));
     }
@@ -135,38 +155,41 @@ impl Health {
         stall_after: Duration,
         now: Instant,
     ) -> Readiness {
-        let lag: HashMap<(String, i32), (i64, Duration)> = self
-            .lag
+        let backlog: HashMap<(String, i32), (i64, Duration)> = self
+            .backlog
             .lock()
             .iter()
-            .map(|(k, l)| {
+            .map(|(k, b)| {
                 (
                     k.clone(),
-                    (l.messages, now.saturating_duration_since(l.since)),
+                    (b.records, now.saturating_duration_since(b.since)),
                 )
             })
             .collect();
+        let stores_down = {
+            let mut down = self.stores_down.lock();
+            down.retain(|_, (_, at)| now.saturating_duration_since(*at) < STORE_MARK_TTL);
+            down.iter()
+                .map(|(name, (reason, _))| (name.clone(), reason.clone()))
+                .collect()
+        };
         decide(
             worker,
-            &lag,
+            &backlog,
             self.broker_down.lock().clone(),
-            self.stores_down
-                .lock()
-                .iter()
-                .map(|(b, r)| (*b, r.clone()))
-                .collect(),
+            stores_down,
             stall_after,
         )
     }
 }
 
-/// The readiness decision, pure: `lag` maps a partition to its lag and how long it has been
-/// above zero.
+/// The readiness decision, pure: `backlog` maps a partition to its undelivered records and
+/// how long there have been some.
 fn decide(
     worker: &WorkerView,
-    lag: &HashMap<(String, i32), (i64, Duration)>,
+    backlog: &HashMap<(String, i32), (i64, Duration)>,
     broker_down: Option<String>,
-    stores_down: Vec<(&'static str, String)>,
+    stores_down: Vec<(String, String)>,
     stall_after: Duration,
 ) -> Readiness {
     let mut reasons = Vec::new();
@@ -176,8 +199,8 @@ fn decide(
     if let Some(reason) = broker_down {
         reasons.push(format!("broker unreachable: {reason}"));
     }
-    for (backend, reason) in stores_down {
-        reasons.push(format!("{backend} store unreachable: {reason}"));
+    for (name, reason) in stores_down {
+        reasons.push(format!("{name} unreachable: {reason}"));
     }
     if worker.starting {
         reasons.push("starting: connecting stores and joining the group".to_owned());
@@ -186,28 +209,32 @@ fn decide(
     }
     if worker.breaker_open {
         reasons.push("circuit breaker open: every partition paused".to_owned());
-    } else {
-        for p in &worker.partitions {
-            if p.held || p.idle_for < stall_after {
-                continue;
-            }
-            let (topic, partition) = (&p.tp.0, p.tp.1);
-            let idle = p.idle_for.as_secs();
-            if p.waiting > 0 {
-                reasons.push(format!(
-                    "partition {topic}-{partition} stalled: {} message(s) unfinished, none finished for {idle} s",
-                    p.waiting
-                ));
-                continue;
-            }
-            let lagging = lag
-                .get(&(topic.to_string(), partition))
-                .is_some_and(|(messages, for_)| *messages > 0 && *for_ >= stall_after);
-            if lagging && worker.idle_for >= stall_after {
-                reasons.push(format!(
-                    "partition {topic}-{partition} stalled: lag but nothing delivered or finished for {idle} s",
-                ));
-            }
+        return Readiness {
+            ready: false,
+            reasons,
+        };
+    }
+    for p in &worker.partitions {
+        let (topic, partition) = (&p.tp.0, p.tp.1);
+        if let Some(lowest) = p.lowest.filter(|l| !l.on_purpose && l.for_ >= stall_after) {
+            reasons.push(format!(
+                "partition {topic}-{partition} stalled: offset {} unfinished for {} s",
+                lowest.offset,
+                lowest.for_.as_secs()
+            ));
+            continue;
+        }
+        if p.held || p.waiting > 0 || worker.idle_for < stall_after {
+            continue;
+        }
+        let stuck = backlog
+            .get(&(topic.to_string(), partition))
+            .filter(|(records, for_)| *records > 0 && *for_ >= stall_after);
+        if let Some((records, for_)) = stuck {
+            reasons.push(format!(
+                "partition {topic}-{partition} stalled: {records} record(s) in the log not delivered for {} s",
+                for_.as_secs()
+            ));
         }
     }
     Readiness {
@@ -224,12 +251,16 @@ mod tests {
 
     const AFTER: Duration = Duration::from_secs(10);
 
-    fn partition(waiting: usize, held: bool, idle_s: u64) -> PartitionView {
+    fn partition(lowest: Option<(u64, bool)>, waiting: usize, held: bool) -> PartitionView {
         PartitionView {
             tp: (Arc::from("orders"), 0),
             waiting,
             held,
-            idle_for: Duration::from_secs(idle_s),
+            lowest: lowest.map(|(s, on_purpose)| LowestUnfinished {
+                offset: 42,
+                for_: Duration::from_secs(s),
+                on_purpose,
+            }),
         }
     }
 
@@ -243,40 +274,61 @@ mod tests {
         }
     }
 
-    fn ready(worker: &WorkerView, lag: &[(i64, u64)]) -> Readiness {
-        let lag = lag
+    fn ready(worker: &WorkerView, backlog: &[(i64, u64)]) -> Readiness {
+        let backlog = backlog
             .iter()
             .map(|(m, s)| (("orders".to_owned(), 0), (*m, Duration::from_secs(*s))))
             .collect();
-        decide(worker, &lag, None, Vec::new(), AFTER)
+        decide(worker, &backlog, None, Vec::new(), AFTER)
     }
 
     #[test]
     fn a_busy_or_quiet_partition_is_ready() {
-        assert!(ready(&worker(vec![partition(5, false, 3)], 3), &[]).ready);
-        assert!(ready(&worker(vec![partition(0, false, 600)], 600), &[]).ready);
+        assert!(ready(&worker(vec![partition(Some((3, false)), 5, false)], 0), &[]).ready);
+        assert!(ready(&worker(vec![partition(None, 0, false)], 600), &[]).ready);
     }
 
     #[test]
-    fn unfinished_work_without_progress_past_the_limit_is_a_stall() {
-        let r = ready(&worker(vec![partition(1, false, 11)], 11), &[]);
+    fn a_lowest_offset_that_does_not_move_past_the_limit_is_a_stall() {
+        // Other records keep finishing: the worker is not idle, the partition still stalls.
+        let r = ready(
+            &worker(vec![partition(Some((11, false)), 3, false)], 0),
+            &[],
+        );
         assert!(!r.ready);
-        assert!(r.reasons[0].contains("orders-0 stalled"), "{r:?}");
+        assert!(
+            r.reasons[0].contains("orders-0 stalled: offset 42"),
+            "{r:?}"
+        );
     }
 
     #[test]
-    fn a_held_retry_message_is_not_a_stall() {
-        assert!(ready(&worker(vec![partition(0, true, 600)], 600), &[(3, 600)]).ready);
+    fn records_waiting_on_purpose_are_not_a_stall() {
+        // Held until due, or queued behind a parked key; the backlog of a held partition too.
+        assert!(
+            ready(
+                &worker(vec![partition(Some((600, true)), 0, true)], 600),
+                &[(3, 600)]
+            )
+            .ready
+        );
+        assert!(
+            ready(
+                &worker(vec![partition(Some((600, true)), 0, false)], 600),
+                &[]
+            )
+            .ready
+        );
     }
 
     #[test]
-    fn lag_with_nothing_delivered_is_a_stall_only_when_the_worker_finishes_nothing() {
-        let idle = worker(vec![partition(0, false, 60)], 60);
+    fn a_backlog_with_nothing_delivered_is_a_stall_only_when_the_worker_finishes_nothing() {
+        let idle = worker(vec![partition(None, 0, false)], 60);
         assert!(!ready(&idle, &[(7, 60)]).ready);
-        // Lag seen only just now: fetching may simply not have delivered it yet.
+        // Seen only just now: fetching may simply not have delivered it yet.
         assert!(ready(&idle, &[(7, 2)]).ready);
-        // Other partitions progress: the bound on in-flight messages holds this one back.
-        let busy = worker(vec![partition(0, false, 60)], 1);
+        // Other partitions progress: the bound on in-flight records holds this one back.
+        let busy = worker(vec![partition(None, 0, false)], 1);
         assert!(ready(&busy, &[(7, 60)]).ready);
     }
 
@@ -287,11 +339,11 @@ mod tests {
             &w,
             &HashMap::new(),
             Some("all brokers down".into()),
-            vec![("redis", "connection refused".into())],
+            vec![("dedup store (redis)".into(), "connection refused".into())],
             AFTER,
         );
         assert_eq!(r.reasons.len(), 3, "{r:?}");
-        w.partitions.push(partition(1, false, 600));
+        w.partitions.push(partition(Some((600, false)), 1, false));
         w.breaker_open = true;
         let r = decide(&w, &HashMap::new(), None, Vec::new(), AFTER);
         assert_eq!(
@@ -301,23 +353,36 @@ mod tests {
     }
 
     #[test]
-    fn lag_since_is_kept_while_above_zero_and_reset_at_zero() {
+    fn backlog_since_is_kept_while_above_zero_and_reset_at_zero() {
         let health = Health::default();
         let t0 = Instant::now();
-        health.set_lag("orders", 0, 5, t0);
-        health.set_lag("orders", 0, 9, t0 + Duration::from_secs(20));
-        let w = worker(vec![partition(0, false, 30)], 30);
+        health.set_backlog("orders", 0, 5, t0);
+        health.set_backlog("orders", 0, 9, t0 + Duration::from_secs(20));
+        let w = worker(vec![partition(None, 0, false)], 30);
         assert!(
             !health
                 .readiness(&w, AFTER, t0 + Duration::from_secs(30))
                 .ready
         );
-        health.set_lag("orders", 0, 0, t0 + Duration::from_secs(31));
-        health.set_lag("orders", 0, 4, t0 + Duration::from_secs(32));
+        health.set_backlog("orders", 0, 0, t0 + Duration::from_secs(31));
+        health.set_backlog("orders", 0, 4, t0 + Duration::from_secs(32));
         assert!(
             health
                 .readiness(&w, AFTER, t0 + Duration::from_secs(33))
                 .ready
         );
+    }
+
+    #[test]
+    fn a_store_mark_passes_unless_refreshed() {
+        let health = Health::default();
+        health.store_down("dedup store (redis)", "refused".into());
+        let w = worker(vec![partition(None, 0, false)], 0);
+        let now = Instant::now();
+        assert!(!health.readiness(&w, AFTER, now).ready);
+        assert!(health.readiness(&w, AFTER, now + STORE_MARK_TTL).ready);
+        health.store_down("dedup store (redis)", "refused".into());
+        health.store_up("dedup store (redis)");
+        assert!(health.readiness(&w, AFTER, Instant::now()).ready);
     }
 }

@@ -188,6 +188,11 @@ impl Meters {
         }
     }
 
+    /// `n` delivered records dropped unfinished, delivered again later.
+    pub(crate) fn requeued(&self, n: u64) {
+        self.requeued.increment(n);
+    }
+
     /// A rebalance event of `kind` (`assign`, `revoke`, `lost`).
     pub(crate) fn rebalance(&self, kind: &'static str) {
         metrics::counter!(REBALANCES, "group" => self.group.clone(), "kind" => kind).increment(1);
@@ -197,6 +202,30 @@ impl Meters {
     pub(crate) fn lag(&self, topic: &str, partition: i32, lag: i64) {
         metrics::gauge!(LAG, "group" => self.group.clone(), "topic" => topic.to_owned(), "partition" => partition.to_string())
             .set(lag as f64);
+    }
+}
+
+/// Records the time from its creation to its drop in a histogram (seconds): an attempt
+/// dropped by a timeout or a shutdown is recorded too.
+#[derive(Debug)]
+pub(crate) struct Timer {
+    started: std::time::Instant,
+    histogram: Histogram,
+}
+
+impl Timer {
+    /// Starts timing into `histogram`.
+    pub(crate) fn start(histogram: Histogram) -> Self {
+        Timer {
+            started: std::time::Instant::now(),
+            histogram,
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.histogram.record(self.started.elapsed().as_secs_f64());
     }
 }
 

@@ -16,15 +16,24 @@ use crate::store::{DedupStore, LockStore, Reservation, StoreError, VersionStore}
 pub(crate) struct Observed<S: ?Sized> {
     inner: Arc<S>,
     backend: &'static str,
+    /// The store's name in readiness reasons: `dedup store (redis)`.
+    name: String,
     health: Arc<Health>,
 }
 
 impl<S: ?Sized> Observed<S> {
-    /// Observes `inner`, a store on `backend` (`memory`, `redis`, `postgres`).
-    pub(crate) fn new(inner: Arc<S>, backend: &'static str, health: Arc<Health>) -> Self {
+    /// Observes `inner`, the `role` store (`lock`, `dedup`, `stale`) on `backend` (`memory`,
+    /// `redis`, `postgres`).
+    pub(crate) fn new(
+        inner: Arc<S>,
+        role: &str,
+        backend: &'static str,
+        health: Arc<Health>,
+    ) -> Self {
         Observed {
             inner,
             backend,
+            name: format!("{role} store ({backend})"),
             health,
         }
     }
@@ -40,16 +49,16 @@ impl<S: ?Sized> Observed<S> {
         match &result {
             Ok(_) => {
                 store_call(self.backend, call, seconds, None);
-                self.health.store_up(self.backend);
+                self.health.store_up(&self.name);
             }
             Err(e) if e.is_unavailable() => {
                 store_call(self.backend, call, seconds, Some("unavailable"));
-                self.health.store_down(self.backend, e.to_string());
+                self.health.store_down(&self.name, e.to_string());
             }
             Err(_) => {
                 // It answered, with a refusal: reachable.
                 store_call(self.backend, call, seconds, Some("failed"));
-                self.health.store_up(self.backend);
+                self.health.store_up(&self.name);
             }
         }
         result

@@ -2,6 +2,7 @@
 //! is tried again in place until the attempt budget is spent; a permanent one is not.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tower::{Layer, Service};
 
 use super::OutcomeFuture;
 use crate::message::{Envelope, Outcome};
+use crate::observe::Health;
 
 /// The in-place retry policy: how many attempts per delivery and the backoff between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,12 +56,17 @@ impl Default for Retry {
     }
 }
 
+/// The name in readiness reasons of whatever a handler reported unavailable (its database,
+/// the transaction store, a service it calls).
+const DEPENDENCY: &str = "a dependency of the handler";
+
 /// Retries transient failures in place.
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
     policy: Retry,
     shutdown: CancellationToken,
     retries: metrics::Counter,
+    health: Option<Arc<Health>>,
 }
 
 impl RetryLayer {
@@ -69,7 +76,13 @@ impl RetryLayer {
             policy,
             shutdown,
             retries: metrics::Counter::noop(),
+            health: None,
         }
+    }
+    /// Tells the readiness probe while the handler reports a dependency unavailable.
+    pub(crate) fn reporting(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
     }
     /// Counts each retry in place on `retries`.
     pub(crate) fn counting(mut self, retries: metrics::Counter) -> Self {
@@ -86,6 +99,7 @@ impl<S> Layer<S> for RetryLayer {
             policy: self.policy,
             shutdown: std::sync::Arc::new(self.shutdown.clone()),
             retries: self.retries.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -97,6 +111,7 @@ pub struct RetryService<S> {
     policy: Retry,
     shutdown: std::sync::Arc<CancellationToken>,
     retries: metrics::Counter,
+    health: Option<Arc<Health>>,
 }
 
 impl<S> Service<Envelope> for RetryService<S>
@@ -117,15 +132,29 @@ where
         let policy = self.policy;
         let shutdown = self.shutdown.clone();
         let retries = self.retries.clone();
+        let health = self.health.clone();
         Box::pin(async move {
+            let mut reported_down = false;
             let mut delays = policy.delays();
             let mut outage = super::outage::outage_backoff();
             let mut first_failed_ms = None;
             loop {
                 let outcome = inner.call(envelope.clone()).await?;
                 let Outcome::Failed(mut failure) = outcome else {
+                    if let (true, Some(h)) = (reported_down, &health) {
+                        h.store_up(DEPENDENCY);
+                    }
                     return Ok(outcome);
                 };
+                if let Some(h) = &health {
+                    if failure.unavailable {
+                        h.store_down(DEPENDENCY, failure.message.clone());
+                        reported_down = true;
+                    } else if reported_down {
+                        h.store_up(DEPENDENCY);
+                        reported_down = false;
+                    }
+                }
                 if failure.unavailable {
                     // A dependency outage: wait it out without spending an attempt.
                     let delay = outage.next().unwrap_or(Duration::from_secs(5));

@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::offsets::{FinishedAbove, OffsetTracker};
 use crate::message::{Envelope, Outcome, RouteTarget};
-use crate::observe::{PartitionView, WorkerView};
+use crate::observe::{LowestUnfinished, PartitionView, WorkerView};
 use crate::policy::headers;
 
 /// A topic and partition.
@@ -88,8 +88,18 @@ struct PartitionState {
     paused: bool,
     /// The commit last taken, to skip commits that would change nothing.
     last_commit: Option<(i64, String)>,
-    /// When a message of the partition last finished, or work began waiting if later.
-    last_progress: Option<Instant>,
+    /// The lowest unfinished offset and since when it has been the lowest.
+    lowest: Option<(i64, Instant)>,
+}
+
+impl PartitionState {
+    /// Notes a change of the lowest unfinished offset (the stall clock restarts with it).
+    fn note_lowest(&mut self) {
+        let lowest = self.tracker.lowest_unfinished();
+        if lowest != self.lowest.map(|(offset, _)| offset) {
+            self.lowest = lowest.map(|offset| (offset, Instant::now()));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -121,6 +131,8 @@ pub(crate) struct Dispatcher {
     control: BTreeMap<TopicPartition, bool>,
     /// When a message of any partition last finished.
     last_finish: Instant,
+    /// Delivered records dropped unfinished at revokes, not yet reported.
+    abandoned: u64,
 }
 
 impl Dispatcher {
@@ -146,6 +158,7 @@ impl Dispatcher {
             next_epoch: 1,
             control: BTreeMap::new(),
             last_finish: Instant::now(),
+            abandoned: 0,
         }
     }
 
@@ -161,7 +174,6 @@ impl Dispatcher {
                 tracker: OffsetTracker::new(restored),
                 epoch,
                 paused: true,
-                last_progress: Some(Instant::now()),
                 ..PartitionState::default()
             },
         );
@@ -177,6 +189,7 @@ impl Dispatcher {
         p.revoking = true;
         if p.held.take().is_some() {
             self.in_flight -= 1;
+            self.abandoned += 1;
         }
         let epoch = p.epoch;
         let mut dropped = 0;
@@ -191,7 +204,14 @@ impl Dispatcher {
         self.parked
             .retain(|key, _| lane_partition(key) != (&tp.0, tp.1));
         self.in_flight -= dropped;
+        self.abandoned += dropped as u64;
         self.partitions.get(tp).map_or(0, |p| p.running)
+    }
+
+    /// Delivered records dropped unfinished at revokes since the last call (they are
+    /// delivered again to the next owner).
+    pub(crate) fn take_abandoned(&mut self) -> u64 {
+        std::mem::take(&mut self.abandoned)
     }
 
     /// How many handler calls of `tp` are running.
@@ -222,13 +242,10 @@ impl Dispatcher {
         if p.revoking {
             return (Accepted::NotAssigned, Vec::new());
         }
-        if p.tracker.unfinished() == 0 {
-            // Work begins waiting: the stall clock starts now.
-            p.last_progress = Some(Instant::now());
-        }
         if !p.tracker.begin(envelope.offset) {
             return (Accepted::AlreadyFinished, Vec::new());
         }
+        p.note_lowest();
         self.in_flight += 1;
         if let Some(due_ms) = due_ms.filter(|due| *due > now_ms) {
             let epoch = p.epoch;
@@ -251,7 +268,6 @@ impl Dispatcher {
         let Some(envelope) = p.held.take() else {
             return Vec::new();
         };
-        p.last_progress = Some(Instant::now());
         self.enqueue(tp, envelope);
         self.update_pause(tp);
         self.fill()
@@ -351,9 +367,8 @@ impl Dispatcher {
                 p.running -= 1;
                 if outcome.is_finished() {
                     p.tracker.finish(envelope.offset);
-                    let now = Instant::now();
-                    p.last_progress = Some(now);
-                    self.last_finish = now;
+                    p.note_lowest();
+                    self.last_finish = Instant::now();
                 }
             }
             if self.limits.strict {
@@ -421,11 +436,6 @@ impl Dispatcher {
         if idle {
             self.lanes.remove(key);
         } else {
-            // Its queued messages could not run until now: their stall clock starts now.
-            let (topic, partition) = lane_partition(key);
-            if let Some(p) = self.partitions.get_mut(&(topic.clone(), partition)) {
-                p.last_progress = Some(Instant::now());
-            }
             self.mark_ready(key);
         }
     }
@@ -478,11 +488,15 @@ impl Dispatcher {
 
     /// What the stall detector needs to know at `now`.
     pub(crate) fn view(&self, now: Instant) -> WorkerView {
-        let mut parked_queued: HashMap<TopicPartition, usize> = HashMap::new();
+        // Records that wait on purpose: queued behind a key parked for a retry-tier record.
+        let mut parked: HashMap<TopicPartition, Vec<i64>> = HashMap::new();
         for key in self.parked.keys() {
             if let Some(lane) = self.lanes.get(key) {
                 let (topic, partition) = lane_partition(key);
-                *parked_queued.entry((topic.clone(), partition)).or_default() += lane.queue.len();
+                parked
+                    .entry((topic.clone(), partition))
+                    .or_default()
+                    .extend(lane.queue.iter().map(|e| e.offset));
             }
         }
         let partitions = self
@@ -490,18 +504,21 @@ impl Dispatcher {
             .iter()
             .filter(|(_, p)| !p.revoking)
             .map(|(tp, p)| {
-                let held = p.held.is_some();
-                let parked = parked_queued.get(tp).copied().unwrap_or(0);
+                let parked = parked.get(tp).map_or(&[][..], Vec::as_slice);
+                let held = p.held.as_ref().map(|e| e.offset);
+                let lowest = p.lowest.map(|(offset, since)| LowestUnfinished {
+                    offset,
+                    for_: now.saturating_duration_since(since),
+                    on_purpose: held == Some(offset) || parked.contains(&offset),
+                });
                 PartitionView {
                     tp: tp.clone(),
                     waiting: p
                         .tracker
                         .unfinished()
-                        .saturating_sub(usize::from(held) + parked),
-                    held,
-                    idle_for: p
-                        .last_progress
-                        .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
+                        .saturating_sub(usize::from(held.is_some()) + parked.len()),
+                    held: held.is_some(),
+                    lowest,
                 }
             })
             .collect();
@@ -776,6 +793,55 @@ mod tests {
             d.take_commits(),
             Vec::new(),
             "the old epoch's completion is not counted"
+        );
+    }
+
+    #[test]
+    fn the_stall_view_follows_the_lowest_unfinished_offset_and_knows_what_waits_on_purpose() {
+        let mut d = Dispatcher::new(limits(4, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        let lowest = |d: &Dispatcher| {
+            let view = d.view(Instant::now());
+            let p = &view.partitions[0];
+            (p.lowest.map(|l| (l.offset, l.on_purpose)), p.waiting)
+        };
+        assert_eq!(lowest(&d), (None, 0), "nothing delivered, nothing waits");
+        let (_, a_jobs) = d.accept(msg("A", 0), None, 0);
+        let (_, b_jobs) = d.accept(msg("B", 1), None, 0);
+        d.accept(msg("A", 2), None, 0);
+        assert_eq!(lowest(&d), (Some((0, false)), 3));
+        let since_zero = d.view(Instant::now()).partitions[0].lowest.map(|l| l.for_);
+
+        // B finishes: the lowest offset does not move, nor does its clock.
+        let b = &b_jobs[0];
+        d.complete(&b.lane, b.epoch, &b.envelope, &ack());
+        std::thread::sleep(Duration::from_millis(20));
+        let view = d.view(Instant::now());
+        let l = view.partitions[0].lowest.expect("offset 0 unfinished");
+        assert_eq!(l.offset, 0);
+        assert!(
+            Some(l.for_) > since_zero,
+            "the clock of offset 0 keeps running"
+        );
+
+        // A(0) goes to a retry tier: its key parks, A(2) waits on purpose.
+        let a = &a_jobs[0];
+        let routed = Outcome::Routed {
+            target: RouteTarget::RetryTier(1),
+            error_class: "transient",
+        };
+        d.complete(&a.lane, a.epoch, &a.envelope, &routed);
+        assert_eq!(
+            lowest(&d),
+            (Some((2, true)), 0),
+            "queued behind a parked key"
+        );
+        let l = d.view(Instant::now()).partitions[0]
+            .lowest
+            .expect("offset 2");
+        assert!(
+            l.for_ < Duration::from_millis(20),
+            "a new lowest offset restarts the clock"
         );
     }
 }

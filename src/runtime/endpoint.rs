@@ -78,9 +78,22 @@ pub(crate) fn take_statistics(shared: &Shared, statistics: &Statistics) {
             continue;
         };
         shared.meters.lag(topic, *partition, lag);
-        shared.health.set_lag(topic, *partition, lag, now);
+        // Not yet delivered to the worker: past the fetch position, or fetched and queued in
+        // the client. (The fetch position moves past transaction markers; the committed
+        // offset does not.)
+        let end = if p.ls_offset >= 0 {
+            p.ls_offset
+        } else {
+            p.hi_offset
+        };
+        let backlog = if p.next_offset >= 0 {
+            (end - p.next_offset).max(0) + p.fetchq_cnt.max(0)
+        } else {
+            lag
+        };
+        shared.health.set_backlog(topic, *partition, backlog, now);
     }
-    shared.health.retain_lag(&assigned);
+    shared.health.retain_backlog(&assigned);
     // Brokers learned from metadata have a node id; the bootstrap entries do not count.
     let mut known = statistics
         .brokers

@@ -29,6 +29,8 @@ pub(crate) struct Guards {
     pub(crate) rate: Option<RateLimits>,
     pub(crate) breaker: Option<Breaker>,
     pub(crate) transaction: Option<PostgresStores>,
+    /// Where store and dependency outages are reported for the readiness probe.
+    pub(crate) health: Arc<Health>,
 }
 
 impl Guards {
@@ -56,7 +58,10 @@ impl Guards {
             shutdown: shutdown.clone(),
             health: health.clone(),
         };
-        let mut guards = Guards::default();
+        let mut guards = Guards {
+            health: health.clone(),
+            ..Guards::default()
+        };
         if let Some(stale) = &config.stale {
             let store: Arc<dyn VersionStore> = match store_kind("stale.store", &stale.store)? {
                 StoreKind::Memory => Arc::new(MemoryVersionStore::new()),
@@ -67,6 +72,7 @@ impl Guards {
             };
             let store: Arc<dyn VersionStore> = Arc::new(Observed::new(
                 store,
+                "stale",
                 backend_name(store_kind("stale.store", &stale.store)?),
                 health.clone(),
             ));
@@ -80,6 +86,7 @@ impl Guards {
             };
             let store: Arc<dyn LockStore> = Arc::new(Observed::new(
                 store,
+                "lock",
                 backend_name(store_kind("lock.store", &lock.store)?),
                 health.clone(),
             ));
@@ -93,6 +100,7 @@ impl Guards {
             };
             let store: Arc<dyn DedupStore> = Arc::new(Observed::new(
                 store,
+                "dedup",
                 backend_name(store_kind("dedup.store", &dedup.store)?),
                 health.clone(),
             ));
@@ -136,11 +144,6 @@ fn backend_name(kind: StoreKind) -> &'static str {
         StoreKind::Redis => "redis",
         StoreKind::Postgres => "postgres",
     }
-}
-
-/// The backend a store URL names, for readiness reasons.
-fn backend_of(url: &str) -> &'static str {
-    store_kind("store", url).map_or("store", backend_name)
 }
 
 /// Store connections by URL.
@@ -198,14 +201,15 @@ where
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let mut delays = outage_backoff();
+    let name = format!("store {}", redact(url));
     loop {
         match connect().await {
             Ok(stores) => {
-                health.store_up(backend_of(url));
+                health.store_up(&name);
                 return Ok(stores);
             }
             Err(e) if e.is_unavailable() => {
-                health.store_down(backend_of(url), e.to_string());
+                health.store_down(&name, e.to_string());
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(url = %redact(url), error = %e, ?delay, "store unreachable at start; trying again");
                 tokio::select! {

@@ -135,6 +135,10 @@ impl OffsetTracker {
     pub(crate) fn unfinished(&self) -> usize {
         self.unfinished.len()
     }
+    /// The lowest delivered offset that is not finished.
+    pub(crate) fn lowest_unfinished(&self) -> Option<i64> {
+        self.unfinished.first().copied()
+    }
     /// Records that `offset` is finished.
     pub(crate) fn finish(&mut self, offset: i64) {
         self.unfinished.remove(&offset);

@@ -69,11 +69,15 @@ impl WorkerContext {
             .load(std::sync::atomic::Ordering::SeqCst)
         {
             // Shutdown drained and committed already; just forget the partitions.
-            let mut d = self.shared.dispatcher.lock();
-            for tp in &tps {
-                d.begin_revoke(tp);
-                d.finish_revoke(tp);
-            }
+            let abandoned = {
+                let mut d = self.shared.dispatcher.lock();
+                for tp in &tps {
+                    d.begin_revoke(tp);
+                    d.finish_revoke(tp);
+                }
+                d.take_abandoned()
+            };
+            self.shared.requeued(abandoned);
             return;
         }
         let lost = consumer.assignment_lost();
@@ -107,9 +111,14 @@ impl WorkerContext {
                     commits.push((tp.clone(), offset, metadata));
                 }
             }
-            commits
+            (commits, d.take_abandoned())
         };
-        let commits = drain();
+        let (commits, abandoned) = drain();
+        self.shared.requeued(abandoned);
+        for (topic, partition) in &tps {
+            // The next owner reports this partition's lag.
+            self.shared.meters.lag(topic, *partition, 0);
+        }
         if lost {
             tracing::warn!(
                 partitions = tps.len(),

@@ -88,6 +88,15 @@ impl Shared {
         self.start(jobs);
     }
 
+    /// Counts `n` delivered records dropped unfinished (at a revoke, or delivered for a
+    /// partition no longer assigned): delivered again later.
+    pub(crate) fn requeued(&self, n: u64) {
+        if n > 0 {
+            self.counters.requeued.fetch_add(n, Ordering::Relaxed);
+            self.meters.requeued(n);
+        }
+    }
+
     fn count(&self, outcome: &Outcome) {
         self.meters.outcome(outcome);
         let counter = match outcome {

@@ -403,7 +403,8 @@ pub(crate) fn build_stack<H: Handler>(
         .option_layer(dedup)
         .layer(
             policy::RetryLayer::new(config.retry_policy(), shutdown.clone())
-                .counting(meters.retries.clone()),
+                .counting(meters.retries.clone())
+                .reporting(guards.health.clone()),
         )
         .layer(
             policy::TimeoutLayer::new(Duration::from_millis(config.handler_timeout_ms))
@@ -593,7 +594,8 @@ fn accept(shared: &Arc<Shared>, envelope: crate::message::Envelope) {
                 .skipped_finished
                 .fetch_add(1, AtomicOrdering::Relaxed);
         }
-        Accepted::Queued | Accepted::NotAssigned => {}
+        Accepted::NotAssigned => shared.requeued(1),
+        Accepted::Queued => {}
     }
     shared.start(jobs);
 }
