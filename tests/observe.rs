@@ -463,7 +463,7 @@ async fn readyz_reports_a_hung_handler_after_the_stall_limit_and_recovers() {
     )
     .await;
 
-    // Work flows: still ready after longer than the stall limit.
+    // Handled and idle for longer than the stall limit: ready.
     let flowing: Vec<_> = (0..5)
         .map(|i| Update {
             key: "a".into(),
@@ -487,7 +487,7 @@ async fn readyz_reports_a_hung_handler_after_the_stall_limit_and_recovers() {
     let (status, body) = get(address, "/readyz").await;
     assert_eq!(status, 200, "an idle worker is not stalled: {body}");
 
-    // One message hangs, nothing else is in flight.
+    // One message hangs.
     let hung = Update {
         key: "a".into(),
         version: 100,
@@ -502,6 +502,22 @@ async fn readyz_reports_a_hung_handler_after_the_stall_limit_and_recovers() {
     })
     .await;
     let started = Instant::now();
+    // Other keys keep flowing: the worker is busy, the partition's commit still waits.
+    let others: Vec<_> = (0..20)
+        .map(|i| Update {
+            key: format!("other{i}"),
+            version: 1,
+            id: format!("o{i}"),
+            fail: false,
+            gated: false,
+        })
+        .collect();
+    send(&bootstrap, &topic, &others).await;
+    until(Duration::from_secs(30), "the other keys handled", || {
+        let seen = seen.clone();
+        async move { (seen.successes.load(Ordering::SeqCst) == 25).then_some(()) }
+    })
+    .await;
     let (status, body) = until(
         Duration::from_secs(30),
         "/readyz not ready",
@@ -525,7 +541,7 @@ async fn readyz_reports_a_hung_handler_after_the_stall_limit_and_recovers() {
     assert_eq!(reply["ready"], false);
     let reason = reply["reasons"][0].as_str().expect("a reason");
     assert!(
-        reason.contains(&format!("{topic}-0")) && reason.contains("stalled"),
+        reason.contains(&format!("{topic}-0 stalled: offset 5 unfinished")),
         "{reason}"
     );
     let scrape = Scrape::take(address).await;
@@ -540,7 +556,7 @@ async fn readyz_reports_a_hung_handler_after_the_stall_limit_and_recovers() {
     )
     .await;
     let stats = running.stop().await;
-    assert_eq!(stats.handled, 6);
+    assert_eq!(stats.handled, 26);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
