@@ -70,6 +70,29 @@ impl Recording {
     }
 }
 
+/// An update that succeeds at once.
+fn plain(key: &str, version: i64, id: &str) -> Update {
+    Update {
+        key: key.to_owned(),
+        version,
+        id: id.to_owned(),
+        fail: false,
+        gated: false,
+    }
+}
+
+/// Waits until the handler succeeded `n` times and `/readyz` answers 200.
+async fn handled_and_ready(seen: &Arc<Seen>, address: SocketAddr, n: u64, limit: Duration) {
+    until(limit, &format!("{n} handled and ready"), || {
+        let seen = seen.clone();
+        async move {
+            (seen.successes.load(Ordering::SeqCst) == n && get(address, "/readyz").await.0 == 200)
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 fn record(u: &Update) -> (Vec<u8>, Vec<u8>) {
     (
         u.key.as_bytes().to_vec(),
@@ -287,13 +310,7 @@ async fn metrics_agree_with_what_the_handler_saw_mid_run_and_at_the_end() {
     }
     // Keys k3, k13, … only ever failed: nothing of them was applied, nothing is stale.
     for k in (0..100).filter(|k| k % 10 != 3).take(50) {
-        updates.push(Update {
-            key: format!("k{k}"),
-            version: 1,
-            id: format!("old{k}"),
-            fail: false,
-            gated: false,
-        });
+        updates.push(plain(&format!("k{k}"), 1, &format!("old{k}")));
     }
     let total = updates.len() as f64;
     let records: Vec<_> = updates.iter().map(record).collect();
@@ -465,13 +482,7 @@ async fn readyz_reports_a_hung_handler_after_the_stall_limit_and_recovers() {
 
     // Handled and idle for longer than the stall limit: ready.
     let flowing: Vec<_> = (0..5)
-        .map(|i| Update {
-            key: "a".into(),
-            version: i + 1,
-            id: format!("f{i}"),
-            fail: false,
-            gated: false,
-        })
+        .map(|i| plain("a", i + 1, &format!("f{i}")))
         .collect();
     send(&bootstrap, &topic, &flowing).await;
     until(
@@ -504,13 +515,7 @@ async fn readyz_reports_a_hung_handler_after_the_stall_limit_and_recovers() {
     let started = Instant::now();
     // Other keys keep flowing: the worker is busy, the partition's commit still waits.
     let others: Vec<_> = (0..20)
-        .map(|i| Update {
-            key: format!("other{i}"),
-            version: 1,
-            id: format!("o{i}"),
-            fail: false,
-            gated: false,
-        })
+        .map(|i| plain(&format!("other{i}"), 1, &format!("o{i}")))
         .collect();
     send(&bootstrap, &topic, &others).await;
     until(Duration::from_secs(30), "the other keys handled", || {
@@ -582,36 +587,12 @@ async fn readyz_names_an_unreachable_store() {
             }),
     );
     let address = running.address;
-    let first = Update {
-        key: "a".into(),
-        version: 1,
-        id: "first".into(),
-        fail: false,
-        gated: false,
-    };
+    let first = plain("a", 1, "first");
     send(&bootstrap, &topic, &[first]).await;
-    until(
-        Duration::from_secs(30),
-        "ready and the first handled",
-        || {
-            let seen = seen.clone();
-            async move {
-                (seen.successes.load(Ordering::SeqCst) == 1
-                    && get(address, "/readyz").await.0 == 200)
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    handled_and_ready(&seen, address, 1, Duration::from_secs(30)).await;
 
     redis.kill();
-    let second = Update {
-        key: "a".into(),
-        version: 2,
-        id: "second".into(),
-        fail: false,
-        gated: false,
-    };
+    let second = plain("a", 2, "second");
     send(&bootstrap, &topic, &[second]).await;
     let body = until(
         Duration::from_secs(30),
@@ -626,19 +607,7 @@ async fn readyz_names_an_unreachable_store() {
 
     // Back (empty): the waiting message goes through and the worker is ready again.
     tokio::task::block_in_place(|| redis.restart());
-    until(
-        Duration::from_secs(60),
-        "ready again with the store back",
-        || {
-            let seen = seen.clone();
-            async move {
-                (seen.successes.load(Ordering::SeqCst) == 2
-                    && get(address, "/readyz").await.0 == 200)
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    handled_and_ready(&seen, address, 2, Duration::from_secs(60)).await;
     let stats = running.stop().await;
     assert_eq!(stats.dead_lettered, 0, "an outage dead-letters nothing");
 }
