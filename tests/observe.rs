@@ -253,6 +253,22 @@ impl Running {
     }
 }
 
+/// A fresh topic with `partitions` partitions on `bootstrap`, and its group's name.
+async fn topic_and_group(bootstrap: &str, prefix: &str, partitions: i32) -> (String, String) {
+    let topic = steadfast_testkit::unique_topic(prefix);
+    create_topic(bootstrap, &topic, partitions).await;
+    let group = format!("{topic}-group");
+    (topic, group)
+}
+
+/// A worker builder for `topic` in `group`.
+fn worker(bootstrap: &str, topic: &str, group: &str) -> WorkerBuilder {
+    Worker::builder()
+        .brokers(bootstrap)
+        .topic(topic)
+        .group(group)
+}
+
 async fn server() -> (tempfile::TempDir, steadfast::server::ServerHandle, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let handle = steadfast_testkit::start_server(&dir.path().join("data")).await;
@@ -279,9 +295,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_agree_with_what_the_handler_saw_mid_run_and_at_the_end() {
     let (_dir, _server, bootstrap) = server().await;
-    let topic = steadfast_testkit::unique_topic("observe-metrics");
-    let group = format!("{topic}-group");
-    create_topic(&bootstrap, &topic, 4).await;
+    let (topic, group) = topic_and_group(&bootstrap, "observe-metrics", 4).await;
 
     // 1,000 updates of 100 keys: every 10th fails permanently, 40 are gated (they wait for
     // the gate, holding their keys), then 150 redeliveries of applied ids with newer versions
@@ -319,10 +333,7 @@ async fn metrics_agree_with_what_the_handler_saw_mid_run_and_at_the_end() {
     let seen = Arc::new(Seen::default());
     let (open_gate, gate) = watch::channel(false);
     let running = spawn(
-        Worker::builder()
-            .brokers(&bootstrap)
-            .topic(&topic)
-            .group(&group)
+        worker(&bootstrap, &topic, &group)
             .commit_interval(Duration::from_millis(100))
             .retry(Retry::none())
             .lag_interval(Duration::from_millis(200))
@@ -450,18 +461,13 @@ async fn metrics_agree_with_what_the_handler_saw_mid_run_and_at_the_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_reports_a_hung_handler_after_the_stall_limit_and_recovers() {
     let (_dir, _server, bootstrap) = server().await;
-    let topic = steadfast_testkit::unique_topic("observe-stall");
-    let group = format!("{topic}-group");
-    create_topic(&bootstrap, &topic, 1).await;
+    let (topic, group) = topic_and_group(&bootstrap, "observe-stall", 1).await;
     let stall_after = Duration::from_secs(3);
 
     let seen = Arc::new(Seen::default());
     let (open_gate, gate) = watch::channel(false);
     let running = spawn(
-        Worker::builder()
-            .brokers(&bootstrap)
-            .topic(&topic)
-            .group(&group)
+        worker(&bootstrap, &topic, &group)
             .handler_timeout(Duration::from_secs(600))
             .stall_after(stall_after)
             .lag_interval(Duration::from_millis(500))
@@ -567,18 +573,13 @@ async fn readyz_reports_a_hung_handler_after_the_stall_limit_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_names_an_unreachable_store() {
     let (_dir, _server, bootstrap) = server().await;
-    let topic = steadfast_testkit::unique_topic("observe-store");
-    let group = format!("{topic}-group");
-    create_topic(&bootstrap, &topic, 1).await;
+    let (topic, group) = topic_and_group(&bootstrap, "observe-store", 1).await;
     let mut redis = PrivateRedis::start();
 
     let seen = Arc::new(Seen::default());
     let (_open_gate, gate) = watch::channel(true);
     let running = spawn(
-        Worker::builder()
-            .brokers(&bootstrap)
-            .topic(&topic)
-            .group(&group)
+        worker(&bootstrap, &topic, &group)
             .dedup(redis.url())
             .store_key_prefix(fresh_prefix())
             .handler(Recording {
@@ -619,17 +620,12 @@ async fn readyz_names_an_unreachable_broker_and_recovers_when_it_returns() {
     let server = steadfast_testkit::start_server(&data).await;
     let address = server.local_addr();
     let bootstrap = server.bootstrap_servers();
-    let topic = steadfast_testkit::unique_topic("observe-broker");
-    let group = format!("{topic}-group");
-    create_topic(&bootstrap, &topic, 1).await;
+    let (topic, group) = topic_and_group(&bootstrap, "observe-broker", 1).await;
 
     let seen = Arc::new(Seen::default());
     let (_open_gate, gate) = watch::channel(true);
     let running = spawn(
-        Worker::builder()
-            .brokers(&bootstrap)
-            .topic(&topic)
-            .group(&group)
+        worker(&bootstrap, &topic, &group)
             .lag_interval(Duration::from_millis(500))
             .handler(Recording {
                 seen: seen.clone(),
@@ -675,18 +671,13 @@ async fn readyz_names_an_unreachable_broker_and_recovers_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_waiting_for_its_store_at_start_is_live_but_not_ready() {
     let (_dir, _server, bootstrap) = server().await;
-    let topic = steadfast_testkit::unique_topic("observe-start");
-    let group = format!("{topic}-group");
-    create_topic(&bootstrap, &topic, 1).await;
+    let (topic, group) = topic_and_group(&bootstrap, "observe-start", 1).await;
     let port = free_port();
 
     let seen = Arc::new(Seen::default());
     let (_open_gate, gate) = watch::channel(true);
     let running = spawn(
-        Worker::builder()
-            .brokers(&bootstrap)
-            .topic(&topic)
-            .group(&group)
+        worker(&bootstrap, &topic, &group)
             .dedup(format!("redis://127.0.0.1:{port}"))
             .store_key_prefix(fresh_prefix())
             .handler(Recording {
