@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -92,13 +93,54 @@ pub(crate) fn read_committed(
     let committed = consumer
         .committed_offsets(tpl, TIMEOUT)
         .map_err(|e| DlqError::broker(format!("reading the progress of replay {replay_id}"), e))?;
+    let entries = committed.elements();
+    committed_from(
+        entries.iter().map(|e| CommittedEntry {
+            partition: e.partition(),
+            error: e.error(),
+            offset: e.offset(),
+            metadata: e.metadata(),
+        }),
+        topic,
+        replay_id,
+    )
+}
+
+/// One partition of an OffsetFetch answer.
+#[derive(Debug)]
+pub(crate) struct CommittedEntry<'a> {
+    pub(crate) partition: i32,
+    /// The partition's own error: the request as a whole may succeed while a partition
+    /// fails (a coordinator loading its offsets, for one).
+    pub(crate) error: Result<(), KafkaError>,
+    pub(crate) offset: Offset,
+    pub(crate) metadata: &'a str,
+}
+
+/// The progress in an OffsetFetch answer. A partition that answers with an error fails the
+/// whole read: taken as "nothing committed", it would restart the replay from the beginning
+/// and replay everything again.
+pub(crate) fn committed_from<'a>(
+    entries: impl IntoIterator<Item = CommittedEntry<'a>>,
+    topic: &str,
+    replay_id: &str,
+) -> Result<Committed, DlqError> {
     let mut out = Committed::default();
-    for e in committed.elements() {
-        if let Offset::Offset(o) = e.offset() {
-            out.positions.insert(e.partition(), o);
-            if out.note.is_none() && !e.metadata().is_empty() {
+    for e in entries {
+        if let Err(source) = e.error {
+            return Err(DlqError::broker(
+                format!(
+                    "reading the progress of replay {replay_id} on {topic}/{} (nothing was replayed; run again once the broker answers)",
+                    e.partition
+                ),
+                source,
+            ));
+        }
+        if let Offset::Offset(o) = e.offset {
+            out.positions.insert(e.partition, o);
+            if out.note.is_none() && !e.metadata.is_empty() {
                 let note =
-                    ProgressNote::decode(e.metadata()).map_err(|reason| DlqError::BadProgress {
+                    ProgressNote::decode(e.metadata).map_err(|reason| DlqError::BadProgress {
                         id: replay_id.to_owned(),
                         reason,
                     })?;
@@ -266,5 +308,45 @@ mod tests {
         // Once both are covered, the candidates stand.
         let positions = BTreeMap::from([(0, 11), (1, 1)]);
         assert_eq!(already.ends_for(&positions, &candidates), candidates);
+    }
+
+    #[test]
+    fn a_partition_that_answers_with_an_error_fails_the_read() {
+        use rdkafka::types::RDKafkaErrorCode;
+        let entry = |partition, error, offset| CommittedEntry {
+            partition,
+            error,
+            offset,
+            metadata: "",
+        };
+        let ok = committed_from(
+            [
+                entry(0, Ok(()), Offset::Offset(4)),
+                entry(1, Ok(()), Offset::Invalid),
+            ],
+            "orders.dlq",
+            "r1",
+        )
+        .expect("no errors");
+        assert_eq!(ok.positions, BTreeMap::from([(0, 4)]));
+
+        let failed = committed_from(
+            [
+                entry(0, Ok(()), Offset::Offset(4)),
+                entry(
+                    1,
+                    Err(KafkaError::OffsetFetch(
+                        RDKafkaErrorCode::CoordinatorLoadInProgress,
+                    )),
+                    Offset::Invalid,
+                ),
+            ],
+            "orders.dlq",
+            "r1",
+        )
+        .expect_err("a failed partition is not \"nothing committed\"");
+        let text = failed.to_string();
+        assert!(matches!(failed, DlqError::Broker { .. }), "{text}");
+        assert!(text.contains("replay r1 on orders.dlq/1"), "{text}");
     }
 }
