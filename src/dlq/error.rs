@@ -61,6 +61,17 @@ pub enum DlqError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The replay's progress note names more target partitions than the commit entries of
+    /// the dead-letter partitions can carry; refused before anything is produced.
+    #[error("the replay would have to note {targets} target partitions in its progress, more than the commit metadata of the {dlq_partitions} dead-letter partition(s) holds ({limit} bytes each, under Kafka's default `offset.metadata.max.bytes` of 4096); narrow the selection, for instance with an original-topic or original-partition filter")]
+    ProgressTooLarge {
+        /// Target partitions the note would name.
+        targets: usize,
+        /// Partitions of the dead-letter topic (one commit entry each).
+        dlq_partitions: usize,
+        /// The bytes of metadata one commit entry may carry.
+        limit: usize,
+    },
     /// A broker request failed.
     #[error("{context}: {source}")]
     Broker {

@@ -36,14 +36,19 @@
 //! nothing); a fresh id replays the selection again. The position is committed as offsets
 //! of the dead-letter partitions under the group `steadfast-replay-<id>`, only after every
 //! copy below it was acknowledged by the broker (the producer is idempotent, so its own
-//! retries add no copies). The commit's metadata notes, for each target partition, an offset
-//! below which no copy made after the commit can sit. A run killed between two commits has
-//! produced copies the position does not cover; the next run reads the target partitions
-//! from the noted offsets to their end and skips every record whose copy it finds there
-//! (same `steadfast-replay-id`, `steadfast-replay-of` at or above the position). So a record
-//! is either below the position (acknowledged), or found, or replayed: once in total. The
-//! one window left is a produce request still in flight at the broker when the process died
-//! and appended only after the next run has read the target partitions.
+//! retries add no copies). The commit's metadata notes, for each target partition that a
+//! record not yet covered can still go to, an offset below which no copy made after the
+//! commit can sit; the note is spread over the commit entries of the dead-letter partitions
+//! at most 4000 bytes each (brokers refuse more than `offset.metadata.max.bytes`, 4096 by
+//! default), and a selection whose note would not fit even so (hundreds of target partitions
+//! per dead-letter partition) is refused before anything is produced. A run killed between
+//! two commits has produced copies the position does not cover; the next run reads the
+//! target partitions from the noted offsets to their end and skips every record whose copy
+//! it finds there (same `steadfast-replay-id`, `steadfast-replay-of` at or above the
+//! position). So a record is either below the position (acknowledged), or found, or
+//! replayed: once in total. The one window left is a produce request still in flight at the
+//! broker when the process died and appended only after the next run has read the target
+//! partitions.
 
 mod error;
 mod record;

@@ -15,7 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use super::copy::{default_replayed_by, replay_headers, Stamp};
-use super::resume::{self, AlreadyReplayed, Committed, ProgressNote};
+use super::resume::{self, AlreadyReplayed, Committed, ProgressNote, TargetReach};
 use super::{ReplayOptions, ReplayProgress, ReplayReport, ReplayedRecord};
 use crate::dlq::error::DlqError;
 use crate::dlq::record::DlqRecord;
@@ -102,16 +102,25 @@ pub(crate) fn replay_blocking(
         .iter()
         .map(|p| (*p, committed.positions.get(p).copied().unwrap_or(0)))
         .collect();
-    let mut note = ProgressNote {
-        v: 1,
-        selection: fingerprint,
-        done: report.already_replayed,
-        ends: BTreeMap::new(),
-    };
+    let mut reach = TargetReach::default();
+    for (record, copy) in &planned {
+        let tps: Vec<i32> = match copy.partition {
+            Some(p) => vec![p],
+            None => targets
+                .get(&copy.topic)
+                .map(|ps| ps.iter().copied().collect())
+                .unwrap_or_default(),
+        };
+        for p in tps {
+            reach.add((copy.topic.clone(), p), record.partition, record.offset);
+        }
+    }
+    let mut note = ProgressNote::new(fingerprint, report.already_replayed);
     let mut progress = Progressor {
         consumer: &consumer,
         dlq,
         already: &already,
+        reach: &reach,
         note: &mut note,
         ends: &mut ends,
     };
@@ -406,6 +415,8 @@ struct Progressor<'a> {
     consumer: &'a Reader,
     dlq: &'a str,
     already: &'a AlreadyReplayed,
+    /// Where the records still to be replayed can go.
+    reach: &'a TargetReach,
     note: &'a mut ProgressNote,
     /// Per target partition: nothing this run produces from now on lands below it.
     ends: &'a mut BTreeMap<Tp, i64>,
@@ -420,7 +431,8 @@ impl Progressor<'_> {
 
     /// Commits `positions` (every copy below them acknowledged) with the note.
     fn commit(&mut self, positions: &BTreeMap<i32, i64>) -> Result<(), DlqError> {
-        let ends = self.already.ends_for(positions, self.ends);
+        let live = self.reach.live(self.ends, positions);
+        let ends = self.already.ends_for(positions, &live);
         self.note.set_ends(&ends);
         resume::commit(self.consumer, self.dlq, positions, self.note)
     }
