@@ -284,6 +284,14 @@ async fn run_replay(dlq: &Dlq, args: ReplayArgs) -> anyhow::Result<()> {
             bar.set_position(p.done);
         });
     }
+    // Said before anything is produced, so that a killed run (a --fresh one above all,
+    // whose id is random) can be resumed.
+    options = options.with_started(|s| {
+        eprintln!(
+            "replay id {} (progress in group {}); if interrupted, resume with --replay-id {}",
+            s.replay_id, s.group, s.replay_id
+        );
+    });
     let result = dlq.replay(&selection, options).await;
     if let Some(bar) = &bar {
         bar.finish_and_clear();

@@ -82,7 +82,7 @@ pub enum DlqError {
         source: rdkafka::error::KafkaError,
     },
     /// A replayed record was not acknowledged; a rerun with the same replay id resumes.
-    #[error("producing the copy of {of} to {topic} failed: {reason}; run the replay again with the same replay id to resume")]
+    #[error("producing the copy of {of} to {topic} failed: {reason}; run the replay again with `--replay-id {replay_id}` to resume")]
     Produce {
         /// The dead-letter record (`<topic>/<partition>/<offset>`).
         of: String,
@@ -90,6 +90,8 @@ pub enum DlqError {
         topic: String,
         /// What the client said.
         reason: String,
+        /// The replay id to resume under.
+        replay_id: String,
     },
     /// Reading stopped making progress.
     #[error("timed out {0}")]
@@ -106,5 +108,26 @@ impl DlqError {
             context: context.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_produce_names_the_replay_id_to_resume_with() {
+        let e = DlqError::Produce {
+            of: "orders.dlq/0/7".into(),
+            topic: "orders".into(),
+            reason: "Message timed out".into(),
+            replay_id: "4df71be70eee58e3-0a1b2c3d4e5f".into(),
+        };
+        assert!(
+            e.to_string().ends_with(
+                "run the replay again with `--replay-id 4df71be70eee58e3-0a1b2c3d4e5f` to resume"
+            ),
+            "{e}"
+        );
     }
 }

@@ -60,7 +60,10 @@ use rdkafka::config::ClientConfig;
 
 pub use self::error::DlqError;
 pub use self::record::{DlqRecord, ErrorClass, Original, RecordRef, Shown};
-pub use self::replay::{ProgressFn, ReplayOptions, ReplayProgress, ReplayReport, ReplayedRecord};
+pub use self::replay::{
+    ProgressFn, ReplayOptions, ReplayProgress, ReplayReport, ReplayStarted, ReplayedRecord,
+    StartedFn,
+};
 pub use self::selection::Selection;
 
 /// A connection to the brokers for the dead-letter tooling. Every call runs its blocking

@@ -16,7 +16,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use super::copy::{default_replayed_by, replay_headers, Stamp};
 use super::resume::{self, AlreadyReplayed, Committed, ProgressNote, TargetReach};
-use super::{ReplayOptions, ReplayProgress, ReplayReport, ReplayedRecord};
+use super::{ReplayOptions, ReplayProgress, ReplayReport, ReplayStarted, ReplayedRecord};
 use crate::dlq::error::DlqError;
 use crate::dlq::record::DlqRecord;
 use crate::dlq::scan::{self, Reader, Tp};
@@ -43,6 +43,12 @@ pub(crate) fn replay_blocking(
         _ => fingerprint.clone(),
     };
     let group = format!("steadfast-replay-{replay_id}");
+    if let (false, Some(started)) = (options.dry_run, &options.started) {
+        started(&ReplayStarted {
+            replay_id: replay_id.clone(),
+            group: group.clone(),
+        });
+    }
     let consumer = scan::reader(config, &group)?;
     let dlq = selection.topic.as_str();
     let dlq_partitions = scan::partitions(&consumer, dlq)?;
@@ -117,6 +123,7 @@ pub(crate) fn replay_blocking(
     }
     let mut note = ProgressNote::new(fingerprint, report.already_replayed);
     let mut progress = Progressor {
+        replay_id: &replay_id,
         consumer: &consumer,
         dlq,
         already: &already,
@@ -368,6 +375,7 @@ fn send(
                     of: copy.of.to_string(),
                     topic: copy.topic.clone(),
                     reason: e.to_string(),
+                    replay_id: progress.replay_id.to_owned(),
                 })
             }
         }
@@ -395,6 +403,7 @@ fn drain(
                     of: copy.of.to_string(),
                     topic: copy.topic.clone(),
                     reason: e.to_string(),
+                    replay_id: progress.replay_id.to_owned(),
                 });
             }
             Err(_) => {
@@ -402,6 +411,7 @@ fn drain(
                     of: copy.of.to_string(),
                     topic: copy.topic.clone(),
                     reason: "the producer went away before the acknowledgement".into(),
+                    replay_id: progress.replay_id.to_owned(),
                 });
             }
         }
@@ -412,6 +422,7 @@ fn drain(
 
 /// The running progress note and its commits.
 struct Progressor<'a> {
+    replay_id: &'a str,
     consumer: &'a Reader,
     dlq: &'a str,
     already: &'a AlreadyReplayed,
