@@ -245,12 +245,11 @@ fn print_record(r: &DlqRecord, json: bool) -> anyhow::Result<()> {
         writeln!(out, "{name:<20}{value}")?;
     }
     for (name, value) in r.other_headers() {
-        writeln!(
-            out,
-            "{:<20}{}",
-            format!("header {name}"),
-            steadfast::dlq::Shown::of(value).display()
-        )?;
+        let shown = value.map_or_else(
+            || "(null)".to_owned(),
+            |v| steadfast::dlq::Shown::of(v).display(),
+        );
+        writeln!(out, "{:<20}{shown}", format!("header {name}"))?;
     }
     Ok(())
 }

@@ -150,7 +150,7 @@ impl Env {
                                 .map(|h| {
                                     let v =
                                         h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                                    (h.key.to_owned(), v.unwrap_or_default())
+                                    (h.key.to_owned(), v)
                                 })
                                 .collect()
                         })
@@ -203,22 +203,28 @@ impl Drop for Env {
     }
 }
 
-/// A record read back: its partition, payload and headers (values as text).
+/// A record read back: its partition, payload and headers (values as text, `None` when
+/// null).
 #[derive(Debug, Clone)]
 struct Copy {
     partition: i32,
     offset: i64,
     payload: Vec<u8>,
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, Option<String>)>,
 }
 
 impl Copy {
+    /// The last value of `name` (`None` when missing or null).
     fn header(&self, name: &str) -> Option<&str> {
+        self.raw_header(name).flatten()
+    }
+    /// The last header `name`: `Some(None)` when it is there with a null value.
+    fn raw_header(&self, name: &str) -> Option<Option<&str>> {
         self.headers
             .iter()
             .rev()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_deref())
     }
 }
 
@@ -630,8 +636,16 @@ fn dead_lettered_messages_are_replayed_once_after_the_fix() {
 // list, show, dry run, bad input
 // ---------------------------------------------------------------------------------------
 
-/// Produces one dead-letter record with `headers` to partition 0 of `topic`.
-fn produce_dead_letter(env: &Env, topic: &str, key: &str, value: &[u8], headers: &[(&str, &str)]) {
+/// Produces one dead-letter record with `headers` (and the headers `nulls` without a value)
+/// to partition 0 of `topic`.
+fn produce_dead_letter(
+    env: &Env,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+    headers: &[(&str, &str)],
+    nulls: &[&str],
+) {
     let producer: FutureProducer = steadfast_testkit::client_config(&env.bootstrap)
         .create()
         .expect("producer");
@@ -640,6 +654,12 @@ fn produce_dead_letter(env: &Env, topic: &str, key: &str, value: &[u8], headers:
         h = h.insert(Header {
             key: k,
             value: Some(*v),
+        });
+    }
+    for k in nulls {
+        h = h.insert::<str>(Header {
+            key: k,
+            value: None,
         });
     }
     env.rt
@@ -693,13 +713,14 @@ fn list_filters_show_and_dry_run() {
     };
     let mut first = provenance("permanent", "0", "10", june);
     first.insert(0, ("trace-id", "t-0"));
-    produce_dead_letter(&env, &dlq, "k1", b"{\"amount\":1}", &first);
+    produce_dead_letter(&env, &dlq, "k1", b"{\"amount\":1}", &first, &["no-value"]);
     produce_dead_letter(
         &env,
         &dlq,
         "k2",
         b"two",
         &provenance("transient", "1", "11", june),
+        &[],
     );
     produce_dead_letter(
         &env,
@@ -707,6 +728,7 @@ fn list_filters_show_and_dry_run() {
         "k1",
         &[0xff, 0xfe],
         &provenance("decode", "1", "12", june),
+        &[],
     );
     produce_dead_letter(
         &env,
@@ -714,6 +736,7 @@ fn list_filters_show_and_dry_run() {
         "k3",
         b"three",
         &provenance("permanent", "0", "13", "2025-01-01T00:00:00Z"),
+        &[],
     );
     produce_dead_letter(
         &env,
@@ -721,6 +744,7 @@ fn list_filters_show_and_dry_run() {
         "k4",
         b"homeless",
         &[("steadfast-error-class", "permanent")],
+        &[],
     );
 
     let list = |extra: &[&str]| {
@@ -804,6 +828,10 @@ fn list_filters_show_and_dry_run() {
     ]);
     assert!(
         show.lines().any(|l| l == "header trace-id     t-0"),
+        "{show}"
+    );
+    assert!(
+        show.lines().any(|l| l == "header no-value     (null)"),
         "{show}"
     );
     assert!(
@@ -909,5 +937,14 @@ fn list_filters_show_and_dry_run() {
             .count(),
         1,
         "user headers kept"
+    );
+    let traced = copies
+        .iter()
+        .find(|c| c.header("trace-id") == Some("t-0"))
+        .expect("the copy of 0/0");
+    assert_eq!(
+        traced.raw_header("no-value"),
+        Some(None),
+        "a null header stays null"
     );
 }

@@ -84,7 +84,7 @@ pub(crate) fn watermarks(
         .map_err(|e| DlqError::broker(format!("reading the watermarks of {topic}/{partition}"), e))
 }
 
-/// The headers of a delivered record, owned.
+/// The headers of a delivered record, owned (a null value as an empty one).
 pub(crate) fn headers_of(message: &BorrowedMessage<'_>) -> Headers {
     let mut h = Headers::new();
     if let Some(borrowed) = message.headers() {
@@ -98,7 +98,19 @@ pub(crate) fn headers_of(message: &BorrowedMessage<'_>) -> Headers {
     h
 }
 
-/// A delivered dead-letter record, decoded.
+/// The positions (in order) of a delivered record's headers that have no value (null).
+fn null_headers_of(message: &BorrowedMessage<'_>) -> Vec<usize> {
+    message.headers().map_or_else(Vec::new, |borrowed| {
+        borrowed
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.value.is_none())
+            .map(|(i, _)| i)
+            .collect()
+    })
+}
+
+/// A delivered dead-letter record, decoded; null headers stay marked null.
 pub(crate) fn record_of(message: &BorrowedMessage<'_>) -> DlqRecord {
     DlqRecord::decode(
         message.topic(),
@@ -109,6 +121,7 @@ pub(crate) fn record_of(message: &BorrowedMessage<'_>) -> DlqRecord {
         message.payload().map(Bytes::copy_from_slice),
         headers_of(message),
     )
+    .with_null_headers(null_headers_of(message))
 }
 
 /// Reads every partition in `starts` from its start offset (`None`: the beginning) up to the

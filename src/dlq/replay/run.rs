@@ -14,7 +14,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
-use super::copy::{default_replayed_by, replay_headers, Stamp};
+use super::copy::{default_replayed_by, replay_headers, CopyHeaders, Stamp};
 use super::resume::{self, AlreadyReplayed, Committed, ProgressNote, TargetReach};
 use super::{ReplayOptions, ReplayProgress, ReplayReport, ReplayStarted, ReplayedRecord};
 use crate::dlq::error::DlqError;
@@ -340,16 +340,16 @@ fn send(
     producer: &FutureProducer,
     record: &DlqRecord,
     copy: &ReplayedRecord,
-    headers: &crate::message::Headers,
+    headers: &CopyHeaders,
     pending: &mut Vec<(DeliveryFuture, ReplayedRecord)>,
     progress: &mut Progressor<'_>,
     report: &mut ReplayReport,
 ) -> Result<DeliveryFuture, DlqError> {
     let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-    for (name, value) in headers.iter() {
+    for (name, value) in headers {
         owned = owned.insert(Header {
-            key: name,
-            value: Some(value.as_ref()),
+            key: name.as_str(),
+            value: value.as_deref(),
         });
     }
     let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&copy.topic).headers(owned);
