@@ -24,9 +24,9 @@
 //!
 //! **Replaying.** Each selected record is produced to its original topic (to its original
 //! partition when the topic still has it, else where its key hashes), key and value
-//! unchanged, headers kept except the per-delivery state (`steadfast-attempts`,
-//! `steadfast-retry-tier`, `steadfast-due-at`), so it starts fresh through the normal stack,
-//! dedup and stale checks included. The copy gains `steadfast-replayed-by`,
+//! unchanged, headers kept (a null value stays null) except the per-delivery state
+//! (`steadfast-attempts`, `steadfast-retry-tier`, `steadfast-due-at`), so it starts fresh
+//! through the normal stack, dedup and stale checks included. The copy gains `steadfast-replayed-by`,
 //! `steadfast-replayed-at`, `steadfast-replay-of` (`<dlq topic>/<partition>/<offset>`) and
 //! `steadfast-replay-id`. A selected record without `steadfast-original-topic` refuses the
 //! whole replay before anything is produced.
@@ -49,6 +49,12 @@
 //! replayed: once in total. The one window left is a produce request still in flight at the
 //! broker when the process died and appended only after the next run has read the target
 //! partitions.
+//!
+//! **One run per replay id at a time.** Nothing makes a replay exclusive: its consumer is
+//! assigned, not a group member, so two runs with the same id at once (the same command
+//! started twice) both read the same position and both produce: every record they both reach
+//! is replayed twice, and their commits overwrite each other. Run one at a time (a worker
+//! with dedup drops a copy made twice, one without applies it twice).
 
 mod error;
 mod record;
