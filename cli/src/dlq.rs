@@ -10,6 +10,7 @@ use steadfast::dlq::{Dlq, DlqRecord, ErrorClass, ReplayOptions, ReplayReport, Se
 use steadfast::policy::headers;
 
 use crate::client::Connection;
+use crate::time::parse_rfc3339_ms;
 
 /// Options of `steadfast dlq`.
 #[derive(Debug, Args)]
@@ -67,10 +68,10 @@ struct Filters {
     error_class: Option<String>,
     /// Only records that failed at or after this RFC 3339 time, such as
     /// 2025-01-31T12:00:00Z (the last-failure header, or the record timestamp without it).
-    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339_ms)]
     from: Option<i64>,
     /// Only records that failed before this RFC 3339 time.
-    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339_ms)]
     until: Option<i64>,
     /// Only records first delivered on this topic.
     #[arg(long)]
@@ -107,12 +108,6 @@ struct ReplayArgs {
     /// Written as steadfast-replayed-by (default: user@host).
     #[arg(long)]
     by: Option<String>,
-}
-
-/// RFC 3339 text as milliseconds since the epoch.
-fn parse_time(text: &str) -> Result<i64, String> {
-    headers::parse_time_ms(text)
-        .ok_or_else(|| format!("`{text}` is not an RFC 3339 time such as 2025-01-31T12:00:00Z"))
 }
 
 impl Filters {
@@ -245,12 +240,11 @@ fn print_record(r: &DlqRecord, json: bool) -> anyhow::Result<()> {
         writeln!(out, "{name:<20}{value}")?;
     }
     for (name, value) in r.other_headers() {
-        writeln!(
-            out,
-            "{:<20}{}",
-            format!("header {name}"),
-            steadfast::dlq::Shown::of(value).display()
-        )?;
+        let shown = value.map_or_else(
+            || "(null)".to_owned(),
+            |v| steadfast::dlq::Shown::of(v).display(),
+        );
+        writeln!(out, "{:<20}{shown}", format!("header {name}"))?;
     }
     Ok(())
 }
@@ -284,6 +278,14 @@ async fn run_replay(dlq: &Dlq, args: ReplayArgs) -> anyhow::Result<()> {
             bar.set_position(p.done);
         });
     }
+    // Said before anything is produced, so that a killed run (a --fresh one above all,
+    // whose id is random) can be resumed.
+    options = options.with_started(|s| {
+        eprintln!(
+            "replay id {} (progress in group {}); if interrupted, resume with --replay-id {}",
+            s.replay_id, s.group, s.replay_id
+        );
+    });
     let result = dlq.replay(&selection, options).await;
     if let Some(bar) = &bar {
         bar.finish_and_clear();

@@ -12,6 +12,7 @@ use rdkafka::groups::GroupInfo;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{Connection, TIMEOUT};
+use crate::time::parse_rfc3339_ms;
 
 /// Options of `steadfast groups`.
 #[derive(Debug, Args)]
@@ -444,7 +445,11 @@ fn reset(connection: &Connection, args: &ResetArgs) -> anyhow::Result<()> {
     }
 
     let target_time = match &args.target.to_time {
-        Some(text) => Some(parse_rfc3339_ms(text).with_context(|| format!("--to-time `{text}`"))?),
+        Some(text) => Some(
+            parse_rfc3339_ms(text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--to-time `{text}`"))?,
+        ),
         None => None,
     };
     let mut partitions = Vec::new();
@@ -539,22 +544,6 @@ fn offsets_at_time(
     Ok(out)
 }
 
-/// Parses an RFC 3339 date-time (`2024-05-01T12:00:00Z`, `2024-05-01 12:00:00.250+02:00`)
-/// into milliseconds since the Unix epoch (fractions below a millisecond are dropped).
-pub(crate) fn parse_rfc3339_ms(text: &str) -> anyhow::Result<i64> {
-    // RFC 3339 allows a space (and lower case `t`/`z`) where ISO 8601 has `T`/`Z`.
-    let mut normalized = text.trim().to_ascii_uppercase();
-    if normalized.as_bytes().get(10) == Some(&b' ') {
-        normalized.replace_range(10..11, "T");
-    }
-    let parsed =
-        time::OffsetDateTime::parse(&normalized, &time::format_description::well_known::Rfc3339)
-            .with_context(|| {
-                format!("`{text}` is not an RFC 3339 date-time such as 2024-05-01T12:00:00Z")
-            })?;
-    Ok((parsed.unix_timestamp_nanos().div_euclid(1_000_000)) as i64)
-}
-
 /// What librdkafka's group listing leaves out, asked of the group coordinator directly: the
 /// `group.instance.id` of static members (DescribeGroups v4+).
 mod wire {
@@ -635,46 +624,6 @@ mod wire {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_parses_utc_offsets_and_fractions() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z").unwrap(), 0);
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01T12:00:00Z").unwrap(),
-            1_714_564_800_000
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01T14:00:00.250+02:00").unwrap(),
-            1_714_564_800_250
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01 11:30:00.1234567-00:30").unwrap(),
-            1_714_564_800_123
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2000-02-29t00:00:00z").unwrap(),
-            951_782_400_000
-        );
-        assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59.5Z").unwrap(), -500);
-    }
-
-    #[test]
-    fn rfc3339_rejects_malformed_input() {
-        for bad in [
-            "",
-            "2024-05-01",
-            "2024-05-01T12:00:00",
-            "2024-13-01T00:00:00Z",
-            "2023-02-29T00:00:00Z",
-            "2024-05-01T24:00:00Z",
-            "2024-05-01T12:00:00.Z",
-            "2024-05-01T12:00:00+0200",
-            "2024-05-01T12:00:00Zjunk",
-            "1714564800000",
-        ] {
-            assert!(parse_rfc3339_ms(bad).is_err(), "accepted {bad:?}");
-        }
-    }
 
     #[test]
     fn assignments_decode_at_every_version() {

@@ -2,14 +2,16 @@
 //! worker (the steadfast library in-process, dedup by id in Redis under a fresh key prefix)
 //! and the real `steadfast` binary. A handler with a bug dead-letters 100 of 1,000
 //! messages; `steadfast dlq replay` puts them back once the bug is fixed and each is applied
-//! exactly once; a fresh replay is dropped as duplicates; a rerun replays nothing; a replay
-//! killed with SIGKILL half-way and started again replays each record once in total. A
+//! exactly once; a fresh replay is dropped as duplicates; a rerun replays nothing; a fresh
+//! replay killed with SIGKILL half-way and resumed under the id it printed replays each
+//! record once in total, by its committed position and by the scan for copies past it. A
 //! second test checks `dlq list` filters, `show`, `--dry-run` and bad input.
 //!
 //! Needs Redis on 127.0.0.1:6379.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
+use std::io::{BufRead as _, BufReader};
 use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -150,7 +152,7 @@ impl Env {
                                 .map(|h| {
                                     let v =
                                         h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                                    (h.key.to_owned(), v.unwrap_or_default())
+                                    (h.key.to_owned(), v)
                                 })
                                 .collect()
                         })
@@ -203,22 +205,28 @@ impl Drop for Env {
     }
 }
 
-/// A record read back: its partition, payload and headers (values as text).
+/// A record read back: its partition, payload and headers (values as text, `None` when
+/// null).
 #[derive(Debug, Clone)]
 struct Copy {
     partition: i32,
     offset: i64,
     payload: Vec<u8>,
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, Option<String>)>,
 }
 
 impl Copy {
+    /// The last value of `name` (`None` when missing or null).
     fn header(&self, name: &str) -> Option<&str> {
+        self.raw_header(name).flatten()
+    }
+    /// The last header `name`: `Some(None)` when it is there with a null value.
+    fn raw_header(&self, name: &str) -> Option<Option<&str>> {
         self.headers
             .iter()
             .rev()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_deref())
     }
 }
 
@@ -368,6 +376,17 @@ fn drain_and_stop(env: &Env, running: Running, topic: &str, group: &str) -> Work
         },
     );
     running.stop(env)
+}
+
+/// `F` from a replay's summary line `replayed … (…; A already replayed before, F of them
+/// found past the last commit)`.
+fn found_past_commit(stdout: &str) -> u64 {
+    stdout
+        .split("already replayed before, ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no found-past-commit count in {stdout:?}"))
 }
 
 /// `(replayed, already)` from a replay's summary line.
@@ -544,11 +563,33 @@ fn dead_lettered_messages_are_replayed_once_after_the_fix() {
     assert_eq!(replay_counts(&out), (0, 100), "{out}");
     assert_eq!(env.end(&topic, PARTITIONS), 1_200, "nothing produced");
 
-    // 4. A slow replay killed half-way and started again replays each record once in total.
+    // 4. A slow fresh replay, frozen and killed half-way with copies both below its committed
+    //    position and past it, is resumed under the id it printed before producing; the
+    //    rerun replays each record once in total, skipping the committed ones by the
+    //    position and the others by the scan of the target partitions.
     let starts: Vec<i64> = (0..PARTITIONS)
         .map(|p| steadfast_testkit::watermarks(&env.bootstrap, &topic, p).1)
         .collect();
-    let id = format!("resume-{}", uuid::Uuid::new_v4().simple());
+    let mut child = Command::new(STEADFAST)
+        .args(["dlq", "replay", "-t", &dlq, "--error-class", "permanent"])
+        .args(["--fresh", "--rate", "10", "-b", &env.bootstrap])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("steadfast runs");
+    let mut first_line = String::new();
+    BufReader::new(child.stderr.take().expect("piped stderr"))
+        .read_line(&mut first_line)
+        .expect("the replay says its id");
+    let id = first_line
+        .strip_prefix("replay id ")
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or_else(|| panic!("no replay id in {first_line:?}"))
+        .to_owned();
+    let group = format!("steadfast-replay-{id}");
+    assert!(first_line.contains(&group), "{first_line}");
     let copies_of = |env: &Env| -> Vec<String> {
         env.read_from(&topic, &starts)
             .iter()
@@ -556,22 +597,43 @@ fn dead_lettered_messages_are_replayed_once_after_the_fix() {
             .filter_map(|c| c.header("steadfast-replay-of").map(str::to_owned))
             .collect()
     };
-    let mut child = Command::new(STEADFAST)
-        .args(["dlq", "replay", "-t", &dlq, "--error-class", "permanent"])
-        .args(["--replay-id", &id, "--rate", "10", "-b", &env.bootstrap])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("steadfast runs");
-    let mut at_kill = 0;
-    eventually(Duration::from_secs(60), "some replayed copies", || {
-        at_kill = copies_of(&env).len();
-        at_kill >= 20
-    });
+    // Every DLQ record is selected, so the committed offsets count the committed copies.
+    let committed_of = |env: &Env| -> usize {
+        let offsets = env.committed(&group, &dlq, PARTITIONS);
+        usize::try_from(offsets.iter().flatten().sum::<i64>()).expect("offsets are positive")
+    };
+    let pid = child.id().to_string();
+    let signal = |sig: &str| {
+        let sent = Command::new("kill").args([sig, &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    };
+    // Freeze the replay (SIGSTOP) and let its requests in flight land, so that what is
+    // counted is what the kill leaves; go on until some copies are committed and some are
+    // not yet (the replay commits about once a second at 10 records a second).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (at_kill, committed_at_kill) = loop {
+        std::thread::sleep(Duration::from_millis(150));
+        signal("-STOP");
+        std::thread::sleep(Duration::from_millis(300));
+        let copies = copies_of(&env).len();
+        let committed = committed_of(&env);
+        if copies >= 20 && committed > 0 && copies > committed {
+            break (copies, committed);
+        }
+        assert!(
+            copies < 100 && Instant::now() < deadline,
+            "no moment with copies past the commit: {copies} copies, {committed} committed"
+        );
+        signal("-CONT");
+    };
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
     let after_kill = copies_of(&env).len();
+    assert_eq!(
+        (after_kill, committed_of(&env)),
+        (at_kill, committed_at_kill),
+        "nothing moved between the freeze and the kill"
+    );
     assert!(
         (20..100).contains(&after_kill),
         "killed half-way: {after_kill} of 100 copies"
@@ -586,13 +648,21 @@ fn dead_lettered_messages_are_replayed_once_after_the_fix() {
         "--replay-id",
         &id,
     ]);
-    let (replayed, already) = replay_counts(&out);
-    assert_eq!(
-        (replayed + already, already),
-        (100, after_kill as u64),
-        "the rerun skips what the killed run produced: {out}"
-    );
     println!("rerun after the kill: {out}");
+    let (replayed, already) = replay_counts(&out);
+    let found = found_past_commit(&out);
+    assert_eq!(
+        (replayed, already, already - found, found),
+        (
+            (100 - after_kill) as u64,
+            after_kill as u64,
+            committed_at_kill as u64,
+            (after_kill - committed_at_kill) as u64
+        ),
+        "the rerun skips the {committed_at_kill} committed copies by the position and the \
+         {} past it by the scan: {out}",
+        after_kill - committed_at_kill
+    );
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for of in copies_of(&env) {
         *counts.entry(of).or_default() += 1;
@@ -630,8 +700,16 @@ fn dead_lettered_messages_are_replayed_once_after_the_fix() {
 // list, show, dry run, bad input
 // ---------------------------------------------------------------------------------------
 
-/// Produces one dead-letter record with `headers` to partition 0 of `topic`.
-fn produce_dead_letter(env: &Env, topic: &str, key: &str, value: &[u8], headers: &[(&str, &str)]) {
+/// Produces one dead-letter record with `headers` (and the headers `nulls` without a value)
+/// to partition 0 of `topic`.
+fn produce_dead_letter(
+    env: &Env,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+    headers: &[(&str, &str)],
+    nulls: &[&str],
+) {
     let producer: FutureProducer = steadfast_testkit::client_config(&env.bootstrap)
         .create()
         .expect("producer");
@@ -640,6 +718,12 @@ fn produce_dead_letter(env: &Env, topic: &str, key: &str, value: &[u8], headers:
         h = h.insert(Header {
             key: k,
             value: Some(*v),
+        });
+    }
+    for k in nulls {
+        h = h.insert::<str>(Header {
+            key: k,
+            value: None,
         });
     }
     env.rt
@@ -693,13 +777,14 @@ fn list_filters_show_and_dry_run() {
     };
     let mut first = provenance("permanent", "0", "10", june);
     first.insert(0, ("trace-id", "t-0"));
-    produce_dead_letter(&env, &dlq, "k1", b"{\"amount\":1}", &first);
+    produce_dead_letter(&env, &dlq, "k1", b"{\"amount\":1}", &first, &["no-value"]);
     produce_dead_letter(
         &env,
         &dlq,
         "k2",
         b"two",
         &provenance("transient", "1", "11", june),
+        &[],
     );
     produce_dead_letter(
         &env,
@@ -707,6 +792,7 @@ fn list_filters_show_and_dry_run() {
         "k1",
         &[0xff, 0xfe],
         &provenance("decode", "1", "12", june),
+        &[],
     );
     produce_dead_letter(
         &env,
@@ -714,6 +800,7 @@ fn list_filters_show_and_dry_run() {
         "k3",
         b"three",
         &provenance("permanent", "0", "13", "2025-01-01T00:00:00Z"),
+        &[],
     );
     produce_dead_letter(
         &env,
@@ -721,6 +808,7 @@ fn list_filters_show_and_dry_run() {
         "k4",
         b"homeless",
         &[("steadfast-error-class", "permanent")],
+        &[],
     );
 
     let list = |extra: &[&str]| {
@@ -804,6 +892,10 @@ fn list_filters_show_and_dry_run() {
     ]);
     assert!(
         show.lines().any(|l| l == "header trace-id     t-0"),
+        "{show}"
+    );
+    assert!(
+        show.lines().any(|l| l == "header no-value     (null)"),
         "{show}"
     );
     assert!(
@@ -909,5 +1001,14 @@ fn list_filters_show_and_dry_run() {
             .count(),
         1,
         "user headers kept"
+    );
+    let traced = copies
+        .iter()
+        .find(|c| c.header("trace-id") == Some("t-0"))
+        .expect("the copy of 0/0");
+    assert_eq!(
+        traced.raw_header("no-value"),
+        Some(None),
+        "a null header stays null"
     );
 }

@@ -61,6 +61,17 @@ pub enum DlqError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The replay's progress note names more target partitions than the commit entries of
+    /// the dead-letter partitions can carry; refused before anything is produced.
+    #[error("the replay would have to note {targets} target partitions in its progress, more than the commit metadata of the {dlq_partitions} dead-letter partition(s) holds ({limit} bytes each, under Kafka's default `offset.metadata.max.bytes` of 4096); narrow the selection, for instance with an original-topic or original-partition filter")]
+    ProgressTooLarge {
+        /// Target partitions the note would name.
+        targets: usize,
+        /// Partitions of the dead-letter topic (one commit entry each).
+        dlq_partitions: usize,
+        /// The bytes of metadata one commit entry may carry.
+        limit: usize,
+    },
     /// A broker request failed.
     #[error("{context}: {source}")]
     Broker {
@@ -71,7 +82,7 @@ pub enum DlqError {
         source: rdkafka::error::KafkaError,
     },
     /// A replayed record was not acknowledged; a rerun with the same replay id resumes.
-    #[error("producing the copy of {of} to {topic} failed: {reason}; run the replay again with the same replay id to resume")]
+    #[error("producing the copy of {of} to {topic} failed: {reason}; run the replay again with `--replay-id {replay_id}` to resume")]
     Produce {
         /// The dead-letter record (`<topic>/<partition>/<offset>`).
         of: String,
@@ -79,6 +90,8 @@ pub enum DlqError {
         topic: String,
         /// What the client said.
         reason: String,
+        /// The replay id to resume under.
+        replay_id: String,
     },
     /// Reading stopped making progress.
     #[error("timed out {0}")]
@@ -95,5 +108,26 @@ impl DlqError {
             context: context.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_produce_names_the_replay_id_to_resume_with() {
+        let e = DlqError::Produce {
+            of: "orders.dlq/0/7".into(),
+            topic: "orders".into(),
+            reason: "Message timed out".into(),
+            replay_id: "4df71be70eee58e3-0a1b2c3d4e5f".into(),
+        };
+        assert!(
+            e.to_string().ends_with(
+                "run the replay again with `--replay-id 4df71be70eee58e3-0a1b2c3d4e5f` to resume"
+            ),
+            "{e}"
+        );
     }
 }

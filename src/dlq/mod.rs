@@ -24,9 +24,9 @@
 //!
 //! **Replaying.** Each selected record is produced to its original topic (to its original
 //! partition when the topic still has it, else where its key hashes), key and value
-//! unchanged, headers kept except the per-delivery state (`steadfast-attempts`,
-//! `steadfast-retry-tier`, `steadfast-due-at`), so it starts fresh through the normal stack,
-//! dedup and stale checks included. The copy gains `steadfast-replayed-by`,
+//! unchanged, headers kept (a null value stays null) except the per-delivery state
+//! (`steadfast-attempts`, `steadfast-retry-tier`, `steadfast-due-at`), so it starts fresh
+//! through the normal stack, dedup and stale checks included. The copy gains `steadfast-replayed-by`,
 //! `steadfast-replayed-at`, `steadfast-replay-of` (`<dlq topic>/<partition>/<offset>`) and
 //! `steadfast-replay-id`. A selected record without `steadfast-original-topic` refuses the
 //! whole replay before anything is produced.
@@ -36,14 +36,25 @@
 //! nothing); a fresh id replays the selection again. The position is committed as offsets
 //! of the dead-letter partitions under the group `steadfast-replay-<id>`, only after every
 //! copy below it was acknowledged by the broker (the producer is idempotent, so its own
-//! retries add no copies). The commit's metadata notes, for each target partition, an offset
-//! below which no copy made after the commit can sit. A run killed between two commits has
-//! produced copies the position does not cover; the next run reads the target partitions
-//! from the noted offsets to their end and skips every record whose copy it finds there
-//! (same `steadfast-replay-id`, `steadfast-replay-of` at or above the position). So a record
-//! is either below the position (acknowledged), or found, or replayed: once in total. The
-//! one window left is a produce request still in flight at the broker when the process died
-//! and appended only after the next run has read the target partitions.
+//! retries add no copies). The commit's metadata notes, for each target partition that a
+//! record not yet covered can still go to, an offset below which no copy made after the
+//! commit can sit; the note is spread over the commit entries of the dead-letter partitions
+//! at most 4000 bytes each (brokers refuse more than `offset.metadata.max.bytes`, 4096 by
+//! default), and a selection whose note would not fit even so (hundreds of target partitions
+//! per dead-letter partition) is refused before anything is produced. A run killed between
+//! two commits has produced copies the position does not cover; the next run reads the
+//! target partitions from the noted offsets to their end and skips every record whose copy
+//! it finds there (same `steadfast-replay-id`, `steadfast-replay-of` at or above the
+//! position). So a record is either below the position (acknowledged), or found, or
+//! replayed: once in total. The one window left is a produce request still in flight at the
+//! broker when the process died and appended only after the next run has read the target
+//! partitions.
+//!
+//! **One run per replay id at a time.** Nothing makes a replay exclusive: its consumer is
+//! assigned, not a group member, so two runs with the same id at once (the same command
+//! started twice) both read the same position and both produce: every record they both reach
+//! is replayed twice, and their commits overwrite each other. Run one at a time (a worker
+//! with dedup drops a copy made twice, one without applies it twice).
 
 mod error;
 mod record;
@@ -55,7 +66,10 @@ use rdkafka::config::ClientConfig;
 
 pub use self::error::DlqError;
 pub use self::record::{DlqRecord, ErrorClass, Original, RecordRef, Shown};
-pub use self::replay::{ProgressFn, ReplayOptions, ReplayProgress, ReplayReport, ReplayedRecord};
+pub use self::replay::{
+    ProgressFn, ReplayOptions, ReplayProgress, ReplayReport, ReplayStarted, ReplayedRecord,
+    StartedFn,
+};
 pub use self::selection::Selection;
 
 /// A connection to the brokers for the dead-letter tooling. Every call runs its blocking

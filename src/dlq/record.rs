@@ -89,6 +89,9 @@ pub struct DlqRecord {
     pub value: Option<Bytes>,
     /// Every header, in order, as stored.
     pub headers: Headers,
+    /// Positions in `headers` (in [`Headers::iter`] order) of the headers that have no value
+    /// at all (null), which `headers` holds as empty values: a replayed copy keeps them null.
+    pub null_headers: Vec<usize>,
     /// The first delivery; `None` when the original-topic header is missing.
     pub original: Option<Original>,
     /// `steadfast-group`: the consumer group that gave up.
@@ -219,7 +222,22 @@ impl DlqRecord {
             first_failure_at_ms: time(headers::FIRST_FAILURE),
             last_failure_at_ms: time(headers::LAST_FAILURE),
             headers,
+            null_headers: Vec::new(),
         }
+    }
+
+    /// The record with the headers at `positions` (in [`Headers::iter`] order) marked null.
+    pub fn with_null_headers(mut self, positions: Vec<usize>) -> Self {
+        self.null_headers = positions;
+        self
+    }
+
+    /// Every header in order, `None` for a null one.
+    pub fn header_values(&self) -> impl Iterator<Item = (&str, Option<&Bytes>)> {
+        self.headers
+            .iter()
+            .enumerate()
+            .map(|(i, (n, v))| (n, (!self.null_headers.contains(&i)).then_some(v)))
     }
 
     /// Where this record is in the dead-letter topic.
@@ -238,10 +256,9 @@ impl DlqRecord {
     }
 
     /// Headers other than steadfast's provenance, delivery-state and replay headers: the
-    /// user's own.
-    pub fn other_headers(&self) -> impl Iterator<Item = (&str, &Bytes)> {
-        self.headers
-            .iter()
+    /// user's own, `None` for a null one.
+    pub fn other_headers(&self) -> impl Iterator<Item = (&str, Option<&Bytes>)> {
+        self.header_values()
             .filter(|(n, _)| !headers::ALL.contains(n) && !headers::REPLAY.contains(n))
     }
 
@@ -276,7 +293,8 @@ impl DlqRecord {
         });
         let mut other = Map::new();
         for (name, v) in self.other_headers() {
-            other.insert(name.to_owned(), Value::from(Shown::of(v).display()));
+            let v = v.map_or(Value::Null, |v| Value::from(Shown::of(v).display()));
+            other.insert(name.to_owned(), v);
         }
         json!({
             "topic": self.topic,
@@ -351,6 +369,15 @@ mod tests {
         assert_eq!(r.failed_at_ms(), Some(1_764_633_605_000));
         let other: Vec<&str> = r.other_headers().map(|(n, _)| n).collect();
         assert_eq!(other, ["trace"]);
+        let nulled = r.clone().with_null_headers(vec![0]);
+        assert_eq!(
+            nulled.other_headers().collect::<Vec<_>>(),
+            [("trace", None)]
+        );
+        assert_eq!(
+            nulled.to_json()["headers"]["trace"],
+            serde_json::Value::Null
+        );
         assert_eq!(r.key_shown(), Some(Shown::Text("k1".into())));
         assert_eq!(r.value_shown(), Some(Shown::Hex("ff00".into())));
         let json = r.to_json();

@@ -10,6 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::error::DlqError;
@@ -57,18 +58,33 @@ pub(crate) fn reader(config: &ClientConfig, group: &str) -> Result<Reader, DlqEr
         .map_err(|e| DlqError::broker("creating a consumer", e))
 }
 
-/// The partitions of `topic`, or [`DlqError::UnknownTopic`].
+/// The partitions of `topic`, or [`DlqError::UnknownTopic`]; another error of the topic
+/// (not authorized, leader not available) is named as it is (like the CLI's
+/// `partitions_of`, which the group tools use).
 pub(crate) fn partitions(consumer: &Reader, topic: &str) -> Result<Vec<i32>, DlqError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
         .map_err(|e| DlqError::broker(format!("fetching the metadata of {topic}"), e))?;
-    let found = metadata
+    let unknown = || DlqError::UnknownTopic(topic.to_owned());
+    let t = metadata
         .topics()
         .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-        .filter(|ps| !ps.is_empty());
-    let mut ps = found.ok_or_else(|| DlqError::UnknownTopic(topic.to_owned()))?;
+        .find(|t| t.name() == topic)
+        .ok_or_else(unknown)?;
+    match t.error().map(RDKafkaErrorCode::from) {
+        None => {}
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Err(unknown()),
+        Some(code) => {
+            return Err(DlqError::broker(
+                format!("fetching the metadata of {topic}"),
+                KafkaError::MetadataFetch(code),
+            ))
+        }
+    }
+    let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    if ps.is_empty() {
+        return Err(unknown());
+    }
     ps.sort_unstable();
     Ok(ps)
 }
@@ -84,7 +100,7 @@ pub(crate) fn watermarks(
         .map_err(|e| DlqError::broker(format!("reading the watermarks of {topic}/{partition}"), e))
 }
 
-/// The headers of a delivered record, owned.
+/// The headers of a delivered record, owned (a null value as an empty one).
 pub(crate) fn headers_of(message: &BorrowedMessage<'_>) -> Headers {
     let mut h = Headers::new();
     if let Some(borrowed) = message.headers() {
@@ -98,7 +114,19 @@ pub(crate) fn headers_of(message: &BorrowedMessage<'_>) -> Headers {
     h
 }
 
-/// A delivered dead-letter record, decoded.
+/// The positions (in order) of a delivered record's headers that have no value (null).
+fn null_headers_of(message: &BorrowedMessage<'_>) -> Vec<usize> {
+    message.headers().map_or_else(Vec::new, |borrowed| {
+        borrowed
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.value.is_none())
+            .map(|(i, _)| i)
+            .collect()
+    })
+}
+
+/// A delivered dead-letter record, decoded; null headers stay marked null.
 pub(crate) fn record_of(message: &BorrowedMessage<'_>) -> DlqRecord {
     DlqRecord::decode(
         message.topic(),
@@ -109,6 +137,7 @@ pub(crate) fn record_of(message: &BorrowedMessage<'_>) -> DlqRecord {
         message.payload().map(Bytes::copy_from_slice),
         headers_of(message),
     )
+    .with_null_headers(null_headers_of(message))
 }
 
 /// Reads every partition in `starts` from its start offset (`None`: the beginning) up to the

@@ -1,9 +1,14 @@
 //! The copy a replay produces of a dead-letter record: key and value unchanged, headers kept
 //! except the per-delivery state, plus the replay provenance.
 
+use bytes::Bytes;
+
 use super::super::record::DlqRecord;
-use crate::message::Headers;
 use crate::policy::headers;
+
+/// The headers of a replayed copy, in order; `None` is a null value, kept from the
+/// dead-letter record.
+pub(crate) type CopyHeaders = Vec<(String, Option<Bytes>)>;
 
 /// Who replays, when, and under which id.
 #[derive(Debug, Clone)]
@@ -16,18 +21,26 @@ pub(crate) struct Stamp<'a> {
     pub(crate) replay_id: &'a str,
 }
 
-/// The headers of the replayed copy of `record`: its own headers without
+/// The headers of the replayed copy of `record`: its own headers (null ones null) without
 /// [`headers::DELIVERY_STATE`] (so the record starts fresh: attempt 1, not a tier record)
 /// and without an earlier replay's stamp, then the replay headers.
-pub(crate) fn replay_headers(record: &DlqRecord, stamp: &Stamp<'_>) -> Headers {
-    let mut h = record.headers.clone();
-    for name in headers::DELIVERY_STATE.iter().chain(&headers::REPLAY) {
-        h.remove(name);
+pub(crate) fn replay_headers(record: &DlqRecord, stamp: &Stamp<'_>) -> CopyHeaders {
+    let dropped =
+        |name: &str| headers::DELIVERY_STATE.contains(&name) || headers::REPLAY.contains(&name);
+    let mut h: CopyHeaders = record
+        .header_values()
+        .filter(|(n, _)| !dropped(n))
+        .map(|(n, v)| (n.to_owned(), v.cloned()))
+        .collect();
+    let stamp_headers = [
+        (headers::REPLAYED_BY, stamp.by.to_owned()),
+        (headers::REPLAYED_AT, headers::format_time_ms(stamp.at_ms)),
+        (headers::REPLAY_OF, record.position().to_string()),
+        (headers::REPLAY_ID, stamp.replay_id.to_owned()),
+    ];
+    for (name, value) in stamp_headers {
+        h.push((name.to_owned(), Some(Bytes::from(value))));
     }
-    h.push(headers::REPLAYED_BY, stamp.by.to_owned());
-    h.push(headers::REPLAYED_AT, headers::format_time_ms(stamp.at_ms));
-    h.push(headers::REPLAY_OF, record.position().to_string());
-    h.push(headers::REPLAY_ID, stamp.replay_id.to_owned());
     h
 }
 
@@ -48,7 +61,7 @@ pub(crate) fn default_replayed_by() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use crate::message::Headers;
 
     #[test]
     fn a_replayed_copy_starts_fresh_and_says_where_it_came_from() {
@@ -70,7 +83,11 @@ mod tests {
             at_ms: 1_764_633_600_123,
             replay_id: "r1",
         };
-        let out = replay_headers(&record, &stamp);
+        let copy = replay_headers(&record, &stamp);
+        let out: Headers = copy
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone().unwrap_or_default()))
+            .collect();
         for gone in headers::DELIVERY_STATE {
             assert_eq!(out.get(gone), None, "{gone} is removed");
         }
@@ -91,5 +108,39 @@ mod tests {
         );
         assert_eq!(crate::policy::headers::attempts_before(&out), 0);
         assert_eq!(crate::policy::headers::retry_tier(&out), 0);
+    }
+
+    #[test]
+    fn a_null_header_stays_null_on_the_copy() {
+        let h: Headers = [
+            ("empty", ""),
+            ("null", ""),
+            (headers::ATTEMPTS, "4"),
+            ("after", "a"),
+        ]
+        .into_iter()
+        .collect();
+        let record =
+            DlqRecord::decode("orders.dlq", 0, 1, None, None, None, h).with_null_headers(vec![1]);
+        let stamp = Stamp {
+            by: "ana@box",
+            at_ms: 0,
+            replay_id: "r1",
+        };
+        let copy = replay_headers(&record, &stamp);
+        let user: Vec<(&str, Option<&[u8]>)> = copy
+            .iter()
+            .take(3)
+            .map(|(n, v)| (n.as_str(), v.as_deref()))
+            .collect();
+        assert_eq!(
+            user,
+            [
+                ("empty", Some(&b""[..])),
+                ("null", None),
+                ("after", Some(&b"a"[..]))
+            ],
+            "null kept null, empty kept empty, in order"
+        );
     }
 }

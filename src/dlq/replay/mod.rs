@@ -27,6 +27,21 @@ pub struct ReplayProgress {
 /// A progress callback.
 pub type ProgressFn = Arc<dyn Fn(ReplayProgress) + Send + Sync>;
 
+/// Which replay is running, handed to [`ReplayOptions::with_started`]'s callback once the
+/// id is known and before anything is read, committed or produced: an interrupted run is
+/// resumed with this id, which a `fresh` replay makes up at random.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayStarted {
+    /// The replay id (stamped on every copy as `steadfast-replay-id`).
+    pub replay_id: String,
+    /// The consumer group holding the replay's position.
+    pub group: String,
+}
+
+/// A start callback.
+pub type StartedFn = Arc<dyn Fn(&ReplayStarted) + Send + Sync>;
+
 /// How a replay runs. `Default`: no rate limit, produces, the replay id derived from the
 /// selection, `steadfast-replayed-by` = `user@host`.
 #[derive(Clone)]
@@ -44,6 +59,8 @@ pub struct ReplayOptions {
     pub by: Option<String>,
     /// Called after every record.
     pub progress: Option<ProgressFn>,
+    /// Called once before anything is produced (not in a dry run), with the replay id.
+    pub started: Option<StartedFn>,
     /// Commit the position at least this often while producing.
     pub commit_interval: Duration,
     /// Commit the position at least every this many records.
@@ -59,6 +76,7 @@ impl Default for ReplayOptions {
             fresh: false,
             by: None,
             progress: None,
+            started: None,
             commit_interval: Duration::from_secs(1),
             commit_every: 500,
         }
@@ -74,6 +92,7 @@ impl fmt::Debug for ReplayOptions {
             .field("fresh", &self.fresh)
             .field("by", &self.by)
             .field("progress", &self.progress.as_ref().map(|_| "callback"))
+            .field("started", &self.started.as_ref().map(|_| "callback"))
             .field("commit_interval", &self.commit_interval)
             .field("commit_every", &self.commit_every)
             .finish()
@@ -109,6 +128,12 @@ impl ReplayOptions {
     /// Calls `f` after every record.
     pub fn with_progress(mut self, f: impl Fn(ReplayProgress) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(f));
+        self
+    }
+    /// Calls `f` once the replay id is known, before anything is produced (not in a dry
+    /// run): the place to tell the user the id a `fresh` replay resumes under.
+    pub fn with_started(mut self, f: impl Fn(&ReplayStarted) + Send + Sync + 'static) -> Self {
+        self.started = Some(Arc::new(f));
         self
     }
 }

@@ -4,16 +4,22 @@
 //! `steadfast-replay-<id>`: every dead-letter record below a committed offset has been dealt
 //! with (replayed and acknowledged, or not selected). The commit's metadata is a
 //! [`ProgressNote`]: the selection's fingerprint, how many records were replayed so far, and
-//! for each target partition an offset at or below which no copy of an uncommitted record can
-//! sit (`ends`). A rerun reads the target partitions from those offsets to their end and
-//! takes every record whose `steadfast-replay-id` is the replay's and whose
-//! `steadfast-replay-of` names a dead-letter offset at or above the committed one as
-//! already replayed ([`AlreadyReplayed`]).
+//! for each target partition that can still receive copies an offset at or below which no
+//! copy of an uncommitted record can sit (`ends`). A rerun reads the target partitions from
+//! those offsets to their end and takes every record whose `steadfast-replay-id` is the
+//! replay's and whose `steadfast-replay-of` names a dead-letter offset at or above the
+//! committed one as already replayed ([`AlreadyReplayed`]).
+//!
+//! Brokers bound commit metadata (`offset.metadata.max.bytes`, 4096 bytes by default, and
+//! the embedded server enforces it), so the `ends` are spread over the commit entries of the
+//! dead-letter partitions, at most [`METADATA_LIMIT`] bytes each, and merged when read back.
+//! A replay whose `ends` do not fit even so is refused before anything is produced.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -26,21 +32,48 @@ use crate::policy::headers;
 /// Timeout of the commit and committed-offset requests.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most bytes of metadata one commit entry carries: below Kafka's default
+/// `offset.metadata.max.bytes` (4096), with room for offsets that grow a digit.
+pub(crate) const METADATA_LIMIT: usize = 4000;
+
+/// The format [`ProgressNote::encode`] writes: 2 spreads `ends` over the commit entries
+/// (1 repeated every end on every entry; still read).
+const FORMAT: u32 = 2;
+
 /// The metadata of a replay's commit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ProgressNote {
-    /// The format version (1).
+    /// The format version ([`FORMAT`]).
     pub(crate) v: u32,
     /// The fingerprint of the selection the replay id belongs to.
     pub(crate) selection: String,
     /// Records replayed (acknowledged) under this id up to the commit.
     pub(crate) done: u64,
     /// Per target topic and partition: copies of records at or above the committed
-    /// dead-letter offsets sit at or above this offset.
+    /// dead-letter offsets sit at or above this offset. In a commit, each entry carries a
+    /// share of them.
     pub(crate) ends: BTreeMap<String, BTreeMap<i32, i64>>,
 }
 
+/// The `ends` did not fit in the commit entries (see [`ProgressNote::spread`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TooLarge {
+    /// Target partitions the note names.
+    pub(crate) targets: usize,
+    /// Commit entries there were to spread them over.
+    pub(crate) entries: usize,
+}
+
 impl ProgressNote {
+    /// A note of the current format, without `ends`.
+    pub(crate) fn new(selection: String, done: u64) -> Self {
+        ProgressNote {
+            v: FORMAT,
+            selection,
+            done,
+            ends: BTreeMap::new(),
+        }
+    }
     /// The note as commit metadata (compact JSON).
     pub(crate) fn encode(&self) -> String {
         serde_json::to_string(self).expect("a note of strings and integer maps always serializes")
@@ -48,7 +81,7 @@ impl ProgressNote {
     /// A note read back from commit metadata.
     pub(crate) fn decode(text: &str) -> Result<Self, String> {
         let note: ProgressNote = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        if note.v != 1 {
+        if note.v != 1 && note.v != FORMAT {
             return Err(format!("unknown progress format {}", note.v));
         }
         Ok(note)
@@ -66,6 +99,55 @@ impl ProgressNote {
         for ((t, p), o) in ends {
             self.ends.entry(t.clone()).or_default().insert(*p, *o);
         }
+    }
+    /// The note as the metadata of `entries` commit entries, each at most [`METADATA_LIMIT`]
+    /// bytes: every one with the selection and `done`, the `ends` shared out among them in
+    /// order. Entries past those the `ends` need carry none.
+    pub(crate) fn spread(&self, entries: usize) -> Result<Vec<String>, TooLarge> {
+        let targets = self.ends.values().map(BTreeMap::len).sum();
+        let too_large = TooLarge { targets, entries };
+        let empty = ProgressNote {
+            ends: BTreeMap::new(),
+            ..self.clone()
+        };
+        // The size of the encoded note, kept as entries are added: `"topic":{}` for a
+        // topic, `"partition":offset` for an end, a comma before all but the first.
+        let base = empty.encode().len();
+        let mut out = Vec::new();
+        let mut part = empty.clone();
+        let mut size = base;
+        for (topic, ends) in &self.ends {
+            let topic_size = serde_json::to_string(topic)
+                .expect("a string always serializes")
+                .len()
+                + 3;
+            for (p, o) in ends {
+                let end_size = p.to_string().len() + o.to_string().len() + 3;
+                let grow = |part: &ProgressNote| match part.ends.get(topic) {
+                    Some(ps) => end_size + usize::from(!ps.is_empty()),
+                    None => topic_size + usize::from(!part.ends.is_empty()) + end_size,
+                };
+                if size + grow(&part) > METADATA_LIMIT {
+                    if part.ends.is_empty() {
+                        return Err(too_large);
+                    }
+                    debug_assert_eq!(part.encode().len(), size);
+                    out.push(std::mem::replace(&mut part, empty.clone()).encode());
+                    size = base;
+                }
+                size += grow(&part);
+                part.ends.entry(topic.clone()).or_default().insert(*p, *o);
+            }
+        }
+        debug_assert_eq!(part.encode().len(), size);
+        out.push(part.encode());
+        if out.len() > entries.max(1) {
+            return Err(too_large);
+        }
+        while out.len() < entries {
+            out.push(empty.encode());
+        }
+        Ok(out)
     }
 }
 
@@ -92,19 +174,79 @@ pub(crate) fn read_committed(
     let committed = consumer
         .committed_offsets(tpl, TIMEOUT)
         .map_err(|e| DlqError::broker(format!("reading the progress of replay {replay_id}"), e))?;
+    let entries = committed.elements();
+    committed_from(
+        entries.iter().map(|e| CommittedEntry {
+            partition: e.partition(),
+            error: e.error(),
+            offset: e.offset(),
+            metadata: e.metadata(),
+        }),
+        topic,
+        replay_id,
+    )
+}
+
+/// One partition of an OffsetFetch answer.
+#[derive(Debug)]
+pub(crate) struct CommittedEntry<'a> {
+    pub(crate) partition: i32,
+    /// The partition's own error: the request as a whole may succeed while a partition
+    /// fails (a coordinator loading its offsets, for one).
+    pub(crate) error: Result<(), KafkaError>,
+    pub(crate) offset: Offset,
+    pub(crate) metadata: &'a str,
+}
+
+/// The progress in an OffsetFetch answer. A partition that answers with an error fails the
+/// whole read: taken as "nothing committed", it would restart the replay from the beginning
+/// and replay everything again.
+pub(crate) fn committed_from<'a>(
+    entries: impl IntoIterator<Item = CommittedEntry<'a>>,
+    topic: &str,
+    replay_id: &str,
+) -> Result<Committed, DlqError> {
     let mut out = Committed::default();
-    for e in committed.elements() {
-        if let Offset::Offset(o) = e.offset() {
-            out.positions.insert(e.partition(), o);
-            if out.note.is_none() && !e.metadata().is_empty() {
-                let note =
-                    ProgressNote::decode(e.metadata()).map_err(|reason| DlqError::BadProgress {
-                        id: replay_id.to_owned(),
-                        reason,
-                    })?;
-                out.note = Some(note);
+    let mut ends: BTreeMap<Tp, i64> = BTreeMap::new();
+    for e in entries {
+        if let Err(source) = e.error {
+            return Err(DlqError::broker(
+                format!(
+                    "reading the progress of replay {replay_id} on {topic}/{} (nothing was replayed; run again once the broker answers)",
+                    e.partition
+                ),
+                source,
+            ));
+        }
+        if let Offset::Offset(o) = e.offset {
+            out.positions.insert(e.partition, o);
+            if e.metadata.is_empty() {
+                continue;
+            }
+            let bad = |reason: String| DlqError::BadProgress {
+                id: replay_id.to_owned(),
+                reason,
+            };
+            let note = ProgressNote::decode(e.metadata).map_err(bad)?;
+            // Each entry carries a share of the ends; a lower end only means more to read.
+            for (tp, o) in note.flat_ends() {
+                let end = ends.entry(tp).or_insert(o);
+                *end = (*end).min(o);
+            }
+            match &mut out.note {
+                None => out.note = Some(note),
+                Some(first) if first.selection != note.selection => {
+                    return Err(bad(format!(
+                        "its commit entries name two selections, {} and {}",
+                        first.selection, note.selection
+                    )))
+                }
+                Some(first) => first.done = first.done.max(note.done),
             }
         }
+    }
+    if let Some(note) = &mut out.note {
+        note.set_ends(&ends);
     }
     Ok(out)
 }
@@ -116,14 +258,20 @@ pub(crate) fn commit(
     positions: &BTreeMap<i32, i64>,
     note: &ProgressNote,
 ) -> Result<(), DlqError> {
-    let metadata = note.encode();
+    let metadata = note
+        .spread(positions.len())
+        .map_err(|t| DlqError::ProgressTooLarge {
+            targets: t.targets,
+            dlq_partitions: t.entries,
+            limit: METADATA_LIMIT,
+        })?;
     let mut tpl = TopicPartitionList::new();
     for (p, o) in positions {
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
             .map_err(|e| DlqError::broker("building the commit", e))?;
     }
-    for mut e in tpl.elements() {
-        e.set_metadata(&metadata);
+    for (mut e, metadata) in tpl.elements().into_iter().zip(&metadata) {
+        e.set_metadata(metadata);
     }
     consumer
         .commit(&tpl, CommitMode::Sync)
@@ -187,6 +335,43 @@ impl AlreadyReplayed {
     }
 }
 
+/// Which target partitions the records still to be replayed can go to: per target
+/// partition, the last such record of each dead-letter partition.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TargetReach {
+    last: BTreeMap<Tp, BTreeMap<i32, i64>>,
+}
+
+impl TargetReach {
+    /// The copy of the record at `partition`/`offset` may land on `tp`.
+    pub(crate) fn add(&mut self, tp: Tp, partition: i32, offset: i64) {
+        let last = self
+            .last
+            .entry(tp)
+            .or_default()
+            .entry(partition)
+            .or_insert(offset);
+        *last = (*last).max(offset);
+    }
+    /// `ends` without the target partitions that no record at or above `positions` goes
+    /// to: nothing can land there any more, so a rerun need not read them.
+    pub(crate) fn live(
+        &self,
+        ends: &BTreeMap<Tp, i64>,
+        positions: &BTreeMap<i32, i64>,
+    ) -> BTreeMap<Tp, i64> {
+        ends.iter()
+            .filter(|(tp, _)| {
+                self.last.get(*tp).is_some_and(|last| {
+                    last.iter()
+                        .any(|(p, o)| positions.get(p).is_none_or(|at| o >= at))
+                })
+            })
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,12 +383,7 @@ mod tests {
 
     #[test]
     fn the_progress_note_round_trips_through_commit_metadata() {
-        let mut note = ProgressNote {
-            v: 1,
-            selection: "abc".into(),
-            done: 7,
-            ..ProgressNote::default()
-        };
+        let mut note = ProgressNote::new("abc".into(), 7);
         let ends = BTreeMap::from([(tp("orders", 0), 10), (tp("orders", 1), 3)]);
         note.set_ends(&ends);
         let text = note.encode();
@@ -212,7 +392,14 @@ mod tests {
         assert_eq!(back, note);
         assert_eq!(back.flat_ends(), ends);
         assert!(
-            ProgressNote::decode("{\"v\":2,\"selection\":\"\",\"done\":0,\"ends\":{}}").is_err()
+            ProgressNote::decode("{\"v\":3,\"selection\":\"\",\"done\":0,\"ends\":{}}").is_err()
+        );
+        let v1 = "{\"v\":1,\"selection\":\"abc\",\"done\":7,\"ends\":{\"orders\":{\"0\":10}}}";
+        assert_eq!(
+            ProgressNote::decode(v1)
+                .expect("the first format is still read")
+                .done,
+            7
         );
         assert!(ProgressNote::decode("garbage").is_err());
     }
@@ -266,5 +453,130 @@ mod tests {
         // Once both are covered, the candidates stand.
         let positions = BTreeMap::from([(0, 11), (1, 1)]);
         assert_eq!(already.ends_for(&positions, &candidates), candidates);
+    }
+
+    #[test]
+    fn a_partition_that_answers_with_an_error_fails_the_read() {
+        use rdkafka::types::RDKafkaErrorCode;
+        let entry = |partition, error, offset| CommittedEntry {
+            partition,
+            error,
+            offset,
+            metadata: "",
+        };
+        let ok = committed_from(
+            [
+                entry(0, Ok(()), Offset::Offset(4)),
+                entry(1, Ok(()), Offset::Invalid),
+            ],
+            "orders.dlq",
+            "r1",
+        )
+        .expect("no errors");
+        assert_eq!(ok.positions, BTreeMap::from([(0, 4)]));
+
+        let failed = committed_from(
+            [
+                entry(0, Ok(()), Offset::Offset(4)),
+                entry(
+                    1,
+                    Err(KafkaError::OffsetFetch(
+                        RDKafkaErrorCode::CoordinatorLoadInProgress,
+                    )),
+                    Offset::Invalid,
+                ),
+            ],
+            "orders.dlq",
+            "r1",
+        )
+        .expect_err("a failed partition is not \"nothing committed\"");
+        let text = failed.to_string();
+        assert!(matches!(failed, DlqError::Broker { .. }), "{text}");
+        assert!(text.contains("replay r1 on orders.dlq/1"), "{text}");
+    }
+
+    /// A commit of `spread` notes, as OffsetFetch answers it.
+    fn read_back(metadata: &[String]) -> Result<Committed, DlqError> {
+        committed_from(
+            metadata.iter().enumerate().map(|(p, m)| CommittedEntry {
+                partition: i32::try_from(p).expect("few partitions"),
+                error: Ok(()),
+                offset: Offset::Offset(5),
+                metadata: m,
+            }),
+            "orders.dlq",
+            "r1",
+        )
+    }
+
+    #[test]
+    fn the_note_is_spread_over_the_commit_entries_within_the_metadata_limit() {
+        // 600 target partitions at large offsets: over 12 kB.
+        let topic = "orders-".repeat(30);
+        let ends: BTreeMap<Tp, i64> = (0..600)
+            .map(|p| (tp(&topic, p), 1_000_000_000_000 + i64::from(p)))
+            .collect();
+        let mut note = ProgressNote::new("abc".into(), 42);
+        note.set_ends(&ends);
+        assert!(note.encode().len() > 3 * METADATA_LIMIT);
+
+        let metadata = note.spread(8).expect("fits in 8 entries");
+        assert_eq!(metadata.len(), 8, "one for each entry");
+        for m in &metadata {
+            assert!(m.len() <= METADATA_LIMIT, "{} bytes", m.len());
+        }
+        let back = read_back(&metadata).expect("reads back");
+        let back_note = back.note.expect("a note");
+        assert_eq!(back_note.flat_ends(), ends, "every end, once");
+        assert_eq!((back_note.done, back_note.selection.as_str()), (42, "abc"));
+
+        assert_eq!(
+            note.spread(3),
+            Err(TooLarge {
+                targets: 600,
+                entries: 3
+            }),
+            "refused when the entries cannot hold it"
+        );
+        // A small note fits in one entry; the others carry the selection alone.
+        let mut small = ProgressNote::new("abc".into(), 1);
+        small.set_ends(&BTreeMap::from([(tp("orders", 0), 10)]));
+        let metadata = small.spread(3).expect("fits");
+        assert_eq!(metadata[0], small.encode());
+        assert_eq!(
+            read_back(&metadata).expect("reads").note.expect("a note"),
+            small
+        );
+    }
+
+    #[test]
+    fn only_target_partitions_that_can_still_receive_copies_are_noted() {
+        let mut reach = TargetReach::default();
+        // dead-letter 0/5 goes to orders/1; 0/9 and 1/3 to orders/2 (or anywhere of them).
+        reach.add(tp("orders", 1), 0, 5);
+        reach.add(tp("orders", 2), 0, 9);
+        reach.add(tp("orders", 2), 1, 3);
+        let ends = BTreeMap::from([
+            (tp("orders", 0), 7),
+            (tp("orders", 1), 8),
+            (tp("orders", 2), 9),
+        ]);
+        let at = |p0, p1| BTreeMap::from([(0, p0), (1, p1)]);
+        assert_eq!(
+            reach.live(&ends, &at(0, 0)).keys().collect::<Vec<_>>(),
+            [&tp("orders", 1), &tp("orders", 2)],
+            "nothing goes to orders/0"
+        );
+        assert_eq!(
+            reach.live(&ends, &at(6, 0)).keys().collect::<Vec<_>>(),
+            [&tp("orders", 2)],
+            "0/5 is covered"
+        );
+        assert_eq!(
+            reach.live(&ends, &at(10, 3)).keys().collect::<Vec<_>>(),
+            [&tp("orders", 2)],
+            "1/3 is not"
+        );
+        assert!(reach.live(&ends, &at(10, 4)).is_empty());
     }
 }

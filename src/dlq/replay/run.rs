@@ -14,9 +14,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
-use super::copy::{default_replayed_by, replay_headers, Stamp};
-use super::resume::{self, AlreadyReplayed, Committed, ProgressNote};
-use super::{ReplayOptions, ReplayProgress, ReplayReport, ReplayedRecord};
+use super::copy::{default_replayed_by, replay_headers, CopyHeaders, Stamp};
+use super::resume::{self, AlreadyReplayed, Committed, ProgressNote, TargetReach};
+use super::{ReplayOptions, ReplayProgress, ReplayReport, ReplayStarted, ReplayedRecord};
 use crate::dlq::error::DlqError;
 use crate::dlq::record::DlqRecord;
 use crate::dlq::scan::{self, Reader, Tp};
@@ -43,6 +43,12 @@ pub(crate) fn replay_blocking(
         _ => fingerprint.clone(),
     };
     let group = format!("steadfast-replay-{replay_id}");
+    if let (false, Some(started)) = (options.dry_run, &options.started) {
+        started(&ReplayStarted {
+            replay_id: replay_id.clone(),
+            group: group.clone(),
+        });
+    }
     let consumer = scan::reader(config, &group)?;
     let dlq = selection.topic.as_str();
     let dlq_partitions = scan::partitions(&consumer, dlq)?;
@@ -102,16 +108,26 @@ pub(crate) fn replay_blocking(
         .iter()
         .map(|p| (*p, committed.positions.get(p).copied().unwrap_or(0)))
         .collect();
-    let mut note = ProgressNote {
-        v: 1,
-        selection: fingerprint,
-        done: report.already_replayed,
-        ends: BTreeMap::new(),
-    };
+    let mut reach = TargetReach::default();
+    for (record, copy) in &planned {
+        let tps: Vec<i32> = match copy.partition {
+            Some(p) => vec![p],
+            None => targets
+                .get(&copy.topic)
+                .map(|ps| ps.iter().copied().collect())
+                .unwrap_or_default(),
+        };
+        for p in tps {
+            reach.add((copy.topic.clone(), p), record.partition, record.offset);
+        }
+    }
+    let mut note = ProgressNote::new(fingerprint, report.already_replayed);
     let mut progress = Progressor {
+        replay_id: &replay_id,
         consumer: &consumer,
         dlq,
         already: &already,
+        reach: &reach,
         note: &mut note,
         ends: &mut ends,
     };
@@ -324,16 +340,16 @@ fn send(
     producer: &FutureProducer,
     record: &DlqRecord,
     copy: &ReplayedRecord,
-    headers: &crate::message::Headers,
+    headers: &CopyHeaders,
     pending: &mut Vec<(DeliveryFuture, ReplayedRecord)>,
     progress: &mut Progressor<'_>,
     report: &mut ReplayReport,
 ) -> Result<DeliveryFuture, DlqError> {
     let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-    for (name, value) in headers.iter() {
+    for (name, value) in headers {
         owned = owned.insert(Header {
-            key: name,
-            value: Some(value.as_ref()),
+            key: name.as_str(),
+            value: value.as_deref(),
         });
     }
     let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&copy.topic).headers(owned);
@@ -359,6 +375,7 @@ fn send(
                     of: copy.of.to_string(),
                     topic: copy.topic.clone(),
                     reason: e.to_string(),
+                    replay_id: progress.replay_id.to_owned(),
                 })
             }
         }
@@ -386,6 +403,7 @@ fn drain(
                     of: copy.of.to_string(),
                     topic: copy.topic.clone(),
                     reason: e.to_string(),
+                    replay_id: progress.replay_id.to_owned(),
                 });
             }
             Err(_) => {
@@ -393,6 +411,7 @@ fn drain(
                     of: copy.of.to_string(),
                     topic: copy.topic.clone(),
                     reason: "the producer went away before the acknowledgement".into(),
+                    replay_id: progress.replay_id.to_owned(),
                 });
             }
         }
@@ -403,9 +422,12 @@ fn drain(
 
 /// The running progress note and its commits.
 struct Progressor<'a> {
+    replay_id: &'a str,
     consumer: &'a Reader,
     dlq: &'a str,
     already: &'a AlreadyReplayed,
+    /// Where the records still to be replayed can go.
+    reach: &'a TargetReach,
     note: &'a mut ProgressNote,
     /// Per target partition: nothing this run produces from now on lands below it.
     ends: &'a mut BTreeMap<Tp, i64>,
@@ -420,7 +442,8 @@ impl Progressor<'_> {
 
     /// Commits `positions` (every copy below them acknowledged) with the note.
     fn commit(&mut self, positions: &BTreeMap<i32, i64>) -> Result<(), DlqError> {
-        let ends = self.already.ends_for(positions, self.ends);
+        let live = self.reach.live(self.ends, positions);
+        let ends = self.already.ends_for(positions, &live);
         self.note.set_ends(&ends);
         resume::commit(self.consumer, self.dlq, positions, self.note)
     }
