@@ -23,13 +23,14 @@
 //! Keys and values are shown as text when they are UTF-8, else as lowercase hex.
 //!
 //! **Replaying.** Each selected record is produced to its original topic (to its original
-//! partition when the topic still has it, else where its key hashes), key and value
-//! unchanged, headers kept (a null value stays null) except the per-delivery state
-//! (`steadfast-attempts`, `steadfast-retry-tier`, `steadfast-due-at`), so it starts fresh
-//! through the normal stack, dedup and stale checks included. The copy gains `steadfast-replayed-by`,
-//! `steadfast-replayed-at`, `steadfast-replay-of` (`<dlq topic>/<partition>/<offset>`) and
-//! `steadfast-replay-id`. A selected record without `steadfast-original-topic` refuses the
-//! whole replay before anything is produced.
+//! partition when the topic still has it, else where its key hashes), key and value unchanged,
+//! headers kept (a null value stays null; the worker itself writes a header that was null on
+//! the source record as an empty value on its retry-tier and dead-letter copies) except the
+//! per-delivery state (`steadfast-attempts`, `steadfast-retry-tier`, `steadfast-due-at`), so it
+//! starts fresh through the normal stack, dedup and stale checks included. The copy gains
+//! `steadfast-replayed-by`, `steadfast-replayed-at`, `steadfast-replay-of` (`<dlq
+//! topic>/<partition>/<offset>`) and `steadfast-replay-id`. A selected record without
+//! `steadfast-original-topic` refuses the whole replay before anything is produced.
 //!
 //! **Resuming, each record once.** A replay has an id: by default the fingerprint of its
 //! selection, so running the same command again continues (or, once finished, replays
