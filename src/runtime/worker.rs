@@ -267,6 +267,9 @@ impl<H: Handler> Worker<H> {
             ("partition.assignment.strategy", "range"),
             ("auto.offset.reset", "earliest"),
             ("queued.min.messages", prefetch.as_str()),
+            // With the prefetch that small, librdkafka's default pause of 1 s before fetching
+            // again once the queue is full starves the handlers between fetches.
+            ("fetch.queue.backoff.ms", "10"),
             ("statistics.interval.ms", lag_interval.as_str()),
         ] {
             if !self.config.kafka.contains_key(key) {
