@@ -10,6 +10,7 @@
 //! partitions paused by an open circuit breaker (a reason of its own).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -95,7 +96,13 @@ const STORE_MARK_TTL: Duration = Duration::from_secs(30);
 /// What the broker client and the stores report, kept for the readiness probe.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
+    /// Whether `broker_down` holds a reason: the consume loop clears it at every record, so
+    /// the common case must not take the lock.
+    broker_is_down: AtomicBool,
     broker_down: Mutex<Option<String>>,
+    /// Whether `stores_down` holds a mark: every answered store call clears its store's mark,
+    /// so the common case must not take the lock.
+    stores_marked: AtomicBool,
     stores_down: Mutex<BTreeMap<String, (String, Instant)>>,
     backlog: Mutex<HashMap<(String, i32), Backlog>>,
 }
@@ -104,29 +111,32 @@ impl Health {
     /// The broker client reported that no broker answers.
     pub(crate) fn broker_down(&self, reason: String) {
         *self.broker_down.lock() = Some(reason);
+        self.broker_is_down.store(true, Ordering::Release);
     }
 
     /// A broker answered.
     pub(crate) fn broker_up(&self) {
-        let mut down = self.broker_down.lock();
-        if down.is_some() {
-            *down = None;
+        if self.broker_is_down.swap(false, Ordering::AcqRel) {
+            *self.broker_down.lock() = None;
         }
     }
 
     /// A call to the store `name` (say `dedup store (redis)`) found it unreachable.
     pub(crate) fn store_down(&self, name: &str, reason: String) {
-        self.stores_down
-            .lock()
-            .insert(name.to_owned(), (reason, Instant::now()));
+        let mut down = self.stores_down.lock();
+        down.insert(name.to_owned(), (reason, Instant::now()));
+        self.stores_marked.store(true, Ordering::Release);
     }
 
     /// A call to the store `name` was answered.
     pub(crate) fn store_up(&self, name: &str) {
-        let mut down = self.stores_down.lock();
-        if !down.is_empty() {
-            down.remove(name);
+        if !self.stores_marked.load(Ordering::Acquire) {
+            return;
         }
+        let mut down = self.stores_down.lock();
+        down.remove(name);
+        self.stores_marked
+            .store(!down.is_empty(), Ordering::Release);
     }
 
     /// Records how many records of a partition wait in the log undelivered, read at `now`.
@@ -169,6 +179,8 @@ impl Health {
         let stores_down = {
             let mut down = self.stores_down.lock();
             down.retain(|_, (_, at)| now.saturating_duration_since(*at) < STORE_MARK_TTL);
+            self.stores_marked
+                .store(!down.is_empty(), Ordering::Release);
             down.iter()
                 .map(|(name, (reason, _))| (name.clone(), reason.clone()))
                 .collect()
