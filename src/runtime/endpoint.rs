@@ -1,14 +1,16 @@
-//! The worker's side of the HTTP endpoint: readiness from the dispatcher's view and what the
-//! broker client and the stores reported; gauges refreshed before each scrape; consumer lag
-//! and broker state taken from librdkafka's statistics.
+//! The worker's side of the HTTP endpoint: its listener and task; readiness from the
+//! dispatcher's view and what the broker client and the stores reported; gauges refreshed
+//! before each scrape; consumer lag and broker state taken from librdkafka's statistics.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::statistics::Statistics;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::shared::Shared;
-use crate::observe::{Health, Meters, Probe, Readiness, WorkerView};
+use crate::error::WorkerError;
+use crate::observe::{self, Health, Meters, Probe, Readiness, WorkerView};
 
 /// Answers the probes of one worker, from its start on: until the worker consumes, it is
 /// not ready (starting), with what the stores reported meanwhile.
@@ -41,6 +43,45 @@ impl Probe for WorkerProbe {
         // Readiness is a gauge too.
         let _ = self.readiness();
     }
+}
+
+/// The endpoint's listener: `handed` over by the application, or one bound to `address`
+/// (`[observe] listen`); `None` without either.
+pub(crate) fn bind(
+    handed: Option<std::net::TcpListener>,
+    address: Option<&str>,
+) -> Result<Option<tokio::net::TcpListener>, WorkerError> {
+    let failed = |address: String| move |source| WorkerError::Endpoint { address, source };
+    let listener = match (handed, address) {
+        (Some(listener), _) => listener,
+        (None, Some(address)) => {
+            std::net::TcpListener::bind(address).map_err(failed(address.to_owned()))?
+        }
+        (None, None) => return Ok(None),
+    };
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    listener
+        .set_nonblocking(true)
+        .map_err(failed(address.clone()))?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(failed(address))?;
+    Ok(Some(listener))
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the guard is dropped.
+pub(crate) fn serve(listener: tokio::net::TcpListener, probe: WorkerProbe) -> DropGuard {
+    let stop = CancellationToken::new();
+    let address = listener.local_addr().ok();
+    let until = stop.clone();
+    tokio::spawn(async move {
+        if let Err(e) = observe::serve(listener, Arc::new(probe), until).await {
+            tracing::error!(error = %e, "the metrics and health endpoint stopped");
+        }
+    });
+    tracing::info!(?address, "serving /metrics, /healthz and /readyz");
+    stop.drop_guard()
 }
 
 /// Sets the in-flight, running, parked and assigned gauges from the dispatcher.

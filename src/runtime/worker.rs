@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::builder::WorkerBuilder;
 use super::dispatcher::{Accepted, Dispatcher, Limits, TopicPartition};
-use super::endpoint::{refresh_gauges, WorkerProbe};
+use super::endpoint::{bind, refresh_gauges, serve, WorkerProbe};
 use super::guards::Guards;
 use super::rebalance::{commit_list, WorkerContext};
 use super::shared::{Counters, Shared};
@@ -77,27 +77,6 @@ impl<H: Handler> Worker<H> {
     pub(crate) fn with_listener(mut self, listener: Option<std::net::TcpListener>) -> Self {
         self.listener = listener;
         self
-    }
-
-    /// The endpoint's listener: the one handed over, or one bound to `[observe] listen`.
-    fn endpoint_listener(&mut self) -> Result<Option<tokio::net::TcpListener>, WorkerError> {
-        let failed = |address: String| move |source| WorkerError::Endpoint { address, source };
-        let listener = match (self.listener.take(), &self.config.observe.listen) {
-            (Some(listener), _) => listener,
-            (None, Some(address)) => {
-                std::net::TcpListener::bind(address).map_err(failed(address.clone()))?
-            }
-            (None, None) => return Ok(None),
-        };
-        let address = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        listener
-            .set_nonblocking(true)
-            .map_err(failed(address.clone()))?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(failed(address))?;
-        Ok(Some(listener))
     }
 
     fn topic(&self) -> String {
@@ -167,7 +146,7 @@ impl<H: Handler> Worker<H> {
         if self.config.stale.as_ref().is_some_and(|s| s.copy_to_topic) {
             derived.push(policy::stale_topic(&topic));
         }
-        let endpoint = self.endpoint_listener()?;
+        let endpoint = bind(self.listener.take(), self.config.observe.listen.as_deref())?;
         if endpoint.is_some() {
             // Before the first handle is made: handles made earlier record nowhere.
             if let Err(why) = observe::metrics::prometheus() {
@@ -178,24 +157,17 @@ impl<H: Handler> Worker<H> {
         let health = Arc::new(Health::default());
         // Served from the start: live at once, not ready (with the reason) until consuming.
         let started = Arc::new(std::sync::OnceLock::new());
-        let endpoint_stop = CancellationToken::new();
-        if let Some(listener) = endpoint {
-            let address = listener.local_addr().ok();
-            let probe = Arc::new(WorkerProbe {
-                shared: started.clone(),
-                health: health.clone(),
-                meters: meters.clone(),
-                stall_after: Duration::from_millis(self.config.observe.stall_after_ms),
-            });
-            let stop = endpoint_stop.clone();
-            tokio::spawn(async move {
-                if let Err(e) = observe::serve(listener, probe, stop).await {
-                    tracing::error!(error = %e, "the metrics and health endpoint stopped");
-                }
-            });
-            tracing::info!(?address, "serving /metrics, /healthz and /readyz");
-        }
-        let _stop_endpoint = endpoint_stop.drop_guard();
+        let _stop_endpoint = endpoint.map(|listener| {
+            serve(
+                listener,
+                WorkerProbe {
+                    shared: started.clone(),
+                    health: health.clone(),
+                    meters: meters.clone(),
+                    stall_after: Duration::from_millis(self.config.observe.stall_after_ms),
+                },
+            )
+        });
         let partitions = ensure_topics(&self.client_config(), &topic, &derived).await?;
         let guards = Guards::connect(&self.config, &group, &shutdown, &health).await?;
 
