@@ -253,14 +253,6 @@ impl Running {
     }
 }
 
-/// A fresh topic with `partitions` partitions on `bootstrap`, and its group's name.
-async fn topic_and_group(bootstrap: &str, prefix: &str, partitions: i32) -> (String, String) {
-    let topic = steadfast_testkit::unique_topic(prefix);
-    create_topic(bootstrap, &topic, partitions).await;
-    let group = format!("{topic}-group");
-    (topic, group)
-}
-
 /// A worker builder for `topic` in `group`.
 fn worker(bootstrap: &str, topic: &str, group: &str) -> WorkerBuilder {
     Worker::builder()

@@ -102,14 +102,6 @@ async fn server() -> Server {
     }
 }
 
-/// A fresh topic with `partitions` partitions, and its group's name.
-async fn topic_and_group(bootstrap: &str, prefix: &str, partitions: i32) -> (String, String) {
-    let topic = steadfast_testkit::unique_topic(prefix);
-    create_topic(bootstrap, &topic, partitions).await;
-    let group = format!("{topic}-group");
-    (topic, group)
-}
-
 fn worker(bootstrap: &str, topic: &str, group: &str) -> WorkerBuilder {
     Worker::builder()
         .brokers(bootstrap)

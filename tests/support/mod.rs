@@ -190,6 +190,14 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     create_topic_with(bootstrap, topic, partitions, &[]).await;
 }
 
+/// A fresh topic with `partitions` partitions, and its group's name.
+pub async fn topic_and_group(bootstrap: &str, prefix: &str, partitions: i32) -> (String, String) {
+    let topic = steadfast_testkit::unique_topic(prefix);
+    create_topic(bootstrap, &topic, partitions).await;
+    let group = format!("{topic}-group");
+    (topic, group)
+}
+
 /// Produces raw records (key, payload) to partition 0 of `topic`, in order.
 pub async fn produce_raw(bootstrap: &str, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
     produce_to(bootstrap, topic, records, Some(0)).await;
