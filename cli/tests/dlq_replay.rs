@@ -177,23 +177,7 @@ impl Env {
 
     /// The offsets `group` committed on `topic`, per partition.
     fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
-        let consumer: BaseConsumer = steadfast_testkit::client_config(&self.bootstrap)
-            .set("group.id", group)
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(topic, p);
-        }
-        let c = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .expect("committed offsets");
-        (0..partitions)
-            .map(|p| match c.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => Some(o),
-                _ => None,
-            })
-            .collect()
+        steadfast_testkit::committed_offsets(&self.bootstrap, group, topic, partitions)
     }
 }
 

@@ -116,7 +116,10 @@ impl Health {
 
     /// A broker answered.
     pub(crate) fn broker_up(&self) {
-        if self.broker_is_down.swap(false, Ordering::AcqRel) {
+        // A load first: the per-record call then writes nothing while all is well.
+        if self.broker_is_down.load(Ordering::Acquire)
+            && self.broker_is_down.swap(false, Ordering::AcqRel)
+        {
             *self.broker_down.lock() = None;
         }
     }

@@ -398,30 +398,9 @@ pub fn committed_and_ends(
     topic: &str,
     partitions: i32,
 ) -> (Vec<Option<i64>>, Vec<i64>) {
-    let consumer: BaseConsumer = client(bootstrap)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let c = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    let committed = (0..partitions)
-        .map(|p| match c.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
-        })
-        .collect();
+    let committed = steadfast_testkit::committed_offsets(bootstrap, group, topic, partitions);
     let ends = (0..partitions)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
-        })
+        .map(|p| steadfast_testkit::watermarks(bootstrap, topic, p).1)
         .collect();
     (committed, ends)
 }
