@@ -29,13 +29,42 @@ pub(crate) struct Connection {
         global = true
     )]
     bootstrap: String,
+    /// A librdkafka property, `key=value` (repeatable), such as
+    /// `-X security.protocol=SASL_SSL -X sasl.mechanisms=SCRAM-SHA-512`. Environment
+    /// variables `STEADFAST_KAFKA_<NAME>` set them too (`STEADFAST_KAFKA_SASL_PASSWORD` is
+    /// `sasl.password`); flags win.
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = parse_property, global = true)]
+    properties: Vec<(String, String)>,
+}
+
+/// Parses `key=value`.
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("`{text}`: expected KEY=VALUE")),
+    }
+}
+
+/// librdkafka properties from `STEADFAST_KAFKA_<NAME>` variables.
+fn env_properties() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter_map(|(var, value)| {
+            let name = var.strip_prefix(steadfast::config::KAFKA_ENV_PREFIX)?;
+            Some((name.to_ascii_lowercase().replace('_', "."), value))
+        })
+        .collect()
 }
 
 impl Connection {
-    /// A client configuration with `bootstrap.servers` set.
+    /// A client configuration with `bootstrap.servers` and the given properties set.
     pub(crate) fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in env_properties().iter().chain(&self.properties) {
+            config.set(key, value);
+        }
         config
     }
 

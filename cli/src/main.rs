@@ -6,6 +6,7 @@ mod dlq;
 mod groups;
 mod server;
 mod time;
+mod users;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ enum Command {
     Offsets(groups::OffsetsArgs),
     /// Dead-letter topics: list and show records, replay a selection to the original topics.
     Dlq(dlq::DlqArgs),
+    /// Manage the embedded server's users file: salted credentials and topic/group rights.
+    Users(users::UsersArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
             Command::Groups(args) => groups::groups(args).await,
             Command::Offsets(args) => groups::offsets(args).await,
             Command::Dlq(args) => dlq::dlq(args).await,
+            Command::Users(args) => users::users(args),
         }
     });
     match result {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use steadfast::server::{FsyncPolicy, Server};
+use steadfast::server::{FsyncPolicy, ListenerConfig, SecurityProtocol, Server, TlsConfig};
 
 /// Options of `steadfast server`.
 #[derive(Debug, Args)]
@@ -19,6 +19,26 @@ pub(crate) struct ServerArgs {
     /// Host:port advertised to clients (default: the bound address).
     #[arg(long)]
     advertise: Option<String>,
+    /// Security protocol of the --listen listener: PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL.
+    #[arg(long, default_value = "PLAINTEXT", env = "STEADFAST_SECURITY_PROTOCOL")]
+    security_protocol: SecurityProtocol,
+    /// Another listener, as PROTOCOL://HOST:PORT (repeatable), e.g. SASL_SSL://0.0.0.0:9093.
+    #[arg(long = "listener", value_name = "PROTOCOL://HOST:PORT")]
+    listeners: Vec<ListenerConfig>,
+    /// Users file (see `steadfast users`): turns on SASL authentication and per-user rights.
+    /// Without it every client may read, write and delete everything.
+    #[arg(long, env = "STEADFAST_USERS_FILE")]
+    users_file: Option<PathBuf>,
+    /// PEM certificate chain of SSL and SASL_SSL listeners.
+    #[arg(long, requires = "tls_key", env = "STEADFAST_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of SSL and SASL_SSL listeners.
+    #[arg(long, requires = "tls_cert", env = "STEADFAST_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients of TLS listeners must present a certificate they signed
+    /// (on SSL listeners its common name is the user).
+    #[arg(long, requires = "tls_cert", env = "STEADFAST_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// When to fsync: `always` (every produce), `interval` (acks=-1 before answering, the
     /// rest every --fsync-interval-ms), `never` (leave it to the OS).
     #[arg(long, default_value = "interval")]
@@ -78,7 +98,21 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .retention_bytes(args.retention_bytes)
         .max_request_bytes(args.max_request_bytes)
         .offsets_retention(Duration::from_secs(args.offsets_retention_minutes * 60))
-        .group_min_session_timeout(Duration::from_millis(args.group_min_session_timeout_ms));
+        .group_min_session_timeout(Duration::from_millis(args.group_min_session_timeout_ms))
+        .security_protocol(args.security_protocol);
+    for listener in args.listeners {
+        builder = builder.listener(listener);
+    }
+    if let Some(path) = &args.users_file {
+        builder = builder.users_file(path);
+    }
+    if let (Some(certificate), Some(key)) = (args.tls_cert, args.tls_key) {
+        builder = builder.tls(TlsConfig {
+            certificate,
+            key,
+            client_ca: args.tls_client_ca,
+        });
+    }
     if let Some(advertise) = &args.advertise {
         let (host, port) = advertise
             .rsplit_once(':')
@@ -89,6 +123,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let server = builder.start().await?;
     // One line on stdout that scripts (and tests) can wait for.
     println!("steadfast server listening on {}", server.local_addr());
+    for (protocol, addr) in server.listeners().iter().skip(1) {
+        println!("steadfast server listening on {protocol}://{addr}");
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;

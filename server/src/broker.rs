@@ -22,8 +22,10 @@ pub(crate) struct Broker {
     pub(crate) config: ServerConfig,
     pub(crate) store: LogStore,
     pub(crate) syncer: Syncer,
-    pub(crate) advertised_host: String,
-    pub(crate) advertised_port: u16,
+    /// Host and port of the main listener, for requests that come through none.
+    pub(crate) advertised: (String, u16),
+    /// The users file, when authentication and rights are on.
+    pub(crate) users: Option<std::sync::Arc<crate::auth::UserDirectory>>,
     pub(crate) cluster_id: String,
     pub(crate) producer_ids: ProducerIdAllocator,
     pub(crate) groups: GroupCoordinator,

@@ -91,6 +91,103 @@ impl Default for GroupConfig {
     }
 }
 
+/// How a listener authenticates clients and protects the connection, by Kafka's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication. With a users file, clients act as `ANONYMOUS`.
+    #[default]
+    Plaintext,
+    /// SASL authentication (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) without TLS.
+    SaslPlaintext,
+    /// TLS; with a client CA, a client certificate is required and names the user.
+    Ssl,
+    /// TLS, then SASL authentication.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// Whether clients authenticate with SASL.
+    pub fn sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    /// Whether the connection is TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+impl std::fmt::Display for SecurityProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        })
+    }
+}
+
+impl FromStr for SecurityProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "PLAINTEXT" => Ok(SecurityProtocol::Plaintext),
+            "SASL_PLAINTEXT" => Ok(SecurityProtocol::SaslPlaintext),
+            "SSL" => Ok(SecurityProtocol::Ssl),
+            "SASL_SSL" => Ok(SecurityProtocol::SaslSsl),
+            other => Err(format!(
+                "unknown security protocol `{other}`: expected PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL"
+            )),
+        }
+    }
+}
+
+/// One more listener beside the main one.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// How it authenticates and protects connections.
+    pub protocol: SecurityProtocol,
+    /// Address to bind; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// Host and port given to clients that connect through it; defaults to the bound address.
+    pub advertised: Option<(String, u16)>,
+}
+
+impl FromStr for ListenerConfig {
+    type Err = String;
+
+    /// Parses `PROTOCOL://HOST:PORT`, as Kafka's `listeners` setting spells one.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (protocol, addr) = s
+            .split_once("://")
+            .ok_or_else(|| format!("listener `{s}`: expected PROTOCOL://HOST:PORT"))?;
+        Ok(ListenerConfig {
+            protocol: protocol.parse()?,
+            addr: addr
+                .parse()
+                .map_err(|e| format!("listener `{s}`: address `{addr}`: {e}"))?,
+            advertised: None,
+        })
+    }
+}
+
+/// TLS settings of `SSL` and `SASL_SSL` listeners.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM file with the server's certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file of CA certificates: when set, clients must present a certificate signed by
+    /// one of them, and on an `SSL` listener its common name is the user.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Everything the embedded server is configured with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -98,6 +195,15 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Address given to clients in Metadata; defaults to the bound address.
     pub advertised: Option<(String, u16)>,
+    /// Security protocol of the `listen` listener.
+    pub protocol: SecurityProtocol,
+    /// More listeners, each with its own protocol and advertised address.
+    pub extra_listeners: Vec<ListenerConfig>,
+    /// TLS settings, required by `SSL` and `SASL_SSL` listeners.
+    pub tls: Option<TlsConfig>,
+    /// The users file (salted credentials and rights). Without one, every client may do
+    /// everything; with one, every request is checked against the user's rights.
+    pub users_file: Option<PathBuf>,
     /// Directory holding topics, segments and server metadata.
     pub data_dir: PathBuf,
     /// Whether Metadata requests for unknown topics create them.
@@ -121,6 +227,10 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             advertised: None,
+            protocol: SecurityProtocol::Plaintext,
+            extra_listeners: Vec::new(),
+            tls: None,
+            users_file: None,
             data_dir: PathBuf::from("./steadfast-data"),
             auto_create_topics: true,
             default_partitions: 1,

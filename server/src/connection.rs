@@ -4,22 +4,28 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{self, Reply};
+use super::auth::session::{Admission, Session};
+use super::auth::tls;
 use super::broker::Broker;
+use super::listener::ListenerInfo;
 use super::protocol::frame::read_frame;
 use super::protocol::{RequestError, RequestFrame};
 
 /// Responses queued per connection before the reader waits for the writer.
 const MAX_IN_FLIGHT: usize = 64;
+
+/// Time a client has to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Pending {
     Ready(Bytes),
@@ -27,15 +33,54 @@ enum Pending {
 }
 
 /// Serves one connection until the client closes it, sends something unacceptable, or the
-/// server shuts down.
+/// server shuts down: TLS first on a TLS listener, then requests.
 pub(crate) async fn serve(
     broker: Arc<Broker>,
+    listener: Arc<ListenerInfo>,
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+    let sasl = listener.protocol.sasl();
+    let advertised = listener.advertised.clone();
+    let Some(acceptor) = &listener.tls else {
+        let session = Session::start(sasl, broker.users.clone(), advertised, peer, None).await;
+        let (read_half, write_half) = stream.into_split();
+        return serve_requests(broker, session, read_half, write_half, peer, shutdown).await;
+    };
+    let handshake = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        done = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => done,
+    };
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "closing connection: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "closing connection: TLS handshake timed out");
+            return;
+        }
+    };
+    let principal = tls::principal(stream.get_ref().1.peer_certificates());
+    let session = Session::start(sasl, broker.users.clone(), advertised, peer, principal).await;
+    let (read_half, write_half) = tokio::io::split(stream);
+    serve_requests(broker, session, read_half, write_half, peer, shutdown).await
+}
+
+async fn serve_requests<R, W>(
+    broker: Arc<Broker>,
+    mut session: Session,
+    read_half: R,
+    write_half: W,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_responses(rx, write_half, peer, shutdown.clone()));
     let mut reader = BufReader::with_capacity(256 * 1024, read_half);
@@ -53,18 +98,41 @@ pub(crate) async fn serve(
                 break;
             }
         };
-        let request = match RequestFrame::parse(frame) {
-            Ok(mut request) => {
-                request.peer = Some(peer);
-                request
-            }
+        let mut request = match RequestFrame::parse(frame) {
+            Ok(request) => request,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection: bad request header");
                 break;
             }
         };
+        request.peer = Some(peer);
         tracing::trace!(%peer, api = ?request.api_key, version = request.api_version, client = ?request.client_id, "request");
-        let pending = match api::dispatch(&broker, request) {
+        let reply = match session.admit(request.api_key) {
+            Admission::Dispatch(context) => {
+                request.context = Some(context);
+                api::dispatch(&broker, request)
+            }
+            Admission::Sasl => {
+                let reply = session.sasl(&request).await;
+                let close = reply.close;
+                let sent = match reply.response {
+                    Ok(bytes) => tx.send(Pending::Ready(bytes)).await.is_ok(),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "closing connection");
+                        false
+                    }
+                };
+                if close || !sent {
+                    break;
+                }
+                continue;
+            }
+            Admission::Refuse(reason) => {
+                tracing::warn!(%peer, api = ?request.api_key, "closing connection: {reason}");
+                break;
+            }
+        };
+        let pending = match reply {
             Ok(Reply::Nothing) => continue,
             Ok(Reply::Ready(bytes)) => Pending::Ready(bytes),
             Ok(Reply::Later(future)) => Pending::Later(future),
@@ -82,9 +150,9 @@ pub(crate) async fn serve(
     tracing::debug!(%peer, "connection closed");
 }
 
-async fn write_responses(
+async fn write_responses<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Pending>,
-    write_half: OwnedWriteHalf,
+    write_half: W,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {

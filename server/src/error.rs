@@ -30,6 +30,12 @@ pub enum ServerError {
         /// What is wrong with it.
         reason: String,
     },
+    /// TLS could not be set up from the configured PEM files.
+    #[error(transparent)]
+    Tls(#[from] crate::auth::tls::TlsError),
+    /// The users file could not be read.
+    #[error(transparent)]
+    Users(#[from] crate::auth::users::UsersError),
     /// The configuration cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),

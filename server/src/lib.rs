@@ -15,6 +15,7 @@
 //! ```
 
 mod api;
+mod auth;
 mod broker;
 pub mod client;
 mod config;
@@ -22,6 +23,7 @@ mod connection;
 mod durable;
 mod error;
 mod group;
+mod listener;
 mod protocol;
 mod storage;
 
@@ -30,13 +32,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::config::{FsyncPolicy, GroupConfig, LogConfig, ServerConfig};
+pub use self::auth::tls::TlsError;
+pub use self::config::{
+    FsyncPolicy, GroupConfig, ListenerConfig, LogConfig, SecurityProtocol, ServerConfig, TlsConfig,
+};
+
+/// The users file: salted SCRAM credentials and per-user rights, as `steadfast users`
+/// manages it and the server reads it.
+pub mod users {
+    pub use crate::auth::crypto::Hash;
+    pub use crate::auth::rights::Rights;
+    pub use crate::auth::users::{
+        check_name, ScramCredential, User, UsersError, UsersFile, ANONYMOUS, DEFAULT_ITERATIONS,
+    };
+}
 pub use self::error::ServerError;
 
+use self::auth::UserDirectory;
 use self::broker::{load_cluster_id, Broker, ProducerIdAllocator};
 use self::durable::now_ms;
 use self::group::offsets::OffsetStore;
@@ -82,6 +97,26 @@ impl ServerBuilder {
     /// Host and port given to clients in Metadata responses.
     pub fn advertised(mut self, host: impl Into<String>, port: u16) -> Self {
         self.config.advertised = Some((host.into(), port));
+        self
+    }
+    /// Security protocol of the main listener (default: `PLAINTEXT`).
+    pub fn security_protocol(mut self, protocol: SecurityProtocol) -> Self {
+        self.config.protocol = protocol;
+        self
+    }
+    /// Adds a listener beside the main one, such as `SASL_SSL://0.0.0.0:9093`.
+    pub fn listener(mut self, listener: ListenerConfig) -> Self {
+        self.config.extra_listeners.push(listener);
+        self
+    }
+    /// TLS certificate and key of `SSL` and `SASL_SSL` listeners.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.config.tls = Some(tls);
+        self
+    }
+    /// The users file: turns on authentication on SASL listeners and rights everywhere.
+    pub fn users_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.users_file = Some(path.into());
         self
     }
     /// Whether Metadata requests create unknown topics (default: true).
@@ -178,43 +213,61 @@ impl ServerBuilder {
         let offsets = OffsetStore::open(&data_dir)
             .map_err(|e| ServerError::storage(data_dir.join("groups"), e))?;
         let groups = GroupCoordinator::new(config.groups.clone(), offsets);
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        let users = match &config.users_file {
+            Some(path) => {
+                let path = path.clone();
+                let directory = tokio::task::spawn_blocking(move || UserDirectory::open(&path))
+                    .await
+                    .map_err(|e| ServerError::Config(format!("users file task failed: {e}")))??;
+                Some(Arc::new(directory))
+            }
+            None => None,
+        };
+        let main = ListenerConfig {
+            protocol: config.protocol,
             addr: config.listen,
-            source,
-        })?;
-        let (advertised_host, advertised_port) = config.advertised.clone().unwrap_or_else(|| {
-            let ip = if local_addr.ip().is_unspecified() {
-                "127.0.0.1".to_owned()
-            } else {
-                local_addr.ip().to_string()
-            };
-            (ip, local_addr.port())
-        });
+            advertised: config.advertised.clone(),
+        };
+        let mut listeners = Vec::new();
+        for listener in std::iter::once(&main).chain(&config.extra_listeners) {
+            if listener.protocol.sasl() && users.is_none() {
+                return Err(ServerError::Config(format!(
+                    "listener {}://{} authenticates with SASL: give a users file",
+                    listener.protocol, listener.addr
+                )));
+            }
+            listeners.push(listener::bind(listener, config.tls.as_ref()).await?);
+        }
+        let local_addr = listeners[0].local_addr;
+        let listener_addrs = listeners
+            .iter()
+            .map(|l| (l.info.protocol, l.local_addr))
+            .collect();
         let broker = Arc::new(Broker {
+            advertised: listeners[0].info.advertised.clone(),
+            users,
             config,
             store,
             syncer: Syncer::start(),
-            advertised_host,
-            advertised_port,
             cluster_id,
             producer_ids,
             groups,
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(accept_loop(
-            listener,
-            broker.clone(),
-            shutdown.clone(),
-            tasks.clone(),
-        ));
+        for listener in listeners {
+            let (protocol, addr) = (listener.info.protocol, listener.local_addr);
+            if broker.users.is_none() && !addr.ip().is_loopback() {
+                tracing::warn!(%addr, %protocol, "no users file: anyone who reaches this listener may read, write and delete every topic and group");
+            }
+            tracing::info!(%addr, %protocol, "listening");
+            tasks.spawn(listener::accept_loop(
+                listener,
+                broker.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
         tasks.spawn(retention_loop(broker.clone(), shutdown.clone()));
         tasks.spawn(group_timer_loop(broker.clone(), shutdown.clone()));
         if let FsyncPolicy::Interval(every) = broker.config.fsync {
@@ -223,6 +276,7 @@ impl ServerBuilder {
         tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "steadfast server listening");
         Ok(ServerHandle {
             addr: local_addr,
+            listener_addrs,
             broker,
             shutdown,
             tasks,
@@ -235,6 +289,7 @@ impl ServerBuilder {
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    listener_addrs: Vec<(SecurityProtocol, SocketAddr)>,
     broker: Arc<Broker>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -247,12 +302,15 @@ impl ServerHandle {
         self.addr
     }
 
-    /// The `bootstrap.servers` value for clients.
+    /// Every listener's security protocol and bound address, the main one first.
+    pub fn listeners(&self) -> &[(SecurityProtocol, SocketAddr)] {
+        &self.listener_addrs
+    }
+
+    /// The `bootstrap.servers` value for clients of the main listener.
     pub fn bootstrap_servers(&self) -> String {
-        format!(
-            "{}:{}",
-            self.broker.advertised_host, self.broker.advertised_port
-        )
+        let (host, port) = &self.broker.advertised;
+        format!("{host}:{port}")
     }
 
     /// Base offsets of a partition's segments, oldest first; `None` if there is no such
@@ -285,35 +343,6 @@ impl ServerHandle {
         }
         drop(self.lock);
         tracing::info!("steadfast server stopped");
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    broker: Arc<Broker>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                tracing::debug!(%peer, "connection accepted");
-                tasks.spawn(connection::serve(
-                    broker.clone(),
-                    stream,
-                    peer,
-                    shutdown.clone(),
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
     }
 }
 

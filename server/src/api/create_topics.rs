@@ -9,6 +9,7 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::respond;
+use crate::auth::rights::TopicOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
 use crate::storage::CreateTopicError;
@@ -49,7 +50,12 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
             .with_num_partitions(partitions)
             .with_replication_factor(1)
             .with_configs(None);
-        let outcome = if !matches!(topic.replication_factor, -1 | 1) {
+        let outcome = if !frame.access().topic(TopicOp::Create, name) {
+            Err((
+                ResponseError::TopicAuthorizationFailed,
+                format!("not authorized to create topic `{name}`"),
+            ))
+        } else if !matches!(topic.replication_factor, -1 | 1) {
             Err((
                 ResponseError::InvalidReplicationFactor,
                 format!(

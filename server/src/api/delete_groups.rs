@@ -4,8 +4,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
-use super::group_error::result_code;
+use super::group_error::{authorize, result_code};
 use super::respond;
+use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
 
@@ -18,7 +19,10 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
         .map(|g| {
             DeletableGroupResult::default()
                 .with_group_id(g.clone())
-                .with_error_code(result_code(&broker.groups.delete(g.0.as_str())))
+                .with_error_code(result_code(
+                    &authorize(frame, GroupOp::Delete, g.0.as_str())
+                        .and_then(|()| broker.groups.delete(g.0.as_str())),
+                ))
         })
         .collect();
     respond(

@@ -7,6 +7,7 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicN
 use kafka_protocol::protocol::StrBytes;
 
 use super::respond;
+use crate::auth::rights::TopicOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
 
@@ -34,6 +35,11 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
             results.push(result.with_error_code(ResponseError::UnknownTopicId.code()));
             continue;
         };
+        if !frame.access().topic(TopicOp::Delete, &name) {
+            tracing::info!(topic = %name, "delete topic not authorized");
+            results.push(result.with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+            continue;
+        }
         results.push(match broker.store.delete_topic(&name) {
             Ok(Some(topic)) => result.with_topic_id(topic.id),
             Ok(None) => result.with_error_code(ResponseError::UnknownTopicOrPartition.code()),

@@ -5,7 +5,9 @@ use kafka_protocol::messages::describe_groups_response::{DescribedGroup, Describ
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use super::group_error::{authorize, error_code};
 use super::respond;
+use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
 
@@ -16,6 +18,12 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
         .groups
         .iter()
         .map(|id| {
+            if let Err(e) = authorize(frame, GroupOp::Use, id.0.as_str()) {
+                return DescribedGroup::default()
+                    .with_group_id(id.clone())
+                    .with_error_code(error_code(&e))
+                    .with_authorized_operations(i32::MIN);
+            }
             let d = broker.groups.describe(id.0.as_str());
             DescribedGroup::default()
                 .with_group_id(id.clone())

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{respond, Reply};
+use crate::auth::rights::TopicOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
 use crate::storage::partition::{Partition, ReadError};
@@ -22,6 +23,8 @@ struct Wanted {
     topic_index: usize,
     partition_index: i32,
     partition: Option<Arc<Partition>>,
+    /// The user may not read the topic.
+    denied: bool,
     fetch_offset: i64,
     max_bytes: usize,
 }
@@ -33,12 +36,14 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
     let mut topic_names: Vec<TopicName> = Vec::with_capacity(request.topics.len());
     let mut wanted = Vec::new();
     for topic in &request.topics {
+        let denied = !frame.access().topic(TopicOp::Read, topic.topic.0.as_str());
         let found = broker.store.topic(topic.topic.0.as_str());
         topic_names.push(topic.topic.clone());
         for p in &topic.partitions {
             wanted.push(Wanted {
                 topic_index: topic_names.len() - 1,
                 partition_index: p.partition,
+                denied,
                 partition: found
                     .as_ref()
                     .and_then(|t| t.partition(p.partition))
@@ -121,6 +126,10 @@ fn gather(wanted: &[Wanted], names: &[TopicName], max_bytes: usize) -> Gathered 
             .with_aborted_transactions(None)
             .with_preferred_read_replica((-1).into());
         match &w.partition {
+            _ if w.denied => {
+                has_error = true;
+                data = data.with_error_code(ResponseError::TopicAuthorizationFailed.code());
+            }
             None => {
                 has_error = true;
                 data = data.with_error_code(ResponseError::UnknownTopicOrPartition.code());

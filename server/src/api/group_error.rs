@@ -2,7 +2,19 @@
 
 use kafka_protocol::error::ResponseError;
 
+use crate::auth::rights::GroupOp;
 use crate::group::GroupError;
+use crate::protocol::RequestFrame;
+
+/// Refuses a group that the request's user may not `op`.
+pub(crate) fn authorize(frame: &RequestFrame, op: GroupOp, group: &str) -> Result<(), GroupError> {
+    if frame.access().group(op, group) {
+        Ok(())
+    } else {
+        tracing::info!(group, ?op, api = ?frame.api_key, "group not authorized");
+        Err(GroupError::AuthorizationFailed)
+    }
+}
 
 /// The Kafka error code a group refusal is answered with.
 pub(crate) fn error_code(e: &GroupError) -> i16 {
@@ -18,6 +30,7 @@ pub(crate) fn error_code(e: &GroupError) -> i16 {
         GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
         GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
         GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        GroupError::AuthorizationFailed => ResponseError::GroupAuthorizationFailed,
     };
     error.code()
 }
@@ -54,6 +67,7 @@ mod tests {
             (GroupError::NonEmptyGroup, 68),
             (GroupError::GroupIdNotFound, 69),
             (GroupError::CoordinatorNotAvailable, 15),
+            (GroupError::AuthorizationFailed, 30),
         ];
         for (error, code) in expected {
             assert_eq!(error_code(&error), code, "{error:?}");

@@ -8,8 +8,9 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::group_error::error_code;
+use super::group_error::{authorize, error_code};
 use super::{respond, Reply};
+use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::group::state::{JoinOutcome, Joined};
 use crate::group::{GroupError, JoinRequest, Pending};
@@ -94,6 +95,12 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
         require_known_member_id: frame.api_version >= 4,
     };
     let requested_id = request.member_id.as_str();
+    if let Err(e) = authorize(frame, GroupOp::Use, &join.group_id) {
+        return Ok(Reply::Ready(respond(
+            frame,
+            &response(Err(e), requested_id),
+        )?));
+    }
     match broker.groups.join(join) {
         Pending::Now(outcome) => Ok(Reply::Ready(respond(
             frame,

@@ -5,8 +5,9 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::group_error::result_code;
+use super::group_error::{authorize, error_code, result_code};
 use super::respond;
+use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::group::LeavingMember;
 use crate::protocol::{RequestError, RequestFrame};
@@ -15,6 +16,12 @@ use crate::protocol::{RequestError, RequestFrame};
 pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, RequestError> {
     let request: LeaveGroupRequest = frame.decode()?;
     let group = request.group_id.0.as_str();
+    if let Err(e) = authorize(frame, GroupOp::Use, group) {
+        return respond(
+            frame,
+            &LeaveGroupResponse::default().with_error_code(error_code(&e)),
+        );
+    }
     if frame.api_version < 3 {
         let leaving = LeavingMember {
             member_id: request.member_id.as_str().to_owned(),

@@ -6,6 +6,7 @@ use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::respond;
+use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
 
@@ -22,6 +23,7 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
         .list()
         .into_iter()
         .filter(|g| wanted.is_empty() || wanted.contains(&g.state.as_str().to_ascii_lowercase()))
+        .filter(|g| frame.access().group(GroupOp::Use, &g.group_id))
         .map(|g| {
             ListedGroup::default()
                 .with_group_id(GroupId(StrBytes::from_string(g.group_id)))

@@ -9,6 +9,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::respond;
+use crate::auth::rights::TopicOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
 
@@ -22,6 +23,9 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
     let request: ListOffsetsRequest = frame.decode()?;
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
+        let allowed = frame
+            .access()
+            .topic(TopicOp::Describe, topic.name.0.as_str());
         let found = broker.store.topic(topic.name.0.as_str());
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
@@ -30,6 +34,11 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
                 .with_leader_epoch(-1)
                 .with_timestamp(-1)
                 .with_offset(-1);
+            if !allowed {
+                partitions
+                    .push(response.with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+                continue;
+            }
             let Some(partition) = found.as_ref().and_then(|t| t.partition(p.partition_index))
             else {
                 partitions

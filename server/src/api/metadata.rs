@@ -12,6 +12,7 @@ use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::respond;
+use crate::auth::rights::TopicOp;
 use crate::broker::{Broker, NODE_ID};
 use crate::protocol::{RequestError, RequestFrame};
 use crate::storage::{is_valid_topic_name, CreateTopicError, Topic};
@@ -64,11 +65,13 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
     };
     let may_create =
         broker.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    let access = frame.access();
     let topics = if all_topics {
         broker
             .store
             .topics()
             .iter()
+            .filter(|t| access.topic(TopicOp::Describe, &t.name))
             .map(|t| topic_entry(t))
             .collect()
     } else {
@@ -79,14 +82,25 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
                 Some(name) => broker.store.topic(name),
                 None => broker.store.topic_by_id(wanted.topic_id),
             };
+            let visible = |name: &str| access.topic(TopicOp::Describe, name);
             let entry = match (found, name) {
+                (Some(topic), _) if !visible(&topic.name) => error_entry(
+                    Some(topic.name.clone()).filter(|_| wanted.name.is_some()),
+                    wanted.topic_id,
+                    ResponseError::TopicAuthorizationFailed,
+                ),
+                (None, Some(name)) if !visible(&name) => error_entry(
+                    Some(name),
+                    wanted.topic_id,
+                    ResponseError::TopicAuthorizationFailed,
+                ),
                 (Some(topic), _) => topic_entry(&topic),
                 (None, Some(name)) if !is_valid_topic_name(&name) => error_entry(
                     Some(name),
                     wanted.topic_id,
                     ResponseError::InvalidTopicException,
                 ),
-                (None, Some(name)) if may_create => {
+                (None, Some(name)) if may_create && access.topic(TopicOp::Create, &name) => {
                     match broker.store.create_topic(
                         &name,
                         broker.config.default_partitions,
@@ -126,12 +140,13 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
         }
         out
     };
+    let (host, port) = frame.advertised(&broker.advertised);
     let response = MetadataResponse::default()
         .with_throttle_time_ms(0)
         .with_brokers(vec![MetadataResponseBroker::default()
             .with_node_id(NODE_ID.into())
-            .with_host(StrBytes::from_string(broker.advertised_host.clone()))
-            .with_port(broker.advertised_port as i32)
+            .with_host(StrBytes::from_string(host.to_owned()))
+            .with_port(port as i32)
             .with_rack(None)])
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
         .with_controller_id(NODE_ID.into())

@@ -9,8 +9,9 @@ use kafka_protocol::messages::offset_commit_response::{
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
-use super::group_error::error_code;
+use super::group_error::{authorize, error_code};
 use super::{respond, Reply};
+use crate::auth::rights::{GroupOp, TopicOp};
 use crate::broker::Broker;
 use crate::durable::now_ms;
 use crate::group::offsets::CommittedOffset;
@@ -29,10 +30,12 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
     for topic in &request.topics {
         let name = topic.name.0.as_str();
         let known = broker.store.topic(name);
+        let readable = frame.access().topic(TopicOp::Read, name);
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
             let metadata = p.committed_metadata.as_ref().map(|m| m.as_str().to_owned());
             let error = match &known {
+                _ if !readable => ResponseError::TopicAuthorizationFailed.code(),
                 None => ResponseError::UnknownTopicOrPartition.code(),
                 Some(t) if t.partition(p.partition_index).is_none() => {
                     ResponseError::UnknownTopicOrPartition.code()
@@ -67,13 +70,15 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
         );
     }
     let mut response = OffsetCommitResponse::default().with_topics(topics);
-    let committed = broker.groups.commit(
-        &group,
-        request.generation_id_or_member_epoch,
-        request.member_id.as_str(),
-        request.group_instance_id.as_ref().map(|s| s.as_str()),
-        accepted,
-    );
+    let committed = authorize(frame, GroupOp::Use, &group).and_then(|()| {
+        broker.groups.commit(
+            &group,
+            request.generation_id_or_member_epoch,
+            request.member_id.as_str(),
+            request.group_instance_id.as_ref().map(|s| s.as_str()),
+            accepted,
+        )
+    });
     let file = match committed {
         Ok(file) => file,
         Err(e) => {

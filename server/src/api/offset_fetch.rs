@@ -7,7 +7,11 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use kafka_protocol::error::ResponseError;
+
+use super::group_error::{authorize, error_code};
 use super::respond;
+use crate::auth::rights::{GroupOp, TopicOp};
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
 
@@ -28,24 +32,53 @@ fn partition(
 pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, RequestError> {
     let request: OffsetFetchRequest = frame.decode()?;
     let group = request.group_id.0.as_str();
+    if let Err(e) = authorize(frame, GroupOp::Use, group) {
+        let code = error_code(&e);
+        // v1 has no top-level error: each asked-for partition carries it.
+        let topics = request
+            .topics
+            .iter()
+            .flatten()
+            .map(|t| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partition_indexes
+                            .iter()
+                            .map(|&p| partition(p, None).with_error_code(code))
+                            .collect(),
+                    )
+            })
+            .collect();
+        return respond(
+            frame,
+            &OffsetFetchResponse::default()
+                .with_topics(topics)
+                .with_error_code(code),
+        );
+    }
+    let access = frame.access();
     let offsets = &broker.groups.offsets;
     let topics = match &request.topics {
         Some(topics) => topics
             .iter()
             .map(|t| {
                 let name = t.name.0.as_str();
+                let denied = (!access.topic(TopicOp::Describe, name))
+                    .then_some(ResponseError::TopicAuthorizationFailed.code());
                 OffsetFetchResponseTopic::default()
                     .with_name(t.name.clone())
                     .with_partitions(
                         t.partition_indexes
                             .iter()
-                            .map(|&p| {
-                                partition(
+                            .map(|&p| match denied {
+                                Some(code) => partition(p, None).with_error_code(code),
+                                None => partition(
                                     p,
                                     offsets
                                         .get(group, name, p)
                                         .map(|c| (c.offset, c.leader_epoch, c.metadata)),
-                                )
+                                ),
                             })
                             .collect(),
                     )
@@ -57,6 +90,9 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
                 Vec<OffsetFetchResponsePartition>,
             > = Default::default();
             for (topic, p, c) in offsets.all(group) {
+                if !access.topic(TopicOp::Describe, &topic) {
+                    continue;
+                }
                 by_topic
                     .entry(topic)
                     .or_default()

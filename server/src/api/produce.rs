@@ -10,6 +10,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{respond, Reply};
+use crate::auth::rights::TopicOp;
 use crate::broker::Broker;
 use crate::config::FsyncPolicy;
 use crate::protocol::{RequestError, RequestFrame};
@@ -56,6 +57,8 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
                 Err(ResponseError::InvalidRequiredAcks)
             } else if request.transactional_id.is_some() {
                 Err(ResponseError::TransactionalIdAuthorizationFailed)
+            } else if !frame.access().topic(TopicOp::Write, name) {
+                Err(ResponseError::TopicAuthorizationFailed)
             } else if let Some(partition) = partition {
                 let appended = split_batches(data.records.as_ref().unwrap_or(&bytes::Bytes::new()))
                     .map_err(AppendError::from)

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::group_error::error_code;
+use super::group_error::{authorize, error_code};
 use super::{respond, Reply};
+use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::group::state::SyncOutcome;
 use crate::group::{GroupError, Pending};
@@ -32,6 +33,9 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
         .iter()
         .map(|a| (a.member_id.as_str().to_owned(), a.assignment.clone()))
         .collect();
+    if let Err(e) = authorize(frame, GroupOp::Use, request.group_id.0.as_str()) {
+        return Ok(Reply::Ready(respond(frame, &response(Err(e)))?));
+    }
     let pending = broker.groups.sync(
         request.group_id.0.as_str(),
         request.generation_id,

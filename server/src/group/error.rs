@@ -37,6 +37,9 @@ pub(crate) enum GroupError {
     /// There is no such group.
     #[error("group not found")]
     GroupIdNotFound,
+    /// The connection's user may not use this group.
+    #[error("not authorized to use the group")]
+    AuthorizationFailed,
     /// The offsets log could not be written (the cause is logged where it happened).
     #[error("the offsets log could not be written")]
     CoordinatorNotAvailable,

@@ -38,6 +38,9 @@ pub(crate) struct RequestFrame {
     pub(crate) body: Bytes,
     /// The client's address, when known.
     pub(crate) peer: Option<std::net::SocketAddr>,
+    /// Who sent it and through which listener; `None` outside a connection (everything
+    /// allowed, the main listener's address).
+    pub(crate) context: Option<std::sync::Arc<crate::auth::RequestContext>>,
 }
 
 impl RequestFrame {
@@ -65,6 +68,7 @@ impl RequestFrame {
             client_id: header.client_id.map(|c| c.as_str().to_owned()),
             body: frame,
             peer: None,
+            context: None,
         })
     }
 
@@ -77,7 +81,20 @@ impl RequestFrame {
             client_id: None,
             body: Bytes::new(),
             peer: self.peer,
+            context: self.context.clone(),
         }
+    }
+
+    /// What the sender may do.
+    pub(crate) fn access(&self) -> &crate::auth::rights::Access {
+        const EVERYTHING: &crate::auth::rights::Access = &crate::auth::rights::Access::Everything;
+        self.context.as_ref().map_or(EVERYTHING, |c| &c.access)
+    }
+
+    /// The host and port of the listener the request came through.
+    pub(crate) fn advertised<'a>(&'a self, fallback: &'a (String, u16)) -> (&'a str, u16) {
+        let (host, port) = self.context.as_ref().map_or(fallback, |c| &c.advertised);
+        (host, *port)
     }
 
     /// The client host as Kafka reports it (`/127.0.0.1`).

@@ -1,0 +1,212 @@
+//! `steadfast users` and a SASL server from the command line: the file holds no password,
+//! `list` shows mechanisms and rights, and `produce`/`consume` authenticate with `-X` flags.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const PASSWORD: &str = "pw-for-the-cli-test";
+
+fn steadfast(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steadfast"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn steadfast");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().expect("steadfast runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn add_alice(file: &Path) -> Output {
+    steadfast(
+        &[
+            "users",
+            "--file",
+            file.to_str().unwrap(),
+            "add",
+            "alice",
+            "--password-stdin",
+            "--read-topics",
+            "orders.",
+            "--write-topics",
+            "orders.",
+            "--create-topics",
+            "orders.",
+            "--groups",
+            "billing-",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+}
+
+#[test]
+fn users_add_list_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    let added = add_alice(&file);
+    assert!(added.status.success(), "{}", text(&added));
+    let raw = std::fs::read_to_string(&file).unwrap();
+    assert!(!raw.contains(PASSWORD), "the password is on disk:\n{raw}");
+    assert!(raw.contains("[users.alice.scram_sha_512]"), "{raw}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    let again = add_alice(&file);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("--replace"), "{}", text(&again));
+
+    let list = steadfast(&["users", "--file", file.to_str().unwrap(), "list"], None);
+    let listed = text(&list);
+    assert!(list.status.success(), "{listed}");
+    assert!(listed.contains("alice"), "{listed}");
+    assert!(listed.contains("SCRAM-SHA-512"), "{listed}");
+    assert!(listed.contains("read=orders."), "{listed}");
+    assert!(!listed.contains("stored_key"), "{listed}");
+
+    let removed = steadfast(
+        &["users", "--file", file.to_str().unwrap(), "remove", "alice"],
+        None,
+    );
+    assert!(removed.status.success(), "{}", text(&removed));
+    let list = steadfast(
+        &["users", "--file", file.to_str().unwrap(), "list", "--json"],
+        None,
+    );
+    assert!(!text(&list).contains("alice"));
+    let missing = steadfast(
+        &["users", "--file", file.to_str().unwrap(), "remove", "alice"],
+        None,
+    );
+    assert!(!missing.status.success());
+}
+
+struct ChildServer(Child);
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_sasl_server_from_the_command_line_serves_authenticated_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    assert!(add_alice(&file).status.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steadfast"))
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--security-protocol",
+            "SASL_PLAINTEXT",
+            "--users-file",
+            file.to_str().unwrap(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn steadfast server");
+    let stdout = child.stdout.take().unwrap();
+    let server = ChildServer(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let bootstrap = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let auth = |user: &str, password: &str| {
+        vec![
+            "-X".to_owned(),
+            "security.protocol=SASL_PLAINTEXT".to_owned(),
+            "-X".to_owned(),
+            "sasl.mechanisms=SCRAM-SHA-256".to_owned(),
+            "-X".to_owned(),
+            format!("sasl.username={user}"),
+            "-X".to_owned(),
+            format!("sasl.password={password}"),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        steadfast(&args, None)
+    };
+    let mut produce: Vec<String> = [
+        "produce",
+        "-b",
+        &bootstrap,
+        "--topic",
+        "orders.cli",
+        "--count",
+        "20",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    produce.extend(auth("alice", PASSWORD));
+    let produced = run(produce);
+    assert!(produced.status.success(), "{}", text(&produced));
+
+    let mut consume: Vec<String> = [
+        "consume",
+        "-b",
+        &bootstrap,
+        "--topic",
+        "orders.cli",
+        "--from-beginning",
+        "--count",
+        "20",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    consume.extend(auth("alice", PASSWORD));
+    let consumed = run(consume);
+    let out = text(&consumed);
+    assert!(consumed.status.success(), "{out}");
+    assert_eq!(
+        String::from_utf8_lossy(&consumed.stdout).lines().count(),
+        20,
+        "{out}"
+    );
+
+    let mut denied: Vec<String> = [
+        "produce",
+        "-b",
+        &bootstrap,
+        "--topic",
+        "secret.cli",
+        "--count",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    denied.extend(auth("alice", PASSWORD));
+    let denied = run(denied);
+    assert!(!denied.status.success(), "{}", text(&denied));
+    drop(server);
+}

@@ -1,0 +1,406 @@
+//! The server side of a SCRAM exchange (RFC 5802, RFC 7677): client-first → server-first,
+//! client-final → server-final. Pure: the credential lookup and the server nonce are given.
+
+use std::sync::OnceLock;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+
+use super::crypto::{constant_time_eq, random_bytes, Hash, SALT_LEN};
+use super::users::{CredentialKeys, DEFAULT_ITERATIONS};
+
+/// What one step of an exchange gives back.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Send this to the client and wait for its next message.
+    Challenge(Vec<u8>),
+    /// The client proved it knows the password: send the server-final message.
+    Success {
+        /// The authenticated user.
+        user: String,
+        /// `v=<server signature>`.
+        server_final: Vec<u8>,
+    },
+    /// Authentication failed. The reason is for the log; it never holds a secret.
+    Failure {
+        /// The user the client claimed to be, when it got that far.
+        user: Option<String>,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+enum State {
+    First,
+    Final {
+        user: String,
+        known: bool,
+        keys: CredentialKeys,
+        gs2_header: String,
+        client_first_bare: String,
+        server_first: String,
+        nonce: String,
+    },
+    Done,
+}
+
+/// One SCRAM exchange on one connection.
+#[derive(Debug)]
+pub(crate) struct ScramExchange {
+    hash: Hash,
+    state: State,
+}
+
+fn failure(user: Option<&str>, reason: impl Into<String>) -> Step {
+    Step::Failure {
+        user: user.map(str::to_owned),
+        reason: reason.into(),
+    }
+}
+
+/// Decodes a SCRAM `saslname` (`=2C` is `,`, `=3D` is `=`).
+fn decode_saslname(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find('=') {
+        out.push_str(&rest[..at]);
+        let code = rest.get(at + 1..at + 3)?;
+        out.push(match code {
+            "2C" => ',',
+            "3D" => '=',
+            _ => return None,
+        });
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Keys for a user that does not exist: the same salt every time for the same name, so a
+/// client cannot tell an unknown user from a wrong password.
+fn decoy_keys(hash: Hash, user: &str) -> Option<CredentialKeys> {
+    static SECRET: OnceLock<Vec<u8>> = OnceLock::new();
+    let secret = match SECRET.get() {
+        Some(secret) => secret,
+        None => {
+            let fresh = random_bytes(32).ok()?;
+            SECRET.get_or_init(|| fresh)
+        }
+    };
+    let mut salt = hash.hmac(secret, user.as_bytes());
+    salt.truncate(SALT_LEN);
+    Some(CredentialKeys {
+        salt,
+        iterations: DEFAULT_ITERATIONS,
+        stored_key: random_bytes(hash.len()).ok()?,
+        server_key: random_bytes(hash.len()).ok()?,
+    })
+}
+
+impl ScramExchange {
+    /// A new exchange for SCRAM over `hash`.
+    pub(crate) fn new(hash: Hash) -> Self {
+        ScramExchange {
+            hash,
+            state: State::First,
+        }
+    }
+
+    /// The hash of this exchange's mechanism.
+    pub(crate) fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    /// Takes the client's next message. `lookup` finds a user's credential;
+    /// `server_nonce` is appended to the client's nonce.
+    pub(crate) fn step(
+        &mut self,
+        message: &[u8],
+        lookup: impl FnOnce(&str) -> Option<CredentialKeys>,
+        server_nonce: &str,
+    ) -> Step {
+        let Ok(message) = std::str::from_utf8(message) else {
+            self.state = State::Done;
+            return failure(None, "message is not UTF-8");
+        };
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::First => self.client_first(message, lookup, server_nonce),
+            State::Final {
+                user,
+                known,
+                keys,
+                gs2_header,
+                client_first_bare,
+                server_first,
+                nonce,
+            } => {
+                let expected = Expected {
+                    user: &user,
+                    known,
+                    keys: &keys,
+                    gs2_header: &gs2_header,
+                    client_first_bare: &client_first_bare,
+                    server_first: &server_first,
+                    nonce: &nonce,
+                };
+                self.client_final(message, expected)
+            }
+            State::Done => failure(None, "the exchange is already over"),
+        }
+    }
+
+    fn client_first(
+        &mut self,
+        message: &str,
+        lookup: impl FnOnce(&str) -> Option<CredentialKeys>,
+        server_nonce: &str,
+    ) -> Step {
+        let mut parts = message.splitn(3, ',');
+        let (Some(flag), Some(authzid), Some(bare)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return failure(None, "client-first message is malformed");
+        };
+        match flag {
+            "n" | "y" => {}
+            f if f.starts_with("p=") => return failure(None, "channel binding is not supported"),
+            _ => return failure(None, "client-first message has a bad GS2 flag"),
+        }
+        let mut user = None;
+        let mut client_nonce = None;
+        for (i, attribute) in bare.split(',').enumerate() {
+            match (i, attribute.split_at_checked(2)) {
+                (0, Some(("n=", name))) => user = decode_saslname(name),
+                (1, Some(("r=", nonce))) => client_nonce = Some(nonce),
+                (0, Some(("m=", _))) => {
+                    return failure(None, "mandatory extensions are not supported")
+                }
+                _ => {}
+            }
+        }
+        let (Some(user), Some(client_nonce)) = (user, client_nonce) else {
+            return failure(None, "client-first message lacks a user name or nonce");
+        };
+        if client_nonce.is_empty() {
+            return failure(Some(&user), "empty client nonce");
+        }
+        if let Some(authzid) = authzid.strip_prefix("a=") {
+            if decode_saslname(authzid).as_deref() != Some(user.as_str()) {
+                return failure(Some(&user), "authorization id differs from the user name");
+            }
+        } else if !authzid.is_empty() {
+            return failure(
+                Some(&user),
+                "client-first message has a bad authorization id",
+            );
+        }
+        let (known, keys) = match lookup(&user) {
+            Some(keys) => (true, keys),
+            None => match decoy_keys(self.hash, &user) {
+                Some(keys) => (false, keys),
+                None => return failure(Some(&user), "no random bytes for the exchange"),
+            },
+        };
+        let nonce = format!("{client_nonce}{server_nonce}");
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&keys.salt),
+            keys.iterations
+        );
+        let challenge = server_first.clone().into_bytes();
+        self.state = State::Final {
+            user,
+            known,
+            keys,
+            gs2_header: format!("{flag},{authzid},"),
+            client_first_bare: bare.to_owned(),
+            server_first,
+            nonce,
+        };
+        Step::Challenge(challenge)
+    }
+
+    fn client_final(&mut self, message: &str, expected: Expected<'_>) -> Step {
+        let user = Some(expected.user);
+        let Some((without_proof, proof)) = message.rsplit_once(",p=") else {
+            return failure(user, "client-final message lacks a proof");
+        };
+        let mut attributes = without_proof.split(',');
+        let binding = attributes.next().and_then(|a| a.strip_prefix("c="));
+        let nonce = attributes.next().and_then(|a| a.strip_prefix("r="));
+        if binding.and_then(|b| B64.decode(b).ok()).as_deref()
+            != Some(expected.gs2_header.as_bytes())
+        {
+            return failure(user, "channel binding data differs from the GS2 header");
+        }
+        if nonce != Some(expected.nonce) {
+            return failure(user, "nonce differs from the server's");
+        }
+        let Ok(proof) = B64.decode(proof) else {
+            return failure(user, "proof is not base64");
+        };
+        let hash = self.hash;
+        let auth_message = format!(
+            "{},{},{}",
+            expected.client_first_bare, expected.server_first, without_proof
+        );
+        let client_signature = hash.hmac(&expected.keys.stored_key, auth_message.as_bytes());
+        if proof.len() != client_signature.len() {
+            return failure(user, "invalid credentials");
+        }
+        let client_key: Vec<u8> = proof
+            .iter()
+            .zip(&client_signature)
+            .map(|(p, s)| p ^ s)
+            .collect();
+        if !constant_time_eq(&hash.hash(&client_key), &expected.keys.stored_key) || !expected.known
+        {
+            let reason = if expected.known {
+                "invalid credentials"
+            } else {
+                "unknown user"
+            };
+            return failure(user, reason);
+        }
+        let server_signature = hash.hmac(&expected.keys.server_key, auth_message.as_bytes());
+        Step::Success {
+            user: expected.user.to_owned(),
+            server_final: format!("v={}", B64.encode(server_signature)).into_bytes(),
+        }
+    }
+}
+
+struct Expected<'a> {
+    user: &'a str,
+    known: bool,
+    keys: &'a CredentialKeys,
+    gs2_header: &'a str,
+    client_first_bare: &'a str,
+    server_first: &'a str,
+    nonce: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7677 section 3: user "user", password "pencil".
+    fn rfc_keys() -> CredentialKeys {
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let (stored_key, server_key) = Hash::Sha256.keys(b"pencil", &salt, 4096);
+        CredentialKeys {
+            salt,
+            iterations: 4096,
+            stored_key,
+            server_key,
+        }
+    }
+
+    const SERVER_NONCE: &str = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+
+    #[test]
+    fn rfc_7677_exchange_succeeds_with_its_server_signature() {
+        let mut exchange = ScramExchange::new(Hash::Sha256);
+        let first = exchange.step(
+            b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+            |u| (u == "user").then(rfc_keys),
+            SERVER_NONCE,
+        );
+        let Step::Challenge(challenge) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(
+            String::from_utf8(challenge).unwrap(),
+            "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+        );
+        let last = exchange.step(
+            b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+            |_| None,
+            "",
+        );
+        match last {
+            Step::Success { user, server_final } => {
+                assert_eq!(user, "user");
+                assert_eq!(
+                    String::from_utf8(server_final).unwrap(),
+                    "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_proof_fails() {
+        let mut exchange = ScramExchange::new(Hash::Sha256);
+        exchange.step(
+            b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+            |_| Some(rfc_keys()),
+            SERVER_NONCE,
+        );
+        let last = exchange.step(
+            b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=AHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+            |_| None,
+            "",
+        );
+        assert!(
+            matches!(&last, Step::Failure { reason, .. } if reason == "invalid credentials"),
+            "{last:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_user_gets_a_stable_decoy_salt_and_fails() {
+        let salt_of = || {
+            let mut exchange = ScramExchange::new(Hash::Sha512);
+            match exchange.step(b"n,,n=nobody,r=abc", |_| None, "xyz") {
+                Step::Challenge(c) => String::from_utf8(c).unwrap(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(salt_of(), salt_of());
+        let mut exchange = ScramExchange::new(Hash::Sha512);
+        exchange.step(b"n,,n=nobody,r=abc", |_| None, "xyz");
+        let proof = B64.encode([0u8; 64]);
+        let last = exchange.step(
+            format!("c=biws,r=abcxyz,p={proof}").as_bytes(),
+            |_| None,
+            "",
+        );
+        assert!(matches!(last, Step::Failure { .. }), "{last:?}");
+    }
+
+    #[test]
+    fn malformed_messages_fail_without_panicking() {
+        for message in [
+            &b""[..],
+            b"n",
+            b"x,,n=u,r=a",
+            b"p=tls-unique,,n=u,r=a",
+            b"n,,m=ext,n=u,r=a",
+            b"n,,n=u",
+            b"n,,n=bad=name,r=a",
+            b"n,a=other,n=u,r=a",
+            b"\xff\xfe",
+        ] {
+            let mut exchange = ScramExchange::new(Hash::Sha256);
+            let step = exchange.step(message, |_| Some(rfc_keys()), "s");
+            assert!(
+                matches!(step, Step::Failure { .. }),
+                "{message:?}: {step:?}"
+            );
+        }
+        let mut exchange = ScramExchange::new(Hash::Sha256);
+        exchange.step(b"n,,n=u,r=a", |_| Some(rfc_keys()), "s");
+        let step = exchange.step(b"c=biws,r=as", |_| None, "");
+        assert!(matches!(step, Step::Failure { .. }));
+        let step = exchange.step(b"anything", |_| None, "");
+        assert!(matches!(step, Step::Failure { .. }));
+    }
+
+    #[test]
+    fn saslnames_decode_escapes() {
+        assert_eq!(decode_saslname("a=2Cb=3Dc").as_deref(), Some("a,b=c"));
+        assert_eq!(decode_saslname("a=4"), None);
+    }
+}

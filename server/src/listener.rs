@@ -1,0 +1,116 @@
+//! The server's listeners: binding each configured address with its security protocol, and
+//! accepting connections on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::tls;
+use crate::broker::Broker;
+use crate::config::{ListenerConfig, SecurityProtocol, TlsConfig};
+use crate::connection;
+use crate::error::ServerError;
+
+/// What a connection needs to know of the listener it came through.
+pub(crate) struct ListenerInfo {
+    /// Its security protocol.
+    pub(crate) protocol: SecurityProtocol,
+    /// Host and port given to its clients in Metadata and FindCoordinator.
+    pub(crate) advertised: (String, u16),
+    /// The TLS acceptor of `SSL` and `SASL_SSL` listeners.
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ListenerInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerInfo")
+            .field("protocol", &self.protocol)
+            .field("advertised", &self.advertised)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// A bound listener, not yet accepting.
+#[derive(Debug)]
+pub(crate) struct BoundListener {
+    pub(crate) socket: TcpListener,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) info: Arc<ListenerInfo>,
+}
+
+/// Binds one listener and prepares its TLS acceptor.
+pub(crate) async fn bind(
+    config: &ListenerConfig,
+    tls_config: Option<&TlsConfig>,
+) -> Result<BoundListener, ServerError> {
+    let tls = match (config.protocol.tls(), tls_config) {
+        (false, _) => None,
+        (true, Some(tls_config)) => Some(tls::acceptor(tls_config)?),
+        (true, None) => {
+            return Err(ServerError::Config(format!(
+                "listener {}://{} needs a TLS certificate and key",
+                config.protocol, config.addr
+            )))
+        }
+    };
+    let bind_error = |source| ServerError::Bind {
+        addr: config.addr,
+        source,
+    };
+    let socket = TcpListener::bind(config.addr).await.map_err(bind_error)?;
+    let local_addr = socket.local_addr().map_err(bind_error)?;
+    let advertised = config.advertised.clone().unwrap_or_else(|| {
+        let ip = if local_addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            local_addr.ip().to_string()
+        };
+        (ip, local_addr.port())
+    });
+    Ok(BoundListener {
+        socket,
+        local_addr,
+        info: Arc::new(ListenerInfo {
+            protocol: config.protocol,
+            advertised,
+            tls,
+        }),
+    })
+}
+
+/// Accepts connections until shutdown, serving each on its own task.
+pub(crate) async fn accept_loop(
+    listener: BoundListener,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.socket.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracing::debug!(%peer, protocol = %listener.info.protocol, "connection accepted");
+                tasks.spawn(connection::serve(
+                    broker.clone(),
+                    listener.info.clone(),
+                    stream,
+                    peer,
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
