@@ -138,23 +138,13 @@ fn run(runtime: &tokio::runtime::Runtime, server: &ServerHandle, args: &Args) ->
         args.messages, args.segment_bytes, args.b_message_bytes
     );
     client.block_on(time_produces(&producer, &topic_a, &payload, WARMUP))?;
-    let idle = client.block_on(time_produces(
-        &producer,
-        &topic_a,
-        &payload,
-        args.messages,
-    ))?;
+    let idle = client.block_on(time_produces(&producer, &topic_a, &payload, args.messages))?;
 
     let stream = BStream::start(&bootstrap, &topic_b, args.b_message_bytes)?;
     let segments_before = wait_for_rolls(server, &topic_b, &stream)?;
     client.block_on(time_produces(&producer, &topic_a, &payload, WARMUP))?;
     let phase_started = Instant::now();
-    let rolling = client.block_on(time_produces(
-        &producer,
-        &topic_a,
-        &payload,
-        args.messages,
-    ))?;
+    let rolling = client.block_on(time_produces(&producer, &topic_a, &payload, args.messages))?;
     let phase_secs = phase_started.elapsed().as_secs_f64();
     let segments_after = server
         .segment_base_offsets(&topic_b, 0)
@@ -168,10 +158,7 @@ fn run(runtime: &tokio::runtime::Runtime, server: &ServerHandle, args: &Args) ->
     println!("| --- | --- | --- | --- | --- | --- |");
     let (i50, i99, imax) = percentiles(&idle);
     let (r50, r99, rmax) = percentiles(&rolling);
-    println!(
-        "| B idle | {} | {i50} | {i99} | {imax} | 0 |",
-        idle.len()
-    );
+    println!("| B idle | {} | {i50} | {i99} | {imax} | 0 |", idle.len());
     println!(
         "| B rolling | {} | {r50} | {r99} | {rmax} | {:.0} |",
         rolling.len(),
