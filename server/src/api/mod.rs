@@ -133,7 +133,7 @@ pub(crate) fn dispatch(broker: &Arc<Broker>, frame: RequestFrame) -> Result<Repl
         ApiKey::OffsetFetch => Reply::Ready(offset_fetch::handle(broker, &frame)?),
         ApiKey::DescribeGroups => Reply::Ready(describe_groups::handle(broker, &frame)?),
         ApiKey::ListGroups => Reply::Ready(list_groups::handle(broker, &frame)?),
-        ApiKey::DeleteGroups => Reply::Ready(delete_groups::handle(broker, &frame)?),
+        ApiKey::DeleteGroups => delete_groups::handle(broker, &frame)?,
         other => {
             return Err(DispatchError::Unsupported {
                 api: other,

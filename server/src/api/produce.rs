@@ -1,8 +1,7 @@
 //! Produce: validates and appends record batches as the client sent them (compressed stays
 //! compressed), then answers — at once, or after an fsync when the data must be durable.
+//! A failed write or fsync answers KAFKA_STORAGE_ERROR for the partitions it touched.
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
@@ -15,7 +14,7 @@ use crate::broker::Broker;
 use crate::config::FsyncPolicy;
 use crate::protocol::{RequestError, RequestFrame};
 use crate::storage::batch::{split_batches, BatchError};
-use crate::storage::partition::AppendError;
+use crate::storage::partition::{AppendError, Partition};
 use crate::storage::producer_state::SequenceError;
 
 fn error_code(error: &AppendError) -> ResponseError {
@@ -40,7 +39,8 @@ fn error_code(error: &AppendError) -> ResponseError {
 pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply, RequestError> {
     let request: ProduceRequest = frame.decode()?;
     let acks = request.acks;
-    let mut to_sync: HashMap<usize, Arc<File>> = HashMap::new();
+    // (topic index, partition index, partition, epoch after the append)
+    let mut to_sync: Vec<(usize, usize, Arc<Partition>, u64)> = Vec::new();
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic_data in &request.topic_data {
         let name = topic_data.name.0.as_str();
@@ -77,8 +77,9 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
             };
             response = match outcome {
                 Ok(appended) => {
-                    if let Some(file) = appended.written_to {
-                        to_sync.insert(Arc::as_ptr(&file) as usize, file);
+                    if let Some(partition) = partition {
+                        let at = (responses.len(), partitions.len());
+                        to_sync.push((at.0, at.1, partition.clone(), appended.epoch));
                     }
                     response
                         .with_base_offset(appended.base_offset)
@@ -110,17 +111,31 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
     let frame = frame.detached();
     Ok(Reply::Later(Box::pin(async move {
         let mut response = response;
-        for file in to_sync.into_values() {
-            if let Err(e) = broker.syncer.sync(file).await {
-                tracing::error!(error = %e, "fsync failed; failing the produce");
-                for topic in &mut response.responses {
-                    for p in &mut topic.partition_responses {
-                        if p.error_code == 0 {
-                            p.error_code = ResponseError::KafkaStorageError.code();
-                        }
-                    }
+        let syncs = to_sync.iter().map(|(_, _, partition, _)| {
+            let syncer = broker.syncer.clone();
+            let partition = partition.clone();
+            async move { syncer.sync(partition).await }
+        });
+        let results = futures::future::join_all(syncs).await;
+        for ((topic, index, partition, epoch), result) in to_sync.iter().zip(results) {
+            // Durable only if the fsync succeeded and no failed fsync cut the data since.
+            let failure = match result {
+                Err(e) => Some(e.to_string()),
+                Ok(()) if partition.epoch() != *epoch => {
+                    Some("the data was dropped after a failed fsync".to_owned())
                 }
-                break;
+                Ok(()) => None,
+            };
+            if let Some(reason) = failure {
+                tracing::error!(error = %reason, "fsync failed; failing the produce");
+                if let Some(p) = response
+                    .responses
+                    .get_mut(*topic)
+                    .and_then(|t| t.partition_responses.get_mut(*index))
+                {
+                    p.error_code = ResponseError::KafkaStorageError.code();
+                    p.base_offset = -1;
+                }
             }
         }
         respond(&frame, &response)

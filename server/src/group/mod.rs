@@ -7,7 +7,6 @@ pub(crate) mod offsets;
 pub(crate) mod state;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,7 +107,7 @@ pub(crate) struct GroupCoordinator {
     /// group not yet rejoined after a restart counts as active from then on.
     started_ms: i64,
     groups: Mutex<HashMap<String, Group>>,
-    pub(crate) offsets: OffsetStore,
+    pub(crate) offsets: Arc<OffsetStore>,
 }
 
 fn new_member_id(client_id: &str) -> String {
@@ -127,7 +126,7 @@ impl GroupCoordinator {
             config,
             started_ms: now_ms(),
             groups: Mutex::new(HashMap::new()),
-            offsets,
+            offsets: Arc::new(offsets),
         }
     }
 
@@ -466,7 +465,7 @@ impl GroupCoordinator {
     }
 
     /// Commits offsets if the member may (generation fencing), checking and writing under
-    /// the group lock so no rebalance can slip in between. Returns the offsets log to fsync
+    /// the group lock so no rebalance can slip in between. Returns the offsets store to fsync
     /// before acknowledging, or why every partition is refused.
     pub(crate) fn commit(
         &self,
@@ -475,13 +474,14 @@ impl GroupCoordinator {
         member_id: &str,
         instance_id: Option<&str>,
         commits: Vec<(String, i32, CommittedOffset)>,
-    ) -> Result<Arc<File>, GroupError> {
+    ) -> Result<Arc<OffsetStore>, GroupError> {
         let groups = self.groups.lock();
         Self::check_commit(&groups, group_id, generation, member_id, instance_id)?;
         self.offsets.commit(group_id, commits).map_err(|e| {
             tracing::error!(group = %group_id, error = %e, "writing committed offsets failed");
             GroupError::CoordinatorNotAvailable
-        })
+        })?;
+        Ok(self.offsets.clone())
     }
 
     /// Whether a member may commit offsets for its group (generation fencing).
@@ -578,8 +578,9 @@ impl GroupCoordinator {
         out
     }
 
-    /// Deletes an empty group and its offsets.
-    pub(crate) fn delete(&self, group_id: &str) -> Result<(), GroupError> {
+    /// Deletes an empty group and its offsets; returns the offsets store, to be fsynced
+    /// before the deletion is acknowledged.
+    pub(crate) fn delete(&self, group_id: &str) -> Result<Arc<OffsetStore>, GroupError> {
         let mut groups = self.groups.lock();
         let known = match groups.get(group_id) {
             Some(g) if !g.members.is_empty() => return Err(GroupError::NonEmptyGroup),
@@ -593,7 +594,8 @@ impl GroupCoordinator {
         self.offsets.delete_group(group_id).map_err(|e| {
             tracing::error!(group = %group_id, error = %e, "deleting group offsets failed");
             GroupError::CoordinatorNotAvailable
-        })
+        })?;
+        Ok(self.offsets.clone())
     }
 
     /// The generation of a group, if it exists.

@@ -4,17 +4,24 @@
 //! the commit is acknowledged (group commit). On start the log is read — a torn last line
 //! from a crash is ignored — and compacted: rewritten with only the latest offset of every
 //! group/topic/partition, then swapped in with an atomic rename.
+//!
+//! Disk errors: a failed append is cut from the file again, so the log never holds a torn
+//! line followed by good ones (the map is only changed after a write succeeds). After a
+//! failed fsync the file's unsynced tail is unknown, so the next append first rewrites the
+//! whole log from the map (the same compaction as at start); until that succeeds, commits
+//! are refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::durable::write_durably;
+use crate::storage::sync::SyncTarget;
 
 /// One committed offset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,11 +50,51 @@ enum LogEntry {
 
 type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
 
+/// The open offsets log.
+#[derive(Debug)]
+struct LogFile {
+    file: Arc<File>,
+    /// Bytes of whole lines in the file.
+    len: u64,
+    /// An fsync failed or a failed write could not be cut: rewrite before appending.
+    needs_rewrite: bool,
+}
+
 /// The committed offsets of every group.
 #[derive(Debug)]
 pub(crate) struct OffsetStore {
-    file: Mutex<Arc<File>>,
+    path: PathBuf,
+    file: Mutex<LogFile>,
     offsets: Mutex<HashMap<String, GroupOffsets>>,
+}
+
+/// Every offset of `offsets` as log lines.
+fn compacted(offsets: &HashMap<String, GroupOffsets>) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for (group, entries) in offsets {
+        for ((topic, partition), committed) in entries {
+            let entry = LogEntry::Commit {
+                group: group.clone(),
+                topic: topic.clone(),
+                partition: *partition,
+                committed: committed.clone(),
+            };
+            serde_json::to_writer(&mut out, &entry).map_err(io::Error::other)?;
+            out.push(b'\n');
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces the log at `path` with `body` and opens it for appending.
+fn rewrite(path: &Path, body: &[u8]) -> io::Result<LogFile> {
+    write_durably(path, body)?;
+    let file = OpenOptions::new().append(true).open(path)?;
+    Ok(LogFile {
+        file: Arc::new(file),
+        len: body.len() as u64,
+        needs_rewrite: false,
+    })
 }
 
 impl OffsetStore {
@@ -86,38 +133,35 @@ impl OffsetStore {
                 }
             }
         }
-        let mut compacted = Vec::new();
-        for (group, entries) in &offsets {
-            for ((topic, partition), committed) in entries {
-                let entry = LogEntry::Commit {
-                    group: group.clone(),
-                    topic: topic.clone(),
-                    partition: *partition,
-                    committed: committed.clone(),
-                };
-                serde_json::to_writer(&mut compacted, &entry).map_err(io::Error::other)?;
-                compacted.push(b'\n');
-            }
-        }
-        write_durably(&path, &compacted)?;
-        let file = OpenOptions::new().append(true).open(&path)?;
+        let file = rewrite(&path, &compacted(&offsets)?)?;
         Ok(OffsetStore {
-            file: Mutex::new(Arc::new(file)),
+            path,
+            file: Mutex::new(file),
             offsets: Mutex::new(offsets),
         })
     }
 
     /// Appends entries and applies them to the in-memory map while holding the file lock,
     /// so memory and disk agree on the order of concurrent changes.
-    fn append(&self, entries: &[LogEntry]) -> io::Result<Arc<File>> {
+    fn append(&self, entries: &[LogEntry]) -> io::Result<()> {
         let mut buf = Vec::new();
         for entry in entries {
             serde_json::to_writer(&mut buf, entry).map_err(io::Error::other)?;
             buf.push(b'\n');
         }
-        let file = self.file.lock();
-        (&**file).write_all(&buf)?;
+        let mut log = self.file.lock();
         let mut offsets = self.offsets.lock();
+        if log.needs_rewrite {
+            let body = compacted(&offsets)?;
+            *log = crate::storage::blocking::run(|| rewrite(&self.path, &body))?;
+            tracing::info!(path = %self.path.display(), "rewrote the offsets log after a disk error");
+        }
+        if let Err(e) = (&*log.file).write_all(&buf) {
+            // Cut the torn line, or rewrite the whole log before the next append.
+            log.needs_rewrite = log.file.set_len(log.len).is_err();
+            return Err(e);
+        }
+        log.len += buf.len() as u64;
         for entry in entries {
             match entry {
                 LogEntry::Commit {
@@ -136,15 +180,16 @@ impl OffsetStore {
                 }
             }
         }
-        Ok(file.clone())
+        Ok(())
     }
 
-    /// Records commits; returns the log file, to be fsynced before acknowledging.
+    /// Records commits; the store is then to be fsynced (as a [`SyncTarget`]) before
+    /// acknowledging.
     pub(crate) fn commit(
         &self,
         group: &str,
         commits: Vec<(String, i32, CommittedOffset)>,
-    ) -> io::Result<Arc<File>> {
+    ) -> io::Result<()> {
         let entries: Vec<LogEntry> = commits
             .iter()
             .map(|(topic, partition, committed)| LogEntry::Commit {
@@ -199,15 +244,24 @@ impl OffsetStore {
         self.offsets.lock().contains_key(group)
     }
 
-    /// Forgets a group's offsets (durably).
+    /// Forgets a group's offsets; durable once the store is next fsynced.
     pub(crate) fn delete_group(&self, group: &str) -> io::Result<()> {
         if !self.has_group(group) {
             return Ok(());
         }
-        let file = self.append(&[LogEntry::DeleteGroup {
+        self.append(&[LogEntry::DeleteGroup {
             group: group.to_owned(),
-        }])?;
-        file.sync_data()
+        }])
+    }
+}
+
+impl SyncTarget for OffsetStore {
+    fn sync_now(&self) -> io::Result<()> {
+        let file = self.file.lock().file.clone();
+        file.sync_data().inspect_err(|e| {
+            tracing::error!(path = %self.path.display(), error = %e, "fsync of the offsets log failed; it is rewritten before the next commit");
+            self.file.lock().needs_rewrite = true;
+        })
     }
 }
 
@@ -238,6 +292,7 @@ mod tests {
                 .commit("gone", vec![("t".into(), 1, committed(5))])
                 .expect("commit");
             store.delete_group("gone").expect("delete");
+            store.sync_now().expect("sync");
         }
         // A torn line at the end (crash mid-append) is ignored.
         let log = dir.path().join("groups").join("offsets.log");

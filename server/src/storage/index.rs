@@ -36,6 +36,9 @@ pub(crate) struct SegmentIndex {
     /// Open while the segment is active; sealed segments keep only the in-memory entries,
     /// so they hold no file descriptors for their indexes.
     files: Option<(File, File)>,
+    /// Set when writing an index file failed: the files are no longer mirrored (recovery
+    /// rebuilds them) while the in-memory entries, which reads use, stay complete.
+    files_failed: bool,
 }
 
 const OFFSET_ENTRY_LEN: usize = 8;
@@ -55,6 +58,7 @@ impl SegmentIndex {
             offsets: Vec::new(),
             times: Vec::new(),
             files: Some((open(offset_path)?, open(time_path)?)),
+            files_failed: false,
         })
     }
 
@@ -101,35 +105,57 @@ impl SegmentIndex {
             offsets,
             times,
             files: None,
+            files_failed: false,
         }))
     }
 
-    /// Records an offset-index entry.
-    pub(crate) fn push_offset(&mut self, entry: OffsetEntry) -> io::Result<()> {
+    /// Records an offset-index entry. A failed file write does not fail the caller: the
+    /// entry is kept in memory and the files stop being mirrored (see [`Self::mirror`]).
+    pub(crate) fn push_offset(&mut self, entry: OffsetEntry) {
         let mut buf = [0u8; OFFSET_ENTRY_LEN];
         buf[0..4].copy_from_slice(&entry.relative_offset.to_be_bytes());
         buf[4..8].copy_from_slice(&entry.position.to_be_bytes());
-        self.writable()?.0.write_all(&buf)?;
+        self.mirror(|(offsets, _)| offsets.write_all(&buf));
         self.offsets.push(entry);
-        Ok(())
     }
 
-    /// Records a time-index entry if it raises the largest timestamp indexed so far.
-    pub(crate) fn push_time(&mut self, entry: TimeEntry) -> io::Result<()> {
+    /// Records a time-index entry if it raises the largest timestamp indexed so far (a
+    /// failed file write is handled as in [`Self::push_offset`]).
+    pub(crate) fn push_time(&mut self, entry: TimeEntry) {
         if self
             .times
             .last()
             .is_some_and(|last| last.timestamp >= entry.timestamp)
         {
-            return Ok(());
+            return;
         }
         let mut buf = [0u8; TIME_ENTRY_LEN];
         buf[0..8].copy_from_slice(&entry.timestamp.to_be_bytes());
         buf[8..12].copy_from_slice(&entry.relative_offset.to_be_bytes());
         buf[12..16].copy_from_slice(&entry.position.to_be_bytes());
-        self.writable()?.1.write_all(&buf)?;
+        self.mirror(|(_, times)| times.write_all(&buf));
         self.times.push(entry);
-        Ok(())
+    }
+
+    /// Writes to the index files unless an earlier write failed. On failure both files are
+    /// cut back to their whole entries (best effort) and no longer written: a segment whose
+    /// index files are short or empty is rebuilt by recovery, so the index files never
+    /// stop an append.
+    fn mirror(&mut self, write: impl FnOnce(&mut (File, File)) -> io::Result<()>) {
+        if self.files_failed {
+            return;
+        }
+        let Some(files) = self.files.as_mut() else {
+            return;
+        };
+        if let Err(e) = write(files) {
+            tracing::warn!(error = %e, "index file write failed; the index will be rebuilt on recovery");
+            self.files_failed = true;
+            let _ = files
+                .0
+                .set_len((self.offsets.len() * OFFSET_ENTRY_LEN) as u64);
+            let _ = files.1.set_len((self.times.len() * TIME_ENTRY_LEN) as u64);
+        }
     }
 
     /// Byte position from which to scan for `relative_offset`: the last indexed batch at or
@@ -158,12 +184,6 @@ impl SegmentIndex {
         }
     }
 
-    fn writable(&mut self) -> io::Result<&mut (File, File)> {
-        self.files
-            .as_mut()
-            .ok_or_else(|| io::Error::other("the index of a sealed segment is read-only"))
-    }
-
     /// Flushes both index files to stable storage.
     pub(crate) fn sync(&self) -> io::Result<()> {
         if let Some((offsets, times)) = &self.files {
@@ -173,8 +193,15 @@ impl SegmentIndex {
         Ok(())
     }
 
-    /// Syncs and closes the index files: the segment takes no more appends.
+    /// Syncs and closes the index files: the segment takes no more appends. Files that
+    /// stopped being mirrored are emptied, so loading them later rebuilds the index.
     pub(crate) fn close(&mut self) -> io::Result<()> {
+        if self.files_failed {
+            if let Some((offsets, times)) = &self.files {
+                offsets.set_len(0)?;
+                times.set_len(0)?;
+            }
+        }
         self.sync()?;
         self.files = None;
         Ok(())
@@ -209,14 +236,12 @@ mod tests {
             idx.push_offset(OffsetEntry {
                 relative_offset: off,
                 position: pos,
-            })
-            .expect("push");
+            });
             idx.push_time(TimeEntry {
                 timestamp: 100 * (i as i64 + 1),
                 relative_offset: off,
                 position: pos,
-            })
-            .expect("push");
+            });
         }
         assert_eq!(idx.position_for_offset(0), 0);
         assert_eq!(idx.position_for_offset(15), 4096);
@@ -244,8 +269,7 @@ mod tests {
         idx.push_offset(OffsetEntry {
             relative_offset: 5,
             position: 9000,
-        })
-        .expect("push");
+        });
         assert!(SegmentIndex::load(&o, &t, 100).expect("load").is_none());
     }
 }

@@ -5,6 +5,7 @@
 //! `topics/<topic>/<partition>/{base_offset:020}.{log,index,timeindex}`.
 
 pub(crate) mod batch;
+pub(crate) mod blocking;
 pub(crate) mod index;
 pub(crate) mod partition;
 pub(crate) mod producer_state;
@@ -12,11 +13,11 @@ pub(crate) mod segment;
 pub(crate) mod sync;
 pub(crate) mod topic_config;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -86,11 +87,28 @@ pub(crate) fn is_valid_topic_name(name: &str) -> bool {
 }
 
 /// Every topic of the server.
+///
+/// The `topics` lock is only ever held for map lookups and changes, never across file
+/// creation or removal, so produce and fetch never wait for another topic's disk work.
 #[derive(Debug)]
 pub(crate) struct LogStore {
     root: PathBuf,
     defaults: LogConfig,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Names of topics whose files are being created (reserved against a second create).
+    creating: Mutex<HashSet<String>>,
+}
+
+/// Releases a name reserved in [`LogStore::creating`] when the create ends, however it ends.
+struct Reservation<'a> {
+    creating: &'a Mutex<HashSet<String>>,
+    name: &'a str,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.creating.lock().remove(self.name);
+    }
 }
 
 impl LogStore {
@@ -136,6 +154,7 @@ impl LogStore {
             root,
             defaults,
             topics: RwLock::new(topics),
+            creating: Mutex::new(HashSet::new()),
         })
     }
 
@@ -196,6 +215,8 @@ impl LogStore {
     }
 
     /// Creates a topic; its metadata file is written last, so a crash leaves no half topic.
+    /// The files are made off the async worker (see [`blocking`]) and without the topics
+    /// lock: the name is reserved meanwhile, and the topic appears once it is complete.
     pub(crate) fn create_topic(
         &self,
         name: &str,
@@ -203,39 +224,91 @@ impl LogStore {
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, CreateTopicError> {
         let config = self.validate_create(name, partitions, &configs)?;
-        let mut topics = self.topics.write();
-        if topics.contains_key(name) {
-            return Err(CreateTopicError::AlreadyExists(name.to_owned()));
-        }
-        let dir = self.root.join(name);
+        let _reservation = {
+            let mut creating = self.creating.lock();
+            if self.topics.read().contains_key(name) || !creating.insert(name.to_owned()) {
+                return Err(CreateTopicError::AlreadyExists(name.to_owned()));
+            }
+            Reservation {
+                creating: &self.creating,
+                name,
+            }
+        };
         let meta = TopicMeta {
             id: Uuid::new_v4(),
             partitions,
             configs,
         };
-        std::fs::create_dir_all(&dir).map_err(|e| ServerError::storage(&dir, e))?;
-        let topic = Self::open_topic(&dir, name.to_owned(), &meta, config)?;
-        let meta_path = dir.join("topic.json");
-        let body = serde_json::to_vec_pretty(&meta).expect("topic metadata serializes");
-        // Written last (atomically), so a crash before it leaves no half topic.
-        write_durably(&meta_path, &body).map_err(|e| ServerError::storage(&meta_path, e))?;
-        sync_dir(&self.root).map_err(|e| ServerError::storage(&self.root, e))?;
+        let topic = blocking::run(|| self.create_files(name, &meta, config))?;
         let topic = Arc::new(topic);
-        topics.insert(name.to_owned(), topic.clone());
+        self.topics.write().insert(name.to_owned(), topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
     }
 
-    /// Deletes a topic and its data; `None` when there is no such topic.
+    /// Makes a new topic's directory, partitions and metadata file (blocking). On failure
+    /// the directory is removed again (best effort; recovery removes what is left, as it
+    /// has no metadata file).
+    fn create_files(
+        &self,
+        name: &str,
+        meta: &TopicMeta,
+        config: LogConfig,
+    ) -> Result<Topic, ServerError> {
+        let dir = self.root.join(name);
+        let made = (|| {
+            std::fs::create_dir_all(&dir).map_err(|e| ServerError::storage(&dir, e))?;
+            let topic = Self::open_topic(&dir, name.to_owned(), meta, config)?;
+            let meta_path = dir.join("topic.json");
+            let body = serde_json::to_vec_pretty(meta).map_err(|e| {
+                ServerError::storage(&meta_path, std::io::Error::other(e.to_string()))
+            })?;
+            // Written last (atomically), so a crash before it leaves no half topic.
+            write_durably(&meta_path, &body).map_err(|e| ServerError::storage(&meta_path, e))?;
+            sync_dir(&self.root).map_err(|e| ServerError::storage(&self.root, e))?;
+            Ok(topic)
+        })();
+        if made.is_err() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a failed topic's directory");
+            }
+        }
+        made
+    }
+
+    /// Deletes a topic and its data; `None` when there is no such topic. The topic is gone
+    /// from the map at once; its directory is renamed away durably off the async worker
+    /// (see [`blocking`]), and the files are removed by a background task (or, if the
+    /// process stops first, at the next start).
     pub(crate) fn delete_topic(&self, name: &str) -> Result<Option<Arc<Topic>>, ServerError> {
         let Some(topic) = self.topics.write().remove(name) else {
             return Ok(None);
         };
         let dir = self.root.join(name);
         let doomed = self.root.join(format!(".deleting-{}", Uuid::new_v4()));
-        std::fs::rename(&dir, &doomed).map_err(|e| ServerError::storage(&dir, e))?;
-        sync_dir(&self.root).map_err(|e| ServerError::storage(&self.root, e))?;
-        std::fs::remove_dir_all(&doomed).map_err(|e| ServerError::storage(&doomed, e))?;
+        let renamed = blocking::run(|| {
+            std::fs::rename(&dir, &doomed).map_err(|e| ServerError::storage(&dir, e))?;
+            sync_dir(&self.root).map_err(|e| ServerError::storage(&self.root, e))
+        });
+        if let Err(e) = renamed {
+            if doomed.exists() {
+                // Renamed but not known to be durable: the topic is gone either way.
+                tracing::warn!(topic = name, error = %e, "deleted topic; its removal may not survive a crash");
+            } else {
+                // Nothing changed on disk: the topic stays.
+                self.topics.write().entry(name.to_owned()).or_insert(topic);
+                return Err(e);
+            }
+        }
+        let remove = move || {
+            if let Err(e) = std::fs::remove_dir_all(&doomed) {
+                tracing::warn!(dir = %doomed.display(), error = %e, "removing a deleted topic's files failed; retried at the next start");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
         tracing::info!(topic = name, "deleted topic");
         Ok(Some(topic))
     }

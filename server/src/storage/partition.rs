@@ -1,12 +1,22 @@
 //! A partition log: an ordered map of segments (`BTreeMap<base_offset, Segment>`), the log
 //! start and end offsets, producer sequence state, and a watch that wakes long-polling
 //! fetches when data arrives.
+//!
+//! Disk errors. A failed write changes nothing in memory and is cut from the file (see
+//! [`Segment::append`]). A failed fsync leaves the page cache in an unknown state (Linux
+//! may drop the dirty pages and report the error only once), so the partition treats
+//! everything after the last successful fsync as lost: the active segment is cut back to
+//! its synced size, its indexes and the producer sequences are rebuilt, and the
+//! partition's epoch moves on. Requests waiting for that data get KAFKA_STORAGE_ERROR, and
+//! so does any request whose data was appended before the cut even if its own fsync later
+//! succeeds (the epoch tells). `acks=1` data not yet fsynced under the interval policy is
+//! dropped with it: it was never durable (a crash would lose it too), and its offsets are
+//! given out again, so the log stays contiguous. Data acknowledged after an fsync is never
+//! cut.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -16,6 +26,7 @@ use tokio::sync::watch;
 use super::batch::{set_base_offset, BatchError, IncomingBatch};
 use super::producer_state::{ProducerStates, SequenceCheck, SequenceError};
 use super::segment::{base_offset_of, HeaderScanner, Segment, SegmentView};
+use super::sync::SyncTarget;
 use crate::config::LogConfig;
 
 /// Why an append was refused.
@@ -68,8 +79,9 @@ pub(crate) struct Appended {
     pub(crate) base_offset: i64,
     /// First offset kept in the log.
     pub(crate) log_start_offset: i64,
-    /// The file the data went to, when anything was written (for fsync).
-    pub(crate) written_to: Option<Arc<File>>,
+    /// The partition's epoch after the append: if it has moved on by the time an fsync
+    /// succeeds, the data was cut by a failed fsync in between (see [`Partition::epoch`]).
+    pub(crate) epoch: u64,
 }
 
 /// Result of a read.
@@ -88,6 +100,10 @@ struct PartitionLog {
     segments: BTreeMap<i64, Segment>,
     producers: ProducerStates,
     dirty: bool,
+    /// Moves on every time unsynced data is dropped after a failed fsync.
+    epoch: u64,
+    /// Dropping the unsynced tail failed: retried before the next append.
+    tail_unknown: bool,
 }
 
 /// One partition of a topic.
@@ -170,14 +186,7 @@ impl Partition {
             tail_bytes += segment.size();
             tail.push(segment);
         }
-        let mut producers = ProducerStates::default();
-        for segment in tail.into_iter().rev() {
-            let view = segment.view_for_offset(segment.base_offset());
-            let mut scanner = HeaderScanner::new(&view.file, 0, view.end);
-            while let Some((_, header)) = scanner.next_header()? {
-                producers.record(&header);
-            }
-        }
+        let producers = producer_states(tail)?;
         let (end_offset, _) = watch::channel(next_offset);
         Ok(Partition {
             dir: dir.to_path_buf(),
@@ -186,14 +195,112 @@ impl Partition {
                 segments,
                 producers,
                 dirty: false,
+                epoch: 0,
+                tail_unknown: false,
             }),
             end_offset,
+        })
+    }
+
+    /// Drops what was written to the active segment after its last successful fsync (on
+    /// disk and in memory) and moves the epoch on; the producer sequences are rebuilt from
+    /// what is left. When that fails too, the next append tries again first.
+    fn drop_unsynced_tail(&self, log: &mut PartitionLog) -> io::Result<()> {
+        log.epoch += 1;
+        log.tail_unknown = true;
+        let index_interval = self.config.index_interval_bytes;
+        let active = log.active();
+        let keep = active.synced_size();
+        let dropped = active.size() - keep;
+        active.truncate_to(keep, index_interval)?;
+        log.producers = producer_states(log.segments.values().rev().take(6).collect())?;
+        log.tail_unknown = false;
+        let next = log.next_offset();
+        tracing::error!(
+            dir = %self.dir.display(),
+            dropped_bytes = dropped,
+            next_offset = next,
+            "dropped the unsynced tail of the partition after a failed fsync"
+        );
+        self.end_offset.send_replace(next);
+        Ok(())
+    }
+
+    /// Fsyncs the active segment. On failure the unsynced tail is dropped (see the module
+    /// comment) before the error is returned.
+    pub(crate) fn sync_active(&self) -> io::Result<()> {
+        let (file, base, size, epoch) = {
+            let mut log = self.log.lock();
+            let epoch = log.epoch;
+            let active = log.active();
+            (
+                active.file().clone(),
+                active.base_offset(),
+                active.size(),
+                epoch,
+            )
+        };
+        let result = file.sync_data();
+        let mut log = self.log.lock();
+        match result {
+            Ok(()) => {
+                if log.epoch == epoch {
+                    if let Some(segment) = log.segments.get_mut(&base) {
+                        segment.mark_synced(size);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed");
+                if let Err(cut) = self.drop_unsynced_tail(&mut log) {
+                    tracing::error!(dir = %self.dir.display(), error = %cut, "dropping the unsynced tail failed; appends are refused until it succeeds");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Fsyncs the active segment if anything was appended since the last call (the
+    /// interval flush); `Ok(false)` when there was nothing to do.
+    pub(crate) fn sync_if_dirty(&self) -> io::Result<bool> {
+        if !std::mem::take(&mut self.log.lock().dirty) {
+            return Ok(false);
+        }
+        self.sync_active().map(|()| true)
+    }
+
+    /// The current epoch; it moves on whenever unsynced data is dropped.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.log.lock().epoch
+    }
+
+    /// Seals the active segment and starts a new one at the log end. Runs off the async
+    /// worker (see [`super::blocking`]) as it fsyncs a whole segment; it holds only this
+    /// partition's lock. A failed fsync drops the unsynced tail, as in
+    /// [`Self::sync_active`].
+    fn roll(&self, log: &mut PartitionLog) -> io::Result<()> {
+        super::blocking::run(|| {
+            if let Err(e) = log.active().seal() {
+                if let Err(cut) = self.drop_unsynced_tail(log) {
+                    tracing::error!(dir = %self.dir.display(), error = %cut, "dropping the unsynced tail failed");
+                }
+                return Err(e);
+            }
+            let new_base = log.next_offset();
+            log.segments
+                .insert(new_base, Segment::create(&self.dir, new_base)?);
+            tracing::debug!(dir = %self.dir.display(), base_offset = new_base, "rolled segment");
+            Ok(())
         })
     }
 
     /// Appends a produce request's batches, assigning offsets.
     pub(crate) fn append(&self, batches: &[IncomingBatch]) -> Result<Appended, AppendError> {
         let mut log = self.log.lock();
+        if log.tail_unknown {
+            super::blocking::run(|| self.drop_unsynced_tail(&mut log))?;
+        }
         let mut data = Vec::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
         let mut headers = Vec::with_capacity(batches.len());
         let mut first_offset = None;
@@ -234,7 +341,7 @@ impl Partition {
             return Ok(Appended {
                 base_offset,
                 log_start_offset,
-                written_to: Some(log.active().file().clone()),
+                epoch: log.epoch,
             });
         }
         let needs_roll = {
@@ -244,26 +351,21 @@ impl Partition {
                     || next - active.base_offset() > u32::MAX as i64 / 2)
         };
         if needs_roll {
-            log.active().seal()?;
-            let new_base = log.next_offset();
-            log.segments
-                .insert(new_base, Segment::create(&self.dir, new_base)?);
-            tracing::debug!(dir = %self.dir.display(), base_offset = new_base, "rolled segment");
+            self.roll(&mut log)?;
         }
         let index_interval = self.config.index_interval_bytes;
-        let active = log.active();
-        active.append(&data, &headers, index_interval)?;
-        let written_to = Some(active.file().clone());
+        log.active().append(&data, &headers, index_interval)?;
         for header in &headers {
             log.producers.record(header);
         }
         log.dirty = true;
+        let epoch = log.epoch;
         drop(log);
         self.end_offset.send_replace(next);
         Ok(Appended {
             base_offset,
             log_start_offset,
-            written_to,
+            epoch,
         })
     }
 
@@ -355,16 +457,6 @@ impl Partition {
         self.end_offset.subscribe()
     }
 
-    /// The active segment's file if anything was written since the last call.
-    pub(crate) fn take_dirty(&self) -> Option<Arc<File>> {
-        let mut log = self.log.lock();
-        if !log.dirty {
-            return None;
-        }
-        log.dirty = false;
-        Some(log.active().file().clone())
-    }
-
     /// Deletes whole segments, oldest first, that are past retention by time (newest record
     /// older than `now_ms - retention`) or by size; never the active segment. Returns the
     /// number of segments deleted.
@@ -412,5 +504,94 @@ impl Partition {
     /// Base offsets of the segments, oldest first (for tests and tooling).
     pub(crate) fn segment_bases(&self) -> Vec<i64> {
         self.log.lock().segments.keys().copied().collect()
+    }
+}
+
+/// Producer sequence state read from `tail`, segments newest first.
+fn producer_states(tail: Vec<&Segment>) -> io::Result<ProducerStates> {
+    let mut producers = ProducerStates::default();
+    for segment in tail.into_iter().rev() {
+        let view = segment.view_for_offset(segment.base_offset());
+        let mut scanner = HeaderScanner::new(&view.file, 0, view.end);
+        while let Some((_, header)) = scanner.next_header()? {
+            producers.record(&header);
+        }
+    }
+    Ok(producers)
+}
+
+impl SyncTarget for Partition {
+    fn sync_now(&self) -> io::Result<()> {
+        self.sync_active()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use steadfast_testkit::batch::{encode_batch, BatchSpec, ProducerSpec};
+
+    use super::*;
+    use crate::storage::batch::split_batches;
+
+    /// One batch of one record from producer 7, sequence `seq`.
+    fn batch(seq: i32) -> Vec<IncomingBatch> {
+        let mut spec = BatchSpec::numbered(
+            1,
+            1_000 + seq as i64,
+            |_| b"k".to_vec(),
+            |_| format!("value-{seq}").into_bytes(),
+        );
+        spec.producer = Some(ProducerSpec {
+            id: 7,
+            epoch: 0,
+            first_sequence: seq,
+        });
+        split_batches(&encode_batch(&spec)).expect("one batch")
+    }
+
+    #[test]
+    fn a_failed_fsync_drops_only_the_unsynced_tail_and_offsets_stay_contiguous() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let partition = Partition::open(dir.path(), LogConfig::default()).expect("open");
+        for seq in 0..3 {
+            partition.append(&batch(seq)).expect("append");
+        }
+        partition.sync_active().expect("fsync");
+        let synced_len = std::fs::metadata(dir.path().join(format!("{:020}.log", 0)))
+            .expect("stat")
+            .len();
+        let before = partition.append(&batch(3)).expect("append");
+        assert_eq!(before.base_offset, 3);
+        partition.append(&batch(4)).expect("append");
+        assert_eq!(partition.log_end_offset(), 5);
+
+        // What a failed fsync does: everything after the last successful one is dropped.
+        {
+            let mut log = partition.log.lock();
+            partition
+                .drop_unsynced_tail(&mut log)
+                .expect("drop the tail");
+        }
+        assert_eq!(partition.log_end_offset(), 3, "the end offset moved back");
+        assert_ne!(partition.epoch(), before.epoch, "waiters can tell");
+        let on_disk = std::fs::metadata(dir.path().join(format!("{:020}.log", 0)))
+            .expect("stat")
+            .len();
+        assert_eq!(on_disk, synced_len, "cut on disk to the synced size");
+        let read = partition.read(0, 1 << 20, true).expect("read");
+        assert_eq!(read.high_watermark, 3);
+        assert_eq!(
+            read.records.len() as u64,
+            synced_len,
+            "only whole synced batches"
+        );
+
+        // The producer's dropped sequence is appended again (not taken for a duplicate),
+        // at the next contiguous offset.
+        let again = partition.append(&batch(3)).expect("append the retry");
+        assert_eq!(again.base_offset, 3);
+        drop(partition);
+        let reopened = Partition::open(dir.path(), LogConfig::default()).expect("reopen");
+        assert_eq!(reopened.log_end_offset(), 4);
     }
 }

@@ -34,6 +34,11 @@ pub(crate) struct Segment {
     last_batch: Option<(i64, u64)>,
     index: SegmentIndex,
     bytes_since_index: u64,
+    /// Bytes known to be on stable storage: written before an fsync that succeeded.
+    synced_size: u64,
+    /// A failed write could not be cut back: the file may hold bytes past `size`, which
+    /// must be cut before anything else is appended.
+    torn_tail: bool,
 }
 
 /// The three files of a segment.
@@ -85,6 +90,8 @@ impl Segment {
             last_batch: None,
             index: SegmentIndex::create(&index_path, &time_path)?,
             bytes_since_index: 0,
+            synced_size: 0,
+            torn_tail: false,
         })
     }
 
@@ -125,6 +132,8 @@ impl Segment {
             last_batch: None,
             index: SegmentIndex::create(&index_path, &time_path)?,
             bytes_since_index: 0,
+            synced_size: 0,
+            torn_tail: false,
         };
         let report = segment.recover(file_len, index_interval)?;
         if !verify_all {
@@ -171,6 +180,8 @@ impl Segment {
             last_batch,
             index,
             bytes_since_index: 0,
+            synced_size: file_len,
+            torn_tail: false,
         }))
     }
 
@@ -201,7 +212,7 @@ impl Segment {
             if verify_crc(&batch, &header).is_err() || header.base_offset != self.next_offset {
                 break;
             }
-            self.note_appended(&header, pos, index_interval)?;
+            self.note_appended(&header, pos, index_interval);
             pos += size as u64;
         }
         self.size = pos;
@@ -210,6 +221,8 @@ impl Segment {
             self.file.set_len(pos)?;
             self.file.sync_all()?;
         }
+        // What recovery read is what the next process start would read.
+        self.synced_size = pos;
         Ok(RecoveryReport {
             valid_bytes: pos,
             truncated_bytes: truncated,
@@ -217,50 +230,79 @@ impl Segment {
     }
 
     /// Updates the end, offsets, timestamps and indexes for a batch written at `pos`.
-    fn note_appended(
-        &mut self,
-        header: &BatchHeader,
-        pos: u64,
-        index_interval: u64,
-    ) -> io::Result<()> {
+    fn note_appended(&mut self, header: &BatchHeader, pos: u64, index_interval: u64) {
         let relative_offset = (header.base_offset - self.base_offset) as u32;
         if self.bytes_since_index >= index_interval {
             self.index.push_offset(OffsetEntry {
                 relative_offset,
                 position: pos as u32,
-            })?;
+            });
             self.index.push_time(TimeEntry {
                 timestamp: self.max_timestamp.max(header.max_timestamp),
                 relative_offset,
                 position: pos as u32,
-            })?;
+            });
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += header.total_size() as u64;
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
         self.next_offset = header.last_offset() + 1;
         self.last_batch = Some((header.base_offset, pos));
-        Ok(())
     }
 
     /// Appends already-offset batches (`data` is their concatenation, `headers` theirs).
+    /// All or nothing: when the write fails, the file is cut back to where it ended (now,
+    /// or before the next append if cutting fails too) and nothing in memory changes, so
+    /// no reader ever sees part of the data.
     pub(crate) fn append(
         &mut self,
         data: &[u8],
         headers: &[BatchHeader],
         index_interval: u64,
     ) -> io::Result<()> {
+        if self.torn_tail {
+            self.file.set_len(self.size)?;
+            self.torn_tail = false;
+        }
         if let Err(e) = self.file.write_all_at(data, self.size) {
             // Cut a partial write so the file ends at a batch boundary again.
-            let _ = self.file.set_len(self.size);
+            self.torn_tail = self.file.set_len(self.size).is_err();
             return Err(e);
         }
         let mut pos = self.size;
         for header in headers {
-            self.note_appended(header, pos, index_interval)?;
+            self.note_appended(header, pos, index_interval);
             pos += header.total_size() as u64;
         }
         self.size = pos;
+        Ok(())
+    }
+
+    /// Bytes known to be on stable storage.
+    pub(crate) fn synced_size(&self) -> u64 {
+        self.synced_size
+    }
+
+    /// Notes that an fsync that started when the segment was `size` bytes long succeeded.
+    pub(crate) fn mark_synced(&mut self, size: u64) {
+        self.synced_size = self.synced_size.max(size.min(self.size));
+    }
+
+    /// Cuts the segment back to `len` bytes (a batch boundary, such as the synced size),
+    /// on disk and in memory: offsets, timestamps and indexes are rebuilt from what is left.
+    pub(crate) fn truncate_to(&mut self, len: u64, index_interval: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_all()?;
+        let dir = self.log_path.parent().unwrap_or(Path::new("."));
+        let (_, index_path, time_path) = paths(dir, self.base_offset);
+        self.index = SegmentIndex::create(&index_path, &time_path)?;
+        self.size = 0;
+        self.next_offset = self.base_offset;
+        self.max_timestamp = -1;
+        self.last_batch = None;
+        self.bytes_since_index = 0;
+        self.torn_tail = false;
+        self.recover(len, index_interval)?;
         Ok(())
     }
 
@@ -272,9 +314,10 @@ impl Segment {
                 timestamp: self.max_timestamp,
                 relative_offset: (base - self.base_offset) as u32,
                 position: pos as u32,
-            })?;
+            });
         }
         self.file.sync_data()?;
+        self.synced_size = self.size;
         self.index.close()
     }
 

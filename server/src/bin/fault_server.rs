@@ -1,0 +1,95 @@
+//! A steadfast server for disk-fault tests: it serves a data directory like the embedded
+//! server does, optionally with the process's file-size limit (`RLIMIT_FSIZE`) set, so that
+//! writes past the limit fail with `EFBIG` (SIGXFSZ is caught, not fatal).
+//!
+//! ```text
+//! fault_server --data-dir DIR [--fsize-limit BYTES] [--segment-bytes BYTES]
+//! ```
+//!
+//! It prints `listening HOST:PORT` on stdout once it serves. On SIGUSR1 it lifts the
+//! file-size limit and prints `fsize limit lifted`; on SIGTERM or SIGINT it shuts down.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use steadfast_server::{FsyncPolicy, Server};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// SIGXFSZ on Linux: sent on a write past `RLIMIT_FSIZE`; its default action kills.
+const SIGXFSZ: i32 = 25;
+
+/// Command-line options.
+struct Options {
+    data_dir: PathBuf,
+    fsize_limit: Option<u64>,
+    segment_bytes: Option<u64>,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        data_dir: PathBuf::new(),
+        fsize_limit: None,
+        segment_bytes: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
+        match flag.as_str() {
+            "--data-dir" => options.data_dir = PathBuf::from(&value),
+            "--fsize-limit" => options.fsize_limit = Some(number()?),
+            "--segment-bytes" => options.segment_bytes = Some(number()?),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if options.data_dir.as_os_str().is_empty() {
+        return Err("--data-dir is required".to_owned());
+    }
+    Ok(options)
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let options = parse_args()?;
+    // Catch SIGXFSZ before the limit applies: a write past it then fails with EFBIG.
+    let mut xfsz = signal(SignalKind::from_raw(SIGXFSZ))?;
+    tokio::spawn(async move { while xfsz.recv().await.is_some() {} });
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::FSIZE)?;
+    if let Some(limit) = options.fsize_limit {
+        rlimit::setrlimit(rlimit::Resource::FSIZE, limit, hard)?;
+    }
+    let mut builder = Server::builder()
+        .listen("127.0.0.1:0")
+        .data_dir(&options.data_dir)
+        .fsync(FsyncPolicy::default());
+    if let Some(bytes) = options.segment_bytes {
+        builder = builder.segment_bytes(bytes);
+    }
+    let server = builder.start().await?;
+    say(&format!("listening {}", server.bootstrap_servers()));
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = usr1.recv() => {
+                rlimit::setrlimit(rlimit::Resource::FSIZE, hard, hard)?;
+                say("fsize limit lifted");
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    server.shutdown().await;
+    Ok(())
+}
