@@ -129,12 +129,12 @@ fn drive_clients(rt: &tokio::runtime::Runtime, bootstrap: &str) -> anyhow::Resul
     rt.block_on(admin.create_topics(
         &[
             NewTopic::new(&topic, 2, TopicReplication::Fixed(1)),
-            NewTopic::new(&doomed, 1, TopicReplication::Fixed(1))
-                .set("retention.ms", "3600000"),
+            NewTopic::new(&doomed, 1, TopicReplication::Fixed(1)).set("retention.ms", "3600000"),
         ],
         &options,
     ))?;
 
+    eprintln!("topics created");
     let start_ms = now_ms();
     for (i, codec) in ["none", "gzip", "snappy", "lz4", "zstd"].iter().enumerate() {
         let mut producer_config = config(bootstrap);
@@ -170,6 +170,7 @@ fn drive_clients(rt: &tokio::runtime::Runtime, bootstrap: &str) -> anyhow::Resul
         producer.flush(Duration::from_secs(30))?;
     }
 
+    eprintln!("produced with every codec");
     let group = format!("capture-group-{run}");
     let mut consumer_config = config(bootstrap);
     consumer_config
@@ -195,6 +196,7 @@ fn drive_clients(rt: &tokio::runtime::Runtime, bootstrap: &str) -> anyhow::Resul
     while Instant::now() < until {
         let _ = consumer.poll(Duration::from_millis(100));
     }
+    eprintln!("consumed {received} records");
     consumer.commit_consumer_state(CommitMode::Sync)?;
     let committed = consumer.committed(Duration::from_secs(10))?;
     anyhow::ensure!(committed.count() == 2, "two committed partitions");
@@ -206,10 +208,21 @@ fn drive_clients(rt: &tokio::runtime::Runtime, bootstrap: &str) -> anyhow::Resul
     consumer.fetch_watermarks(&topic, 0, Duration::from_secs(10))?;
     consumer.fetch_metadata(None, Duration::from_secs(10))?;
     consumer.fetch_group_list(None, Duration::from_secs(10))?;
-    consumer.unsubscribe();
-    drop(consumer);
-
-    rt.block_on(admin.delete_groups(&[&group], &options))?;
+    // Closing the consumer sends LeaveGroup; librdkafka may linger on close, so it closes on
+    // a thread of its own, waited for with a deadline.
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        consumer.unsubscribe();
+        drop(consumer);
+        let _ = closed_tx.send(());
+    });
+    if closed_rx.recv_timeout(Duration::from_secs(15)).is_err() {
+        eprintln!("the consumer did not close within 15 s; going on");
+    }
+    // The answers do not matter here, only the requests.
+    if let Err(e) = rt.block_on(admin.delete_groups(&[&group], &options)) {
+        eprintln!("delete groups: {e}");
+    }
     rt.block_on(admin.delete_topics(&[&doomed], &options))?;
     Ok(())
 }

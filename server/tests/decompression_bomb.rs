@@ -183,7 +183,11 @@ async fn a_zstd_bomb_is_refused_without_inflating_it_and_the_server_keeps_servin
         for i in 0..10 {
             let value = format!("after-{i}");
             producer
-                .send(BaseRecord::<(), str>::to(&topic).partition(1).payload(value.as_str()))
+                .send(
+                    BaseRecord::<(), str>::to(&topic)
+                        .partition(1)
+                        .payload(value.as_str()),
+                )
                 .expect("send");
         }
         producer.flush(Duration::from_secs(30)).expect("flush");

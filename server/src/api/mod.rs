@@ -143,7 +143,9 @@ pub(crate) fn check_served(frame: &RequestFrame) -> Result<Option<Reply>, Dispat
     };
     if !range.contains(&frame.api_version) {
         if frame.api_key == ApiKey::ApiVersions {
-            return Ok(Some(Reply::Ready(api_versions::unsupported_version(frame)?)));
+            return Ok(Some(Reply::Ready(api_versions::unsupported_version(
+                frame,
+            )?)));
         }
         return Err(DispatchError::Unsupported {
             api: frame.api_key,

@@ -339,7 +339,8 @@ impl Partition {
                 continue;
             };
             let batch = view.read_batches(pos, header.total_size(), true)?;
-            if let Some(found) = first_record_at_or_after(&batch, timestamp, self.inflate_limit())? {
+            if let Some(found) = first_record_at_or_after(&batch, timestamp, self.inflate_limit())?
+            {
                 return Ok(Some(found));
             }
         }

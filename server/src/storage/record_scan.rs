@@ -112,8 +112,9 @@ impl<'a> SnappyBlocks<'a> {
             if self.input.len() < 4 {
                 return Err(invalid("truncated snappy block length"));
             }
-            let len = u32::from_be_bytes([self.input[0], self.input[1], self.input[2], self.input[3]])
-                as usize;
+            let len =
+                u32::from_be_bytes([self.input[0], self.input[1], self.input[2], self.input[3]])
+                    as usize;
             let rest = &self.input[4..];
             if rest.len() < len {
                 return Err(invalid("truncated snappy block"));
@@ -166,9 +167,7 @@ fn records_reader<'a>(
         0 => Box::new(payload),
         1 => Box::new(flate2::read::GzDecoder::new(payload)),
         2 => Box::new(SnappyBlocks::new(payload, limit.saturating_add(1))),
-        3 => Box::new(
-            lz4::Decoder::new(payload).map_err(|e| ScanError::Malformed(e.to_string()))?,
-        ),
+        3 => Box::new(lz4::Decoder::new(payload).map_err(|e| ScanError::Malformed(e.to_string()))?),
         4 => {
             let mut decoder = zstd::stream::read::Decoder::with_buffer(payload)
                 .map_err(|e| ScanError::Malformed(e.to_string()))?;
@@ -316,7 +315,10 @@ mod tests {
         ] {
             let b = batch(50, compression);
             let err = first_record_at_or_after(&b, i64::MAX, 1_000).expect_err("over the limit");
-            assert!(matches!(err, ScanError::TooLarge { limit: 1_000 }), "{compression:?}: {err}");
+            assert!(
+                matches!(err, ScanError::TooLarge { limit: 1_000 }),
+                "{compression:?}: {err}"
+            );
         }
     }
 }
