@@ -22,6 +22,9 @@ mod config;
 mod connection;
 mod durable;
 mod error;
+/// Entry points for the fuzz targets: not an API, no stability promise.
+#[doc(hidden)]
+pub mod fuzzing;
 mod group;
 mod listener;
 mod protocol;

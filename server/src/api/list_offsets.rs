@@ -53,6 +53,11 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
                         response.with_offset(offset).with_timestamp(timestamp)
                     }
                     Ok(None) => response,
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        // A stored batch that does not decode, or inflates past the bound.
+                        tracing::warn!(error = %e, "offset lookup by timestamp hit a bad batch");
+                        response.with_error_code(ResponseError::CorruptMessage.code())
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "offset lookup by timestamp failed");
                         response.with_error_code(ResponseError::KafkaStorageError.code())

@@ -98,22 +98,8 @@ pub(crate) fn respond_with_header<R: Encodable>(
 /// Handles one request: the synchronous part (appends, topic changes) happens before this
 /// returns, so requests of a connection take effect in the order they were sent.
 pub(crate) fn dispatch(broker: &Arc<Broker>, frame: RequestFrame) -> Result<Reply, DispatchError> {
-    let Some(range) = api_versions::served_range(frame.api_key) else {
-        return Err(DispatchError::Unsupported {
-            api: frame.api_key,
-            version: frame.api_version,
-            served: "none".to_owned(),
-        });
-    };
-    if !range.contains(&frame.api_version) {
-        if frame.api_key == ApiKey::ApiVersions {
-            return Ok(Reply::Ready(api_versions::unsupported_version(&frame)?));
-        }
-        return Err(DispatchError::Unsupported {
-            api: frame.api_key,
-            version: frame.api_version,
-            served: format!("v{}..=v{}", range.start(), range.end()),
-        });
+    if let Some(reply) = check_served(&frame)? {
+        return Ok(reply);
     }
     let reply = match frame.api_key {
         ApiKey::ApiVersions => Reply::Ready(api_versions::handle(&frame)?),
@@ -143,4 +129,29 @@ pub(crate) fn dispatch(broker: &Arc<Broker>, frame: RequestFrame) -> Result<Repl
         }
     };
     Ok(reply)
+}
+
+/// Checks that the request's API and version are served: `Ok(None)` when they are, a reply
+/// for an ApiVersions request of an unknown version, an error otherwise.
+pub(crate) fn check_served(frame: &RequestFrame) -> Result<Option<Reply>, DispatchError> {
+    let Some(range) = api_versions::served_range(frame.api_key) else {
+        return Err(DispatchError::Unsupported {
+            api: frame.api_key,
+            version: frame.api_version,
+            served: "none".to_owned(),
+        });
+    };
+    if !range.contains(&frame.api_version) {
+        if frame.api_key == ApiKey::ApiVersions {
+            return Ok(Some(Reply::Ready(api_versions::unsupported_version(
+                frame,
+            )?)));
+        }
+        return Err(DispatchError::Unsupported {
+            api: frame.api_key,
+            version: frame.api_version,
+            served: format!("v{}..=v{}", range.start(), range.end()),
+        });
+    }
+    Ok(None)
 }

@@ -30,18 +30,22 @@ pub(crate) enum Step {
     },
 }
 
+/// What the server remembers between client-first and client-final.
+#[derive(Debug)]
+struct Expecting {
+    user: String,
+    known: bool,
+    keys: CredentialKeys,
+    gs2_header: String,
+    client_first_bare: String,
+    server_first: String,
+    nonce: String,
+}
+
 #[derive(Debug)]
 enum State {
     First,
-    Final {
-        user: String,
-        known: bool,
-        keys: CredentialKeys,
-        gs2_header: String,
-        client_first_bare: String,
-        server_first: String,
-        nonce: String,
-    },
+    Final(Box<Expecting>),
     Done,
 }
 
@@ -126,26 +130,7 @@ impl ScramExchange {
         };
         match std::mem::replace(&mut self.state, State::Done) {
             State::First => self.client_first(message, lookup, server_nonce),
-            State::Final {
-                user,
-                known,
-                keys,
-                gs2_header,
-                client_first_bare,
-                server_first,
-                nonce,
-            } => {
-                let expected = Expected {
-                    user: &user,
-                    known,
-                    keys: &keys,
-                    gs2_header: &gs2_header,
-                    client_first_bare: &client_first_bare,
-                    server_first: &server_first,
-                    nonce: &nonce,
-                };
-                self.client_final(message, expected)
-            }
+            State::Final(expected) => self.client_final(message, &expected),
             State::Done => failure(None, "the exchange is already over"),
         }
     }
@@ -208,7 +193,7 @@ impl ScramExchange {
             keys.iterations
         );
         let challenge = server_first.clone().into_bytes();
-        self.state = State::Final {
+        self.state = State::Final(Box::new(Expecting {
             user,
             known,
             keys,
@@ -216,12 +201,12 @@ impl ScramExchange {
             client_first_bare: bare.to_owned(),
             server_first,
             nonce,
-        };
+        }));
         Step::Challenge(challenge)
     }
 
-    fn client_final(&mut self, message: &str, expected: Expected<'_>) -> Step {
-        let user = Some(expected.user);
+    fn client_final(&self, message: &str, expected: &Expecting) -> Step {
+        let user = Some(expected.user.as_str());
         let Some((without_proof, proof)) = message.rsplit_once(",p=") else {
             return failure(user, "client-final message lacks a proof");
         };
@@ -233,7 +218,7 @@ impl ScramExchange {
         {
             return failure(user, "channel binding data differs from the GS2 header");
         }
-        if nonce != Some(expected.nonce) {
+        if nonce != Some(expected.nonce.as_str()) {
             return failure(user, "nonce differs from the server's");
         }
         let Ok(proof) = B64.decode(proof) else {
@@ -264,20 +249,10 @@ impl ScramExchange {
         }
         let server_signature = hash.hmac(&expected.keys.server_key, auth_message.as_bytes());
         Step::Success {
-            user: expected.user.to_owned(),
+            user: expected.user.clone(),
             server_final: format!("v={}", B64.encode(server_signature)).into_bytes(),
         }
     }
-}
-
-struct Expected<'a> {
-    user: &'a str,
-    known: bool,
-    keys: &'a CredentialKeys,
-    gs2_header: &'a str,
-    client_first_bare: &'a str,
-    server_first: &'a str,
-    nonce: &'a str,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub(crate) mod blocking;
 pub(crate) mod index;
 pub(crate) mod partition;
 pub(crate) mod producer_state;
+pub(crate) mod record_scan;
 pub(crate) mod segment;
 pub(crate) mod sync;
 pub(crate) mod topic_config;

@@ -19,12 +19,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use kafka_protocol::records::RecordBatchDecoder;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::batch::{set_base_offset, BatchError, IncomingBatch};
 use super::producer_state::{ProducerStates, SequenceCheck, SequenceError};
+use super::record_scan::first_record_at_or_after;
 use super::segment::{base_offset_of, HeaderScanner, Segment, SegmentView};
 use super::sync::SyncTarget;
 use crate::config::LogConfig;
@@ -93,6 +93,14 @@ pub(crate) struct ReadResult {
     pub(crate) high_watermark: i64,
     /// First offset kept.
     pub(crate) log_start_offset: i64,
+}
+
+/// The decompressed-size bound for batches of at most `max_message_bytes`: 16 times that,
+/// and at least 64 MiB.
+pub(crate) fn inflate_limit(max_message_bytes: usize) -> u64 {
+    (max_message_bytes as u64)
+        .saturating_mul(16)
+        .max(64 * 1024 * 1024)
 }
 
 #[derive(Debug)]
@@ -432,14 +440,19 @@ impl Partition {
             let Some((pos, header)) = view.find_timestamp(timestamp)? else {
                 continue;
             };
-            let mut batch = view.read_batches(pos, header.total_size(), true)?;
-            let set = RecordBatchDecoder::decode(&mut batch)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            if let Some(record) = set.records.iter().find(|r| r.timestamp >= timestamp) {
-                return Ok(Some((record.offset, record.timestamp)));
+            let batch = view.read_batches(pos, header.total_size(), true)?;
+            if let Some(found) = first_record_at_or_after(&batch, timestamp, self.inflate_limit())?
+            {
+                return Ok(Some(found));
             }
         }
         Ok(None)
+    }
+
+    /// Most bytes a stored batch may inflate to when its records are read: a batch that
+    /// decompresses past this ("decompression bomb") is refused as corrupt.
+    fn inflate_limit(&self) -> u64 {
+        inflate_limit(self.config.max_message_bytes)
     }
 
     /// First offset kept in the log.
