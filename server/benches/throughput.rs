@@ -343,19 +343,29 @@ fn main() -> Result<()> {
                 let run = format!("{run_id}-r{repetition}");
                 if let Some(server) = &server {
                     let bootstrap = server.bootstrap_servers();
-                    let result = kafka_case("steadfast", &runtime, &bootstrap, &args, &case, &run, true)
-                        .with_context(|| format!("steadfast, {size} B, {partitions} partitions"))?;
+                    let result =
+                        kafka_case("steadfast", &runtime, &bootstrap, &args, &case, &run, true)
+                            .with_context(|| {
+                                format!("steadfast, {size} B, {partitions} partitions")
+                            })?;
                     steadfast_runs.push(result);
                 }
                 if let Some(tansu) = &tansu {
-                    let result =
-                        kafka_case("tansu", &runtime, &tansu.bootstrap(), &args, &case, &run, false)
-                            .with_context(|| {
-                                format!(
-                                    "tansu, {size} B, {partitions} partitions (its log: {})",
-                                    tansu.log_path().display()
-                                )
-                            })?;
+                    let result = kafka_case(
+                        "tansu",
+                        &runtime,
+                        &tansu.bootstrap(),
+                        &args,
+                        &case,
+                        &run,
+                        false,
+                    )
+                    .with_context(|| {
+                        format!(
+                            "tansu, {size} B, {partitions} partitions (its log: {})",
+                            tansu.log_path().display()
+                        )
+                    })?;
                     if let Some(ours) = steadfast_runs.last() {
                         eprintln!(
                             "  run {repetition} consume backlog steadfast/tansu: {:.2}",
@@ -431,10 +441,7 @@ struct Case<'a> {
 
 /// The run with the median message rate (the upper one of the two middle runs for an even
 /// count); `None` without runs or when the system does not have the workload.
-fn median(
-    runs: &[CaseResult],
-    pick: impl Fn(&CaseResult) -> Option<Measured>,
-) -> Option<Measured> {
+fn median(runs: &[CaseResult], pick: impl Fn(&CaseResult) -> Option<Measured>) -> Option<Measured> {
     let mut measured: Vec<Measured> = runs.iter().filter_map(pick).collect();
     measured.sort_by(|a, b| a.msgs_per_sec().total_cmp(&b.msgs_per_sec()));
     measured.get(measured.len() / 2).copied()
@@ -1214,7 +1221,10 @@ mod tansu {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            eprintln!("tansu: {} on 127.0.0.1:{port}, memory storage", binary.display());
+            eprintln!(
+                "tansu: {} on 127.0.0.1:{port}, memory storage",
+                binary.display()
+            );
             Ok(tansu)
         }
 
@@ -1291,7 +1301,13 @@ fn render_table(
     redis_persistence: &str,
     tansu_ran: bool,
 ) -> String {
-    let mut header = vec!["workload", "size", "partitions", "steadfast msg/s", "steadfast MB/s"];
+    let mut header = vec![
+        "workload",
+        "size",
+        "partitions",
+        "steadfast msg/s",
+        "steadfast MB/s",
+    ];
     if !args.no_redis {
         header.extend(["redis msg/s", "redis MB/s", "ratio (steadfast/redis)"]);
     }

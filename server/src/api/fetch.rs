@@ -126,9 +126,9 @@ fn failed(wanted: &[Wanted], names: &[TopicName], error: ResponseError) -> Gathe
         .map(|n| FetchableTopicResponse::default().with_topic(n.clone()))
         .collect();
     for w in wanted {
-        topics[w.topic_index].partitions.push(
-            empty_partition(w.partition_index).with_error_code(error.code()),
-        );
+        topics[w.topic_index]
+            .partitions
+            .push(empty_partition(w.partition_index).with_error_code(error.code()));
     }
     Gathered {
         topics,
