@@ -16,6 +16,7 @@
 //! at about 15%.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +31,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use steadfast_server::{FsyncPolicy, Server, ServerHandle};
+use steadfast_server::{FsyncPolicy, Server};
 
 /// Default messages per run for messages up to 512 bytes.
 const DEFAULT_MESSAGES_SMALL: u64 = 2_000_000;
@@ -76,6 +77,17 @@ struct Args {
     /// Entries per XRANGE call when reading the backlog from Redis.
     #[arg(long, default_value_t = 10_000)]
     redis_batch: usize,
+    /// The tansu binary to run as a second Kafka-protocol peer (memory storage). Without it
+    /// (and without `STEADFAST_BENCH_TANSU`) the tansu rows are skipped.
+    #[arg(long, env = "STEADFAST_BENCH_TANSU", value_name = "PATH")]
+    tansu: Option<PathBuf>,
+    /// Skip tansu even when `--tansu` or `STEADFAST_BENCH_TANSU` names it.
+    #[arg(long)]
+    no_tansu: bool,
+    /// Run one predefined case instead of `--sizes` x `--partitions`: `backlog` is 100 B
+    /// messages on one partition, 1,000,000 per run (unless `--messages` says otherwise).
+    #[arg(long, value_enum)]
+    case: Option<OnlyCase>,
     /// Extra or overriding librdkafka producer property, `key=value` (repeatable).
     #[arg(long = "producer-set", value_name = "KEY=VALUE", value_parser = parse_property)]
     producer_set: Vec<(String, String)>,
@@ -88,6 +100,16 @@ struct Args {
     #[arg(long, hide = true)]
     bench: bool,
 }
+
+/// The predefined cases of `--case`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnlyCase {
+    /// 100 B messages, one partition, a 1,000,000-message backlog.
+    Backlog,
+}
+
+/// Messages per run of `--case backlog`.
+const BACKLOG_CASE_MESSAGES: u64 = 1_000_000;
 
 /// Parses `key=value`.
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -157,6 +179,8 @@ struct Row {
     redis: Option<Measured>,
     /// Whether the Redis numbers are borrowed from another workload (no equivalent exists).
     redis_substituted: bool,
+    /// tansu's result, if it ran and has the workload.
+    tansu: Option<Measured>,
 }
 
 /// Random payloads: message `i` is a `size`-byte window into one random block, so payloads
@@ -194,6 +218,11 @@ impl Payloads {
 fn main() -> Result<()> {
     let mut args = Args::parse();
     args.quick |= !args.bench;
+    if args.case == Some(OnlyCase::Backlog) {
+        args.sizes = vec![100];
+        args.partitions = vec![1];
+        args.messages.get_or_insert(BACKLOG_CASE_MESSAGES);
+    }
     // Server logs (errors only unless RUST_LOG says otherwise) go to stderr.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -243,6 +272,22 @@ fn main() -> Result<()> {
         settings.join(" ")
     };
 
+    let tansu = match (&args.tansu, args.no_tansu) {
+        (Some(binary), false) => Some(tansu::Tansu::start(binary)?),
+        (_, true) => {
+            eprintln!("tansu: skipped (--no-tansu)");
+            None
+        }
+        (None, false) => {
+            eprintln!(
+                "tansu: skipped, no binary given. Install it with `cargo install tansu \
+                 --version 0.6.0 --features dynostore --root DIR`, then pass --tansu \
+                 DIR/bin/tansu or set STEADFAST_BENCH_TANSU=DIR/bin/tansu"
+            );
+            None
+        }
+    };
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("steadfast-server")
@@ -285,7 +330,8 @@ fn main() -> Result<()> {
         let n = messages_for(size);
         let payloads = Payloads::new(size);
         for &partitions in &args.partitions {
-            let (mut steadfast_runs, mut redis_runs) = (Vec::new(), Vec::new());
+            let (mut steadfast_runs, mut redis_runs, mut tansu_runs) =
+                (Vec::new(), Vec::new(), Vec::new());
             for repetition in 1..=repeat {
                 let case = Case {
                     size,
@@ -296,9 +342,37 @@ fn main() -> Result<()> {
                 };
                 let run = format!("{run_id}-r{repetition}");
                 if let Some(server) = &server {
-                    let result = steadfast_case(&runtime, server, &args, &case, &run)
-                        .with_context(|| format!("steadfast, {size} B, {partitions} partitions"))?;
+                    let bootstrap = server.bootstrap_servers();
+                    let result =
+                        kafka_case("steadfast", &runtime, &bootstrap, &args, &case, &run, true)
+                            .with_context(|| {
+                                format!("steadfast, {size} B, {partitions} partitions")
+                            })?;
                     steadfast_runs.push(result);
+                }
+                if let Some(tansu) = &tansu {
+                    let result = kafka_case(
+                        "tansu",
+                        &runtime,
+                        &tansu.bootstrap(),
+                        &args,
+                        &case,
+                        &run,
+                        false,
+                    )
+                    .with_context(|| {
+                        format!(
+                            "tansu, {size} B, {partitions} partitions (its log: {})",
+                            tansu.log_path().display()
+                        )
+                    })?;
+                    if let Some(ours) = steadfast_runs.last() {
+                        eprintln!(
+                            "  run {repetition} consume backlog steadfast/tansu: {:.2}",
+                            ours.consume.msgs_per_sec() / result.consume.msgs_per_sec()
+                        );
+                    }
+                    tansu_runs.push(result);
                 }
                 if !args.no_redis {
                     let result = redis_case(&args, &case, &run)
@@ -312,18 +386,21 @@ fn main() -> Result<()> {
                 Workload::ConsumeBacklog,
             ] {
                 let pick = |r: &CaseResult| match workload {
-                    Workload::ProduceAcks1 => r.produce_acks1,
-                    Workload::ProduceAcksAll => r.produce_acks_all.unwrap_or(r.produce_acks1),
-                    Workload::ConsumeBacklog => r.consume,
+                    Workload::ProduceAcks1 => Some(r.produce_acks1),
+                    Workload::ProduceAcksAll => r.produce_acks_all,
+                    Workload::ConsumeBacklog => Some(r.consume),
                 };
+                // Redis has no acks=-1: its acks=1 figures stand in, marked.
+                let pick_redis = |r: &CaseResult| pick(r).or(Some(r.produce_acks1));
                 rows.push(Row {
                     workload,
                     size,
                     partitions,
                     messages: n,
                     steadfast: median(&steadfast_runs, pick),
-                    redis: median(&redis_runs, pick),
+                    redis: median(&redis_runs, pick_redis),
                     redis_substituted: workload == Workload::ProduceAcksAll,
+                    tansu: median(&tansu_runs, pick),
                 });
             }
         }
@@ -331,13 +408,18 @@ fn main() -> Result<()> {
     if let Some(server) = server {
         runtime.block_on(server.shutdown());
     }
+    let tansu_ran = tansu.is_some();
+    drop(tansu);
     drop(runtime);
     if let Err(e) = data_dir.close() {
         eprintln!("warning: could not remove the server's data dir: {e}");
     }
     rows.sort_by_key(|r| (r.workload, r.size, r.partitions));
     rows.dedup_by_key(|r| (r.workload, r.size, r.partitions));
-    println!("{}", render_table(&rows, &args, repeat, &redis_persistence));
+    println!(
+        "{}",
+        render_table(&rows, &args, repeat, &redis_persistence, tansu_ran)
+    );
     eprintln!("total time: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -358,9 +440,9 @@ struct Case<'a> {
 }
 
 /// The run with the median message rate (the upper one of the two middle runs for an even
-/// count); `None` without runs.
-fn median(runs: &[CaseResult], pick: impl Fn(&CaseResult) -> Measured) -> Option<Measured> {
-    let mut measured: Vec<Measured> = runs.iter().map(pick).collect();
+/// count); `None` without runs or when the system does not have the workload.
+fn median(runs: &[CaseResult], pick: impl Fn(&CaseResult) -> Option<Measured>) -> Option<Measured> {
+    let mut measured: Vec<Measured> = runs.iter().filter_map(pick).collect();
     measured.sort_by(|a, b| a.msgs_per_sec().total_cmp(&b.msgs_per_sec()));
     measured.get(measured.len() / 2).copied()
 }
@@ -394,42 +476,44 @@ fn report(system: &str, workload: Workload, case: &Case<'_>, m: &Measured) {
 // steadfast, through librdkafka
 // ---------------------------------------------------------------------------------------------
 
-/// Runs the three workloads against the embedded server, on fresh topics that are deleted
-/// afterwards.
-fn steadfast_case(
+/// Runs the workloads against a Kafka-protocol server at `bootstrap` (`system` names it in
+/// the progress lines), on fresh topics that are deleted afterwards. `acks=-1` runs only
+/// with `with_acks_all` (tansu's memory storage has nothing to wait for).
+fn kafka_case(
+    system: &str,
     runtime: &tokio::runtime::Runtime,
-    server: &ServerHandle,
+    bootstrap: &str,
     args: &Args,
     case: &Case<'_>,
     run_id: &str,
+    with_acks_all: bool,
 ) -> Result<CaseResult> {
-    let bootstrap = server.bootstrap_servers();
     let topic_acks1 = format!("bench-{run_id}-{}b-{}p-acks1", case.size, case.partitions);
     let topic_acks_all = format!("bench-{run_id}-{}b-{}p-acksall", case.size, case.partitions);
+    let mut topics = vec![topic_acks1.as_str()];
+    if with_acks_all {
+        topics.push(&topic_acks_all);
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .create()
         .context("creating the admin client")?;
-    runtime.block_on(create_topics(
-        &admin,
-        &[&topic_acks1, &topic_acks_all],
-        case.partitions,
-    ))?;
+    runtime.block_on(create_topics(&admin, &topics, case.partitions))?;
 
-    let produce_acks1 = produce(&bootstrap, &topic_acks1, "1", case, &args.producer_set)?;
-    report("steadfast", Workload::ProduceAcks1, case, &produce_acks1);
-    let consume = consume(&bootstrap, &topic_acks1, case, &args.consumer_set)?;
-    report("steadfast", Workload::ConsumeBacklog, case, &consume);
-    let produce_acks_all = produce(&bootstrap, &topic_acks_all, "all", case, &args.producer_set)?;
-    report(
-        "steadfast",
-        Workload::ProduceAcksAll,
-        case,
-        &produce_acks_all,
-    );
+    let produce_acks1 = produce(bootstrap, &topic_acks1, "1", case, &args.producer_set)?;
+    report(system, Workload::ProduceAcks1, case, &produce_acks1);
+    let consume = consume(bootstrap, &topic_acks1, case, &args.consumer_set)?;
+    report(system, Workload::ConsumeBacklog, case, &consume);
+    let produce_acks_all = if with_acks_all {
+        let m = produce(bootstrap, &topic_acks_all, "all", case, &args.producer_set)?;
+        report(system, Workload::ProduceAcksAll, case, &m);
+        Some(m)
+    } else {
+        None
+    };
 
     let deleted = runtime.block_on(admin.delete_topics(
-        &[topic_acks1.as_str(), topic_acks_all.as_str()],
+        &topics,
         &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
     ));
     if let Err(e) = deleted.map_err(anyhow::Error::from).and_then(|results| {
@@ -437,11 +521,11 @@ fn steadfast_case(
             .into_iter()
             .try_for_each(|r| r.map(drop).map_err(|(t, e)| anyhow!("{t}: {e}")))
     }) {
-        eprintln!("warning: deleting benchmark topics failed: {e:#}");
+        eprintln!("warning: deleting benchmark topics on {system} failed: {e:#}");
     }
     Ok(CaseResult {
         produce_acks1,
-        produce_acks_all: Some(produce_acks_all),
+        produce_acks_all,
         consume,
     })
 }
@@ -1074,6 +1158,96 @@ mod resp {
 }
 
 // ---------------------------------------------------------------------------------------------
+// tansu, a second Kafka-protocol server, as a child process
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the tansu broker as a child process with memory storage — benchmark-only code.
+mod tansu {
+    use std::fs::File;
+    use std::net::{TcpListener, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context as _, Result};
+
+    /// How long tansu may take to accept connections after it is started.
+    const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A running tansu broker; killed when dropped.
+    #[derive(Debug)]
+    pub(crate) struct Tansu {
+        /// The broker process.
+        child: Child,
+        /// The port it listens on (127.0.0.1).
+        port: u16,
+        /// tansu's stdout and stderr.
+        log_path: PathBuf,
+    }
+
+    impl Tansu {
+        /// Starts `binary broker` with memory storage on a free local port and waits until
+        /// the port accepts connections.
+        pub(crate) fn start(binary: &Path) -> Result<Tansu> {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .context("finding a free port for tansu")?
+                .port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            // Kept after the run (overwritten by the next one on this port), to read on failure.
+            let log_path = std::env::temp_dir().join(format!("steadfast-bench-tansu-{port}.log"));
+            let log = File::create(&log_path).context("creating tansu's log file")?;
+            let child = Command::new(binary)
+                .args(["broker", "--storage-engine", "memory://tansu/"])
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().context("tansu's log file")?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting tansu from {}", binary.display()))?;
+            let mut tansu = Tansu {
+                child,
+                port,
+                log_path,
+            };
+            let deadline = Instant::now() + START_TIMEOUT;
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(status) = tansu.child.try_wait().context("waiting for tansu")? {
+                    let log = std::fs::read_to_string(&tansu.log_path).unwrap_or_default();
+                    bail!("tansu exited at start ({status}); its output:\n{log}");
+                }
+                if Instant::now() > deadline {
+                    bail!("tansu did not listen on port {port} within {START_TIMEOUT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!(
+                "tansu: {} on 127.0.0.1:{port}, memory storage",
+                binary.display()
+            );
+            Ok(tansu)
+        }
+
+        /// `bootstrap.servers` for the clients.
+        pub(crate) fn bootstrap(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+
+        /// Where tansu's output goes, for error messages.
+        pub(crate) fn log_path(&self) -> &Path {
+            &self.log_path
+        }
+    }
+
+    impl Drop for Tansu {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Output
 // ---------------------------------------------------------------------------------------------
 
@@ -1099,50 +1273,65 @@ fn format_size(size: usize) -> String {
     }
 }
 
-/// The results as a Markdown table, with its notes.
-fn render_table(rows: &[Row], args: &Args, repeat: usize, redis_persistence: &str) -> String {
-    let header = [
+/// `(msg/s, MB/s)` cells for a result, `-` when there is none; `mark` follows each number.
+fn rate_cells(m: Option<&Measured>, mark: &str) -> [String; 2] {
+    match m {
+        Some(m) => [
+            format!("{}{mark}", group_digits(m.msgs_per_sec())),
+            format!("{:.1}{mark}", m.mb_per_sec()),
+        ],
+        None => ["-".into(), "-".into()],
+    }
+}
+
+/// `ours / theirs` in msg/s, `-` unless both ran.
+fn ratio_cell(ours: Option<&Measured>, theirs: Option<&Measured>, mark: &str) -> String {
+    match (ours, theirs) {
+        (Some(s), Some(t)) => format!("{:.2}{mark}", s.msgs_per_sec() / t.msgs_per_sec()),
+        _ => "-".into(),
+    }
+}
+
+/// The results as a Markdown table, with its notes. The Redis and tansu columns appear only
+/// for the peers that ran.
+fn render_table(
+    rows: &[Row],
+    args: &Args,
+    repeat: usize,
+    redis_persistence: &str,
+    tansu_ran: bool,
+) -> String {
+    let mut header = vec![
         "workload",
         "size",
         "partitions",
         "steadfast msg/s",
         "steadfast MB/s",
-        "redis msg/s",
-        "redis MB/s",
-        "ratio (steadfast/redis)",
     ];
-    let mut cells: Vec<[String; 8]> = Vec::new();
+    if !args.no_redis {
+        header.extend(["redis msg/s", "redis MB/s", "ratio (steadfast/redis)"]);
+    }
+    if tansu_ran {
+        header.extend(["tansu msg/s", "tansu MB/s", "ratio (steadfast/tansu)"]);
+    }
+    let mut cells: Vec<Vec<String>> = Vec::new();
     for row in rows {
-        let size = format_size(row.size);
-        let (s_msgs, s_mb) = match &row.steadfast {
-            Some(m) => (
-                group_digits(m.msgs_per_sec()),
-                format!("{:.1}", m.mb_per_sec()),
-            ),
-            None => ("-".into(), "-".into()),
-        };
-        let mark = if row.redis_substituted { " *" } else { "" };
-        let (r_msgs, r_mb) = match &row.redis {
-            Some(m) => (
-                format!("{}{mark}", group_digits(m.msgs_per_sec())),
-                format!("{:.1}{mark}", m.mb_per_sec()),
-            ),
-            None => ("-".into(), "-".into()),
-        };
-        let ratio = match (&row.steadfast, &row.redis) {
-            (Some(s), Some(r)) => format!("{:.2}{mark}", s.msgs_per_sec() / r.msgs_per_sec()),
-            _ => "-".into(),
-        };
-        cells.push([
-            row.workload.label().into(),
-            size,
+        let mut line = vec![
+            row.workload.label().to_owned(),
+            format_size(row.size),
             row.partitions.to_string(),
-            s_msgs,
-            s_mb,
-            r_msgs,
-            r_mb,
-            ratio,
-        ]);
+        ];
+        line.extend(rate_cells(row.steadfast.as_ref(), ""));
+        if !args.no_redis {
+            let mark = if row.redis_substituted { " *" } else { "" };
+            line.extend(rate_cells(row.redis.as_ref(), mark));
+            line.push(ratio_cell(row.steadfast.as_ref(), row.redis.as_ref(), mark));
+        }
+        if tansu_ran {
+            line.extend(rate_cells(row.tansu.as_ref(), ""));
+            line.push(ratio_cell(row.steadfast.as_ref(), row.tansu.as_ref(), ""));
+        }
+        cells.push(line);
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|c| {
@@ -1213,5 +1402,12 @@ fn render_table(rows: &[Row], args: &Args, repeat: usize, redis_persistence: &st
         "* Redis has no acks=-1 equivalent (no fsync on acknowledgement): its acks=1 XADD \
          numbers are repeated."
     );
+    if tansu_ran {
+        let _ = writeln!(
+            out,
+            "tansu: child process, memory storage (memory://tansu/), same librdkafka client \
+             and settings; its runs alternate with steadfast's; acks=-1 is not run on it."
+        );
+    }
     out
 }

@@ -1,6 +1,7 @@
 //! Fetch: reads whole batches from each requested partition within the request's byte
 //! limits, and long-polls — waiting for new data up to `max_wait_ms` — only while fewer than
-//! `min_bytes` are ready. Data that is ready is answered at once.
+//! `min_bytes` are ready. Data that is ready is answered at once. The segment reads run on
+//! tokio's blocking pool, never on an async worker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,8 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
     } else {
         request.max_bytes as usize
     };
+    let wanted = Arc::new(wanted);
+    let topic_names = Arc::new(topic_names);
     Ok(Reply::Later(Box::pin(async move {
         let deadline = Instant::now() + max_wait;
         // Subscribe before the first read so no append between read and wait is missed.
@@ -69,7 +72,7 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
             .filter_map(|w| w.partition.as_ref().map(|p| p.watch_end()))
             .collect();
         loop {
-            let gathered = gather(&wanted, &topic_names, max_bytes);
+            let gathered = gather_off_thread(&wanted, &topic_names, max_bytes).await;
             let done = gathered.bytes >= min_bytes
                 || gathered.has_error
                 || watches.is_empty()
@@ -104,6 +107,52 @@ pub(crate) fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Result<Reply
     })))
 }
 
+/// Runs [`gather`] on the blocking pool: its reads are file I/O, which must not stall the
+/// async workers (a read that misses the page cache waits on the disk).
+async fn gather_off_thread(
+    wanted: &Arc<Vec<Wanted>>,
+    names: &Arc<Vec<TopicName>>,
+    max_bytes: usize,
+) -> Gathered {
+    let (w, n) = (Arc::clone(wanted), Arc::clone(names));
+    match tokio::task::spawn_blocking(move || gather(&w, &n, max_bytes)).await {
+        Ok(gathered) => gathered,
+        Err(e) => {
+            tracing::error!(error = %e, "fetch read task failed");
+            failed(wanted, names, ResponseError::KafkaStorageError)
+        }
+    }
+}
+
+/// Every partition answered with `error`.
+fn failed(wanted: &[Wanted], names: &[TopicName], error: ResponseError) -> Gathered {
+    let mut topics: Vec<FetchableTopicResponse> = names
+        .iter()
+        .map(|n| FetchableTopicResponse::default().with_topic(n.clone()))
+        .collect();
+    for w in wanted {
+        topics[w.topic_index]
+            .partitions
+            .push(empty_partition(w.partition_index).with_error_code(error.code()));
+    }
+    Gathered {
+        topics,
+        bytes: 0,
+        has_error: true,
+    }
+}
+
+/// A partition's answer before anything is known about it.
+fn empty_partition(partition_index: i32) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(partition_index)
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+        .with_aborted_transactions(None)
+        .with_preferred_read_replica((-1).into())
+}
+
 struct Gathered {
     topics: Vec<FetchableTopicResponse>,
     bytes: usize,
@@ -118,13 +167,7 @@ fn gather(wanted: &[Wanted], names: &[TopicName], max_bytes: usize) -> Gathered 
     let mut total = 0usize;
     let mut has_error = false;
     for w in wanted {
-        let mut data = PartitionData::default()
-            .with_partition_index(w.partition_index)
-            .with_high_watermark(-1)
-            .with_last_stable_offset(-1)
-            .with_log_start_offset(-1)
-            .with_aborted_transactions(None)
-            .with_preferred_read_replica((-1).into());
+        let mut data = empty_partition(w.partition_index);
         match &w.partition {
             _ if w.denied => {
                 has_error = true;
