@@ -79,9 +79,36 @@ pub(crate) fn decode_body(request: &RequestFrame) -> Result<(), RequestError> {
         ApiKey::DescribeGroups => drop(request.decode::<DescribeGroupsRequest>()?),
         ApiKey::ListGroups => drop(request.decode::<ListGroupsRequest>()?),
         ApiKey::DeleteGroups => drop(request.decode::<DeleteGroupsRequest>()?),
+        ApiKey::SaslHandshake => drop(request.decode::<SaslHandshakeRequest>()?),
+        ApiKey::SaslAuthenticate => {
+            let request: SaslAuthenticateRequest = request.decode()?;
+            sasl_token(&request.auth_bytes);
+        }
         other => return Err(RequestError::UnknownApiKey(other as i16)),
     }
     Ok(())
+}
+
+/// Runs the PLAIN parser and both steps of a SCRAM exchange (as first and as final
+/// message) over a SaslAuthenticate token.
+fn sasl_token(token: &[u8]) {
+    use crate::auth::crypto::Hash;
+    use crate::auth::plain::PlainMessage;
+    use crate::auth::scram::ScramExchange;
+    use crate::auth::users::CredentialKeys;
+
+    let _ = PlainMessage::parse(token);
+    let keys = || CredentialKeys {
+        salt: vec![7; 16],
+        iterations: 1,
+        stored_key: vec![1; 32],
+        server_key: vec![2; 32],
+    };
+    let mut fresh = ScramExchange::new(Hash::Sha256);
+    let _ = fresh.step(token, |_| Some(keys()), "nonce");
+    let mut exchange = ScramExchange::new(Hash::Sha256);
+    let _ = exchange.step(b"n,,n=user,r=abc", |_| Some(keys()), "def");
+    let _ = exchange.step(token, |_| None, "");
 }
 
 /// Runs what produce runs over a partition's records (split, CRC and header checks, the
@@ -276,6 +303,7 @@ mod tests {
                     client_id: None,
                     body: Bytes::new(),
                     peer: None,
+                    context: None,
                 };
                 assert!(
                     !matches!(decode_body(&frame), Err(RequestError::UnknownApiKey(_))),
