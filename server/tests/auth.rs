@@ -141,6 +141,31 @@ async fn start() -> Setup {
     }
 }
 
+/// What the blocking part of a test needs of its server.
+struct Endpoints {
+    /// The SASL_SSL listener's bootstrap address.
+    sasl_ssl: String,
+    /// The SASL_PLAINTEXT listener.
+    sasl_plaintext: SocketAddr,
+    /// The CA that signed the server's certificate.
+    ca: PathBuf,
+}
+
+/// Starts a server, runs `body` (blocking rdkafka calls) on the blocking pool, then shuts
+/// the server down.
+async fn with_server(body: impl FnOnce(Endpoints) + Send + 'static) {
+    let setup = start().await;
+    let endpoints = Endpoints {
+        sasl_ssl: setup.sasl_ssl(),
+        sasl_plaintext: setup.sasl_plaintext(),
+        ca: setup.pki.ca.clone(),
+    };
+    tokio::task::spawn_blocking(move || body(endpoints))
+        .await
+        .unwrap();
+    setup.server.shutdown().await;
+}
+
 fn sasl_ssl_settings<'a>(
     ca: &'a Path,
     user: &'a str,
@@ -200,12 +225,10 @@ fn produce(bootstrap: &str, settings: &[(&str, &str)], topic: &str, count: usize
 /// in a group under hers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_ssl_scram_sha_512_produces_and_consumes() {
-    let setup = start().await;
-    let bootstrap = setup.sasl_ssl();
-    let ca = setup.pki.ca.clone();
-    let topic = unique_topic("orders.sasl");
-    let group = unique_topic("billing-sasl");
-    tokio::task::spawn_blocking(move || {
+    with_server(|server| {
+        let (bootstrap, ca) = (server.sasl_ssl, server.ca);
+        let topic = unique_topic("orders.sasl");
+        let group = unique_topic("billing-sasl");
         let settings = sasl_ssl_settings(&ca, "alice", ALICE_PASSWORD);
         produce(&bootstrap, &settings, &topic, 200);
         let consumer = consumer(&bootstrap, &settings, &group);
@@ -224,17 +247,14 @@ async fn sasl_ssl_scram_sha_512_produces_and_consumes() {
         }
         assert_eq!(seen, (0..200).map(|i| format!("m-{i}")).collect());
     })
-    .await
-    .unwrap();
-    setup.server.shutdown().await;
+    .await;
 }
 
 /// PLAIN and SCRAM-SHA-256 work too, over SASL_PLAINTEXT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_and_scram_sha_256_authenticate() {
-    let setup = start().await;
-    let bootstrap = setup.sasl_plaintext().to_string();
-    tokio::task::spawn_blocking(move || {
+    with_server(|server| {
+        let bootstrap = server.sasl_plaintext.to_string();
         for mechanism in ["PLAIN", "SCRAM-SHA-256"] {
             let topic = unique_topic(&format!("orders.{}", mechanism.to_lowercase()));
             let settings = [
@@ -246,20 +266,17 @@ async fn plain_and_scram_sha_256_authenticate() {
             produce(&bootstrap, &settings, &topic, 10);
         }
     })
-    .await
-    .unwrap();
-    setup.server.shutdown().await;
+    .await;
 }
 
 /// A wrong password fails authentication in rdkafka; on the wire the server answers
 /// SASL_AUTHENTICATION_FAILED and closes the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_fails_and_the_connection_closes() {
-    let setup = start().await;
-    let bootstrap = setup.sasl_ssl();
-    let ca = setup.pki.ca.clone();
-    let plaintext = setup.sasl_plaintext();
-    tokio::task::spawn_blocking(move || {
+    with_server(|server| {
+        let bootstrap = server.sasl_ssl;
+        let ca = server.ca;
+        let plaintext = server.sasl_plaintext;
         let settings = sasl_ssl_settings(&ca, "alice", "not-the-password");
         let consumer = consumer(&bootstrap, &settings, "billing-wrong");
         assert!(consumer
@@ -300,20 +317,17 @@ async fn a_wrong_password_fails_and_the_connection_closes() {
             assert!(raw.is_closed_by_server());
         }
     })
-    .await
-    .unwrap();
-    setup.server.shutdown().await;
+    .await;
 }
 
 /// A client that sends Metadata (or Produce) without authenticating is closed without an
 /// answer; ApiVersions is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_skips_authentication_is_closed() {
-    let setup = start().await;
-    let plaintext = setup.sasl_plaintext();
-    let bootstrap = setup.sasl_ssl();
-    let ca = setup.pki.ca.clone();
-    tokio::task::spawn_blocking(move || {
+    with_server(|server| {
+        let plaintext = server.sasl_plaintext;
+        let bootstrap = server.sasl_ssl;
+        let ca = server.ca;
         let topic = unique_topic("orders.skip");
         let admin = sasl_ssl_settings(&ca, "admin", ADMIN_PASSWORD);
         produce(&bootstrap, &admin, &topic, 3);
@@ -358,19 +372,16 @@ async fn a_client_that_skips_authentication_is_closed() {
         };
         assert_eq!(high, 3, "the unauthenticated produce appended nothing");
     })
-    .await
-    .unwrap();
-    setup.server.shutdown().await;
+    .await;
 }
 
 /// alice cannot see, produce to or read a topic outside her prefixes, and cannot use a
 /// group outside hers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rights_limit_topics_and_groups() {
-    let setup = start().await;
-    let bootstrap = setup.sasl_ssl();
-    let ca = setup.pki.ca.clone();
-    tokio::task::spawn_blocking(move || {
+    with_server(|server| {
+        let bootstrap = server.sasl_ssl;
+        let ca = server.ca;
         let secret = unique_topic("secret");
         let mine = unique_topic("orders.mine");
         let admin = sasl_ssl_settings(&ca, "admin", ADMIN_PASSWORD);
@@ -424,9 +435,7 @@ async fn rights_limit_topics_and_groups() {
             "{error:?}"
         );
     })
-    .await
-    .unwrap();
-    setup.server.shutdown().await;
+    .await;
 }
 
 /// Polls until the consumer reports an error (from poll or the error callback); a message
