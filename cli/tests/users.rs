@@ -177,6 +177,8 @@ fn a_sasl_server_from_the_command_line_serves_authenticated_clients() {
         "--topic",
         "orders.cli",
         "--from-beginning",
+        "--group",
+        "billing-cli",
         "--count",
         "20",
     ]
