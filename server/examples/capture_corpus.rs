@@ -24,11 +24,11 @@ use kafka_protocol::protocol::Decodable;
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use steadfast_testkit::client_config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -111,20 +111,11 @@ async fn run_proxy(listener: TcpListener, server: std::net::SocketAddr, frames: 
     }
 }
 
-fn config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("socket.timeout.ms", "10000")
-        .set("message.timeout.ms", "30000");
-    config
-}
-
 fn drive_clients(rt: &tokio::runtime::Runtime, bootstrap: &str) -> anyhow::Result<()> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("capture-{run}");
     let doomed = format!("capture-doomed-{run}");
-    let admin: AdminClient<DefaultClientContext> = config(bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     rt.block_on(admin.create_topics(
         &[
@@ -137,7 +128,7 @@ fn drive_clients(rt: &tokio::runtime::Runtime, bootstrap: &str) -> anyhow::Resul
     eprintln!("topics created");
     let start_ms = now_ms();
     for (i, codec) in ["none", "gzip", "snappy", "lz4", "zstd"].iter().enumerate() {
-        let mut producer_config = config(bootstrap);
+        let mut producer_config = client_config(bootstrap);
         producer_config
             .set("compression.type", *codec)
             .set("linger.ms", "5");
@@ -172,7 +163,7 @@ fn drive_clients(rt: &tokio::runtime::Runtime, bootstrap: &str) -> anyhow::Resul
 
     eprintln!("produced with every codec");
     let group = format!("capture-group-{run}");
-    let mut consumer_config = config(bootstrap);
+    let mut consumer_config = client_config(bootstrap);
     consumer_config
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
