@@ -84,8 +84,16 @@ struct Args {
     /// Skip tansu even when `--tansu` or `STEADFAST_BENCH_TANSU` names it.
     #[arg(long)]
     no_tansu: bool,
+    /// Run the steadfast server in a child process of its own (the crate's `child_server`
+    /// binary) instead of inside the benchmark process: the setup tansu is measured in, so
+    /// the two servers compete with the client for the cores in the same way.
+    #[arg(long)]
+    steadfast_process: bool,
     /// Run one predefined case instead of `--sizes` x `--partitions`: `backlog` is 100 B
-    /// messages on one partition, 1,000,000 per run (unless `--messages` says otherwise).
+    /// messages on one partition, 1,000,000 per run (unless `--messages` says otherwise),
+    /// set up for the comparison with tansu: steadfast in a child process, 4 rounds
+    /// (unless `--repeat`), and `fetch.wait.max.ms=1` (unless `--consumer-set` sets it;
+    /// tansu holds every Fetch until that much time has passed).
     #[arg(long, value_enum)]
     case: Option<OnlyCase>,
     /// Extra or overriding librdkafka producer property, `key=value` (repeatable).
@@ -104,12 +112,19 @@ struct Args {
 /// The predefined cases of `--case`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum OnlyCase {
-    /// 100 B messages, one partition, a 1,000,000-message backlog.
+    /// 100 B messages, one partition, a 1,000,000-message backlog, steadfast out of process.
     Backlog,
 }
 
 /// Messages per run of `--case backlog`.
 const BACKLOG_CASE_MESSAGES: u64 = 1_000_000;
+/// Rounds of `--case backlog`: each server goes first in half of them.
+const BACKLOG_CASE_ROUNDS: usize = 4;
+/// `fetch.wait.max.ms` of `--case backlog`. tansu 0.6.0 sleeps out whatever is left of
+/// the wait on every Fetch, data or not (half of it from 250 ms up), so at the 100 ms of
+/// [`consumer_config`] it reads about 0.15M msg/s; steadfast answers ready data at once
+/// whatever the setting.
+const BACKLOG_CASE_FETCH_WAIT_MS: &str = "1";
 
 /// Parses `key=value`.
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -222,6 +237,18 @@ fn main() -> Result<()> {
         args.sizes = vec![100];
         args.partitions = vec![1];
         args.messages.get_or_insert(BACKLOG_CASE_MESSAGES);
+        args.repeat.get_or_insert(BACKLOG_CASE_ROUNDS);
+        args.steadfast_process = true;
+        if !args
+            .consumer_set
+            .iter()
+            .any(|(k, _)| k == "fetch.wait.max.ms")
+        {
+            args.consumer_set.push((
+                "fetch.wait.max.ms".to_owned(),
+                BACKLOG_CASE_FETCH_WAIT_MS.to_owned(),
+            ));
+        }
     }
     // Server logs (errors only unless RUST_LOG says otherwise) go to stderr.
     tracing_subscriber::fmt()
@@ -296,8 +323,12 @@ fn main() -> Result<()> {
     let data_dir = tempfile::tempdir().context("creating the server's data dir")?;
     let server = if args.no_steadfast {
         None
+    } else if args.steadfast_process {
+        Some(Steadfast::Process(child::ChildServer::start(
+            data_dir.path(),
+        )?))
     } else {
-        Some(
+        Some(Steadfast::Embedded(
             runtime
                 .block_on(
                     Server::builder()
@@ -307,7 +338,7 @@ fn main() -> Result<()> {
                         .start(),
                 )
                 .context("starting the embedded server")?,
-        )
+        ))
     };
     let run_id = format!(
         "{}-{}",
@@ -341,38 +372,50 @@ fn main() -> Result<()> {
                     repetition,
                 };
                 let run = format!("{run_id}-r{repetition}");
-                if let Some(server) = &server {
-                    let bootstrap = server.bootstrap_servers();
-                    let result =
-                        kafka_case("steadfast", &runtime, &bootstrap, &args, &case, &run, true)
-                            .with_context(|| {
-                                format!("steadfast, {size} B, {partitions} partitions")
+                // The two Kafka-protocol servers take turns going first (ABBA), so neither
+                // always meets a client process warmed up (heap grown, pages mapped) by the
+                // other's run.
+                let tansu_first = repetition % 2 == 0;
+                for tansu_turn in [tansu_first, !tansu_first] {
+                    match (tansu_turn, &server, &tansu) {
+                        (false, Some(server), _) => {
+                            let target = Target {
+                                system: "steadfast",
+                                bootstrap: server.bootstrap_servers(),
+                                pid: server.pid(),
+                            };
+                            let result = kafka_case(&target, &runtime, &args, &case, &run, true)
+                                .with_context(|| {
+                                    format!("steadfast, {size} B, {partitions} partitions")
+                                })?;
+                            steadfast_runs.push(result);
+                        }
+                        (true, _, Some(tansu)) => {
+                            let target = Target {
+                                system: "tansu",
+                                bootstrap: tansu.bootstrap(),
+                                pid: Some(tansu.pid()),
+                            };
+                            let result = kafka_case(&target, &runtime, &args, &case, &run, false)
+                                .with_context(|| {
+                                format!(
+                                    "tansu, {size} B, {partitions} partitions (its log: {})",
+                                    tansu.log_path().display()
+                                )
                             })?;
-                    steadfast_runs.push(result);
-                }
-                if let Some(tansu) = &tansu {
-                    let result = kafka_case(
-                        "tansu",
-                        &runtime,
-                        &tansu.bootstrap(),
-                        &args,
-                        &case,
-                        &run,
-                        false,
-                    )
-                    .with_context(|| {
-                        format!(
-                            "tansu, {size} B, {partitions} partitions (its log: {})",
-                            tansu.log_path().display()
-                        )
-                    })?;
-                    if let Some(ours) = steadfast_runs.last() {
-                        eprintln!(
-                            "  run {repetition} consume backlog steadfast/tansu: {:.2}",
-                            ours.consume.msgs_per_sec() / result.consume.msgs_per_sec()
-                        );
+                            tansu_runs.push(result);
+                        }
+                        _ => {}
                     }
-                    tansu_runs.push(result);
+                }
+                if let (Some(ours), Some(theirs)) = (
+                    steadfast_runs.get(repetition - 1),
+                    tansu_runs.get(repetition - 1),
+                ) {
+                    eprintln!(
+                        "  run {repetition} consume backlog steadfast/tansu: {:.2}",
+                        ours.consume.msgs_per_sec() / theirs.consume.msgs_per_sec()
+                    );
                 }
                 if !args.no_redis {
                     let result = redis_case(&args, &case, &run)
@@ -405,8 +448,10 @@ fn main() -> Result<()> {
             }
         }
     }
-    if let Some(server) = server {
-        runtime.block_on(server.shutdown());
+    match server {
+        Some(Steadfast::Embedded(server)) => runtime.block_on(server.shutdown()),
+        Some(Steadfast::Process(child)) => child.stop(),
+        None => {}
     }
     let tansu_ran = tansu.is_some();
     drop(tansu);
@@ -422,6 +467,32 @@ fn main() -> Result<()> {
     );
     eprintln!("total time: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The steadfast server under test: inside this process, or a child process.
+enum Steadfast {
+    /// Started on the benchmark's tokio runtime.
+    Embedded(steadfast_server::ServerHandle),
+    /// `child_server`, with `--steadfast-process`.
+    Process(child::ChildServer),
+}
+
+impl Steadfast {
+    /// `bootstrap.servers` for the clients.
+    fn bootstrap_servers(&self) -> String {
+        match self {
+            Steadfast::Embedded(server) => server.bootstrap_servers(),
+            Steadfast::Process(child) => child.bootstrap().to_owned(),
+        }
+    }
+
+    /// The server's process id when it runs apart from the benchmark.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Steadfast::Embedded(_) => None,
+            Steadfast::Process(child) => Some(child.pid()),
+        }
+    }
 }
 
 /// One (size, partitions) combination.
@@ -476,18 +547,28 @@ fn report(system: &str, workload: Workload, case: &Case<'_>, m: &Measured) {
 // steadfast, through librdkafka
 // ---------------------------------------------------------------------------------------------
 
-/// Runs the workloads against a Kafka-protocol server at `bootstrap` (`system` names it in
-/// the progress lines), on fresh topics that are deleted afterwards. `acks=-1` runs only
-/// with `with_acks_all` (tansu's memory storage has nothing to wait for).
+/// A Kafka-protocol server the workloads run against.
+struct Target<'a> {
+    /// Its name in the progress lines.
+    system: &'a str,
+    /// `bootstrap.servers` for the clients.
+    bootstrap: String,
+    /// Its process id, when it is a process of its own (for its CPU time).
+    pid: Option<u32>,
+}
+
+/// Runs the workloads against a Kafka-protocol server (`target`), on fresh topics that are
+/// deleted afterwards. `acks=-1` runs only with `with_acks_all` (tansu's memory storage has
+/// nothing to wait for).
 fn kafka_case(
-    system: &str,
+    target: &Target<'_>,
     runtime: &tokio::runtime::Runtime,
-    bootstrap: &str,
     args: &Args,
     case: &Case<'_>,
     run_id: &str,
     with_acks_all: bool,
 ) -> Result<CaseResult> {
+    let (system, bootstrap, server_pid) = (target.system, target.bootstrap.as_str(), target.pid);
     let topic_acks1 = format!("bench-{run_id}-{}b-{}p-acks1", case.size, case.partitions);
     let topic_acks_all = format!("bench-{run_id}-{}b-{}p-acksall", case.size, case.partitions);
     let mut topics = vec![topic_acks1.as_str()];
@@ -502,8 +583,17 @@ fn kafka_case(
 
     let produce_acks1 = produce(bootstrap, &topic_acks1, "1", case, &args.producer_set)?;
     report(system, Workload::ProduceAcks1, case, &produce_acks1);
+    let cpu_before = (
+        cpu::used(None),
+        server_pid.and_then(|pid| cpu::used(Some(pid))),
+    );
     let consume = consume(bootstrap, &topic_acks1, case, &args.consumer_set)?;
+    let cpu_after = (
+        cpu::used(None),
+        server_pid.and_then(|pid| cpu::used(Some(pid))),
+    );
     report(system, Workload::ConsumeBacklog, case, &consume);
+    cpu::report(case, cpu_before, cpu_after, server_pid.is_some());
     let produce_acks_all = if with_acks_all {
         let m = produce(bootstrap, &topic_acks_all, "all", case, &args.producer_set)?;
         report(system, Workload::ProduceAcksAll, case, &m);
@@ -1158,6 +1248,138 @@ mod resp {
 }
 
 // ---------------------------------------------------------------------------------------------
+// CPU time of the client and of a server process
+// ---------------------------------------------------------------------------------------------
+
+/// CPU time (user + system) of processes, from `/proc/PID/stat`, to show where a consume
+/// run's time goes: in the client (this process) or in the server.
+mod cpu {
+    use std::time::Duration;
+
+    use super::Case;
+
+    /// `/proc` reports times in clock ticks of `USER_HZ`, which is 100 on Linux.
+    const TICKS_PER_SECOND: u64 = 100;
+
+    /// CPU time used so far by process `pid` (this process for `None`); `None` if `/proc`
+    /// cannot tell.
+    pub(crate) fn used(pid: Option<u32>) -> Option<Duration> {
+        let path = match pid {
+            Some(pid) => format!("/proc/{pid}/stat"),
+            None => "/proc/self/stat".to_owned(),
+        };
+        let stat = std::fs::read_to_string(path).ok()?;
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(Duration::from_millis(
+            (utime + stime) * 1000 / TICKS_PER_SECOND,
+        ))
+    }
+
+    /// Prints the CPU seconds per million messages of a run: client and server apart when the
+    /// server is another process, together otherwise.
+    pub(crate) fn report(
+        case: &Case<'_>,
+        before: (Option<Duration>, Option<Duration>),
+        after: (Option<Duration>, Option<Duration>),
+        server_apart: bool,
+    ) {
+        let per_million = |b: Option<Duration>, a: Option<Duration>| {
+            let used = a?.checked_sub(b?)?;
+            Some(used.as_secs_f64() * 1e6 / case.messages as f64)
+        };
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let process = per_million(before.0, after.0);
+        if server_apart {
+            eprintln!(
+                "        CPU s per million messages consumed: client {}, server {}",
+                show(process),
+                show(per_million(before.1, after.1))
+            );
+        } else {
+            eprintln!(
+                "        CPU s per million messages consumed: client and embedded server {}",
+                show(process)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// steadfast as a child process
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the crate's `child_server` binary (built with the benchmark, same profile).
+mod child {
+    use std::io::{BufRead as _, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+
+    use anyhow::{bail, Context as _, Result};
+
+    /// A running `child_server`; killed when dropped.
+    #[derive(Debug)]
+    pub(crate) struct ChildServer {
+        /// The server process.
+        child: Child,
+        /// `host:port` it listens on.
+        bootstrap: String,
+    }
+
+    impl ChildServer {
+        /// Starts the server on `data_dir` and waits for the address it prints once it serves.
+        pub(crate) fn start(data_dir: &Path) -> Result<ChildServer> {
+            let binary = env!("CARGO_BIN_EXE_child_server");
+            let mut child = Command::new(binary)
+                .arg("--data-dir")
+                .arg(data_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting {binary}"))?;
+            let Some(stdout) = child.stdout.take() else {
+                bail!("{binary}: no stdout pipe");
+            };
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line);
+            let bootstrap = match (read, line.trim().strip_prefix("listening ")) {
+                (Ok(_), Some(address)) => address.to_owned(),
+                (read, _) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    bail!("{binary} did not start (read {read:?}, line {line:?}, exit {status:?})");
+                }
+            };
+            eprintln!("steadfast: child process {binary} on {bootstrap}");
+            Ok(ChildServer { child, bootstrap })
+        }
+
+        /// `bootstrap.servers` for the clients.
+        pub(crate) fn bootstrap(&self) -> &str {
+            &self.bootstrap
+        }
+
+        /// The server's process id.
+        pub(crate) fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// Stops the server (on drop).
+        pub(crate) fn stop(self) {}
+    }
+
+    impl Drop for ChildServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // tansu, a second Kafka-protocol server, as a child process
 // ---------------------------------------------------------------------------------------------
 
@@ -1231,6 +1453,11 @@ mod tansu {
         /// `bootstrap.servers` for the clients.
         pub(crate) fn bootstrap(&self) -> String {
             format!("127.0.0.1:{}", self.port)
+        }
+
+        /// tansu's process id.
+        pub(crate) fn pid(&self) -> u32 {
+            self.child.id()
         }
 
         /// Where tansu's output goes, for error messages.
@@ -1387,8 +1614,13 @@ fn render_table(
     );
     let _ = writeln!(
         out,
-        "MB/s = 10^6 payload bytes per second. steadfast: embedded server, default fsync \
+        "MB/s = 10^6 payload bytes per second. steadfast: {}, default fsync \
          policy {:?} (acks=-1 is answered after fsync), librdkafka client.",
+        if args.steadfast_process {
+            "child process (child_server)"
+        } else {
+            "embedded server"
+        },
         FsyncPolicy::default()
     );
     let _ = writeln!(
@@ -1402,11 +1634,26 @@ fn render_table(
         "* Redis has no acks=-1 equivalent (no fsync on acknowledgement): its acks=1 XADD \
          numbers are repeated."
     );
+    if !args.consumer_set.is_empty() || !args.producer_set.is_empty() {
+        let list = |set: &[(String, String)]| {
+            set.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(
+            out,
+            "Client settings over the defaults: producer [{}], consumer [{}].",
+            list(&args.producer_set),
+            list(&args.consumer_set)
+        );
+    }
     if tansu_ran {
         let _ = writeln!(
             out,
             "tansu: child process, memory storage (memory://tansu/), same librdkafka client \
-             and settings; its runs alternate with steadfast's; acks=-1 is not run on it."
+             and settings; its runs alternate with steadfast's, each going first in every \
+             other round; acks=-1 is not run on it."
         );
     }
     out

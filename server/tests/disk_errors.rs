@@ -1,4 +1,4 @@
-//! Disk errors, end to end: a server child process (`fault_server`) whose file-size limit
+//! Disk errors, end to end: a server child process (`child_server`) whose file-size limit
 //! makes segment writes fail with EFBIG once the log reaches it. Real librdkafka produces
 //! with `acks=all` until the limit is hit; the failures must be KAFKA_STORAGE_ERROR, every
 //! acknowledged message must be served exactly once (no torn batch), and the server must
@@ -36,7 +36,7 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn spawn(dir: &Path, fsize_limit: Option<u64>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fault_server"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_child_server"));
         command
             .arg("--data-dir")
             .arg(dir)
@@ -45,7 +45,7 @@ impl ServerProcess {
         if let Some(limit) = fsize_limit {
             command.arg("--fsize-limit").arg(limit.to_string());
         }
-        let mut child = command.spawn().expect("spawn fault_server");
+        let mut child = command.spawn().expect("spawn child_server");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let line = read_line(&mut stdout);
         let bootstrap = line

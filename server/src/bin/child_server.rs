@@ -1,9 +1,11 @@
-//! A steadfast server for disk-fault tests: it serves a data directory like the embedded
-//! server does, optionally with the process's file-size limit (`RLIMIT_FSIZE`) set, so that
-//! writes past the limit fail with `EFBIG` (SIGXFSZ is caught, not fatal).
+//! A steadfast server in a process of its own, for tests and benchmarks that need one: it
+//! serves a data directory like the embedded server does. The disk-fault tests set the
+//! process's file-size limit (`RLIMIT_FSIZE`) so that writes past it fail with `EFBIG`
+//! (SIGXFSZ is caught, not fatal); the throughput benchmark runs it beside tansu, each in
+//! its own process.
 //!
 //! ```text
-//! fault_server --data-dir DIR [--fsize-limit BYTES] [--segment-bytes BYTES]
+//! child_server --data-dir DIR [--fsize-limit BYTES] [--segment-bytes BYTES]
 //! ```
 //!
 //! It prints `listening HOST:PORT` on stdout once it serves. On SIGUSR1 it lifts the
