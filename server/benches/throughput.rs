@@ -92,8 +92,8 @@ struct Args {
     /// Run one predefined case instead of `--sizes` x `--partitions`: `backlog` is 100 B
     /// messages on one partition, 1,000,000 per run (unless `--messages` says otherwise),
     /// set up for the comparison with tansu: steadfast in a child process, 4 rounds
-    /// (unless `--repeat`), and `fetch.wait.max.ms=1` (unless `--consumer-set` sets it;
-    /// tansu holds every Fetch until that much time has passed).
+    /// (unless `--repeat`), `fetch.wait.max.ms=1` and a 16 MiB prefetch queue (unless
+    /// `--consumer-set` sets them; see `BACKLOG_CASE_CONSUMER`).
     #[arg(long, value_enum)]
     case: Option<OnlyCase>,
     /// Extra or overriding librdkafka producer property, `key=value` (repeatable).
@@ -120,11 +120,23 @@ enum OnlyCase {
 const BACKLOG_CASE_MESSAGES: u64 = 1_000_000;
 /// Rounds of `--case backlog`: each server goes first in half of them.
 const BACKLOG_CASE_ROUNDS: usize = 4;
-/// `fetch.wait.max.ms` of `--case backlog`. tansu 0.6.0 sleeps out whatever is left of
-/// the wait on every Fetch, data or not (half of it from 250 ms up), so at the 100 ms of
-/// [`consumer_config`] it reads about 0.15M msg/s; steadfast answers ready data at once
-/// whatever the setting.
-const BACKLOG_CASE_FETCH_WAIT_MS: &str = "1";
+/// Consumer settings of `--case backlog` (each unless `--consumer-set` gives it):
+///
+/// * `fetch.wait.max.ms=1`: tansu 0.6.0 sleeps out whatever is left of the wait on every
+///   Fetch, data or not (half of it from 250 ms up), so at the 100 ms of
+///   [`consumer_config`] it reads about 0.15M msg/s; steadfast answers ready data at once
+///   whatever the setting.
+/// * A bounded prefetch queue, 100,000 messages (librdkafka's default) or 16 MiB, refilled
+///   1 ms after it drains below that (librdkafka's default waits 1 s): a server that answers
+///   at once lets librdkafka fill all of `queued.max.messages.kbytes` with fresh buffers,
+///   and page-faulting 256 MiB of them costs the client more CPU than it spends reading the
+///   messages (see `benches/README.md`).
+const BACKLOG_CASE_CONSUMER: &[(&str, &str)] = &[
+    ("fetch.wait.max.ms", "1"),
+    ("queued.min.messages", "100000"),
+    ("queued.max.messages.kbytes", "16384"),
+    ("fetch.queue.backoff.ms", "1"),
+];
 
 /// Parses `key=value`.
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -239,15 +251,11 @@ fn main() -> Result<()> {
         args.messages.get_or_insert(BACKLOG_CASE_MESSAGES);
         args.repeat.get_or_insert(BACKLOG_CASE_ROUNDS);
         args.steadfast_process = true;
-        if !args
-            .consumer_set
-            .iter()
-            .any(|(k, _)| k == "fetch.wait.max.ms")
-        {
-            args.consumer_set.push((
-                "fetch.wait.max.ms".to_owned(),
-                BACKLOG_CASE_FETCH_WAIT_MS.to_owned(),
-            ));
+        for (key, value) in BACKLOG_CASE_CONSUMER {
+            if !args.consumer_set.iter().any(|(k, _)| k == key) {
+                args.consumer_set
+                    .push(((*key).to_owned(), (*value).to_owned()));
+            }
         }
     }
     // Server logs (errors only unless RUST_LOG says otherwise) go to stderr.
