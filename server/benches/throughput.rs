@@ -1344,6 +1344,8 @@ mod child {
             let mut child = Command::new(binary)
                 .arg("--data-dir")
                 .arg(data_dir)
+                // An allocator preloaded into the benchmark is the client's, not the server's.
+                .env_remove("LD_PRELOAD")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -1429,6 +1431,8 @@ mod tansu {
             let log = File::create(&log_path).context("creating tansu's log file")?;
             let child = Command::new(binary)
                 .args(["broker", "--storage-engine", "memory://tansu/"])
+                // An allocator preloaded into the benchmark is the client's, not tansu's.
+                .env_remove("LD_PRELOAD")
                 .args(["--listener-url", &url, "--advertised-listener-url", &url])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().context("tansu's log file")?)
@@ -1654,6 +1658,14 @@ fn render_table(
             "Client settings over the defaults: producer [{}], consumer [{}].",
             list(&args.producer_set),
             list(&args.consumer_set)
+        );
+    }
+    if let Some(preload) = std::env::var_os("LD_PRELOAD") {
+        let _ = writeln!(
+            out,
+            "Client allocator: LD_PRELOAD={} (the benchmark process only; the server \
+             processes run without it).",
+            preload.to_string_lossy()
         );
     }
     if tansu_ran {
