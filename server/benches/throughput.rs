@@ -1663,8 +1663,8 @@ fn render_table(
     if let Some(preload) = std::env::var_os("LD_PRELOAD") {
         let _ = writeln!(
             out,
-            "Client allocator: LD_PRELOAD={} (the benchmark process only; the server \
-             processes run without it).",
+            "Client allocator: LD_PRELOAD={} (the benchmark process, with an embedded server in it; \
+             child server processes run without it).",
             preload.to_string_lossy()
         );
     }
