@@ -458,7 +458,7 @@ fn main() -> Result<()> {
     }
     match server {
         Some(Steadfast::Embedded(server)) => runtime.block_on(server.shutdown()),
-        Some(Steadfast::Process(child)) => child.stop(),
+        Some(Steadfast::Process(child)) => drop(child),
         None => {}
     }
     let tansu_ran = tansu.is_some();
@@ -1376,9 +1376,6 @@ mod child {
         pub(crate) fn pid(&self) -> u32 {
             self.child.id()
         }
-
-        /// Stops the server (on drop).
-        pub(crate) fn stop(self) {}
     }
 
     impl Drop for ChildServer {
