@@ -7,10 +7,10 @@
 #   default: -runs=20000 for each of request_frame, record_batch, segment_recovery.
 # A long campaign: scripts/fuzz.sh -runs=10000000 record_batch   (see server/fuzz/README.md)
 #
-# FUZZ_SANITIZER=none builds without AddressSanitizer (cargo fuzz -s none): many
-# times the executions per second (request_frame: 119,000/s against about 4,000/s), for long
-# campaigns over the (safe Rust) decoders; panics,
-# allocations over the malloc limit and timeouts still count as crashes.
+# FUZZ_SANITIZER=none builds without AddressSanitizer (cargo fuzz -s none): many times the
+# executions per second (request_frame: 119,000/s against about 4,000/s), for long campaigns
+# over the (safe Rust) decoders; panics, allocations over the malloc limit and timeouts still
+# count as crashes.
 #
 # Needs `cargo install cargo-fuzz --locked` and `rustup toolchain install nightly`. Not part
 # of CI's test command: nightly sanitizer builds are slow.
