@@ -68,7 +68,7 @@ struct Args {
     /// Skip Redis (for profiling the steadfast side alone).
     #[arg(long)]
     no_redis: bool,
-    /// Skip steadfast (for checking the Redis side alone).
+    /// Skip steadfast (for checking the Redis or tansu side alone).
     #[arg(long)]
     no_steadfast: bool,
     /// XADD commands per pipelined round trip.
@@ -264,8 +264,8 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     ensure!(
-        !(args.no_redis && args.no_steadfast),
-        "--no-redis and --no-steadfast together leave nothing to run"
+        !(args.no_redis && args.no_steadfast && (args.tansu.is_none() || args.no_tansu)),
+        "--no-redis and --no-steadfast without tansu leave nothing to run"
     );
     ensure!(
         args.sizes.iter().all(|&s| s > 0) && args.partitions.iter().all(|&p| p > 0),
@@ -1259,8 +1259,8 @@ mod resp {
 // CPU time of the client and of a server process
 // ---------------------------------------------------------------------------------------------
 
-/// CPU time (user + system) of processes, from `/proc/PID/stat`, to show where a consume
-/// run's time goes: in the client (this process) or in the server.
+/// CPU time (user + system) and minor page faults of processes, from `/proc/PID/stat`, to
+/// show where a consume run's time goes: in the client (this process) or in the server.
 mod cpu {
     use std::time::Duration;
 
@@ -1269,47 +1269,69 @@ mod cpu {
     /// `/proc` reports times in clock ticks of `USER_HZ`, which is 100 on Linux.
     const TICKS_PER_SECOND: u64 = 100;
 
-    /// CPU time used so far by process `pid` (this process for `None`); `None` if `/proc`
-    /// cannot tell.
-    pub(crate) fn used(pid: Option<u32>) -> Option<Duration> {
+    /// What a process has used so far.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct Usage {
+        /// User plus system CPU time.
+        cpu: Duration,
+        /// Minor page faults: pages the process touched for the first time since they were
+        /// mapped (or since its allocator gave them back to the kernel).
+        minor_faults: u64,
+    }
+
+    /// Usage so far of process `pid` (this process for `None`); `None` if `/proc` cannot
+    /// tell.
+    pub(crate) fn used(pid: Option<u32>) -> Option<Usage> {
         let path = match pid {
             Some(pid) => format!("/proc/{pid}/stat"),
             None => "/proc/self/stat".to_owned(),
         };
         let stat = std::fs::read_to_string(path).ok()?;
-        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        // Fields after the parenthesised command name: state is field 3, minflt 10, utime 14,
+        // stime 15.
         let rest = &stat[stat.rfind(')')? + 1..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(Duration::from_millis(
-            (utime + stime) * 1000 / TICKS_PER_SECOND,
-        ))
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        let (utime, stime) = (field(14)?, field(15)?);
+        Some(Usage {
+            cpu: Duration::from_millis((utime + stime) * 1000 / TICKS_PER_SECOND),
+            minor_faults: field(10)?,
+        })
     }
 
-    /// Prints the CPU seconds per million messages of a run: client and server apart when the
-    /// server is another process, together otherwise.
+    /// Prints the CPU seconds per million messages of a run (client and server apart when
+    /// the server is another process, together otherwise) and the client's page faults.
     pub(crate) fn report(
         case: &Case<'_>,
-        before: (Option<Duration>, Option<Duration>),
-        after: (Option<Duration>, Option<Duration>),
+        before: (Option<Usage>, Option<Usage>),
+        after: (Option<Usage>, Option<Usage>),
         server_apart: bool,
     ) {
-        let per_million = |b: Option<Duration>, a: Option<Duration>| {
-            let used = a?.checked_sub(b?)?;
+        let per_million = |b: Option<Usage>, a: Option<Usage>| {
+            let used = a?.cpu.checked_sub(b?.cpu)?;
             Some(used.as_secs_f64() * 1e6 / case.messages as f64)
         };
         let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
         let process = per_million(before.0, after.0);
+        let faults = match (before.0, after.0) {
+            (Some(b), Some(a)) => {
+                let per_million = a.minor_faults.saturating_sub(b.minor_faults) as f64 * 1e6
+                    / case.messages as f64;
+                format!("{per_million:.0}")
+            }
+            _ => "-".to_owned(),
+        };
         if server_apart {
             eprintln!(
-                "        CPU s per million messages consumed: client {}, server {}",
+                "        CPU s per million messages consumed: client {}, server {}; \
+                 client page faults per million: {faults}",
                 show(process),
                 show(per_million(before.1, after.1))
             );
         } else {
             eprintln!(
-                "        CPU s per million messages consumed: client and embedded server {}",
+                "        CPU s per million messages consumed: client and embedded server {}; \
+                 page faults per million: {faults}",
                 show(process)
             );
         }
@@ -1344,8 +1366,10 @@ mod child {
             let mut child = Command::new(binary)
                 .arg("--data-dir")
                 .arg(data_dir)
-                // An allocator preloaded into the benchmark is the client's, not the server's.
+                // An allocator preloaded into the benchmark, or glibc malloc settings given to
+                // it, are the client's, not the server's.
                 .env_remove("LD_PRELOAD")
+                .env_remove("GLIBC_TUNABLES")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -1428,8 +1452,10 @@ mod tansu {
             let log = File::create(&log_path).context("creating tansu's log file")?;
             let child = Command::new(binary)
                 .args(["broker", "--storage-engine", "memory://tansu/"])
-                // An allocator preloaded into the benchmark is the client's, not tansu's.
+                // An allocator preloaded into the benchmark, or glibc malloc settings given to
+                // it, are the client's, not tansu's.
                 .env_remove("LD_PRELOAD")
+                .env_remove("GLIBC_TUNABLES")
                 .args(["--listener-url", &url, "--advertised-listener-url", &url])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().context("tansu's log file")?)
@@ -1663,6 +1689,14 @@ fn render_table(
             "Client allocator: LD_PRELOAD={} (the benchmark process, with an embedded server in it; \
              child server processes run without it).",
             preload.to_string_lossy()
+        );
+    }
+    if let Some(tunables) = std::env::var_os("GLIBC_TUNABLES") {
+        let _ = writeln!(
+            out,
+            "Client malloc settings: GLIBC_TUNABLES={} (the benchmark process, with an embedded \
+             server in it; child server processes run without them).",
+            tunables.to_string_lossy()
         );
     }
     if tansu_ran {
