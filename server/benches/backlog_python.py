@@ -18,6 +18,7 @@ million messages of the client process and of each server process.
 """
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -194,13 +195,51 @@ def produce(bootstrap, topic, messages, size):
         sys.exit(f"produce to {topic}: {remaining} undelivered, first error {failures[:1]}")
 
 
-def consume(bootstrap, topic, messages, size, overrides):
-    consumer = Consumer({
+class FetchStats:
+    """What librdkafka's statistics say about the fetches of one consume run."""
+
+    # Statistics interval: short, for several windows in a run of under a second.
+    INTERVAL_MS = 50
+
+    def __init__(self, topic):
+        self.topic = topic
+        self.rtt_avg_us = []
+        self.queue_messages = []
+        self.fetch_requests = 0
+
+    def on_stats(self, text):
+        stats = json.loads(text)
+        for broker in stats["brokers"].values():
+            if broker.get("nodeid", -1) < 0:
+                continue
+            if broker["rtt"]["cnt"] > 0:
+                self.rtt_avg_us.append(broker["rtt"]["avg"])
+            self.fetch_requests = max(self.fetch_requests, broker["req"].get("Fetch", 0))
+        partition = stats["topics"].get(self.topic, {}).get("partitions", {}).get("0")
+        if partition is not None:
+            self.queue_messages.append(partition["fetchq_cnt"])
+
+    def summary(self):
+        if not self.rtt_avg_us:
+            return "librdkafka stats: none in this run"
+        rtt, queue = self.rtt_avg_us, self.queue_messages or [0]
+        return (f"fetch round trip median {statistics.median(rtt):,.0f} µs "
+                f"({min(rtt):,}-{max(rtt):,}; averages per {self.INTERVAL_MS} ms window), "
+                f"prefetch queue median {statistics.median(queue):,.0f} messages "
+                f"({min(queue):,}-{max(queue):,}), {self.fetch_requests} Fetch requests")
+
+
+def consume(bootstrap, topic, messages, size, overrides, fetch_stats=None):
+    settings = {
         "bootstrap.servers": bootstrap,
         "group.id": f"{topic}-reader",
         **CONSUMER_SETTINGS,
         **overrides,
-    })
+    }
+    if fetch_stats is not None:
+        settings["statistics.interval.ms"] = FetchStats.INTERVAL_MS
+        settings["stats_cb"] = fetch_stats.on_stats
+    consumer = Consumer(settings)
     consumer.list_topics(topic, timeout=10)
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     received = payload_bytes = 0
@@ -233,7 +272,9 @@ def run_once(server, args, overrides):
     create_topic(server.bootstrap, topic)
     produce(server.bootstrap, topic, args.messages, args.size)
     server_cpu_before = server.cpu_seconds()
-    elapsed, client_cpu = consume(server.bootstrap, topic, args.messages, args.size, overrides)
+    fetch_stats = FetchStats(topic) if args.stats else None
+    elapsed, client_cpu = consume(
+        server.bootstrap, topic, args.messages, args.size, overrides, fetch_stats)
     server_cpu = server.cpu_seconds() - server_cpu_before
     rate = args.messages / elapsed
     per_million = 1e6 / args.messages
@@ -242,6 +283,7 @@ def run_once(server, args, overrides):
         "elapsed": elapsed,
         "client_cpu": client_cpu * per_million,
         "server_cpu": server_cpu * per_million,
+        "fetch_stats": fetch_stats,
     }
 
 
@@ -268,6 +310,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=4, help="even: each server leads half")
     parser.add_argument("--consumer-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a consumer setting over the defaults (repeatable)")
+    parser.add_argument("--stats", action="store_true",
+                        help="print librdkafka's view of each run: fetch round trips, "
+                             "prefetch queue depth, Fetch requests (statistics every 50 ms; "
+                             "the callbacks cost the client a little)")
     args = parser.parse_args()
     overrides = parse_overrides(args.consumer_set)
 
@@ -288,6 +334,8 @@ def main():
                 print(f"  run {round_index + 1} {server.name:<9} {r['rate']:>12,.0f} msg/s "
                       f"({r['elapsed']:.2f} s) client CPU {r['client_cpu']:.2f} s/M, "
                       f"server CPU {r['server_cpu']:.2f} s/M", flush=True)
+                if r["fetch_stats"] is not None:
+                    print(f"        {r['fetch_stats'].summary()}", flush=True)
             ratio = results["steadfast"][-1]["rate"] / results["tansu"][-1]["rate"]
             print(f"  run {round_index + 1} steadfast/tansu: {ratio:.2f}", flush=True)
     finally:
