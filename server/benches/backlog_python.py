@@ -82,7 +82,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for_port(port, child, name):
+def wait_for_port(port, child, name, log_path):
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
@@ -90,9 +90,12 @@ def wait_for_port(port, child, name):
             return
         except OSError:
             if child.poll() is not None:
-                sys.exit(f"{name} exited at start with status {child.returncode}")
+                sys.exit(f"{name} exited at start with status {child.returncode}; "
+                         f"its output: {log_path}")
             if time.monotonic() > deadline:
-                sys.exit(f"{name} did not listen on port {port} in {START_TIMEOUT_S} s")
+                child.kill()
+                sys.exit(f"{name} did not listen on port {port} in {START_TIMEOUT_S} s; "
+                         f"its output: {log_path}")
             time.sleep(0.02)
 
 
@@ -155,7 +158,8 @@ def start_steadfast(binary):
 def start_tansu(binary):
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
-    log = open(os.path.join(tempfile.gettempdir(), f"steadfast-bench-py-tansu-{port}.log"), "w")
+    log_path = os.path.join(tempfile.gettempdir(), f"steadfast-bench-py-tansu-{port}.log")
+    log = open(log_path, "w")
     child = subprocess.Popen(
         [binary, "broker", "--storage-engine", "memory://tansu/",
          "--listener-url", url, "--advertised-listener-url", url],
@@ -164,7 +168,11 @@ def start_tansu(binary):
         stdin=subprocess.DEVNULL,
         env=child_env(),
     )
-    wait_for_port(port, child, "tansu")
+    try:
+        wait_for_port(port, child, "tansu", log_path)
+    finally:
+        # The child holds its own descriptor; this one is only for handing it over.
+        log.close()
     return Server("tansu", child, f"127.0.0.1:{port}")
 
 
@@ -316,6 +324,9 @@ def main():
                              "the callbacks cost the client a little)")
     args = parser.parse_args()
     overrides = parse_overrides(args.consumer_set)
+    for flag, path in (("--steadfast", args.steadfast), ("--tansu", args.tansu)):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"{flag} {path}: not an executable file")
 
     binding = version()
     binding = binding[0] if isinstance(binding, tuple) else binding
@@ -323,9 +334,11 @@ def main():
           f"unless preloaded), "
           f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '(none)')}")
     print(f"consumer settings: {dict(CONSUMER_SETTINGS, **overrides)}")
-    servers = [start_steadfast(args.steadfast), start_tansu(args.tansu)]
-    results = {s.name: [] for s in servers}
+    servers = []
+    results = {"steadfast": [], "tansu": []}
     try:
+        servers.append(start_steadfast(args.steadfast))
+        servers.append(start_tansu(args.tansu))
         for round_index in range(args.rounds):
             order = servers if round_index % 2 == 0 else list(reversed(servers))
             for server in order:
