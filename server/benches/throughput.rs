@@ -595,13 +595,14 @@ fn kafka_case(
         cpu::used(None),
         server_pid.and_then(|pid| cpu::used(Some(pid))),
     );
-    let consume = consume(bootstrap, &topic_acks1, case, &args.consumer_set)?;
+    let (consume, threads) = consume(bootstrap, &topic_acks1, case, &args.consumer_set)?;
     let cpu_after = (
         cpu::used(None),
         server_pid.and_then(|pid| cpu::used(Some(pid))),
     );
     report(system, Workload::ConsumeBacklog, case, &consume);
     cpu::report(case, cpu_before, cpu_after, server_pid.is_some());
+    cpu::report_threads(case, &threads.0, &threads.1);
     let produce_acks_all = if with_acks_all {
         let m = produce(bootstrap, &topic_acks_all, "all", case, &args.producer_set)?;
         report(system, Workload::ProduceAcksAll, case, &m);
@@ -845,14 +846,20 @@ fn consumer_config(bootstrap: &str, topic: &str, overrides: &[(String, String)])
     config
 }
 
+/// This process's threads at the start and at the end of a consume run.
+type ThreadSnapshots = (
+    std::collections::BTreeMap<u32, cpu::ThreadUsage>,
+    std::collections::BTreeMap<u32, cpu::ThreadUsage>,
+);
+
 /// Reads `case.messages` messages from offset 0 of every partition. Timed from the first
-/// poll to the last message.
+/// poll to the last message; also returns the threads' usage around that time.
 fn consume(
     bootstrap: &str,
     topic: &str,
     case: &Case<'_>,
     overrides: &[(String, String)],
-) -> Result<Measured> {
+) -> Result<(Measured, ThreadSnapshots)> {
     let consumer: BaseConsumer = consumer_config(bootstrap, topic, overrides)
         .create()
         .context("creating the consumer")?;
@@ -871,6 +878,7 @@ fn consume(
 
     let n = case.messages;
     let (mut received, mut bytes) = (0u64, 0u64);
+    let threads_before = cpu::threads();
     let start = Instant::now();
     // (count at the last idle poll, when that count was first seen): no clock reads per message.
     let mut idle_since = (0u64, start);
@@ -889,16 +897,21 @@ fn consume(
         }
     }
     let elapsed = start.elapsed();
+    // librdkafka's threads end with the consumer: read them while it is alive.
+    let threads_after = cpu::threads();
     ensure!(
         bytes == n * case.size as u64,
         "consumed {bytes} payload bytes, expected {}",
         n * case.size as u64
     );
-    Ok(Measured {
-        messages: received,
-        bytes,
-        elapsed,
-    })
+    Ok((
+        Measured {
+            messages: received,
+            bytes,
+            elapsed,
+        },
+        (threads_before, threads_after),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1262,6 +1275,7 @@ mod resp {
 /// CPU time (user + system) and minor page faults of processes, from `/proc/PID/stat`, to
 /// show where a consume run's time goes: in the client (this process) or in the server.
 mod cpu {
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use super::Case;
@@ -1297,6 +1311,78 @@ mod cpu {
             cpu: Duration::from_millis((utime + stime) * 1000 / TICKS_PER_SECOND),
             minor_faults: field(10)?,
         })
+    }
+
+    /// CPU time and voluntary context switches of one thread of this process.
+    #[derive(Debug, Clone)]
+    pub(crate) struct ThreadUsage {
+        /// The thread's name (`comm`), e.g. `rdk:broker0`.
+        name: String,
+        /// User plus system CPU time so far.
+        cpu: Duration,
+        /// Voluntary context switches so far: the times the thread blocked, on a lock, a
+        /// condition or a socket.
+        waits: u64,
+    }
+
+    /// Usage so far of every thread of this process, by thread id. Threads `/proc` cannot
+    /// tell about are left out.
+    pub(crate) fn threads() -> BTreeMap<u32, ThreadUsage> {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return BTreeMap::new();
+        };
+        tasks
+            .flatten()
+            .filter_map(|task| {
+                let tid = task.file_name().to_str()?.parse::<u32>().ok()?;
+                let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
+                let rest = &stat[stat.rfind(')')? + 1..];
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+                let ticks = field(14)? + field(15)?;
+                let waits = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                let cpu = Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND);
+                Some((tid, ThreadUsage { name, cpu, waits }))
+            })
+            .collect()
+    }
+
+    /// Prints, per thread that used CPU between the two snapshots, its CPU seconds and
+    /// voluntary waits per million messages: with librdkafka, the polling thread (the
+    /// benchmark's own) against `rdk:broker*`, which parses the fetch responses.
+    pub(crate) fn report_threads(
+        case: &Case<'_>,
+        before: &BTreeMap<u32, ThreadUsage>,
+        after: &BTreeMap<u32, ThreadUsage>,
+    ) {
+        let per_million = 1e6 / case.messages as f64;
+        let mut lines: Vec<(Duration, String)> = after
+            .iter()
+            .filter_map(|(tid, a)| {
+                let (cpu0, waits0) = before
+                    .get(tid)
+                    .map_or((Duration::ZERO, 0), |b| (b.cpu, b.waits));
+                let cpu = a.cpu.checked_sub(cpu0)?;
+                (!cpu.is_zero()).then(|| {
+                    let waits = a.waits.saturating_sub(waits0) as f64 * per_million;
+                    let secs = cpu.as_secs_f64() * per_million;
+                    (cpu, format!("{} {secs:.2} s, {waits:.0} waits", a.name))
+                })
+            })
+            .collect();
+        lines.sort_by_key(|l| std::cmp::Reverse(l.0));
+        let lines: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
+        eprintln!(
+            "        client threads per million messages: {}",
+            lines.join("; ")
+        );
     }
 
     /// Prints the CPU seconds per million messages of a run (client and server apart when
