@@ -1354,8 +1354,8 @@ mod cpu {
             .collect()
     }
 
-    /// Prints, per thread that used CPU between the two snapshots, its CPU seconds and
-    /// voluntary waits per million messages: with librdkafka, the polling thread (the
+    /// Prints, per thread that used CPU between the two snapshots (nothing where `/proc`
+    /// has no threads to show), its CPU seconds and voluntary waits per million messages: with librdkafka, the polling thread (the
     /// benchmark's own) against `rdk:broker*`, which parses the fetch responses.
     pub(crate) fn report_threads(
         case: &Case<'_>,
@@ -1378,6 +1378,9 @@ mod cpu {
             })
             .collect();
         lines.sort_by_key(|l| std::cmp::Reverse(l.0));
+        if lines.is_empty() {
+            return;
+        }
         let lines: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
         eprintln!(
             "        client threads per million messages: {}",
