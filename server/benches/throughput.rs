@@ -1301,16 +1301,21 @@ mod cpu {
             None => "/proc/self/stat".to_owned(),
         };
         let stat = std::fs::read_to_string(path).ok()?;
+        let (cpu, minor_faults) = parse_stat(&stat)?;
+        Some(Usage { cpu, minor_faults })
+    }
+
+    /// CPU time (utime + stime) and minor page faults from the text of a `stat` file of
+    /// `/proc`, a process's or a thread's.
+    fn parse_stat(stat: &str) -> Option<(Duration, u64)> {
         // Fields after the parenthesised command name: state is field 3, minflt 10, utime 14,
         // stime 15.
         let rest = &stat[stat.rfind(')')? + 1..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
         let (utime, stime) = (field(14)?, field(15)?);
-        Some(Usage {
-            cpu: Duration::from_millis((utime + stime) * 1000 / TICKS_PER_SECOND),
-            minor_faults: field(10)?,
-        })
+        let cpu = Duration::from_millis((utime + stime) * 1000 / TICKS_PER_SECOND);
+        Some((cpu, field(10)?))
     }
 
     /// CPU time and voluntary context switches of one thread of this process.
@@ -1338,25 +1343,22 @@ mod cpu {
                 let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
                 let status = std::fs::read_to_string(task.path().join("status")).ok()?;
                 let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
-                let rest = &stat[stat.rfind(')')? + 1..];
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-                let ticks = field(14)? + field(15)?;
+                let (cpu, _) = parse_stat(&stat)?;
                 let waits = status
                     .lines()
                     .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
                     .trim()
                     .parse()
                     .ok()?;
-                let cpu = Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND);
                 Some((tid, ThreadUsage { name, cpu, waits }))
             })
             .collect()
     }
 
     /// Prints, per thread that used CPU between the two snapshots (nothing where `/proc`
-    /// has no threads to show), its CPU seconds and voluntary waits per million messages: with librdkafka, the polling thread (the
-    /// benchmark's own) against `rdk:broker*`, which parses the fetch responses.
+    /// has no threads to show), its CPU seconds and voluntary waits per million messages:
+    /// with librdkafka, the polling thread (the benchmark's own) against `rdk:broker*`,
+    /// which parses the fetch responses.
     pub(crate) fn report_threads(
         case: &Case<'_>,
         before: &BTreeMap<u32, ThreadUsage>,
