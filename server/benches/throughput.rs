@@ -1385,7 +1385,7 @@ mod cpu {
         }
         let lines: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
         eprintln!(
-            "        client threads per million messages: {}",
+            "        bench process threads per million messages: {}",
             lines.join("; ")
         );
     }
