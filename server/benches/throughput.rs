@@ -1283,6 +1283,11 @@ mod cpu {
     /// `/proc` reports times in clock ticks of `USER_HZ`, which is 100 on Linux.
     const TICKS_PER_SECOND: u64 = 100;
 
+    /// `amount` over a run of `case`, scaled to a million messages.
+    fn per_million(case: &Case<'_>, amount: f64) -> f64 {
+        amount * 1e6 / case.messages as f64
+    }
+
     /// What a process has used so far.
     #[derive(Debug, Clone, Copy)]
     pub(crate) struct Usage {
@@ -1364,7 +1369,6 @@ mod cpu {
         before: &BTreeMap<u32, ThreadUsage>,
         after: &BTreeMap<u32, ThreadUsage>,
     ) {
-        let per_million = 1e6 / case.messages as f64;
         let mut lines: Vec<(Duration, String)> = after
             .iter()
             .filter_map(|(tid, a)| {
@@ -1373,8 +1377,8 @@ mod cpu {
                     .map_or((Duration::ZERO, 0), |b| (b.cpu, b.waits));
                 let cpu = a.cpu.checked_sub(cpu0)?;
                 (!cpu.is_zero()).then(|| {
-                    let waits = a.waits.saturating_sub(waits0) as f64 * per_million;
-                    let secs = cpu.as_secs_f64() * per_million;
+                    let waits = per_million(case, a.waits.saturating_sub(waits0) as f64);
+                    let secs = per_million(case, cpu.as_secs_f64());
                     (cpu, format!("{} {secs:.2} s, {waits:.0} waits", a.name))
                 })
             })
@@ -1398,17 +1402,16 @@ mod cpu {
         after: (Option<Usage>, Option<Usage>),
         server_apart: bool,
     ) {
-        let per_million = |b: Option<Usage>, a: Option<Usage>| {
+        let cpu_per_million = |b: Option<Usage>, a: Option<Usage>| {
             let used = a?.cpu.checked_sub(b?.cpu)?;
-            Some(used.as_secs_f64() * 1e6 / case.messages as f64)
+            Some(per_million(case, used.as_secs_f64()))
         };
         let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
-        let process = per_million(before.0, after.0);
+        let process = cpu_per_million(before.0, after.0);
         let faults = match (before.0, after.0) {
             (Some(b), Some(a)) => {
-                let per_million = a.minor_faults.saturating_sub(b.minor_faults) as f64 * 1e6
-                    / case.messages as f64;
-                format!("{per_million:.0}")
+                let faults = a.minor_faults.saturating_sub(b.minor_faults) as f64;
+                format!("{:.0}", per_million(case, faults))
             }
             _ => "-".to_owned(),
         };
@@ -1417,7 +1420,7 @@ mod cpu {
                 "        CPU s per million messages consumed: client {}, server {}; \
                  client page faults per million: {faults}",
                 show(process),
-                show(per_million(before.1, after.1))
+                show(cpu_per_million(before.1, after.1))
             );
         } else {
             eprintln!(
@@ -1427,6 +1430,15 @@ mod cpu {
             );
         }
     }
+}
+
+/// Leaves out of a server's environment what the benchmark was given for its own, the
+/// client's, allocator: a preloaded malloc (`LD_PRELOAD`) and glibc malloc settings
+/// (`GLIBC_TUNABLES`).
+fn without_client_malloc_settings(command: &mut std::process::Command) {
+    command
+        .env_remove("LD_PRELOAD")
+        .env_remove("GLIBC_TUNABLES");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1454,13 +1466,11 @@ mod child {
         /// Starts the server on `data_dir` and waits for the address it prints once it serves.
         pub(crate) fn start(data_dir: &Path) -> Result<ChildServer> {
             let binary = env!("CARGO_BIN_EXE_child_server");
-            let mut child = Command::new(binary)
+            let mut command = Command::new(binary);
+            super::without_client_malloc_settings(&mut command);
+            let mut child = command
                 .arg("--data-dir")
                 .arg(data_dir)
-                // An allocator preloaded into the benchmark, or glibc malloc settings given to
-                // it, are the client's, not the server's.
-                .env_remove("LD_PRELOAD")
-                .env_remove("GLIBC_TUNABLES")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -1541,12 +1551,10 @@ mod tansu {
             // Kept after the run (overwritten by the next one on this port), to read on failure.
             let log_path = std::env::temp_dir().join(format!("steadfast-bench-tansu-{port}.log"));
             let log = File::create(&log_path).context("creating tansu's log file")?;
-            let child = Command::new(binary)
+            let mut command = Command::new(binary);
+            super::without_client_malloc_settings(&mut command);
+            let child = command
                 .args(["broker", "--storage-engine", "memory://tansu/"])
-                // An allocator preloaded into the benchmark, or glibc malloc settings given to
-                // it, are the client's, not tansu's.
-                .env_remove("LD_PRELOAD")
-                .env_remove("GLIBC_TUNABLES")
                 .args(["--listener-url", &url, "--advertised-listener-url", &url])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().context("tansu's log file")?)
