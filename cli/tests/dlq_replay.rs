@@ -563,10 +563,21 @@ fn dead_lettered_messages_are_replayed_once_after_the_fix() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("steadfast runs");
-    let mut first_line = String::new();
-    BufReader::new(child.stderr.take().expect("piped stderr"))
-        .read_line(&mut first_line)
-        .expect("the replay says its id");
+    // Its stderr is read to the end on a thread: the pipe stays open, and what the replay
+    // said is at hand if it stops early.
+    let said = Arc::new(Mutex::new(String::new()));
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<String>();
+    let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let log = Arc::clone(&said);
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            log.lock().push_str(&format!("{line}\n"));
+            let _ = first_tx.send(line);
+        }
+    });
+    let first_line = first_rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("the replay says its id ({e}): {}", said.lock()));
     let id = first_line
         .strip_prefix("replay id ")
         .and_then(|s| s.split(' ').next())
@@ -591,11 +602,28 @@ fn dead_lettered_messages_are_replayed_once_after_the_fix() {
         let sent = Command::new("kill").args([sig, &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "kill {sig} {pid}");
     };
+    let still_running = |child: &mut std::process::Child| match child.try_wait() {
+        Ok(None) => {}
+        Ok(Some(status)) => panic!("the replay ended early ({status}): {}", said.lock()),
+        Err(e) => panic!("waiting on the replay: {e}"),
+    };
+    // Let it read the dead letters and start producing undisturbed.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while copies_of(&env).len() < 20 {
+        still_running(&mut child);
+        assert!(
+            Instant::now() < deadline,
+            "the replay produced fewer than 20 copies in 90 s: {}",
+            said.lock()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Freeze the replay (SIGSTOP) and let its requests in flight land, so that what is
     // counted is what the kill leaves; go on until some copies are committed and some are
     // not yet (the replay commits about once a second at 10 records a second).
     let deadline = Instant::now() + Duration::from_secs(90);
     let (at_kill, committed_at_kill) = loop {
+        still_running(&mut child);
         std::thread::sleep(Duration::from_millis(150));
         signal("-STOP");
         std::thread::sleep(Duration::from_millis(300));
