@@ -214,12 +214,22 @@ impl Copy {
     }
 }
 
-/// Waits until `check` holds, polling, or fails saying what it waited for.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+/// Waits until `check` holds, polling, or fails saying what it waited for. `what` is
+/// formatted only on failure, so it may show state gathered while waiting.
+fn eventually(limit: Duration, what: impl std::fmt::Display, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What is waited for, followed on failure by everything a child process wrote so far.
+struct ReplaySaid<'a>(&'a str, &'a Mutex<String>);
+
+impl std::fmt::Display for ReplaySaid<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; the replay wrote: {}", self.0, self.1.lock())
     }
 }
 
@@ -608,16 +618,14 @@ fn dead_lettered_messages_are_replayed_once_after_the_fix() {
         Err(e) => panic!("waiting on the replay: {e}"),
     };
     // Let it read the dead letters and start producing undisturbed.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while copies_of(&env).len() < 20 {
-        still_running(&mut child);
-        assert!(
-            Instant::now() < deadline,
-            "the replay produced fewer than 20 copies in 90 s: {}",
-            said.lock()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(90),
+        ReplaySaid("20 copies from the replay", &said),
+        || {
+            still_running(&mut child);
+            copies_of(&env).len() >= 20
+        },
+    );
     // Freeze the replay (SIGSTOP) and let its requests in flight land, so that what is
     // counted is what the kill leaves; go on until some copies are committed and some are
     // not yet (the replay commits about once a second at 10 records a second).
