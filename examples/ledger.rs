@@ -8,8 +8,8 @@
 //! ledger --bootstrap HOST:PORT --topic T --group G --postgres URL --schema S [--redis URL] [--concurrency N]
 //! ```
 //!
-//! - Consumes `T`, `T.retry.1` (1 s) and `T.retry.2` (2 s) in group `G`; dead letters go to
-//!   `T.dlq`. Key = account id; value = JSON `{"txn", "account", "amount", "version",
+//! - Consumes `T`, `T.G.retry.1` (1 s) and `T.G.retry.2` (2 s) in group `G` (retry tiers
+//!   belong to the group); dead letters go to `T.dlq`. Key = account id; value = JSON `{"txn", "account", "amount", "version",
 //!   "fail"?, "poison"?}`. A value that does not decode is dead-lettered.
 //! - `poison: true` fails permanently; `fail: n` fails transiently on every attempt ≤ n.
 //! - Otherwise inserts a row into `S.effects` and adds the amount to `S.balances`, in one

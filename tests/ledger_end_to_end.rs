@@ -770,7 +770,7 @@ async fn run(scenario: Scenario) {
     );
 
     // Every record of the topic and of retry tier 1 finished and committed.
-    for t in [topic.clone(), format!("{topic}.retry.1")] {
+    for t in [topic.clone(), format!("{topic}.{group}.retry.1")] {
         loop {
             let (b, g, tt) = (bootstrap.clone(), group.clone(), t.clone());
             let (committed, ends) =
@@ -886,12 +886,12 @@ async fn run(scenario: Scenario) {
     );
 
     // The dead-letter topic, and the retry tiers.
-    let (b, t) = (bootstrap.clone(), topic.clone());
+    let (b, t, g) = (bootstrap.clone(), topic.clone(), group.clone());
     let (dlq, tier1, tier2) = tokio::task::spawn_blocking(move || {
         (
             read_all(&b, &format!("{t}.dlq"), PARTITIONS),
-            read_all(&b, &format!("{t}.retry.1"), PARTITIONS),
-            read_all(&b, &format!("{t}.retry.2"), PARTITIONS),
+            read_all(&b, &format!("{t}.{g}.retry.1"), PARTITIONS),
+            read_all(&b, &format!("{t}.{g}.retry.2"), PARTITIONS),
         )
     })
     .await

@@ -321,7 +321,10 @@ impl Setup {
     /// Records in the retry tier and the dead-letter topic.
     fn routed(&self) -> (i64, i64) {
         (
-            log_end(&self.bootstrap, &format!("{}.retry.1", self.topic)),
+            log_end(
+                &self.bootstrap,
+                &format!("{}.{}.retry.1", self.topic, self.group),
+            ),
             log_end(&self.bootstrap, &format!("{}.dlq", self.topic)),
         )
     }

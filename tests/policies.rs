@@ -616,7 +616,7 @@ async fn breaker_opens_while_a_dependency_fails_and_recovers() {
     );
     println!(
         "produced {total}, stats {stats:?}, most calls at once after the recovery {most}, slowest late message {slowest:?}, tier 1 records {}",
-        log_end(&s.bootstrap, &format!("{topic}.retry.1"))
+        log_end(&s.bootstrap, &format!("{topic}.{group}.retry.1"))
     );
     s.handle.shutdown().await;
 }

@@ -305,7 +305,7 @@ async fn a_retry_tier_waits_for_its_delay_and_the_last_tier_leads_to_the_dlq() {
         2,
         "one attempt on the topic, one in the tier: {calls:?}"
     );
-    assert_eq!(calls[1].topic, format!("{}.retry.1", s.topic));
+    assert_eq!(calls[1].topic, format!("{}.{}.retry.1", s.topic, s.group));
     let waited = calls[1].started.duration_since(calls[0].ended);
     assert!(
         waited >= Duration::from_millis(1_990),
@@ -414,7 +414,7 @@ async fn a_partition_paused_for_a_tier_then_revoked_and_reassigned_is_consumed_a
         })
         .await;
     eventually(Duration::from_secs(10), "the copy in the tier", || {
-        log_end(&s.bootstrap, &format!("{}.retry.1", s.topic)) == 1
+        log_end(&s.bootstrap, &format!("{}.{}.retry.1", s.topic, s.group)) == 1
     })
     .await;
     // Another member joins (eager protocol: every partition is revoked and assigned again).

@@ -27,7 +27,11 @@ impl KafkaSink {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            // A copy's timestamp is taken when it is first sent: bounded here, so a worker
+            // taking over a partition knows how far back to look for copies (see
+            // `runtime::recovery`). A send that times out is sent again by the route layer.
+            .set("message.timeout.ms", "60000");
         Ok(KafkaSink {
             producer: config.create()?,
         })

@@ -111,9 +111,14 @@ pub struct WorkerConfig {
     pub ordering: Ordering,
     /// In-place retry.
     pub retry: RetryConfig,
-    /// Delay of each retry tier in milliseconds; tier n is `<topic>.retry.<n>`.
+    /// Delay of each retry tier in milliseconds; tier n is `<topic>.<group>.retry.<n>`.
     /// Env: `STEADFAST_RETRY_TIERS_MS` (comma-separated).
     pub retry_tiers_ms: Vec<u64>,
+    /// Name the retry tiers `<topic>.retry.<n>`, shared by every group of the topic, as
+    /// before tiers belonged to a group (`<topic>.<group>.retry.<n>`); records another group
+    /// routed there are skipped. For draining tiers of an earlier version; see
+    /// docs/retry-and-dlq.md. Env: `STEADFAST_SHARED_RETRY_TOPICS`.
+    pub shared_retry_topics: bool,
     /// Dead-letter topic; `<topic>.dlq` when unset. Env: `STEADFAST_DEAD_LETTER_TOPIC`.
     pub dead_letter_topic: Option<String>,
     /// Time limit of one handler attempt, in ms. Env: `STEADFAST_HANDLER_TIMEOUT_MS`.
@@ -155,6 +160,7 @@ impl Default for WorkerConfig {
             ordering: Ordering::Strict,
             retry: RetryConfig::default(),
             retry_tiers_ms: Vec::new(),
+            shared_retry_topics: false,
             dead_letter_topic: None,
             handler_timeout_ms: 30_000,
             drain_timeout_ms: 10_000,
@@ -172,8 +178,11 @@ impl Default for WorkerConfig {
     }
 }
 
+/// The dedup reservation lease when none is configured, in ms.
+pub const DEFAULT_DEDUP_LEASE_MS: u64 = 10_000;
+
 /// The `STEADFAST_*` variables read as overrides, with the key each sets.
-pub const ENV_OVERRIDES: [(&str, &str); 15] = [
+pub const ENV_OVERRIDES: [(&str, &str); 16] = [
     ("STEADFAST_BROKERS", "brokers"),
     ("STEADFAST_GROUP", "group"),
     ("STEADFAST_TOPIC", "topic"),
@@ -182,6 +191,7 @@ pub const ENV_OVERRIDES: [(&str, &str); 15] = [
     ("STEADFAST_MAX_PER_KEY", "max_per_key"),
     ("STEADFAST_ORDERING", "ordering"),
     ("STEADFAST_RETRY_TIERS_MS", "retry_tiers_ms"),
+    ("STEADFAST_SHARED_RETRY_TOPICS", "shared_retry_topics"),
     ("STEADFAST_DEAD_LETTER_TOPIC", "dead_letter_topic"),
     ("STEADFAST_HANDLER_TIMEOUT_MS", "handler_timeout_ms"),
     ("STEADFAST_DRAIN_TIMEOUT_MS", "drain_timeout_ms"),
@@ -393,18 +403,11 @@ impl WorkerConfig {
         Ok(())
     }
 
-    /// How long a dedup reservation outlives a crashed holder: the configured lease, or the
-    /// longest a delivery can take plus 30 s.
+    /// How long a dedup reservation outlives a crashed holder: the configured lease, or 10 s.
+    /// A running holder renews it every third of the lease.
     pub fn dedup_lease(&self) -> Duration {
         let configured = self.dedup.as_ref().and_then(|d| d.lease_ms);
-        Duration::from_millis(configured.unwrap_or_else(|| {
-            u64::from(self.retry.attempts)
-                .saturating_mul(
-                    self.handler_timeout_ms
-                        .saturating_add(self.retry.max_delay_ms),
-                )
-                .saturating_add(30_000)
-        }))
+        Duration::from_millis(configured.unwrap_or(DEFAULT_DEDUP_LEASE_MS))
     }
 
     /// The retry tiers' delays.
@@ -505,6 +508,11 @@ fn env_value(key: &str, value: &str) -> toml::Value {
             .parse::<i64>()
             .map(toml::Value::Integer)
             .unwrap_or_else(|_| toml::Value::String(value.to_owned())),
+        "shared_retry_topics" => match value.trim() {
+            "true" | "1" => toml::Value::Boolean(true),
+            "false" | "0" => toml::Value::Boolean(false),
+            _ => toml::Value::String(value.to_owned()),
+        },
         "retry_tiers_ms" => toml::Value::Array(
             value
                 .split(',')
@@ -666,8 +674,8 @@ mod tests {
             Some((50, 5, true))
         );
         assert_eq!(c.stores.schema, "steadfast");
-        // 3 attempts × (30 s timeout + 30 s longest delay) + 30 s.
-        assert_eq!(c.dedup_lease(), Duration::from_secs(210));
+        // Renewed while held: a short lease by default.
+        assert_eq!(c.dedup_lease(), Duration::from_secs(10));
         assert!(
             WorkerConfig::default().stale.is_none(),
             "policies are off by default"

@@ -5,9 +5,10 @@
 //! offset (what its committed offset waits for) stayed the same while that record could run
 //! (a handler that hangs, or runs longer than the limit), or records past what was delivered
 //! waited in the log while nothing of the partition could run and the whole worker finished
-//! nothing (fetching is stuck). Work that waits on purpose is not counted: a retry-tier
-//! record held until it is due, records queued behind a key parked for a retry-tier record,
-//! partitions paused by an open circuit breaker (a reason of its own).
+//! nothing (fetching is stuck). A retry-tier record held until it is due waits on purpose and
+//! is not counted; a lowest unfinished record queued behind a key parked for a retry-tier
+//! record is a stall of its own kind, reported with the partition's parked keys and records;
+//! partitions paused by an open circuit breaker are a reason of their own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +27,10 @@ pub(crate) struct LowestUnfinished {
     pub(crate) offset: i64,
     /// How long it has been the lowest.
     pub(crate) for_: Duration,
-    /// Whether its record waits on purpose (held until due, or behind a parked key).
+    /// Whether its record waits on purpose (held until due).
     pub(crate) on_purpose: bool,
+    /// Whether its record is queued behind a key parked for a retry-tier record.
+    pub(crate) parked: bool,
 }
 
 /// A partition's state as the stall detector sees it.
@@ -41,6 +44,12 @@ pub(crate) struct PartitionView {
     pub(crate) held: bool,
     /// The lowest unfinished offset, if any.
     pub(crate) lowest: Option<LowestUnfinished>,
+    /// Keys of this partition parked for a retry-tier record.
+    pub(crate) parked_keys: usize,
+    /// Records of this partition queued behind parked keys.
+    pub(crate) parked_messages: usize,
+    /// Whether its retry state is being read back (it is paused until then).
+    pub(crate) recovering: bool,
 }
 
 /// The worker-wide facts a readiness decision takes besides the partitions.
@@ -105,6 +114,8 @@ pub(crate) struct Health {
     stores_marked: AtomicBool,
     stores_down: Mutex<BTreeMap<String, (String, Instant)>>,
     backlog: Mutex<HashMap<(String, i32), Backlog>>,
+    /// Dedup reservations of another holder being waited for, by message id, with since when.
+    reservation_waits: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl Health {
@@ -140,6 +151,19 @@ impl Health {
         down.remove(name);
         self.stores_marked
             .store(!down.is_empty(), Ordering::Release);
+    }
+
+    /// A message waits for the dedup reservation of `id` held by another holder.
+    pub(crate) fn reservation_wait_started(&self, id: &str) {
+        self.reservation_waits
+            .lock()
+            .entry(id.to_owned())
+            .or_insert_with(Instant::now);
+    }
+
+    /// The wait for the reservation of `id` ended.
+    pub(crate) fn reservation_wait_ended(&self, id: &str) {
+        self.reservation_waits.lock().remove(id);
     }
 
     /// Records how many records of a partition wait in the log undelivered, read at `now`.
@@ -188,13 +212,23 @@ impl Health {
                 .map(|(name, (reason, _))| (name.clone(), reason.clone()))
                 .collect()
         };
-        decide(
+        let mut readiness = decide(
             worker,
             &backlog,
             self.broker_down.lock().clone(),
             stores_down,
             stall_after,
-        )
+        );
+        let waits = self.reservation_waits.lock();
+        if let Some(oldest) = waits.values().min() {
+            readiness.ready = false;
+            readiness.reasons.push(format!(
+                "waiting for {} dedup reservation(s) held by another worker (a crashed holder's lease expires; oldest wait {} s)",
+                waits.len(),
+                now.saturating_duration_since(*oldest).as_secs()
+            ));
+        }
+        readiness
     }
 }
 
@@ -231,7 +265,26 @@ fn decide(
     }
     for p in &worker.partitions {
         let (topic, partition) = (&p.tp.0, p.tp.1);
-        if let Some(lowest) = p.lowest.filter(|l| !l.on_purpose && l.for_ >= stall_after) {
+        if p.recovering && worker.idle_for >= stall_after {
+            reasons.push(format!(
+                "partition {topic}-{partition} paused: its retry state (copies in the retry tiers and the dead-letter topic) is not read back yet"
+            ));
+            continue;
+        }
+        if let Some(lowest) = p.lowest.filter(|l| l.parked && l.for_ >= stall_after) {
+            reasons.push(format!(
+                "partition {topic}-{partition} waits for retry tiers: offset {} queued behind a parked key for {} s ({} key(s) parked, {} record(s) queued behind them)",
+                lowest.offset,
+                lowest.for_.as_secs(),
+                p.parked_keys,
+                p.parked_messages
+            ));
+            continue;
+        }
+        if let Some(lowest) = p
+            .lowest
+            .filter(|l| !l.on_purpose && !l.parked && l.for_ >= stall_after)
+        {
             reasons.push(format!(
                 "partition {topic}-{partition} stalled: offset {} unfinished for {} s",
                 lowest.offset,
@@ -275,7 +328,11 @@ mod tests {
                 offset: 42,
                 for_: Duration::from_secs(s),
                 on_purpose,
+                parked: false,
             }),
+            parked_keys: 0,
+            parked_messages: 0,
+            recovering: false,
         }
     }
 
@@ -318,8 +375,8 @@ mod tests {
     }
 
     #[test]
-    fn records_waiting_on_purpose_are_not_a_stall() {
-        // Held until due, or queued behind a parked key; the backlog of a held partition too.
+    fn records_held_until_due_are_not_a_stall() {
+        // Held until due; the backlog of a held partition too.
         assert!(
             ready(
                 &worker(vec![partition(Some((600, true)), 0, true)], 600),
@@ -327,13 +384,38 @@ mod tests {
             )
             .ready
         );
-        assert!(
-            ready(
-                &worker(vec![partition(Some((600, true)), 0, false)], 600),
-                &[]
-            )
-            .ready
+    }
+
+    #[test]
+    fn a_lowest_offset_behind_a_parked_key_past_the_limit_names_the_parking() {
+        let mut p = partition(Some((11, false)), 0, false);
+        p.parked_keys = 2;
+        p.parked_messages = 5;
+        if let Some(l) = p.lowest.as_mut() {
+            l.parked = true;
+        }
+        let r = ready(&worker(vec![p.clone()], 0), &[]);
+        assert!(!r.ready);
+        assert_eq!(
+            r.reasons,
+            vec!["partition orders-0 waits for retry tiers: offset 42 queued behind a parked key for 11 s (2 key(s) parked, 5 record(s) queued behind them)"]
         );
+        if let Some(l) = p.lowest.as_mut() {
+            l.for_ = Duration::from_secs(3);
+        }
+        assert!(ready(&worker(vec![p], 0), &[]).ready, "not before the limit");
+    }
+
+    #[test]
+    fn a_wait_for_another_holders_reservation_is_a_reason_until_it_ends() {
+        let health = Health::default();
+        let w = worker(vec![partition(None, 0, false)], 0);
+        health.reservation_wait_started("txn-1");
+        let r = health.readiness(&w, AFTER, Instant::now());
+        assert!(!r.ready);
+        assert!(r.reasons[0].contains("1 dedup reservation(s)"), "{r:?}");
+        health.reservation_wait_ended("txn-1");
+        assert!(health.readiness(&w, AFTER, Instant::now()).ready);
     }
 
     #[test]

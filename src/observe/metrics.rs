@@ -29,6 +29,8 @@ pub const IN_FLIGHT: &str = "steadfast_in_flight_messages";
 pub const RUNNING: &str = "steadfast_running_handlers";
 /// Keys parked while one of their messages waits in a retry tier.
 pub const PARKED: &str = "steadfast_parked_keys";
+/// Messages queued behind keys parked for a retry-tier message.
+pub const PARKED_MESSAGES: &str = "steadfast_parked_messages";
 /// Partitions assigned to the worker.
 pub const ASSIGNED: &str = "steadfast_assigned_partitions";
 /// Consumer lag per partition (log end minus committed offset), labelled `partition`.
@@ -87,6 +89,11 @@ fn describe() {
     describe_gauge!(IN_FLIGHT, Unit::Count, "Delivered and unfinished messages");
     describe_gauge!(RUNNING, Unit::Count, "Running handler calls");
     describe_gauge!(PARKED, Unit::Count, "Keys parked for a retry-tier message");
+    describe_gauge!(
+        PARKED_MESSAGES,
+        Unit::Count,
+        "Messages queued behind keys parked for a retry-tier message"
+    );
     describe_gauge!(ASSIGNED, Unit::Count, "Assigned partitions");
     describe_gauge!(LAG, Unit::Count, "Log end minus committed offset");
     describe_gauge!(BREAKER, "Circuit breaker: 0 closed, 1 half-open, 2 open");
@@ -116,6 +123,7 @@ pub(crate) struct Meters {
     pub(crate) in_flight: Gauge,
     pub(crate) running: Gauge,
     pub(crate) parked: Gauge,
+    pub(crate) parked_messages: Gauge,
     pub(crate) assigned: Gauge,
     pub(crate) breaker: Gauge,
     pub(crate) ready: Gauge,
@@ -142,6 +150,7 @@ impl Meters {
             in_flight: metrics::gauge!(IN_FLIGHT, "group" => g.clone()),
             running: metrics::gauge!(RUNNING, "group" => g.clone()),
             parked: metrics::gauge!(PARKED, "group" => g.clone()),
+            parked_messages: metrics::gauge!(PARKED_MESSAGES, "group" => g.clone()),
             assigned: metrics::gauge!(ASSIGNED, "group" => g.clone()),
             breaker: metrics::gauge!(BREAKER, "group" => g.clone()),
             ready: metrics::gauge!(READY, "group" => g.clone()),

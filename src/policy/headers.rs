@@ -36,6 +36,11 @@ pub const RETRY_TIER: &str = "steadfast-retry-tier";
 /// When a retry-tier record is due (RFC 3339).
 pub const DUE_AT: &str = "steadfast-due-at";
 
+/// The delivery a retry-tier or dead-letter copy was made from: `<topic>/<partition>/<offset>`
+/// (the source record, or the retry-tier record that failed again). A worker taking over a
+/// partition finds the copies of its unfinished records by it, so no record is routed twice.
+pub const ROUTED_FROM: &str = "steadfast-routed-from";
+
 /// Who replayed a record from the dead-letter topic (`user@host`, or as given).
 pub const REPLAYED_BY: &str = "steadfast-replayed-by";
 /// When a record was replayed from the dead-letter topic (RFC 3339).
@@ -53,7 +58,7 @@ pub const REPLAY: [&str; 4] = [REPLAYED_BY, REPLAYED_AT, REPLAY_OF, REPLAY_ID];
 
 /// Every provenance and delivery-state header name above, in the order they are written
 /// (the replay headers are in [`REPLAY`]).
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     ORIGINAL_TOPIC,
     ORIGINAL_PARTITION,
     ORIGINAL_OFFSET,
@@ -66,7 +71,11 @@ pub const ALL: [&str; 12] = [
     LAST_FAILURE,
     RETRY_TIER,
     DUE_AT,
+    ROUTED_FROM,
 ];
+
+/// The headers a copy of a first delivery writes anew, whatever the record arrived with.
+pub const PROVENANCE: [&str; 13] = ALL;
 
 /// Milliseconds since the epoch as RFC 3339 text (UTC, millisecond precision).
 pub fn format_time_ms(ms: i64) -> String {
@@ -109,6 +118,38 @@ pub(crate) fn due_at_ms(headers: &Headers) -> Option<i64> {
     headers.get_str(DUE_AT).and_then(parse_time_ms)
 }
 
+/// `<topic>/<partition>/<offset>`, the value of [`ROUTED_FROM`].
+pub fn routed_from(topic: &str, partition: i32, offset: i64) -> String {
+    format!("{topic}/{partition}/{offset}")
+}
+
+/// Parses a [`ROUTED_FROM`] value into topic, partition and offset.
+pub fn parse_routed_from(text: &str) -> Option<(&str, i32, i64)> {
+    let (rest, offset) = text.rsplit_once('/')?;
+    let (topic, partition) = rest.rsplit_once('/')?;
+    Some((topic, partition.parse().ok()?, offset.parse().ok()?))
+}
+
+/// The topic of the first delivery, as `h` (the headers of `envelope` or of its copy) says.
+pub(crate) fn original_topic_of<'a>(h: &'a Headers, envelope: &'a Envelope) -> &'a str {
+    h.get_str(ORIGINAL_TOPIC).unwrap_or(&envelope.topic[..])
+}
+
+/// The partition of the first delivery, as `h` says.
+pub(crate) fn original_partition_of(h: &Headers, envelope: &Envelope) -> i32 {
+    h.get_i64(ORIGINAL_PARTITION)
+        .and_then(|p| i32::try_from(p).ok())
+        .unwrap_or(envelope.partition)
+}
+
+/// The offset of the first delivery.
+pub(crate) fn original_offset(envelope: &Envelope) -> i64 {
+    envelope
+        .headers
+        .get_i64(ORIGINAL_OFFSET)
+        .unwrap_or(envelope.offset)
+}
+
 /// The topic of the first delivery.
 pub(crate) fn original_topic(envelope: &Envelope) -> &str {
     envelope
@@ -136,5 +177,12 @@ mod tests {
         let text = format_time_ms(ms);
         assert_eq!(text, "2025-12-02T00:00:00.123Z");
         assert_eq!(parse_time_ms(&text), Some(ms));
+    }
+
+    #[test]
+    fn routed_from_round_trips_with_dots_and_slashes_in_the_topic() {
+        let text = routed_from("a.b/c", 3, 42);
+        assert_eq!(parse_routed_from(&text), Some(("a.b/c", 3, 42)));
+        assert_eq!(parse_routed_from("t/x/1"), None);
     }
 }

@@ -116,10 +116,14 @@ where
                             let _ = config.store.release(key, token).await;
                             return Ok(Outcome::Requeue);
                         }
-                        Some(current) => current.is_some_and(|c| c >= version),
+                        Some(current) => current.filter(|c| *c >= version),
                     };
-                    if stale {
+                    if let Some(current) = stale {
                         let _ = config.store.release(key, token).await;
+                        if let Some(outcome) = super::stale::overtaken(&envelope, version, current)
+                        {
+                            return Ok(outcome);
+                        }
                         tracing::info!(key, version, offset = envelope.offset, "stale message dropped (a newer version was applied while it waited for the lock)");
                         return Ok(Outcome::Drop(DropReason::Stale));
                     }

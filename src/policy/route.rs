@@ -1,7 +1,11 @@
-//! Routing of failed messages: through the retry tiers (`<topic>.retry.<n>`, each with its
-//! delay) and then to the dead-letter topic, with provenance headers. A message's outcome is
-//! `Routed` only after its copy is acknowledged; a publish that keeps failing is retried with
-//! backoff until it succeeds or the worker shuts down (then the message is requeued).
+//! Routing of failed messages: through the retry tiers (`<topic>.<group>.retry.<n>`, each with
+//! its delay) and then to the dead-letter topic, with provenance headers. A message's outcome
+//! is `Routed` only after its copy is acknowledged; a publish that keeps failing is retried
+//! with backoff until it succeeds or the worker shuts down (then the message is requeued).
+//!
+//! Every copy names the delivery it was made from ([`headers::ROUTED_FROM`]): a worker that
+//! takes over a partition finds the copies made of its unfinished records before it routes
+//! any of them again (see `runtime::recovery`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,13 +21,50 @@ use super::sink::{OutgoingRecord, Sink};
 use super::{now_ms, OutcomeFuture};
 use crate::message::{Envelope, Failure, Outcome, RouteTarget};
 
-/// The delays of the retry tiers, in order: tier `n` is `<topic>.retry.<n>`.
+/// The delays of the retry tiers, in order: tier `n` of group `g` is `<topic>.<g>.retry.<n>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetryTiers(pub Vec<Duration>);
 
-impl RetryTiers {
+/// How retry-tier topics are named: one set per consumer group (the default), or the shared
+/// names of earlier versions, `<topic>.retry.<n>`, which every group of a topic consumes
+/// (a worker then skips the records another group routed there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierNames {
+    group: String,
+    shared: bool,
+}
+
+impl TierNames {
+    /// Names of `group`'s tiers: `<topic>.<group>.retry.<n>`, or `<topic>.retry.<n>` when
+    /// `shared`.
+    pub fn new(group: &str, shared: bool) -> Self {
+        TierNames {
+            group: group.to_owned(),
+            shared,
+        }
+    }
+    /// The consumer group the tiers belong to.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
     /// The topic of tier `n` (1-based) for source topic `topic`.
-    pub fn topic(topic: &str, n: u32) -> String {
+    pub fn topic(&self, topic: &str, n: u32) -> String {
+        if self.shared {
+            RetryTiers::shared_topic(topic, n)
+        } else {
+            RetryTiers::topic(topic, &self.group, n)
+        }
+    }
+}
+
+impl RetryTiers {
+    /// The topic of tier `n` (1-based) of consumer group `group` for source topic `topic`.
+    pub fn topic(topic: &str, group: &str, n: u32) -> String {
+        format!("{topic}.{group}.retry.{n}")
+    }
+    /// The shared name of tier `n` used before tiers belonged to a group (and with
+    /// `shared_retry_topics`): `<topic>.retry.<n>`.
+    pub fn shared_topic(topic: &str, n: u32) -> String {
         format!("{topic}.retry.{n}")
     }
     /// How many tiers there are.
@@ -41,7 +82,7 @@ struct RouteConfig {
     tiers: RetryTiers,
     dead_letter_topic: Option<String>,
     tier_partitions: Option<i32>,
-    group: String,
+    names: TierNames,
     sink: Arc<dyn Sink>,
     shutdown: CancellationToken,
 }
@@ -69,11 +110,19 @@ impl RouteLayer {
                 tiers,
                 dead_letter_topic,
                 tier_partitions,
-                group: group.to_owned(),
+                names: TierNames::new(group, false),
                 sink,
                 shutdown,
             }),
         }
+    }
+
+    /// Names the tiers with `names` instead of the group's own tier topics.
+    pub fn with_tier_names(mut self, names: TierNames) -> Self {
+        if let Some(config) = Arc::get_mut(&mut self.config) {
+            config.names = names;
+        }
+        self
     }
 }
 
@@ -131,10 +180,13 @@ impl RouteConfig {
         } else {
             RouteTarget::DeadLetter
         };
-        let original_topic = headers::original_topic(envelope).to_owned();
-        let original_partition = headers::original_partition(envelope);
         let mut h = envelope.headers.clone();
-        if h.get(headers::ORIGINAL_TOPIC).is_none() {
+        if tier == 0 {
+            // A first delivery: provenance is this delivery, whatever headers the record
+            // arrived with (a producer cannot steer where its copy is replayed to).
+            for name in headers::PROVENANCE {
+                h.remove(name);
+            }
             h.set(headers::ORIGINAL_TOPIC, envelope.topic.to_string());
             h.set(headers::ORIGINAL_PARTITION, envelope.partition.to_string());
             h.set(headers::ORIGINAL_OFFSET, envelope.offset.to_string());
@@ -142,7 +194,13 @@ impl RouteConfig {
                 h.set(headers::ORIGINAL_TIMESTAMP, headers::format_time_ms(ts));
             }
         }
-        h.set(headers::GROUP, self.group.clone());
+        let original_topic = headers::original_topic_of(&h, envelope).to_owned();
+        let original_partition = headers::original_partition_of(&h, envelope);
+        h.set(headers::GROUP, self.names.group().to_owned());
+        h.set(
+            headers::ROUTED_FROM,
+            headers::routed_from(&envelope.topic, envelope.partition, envelope.offset),
+        );
         h.set(headers::ERROR_CLASS, failure.class);
         h.set(headers::ERROR_MESSAGE, failure.message.clone());
         h.set(headers::ATTEMPTS, failure.attempt.to_string());
@@ -168,7 +226,7 @@ impl RouteConfig {
                     .tier_partitions
                     .filter(|count| original_partition < *count)
                     .map(|_| original_partition);
-                (RetryTiers::topic(&original_topic, *n), partition)
+                (self.names.topic(&original_topic, *n), partition)
             }
             RouteTarget::DeadLetter => {
                 h.remove(headers::RETRY_TIER);

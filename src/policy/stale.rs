@@ -2,6 +2,12 @@
 //! of its key is dropped before any lock or handler work, counted and logged, and optionally
 //! copied to `<topic>.stale`. After the handler succeeded, the key's version advances
 //! (compare-and-set), unless the handler's transaction already recorded it.
+//!
+//! A retry-tier record is never dropped as stale because a later record overtook it (in
+//! relaxed ordering, or where strict order could not be kept): one whose version is older
+//! than the applied one fails permanently with the class `overtaken` and is dead-lettered,
+//! so its effect is not lost unseen; one whose version equals the applied one was applied
+//! already and is dropped as a duplicate.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,7 +20,7 @@ use super::facts::facts_of;
 use super::outage::until_available;
 use super::sink::{OutgoingRecord, Sink};
 use super::{headers, OutcomeFuture};
-use crate::message::{DropReason, Envelope, Outcome};
+use crate::message::{DropReason, Envelope, Failure, Outcome};
 use crate::store::VersionStore;
 
 #[derive(Debug)]
@@ -102,6 +108,9 @@ where
                 return Ok(Outcome::Requeue);
             };
             if let Some(current) = current.filter(|c| *c >= version) {
+                if let Some(outcome) = overtaken(&envelope, version, current) {
+                    return Ok(outcome);
+                }
                 tracing::info!(
                     key,
                     version,
@@ -139,6 +148,41 @@ where
             Ok(outcome)
         })
     }
+}
+
+/// What becomes of a retry-tier record whose `version` is not newer than the key's `current`
+/// one: `None` for a record of the source topic (a plain stale drop).
+pub(crate) fn overtaken(envelope: &Envelope, version: i64, current: i64) -> Option<Outcome> {
+    if headers::retry_tier(&envelope.headers) == 0 {
+        return None;
+    }
+    if version == current {
+        tracing::info!(
+            version,
+            offset = envelope.offset,
+            topic = %envelope.topic,
+            "retry-tier message already applied: dropped as a duplicate"
+        );
+        return Some(Outcome::Drop(DropReason::Duplicate));
+    }
+    tracing::warn!(
+        version,
+        current,
+        offset = envelope.offset,
+        topic = %envelope.topic,
+        "retry-tier message overtaken by a newer version: dead-lettered (class `overtaken`)"
+    );
+    Some(Outcome::Failed(Failure {
+        class: "overtaken",
+        message: format!(
+            "version {version} was overtaken by version {current} while it waited in a retry tier"
+        ),
+        permanent: true,
+        retry_after: None,
+        first_failed_ms: super::now_ms(),
+        attempt: envelope.attempt,
+        unavailable: false,
+    }))
 }
 
 /// Publishes a copy of a stale message to `<original topic>.stale` until acknowledged;

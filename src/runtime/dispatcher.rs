@@ -1,13 +1,35 @@
 //! The dispatcher: per partition an [`OffsetTracker`], per key a FIFO lane (one key strictly
 //! sequential, other keys concurrent up to the concurrency bound), bounds that pause fetching
-//! when reached and resume it when drained, and the parking of keys whose message sits in a
+//! when reached and resume it when drained, and the parking of keys whose record sits in a
 //! retry tier (strict ordering).
 //!
 //! Pure state: it decides which jobs start and which partitions to pause or resume; the
 //! worker carries the decisions out. Lanes are freed when empty, so memory follows the
 //! in-flight bound, not the number of distinct keys ever seen.
+//!
+//! ## Why no bound can wedge the worker
+//!
+//! Delivered, unfinished records fall in three classes, each with its own bound:
+//!
+//! - *source records that can run*: running, ready, or queued behind a running record of
+//!   their key. At `max_in_flight` of them the consume loop stops taking records (and after a
+//!   while pauses every partition, polling on). Each of them finishes without any record that
+//!   is not yet delivered: a running handler ends, and the next of its lane starts.
+//! - *parked records*: source records queued behind a key parked for a retry-tier record.
+//!   They do not count against `max_in_flight` (they wait for a record that may not be
+//!   delivered yet); at `max_in_flight` of them only the *source* partitions pause.
+//! - *retry-tier records*: never parked and never queued behind a source record, so each
+//!   finishes by itself (a held one when it is due). At `max_in_flight` of them only the tier
+//!   partitions pause.
+//!
+//! So whatever the bounds, the record a parked key waits for can be fetched: the source
+//! records that can run drain by themselves and reopen the loop, parked records never close
+//! it, and tier partitions are never paused by source records. A full key lane
+//! (`max_per_key`) pauses only its own partition. A key is parked only while the tier
+//! partition its record went to is assigned to this worker, so the record it waits for is
+//! fetched here.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,15 +66,38 @@ impl LaneKey {
 pub(crate) struct Limits {
     /// Handler calls running at once, across all keys.
     pub(crate) concurrency: usize,
-    /// Messages delivered and not finished (running, queued in lanes, parked, held): past
-    /// it the consume loop stops taking records.
+    /// Source records delivered that can run and are not finished: past it the consume loop
+    /// stops taking records. Parked records and retry-tier records have bounds of the same
+    /// size of their own (see the module docs).
     pub(crate) max_in_flight: usize,
     /// Messages queued in one key's lane.
     pub(crate) max_per_key: usize,
     /// Park later messages of a key while one of its messages sits in a retry tier.
     pub(crate) strict: bool,
-    /// The longest a key stays parked without seeing its retry record resolve.
+    /// How long a key may stay parked before it is reported (it stays parked).
     pub(crate) park_limit: Duration,
+}
+
+/// The topics a worker consumes: its source topic and the retry tiers of its group.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Topology {
+    /// The consumer group (tier records of another group are skipped).
+    pub(crate) group: Arc<str>,
+    /// Tier `n`'s topic at index `n - 1`.
+    pub(crate) tiers: Vec<Arc<str>>,
+}
+
+impl Topology {
+    /// The tier `topic` is (1-based), 0 for any other topic.
+    pub(crate) fn tier_of(&self, topic: &str) -> u32 {
+        self.tiers
+            .iter()
+            .position(|t| &t[..] == topic)
+            .map_or(0, |i| u32::try_from(i + 1).unwrap_or(u32::MAX))
+    }
+    fn tier_topic(&self, n: u32) -> Option<&Arc<str>> {
+        self.tiers.get((n as usize).checked_sub(1)?)
+    }
 }
 
 /// A message to hand to the policy stack.
@@ -68,22 +113,57 @@ pub(crate) struct Job {
 pub(crate) enum Accepted {
     /// Queued in its lane (and possibly started).
     Queued,
-    /// Finished before the last commit: skipped.
+    /// Finished before the last commit, or copied to a tier or the dead-letter topic
+    /// already: skipped.
     AlreadyFinished,
     /// A retry-tier message that is not due: held, its partition paused until `due_ms`.
     Held { due_ms: i64, epoch: u64 },
     /// Its partition is not assigned (a message from before a revoke): ignored.
     NotAssigned,
+    /// Its partition's retry state is still being read back: kept until it is.
+    Deferred,
+    /// A retry-tier record another consumer group routed (shared tier names): skipped.
+    OtherGroup,
+}
+
+/// What a worker taking over partitions read back from the retry tiers and the dead-letter
+/// topic (see `recovery`).
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    /// Per assigned partition, offsets whose copy is already in a tier or the dead-letter
+    /// topic: finished, never routed again.
+    pub(crate) routed: HashMap<TopicPartition, Vec<i64>>,
+    /// Retry-tier records not finished yet: their tier partition and offset, and the key and
+    /// offset of their first delivery.
+    pub(crate) pending: Vec<PendingTierRecord>,
+}
+
+/// A retry-tier record that has not resolved yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingTierRecord {
+    /// Where it sits.
+    pub(crate) tier: TopicPartition,
+    /// Its offset there.
+    pub(crate) offset: i64,
+    /// The lane of its first delivery (source topic, partition, key).
+    pub(crate) origin: LaneKey,
+    /// The offset of its first delivery.
+    pub(crate) origin_offset: i64,
 }
 
 #[derive(Debug, Default)]
 struct PartitionState {
     tracker: OffsetTracker,
     epoch: u64,
+    /// The retry tier this partition belongs to; 0 for the source.
+    tier: u32,
     running: usize,
     full_lanes: usize,
     held: Option<Envelope>,
     revoking: bool,
+    /// Paused until its retry state is read back; records delivered meanwhile wait here.
+    recovering: bool,
+    deferred: Vec<Envelope>,
     /// Pause state last handed to the consumer.
     paused: bool,
     /// The commit last taken, to skip commits that would change nothing.
@@ -111,17 +191,33 @@ struct Lane {
     epoch: u64,
 }
 
+/// A key parked while records of its first delivery's lane sit in retry tiers.
+#[derive(Debug)]
+struct Park {
+    since: Instant,
+    /// First-delivery offsets of its records that sit in a tier.
+    pending: BTreeSet<i64>,
+    /// Whether the park limit was reported.
+    reported: bool,
+}
+
 /// The dispatcher's state; the worker keeps it behind a mutex.
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
     limits: Limits,
+    topology: Topology,
     partitions: HashMap<TopicPartition, PartitionState>,
     lanes: HashMap<LaneKey, Lane>,
     ready: VecDeque<LaneKey>,
-    /// Main-topic lanes parked while one of their messages sits in a retry tier, with when.
-    parked: HashMap<LaneKey, Instant>,
+    /// Source lanes parked while one of their messages sits in a retry tier.
+    parked: HashMap<LaneKey, Park>,
     running: usize,
+    /// Every delivered, unfinished record (held and deferred ones too).
     in_flight: usize,
+    /// Of those, source records queued behind a parked key.
+    parked_messages: usize,
+    /// Of those, retry-tier records.
+    tier_in_flight: usize,
     globally_paused: bool,
     /// Every partition is paused while the circuit breaker is open.
     breaker_open: bool,
@@ -133,11 +229,19 @@ pub(crate) struct Dispatcher {
     last_finish: Instant,
     /// Delivered records dropped unfinished at revokes, not yet reported.
     abandoned: u64,
+    /// Whether the parked bound and the retry-tier bound were reached, as last applied.
+    bounds_reached: (bool, bool),
 }
 
 impl Dispatcher {
-    /// An empty dispatcher enforcing `limits`.
+    /// An empty dispatcher enforcing `limits`, for a worker without retry tiers.
+    #[cfg(test)]
     pub(crate) fn new(limits: Limits) -> Self {
+        Self::with_topology(limits, Topology::default())
+    }
+
+    /// An empty dispatcher enforcing `limits` over the topics of `topology`.
+    pub(crate) fn with_topology(limits: Limits, topology: Topology) -> Self {
         Dispatcher {
             limits: Limits {
                 concurrency: limits.concurrency.max(1),
@@ -146,12 +250,15 @@ impl Dispatcher {
                 strict: limits.strict,
                 park_limit: limits.park_limit,
             },
+            topology,
             partitions: HashMap::new(),
             lanes: HashMap::new(),
             ready: VecDeque::new(),
             parked: HashMap::new(),
             running: 0,
             in_flight: 0,
+            parked_messages: 0,
+            tier_in_flight: 0,
             globally_paused: false,
             breaker_open: false,
             stopping: false,
@@ -159,25 +266,112 @@ impl Dispatcher {
             control: BTreeMap::new(),
             last_finish: Instant::now(),
             abandoned: 0,
+            bounds_reached: (false, false),
         }
     }
 
     /// Starts tracking an assigned partition; `restored` holds the offsets above its committed
     /// offset that the last commit recorded as finished. The partition is resumed (a pause
     /// left over from an earlier assignment does not survive).
-    pub(crate) fn assign(&mut self, tp: TopicPartition, restored: FinishedAbove) {
+    #[cfg(test)]
+    pub(crate) fn assign(&mut self, tp: TopicPartition, restored: FinishedAbove) -> u64 {
+        self.assign_with(tp, restored, false)
+    }
+
+    /// Like [`Self::assign`], but the partition stays paused (and records delivered meanwhile
+    /// wait) until [`Self::recovered`] hands over what was read back from the retry tiers
+    /// and the dead-letter topic.
+    pub(crate) fn assign_recovering(&mut self, tp: TopicPartition, restored: FinishedAbove) -> u64 {
+        self.assign_with(tp, restored, true)
+    }
+
+    fn assign_with(&mut self, tp: TopicPartition, restored: FinishedAbove, recovering: bool) -> u64 {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        let tier = self.topology.tier_of(&tp.0);
         self.partitions.insert(
             tp.clone(),
             PartitionState {
                 tracker: OffsetTracker::new(restored),
                 epoch,
+                tier,
                 paused: true,
+                recovering,
                 ..PartitionState::default()
             },
         );
         self.update_pause(&tp);
+        epoch
+    }
+
+    /// Applies what was read back for the partitions `epochs` (assigned with
+    /// [`Self::assign_recovering`] at those epochs): skips records already copied, parks the
+    /// keys whose records wait in a tier, then lets the partitions run. Returns the records
+    /// delivered meanwhile, to be accepted again in order.
+    pub(crate) fn recovered(
+        &mut self,
+        epochs: &[(TopicPartition, u64)],
+        recovered: Recovered,
+    ) -> Vec<Envelope> {
+        let current =
+            |d: &Self, tp: &TopicPartition, epoch: u64| d.partitions.get(tp).is_some_and(|p| p.epoch == epoch && p.recovering);
+        for (tp, offsets) in &recovered.routed {
+            let Some(epoch) = epochs.iter().find(|(t, _)| t == tp).map(|(_, e)| *e) else {
+                continue;
+            };
+            if !current(self, tp, epoch) {
+                continue;
+            }
+            if let Some(p) = self.partitions.get_mut(tp) {
+                for offset in offsets {
+                    p.tracker.skip(*offset);
+                }
+            }
+        }
+        if self.limits.strict {
+            for pending in recovered.pending {
+                let tier_done = match self.partitions.get(&pending.tier) {
+                    // Not consumed here: its resolution would never be seen.
+                    None => true,
+                    Some(p) => !p.recovering && p.tracker.is_finished(pending.offset),
+                };
+                let (topic, partition) = lane_partition(&pending.origin);
+                let origin_here = self
+                    .partitions
+                    .get(&(topic.clone(), partition))
+                    .is_some_and(|p| !p.revoking);
+                if !tier_done && origin_here {
+                    self.park(pending.origin, pending.origin_offset);
+                }
+            }
+        }
+        let mut deferred = Vec::new();
+        for (tp, epoch) in epochs {
+            if !current(self, tp, *epoch) {
+                continue;
+            }
+            if let Some(p) = self.partitions.get_mut(tp) {
+                p.recovering = false;
+                deferred.append(&mut p.deferred);
+            }
+            self.update_pause(tp);
+        }
+        for envelope in &deferred {
+            // Counted in flight when they were deferred; `accept` counts them again.
+            self.uncount(&envelope.topic);
+        }
+        self.update_bound_pauses();
+        deferred
+    }
+
+    /// The retry tier `topic` is (1-based); 0 for the source.
+    pub(crate) fn tier_of(&self, topic: &str) -> u32 {
+        self.topology.tier_of(topic)
+    }
+
+    /// Whether `tp` waits for its retry state to be read back.
+    pub(crate) fn is_recovering(&self, tp: &TopicPartition) -> bool {
+        self.partitions.get(tp).is_some_and(|p| p.recovering)
     }
 
     /// Stops delivering a revoked partition: queued messages are dropped (the next owner reads
@@ -187,24 +381,32 @@ impl Dispatcher {
             return 0;
         };
         p.revoking = true;
-        if p.held.take().is_some() {
-            self.in_flight -= 1;
-            self.abandoned += 1;
-        }
+        let is_tier = p.tier > 0;
+        let mut dropped = usize::from(p.held.take().is_some()) + p.deferred.len();
+        p.deferred.clear();
         let epoch = p.epoch;
-        let mut dropped = 0;
-        self.lanes.retain(|_, lane| {
+        let mut dropped_parked = 0;
+        let parked = &self.parked;
+        self.lanes.retain(|key, lane| {
             if lane.epoch != epoch {
                 return true;
             }
             dropped += lane.queue.len();
+            if parked.contains_key(key) {
+                dropped_parked += lane.queue.len();
+            }
             lane.queue.clear();
             lane.running
         });
         self.parked
             .retain(|key, _| lane_partition(key) != (&tp.0, tp.1));
         self.in_flight -= dropped;
+        self.parked_messages -= dropped_parked;
+        if is_tier {
+            self.tier_in_flight -= dropped;
+        }
         self.abandoned += dropped as u64;
+        self.update_bound_pauses();
         self.partitions.get(tp).map_or(0, |p| p.running)
     }
 
@@ -219,13 +421,23 @@ impl Dispatcher {
         self.partitions.get(tp).map_or(0, |p| p.running)
     }
 
-    /// Forgets a revoked partition; returns its final commit (watermark and metadata).
-    pub(crate) fn finish_revoke(&mut self, tp: &TopicPartition) -> Option<(i64, String)> {
+    /// Forgets a revoked partition; returns its final commit (watermark and metadata stamped
+    /// with `now_ms`), unless its retry state was never read back (nothing of it ran).
+    pub(crate) fn finish_revoke(
+        &mut self,
+        tp: &TopicPartition,
+        now_ms: i64,
+    ) -> Option<(i64, String)> {
         let p = self.partitions.remove(tp)?;
         self.control.remove(tp);
         let epoch = p.epoch;
         self.lanes.retain(|_, lane| lane.epoch != epoch);
-        p.tracker.commit_point()
+        if p.recovering {
+            return None;
+        }
+        p.tracker
+            .commit_point()
+            .map(|(offset, metadata)| (offset, super::offsets::stamp(&metadata, now_ms)))
     }
 
     /// Takes a delivered message. `due_ms` is set for retry-tier messages.
@@ -236,25 +448,59 @@ impl Dispatcher {
         now_ms: i64,
     ) -> (Accepted, Vec<Job>) {
         let tp: TopicPartition = (envelope.topic.clone(), envelope.partition);
+        let group = self.topology.group.clone();
         let Some(p) = self.partitions.get_mut(&tp) else {
             return (Accepted::NotAssigned, Vec::new());
         };
         if p.revoking {
             return (Accepted::NotAssigned, Vec::new());
         }
+        let is_tier = p.tier > 0;
+        if p.recovering {
+            p.deferred.push(envelope);
+            self.in_flight += 1;
+            if is_tier {
+                self.tier_in_flight += 1;
+            }
+            return (Accepted::Deferred, Vec::new());
+        }
         if !p.tracker.begin(envelope.offset) {
             return (Accepted::AlreadyFinished, Vec::new());
         }
+        if is_tier
+            && !group.is_empty()
+            && envelope
+                .headers
+                .get_str(headers::GROUP)
+                .is_some_and(|g| g != &group[..])
+        {
+            p.tracker.finish(envelope.offset);
+            p.note_lowest();
+            return (Accepted::OtherGroup, Vec::new());
+        }
         p.note_lowest();
         self.in_flight += 1;
+        if is_tier {
+            self.tier_in_flight += 1;
+        }
         if let Some(due_ms) = due_ms.filter(|due| *due > now_ms) {
             let epoch = p.epoch;
             p.held = Some(envelope);
             self.update_pause(&tp);
+            self.update_bound_pauses();
             return (Accepted::Held { due_ms, epoch }, Vec::new());
         }
         self.enqueue(&tp, envelope);
+        self.update_bound_pauses();
         (Accepted::Queued, self.fill())
+    }
+
+    /// Takes a record out of the in-flight counts (it finished, or is counted anew).
+    fn uncount(&mut self, topic: &str) {
+        self.in_flight -= 1;
+        if self.topology.tier_of(topic) > 0 {
+            self.tier_in_flight -= 1;
+        }
     }
 
     /// Hands over a held retry-tier message once it is due, and resumes its partition.
@@ -287,6 +533,9 @@ impl Dispatcher {
             epoch,
         });
         lane.queue.push_back(envelope);
+        if self.parked.contains_key(&key) {
+            self.parked_messages += 1;
+        }
         if !lane.full && lane.queue.len() >= self.limits.max_per_key {
             lane.full = true;
             p.full_lanes += 1;
@@ -359,7 +608,7 @@ impl Dispatcher {
         outcome: &Outcome,
     ) -> Vec<Job> {
         self.running -= 1;
-        self.in_flight -= 1;
+        self.uncount(&envelope.topic);
         let tp: TopicPartition = (lane_partition(job_lane).0.clone(), envelope.partition);
         let current = self.partitions.get(&tp).is_some_and(|p| p.epoch == epoch);
         if current {
@@ -387,52 +636,114 @@ impl Dispatcher {
                 self.mark_ready(job_lane);
             }
         }
+        self.update_bound_pauses();
         self.fill()
     }
 
-    /// Parks a main-topic lane whose message left for a retry tier; unparks it when the
-    /// message's retry resolves (handled, dropped or dead-lettered).
+    /// Parks a source lane whose record left for a retry tier; unparks it once every record
+    /// of it that sits in a tier resolved (handled, dropped or dead-lettered).
     fn update_parking(&mut self, envelope: &Envelope, outcome: &Outcome) {
-        let routed_to_tier = matches!(
-            outcome,
+        let tier = self.topology.tier_of(&envelope.topic);
+        let routed_to = match outcome {
             Outcome::Routed {
-                target: RouteTarget::RetryTier(_),
+                target: RouteTarget::RetryTier(n),
                 ..
-            }
-        );
-        let in_tier = headers::retry_tier(&envelope.headers) > 0;
-        if !(routed_to_tier || (in_tier && outcome.is_finished())) {
+            } => Some(*n),
+            _ => None,
+        };
+        if tier == 0 && routed_to.is_none() {
             return;
         }
         let Some(key) = envelope.key.clone() else {
             return;
         };
-        let origin_topic: Arc<str> = Arc::from(headers::original_topic(envelope));
-        let origin_partition = headers::original_partition(envelope);
-        let origin = LaneKey::Keyed(origin_topic, origin_partition, key);
+        let (origin, origin_offset) = if tier == 0 {
+            (
+                LaneKey::Keyed(envelope.topic.clone(), envelope.partition, key),
+                envelope.offset,
+            )
+        } else {
+            (
+                LaneKey::Keyed(
+                    Arc::from(headers::original_topic(envelope)),
+                    headers::original_partition(envelope),
+                    key,
+                ),
+                headers::original_offset(envelope),
+            )
+        };
+        let (origin_topic, origin_partition) = lane_partition(&origin);
         let origin_assigned = self
             .partitions
-            .contains_key(&(lane_partition(&origin).0.clone(), origin_partition));
-        match outcome {
-            Outcome::Routed {
-                target: RouteTarget::RetryTier(_),
-                ..
-            } if origin_assigned => {
-                self.parked.entry(origin).or_insert_with(Instant::now);
+            .get(&(origin_topic.clone(), origin_partition))
+            .is_some_and(|p| !p.revoking);
+        match routed_to {
+            Some(n) => {
+                let watched = self
+                    .topology
+                    .tier_topic(n)
+                    .is_some_and(|t| self.partitions.contains_key(&(t.clone(), origin_partition)));
+                if origin_assigned && watched {
+                    self.park(origin, origin_offset);
+                } else {
+                    if origin_assigned {
+                        tracing::warn!(
+                            topic = %origin_topic,
+                            partition = origin_partition,
+                            tier = n,
+                            "a record went to a retry-tier partition this worker does not consume: its key is not held back (use the range assignor so that partition p of the source and of its tiers go to one member)"
+                        );
+                    }
+                    self.resolve(&origin, origin_offset);
+                }
             }
-            _ if in_tier && outcome.is_finished() && self.parked.remove(&origin).is_some() => {
-                self.unparked(&origin);
-            }
-            _ => {}
+            None if outcome.is_finished() => self.resolve(&origin, origin_offset),
+            None => {}
+        }
+    }
+
+    /// Parks `origin` until its record first delivered at `origin_offset` resolves.
+    fn park(&mut self, origin: LaneKey, origin_offset: i64) {
+        if let LaneKey::Unkeyed(..) = origin {
+            return;
+        }
+        if !self.parked.contains_key(&origin) {
+            let queued = self.lanes.get(&origin).map_or(0, |l| l.queue.len());
+            self.parked_messages += queued;
+            self.parked.insert(
+                origin.clone(),
+                Park {
+                    since: Instant::now(),
+                    pending: BTreeSet::new(),
+                    reported: false,
+                },
+            );
+        }
+        if let Some(park) = self.parked.get_mut(&origin) {
+            park.pending.insert(origin_offset);
+        }
+    }
+
+    /// The record of `origin` first delivered at `origin_offset` resolved: the lane runs
+    /// again once none of its records sits in a tier.
+    fn resolve(&mut self, origin: &LaneKey, origin_offset: i64) {
+        let Some(park) = self.parked.get_mut(origin) else {
+            return;
+        };
+        park.pending.remove(&origin_offset);
+        if park.pending.is_empty() {
+            self.parked.remove(origin);
+            self.unparked(origin);
         }
     }
 
     /// A lane that was parked runs again (or is freed when it holds nothing).
     fn unparked(&mut self, key: &LaneKey) {
-        let idle = self
+        let (idle, queued) = self
             .lanes
             .get(key)
-            .is_some_and(|l| l.queue.is_empty() && !l.running);
+            .map_or((false, 0), |l| (l.queue.is_empty() && !l.running, l.queue.len()));
+        self.parked_messages -= queued;
         if idle {
             self.lanes.remove(key);
         } else {
@@ -440,29 +751,31 @@ impl Dispatcher {
         }
     }
 
-    /// Unparks lanes parked longer than the park limit (their retry record was never seen
-    /// resolving here, e.g. another worker consumes that tier partition) and starts them.
-    pub(crate) fn expire_parked(&mut self, now: Instant) -> Vec<Job> {
+    /// Keys parked longer than the park limit and not reported yet: reported once each (a
+    /// warning), and they stay parked — a key waits for its retry-tier record however long
+    /// that takes. Returns how many keys are parked past the limit in all.
+    pub(crate) fn report_long_parked(&mut self, now: Instant) -> usize {
         let limit = self.limits.park_limit;
-        let expired: Vec<LaneKey> = self
-            .parked
-            .iter()
-            .filter(|(_, since)| now.saturating_duration_since(**since) >= limit)
-            .map(|(key, _)| key.clone())
-            .collect();
-        if expired.is_empty() {
-            return Vec::new();
+        let mut past = 0;
+        for (key, park) in &mut self.parked {
+            if now.saturating_duration_since(park.since) < limit {
+                continue;
+            }
+            past += 1;
+            if !park.reported {
+                park.reported = true;
+                let (topic, partition) = lane_partition(key);
+                tracing::warn!(
+                    %topic,
+                    partition,
+                    key = %key_text(key),
+                    parked_for = ?now.saturating_duration_since(park.since),
+                    waiting_for = ?park.pending,
+                    "a key has waited for its retry-tier record longer than the park limit; it keeps waiting (strict order)"
+                );
+            }
         }
-        tracing::warn!(
-            lanes = expired.len(),
-            ?limit,
-            "keys parked for a retry tier longer than the park limit run again: their retry record was not seen resolving on this worker"
-        );
-        for key in &expired {
-            self.parked.remove(key);
-            self.unparked(key);
-        }
-        self.fill()
+        past
     }
 
     /// Stops starting new jobs (shutdown); running ones finish.
@@ -481,22 +794,28 @@ impl Dispatcher {
         self.in_flight
     }
 
-    /// Messages delivered and not finished, handler calls running, and keys parked.
-    pub(crate) fn gauges(&self) -> (usize, usize, usize) {
-        (self.in_flight, self.running, self.parked.len())
+    /// Messages delivered and not finished, handler calls running, keys parked, and messages
+    /// queued behind parked keys.
+    pub(crate) fn gauges(&self) -> (usize, usize, usize, usize) {
+        (
+            self.in_flight,
+            self.running,
+            self.parked.len(),
+            self.parked_messages,
+        )
     }
 
     /// What the stall detector needs to know at `now`.
     pub(crate) fn view(&self, now: Instant) -> WorkerView {
-        // Records that wait on purpose: queued behind a key parked for a retry-tier record.
-        let mut parked: HashMap<TopicPartition, Vec<i64>> = HashMap::new();
+        // Records that wait behind a key parked for a retry-tier record, and parked keys, per
+        // partition.
+        let mut parked: HashMap<TopicPartition, (Vec<i64>, usize)> = HashMap::new();
         for key in self.parked.keys() {
+            let (topic, partition) = lane_partition(key);
+            let entry = parked.entry((topic.clone(), partition)).or_default();
+            entry.1 += 1;
             if let Some(lane) = self.lanes.get(key) {
-                let (topic, partition) = lane_partition(key);
-                parked
-                    .entry((topic.clone(), partition))
-                    .or_default()
-                    .extend(lane.queue.iter().map(|e| e.offset));
+                entry.0.extend(lane.queue.iter().map(|e| e.offset));
             }
         }
         let partitions = self
@@ -504,21 +823,27 @@ impl Dispatcher {
             .iter()
             .filter(|(_, p)| !p.revoking)
             .map(|(tp, p)| {
-                let parked = parked.get(tp).map_or(&[][..], Vec::as_slice);
+                let (parked_offsets, parked_keys) = parked
+                    .get(tp)
+                    .map_or((&[][..], 0), |(o, k)| (o.as_slice(), *k));
                 let held = p.held.as_ref().map(|e| e.offset);
                 let lowest = p.lowest.map(|(offset, since)| LowestUnfinished {
                     offset,
                     for_: now.saturating_duration_since(since),
-                    on_purpose: held == Some(offset) || parked.contains(&offset),
+                    on_purpose: held == Some(offset),
+                    parked: parked_offsets.contains(&offset),
                 });
                 PartitionView {
                     tp: tp.clone(),
                     waiting: p
                         .tracker
                         .unfinished()
-                        .saturating_sub(usize::from(held.is_some()) + parked.len()),
+                        .saturating_sub(usize::from(held.is_some()) + parked_offsets.len()),
                     held: held.is_some(),
                     lowest,
+                    parked_keys,
+                    parked_messages: parked_offsets.len(),
+                    recovering: p.recovering,
                 }
             })
             .collect();
@@ -536,9 +861,8 @@ impl Dispatcher {
         std::mem::take(&mut self.control).into_iter().collect()
     }
 
-    /// Drops pending pause/resume decisions for `tps` (already carried out directly).
     /// Of `tps`, the partitions that must stay paused (an open breaker, a stalled bound, a
-    /// held retry record).
+    /// held retry record, retry state being read back).
     pub(crate) fn paused_of(&self, tps: &[TopicPartition]) -> Vec<TopicPartition> {
         tps.iter()
             .filter(|tp| self.partitions.get(*tp).is_some_and(|p| p.paused))
@@ -558,17 +882,19 @@ impl Dispatcher {
         self.partitions.keys().cloned().collect()
     }
 
-    /// Commits that would change what the broker holds, and marks them taken.
-    pub(crate) fn take_commits(&mut self) -> Vec<(TopicPartition, i64, String)> {
+    /// Commits that would change what the broker holds, and marks them taken. The metadata
+    /// is stamped with `now_ms`.
+    pub(crate) fn take_commits(&mut self, now_ms: i64) -> Vec<(TopicPartition, i64, String)> {
         let mut out = Vec::new();
         for (tp, p) in &mut self.partitions {
-            if p.revoking {
+            if p.revoking || p.recovering {
                 continue;
             }
             if let Some(point) = p.tracker.commit_point() {
                 if p.last_commit.as_ref() != Some(&point) {
-                    p.last_commit = Some(point.clone());
-                    out.push((tp.clone(), point.0, point.1));
+                    let metadata = super::offsets::stamp(&point.1, now_ms);
+                    out.push((tp.clone(), point.0, metadata));
+                    p.last_commit = Some(point);
                 }
             }
         }
@@ -586,12 +912,20 @@ impl Dispatcher {
     /// Whether the consume loop must look at the state after a completion: decisions to
     /// carry out, a shutdown drain waiting, or a bound that was reached until now.
     pub(crate) fn loop_needs_wake(&self) -> bool {
-        !self.control.is_empty() || self.stopping || self.in_flight + 1 >= self.limits.max_in_flight
+        !self.control.is_empty()
+            || self.stopping
+            || self.runnable_in_flight() + 1 >= self.limits.max_in_flight
     }
 
-    /// Whether the in-flight bound is reached: the consume loop stops taking records.
+    /// Source records delivered that can run (not parked) and are not finished.
+    fn runnable_in_flight(&self) -> usize {
+        self.in_flight - self.parked_messages - self.tier_in_flight
+    }
+
+    /// Whether the in-flight bound is reached: the consume loop stops taking records. Only
+    /// source records that can run count (see the module docs).
     pub(crate) fn is_full(&self) -> bool {
-        self.in_flight >= self.limits.max_in_flight
+        self.runnable_in_flight() >= self.limits.max_in_flight
     }
 
     /// Whether every partition is paused because the bound stayed reached too long.
@@ -604,10 +938,7 @@ impl Dispatcher {
     pub(crate) fn set_stalled(&mut self, stalled: bool) {
         if stalled != self.globally_paused {
             self.globally_paused = stalled;
-            let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
-            for tp in tps {
-                self.update_pause(&tp);
-            }
+            self.update_all_pauses();
         }
     }
 
@@ -616,22 +947,42 @@ impl Dispatcher {
     pub(crate) fn set_breaker_open(&mut self, open: bool) {
         if open != self.breaker_open {
             self.breaker_open = open;
-            let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
-            for tp in tps {
-                self.update_pause(&tp);
-            }
+            self.update_all_pauses();
         }
     }
 
+    fn update_all_pauses(&mut self) {
+        let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        for tp in tps {
+            self.update_pause(&tp);
+        }
+    }
+
+    /// Re-checks the pauses that follow the parked and retry-tier bounds when either bound
+    /// was reached or left.
+    fn update_bound_pauses(&mut self) {
+        let now = (self.parked_full(), self.tier_full());
+        if now != self.bounds_reached {
+            self.bounds_reached = now;
+            self.update_all_pauses();
+        }
+    }
+
+    fn parked_full(&self) -> bool {
+        self.parked_messages >= self.limits.max_in_flight
+    }
+
+    fn tier_full(&self) -> bool {
+        self.tier_in_flight >= self.limits.max_in_flight
+    }
+
     fn update_pause(&mut self, tp: &TopicPartition) {
+        let (parked_full, tier_full) = (self.parked_full(), self.tier_full());
         let Some(p) = self.partitions.get_mut(tp) else {
             return;
         };
-        let want = self.globally_paused
-            || self.breaker_open
-            || p.full_lanes > 0
-            || p.held.is_some()
-            || p.revoking;
+        let bound = if p.tier > 0 { tier_full } else { parked_full };
+        let want = bound || p.paused_otherwise(self.globally_paused, self.breaker_open);
         if want != p.paused {
             p.paused = want;
             self.control.insert(tp.clone(), want);
@@ -639,9 +990,28 @@ impl Dispatcher {
     }
 }
 
+impl PartitionState {
+    /// Whether something other than the parked and tier bounds holds this partition paused.
+    fn paused_otherwise(&self, globally_paused: bool, breaker_open: bool) -> bool {
+        globally_paused
+            || breaker_open
+            || self.full_lanes > 0
+            || self.held.is_some()
+            || self.revoking
+            || self.recovering
+    }
+}
+
 fn lane_partition(key: &LaneKey) -> (&Arc<str>, i32) {
     match key {
         LaneKey::Keyed(t, p, _) | LaneKey::Unkeyed(t, p, _) => (t, *p),
+    }
+}
+
+fn key_text(key: &LaneKey) -> String {
+    match key {
+        LaneKey::Keyed(_, _, k) => String::from_utf8_lossy(k).into_owned(),
+        LaneKey::Unkeyed(_, _, offset) => format!("(no key, offset {offset})"),
     }
 }
 
@@ -701,7 +1071,7 @@ mod tests {
         }
         assert_eq!(d.running(), 0);
         assert!(d.lanes.is_empty(), "empty lanes are freed");
-        assert_eq!(d.take_commits(), vec![(tp(), 5, String::new())]);
+        assert_eq!(d.take_commits(9), vec![(tp(), 5, "t9|".to_owned())]);
     }
 
     #[test]
@@ -765,7 +1135,7 @@ mod tests {
         d.accept(msg("k", 0), Some(9_000), 0);
         d.take_control();
         d.begin_revoke(&tp());
-        d.finish_revoke(&tp());
+        d.finish_revoke(&tp(), 0);
         d.assign(tp(), FinishedAbove::default());
         assert_eq!(
             d.take_control(),
@@ -782,7 +1152,7 @@ mod tests {
         let (_, jobs) = d.accept(msg("k", 0), None, 0);
         d.accept(msg("k", 1), None, 0);
         assert_eq!(d.begin_revoke(&tp()), 1);
-        assert_eq!(d.finish_revoke(&tp()), Some((0, String::new())));
+        assert_eq!(d.finish_revoke(&tp(), 7), Some((0, "t7|".to_owned())));
         d.assign(tp(), FinishedAbove::default());
         let job = &jobs[0];
         assert!(d
@@ -790,7 +1160,7 @@ mod tests {
             .is_empty());
         assert_eq!((d.running(), d.in_flight()), (0, 0));
         assert_eq!(
-            d.take_commits(),
+            d.take_commits(0),
             Vec::new(),
             "the old epoch's completion is not counted"
         );
@@ -798,11 +1168,17 @@ mod tests {
 
     #[test]
     fn the_stall_view_follows_the_lowest_unfinished_offset_and_knows_what_waits_on_purpose() {
-        let mut d = Dispatcher::new(limits(4, 100, 10));
-        d.assign(tp(), FinishedAbove::default());
+        let mut d = parking_tests::tiered(limits(4, 100, 10));
+        let source = |view: &WorkerView| {
+            view.partitions
+                .iter()
+                .find(|p| p.tp == tp())
+                .cloned()
+                .expect("the source partition")
+        };
         let lowest = |d: &Dispatcher| {
             let view = d.view(Instant::now());
-            let p = &view.partitions[0];
+            let p = &source(&view);
             (p.lowest.map(|l| (l.offset, l.on_purpose)), p.waiting)
         };
         assert_eq!(lowest(&d), (None, 0), "nothing delivered, nothing waits");
@@ -810,14 +1186,14 @@ mod tests {
         let (_, b_jobs) = d.accept(msg("B", 1), None, 0);
         d.accept(msg("A", 2), None, 0);
         assert_eq!(lowest(&d), (Some((0, false)), 3));
-        let since_zero = d.view(Instant::now()).partitions[0].lowest.map(|l| l.for_);
+        let since_zero = source(&d.view(Instant::now())).lowest.map(|l| l.for_);
 
         // B finishes: the lowest offset does not move, nor does its clock.
         let b = &b_jobs[0];
         d.complete(&b.lane, b.epoch, &b.envelope, &ack());
         std::thread::sleep(Duration::from_millis(20));
         let view = d.view(Instant::now());
-        let l = view.partitions[0].lowest.expect("offset 0 unfinished");
+        let l = source(&view).lowest.expect("offset 0 unfinished");
         assert_eq!(l.offset, 0);
         assert!(
             Some(l.for_) > since_zero,
@@ -831,12 +1207,22 @@ mod tests {
             error_class: "transient",
         };
         d.complete(&a.lane, a.epoch, &a.envelope, &routed);
+        let parked_view = |d: &Dispatcher| {
+            let view = d.view(Instant::now());
+            let p = &source(&view);
+            (
+                p.lowest.map(|l| (l.offset, l.parked)),
+                p.waiting,
+                p.parked_keys,
+                p.parked_messages,
+            )
+        };
         assert_eq!(
-            lowest(&d),
-            (Some((2, true)), 0),
+            parked_view(&d),
+            (Some((2, true)), 0, 1, 1),
             "queued behind a parked key"
         );
-        let l = d.view(Instant::now()).partitions[0]
+        let l = source(&d.view(Instant::now()))
             .lowest
             .expect("offset 2");
         assert!(
@@ -846,75 +1232,278 @@ mod tests {
     }
 }
 
+
 #[cfg(test)]
-mod parking_tests {
+pub(super) mod parking_tests {
     use super::*;
     use crate::policy::headers;
 
-    #[test]
-    fn a_key_parked_for_a_tier_runs_again_when_its_retry_resolves_or_the_park_limit_passes() {
-        let mut d = Dispatcher::new(Limits {
-            concurrency: 4,
-            max_in_flight: 100,
-            max_per_key: 10,
-            strict: true,
+    const TIER: &str = "t.g.retry.1";
+
+    /// A dispatcher for group `g` consuming `t` and its tier `t.g.retry.1`, partition 0 of both
+    /// assigned.
+    pub(crate) fn tiered(limits: Limits) -> Dispatcher {
+        let mut d = Dispatcher::with_topology(
+            limits,
+            Topology {
+                group: Arc::from("g"),
+                tiers: vec![Arc::from(TIER)],
+            },
+        );
+        d.assign(source(), FinishedAbove::default());
+        d.assign(tier(), FinishedAbove::default());
+        d.take_control();
+        d
+    }
+
+    fn limits(concurrency: usize, max_in_flight: usize, max_per_key: usize, strict: bool) -> Limits {
+        Limits {
+            concurrency,
+            max_in_flight,
+            max_per_key,
+            strict,
             park_limit: Duration::from_secs(60),
-        });
-        let tp: TopicPartition = (Arc::from("t"), 0);
-        d.assign(tp.clone(), FinishedAbove::default());
-        let a = Envelope::new("t", b"K".to_vec(), Vec::new()).with_offset(0);
-        let b = Envelope::new("t", b"K".to_vec(), Vec::new()).with_offset(1);
-        let (_, jobs) = d.accept(a, None, 0);
-        d.accept(b, None, 0);
-        let routed = Outcome::Routed {
+        }
+    }
+
+    fn source() -> TopicPartition {
+        (Arc::from("t"), 0)
+    }
+
+    fn tier() -> TopicPartition {
+        (Arc::from(TIER), 0)
+    }
+
+    fn msg(key: &str, offset: i64) -> Envelope {
+        Envelope::new("t", key.as_bytes().to_vec(), Vec::new()).with_offset(offset)
+    }
+
+    /// The tier-1 copy, at `offset` of the tier, of `key`'s source record at `origin`.
+    fn copy(key: &str, origin: i64, offset: i64) -> Envelope {
+        let mut e = Envelope::new(TIER, key.as_bytes().to_vec(), Vec::new()).with_offset(offset);
+        e.headers.set(headers::RETRY_TIER, "1");
+        e.headers.set(headers::GROUP, "g");
+        e.headers.set(headers::ORIGINAL_TOPIC, "t");
+        e.headers.set(headers::ORIGINAL_PARTITION, "0");
+        e.headers.set(headers::ORIGINAL_OFFSET, origin.to_string());
+        e
+    }
+
+    fn routed() -> Outcome {
+        Outcome::Routed {
             target: RouteTarget::RetryTier(1),
             error_class: "transient",
-        };
-        let job = &jobs[0];
-        assert!(
-            d.complete(&job.lane, job.epoch, &job.envelope, &routed)
-                .is_empty(),
-            "B waits while A sits in the tier"
-        );
-        assert!(
-            d.expire_parked(Instant::now()).is_empty(),
-            "not before the park limit"
-        );
-        let later = d.expire_parked(Instant::now() + Duration::from_secs(61));
-        assert_eq!(
-            later.iter().map(|j| j.envelope.offset).collect::<Vec<_>>(),
-            vec![1]
-        );
+        }
+    }
 
-        // The regular path: A's retry record resolves on this worker and B runs.
-        let mut d2 = Dispatcher::new(d.limits);
-        d2.assign(tp.clone(), FinishedAbove::default());
-        d2.assign((Arc::from("t.retry.1"), 0), FinishedAbove::default());
-        let (_, jobs) = d2.accept(
-            Envelope::new("t", b"K".to_vec(), Vec::new()).with_offset(0),
-            None,
-            0,
+    fn ack() -> Outcome {
+        Outcome::Ack { attempt: 1 }
+    }
+
+    /// Runs every job to `outcome_of` its envelope, and the jobs those start, in order;
+    /// returns the (topic, offset) of every job run.
+    fn run_all(
+        d: &mut Dispatcher,
+        mut jobs: Vec<Job>,
+        outcome_of: impl Fn(&Envelope) -> Outcome,
+    ) -> Vec<(String, i64)> {
+        let mut ran = Vec::new();
+        while !jobs.is_empty() {
+            let job = jobs.remove(0);
+            ran.push((job.envelope.topic.to_string(), job.envelope.offset));
+            let outcome = outcome_of(&job.envelope);
+            jobs.extend(d.complete(&job.lane, job.epoch, &job.envelope, &outcome));
+        }
+        ran
+    }
+
+    #[test]
+    fn parked_keys_filling_the_in_flight_bound_never_stop_their_tier_records() {
+        // The cycle once seen: concurrency 1, the smallest in-flight bound, every key's first
+        // record goes to the tier, later records park behind it until the bound is full.
+        let mut d = tiered(limits(1, 1, 8, true));
+        let mut jobs = Vec::new();
+        let mut offset = 0;
+        for key in ["a", "b", "c"] {
+            jobs.extend(d.accept(msg(key, offset), None, 0).1);
+            offset += 1;
+        }
+        // Each key's first record fails to the tier; the next records of the key park.
+        let first: std::collections::HashSet<i64> = [0, 1, 2].into();
+        let ran = run_all(&mut d, jobs, |e| {
+            if first.contains(&e.offset) {
+                routed()
+            } else {
+                ack()
+            }
+        });
+        assert_eq!(ran.len(), 3);
+        for key in ["a", "b", "c", "a", "b", "c"] {
+            let (accepted, started) = d.accept(msg(key, offset), None, 0);
+            assert_eq!(accepted, Accepted::Queued);
+            assert!(started.is_empty(), "{key}@{offset} waits behind its tier record");
+            offset += 1;
+            assert!(
+                !d.is_full(),
+                "records parked behind a tier record do not close the consume loop"
+            );
+        }
+        let control = d.take_control();
+        assert!(
+            control.contains(&(source(), true)),
+            "the parked bound pauses the source: {control:?}"
         );
-        d2.accept(
-            Envelope::new("t", b"K".to_vec(), Vec::new()).with_offset(1),
-            None,
-            0,
+        assert!(
+            !control.iter().any(|(tp, _)| *tp == tier()),
+            "the tier partition stays resumed: {control:?}"
         );
-        d2.complete(&jobs[0].lane, jobs[0].epoch, &jobs[0].envelope, &routed);
-        let mut retry = Envelope::new("t.retry.1", b"K".to_vec(), Vec::new());
-        retry.headers.set(headers::RETRY_TIER, "1");
-        retry.headers.set(headers::ORIGINAL_TOPIC, "t");
-        retry.headers.set(headers::ORIGINAL_PARTITION, "0");
-        let (_, rjobs) = d2.accept(retry, None, 0);
-        let next = d2.complete(
-            &rjobs[0].lane,
-            rjobs[0].epoch,
-            &rjobs[0].envelope,
-            &Outcome::Ack { attempt: 2 },
-        );
+        // The tier records arrive and succeed: every parked record runs, in order per key.
+        let mut tier_jobs = Vec::new();
+        for (i, (key, origin)) in [("a", 0), ("b", 1), ("c", 2)].into_iter().enumerate() {
+            let (accepted, started) = d.accept(copy(key, origin, i as i64), None, 0);
+            assert_eq!(accepted, Accepted::Queued);
+            tier_jobs.extend(started);
+        }
+        let ran = run_all(&mut d, tier_jobs, |_| ack());
+        let source_order: Vec<i64> = ran
+            .iter()
+            .filter(|(t, _)| t == "t")
+            .map(|(_, o)| *o)
+            .collect();
+        assert_eq!(source_order.len(), 6, "every parked record ran: {ran:?}");
+        for key_offsets in [[3, 6], [4, 7], [5, 8]] {
+            let at: Vec<usize> = key_offsets
+                .iter()
+                .map(|o| source_order.iter().position(|x| x == o).expect("ran"))
+                .collect();
+            assert!(at[0] < at[1], "key order kept: {source_order:?}");
+        }
+        assert_eq!(d.gauges(), (0, 0, 0, 0));
+        assert!(d.take_control().contains(&(source(), false)), "source resumed");
         assert_eq!(
-            next.iter().map(|j| j.envelope.offset).collect::<Vec<_>>(),
-            vec![1]
+            d.take_commits(0).into_iter().map(|(tp, o, _)| (tp, o)).collect::<Vec<_>>().len(),
+            2
         );
+    }
+
+    #[test]
+    fn other_keys_keep_flowing_while_a_key_is_parked() {
+        let mut d = tiered(limits(2, 4, 8, true));
+        let (_, jobs) = d.accept(msg("k", 0), None, 0);
+        run_all(&mut d, jobs, |_| routed());
+        d.accept(msg("k", 1), None, 0);
+        let (_, other) = d.accept(msg("x", 2), None, 0);
+        assert_eq!(other.len(), 1, "another key runs at once");
+        assert_eq!(run_all(&mut d, other, |_| ack()), vec![("t".to_owned(), 2)]);
+        let commits = d.take_commits(0);
+        assert!(
+            commits.iter().any(|(tp, o, _)| *tp == source() && *o == 1),
+            "the parked record holds the commit: {commits:?}"
+        );
+    }
+
+    #[test]
+    fn a_parked_key_waits_past_the_park_limit_and_the_limit_is_only_reported() {
+        let mut d = tiered(limits(4, 100, 10, true));
+        let (_, jobs) = d.accept(msg("K", 0), None, 0);
+        run_all(&mut d, jobs, |_| routed());
+        assert!(d.accept(msg("K", 1), None, 0).1.is_empty());
+        assert_eq!(d.report_long_parked(Instant::now()), 0);
+        let later = Instant::now() + Duration::from_secs(61);
+        assert_eq!(d.report_long_parked(later), 1);
+        assert_eq!(d.gauges().2, 1, "still parked after the limit");
+        // Its tier record resolves: the parked record runs.
+        let (_, tier_jobs) = d.accept(copy("K", 0, 0), None, 0);
+        let ran = run_all(&mut d, tier_jobs, |_| ack());
+        assert_eq!(
+            ran,
+            vec![(TIER.to_owned(), 0), ("t".to_owned(), 1)],
+            "the tier record first, then the record it held back"
+        );
+    }
+
+    #[test]
+    fn a_key_stays_parked_while_its_record_moves_on_to_the_next_tier() {
+        let mut d = tiered(limits(4, 100, 10, true));
+        let (_, jobs) = d.accept(msg("K", 0), None, 0);
+        run_all(&mut d, jobs, |_| routed());
+        d.accept(msg("K", 1), None, 0);
+        // Tier 1 fails again: to tier 2, which this worker does not consume (no tier 2 in
+        // this topology): the key is not held back for a record it would never see resolve.
+        let (_, tier_jobs) = d.accept(copy("K", 0, 0), None, 0);
+        let ran = run_all(&mut d, tier_jobs, |e| {
+            if &e.topic[..] == TIER {
+                Outcome::Routed {
+                    target: RouteTarget::RetryTier(2),
+                    error_class: "transient",
+                }
+            } else {
+                ack()
+            }
+        });
+        assert_eq!(ran, vec![(TIER.to_owned(), 0), ("t".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn relaxed_ordering_parks_nothing() {
+        let mut d = tiered(limits(4, 100, 10, false));
+        let (_, jobs) = d.accept(msg("K", 0), None, 0);
+        run_all(&mut d, jobs, |_| routed());
+        assert_eq!(d.accept(msg("K", 1), None, 0).1.len(), 1);
+    }
+
+    #[test]
+    fn a_new_owner_parks_keys_read_back_from_the_tier_before_running_later_records() {
+        let mut d = Dispatcher::with_topology(
+            limits(4, 100, 10, true),
+            Topology {
+                group: Arc::from("g"),
+                tiers: vec![Arc::from(TIER)],
+            },
+        );
+        let e1 = d.assign_recovering(source(), FinishedAbove::default());
+        let e2 = d.assign_recovering(tier(), FinishedAbove::default());
+        let control = d.take_control();
+        assert!(control.is_empty() || control.iter().all(|(_, paused)| *paused));
+        assert!(d.paused_of(&[source(), tier()]).len() == 2, "paused while reading back");
+        // Delivered before the read-back ended: kept, not run.
+        assert_eq!(d.accept(msg("K", 5), None, 0).0, Accepted::Deferred);
+        assert_eq!(d.accept(msg("K", 3), None, 0).0, Accepted::Deferred);
+        let recovered = Recovered {
+            // Offset 3's copy is already in the tier: it is skipped, never routed again.
+            routed: [(source(), vec![3])].into(),
+            pending: vec![PendingTierRecord {
+                tier: tier(),
+                offset: 0,
+                origin: LaneKey::Keyed(Arc::from("t"), 0, Bytes::from_static(b"K")),
+                origin_offset: 3,
+            }],
+        };
+        let deferred = d.recovered(&[(source(), e1), (tier(), e2)], recovered);
+        let mut jobs = Vec::new();
+        let mut skipped = Vec::new();
+        for envelope in deferred {
+            let offset = envelope.offset;
+            let (accepted, started) = d.accept(envelope, None, 0);
+            if accepted == Accepted::AlreadyFinished {
+                skipped.push(offset);
+            }
+            jobs.extend(started);
+        }
+        assert_eq!(skipped, vec![3], "the copied record is not handled again");
+        assert!(jobs.is_empty(), "offset 5 waits for K's tier record");
+        assert!(d.take_control().contains(&(source(), false)), "resumed after the read-back");
+        let (_, tier_jobs) = d.accept(copy("K", 3, 0), None, 0);
+        let ran = run_all(&mut d, tier_jobs, |_| ack());
+        assert_eq!(ran, vec![(TIER.to_owned(), 0), ("t".to_owned(), 5)]);
+    }
+
+    #[test]
+    fn a_tier_record_of_another_group_is_skipped() {
+        let mut d = tiered(limits(4, 100, 10, true));
+        let mut e = copy("K", 0, 0);
+        e.headers.set(headers::GROUP, "other");
+        assert_eq!(d.accept(e, None, 0).0, Accepted::OtherGroup);
+        assert_eq!(d.gauges().0, 0);
     }
 }

@@ -84,17 +84,19 @@ pub(crate) fn serve(listener: tokio::net::TcpListener, probe: WorkerProbe) -> Dr
     stop.drop_guard()
 }
 
-/// Sets the in-flight, running, parked and assigned gauges from the dispatcher.
+/// Sets the in-flight, running, parked keys, parked messages and assigned gauges from the
+/// dispatcher.
 pub(crate) fn refresh_gauges(shared: &Shared) {
-    let (in_flight, running, parked, assigned) = {
+    let (in_flight, running, parked, parked_messages, assigned) = {
         let d = shared.dispatcher.lock();
-        let (in_flight, running, parked) = d.gauges();
-        (in_flight, running, parked, d.assigned().len())
+        let (in_flight, running, parked, parked_messages) = d.gauges();
+        (in_flight, running, parked, parked_messages, d.assigned().len())
     };
     let m = &shared.meters;
     m.in_flight.set(in_flight as f64);
     m.running.set(running as f64);
     m.parked.set(parked as f64);
+    m.parked_messages.set(parked_messages as f64);
     m.assigned.set(assigned as f64);
 }
 

@@ -7,6 +7,7 @@ mod endpoint;
 mod guards;
 mod offsets;
 mod rebalance;
+mod recovery;
 mod shared;
 mod worker;
 

@@ -8,6 +8,11 @@
 //! `sf1;<span>;b;<hex>` — a bitset over the span, bit `i` set when `c + i` is finished.
 //! Whichever is shorter is written; when neither fits the metadata limit the commit carries
 //! no metadata (the plain watermark: everything above it is delivered again).
+//!
+//! The worker stamps each commit's metadata with the time the commit point was taken,
+//! `t<ms since the epoch>|<sf1 metadata>`: every record left unfinished by that commit was
+//! still unfinished then, so its retry-tier or dead-letter copy, if one was made, was made
+//! after that time. A worker taking over the partition looks for such copies from then on.
 
 use std::collections::BTreeSet;
 
@@ -21,15 +26,33 @@ const PREFIX: &str = "sf1";
 pub(crate) struct FinishedAbove {
     committed: i64,
     finished: BTreeSet<i64>,
+    /// When the commit point was taken (ms since the epoch), when the metadata says.
+    commit_ms: Option<i64>,
+}
+
+/// Stamps sf1 `metadata` with the time `now_ms` its commit point was taken.
+pub(crate) fn stamp(metadata: &str, now_ms: i64) -> String {
+    format!("t{now_ms}|{metadata}")
+}
+
+/// Splits a stamp off `metadata`: the time and the sf1 part.
+fn unstamp(metadata: &str) -> (Option<i64>, &str) {
+    metadata
+        .strip_prefix('t')
+        .and_then(|rest| rest.split_once('|'))
+        .and_then(|(ms, rest)| Some((Some(ms.parse::<i64>().ok()?), rest)))
+        .unwrap_or((None, metadata))
 }
 
 impl FinishedAbove {
     /// Parses `metadata` written with a commit at `committed`; unknown or malformed metadata
     /// means nothing is known (everything above `committed` is delivered again).
     pub(crate) fn parse(committed: i64, metadata: &str) -> Self {
+        let (commit_ms, metadata) = unstamp(metadata);
         let none = FinishedAbove {
             committed,
             finished: BTreeSet::new(),
+            commit_ms,
         };
         let mut parts = metadata.splitn(4, ';');
         if parts.next() != Some(PREFIX) {
@@ -51,6 +74,7 @@ impl FinishedAbove {
             Some(finished) => FinishedAbove {
                 committed,
                 finished,
+                commit_ms,
             },
             None => none,
         }
@@ -58,6 +82,17 @@ impl FinishedAbove {
     /// Whether `offset` was finished before the commit was written.
     pub(crate) fn contains(&self, offset: i64) -> bool {
         self.finished.contains(&offset)
+    }
+    /// Records `offset` as finished (a copy of it was found in a retry tier or the
+    /// dead-letter topic): it is skipped when delivered.
+    pub(crate) fn insert(&mut self, offset: i64) {
+        if offset >= self.committed {
+            self.finished.insert(offset);
+        }
+    }
+    /// When the commit point was taken, if the metadata was stamped.
+    pub(crate) fn commit_ms(&self) -> Option<i64> {
+        self.commit_ms
     }
     /// How many offsets are known finished.
     pub(crate) fn len(&self) -> usize {
@@ -130,6 +165,14 @@ impl OffsetTracker {
         }
         self.unfinished.insert(offset);
         true
+    }
+    /// Records `offset` as finished before it was delivered (skipped when it is).
+    pub(crate) fn skip(&mut self, offset: i64) {
+        self.restored.insert(offset);
+    }
+    /// Whether `offset` was delivered (or skipped) and is finished.
+    pub(crate) fn is_finished(&self, offset: i64) -> bool {
+        self.next.is_some_and(|next| offset < next) && !self.unfinished.contains(&offset)
     }
     /// How many delivered offsets are not finished.
     pub(crate) fn unfinished(&self) -> usize {
@@ -234,6 +277,23 @@ mod tests {
     fn round_trip(tracker: &OffsetTracker) -> (i64, FinishedAbove) {
         let (committed, metadata) = tracker.commit_point().expect("a commit point");
         (committed, FinishedAbove::parse(committed, &metadata))
+    }
+
+    #[test]
+    fn a_stamped_commit_keeps_its_time_and_its_finished_offsets() {
+        let mut t = OffsetTracker::default();
+        for o in 0..5 {
+            t.begin(o);
+        }
+        t.finish(1);
+        let (committed, metadata) = t.commit_point().expect("a commit point");
+        let read = FinishedAbove::parse(committed, &stamp(&metadata, 1_700_000_000_123));
+        assert_eq!(read.commit_ms(), Some(1_700_000_000_123));
+        assert!(read.contains(1) && !read.contains(2));
+        let plain = FinishedAbove::parse(committed, &metadata);
+        assert_eq!(plain.commit_ms(), None);
+        assert!(plain.contains(1));
+        assert_eq!(FinishedAbove::parse(0, "t12|").commit_ms(), Some(12));
     }
 
     #[test]

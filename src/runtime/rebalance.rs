@@ -16,12 +16,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::dispatcher::TopicPartition;
 use super::endpoint::take_statistics;
 use super::offsets::FinishedAbove;
+use super::recovery::{recover, RecoveryPlan};
 use super::shared::Shared;
 
 /// The consumer context of a worker.
 pub(crate) struct WorkerContext {
     pub(crate) shared: Arc<Shared>,
     pub(crate) drain_timeout: Duration,
+    /// How assigned partitions read back their retry state before they run.
+    pub(crate) recovery: RecoveryPlan,
 }
 
 impl ClientContext for WorkerContext {
@@ -73,7 +76,7 @@ impl WorkerContext {
                 let mut d = self.shared.dispatcher.lock();
                 for tp in &tps {
                     d.begin_revoke(tp);
-                    d.finish_revoke(tp);
+                    d.finish_revoke(tp, 0);
                 }
                 d.take_abandoned()
             };
@@ -106,8 +109,9 @@ impl WorkerContext {
                 }
             }
             let mut commits = Vec::new();
+            let now_ms = crate::policy::now_ms();
             for tp in &tps {
-                if let Some((offset, metadata)) = d.finish_revoke(tp) {
+                if let Some((offset, metadata)) = d.finish_revoke(tp, now_ms) {
                     commits.push((tp.clone(), offset, metadata));
                 }
             }
@@ -141,6 +145,7 @@ impl WorkerContext {
             .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed; nothing above them is skipped"))
             .ok();
         let mut d = self.shared.dispatcher.lock();
+        let mut reading = Vec::new();
         for tp in partitions_of(tpl) {
             let restored = committed
                 .as_ref()
@@ -153,9 +158,11 @@ impl WorkerContext {
             if restored.len() > 0 {
                 tracing::info!(topic = %tp.0, partition = tp.1, committed = restored.committed(), finished_above = restored.len(), "skipping offsets finished before the last commit");
             }
-            d.assign(tp, restored);
+            let epoch = d.assign_recovering(tp.clone(), restored.clone());
+            reading.push((tp, epoch, restored));
         }
         drop(d);
+        self.read_back(reading);
         // An explicit resume: a partition paused in an earlier assignment runs again.
         if let Err(e) = consumer.resume(tpl) {
             tracing::warn!(error = %e, "resuming assigned partitions failed");
@@ -181,6 +188,46 @@ impl WorkerContext {
             .partitions_assigned
             .fetch_add(tpl.count() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(partitions = tpl.count(), "partitions assigned");
+    }
+}
+
+impl WorkerContext {
+    /// Reads back the retry state of newly assigned partitions on a blocking thread (they
+    /// stay paused until then), trying again with backoff until it succeeds, the partitions
+    /// are revoked or the worker stops.
+    fn read_back(&self, reading: Vec<(TopicPartition, u64, FinishedAbove)>) {
+        if reading.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let plan = self.recovery.clone();
+        let epochs: Vec<(TopicPartition, u64)> =
+            reading.iter().map(|(tp, e, _)| (tp.clone(), *e)).collect();
+        let assigned: Vec<(TopicPartition, FinishedAbove)> =
+            reading.into_iter().map(|(tp, _, f)| (tp, f)).collect();
+        self.shared.runtime.spawn_blocking(move || {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let still_ours = {
+                    let d = shared.dispatcher.lock();
+                    epochs.iter().any(|(tp, _)| d.is_recovering(tp))
+                };
+                if !still_ours || shared.shutdown.is_cancelled() {
+                    return;
+                }
+                match recover(&plan, &assigned) {
+                    Ok(recovered) => {
+                        shared.recovered(&epochs, recovered);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?delay, "assigned partitions stay paused until their retry state is read back; trying again");
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -3,15 +3,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::dispatcher::{Dispatcher, Job, TopicPartition};
-use crate::message::{DropReason, Outcome};
+use super::dispatcher::{Accepted, Dispatcher, Job, Recovered, TopicPartition};
+use crate::message::{DropReason, Envelope, Outcome};
 use crate::observe::{Health, Meters};
-use crate::policy::BoxedStack;
+use crate::policy::{self, headers, BoxedStack};
 
 /// Counts of outcomes since the worker started.
 #[derive(Debug, Default)]
@@ -43,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) meters: Meters,
     /// What the readiness probe knows of the broker and the stores.
     pub(crate) health: Arc<Health>,
+    /// Cancelled when the worker stops: timers and read-backs end with it.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Shared {
@@ -79,6 +83,74 @@ impl Shared {
             self.wake.notify_one();
         }
         self.start(next);
+    }
+
+    /// Takes a record the consumer delivered: into the dispatcher, starting what may start.
+    pub(crate) fn accept(self: &Arc<Self>, mut envelope: Envelope) {
+        let tier = {
+            let d = self.dispatcher.lock();
+            d.tier_of(&envelope.topic)
+        };
+        let due = if tier > 0 {
+            headers::due_at_ms(&envelope.headers)
+        } else {
+            // A first delivery: whatever delivery state its producer wrote is not ours.
+            for name in headers::DELIVERY_STATE {
+                envelope.headers.remove(name);
+            }
+            envelope.attempt = 1;
+            None
+        };
+        let tp: TopicPartition = (envelope.topic.clone(), envelope.partition);
+        let (accepted, jobs) = self
+            .dispatcher
+            .lock()
+            .accept(envelope, due, policy::now_ms());
+        match accepted {
+            Accepted::Held { due_ms, epoch } => {
+                let wait =
+                    Duration::from_millis(u64::try_from(due_ms - policy::now_ms()).unwrap_or(0));
+                tracing::debug!(topic = %tp.0, partition = tp.1, ?wait, "retry-tier message not due: partition paused");
+                let shared = self.clone();
+                self.runtime.spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => shared.release_held(&tp, epoch),
+                        _ = shared.shutdown.cancelled() => {}
+                    }
+                });
+            }
+            Accepted::AlreadyFinished | Accepted::OtherGroup => {
+                self.meters.skipped();
+                self.counters
+                    .skipped_finished
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Accepted::NotAssigned => self.requeued(1),
+            Accepted::Queued | Accepted::Deferred => {}
+        }
+        self.start(jobs);
+    }
+
+    /// Hands what was read back for the partitions `epochs` to the dispatcher, and accepts
+    /// the records delivered meanwhile.
+    pub(crate) fn recovered(self: &Arc<Self>, epochs: &[(TopicPartition, u64)], recovered: Recovered) {
+        let (routed, parked) = (
+            recovered.routed.values().map(Vec::len).sum::<usize>(),
+            recovered.pending.len(),
+        );
+        let deferred = self.dispatcher.lock().recovered(epochs, recovered);
+        if routed > 0 || parked > 0 {
+            tracing::info!(
+                partitions = epochs.len(),
+                already_routed = routed,
+                waiting_in_tiers = parked,
+                "retry state read back: records already copied are skipped, keys whose records wait in a retry tier are parked"
+            );
+        }
+        for envelope in deferred {
+            self.accept(envelope);
+        }
+        self.wake.notify_one();
     }
 
     /// Releases a held retry-tier message of `tp` once it is due.

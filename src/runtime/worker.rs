@@ -14,10 +14,11 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::builder::WorkerBuilder;
-use super::dispatcher::{Accepted, Dispatcher, Limits, TopicPartition};
+use super::dispatcher::{Dispatcher, Limits, Topology};
 use super::endpoint::{bind, refresh_gauges, serve, WorkerProbe};
 use super::guards::Guards;
 use super::rebalance::{commit_list, WorkerContext};
+use super::recovery::RecoveryPlan;
 use super::shared::{Counters, Shared};
 use crate::broker::{ensure_topics, envelope_of, KafkaSink, TopicNames};
 use crate::config::{Ordering, WorkerConfig};
@@ -25,7 +26,7 @@ use crate::error::WorkerError;
 use crate::handler::{Handler, HandlerService};
 use crate::message::Message;
 use crate::observe::{self, Health, Meters};
-use crate::policy::{self, headers, BoxedStack, BreakerPhase, RetryTiers, Sink};
+use crate::policy::{self, BoxedStack, BreakerPhase, RetryTiers, Sink, TierNames};
 
 /// Runs a handler over a topic and its retry tiers. Built with [`Worker::builder`].
 #[derive(Debug)]
@@ -133,8 +134,9 @@ impl<H: Handler> Worker<H> {
         let topic = self.topic();
         let group = self.group();
         let tiers = self.config.retry_tiers();
+        let tier_names = TierNames::new(&group, self.config.shared_retry_topics);
         let tier_topics: Vec<String> = (1..=tiers.len())
-            .map(|n| RetryTiers::topic(&topic, n))
+            .map(|n| tier_names.topic(&topic, n))
             .collect();
         let dead_letter = self
             .config
@@ -178,7 +180,8 @@ impl<H: Handler> Worker<H> {
         let handler_shutdown = CancellationToken::new();
         let routing = Routing {
             tiers,
-            dead_letter: Some(dead_letter),
+            names: tier_names,
+            dead_letter: Some(dead_letter.clone()),
             tier_partitions: Some(partitions),
             sink,
         };
@@ -201,8 +204,14 @@ impl<H: Handler> Worker<H> {
             strict: self.config.ordering == Ordering::Strict,
             park_limit: park_limit(&self.config),
         };
+        let topology = Topology {
+            group: Arc::from(group.as_str()),
+            tiers: tier_topics.iter().map(|t| Arc::from(t.as_str())).collect(),
+        };
+        let worker_stopped = CancellationToken::new();
+        let _stop_timers = worker_stopped.clone().drop_guard();
         let shared = Arc::new(Shared {
-            dispatcher: Mutex::new(Dispatcher::new(limits)),
+            dispatcher: Mutex::new(Dispatcher::with_topology(limits, topology.clone())),
             completed: Condvar::new(),
             wake: Notify::new(),
             stack,
@@ -211,11 +220,18 @@ impl<H: Handler> Worker<H> {
             closing: std::sync::atomic::AtomicBool::new(false),
             meters,
             health,
+            shutdown: worker_stopped.clone(),
         });
         let _ = started.set(shared.clone());
         let context = WorkerContext {
             shared: shared.clone(),
             drain_timeout: Duration::from_millis(self.config.drain_timeout_ms),
+            recovery: RecoveryPlan {
+                client: self.client_config(),
+                topology,
+                dead_letter,
+                strict: limits.strict,
+            },
         };
         let mut consumer_config = self.client_config();
         consumer_config
@@ -281,6 +297,8 @@ impl<H: Handler> Worker<H> {
             consumer.unsubscribe();
             drop(consumer);
         });
+        // Held-record timers and read-backs end here; they hold the routing producer.
+        worker_stopped.cancel();
         let c = &shared.counters;
         let stats = WorkerStats {
             handled: c.handled.load(AtomicOrdering::Relaxed),
@@ -297,8 +315,9 @@ impl<H: Handler> Worker<H> {
     }
 }
 
-/// How long a key may stay parked for a retry tier: twice every tier's delay plus the longest
-/// in-place retrying of every tier, and five minutes of slack.
+/// How long a key may stay parked for a retry tier before it is reported (it keeps waiting):
+/// twice every tier's delay plus the longest in-place retrying of every tier, and five
+/// minutes of slack.
 fn park_limit(config: &WorkerConfig) -> Duration {
     let tiers: u64 = config.retry_tiers_ms.iter().sum();
     let per_delivery = u64::from(config.retry.attempts).saturating_mul(
@@ -318,6 +337,7 @@ fn park_limit(config: &WorkerConfig) -> Duration {
 /// Where a stack's failed messages go, and how it publishes them.
 pub(crate) struct Routing {
     pub(crate) tiers: RetryTiers,
+    pub(crate) names: TierNames,
     pub(crate) dead_letter: Option<String>,
     pub(crate) tier_partitions: Option<i32>,
     pub(crate) sink: Arc<dyn Sink>,
@@ -359,17 +379,21 @@ pub(crate) fn build_stack<H: Handler>(
     let worker_id = worker_id();
     let dedup = guards.dedup.as_ref().map(|(store, lease, ttl)| {
         policy::DedupLayer::new(store.clone(), *lease, *ttl, &worker_id, shutdown.clone())
+            .reporting(Some(guards.health.clone()))
     });
     let service = tower::ServiceBuilder::new()
         .layer(policy::TraceLayer)
-        .layer(policy::RouteLayer::new(
-            routing.tiers,
-            routing.dead_letter,
-            routing.tier_partitions,
-            group,
-            routing.sink,
-            shutdown.clone(),
-        ))
+        .layer(
+            policy::RouteLayer::new(
+                routing.tiers,
+                routing.dead_letter,
+                routing.tier_partitions,
+                group,
+                routing.sink,
+                shutdown.clone(),
+            )
+            .with_tier_names(routing.names),
+        )
         .option_layer(facts)
         .option_layer(stale)
         .option_layer(breaker)
@@ -414,6 +438,7 @@ pub(crate) fn build_stack_for_tests<H: Handler>(
 ) -> BoxedStack {
     let routing = Routing {
         tiers,
+        names: TierNames::new(group, config.shared_retry_topics),
         dead_letter: None,
         tier_partitions: None,
         sink,
@@ -489,15 +514,15 @@ async fn consume(
             _ = commit_tick.tick() => {
                 commit(consumer, shared, CommitMode::Async, false);
                 refresh_gauges(shared);
-                let jobs = shared.dispatcher.lock().expire_parked(Instant::now());
-                shared.start(jobs);
+                shared.dispatcher.lock().report_long_parked(Instant::now());
             }
             received = consumer.recv() => match received {
                 Ok(message) => {
                     shared.health.broker_up();
                     let envelope = envelope_of(&message, &mut topics);
                     drop(message);
-                    accept(shared, envelope);
+                    shared.meters.consumed();
+                    shared.accept(envelope);
                     apply_control(consumer, shared);
                 }
                 Err(e) => {
@@ -540,41 +565,6 @@ async fn breaker_change(
     Some(open)
 }
 
-fn accept(shared: &Arc<Shared>, envelope: crate::message::Envelope) {
-    shared.meters.consumed();
-    let due = if headers::retry_tier(&envelope.headers) > 0 {
-        headers::due_at_ms(&envelope.headers)
-    } else {
-        None
-    };
-    let tp: TopicPartition = (envelope.topic.clone(), envelope.partition);
-    let (accepted, jobs) = shared
-        .dispatcher
-        .lock()
-        .accept(envelope, due, policy::now_ms());
-    match accepted {
-        Accepted::Held { due_ms, epoch } => {
-            let wait = Duration::from_millis(u64::try_from(due_ms - policy::now_ms()).unwrap_or(0));
-            tracing::debug!(topic = %tp.0, partition = tp.1, ?wait, "retry-tier message not due: partition paused");
-            let shared = shared.clone();
-            shared.runtime.clone().spawn(async move {
-                tokio::time::sleep(wait).await;
-                shared.release_held(&tp, epoch);
-            });
-        }
-        Accepted::AlreadyFinished => {
-            shared.meters.skipped();
-            shared
-                .counters
-                .skipped_finished
-                .fetch_add(1, AtomicOrdering::Relaxed);
-        }
-        Accepted::NotAssigned => shared.requeued(1),
-        Accepted::Queued => {}
-    }
-    shared.start(jobs);
-}
-
 /// Carries out the dispatcher's pause and resume decisions.
 fn apply_control(consumer: &WorkerConsumer, shared: &Shared) {
     let decisions = shared.dispatcher.lock().take_control();
@@ -608,7 +598,7 @@ fn commit(consumer: &WorkerConsumer, shared: &Shared, mode: CommitMode, all: boo
         if all {
             d.forget_commits();
         }
-        d.take_commits()
+        d.take_commits(policy::now_ms())
     };
     if commits.is_empty() {
         return;

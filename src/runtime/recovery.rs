@@ -1,0 +1,256 @@
+//! Reading back a partition's retry state when a worker takes it over, before any of its
+//! records runs:
+//!
+//! - which of its unfinished records already have a copy in a retry tier or the dead-letter
+//!   topic (the worker that made the copy died before committing): they count as finished,
+//!   so no record is routed twice;
+//! - which records of the source partition wait in a retry tier: their keys are parked
+//!   before any later record of them runs, so strict order survives crashes and rebalances.
+//!
+//! Copies are found by their [`headers::ROUTED_FROM`] header, from a little before the time
+//! the partition's last commit point was taken (stamped in the commit metadata): a copy of a
+//! record that commit left unfinished was made after it. Waiting tier records are read from
+//! the tier partition's committed offset to its end. Blocking: runs on a blocking thread
+//! while the partitions stay paused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+
+use super::dispatcher::{LaneKey, PendingTierRecord, Recovered, TopicPartition, Topology};
+use super::offsets::FinishedAbove;
+use crate::broker::{envelope_of, TopicNames};
+use crate::message::Envelope;
+use crate::policy::headers;
+
+/// How long before a commit point copies are looked for: the routing producer's delivery
+/// timeout (a copy's timestamp is taken when it is first sent) plus clock skew between pods.
+const SLACK_MS: i64 = 5 * 60_000;
+
+/// How long one read-back may take before it is tried again.
+const READ_LIMIT: Duration = Duration::from_secs(60);
+
+/// Why a read-back failed (it is tried again; the partitions stay paused meanwhile).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecoveryError {
+    /// The broker client failed.
+    #[error("reading back retry state: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The partitions were not read to their end in time.
+    #[error("reading back retry state: {0} partition(s) not read to their end within {READ_LIMIT:?}")]
+    Incomplete(usize),
+}
+
+/// What a read-back needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct RecoveryPlan {
+    /// The worker's client settings (brokers, security).
+    pub(crate) client: ClientConfig,
+    /// The source topic and the retry tiers of the group.
+    pub(crate) topology: Topology,
+    /// The dead-letter topic.
+    pub(crate) dead_letter: String,
+    /// Whether keys are parked for their retry-tier records (strict ordering).
+    pub(crate) strict: bool,
+}
+
+/// Reads back the retry state of `assigned` (with what each one's last commit said).
+pub(crate) fn recover(
+    plan: &RecoveryPlan,
+    assigned: &[(TopicPartition, FinishedAbove)],
+) -> Result<Recovered, RecoveryError> {
+    let mut config = plan.client.clone();
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .remove("group.id");
+    let consumer: BaseConsumer = config.create()?;
+    let group = &plan.topology.group;
+    let committed: HashMap<TopicPartition, &FinishedAbove> =
+        assigned.iter().map(|(tp, f)| (tp.clone(), f)).collect();
+    let tiers = plan.topology.tiers.len() as u32;
+
+    // Copies of records these commits left unfinished were made after this time.
+    let since_ms = assigned
+        .iter()
+        .map(|(_, f)| f.commit_ms())
+        .collect::<Option<Vec<i64>>>()
+        .and_then(|times| times.into_iter().min())
+        .map(|ms| ms - SLACK_MS);
+
+    // Where to read: the next tier and the dead-letter topic of every assigned partition
+    // (copies, from `since_ms`), and every assigned tier partition (waiting records, from its
+    // committed offset).
+    let dead_letter_partitions = partition_count(&consumer, &plan.dead_letter)?;
+    let mut copies_in: Vec<(String, i32)> = Vec::new();
+    for ((topic, partition), _) in assigned {
+        let tier = plan.topology.tier_of(topic);
+        if tier < tiers {
+            if let Some(next) = plan.topology.tiers.get(tier as usize) {
+                copies_in.push((next.to_string(), *partition));
+            }
+        }
+    }
+    copies_in.extend((0..dead_letter_partitions).map(|p| (plan.dead_letter.clone(), p)));
+    let mut starts: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
+    for target in copies_in {
+        starts.insert(target, None);
+    }
+    let window = starts_at_time(&consumer, starts.keys(), since_ms)?;
+    for (target, start) in window {
+        starts.insert(target, start);
+    }
+    if plan.strict {
+        for ((topic, partition), finished) in assigned {
+            if plan.topology.tier_of(topic) > 0 {
+                let from = finished.committed();
+                let entry = starts.entry((topic.to_string(), *partition)).or_insert(Some(from));
+                *entry = Some(entry.map_or(from, |s| s.min(from)));
+            }
+        }
+    }
+
+    let mut recovered = Recovered::default();
+    read_to_end(&consumer, &starts, |envelope| {
+        if envelope.headers.get_str(headers::GROUP) != Some(&group[..]) {
+            return;
+        }
+        if let Some((topic, partition, offset)) = envelope
+            .headers
+            .get_str(headers::ROUTED_FROM)
+            .and_then(headers::parse_routed_from)
+        {
+            let from: TopicPartition = (Arc::from(topic), partition);
+            if committed
+                .get(&from)
+                .is_some_and(|f| offset >= f.committed())
+            {
+                recovered.routed.entry(from).or_default().push(offset);
+            }
+        }
+        let here: TopicPartition = (envelope.topic.clone(), envelope.partition);
+        let waiting = plan.strict
+            && plan.topology.tier_of(&envelope.topic) > 0
+            && committed
+                .get(&here)
+                .is_some_and(|f| envelope.offset >= f.committed() && !f.contains(envelope.offset));
+        if let (true, Some(key)) = (waiting, envelope.key.clone()) {
+            recovered.pending.push(PendingTierRecord {
+                tier: here,
+                offset: envelope.offset,
+                origin: LaneKey::Keyed(
+                    Arc::from(headers::original_topic(&envelope)),
+                    headers::original_partition(&envelope),
+                    key,
+                ),
+                origin_offset: headers::original_offset(&envelope),
+            });
+        }
+    })?;
+    // A tier record that was routed on is not waiting: its copy in the next tier (or the
+    // dead-letter topic) is what its key waits for, if anything.
+    recovered.pending.retain(|p| {
+        !recovered
+            .routed
+            .get(&p.tier)
+            .is_some_and(|offsets| offsets.contains(&p.offset))
+    });
+    Ok(recovered)
+}
+
+/// The partition count of `topic`; 0 when it does not exist.
+fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, RecoveryError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| i32::try_from(t.partitions().len()).unwrap_or(0)))
+}
+
+/// The first offset of each target at or after `since_ms` (`None`: from the log start).
+fn starts_at_time<'a>(
+    consumer: &BaseConsumer,
+    targets: impl Iterator<Item = &'a (String, i32)>,
+    since_ms: Option<i64>,
+) -> Result<Vec<((String, i32), Option<i64>)>, RecoveryError> {
+    let targets: Vec<(String, i32)> = targets.cloned().collect();
+    let Some(since_ms) = since_ms else {
+        return Ok(targets.into_iter().map(|t| (t, Some(0))).collect());
+    };
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in &targets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(since_ms.max(0)))?;
+    }
+    let found = consumer.offsets_for_times(tpl, Duration::from_secs(10))?;
+    Ok(targets
+        .into_iter()
+        .map(|(topic, partition)| {
+            let start = found
+                .find_partition(&topic, partition)
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    // Nothing that recent: nothing to read.
+                    _ => None,
+                })
+                .unwrap_or(Some(0));
+            ((topic, partition), start)
+        })
+        .collect())
+}
+
+/// Hands every record of `starts` (partition → first offset; `None` skips it) up to the end
+/// each partition had when the read began to `on_record`.
+fn read_to_end(
+    consumer: &BaseConsumer,
+    starts: &BTreeMap<(String, i32), Option<i64>>,
+    mut on_record: impl FnMut(Envelope),
+) -> Result<(), RecoveryError> {
+    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), start) in starts {
+        let Some(start) = start else { continue };
+        let (low, high) = consumer.fetch_watermarks(topic, *partition, Duration::from_secs(10))?;
+        let start = (*start).max(low);
+        if start >= high {
+            continue;
+        }
+        ends.insert((topic.clone(), *partition), high);
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(start))?;
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    let mut names = TopicNames::default();
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + READ_LIMIT;
+    while !ends.is_empty() {
+        if Instant::now() >= deadline {
+            return Err(RecoveryError::Incomplete(ends.len()));
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = result?;
+        let key = (message.topic().to_owned(), message.partition());
+        let Some(end) = ends.get(&key).copied() else {
+            continue;
+        };
+        let offset = message.offset();
+        if offset < end {
+            on_record(envelope_of(&message, &mut names));
+        }
+        if offset + 1 >= end {
+            ends.remove(&key);
+        }
+    }
+    Ok(())
+}
