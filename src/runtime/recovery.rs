@@ -64,13 +64,15 @@ pub(crate) fn recover(
     plan: &RecoveryPlan,
     assigned: &[(TopicPartition, FinishedAbove)],
 ) -> Result<Recovered, RecoveryError> {
-    let mut config = plan.client.clone();
-    config
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .remove("group.id");
-    let consumer: BaseConsumer = config.create()?;
     let group = &plan.topology.group;
+    let mut config = plan.client.clone();
+    // A group id is needed to assign partitions; this reader only assigns (it never joins
+    // the group) and commits nothing.
+    config
+        .set("group.id", format!("{group}.steadfast-read-back"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    let consumer: BaseConsumer = config.create()?;
     let committed: HashMap<TopicPartition, &FinishedAbove> =
         assigned.iter().map(|(tp, f)| (tp.clone(), f)).collect();
     let tiers = plan.topology.tiers.len() as u32;
