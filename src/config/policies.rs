@@ -58,8 +58,8 @@ fn default_lease_ms() -> u64 {
 pub struct DedupConfig {
     /// The dedup store's URL.
     pub store: String,
-    /// How long a reservation outlives a crashed holder, in ms; by default the longest a
-    /// delivery can take (attempts × (handler timeout + longest retry delay)) plus 30 s.
+    /// How long a reservation outlives a crashed holder, in ms (default 10 s); a running
+    /// holder renews it every third of the lease.
     #[serde(default)]
     pub lease_ms: Option<u64>,
     /// How long a handled id is remembered, in ms (default 7 days).

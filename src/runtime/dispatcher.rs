@@ -364,6 +364,16 @@ impl Dispatcher {
         deferred
     }
 
+    /// The assigned retry-tier partitions with the offset their commit stands at (`None`
+    /// before anything was delivered).
+    pub(crate) fn tier_watermarks(&self) -> Vec<(TopicPartition, Option<i64>)> {
+        self.partitions
+            .iter()
+            .filter(|(_, p)| p.tier > 0 && !p.revoking)
+            .map(|(tp, p)| (tp.clone(), p.tracker.watermark()))
+            .collect()
+    }
+
     /// The retry tier `topic` is (1-based); 0 for the source.
     pub(crate) fn tier_of(&self, topic: &str) -> u32 {
         self.topology.tier_of(topic)

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::statistics::Statistics;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::dispatcher::TopicPartition;
 use super::shared::Shared;
 use crate::error::WorkerError;
 use crate::observe::{self, Health, Meters, Probe, Readiness, WorkerView};
@@ -100,10 +101,44 @@ pub(crate) fn refresh_gauges(shared: &Shared) {
     m.assigned.set(assigned as f64);
 }
 
-/// Takes consumer lag per assigned partition and broker state from a statistics report.
+/// Sets the lag of the assigned retry-tier partitions from their log end and the offset their
+/// commit stands at. librdkafka's statistics report none for a partition paused since it was
+/// assigned (a tier partition holding a record until it is due), so they are read here, on a
+/// blocking thread, with `reader` (a client of the worker's settings that joins no group).
+pub(crate) fn refresh_tier_lag(shared: &Arc<Shared>, reader: &Arc<rdkafka::consumer::BaseConsumer>) {
+    let tiers = shared.dispatcher.lock().tier_watermarks();
+    if tiers.is_empty() {
+        return;
+    }
+    let (shared, reader) = (shared.clone(), reader.clone());
+    shared.runtime.clone().spawn_blocking(move || {
+        use rdkafka::consumer::Consumer as _;
+        for ((topic, partition), watermark) in tiers {
+            match reader.fetch_watermarks(&topic, partition, Duration::from_secs(5)) {
+                Ok((low, high)) => {
+                    let from = watermark.unwrap_or(low).max(low);
+                    shared.meters.lag(&topic, partition, (high - from).max(0));
+                }
+                Err(e) => {
+                    tracing::debug!(%topic, partition, error = %e, "reading a retry tier's log end failed");
+                }
+            }
+        }
+    });
+}
+
+/// Takes consumer lag per assigned partition and broker state from a statistics report
+/// (retry-tier partitions: [`refresh_tier_lag`]).
 pub(crate) fn take_statistics(shared: &Shared, statistics: &Statistics) {
     let now = Instant::now();
     let assigned = shared.dispatcher.lock().assigned();
+    let tiers: Vec<TopicPartition> = shared
+        .dispatcher
+        .lock()
+        .tier_watermarks()
+        .into_iter()
+        .map(|(tp, _)| tp)
+        .collect();
     for (topic, partition) in &assigned {
         let Some(p) = statistics
             .topics
@@ -120,7 +155,9 @@ pub(crate) fn take_statistics(shared: &Shared, statistics: &Statistics) {
         } else {
             continue;
         };
-        shared.meters.lag(topic, *partition, lag);
+        if !tiers.contains(&(topic.clone(), *partition)) {
+            shared.meters.lag(topic, *partition, lag);
+        }
         // Not yet delivered to the worker: past the fetch position, or fetched and queued in
         // the client. (The fetch position moves past transaction markers; the committed
         // offset does not.)

@@ -88,7 +88,11 @@ pub(crate) fn recover(
     // Where to read: the next tier and the dead-letter topic of every assigned partition
     // (copies, from `since_ms`), and every assigned tier partition (waiting records, from its
     // committed offset).
-    let dead_letter_partitions = partition_count(&consumer, &plan.dead_letter)?;
+    let dead_letter_partitions = if since_ms.is_some() {
+        partition_count(&consumer, &plan.dead_letter)?
+    } else {
+        0
+    };
     let mut copies_in: Vec<(String, i32)> = Vec::new();
     for ((topic, partition), _) in assigned {
         let tier = plan.topology.tier_of(topic);
@@ -100,12 +104,14 @@ pub(crate) fn recover(
     }
     copies_in.extend((0..dead_letter_partitions).map(|p| (plan.dead_letter.clone(), p)));
     let mut starts: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
-    for target in copies_in {
-        starts.insert(target, None);
-    }
-    let window = starts_at_time(&consumer, starts.keys(), since_ms)?;
-    for (target, start) in window {
-        starts.insert(target, start);
+    // Without a stamped commit (a group's first commit not made yet, offsets reset by a tool,
+    // a commit of an earlier version) there is no telling which copies belong to the records
+    // left unfinished: copies are not looked for, and a record routed just before such a
+    // crash can be routed again.
+    if let Some(since_ms) = since_ms {
+        for (target, start) in starts_at_time(&consumer, copies_in.iter(), since_ms)? {
+            starts.insert(target, start);
+        }
     }
     if plan.strict {
         for ((topic, partition), finished) in assigned {
@@ -175,16 +181,13 @@ fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, Recovery
         .map_or(0, |t| i32::try_from(t.partitions().len()).unwrap_or(0)))
 }
 
-/// The first offset of each target at or after `since_ms` (`None`: from the log start).
+/// The first offset of each target at or after `since_ms` (`None`: nothing that recent).
 fn starts_at_time<'a>(
     consumer: &BaseConsumer,
     targets: impl Iterator<Item = &'a (String, i32)>,
-    since_ms: Option<i64>,
+    since_ms: i64,
 ) -> Result<Vec<((String, i32), Option<i64>)>, RecoveryError> {
     let targets: Vec<(String, i32)> = targets.cloned().collect();
-    let Some(since_ms) = since_ms else {
-        return Ok(targets.into_iter().map(|t| (t, Some(0))).collect());
-    };
     if targets.is_empty() {
         return Ok(Vec::new());
     }

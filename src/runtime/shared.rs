@@ -86,26 +86,15 @@ impl Shared {
     }
 
     /// Takes a record the consumer delivered: into the dispatcher, starting what may start.
-    pub(crate) fn accept(self: &Arc<Self>, mut envelope: Envelope) {
-        let tier = {
-            let d = self.dispatcher.lock();
-            d.tier_of(&envelope.topic)
-        };
-        let due = if tier > 0 {
-            headers::due_at_ms(&envelope.headers)
-        } else {
-            // A first delivery: whatever delivery state its producer wrote is not ours.
-            for name in headers::DELIVERY_STATE {
-                envelope.headers.remove(name);
-            }
-            envelope.attempt = 1;
-            None
-        };
+    pub(crate) fn accept(self: &Arc<Self>, envelope: Envelope) {
         let tp: TopicPartition = (envelope.topic.clone(), envelope.partition);
-        let (accepted, jobs) = self
-            .dispatcher
-            .lock()
-            .accept(envelope, due, policy::now_ms());
+        let (accepted, jobs) = accept_into(&mut self.dispatcher.lock(), envelope);
+        self.after_accept(tp, accepted);
+        self.start(jobs);
+    }
+
+    /// Carries out what `accept_into` decided for a record of `tp`.
+    fn after_accept(self: &Arc<Self>, tp: TopicPartition, accepted: Accepted) {
         match accepted {
             Accepted::Held { due_ms, epoch } => {
                 let wait =
@@ -128,17 +117,26 @@ impl Shared {
             Accepted::NotAssigned => self.requeued(1),
             Accepted::Queued | Accepted::Deferred => {}
         }
-        self.start(jobs);
     }
 
     /// Hands what was read back for the partitions `epochs` to the dispatcher, and accepts
-    /// the records delivered meanwhile.
+    /// the records delivered meanwhile (in order, before any later record).
     pub(crate) fn recovered(self: &Arc<Self>, epochs: &[(TopicPartition, u64)], recovered: Recovered) {
         let (routed, parked) = (
             recovered.routed.values().map(Vec::len).sum::<usize>(),
             recovered.pending.len(),
         );
-        let deferred = self.dispatcher.lock().recovered(epochs, recovered);
+        let mut decided = Vec::new();
+        let mut jobs = Vec::new();
+        {
+            let mut d = self.dispatcher.lock();
+            for envelope in d.recovered(epochs, recovered) {
+                let tp: TopicPartition = (envelope.topic.clone(), envelope.partition);
+                let (accepted, started) = accept_into(&mut d, envelope);
+                decided.push((tp, accepted));
+                jobs.extend(started);
+            }
+        }
         if routed > 0 || parked > 0 {
             tracing::info!(
                 partitions = epochs.len(),
@@ -147,9 +145,10 @@ impl Shared {
                 "retry state read back: records already copied are skipped, keys whose records wait in a retry tier are parked"
             );
         }
-        for envelope in deferred {
-            self.accept(envelope);
+        for (tp, accepted) in decided {
+            self.after_accept(tp, accepted);
         }
+        self.start(jobs);
         self.wake.notify_one();
     }
 
@@ -188,4 +187,19 @@ impl Shared {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Puts a delivered record into the dispatcher: a retry-tier record with its due time, a first
+/// delivery without any delivery state its producer may have written.
+fn accept_into(d: &mut Dispatcher, mut envelope: Envelope) -> (Accepted, Vec<Job>) {
+    let due = if d.tier_of(&envelope.topic) > 0 {
+        headers::due_at_ms(&envelope.headers)
+    } else {
+        for name in headers::DELIVERY_STATE {
+            envelope.headers.remove(name);
+        }
+        envelope.attempt = 1;
+        None
+    };
+    d.accept(envelope, due, policy::now_ms())
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::builder::WorkerBuilder;
 use super::dispatcher::{Dispatcher, Limits, Topology};
-use super::endpoint::{bind, refresh_gauges, serve, WorkerProbe};
+use super::endpoint::{bind, refresh_gauges, refresh_tier_lag, serve, WorkerProbe};
 use super::guards::Guards;
 use super::rebalance::{commit_list, WorkerContext};
 use super::recovery::RecoveryPlan;
@@ -273,6 +273,14 @@ impl<H: Handler> Worker<H> {
             .subscribe(&subscription)
             .map_err(|e| WorkerError::Broker(e.to_string()))?;
         tracing::info!(%topic, %group, tiers = tier_topics.len(), "worker started");
+        // Reads the log end of retry-tier partitions for their lag (see `refresh_tier_lag`).
+        let lag_reader = if tier_topics.is_empty() {
+            None
+        } else {
+            let mut reader = self.client_config();
+            reader.set("group.id", format!("{group}.steadfast-lag"));
+            reader.create().map(Arc::new).ok()
+        };
 
         consume(
             &consumer,
@@ -280,6 +288,8 @@ impl<H: Handler> Worker<H> {
             &shutdown,
             Duration::from_millis(self.config.commit_interval_ms),
             guards.breaker.as_ref().map(policy::Breaker::watch),
+            lag_reader,
+            Duration::from_millis(self.config.observe.lag_interval_ms),
         )
         .await;
         drain(
@@ -467,11 +477,14 @@ async fn consume(
     shutdown: &CancellationToken,
     commit_interval: Duration,
     mut breaker: Option<watch::Receiver<BreakerPhase>>,
+    lag_reader: Option<Arc<rdkafka::consumer::BaseConsumer>>,
+    lag_interval: Duration,
 ) {
     let mut commit_tick = tokio::time::interval(commit_interval);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut full_since: Option<Instant> = None;
     let mut topics = TopicNames::default();
+    let mut lag_read_at = Instant::now();
     loop {
         let (full, stalled) = {
             let d = shared.dispatcher.lock();
@@ -515,6 +528,12 @@ async fn consume(
                 commit(consumer, shared, CommitMode::Async, false);
                 refresh_gauges(shared);
                 shared.dispatcher.lock().report_long_parked(Instant::now());
+                if let Some(reader) = &lag_reader {
+                    if lag_read_at.elapsed() >= lag_interval {
+                        lag_read_at = Instant::now();
+                        refresh_tier_lag(shared, reader);
+                    }
+                }
             }
             received = consumer.recv() => match received {
                 Ok(message) => {
