@@ -97,7 +97,7 @@ fn id_of(r: &Received) -> String {
 pub fn check(
     plan: &Plan,
     topic: &str,
-    groups: &[String; 2],
+    groups: &[String],
     delivered: &[(i32, i64)],
     obs: &Observed,
     origin: SystemTime,
@@ -152,7 +152,7 @@ pub fn check(
                             .unwrap_or_default();
                         v.add(
                             "applied exactly once",
-                            format!("{tag}: {id} (through tier {tier}) applied {times} times {by:?}, expected once{}", if letters.is_empty() { String::new() } else { format!("; dead-lettered as {classes:?}") }),
+                            format!("{tag}: {id} (tiers passed: {tier}) applied {times} times {by:?}, expected once{}", if letters.is_empty() { String::new() } else { format!("; dead-lettered as {classes:?}") }),
                         );
                     }
                     if let Some(e) = applied.get(id.as_str()).and_then(|es| es.first()) {

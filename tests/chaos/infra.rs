@@ -286,6 +286,8 @@ impl Fleet {
             .env("CHAOS_ROLE", "worker")
             .env("CHAOS_WORKER", serde_json::to_string(&spec).expect("spec"))
             .env("RUST_LOG", filter)
+            // The panicking handler's backtraces would bury everything else.
+            .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

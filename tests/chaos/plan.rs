@@ -117,6 +117,18 @@ pub enum Fault {
     RestartPostgres { down_ms: u64 },
 }
 
+impl Fault {
+    /// The group a worker fault is about.
+    pub fn group(&self) -> Option<usize> {
+        match self {
+            Fault::KillWorker { group, .. }
+            | Fault::TermWorker { group, .. }
+            | Fault::StartWorker { group } => Some(*group),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let g = |i: &usize| if *i == 0 { "a" } else { "b" };
