@@ -1,0 +1,752 @@
+//! The chaos test: seeded workloads through real worker processes while workers, the server,
+//! Redis and Postgres are killed and restarted, with every invariant checked from outside.
+//!
+//! Per seed ([`plan::Plan::new`] draws everything from it): a few hundred records over many
+//! keys with every outcome class (ok, duplicate id, stale version, transient for 1..=6
+//! attempts so some pass through tier 1 and tier 2, retry-after, handler timeout, permanent,
+//! undecodable, panic); two consumer groups on the topic, each with its own drawn settings
+//! (concurrency 1..64, `max_in_flight` from its minimum up, `max_per_key` 1..8, strict or
+//! relaxed order, 1..3 attempts in place, two tiers of 200..800 ms); and a fault schedule
+//! (worker SIGKILL, SIGTERM and joins, server SIGKILL and restart on the same port and data
+//! dir, restarts of a private Redis and a private Postgres) run while the records are
+//! produced. Then every partition of the topic and of each group's tiers must be committed
+//! to its end within a deadline, every worker must drain on SIGTERM and exit 0, and:
+//! every record that must apply is applied once (effects through `cx.transaction()`), at
+//! the expected attempt; per key, versions apply in increasing order and, in strict mode,
+//! exactly in production order; no two handler runs of a key overlap (from each worker's
+//! run log); the dead-letter topic holds exactly the expected records, once each, with
+//! their provenance headers and attempt counts; each group's tiers hold exactly its own
+//! copies, once each.
+//!
+//! The binary is its own worker and server: `CHAOS_ROLE=worker` / `server` (set by the test
+//! when it spawns itself) run those roles instead of the test.
+//!
+//! - `cargo test --test chaos`: short mode, the seeds in [`SHORT_SEEDS`] (about a minute
+//!   each here at most), stops at the first failure.
+//! - `CHAOS_SEEDS=N`: long mode, N seeds from `CHAOS_SEED_BASE` (default: drawn from the
+//!   clock, printed), every one run, the failed ones listed at the end.
+//! - `CHAOS_SEED=S`: replays seed S (the same workload, settings and fault schedule).
+//! - `CHAOS_DRAIN_SECS` (default 60): how long after the last fault the lag must reach 0.
+//! - `CHAOS_MAX_IN_FLIGHT=N` replaces every drawn `max_in_flight` (a diagnostic, to look
+//!   past a wedge; not a replay).
+//! - `CHAOS_PLAN_ONLY=1` prints the selected seeds' plans (settings, mix, faults) and runs
+//!   nothing.
+//! - `CHAOS_ONE_GROUP=1` runs group a alone (a diagnostic).
+//! - `CHAOS_LOGS=<dir>`: keep every seed's worker logs and run logs there (a failed seed's
+//!   are always kept, and their directory printed). `RUST_LOG` sets the workers' filter.
+
+// The modules' items are `pub` for one another, not for export.
+#![allow(unreachable_pub)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+#[path = "chaos/check.rs"]
+mod check;
+#[path = "chaos/infra.rs"]
+mod infra;
+#[path = "chaos/plan.rs"]
+mod plan;
+#[path = "chaos/roles.rs"]
+mod roles;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use check::{Effect, Observed};
+use infra::{Fleet, PrivatePostgres, ServerProc};
+use plan::{dlq_topic, tier_topic, Fault, Plan, TIERS};
+use roles::WorkerSpec;
+use support::PrivateRedis;
+
+/// The seeds of the short mode (CI): between them strict and relaxed groups, concurrency 1
+/// and tens, every fault kind.
+const SHORT_SEEDS: &[u64] = &[1, 2, 8];
+
+fn main() {
+    match std::env::var("CHAOS_ROLE").as_deref() {
+        Ok("worker") => return roles::worker_main(),
+        Ok("server") => return roles::server_main(),
+        _ => {}
+    }
+    if !selected() {
+        println!("test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out");
+        return;
+    }
+    let (seeds, long) = seeds();
+    if std::env::var_os("CHAOS_PLAN_ONLY").is_some() {
+        for &seed in &seeds {
+            println!("{}", Plan::new(seed).describe());
+        }
+        return;
+    }
+    if let Ok(max) = std::env::var("CHAOS_MAX_IN_FLIGHT") {
+        println!("chaos: CHAOS_MAX_IN_FLIGHT={max} replaces the drawn max_in_flight (a diagnostic: not a replay)");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let failed = runtime.block_on(run_all(&seeds, long));
+    if failed.is_empty() {
+        println!(
+            "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out ({} seed(s))",
+            seeds.len()
+        );
+    } else {
+        eprintln!("chaos: {} seed(s) failed:", failed.len());
+        for (seed, names) in &failed {
+            eprintln!(
+                "  seed {seed} ({}): replay with CHAOS_SEED={seed} cargo test --test chaos",
+                names.join(", ")
+            );
+        }
+        println!("test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        std::process::exit(1);
+    }
+}
+
+/// Whether the libtest-style arguments select this test (`chaos`): `--list` lists it, a
+/// filter that is not part of its name skips it.
+fn selected() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        println!("chaos: test");
+        std::process::exit(0);
+    }
+    let mut filters = Vec::new();
+    let mut skip: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if let Some(flag) = a.strip_prefix("--") {
+            if !flag.contains('=')
+                && [
+                    "skip",
+                    "test-threads",
+                    "color",
+                    "format",
+                    "logfile",
+                    "shuffle-seed",
+                ]
+                .contains(&flag)
+            {
+                if flag == "skip" {
+                    skip.extend(args.get(i + 1).cloned());
+                }
+                i += 1;
+            }
+        } else if !a.starts_with('-') {
+            filters.push(a.clone());
+        }
+        i += 1;
+    }
+    let name = "chaos";
+    (filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        && !skip.iter().any(|s| name.contains(s.as_str()))
+}
+
+/// The seeds to run, and whether this is the long mode.
+fn seeds() -> (Vec<u64>, bool) {
+    let var = |name: &str| {
+        std::env::var(name).ok().map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{name}={v:?}: expected a number"))
+        })
+    };
+    if let Some(seed) = var("CHAOS_SEED") {
+        return (vec![seed], false);
+    }
+    if let Some(n) = var("CHAOS_SEEDS") {
+        let base = var("CHAOS_SEED_BASE").unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs() % 1_000_000 * 1_000)
+        });
+        println!("chaos: long mode, {n} seeds from {base} (CHAOS_SEED_BASE={base} repeats them)");
+        return ((base..base + n).collect(), true);
+    }
+    (SHORT_SEEDS.to_vec(), false)
+}
+
+/// The services every seed of the run shares (each seed has its own topic, groups, schemas
+/// and key prefixes).
+struct Infra {
+    server: ServerProc,
+    redis: PrivateRedis,
+    postgres: PrivatePostgres,
+    dir: tempfile::TempDir,
+}
+
+/// Runs every seed; returns the failed ones with the invariants they broke.
+async fn run_all(seeds: &[u64], long: bool) -> Vec<(u64, Vec<String>)> {
+    let started = Instant::now();
+    let mut infra = tokio::task::block_in_place(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = ServerProc::start(&dir.path().join("data"), &dir.path().join("server.log"));
+        Infra {
+            server,
+            redis: PrivateRedis::start(),
+            postgres: PrivatePostgres::start(),
+            dir,
+        }
+    });
+    println!(
+        "chaos: server {}, redis {}, postgres {} up in {:.1} s",
+        infra.server.bootstrap(),
+        infra.redis.url(),
+        infra.postgres.url(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut failed = Vec::new();
+    for &seed in seeds {
+        let t = Instant::now();
+        match run_seed(&mut infra, seed).await {
+            Ok(summary) => println!(
+                "[seed {seed}] ok in {:.1} s: {summary}",
+                t.elapsed().as_secs_f64()
+            ),
+            Err(failure) => {
+                eprintln!(
+                    "\n[seed {seed}] FAILED after {:.1} s\n{}\nreplay: CHAOS_SEED={seed} cargo test --test chaos\n",
+                    t.elapsed().as_secs_f64(),
+                    failure.text
+                );
+                failed.push((seed, failure.invariants));
+                if !long {
+                    break;
+                }
+            }
+        }
+    }
+    println!(
+        "chaos: {} seed(s) in {:.1} s, {} failed",
+        seeds.len(),
+        started.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    failed
+}
+
+/// A failed seed: which invariants, and the whole story.
+struct Failure {
+    invariants: Vec<String>,
+    text: String,
+}
+
+/// One seed, start to end.
+async fn run_seed(infra: &mut Infra, seed: u64) -> Result<String, Failure> {
+    let plan = Plan::new(seed);
+    println!("[seed {seed}] {}", plan.describe());
+    let nonce = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let topic = format!("chaos-{seed}-{nonce}");
+    let groups = [format!("ca-{nonce}"), format!("cb-{nonce}")];
+    let schema = format!("chaos_{nonce}");
+    let bootstrap = infra.server.bootstrap();
+    let logs = match std::env::var_os("CHAOS_LOGS") {
+        Some(d) => PathBuf::from(d).join(format!("seed-{seed}-{nonce}")),
+        None => infra.dir.path().join(format!("seed-{seed}")),
+    };
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    support::create_topic(&bootstrap, &topic, plan.partitions).await;
+    let db = connect(&infra.postgres.url()).await;
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.effects (grp text, id text, key text, version bigint,
+             attempt int, pid int, finished_at timestamptz)"
+    ))
+    .await
+    .expect("effects table");
+    drop(db);
+
+    let spec = |g: usize| WorkerSpec {
+        name: String::new(),
+        bootstrap: bootstrap.clone(),
+        topic: topic.clone(),
+        group: groups[g].clone(),
+        postgres: infra.postgres.url(),
+        redis: infra.redis.url(),
+        schema: schema.clone(),
+        store_schema: format!("{schema}_{}", plan.groups[g].label),
+        runs_file: PathBuf::new(),
+        observe: String::new(),
+        settings: plan.groups[g].clone(),
+    };
+    let mut fleet = Fleet {
+        logs: logs.clone(),
+        procs: Vec::new(),
+        specs: [spec(0), spec(1)],
+    };
+    // A diagnostic: group a alone, to tell a fault of one group from the two groups' interplay.
+    let active = if std::env::var_os("CHAOS_ONE_GROUP").is_some() {
+        println!("[seed {seed}] CHAOS_ONE_GROUP: group a alone (a diagnostic: not a replay)");
+        1
+    } else {
+        2
+    };
+    let origin = SystemTime::now();
+    let started = Instant::now();
+    let at = |t: Instant| t.duration_since(started).as_secs_f64();
+    for g in 0..active {
+        for _ in 0..plan.groups[g].initial_workers {
+            fleet.spawn(g);
+        }
+    }
+    let producer = tokio::spawn(produce(
+        bootstrap.clone(),
+        topic.clone(),
+        plan.records
+            .iter()
+            .map(|r| (r.key.clone(), r.payload.clone()))
+            .collect(),
+        Duration::from_millis(plan.produce_ms),
+    ));
+
+    // The fault schedule.
+    for (when, fault) in &plan.faults {
+        tokio::time::sleep_until((started + Duration::from_millis(*when)).into()).await;
+        if fault.group().is_some_and(|g| g >= active) {
+            continue;
+        }
+        let what = apply(infra, &mut fleet, fault).await;
+        println!("[seed {seed}] {:>5.1} s: {what}", at(Instant::now()));
+    }
+    for g in 0..active {
+        if fleet.live(g).is_empty() {
+            let name = fleet.spawn(g);
+            println!(
+                "[seed {seed}] {:>5.1} s: started {name}: its group had no live worker",
+                at(Instant::now())
+            );
+        }
+    }
+    let delivered = match tokio::time::timeout(Duration::from_secs(60), producer).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => {
+            return Err(fail(
+                seed,
+                &plan,
+                &fleet,
+                &logs,
+                vec!["production".to_owned()],
+                "the records were not all acknowledged within 60 s of the last fault".to_owned(),
+            ))
+        }
+    };
+    println!(
+        "[seed {seed}] {:>5.1} s: all {} records produced; waiting for the lag to drain",
+        at(Instant::now()),
+        delivered.len()
+    );
+
+    // Lag drains to 0: every partition of the topic and of each group's tiers committed to
+    // its end, twice in a row.
+    let drain = Duration::from_secs(
+        std::env::var("CHAOS_DRAIN_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    let deadline = Instant::now() + drain;
+    let mut clean = 0;
+    let mut last_print = Instant::now();
+    loop {
+        let (b, t, gs) = (bootstrap.clone(), topic.clone(), groups[..active].to_vec());
+        let lag = tokio::task::spawn_blocking(move || lag_report(&b, &t, &gs))
+            .await
+            .expect("lag read");
+        if lag.is_empty() {
+            clean += 1;
+            if clean == 2 {
+                break;
+            }
+        } else {
+            clean = 0;
+        }
+        if Instant::now() >= deadline {
+            let applied = effects_count(&infra.postgres.url(), &schema).await;
+            let text = format!(
+                "lag did not drain to 0 within {drain:?} of the last fault ({} s after the start); \
+                 what is not committed to its end:{}\n  effects rows per group: {applied}\n  \
+                 live workers (metrics and readiness):{}",
+                at(Instant::now()) as u64,
+                lag.join(""),
+                fleet.observe_live()
+            );
+            return Err(fail(
+                seed,
+                &plan,
+                &fleet,
+                &logs,
+                vec!["lag drains to 0".to_owned()],
+                text,
+            ));
+        }
+        if last_print.elapsed() >= Duration::from_secs(10) {
+            println!(
+                "[seed {seed}] {:>5.1} s: still draining:{}",
+                at(Instant::now()),
+                lag.join("")
+            );
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let drained_at = at(Instant::now());
+    println!("[seed {seed}] {drained_at:>5.1} s: lag 0 for both groups; SIGTERM to every worker");
+
+    // Every worker drains and exits 0.
+    fleet.term_all();
+    let exits = tokio::task::block_in_place(|| fleet.bad_exits(Duration::from_secs(30)));
+    if !exits.is_empty() {
+        return Err(fail(
+            seed,
+            &plan,
+            &fleet,
+            &logs,
+            vec!["workers drain and exit 0 on SIGTERM".to_owned()],
+            exits.join("\n  "),
+        ));
+    }
+
+    // What is left behind, against what must be.
+    let observed = observe(
+        &bootstrap,
+        &topic,
+        &groups,
+        &infra.postgres.url(),
+        &schema,
+        &fleet,
+    )
+    .await;
+    let violations = check::check(
+        &plan,
+        &topic,
+        &groups[..active],
+        &delivered,
+        &observed,
+        origin,
+    );
+    if !violations.is_empty() {
+        return Err(fail(
+            seed,
+            &plan,
+            &fleet,
+            &logs,
+            violations.names().iter().map(|s| (*s).to_owned()).collect(),
+            violations.report(12),
+        ));
+    }
+    let summary = format!(
+        "drained at {drained_at:.1} s; effects {}, dead letters {}, tier copies {}, handler runs {}, workers {}",
+        observed.effects.len(),
+        observed.dlq.len(),
+        observed.tiers.iter().flatten().map(Vec::len).sum::<usize>(),
+        observed.runs.len(),
+        fleet.procs.len()
+    );
+    drop(fleet);
+    if std::env::var_os("CHAOS_LOGS").is_none() {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
+    Ok(summary)
+}
+
+/// Carries out one fault; says what it did.
+async fn apply(infra: &mut Infra, fleet: &mut Fleet, fault: &Fault) -> String {
+    let pick = |fleet: &Fleet, group: usize, pick: u32| {
+        let live = fleet.live(group);
+        (!live.is_empty()).then(|| live[pick as usize % live.len()].name.clone())
+    };
+    match *fault {
+        Fault::KillWorker { group, pick: p } => match pick(fleet, group, p) {
+            Some(name) => {
+                tokio::task::block_in_place(|| fleet.kill(&name));
+                format!("SIGKILLed worker {name}")
+            }
+            None => format!("{fault}: no live worker, skipped"),
+        },
+        Fault::TermWorker { group, pick: p } => match pick(fleet, group, p) {
+            Some(name) => {
+                fleet.term(&name);
+                format!("sent SIGTERM to worker {name}")
+            }
+            None => format!("{fault}: no live worker, skipped"),
+        },
+        Fault::StartWorker { group } => {
+            if fleet.live(group).len() >= 4 {
+                format!("{fault}: four are live already, skipped")
+            } else {
+                format!("started worker {}", fleet.spawn(group))
+            }
+        }
+        Fault::KillServer { down_ms } => {
+            tokio::task::block_in_place(|| infra.server.kill());
+            tokio::time::sleep(Duration::from_millis(down_ms)).await;
+            tokio::task::block_in_place(|| infra.server.restart());
+            format!("SIGKILLed the server; restarted it after {down_ms} ms")
+        }
+        Fault::RestartRedis { down_ms } => {
+            tokio::task::block_in_place(|| infra.redis.kill());
+            tokio::time::sleep(Duration::from_millis(down_ms)).await;
+            tokio::task::block_in_place(|| infra.redis.restart());
+            format!("killed Redis; restarted it (empty) after {down_ms} ms")
+        }
+        Fault::RestartPostgres { down_ms } => {
+            tokio::task::block_in_place(|| infra.postgres.crash());
+            tokio::time::sleep(Duration::from_millis(down_ms)).await;
+            tokio::task::block_in_place(|| infra.postgres.restart());
+            format!("crashed Postgres; restarted it after {down_ms} ms")
+        }
+    }
+}
+
+/// The failure of `seed`: its invariants, the story, the settings, the workers' log tails,
+/// where the logs are kept.
+fn fail(
+    seed: u64,
+    plan: &Plan,
+    fleet: &Fleet,
+    logs: &Path,
+    invariants: Vec<String>,
+    story: String,
+) -> Failure {
+    let text = format!(
+        "--- seed {seed}: broken invariant(s): {} ---\n{story}\n--- seed {seed} settings ---\n{}\n--- worker logs: {} ---\n{}",
+        invariants.join(", "),
+        plan.describe(),
+        logs.display(),
+        fleet.log_tails(15),
+    );
+    // Keep the logs of a failed seed: the temp dir is removed with the run, so copy them.
+    let kept = std::env::var_os("CHAOS_LOGS").map_or_else(
+        || {
+            let keep =
+                std::env::temp_dir().join(format!("chaos-seed-{seed}-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            if let Ok(entries) = std::fs::read_dir(logs) {
+                for e in entries.flatten() {
+                    let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+                }
+            }
+            keep
+        },
+        |_| logs.to_owned(),
+    );
+    Failure {
+        invariants,
+        text: text.replace(&logs.display().to_string(), &kept.display().to_string()),
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                return client;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the private Postgres at {url}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Rows of `effects` per group, for messages.
+async fn effects_count(url: &str, schema: &str) -> String {
+    let db = connect(url).await;
+    match db
+        .query(
+            &format!("SELECT grp, count(*), count(DISTINCT id) FROM {schema}.effects GROUP BY grp ORDER BY grp"),
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {} rows, {} ids",
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(2)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("(query failed: {e})"),
+    }
+}
+
+/// Produces `records` (key, payload) in order, paced evenly over `over`; returns each
+/// record's (partition, offset).
+async fn produce(
+    bootstrap: String,
+    topic: String,
+    records: Vec<(String, Vec<u8>)>,
+    over: Duration,
+) -> Vec<(i32, i64)> {
+    let producer: FutureProducer = support::client(&bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .expect("producer");
+    let ticks = 40;
+    let per_tick = records.len().div_ceil(ticks);
+    let mut interval = tokio::time::interval(over / ticks as u32);
+    let mut pending = Vec::with_capacity(records.len());
+    for chunk in records.chunks(per_tick) {
+        interval.tick().await;
+        for (key, payload) in chunk {
+            let record = FutureRecord::to(&topic)
+                .key(key.as_bytes())
+                .payload(payload);
+            pending.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("queued"),
+            );
+        }
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        let d = p.await.expect("delivery").expect("acknowledged");
+        out.push((d.partition, d.offset));
+    }
+    out
+}
+
+/// Partition counts of the topics that exist (without creating any).
+fn partition_counts(consumer: &BaseConsumer) -> BTreeMap<String, i32> {
+    consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map(|m| {
+            m.topics()
+                .iter()
+                .filter(|t| t.error().is_none())
+                .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// For each group, every partition of the topic and of its tiers that is not committed to
+/// its end, as lines; empty when the lag is 0 everywhere. Blocking.
+fn lag_report(bootstrap: &str, topic: &str, groups: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for group in groups {
+        let consumer: BaseConsumer =
+            match support::client(bootstrap).set("group.id", group).create() {
+                Ok(c) => c,
+                Err(e) => return vec![format!("\n  (no consumer: {e})")],
+            };
+        let counts = partition_counts(&consumer);
+        if counts.is_empty() {
+            return vec!["\n  (no metadata: is the server down?)".to_owned()];
+        }
+        let topics: Vec<String> = std::iter::once(topic.to_owned())
+            .chain((1..=TIERS).map(|n| tier_topic(topic, group, n)))
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        for t in &topics {
+            for p in 0..counts.get(t).copied().unwrap_or(0) {
+                tpl.add_partition(t, p);
+            }
+        }
+        let committed = match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
+            Ok(c) => c,
+            Err(e) => return vec![format!("\n  (committed offsets of {group}: {e})")],
+        };
+        for t in &topics {
+            for p in 0..counts.get(t).copied().unwrap_or(0) {
+                let end = match consumer.fetch_watermarks(t, p, Duration::from_secs(10)) {
+                    Ok((_, high)) => high,
+                    Err(e) => {
+                        out.push(format!("\n  {group} {t}[{p}]: watermarks: {e}"));
+                        continue;
+                    }
+                };
+                let at = match committed.find_partition(t, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                };
+                if end > 0 && at != Some(end) {
+                    out.push(format!(
+                        "\n  {group} {t}[{p}]: committed {}, end {end}",
+                        at.map_or("nothing".to_owned(), |o| o.to_string())
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads what the run left: effects, dead letters, tiers, run logs.
+async fn observe(
+    bootstrap: &str,
+    topic: &str,
+    groups: &[String; 2],
+    postgres: &str,
+    schema: &str,
+    fleet: &Fleet,
+) -> Observed {
+    let db = connect(postgres).await;
+    let rows = db
+        .query(
+            &format!(
+                "SELECT grp, id, key, version, attempt, pid FROM {schema}.effects \
+                 ORDER BY grp, key, finished_at"
+            ),
+            &[],
+        )
+        .await
+        .expect("effects");
+    let effects = rows
+        .iter()
+        .map(|r| Effect {
+            group: r.get(0),
+            id: r.get(1),
+            key: r.get(2),
+            version: r.get(3),
+            attempt: r.get(4),
+            pid: r.get(5),
+        })
+        .collect();
+    let (b, t, gs) = (bootstrap.to_owned(), topic.to_owned(), groups.clone());
+    let (dlq, tiers) = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = support::client(&b).create().expect("consumer");
+        let counts = partition_counts(&consumer);
+        let read = |name: &str| match counts.get(name) {
+            Some(&n) => support::read_all(&b, name, n),
+            None => Vec::new(),
+        };
+        let tiers = [0, 1].map(|g| [1, 2].map(|n| read(&tier_topic(&t, &gs[g], n))));
+        (read(&dlq_topic(&t)), tiers)
+    })
+    .await
+    .expect("topics read");
+    Observed {
+        effects,
+        dlq,
+        tiers,
+        runs: infra::read_runs(fleet),
+        deaths: fleet.deaths(),
+    }
+}

@@ -1,0 +1,533 @@
+//! What one seed decides: the workload (records over keys, every outcome class), the settings
+//! of each consumer group's workers, the fault schedule, and what must come of every record
+//! for each group. Everything here is a pure function of the seed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// The retry tier `n` (1-based) of `group` for the source `topic`. The one place that knows
+/// the naming: change it here if the runtime's naming changes.
+pub fn tier_topic(topic: &str, group: &str, n: u32) -> String {
+    format!("{topic}.{group}.retry.{n}")
+}
+
+/// The dead-letter topic of `topic`, shared by every group (told apart by `steadfast-group`).
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// Retry tiers every worker has.
+pub const TIERS: u32 = 2;
+
+/// What the handler does with a record, decided by the record itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum Act {
+    /// Applies its effect at the first attempt.
+    Ok,
+    /// Fails transiently on attempts `1..=n`, then applies.
+    Fail { n: u32 },
+    /// Fails with `RetryAfter(ms)` on attempts `1..=n`, then applies.
+    RetryAfter { n: u32, ms: u64 },
+    /// Sleeps past the handler timeout on attempts `1..=n`, then applies.
+    Timeout { n: u32 },
+    /// Fails permanently.
+    Permanent,
+    /// Panics.
+    Panic,
+}
+
+/// The JSON payload of a decodable record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rec {
+    pub id: String,
+    pub key: String,
+    pub version: i64,
+    pub act: Act,
+}
+
+/// The payload prefix of records that do not decode (followed by the record's id).
+pub const UNDECODABLE: &[u8] = b"\x00undecodable:";
+
+/// How a record came to be in the workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A record of its own, with the next version of its key.
+    Fresh,
+    /// The same bytes as the earlier record `of` (an index), sent again.
+    Duplicate { of: usize },
+    /// A new id with a version not newer than an earlier `Ok` record of its key: never applies.
+    Stale,
+    /// A payload that is not JSON.
+    Undecodable,
+}
+
+/// One produced record.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub id: String,
+    pub key: String,
+    pub kind: Kind,
+    /// `None` for undecodable records.
+    pub rec: Option<Rec>,
+    pub payload: Vec<u8>,
+}
+
+/// The settings one consumer group's workers run with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupSettings {
+    /// `a` or `b`: the group is `<topic>-<label>`.
+    pub label: String,
+    pub concurrency: usize,
+    pub max_in_flight: usize,
+    pub max_per_key: usize,
+    pub strict: bool,
+    /// In-place attempts per delivery.
+    pub attempts: u32,
+    pub tiers_ms: [u64; 2],
+    pub handler_timeout_ms: u64,
+    pub initial_workers: usize,
+}
+
+impl GroupSettings {
+    /// Handler attempts over the first delivery and every tier.
+    pub fn total_attempts(&self) -> u32 {
+        self.attempts * (TIERS + 1)
+    }
+}
+
+/// A fault of the schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL a live worker of the group (the `pick`-th, modulo the live count).
+    KillWorker { group: usize, pick: u32 },
+    /// SIGTERM a live worker of the group: it must drain and exit 0.
+    TermWorker { group: usize, pick: u32 },
+    /// Start one more worker in the group.
+    StartWorker { group: usize },
+    /// SIGKILL the server; start it again on the same port and data dir after `down_ms`.
+    KillServer { down_ms: u64 },
+    /// Kill the private Redis (it comes back empty) and start it again after `down_ms`.
+    RestartRedis { down_ms: u64 },
+    /// Crash the private Postgres (`pg_ctl stop -m immediate`), start it after `down_ms`.
+    RestartPostgres { down_ms: u64 },
+}
+
+impl Fault {
+    /// The group a worker fault is about.
+    pub fn group(&self) -> Option<usize> {
+        match self {
+            Fault::KillWorker { group, .. }
+            | Fault::TermWorker { group, .. }
+            | Fault::StartWorker { group } => Some(*group),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = |i: &usize| if *i == 0 { "a" } else { "b" };
+        match self {
+            Fault::KillWorker { group, pick } => write!(f, "SIGKILL worker {}#{pick}", g(group)),
+            Fault::TermWorker { group, pick } => write!(f, "SIGTERM worker {}#{pick}", g(group)),
+            Fault::StartWorker { group } => write!(f, "start worker {}", g(group)),
+            Fault::KillServer { down_ms } => write!(f, "SIGKILL server, down {down_ms} ms"),
+            Fault::RestartRedis { down_ms } => write!(f, "restart Redis, down {down_ms} ms"),
+            Fault::RestartPostgres { down_ms } => {
+                write!(f, "crash Postgres, down {down_ms} ms")
+            }
+        }
+    }
+}
+
+/// What must come of one record id for one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Applied exactly once, at this attempt (having gone through tier `tier`, 0 = none).
+    Apply { attempt: u32, tier: u32 },
+    /// Never applied and never dead-lettered (stale).
+    Never,
+    /// Dead-lettered exactly once with this class and attempt count, never applied.
+    Dlq { class: &'static str, attempts: u32 },
+    /// Relaxed mode, a record that waits in a tier: applied once at `attempt`, or, if a newer
+    /// version of its key was applied first, dead-lettered once with class `overtaken`.
+    ApplyOrOvertaken { attempt: u32, tier: u32 },
+    /// Relaxed mode, a record that goes through every tier: dead-lettered once with `class`
+    /// and `attempts`, or with class `overtaken`.
+    DlqOrOvertaken { class: &'static str, attempts: u32 },
+}
+
+/// Everything a seed decides.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub seed: u64,
+    pub keys: usize,
+    pub partitions: i32,
+    /// Production is paced over this long.
+    pub produce_ms: u64,
+    pub records: Vec<Planned>,
+    pub groups: [GroupSettings; 2],
+    /// (ms after the first workers start, fault), in time order.
+    pub faults: Vec<(u64, Fault)>,
+}
+
+impl Plan {
+    pub fn new(seed: u64) -> Plan {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let count = rng.random_range(200..=500_usize);
+        let keys = rng.random_range(10..=100_usize);
+        let partitions = rng.random_range(1..=4_i32);
+        let produce_ms = rng.random_range(2_000..=5_000_u64);
+        let groups = [group_settings(&mut rng, "a"), group_settings(&mut rng, "b")];
+        let records = workload(&mut rng, count, keys);
+        let faults = schedule(&mut rng, produce_ms);
+        Plan {
+            seed,
+            keys,
+            partitions,
+            produce_ms,
+            records,
+            groups,
+            faults,
+        }
+    }
+
+    /// What must come of every record id (duplicates share their original's id) for group `g`.
+    pub fn expectations(&self, g: usize) -> BTreeMap<String, Expect> {
+        let s = &self.groups[g];
+        let a = s.attempts;
+        let total = s.total_attempts();
+        let mut out = BTreeMap::new();
+        for r in &self.records {
+            let expect = match (&r.kind, &r.rec) {
+                (Kind::Duplicate { .. }, _) => continue,
+                (Kind::Stale, _) => Expect::Never,
+                (Kind::Undecodable, _) | (_, None) => Expect::Dlq {
+                    class: "decode",
+                    attempts: 1,
+                },
+                (Kind::Fresh, Some(rec)) => match rec.act {
+                    Act::Ok => Expect::Apply {
+                        attempt: 1,
+                        tier: 0,
+                    },
+                    Act::Permanent => Expect::Dlq {
+                        class: "permanent",
+                        attempts: 1,
+                    },
+                    Act::Panic => Expect::Dlq {
+                        class: "panic",
+                        attempts: 1,
+                    },
+                    Act::Fail { n } | Act::RetryAfter { n, .. } | Act::Timeout { n } => {
+                        let class = if matches!(rec.act, Act::Timeout { .. }) {
+                            "timeout"
+                        } else {
+                            "transient"
+                        };
+                        if n < total {
+                            let tier = n / a;
+                            if !s.strict && tier > 0 {
+                                Expect::ApplyOrOvertaken {
+                                    attempt: n + 1,
+                                    tier,
+                                }
+                            } else {
+                                Expect::Apply {
+                                    attempt: n + 1,
+                                    tier,
+                                }
+                            }
+                        } else if s.strict {
+                            Expect::Dlq {
+                                class,
+                                attempts: total,
+                            }
+                        } else {
+                            Expect::DlqOrOvertaken {
+                                class,
+                                attempts: total,
+                            }
+                        }
+                    }
+                },
+            };
+            out.insert(r.id.clone(), expect);
+        }
+        out
+    }
+
+    /// The ids whose copy group `g` must route to tier `n` (each once).
+    pub fn tier_ids(&self, g: usize, n: u32) -> BTreeSet<String> {
+        let a = self.groups[g].attempts;
+        self.records
+            .iter()
+            .filter(|r| r.kind == Kind::Fresh)
+            .filter_map(|r| r.rec.as_ref())
+            .filter(|rec| match rec.act {
+                Act::Fail { n: f } | Act::RetryAfter { n: f, .. } | Act::Timeout { n: f } => {
+                    f >= n * a
+                }
+                _ => false,
+            })
+            .map(|rec| rec.id.clone())
+            .collect()
+    }
+
+    /// Per key, the versions that must apply in strict mode, in production order.
+    pub fn strict_order(&self, g: usize) -> BTreeMap<String, Vec<(i64, String)>> {
+        let expect = self.expectations(g);
+        let mut out: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+        for r in &self.records {
+            if let (Kind::Fresh, Some(rec)) = (&r.kind, &r.rec) {
+                if matches!(expect.get(&r.id), Some(Expect::Apply { .. })) {
+                    out.entry(r.key.clone())
+                        .or_default()
+                        .push((rec.version, rec.id.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// A multi-line description: sizes, the outcome mix, each group's settings, the faults.
+    pub fn describe(&self) -> String {
+        let mut mix: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &self.records {
+            let name = match (&r.kind, r.rec.as_ref().map(|x| &x.act)) {
+                (Kind::Duplicate { .. }, _) => "duplicate",
+                (Kind::Stale, _) => "stale",
+                (Kind::Undecodable, _) | (_, None) => "undecodable",
+                (Kind::Fresh, Some(Act::Ok)) => "ok",
+                (Kind::Fresh, Some(Act::Fail { .. })) => "transient",
+                (Kind::Fresh, Some(Act::RetryAfter { .. })) => "retry-after",
+                (Kind::Fresh, Some(Act::Timeout { .. })) => "timeout",
+                (Kind::Fresh, Some(Act::Permanent)) => "permanent",
+                (Kind::Fresh, Some(Act::Panic)) => "panic",
+            };
+            *mix.entry(name).or_default() += 1;
+        }
+        let mut s = format!(
+            "seed {}: {} records over {} keys, {} partition(s), produced over {} ms; mix:",
+            self.seed,
+            self.records.len(),
+            self.keys,
+            self.partitions,
+            self.produce_ms
+        );
+        for (k, v) in &mix {
+            let _ = write!(s, " {k}={v}");
+        }
+        for (g, gs) in self.groups.iter().enumerate() {
+            let _ = write!(
+                s,
+                "\n  group {}: concurrency={} max_in_flight={} max_per_key={} ordering={} \
+                 attempts_in_place={} tiers={:?} ms handler_timeout={} ms workers={}; \
+                 through tier 1: {}, tier 2: {}",
+                gs.label,
+                gs.concurrency,
+                gs.max_in_flight,
+                gs.max_per_key,
+                if gs.strict { "strict" } else { "relaxed" },
+                gs.attempts,
+                gs.tiers_ms,
+                gs.handler_timeout_ms,
+                gs.initial_workers,
+                self.tier_ids(g, 1).len(),
+                self.tier_ids(g, 2).len()
+            );
+        }
+        let _ = write!(s, "\n  faults:");
+        for (at, f) in &self.faults {
+            let _ = write!(s, " [{:.1} s: {f}]", *at as f64 / 1000.0);
+        }
+        s
+    }
+}
+
+fn group_settings(rng: &mut StdRng, label: &str) -> GroupSettings {
+    let concurrency = if rng.random_bool(0.3) {
+        rng.random_range(1..=4)
+    } else {
+        rng.random_range(1..=64)
+    };
+    let max_in_flight = match rng.random_range(0..4) {
+        0 => concurrency,
+        1 => concurrency + rng.random_range(1..=concurrency),
+        2 => concurrency * 4,
+        _ => concurrency + rng.random_range(0..=8),
+    };
+    let t1 = rng.random_range(200..=500);
+    GroupSettings {
+        label: label.to_owned(),
+        concurrency,
+        max_in_flight,
+        max_per_key: rng.random_range(1..=8),
+        strict: rng.random_bool(0.5),
+        attempts: rng.random_range(1..=3),
+        tiers_ms: [t1, rng.random_range(t1..=800)],
+        handler_timeout_ms: rng.random_range(250..=500),
+        initial_workers: rng.random_range(1..=2),
+    }
+}
+
+/// Records over `keys` keys (a few hot: key index `keys * u²`), every outcome class mixed in.
+fn workload(rng: &mut StdRng, count: usize, keys: usize) -> Vec<Planned> {
+    #[derive(Default)]
+    struct KeyState {
+        version: i64,
+        /// Indices of this key's `Ok` records so far.
+        oks: Vec<usize>,
+    }
+    let mut state: Vec<KeyState> = (0..keys).map(|_| KeyState::default()).collect();
+    let mut out: Vec<Planned> = Vec::with_capacity(count);
+    for i in 0..count {
+        let u: f64 = rng.random();
+        let k = ((u * u * keys as f64) as usize).min(keys - 1);
+        let key = format!("k{k:03}");
+        let id = format!("m{i}");
+        let roll = rng.random_range(0..100);
+        let ks = &mut state[k];
+        // Duplicates and stale records need an earlier `Ok` record of the key.
+        let (kind, act) = match roll {
+            0..=7 if !ks.oks.is_empty() => (Kind::Duplicate { of: 0 }, Act::Ok),
+            8..=12 if !ks.oks.is_empty() => (Kind::Stale, Act::Ok),
+            13..=29 => (
+                Kind::Fresh,
+                Act::Fail {
+                    n: rng.random_range(1..=6),
+                },
+            ),
+            30..=33 => (
+                Kind::Fresh,
+                Act::RetryAfter {
+                    n: rng.random_range(1..=3),
+                    ms: rng.random_range(50..=300),
+                },
+            ),
+            34..=37 => (
+                Kind::Fresh,
+                Act::Timeout {
+                    n: rng.random_range(1..=3),
+                },
+            ),
+            38..=40 => (Kind::Fresh, Act::Permanent),
+            41..=43 => (Kind::Fresh, Act::Panic),
+            44..=46 => (Kind::Undecodable, Act::Ok),
+            _ => (Kind::Fresh, Act::Ok),
+        };
+        let planned = match kind {
+            Kind::Duplicate { .. } => {
+                let of = ks.oks[rng.random_range(0..ks.oks.len())];
+                let original = &out[of];
+                Planned {
+                    id: original.id.clone(),
+                    key: key.clone(),
+                    kind: Kind::Duplicate { of },
+                    rec: original.rec.clone(),
+                    payload: original.payload.clone(),
+                }
+            }
+            Kind::Stale => {
+                let last = &out[*ks.oks.last().expect("an ok record")];
+                let newest = last.rec.as_ref().expect("decodable").version;
+                let rec = Rec {
+                    id: id.clone(),
+                    key: key.clone(),
+                    version: rng.random_range((newest - 3).max(1)..=newest),
+                    act: Act::Ok,
+                };
+                Planned {
+                    id,
+                    key: key.clone(),
+                    kind: Kind::Stale,
+                    payload: serde_json::to_vec(&rec).expect("encodes"),
+                    rec: Some(rec),
+                }
+            }
+            Kind::Undecodable => {
+                let mut payload = UNDECODABLE.to_vec();
+                payload.extend_from_slice(id.as_bytes());
+                Planned {
+                    id,
+                    key: key.clone(),
+                    kind: Kind::Undecodable,
+                    rec: None,
+                    payload,
+                }
+            }
+            Kind::Fresh => {
+                ks.version += 1;
+                if act == Act::Ok {
+                    ks.oks.push(i);
+                }
+                let rec = Rec {
+                    id: id.clone(),
+                    key: key.clone(),
+                    version: ks.version,
+                    act,
+                };
+                Planned {
+                    id,
+                    key: key.clone(),
+                    kind: Kind::Fresh,
+                    payload: serde_json::to_vec(&rec).expect("encodes"),
+                    rec: Some(rec),
+                }
+            }
+        };
+        out.push(planned);
+    }
+    out
+}
+
+/// Two to five faults in the production window and a little after it; a killed or stopped
+/// worker gets a replacement after a short while. Every schedule kills a worker.
+fn schedule(rng: &mut StdRng, produce_ms: u64) -> Vec<(u64, Fault)> {
+    let mut faults = Vec::new();
+    let n = rng.random_range(2..=5);
+    for i in 0..n {
+        let at = rng.random_range(500..=produce_ms + 3_000);
+        let group = rng.random_range(0..2_usize);
+        let pick = rng.random_range(0..8_u32);
+        let kind = if i == 0 { 0 } else { rng.random_range(0..10) };
+        match kind {
+            0..=2 => {
+                faults.push((at, Fault::KillWorker { group, pick }));
+                let back = at + rng.random_range(0..=1_500);
+                faults.push((back, Fault::StartWorker { group }));
+            }
+            3..=4 => {
+                faults.push((at, Fault::TermWorker { group, pick }));
+                let back = at + rng.random_range(0..=1_500);
+                faults.push((back, Fault::StartWorker { group }));
+            }
+            5 => faults.push((at, Fault::StartWorker { group })),
+            6..=7 => faults.push((
+                at,
+                Fault::KillServer {
+                    down_ms: rng.random_range(200..=2_000),
+                },
+            )),
+            8 => faults.push((
+                at,
+                Fault::RestartRedis {
+                    down_ms: rng.random_range(200..=1_500),
+                },
+            )),
+            _ => faults.push((
+                at,
+                Fault::RestartPostgres {
+                    down_ms: rng.random_range(200..=1_500),
+                },
+            )),
+        }
+    }
+    faults.sort_by_key(|(at, _)| *at);
+    faults
+}
