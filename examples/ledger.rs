@@ -191,10 +191,10 @@ async fn main() -> anyhow::Result<()> {
     valid_schema(&args.schema)?;
     create_tables(&args.postgres, &args.schema).await?;
     let lock_store = args.redis.clone().unwrap_or_else(|| args.postgres.clone());
-    // Settings the flags do not cover (librdkafka properties, say) come from
-    // `steadfast.toml` when present and `STEADFAST_*` variables; the flags win.
-    let file = std::env::var("STEADFAST_CONFIG").unwrap_or_else(|_| "steadfast.toml".to_owned());
-    let base = steadfast::WorkerConfig::load(&file).with_context(|| format!("reading {file}"))?;
+    // Settings the flags do not cover (librdkafka properties, say) come from the file
+    // `STEADFAST_CONFIG` names, else `steadfast.toml` when present, and `STEADFAST_*`
+    // variables; the flags win.
+    let base = steadfast::WorkerConfig::from_env().context("reading the worker settings")?;
     let stats = Worker::builder()
         .config(base)
         .brokers(&args.bootstrap)

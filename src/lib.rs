@@ -60,7 +60,11 @@ pub mod runtime;
 pub mod store;
 pub mod testing;
 
-pub use config::{Ordering, WorkerConfig};
+/// Every settings type a user writes, at the root beside [`WorkerConfig`].
+pub use config::{
+    BreakerConfig, ConfigError, DedupConfig, LockConfig, ObserveConfig, Ordering, RateLimitConfig,
+    RetryConfig, StaleConfig, StoresConfig, TransactionConfig, WorkerConfig,
+};
 pub use error::WorkerError;
 pub use handler::{Context, Handler, HandlerError};
 pub use message::{Envelope, Headers, Message, Outcome};

@@ -535,3 +535,122 @@ fn the_references_example_file_is_accepted() {
         panic!("the example in docs/configuration.md is refused: {e}");
     }
 }
+
+/// A store setting: a store URL, or where the stores keep their tables and keys.
+fn is_store_setting(row: &Row) -> bool {
+    row.kind.contains("store URL") || row.key.starts_with("stores.")
+}
+
+#[test]
+fn every_store_setting_has_an_environment_override() {
+    let rows = rows();
+    let store_settings: Vec<&Row> = rows.values().filter(|r| is_store_setting(r)).collect();
+    assert!(
+        store_settings.len() >= 7,
+        "the reference documents the stores' keys and every policy's store: {store_settings:?}"
+    );
+    let without: Vec<&str> = store_settings
+        .iter()
+        .filter(|r| r.env.is_none())
+        .map(|r| r.key.as_str())
+        .collect();
+    assert!(
+        without.is_empty(),
+        "store settings a pod cannot take from its environment: {without:?}"
+    );
+}
+
+/// A value for `row`'s override that passes the checks: the variable's text and the TOML
+/// value the key then holds.
+fn env_sample(row: &Row) -> (String, toml::Value) {
+    let text = |t: &str| (t.to_owned(), toml::Value::String(t.to_owned()));
+    if row.kind.starts_with("integer") {
+        ("1000".to_owned(), toml::Value::Integer(1000))
+    } else if row.kind.starts_with("array") {
+        (
+            "1000,2000".to_owned(),
+            toml::Value::Array(vec![toml::Value::Integer(1000), toml::Value::Integer(2000)]),
+        )
+    } else if row.key == "ordering" {
+        text("relaxed")
+    } else if row.key == "observe.listen" {
+        text("127.0.0.1:9464")
+    } else if row.key == "stores.schema" {
+        text("from_env")
+    } else if row.key == "transaction.postgres" {
+        text("postgres://env@127.0.0.1:5432/from_env")
+    } else if row.kind.contains("store URL") {
+        text("redis://127.0.0.1:6379/7")
+    } else if row.kind.starts_with("string") {
+        text("from-env")
+    } else {
+        panic!("`{}`: no sample for a {} override", row.key, row.kind)
+    }
+}
+
+#[test]
+fn every_environment_override_sets_its_key() {
+    let rows = rows();
+    // `[rate_limit]` needs `per_second` before its store can be set alone.
+    let file = "[rate_limit]\nper_second = 5\n";
+    for (var, key) in ENV_OVERRIDES {
+        let row = rows
+            .get(key)
+            .unwrap_or_else(|| panic!("`{key}` (set by {var}) is not documented"));
+        let (text, value) = env_sample(row);
+        let config = WorkerConfig::from_toml_and_env(file, [(var.to_owned(), text.clone())])
+            .unwrap_or_else(|e| panic!("{var}={text} is refused: {e}"));
+        let table = match toml::Value::try_from(&config) {
+            Ok(toml::Value::Table(table)) => table,
+            other => panic!("a WorkerConfig serialized to {other:?}"),
+        };
+        assert_eq!(
+            at(&table, key),
+            Some(&value),
+            "{var}={text} does not set `{key}`"
+        );
+    }
+}
+
+/// Every type of `WorkerConfig`'s fields is named from the crate root, as `WorkerConfig`,
+/// `Ordering` and `Retry` are: a user writing settings in code needs no `steadfast::config::`.
+#[test]
+fn every_settings_type_is_at_the_crate_root() {
+    use steadfast::{
+        BreakerConfig, ConfigError, DedupConfig, LockConfig, ObserveConfig, Ordering,
+        RateLimitConfig, RetryConfig, StaleConfig, StoresConfig, TransactionConfig,
+    };
+    let config = WorkerConfig {
+        ordering: Ordering::Relaxed,
+        retry: RetryConfig::default(),
+        stores: StoresConfig::default(),
+        stale: Some(StaleConfig {
+            store: "memory".to_owned(),
+            copy_to_topic: false,
+        }),
+        lock: Some(LockConfig {
+            store: "redis://127.0.0.1:6379".to_owned(),
+            lease_ms: 10_000,
+        }),
+        dedup: Some(DedupConfig {
+            store: "memory".to_owned(),
+            lease_ms: None,
+            ttl_ms: 60_000,
+        }),
+        rate_limit: Some(RateLimitConfig {
+            per_second: 10,
+            burst: 1,
+            store: None,
+            name: None,
+        }),
+        breaker: Some(BreakerConfig::default()),
+        transaction: Some(TransactionConfig {
+            postgres: "postgres://postgres@127.0.0.1/test".to_owned(),
+        }),
+        observe: ObserveConfig::default(),
+        ..WorkerConfig::default()
+    };
+    config.validate().expect("valid");
+    let refused: Result<WorkerConfig, ConfigError> = WorkerConfig::from_toml("concurrency = 0");
+    assert!(refused.is_err());
+}

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod kafka;
 mod observe;
 mod policies;
 
+pub use self::kafka::{KafkaClient, CONSUMER_ONLY, PRODUCER_ONLY};
 pub use self::observe::ObserveConfig;
 pub(crate) use self::policies::is_identifier;
 pub use self::policies::{
@@ -21,6 +23,12 @@ pub use self::policies::{
 /// A setting that was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The settings file does not exist.
+    #[error("settings file {path} does not exist")]
+    Missing {
+        /// The path as given.
+        path: String,
+    },
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -181,8 +189,17 @@ impl Default for WorkerConfig {
 /// The dedup reservation lease when none is configured, in ms.
 pub const DEFAULT_DEDUP_LEASE_MS: u64 = 10_000;
 
+/// The variable naming the settings file [`WorkerConfig::from_env`] reads.
+pub const CONFIG_ENV: &str = "STEADFAST_CONFIG";
+
+/// The file [`WorkerConfig::from_env`] reads, when present, if [`CONFIG_ENV`] is not set.
+pub const DEFAULT_CONFIG_FILE: &str = "steadfast.toml";
+
 /// The `STEADFAST_*` variables read as overrides, with the key each sets.
-pub const ENV_OVERRIDES: [(&str, &str); 16] = [
+///
+/// A variable that sets a key of a policy table (`STEADFAST_DEDUP_STORE` sets `dedup.store`)
+/// turns the policy on, as a file with that table would.
+pub const ENV_OVERRIDES: [(&str, &str); 23] = [
     ("STEADFAST_BROKERS", "brokers"),
     ("STEADFAST_GROUP", "group"),
     ("STEADFAST_TOPIC", "topic"),
@@ -202,6 +219,13 @@ pub const ENV_OVERRIDES: [(&str, &str); 16] = [
         "STEADFAST_OBSERVE_LAG_INTERVAL_MS",
         "observe.lag_interval_ms",
     ),
+    ("STEADFAST_STORES_SCHEMA", "stores.schema"),
+    ("STEADFAST_STORES_KEY_PREFIX", "stores.key_prefix"),
+    ("STEADFAST_STALE_STORE", "stale.store"),
+    ("STEADFAST_LOCK_STORE", "lock.store"),
+    ("STEADFAST_DEDUP_STORE", "dedup.store"),
+    ("STEADFAST_RATE_LIMIT_STORE", "rate_limit.store"),
+    ("STEADFAST_TRANSACTION_POSTGRES", "transaction.postgres"),
 ];
 
 impl WorkerConfig {
@@ -213,23 +237,48 @@ impl WorkerConfig {
         Ok(config)
     }
 
-    /// Reads `path` (defaults when it does not exist), applies the `STEADFAST_*`
-    /// environment overrides, and checks the result.
+    /// Reads the file at `path`, applies the `STEADFAST_*` environment overrides, and checks
+    /// the result. A file that does not exist is an error ([`ConfigError::Missing`]): a
+    /// path given by name is never silently replaced by the defaults. See
+    /// [`from_env`](Self::from_env) for a file that may be absent.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
-        let path = path.as_ref();
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
+        let text = read(path.as_ref())?;
+        Self::from_toml_and_env(&text, std::env::vars())
+    }
+
+    /// The settings of a deployment: the file the `STEADFAST_CONFIG` variable names (an error
+    /// when it does not exist), else `steadfast.toml` in the working directory when it exists,
+    /// else the defaults; then the `STEADFAST_*` environment overrides, and the checks.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars().collect())
+    }
+
+    /// [`from_env`](Self::from_env) with `vars` as the environment.
+    fn from_vars(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
+        let named = vars
+            .iter()
+            .find(|(name, _)| name == CONFIG_ENV)
+            .map(|(_, path)| path.clone());
+        let text = match named {
+            Some(path) => read(Path::new(&path))?,
+            None => match read(Path::new(DEFAULT_CONFIG_FILE)) {
+                Err(ConfigError::Missing { .. }) => String::new(),
+                other => other?,
+            },
         };
+        Self::from_toml_and_env(&text, vars)
+    }
+
+    /// What [`load`](Self::load) does with a file's text, with `vars` as the environment
+    /// instead of the process's: parses `text` (`steadfast.toml`), applies the `STEADFAST_*`
+    /// overrides among `vars`, and checks the result.
+    pub fn from_toml_and_env(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut table: toml::Table =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        apply_env(&mut table, std::env::vars())?;
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        apply_env(&mut table, vars.into_iter())?;
         let config: WorkerConfig = table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
@@ -428,6 +477,18 @@ impl WorkerConfig {
             Duration::from_millis(self.retry.max_delay_ms),
         )
     }
+}
+
+/// The text of the settings file at `path`.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| {
+        let path = path.display().to_string();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ConfigError::Missing { path }
+        } else {
+            ConfigError::Read { path, source }
+        }
+    })
 }
 
 /// The prefix of environment variables that set librdkafka properties:
@@ -651,6 +712,53 @@ mod tests {
             bad.is_err_and(|e| e.to_string().contains("observe.listen")),
             "an address without a port is refused by name"
         );
+    }
+
+    #[test]
+    fn a_settings_file_that_does_not_exist_is_an_error() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let missing = dir.path().join("steadfast.tmol");
+        let err = WorkerConfig::load(&missing).expect_err("a missing file is refused");
+        assert!(matches!(err, ConfigError::Missing { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("steadfast.tmol"),
+            "the path is named: {err}"
+        );
+        let named = vec![(CONFIG_ENV.to_owned(), missing.display().to_string())];
+        let err = WorkerConfig::from_vars(named).expect_err("a missing STEADFAST_CONFIG file");
+        assert!(matches!(err, ConfigError::Missing { .. }), "{err:?}");
+
+        let present = dir.path().join("worker.toml");
+        std::fs::write(&present, "concurrency = 3\n").expect("written");
+        let named = vec![
+            (CONFIG_ENV.to_owned(), present.display().to_string()),
+            ("STEADFAST_MAX_PER_KEY".to_owned(), "9".to_owned()),
+        ];
+        let config = WorkerConfig::from_vars(named).expect("read");
+        assert_eq!((config.concurrency, config.max_per_key), (3, 9));
+    }
+
+    #[test]
+    fn store_settings_come_from_the_environment() {
+        let vars = [
+            ("STEADFAST_DEDUP_STORE", "redis://127.0.0.1:6379/2"),
+            ("STEADFAST_STALE_STORE", "postgres://app@db/main"),
+            ("STEADFAST_STORES_SCHEMA", "billing"),
+            ("STEADFAST_STORES_KEY_PREFIX", "billing-prod"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config =
+            WorkerConfig::from_toml_and_env("[dedup]\nttl_ms = 1000\n", vars).expect("valid");
+        let dedup = config.dedup.expect("[dedup] is on");
+        assert_eq!(dedup.store, "redis://127.0.0.1:6379/2");
+        assert_eq!(dedup.ttl_ms, 1000, "the file's other keys stay");
+        assert_eq!(
+            config.stale.map(|s| s.store).as_deref(),
+            Some("postgres://app@db/main"),
+            "a policy's store variable turns the policy on"
+        );
+        assert_eq!(config.stores.schema, "billing");
+        assert_eq!(config.stores.key_prefix, "billing-prod");
     }
 
     #[test]

@@ -12,8 +12,9 @@ use super::ConfigError;
 #[serde(deny_unknown_fields, default)]
 pub struct StoresConfig {
     /// The Postgres schema of the store tables (created and migrated on start).
+    /// Env: `STEADFAST_STORES_SCHEMA`.
     pub schema: String,
-    /// The prefix of every Redis key.
+    /// The prefix of every Redis key. Env: `STEADFAST_STORES_KEY_PREFIX`.
     pub key_prefix: String,
 }
 
@@ -30,7 +31,7 @@ impl Default for StoresConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaleConfig {
-    /// The version store's URL.
+    /// The version store's URL. Env: `STEADFAST_STALE_STORE`.
     pub store: String,
     /// Copy every dropped message to `<topic>.stale`.
     #[serde(default)]
@@ -41,7 +42,7 @@ pub struct StaleConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockConfig {
-    /// The lock store's URL.
+    /// The lock store's URL. Env: `STEADFAST_LOCK_STORE`.
     pub store: String,
     /// The lease, renewed every third of it while the handler runs, in ms.
     #[serde(default = "default_lease_ms")]
@@ -56,7 +57,7 @@ fn default_lease_ms() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
-    /// The dedup store's URL.
+    /// The dedup store's URL. Env: `STEADFAST_DEDUP_STORE`.
     pub store: String,
     /// How long a reservation outlives a crashed holder, in ms (default 10 s); a running
     /// holder renews it every third of the lease.
@@ -81,7 +82,7 @@ pub struct RateLimitConfig {
     #[serde(default = "default_burst")]
     pub burst: u32,
     /// A Redis URL to share the limit across every worker using it (GCRA in Redis); per
-    /// worker (in memory) when absent.
+    /// worker (in memory) when absent. Env: `STEADFAST_RATE_LIMIT_STORE`.
     #[serde(default)]
     pub store: Option<String>,
     /// The name of a shared limit (workers with the same name share it); the group's when
@@ -140,7 +141,7 @@ impl BreakerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionConfig {
-    /// The database's URL.
+    /// The database's URL. Env: `STEADFAST_TRANSACTION_POSTGRES`.
     pub postgres: String,
 }
 

@@ -54,6 +54,15 @@ pub enum StoreError {
         /// What the store reported.
         message: String,
     },
+    /// The store refused the credentials (a wrong password, an unknown user, no access): not
+    /// an outage, so a worker's start fails with it at once instead of waiting; fix the URL.
+    #[error("{backend} refused the credentials: {message}")]
+    Auth {
+        /// `redis` or `postgres`.
+        backend: &'static str,
+        /// What the store reported.
+        message: String,
+    },
     /// A store URL that cannot be used.
     #[error("store URL `{url}`: {reason}")]
     Url {
@@ -73,7 +82,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the store was unreachable (rather than refusing the call).
+    /// Whether the store was unreachable (rather than refusing the call or the credentials):
+    /// the only failure a worker waits out at start.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })
     }

@@ -53,8 +53,10 @@ impl PostgresStores {
     ///
     /// A URL that does not parse or a schema that is not a plain identifier
     /// (`[a-z_][a-z0-9_]{0,62}`) is [`StoreError::Url`] (the URL shown without its password);
-    /// a server that does not answer within a few seconds is [`StoreError::Unavailable`]; a
-    /// migration that fails is [`StoreError::Migration`].
+    /// refused credentials (a wrong password, an unknown role, a password the server asks for
+    /// and the URL lacks) are [`StoreError::Auth`]; a server that does not answer within a few
+    /// seconds is [`StoreError::Unavailable`]; a migration that fails is
+    /// [`StoreError::Migration`].
     pub async fn connect(url: &str, schema: &str) -> Result<PostgresStores, StoreError> {
         Self::connect_sized(url, schema, MAX_CONNECTIONS).await
     }

@@ -4,13 +4,30 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::store::StoreError;
 
-/// Classifies a client error: an I/O failure (refused, dropped or timed-out connection), a
+/// Whether Redis refused who the client is, or wants it to say: a failed `AUTH` (a wrong
+/// password or user, `WRONGPASS`), a command sent without one to a Redis that requires it
+/// (`NOAUTH`), or a user without the right to run it (`NOPERM`).
+fn refuses_credentials(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm)
+    ) || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+}
+
+/// Classifies a client error: refused credentials ([`refuses_credentials`]) are
+/// [`StoreError::Auth`]; an I/O failure (refused, dropped or timed-out connection), a
 /// server that is loading its data set, busy running a script, down as a cluster or a
 /// read-only replica after a failover, or a script cache lost in a restart (`NOSCRIPT`, which
 /// `redis::Script` otherwise answers by loading the script) is [`StoreError::Unavailable`];
 /// everything else is [`StoreError::Failed`].
 pub fn classify(e: &RedisError) -> StoreError {
     let message = e.to_string();
+    if refuses_credentials(e) {
+        return StoreError::Auth {
+            backend: "redis",
+            message,
+        };
+    }
     let unavailable = e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -63,5 +80,24 @@ mod tests {
         assert!(!classify(&wrong_type).is_unavailable());
         let parse = RedisError::from((ErrorKind::UnexpectedReturnType, "not a number"));
         assert!(!classify(&parse).is_unavailable());
+    }
+
+    #[test]
+    fn refused_credentials_are_auth_failures() {
+        for e in [
+            RedisError::from((
+                ErrorKind::AuthenticationFailed,
+                "Password authentication failed",
+            )),
+            redis::make_extension_error("NOAUTH".into(), Some("Authentication required.".into())),
+            redis::make_extension_error("WRONGPASS".into(), Some("invalid password".into())),
+            RedisError::from((ErrorKind::Server(ServerErrorKind::NoPerm), "no rights")),
+        ] {
+            let classified = classify(&e);
+            assert!(
+                matches!(classified, StoreError::Auth { .. }),
+                "{e:?}: {classified:?}"
+            );
+        }
     }
 }

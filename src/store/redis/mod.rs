@@ -50,8 +50,9 @@ impl RedisStores {
     /// key the stores write starts with `{prefix}:`.
     ///
     /// Fails with [`StoreError::Url`] for a URL that cannot be used (reported without its
-    /// password) and with [`StoreError::Unavailable`] within a few seconds when Redis does not
-    /// answer.
+    /// password), with [`StoreError::Auth`] when Redis refuses the credentials (or wants some
+    /// the URL does not give), and with [`StoreError::Unavailable`] within a few seconds when
+    /// Redis does not answer.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStores, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Url {
             url: without_password(url),
@@ -64,7 +65,13 @@ impl RedisStores {
             .set_min_delay(Duration::from_millis(100))
             .set_max_delay(Duration::from_secs(1))
             .set_exponent_base(2.0);
-        let conn = ConnectionManager::new_with_config(client, config)
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| classify(&e))?;
+        // A Redis that requires a password the URL does not give accepts the connection and
+        // refuses every command (`NOAUTH`): ask once, so that shows now, as refused credentials.
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
             .await
             .map_err(|e| classify(&e))?;
         Ok(RedisStores {
@@ -145,6 +152,87 @@ fn scrub_password(url: &str, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A private `redis-server` that requires the password `s3cret`, stopped on drop.
+    struct PasswordRedis {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl PasswordRedis {
+        async fn start() -> PasswordRedis {
+            let port = {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                listener.local_addr().expect("address").port()
+            };
+            let child = std::process::Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--requirepass",
+                    "s3cret",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (the test suite's Redis) is on PATH");
+            let redis = PasswordRedis { child, port };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the private redis-server listens on {port}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            redis
+        }
+
+        fn url(&self, userinfo: &str) -> String {
+            format!("redis://{userinfo}127.0.0.1:{}", self.port)
+        }
+    }
+
+    impl Drop for PasswordRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_not_an_outage() {
+        let redis = PasswordRedis::start().await;
+        for (url, what) in [
+            (redis.url(":wrong@"), "a wrong password"),
+            (redis.url("nobody:s3cret@"), "an unknown user"),
+            (redis.url(""), "no password"),
+        ] {
+            let err = RedisStores::connect(&url, "t").await.expect_err(what);
+            assert!(matches!(err, StoreError::Auth { .. }), "{what}: {err:?}");
+            assert!(!err.to_string().contains("wrong"), "{err}");
+        }
+        RedisStores::connect(&redis.url(":s3cret@"), "t")
+            .await
+            .expect("the right password");
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_is_not_there_is_still_an_outage() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address").port()
+        };
+        let err = RedisStores::connect(&format!("redis://127.0.0.1:{port}"), "t")
+            .await
+            .expect_err("nobody listens");
+        assert!(err.is_unavailable(), "{err:?}");
+    }
 
     #[test]
     fn passwords_are_hidden_in_reported_urls() {
