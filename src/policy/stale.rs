@@ -3,11 +3,11 @@
 //! copied to `<topic>.stale`. After the handler succeeded, the key's version advances
 //! (compare-and-set), unless the handler's transaction already recorded it.
 //!
-//! A retry-tier record is never dropped as stale because a later record overtook it (in
-//! relaxed ordering, or where strict order could not be kept): one whose version is older
-//! than the applied one fails permanently with the class `overtaken` and is dead-lettered,
-//! so its effect is not lost unseen; one whose version equals the applied one was applied
-//! already and is dropped as a duplicate.
+//! A record whose version equals the applied one is that version delivered again: it is
+//! dropped as a duplicate (not stale, and not copied). A retry-tier record is never dropped as
+//! stale because a later record overtook it (in relaxed ordering, or where strict order could
+//! not be kept): one whose version is older than the applied one fails permanently with the
+//! class `overtaken` and is dead-lettered, so its effect is not lost unseen.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -150,20 +150,22 @@ where
     }
 }
 
-/// What becomes of a retry-tier record whose `version` is not newer than the key's `current`
-/// one: `None` for a record of the source topic (a plain stale drop).
+/// What becomes of a record whose `version` is not newer than its key's `current` one, other
+/// than a plain stale drop: the applied version delivered again is a duplicate; a retry-tier
+/// record overtaken by a newer version is dead-lettered (class `overtaken`). `None`: a record
+/// of the source topic older than the applied version, dropped as stale.
 pub(crate) fn overtaken(envelope: &Envelope, version: i64, current: i64) -> Option<Outcome> {
-    if headers::retry_tier(&envelope.headers) == 0 {
-        return None;
-    }
     if version == current {
         tracing::info!(
             version,
             offset = envelope.offset,
             topic = %envelope.topic,
-            "retry-tier message already applied: dropped as a duplicate"
+            "the applied version delivered again: dropped as a duplicate"
         );
         return Some(Outcome::Drop(DropReason::Duplicate));
+    }
+    if headers::retry_tier(&envelope.headers) == 0 {
+        return None;
     }
     tracing::warn!(
         version,

@@ -21,7 +21,7 @@ use super::rebalance::{commit_list, WorkerContext};
 use super::recovery::RecoveryPlan;
 use super::shared::{Counters, Shared};
 use crate::broker::{ensure_topics, envelope_of, KafkaSink, TopicNames};
-use crate::config::{Ordering, WorkerConfig};
+use crate::config::{KafkaClient, Ordering, WorkerConfig};
 use crate::error::WorkerError;
 use crate::handler::{Handler, HandlerService};
 use crate::message::Message;
@@ -94,13 +94,20 @@ impl<H: Handler> Worker<H> {
             .unwrap_or_else(|| H::GROUP.to_owned())
     }
 
-    fn client_config(&self) -> ClientConfig {
+    /// The settings of one of the worker's clients: only the `[kafka]` properties that kind
+    /// of client takes (librdkafka warns about the others), and the brokers.
+    fn client_config(&self, client: KafkaClient) -> ClientConfig {
         let mut c = ClientConfig::new();
-        for (k, v) in &self.config.kafka {
+        for (k, v) in self.config.kafka_properties(client) {
             c.set(k, v);
         }
         c.set("bootstrap.servers", &self.config.brokers);
         c
+    }
+
+    /// A broker error naming the brokers tried.
+    fn broker_error(&self, why: impl std::fmt::Display) -> WorkerError {
+        WorkerError::Broker(format!("bootstrap.servers {}: {why}", self.config.brokers))
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully; a second signal exits the
@@ -170,11 +177,27 @@ impl<H: Handler> Worker<H> {
                 },
             )
         });
-        let partitions = ensure_topics(&self.client_config(), &topic, &derived).await?;
-        let guards = Guards::connect(&self.config, &group, &shutdown, &health).await?;
+        let partitions =
+            match ensure_topics(&self.client_config(KafkaClient::Helper), &topic, &derived).await {
+                Ok(partitions) => partitions,
+                Err(_) if shutdown.is_cancelled() => return Ok(WorkerStats::default()),
+                Err(WorkerError::Broker(why)) => return Err(self.broker_error(why)),
+                Err(e) => return Err(e),
+            };
+        let guards = match Guards::connect(&self.config, &group, &shutdown, &health).await {
+            Ok(guards) => guards,
+            // A shutdown while a store is still unreachable at start: nothing ran, nothing to
+            // commit.
+            Err(WorkerError::Store(e)) if e.is_unavailable() && shutdown.is_cancelled() => {
+                tracing::info!(error = %e, "shut down while waiting for a store at start");
+                return Ok(WorkerStats::default());
+            }
+            Err(e) => return Err(e),
+        };
 
         let sink: Arc<dyn Sink> = Arc::new(
-            KafkaSink::new(self.client_config()).map_err(|e| WorkerError::Broker(e.to_string()))?,
+            KafkaSink::new(self.client_config(KafkaClient::Producer))
+                .map_err(|e| self.broker_error(e))?,
         );
         // Handlers see this token; it fires only once the drain deadline has passed.
         let handler_shutdown = CancellationToken::new();
@@ -227,13 +250,13 @@ impl<H: Handler> Worker<H> {
             shared: shared.clone(),
             drain_timeout: Duration::from_millis(self.config.drain_timeout_ms),
             recovery: RecoveryPlan {
-                client: self.client_config(),
+                client: self.client_config(KafkaClient::Helper),
                 topology,
                 dead_letter,
                 strict: limits.strict,
             },
         };
-        let mut consumer_config = self.client_config();
+        let mut consumer_config = self.client_config(KafkaClient::Consumer);
         consumer_config
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
@@ -266,18 +289,18 @@ impl<H: Handler> Worker<H> {
         }
         let consumer: WorkerConsumer = consumer_config
             .create_with_context(context)
-            .map_err(|e| WorkerError::Broker(e.to_string()))?;
+            .map_err(|e| self.broker_error(e))?;
         let mut subscription: Vec<&str> = vec![topic.as_str()];
         subscription.extend(tier_topics.iter().map(String::as_str));
         consumer
             .subscribe(&subscription)
-            .map_err(|e| WorkerError::Broker(e.to_string()))?;
+            .map_err(|e| self.broker_error(e))?;
         tracing::info!(%topic, %group, tiers = tier_topics.len(), "worker started");
         // Reads the log end of retry-tier partitions for their lag (see `refresh_tier_lag`).
         let lag_reader = if tier_topics.is_empty() {
             None
         } else {
-            let mut reader = self.client_config();
+            let mut reader = self.client_config(KafkaClient::Helper);
             reader.set("group.id", format!("{group}.steadfast-lag"));
             reader.create().map(Arc::new).ok()
         };
