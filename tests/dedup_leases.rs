@@ -111,7 +111,8 @@ async fn a_running_handler_keeps_its_reservation_past_the_lease() {
         let rt = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| {
             rt.block_on(probe.reserve(&id, "probe", Duration::from_millis(1)))
-        }) == Ok(Reservation::InProgress)
+        })
+        .is_ok_and(|r| r == Reservation::InProgress)
     })
     .await;
     // While the handler runs, another holder is refused every time, well past one lease.
@@ -140,7 +141,8 @@ async fn a_running_handler_keeps_its_reservation_past_the_lease() {
         let rt = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| {
             rt.block_on(probe.reserve(&id, "probe", Duration::from_millis(1)))
-        }) == Ok(Reservation::Completed)
+        })
+        .is_ok_and(|r| r == Reservation::Completed)
     })
     .await;
     running.token.cancel();
@@ -162,7 +164,7 @@ async fn a_crashed_holders_reservation_is_taken_over_within_a_lease_and_the_wait
     let id = format!("{group}/orphan");
     assert_eq!(
         stores
-            .dedup()
+            .dedup_store()
             .reserve(&id, "crashed-worker", Duration::from_secs(4))
             .await
             .expect("redis answers"),
