@@ -81,6 +81,12 @@ async fn a_worker_killed_after_its_dead_letter_copy_was_acknowledged_leaves_one_
     let dlq = format!("{topic}.dlq");
 
     let mut first = start_worker(&args, &dir.path().join("w1.log"), free_port());
+    // It creates the dead-letter topic before it consumes.
+    eventually(Duration::from_secs(60), "the first worker started", || {
+        std::fs::read_to_string(dir.path().join("w1.log"))
+            .is_ok_and(|log| log.contains("worker started"))
+    })
+    .await;
     eventually(Duration::from_secs(60), "the dead-letter copy", || {
         log_end(&bootstrap, &dlq) == 1
     })

@@ -28,6 +28,8 @@ pub(crate) struct FinishedAbove {
     finished: BTreeSet<i64>,
     /// When the commit point was taken (ms since the epoch), when the metadata says.
     commit_ms: Option<i64>,
+    /// Whether the partition had a committed offset at all (`false`: the default).
+    known: bool,
 }
 
 /// Stamps sf1 `metadata` with the time `now_ms` its commit point was taken.
@@ -53,6 +55,7 @@ impl FinishedAbove {
             committed,
             finished: BTreeSet::new(),
             commit_ms,
+            known: true,
         };
         let mut parts = metadata.splitn(4, ';');
         if parts.next() != Some(PREFIX) {
@@ -75,6 +78,7 @@ impl FinishedAbove {
                 committed,
                 finished,
                 commit_ms,
+                known: true,
             },
             None => none,
         }
@@ -89,6 +93,10 @@ impl FinishedAbove {
         if offset >= self.committed {
             self.finished.insert(offset);
         }
+    }
+    /// Whether the partition had a committed offset (the default value: none).
+    pub(crate) fn is_committed(&self) -> bool {
+        self.known
     }
     /// When the commit point was taken, if the metadata was stamped.
     pub(crate) fn commit_ms(&self) -> Option<i64> {
@@ -152,7 +160,9 @@ impl OffsetTracker {
     pub(crate) fn new(restored: FinishedAbove) -> Self {
         OffsetTracker {
             unfinished: BTreeSet::new(),
-            next: None,
+            // A partition with a commit has a commit point at once: its next commit, stamped,
+            // comes before anything new is finished.
+            next: restored.is_committed().then(|| restored.committed()),
             restored,
         }
     }

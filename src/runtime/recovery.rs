@@ -77,41 +77,49 @@ pub(crate) fn recover(
         assigned.iter().map(|(tp, f)| (tp.clone(), f)).collect();
     let tiers = plan.topology.tiers.len() as u32;
 
-    // Copies of records these commits left unfinished were made after this time.
-    let since_ms = assigned
+    // Copies of records these commits left unfinished were made after this time: a little
+    // before the stamped commit; from the beginning for a partition the group never
+    // committed (every copy of it by this group is of an unfinished record). A partition
+    // whose commit carries no stamp (offsets reset by a tool, a commit of an earlier
+    // version) is not searched: which copies belong to the records it left unfinished cannot
+    // be told, and a replay after a reset must route again what it meets. Its next commit is
+    // stamped.
+    let searched: HashMap<TopicPartition, i64> = assigned
         .iter()
-        .map(|(_, f)| f.commit_ms())
-        .collect::<Option<Vec<i64>>>()
-        .and_then(|times| times.into_iter().min())
-        .map(|ms| ms - SLACK_MS);
+        .filter_map(|(tp, f)| match (f.is_committed(), f.commit_ms()) {
+            (false, _) => Some((tp.clone(), i64::MIN)),
+            (true, Some(ms)) => Some((tp.clone(), ms - SLACK_MS)),
+            (true, None) => None,
+        })
+        .collect();
 
-    // Where to read: the next tier and the dead-letter topic of every assigned partition
-    // (copies, from `since_ms`), and every assigned tier partition (waiting records, from its
+    // Where to read: the next tier and the dead-letter topic of every searched partition
+    // (copies, from its time), and every assigned tier partition (waiting records, from its
     // committed offset).
-    let dead_letter_partitions = if since_ms.is_some() {
-        partition_count(&consumer, &plan.dead_letter)?
-    } else {
+    let dead_letter_partitions = if searched.is_empty() {
         0
+    } else {
+        partition_count(&consumer, &plan.dead_letter)?
     };
-    let mut copies_in: Vec<(String, i32)> = Vec::new();
-    for ((topic, partition), _) in assigned {
+    let mut copies_in: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut note = |target: (String, i32), since: i64| {
+        let entry = copies_in.entry(target).or_insert(since);
+        *entry = (*entry).min(since);
+    };
+    for ((topic, partition), since) in &searched {
         let tier = plan.topology.tier_of(topic);
         if tier < tiers {
             if let Some(next) = plan.topology.tiers.get(tier as usize) {
-                copies_in.push((next.to_string(), *partition));
+                note((next.to_string(), *partition), *since);
             }
         }
-    }
-    copies_in.extend((0..dead_letter_partitions).map(|p| (plan.dead_letter.clone(), p)));
-    let mut starts: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
-    // Without a stamped commit (a group's first commit not made yet, offsets reset by a tool,
-    // a commit of an earlier version) there is no telling which copies belong to the records
-    // left unfinished: copies are not looked for, and a record routed just before such a
-    // crash can be routed again.
-    if let Some(since_ms) = since_ms {
-        for (target, start) in starts_at_time(&consumer, copies_in.iter(), since_ms)? {
-            starts.insert(target, start);
+        for p in 0..dead_letter_partitions {
+            note((plan.dead_letter.clone(), p), *since);
         }
+    }
+    let mut starts: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
+    for (target, start) in starts_at_time(&consumer, &copies_in)? {
+        starts.insert(target, start);
     }
     if plan.strict {
         for ((topic, partition), finished) in assigned {
@@ -134,9 +142,10 @@ pub(crate) fn recover(
             .and_then(headers::parse_routed_from)
         {
             let from: TopicPartition = (Arc::from(topic), partition);
-            if committed
-                .get(&from)
-                .is_some_and(|f| offset >= f.committed())
+            if searched.contains_key(&from)
+                && committed
+                    .get(&from)
+                    .is_some_and(|f| offset >= f.committed())
             {
                 recovered.routed.entry(from).or_default().push(offset);
             }
@@ -181,35 +190,40 @@ fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, Recovery
         .map_or(0, |t| i32::try_from(t.partitions().len()).unwrap_or(0)))
 }
 
-/// The first offset of each target at or after `since_ms` (`None`: nothing that recent).
-fn starts_at_time<'a>(
+/// The first offset of each target at or after its time (`None`: nothing that recent; a time
+/// of `i64::MIN`: from the log start).
+fn starts_at_time(
     consumer: &BaseConsumer,
-    targets: impl Iterator<Item = &'a (String, i32)>,
-    since_ms: i64,
+    targets: &BTreeMap<(String, i32), i64>,
 ) -> Result<Vec<((String, i32), Option<i64>)>, RecoveryError> {
-    let targets: Vec<(String, i32)> = targets.cloned().collect();
-    if targets.is_empty() {
-        return Ok(Vec::new());
-    }
+    let mut out: Vec<((String, i32), Option<i64>)> = Vec::new();
     let mut tpl = TopicPartitionList::new();
-    for (topic, partition) in &targets {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(since_ms.max(0)))?;
+    for ((topic, partition), since) in targets {
+        if *since == i64::MIN {
+            out.push(((topic.clone(), *partition), Some(0)));
+        } else {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset((*since).max(0)))?;
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(out);
     }
     let found = consumer.offsets_for_times(tpl, Duration::from_secs(10))?;
-    Ok(targets
-        .into_iter()
-        .map(|(topic, partition)| {
-            let start = found
-                .find_partition(&topic, partition)
-                .map(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    // Nothing that recent: nothing to read.
-                    _ => None,
-                })
-                .unwrap_or(Some(0));
-            ((topic, partition), start)
-        })
-        .collect())
+    for ((topic, partition), since) in targets {
+        if *since == i64::MIN {
+            continue;
+        }
+        let start = found
+            .find_partition(topic, *partition)
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                // Nothing that recent: nothing to read.
+                _ => None,
+            })
+            .unwrap_or(Some(0));
+        out.push(((topic.clone(), *partition), start));
+    }
+    Ok(out)
 }
 
 /// Hands every record of `starts` (partition → first offset; `None` skips it) up to the end
