@@ -25,6 +25,9 @@ struct LockConfig {
     lease: Duration,
     /// The stale-drop policy's versions, checked again once the lock is held.
     versions: Option<Arc<dyn VersionStore>>,
+    /// Retry-tier records older than the applied version are left to the transactional
+    /// store (see `StaleLayer::deferring_tier_records`).
+    tier_records_to_transactions: bool,
     shutdown: CancellationToken,
 }
 
@@ -42,7 +45,22 @@ impl KeyLockLayer {
                 store,
                 lease: lease.max(Duration::from_millis(30)),
                 versions: None,
+                tier_records_to_transactions: false,
                 shutdown,
+            }),
+        }
+    }
+
+    /// Leaves retry-tier records older than the applied version to the transactional store.
+    pub(crate) fn deferring_tier_records(self, to_transactions: bool) -> Self {
+        let c = &self.config;
+        KeyLockLayer {
+            config: Arc::new(LockConfig {
+                store: c.store.clone(),
+                lease: c.lease,
+                versions: c.versions.clone(),
+                tier_records_to_transactions: to_transactions,
+                shutdown: c.shutdown.clone(),
             }),
         }
     }
@@ -57,6 +75,7 @@ impl KeyLockLayer {
                 store: c.store.clone(),
                 lease: c.lease,
                 versions,
+                tier_records_to_transactions: c.tier_records_to_transactions,
                 shutdown: c.shutdown.clone(),
             }),
         }
@@ -118,6 +137,13 @@ where
                         }
                         Some(current) => current.filter(|c| *c >= version),
                     };
+                    // A retry-tier record older than the applied version is left to the
+                    // transactional store, when the stale layer defers it.
+                    let stale = stale.filter(|current| {
+                        !(config.tier_records_to_transactions
+                            && *current > version
+                            && super::headers::retry_tier(&envelope.headers) > 0)
+                    });
                     if let Some(current) = stale {
                         let _ = config.store.release(key, token).await;
                         if let Some(outcome) = super::stale::overtaken(&envelope, version, current)

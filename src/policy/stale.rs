@@ -25,6 +25,9 @@ use crate::store::VersionStore;
 
 #[derive(Debug)]
 struct StaleConfig {
+    /// A transactional store decides about retry-tier records older than the applied
+    /// version (it knows whether their id was applied).
+    tier_records_to_transactions: bool,
     versions: Arc<dyn VersionStore>,
     /// Where dropped messages are copied (`<topic>.stale`), when enabled.
     copy_to: Option<Arc<dyn Sink>>,
@@ -47,11 +50,25 @@ impl StaleLayer {
     ) -> Self {
         StaleLayer {
             config: Arc::new(StaleConfig {
+                tier_records_to_transactions: false,
                 versions,
                 copy_to,
                 shutdown,
             }),
         }
+    }
+}
+
+impl StaleLayer {
+    /// Lets a transactional store tell a retry-tier record older than the applied version
+    /// that was applied before (a duplicate, redelivered after a crash) from one that was
+    /// overtaken (dead-lettered as `overtaken`): without one, every such record is taken
+    /// for overtaken.
+    pub(crate) fn deferring_tier_records(mut self, to_transactions: bool) -> Self {
+        if let Some(config) = Arc::get_mut(&mut self.config) {
+            config.tier_records_to_transactions = to_transactions;
+        }
+        self
     }
 }
 
@@ -107,6 +124,19 @@ where
             else {
                 return Ok(Outcome::Requeue);
             };
+            let deferred = config.tier_records_to_transactions
+                && headers::retry_tier(&envelope.headers) > 0
+                && current.is_some_and(|c| c > version);
+            if deferred {
+                // The transaction finds the id applied (a duplicate) or the version stale
+                // (never applied: overtaken).
+                let outcome = inner.call(envelope.clone()).await?;
+                if outcome == Outcome::Drop(DropReason::Stale) {
+                    let current = current.unwrap_or(version);
+                    return Ok(overtaken(&envelope, version, current).unwrap_or(outcome));
+                }
+                return Ok(outcome);
+            }
             if let Some(current) = current.filter(|c| *c >= version) {
                 if let Some(outcome) = overtaken(&envelope, version, current) {
                     return Ok(outcome);

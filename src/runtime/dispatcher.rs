@@ -231,6 +231,9 @@ pub(crate) struct Dispatcher {
     abandoned: u64,
     /// Whether the parked bound and the retry-tier bound were reached, as last applied.
     bounds_reached: (bool, bool),
+    /// Jobs still running for partitions that were revoked or lost meanwhile: their copies
+    /// may still land, so a new assignment of the partition reads back after they ended.
+    orphans: HashMap<TopicPartition, usize>,
 }
 
 impl Dispatcher {
@@ -267,6 +270,7 @@ impl Dispatcher {
             last_finish: Instant::now(),
             abandoned: 0,
             bounds_reached: (false, false),
+            orphans: HashMap::new(),
         }
     }
 
@@ -379,6 +383,13 @@ impl Dispatcher {
         self.topology.tier_of(topic)
     }
 
+    /// Jobs of earlier assignments of `tps` still running (see `orphans`).
+    pub(crate) fn orphans_of(&self, tps: &[(TopicPartition, u64)]) -> usize {
+        tps.iter()
+            .filter_map(|(tp, _)| self.orphans.get(tp))
+            .sum()
+    }
+
     /// Whether `tp` waits for its retry state to be read back.
     pub(crate) fn is_recovering(&self, tp: &TopicPartition) -> bool {
         self.partitions.get(tp).is_some_and(|p| p.recovering)
@@ -440,6 +451,9 @@ impl Dispatcher {
     ) -> Option<(i64, String)> {
         let p = self.partitions.remove(tp)?;
         self.control.remove(tp);
+        if p.running > 0 {
+            *self.orphans.entry(tp.clone()).or_default() += p.running;
+        }
         let epoch = p.epoch;
         self.lanes.retain(|_, lane| lane.epoch != epoch);
         if p.recovering {
@@ -621,6 +635,14 @@ impl Dispatcher {
         self.uncount(&envelope.topic);
         let tp: TopicPartition = (lane_partition(job_lane).0.clone(), envelope.partition);
         let current = self.partitions.get(&tp).is_some_and(|p| p.epoch == epoch);
+        if !current {
+            if let Some(left) = self.orphans.get_mut(&tp) {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    self.orphans.remove(&tp);
+                }
+            }
+        }
         if current {
             if let Some(p) = self.partitions.get_mut(&tp) {
                 p.running -= 1;

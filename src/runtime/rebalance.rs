@@ -206,6 +206,21 @@ impl WorkerContext {
         let assigned: Vec<(TopicPartition, FinishedAbove)> =
             reading.into_iter().map(|(tp, _, f)| (tp, f)).collect();
         self.shared.runtime.spawn_blocking(move || {
+            // Jobs of an earlier assignment of these partitions (revoked past the drain
+            // deadline, or lost) may still be publishing copies: read back after they ended,
+            // or their copies would be missed and the records routed again.
+            let orphans_until = Instant::now() + ORPHAN_WAIT;
+            loop {
+                let orphans = shared.dispatcher.lock().orphans_of(&epochs);
+                if orphans == 0 || shared.shutdown.is_cancelled() {
+                    break;
+                }
+                if Instant::now() >= orphans_until {
+                    tracing::warn!(orphans, "handlers of an earlier assignment still run; reading back without waiting for their copies (a record may be routed twice)");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let mut delay = Duration::from_millis(200);
             loop {
                 let still_ours = {
@@ -230,6 +245,9 @@ impl WorkerContext {
         });
     }
 }
+
+/// How long a read-back waits for handlers of an earlier assignment of its partitions.
+const ORPHAN_WAIT: Duration = Duration::from_secs(120);
 
 /// Runs `work` (which waits on handlers or the broker) off the async worker thread when the
 /// callback runs on one: the other tasks of the runtime, an in-process broker among them,

@@ -397,6 +397,7 @@ pub(crate) fn build_stack<H: Handler>(
             copy.then(|| routing.sink.clone()),
             shutdown.clone(),
         )
+        .deferring_tier_records(guards.transaction.is_some())
     });
     let breaker = guards
         .breaker
@@ -408,6 +409,7 @@ pub(crate) fn build_stack<H: Handler>(
     let lock = guards.lock.as_ref().map(|(store, lease)| {
         policy::KeyLockLayer::new(store.clone(), *lease, shutdown.clone())
             .recheck_versions(guards.stale.as_ref().map(|(versions, _)| versions.clone()))
+            .deferring_tier_records(guards.transaction.is_some())
     });
     let worker_id = worker_id();
     let dedup = guards.dedup.as_ref().map(|(store, lease, ttl)| {
