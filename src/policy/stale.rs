@@ -124,18 +124,15 @@ where
             else {
                 return Ok(Outcome::Requeue);
             };
+            let in_tier = headers::retry_tier(&envelope.headers) > 0;
             let deferred = config.tier_records_to_transactions
-                && headers::retry_tier(&envelope.headers) > 0
+                && in_tier
                 && current.is_some_and(|c| c > version);
             if deferred {
                 // The transaction finds the id applied (a duplicate) or the version stale
                 // (never applied: overtaken).
                 let outcome = inner.call(envelope.clone()).await?;
-                if outcome == Outcome::Drop(DropReason::Stale) {
-                    let current = current.unwrap_or(version);
-                    return Ok(overtaken(&envelope, version, current).unwrap_or(outcome));
-                }
-                return Ok(outcome);
+                return Ok(never_stale_in_tier(&envelope, version, outcome));
             }
             if let Some(current) = current.filter(|c| *c >= version) {
                 if let Some(outcome) = overtaken(&envelope, version, current) {
@@ -156,6 +153,9 @@ where
                 return Ok(Outcome::Drop(DropReason::Stale));
             }
             let outcome = inner.call(envelope.clone()).await?;
+            // A newer version applied while it ran (relaxed ordering lets the key's later
+            // records run beside a retry-tier record): overtaken, not stale.
+            let outcome = never_stale_in_tier(&envelope, version, outcome);
             // Also after a duplicate drop: the first run may have ended before it advanced.
             // The advance is a compare-and-set, so recording what a transaction recorded too
             // is harmless (and needed when this store is not the transaction's).
@@ -207,7 +207,7 @@ pub(crate) fn overtaken(envelope: &Envelope, version: i64, current: i64) -> Opti
     Some(Outcome::Failed(Failure {
         class: "overtaken",
         message: format!(
-            "version {version} was overtaken by version {current} while it waited in a retry tier"
+            "version {version} was overtaken by a newer version of its key while it was in a retry tier"
         ),
         permanent: true,
         retry_after: None,
@@ -215,6 +215,15 @@ pub(crate) fn overtaken(envelope: &Envelope, version: i64, current: i64) -> Opti
         attempt: envelope.attempt,
         unavailable: false,
     }))
+}
+
+/// A retry-tier record whose run ended as a stale drop (found stale inside, by the lock's
+/// second check or the handler's transaction) is dead-lettered as overtaken instead.
+fn never_stale_in_tier(envelope: &Envelope, version: i64, outcome: Outcome) -> Outcome {
+    if outcome == Outcome::Drop(DropReason::Stale) && headers::retry_tier(&envelope.headers) > 0 {
+        return overtaken(envelope, version, version.saturating_add(1)).unwrap_or(outcome);
+    }
+    outcome
 }
 
 /// Publishes a copy of a stale message to `<original topic>.stale` until acknowledged;
