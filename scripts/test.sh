@@ -15,9 +15,10 @@ cd "$(dirname "$0")/.."
 # builds each once, and without it a clean build is faster and the target directory smaller.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
-log=$(mktemp)
-times=$(mktemp)
-trap 'rm -f "$log" "$times"' EXIT
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+times=$logs/times
+touch "$logs/started"
 now() { date +%s.%N; }
 suite_start=$(now)
 failed=()
@@ -30,7 +31,7 @@ phase() {
   shift
   start=$(now)
   echo "==> $name: $*" >&2
-  "$@" 2>&1 | tee -a "$log"
+  "$@" 2>&1 | tee "$logs/$name.log"
   status=${PIPESTATUS[0]}
   printf '%s\t%s\t%s\n' "$name" "$(awk -v a="$start" -v b="$(now)" 'BEGIN { print b - a }')" \
     "$status" >>"$times"
@@ -40,7 +41,7 @@ phase() {
 
 report() {
   echo
-  if [ -f "$junit" ] && [ "$junit" -nt "$times" ]; then
+  if [ -f "$junit" ] && [ "$junit" -nt "$logs/started" ]; then
     echo "test binaries (tests, summed test time, longest test; they run in parallel):"
     # nextest's JUnit report: one <testcase classname="<crate>::<binary>" time="..."> per test.
     awk 'BEGIN { RS = "<" }
@@ -56,15 +57,18 @@ report() {
   echo "phase times (wall):"
   awk -F'\t' '{ printf "  %-14s %7.1f s%s\n", $1, $2, ($3 == 0 ? "" : "  FAILED (exit " $3 ")") }' "$times"
   printf '  %-14s %7.1f s\n' total "$(awk -v a="$suite_start" -v b="$(now)" 'BEGIN { print b - a }')"
-  # libtest's "test result: ok. N passed; M failed; ..." (doc tests) and nextest's
-  # "Summary [...] T tests run: N passed, M failed, ..." both count.
-  awk '/^test result:|^ *Summary \[/ {
-         for (i = 1; i < NF; i++) {
-           if ($(i+1) ~ /^passed/) p += $i
-           if ($(i+1) ~ /^failed/) f += $i
-         }
-       }
-       END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+  # Totals: nextest's "Summary [...] T tests run: N passed, M failed, ..." where nextest ran
+  # the tests, libtest's "test result: ok. N passed; M failed; ..." lines otherwise (cargo
+  # test, the doc tests); with --no-capture nextest also shows libtest's lines, which then
+  # do not count a second time.
+  for f in "$logs"/tests.log "$logs"/doc-tests.log; do
+    [ -f "$f" ] || continue
+    if grep -q '^ *Summary \[' "$f"; then grep '^ *Summary \[' "$f"; else grep '^test result:' "$f"; fi
+  done | awk '{ for (i = 1; i < NF; i++) {
+                  if ($(i+1) ~ /^passed/) p += $i
+                  if ($(i+1) ~ /^failed/ || $(i+1) ~ /^timed/) f += $i
+                } }
+              END { printf "tests: %d passed, %d failed\n", p, f }'
 }
 
 # Checks and builds: the first that fails ends the run.
