@@ -224,8 +224,20 @@ async fn main() -> anyhow::Result<()> {
     stop.cancel();
     let stats = run.await??;
     let dead = dead_letters_by_class(&reader, dead_letter_count(&reader))?;
+    let took = started.elapsed();
+    // Every client is closed while the server still answers: a librdkafka client that outlives
+    // its broker keeps reconnecting (and logging errors) until it is destroyed, and a
+    // consumer's close leaves its group through the broker. Destroying a client waits on the
+    // broker, which runs on this runtime: off the async worker thread.
+    tokio::task::block_in_place(|| {
+        drop(reader);
+        drop(producer);
+        drop(admin);
+    });
+    server.shutdown().await;
+
     let t = std::mem::take(&mut *tally.lock());
-    println!("\nfinished in {:.1} s\n", started.elapsed().as_secs_f64());
+    println!("\nfinished in {:.1} s\n", took.as_secs_f64());
     println!("| outcome                          | count |");
     println!("|----------------------------------|------:|");
     println!("| handled                          | {:>5} |", t.handled);
@@ -234,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
         t.retried_in_place
     );
     println!(
-        "| sent to orders.retry.1           | {:>5} |",
+        "| sent to orders.billing.retry.1   | {:>5} |",
         stats.routed_to_tier
     );
     for (reason, n) in &dead {
@@ -242,7 +254,6 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("| duplicates seen                  | {:>5} |", t.duplicates);
     println!("| stale versions seen              | {:>5} |", t.stale);
-    server.shutdown().await;
     Ok(())
 }
 

@@ -1,19 +1,112 @@
 #!/usr/bin/env bash
 # The whole test suite: services up, formatting, lints and rustdoc clean, every test run (unit,
-# integration, UI, doc tests and the benchmarks' smoke runs), then one closing line with the
-# totals.
-set -euo pipefail
+# integration, the macros' UI tests, doc tests, the quickstart run as a user runs it, and the
+# benchmarks' smoke runs), then the wall time of each phase and of each test binary, and one
+# closing line with the totals.
+#
+# One build serves the tests: `cargo nextest run` builds every test binary and the examples
+# (the ledger's end-to-end test and the quickstart's test run the example binaries) with the
+# test profile and runs the tests of all binaries in parallel (`.config/nextest.toml`); the
+# doc tests and the benchmarks' smoke runs reuse its dependencies. Arguments go to nextest,
+# e.g. `bash scripts/test.sh -E 'binary(policies)'`.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/services.sh
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked --doc 2>&1 | tee -a "$log"
-# The ledger's end-to-end test runs the example as worker processes: `cargo test` builds
-# examples only as test harnesses, so build the binary itself first.
-cargo build --locked --example ledger
-cargo test --workspace --locked --all-targets "$@" 2>&1 | tee -a "$log"
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# Incremental compilation pays when the same crates are rebuilt after small edits; the suite
+# builds each once, and without it a clean build is faster and the target directory smaller.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+times=$logs/times
+touch "$logs/started"
+now() { date +%s.%N; }
+suite_start=$(now)
+failed=()
+junit=target/nextest/default/junit.xml
+
+# phase NAME COMMAND...: runs COMMAND with its output also in the log and records its wall
+# time and exit status.
+phase() {
+  local name=$1 start status
+  shift
+  start=$(now)
+  echo "==> $name: $*" >&2
+  "$@" 2>&1 | tee "$logs/$name.log"
+  status=${PIPESTATUS[0]}
+  printf '%s\t%s\t%s\n' "$name" "$(awk -v a="$start" -v b="$(now)" 'BEGIN { print b - a }')" \
+    "$status" >>"$times"
+  [ "$status" -eq 0 ] || failed+=("$name")
+  return "$status"
+}
+
+report() {
+  echo
+  if [ -f "$junit" ] && [ "$junit" -nt "$logs/started" ]; then
+    echo "test binaries (tests, summed test time, longest test; they run in parallel):"
+    # nextest's JUnit report: one <testcase classname="<crate>::<binary>" time="..."> per test.
+    awk 'BEGIN { RS = "<" }
+         /^testcase / {
+           c = $0; sub(/.*classname="/, "", c); sub(/".*/, "", c)
+           t = $0; sub(/.*time="/, "", t); sub(/".*/, "", t)
+           n[c]++; s[c] += t; if (t > m[c]) m[c] = t
+         }
+         END { for (c in n) printf "  %-44s %4d %8.1f s %7.1f s\n", c, n[c], s[c], m[c] }' \
+      "$junit" | sort -k3 -n -r
+    echo
+  fi
+  echo "phase times (wall):"
+  awk -F'\t' '{ printf "  %-14s %7.1f s%s\n", $1, $2, ($3 == 0 ? "" : "  FAILED (exit " $3 ")") }' "$times"
+  printf '  %-14s %7.1f s\n' total "$(awk -v a="$suite_start" -v b="$(now)" 'BEGIN { print b - a }')"
+  # Totals: nextest's "Summary [...] T tests run: N passed, M failed, ..." where nextest ran
+  # the tests, libtest's "test result: ok. N passed; M failed; ..." lines otherwise (cargo
+  # test, the doc tests); with --no-capture nextest also shows libtest's lines, which then
+  # do not count a second time.
+  for f in "$logs"/tests.log "$logs"/doc-tests.log; do
+    [ -f "$f" ] || continue
+    if grep -q '^ *Summary \[' "$f"; then grep '^ *Summary \[' "$f"; else grep '^test result:' "$f"; fi
+  done | awk '{ for (i = 1; i < NF; i++) {
+                  if ($(i+1) ~ /^passed/) p += $i
+                  if ($(i+1) ~ /^failed/ || $(i+1) ~ /^timed/) f += $i
+                } }
+              END { printf "tests: %d passed, %d failed\n", p, f }'
+}
+
+# Checks and builds: the first that fails ends the run.
+gate() {
+  phase "$@" || {
+    report
+    echo "stopped: $1 failed" >&2
+    exit 1
+  }
+}
+
+# cargo-nextest runs the tests of all binaries in parallel; without it, `cargo test` runs the
+# same tests one binary after the other.
+if cargo nextest --version >/dev/null 2>&1; then
+  build_tests=(cargo nextest run --workspace --locked --no-run)
+  run_tests=(cargo nextest run --workspace --locked --no-fail-fast)
+else
+  echo "cargo-nextest is not installed (cargo install cargo-nextest --locked): the tests run" \
+    "one binary at a time with cargo test" >&2
+  build_tests=(cargo test --workspace --locked --no-run)
+  run_tests=(cargo test --workspace --locked --no-fail-fast --lib --bins --tests)
+fi
+
+gate services bash scripts/services.sh
+gate fmt cargo fmt --all -- --check
+gate clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+gate doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+# Every test binary and the examples as binaries, then the benchmarks, all with the test
+# profile.
+gate build "${build_tests[@]}"
+gate build-benches cargo test --workspace --locked --benches --no-run
+# The tests: all of them run, whatever fails.
+phase tests "${run_tests[@]}" "$@"
+phase doc-tests cargo test --workspace --locked --doc
+# The benchmarks' quick smoke passes (run without `--bench`, as `cargo test` runs them).
+phase bench-smoke cargo test --workspace --locked --benches
+report
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed: ${failed[*]}" >&2
+  exit 1
+fi

@@ -83,3 +83,8 @@ pub use steadfast_server as server;
 pub mod __private {
     pub use crate::message::{Json, MessageId, MessageKey, MessageVersion, RawBytes};
 }
+
+/// The README's Rust examples, compiled (and the runnable ones run) as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
