@@ -61,7 +61,7 @@ report() {
   # the tests, libtest's "test result: ok. N passed; M failed; ..." lines otherwise (cargo
   # test, the doc tests); with --no-capture nextest also shows libtest's lines, which then
   # do not count a second time.
-  for f in "$logs"/tests.log "$logs"/doc-tests.log; do
+  for f in "$logs"/tests.log "$logs"/doc-tests.log "$logs"/dependent.log; do
     [ -f "$f" ] || continue
     if grep -q '^ *Summary \[' "$f"; then grep '^ *Summary \[' "$f"; else grep '^test result:' "$f"; fi
   done | awk '{ for (i = 1; i < NF; i++) {
@@ -103,6 +103,10 @@ gate build-benches cargo test --workspace --locked --benches --no-run
 # The tests: all of them run, whatever fails.
 phase tests "${run_tests[@]}" "$@"
 phase doc-tests cargo test --workspace --locked --doc
+# A crate outside the workspace that depends on steadfast by path, as a user's does: it gets
+# the decoder we test (no [patch] needed downstream). Its target directory is the workspace's,
+# so the dependencies built above are reused.
+phase dependent cargo test --manifest-path tests/dependent/Cargo.toml --locked --target-dir target
 # The benchmarks' quick smoke passes (run without `--bench`, as `cargo test` runs them).
 phase bench-smoke cargo test --workspace --locked --benches
 report
