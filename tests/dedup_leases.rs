@@ -52,18 +52,20 @@ impl Handler for Sleeper {
 const LEASE_MS: u64 = 600;
 
 fn worker(bootstrap: &str, topic: &str, group: &str, prefix: &str) -> WorkerBuilder<Sleeper> {
-    let mut config = steadfast::WorkerConfig::default();
-    config.brokers = bootstrap.to_owned();
-    config.topic = Some(topic.to_owned());
-    config.group = Some(group.to_owned());
-    config.commit_interval_ms = 100;
+    let mut config = steadfast::WorkerConfig {
+        brokers: bootstrap.to_owned(),
+        topic: Some(topic.to_owned()),
+        group: Some(group.to_owned()),
+        commit_interval_ms: 100,
+        dedup: Some(
+            toml::from_str(&format!(
+                "store = \"redis://127.0.0.1:6379\"\nlease_ms = {LEASE_MS}\n"
+            ))
+            .expect("dedup table"),
+        ),
+        ..Default::default()
+    };
     config.stores.key_prefix = prefix.to_owned();
-    config.dedup = Some(
-        toml::from_str(&format!(
-            "store = \"redis://127.0.0.1:6379\"\nlease_ms = {LEASE_MS}\n"
-        ))
-        .expect("dedup table"),
-    );
     Worker::builder()
         .config(config)
         .retry(Retry::none())
@@ -186,7 +188,11 @@ async fn a_crashed_holders_reservation_is_taken_over_within_a_lease_and_the_wait
         || http_get(port, "/readyz").contains("dedup reservation"),
     )
     .await;
-    assert_eq!(done.load(Ordering::SeqCst), 0, "not before the reservation expired");
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        0,
+        "not before the reservation expired"
+    );
     eventually(Duration::from_secs(20), "the job taken over", || {
         done.load(Ordering::SeqCst) == 1
     })

@@ -205,7 +205,10 @@ async fn keys_parked_for_tier_records_filling_the_smallest_bounds_drain() {
     }
     let stats = running.stop().await;
     assert_eq!(stats.routed_to_tier, keys.len() as u64, "{stats:?}");
-    assert_eq!(stats.dropped_stale, 0, "nothing dropped as stale: {stats:?}");
+    assert_eq!(
+        stats.dropped_stale, 0,
+        "nothing dropped as stale: {stats:?}"
+    );
     s.server.shutdown().await;
 }
 
@@ -229,7 +232,11 @@ async fn an_update_that_fails_once_and_its_eight_successors_apply_in_order_at_co
     .await;
     assert_eq!(applier.applied("k"), (4..=12).collect::<Vec<i64>>());
     let stats = running.stop().await;
-    assert_eq!((stats.routed_to_tier, stats.dropped_stale), (1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.routed_to_tier, stats.dropped_stale),
+        (1, 0),
+        "{stats:?}"
+    );
     s.server.shutdown().await;
 }
 
@@ -244,7 +251,16 @@ async fn a_new_owner_keeps_a_parked_keys_order_and_applies_its_tier_record() {
         .with_test_writer()
         .try_init();
     let s = setup("handover", 1).await;
-    send(&s, &[txn("k", 1, 1), txn("k", 2, 0), txn("k", 3, 0), txn("x", 1, 0)]).await;
+    send(
+        &s,
+        &[
+            txn("k", 1, 1),
+            txn("k", 2, 0),
+            txn("k", 3, 0),
+            txn("x", 1, 0),
+        ],
+    )
+    .await;
     let a = Applier::new();
     let running = spawn(
         worker(&s, Duration::from_secs(4))
@@ -260,7 +276,10 @@ async fn a_new_owner_keeps_a_parked_keys_order_and_applies_its_tier_record() {
     })
     .await;
     let stats = running.stop().await;
-    assert!(a.applied("k").is_empty(), "k waited for its tier record: {stats:?}");
+    assert!(
+        a.applied("k").is_empty(),
+        "k waited for its tier record: {stats:?}"
+    );
 
     // B's handler lets v1 succeed at its retry.
     let b = Applier {

@@ -38,7 +38,10 @@ fn start_worker(args: &[String], log: &Path, metrics_port: u16) -> Child {
     Command::new(ledger_binary())
         .args(args)
         .env("RUST_LOG", "info")
-        .env("STEADFAST_OBSERVE_LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .env(
+            "STEADFAST_OBSERVE_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
         .env("STEADFAST_COMMIT_INTERVAL_MS", "3600000")
         .env("STEADFAST_KAFKA_SESSION_TIMEOUT_MS", "6000")
         .env("STEADFAST_KAFKA_HEARTBEAT_INTERVAL_MS", "1000")
@@ -107,16 +110,20 @@ async fn a_worker_killed_after_its_dead_letter_copy_was_acknowledged_leaves_one_
     };
     // The next owner commits only at its shutdown: stop it once the record is finished
     // there, skipped (its copy found) or dead-lettered (again).
-    eventually(Duration::from_secs(60), "the record finished by the second worker", || {
-        let metrics = http_get(port, "/metrics");
-        ["skipped", "dead_lettered"].iter().any(|outcome| {
-            metrics.lines().any(|line| {
-                line.starts_with("steadfast_messages_total")
-                    && line.contains(&format!("outcome=\"{outcome}\""))
-                    && !line.ends_with(" 0")
+    eventually(
+        Duration::from_secs(60),
+        "the record finished by the second worker",
+        || {
+            let metrics = http_get(port, "/metrics");
+            ["skipped", "dead_lettered"].iter().any(|outcome| {
+                metrics.lines().any(|line| {
+                    line.starts_with("steadfast_messages_total")
+                        && line.contains(&format!("outcome=\"{outcome}\""))
+                        && !line.ends_with(" 0")
+                })
             })
-        })
-    })
+        },
+    )
     .await;
     let pid = second.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();

@@ -389,7 +389,10 @@ async fn relaxed_ordering_lets_later_messages_of_a_key_pass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_paused_for_a_tier_then_revoked_and_reassigned_is_consumed_again() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let s = setup("repause").await;
     produce(
         &s.bootstrap,

@@ -403,7 +403,10 @@ mod tests {
         if let Some(l) = p.lowest.as_mut() {
             l.for_ = Duration::from_secs(3);
         }
-        assert!(ready(&worker(vec![p], 0), &[]).ready, "not before the limit");
+        assert!(
+            ready(&worker(vec![p], 0), &[]).ready,
+            "not before the limit"
+        );
     }
 
     #[test]

@@ -289,7 +289,12 @@ impl Dispatcher {
         self.assign_with(tp, restored, true)
     }
 
-    fn assign_with(&mut self, tp: TopicPartition, restored: FinishedAbove, recovering: bool) -> u64 {
+    fn assign_with(
+        &mut self,
+        tp: TopicPartition,
+        restored: FinishedAbove,
+        recovering: bool,
+    ) -> u64 {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         let tier = self.topology.tier_of(&tp.0);
@@ -317,8 +322,11 @@ impl Dispatcher {
         epochs: &[(TopicPartition, u64)],
         recovered: Recovered,
     ) -> Vec<Envelope> {
-        let current =
-            |d: &Self, tp: &TopicPartition, epoch: u64| d.partitions.get(tp).is_some_and(|p| p.epoch == epoch && p.recovering);
+        let current = |d: &Self, tp: &TopicPartition, epoch: u64| {
+            d.partitions
+                .get(tp)
+                .is_some_and(|p| p.epoch == epoch && p.recovering)
+        };
         for (tp, offsets) in &recovered.routed {
             let Some(epoch) = epochs.iter().find(|(t, _)| t == tp).map(|(_, e)| *e) else {
                 continue;
@@ -385,9 +393,7 @@ impl Dispatcher {
 
     /// Jobs of earlier assignments of `tps` still running (see `orphans`).
     pub(crate) fn orphans_of(&self, tps: &[(TopicPartition, u64)]) -> usize {
-        tps.iter()
-            .filter_map(|(tp, _)| self.orphans.get(tp))
-            .sum()
+        tps.iter().filter_map(|(tp, _)| self.orphans.get(tp)).sum()
     }
 
     /// Whether `tp` waits for its retry state to be read back.
@@ -771,10 +777,9 @@ impl Dispatcher {
 
     /// A lane that was parked runs again (or is freed when it holds nothing).
     fn unparked(&mut self, key: &LaneKey) {
-        let (idle, queued) = self
-            .lanes
-            .get(key)
-            .map_or((false, 0), |l| (l.queue.is_empty() && !l.running, l.queue.len()));
+        let (idle, queued) = self.lanes.get(key).map_or((false, 0), |l| {
+            (l.queue.is_empty() && !l.running, l.queue.len())
+        });
         self.parked_messages -= queued;
         if idle {
             self.lanes.remove(key);
@@ -1254,16 +1259,13 @@ mod tests {
             (Some((2, true)), 0, 1, 1),
             "queued behind a parked key"
         );
-        let l = source(&d.view(Instant::now()))
-            .lowest
-            .expect("offset 2");
+        let l = source(&d.view(Instant::now())).lowest.expect("offset 2");
         assert!(
             l.for_ < Duration::from_millis(20),
             "a new lowest offset restarts the clock"
         );
     }
 }
-
 
 #[cfg(test)]
 pub(super) mod parking_tests {
@@ -1288,7 +1290,12 @@ pub(super) mod parking_tests {
         d
     }
 
-    fn limits(concurrency: usize, max_in_flight: usize, max_per_key: usize, strict: bool) -> Limits {
+    fn limits(
+        concurrency: usize,
+        max_in_flight: usize,
+        max_per_key: usize,
+        strict: bool,
+    ) -> Limits {
         Limits {
             concurrency,
             max_in_flight,
@@ -1373,7 +1380,10 @@ pub(super) mod parking_tests {
         for key in ["a", "b", "c", "a", "b", "c"] {
             let (accepted, started) = d.accept(msg(key, offset), None, 0);
             assert_eq!(accepted, Accepted::Queued);
-            assert!(started.is_empty(), "{key}@{offset} waits behind its tier record");
+            assert!(
+                started.is_empty(),
+                "{key}@{offset} waits behind its tier record"
+            );
             offset += 1;
             assert!(
                 !d.is_full(),
@@ -1411,9 +1421,16 @@ pub(super) mod parking_tests {
             assert!(at[0] < at[1], "key order kept: {source_order:?}");
         }
         assert_eq!(d.gauges(), (0, 0, 0, 0));
-        assert!(d.take_control().contains(&(source(), false)), "source resumed");
+        assert!(
+            d.take_control().contains(&(source(), false)),
+            "source resumed"
+        );
         assert_eq!(
-            d.take_commits(0).into_iter().map(|(tp, o, _)| (tp, o)).collect::<Vec<_>>().len(),
+            d.take_commits(0)
+                .into_iter()
+                .map(|(tp, o, _)| (tp, o))
+                .collect::<Vec<_>>()
+                .len(),
             2
         );
     }
@@ -1497,7 +1514,10 @@ pub(super) mod parking_tests {
         let e2 = d.assign_recovering(tier(), FinishedAbove::default());
         let control = d.take_control();
         assert!(control.is_empty() || control.iter().all(|(_, paused)| *paused));
-        assert!(d.paused_of(&[source(), tier()]).len() == 2, "paused while reading back");
+        assert!(
+            d.paused_of(&[source(), tier()]).len() == 2,
+            "paused while reading back"
+        );
         // Delivered before the read-back ended: kept, not run.
         assert_eq!(d.accept(msg("K", 5), None, 0).0, Accepted::Deferred);
         assert_eq!(d.accept(msg("K", 3), None, 0).0, Accepted::Deferred);
@@ -1524,7 +1544,10 @@ pub(super) mod parking_tests {
         }
         assert_eq!(skipped, vec![3], "the copied record is not handled again");
         assert!(jobs.is_empty(), "offset 5 waits for K's tier record");
-        assert!(d.take_control().contains(&(source(), false)), "resumed after the read-back");
+        assert!(
+            d.take_control().contains(&(source(), false)),
+            "resumed after the read-back"
+        );
         let (_, tier_jobs) = d.accept(copy("K", 3, 0), None, 0);
         let ran = run_all(&mut d, tier_jobs, |_| ack());
         assert_eq!(ran, vec![(TIER.to_owned(), 0), ("t".to_owned(), 5)]);

@@ -91,7 +91,13 @@ pub(crate) fn refresh_gauges(shared: &Shared) {
     let (in_flight, running, parked, parked_messages, assigned) = {
         let d = shared.dispatcher.lock();
         let (in_flight, running, parked, parked_messages) = d.gauges();
-        (in_flight, running, parked, parked_messages, d.assigned().len())
+        (
+            in_flight,
+            running,
+            parked,
+            parked_messages,
+            d.assigned().len(),
+        )
     };
     let m = &shared.meters;
     m.in_flight.set(in_flight as f64);
@@ -105,7 +111,10 @@ pub(crate) fn refresh_gauges(shared: &Shared) {
 /// commit stands at. librdkafka's statistics report none for a partition paused since it was
 /// assigned (a tier partition holding a record until it is due), so they are read here, on a
 /// blocking thread, with `reader` (a client of the worker's settings that joins no group).
-pub(crate) fn refresh_tier_lag(shared: &Arc<Shared>, reader: &Arc<rdkafka::consumer::BaseConsumer>) {
+pub(crate) fn refresh_tier_lag(
+    shared: &Arc<Shared>,
+    reader: &Arc<rdkafka::consumer::BaseConsumer>,
+) {
     let tiers = shared.dispatcher.lock().tier_watermarks();
     if tiers.is_empty() {
         return;

@@ -42,7 +42,9 @@ pub(crate) enum RecoveryError {
     #[error("reading back retry state: {0}")]
     Kafka(#[from] KafkaError),
     /// The partitions were not read to their end in time.
-    #[error("reading back retry state: {0} partition(s) not read to their end within {READ_LIMIT:?}")]
+    #[error(
+        "reading back retry state: {0} partition(s) not read to their end within {READ_LIMIT:?}"
+    )]
     Incomplete(usize),
 }
 
@@ -125,7 +127,9 @@ pub(crate) fn recover(
         for ((topic, partition), finished) in assigned {
             if plan.topology.tier_of(topic) > 0 {
                 let from = finished.committed();
-                let entry = starts.entry((topic.to_string(), *partition)).or_insert(Some(from));
+                let entry = starts
+                    .entry((topic.to_string(), *partition))
+                    .or_insert(Some(from));
                 *entry = Some(entry.map_or(from, |s| s.min(from)));
             }
         }
@@ -190,13 +194,16 @@ fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, Recovery
         .map_or(0, |t| i32::try_from(t.partitions().len()).unwrap_or(0)))
 }
 
+/// A partition by topic name, with where to start reading it (`None`: nothing to read).
+type Start = ((String, i32), Option<i64>);
+
 /// The first offset of each target at or after its time (`None`: nothing that recent; a time
 /// of `i64::MIN`: from the log start).
 fn starts_at_time(
     consumer: &BaseConsumer,
     targets: &BTreeMap<(String, i32), i64>,
-) -> Result<Vec<((String, i32), Option<i64>)>, RecoveryError> {
-    let mut out: Vec<((String, i32), Option<i64>)> = Vec::new();
+) -> Result<Vec<Start>, RecoveryError> {
+    let mut out: Vec<Start> = Vec::new();
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), since) in targets {
         if *since == i64::MIN {

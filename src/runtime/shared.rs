@@ -121,7 +121,11 @@ impl Shared {
 
     /// Hands what was read back for the partitions `epochs` to the dispatcher, and accepts
     /// the records delivered meanwhile (in order, before any later record).
-    pub(crate) fn recovered(self: &Arc<Self>, epochs: &[(TopicPartition, u64)], recovered: Recovered) {
+    pub(crate) fn recovered(
+        self: &Arc<Self>,
+        epochs: &[(TopicPartition, u64)],
+        recovered: Recovered,
+    ) {
         let (routed, parked) = (
             recovered.routed.values().map(Vec::len).sum::<usize>(),
             recovered.pending.len(),
