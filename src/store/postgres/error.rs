@@ -4,7 +4,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::store::StoreError;
 
-/// Classifies a client error: refused credentials ([`refuses_credentials`]) are
+/// Classifies a client error: refused credentials (`refuses_credentials`) are
 /// [`StoreError::Auth`]; a closed connection, an I/O failure, a connection-class SQL state
 /// (08xxx), an administrator shutdown or a server that cannot take connections is
 /// [`StoreError::Unavailable`]; everything else is [`StoreError::Failed`].

@@ -14,7 +14,7 @@ fn refuses_credentials(e: &RedisError) -> bool {
     ) || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
-/// Classifies a client error: refused credentials ([`refuses_credentials`]) are
+/// Classifies a client error: refused credentials (`refuses_credentials`) are
 /// [`StoreError::Auth`]; an I/O failure (refused, dropped or timed-out connection), a
 /// server that is loading its data set, busy running a script, down as a cluster or a
 /// read-only replica after a failover, or a script cache lost in a restart (`NOSCRIPT`, which
