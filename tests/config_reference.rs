@@ -571,6 +571,8 @@ fn env_sample(row: &Row) -> (String, toml::Value) {
             "1000,2000".to_owned(),
             toml::Value::Array(vec![toml::Value::Integer(1000), toml::Value::Integer(2000)]),
         )
+    } else if row.kind.starts_with("boolean") {
+        ("true".to_owned(), toml::Value::Boolean(true))
     } else if row.key == "ordering" {
         text("relaxed")
     } else if row.key == "observe.listen" {
