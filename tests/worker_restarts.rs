@@ -207,7 +207,9 @@ fn after_a_sigkill_only_unfinished_messages_are_handled_again() {
             || {
                 let (offset, metadata) = committed(&case.bootstrap, &case.group, &case.topic);
                 // Stamped with the time the commit point was taken: `t<ms>|sf1;...`.
-                let finished = metadata.split_once('|').map_or(metadata.as_str(), |(_, m)| m);
+                let finished = metadata
+                    .split_once('|')
+                    .map_or(metadata.as_str(), |(_, m)| m);
                 offset == Some(0) && metadata.starts_with('t') && finished.starts_with("sf1;1001;")
             },
         )
