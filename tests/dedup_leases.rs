@@ -206,19 +206,3 @@ async fn a_crashed_holders_reservation_is_taken_over_within_a_lease_and_the_wait
     assert_eq!(stats.handled, 1, "{stats:?}");
     server.shutdown().await;
 }
-
-/// The body of `GET path` on 127.0.0.1:`port` (empty when nothing answers).
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return String::new();
-    }
-    let mut body = String::new();
-    let _ = stream.read_to_string(&mut body);
-    body
-}

@@ -27,7 +27,7 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -200,26 +200,6 @@ impl Plan {
         assert_eq!(plan.records.len(), messages);
         plan
     }
-}
-
-/// The example binary next to this test's (`cargo build --example ledger` builds it):
-/// `target/<profile>/deps/<test>` →
-/// `target/<profile>/examples/ledger`.
-fn ledger_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("ledger{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.is_file(),
-        "{} is missing: run `cargo build --example ledger` first (scripts/test.sh does)",
-        binary.display()
-    );
-    binary
 }
 
 /// One worker process.
@@ -607,7 +587,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 async fn run(scenario: Scenario) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let binary = ledger_binary();
+    let binary = example_binary("ledger");
     if scenario.locks == Locks::Redis {
         assert!(
             std::net::TcpStream::connect_timeout(

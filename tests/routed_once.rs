@@ -6,7 +6,7 @@
 mod support;
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -14,28 +14,10 @@ use support::*;
 
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// The example binary next to this test's: `target/<profile>/examples/ledger`.
-fn ledger_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("ledger{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.is_file(),
-        "{} is missing: run `cargo build --example ledger` first (scripts/test.sh does)",
-        binary.display()
-    );
-    binary
-}
-
 /// Starts a ledger worker that commits only at a revoke or shutdown (never on a timer), with
 /// its metrics on `metrics_port`.
 fn start_worker(args: &[String], log: &Path, metrics_port: u16) -> Child {
-    Command::new(ledger_binary())
+    Command::new(example_binary("ledger"))
         .args(args)
         .env("RUST_LOG", "info")
         .env(
@@ -137,20 +119,4 @@ async fn a_worker_killed_after_its_dead_letter_copy_was_acknowledged_leaves_one_
         "one dead-letter copy, not one per worker; second worker's log:\n{log}"
     );
     server.shutdown().await;
-}
-
-/// The body of `GET path` on 127.0.0.1:`port` (empty when nothing answers).
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return String::new();
-    }
-    let mut body = String::new();
-    let _ = stream.read_to_string(&mut body);
-    body
 }

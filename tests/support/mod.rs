@@ -487,3 +487,37 @@ impl Drop for PrivateRedis {
         self.kill();
     }
 }
+
+/// An example binary next to the running test's: `target/<profile>/deps/<test>` →
+/// `target/<profile>/examples/<name>` (scripts/test.sh builds the examples first).
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test binary lives in target/<profile>/deps");
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "{} is missing: run `cargo build --example {name}` first (scripts/test.sh does)",
+        binary.display()
+    );
+    binary
+}
+
+/// The body of `GET path` on 127.0.0.1:`port` (empty when nothing answers).
+pub fn http_get(port: u16, path: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body
+}
