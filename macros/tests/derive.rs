@@ -1,6 +1,9 @@
 //! The example, run: `#[derive(Message)]` and `#[derive(Handler)]` on `OrderUpdated`
 //! and `Billing`, and the trait items they implement.
 
+#[path = "derive/options.rs"]
+mod options;
+
 use serde::{Deserialize, Serialize};
 use steadfast::{Context, Handler, HandlerError, Message};
 
@@ -71,4 +74,9 @@ fn handler_message_and_group() {
     fn message_type_of<H: Handler<Message = OrderUpdated>>() {}
     message_type_of::<Billing>();
     assert_eq!(<Billing as Handler>::GROUP, "billing");
+}
+
+#[test]
+fn options_keys_codecs_generics_and_plain_handle_fns() {
+    options::run();
 }

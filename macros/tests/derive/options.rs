@@ -1,5 +1,6 @@
-//! Optional keys left out, keys split over attributes, other key and version types, the raw
-//! codec, paths in `message = ...`, generics, and a `handle` that is not an `async fn`.
+//! Compiled as part of the derive tests (a module of `derive.rs`), then run: optional keys
+//! left out, keys split over attributes, other key and version types, the raw codec, paths in
+//! `message = ...`, generics, and a `handle` that is not an `async fn`.
 use std::future::Future;
 use std::time::SystemTime;
 
@@ -31,7 +32,10 @@ struct Blob {
 impl TryFrom<&[u8]> for Blob {
     type Error = std::convert::Infallible;
     fn try_from(b: &[u8]) -> Result<Self, Self::Error> {
-        Ok(Blob { bytes: b.to_vec(), seen: SystemTime::UNIX_EPOCH })
+        Ok(Blob {
+            bytes: b.to_vec(),
+            seen: SystemTime::UNIX_EPOCH,
+        })
     }
 }
 impl AsRef<[u8]> for Blob {
@@ -51,10 +55,10 @@ struct Wrapped<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'stati
 mod handlers {
     #[derive(steadfast::Handler)]
     #[handler(group = "accounts", message = super::KeyOnly)]
-    pub(crate) struct Accounts<const N: usize>;
+    pub(super) struct Accounts<const N: usize>;
 
     impl<const N: usize> Accounts<N> {
-        pub(crate) async fn handle(
+        pub(super) async fn handle(
             &self,
             _msg: super::KeyOnly,
             _cx: &steadfast::Context,
@@ -81,14 +85,19 @@ impl Blobs {
     }
 }
 
-fn main() {
+/// Checks what the derives implemented for the types above.
+pub(crate) fn run() {
     let k = KeyOnly { account: 42 };
     assert_eq!(k.key(), b"42");
     assert_eq!(k.version(), None);
     assert_eq!(k.id(), None);
     assert_eq!(KeyOnly::TOPIC, "accounts.v2_eu-west");
 
-    let t = Tick { symbol: 'x', at: None, seq: 3 };
+    let t = Tick {
+        symbol: 'x',
+        at: None,
+        seq: 3,
+    };
     assert_eq!(t.key(), b"x");
     assert_eq!(t.version(), Some(i64::MIN));
     assert_eq!(t.id().as_deref(), Some("3"));
@@ -98,7 +107,10 @@ fn main() {
     assert_eq!(b.version(), Some(0));
     assert_eq!(b.encode().unwrap(), b"raw");
 
-    let w = Wrapped { r#type: "w".into(), inner: 1u8 };
+    let w = Wrapped {
+        r#type: "w".into(),
+        inner: 1u8,
+    };
     assert_eq!(w.key(), b"w");
     assert_eq!(w.inner, 1);
 
