@@ -4,11 +4,14 @@
 # benchmarks' smoke runs), then the wall time of each phase and of each test binary, and one
 # closing line with the totals.
 #
-# One build serves the tests: `cargo nextest run` builds every test binary and the examples
-# (the ledger's end-to-end test and the quickstart's test run the example binaries) with the
-# test profile and runs the tests of all binaries in parallel (`.config/nextest.toml`); the
-# doc tests and the benchmarks' smoke runs reuse its dependencies. Arguments go to nextest,
-# e.g. `bash scripts/test.sh -E 'binary(policies)'`.
+# One profile serves every phase: clippy and rustdoc run with the test profile, so the build
+# scripts (librdkafka, zstd, lz4) and the proc macros they need are the ones the tests use,
+# built once. One `cargo test --no-run --all-targets` builds the test binaries (one per crate:
+# tests/*.rs are modules of it), the examples (the ledger's end-to-end test and the
+# quickstart's test run the example binaries) and the benchmarks; `cargo nextest run` then
+# runs the tests of all binaries in parallel (`.config/nextest.toml`), and the doc tests, the
+# dependent crate and the benchmarks' smoke runs reuse what was built. Arguments go to
+# nextest, e.g. `bash scripts/test.sh -E 'test(/^policies::/)'`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # The vendored wire-protocol crate is a workspace member through its path dependency; it is
@@ -45,11 +48,14 @@ phase() {
 report() {
   echo
   if [ -f "$junit" ] && [ "$junit" -nt "$logs/started" ]; then
-    echo "test binaries (tests, summed test time, longest test; they run in parallel):"
-    # nextest's JUnit report: one <testcase classname="<crate>::<binary>" time="..."> per test.
+    echo "test modules (tests, summed test time, longest test; they run in parallel):"
+    # nextest's JUnit report: one <testcase name="<module>::<test>"
+    # classname="<crate>::<binary>" time="..."> per test.
     awk 'BEGIN { RS = "<" }
          /^testcase / {
            c = $0; sub(/.*classname="/, "", c); sub(/".*/, "", c)
+           m = $0; sub(/.*name="/, "", m); sub(/".*/, "", m)
+           if (m ~ /::/) { sub(/::.*/, "", m); c = c "::" m }
            t = $0; sub(/.*time="/, "", t); sub(/".*/, "", t)
            n[c]++; s[c] += t; if (t > m[c]) m[c] = t
          }
@@ -86,23 +92,19 @@ gate() {
 # cargo-nextest runs the tests of all binaries in parallel; without it, `cargo test` runs the
 # same tests one binary after the other.
 if cargo nextest --version >/dev/null 2>&1; then
-  build_tests=(cargo nextest run "${ws[@]}" --locked --no-run)
   run_tests=(cargo nextest run "${ws[@]}" --locked --no-fail-fast)
 else
   echo "cargo-nextest is not installed (cargo install cargo-nextest --locked): the tests run" \
     "one binary at a time with cargo test" >&2
-  build_tests=(cargo test "${ws[@]}" --locked --no-run)
   run_tests=(cargo test "${ws[@]}" --locked --no-fail-fast --lib --bins --tests)
 fi
 
 gate services bash scripts/services.sh
 gate fmt cargo fmt --all -- --check
-gate clippy cargo clippy "${ws[@]}" --all-targets --locked -- -D warnings
-gate doc env RUSTDOCFLAGS="-D warnings" cargo doc "${ws[@]}" --no-deps --locked
-# Every test binary and the examples as binaries, then the benchmarks, all with the test
-# profile.
-gate build "${build_tests[@]}"
-gate build-benches cargo test "${ws[@]}" --locked --benches --no-run
+gate clippy cargo clippy "${ws[@]}" --all-targets --profile test --locked -- -D warnings
+gate doc env RUSTDOCFLAGS="-D warnings" cargo doc "${ws[@]}" --no-deps --profile test --locked
+# Every test binary, the examples and the benchmarks, with the test profile.
+gate build cargo test "${ws[@]}" --locked --all-targets --no-run
 # The tests: all of them run, whatever fails.
 phase tests "${run_tests[@]}" "$@"
 phase doc-tests cargo test "${ws[@]}" --locked --doc

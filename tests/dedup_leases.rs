@@ -3,7 +3,7 @@
 //! message over in seconds, saying so in its log and on `/readyz` while it waits). Real Redis,
 //! the in-process server, the real rdkafka client.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,7 +4,7 @@
 //! cleanly, the reference's `[kafka]` example makes no client warn, and a redelivered
 //! duplicate with stale drop on counts as a duplicate.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::sync::Arc;

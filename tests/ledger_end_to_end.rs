@@ -22,7 +22,7 @@
 //! `cargo build --example ledger` first. `LEDGER_E2E_SEED` changes the plan's seed,
 //! `LEDGER_E2E_LOGS=<dir>` keeps the workers' logs, `RUST_LOG` sets their filter.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;

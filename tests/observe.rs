@@ -3,7 +3,7 @@
 //! in the middle of a run and at its end; `/readyz` turns not ready when a handler hangs
 //! past the stall limit and ready again once it returns; an unreachable store is a reason.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

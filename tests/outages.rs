@@ -5,7 +5,7 @@
 //! itself. The shared services on 6379 and 5432 are never touched: each test starts its own
 //! on a free port and removes it at the end.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! Tests with several processes run the test binary itself as the child: with
 //! `STEADFAST_TEST_CHILD` set, the test function becomes the child process.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;

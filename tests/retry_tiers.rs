@@ -4,7 +4,7 @@
 //! its order (nothing is dropped as stale for being overtaken) also when another worker takes
 //! the partition over while it waits; two groups on one topic never see each other's retries.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -3,7 +3,7 @@
 //! next owner finds it and skips the record instead of routing it again. Runs the `ledger`
 //! example as the worker process (scripts/test.sh builds it first).
 
-mod support;
+use crate::support;
 
 use std::fs::File;
 use std::path::Path;

@@ -1,7 +1,6 @@
 //! The store conformance suite against the memory backends.
 
-#[path = "conformance/mod.rs"]
-mod conformance;
+use crate::conformance;
 
 use std::sync::Arc;
 

@@ -1,7 +1,6 @@
 //! The store conformance suite against the Postgres backends, each test in a fresh schema.
 
-#[path = "conformance/mod.rs"]
-mod conformance;
+use crate::conformance;
 
 use std::sync::Arc;
 

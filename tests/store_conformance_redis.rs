@@ -3,8 +3,7 @@
 //! across a restart without persistence, calls that fail fast while Redis is down and work
 //! again by themselves, and the shared rate limit.
 
-#[path = "conformance/mod.rs"]
-mod conformance;
+use crate::conformance;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

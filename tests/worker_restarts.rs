@@ -3,7 +3,7 @@
 //! loses nothing and repeats nothing. The test binary runs itself as the child: with
 //! `STEADFAST_TEST_CHILD` set, a test function becomes the worker process.
 
-mod support;
+use crate::support;
 
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -3,7 +3,7 @@
 //! dead-lettering with provenance headers, retry tiers, strict and relaxed ordering, and a
 //! paused partition that is revoked and assigned again.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The conformance suite every store backend passes: the same behaviour from memory, Redis
 //! and Postgres. Each `tests/store_conformance_<backend>.rs` runs it against one backend with
-//! its own key prefix or schema.
+//! its own key prefix or schema (`conformance_tests!`, in scope there through `#[macro_use]`
+//! in `tests/suite.rs`).
 #![allow(dead_code, unreachable_pub)]
 
 use std::time::Duration;
@@ -274,7 +275,6 @@ pub async fn lock_has_one_winner_under_contention(store: std::sync::Arc<dyn Lock
 }
 
 /// Runs the whole suite against fresh stores (every key used above must start unset).
-#[macro_export]
 macro_rules! conformance_tests {
     ($lock:expr, $dedup:expr, $version:expr) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,8 @@ struct Blob {
     seen: SystemTime,
 }
 
+// The raw codec decodes through `TryFrom<&[u8]>`, whatever its error type.
+#[allow(clippy::infallible_try_from)]
 impl TryFrom<&[u8]> for Blob {
     type Error = std::convert::Infallible;
     fn try_from(b: &[u8]) -> Result<Self, Self::Error> {

@@ -1,0 +1,11 @@
+//! The command line's integration tests, one module per area, built as one test binary (one
+//! link instead of one per file).
+
+#[path = "consumer_groups.rs"]
+mod consumer_groups;
+#[path = "dlq_replay.rs"]
+mod dlq_replay;
+#[path = "durability.rs"]
+mod durability;
+#[path = "users.rs"]
+mod users;

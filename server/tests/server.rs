@@ -1,0 +1,19 @@
+//! The embedded server's integration tests, one module per area, built as one test binary
+//! (one link instead of one per file).
+
+#[path = "auth.rs"]
+mod auth;
+#[path = "compression_roundtrip.rs"]
+mod compression_roundtrip;
+#[path = "decompression_bomb.rs"]
+mod decompression_bomb;
+#[path = "disk_errors.rs"]
+mod disk_errors;
+#[path = "fuzz_regressions.rs"]
+mod fuzz_regressions;
+#[path = "group_protocol.rs"]
+mod group_protocol;
+#[path = "offsets_and_retention.rs"]
+mod offsets_and_retention;
+#[path = "protocol_edges.rs"]
+mod protocol_edges;

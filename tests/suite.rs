@@ -1,0 +1,47 @@
+//! The runtime's integration tests, one module per area, built as one test binary: one link
+//! and one copy of the generic code they share, where a binary per file built the runtime's
+//! dependencies into each of them. (The chaos test, with a `main` of its own, is the other
+//! test binary.) `cargo nextest run -E 'test(/^policies::/)'` runs one area.
+
+#[path = "support/mod.rs"]
+mod support;
+
+// Declared before the backends' modules, which use its `conformance_tests!`.
+#[path = "conformance/mod.rs"]
+#[macro_use]
+mod conformance;
+
+#[path = "config_reference.rs"]
+mod config_reference;
+#[path = "dedup_leases.rs"]
+mod dedup_leases;
+#[path = "docker_compose.rs"]
+mod docker_compose;
+#[path = "first_contact.rs"]
+mod first_contact;
+#[path = "ledger_end_to_end.rs"]
+mod ledger_end_to_end;
+#[path = "observe.rs"]
+mod observe;
+#[path = "outages.rs"]
+mod outages;
+#[path = "policies.rs"]
+mod policies;
+#[path = "quickstart.rs"]
+mod quickstart;
+#[path = "retry_tiers.rs"]
+mod retry_tiers;
+#[path = "routed_once.rs"]
+mod routed_once;
+#[path = "store_conformance_memory.rs"]
+mod store_conformance_memory;
+#[path = "store_conformance_postgres.rs"]
+mod store_conformance_postgres;
+#[path = "store_conformance_redis.rs"]
+mod store_conformance_redis;
+#[path = "store_postgres.rs"]
+mod store_postgres;
+#[path = "worker_restarts.rs"]
+mod worker_restarts;
+#[path = "worker_semantics.rs"]
+mod worker_semantics;
