@@ -3,13 +3,16 @@
 //!
 //! - **guards**: Redis dedup + key lock + stale drop on every message vs the same worker
 //!   without policies (target ≥ 50,000 msg/s on a 2-core machine);
+//! - **rate**: two workers under one shared Redis rate limit; the calls per second they reach
+//!   as a fraction of the configured rate (the limit must hold, and should be used: the
+//!   figure a test cannot assert on a loaded machine);
 //! - **ledger**: the once-only Postgres path (a transaction per message with the id and
 //!   version recorded in it, the key lock in Redis) with 2 workers, and where the time of a
 //!   message goes (begin with records, the handler's writes, commit).
 //!
 //! Needs Redis on 127.0.0.1:6379 and Postgres on 127.0.0.1:5432 (`scripts/services.sh`).
 //! `cargo bench --bench stores` runs the full sizes; without `--bench` (as under
-//! `cargo test`) a quick smoke pass. `-- --only guards|ledger`.
+//! `cargo test`) a quick smoke pass. `-- --only guards|rate|ledger`.
 
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -43,6 +46,26 @@ struct Count {
 
 impl Count {
     async fn handle(&self, _msg: Update, _cx: &Context) -> Result<(), HandlerError> {
+        self.done.fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Counts calls and notes when the first and the last came.
+#[derive(Debug, Clone, steadfast::Handler)]
+#[handler(message = Update, group = "bench")]
+struct Paced {
+    done: Arc<AtomicU64>,
+    span: Arc<parking_lot::Mutex<Option<(Instant, Instant)>>>,
+}
+
+impl Paced {
+    async fn handle(&self, _msg: Update, _cx: &Context) -> Result<(), HandlerError> {
+        let now = Instant::now();
+        let mut span = self.span.lock();
+        let first = span.map_or(now, |(first, _)| first);
+        *span = Some((first, now));
+        drop(span);
         self.done.fetch_add(1, AtomicOrdering::Relaxed);
         Ok(())
     }
@@ -236,6 +259,58 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn rate(env: &Env) -> anyhow::Result<()> {
+    let (per_second, burst, seconds) = if env.quick {
+        (200, 10, 2)
+    } else {
+        (1_000, 50, 20)
+    };
+    let count = u64::from(per_second) * seconds;
+    let keys = 1_000;
+    let topic = backlog(env, "rate", count, keys).await?;
+    let (prefix, name, group) = (unique("bench"), unique("limit"), unique("bench_group"));
+    let done = Arc::new(AtomicU64::new(0));
+    let span = Arc::new(parking_lot::Mutex::new(None));
+    let workers = (0..2)
+        .map(|_| {
+            base(env, &topic)
+                .group(group.clone())
+                .store_key_prefix(prefix.clone())
+                .shared_rate_limit(REDIS, name.clone(), per_second, burst)
+                .handler(Paced {
+                    done: done.clone(),
+                    span: span.clone(),
+                })
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    run_until(workers, &done, count).await?;
+    let Some((first, last)) = *span.lock() else {
+        bail!("no handler call was recorded");
+    };
+    // From the first call to the last: the workers' start-up is not the limiter's doing.
+    let elapsed = (last - first).as_secs_f64().max(f64::EPSILON);
+    let reached = count as f64 / elapsed;
+    // What the limit allows in that time: the burst at once, then the rate.
+    let allowed = f64::from(burst) / elapsed + f64::from(per_second);
+    println!("\n### (b) Shared Redis rate limit, 2 workers, {per_second}/s, burst {burst}, {count} messages\n");
+    println!(
+        "| limit /s | first to last call s | reached msg/s | reached / limit | reached / allowed |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| {per_second} | {elapsed:.2} | {reached:.0} | {:.3} | {:.3} |",
+        reached / f64::from(per_second),
+        reached / allowed
+    );
+    if reached > allowed * 1.01 {
+        bail!(
+            "the shared limit let {reached:.0}/s through, more than the {allowed:.0}/s it allows"
+        );
+    }
+    Ok(())
+}
+
 async fn ledger(env: &Env) -> anyhow::Result<()> {
     let count: u64 = if env.quick { 2_000 } else { 50_000 };
     let keys = 1_000;
@@ -299,7 +374,7 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
     let per = |us: &AtomicU64| us.load(AtomicOrdering::Relaxed) as f64 / count as f64 / 1000.0;
 
     let rate = |d: Duration| count as f64 / d.as_secs_f64();
-    println!("\n### (b) the ledger path: a Postgres transaction per message, 2 workers, {count} messages, 4 partitions, {keys} keys\n");
+    println!("\n### (c) the ledger path: a Postgres transaction per message, 2 workers, {count} messages, 4 partitions, {keys} keys\n");
     println!("| workers | elapsed s | msg/s |");
     println!("|---|---:|---:|");
     println!(
@@ -352,6 +427,9 @@ fn main() -> anyhow::Result<()> {
         let wants = |case: &str| only.as_deref().is_none_or(|o| o == case);
         if wants("guards") {
             guards(&env).await?;
+        }
+        if wants("rate") {
+            rate(&env).await?;
         }
         if wants("ledger") {
             ledger(&env).await?;

@@ -54,8 +54,8 @@ report() {
     awk 'BEGIN { RS = "<" }
          /^testcase / {
            c = $0; sub(/.*classname="/, "", c); sub(/".*/, "", c)
-           m = $0; sub(/.*name="/, "", m); sub(/".*/, "", m)
-           if (m ~ /::/) { sub(/::.*/, "", m); c = c "::" m }
+           md = $0; sub(/.* name="/, "", md); sub(/".*/, "", md)
+           if (md ~ /::/) { sub(/::.*/, "", md); c = c "::" md }
            t = $0; sub(/.*time="/, "", t); sub(/".*/, "", t)
            n[c]++; s[c] += t; if (t > m[c]) m[c] = t
          }

@@ -17,7 +17,7 @@
 //!
 //! The worker is the example binary, `target/<profile>/examples/ledger`, which `cargo test`
 //! without target filters builds (examples are built to check that they compile).
-//! `cargo test --test ledger_end_to_end` alone neither builds nor rebuilds it (and
+//! `cargo test --test suite ledger_end_to_end` alone neither builds nor rebuilds it (and
 //! `--example ledger` builds the example as a test harness instead): run
 //! `cargo build --example ledger` first. `LEDGER_E2E_SEED` changes the plan's seed,
 //! `LEDGER_E2E_LOGS=<dir>` keeps the workers' logs, `RUST_LOG` sets their filter.

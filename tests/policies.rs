@@ -667,7 +667,8 @@ impl Children {
             envs.iter()
                 .map(|env| {
                     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-                    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+                    let name = support::test_name(module_path!(), test);
+                    cmd.args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
                         .env(CHILD, role)
                         // The child's own test-harness lines would read as extra results.
                         .stdout(std::process::Stdio::null());

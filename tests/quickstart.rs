@@ -9,29 +9,11 @@
 //! `cargo build --example quickstart` first when running this test alone.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The example binary next to this test's: `target/<profile>/deps/<test>` →
-/// `target/<profile>/examples/quickstart`.
-fn quickstart_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("quickstart{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.is_file(),
-        "{} is missing: run `cargo build --example quickstart` first (scripts/test.sh builds it)",
-        binary.display()
-    );
-    binary
-}
+use crate::support;
 
 /// A line of output and when it was read.
 struct Line {
@@ -66,7 +48,7 @@ fn row(lines: &[String], label: &str) -> Option<u64> {
 
 #[test]
 fn quickstart_runs_to_its_summary_and_exits_cleanly() {
-    let mut child = Command::new(quickstart_binary())
+    let mut child = Command::new(support::example_binary("quickstart"))
         .env_remove("RUST_LOG")
         .env_remove("STEADFAST_DATA_DIR")
         .stdin(Stdio::null())

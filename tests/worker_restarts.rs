@@ -122,7 +122,8 @@ impl Case {
 
     fn spawn_child(&self, test: &str, no_sleep: bool) -> Child {
         let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-        cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        let name = support::test_name(module_path!(), test);
+        cmd.args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD, "1")
             .env("STEADFAST_TEST_BOOTSTRAP", &self.bootstrap)
             .env("STEADFAST_TEST_TOPIC", &self.topic)

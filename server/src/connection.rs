@@ -93,6 +93,10 @@ async fn serve_requests<R, W>(
         let frame = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
+            Err(e) if e.is_peer_gone() => {
+                tracing::debug!(%peer, error = %e, "connection closed by the peer");
+                break;
+            }
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection: bad frame");
                 break;

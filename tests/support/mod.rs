@@ -521,3 +521,13 @@ pub fn http_get(port: u16, path: &str) -> String {
     let _ = stream.read_to_string(&mut body);
     body
 }
+
+/// The name libtest knows a test of this binary by, for re-running this test binary as a
+/// child that runs only `test` (`--exact`): `module_path` is the test's `module_path!()`,
+/// whose first segment (the binary's crate) libtest leaves out.
+pub fn test_name(module_path: &str, test: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_, module)) => format!("{module}::{test}"),
+        None => test.to_owned(),
+    }
+}

@@ -22,6 +22,19 @@ pub(crate) enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+impl FrameError {
+    /// Whether the peer went away (reset or aborted the connection) rather than sent
+    /// something wrong: a client closing with data unread resets, and that is no fault.
+    pub(crate) fn is_peer_gone(&self) -> bool {
+        matches!(self, FrameError::Io(e) if matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+        ))
+    }
+}
+
 /// Reads one frame; `Ok(None)` when the peer closed the connection between frames.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
@@ -61,5 +74,25 @@ fn eof_is_truncation(e: std::io::Error) -> FrameError {
         FrameError::Truncated
     } else {
         FrameError::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod peer_gone_tests {
+    use super::FrameError;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn resets_are_a_peer_going_away_and_bad_frames_are_not() {
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::ConnectionAborted,
+            ErrorKind::BrokenPipe,
+        ] {
+            assert!(FrameError::Io(Error::from(kind)).is_peer_gone(), "{kind:?}");
+        }
+        assert!(!FrameError::Io(Error::from(ErrorKind::InvalidData)).is_peer_gone());
+        assert!(!FrameError::Truncated.is_peer_gone());
+        assert!(!FrameError::InvalidSize { size: -1, max: 10 }.is_peer_gone());
     }
 }
