@@ -4,14 +4,17 @@
 # benchmarks' smoke runs), then the wall time of each phase and of each test binary, and one
 # closing line with the totals.
 #
-# One profile serves every phase: clippy and rustdoc run with the test profile, so the build
-# scripts (librdkafka, zstd, lz4) and the proc macros they need are the ones the tests use,
-# built once. One `cargo test --no-run --all-targets` builds the test binaries (one per crate:
-# tests/*.rs are modules of it), the examples (the ledger's end-to-end test and the
-# quickstart's test run the example binaries) and the benchmarks; `cargo nextest run` then
-# runs the tests of all binaries in parallel (`.config/nextest.toml`), and the doc tests, the
-# dependent crate and the benchmarks' smoke runs reuse what was built. Arguments go to
-# nextest, e.g. `bash scripts/test.sh -E 'test(/^policies::/)'`.
+# One build serves every phase. Clippy lints while the tests are built: clippy-driver is the
+# compiler of the workspace's crates (RUSTC_WORKSPACE_WRAPPER, as `cargo clippy` sets it, with
+# `-D warnings`), so the lints of every target (`--all-targets`) come with one build of the
+# dependencies instead of a check build of their own. One `cargo test --no-run --all-targets`
+# builds the test binaries (one per crate: tests/*.rs are modules of it), the examples (the
+# ledger's end-to-end test and the quickstart's test run the example binaries) and the
+# benchmarks; `cargo nextest run` then runs the tests of all binaries in parallel
+# (`.config/nextest.toml`), and the doc tests, rustdoc, the dependent crate and the
+# benchmarks' smoke runs reuse what was built (the same wrapper is set for all of them, or the
+# workspace's crates would be built again). Arguments go to nextest, e.g.
+# `bash scripts/test.sh -E 'test(/^policies::/)'`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # The vendored wire-protocol crate is a workspace member through its path dependency; it is
@@ -101,16 +104,25 @@ fi
 
 gate services bash scripts/services.sh
 gate fmt cargo fmt --all -- --check
-gate clippy cargo clippy "${ws[@]}" --all-targets --profile test --locked -- -D warnings
-gate doc env RUSTDOCFLAGS="-D warnings" cargo doc "${ws[@]}" --no-deps --profile test --locked
-# Every test binary, the examples and the benchmarks, with the test profile.
+clippy_driver=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver || true)
+if [ -n "$clippy_driver" ]; then
+  export RUSTC_WORKSPACE_WRAPPER=$clippy_driver
+  export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+else
+  echo "clippy-driver not found (rustup component add clippy): linting with cargo clippy" >&2
+  gate clippy cargo clippy "${ws[@]}" --all-targets --profile test --locked -- -D warnings
+fi
+# Every test binary, the examples and the benchmarks, with the test profile (and linted).
 gate build cargo test "${ws[@]}" --locked --all-targets --no-run
 # The tests: all of them run, whatever fails.
 phase tests "${run_tests[@]}" "$@"
 phase doc-tests cargo test "${ws[@]}" --locked --doc
+# Rustdoc's own lints (broken intra-doc links and the like) over the workspace's crates.
+phase doc env RUSTDOCFLAGS="-D warnings" cargo doc "${ws[@]}" --no-deps --profile test --locked
 # A crate outside the workspace that depends on steadfast by path, as a user's does: it gets
 # the decoder we test (no [patch] needed downstream). Its target directory is the workspace's,
-# so the dependencies built above are reused.
+# so most of the dependencies built above are reused (steadfast's own crates, outside their
+# workspace here, are built again).
 phase dependent cargo test --manifest-path tests/dependent/Cargo.toml --locked --target-dir target
 # The benchmarks' quick smoke passes (run without `--bench`, as `cargo test` runs them).
 phase bench-smoke cargo test "${ws[@]}" --locked --benches
