@@ -83,6 +83,33 @@ report() {
               END { printf "tests: %d passed, %d failed\n", p, f }'
 }
 
+# beside NAME COMMAND...: `phase NAME COMMAND...` in the background, once nextest has started
+# running the tests (its build step done, the target directory's lock free): the tests wait
+# on sockets and timers more than they compute, and these phases use the time. Their output
+# goes to their logs, shown by `await_beside`, which waits for them and records failures.
+beside_pids=()
+beside_names=()
+beside() {
+  local name=$1
+  (
+    until grep -qE '^ *Starting [0-9]+ tests' "$logs/tests.log" 2>/dev/null ||
+      [ -e "$logs/tests.done" ]; do
+      sleep 0.5
+    done
+    phase "$@" >/dev/null 2>&1
+  ) &
+  beside_pids+=($!)
+  beside_names+=("$name")
+}
+await_beside() {
+  local i
+  for i in "${!beside_pids[@]}"; do
+    wait "${beside_pids[$i]}" || failed+=("${beside_names[$i]}")
+    echo "==> ${beside_names[$i]} (ran beside the tests):"
+    cat "$logs/${beside_names[$i]}.log"
+  done
+}
+
 # Checks and builds: the first that fails ends the run.
 gate() {
   phase "$@" || {
@@ -113,17 +140,30 @@ else
   gate clippy cargo clippy "${ws[@]}" --all-targets --profile test --locked -- -D warnings
 fi
 # Every test binary, the examples and the benchmarks, with the test profile (and linted).
-gate build cargo test "${ws[@]}" --locked --all-targets --no-run
+# `--timings`: what each crate's build took, in target/cargo-timings/cargo-timing.html.
+gate build cargo test "${ws[@]}" --locked --all-targets --no-run --timings
+# Beside the tests (nextest only; `cargo test` holds the target directory while it runs):
+# rustdoc's own lints (broken intra-doc links and the like) over the workspace's crates, and
+# a crate outside the workspace that depends on steadfast by path, as a user's does: it gets
+# the decoder we test (no [patch] needed downstream). Its target directory is the workspace's,
+# so most dependencies built above are reused (steadfast's own crates, outside their
+# workspace there, are built again).
+docs=(env RUSTDOCFLAGS="-D warnings" cargo doc "${ws[@]}" --no-deps --profile test --locked)
+dependent=(cargo test --manifest-path tests/dependent/Cargo.toml --locked --target-dir target)
+if [ "${run_tests[0]} ${run_tests[1]}" = "cargo nextest" ]; then
+  beside doc "${docs[@]}"
+  beside dependent "${dependent[@]}"
+fi
 # The tests: all of them run, whatever fails.
 phase tests "${run_tests[@]}" "$@"
+touch "$logs/tests.done"
+if [ ${#beside_pids[@]} -gt 0 ]; then
+  await_beside
+else
+  phase doc "${docs[@]}"
+  phase dependent "${dependent[@]}"
+fi
 phase doc-tests cargo test "${ws[@]}" --locked --doc
-# Rustdoc's own lints (broken intra-doc links and the like) over the workspace's crates.
-phase doc env RUSTDOCFLAGS="-D warnings" cargo doc "${ws[@]}" --no-deps --profile test --locked
-# A crate outside the workspace that depends on steadfast by path, as a user's does: it gets
-# the decoder we test (no [patch] needed downstream). Its target directory is the workspace's,
-# so most of the dependencies built above are reused (steadfast's own crates, outside their
-# workspace here, are built again).
-phase dependent cargo test --manifest-path tests/dependent/Cargo.toml --locked --target-dir target
 # The benchmarks' quick smoke passes (run without `--bench`, as `cargo test` runs them).
 phase bench-smoke cargo test "${ws[@]}" --locked --benches
 report

@@ -2,8 +2,8 @@
 //! the errors in the `.stderr` beside it (regenerate them with `UI_BLESS=1`).
 //!
 //! The cases are checked by `rustc` directly against the steadfast and serde this test was
-//! built with (the newest `libsteadfast-*.rlib` and `libserde-*.rlib` beside this binary,
-//! their own dependencies found by hash in the same folder), so the suite builds the dependency tree once rather than again in a
+//! built with (the newest `libsteadfast-*.rlib` and `libserde-*.rlib` beside this binary and
+//! older than it, their own dependencies found by hash in the same folder), so the suite builds the dependency tree once rather than again in a
 //! project of the test's own. Paths and line numbers that are not the case's own are
 //! normalised, so an edit elsewhere in steadfast does not change the expected output.
 
@@ -230,9 +230,17 @@ fn deps_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The most recently built `lib<name>-*.rlib` in `deps`: the one this test was built with.
+/// The `lib<name>-*.rlib` in `deps` this test was built with: the most recently built one
+/// that is older than this test binary (which is linked after its dependencies; a build of
+/// the same crate by another invocation afterwards, into the same folder, is newer).
 fn newest_rlib(deps: &Path, name: &str) -> PathBuf {
     let prefix = format!("lib{name}-");
+    let modified = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    let linked = modified(&std::env::current_exe().expect("the test binary's path"));
     std::fs::read_dir(deps)
         .expect("read the deps folder")
         .filter_map(Result::ok)
@@ -242,15 +250,12 @@ fn newest_rlib(deps: &Path, name: &str) -> PathBuf {
                 && p.file_name()
                     .and_then(|f| f.to_str())
                     .is_some_and(|f| f.starts_with(&prefix))
+                && modified(p) <= linked
         })
-        .max_by_key(|p| {
-            std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        })
+        .max_by_key(|p| modified(p))
         .unwrap_or_else(|| {
             panic!(
-                "no {prefix}*.rlib in {}: build the tests with cargo",
+                "no {prefix}*.rlib older than this test in {}: build the tests with cargo",
                 deps.display()
             )
         })
