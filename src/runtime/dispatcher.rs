@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 use super::offsets::{FinishedAbove, OffsetTracker};
 use crate::message::{Envelope, Outcome, RouteTarget};
@@ -106,6 +107,10 @@ pub(crate) struct Job {
     pub(crate) lane: LaneKey,
     pub(crate) epoch: u64,
     pub(crate) envelope: Envelope,
+    /// Cancelled when the job is abandoned: its partition was lost, or revoked while it still
+    /// ran at the drain deadline. An abandoned job must publish no copy any more (the next
+    /// owner may already have read back the tiers and handles the record itself).
+    pub(crate) abandoned: CancellationToken,
 }
 
 /// What became of a delivered message.
@@ -170,6 +175,8 @@ struct PartitionState {
     last_commit: Option<(i64, String)>,
     /// The lowest unfinished offset and since when it has been the lowest.
     lowest: Option<(i64, Instant)>,
+    /// Handed to this assignment's jobs; cancelled when they are abandoned at the revoke.
+    abandon: CancellationToken,
 }
 
 impl PartitionState {
@@ -449,7 +456,8 @@ impl Dispatcher {
     }
 
     /// Forgets a revoked partition; returns its final commit (watermark and metadata stamped
-    /// with `now_ms`), unless its retry state was never read back (nothing of it ran).
+    /// with `now_ms`), unless its retry state was never read back (nothing of it ran). Jobs of
+    /// it still running are abandoned: their [`Job::abandoned`] token is cancelled.
     pub(crate) fn finish_revoke(
         &mut self,
         tp: &TopicPartition,
@@ -459,6 +467,8 @@ impl Dispatcher {
         self.control.remove(tp);
         if p.running > 0 {
             *self.orphans.entry(tp.clone()).or_default() += p.running;
+            // Their copies must not land any more: the next owner reads back without them.
+            p.abandon.cancel();
         }
         let epoch = p.epoch;
         self.lanes.retain(|_, lane| lane.epoch != epoch);
@@ -610,11 +620,13 @@ impl Dispatcher {
                 lane.full = false;
             }
             let tp: TopicPartition = (lane_partition(&key).0.clone(), envelope.partition);
+            let mut abandoned = None;
             if let Some(p) = self.partitions.get_mut(&tp) {
                 p.running += 1;
                 if unfull {
                     p.full_lanes -= 1;
                 }
+                abandoned = Some(p.abandon.clone());
             }
             if unfull {
                 self.update_pause(&tp);
@@ -624,6 +636,7 @@ impl Dispatcher {
                 lane: key,
                 epoch,
                 envelope,
+                abandoned: abandoned.unwrap_or_default(),
             });
         }
         jobs

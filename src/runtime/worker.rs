@@ -206,7 +206,7 @@ impl<H: Handler> Worker<H> {
             names: tier_names,
             dead_letter: Some(dead_letter.clone()),
             tier_partitions: Some(partitions),
-            sink,
+            sink: sink.clone(),
         };
         let stack = build_stack(
             self.handler.clone(),
@@ -238,6 +238,7 @@ impl<H: Handler> Worker<H> {
             completed: Condvar::new(),
             wake: Notify::new(),
             stack,
+            sink,
             runtime,
             counters: Counters::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
