@@ -312,3 +312,68 @@ impl RouteConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use futures::future::BoxFuture;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::policy::SinkError;
+
+    /// Never acknowledges (the broker is down); counts the sends.
+    #[derive(Debug, Default)]
+    struct Unanswered {
+        sends: AtomicUsize,
+    }
+
+    impl Sink for Unanswered {
+        fn send(&self, _record: OutgoingRecord) -> BoxFuture<'_, Result<(), SinkError>> {
+            self.sends.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_job_gives_up_its_unacknowledged_copy_and_is_requeued() {
+        let sink = Arc::new(Unanswered::default());
+        let layer = RouteLayer::new(
+            RetryTiers(vec![Duration::from_millis(100)]),
+            None,
+            None,
+            "g",
+            sink.clone(),
+            CancellationToken::new(),
+        );
+        let failing = tower::service_fn(|e: Envelope| async move {
+            Ok::<_, Infallible>(Outcome::Failed(Failure {
+                class: "transient",
+                message: "fails".to_owned(),
+                permanent: false,
+                retry_after: None,
+                first_failed_ms: 0,
+                attempt: e.attempt,
+                unavailable: false,
+            }))
+        });
+        let service = layer.layer(failing);
+        let abandoned = CancellationToken::new();
+        let envelope = Envelope::new("t", b"k".to_vec(), b"v".to_vec());
+        let job = tokio::spawn(abandonable(abandoned.clone(), service.oneshot(envelope)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.sends.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the copy was never sent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        abandoned.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), job)
+            .await
+            .expect("the abandoned job ends")
+            .expect("the job task");
+        assert!(matches!(outcome, Ok(Outcome::Requeue)), "{outcome:?}");
+        assert_eq!(sink.sends.load(Ordering::SeqCst), 1, "not sent again");
+    }
+}

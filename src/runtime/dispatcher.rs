@@ -1217,6 +1217,27 @@ mod tests {
     }
 
     #[test]
+    fn jobs_still_running_at_the_end_of_a_revoke_are_told_they_were_abandoned() {
+        let mut d = Dispatcher::new(limits(4, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        let (_, done) = d.accept(msg("a", 0), None, 0);
+        let (_, running) = d.accept(msg("b", 1), None, 0);
+        let done = &done[0];
+        d.complete(&done.lane, done.epoch, &done.envelope, &ack());
+        d.begin_revoke(&tp());
+        assert!(
+            !running[0].abandoned.is_cancelled(),
+            "not abandoned while the revoke drains"
+        );
+        d.finish_revoke(&tp(), 0);
+        assert!(running[0].abandoned.is_cancelled());
+        // The next assignment's jobs get a token of their own.
+        d.assign(tp(), FinishedAbove::default());
+        let (_, again) = d.accept(msg("c", 2), None, 0);
+        assert!(!again[0].abandoned.is_cancelled());
+    }
+
+    #[test]
     fn the_stall_view_follows_the_lowest_unfinished_offset_and_knows_what_waits_on_purpose() {
         let mut d = parking_tests::tiered(limits(4, 100, 10));
         let source = |view: &WorkerView| {
