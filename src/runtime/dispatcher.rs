@@ -1304,6 +1304,31 @@ mod tests {
     }
 
     #[test]
+    fn a_record_fetched_again_runs_once() {
+        // The chaos test's seed 16: a retry tier's records fetched again in one assignment ran
+        // twice, and each run routed its own copy.
+        let mut d = Dispatcher::new(limits(4, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        let (_, first) = d.accept(msg("k", 0), None, 0);
+        assert_eq!(first.len(), 1);
+        let (accepted, started) = d.accept(msg("k", 0), None, 0);
+        assert_eq!(
+            accepted,
+            Accepted::AlreadyFinished,
+            "running: not queued again"
+        );
+        assert!(started.is_empty());
+        let job = &first[0];
+        d.complete(&job.lane, job.epoch, &job.envelope, &ack());
+        assert_eq!(
+            d.accept(msg("k", 0), None, 0).0,
+            Accepted::AlreadyFinished,
+            "finished: skipped"
+        );
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
     fn jobs_still_running_at_the_end_of_a_revoke_are_told_they_were_abandoned() {
         let mut d = Dispatcher::new(limits(4, 100, 10));
         d.assign(tp(), FinishedAbove::default());
