@@ -79,7 +79,9 @@ use support::PrivateRedis;
 /// relaxed group's tier record and a later record of its key run in two lanes, kept apart
 /// only by the key lock, which the seed's Redis restart empties; a key's lanes now never run
 /// at once). Last long run (`CHAOS_SEEDS=30 CHAOS_SEED_BASE=1`): 27 of 30 passed; seeds 2, 22
-/// and 24 failed, each with records routed twice by that server-restart split.
+/// and 24 failed, each with records routed twice by that server-restart split. Open too: once
+/// (short mode, seed 8) a worker did not exit within 30 s of SIGTERM; its log ends at "signal
+/// received: draining" (a hang in the drain, the final commit or the consumer's close).
 const SHORT_SEEDS: &[u64] = &[1, 5, 8];
 
 fn main() {
