@@ -1,18 +1,21 @@
 //! The idempotent producer that publishes retry-tier and dead-letter copies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 
 use crate::policy::{OutgoingRecord, Sink, SinkError};
 
 /// Publishes with `enable.idempotence=true` and `acks=all`; a send resolves on the broker's
 /// acknowledgement.
 pub(crate) struct KafkaSink {
-    producer: FutureProducer,
+    config: ClientConfig,
+    /// Replaced by a fresh producer when queued copies are purged (see `purge_queued`).
+    producer: parking_lot::RwLock<Arc<FutureProducer>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -33,13 +36,15 @@ impl KafkaSink {
             // `runtime::recovery`). A send that times out is sent again by the route layer.
             .set("message.timeout.ms", "60000");
         Ok(KafkaSink {
-            producer: config.create()?,
+            producer: parking_lot::RwLock::new(Arc::new(config.create()?)),
+            config,
         })
     }
 }
 
 impl Sink for KafkaSink {
     fn send(&self, record: OutgoingRecord) -> BoxFuture<'_, Result<(), SinkError>> {
+        let producer = self.producer.read().clone();
         Box::pin(async move {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (name, value) in record.headers.iter() {
@@ -59,13 +64,144 @@ impl Sink for KafkaSink {
             if let Some(p) = record.partition {
                 out = out.partition(p);
             }
-            match self.producer.send(out, Duration::from_secs(30)).await {
-                Ok(_) => Ok(()),
+            match producer.send(out, Duration::from_secs(30)).await {
+                Ok(delivery) => {
+                    tracing::debug!(topic = %record.topic, partition = delivery.partition, offset = delivery.offset, from = ?record.headers.get_str(crate::policy::headers::ROUTED_FROM), "copy acknowledged");
+                    Ok(())
+                }
                 Err((e, _)) => Err(SinkError {
                     topic: record.topic.clone(),
                     reason: e.to_string(),
                 }),
             }
         })
+    }
+
+    fn purge_queued(&self) {
+        // Later sends go through a fresh producer: purging part of an idempotent producer's
+        // queue would leave a gap in its sequence numbers. The old one has its queue purged
+        // (not its in-flight requests, whose outcome would be unknown) and is closed once its
+        // last send ended.
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *self.producer.write(), Arc::new(fresh));
+                old.purge(PurgeConfig::default().queue());
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "no fresh routing producer; copies queued for abandoned handlers may still be published"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message as _, Offset, TopicPartitionList};
+
+    use super::*;
+    use crate::message::Headers;
+    use crate::server::{Server, ServerHandle};
+
+    const TOPIC: &str = "copies";
+
+    fn record(payload: &str) -> OutgoingRecord {
+        OutgoingRecord {
+            topic: TOPIC.to_owned(),
+            partition: Some(0),
+            key: Some(Bytes::from_static(b"k")),
+            payload: Some(Bytes::from(payload.to_owned())),
+            headers: Headers::new(),
+        }
+    }
+
+    async fn server(dir: &Path, listen: &str) -> ServerHandle {
+        Server::builder()
+            .listen(listen)
+            .data_dir(dir)
+            .auto_create_topics(true)
+            .default_partitions(1)
+            .start()
+            .await
+            .expect("the server starts")
+    }
+
+    /// Every payload of partition 0 of `TOPIC`, in order.
+    fn payloads(bootstrap: &str) -> Vec<String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "copies-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
+        let (_, end) = consumer
+            .fetch_watermarks(TOPIC, 0, Duration::from_secs(10))
+            .expect("watermarks");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(TOPIC, 0, Offset::Beginning)
+            .expect("partition");
+        consumer.assign(&tpl).expect("assigned");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (out.len() as i64) < end {
+            assert!(Instant::now() < deadline, "read {out:?} of {end} records");
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message.expect("a record");
+                out.push(
+                    String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        out
+    }
+
+    /// The seed-2 finding of the chaos test: a copy handed to the producer while the server
+    /// was down landed after the restart, after the next owner's read-back. Purged, it never
+    /// lands, and the sink keeps publishing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_queued_while_the_server_is_down_and_purged_never_lands() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let first = server(dir.path(), "127.0.0.1:0").await;
+        let bootstrap = first.local_addr().to_string();
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &bootstrap);
+        let sink = Arc::new(KafkaSink::new(config).expect("a producer"));
+        sink.send(record("before")).await.expect("acknowledged");
+
+        first.shutdown().await;
+        let queued = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.send(record("abandoned")).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.producer.read().in_flight_count() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the send never reached the producer"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sink.purge_queued();
+        let purged = tokio::time::timeout(Duration::from_secs(10), queued)
+            .await
+            .expect("the purged send ends")
+            .expect("the send task");
+        assert!(purged.is_err(), "a purged send is not acknowledged");
+
+        let second = server(dir.path(), &bootstrap).await;
+        sink.send(record("after"))
+            .await
+            .expect("acknowledged after the restart");
+        let reader = bootstrap.clone();
+        let seen = tokio::task::spawn_blocking(move || payloads(&reader))
+            .await
+            .expect("the reader");
+        assert_eq!(seen, ["before", "after"]);
+        second.shutdown().await;
     }
 }

@@ -33,6 +33,7 @@ pub use self::facts::{describe, Describe, FactsLayer, FactsService};
 pub use self::lock::{KeyLockLayer, KeyLockService};
 pub use self::ratelimit::{RateLimitLayer, RateLimitService};
 pub use self::retry::{Retry, RetryLayer, RetryService};
+pub(crate) use self::route::abandonable;
 pub use self::route::{RetryTiers, RouteLayer, RouteService, TierNames};
 pub use self::sink::{MemorySink, OutgoingRecord, Sink, SinkError};
 pub use self::stale::{stale_topic, StaleLayer, StaleService};

@@ -5,7 +5,10 @@
 //!
 //! Every copy names the delivery it was made from ([`headers::ROUTED_FROM`]): a worker that
 //! takes over a partition finds the copies made of its unfinished records before it routes
-//! any of them again (see `runtime::recovery`).
+//! any of them again (see `runtime::recovery`). A worker that lost the partition (or abandoned
+//! a still-running handler at a revoke's drain deadline) publishes none of that handler's
+//! copies any more: the worker runs each job under a token ([`abandonable`]) that the revoke
+//! cancels, and the publish gives up (the message is requeued) when it is cancelled.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +23,21 @@ use super::headers;
 use super::sink::{OutgoingRecord, Sink};
 use super::{now_ms, OutcomeFuture};
 use crate::message::{Envelope, Failure, Outcome, RouteTarget};
+
+tokio::task_local! {
+    /// Cancelled when the job this task runs is abandoned (see [`abandonable`]).
+    static ABANDONED: CancellationToken;
+}
+
+/// Runs `job` (a message through the policy stack) so that, once `abandoned` is cancelled, the
+/// route layer publishes no copy for it any more and requeues it instead: its partition went
+/// to another owner, which may already have read back the tiers without that copy.
+pub(crate) async fn abandonable<F: std::future::Future>(
+    abandoned: CancellationToken,
+    job: F,
+) -> F::Output {
+    ABANDONED.scope(abandoned, job).await
+}
 
 /// The delays of the retry tiers, in order: tier `n` of group `g` is `<topic>.<g>.retry.<n>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -248,13 +266,15 @@ impl RouteConfig {
         (target, record)
     }
 
-    /// Publishes until acknowledged; requeues on shutdown.
+    /// Publishes until acknowledged; requeues on shutdown, and when the job is abandoned
+    /// (see [`abandonable`]) before its copy was acknowledged.
     async fn publish(
         &self,
         record: OutgoingRecord,
         target: RouteTarget,
         error_class: &'static str,
     ) -> Outcome {
+        let abandoned = ABANDONED.try_with(Clone::clone).unwrap_or_default();
         let mut delays = ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(5))
@@ -262,7 +282,17 @@ impl RouteConfig {
             .with_jitter()
             .build();
         loop {
-            match self.sink.send(record.clone()).await {
+            if abandoned.is_cancelled() {
+                tracing::info!(topic = %record.topic, "the message's partition went to another owner: its copy is not published (requeued)");
+                return Outcome::Requeue;
+            }
+            // An abandoned send still queued in the producer is purged by the revoke.
+            let sent = tokio::select! {
+                biased;
+                _ = abandoned.cancelled() => continue,
+                sent = self.sink.send(record.clone()) => sent,
+            };
+            match sent {
                 Ok(()) => {
                     return Outcome::Routed {
                         target,
@@ -274,10 +304,76 @@ impl RouteConfig {
                     tracing::warn!(error = %e, ?delay, "routing a failed message did not get an acknowledgement; trying again");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
+                        _ = abandoned.cancelled() => {}
                         _ = self.shutdown.cancelled() => return Outcome::Requeue,
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use futures::future::BoxFuture;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::policy::SinkError;
+
+    /// Never acknowledges (the broker is down); counts the sends.
+    #[derive(Debug, Default)]
+    struct Unanswered {
+        sends: AtomicUsize,
+    }
+
+    impl Sink for Unanswered {
+        fn send(&self, _record: OutgoingRecord) -> BoxFuture<'_, Result<(), SinkError>> {
+            self.sends.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_job_gives_up_its_unacknowledged_copy_and_is_requeued() {
+        let sink = Arc::new(Unanswered::default());
+        let layer = RouteLayer::new(
+            RetryTiers(vec![Duration::from_millis(100)]),
+            None,
+            None,
+            "g",
+            sink.clone(),
+            CancellationToken::new(),
+        );
+        let failing = tower::service_fn(|e: Envelope| async move {
+            Ok::<_, Infallible>(Outcome::Failed(Failure {
+                class: "transient",
+                message: "fails".to_owned(),
+                permanent: false,
+                retry_after: None,
+                first_failed_ms: 0,
+                attempt: e.attempt,
+                unavailable: false,
+            }))
+        });
+        let service = layer.layer(failing);
+        let abandoned = CancellationToken::new();
+        let envelope = Envelope::new("t", b"k".to_vec(), b"v".to_vec());
+        let job = tokio::spawn(abandonable(abandoned.clone(), service.oneshot(envelope)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.sends.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the copy was never sent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        abandoned.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), job)
+            .await
+            .expect("the abandoned job ends")
+            .expect("the job task");
+        assert!(matches!(outcome, Ok(Outcome::Requeue)), "{outcome:?}");
+        assert_eq!(sink.sends.load(Ordering::SeqCst), 1, "not sent again");
     }
 }

@@ -37,6 +37,11 @@ pub struct SinkError {
 pub trait Sink: Send + Sync + std::fmt::Debug + 'static {
     /// Publishes `record` and waits for its acknowledgement.
     fn send(&self, record: OutgoingRecord) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Drops the records handed to [`Sink::send`] that were not transmitted yet: their sends
+    /// fail (and are sent again by whoever still wants them). Records already on their way to
+    /// the broker are not recalled. The default does nothing (a sink that queues nothing).
+    fn purge_queued(&self) {}
 }
 
 /// A sink that keeps records in memory (for [`crate::testing`]).

@@ -28,12 +28,19 @@
 //! (`max_per_key`) pauses only its own partition. A key is parked only while the tier
 //! partition its record went to is assigned to this worker, so the record it waits for is
 //! fetched here.
+//!
+//! One key's source record and its retry-tier records queue in different lanes, and an
+//! abandoned job of a revoked partition may still run when the partition comes back; still,
+//! two jobs whose records share a first-delivery lane never run at once: the later one waits
+//! until the running one ends. It waits only for a *running* job, which ends by itself, so
+//! this wait cannot wedge either.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 use super::offsets::{FinishedAbove, OffsetTracker};
 use crate::message::{Envelope, Outcome, RouteTarget};
@@ -106,6 +113,10 @@ pub(crate) struct Job {
     pub(crate) lane: LaneKey,
     pub(crate) epoch: u64,
     pub(crate) envelope: Envelope,
+    /// Cancelled when the job is abandoned: its partition was lost, or revoked while it still
+    /// ran at the drain deadline. An abandoned job must publish no copy any more (the next
+    /// owner may already have read back the tiers and handles the record itself).
+    pub(crate) abandoned: CancellationToken,
 }
 
 /// What became of a delivered message.
@@ -170,6 +181,8 @@ struct PartitionState {
     last_commit: Option<(i64, String)>,
     /// The lowest unfinished offset and since when it has been the lowest.
     lowest: Option<(i64, Instant)>,
+    /// Handed to this assignment's jobs; cancelled when they are abandoned at the revoke.
+    abandon: CancellationToken,
 }
 
 impl PartitionState {
@@ -234,6 +247,12 @@ pub(crate) struct Dispatcher {
     /// Jobs still running for partitions that were revoked or lost meanwhile: their copies
     /// may still land, so a new assignment of the partition reads back after they ended.
     orphans: HashMap<TopicPartition, usize>,
+    /// Running jobs per source lane of their first delivery: a key's source record and its
+    /// retry-tier records sit in different lanes (and a revoked partition's job may still run
+    /// when the partition comes back), yet never run at once.
+    busy: HashMap<LaneKey, usize>,
+    /// Lanes whose next record waits for a running job of the same first-delivery lane.
+    blocked: HashMap<LaneKey, Vec<LaneKey>>,
 }
 
 impl Dispatcher {
@@ -271,6 +290,8 @@ impl Dispatcher {
             abandoned: 0,
             bounds_reached: (false, false),
             orphans: HashMap::new(),
+            busy: HashMap::new(),
+            blocked: HashMap::new(),
         }
     }
 
@@ -449,7 +470,8 @@ impl Dispatcher {
     }
 
     /// Forgets a revoked partition; returns its final commit (watermark and metadata stamped
-    /// with `now_ms`), unless its retry state was never read back (nothing of it ran).
+    /// with `now_ms`), unless its retry state was never read back (nothing of it ran). Jobs of
+    /// it still running are abandoned: their [`Job::abandoned`] token is cancelled.
     pub(crate) fn finish_revoke(
         &mut self,
         tp: &TopicPartition,
@@ -459,6 +481,8 @@ impl Dispatcher {
         self.control.remove(tp);
         if p.running > 0 {
             *self.orphans.entry(tp.clone()).or_default() += p.running;
+            // Their copies must not land any more: the next owner reads back without them.
+            p.abandon.cancel();
         }
         let epoch = p.epoch;
         self.lanes.retain(|_, lane| lane.epoch != epoch);
@@ -600,9 +624,21 @@ impl Dispatcher {
             if lane.running || self.parked.contains_key(&key) {
                 continue;
             }
+            let origin = lane
+                .queue
+                .front()
+                .and_then(|e| origin_of(&self.topology, &key, e));
+            if let Some(origin) = origin.as_ref().filter(|o| self.busy.contains_key(*o)) {
+                // Another lane of the key runs: this one goes on when that job ends.
+                self.blocked.entry(origin.clone()).or_default().push(key);
+                continue;
+            }
             let Some(envelope) = lane.queue.pop_front() else {
                 continue;
             };
+            if let Some(origin) = &origin {
+                *self.busy.entry(origin.clone()).or_default() += 1;
+            }
             lane.running = true;
             let epoch = lane.epoch;
             let unfull = lane.full && lane.queue.len() < self.limits.max_per_key;
@@ -610,11 +646,13 @@ impl Dispatcher {
                 lane.full = false;
             }
             let tp: TopicPartition = (lane_partition(&key).0.clone(), envelope.partition);
+            let mut abandoned = None;
             if let Some(p) = self.partitions.get_mut(&tp) {
                 p.running += 1;
                 if unfull {
                     p.full_lanes -= 1;
                 }
+                abandoned = Some(p.abandon.clone());
             }
             if unfull {
                 self.update_pause(&tp);
@@ -624,6 +662,7 @@ impl Dispatcher {
                 lane: key,
                 epoch,
                 envelope,
+                abandoned: abandoned.unwrap_or_default(),
             });
         }
         jobs
@@ -637,6 +676,10 @@ impl Dispatcher {
         envelope: &Envelope,
         outcome: &Outcome,
     ) -> Vec<Job> {
+        let origin = origin_of(&self.topology, job_lane, envelope);
+        if let Some(origin) = origin {
+            self.unbusy(&origin);
+        }
         self.running -= 1;
         self.uncount(&envelope.topic);
         let tp: TopicPartition = (lane_partition(job_lane).0.clone(), envelope.partition);
@@ -676,6 +719,21 @@ impl Dispatcher {
         }
         self.update_bound_pauses();
         self.fill()
+    }
+
+    /// A job of the first-delivery lane `origin` ended: lanes waiting for it may run.
+    fn unbusy(&mut self, origin: &LaneKey) {
+        let Some(running) = self.busy.get_mut(origin) else {
+            return;
+        };
+        *running -= 1;
+        if *running > 0 {
+            return;
+        }
+        self.busy.remove(origin);
+        for lane in self.blocked.remove(origin).unwrap_or_default() {
+            self.mark_ready(&lane);
+        }
     }
 
     /// Parks a source lane whose record left for a retry tier; unparks it once every record
@@ -1039,6 +1097,23 @@ impl PartitionState {
     }
 }
 
+/// The source lane of the first delivery of `envelope`, queued in `lane`: the lane itself for
+/// a source record, the lane its provenance headers name for a retry-tier record; `None`
+/// without a key.
+fn origin_of(topology: &Topology, lane: &LaneKey, envelope: &Envelope) -> Option<LaneKey> {
+    let LaneKey::Keyed(topic, _, key) = lane else {
+        return None;
+    };
+    if topology.tier_of(topic) == 0 {
+        return Some(lane.clone());
+    }
+    Some(LaneKey::Keyed(
+        Arc::from(headers::original_topic(envelope)),
+        headers::original_partition(envelope),
+        key.clone(),
+    ))
+}
+
 fn lane_partition(key: &LaneKey) -> (&Arc<str>, i32) {
     match key {
         LaneKey::Keyed(t, p, _) | LaneKey::Unkeyed(t, p, _) => (t, *p),
@@ -1201,6 +1276,77 @@ mod tests {
             Vec::new(),
             "the old epoch's completion is not counted"
         );
+    }
+
+    #[test]
+    fn a_reassigned_partition_runs_no_record_of_a_key_whose_abandoned_job_still_runs() {
+        let mut d = Dispatcher::new(limits(4, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        let (_, old) = d.accept(msg("k", 0), None, 0);
+        d.begin_revoke(&tp());
+        d.finish_revoke(&tp(), 0);
+        d.assign(tp(), FinishedAbove::default());
+        assert!(
+            d.accept(msg("k", 0), None, 0).1.is_empty(),
+            "waits for the abandoned run of its key"
+        );
+        assert_eq!(
+            d.accept(msg("x", 1), None, 0).1.len(),
+            1,
+            "other keys run at once"
+        );
+        let o = &old[0];
+        let next = d.complete(&o.lane, o.epoch, &o.envelope, &ack());
+        assert_eq!(
+            next.iter().map(|j| j.envelope.offset).collect::<Vec<_>>(),
+            vec![0]
+        );
+    }
+
+    #[test]
+    fn a_record_fetched_again_runs_once() {
+        // The chaos test's seed 16: a retry tier's records fetched again in one assignment ran
+        // twice, and each run routed its own copy.
+        let mut d = Dispatcher::new(limits(4, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        let (_, first) = d.accept(msg("k", 0), None, 0);
+        assert_eq!(first.len(), 1);
+        let (accepted, started) = d.accept(msg("k", 0), None, 0);
+        assert_eq!(
+            accepted,
+            Accepted::AlreadyFinished,
+            "running: not queued again"
+        );
+        assert!(started.is_empty());
+        let job = &first[0];
+        d.complete(&job.lane, job.epoch, &job.envelope, &ack());
+        assert_eq!(
+            d.accept(msg("k", 0), None, 0).0,
+            Accepted::AlreadyFinished,
+            "finished: skipped"
+        );
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn jobs_still_running_at_the_end_of_a_revoke_are_told_they_were_abandoned() {
+        let mut d = Dispatcher::new(limits(4, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        let (_, done) = d.accept(msg("a", 0), None, 0);
+        let (_, running) = d.accept(msg("b", 1), None, 0);
+        let done = &done[0];
+        d.complete(&done.lane, done.epoch, &done.envelope, &ack());
+        d.begin_revoke(&tp());
+        assert!(
+            !running[0].abandoned.is_cancelled(),
+            "not abandoned while the revoke drains"
+        );
+        d.finish_revoke(&tp(), 0);
+        assert!(running[0].abandoned.is_cancelled());
+        // The next assignment's jobs get a token of their own.
+        d.assign(tp(), FinishedAbove::default());
+        let (_, again) = d.accept(msg("c", 2), None, 0);
+        assert!(!again[0].abandoned.is_cancelled());
     }
 
     #[test]
@@ -1551,6 +1697,40 @@ pub(super) mod parking_tests {
         let (_, tier_jobs) = d.accept(copy("K", 3, 0), None, 0);
         let ran = run_all(&mut d, tier_jobs, |_| ack());
         assert_eq!(ran, vec![(TIER.to_owned(), 0), ("t".to_owned(), 5)]);
+    }
+
+    #[test]
+    fn a_key_never_runs_in_its_source_lane_and_a_tier_lane_at_once() {
+        // Relaxed: K(1) passes K(0), which went to the tier; K(0)'s copy arrives while K(1)
+        // runs (the chaos test's seed 6: two runs of a key at once when the lock store lost
+        // its locks).
+        let mut d = tiered(limits(4, 100, 10, false));
+        let (_, jobs) = d.accept(msg("K", 0), None, 0);
+        run_all(&mut d, jobs, |_| routed());
+        let (_, running) = d.accept(msg("K", 1), None, 0);
+        assert_eq!(running.len(), 1, "relaxed: a later record passes");
+        let (accepted, started) = d.accept(copy("K", 0, 0), None, 0);
+        assert_eq!(accepted, Accepted::Queued);
+        assert!(started.is_empty(), "the tier record waits for K(1)");
+        let (_, other) = d.accept(copy("X", 2, 1), None, 0);
+        assert_eq!(other.len(), 1, "another key's tier record runs at once");
+        let k1 = &running[0];
+        let next = d.complete(&k1.lane, k1.epoch, &k1.envelope, &ack());
+        assert_eq!(
+            next.iter()
+                .map(|j| (j.envelope.topic.to_string(), j.envelope.offset))
+                .collect::<Vec<_>>(),
+            vec![(TIER.to_owned(), 0)],
+            "K(1) ended: K(0)'s tier record runs"
+        );
+        // And the other way round: K(3) waits while the tier record runs.
+        assert!(d.accept(msg("K", 3), None, 0).1.is_empty());
+        let tier_job = &next[0];
+        let after = d.complete(&tier_job.lane, tier_job.epoch, &tier_job.envelope, &ack());
+        assert_eq!(
+            after.iter().map(|j| j.envelope.offset).collect::<Vec<_>>(),
+            vec![3]
+        );
     }
 
     #[test]

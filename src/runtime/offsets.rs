@@ -167,8 +167,14 @@ impl OffsetTracker {
         }
     }
     /// Records that `offset` was delivered. Returns false when the last commit says it is
-    /// already finished, in which case it counts as finished and must be skipped.
+    /// already finished, in which case it counts as finished and must be skipped, and when it
+    /// was delivered before (the consumer fetched it again: a fetch position reset, say, after
+    /// a broker restart), whether it is finished or still running: each offset runs once per
+    /// assignment.
     pub(crate) fn begin(&mut self, offset: i64) -> bool {
+        if self.next.is_some_and(|next| offset < next) {
+            return false;
+        }
         self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
         if self.restored.contains(offset) {
             return false;
@@ -287,6 +293,19 @@ mod tests {
     fn round_trip(tracker: &OffsetTracker) -> (i64, FinishedAbove) {
         let (committed, metadata) = tracker.commit_point().expect("a commit point");
         (committed, FinishedAbove::parse(committed, &metadata))
+    }
+
+    #[test]
+    fn an_offset_fetched_again_is_not_begun_twice() {
+        let mut t = OffsetTracker::new(FinishedAbove::parse(10, ""));
+        assert!(!t.begin(3), "below the commit: finished");
+        assert!(t.begin(10));
+        assert!(t.begin(11));
+        assert!(!t.begin(11), "still running: not again");
+        t.finish(10);
+        assert!(!t.begin(10), "finished: not again");
+        assert_eq!(t.lowest_unfinished(), Some(11));
+        assert!(t.begin(12));
     }
 
     #[test]

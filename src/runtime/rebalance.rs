@@ -108,6 +108,8 @@ impl WorkerContext {
                     break;
                 }
             }
+            // Handlers still running now are abandoned (`finish_revoke` tells them).
+            let abandoned_jobs: usize = tps.iter().map(|tp| d.running_in(tp)).sum();
             let mut commits = Vec::new();
             let now_ms = crate::policy::now_ms();
             for tp in &tps {
@@ -115,9 +117,14 @@ impl WorkerContext {
                     commits.push((tp.clone(), offset, metadata));
                 }
             }
-            (commits, d.take_abandoned())
+            (commits, d.take_abandoned(), abandoned_jobs)
         };
-        let (commits, abandoned) = drain();
+        let (commits, abandoned, abandoned_jobs) = drain();
+        if abandoned_jobs > 0 {
+            // Copies those handlers already handed to the producer, not yet sent (the broker
+            // was down, say), must not land after the next owner's read-back.
+            self.shared.sink.purge_queued();
+        }
         self.shared.requeued(abandoned);
         for (topic, partition) in &tps {
             // The next owner reports this partition's lag.

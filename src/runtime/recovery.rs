@@ -249,6 +249,7 @@ fn read_to_end(
         if start >= high {
             continue;
         }
+        tracing::debug!(%topic, partition, start, end = high, "reading back");
         ends.insert((topic.clone(), *partition), high);
         tpl.add_partition_offset(topic, *partition, Offset::Offset(start))?;
     }

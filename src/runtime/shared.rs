@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// Wakes the consume loop: pause/resume decisions or a drained shutdown.
     pub(crate) wake: Notify,
     pub(crate) stack: BoxedStack,
+    /// Where the stack publishes routed copies (purged of abandoned jobs' copies at revokes).
+    pub(crate) sink: Arc<dyn policy::Sink>,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) counters: Counters,
     /// Set once the final commit is done and the consumer is closing: the revoke that closing
@@ -62,7 +64,8 @@ impl Shared {
             let shared = self.clone();
             let stack = self.stack.clone();
             self.runtime.spawn(async move {
-                let outcome = match stack.oneshot(job.envelope.clone()).await {
+                let run = stack.oneshot(job.envelope.clone());
+                let outcome = match policy::abandonable(job.abandoned.clone(), run).await {
                     Ok(outcome) => outcome,
                     Err(never) => match never {},
                 };
