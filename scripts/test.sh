@@ -4,14 +4,15 @@
 # benchmarks' smoke runs), then the wall time of each phase and of each test binary, and one
 # closing line with the totals.
 #
-# One build serves every phase. Clippy lints while the tests are built: clippy-driver is the
-# compiler of the workspace's crates (RUSTC_WORKSPACE_WRAPPER, as `cargo clippy` sets it, with
-# `-D warnings`), so the lints of every target (`--all-targets`) come with one build of the
-# dependencies instead of a check build of their own. One `cargo test --no-run --all-targets`
-# builds the test binaries (one per crate: tests/*.rs are modules of it), the examples (the
-# ledger's end-to-end test and the quickstart's test run the example binaries) and the
-# benchmarks; `cargo nextest run` then runs the tests of all binaries in parallel
-# (`.config/nextest.toml`), and the doc tests, rustdoc, the dependent crate and the
+# One build serves every phase. The workspace's crates are compiled by scripts/compile.sh
+# (RUSTC_WORKSPACE_WRAPPER): clippy-driver with `-D warnings`, as `cargo clippy` runs it, so the
+# lints of every target (`--all-targets`) come with one build of the dependencies instead of a
+# check build of their own; and rustdoc with `-D warnings` over each library, reading the
+# dependencies this build made, where `cargo doc` would build them again. One
+# `cargo test --no-run --all-targets` builds the test binaries (one per crate: tests/*.rs are
+# modules of it), the examples (the ledger's end-to-end test and the quickstart's test run the
+# example binaries) and the benchmarks; `cargo nextest run` then runs the tests of all binaries
+# in parallel (`.config/nextest.toml`), and the doc tests, the dependent crate and the
 # benchmarks' smoke runs reuse what was built (the same wrapper is set for all of them, or the
 # workspace's crates would be built again). Arguments go to nextest, e.g.
 # `bash scripts/test.sh -E 'test(/^policies::/)'`.
@@ -23,6 +24,10 @@ ws=(--workspace --exclude steadfast-kafka-protocol)
 # Incremental compilation pays when the same crates are rebuilt after small edits; the suite
 # builds each once, and without it a clean build is faster and the target directory smaller.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# librdkafka (built from source by rdkafka-sys) without C debug symbols: its configure script
+# reads this, and the tests never step through its C code. Not part of any fingerprint, so a
+# `cargo test` outside this script reuses the same build.
+export MKL_NO_DEBUG_SYMBOLS=${MKL_NO_DEBUG_SYMBOLS:-y}
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
@@ -131,27 +136,25 @@ fi
 
 gate services bash scripts/services.sh
 gate fmt cargo fmt --all -- --check
-clippy_driver=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver || true)
-if [ -n "$clippy_driver" ]; then
-  export RUSTC_WORKSPACE_WRAPPER=$clippy_driver
+export RUSTC_WORKSPACE_WRAPPER=$PWD/scripts/compile.sh
+LINT_DRIVER=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver || true)
+export LINT_DRIVER
+if [ -n "$LINT_DRIVER" ]; then
   export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 else
   echo "clippy-driver not found (rustup component add clippy): linting with cargo clippy" >&2
   gate clippy cargo clippy "${ws[@]}" --all-targets --profile test --locked -- -D warnings
 fi
-# Every test binary, the examples and the benchmarks, with the test profile (and linted).
+# Every test binary, the examples and the benchmarks, with the test profile (linted, and the
+# libraries documented).
 # `--timings`: what each crate's build took, in target/cargo-timings/cargo-timing.html.
 gate build cargo test "${ws[@]}" --locked --all-targets --no-run --timings
-# Beside the tests (nextest only; `cargo test` holds the target directory while it runs):
-# rustdoc's own lints (broken intra-doc links and the like) over the workspace's crates, and
-# a crate outside the workspace that depends on steadfast by path, as a user's does: it gets
-# the decoder we test (no [patch] needed downstream). Its target directory is the workspace's,
-# so most dependencies built above are reused (steadfast's own crates, outside their
-# workspace there, are built again).
-docs=(env RUSTDOCFLAGS="-D warnings" cargo doc "${ws[@]}" --no-deps --profile test --locked)
+# Beside the tests (nextest only; `cargo test` holds the target directory while it runs): a
+# crate outside the workspace that depends on steadfast by path, as a user's does (see
+# tests/dependent/Cargo.toml). Its target directory is the workspace's, so most dependencies
+# built above are reused.
 dependent=(cargo test --manifest-path tests/dependent/Cargo.toml --locked --target-dir target)
 if [ "${run_tests[0]} ${run_tests[1]}" = "cargo nextest" ]; then
-  beside doc "${docs[@]}"
   beside dependent "${dependent[@]}"
 fi
 # The tests: all of them run, whatever fails.
@@ -160,7 +163,6 @@ touch "$logs/tests.done"
 if [ ${#beside_pids[@]} -gt 0 ]; then
   await_beside
 else
-  phase doc "${docs[@]}"
   phase dependent "${dependent[@]}"
 fi
 phase doc-tests cargo test "${ws[@]}" --locked --doc

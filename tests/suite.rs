@@ -1,7 +1,10 @@
 //! The runtime's integration tests, one module per area, built as one test binary: one link
 //! and one copy of the generic code they share, where a binary per file built the runtime's
 //! dependencies into each of them. (The chaos test, with a `main` of its own, is the other
-//! test binary.) `cargo nextest run -E 'test(/^policies::/)'` runs one area.
+//! test binary.) The derive macros' tests (`derive`, `ui`) are here too: in the proc-macro crate
+//! they would build steadfast a second time (a proc-macro's dev-dependencies are resolved
+//! apart, without steadfast's default features). `cargo nextest run -E 'test(/^policies::/)'`
+//! runs one area.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -15,6 +18,8 @@ mod conformance;
 mod config_reference;
 #[path = "dedup_leases.rs"]
 mod dedup_leases;
+#[path = "derive.rs"]
+mod derive;
 #[path = "docker_compose.rs"]
 mod docker_compose;
 #[path = "first_contact.rs"]
@@ -41,6 +46,8 @@ mod store_conformance_postgres;
 mod store_conformance_redis;
 #[path = "store_postgres.rs"]
 mod store_postgres;
+#[path = "ui.rs"]
+mod ui;
 #[path = "worker_restarts.rs"]
 mod worker_restarts;
 #[path = "worker_semantics.rs"]

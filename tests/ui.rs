@@ -1,10 +1,10 @@
-//! Compile-fail tests of the derives: each `ui/fail/*.rs` must fail to compile with exactly
+//! Compile-fail tests of the derives (`steadfast-macros`): each `ui/fail/*.rs` must fail to compile with exactly
 //! the errors in the `.stderr` beside it (regenerate them with `UI_BLESS=1`).
 //!
 //! The cases are checked by `rustc` directly against the steadfast and serde this test was
 //! built with (the newest `libsteadfast-*.rlib` and `libserde-*.rlib` beside this binary and
-//! older than it, their own dependencies found by hash in the same folder), so the suite builds the dependency tree once rather than again in a
-//! project of the test's own. Paths and line numbers that are not the case's own are
+//! older than it, their own dependencies found by hash in the same folder), so the suite
+//! builds the dependency tree once rather than again in a project of the test's own. Paths and line numbers that are not the case's own are
 //! normalised, so an edit elsewhere in steadfast does not change the expected output.
 
 use std::path::{Path, PathBuf};
@@ -19,10 +19,9 @@ fn each_fail_case_fails_with_its_expected_errors() {
         .into_iter()
         .map(|name| (name, newest_rlib(&deps, name)))
         .collect();
+    // The workspace's root, where the cases' paths and `$WORKSPACE` start.
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir
-        .parent()
-        .expect("the macros crate is in the workspace");
+    let workspace = manifest_dir;
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui");
     std::fs::create_dir_all(&out_dir).expect("create the output folder of the ui cases");
     let bless = std::env::var_os("UI_BLESS").is_some();
