@@ -57,6 +57,7 @@ pub use self::error::ServerError;
 use self::auth::UserDirectory;
 use self::broker::{load_cluster_id, Broker, ProducerIdAllocator};
 use self::durable::now_ms;
+use self::group::membership::MembershipStore;
 use self::group::offsets::OffsetStore;
 use self::group::GroupCoordinator;
 use self::storage::sync::Syncer;
@@ -215,7 +216,14 @@ impl ServerBuilder {
         let producer_ids = ProducerIdAllocator::load(&data_dir)?;
         let offsets = OffsetStore::open(&data_dir)
             .map_err(|e| ServerError::storage(data_dir.join("groups"), e))?;
-        let groups = GroupCoordinator::new(config.groups.clone(), offsets);
+        let (membership, restored) = {
+            let dir = data_dir.clone();
+            tokio::task::spawn_blocking(move || MembershipStore::open(&dir))
+                .await
+                .map_err(|e| ServerError::Config(format!("group membership task failed: {e}")))?
+                .map_err(|e| ServerError::storage(data_dir.join("groups").join("members"), e))?
+        };
+        let groups = GroupCoordinator::new(config.groups.clone(), offsets, membership, restored);
         let users = match &config.users_file {
             Some(path) => {
                 let path = path.clone();
@@ -343,6 +351,11 @@ impl ServerHandle {
             if let Err(e) = partition.flush() {
                 tracing::error!(error = %e, "flush at shutdown failed");
             }
+        }
+        let broker = self.broker.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || broker.groups.flush_membership()).await
+        {
+            tracing::error!(error = %e, "writing group membership at shutdown failed");
         }
         drop(self.lock);
         tracing::info!("steadfast server stopped");

@@ -6,9 +6,6 @@
 //! process, or after a restart without it. Offset commits on a full disk are refused with
 //! an error code on an open connection, and work again once there is room.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use kafka_protocol::messages::offset_commit_request::{
@@ -22,77 +19,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Offset;
 use steadfast_testkit::*;
 
+use crate::child_server::ServerProcess;
+
 /// File-size limit of the child: the segment file cannot grow past it.
 const FSIZE_LIMIT: u64 = 64 * 1024;
 /// Bytes of each message's payload.
 const PAYLOAD_BYTES: usize = 1000;
-
-/// The server child process; killed when dropped.
-struct ServerProcess {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-    bootstrap: String,
-}
-
-impl ServerProcess {
-    fn spawn(dir: &Path, fsize_limit: Option<u64>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_child_server"));
-        command
-            .arg("--data-dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(limit) = fsize_limit {
-            command.arg("--fsize-limit").arg(limit.to_string());
-        }
-        let mut child = command.spawn().expect("spawn child_server");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let line = read_line(&mut stdout);
-        let bootstrap = line
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
-            .to_owned();
-        ServerProcess {
-            child,
-            stdout,
-            bootstrap,
-        }
-    }
-
-    /// Lifts the child's file-size limit (SIGUSR1) and waits until it says it did.
-    fn lift_limit(&mut self) {
-        let status = Command::new("kill")
-            .arg("-USR1")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -USR1 failed");
-        assert_eq!(read_line(&mut self.stdout), "fsize limit lifted");
-    }
-
-    /// Kills the child at once (a crash: no shutdown, no final flush).
-    fn crash(mut self) {
-        self.child.kill().expect("kill the server");
-        self.child.wait().expect("reap the server");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The next line the child prints (the child exiting fails the test).
-fn read_line(stdout: &mut BufReader<ChildStdout>) -> String {
-    let mut line = String::new();
-    let n = stdout
-        .read_line(&mut line)
-        .expect("read the server's stdout");
-    assert!(n > 0, "the server exited");
-    line.trim_end().to_owned()
-}
 
 fn payload_of(i: usize) -> Vec<u8> {
     let mut p = format!("message-{i:06}|").into_bytes();

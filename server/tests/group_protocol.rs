@@ -14,22 +14,22 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use steadfast_testkit::*;
 
-const JOIN_V: i16 = 7;
-const SYNC_V: i16 = 5;
-const HEARTBEAT_V: i16 = 4;
-const COMMIT_V: i16 = 8;
-const FETCH_OFFSETS_V: i16 = 7;
+pub(crate) const JOIN_V: i16 = 7;
+pub(crate) const SYNC_V: i16 = 5;
+pub(crate) const HEARTBEAT_V: i16 = 4;
+pub(crate) const COMMIT_V: i16 = 8;
+pub(crate) const FETCH_OFFSETS_V: i16 = 7;
 
-const ILLEGAL_GENERATION: i16 = 22;
-const UNKNOWN_MEMBER_ID: i16 = 25;
-const REBALANCE_IN_PROGRESS: i16 = 27;
-const MEMBER_ID_REQUIRED: i16 = 79;
+pub(crate) const ILLEGAL_GENERATION: i16 = 22;
+pub(crate) const UNKNOWN_MEMBER_ID: i16 = 25;
+pub(crate) const REBALANCE_IN_PROGRESS: i16 = 27;
+pub(crate) const MEMBER_ID_REQUIRED: i16 = 79;
 
-fn s(v: &str) -> StrBytes {
+pub(crate) fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_owned())
 }
 
-fn join_request(group: &str, member_id: &str) -> JoinGroupRequest {
+pub(crate) fn join_request(group: &str, member_id: &str) -> JoinGroupRequest {
     JoinGroupRequest::default()
         .with_group_id(GroupId(s(group)))
         .with_session_timeout_ms(10_000)
@@ -43,7 +43,7 @@ fn join_request(group: &str, member_id: &str) -> JoinGroupRequest {
 }
 
 /// Joins as a new dynamic member: MEMBER_ID_REQUIRED, then the real join (sent, not awaited).
-fn send_join(client: &mut RawClient, group: &str) -> String {
+pub(crate) fn send_join(client: &mut RawClient, group: &str) -> String {
     let response = client.call(&join_request(group, ""), JOIN_V);
     assert_eq!(response.error_code, MEMBER_ID_REQUIRED);
     let member_id = response.member_id.as_str().to_owned();
@@ -52,7 +52,7 @@ fn send_join(client: &mut RawClient, group: &str) -> String {
     member_id
 }
 
-fn sync(
+pub(crate) fn sync(
     client: &mut RawClient,
     group: &str,
     generation: i32,
@@ -78,7 +78,7 @@ fn sync(
     client.call(&request, SYNC_V)
 }
 
-fn heartbeat(client: &mut RawClient, group: &str, generation: i32, member: &str) -> i16 {
+pub(crate) fn heartbeat(client: &mut RawClient, group: &str, generation: i32, member: &str) -> i16 {
     let request = HeartbeatRequest::default()
         .with_group_id(GroupId(s(group)))
         .with_generation_id(generation)
@@ -86,7 +86,7 @@ fn heartbeat(client: &mut RawClient, group: &str, generation: i32, member: &str)
     client.call(&request, HEARTBEAT_V).error_code
 }
 
-fn commit(
+pub(crate) fn commit(
     client: &mut RawClient,
     group: &str,
     generation: i32,
@@ -107,7 +107,7 @@ fn commit(
     client.call(&request, COMMIT_V).topics[0].partitions[0].error_code
 }
 
-fn committed(client: &mut RawClient, group: &str, topic: &str) -> (i64, String) {
+pub(crate) fn committed(client: &mut RawClient, group: &str, topic: &str) -> (i64, String) {
     let request = OffsetFetchRequest::default()
         .with_group_id(GroupId(s(group)))
         .with_topics(Some(vec![OffsetFetchRequestTopic::default()

@@ -3,6 +3,8 @@
 
 #[path = "auth.rs"]
 mod auth;
+#[path = "child_server.rs"]
+mod child_server;
 #[path = "compression_roundtrip.rs"]
 mod compression_roundtrip;
 #[path = "decompression_bomb.rs"]
@@ -13,6 +15,8 @@ mod disk_errors;
 mod fuzz_regressions;
 #[path = "group_protocol.rs"]
 mod group_protocol;
+#[path = "group_restart.rs"]
+mod group_restart;
 #[path = "offsets_and_retention.rs"]
 mod offsets_and_retention;
 #[path = "protocol_edges.rs"]

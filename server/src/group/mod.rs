@@ -1,9 +1,12 @@
 //! The group coordinator: the classic Kafka consumer-group protocol (join, sync, heartbeat,
-//! leave), static membership, session and rebalance timeouts enforced by the server, and
-//! durable committed offsets fenced by generation.
+//! leave), static membership, session and rebalance timeouts enforced by the server,
+//! durable committed offsets fenced by generation, and durable membership (a restarted
+//! server keeps each group's generation and members: [`membership`]).
 
 pub(crate) mod error;
+pub(crate) mod membership;
 pub(crate) mod offsets;
+pub(crate) mod record;
 pub(crate) mod state;
 
 use std::collections::HashMap;
@@ -16,8 +19,10 @@ use tokio::sync::oneshot;
 
 pub(crate) use self::error::GroupError;
 
+use self::membership::MembershipStore;
 use self::offsets::{CommittedOffset, OffsetStore};
-use self::state::{Group, GroupState, JoinOutcome, Member, SyncOutcome, Synced};
+use self::record::GroupRecord;
+use self::state::{Group, GroupState, JoinOutcome, Member, RecordDue, SyncOutcome, Synced};
 use crate::config::GroupConfig;
 use crate::durable::now_ms;
 
@@ -99,14 +104,23 @@ pub(crate) struct LeavingMember {
     pub(crate) instance_id: Option<String>,
 }
 
+/// A group's record staged for writing, and what waits for it to be on disk.
+#[derive(Debug)]
+struct Staged {
+    group_id: String,
+    due: RecordDue,
+}
+
 /// The coordinator of every group on this node.
 #[derive(Debug)]
 pub(crate) struct GroupCoordinator {
     config: GroupConfig,
-    /// When this coordinator started (ms since the epoch): groups are not persisted, so a
-    /// group not yet rejoined after a restart counts as active from then on.
+    /// When this coordinator started (ms since the epoch): a group known only by its
+    /// offsets (no membership restored) counts as active from then on.
     started_ms: i64,
-    groups: Mutex<HashMap<String, Group>>,
+    /// Shared with the blocking tasks that write membership and then answer its waiters.
+    groups: Arc<Mutex<HashMap<String, Group>>>,
+    membership: Arc<MembershipStore>,
     pub(crate) offsets: Arc<OffsetStore>,
 }
 
@@ -120,24 +134,116 @@ fn new_member_id(client_id: &str) -> String {
 }
 
 impl GroupCoordinator {
-    /// A coordinator over `offsets`.
-    pub(crate) fn new(config: GroupConfig, offsets: OffsetStore) -> Self {
+    /// A coordinator over `offsets` and `membership`, with the groups `restored` from it
+    /// (inconsistent records are logged and left out: those groups start empty).
+    pub(crate) fn new(
+        config: GroupConfig,
+        offsets: OffsetStore,
+        membership: MembershipStore,
+        restored: Vec<GroupRecord>,
+    ) -> Self {
+        let now = Instant::now();
+        let mut groups = HashMap::new();
+        for record in restored {
+            let id = record.group_id.clone();
+            match record.restore(now) {
+                Ok(group) => {
+                    tracing::info!(
+                        group = %id,
+                        generation = group.generation,
+                        state = group.state.as_str(),
+                        members = group.members.len(),
+                        "group membership restored"
+                    );
+                    groups.insert(id, group);
+                }
+                Err(reason) => {
+                    tracing::error!(group = %id, reason, "group membership record inconsistent: the group starts empty (its committed offsets are kept)");
+                }
+            }
+        }
         GroupCoordinator {
             config,
             started_ms: now_ms(),
-            groups: Mutex::new(HashMap::new()),
+            groups: Arc::new(Mutex::new(groups)),
+            membership: Arc::new(membership),
             offsets: Arc::new(offsets),
         }
     }
 
+    /// Stages `group`'s record for writing if a change of it is due.
+    fn stage(&self, group: &mut Group) -> Option<Staged> {
+        let due = group.record_due.take()?;
+        self.membership
+            .stage(&group.id, Some(GroupRecord::of(group)));
+        Some(Staged {
+            group_id: group.id.clone(),
+            due,
+        })
+    }
+
+    /// Writes every staged record on a blocking thread, then lets the requests waiting for
+    /// `staged` go on. Called without holding the groups lock.
+    fn write_membership(&self, staged: Vec<Staged>) {
+        let (store, groups) = (self.membership.clone(), self.groups.clone());
+        let work = move || {
+            let failures = store.flush();
+            let now = Instant::now();
+            let mut groups = groups.lock();
+            for Staged { group_id, due } in staged {
+                let written = failures.written(&group_id);
+                let Some(group) = groups.get_mut(&group_id) else {
+                    continue;
+                };
+                match due {
+                    RecordDue::Empty => {}
+                    RecordDue::Assignment { generation } => {
+                        group.assignment_written(generation, written, now)
+                    }
+                    RecordDue::StaticRejoin {
+                        generation,
+                        member_id,
+                    } => group.static_rejoin_written(generation, &member_id, written),
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(work)),
+            Err(_) => work(),
+        }
+    }
+
+    /// Writes every staged membership record now (blocking), after any write under way:
+    /// for shutdown, so that the next server on this data directory reads the last state.
+    pub(crate) fn flush_membership(&self) {
+        self.membership.flush();
+    }
+
     /// Handles JoinGroup.
     pub(crate) fn join(&self, req: JoinRequest) -> Pending<JoinOutcome> {
+        let mut groups = self.groups.lock();
+        let group_id = req.group_id.clone();
+        let pending = Self::join_locked(&self.config, &mut groups, req);
+        let staged = groups.get_mut(&group_id).and_then(|g| self.stage(g));
+        drop(groups);
+        if let Some(staged) = staged {
+            self.write_membership(vec![staged]);
+        }
+        pending
+    }
+
+    /// JoinGroup, under the groups lock.
+    fn join_locked(
+        config: &GroupConfig,
+        groups: &mut HashMap<String, Group>,
+        req: JoinRequest,
+    ) -> Pending<JoinOutcome> {
         let now = Instant::now();
         if req.group_id.is_empty() {
             return Pending::Now(Err(GroupError::InvalidGroupId));
         }
-        if req.session_timeout < self.config.min_session_timeout
-            || req.session_timeout > self.config.max_session_timeout
+        if req.session_timeout < config.min_session_timeout
+            || req.session_timeout > config.max_session_timeout
         {
             tracing::info!(
                 group = %req.group_id,
@@ -149,7 +255,6 @@ impl GroupCoordinator {
         if req.protocol_type.is_empty() || req.protocols.is_empty() {
             return Pending::Now(Err(GroupError::InconsistentGroupProtocol));
         }
-        let mut groups = self.groups.lock();
         if !req.member_id.is_empty() && !groups.contains_key(&req.group_id) {
             return Pending::Now(Err(GroupError::UnknownMemberId));
         }
@@ -270,7 +375,9 @@ impl GroupCoordinator {
     }
 
     /// A static member rejoining with a new process: it takes over the old member's place
-    /// (and assignment) under a new member id, without a rebalance when nothing changed.
+    /// (and assignment) under a new member id, without a rebalance when nothing changed (it
+    /// is answered once the group's record names its new id, so that a restarted server
+    /// does not fence it).
     fn rejoin_static(
         group: &mut Group,
         old_id: &str,
@@ -307,7 +414,18 @@ impl GroupCoordinator {
         }
         tracing::info!(group = %group.id, instance = ?req.instance_id, member = %new_id, "static member rejoined");
         if group.state == GroupState::Stable && unchanged {
-            return Pending::Now(Ok(group.joined(&new_id)));
+            let (tx, rx) = oneshot::channel();
+            if let Some(member) = group.members.get_mut(&new_id) {
+                member.join_waiter = Some(tx);
+            }
+            group.record_due = Some(RecordDue::StaticRejoin {
+                generation: group.generation,
+                member_id: new_id.clone(),
+            });
+            return Pending::Later {
+                member_id: new_id,
+                answer: rx,
+            };
         }
         Self::update_member_and_wait(group, &new_id, req, now)
     }
@@ -321,11 +439,28 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> Pending<SyncOutcome> {
-        let now = Instant::now();
         let mut groups = self.groups.lock();
         let Some(group) = groups.get_mut(group_id) else {
             return Pending::Now(Err(GroupError::UnknownMemberId));
         };
+        let pending = Self::sync_group(group, generation, member_id, instance_id, assignments);
+        let staged = self.stage(group);
+        drop(groups);
+        if let Some(staged) = staged {
+            self.write_membership(vec![staged]);
+        }
+        pending
+    }
+
+    /// SyncGroup for a group that exists, under the groups lock.
+    fn sync_group(
+        group: &mut Group,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Pending<SyncOutcome> {
+        let now = Instant::now();
         if let Err(e) = Self::check_member(group, member_id, instance_id) {
             return Pending::Now(Err(e));
         }
@@ -349,7 +484,8 @@ impl GroupCoordinator {
                     member.sync_waiter = Some(tx);
                     member.last_heartbeat = now;
                 }
-                if group.leader.as_deref() == Some(member_id) {
+                // A leader sending its assignment again while the first is written waits too.
+                if group.leader.as_deref() == Some(member_id) && !group.writing_assignment {
                     group.complete_sync(assignments);
                 }
                 Pending::Later {
@@ -460,6 +596,11 @@ impl GroupCoordinator {
         if removed {
             group.prepare_rebalance(now, "member left");
             group.try_complete_join(now, false);
+        }
+        let staged = self.stage(group);
+        drop(groups);
+        if let Some(staged) = staged {
+            self.write_membership(vec![staged]);
         }
         results
     }
@@ -591,6 +732,9 @@ impl GroupCoordinator {
             return Err(GroupError::GroupIdNotFound);
         }
         groups.remove(group_id);
+        self.membership.stage(group_id, None);
+        drop(groups);
+        self.write_membership(Vec::new());
         self.offsets.delete_group(group_id).map_err(|e| {
             tracing::error!(group = %group_id, error = %e, "deleting group offsets failed");
             GroupError::CoordinatorNotAvailable
@@ -607,6 +751,7 @@ impl GroupCoordinator {
     pub(crate) fn tick(&self) {
         let now = Instant::now();
         let mut groups = self.groups.lock();
+        let mut staged = Vec::new();
         for group in groups.values_mut() {
             let expired: Vec<String> = group
                 .members
@@ -649,6 +794,11 @@ impl GroupCoordinator {
                 group.prepare_rebalance(now, "members did not sync in time");
                 group.try_complete_join(now, false);
             }
+            staged.extend(self.stage(group));
+        }
+        drop(groups);
+        if !staged.is_empty() {
+            self.write_membership(staged);
         }
     }
 
@@ -674,15 +824,26 @@ impl GroupCoordinator {
                 if let Err(e) = self.offsets.delete_group(&group_id) {
                     tracing::error!(group = %group_id, error = %e, "expiring offsets failed");
                 }
-                groups.remove(&group_id);
+                if groups.remove(&group_id).is_some() {
+                    self.membership.stage(&group_id, None);
+                }
             }
         }
         // Groups with neither members nor offsets are gone.
         groups.retain(|id, g| {
-            !(g.state == GroupState::Empty
+            let gone = g.state == GroupState::Empty
                 && g.members.is_empty()
                 && g.pending.is_empty()
-                && !self.offsets.has_group(id))
+                && !self.offsets.has_group(id);
+            if gone {
+                self.membership.stage(id, None);
+            }
+            !gone
         });
+        drop(groups);
+        // Also retries records whose write failed before.
+        if self.membership.has_staged() {
+            self.write_membership(Vec::new());
+        }
     }
 }

@@ -128,6 +128,28 @@ impl Member {
     }
 }
 
+/// A change of a group that must reach the disk (see [`super::membership`]), and who waits
+/// for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RecordDue {
+    /// The group became Empty; nobody waits.
+    Empty,
+    /// The leader's assignment of `generation` is in: the group becomes Stable, and its
+    /// members get their SyncGroup answers, once it is written.
+    Assignment {
+        /// The generation assigned.
+        generation: i32,
+    },
+    /// A static member took over its place in the Stable group of `generation` under
+    /// `member_id`: its JoinGroup is answered once that is written.
+    StaticRejoin {
+        /// The group's generation.
+        generation: i32,
+        /// The member's new id.
+        member_id: String,
+    },
+}
+
 /// One consumer group.
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -147,6 +169,11 @@ pub(crate) struct Group {
     /// In CompletingRebalance: when members that have not sent SyncGroup are removed.
     pub(crate) sync_deadline: Option<Instant>,
     pub(crate) empty_since: Instant,
+    /// In CompletingRebalance: the leader's assignment is in and the group's record is
+    /// being written; the group becomes Stable once it is on disk.
+    pub(crate) writing_assignment: bool,
+    /// A change the coordinator has yet to stage for writing.
+    pub(crate) record_due: Option<RecordDue>,
 }
 
 /// Rebalance timeout used when no member gave one.
@@ -168,6 +195,8 @@ impl Group {
             rebalance_deadline: None,
             sync_deadline: None,
             empty_since: now,
+            writing_assignment: false,
+            record_due: None,
         }
     }
 
@@ -196,6 +225,7 @@ impl Group {
             }
         }
         self.sync_deadline = None;
+        self.writing_assignment = false;
         if self.state == GroupState::PreparingRebalance {
             return;
         }
@@ -256,6 +286,7 @@ impl Group {
             self.protocol_name = None;
             self.leader = None;
             self.empty_since = now;
+            self.record_due = Some(RecordDue::Empty);
             tracing::info!(group = %self.id, generation = self.generation, "group is empty");
             return;
         }
@@ -268,6 +299,7 @@ impl Group {
             self.leader = self.members.keys().next().cloned();
         }
         self.state = GroupState::CompletingRebalance;
+        self.writing_assignment = false;
         let sync_timeout = self
             .members
             .values()
@@ -348,7 +380,8 @@ impl Group {
         }
     }
 
-    /// Stores the leader's assignment and answers every waiting SyncGroup.
+    /// Stores the leader's assignment; the group becomes Stable, and the waiting SyncGroup
+    /// requests are answered, once its record is written ([`Self::assignment_written`]).
     pub(crate) fn complete_sync(&mut self, assignments: Vec<(String, Bytes)>) {
         for m in self.members.values_mut() {
             m.assignment = Bytes::new();
@@ -358,8 +391,36 @@ impl Group {
                 m.assignment = assignment;
             }
         }
-        self.state = GroupState::Stable;
+        // The leader has handed in: members that sync later get their part all the same.
         self.sync_deadline = None;
+        self.writing_assignment = true;
+        self.record_due = Some(RecordDue::Assignment {
+            generation: self.generation,
+        });
+    }
+
+    /// The record of `generation`'s assignment was written (or not): the group becomes
+    /// Stable and answers every waiting SyncGroup, or, as Kafka does, tells them the
+    /// coordinator is not available and rebalances. Nothing happens if the group has moved
+    /// on since.
+    pub(crate) fn assignment_written(&mut self, generation: i32, written: bool, now: Instant) {
+        if self.state != GroupState::CompletingRebalance
+            || self.generation != generation
+            || !self.writing_assignment
+        {
+            return;
+        }
+        self.writing_assignment = false;
+        if !written {
+            for m in self.members.values_mut() {
+                if let Some(w) = m.sync_waiter.take() {
+                    let _ = w.send(Err(GroupError::CoordinatorNotAvailable));
+                }
+            }
+            self.prepare_rebalance(now, "the group's membership could not be written");
+            return;
+        }
+        self.state = GroupState::Stable;
         tracing::info!(group = %self.id, generation = self.generation, "group is stable");
         let protocol_type = self.protocol_type.clone();
         let protocol_name = self.protocol_name.clone();
@@ -371,6 +432,32 @@ impl Group {
                     assignment: m.assignment.clone(),
                 }));
             }
+        }
+    }
+
+    /// The record naming a static member's new id in the Stable group of `generation` was
+    /// written (or not): its waiting JoinGroup is answered. If a rebalance has begun since,
+    /// the waiting join is part of it and is answered when it completes.
+    pub(crate) fn static_rejoin_written(
+        &mut self,
+        generation: i32,
+        member_id: &str,
+        written: bool,
+    ) {
+        if self.state != GroupState::Stable || self.generation != generation {
+            return;
+        }
+        let answer = if written {
+            Ok(self.joined(member_id))
+        } else {
+            Err(GroupError::CoordinatorNotAvailable)
+        };
+        if let Some(w) = self
+            .members
+            .get_mut(member_id)
+            .and_then(|m| m.join_waiter.take())
+        {
+            let _ = w.send(answer);
         }
     }
 }
