@@ -88,3 +88,18 @@ pub mod __private {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;
+
+/// The derive macros' documentation (`steadfast-macros`), its examples run as doc tests here.
+#[cfg(doctest)]
+#[doc = include_str!("../macros/docs/crate.md")]
+pub struct MacrosCrateExamples;
+
+/// `#[derive(Message)]`'s documentation, its examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../macros/docs/message.md")]
+pub struct MessageDeriveExamples;
+
+/// `#[derive(Handler)]`'s documentation, its examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../macros/docs/handler.md")]
+pub struct HandlerDeriveExamples;

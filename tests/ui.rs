@@ -14,11 +14,11 @@ use std::time::SystemTime;
 #[test]
 fn each_fail_case_fails_with_its_expected_errors() {
     let deps = deps_dir();
-    // What the cases use: steadfast, and serde for the messages' derives.
-    let externs: Vec<(&str, PathBuf)> = ["steadfast", "serde"]
-        .into_iter()
-        .map(|name| (name, newest_rlib(&deps, name)))
-        .collect();
+    // What the cases use: steadfast, and serde for the messages' derives (the build of serde
+    // steadfast was compiled against: a target folder can hold others).
+    let steadfast = newest_rlib(&deps, "steadfast");
+    let serde = dependency_of(&steadfast, &deps, "serde");
+    let externs: Vec<(&str, PathBuf)> = vec![("steadfast", steadfast), ("serde", serde)];
     // The workspace's root, where the cases' paths and `$WORKSPACE` start.
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir;
@@ -234,12 +234,27 @@ fn deps_dir() -> PathBuf {
 /// the same crate by another invocation afterwards, into the same folder, is newer).
 fn newest_rlib(deps: &Path, name: &str) -> PathBuf {
     let prefix = format!("lib{name}-");
+    let candidates = rlibs(deps, &prefix);
     let modified = |p: &Path| {
         std::fs::metadata(p)
             .and_then(|m| m.modified())
             .unwrap_or(SystemTime::UNIX_EPOCH)
     };
     let linked = modified(&std::env::current_exe().expect("the test binary's path"));
+    candidates
+        .into_iter()
+        .filter(|p| modified(p) <= linked)
+        .max_by_key(|p| modified(p))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {prefix}*.rlib older than this test in {}: build the tests with cargo",
+                deps.display()
+            )
+        })
+}
+
+/// The `<prefix>*.rlib` files in `deps`.
+fn rlibs(deps: &Path, prefix: &str) -> Vec<PathBuf> {
     std::fs::read_dir(deps)
         .expect("read the deps folder")
         .filter_map(Result::ok)
@@ -248,14 +263,31 @@ fn newest_rlib(deps: &Path, name: &str) -> PathBuf {
             p.extension().is_some_and(|x| x == "rlib")
                 && p.file_name()
                     .and_then(|f| f.to_str())
-                    .is_some_and(|f| f.starts_with(&prefix))
-                && modified(p) <= linked
+                    .is_some_and(|f| f.starts_with(prefix))
         })
-        .max_by_key(|p| modified(p))
-        .unwrap_or_else(|| {
-            panic!(
-                "no {prefix}*.rlib older than this test in {}: build the tests with cargo",
-                deps.display()
-            )
-        })
+        .collect()
+}
+
+/// The build of crate `name` that `rlib` was compiled against: of the `lib<name>-<hash>.rlib`
+/// files in `deps`, the one whose `-<hash>` suffix `rlib`'s metadata records (rustc keeps each
+/// dependency's file-name suffix there, to find it again).
+fn dependency_of(rlib: &Path, deps: &Path, name: &str) -> PathBuf {
+    let prefix = format!("lib{name}-");
+    let metadata =
+        std::fs::read(rlib).unwrap_or_else(|e| panic!("cannot read {}: {e}", rlib.display()));
+    let recorded = |candidate: &PathBuf| {
+        let file = candidate.file_stem().and_then(|f| f.to_str()).unwrap_or("");
+        let suffix = &file[prefix.len() - 1..];
+        metadata
+            .windows(suffix.len())
+            .any(|w| w == suffix.as_bytes())
+    };
+    let mut found: Vec<PathBuf> = rlibs(deps, &prefix).into_iter().filter(recorded).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{}: expected one {prefix}*.rlib recorded in its metadata, found {found:?}",
+        rlib.display()
+    );
+    found.remove(0)
 }
