@@ -149,12 +149,16 @@ fi
 # libraries documented).
 # `--timings`: what each crate's build took, in target/cargo-timings/cargo-timing.html.
 gate build cargo test "${ws[@]}" --locked --all-targets --no-run --timings
-# Beside the tests (nextest only; `cargo test` holds the target directory while it runs): a
-# crate outside the workspace that depends on steadfast by path, as a user's does (see
-# tests/dependent/Cargo.toml). Its target directory is the workspace's, so most dependencies
-# built above are reused.
+# Beside the tests (nextest only; `cargo test` holds the target directory while it runs, so
+# these two take turns): the benchmarks' quick smoke passes (run without `--bench`, as
+# `cargo test` runs them; their figures are not checked, so the load of the tests beside them
+# changes nothing they assert), and a crate outside the workspace that depends on steadfast by
+# path, as a user's does (see tests/dependent/Cargo.toml). Its target directory is the
+# workspace's, so most dependencies built above are reused.
+bench_smoke=(cargo test "${ws[@]}" --locked --benches)
 dependent=(cargo test --manifest-path tests/dependent/Cargo.toml --locked --target-dir target)
 if [ "${run_tests[0]} ${run_tests[1]}" = "cargo nextest" ]; then
+  beside bench-smoke "${bench_smoke[@]}"
   beside dependent "${dependent[@]}"
 fi
 # The tests: all of them run, whatever fails.
@@ -163,11 +167,10 @@ touch "$logs/tests.done"
 if [ ${#beside_pids[@]} -gt 0 ]; then
   await_beside
 else
+  phase bench-smoke "${bench_smoke[@]}"
   phase dependent "${dependent[@]}"
 fi
 phase doc-tests cargo test "${ws[@]}" --locked --doc
-# The benchmarks' quick smoke passes (run without `--bench`, as `cargo test` runs them).
-phase bench-smoke cargo test "${ws[@]}" --locked --benches
 report
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed: ${failed[*]}" >&2
