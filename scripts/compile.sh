@@ -9,6 +9,8 @@
 # Environment:
 #   LINT_DRIVER  clippy-driver's path; empty: plain rustc, no lints beyond rustc's own.
 #   DOC_CRATES   0: no rustdoc.
+#   COMPILE_TRACE  a file: each rustdoc command line is appended to it (to see what rustdoc
+#                  was given when it disagrees with `cargo doc`).
 set -uo pipefail
 
 rustc=$1

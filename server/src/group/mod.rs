@@ -213,6 +213,13 @@ impl GroupCoordinator {
         }
     }
 
+    /// [`Self::write_membership`] for the one group a request changed, if its change is due.
+    fn write_staged(&self, staged: Option<Staged>) {
+        if let Some(staged) = staged {
+            self.write_membership(vec![staged]);
+        }
+    }
+
     /// Writes every staged membership record now (blocking), after any write under way:
     /// for shutdown, so that the next server on this data directory reads the last state.
     pub(crate) fn flush_membership(&self) {
@@ -226,9 +233,7 @@ impl GroupCoordinator {
         let pending = Self::join_locked(&self.config, &mut groups, req);
         let staged = groups.get_mut(&group_id).and_then(|g| self.stage(g));
         drop(groups);
-        if let Some(staged) = staged {
-            self.write_membership(vec![staged]);
-        }
+        self.write_staged(staged);
         pending
     }
 
@@ -446,9 +451,7 @@ impl GroupCoordinator {
         let pending = Self::sync_group(group, generation, member_id, instance_id, assignments);
         let staged = self.stage(group);
         drop(groups);
-        if let Some(staged) = staged {
-            self.write_membership(vec![staged]);
-        }
+        self.write_staged(staged);
         pending
     }
 
@@ -599,9 +602,7 @@ impl GroupCoordinator {
         }
         let staged = self.stage(group);
         drop(groups);
-        if let Some(staged) = staged {
-            self.write_membership(vec![staged]);
-        }
+        self.write_staged(staged);
         results
     }
 
