@@ -26,14 +26,14 @@ use crate::message::{Envelope, Failure, Outcome, RouteTarget};
 
 tokio::task_local! {
     /// Cancelled when the job this task runs is abandoned (see [`abandonable`]).
-    static ABANDONED: CancellationToken;
+    static ABANDONED: Arc<CancellationToken>;
 }
 
 /// Runs `job` (a message through the policy stack) so that, once `abandoned` is cancelled, the
 /// route layer publishes no copy for it any more and requeues it instead: its partition went
 /// to another owner, which may already have read back the tiers without that copy.
 pub(crate) async fn abandonable<F: std::future::Future>(
-    abandoned: CancellationToken,
+    abandoned: Arc<CancellationToken>,
     job: F,
 ) -> F::Output {
     ABANDONED.scope(abandoned, job).await
@@ -360,7 +360,7 @@ mod tests {
             }))
         });
         let service = layer.layer(failing);
-        let abandoned = CancellationToken::new();
+        let abandoned = Arc::new(CancellationToken::new());
         let envelope = Envelope::new("t", b"k".to_vec(), b"v".to_vec());
         let job = tokio::spawn(abandonable(abandoned.clone(), service.oneshot(envelope)));
         let deadline = Instant::now() + Duration::from_secs(5);

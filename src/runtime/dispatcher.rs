@@ -33,7 +33,10 @@
 //! abandoned job of a revoked partition may still run when the partition comes back; still,
 //! two jobs whose records share a first-delivery lane never run at once: the later one waits
 //! until the running one ends. It waits only for a *running* job, which ends by itself, so
-//! this wait cannot wedge either.
+//! this wait cannot wedge either. A first delivery's job is seen by its lane's `running` flag;
+//! only the jobs that flag cannot show (a retry-tier record's, an abandoned one whose lane was
+//! dropped at its revoke) are counted apart, so a worker without retry tiers keeps no
+//! bookkeeping per record for this.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -113,10 +116,16 @@ pub(crate) struct Job {
     pub(crate) lane: LaneKey,
     pub(crate) epoch: u64,
     pub(crate) envelope: Envelope,
+    /// For a retry-tier record, the source lane of its first delivery, which this job holds
+    /// busy until it ends (computed once, when the job starts); `None` for a first delivery,
+    /// whose own lane's `running` flag stands for it.
+    pub(crate) origin: Option<LaneKey>,
     /// Cancelled when the job is abandoned: its partition was lost, or revoked while it still
     /// ran at the drain deadline. An abandoned job must publish no copy any more (the next
-    /// owner may already have read back the tiers and handles the record itself).
-    pub(crate) abandoned: CancellationToken,
+    /// owner may already have read back the tiers and handles the record itself). Shared by
+    /// the jobs of one assignment of a partition (an `Arc`: handing it to a job is a count,
+    /// not a lock of the token's own tree).
+    pub(crate) abandoned: Arc<CancellationToken>,
 }
 
 /// What became of a delivered message.
@@ -182,7 +191,7 @@ struct PartitionState {
     /// The lowest unfinished offset and since when it has been the lowest.
     lowest: Option<(i64, Instant)>,
     /// Handed to this assignment's jobs; cancelled when they are abandoned at the revoke.
-    abandon: CancellationToken,
+    abandon: Arc<CancellationToken>,
 }
 
 impl PartitionState {
@@ -201,6 +210,8 @@ struct Lane {
     running: bool,
     in_ready: bool,
     full: bool,
+    /// Listed in `Dispatcher::blocked`: its next record waits for another lane's job.
+    blocked: bool,
     epoch: u64,
 }
 
@@ -247,11 +258,14 @@ pub(crate) struct Dispatcher {
     /// Jobs still running for partitions that were revoked or lost meanwhile: their copies
     /// may still land, so a new assignment of the partition reads back after they ended.
     orphans: HashMap<TopicPartition, usize>,
-    /// Running jobs per source lane of their first delivery: a key's source record and its
-    /// retry-tier records sit in different lanes (and a revoked partition's job may still run
-    /// when the partition comes back), yet never run at once.
+    /// Running jobs per source lane of their first delivery that the lane's own `running`
+    /// flag does not show: retry-tier jobs, and first deliveries abandoned at a revoke (their
+    /// lane was dropped while they still ran). A key's source record and its retry-tier
+    /// records sit in different lanes (and a revoked partition's job may still run when the
+    /// partition comes back), yet never run at once. Empty without retry tiers and revokes.
     busy: HashMap<LaneKey, usize>,
-    /// Lanes whose next record waits for a running job of the same first-delivery lane.
+    /// Lanes whose next record waits for a running job of the same first-delivery lane, each
+    /// listed once (`Lane::blocked`).
     blocked: HashMap<LaneKey, Vec<LaneKey>>,
 }
 
@@ -446,6 +460,7 @@ impl Dispatcher {
             lane.queue.clear();
             lane.running
         });
+        self.forget_dropped_waits();
         self.parked
             .retain(|key, _| lane_partition(key) != (&tp.0, tp.1));
         self.in_flight -= dropped;
@@ -456,6 +471,18 @@ impl Dispatcher {
         self.abandoned += dropped as u64;
         self.update_bound_pauses();
         self.partitions.get(tp).map_or(0, |p| p.running)
+    }
+
+    /// Forgets the waits of lanes a revoke dropped (see `blocked`).
+    fn forget_dropped_waits(&mut self) {
+        if self.blocked.is_empty() {
+            return;
+        }
+        let lanes = &self.lanes;
+        self.blocked.retain(|_, waiting| {
+            waiting.retain(|key| lanes.contains_key(key));
+            !waiting.is_empty()
+        });
     }
 
     /// Delivered records dropped unfinished at revokes since the last call (they are
@@ -485,7 +512,19 @@ impl Dispatcher {
             p.abandon.cancel();
         }
         let epoch = p.epoch;
-        self.lanes.retain(|_, lane| lane.epoch != epoch);
+        let busy = &mut self.busy;
+        self.lanes.retain(|key, lane| {
+            if lane.epoch != epoch {
+                return true;
+            }
+            if lane.running && p.tier == 0 && matches!(key, LaneKey::Keyed(..)) {
+                // Its job runs on without a lane: counted apart until it ends, so the key's
+                // records wait for it when the partition comes back.
+                *busy.entry(key.clone()).or_default() += 1;
+            }
+            false
+        });
+        self.forget_dropped_waits();
         if p.recovering {
             return None;
         }
@@ -584,6 +623,7 @@ impl Dispatcher {
             running: false,
             in_ready: false,
             full: false,
+            blocked: false,
             epoch,
         });
         lane.queue.push_back(envelope);
@@ -603,7 +643,7 @@ impl Dispatcher {
             return;
         }
         if let Some(lane) = self.lanes.get_mut(key) {
-            if !lane.running && !lane.in_ready && !lane.queue.is_empty() {
+            if !lane.running && !lane.in_ready && !lane.blocked && !lane.queue.is_empty() {
                 lane.in_ready = true;
                 self.ready.push_back(key.clone());
             }
@@ -617,68 +657,98 @@ impl Dispatcher {
             let Some(key) = self.ready.pop_front() else {
                 break;
             };
-            let Some(lane) = self.lanes.get_mut(&key) else {
-                continue;
-            };
-            lane.in_ready = false;
-            if lane.running || self.parked.contains_key(&key) {
-                continue;
+            match self.turn_of(&key) {
+                Turn::Not => {}
+                Turn::Wait(origin) => self.block(key, origin),
+                Turn::Go(origin) => jobs.extend(self.start_next(key, origin)),
             }
-            let origin = lane
-                .queue
-                .front()
-                .and_then(|e| origin_of(&self.topology, &key, e));
-            if let Some(origin) = origin.as_ref().filter(|o| self.busy.contains_key(*o)) {
-                // Another lane of the key runs: this one goes on when that job ends.
-                self.blocked.entry(origin.clone()).or_default().push(key);
-                continue;
-            }
-            let Some(envelope) = lane.queue.pop_front() else {
-                continue;
-            };
-            if let Some(origin) = &origin {
-                *self.busy.entry(origin.clone()).or_default() += 1;
-            }
-            lane.running = true;
-            let epoch = lane.epoch;
-            let unfull = lane.full && lane.queue.len() < self.limits.max_per_key;
-            if unfull {
-                lane.full = false;
-            }
-            let tp: TopicPartition = (lane_partition(&key).0.clone(), envelope.partition);
-            let mut abandoned = None;
-            if let Some(p) = self.partitions.get_mut(&tp) {
-                p.running += 1;
-                if unfull {
-                    p.full_lanes -= 1;
-                }
-                abandoned = Some(p.abandon.clone());
-            }
-            if unfull {
-                self.update_pause(&tp);
-            }
-            self.running += 1;
-            jobs.push(Job {
-                lane: key,
-                epoch,
-                envelope,
-                abandoned: abandoned.unwrap_or_default(),
-            });
         }
         jobs
     }
 
+    /// Whether the next record of the ready lane `key` may start now.
+    fn turn_of(&mut self, key: &LaneKey) -> Turn {
+        let Some(lane) = self.lanes.get_mut(key) else {
+            return Turn::Not;
+        };
+        lane.in_ready = false;
+        if lane.running || lane.blocked || self.parked.contains_key(key) {
+            return Turn::Not;
+        }
+        let Some(front) = lane.queue.front() else {
+            return Turn::Not;
+        };
+        match origin_of(&self.topology, key, front) {
+            Origin::Alone => Turn::Go(None),
+            // Its own lane does not run (checked above); an abandoned job or a retry-tier job
+            // of the key may.
+            Origin::Own if self.busy_apart(key) => Turn::Wait(key.clone()),
+            Origin::Own => Turn::Go(None),
+            Origin::Source(origin) if self.first_delivery_runs(&origin) => Turn::Wait(origin),
+            Origin::Source(origin) => Turn::Go(Some(origin)),
+        }
+    }
+
+    /// Starts the next record of lane `key`; `origin` is the source lane a retry-tier record
+    /// holds busy while it runs.
+    fn start_next(&mut self, key: LaneKey, origin: Option<LaneKey>) -> Option<Job> {
+        let lane = self.lanes.get_mut(&key)?;
+        let envelope = lane.queue.pop_front()?;
+        lane.running = true;
+        let epoch = lane.epoch;
+        let unfull = lane.full && lane.queue.len() < self.limits.max_per_key;
+        if unfull {
+            lane.full = false;
+        }
+        if let Some(origin) = &origin {
+            *self.busy.entry(origin.clone()).or_default() += 1;
+        }
+        let tp: TopicPartition = (lane_partition(&key).0.clone(), envelope.partition);
+        let mut abandoned = None;
+        if let Some(p) = self.partitions.get_mut(&tp) {
+            p.running += 1;
+            if unfull {
+                p.full_lanes -= 1;
+            }
+            abandoned = Some(p.abandon.clone());
+        }
+        if unfull {
+            self.update_pause(&tp);
+        }
+        self.running += 1;
+        Some(Job {
+            lane: key,
+            epoch,
+            envelope,
+            origin,
+            abandoned: abandoned.unwrap_or_default(),
+        })
+    }
+
+    /// Lane `key` waits until no job of the first-delivery lane `origin` runs.
+    fn block(&mut self, key: LaneKey, origin: LaneKey) {
+        if let Some(lane) = self.lanes.get_mut(&key) {
+            lane.blocked = true;
+        }
+        self.blocked.entry(origin).or_default().push(key);
+    }
+
+    /// Whether a job of the first-delivery lane `origin` runs: in that lane, or counted apart
+    /// (`busy`).
+    fn first_delivery_runs(&self, origin: &LaneKey) -> bool {
+        self.busy_apart(origin) || self.lanes.get(origin).is_some_and(|lane| lane.running)
+    }
+
+    /// Whether jobs of the first-delivery lane `origin` run that its lane does not show.
+    fn busy_apart(&self, origin: &LaneKey) -> bool {
+        !self.busy.is_empty() && self.busy.contains_key(origin)
+    }
+
     /// Records the outcome of a job and starts what may start next.
-    pub(crate) fn complete(
-        &mut self,
-        job_lane: &LaneKey,
-        epoch: u64,
-        envelope: &Envelope,
-        outcome: &Outcome,
-    ) -> Vec<Job> {
-        let origin = origin_of(&self.topology, job_lane, envelope);
-        if let Some(origin) = origin {
-            self.unbusy(&origin);
+    pub(crate) fn complete(&mut self, job: &Job, outcome: &Outcome) -> Vec<Job> {
+        let (job_lane, epoch, envelope) = (&job.lane, job.epoch, &job.envelope);
+        if let Some(origin) = &job.origin {
+            self.unbusy(origin);
         }
         self.running -= 1;
         self.uncount(&envelope.topic);
@@ -690,6 +760,10 @@ impl Dispatcher {
                 if *left == 0 {
                     self.orphans.remove(&tp);
                 }
+            }
+            if job.origin.is_none() && matches!(job_lane, LaneKey::Keyed(..)) {
+                // A first delivery whose lane was dropped at the revoke (`finish_revoke`).
+                self.unbusy(job_lane);
             }
         }
         if current {
@@ -711,6 +785,10 @@ impl Dispatcher {
                 }
                 _ => false,
             };
+            if job.origin.is_none() {
+                // Lanes waiting for this first delivery go first, then its own next record.
+                self.release(job_lane);
+            }
             if lane_done && !self.parked.contains_key(job_lane) {
                 self.lanes.remove(job_lane);
             } else {
@@ -721,7 +799,7 @@ impl Dispatcher {
         self.fill()
     }
 
-    /// A job of the first-delivery lane `origin` ended: lanes waiting for it may run.
+    /// A job of the first-delivery lane `origin` counted in `busy` ended.
     fn unbusy(&mut self, origin: &LaneKey) {
         let Some(running) = self.busy.get_mut(origin) else {
             return;
@@ -731,8 +809,19 @@ impl Dispatcher {
             return;
         }
         self.busy.remove(origin);
-        for lane in self.blocked.remove(origin).unwrap_or_default() {
-            self.mark_ready(&lane);
+        self.release(origin);
+    }
+
+    /// Lanes waiting for the first-delivery lane `origin` may run once none of its jobs runs.
+    fn release(&mut self, origin: &LaneKey) {
+        if self.blocked.is_empty() || self.first_delivery_runs(origin) {
+            return;
+        }
+        for key in self.blocked.remove(origin).unwrap_or_default() {
+            if let Some(lane) = self.lanes.get_mut(&key) {
+                lane.blocked = false;
+            }
+            self.mark_ready(&key);
         }
     }
 
@@ -1097,17 +1186,37 @@ impl PartitionState {
     }
 }
 
-/// The source lane of the first delivery of `envelope`, queued in `lane`: the lane itself for
-/// a source record, the lane its provenance headers name for a retry-tier record; `None`
-/// without a key.
-fn origin_of(topology: &Topology, lane: &LaneKey, envelope: &Envelope) -> Option<LaneKey> {
+/// Which first-delivery lane a queued record belongs to (see `Dispatcher::busy`).
+enum Origin {
+    /// A record without a key: its lane is its own, no other lane holds its records.
+    Alone,
+    /// A first delivery: the lane it is queued in.
+    Own,
+    /// A retry-tier record: the source lane of its first delivery (source topic and partition
+    /// from its headers, its key).
+    Source(LaneKey),
+}
+
+/// Whether a ready lane's next record may start.
+enum Turn {
+    /// Not now (running, parked, waiting already, or empty): what ends that marks it ready
+    /// again.
+    Not,
+    /// It waits until no job of this first-delivery lane runs.
+    Wait(LaneKey),
+    /// It starts; a retry-tier record holds this source lane busy meanwhile.
+    Go(Option<LaneKey>),
+}
+
+/// The first-delivery lane of `envelope`, queued in `lane`.
+fn origin_of(topology: &Topology, lane: &LaneKey, envelope: &Envelope) -> Origin {
     let LaneKey::Keyed(topic, _, key) = lane else {
-        return None;
+        return Origin::Alone;
     };
     if topology.tier_of(topic) == 0 {
-        return Some(lane.clone());
+        return Origin::Own;
     }
-    Some(LaneKey::Keyed(
+    Origin::Source(LaneKey::Keyed(
         Arc::from(headers::original_topic(envelope)),
         headers::original_partition(envelope),
         key.clone(),
@@ -1163,7 +1272,7 @@ mod tests {
         assert_eq!(a.len(), 1);
         assert!(a2.is_empty(), "second message of key a waits");
         assert_eq!(b.len(), 1);
-        let next = d.complete(&a[0].lane, a[0].epoch, &a[0].envelope, &ack());
+        let next = d.complete(&a[0], &ack());
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].envelope.offset, 1);
     }
@@ -1179,7 +1288,7 @@ mod tests {
         assert_eq!(started.len(), 2);
         while let Some(job) = started.pop() {
             assert!(d.running() <= 2);
-            started.extend(d.complete(&job.lane, job.epoch, &job.envelope, &ack()));
+            started.extend(d.complete(&job, &ack()));
         }
         assert_eq!(d.running(), 0);
         assert!(d.lanes.is_empty(), "empty lanes are freed");
@@ -1204,7 +1313,7 @@ mod tests {
         d.set_stalled(true);
         assert_eq!(d.take_control(), vec![(tp(), true)]);
         let job = jobs.remove(0);
-        jobs.extend(d.complete(&job.lane, job.epoch, &job.envelope, &ack()));
+        jobs.extend(d.complete(&job, &ack()));
         assert!(!d.is_full());
         d.set_stalled(false);
         assert_eq!(d.take_control(), vec![(tp(), false)]);
@@ -1220,7 +1329,7 @@ mod tests {
         d.accept(msg("k", 2), None, 0);
         assert_eq!(d.take_control(), vec![(tp(), true)]);
         let job = &first[0];
-        d.complete(&job.lane, job.epoch, &job.envelope, &ack());
+        d.complete(job, &ack());
         assert_eq!(d.take_control(), vec![(tp(), false)]);
     }
 
@@ -1267,9 +1376,7 @@ mod tests {
         assert_eq!(d.finish_revoke(&tp(), 7), Some((0, "t7|".to_owned())));
         d.assign(tp(), FinishedAbove::default());
         let job = &jobs[0];
-        assert!(d
-            .complete(&job.lane, job.epoch, &job.envelope, &ack())
-            .is_empty());
+        assert!(d.complete(job, &ack()).is_empty());
         assert_eq!((d.running(), d.in_flight()), (0, 0));
         assert_eq!(
             d.take_commits(0),
@@ -1296,11 +1403,30 @@ mod tests {
             "other keys run at once"
         );
         let o = &old[0];
-        let next = d.complete(&o.lane, o.epoch, &o.envelope, &ack());
+        let next = d.complete(o, &ack());
         assert_eq!(
             next.iter().map(|j| j.envelope.offset).collect::<Vec<_>>(),
             vec![0]
         );
+        assert!(d.busy.is_empty(), "the abandoned job is no longer counted");
+    }
+
+    #[test]
+    fn first_deliveries_keep_no_bookkeeping_apart_from_their_lanes() {
+        let mut d = Dispatcher::new(limits(8, 100, 10));
+        d.assign(tp(), FinishedAbove::default());
+        let mut jobs = Vec::new();
+        for (o, key) in ["a", "b", "a", "c"].into_iter().enumerate() {
+            jobs.extend(d.accept(msg(key, o as i64), None, 0).1);
+        }
+        assert_eq!(jobs.len(), 3, "a's second record waits in its lane");
+        assert!(jobs.iter().all(|j| j.origin.is_none()));
+        assert!(d.busy.is_empty() && d.blocked.is_empty());
+        while let Some(job) = jobs.pop() {
+            jobs.extend(d.complete(&job, &ack()));
+            assert!(d.busy.is_empty() && d.blocked.is_empty());
+        }
+        assert_eq!(d.in_flight(), 0);
     }
 
     #[test]
@@ -1319,7 +1445,7 @@ mod tests {
         );
         assert!(started.is_empty());
         let job = &first[0];
-        d.complete(&job.lane, job.epoch, &job.envelope, &ack());
+        d.complete(job, &ack());
         assert_eq!(
             d.accept(msg("k", 0), None, 0).0,
             Accepted::AlreadyFinished,
@@ -1335,7 +1461,7 @@ mod tests {
         let (_, done) = d.accept(msg("a", 0), None, 0);
         let (_, running) = d.accept(msg("b", 1), None, 0);
         let done = &done[0];
-        d.complete(&done.lane, done.epoch, &done.envelope, &ack());
+        d.complete(done, &ack());
         d.begin_revoke(&tp());
         assert!(
             !running[0].abandoned.is_cancelled(),
@@ -1373,7 +1499,7 @@ mod tests {
 
         // B finishes: the lowest offset does not move, nor does its clock.
         let b = &b_jobs[0];
-        d.complete(&b.lane, b.epoch, &b.envelope, &ack());
+        d.complete(b, &ack());
         std::thread::sleep(Duration::from_millis(20));
         let view = d.view(Instant::now());
         let l = source(&view).lowest.expect("offset 0 unfinished");
@@ -1389,7 +1515,7 @@ mod tests {
             target: RouteTarget::RetryTier(1),
             error_class: "transient",
         };
-        d.complete(&a.lane, a.epoch, &a.envelope, &routed);
+        d.complete(a, &routed);
         let parked_view = |d: &Dispatcher| {
             let view = d.view(Instant::now());
             let p = &source(&view);
@@ -1497,7 +1623,7 @@ pub(super) mod parking_tests {
             let job = jobs.remove(0);
             ran.push((job.envelope.topic.to_string(), job.envelope.offset));
             let outcome = outcome_of(&job.envelope);
-            jobs.extend(d.complete(&job.lane, job.epoch, &job.envelope, &outcome));
+            jobs.extend(d.complete(&job, &outcome));
         }
         ran
     }
@@ -1715,7 +1841,7 @@ pub(super) mod parking_tests {
         let (_, other) = d.accept(copy("X", 2, 1), None, 0);
         assert_eq!(other.len(), 1, "another key's tier record runs at once");
         let k1 = &running[0];
-        let next = d.complete(&k1.lane, k1.epoch, &k1.envelope, &ack());
+        let next = d.complete(k1, &ack());
         assert_eq!(
             next.iter()
                 .map(|j| (j.envelope.topic.to_string(), j.envelope.offset))
@@ -1726,11 +1852,76 @@ pub(super) mod parking_tests {
         // And the other way round: K(3) waits while the tier record runs.
         assert!(d.accept(msg("K", 3), None, 0).1.is_empty());
         let tier_job = &next[0];
-        let after = d.complete(&tier_job.lane, tier_job.epoch, &tier_job.envelope, &ack());
+        let after = d.complete(tier_job, &ack());
         assert_eq!(
             after.iter().map(|j| j.envelope.offset).collect::<Vec<_>>(),
             vec![3]
         );
+    }
+
+    #[test]
+    fn a_tier_job_holds_its_first_delivery_lane_until_it_ends() {
+        let mut d = tiered(limits(4, 100, 10, false));
+        let (_, jobs) = d.accept(copy("K", 0, 0), None, 0);
+        let source_lane = LaneKey::Keyed(Arc::from("t"), 0, Bytes::from_static(b"K"));
+        assert_eq!(jobs[0].origin.as_ref(), Some(&source_lane));
+        assert_eq!(d.busy.get(&source_lane), Some(&1));
+        assert!(
+            d.accept(msg("K", 1), None, 0).1.is_empty(),
+            "the source record waits for the tier job"
+        );
+        let next = d.complete(&jobs[0], &ack());
+        assert_eq!(next.len(), 1);
+        assert!(next[0].origin.is_none(), "a first delivery");
+        assert!(d.busy.is_empty());
+    }
+
+    #[test]
+    fn a_waiting_lane_is_listed_once_however_many_records_join_it() {
+        // Relaxed: K(1) passes K(0), which went to the tier; K(0)'s copy and a later copy of
+        // the key queue in the tier lane while K(1) runs.
+        let mut d = tiered(limits(4, 100, 10, false));
+        let (_, jobs) = d.accept(msg("K", 0), None, 0);
+        run_all(&mut d, jobs, |_| routed());
+        let (_, running) = d.accept(msg("K", 1), None, 0);
+        assert_eq!(running.len(), 1);
+        for (origin, offset) in [(0, 0), (2, 1), (3, 2)] {
+            let (accepted, started) = d.accept(copy("K", origin, offset), None, 0);
+            assert_eq!(accepted, Accepted::Queued);
+            assert!(started.is_empty(), "waits for K(1)");
+        }
+        assert_eq!(
+            d.blocked.values().map(Vec::len).sum::<usize>(),
+            1,
+            "{:?}",
+            d.blocked
+        );
+        let ran = run_all(&mut d, running, |_| ack());
+        assert_eq!(
+            ran,
+            vec![
+                ("t".to_owned(), 1),
+                (TIER.to_owned(), 0),
+                (TIER.to_owned(), 1),
+                (TIER.to_owned(), 2)
+            ]
+        );
+        assert!(d.blocked.is_empty() && d.busy.is_empty());
+    }
+
+    #[test]
+    fn a_revoke_forgets_the_waits_of_the_lanes_it_drops() {
+        let mut d = tiered(limits(4, 100, 10, false));
+        let (_, jobs) = d.accept(msg("K", 0), None, 0);
+        run_all(&mut d, jobs, |_| routed());
+        let (_, running) = d.accept(msg("K", 1), None, 0);
+        assert!(d.accept(copy("K", 0, 0), None, 0).1.is_empty());
+        assert_eq!(d.blocked.len(), 1);
+        d.begin_revoke(&tier());
+        assert!(d.blocked.is_empty(), "{:?}", d.blocked);
+        d.finish_revoke(&tier(), 0);
+        assert!(d.complete(&running[0], &ack()).is_empty());
+        assert!(d.busy.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! finished offsets and is explicitly resumed, so a pause from an earlier assignment never
 //! leaves it stuck.
 
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::dispatcher::TopicPartition;
 use super::endpoint::take_statistics;
 use super::offsets::FinishedAbove;
-use super::recovery::{recover, RecoveryPlan};
+use super::recovery::{reader, recover, RecoveryPlan};
 use super::shared::Shared;
 
 /// The consumer context of a worker.
@@ -169,8 +170,13 @@ impl WorkerContext {
             reading.push((tp, epoch, restored));
         }
         drop(d);
-        self.read_back(reading);
-        // An explicit resume: a partition paused in an earlier assignment runs again.
+        if let Some(done) = self.read_back(reading) {
+            // A read-back that ends in time spares the partitions a pause, and the second it
+            // can cost (see `READ_BACK_WAIT`). Its sender is dropped when it ends.
+            let _ = done.recv_timeout(READ_BACK_WAIT);
+        }
+        // An explicit resume: a partition paused in an earlier assignment runs again (one
+        // whose read-back still runs is paused again below).
         if let Err(e) = consumer.resume(tpl) {
             tracing::warn!(error = %e, "resuming assigned partitions failed");
         }
@@ -199,13 +205,18 @@ impl WorkerContext {
 }
 
 impl WorkerContext {
-    /// Reads back the retry state of newly assigned partitions on a blocking thread (they
-    /// stay paused until then), trying again with backoff until it succeeds, the partitions
-    /// are revoked or the worker stops.
-    fn read_back(&self, reading: Vec<(TopicPartition, u64, FinishedAbove)>) {
+    /// Reads back the retry state of newly assigned partitions on a blocking thread (their
+    /// records wait until then), trying again with backoff until it succeeds, the partitions
+    /// are revoked or the worker stops. The receiver returned sees its sender dropped when
+    /// the read-back ends.
+    fn read_back(
+        &self,
+        reading: Vec<(TopicPartition, u64, FinishedAbove)>,
+    ) -> Option<mpsc::Receiver<()>> {
         if reading.is_empty() {
-            return;
+            return None;
         }
+        let (done, ended) = mpsc::channel::<()>();
         let shared = self.shared.clone();
         let plan = self.recovery.clone();
         let epochs: Vec<(TopicPartition, u64)> =
@@ -237,9 +248,16 @@ impl WorkerContext {
                 if !still_ours || shared.shutdown.is_cancelled() {
                     return;
                 }
-                match recover(&plan, &assigned) {
-                    Ok(recovered) => {
+                let read = reader(&plan).and_then(|consumer| {
+                    let recovered = recover(&plan, &consumer, &assigned)?;
+                    Ok((recovered, consumer))
+                });
+                match read {
+                    Ok((recovered, consumer)) => {
                         shared.recovered(&epochs, recovered);
+                        drop(done);
+                        // Closing the reader takes a while: after the partitions run.
+                        drop(consumer);
                         return;
                     }
                     Err(e) => {
@@ -250,8 +268,16 @@ impl WorkerContext {
                 }
             }
         });
+        Some(ended)
     }
 }
+
+/// How long an assignment waits for its read-back before it pauses the partitions until the
+/// read-back ends. Over a reachable broker a read-back takes milliseconds; a pause costs up
+/// to a second once it ends: librdkafka does not wake its fetcher when a partition that
+/// became fetchable while paused is resumed, so the first fetch waits for the fetcher's next
+/// idle wake-up (it sleeps up to 1 s while it has nothing to fetch).
+const READ_BACK_WAIT: Duration = Duration::from_millis(500);
 
 /// How long a read-back waits for handlers of an earlier assignment of its partitions.
 const ORPHAN_WAIT: Duration = Duration::from_secs(120);

@@ -10,8 +10,8 @@
 //! Copies are found by their [`headers::ROUTED_FROM`] header, from a little before the time
 //! the partition's last commit point was taken (stamped in the commit metadata): a copy of a
 //! record that commit left unfinished was made after it. Waiting tier records are read from
-//! the tier partition's committed offset to its end. Blocking: runs on a blocking thread
-//! while the partitions stay paused.
+//! the tier partition's committed offset to its end. Blocking: runs on a blocking thread;
+//! records of the partitions delivered meanwhile wait for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -61,20 +61,30 @@ pub(crate) struct RecoveryPlan {
     pub(crate) strict: bool,
 }
 
-/// Reads back the retry state of `assigned` (with what each one's last commit said).
-pub(crate) fn recover(
-    plan: &RecoveryPlan,
-    assigned: &[(TopicPartition, FinishedAbove)],
-) -> Result<Recovered, RecoveryError> {
-    let group = &plan.topology.group;
+/// The consumer a read-back reads with. Dropping it takes a while (closing a consumer that
+/// has a group id: about 100 ms), so drop it after the result was handed over.
+pub(crate) fn reader(plan: &RecoveryPlan) -> Result<BaseConsumer, RecoveryError> {
     let mut config = plan.client.clone();
     // A group id is needed to assign partitions; this reader only assigns (it never joins
     // the group) and commits nothing.
     config
-        .set("group.id", format!("{group}.steadfast-read-back"))
+        .set(
+            "group.id",
+            format!("{}.steadfast-read-back", plan.topology.group),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
-    let consumer: BaseConsumer = config.create()?;
+    Ok(config.create()?)
+}
+
+/// Reads back with `consumer` (see [`reader`]) the retry state of `assigned` (with what each
+/// one's last commit said).
+pub(crate) fn recover(
+    plan: &RecoveryPlan,
+    consumer: &BaseConsumer,
+    assigned: &[(TopicPartition, FinishedAbove)],
+) -> Result<Recovered, RecoveryError> {
+    let group = &plan.topology.group;
     let committed: HashMap<TopicPartition, &FinishedAbove> =
         assigned.iter().map(|(tp, f)| (tp.clone(), f)).collect();
     let tiers = plan.topology.tiers.len() as u32;
@@ -101,7 +111,7 @@ pub(crate) fn recover(
     let dead_letter_partitions = if searched.is_empty() {
         0
     } else {
-        partition_count(&consumer, &plan.dead_letter)?
+        partition_count(consumer, &plan.dead_letter)?
     };
     let mut copies_in: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut note = |target: (String, i32), since: i64| {
@@ -120,7 +130,7 @@ pub(crate) fn recover(
         }
     }
     let mut starts: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
-    for (target, start) in starts_at_time(&consumer, &copies_in)? {
+    for (target, start) in starts_at_time(consumer, &copies_in)? {
         starts.insert(target, start);
     }
     if plan.strict {
@@ -136,7 +146,7 @@ pub(crate) fn recover(
     }
 
     let mut recovered = Recovered::default();
-    read_to_end(&consumer, &starts, |envelope| {
+    read_to_end(consumer, &starts, |envelope| {
         if envelope.headers.get_str(headers::GROUP) != Some(&group[..]) {
             return;
         }

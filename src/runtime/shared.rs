@@ -78,7 +78,7 @@ impl Shared {
         self.count(&outcome);
         let (next, wake) = {
             let mut d = self.dispatcher.lock();
-            let next = d.complete(&job.lane, job.epoch, &job.envelope, &outcome);
+            let next = d.complete(&job, &outcome);
             (next, d.loop_needs_wake())
         };
         self.completed.notify_all();
