@@ -26,7 +26,9 @@
 //! - `CHAOS_SEEDS=N`: long mode, N seeds from `CHAOS_SEED_BASE` (default: drawn from the
 //!   clock, printed), every one run, the failed ones listed at the end.
 //! - `CHAOS_SEED=S`: replays seed S (the same workload, settings and fault schedule).
-//! - `CHAOS_DRAIN_SECS` (default 60): how long after the last fault the lag must reach 0.
+//! - `CHAOS_DRAIN_SECS` (default 60): how long after the last fault the lag must reach 0,
+//!   plus twice the waiting handler time that the slower group's concurrency cannot spread
+//!   (timeouts and retry-afters over its concurrency: most of a minute at concurrency 1).
 //! - `CHAOS_MAX_IN_FLIGHT=N` replaces every drawn `max_in_flight` (a diagnostic, to look
 //!   past a wedge; not a replay).
 //! - `CHAOS_PLAN_ONLY=1` prints the selected seeds' plans (settings, mix, faults) and runs
@@ -374,12 +376,15 @@ async fn run_seed(infra: &mut Infra, seed: u64) -> Result<String, Failure> {
 
     // Lag drains to 0: every partition of the topic and of each group's tiers committed to
     // its end, twice in a row.
+    // The base, plus twice the handler time of waiting attempts that concurrency cannot
+    // spread (see `Plan::waiting_ms`), for the slower group.
+    let waiting = (0..active).map(|g| plan.waiting_ms(g)).max().unwrap_or(0);
     let drain = Duration::from_secs(
         std::env::var("CHAOS_DRAIN_SECS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(60),
-    );
+    ) + Duration::from_millis(2 * waiting);
     let deadline = Instant::now() + drain;
     let mut clean = 0;
     let mut last_print = Instant::now();

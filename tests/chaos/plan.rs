@@ -197,6 +197,27 @@ impl Plan {
         }
     }
 
+    /// Handler time of group `g` that no concurrency shortens below `total / concurrency`:
+    /// the attempts that sleep past the handler timeout or wait out a retry-after, over every
+    /// record (a duplicate runs again where its original's effect is not yet recorded).
+    /// The lag deadline grows with it: at concurrency 1 a few dozen timeouts take most of a
+    /// minute by themselves.
+    pub fn waiting_ms(&self, g: usize) -> u64 {
+        let settings = &self.groups[g];
+        let attempts = u64::from(settings.total_attempts());
+        let total: u64 = self
+            .records
+            .iter()
+            .filter_map(|r| r.rec.as_ref())
+            .map(|rec| match rec.act {
+                Act::Timeout { n } => u64::from(n).min(attempts) * settings.handler_timeout_ms,
+                Act::RetryAfter { n, ms } => u64::from(n).min(attempts) * ms,
+                _ => 0,
+            })
+            .sum();
+        total / settings.concurrency.max(1) as u64
+    }
+
     /// What must come of every record id (duplicates share their original's id) for group `g`.
     pub fn expectations(&self, g: usize) -> BTreeMap<String, Expect> {
         let s = &self.groups[g];
