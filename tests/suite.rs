@@ -32,6 +32,8 @@ mod observe;
 mod outages;
 #[path = "policies.rs"]
 mod policies;
+#[path = "provenance.rs"]
+mod provenance;
 #[path = "quickstart.rs"]
 mod quickstart;
 #[path = "retry_tiers.rs"]

@@ -62,10 +62,17 @@ impl Connection {
     pub(crate) fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
-        for (key, value) in env_properties().iter().chain(&self.properties) {
+        for (key, value) in self.properties() {
             config.set(key, value);
         }
         config
+    }
+
+    /// The librdkafka properties given (`STEADFAST_KAFKA_*` first, then `-X`, so flags win).
+    pub(crate) fn properties(&self) -> Vec<(String, String)> {
+        let mut all = env_properties();
+        all.extend(self.properties.iter().cloned());
+        all
     }
 
     /// The bootstrap servers, as given.
@@ -189,11 +196,18 @@ pub(crate) struct ProduceArgs {
     acks: String,
 }
 
+/// How long `steadfast produce` waits for a message's acknowledgement by default.
+const PRODUCE_TIMEOUT_MS: &str = "10000";
+
 /// Runs `steadfast produce`.
 pub(crate) async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let producer: FutureProducer = args
-        .connection
-        .config()
+    let mut config = args.connection.config();
+    if config.get("message.timeout.ms").is_none() && config.get("delivery.timeout.ms").is_none() {
+        // librdkafka's default is 300 s; like every other command, fail within seconds when
+        // the broker cannot be reached (`-X message.timeout.ms=…` sets another limit).
+        config.set("message.timeout.ms", PRODUCE_TIMEOUT_MS);
+    }
+    let producer: FutureProducer = config
         .set("acks", &args.acks)
         .set("linger.ms", "5")
         .create()?;

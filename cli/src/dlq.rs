@@ -108,6 +108,11 @@ struct ReplayArgs {
     /// Written as steadfast-replayed-by (default: user@host).
     #[arg(long)]
     by: Option<String>,
+    /// Replay every selected record into this topic. Without it a record goes back to its
+    /// original topic, and only to the topic the dead-letter topic is named after
+    /// (`orders.dlq` replays into `orders`): records naming another topic refuse the replay.
+    #[arg(long, value_name = "TOPIC")]
+    to: Option<String>,
 }
 
 impl Filters {
@@ -134,7 +139,10 @@ impl Filters {
 
 /// Runs `steadfast dlq`.
 pub(crate) async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
-    let dlq = Dlq::new(args.connection.bootstrap());
+    let dlq = args.connection.properties().into_iter().fold(
+        Dlq::new(args.connection.bootstrap()),
+        |dlq, (key, value)| dlq.with_property(key, value),
+    );
     match args.action {
         DlqAction::List { filters, json } => {
             let records = dlq.list(&filters.selection()).await?;
@@ -153,9 +161,31 @@ pub(crate) async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `text` cut to `max` characters, with `…` when cut.
+/// `text` made safe to print on a terminal: control characters (ESC, CR, BEL, …) and the
+/// characters that reorder text on screen (bidirectional overrides) are written as escapes
+/// (`\x1b`, `\r`, `\u{202e}`), so record data can neither move the cursor, retitle the
+/// terminal nor forge a row. JSON output needs none of this: it escapes them itself.
+fn safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x100 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() || reorders => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `text` made [`safe`] and cut to `max` characters, with `…` when cut.
 fn truncated(text: &str, max: usize) -> String {
-    let flat = text.replace(['\n', '\t'], " ");
+    let flat = safe(text);
     if flat.chars().count() <= max {
         return flat;
     }
@@ -170,7 +200,12 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
 
 fn original_text(r: &DlqRecord) -> String {
     match &r.original {
-        Some(o) => format!("{}/{}/{}", o.topic, or_dash(o.partition), or_dash(o.offset)),
+        Some(o) => format!(
+            "{}/{}/{}",
+            safe(&o.topic),
+            or_dash(o.partition),
+            or_dash(o.offset)
+        ),
         None => "-".to_owned(),
     }
 }
@@ -194,7 +229,7 @@ fn print_list(records: &[DlqRecord], json: bool) -> anyhow::Result<()> {
             r.partition,
             r.offset,
             truncated(&or_dash(r.key_shown().map(|k| k.display())), 24),
-            or_dash(r.error_class.as_ref()),
+            safe(&or_dash(r.error_class.as_ref())),
             original_text(r),
             or_dash(r.attempts),
             or_dash(r.last_failure_at_ms.map(headers::format_time_ms)),
@@ -237,14 +272,19 @@ fn print_record(r: &DlqRecord, json: bool) -> anyhow::Result<()> {
         ("last failure", time(r.last_failure_at_ms)),
     ];
     for (name, value) in rows {
-        writeln!(out, "{name:<20}{value}")?;
+        writeln!(out, "{name:<20}{}", safe(&value))?;
     }
     for (name, value) in r.other_headers() {
         let shown = value.map_or_else(
             || "(null)".to_owned(),
             |v| steadfast::dlq::Shown::of(v).display(),
         );
-        writeln!(out, "{:<20}{shown}", format!("header {name}"))?;
+        writeln!(
+            out,
+            "{:<20}{}",
+            format!("header {}", safe(name)),
+            safe(&shown)
+        )?;
     }
     Ok(())
 }
@@ -262,6 +302,9 @@ async fn run_replay(dlq: &Dlq, args: ReplayArgs) -> anyhow::Result<()> {
     }
     if let Some(by) = &args.by {
         options = options.with_by(by);
+    }
+    if let Some(to) = &args.to {
+        options = options.with_to(to);
     }
     let bar = (!args.dry_run && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(0);
@@ -307,10 +350,10 @@ fn print_report(report: &ReplayReport) -> anyhow::Result<()> {
             writeln!(
                 out,
                 "{}\t-> {}/{}\tkey {}",
-                r.of,
-                r.topic,
+                safe(&r.of.to_string()),
+                safe(&r.topic),
                 or_dash(r.partition),
-                r.key
+                safe(&r.key)
             )?;
         }
         return Ok(());

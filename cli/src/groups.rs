@@ -107,13 +107,16 @@ pub(crate) async fn offsets(args: OffsetsArgs) -> anyhow::Result<()> {
     .await?
 }
 
-/// A consumer for admin lookups: in `group` (for committed offsets) or in a throwaway
-/// group; it never subscribes and never commits on its own.
+/// A consumer for admin lookups: in `group` (for committed offsets), or in no group at all
+/// (metadata, watermarks, group lists: with no `group.id` it looks up no coordinator, so a
+/// user without rights to some group of the tool's own sees no error about it); it never
+/// subscribes and never commits on its own.
 fn tool_consumer(connection: &Connection, group: Option<&str>) -> anyhow::Result<BaseConsumer> {
-    let group = group.unwrap_or("steadfast-cli-admin");
-    connection
-        .config()
-        .set("group.id", group)
+    let mut config = connection.config();
+    if let Some(group) = group {
+        config.set("group.id", group);
+    }
+    config
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .create()

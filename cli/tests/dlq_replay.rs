@@ -725,7 +725,7 @@ fn dead_lettered_messages_are_replayed_once_after_the_fix() {
 fn produce_dead_letter(
     env: &Env,
     topic: &str,
-    key: &str,
+    key: impl AsRef<[u8]>,
     value: &[u8],
     headers: &[(&str, &str)],
     nulls: &[&str],
@@ -751,7 +751,7 @@ fn produce_dead_letter(
             producer.send(
                 FutureRecord::to(topic)
                     .partition(0)
-                    .key(key)
+                    .key(key.as_ref())
                     .payload(value)
                     .headers(h),
                 Duration::from_secs(30),
@@ -1031,4 +1031,63 @@ fn list_filters_show_and_dry_run() {
         Some(None),
         "a null header stays null"
     );
+}
+
+#[test]
+fn record_data_cannot_drive_the_terminal() {
+    let env = Env::start();
+    let orders = steadfast_testkit::unique_topic("orders");
+    let dlq = format!("{orders}.dlq");
+    env.create_topic(&orders, 1);
+    env.create_topic(&dlq, 1);
+    // Cursor up, erase line, carriage return, a forged row; a terminal title (OSC … BEL); a
+    // right-to-left override.
+    let message = "boom\x1b[1A\x1b[2K\r0/9\tk\tpermanent\tforged\x07";
+    let title = "\x1b]0;owned\x07";
+    produce_dead_letter(
+        &env,
+        &dlq,
+        "k\x1b[31mred\u{202e}",
+        title.as_bytes(),
+        &[
+            ("steadfast-original-topic", orders.as_str()),
+            ("steadfast-original-partition", "0"),
+            ("steadfast-error-class", "permanent"),
+            ("steadfast-error-message", message),
+            ("trace\rid", title),
+        ],
+        &[],
+    );
+    produce_dead_letter(
+        &env,
+        &dlq,
+        [0xff, 0x1b, 0x07],
+        b"v",
+        &[("steadfast-original-topic", orders.as_str())],
+        &[],
+    );
+    let list = env.cli_ok(&["dlq", "list", "-t", &dlq]);
+    let show = env.cli_ok(&["dlq", "show", "-t", &dlq, "-p", "0", "-o", "0"]);
+    let dry = env.cli_ok(&["dlq", "replay", "-t", &dlq, "--dry-run"]);
+    for (what, out) in [("list", &list), ("show", &show), ("replay --dry-run", &dry)] {
+        for control in ['\x1b', '\r', '\x07', '\u{202e}'] {
+            assert!(
+                !out.contains(control),
+                "{what} prints {control:?} from a record:\n{out:?}"
+            );
+        }
+    }
+    assert_eq!(list.lines().count(), 4, "two rows, no forged one:\n{list}");
+    assert!(list.contains(r"boom\x1b[1A\x1b[2K\r0/9\tk"), "{list}");
+    assert!(show.contains(r"\x1b]0;owned\x07"), "{show}");
+    assert!(show.contains(r"header trace\rid"), "{show}");
+    assert!(show.contains(r"k\x1b[31mred\u{202e}"), "{show}");
+    // A key that is not UTF-8 is hex in the dry run too, as in the listing.
+    assert!(dry.contains("key hex:ff1b07"), "{dry}");
+    assert!(list.contains("hex:ff1b07"), "{list}");
+    // JSON stays exact.
+    let json = env.cli_ok(&["dlq", "list", "-t", &dlq, "--json"]);
+    let first: serde_json::Value =
+        serde_json::from_str(json.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(first["error_message"], message);
 }

@@ -210,5 +210,56 @@ fn a_sasl_server_from_the_command_line_serves_authenticated_clients() {
     denied.extend(auth("alice", PASSWORD));
     let denied = run(denied);
     assert!(!denied.status.success(), "{}", text(&denied));
+
+    // The dead-letter tools take the same client settings: over SASL, with alice's rights.
+    let mut dead: Vec<String> = [
+        "produce",
+        "-b",
+        &bootstrap,
+        "--topic",
+        "orders.cli.dlq",
+        "--count",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    dead.extend(auth("alice", PASSWORD));
+    let dead = run(dead);
+    assert!(dead.status.success(), "{}", text(&dead));
+    let mut list: Vec<String> = ["dlq", "list", "-b", &bootstrap, "-t", "orders.cli.dlq"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    list.extend(auth("alice", PASSWORD));
+    let listed = run(list);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("3 record(s)"),
+        "{}",
+        text(&listed)
+    );
+
+    // A user with rights to her own groups only resets their offsets without an error about
+    // any group of the tool's own.
+    let mut reset: Vec<String> = [
+        "offsets",
+        "reset",
+        "-b",
+        &bootstrap,
+        "--group",
+        "billing-cli",
+        "--topic",
+        "orders.cli",
+        "--to-earliest",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    reset.extend(auth("alice", PASSWORD));
+    let reset = run(reset);
+    let out = text(&reset);
+    assert!(reset.status.success(), "{out}");
+    assert!(!out.contains("ERROR"), "{out}");
     drop(server);
 }

@@ -8,30 +8,61 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use crate::message::{Envelope, Headers};
 use crate::policy::headers;
 
-/// The topic names a worker reads, shared so that an envelope's topic costs no allocation.
+/// The topic names a worker reads, shared so that an envelope's topic costs no allocation,
+/// and which topics' routing headers steadfast wrote.
 #[derive(Debug, Default)]
-pub(crate) struct TopicNames(Vec<Arc<str>>);
+pub(crate) struct TopicNames {
+    names: Vec<Arc<str>>,
+    /// `None`: every topic (the read-back of retry tiers and of a dead-letter topic, which
+    /// only steadfast writes).
+    trusted: Option<Vec<Arc<str>>>,
+}
 
 impl TopicNames {
+    /// Names for a consume loop whose trusted topics are `tiers`, its group's retry tiers: on
+    /// the records of every other topic (the source topic, which anyone may produce to) the
+    /// routing headers ([`headers::ALL`]) are set aside (see [`envelope_of`]).
+    pub(crate) fn trusting(tiers: impl IntoIterator<Item = Arc<str>>) -> Self {
+        TopicNames {
+            names: Vec::new(),
+            trusted: Some(tiers.into_iter().collect()),
+        }
+    }
+
     fn get(&mut self, topic: &str) -> Arc<str> {
-        if let Some(t) = self.0.iter().find(|t| &***t == topic) {
+        if let Some(t) = self.names.iter().find(|t| &***t == topic) {
             return t.clone();
         }
         let t: Arc<str> = Arc::from(topic);
-        self.0.push(t.clone());
+        self.names.push(t.clone());
         t
+    }
+
+    fn is_trusted(&self, topic: &str) -> bool {
+        self.trusted
+            .as_ref()
+            .is_none_or(|tiers| tiers.iter().any(|t| &**t == topic))
     }
 }
 
 /// An owned envelope of a delivered record; its attempt is the attempts header plus one.
+///
+/// A record of a source topic that arrives with routing headers of steadfast's own
+/// (`steadfast-original-topic`, `steadfast-retry-tier`, `steadfast-attempts`, …) got them
+/// from its producer: they are kept under [`headers::untrusted`] names (for debugging) and
+/// read by nothing, so a producer can neither steer where the record's copies and replays go,
+/// nor whose keys its dedup, lock and version facts touch, nor its attempts and tier.
 pub(crate) fn envelope_of(message: &BorrowedMessage<'_>, topics: &mut TopicNames) -> Envelope {
     let mut h = Headers::new();
+    let from_source = !topics.is_trusted(message.topic());
     if let Some(borrowed) = message.headers() {
         for header in borrowed.iter() {
-            h.push(
-                header.key,
-                Bytes::copy_from_slice(header.value.unwrap_or_default()),
-            );
+            let value = Bytes::copy_from_slice(header.value.unwrap_or_default());
+            if from_source && headers::ALL.contains(&header.key) {
+                h.push(headers::untrusted(header.key), value);
+            } else {
+                h.push(header.key, value);
+            }
         }
     }
     let attempt = headers::attempts_before(&h) + 1;

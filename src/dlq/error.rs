@@ -16,6 +16,24 @@ pub enum DlqError {
         /// How many selected records name it.
         count: usize,
     },
+    /// Selected records name an original topic other than the one the dead-letter topic is
+    /// named after (or the dead-letter topic follows no naming rule), and no target was named:
+    /// a record cannot choose where it is replayed to.
+    #[error("{count} selected record(s) name an original topic that is not {expected} (the first: {topic}/{partition}/{offset} names `{named}`); a record cannot choose where it is replayed to: leave them out of the selection (an original-topic filter), or name the target topic explicitly (--to)")]
+    ForeignOriginalTopic {
+        /// How many selected records name another topic.
+        count: usize,
+        /// What was expected, for the message: the source topic, or why none is known.
+        expected: String,
+        /// The dead-letter topic.
+        topic: String,
+        /// Partition of the first such record.
+        partition: i32,
+        /// Offset of the first such record.
+        offset: i64,
+        /// The original topic the first one names.
+        named: String,
+    },
     /// The selection's filters contradict each other or are out of range.
     #[error("invalid selection: {0}")]
     InvalidSelection(String),

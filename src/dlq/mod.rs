@@ -30,7 +30,13 @@
 //! starts fresh through the normal stack, dedup and stale checks included. The copy gains
 //! `steadfast-replayed-by`, `steadfast-replayed-at`, `steadfast-replay-of` (`<dlq
 //! topic>/<partition>/<offset>`) and `steadfast-replay-id`. A selected record without
-//! `steadfast-original-topic` refuses the whole replay before anything is produced.
+//! `steadfast-original-topic` refuses the whole replay before anything is produced, and so
+//! does one whose original topic is not the topic the dead-letter topic is named after
+//! (`orders.dlq` replays into `orders` only): the worker writes provenance from the delivery
+//! itself and sets aside such headers arriving on a source record, but a record written into
+//! the dead-letter topic by other means could still name any topic. Naming the target
+//! ([`ReplayOptions::with_to`]; `--to` on the command line) replays every selected record
+//! there instead: the way to replay from a dead-letter topic with a configured name.
 //!
 //! **Resuming, each record once.** A replay has an id: by default the fingerprint of its
 //! selection, so running the same command again continues (or, once finished, replays
@@ -136,7 +142,7 @@ async fn blocking<T: Send + 'static>(
 
 fn list_blocking(config: &ClientConfig, selection: &Selection) -> Result<Vec<DlqRecord>, DlqError> {
     selection.validate()?;
-    let consumer = scan::reader(config, "steadfast-dlq-reader")?;
+    let consumer = scan::reader(config, None)?;
     let partitions = scan::partitions(&consumer, &selection.topic)?;
     let starts = partitions
         .iter()
@@ -165,7 +171,7 @@ fn show_blocking(
         offset,
         reason,
     };
-    let consumer = scan::reader(config, "steadfast-dlq-reader")?;
+    let consumer = scan::reader(config, None)?;
     let partitions = scan::partitions(&consumer, topic)?;
     if !partitions.contains(&partition) {
         return Err(missing(format!(

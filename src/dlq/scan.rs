@@ -28,14 +28,41 @@ pub(crate) type Tp = (String, i32);
 /// The consumer of the tooling's reads.
 pub(crate) type Reader = BaseConsumer<ReaderContext>;
 
+/// The group a reader that reads no group's offsets is in: librdkafka assigns partitions only
+/// to a consumer with a `group.id`, and looks up that group's coordinator, which a user
+/// without rights to the group is refused (see [`ReaderContext::is_unused_group_error`]).
+const UNUSED_GROUP: &str = "steadfast-dlq-reader";
+
 /// Logs client errors through `tracing`, except the end-of-partition events the reads ask
-/// for (`enable.partition.eof`), which are not errors here.
+/// for (`enable.partition.eof`), which are not errors here, and, for a reader whose group is
+/// not used, the errors about that group.
 #[derive(Debug, Default)]
-pub(crate) struct ReaderContext;
+pub(crate) struct ReaderContext {
+    /// Reads no group's offsets and commits nothing: errors about its group do not matter.
+    group_unused: bool,
+}
+
+impl ReaderContext {
+    /// Whether `error` is about a group this reader does not use (its coordinator lookup
+    /// refused or failing): fetching assigned partitions goes on regardless.
+    fn is_unused_group_error(&self, error: &KafkaError) -> bool {
+        self.group_unused
+            && matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::GroupAuthorizationFailed
+                        | RDKafkaErrorCode::CoordinatorNotAvailable
+                        | RDKafkaErrorCode::NotCoordinator
+                )
+            )
+    }
+}
 
 impl rdkafka::ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if self.is_unused_group_error(&error) {
+            tracing::debug!(%error, reason, "kafka client error about the unused group");
+        } else if !matches!(error, KafkaError::PartitionEOF(_)) {
             tracing::warn!(%error, reason, "kafka client error");
         }
     }
@@ -43,18 +70,22 @@ impl rdkafka::ClientContext for ReaderContext {
 
 impl rdkafka::consumer::ConsumerContext for ReaderContext {}
 
-/// A consumer for reads: assigned partitions only, no commits.
-pub(crate) fn reader(config: &ClientConfig, group: &str) -> Result<Reader, DlqError> {
+/// A consumer for reads: assigned partitions only, no commits. In `group` when it reads or
+/// commits a group's offsets (a replay's progress); with `None` it uses no group, so a
+/// listing needs no rights to any group.
+pub(crate) fn reader(config: &ClientConfig, group: Option<&str>) -> Result<Reader, DlqError> {
     let mut config = config.clone();
     config
-        .set("group.id", group)
+        .set("group.id", group.unwrap_or(UNUSED_GROUP))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100");
     config
-        .create_with_context(ReaderContext)
+        .create_with_context(ReaderContext {
+            group_unused: group.is_none(),
+        })
         .map_err(|e| DlqError::broker("creating a consumer", e))
 }
 
@@ -193,6 +224,7 @@ pub(crate) fn read_to_end(
                     remaining.remove(&tp);
                 }
             }
+            Some(Err(e)) if consumer.context().is_unused_group_error(&e) => {}
             Some(Err(KafkaError::PartitionEOF(_))) => {
                 // The event does not name the topic: ask where every partition stands. A gap
                 // before the watermark (compaction, transaction markers) ends here.

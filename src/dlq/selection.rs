@@ -162,6 +162,13 @@ impl Selection {
     /// every filter): the default replay id, and the check that a replay id is not reused
     /// for another selection.
     pub fn fingerprint(&self) -> String {
+        self.fingerprint_with_target(None)
+    }
+
+    /// The fingerprint of this selection replayed into `to` (see
+    /// [`ReplayOptions::with_to`](super::ReplayOptions::with_to)); without a target, the
+    /// [`fingerprint`](Self::fingerprint).
+    pub(crate) fn fingerprint_with_target(&self, to: Option<&str>) -> String {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
         let key = self
             .key
@@ -191,6 +198,10 @@ impl Selection {
             ),
         ]
         .join("\n");
+        let canonical = match to {
+            Some(to) => format!("{canonical}\nto={to}"),
+            None => canonical,
+        };
         format!("{:016x}", fnv1a(canonical.as_bytes()))
     }
 }

@@ -77,6 +77,20 @@ pub const ALL: [&str; 13] = [
 /// The headers a copy of a first delivery writes anew, whatever the record arrived with.
 pub const PROVENANCE: [&str; 13] = ALL;
 
+/// What a worker renames a header of [`ALL`] to when a record of its source topic arrives
+/// with it: `steadfast-untrusted-` and the rest of the name (`steadfast-original-topic`
+/// becomes `steadfast-untrusted-original-topic`). Only steadfast writes those headers, on
+/// retry-tier and dead-letter copies; on a source record they came from its producer (or
+/// from a replay of a dead-letter record), so nothing reads them there, and the record's
+/// provenance is its own delivery.
+pub fn untrusted(name: &str) -> String {
+    let rest = name.strip_prefix("steadfast-").unwrap_or(name);
+    format!("{UNTRUSTED_PREFIX}{rest}")
+}
+
+/// The prefix of [`untrusted`] names.
+pub const UNTRUSTED_PREFIX: &str = "steadfast-untrusted-";
+
 /// Milliseconds since the epoch as RFC 3339 text (UTC, millisecond precision).
 pub fn format_time_ms(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;

@@ -426,6 +426,11 @@ impl Dispatcher {
         self.topology.tier_of(topic)
     }
 
+    /// The retry-tier topics of the worker's group, tier 1 first.
+    pub(crate) fn tier_topics(&self) -> &[Arc<str>] {
+        &self.topology.tiers
+    }
+
     /// Jobs of earlier assignments of `tps` still running (see `orphans`).
     pub(crate) fn orphans_of(&self, tps: &[(TopicPartition, u64)]) -> usize {
         tps.iter().filter_map(|(tp, _)| self.orphans.get(tp)).sum()

@@ -515,7 +515,7 @@ async fn consume(
     let mut commit_tick = tokio::time::interval(commit_interval);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut full_since: Option<Instant> = None;
-    let mut topics = TopicNames::default();
+    let mut topics = TopicNames::trusting(shared.dispatcher.lock().tier_topics().to_vec());
     let mut lag_read_at = Instant::now();
     loop {
         let (full, stalled) = {

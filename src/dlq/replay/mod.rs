@@ -55,6 +55,14 @@ pub struct ReplayOptions {
     /// A new replay id (the fingerprint and a random suffix), so the selection is replayed
     /// again even where an earlier replay of it finished.
     pub fresh: bool,
+    /// The topic every selected record is replayed into, named by the operator. Without it a
+    /// record goes back to its original topic, and only to the topic the dead-letter topic is
+    /// named after (`<topic>.dlq` holds records of `<topic>`): a record naming any other
+    /// original topic refuses the replay ([`DlqError::ForeignOriginalTopic`]), so a record
+    /// cannot choose where it is replayed to.
+    ///
+    /// [`DlqError::ForeignOriginalTopic`]: super::DlqError::ForeignOriginalTopic
+    pub to: Option<String>,
     /// `steadfast-replayed-by`; default `user@host`.
     pub by: Option<String>,
     /// Called after every record.
@@ -74,6 +82,7 @@ impl Default for ReplayOptions {
             dry_run: false,
             replay_id: None,
             fresh: false,
+            to: None,
             by: None,
             progress: None,
             started: None,
@@ -90,6 +99,7 @@ impl fmt::Debug for ReplayOptions {
             .field("dry_run", &self.dry_run)
             .field("replay_id", &self.replay_id)
             .field("fresh", &self.fresh)
+            .field("to", &self.to)
             .field("by", &self.by)
             .field("progress", &self.progress.as_ref().map(|_| "callback"))
             .field("started", &self.started.as_ref().map(|_| "callback"))
@@ -120,6 +130,11 @@ impl ReplayOptions {
         self.fresh = fresh;
         self
     }
+    /// Replays every selected record into `topic` (see [`ReplayOptions::to`]).
+    pub fn with_to(mut self, topic: impl Into<String>) -> Self {
+        self.to = Some(topic.into());
+        self
+    }
     /// `steadfast-replayed-by`.
     pub fn with_by(mut self, by: impl Into<String>) -> Self {
         self.by = Some(by.into());
@@ -143,7 +158,7 @@ impl ReplayOptions {
 pub struct ReplayedRecord {
     /// The dead-letter record.
     pub of: RecordRef,
-    /// Its key as text (lossy), for reports.
+    /// Its key as `dlq list` shows it: text when UTF-8, else `hex:` and its bytes in hex.
     pub key: String,
     /// The topic it goes back to.
     pub topic: String,

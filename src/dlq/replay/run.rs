@@ -18,7 +18,7 @@ use super::copy::{default_replayed_by, replay_headers, CopyHeaders, Stamp};
 use super::resume::{self, AlreadyReplayed, Committed, ProgressNote, TargetReach};
 use super::{ReplayOptions, ReplayProgress, ReplayReport, ReplayStarted, ReplayedRecord};
 use crate::dlq::error::DlqError;
-use crate::dlq::record::DlqRecord;
+use crate::dlq::record::{DlqRecord, Shown};
 use crate::dlq::scan::{self, Reader, Tp};
 use crate::dlq::selection::Selection;
 use crate::policy::now_ms;
@@ -33,7 +33,8 @@ pub(crate) fn replay_blocking(
     options: &ReplayOptions,
 ) -> Result<ReplayReport, DlqError> {
     selection.validate()?;
-    let fingerprint = selection.fingerprint();
+    let to = options.to.as_deref();
+    let fingerprint = selection.fingerprint_with_target(to);
     let replay_id = match (&options.replay_id, options.fresh) {
         (Some(id), _) if !id.trim().is_empty() => id.trim().to_owned(),
         (_, true) => format!(
@@ -49,7 +50,7 @@ pub(crate) fn replay_blocking(
             group: group.clone(),
         });
     }
-    let consumer = scan::reader(config, &group)?;
+    let consumer = scan::reader(config, Some(&group))?;
     let dlq = selection.topic.as_str();
     let dlq_partitions = scan::partitions(&consumer, dlq)?;
 
@@ -65,8 +66,11 @@ pub(crate) fn replay_blocking(
     }
 
     let (records, highs) = read_selection(&consumer, selection, &dlq_partitions, &committed)?;
-    refuse_homeless(&records, dlq)?;
-    let targets = target_partitions(&consumer, &records)?;
+    if to.is_none() {
+        refuse_homeless(&records, dlq)?;
+        refuse_foreign(&records, dlq)?;
+    }
+    let targets = target_partitions(&consumer, &records, to)?;
     let previous_ends = committed
         .note
         .as_ref()
@@ -78,7 +82,7 @@ pub(crate) fn replay_blocking(
     let planned: Vec<(&DlqRecord, ReplayedRecord)> = records
         .iter()
         .filter(|r| !already.contains(r.partition, r.offset))
-        .map(|r| (r, planned_copy(r, &targets)))
+        .map(|r| (r, planned_copy(r, &targets, to)))
         .collect();
     let mut report = ReplayReport {
         replay_id: replay_id.clone(),
@@ -248,15 +252,63 @@ fn refuse_homeless(records: &[DlqRecord], dlq: &str) -> Result<(), DlqError> {
     }
 }
 
-/// The partitions of every original topic of `records`.
+/// The topic a dead-letter topic holds records of, by the naming rule (`<topic>.dlq`).
+fn source_of(dlq: &str) -> Option<&str> {
+    dlq.strip_suffix(".dlq").filter(|t| !t.is_empty())
+}
+
+/// Refuses the replay when a selected record names an original topic other than the one
+/// `dlq` is named after: provenance headers are data of the record, and a record that
+/// reached the dead-letter topic with forged ones must not pick its replay's target.
+fn refuse_foreign(records: &[DlqRecord], dlq: &str) -> Result<(), DlqError> {
+    let source = source_of(dlq);
+    let foreign: Vec<&DlqRecord> = records
+        .iter()
+        .filter(|r| {
+            r.original
+                .as_ref()
+                .is_some_and(|o| source != Some(o.topic.as_str()))
+        })
+        .collect();
+    let Some(first) = foreign.first() else {
+        return Ok(());
+    };
+    let expected = match source {
+        Some(source) => format!("`{source}`, the topic `{dlq}` is named after"),
+        None => format!(
+            "known: `{dlq}` is not named `<topic>.dlq`, so the topic its records came from is not known"
+        ),
+    };
+    Err(DlqError::ForeignOriginalTopic {
+        count: foreign.len(),
+        expected,
+        topic: dlq.to_owned(),
+        partition: first.partition,
+        offset: first.offset,
+        // Record data: escaped, so that an error message cannot carry terminal controls.
+        named: first
+            .original
+            .as_ref()
+            .map(|o| o.topic.escape_debug().to_string())
+            .unwrap_or_default(),
+    })
+}
+
+/// The topic `record` is replayed into: `to` when named, else its original topic.
+fn target_of<'a>(record: &'a DlqRecord, to: Option<&'a str>) -> Option<&'a str> {
+    to.or_else(|| record.original.as_ref().map(|o| o.topic.as_str()))
+}
+
+/// The partitions of every target topic of `records`.
 fn target_partitions(
     consumer: &Reader,
     records: &[DlqRecord],
+    to: Option<&str>,
 ) -> Result<BTreeMap<String, BTreeSet<i32>>, DlqError> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for r in records {
-        if let Some(o) = &r.original {
-            *counts.entry(o.topic.as_str()).or_default() += 1;
+        if let Some(topic) = target_of(r, to) {
+            *counts.entry(topic).or_default() += 1;
         }
     }
     let mut out = BTreeMap::new();
@@ -300,23 +352,26 @@ fn find_copies(
     Ok(already)
 }
 
-/// Where the copy of `record` goes.
-fn planned_copy(record: &DlqRecord, targets: &BTreeMap<String, BTreeSet<i32>>) -> ReplayedRecord {
-    let (topic, partition) = match &record.original {
-        Some(o) => {
-            let partition = o
-                .partition
-                .filter(|p| targets.get(&o.topic).is_some_and(|ps| ps.contains(p)));
-            (o.topic.clone(), partition)
-        }
-        None => (String::new(), None),
-    };
+/// Where the copy of `record` goes: its target topic (see [`target_of`]), to its original
+/// partition when that is the target and has it, else to its key's partition.
+fn planned_copy(
+    record: &DlqRecord,
+    targets: &BTreeMap<String, BTreeSet<i32>>,
+    to: Option<&str>,
+) -> ReplayedRecord {
+    let topic = target_of(record, to).unwrap_or_default().to_owned();
+    let partition = record
+        .original
+        .as_ref()
+        .filter(|o| o.topic == topic)
+        .and_then(|o| o.partition)
+        .filter(|p| targets.get(&topic).is_some_and(|ps| ps.contains(p)));
     ReplayedRecord {
         of: record.position(),
         key: record
             .key
             .as_deref()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .map(|k| Shown::of(k).display())
             .unwrap_or_default(),
         topic,
         partition,
