@@ -199,15 +199,20 @@ pub(crate) struct ProduceArgs {
 /// How long `steadfast produce` waits for a message's acknowledgement by default.
 const PRODUCE_TIMEOUT_MS: &str = "10000";
 
-/// Runs `steadfast produce`.
-pub(crate) async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let mut config = args.connection.config();
+/// The producer settings of `steadfast produce`: the connection's, with a message timeout of
+/// [`PRODUCE_TIMEOUT_MS`] unless one is given. librdkafka's default is 300 s; like every
+/// other command, `produce` fails within seconds when the broker cannot be reached.
+fn producer_config(connection: &Connection) -> ClientConfig {
+    let mut config = connection.config();
     if config.get("message.timeout.ms").is_none() && config.get("delivery.timeout.ms").is_none() {
-        // librdkafka's default is 300 s; like every other command, fail within seconds when
-        // the broker cannot be reached (`-X message.timeout.ms=…` sets another limit).
         config.set("message.timeout.ms", PRODUCE_TIMEOUT_MS);
     }
-    let producer: FutureProducer = config
+    config
+}
+
+/// Runs `steadfast produce`.
+pub(crate) async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let producer: FutureProducer = producer_config(&args.connection)
         .set("acks", &args.acks)
         .set("linger.ms", "5")
         .create()?;
@@ -547,5 +552,30 @@ impl ShutdownSignals {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(properties: &[(&str, &str)]) -> Connection {
+        Connection {
+            bootstrap: "127.0.0.1:9".to_owned(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn produce_gives_up_within_seconds_unless_told_otherwise() {
+        let default = producer_config(&connection(&[]));
+        assert_eq!(default.get("message.timeout.ms"), Some(PRODUCE_TIMEOUT_MS));
+        let given = producer_config(&connection(&[("message.timeout.ms", "60000")]));
+        assert_eq!(given.get("message.timeout.ms"), Some("60000"));
+        let other_name = producer_config(&connection(&[("delivery.timeout.ms", "60000")]));
+        assert_eq!(other_name.get("message.timeout.ms"), None);
     }
 }

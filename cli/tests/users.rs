@@ -1,5 +1,6 @@
-//! `steadfast users` and a SASL server from the command line: the file holds no password,
-//! `list` shows mechanisms and rights, and `produce`/`consume` authenticate with `-X` flags.
+//! `steadfast users` and a SASL_SSL server from the command line: the file holds no
+//! password, `list` shows mechanisms and rights, and `produce`, `consume`, `dlq` and `offsets`
+//! authenticate with `-X` flags.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -112,25 +113,37 @@ impl Drop for ChildServer {
 }
 
 #[test]
-fn a_sasl_server_from_the_command_line_serves_authenticated_clients() {
+fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
     assert!(add_alice(&file).status.success());
+    // A self-signed certificate for the listener; clients trust it as their CA.
+    let tls = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let certificate = dir.path().join("server.pem");
+    let key = dir.path().join("server.key");
+    std::fs::write(&certificate, tls.cert.pem()).unwrap();
+    std::fs::write(&key, tls.signing_key.serialize_pem()).unwrap();
+    // The server's log goes to a file, as a service manager would keep it.
+    let log = dir.path().join("server.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_steadfast"))
         .args([
             "server",
             "--listen",
             "127.0.0.1:0",
             "--security-protocol",
-            "SASL_PLAINTEXT",
+            "SASL_SSL",
             "--users-file",
             file.to_str().unwrap(),
+            "--tls-cert",
+            certificate.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
             "--data-dir",
         ])
         .arg(dir.path().join("data"))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn steadfast server");
     let stdout = child.stdout.take().unwrap();
@@ -141,7 +154,9 @@ fn a_sasl_server_from_the_command_line_serves_authenticated_clients() {
     let auth = |user: &str, password: &str| {
         vec![
             "-X".to_owned(),
-            "security.protocol=SASL_PLAINTEXT".to_owned(),
+            "security.protocol=SASL_SSL".to_owned(),
+            "-X".to_owned(),
+            format!("ssl.ca.location={}", certificate.display()),
             "-X".to_owned(),
             "sasl.mechanisms=SCRAM-SHA-256".to_owned(),
             "-X".to_owned(),
@@ -262,4 +277,9 @@ fn a_sasl_server_from_the_command_line_serves_authenticated_clients() {
     assert!(reset.status.success(), "{out}");
     assert!(!out.contains("ERROR"), "{out}");
     drop(server);
+
+    // A log written to a file holds plain text, no terminal colour codes.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("INFO"), "the server logged: {logged}");
+    assert!(!logged.contains('\x1b'), "{logged:?}");
 }
