@@ -319,9 +319,37 @@ pub(crate) async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 
 /// Logs group events of the CLI consumer to standard error.
 #[derive(Debug, Default)]
-struct GroupLog;
+struct GroupLog {
+    /// Consumes without a group of the user's (assigned partitions, nothing committed): the
+    /// tool's own group id is only what librdkafka needs to assign, and errors about it
+    /// (a user without rights to it) do not matter.
+    group_unused: bool,
+}
 
-impl rdkafka::ClientContext for GroupLog {}
+impl GroupLog {
+    /// Whether `error` is about the group this consumer does not use.
+    fn is_unused_group_error(&self, error: &KafkaError) -> bool {
+        self.group_unused
+            && matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::GroupAuthorizationFailed
+                        | RDKafkaErrorCode::CoordinatorNotAvailable
+                        | RDKafkaErrorCode::NotCoordinator
+                )
+            )
+    }
+}
+
+impl rdkafka::ClientContext for GroupLog {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.is_unused_group_error(&error) {
+            tracing::debug!(%error, reason, "kafka client error about the unused group");
+        } else {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
 
 impl ConsumerContext for GroupLog {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -404,7 +432,9 @@ fn consume_blocking(args: ConsumeArgs, stop: &AtomicBool) -> anyhow::Result<()> 
         }
     }
     let consumer: BaseConsumer<GroupLog> = config
-        .create_with_context(GroupLog)
+        .create_with_context(GroupLog {
+            group_unused: args.group.is_none(),
+        })
         .context("creating the consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), TIMEOUT)
@@ -475,13 +505,16 @@ fn consume_loop(
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => continue,
+            Some(Err(e)) if consumer.context().is_unused_group_error(&e) => {}
             Some(Err(e)) if args.group.is_some() && !is_fatal(consumer, &e) => {
                 eprintln!("warning: {e}");
             }
             Some(Err(e)) => bail!("consume failed: {e}"),
             Some(Ok(m)) => {
-                let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
-                let value = m.payload().map(String::from_utf8_lossy).unwrap_or_default();
+                // Escaped and hex where needed, so that a record cannot drive the terminal
+                // nor add a column or a line.
+                let key = m.key().map(crate::text::shown).unwrap_or_default();
+                let value = m.payload().map(crate::text::shown).unwrap_or_default();
                 writeln!(out, "{}/{}\t{}\t{}", m.partition(), m.offset(), key, value)
                     .and_then(|()| out.flush())
                     .context("writing to standard output")?;

@@ -10,6 +10,7 @@ use steadfast::dlq::{Dlq, DlqRecord, ErrorClass, ReplayOptions, ReplayReport, Se
 use steadfast::policy::headers;
 
 use crate::client::Connection;
+use crate::text::safe;
 use crate::time::parse_rfc3339_ms;
 
 /// Options of `steadfast dlq`.
@@ -159,28 +160,6 @@ pub(crate) async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
         }
         DlqAction::Replay(replay) => run_replay(&dlq, replay).await,
     }
-}
-
-/// `text` made safe to print on a terminal: control characters (ESC, CR, BEL, …) and the
-/// characters that reorder text on screen (bidirectional overrides) are written as escapes
-/// (`\x1b`, `\r`, `\u{202e}`), so record data can neither move the cursor, retitle the
-/// terminal nor forge a row. JSON output needs none of this: it escapes them itself.
-fn safe(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x100 && c.is_control() => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if c.is_control() || reorders => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// `text` made [`safe`] and cut to `max` characters, with `…` when cut.

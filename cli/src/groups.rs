@@ -12,6 +12,7 @@ use rdkafka::groups::GroupInfo;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{Connection, TIMEOUT};
+use crate::text::safe;
 use crate::time::parse_rfc3339_ms;
 
 /// Options of `steadfast groups`.
@@ -338,18 +339,19 @@ fn describe(connection: &Connection, group: &str, topics: &[String]) -> anyhow::
     writeln!(out, "members: {}", state.members.len())?;
     let mut owners: HashMap<(String, i32), String> = HashMap::new();
     for m in &state.members {
-        writeln!(out, "  member {}", m.id)?;
-        writeln!(out, "    client id: {}", m.client_id)?;
-        writeln!(out, "    host: {}", m.host)?;
+        // Member, client and instance ids are whatever the clients sent: escaped.
+        writeln!(out, "  member {}", safe(&m.id))?;
+        writeln!(out, "    client id: {}", safe(&m.client_id))?;
+        writeln!(out, "    host: {}", safe(&m.host))?;
         if let Some(instance) = instance_ids.get(&m.id) {
-            writeln!(out, "    instance id: {instance}")?;
+            writeln!(out, "    instance id: {}", safe(instance))?;
         }
         match &m.assignment {
             Ok(assignment) => {
                 writeln!(out, "    assigned: {}", format_assignment(assignment))?;
                 for (topic, ps) in assignment {
                     for p in ps {
-                        owners.insert((topic.clone(), *p), m.client_id.clone());
+                        owners.insert((topic.clone(), *p), safe(&m.client_id));
                     }
                 }
             }

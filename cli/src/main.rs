@@ -5,6 +5,7 @@ mod client;
 mod dlq;
 mod groups;
 mod server;
+mod text;
 mod time;
 mod users;
 

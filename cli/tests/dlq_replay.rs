@@ -1069,7 +1069,22 @@ fn record_data_cannot_drive_the_terminal() {
     let list = env.cli_ok(&["dlq", "list", "-t", &dlq]);
     let show = env.cli_ok(&["dlq", "show", "-t", &dlq, "-p", "0", "-o", "0"]);
     let dry = env.cli_ok(&["dlq", "replay", "-t", &dlq, "--dry-run"]);
-    for (what, out) in [("list", &list), ("show", &show), ("replay --dry-run", &dry)] {
+    let consumed = env.cli_ok(&[
+        "consume",
+        "--topic",
+        &dlq,
+        "--from-beginning",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(consumed.lines().count(), 2, "{consumed:?}");
+    assert!(consumed.contains("hex:ff1b07"), "{consumed}");
+    for (what, out) in [
+        ("list", &list),
+        ("show", &show),
+        ("replay --dry-run", &dry),
+        ("consume", &consumed),
+    ] {
         for control in ['\x1b', '\r', '\x07', '\u{202e}'] {
             assert!(
                 !out.contains(control),

@@ -226,6 +226,31 @@ fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
     let denied = run(denied);
     assert!(!denied.status.success(), "{}", text(&denied));
 
+    // Without a group, alice needs no rights to any group of the tool's own.
+    let mut groupless: Vec<String> = [
+        "consume",
+        "-b",
+        &bootstrap,
+        "--topic",
+        "orders.cli",
+        "--from-beginning",
+        "--count",
+        "20",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    groupless.extend(auth("alice", PASSWORD));
+    let groupless = run(groupless);
+    let out = text(&groupless);
+    assert!(groupless.status.success(), "{out}");
+    assert!(!out.contains("ERROR"), "{out}");
+    assert_eq!(
+        String::from_utf8_lossy(&groupless.stdout).lines().count(),
+        20,
+        "{out}"
+    );
+
     // The dead-letter tools take the same client settings: over SASL, with alice's rights.
     let mut dead: Vec<String> = [
         "produce",
