@@ -19,5 +19,7 @@ mod group_protocol;
 mod group_restart;
 #[path = "offsets_and_retention.rs"]
 mod offsets_and_retention;
+#[path = "pre_auth_limits.rs"]
+mod pre_auth_limits;
 #[path = "protocol_edges.rs"]
 mod protocol_edges;

@@ -133,6 +133,11 @@ impl Session {
         }
     }
 
+    /// Whether requests go to the handlers: authenticated, or on a listener without SASL.
+    pub(crate) fn is_authenticated(&self) -> bool {
+        matches!(self.state, State::Open(_))
+    }
+
     /// Decides what happens to a request before it is handled.
     pub(crate) fn admit(&self, api: ApiKey) -> Admission {
         match (api, &self.state) {
