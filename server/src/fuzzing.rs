@@ -104,9 +104,10 @@ fn sasl_token(token: &[u8]) {
         stored_key: vec![1; 32],
         server_key: vec![2; 32],
     };
-    let mut fresh = ScramExchange::new(Hash::Sha256);
+    let decoy = std::sync::Arc::new(crate::auth::decoy::DecoySecret::from_bytes([9; 32]));
+    let mut fresh = ScramExchange::new(Hash::Sha256, decoy.clone());
     let _ = fresh.step(token, |_| Some(keys()), "nonce");
-    let mut exchange = ScramExchange::new(Hash::Sha256);
+    let mut exchange = ScramExchange::new(Hash::Sha256, decoy);
     let _ = exchange.step(b"n,,n=user,r=abc", |_| Some(keys()), "def");
     let _ = exchange.step(token, |_| None, "");
 }

@@ -260,8 +260,12 @@ impl ServerBuilder {
         let groups = GroupCoordinator::new(config.groups.clone(), offsets, membership, restored);
         let users = match &config.users_file {
             Some(path) => {
-                let path = path.clone();
-                let directory = tokio::task::spawn_blocking(move || UserDirectory::open(&path))
+                let (path, dir) = (path.clone(), data_dir.clone());
+                let open = move || -> Result<UserDirectory, ServerError> {
+                    let decoy = auth::decoy::DecoySecret::load_or_create(&dir)?;
+                    Ok(UserDirectory::open(&path, decoy)?)
+                };
+                let directory = tokio::task::spawn_blocking(open)
                     .await
                     .map_err(|e| ServerError::Config(format!("users file task failed: {e}")))??;
                 Some(Arc::new(directory))

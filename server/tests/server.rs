@@ -23,3 +23,5 @@ mod offsets_and_retention;
 mod pre_auth_limits;
 #[path = "protocol_edges.rs"]
 mod protocol_edges;
+#[path = "user_enumeration.rs"]
+mod user_enumeration;

@@ -183,10 +183,15 @@ impl Session {
             tracing::warn!(peer = %self.peer, "SaslHandshake out of place; closing connection");
             return fail(answer(ResponseError::IllegalSaslState.code()));
         }
+        let Some(users) = &self.users else {
+            tracing::warn!(peer = %self.peer, "SaslHandshake without a users file; closing connection");
+            return fail(answer(ResponseError::IllegalSaslState.code()));
+        };
+        let decoy = users.decoy().clone();
         let exchange = match request.mechanism.as_str() {
             "PLAIN" => Exchange::Plain,
-            "SCRAM-SHA-256" => Exchange::Scram(ScramExchange::new(Hash::Sha256)),
-            "SCRAM-SHA-512" => Exchange::Scram(ScramExchange::new(Hash::Sha512)),
+            "SCRAM-SHA-256" => Exchange::Scram(ScramExchange::new(Hash::Sha256, decoy)),
+            "SCRAM-SHA-512" => Exchange::Scram(ScramExchange::new(Hash::Sha512, decoy)),
             other => {
                 tracing::warn!(peer = %self.peer, mechanism = other, "unsupported SASL mechanism; closing connection");
                 return fail(answer(ResponseError::UnsupportedSaslMechanism.code()));
@@ -303,20 +308,24 @@ fn step(mut exchange: Exchange, users: &UserDirectory, token: &[u8]) -> (Exchang
                 user: None,
                 reason: reason.to_owned(),
             },
-            Ok(message) => match file.users.get(&message.user) {
-                Some(user) if message.verify(user) => Step::Success {
-                    user: message.user.clone(),
-                    server_final: Vec::new(),
-                },
-                Some(_) => Step::Failure {
-                    user: Some(message.user.clone()),
-                    reason: "invalid credentials".to_owned(),
-                },
-                None => Step::Failure {
-                    user: Some(message.user.clone()),
-                    reason: "unknown user".to_owned(),
-                },
-            },
+            Ok(message) => {
+                // Unknown users cost a dummy verification of the same price as a real one.
+                let user = file.users.get(&message.user);
+                match (user.is_some(), message.verify(user, users.decoy())) {
+                    (true, true) => Step::Success {
+                        user: message.user.clone(),
+                        server_final: Vec::new(),
+                    },
+                    (true, false) => Step::Failure {
+                        user: Some(message.user.clone()),
+                        reason: "invalid credentials".to_owned(),
+                    },
+                    (false, _) => Step::Failure {
+                        user: Some(message.user.clone()),
+                        reason: "unknown user".to_owned(),
+                    },
+                }
+            }
         },
         Exchange::Scram(scram) => {
             let hash = scram.hash();
