@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{self, Reply};
-use super::auth::session::{Admission, Session};
+use super::auth::session::{Admission, SaslReply, Session};
 use super::auth::tls;
 use super::broker::Broker;
 use super::connection_slots::Slot;
@@ -233,6 +233,14 @@ impl Connection {
                     break;
                 }
             };
+            if session.awaits_raw_token() {
+                // After a SaslHandshake v0 the frame is a SASL token, not a request.
+                let reply = session.raw_token(frame).await;
+                if !self.send_sasl_reply(reply, &tx, &activity).await {
+                    break;
+                }
+                continue;
+            }
             let mut request = match RequestFrame::parse(frame) {
                 Ok(request) => request,
                 Err(e) => {
@@ -249,18 +257,7 @@ impl Connection {
                 }
                 Admission::Sasl => {
                     let reply = session.sasl(&request).await;
-                    let close = reply.close;
-                    let sent = match reply.response {
-                        Ok(bytes) => {
-                            activity.owe();
-                            tx.send(Pending::Ready(bytes)).await.is_ok()
-                        }
-                        Err(e) => {
-                            tracing::warn!(%peer, error = %e, "closing connection");
-                            false
-                        }
-                    };
-                    if close || !sent {
+                    if !self.send_sasl_reply(reply, &tx, &activity).await {
                         break;
                     }
                     continue;
@@ -287,6 +284,26 @@ impl Connection {
         drop(tx);
         let _ = writer.await;
         tracing::debug!(%peer, "connection closed");
+    }
+
+    /// Queues the answer to a SASL step; false when the connection is to close.
+    async fn send_sasl_reply(
+        &self,
+        reply: SaslReply,
+        tx: &mpsc::Sender<Pending>,
+        activity: &Activity,
+    ) -> bool {
+        let sent = match reply.response {
+            Ok(bytes) => {
+                activity.owe();
+                tx.send(Pending::Ready(bytes)).await.is_ok()
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "closing connection");
+                false
+            }
+        };
+        sent && !reply.close
     }
 
     /// Waits for the next frame, under the size limit of the session's state, until the
