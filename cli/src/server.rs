@@ -64,6 +64,10 @@ pub(crate) struct ServerArgs {
     /// Largest request accepted (bytes); larger requests close the connection.
     #[arg(long, default_value_t = 100 * 1024 * 1024)]
     max_request_bytes: usize,
+    /// Largest request of an API without record data or group assignments (Metadata,
+    /// ListOffsets, OffsetFetch, DescribeGroups, ...); larger ones close the connection.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_control_request_bytes: usize,
     /// Largest request accepted from a client of a SASL listener before it has authenticated
     /// (bytes); a larger one closes the connection before any of it is read.
     #[arg(long, default_value_t = 512 * 1024)]
@@ -113,6 +117,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
         .retention_bytes(args.retention_bytes)
         .max_request_bytes(args.max_request_bytes)
+        .max_control_request_bytes(args.max_control_request_bytes)
         .max_pre_auth_request_bytes(args.max_pre_auth_request_bytes)
         .authentication_timeout(Duration::from_millis(args.authentication_timeout_ms))
         .connections_max_idle(Duration::from_millis(args.connections_max_idle_ms))

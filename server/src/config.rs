@@ -248,6 +248,12 @@ pub struct ServerConfig {
     pub default_partitions: i32,
     /// Largest request frame accepted; larger ones close the connection.
     pub max_request_bytes: usize,
+    /// Largest request of an API that carries no record data or group assignments (all but
+    /// Produce, Fetch, JoinGroup, SyncGroup and OffsetCommit: Metadata, ListOffsets,
+    /// OffsetFetch, DescribeGroups, …); larger ones close the connection before they are
+    /// read. It bounds the topics, partitions or groups one such request can name, and so
+    /// what decoding and answering it allocates.
+    pub max_control_request_bytes: usize,
     /// Limits on connections: counts, idle time, and what is accepted before authentication.
     pub connections: ConnectionLimits,
     /// When data is fsynced.
@@ -273,6 +279,7 @@ impl Default for ServerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             max_request_bytes: 100 * 1024 * 1024,
+            max_control_request_bytes: 1024 * 1024,
             connections: ConnectionLimits::default(),
             fsync: FsyncPolicy::default(),
             retention_check_interval: Duration::from_secs(60),

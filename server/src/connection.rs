@@ -26,7 +26,7 @@ use super::auth::tls;
 use super::broker::Broker;
 use super::connection_slots::Slot;
 use super::listener::ListenerInfo;
-use super::protocol::frame::{read_frame, FrameError};
+use super::protocol::frame::{read_frame, FrameError, FrameLimits};
 use super::protocol::{RequestError, RequestFrame};
 
 /// Responses queued per connection before the reader waits for the writer.
@@ -319,17 +319,22 @@ impl Connection {
         let config = &self.broker.config;
         let limits = &config.connections;
         let authenticated = session.is_authenticated();
-        let max_size = if authenticated {
-            config.max_request_bytes
+        let frame_limits = if authenticated {
+            FrameLimits {
+                any: config.max_request_bytes,
+                control: config.max_control_request_bytes,
+            }
         } else {
-            limits
-                .max_pre_auth_request_bytes
-                .min(config.max_request_bytes)
+            FrameLimits::uniform(
+                limits
+                    .max_pre_auth_request_bytes
+                    .min(config.max_request_bytes),
+            )
         };
         let auth_deadline = (!authenticated).then(|| self.accepted + limits.authentication_timeout);
         // One read, polled until it completes: it is not cancel-safe, and a timer that
         // fires while a response is owed must not lose a half-read frame.
-        let read = read_frame(reader, max_size);
+        let read = read_frame(reader, frame_limits);
         tokio::pin!(read);
         loop {
             let idle_at = activity.idle_deadline(limits.max_idle);

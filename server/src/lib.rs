@@ -148,6 +148,12 @@ impl ServerBuilder {
         self.config.max_request_bytes = bytes;
         self
     }
+    /// Largest request of an API without record data or group assignments (Metadata,
+    /// ListOffsets, OffsetFetch, DescribeGroups, …; default: 1 MiB).
+    pub fn max_control_request_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_control_request_bytes = bytes;
+        self
+    }
     /// Largest request accepted from a SASL listener's connection before it has
     /// authenticated (default: 512 KiB, as Kafka).
     pub fn max_pre_auth_request_bytes(mut self, bytes: usize) -> Self {

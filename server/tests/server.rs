@@ -23,6 +23,8 @@ mod offsets_and_retention;
 mod pre_auth_limits;
 #[path = "protocol_edges.rs"]
 mod protocol_edges;
+#[path = "request_budget.rs"]
+mod request_budget;
 #[path = "sasl_handshake_v0.rs"]
 mod sasl_handshake_v0;
 #[path = "user_enumeration.rs"]
