@@ -64,6 +64,26 @@ pub(crate) struct ServerArgs {
     /// Largest request accepted (bytes); larger requests close the connection.
     #[arg(long, default_value_t = 100 * 1024 * 1024)]
     max_request_bytes: usize,
+    /// Largest request of an API without record data or group assignments (Metadata,
+    /// ListOffsets, OffsetFetch, DescribeGroups, ...); larger ones close the connection.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_control_request_bytes: usize,
+    /// Largest request accepted from a client of a SASL listener before it has authenticated
+    /// (bytes); a larger one closes the connection before any of it is read.
+    #[arg(long, default_value_t = 512 * 1024)]
+    max_pre_auth_request_bytes: usize,
+    /// Time a client of a SASL listener has to authenticate before its connection is closed.
+    #[arg(long, default_value_t = 10_000)]
+    authentication_timeout_ms: u64,
+    /// Close a connection that has sent no request and awaits no response for this long.
+    #[arg(long, default_value_t = 600_000)]
+    connections_max_idle_ms: u64,
+    /// Open connections allowed, all listeners together; more are closed at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Open connections allowed from one client IP address; more are closed at once.
+    #[arg(long, default_value_t = 1_000)]
+    max_connections_per_ip: usize,
     /// Committed offsets of a consumer group that has had no members this long are deleted.
     #[arg(long, default_value_t = 7 * 24 * 60)]
     offsets_retention_minutes: u64,
@@ -97,6 +117,12 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
         .retention_bytes(args.retention_bytes)
         .max_request_bytes(args.max_request_bytes)
+        .max_control_request_bytes(args.max_control_request_bytes)
+        .max_pre_auth_request_bytes(args.max_pre_auth_request_bytes)
+        .authentication_timeout(Duration::from_millis(args.authentication_timeout_ms))
+        .connections_max_idle(Duration::from_millis(args.connections_max_idle_ms))
+        .max_connections(args.max_connections)
+        .max_connections_per_ip(args.max_connections_per_ip)
         .offsets_retention(Duration::from_secs(args.offsets_retention_minutes * 60))
         .group_min_session_timeout(Duration::from_millis(args.group_min_session_timeout_ms))
         .security_protocol(args.security_protocol);

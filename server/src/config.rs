@@ -91,6 +91,42 @@ impl Default for GroupConfig {
     }
 }
 
+/// Limits on client connections: how many, how long they may stay silent, and what a client
+/// may send before it has authenticated. They bound what an unauthenticated or idle client
+/// can make the server hold.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Largest request frame accepted while a SASL listener's connection has not yet
+    /// authenticated (Kafka's 512 KiB); a larger length prefix closes the connection before
+    /// any of the frame is read. Connections that need no SASL are under
+    /// [`ServerConfig::max_request_bytes`] from the start.
+    pub max_pre_auth_request_bytes: usize,
+    /// Time a connection on a SASL listener has to authenticate, counted from its accept;
+    /// past it the connection is closed.
+    pub authentication_timeout: Duration,
+    /// A connection that has sent no request and awaits no response for this long is closed
+    /// (Kafka's `connections.max.idle.ms`).
+    pub max_idle: Duration,
+    /// Open connections, all listeners together; a connection accepted beyond this is
+    /// closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client IP address, all listeners together; one beyond
+    /// this is closed at once.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_pre_auth_request_bytes: 512 * 1024,
+            authentication_timeout: Duration::from_secs(10),
+            max_idle: Duration::from_secs(10 * 60),
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+        }
+    }
+}
+
 /// How a listener authenticates clients and protects the connection, by Kafka's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SecurityProtocol {
@@ -212,6 +248,14 @@ pub struct ServerConfig {
     pub default_partitions: i32,
     /// Largest request frame accepted; larger ones close the connection.
     pub max_request_bytes: usize,
+    /// Largest request of an API that carries no record data or group assignments (all but
+    /// Produce, Fetch, JoinGroup, SyncGroup and OffsetCommit: Metadata, ListOffsets,
+    /// OffsetFetch, DescribeGroups, …); larger ones close the connection before they are
+    /// read. It bounds the topics, partitions or groups one such request can name, and so
+    /// what decoding and answering it allocates.
+    pub max_control_request_bytes: usize,
+    /// Limits on connections: counts, idle time, and what is accepted before authentication.
+    pub connections: ConnectionLimits,
     /// When data is fsynced.
     pub fsync: FsyncPolicy,
     /// How often retention runs.
@@ -235,6 +279,8 @@ impl Default for ServerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             max_request_bytes: 100 * 1024 * 1024,
+            max_control_request_bytes: 1024 * 1024,
+            connections: ConnectionLimits::default(),
             fsync: FsyncPolicy::default(),
             retention_check_interval: Duration::from_secs(60),
             log: LogConfig::default(),

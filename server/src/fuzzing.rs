@@ -11,7 +11,7 @@ use kafka_protocol::messages::*;
 
 use crate::api::check_served;
 use crate::config::LogConfig;
-use crate::protocol::frame::read_frame;
+use crate::protocol::frame::{read_frame, FrameLimits};
 use crate::protocol::{RequestError, RequestFrame};
 use crate::storage::batch::{split_batches, BatchHeader};
 use crate::storage::partition::{inflate_limit, Partition};
@@ -31,7 +31,10 @@ const FUZZ_INFLATE_LIMIT: u64 = 1 << 20;
 pub fn request_frames(data: &[u8]) {
     let mut reader = data;
     loop {
-        let frame = match futures::executor::block_on(read_frame(&mut reader, FUZZ_MAX_REQUEST)) {
+        let frame = match futures::executor::block_on(read_frame(
+            &mut reader,
+            FrameLimits::uniform(FUZZ_MAX_REQUEST),
+        )) {
             Ok(Some(frame)) => frame,
             Ok(None) | Err(_) => return,
         };
@@ -104,9 +107,10 @@ fn sasl_token(token: &[u8]) {
         stored_key: vec![1; 32],
         server_key: vec![2; 32],
     };
-    let mut fresh = ScramExchange::new(Hash::Sha256);
+    let decoy = std::sync::Arc::new(crate::auth::decoy::DecoySecret::from_bytes([9; 32]));
+    let mut fresh = ScramExchange::new(Hash::Sha256, decoy.clone());
     let _ = fresh.step(token, |_| Some(keys()), "nonce");
-    let mut exchange = ScramExchange::new(Hash::Sha256);
+    let mut exchange = ScramExchange::new(Hash::Sha256, decoy);
     let _ = exchange.step(b"n,,n=user,r=abc", |_| Some(keys()), "def");
     let _ = exchange.step(token, |_| None, "");
 }

@@ -20,6 +20,7 @@ mod broker;
 pub mod client;
 mod config;
 mod connection;
+mod connection_slots;
 mod durable;
 mod error;
 /// Entry points for the fuzz targets: not an API, no stability promise.
@@ -40,7 +41,8 @@ use tokio_util::task::TaskTracker;
 
 pub use self::auth::tls::TlsError;
 pub use self::config::{
-    FsyncPolicy, GroupConfig, ListenerConfig, LogConfig, SecurityProtocol, ServerConfig, TlsConfig,
+    ConnectionLimits, FsyncPolicy, GroupConfig, ListenerConfig, LogConfig, SecurityProtocol,
+    ServerConfig, TlsConfig,
 };
 
 /// The users file: salted SCRAM credentials and per-user rights, as `steadfast users`
@@ -65,6 +67,9 @@ use self::storage::{DataDirLock, LogStore};
 
 /// Largest segment size: index entries hold 32-bit file positions.
 const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+
+/// Smallest pre-authentication request limit: room for a SASL exchange's messages.
+const MIN_PRE_AUTH_REQUEST_BYTES: usize = 4096;
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug)]
@@ -143,6 +148,40 @@ impl ServerBuilder {
         self.config.max_request_bytes = bytes;
         self
     }
+    /// Largest request of an API without record data or group assignments (Metadata,
+    /// ListOffsets, OffsetFetch, DescribeGroups, …; default: 1 MiB).
+    pub fn max_control_request_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_control_request_bytes = bytes;
+        self
+    }
+    /// Largest request accepted from a SASL listener's connection before it has
+    /// authenticated (default: 512 KiB, as Kafka).
+    pub fn max_pre_auth_request_bytes(mut self, bytes: usize) -> Self {
+        self.config.connections.max_pre_auth_request_bytes = bytes;
+        self
+    }
+    /// Time a SASL listener's connection has to authenticate before it is closed
+    /// (default: 10 s).
+    pub fn authentication_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connections.authentication_timeout = timeout;
+        self
+    }
+    /// A connection with no request and no pending response for this long is closed
+    /// (default: 10 minutes, as Kafka's `connections.max.idle.ms`).
+    pub fn connections_max_idle(mut self, idle: Duration) -> Self {
+        self.config.connections.max_idle = idle;
+        self
+    }
+    /// Open connections allowed, all listeners together (default: 10,000).
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.connections.max_connections = connections;
+        self
+    }
+    /// Open connections allowed from one client IP address (default: 1,000).
+    pub fn max_connections_per_ip(mut self, connections: usize) -> Self {
+        self.config.connections.max_connections_per_ip = connections;
+        self
+    }
     /// Segment size at which a new segment is started (default: 256 MiB).
     pub fn segment_bytes(mut self, bytes: u64) -> Self {
         self.config.log.segment_bytes = bytes;
@@ -198,6 +237,7 @@ impl ServerBuilder {
                 "segment bytes must be between 1024 and {MAX_SEGMENT_BYTES}"
             )));
         }
+        check_connection_limits(&config)?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| ServerError::storage(&data_dir, e))?;
         let lock = DataDirLock::acquire(&data_dir)?;
@@ -226,8 +266,12 @@ impl ServerBuilder {
         let groups = GroupCoordinator::new(config.groups.clone(), offsets, membership, restored);
         let users = match &config.users_file {
             Some(path) => {
-                let path = path.clone();
-                let directory = tokio::task::spawn_blocking(move || UserDirectory::open(&path))
+                let (path, dir) = (path.clone(), data_dir.clone());
+                let open = move || -> Result<UserDirectory, ServerError> {
+                    let decoy = auth::decoy::DecoySecret::load_or_create(&dir)?;
+                    Ok(UserDirectory::open(&path, decoy)?)
+                };
+                let directory = tokio::task::spawn_blocking(open)
                     .await
                     .map_err(|e| ServerError::Config(format!("users file task failed: {e}")))??;
                 Some(Arc::new(directory))
@@ -266,6 +310,10 @@ impl ServerBuilder {
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let slots = connection_slots::ConnectionSlots::new(
+            broker.config.connections.max_connections,
+            broker.config.connections.max_connections_per_ip,
+        );
         for listener in listeners {
             let (protocol, addr) = (listener.info.protocol, listener.local_addr);
             if broker.users.is_none() && !addr.ip().is_loopback() {
@@ -275,6 +323,7 @@ impl ServerBuilder {
             tasks.spawn(listener::accept_loop(
                 listener,
                 broker.clone(),
+                slots.clone(),
                 shutdown.clone(),
                 tasks.clone(),
             ));
@@ -360,6 +409,25 @@ impl ServerHandle {
         drop(self.lock);
         tracing::info!("steadfast server stopped");
     }
+}
+
+/// Refuses connection limits that cannot work: a zero count or timeout, or a
+/// pre-authentication frame limit too small for a SASL exchange.
+fn check_connection_limits(config: &ServerConfig) -> Result<(), ServerError> {
+    let limits = &config.connections;
+    let bad = |what: String| Err(ServerError::Config(what));
+    if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
+        return bad("connection limits must be at least 1".to_owned());
+    }
+    if limits.authentication_timeout.is_zero() || limits.max_idle.is_zero() {
+        return bad("the authentication timeout and the idle timeout must be positive".to_owned());
+    }
+    if limits.max_pre_auth_request_bytes < MIN_PRE_AUTH_REQUEST_BYTES {
+        return bad(format!(
+            "the pre-authentication request limit must be at least {MIN_PRE_AUTH_REQUEST_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
 fn enforce_retention(broker: &Broker) -> Result<usize, ServerError> {

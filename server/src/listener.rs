@@ -14,6 +14,7 @@ use crate::auth::tls;
 use crate::broker::Broker;
 use crate::config::{ListenerConfig, SecurityProtocol, TlsConfig};
 use crate::connection;
+use crate::connection_slots::ConnectionSlots;
 use crate::error::ServerError;
 
 /// What a connection needs to know of the listener it came through.
@@ -84,10 +85,12 @@ pub(crate) async fn bind(
     })
 }
 
-/// Accepts connections until shutdown, serving each on its own task.
+/// Accepts connections until shutdown, serving each on its own task; a connection over the
+/// limits of `slots` is closed at once.
 pub(crate) async fn accept_loop(
     listener: BoundListener,
     broker: Arc<Broker>,
+    slots: Arc<ConnectionSlots>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -98,12 +101,23 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let slot = match slots.acquire(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(refused) => {
+                        if let Some(refusals) = slots.refusals_to_log() {
+                            tracing::warn!(%peer, protocol = %listener.info.protocol, refusals, "closing new connection at once: {refused}");
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
                 tracing::debug!(%peer, protocol = %listener.info.protocol, "connection accepted");
                 tasks.spawn(connection::serve(
                     broker.clone(),
                     listener.info.clone(),
                     stream,
                     peer,
+                    slot,
                     shutdown.clone(),
                 ));
             }

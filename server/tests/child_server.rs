@@ -1,6 +1,7 @@
 //! A steadfast server in a child process (`child_server`), for tests that crash it
 //! (SIGKILL: no shutdown, no final flush) or limit its file sizes.
 
+use std::ffi::OsStr;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,15 +18,23 @@ pub(crate) struct ServerProcess {
 impl ServerProcess {
     /// Starts a server on `dir`, with a file-size limit if given, and waits until it serves.
     pub(crate) fn spawn(dir: &Path, fsize_limit: Option<u64>) -> Self {
+        let limit = fsize_limit.map(|l| l.to_string());
+        let args: Vec<&OsStr> = match &limit {
+            Some(limit) => vec!["--fsize-limit".as_ref(), limit.as_ref()],
+            None => Vec::new(),
+        };
+        Self::spawn_with(dir, &args)
+    }
+
+    /// Starts a server on `dir` with more `child_server` flags, and waits until it serves.
+    pub(crate) fn spawn_with(dir: &Path, args: &[&OsStr]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_child_server"));
         command
             .arg("--data-dir")
             .arg(dir)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(limit) = fsize_limit {
-            command.arg("--fsize-limit").arg(limit.to_string());
-        }
         let mut child = command.spawn().expect("spawn child_server");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let line = read_line(&mut stdout);
@@ -56,6 +65,30 @@ impl ServerProcess {
         self.bootstrap
             .parse()
             .unwrap_or_else(|e| panic!("server address {:?}: {e}", self.bootstrap))
+    }
+
+    /// The child's peak resident memory so far (`VmHWM`), in bytes.
+    pub(crate) fn peak_rss(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in {path}"));
+        kib * 1024
+    }
+
+    /// Stops the child with SIGTERM (a clean shutdown) and waits for it.
+    pub(crate) fn stop(mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let exit = self.child.wait().expect("reap the server");
+        assert!(exit.success(), "the server exited with {exit}");
     }
 
     /// Kills the child at once (a crash: no shutdown, no final flush).

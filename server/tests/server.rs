@@ -19,5 +19,13 @@ mod group_protocol;
 mod group_restart;
 #[path = "offsets_and_retention.rs"]
 mod offsets_and_retention;
+#[path = "pre_auth_limits.rs"]
+mod pre_auth_limits;
 #[path = "protocol_edges.rs"]
 mod protocol_edges;
+#[path = "request_budget.rs"]
+mod request_budget;
+#[path = "sasl_handshake_v0.rs"]
+mod sasl_handshake_v0;
+#[path = "user_enumeration.rs"]
+mod user_enumeration;

@@ -30,9 +30,9 @@ pub(crate) const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
-    // v0 would switch to raw SASL tokens after the handshake; clients that know v1 use
-    // SaslAuthenticate instead.
-    (ApiKey::SaslHandshake, 1, 1),
+    // After v0 the SASL tokens follow as raw frames (older clients, such as librdkafka 2.0,
+    // want v0 in the range); after v1 they come in SaslAuthenticate requests.
+    (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
 ];
 

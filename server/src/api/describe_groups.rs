@@ -14,9 +14,13 @@ use crate::protocol::{RequestError, RequestFrame};
 /// Answers a DescribeGroups request; unknown groups are described as Dead.
 pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, RequestError> {
     let request: DescribeGroupsRequest = frame.decode()?;
+    // Each group is described once however often it is named: a request naming one big
+    // group many times must not multiply the response.
+    let mut seen = std::collections::HashSet::new();
     let groups = request
         .groups
         .iter()
+        .filter(|id| seen.insert(id.0.as_str()))
         .map(|id| {
             if let Err(e) = authorize(frame, GroupOp::Use, id.0.as_str()) {
                 return DescribedGroup::default()

@@ -1,7 +1,7 @@
 //! Metadata: this node as the only broker and leader of every partition; topics, created on
 //! first use when auto-creation is on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -76,8 +76,14 @@ pub(crate) fn handle(broker: &Broker, frame: &RequestFrame) -> Result<Bytes, Req
             .collect()
     } else {
         let mut out = Vec::new();
+        // Each topic is answered once however often it is named: a request naming one big
+        // topic many times must not multiply the response.
+        let mut seen = HashSet::new();
         for wanted in request.topics.unwrap_or_default() {
             let name = wanted.name.as_ref().map(|n| n.0.as_str().to_owned());
+            if !seen.insert((name.clone(), name.is_none().then_some(wanted.topic_id))) {
+                continue;
+            }
             let found = match &name {
                 Some(name) => broker.store.topic(name),
                 None => broker.store.topic_by_id(wanted.topic_id),

@@ -2,6 +2,7 @@
 //! salted credentials, TLS listeners, and per-user topic and group rights.
 
 pub(crate) mod crypto;
+pub(crate) mod decoy;
 pub(crate) mod plain;
 pub(crate) mod rights;
 pub(crate) mod scram;
@@ -15,6 +16,7 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
+use self::decoy::DecoySecret;
 use self::rights::Access;
 use self::users::{UsersError, UsersFile, ANONYMOUS};
 
@@ -34,6 +36,8 @@ pub(crate) struct RequestContext {
 pub(crate) struct UserDirectory {
     path: PathBuf,
     loaded: Mutex<Loaded>,
+    /// What unknown users are answered with.
+    decoy: Arc<DecoySecret>,
 }
 
 #[derive(Debug)]
@@ -48,8 +52,9 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 impl UserDirectory {
-    /// Loads the users file; a missing or invalid file is an error at start.
-    pub(crate) fn open(path: &Path) -> Result<Self, UsersError> {
+    /// Loads the users file; a missing or invalid file is an error at start. Unknown users
+    /// are answered with salts derived from `decoy`.
+    pub(crate) fn open(path: &Path, decoy: DecoySecret) -> Result<Self, UsersError> {
         let stamp = stamp(path);
         let users = UsersFile::load(path)?;
         Ok(UserDirectory {
@@ -58,7 +63,13 @@ impl UserDirectory {
                 stamp,
                 users: Arc::new(users),
             }),
+            decoy: Arc::new(decoy),
         })
+    }
+
+    /// The secret decoy salts and dummy verifications of unknown users come from.
+    pub(crate) fn decoy(&self) -> &Arc<DecoySecret> {
+        &self.decoy
     }
 
     /// The current users, re-read if the file changed. Blocking: call it off the async

@@ -2,6 +2,7 @@
 //! salted SCRAM credential, so no password or unsalted hash is ever stored.
 
 use super::crypto::{constant_time_eq, Hash};
+use super::decoy::DecoySecret;
 use super::users::User;
 
 /// A parsed PLAIN message. The password is not printed by `Debug`.
@@ -38,16 +39,17 @@ impl PlainMessage {
         Ok(PlainMessage { user, password })
     }
 
-    /// Whether the password matches the user's credential (SHA-512's if it has one).
-    pub(crate) fn verify(&self, user: &User) -> bool {
-        let Some((hash, credential)) = [Hash::Sha512, Hash::Sha256]
-            .into_iter()
-            .find_map(|h| user.credential(h).map(|c| (h, c)))
-        else {
-            return false;
-        };
-        let Ok(keys) = credential.keys() else {
-            return false;
+    /// Whether the password matches the user's credential (SHA-512's if it has one). An
+    /// unknown user (`None`), or one without a usable credential, costs a dummy derivation of
+    /// the same price, so that the answer's timing does not tell which users exist.
+    pub(crate) fn verify(&self, user: Option<&User>, decoy: &DecoySecret) -> bool {
+        let credential = user.and_then(|user| {
+            [Hash::Sha512, Hash::Sha256]
+                .into_iter()
+                .find_map(|h| user.credential(h).map(|c| (h, c)))
+        });
+        let Some((hash, Ok(keys))) = credential.map(|(h, c)| (h, c.keys())) else {
+            return decoy.dummy_verification(&self.user, &self.password);
         };
         let (stored_key, _) = hash.keys(self.password.as_bytes(), &keys.salt, keys.iterations);
         constant_time_eq(&stored_key, &keys.stored_key)
@@ -61,15 +63,16 @@ mod tests {
 
     #[test]
     fn the_right_password_verifies_and_a_wrong_one_does_not() {
+        let decoy = DecoySecret::from_bytes([7; 32]);
         let user = User::with_password("pw-1", Rights::default()).unwrap();
-        assert!(PlainMessage::parse(b"\0alice\0pw-1").unwrap().verify(&user));
-        assert!(PlainMessage::parse(b"alice\0alice\0pw-1")
-            .unwrap()
-            .verify(&user));
-        assert!(!PlainMessage::parse(b"\0alice\0pw-2").unwrap().verify(&user));
-        assert!(!PlainMessage::parse(b"\0alice\0pw-1")
-            .unwrap()
-            .verify(&User::default()));
+        let verify = |message: &[u8], user: Option<&User>| {
+            PlainMessage::parse(message).unwrap().verify(user, &decoy)
+        };
+        assert!(verify(b"\0alice\0pw-1", Some(&user)));
+        assert!(verify(b"alice\0alice\0pw-1", Some(&user)));
+        assert!(!verify(b"\0alice\0pw-2", Some(&user)));
+        assert!(!verify(b"\0alice\0pw-1", Some(&User::default())));
+        assert!(!verify(b"\0alice\0pw-1", None));
     }
 
     #[test]

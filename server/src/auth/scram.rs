@@ -1,13 +1,14 @@
 //! The server side of a SCRAM exchange (RFC 5802, RFC 7677): client-first → server-first,
 //! client-final → server-final. Pure: the credential lookup and the server nonce are given.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-use super::crypto::{constant_time_eq, random_bytes, Hash, SALT_LEN};
-use super::users::{CredentialKeys, DEFAULT_ITERATIONS};
+use super::crypto::{constant_time_eq, Hash};
+use super::decoy::DecoySecret;
+use super::users::CredentialKeys;
 
 /// What one step of an exchange gives back.
 #[derive(Debug)]
@@ -54,6 +55,9 @@ enum State {
 pub(crate) struct ScramExchange {
     hash: Hash,
     state: State,
+    /// Where the salt of an unknown user comes from: the same salt for a name every time, so
+    /// a client cannot tell an unknown user from a wrong password.
+    decoy: Arc<DecoySecret>,
 }
 
 fn failure(user: Option<&str>, reason: impl Into<String>) -> Step {
@@ -81,33 +85,13 @@ fn decode_saslname(raw: &str) -> Option<String> {
     Some(out)
 }
 
-/// Keys for a user that does not exist: the same salt every time for the same name, so a
-/// client cannot tell an unknown user from a wrong password.
-fn decoy_keys(hash: Hash, user: &str) -> Option<CredentialKeys> {
-    static SECRET: OnceLock<Vec<u8>> = OnceLock::new();
-    let secret = match SECRET.get() {
-        Some(secret) => secret,
-        None => {
-            let fresh = random_bytes(32).ok()?;
-            SECRET.get_or_init(|| fresh)
-        }
-    };
-    let mut salt = hash.hmac(secret, user.as_bytes());
-    salt.truncate(SALT_LEN);
-    Some(CredentialKeys {
-        salt,
-        iterations: DEFAULT_ITERATIONS,
-        stored_key: random_bytes(hash.len()).ok()?,
-        server_key: random_bytes(hash.len()).ok()?,
-    })
-}
-
 impl ScramExchange {
-    /// A new exchange for SCRAM over `hash`.
-    pub(crate) fn new(hash: Hash) -> Self {
+    /// A new exchange for SCRAM over `hash`; unknown users get salts from `decoy`.
+    pub(crate) fn new(hash: Hash, decoy: Arc<DecoySecret>) -> Self {
         ScramExchange {
             hash,
             state: State::First,
+            decoy,
         }
     }
 
@@ -181,9 +165,9 @@ impl ScramExchange {
         }
         let (known, keys) = match lookup(&user) {
             Some(keys) => (true, keys),
-            None => match decoy_keys(self.hash, &user) {
-                Some(keys) => (false, keys),
-                None => return failure(Some(&user), "no random bytes for the exchange"),
+            None => match self.decoy.scram_keys(self.hash, &user) {
+                Ok(keys) => (false, keys),
+                Err(_) => return failure(Some(&user), "no random bytes for the exchange"),
             },
         };
         let nonce = format!("{client_nonce}{server_nonce}");
@@ -271,11 +255,15 @@ mod tests {
         }
     }
 
+    fn test_decoy() -> Arc<DecoySecret> {
+        Arc::new(DecoySecret::from_bytes([3; 32]))
+    }
+
     const SERVER_NONCE: &str = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
 
     #[test]
     fn rfc_7677_exchange_succeeds_with_its_server_signature() {
-        let mut exchange = ScramExchange::new(Hash::Sha256);
+        let mut exchange = ScramExchange::new(Hash::Sha256, test_decoy());
         let first = exchange.step(
             b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
             |u| (u == "user").then(rfc_keys),
@@ -307,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_wrong_proof_fails() {
-        let mut exchange = ScramExchange::new(Hash::Sha256);
+        let mut exchange = ScramExchange::new(Hash::Sha256, test_decoy());
         exchange.step(
             b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
             |_| Some(rfc_keys()),
@@ -327,14 +315,14 @@ mod tests {
     #[test]
     fn an_unknown_user_gets_a_stable_decoy_salt_and_fails() {
         let salt_of = || {
-            let mut exchange = ScramExchange::new(Hash::Sha512);
+            let mut exchange = ScramExchange::new(Hash::Sha512, test_decoy());
             match exchange.step(b"n,,n=nobody,r=abc", |_| None, "xyz") {
                 Step::Challenge(c) => String::from_utf8(c).unwrap(),
                 other => panic!("{other:?}"),
             }
         };
         assert_eq!(salt_of(), salt_of());
-        let mut exchange = ScramExchange::new(Hash::Sha512);
+        let mut exchange = ScramExchange::new(Hash::Sha512, test_decoy());
         exchange.step(b"n,,n=nobody,r=abc", |_| None, "xyz");
         let proof = B64.encode([0u8; 64]);
         let last = exchange.step(
@@ -358,14 +346,14 @@ mod tests {
             b"n,a=other,n=u,r=a",
             b"\xff\xfe",
         ] {
-            let mut exchange = ScramExchange::new(Hash::Sha256);
+            let mut exchange = ScramExchange::new(Hash::Sha256, test_decoy());
             let step = exchange.step(message, |_| Some(rfc_keys()), "s");
             assert!(
                 matches!(step, Step::Failure { .. }),
                 "{message:?}: {step:?}"
             );
         }
-        let mut exchange = ScramExchange::new(Hash::Sha256);
+        let mut exchange = ScramExchange::new(Hash::Sha256, test_decoy());
         exchange.step(b"n,,n=u,r=a", |_| Some(rfc_keys()), "s");
         let step = exchange.step(b"c=biws,r=as", |_| None, "");
         assert!(matches!(step, Step::Failure { .. }));

@@ -1,5 +1,9 @@
 //! One connection's authentication: which requests it may send yet, the SaslHandshake and
 //! SaslAuthenticate exchanges, and the request context it carries once authenticated.
+//!
+//! After a SaslHandshake v0 (older clients), the SASL tokens follow as raw length-prefixed
+//! frames rather than SaslAuthenticate requests, and are answered the same way; a failure
+//! then closes the connection without an answer, as Kafka does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,7 +62,21 @@ enum State {
     /// A SASL listener before SaslHandshake.
     AwaitingHandshake,
     /// After SaslHandshake, until the exchange succeeds.
-    AwaitingAuthenticate(Exchange),
+    AwaitingAuthenticate {
+        exchange: Exchange,
+        /// SaslHandshake v0: tokens come as raw frames, not SaslAuthenticate requests.
+        raw_tokens: bool,
+    },
+}
+
+/// What one step of an exchange came to.
+enum Outcome {
+    /// Send these bytes; the exchange goes on.
+    Continue(Vec<u8>),
+    /// Authenticated: send these bytes (SCRAM's server-final, nothing for PLAIN).
+    Authenticated(Vec<u8>),
+    /// Authentication failed (logged): close the connection.
+    Failed,
 }
 
 /// The answer to a SASL request, and whether the connection closes after sending it.
@@ -133,6 +151,22 @@ impl Session {
         }
     }
 
+    /// Whether the next frame is a raw SASL token (after a SaslHandshake v0), not a request.
+    pub(crate) fn awaits_raw_token(&self) -> bool {
+        matches!(
+            self.state,
+            State::AwaitingAuthenticate {
+                raw_tokens: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether requests go to the handlers: authenticated, or on a listener without SASL.
+    pub(crate) fn is_authenticated(&self) -> bool {
+        matches!(self.state, State::Open(_))
+    }
+
     /// Decides what happens to a request before it is handled.
     pub(crate) fn admit(&self, api: ApiKey) -> Admission {
         match (api, &self.state) {
@@ -178,19 +212,53 @@ impl Session {
             tracing::warn!(peer = %self.peer, "SaslHandshake out of place; closing connection");
             return fail(answer(ResponseError::IllegalSaslState.code()));
         }
+        let Some(users) = &self.users else {
+            tracing::warn!(peer = %self.peer, "SaslHandshake without a users file; closing connection");
+            return fail(answer(ResponseError::IllegalSaslState.code()));
+        };
+        let decoy = users.decoy().clone();
         let exchange = match request.mechanism.as_str() {
             "PLAIN" => Exchange::Plain,
-            "SCRAM-SHA-256" => Exchange::Scram(ScramExchange::new(Hash::Sha256)),
-            "SCRAM-SHA-512" => Exchange::Scram(ScramExchange::new(Hash::Sha512)),
+            "SCRAM-SHA-256" => Exchange::Scram(ScramExchange::new(Hash::Sha256, decoy)),
+            "SCRAM-SHA-512" => Exchange::Scram(ScramExchange::new(Hash::Sha512, decoy)),
             other => {
                 tracing::warn!(peer = %self.peer, mechanism = other, "unsupported SASL mechanism; closing connection");
                 return fail(answer(ResponseError::UnsupportedSaslMechanism.code()));
             }
         };
-        self.state = State::AwaitingAuthenticate(exchange);
+        self.state = State::AwaitingAuthenticate {
+            exchange,
+            raw_tokens: frame.api_version == 0,
+        };
         SaslReply {
             response: answer(0),
             close: false,
+        }
+    }
+
+    /// Answers a raw SASL token (after a SaslHandshake v0) with a raw length-prefixed token;
+    /// a failure closes the connection without an answer.
+    pub(crate) async fn raw_token(&mut self, token: Bytes) -> SaslReply {
+        let State::AwaitingAuthenticate {
+            exchange,
+            raw_tokens: true,
+        } = std::mem::replace(&mut self.state, State::AwaitingHandshake)
+        else {
+            tracing::warn!(peer = %self.peer, "raw SASL token out of place; closing connection");
+            return fail(Ok(Bytes::new()));
+        };
+        let raw = |bytes: Vec<u8>| {
+            let mut out = Vec::with_capacity(4 + bytes.len());
+            out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+            out.extend_from_slice(&bytes);
+            Ok(Bytes::from(out))
+        };
+        match self.step_exchange(exchange, token.to_vec(), true).await {
+            Outcome::Continue(bytes) | Outcome::Authenticated(bytes) => SaslReply {
+                response: raw(bytes),
+                close: false,
+            },
+            Outcome::Failed => fail(Ok(Bytes::new())),
         }
     }
 
@@ -207,38 +275,65 @@ impl Session {
                 .with_session_lifetime_ms(0);
             respond(frame, &response)
         };
-        let (State::AwaitingAuthenticate(exchange), Some(users)) = (
-            std::mem::replace(&mut self.state, State::AwaitingHandshake),
-            self.users.clone(),
-        ) else {
-            tracing::warn!(peer = %self.peer, "SaslAuthenticate before SaslHandshake; closing connection");
+        let State::AwaitingAuthenticate {
+            exchange,
+            raw_tokens: false,
+        } = std::mem::replace(&mut self.state, State::AwaitingHandshake)
+        else {
+            tracing::warn!(peer = %self.peer, "SaslAuthenticate before SaslHandshake v1; closing connection");
             return fail(answer(
                 ResponseError::IllegalSaslState.code(),
-                Some("SaslAuthenticate before SaslHandshake".to_owned()),
+                Some("SaslAuthenticate before SaslHandshake v1".to_owned()),
                 Vec::new(),
             ));
         };
         let mechanism = exchange.name();
-        let token = request.auth_bytes.to_vec();
+        match self
+            .step_exchange(exchange, request.auth_bytes.to_vec(), false)
+            .await
+        {
+            Outcome::Continue(bytes) | Outcome::Authenticated(bytes) => SaslReply {
+                response: answer(0, None, bytes),
+                close: false,
+            },
+            Outcome::Failed => fail(answer(
+                ResponseError::SaslAuthenticationFailed.code(),
+                Some(format!(
+                    "Authentication failed: invalid credentials with SASL mechanism {mechanism}"
+                )),
+                Vec::new(),
+            )),
+        }
+    }
+
+    /// Runs one step of the exchange on `token` (off the async threads) and moves the
+    /// session on: back to awaiting the next token, open, or failed.
+    async fn step_exchange(
+        &mut self,
+        exchange: Exchange,
+        token: Vec<u8>,
+        raw_tokens: bool,
+    ) -> Outcome {
+        let Some(users) = self.users.clone() else {
+            tracing::warn!(peer = %self.peer, "SASL exchange without a users file; closing connection");
+            return Outcome::Failed;
+        };
+        let mechanism = exchange.name();
         let stepped = tokio::task::spawn_blocking(move || step(exchange, &users, &token)).await;
         let (exchange, step) = match stepped {
             Ok(result) => result,
             Err(e) => {
                 tracing::error!(error = %e, "authentication task failed");
-                return fail(answer(
-                    ResponseError::SaslAuthenticationFailed.code(),
-                    Some("authentication failed".to_owned()),
-                    Vec::new(),
-                ));
+                return Outcome::Failed;
             }
         };
         match step {
             Step::Challenge(bytes) => {
-                self.state = State::AwaitingAuthenticate(exchange);
-                SaslReply {
-                    response: answer(0, None, bytes),
-                    close: false,
-                }
+                self.state = State::AwaitingAuthenticate {
+                    exchange,
+                    raw_tokens,
+                };
+                Outcome::Continue(bytes)
             }
             Step::Success { user, server_final } => {
                 let access = match self.users.clone() {
@@ -250,25 +345,16 @@ impl Session {
                     }
                     None => Access::Everything,
                 };
-                tracing::info!(peer = %self.peer, %user, mechanism, "authenticated");
+                tracing::info!(peer = %self.peer, %user, mechanism, handshake_v0 = raw_tokens, "authenticated");
                 self.state = State::Open(Arc::new(RequestContext {
                     access,
                     advertised: self.advertised.clone(),
                 }));
-                SaslReply {
-                    response: answer(0, None, server_final),
-                    close: false,
-                }
+                Outcome::Authenticated(server_final)
             }
             Step::Failure { user, reason } => {
                 tracing::warn!(peer = %self.peer, user = user.as_deref().unwrap_or("?"), mechanism, %reason, "authentication failed; closing connection");
-                fail(answer(
-                    ResponseError::SaslAuthenticationFailed.code(),
-                    Some(format!(
-                        "Authentication failed: invalid credentials with SASL mechanism {mechanism}"
-                    )),
-                    Vec::new(),
-                ))
+                Outcome::Failed
             }
         }
     }
@@ -298,20 +384,24 @@ fn step(mut exchange: Exchange, users: &UserDirectory, token: &[u8]) -> (Exchang
                 user: None,
                 reason: reason.to_owned(),
             },
-            Ok(message) => match file.users.get(&message.user) {
-                Some(user) if message.verify(user) => Step::Success {
-                    user: message.user.clone(),
-                    server_final: Vec::new(),
-                },
-                Some(_) => Step::Failure {
-                    user: Some(message.user.clone()),
-                    reason: "invalid credentials".to_owned(),
-                },
-                None => Step::Failure {
-                    user: Some(message.user.clone()),
-                    reason: "unknown user".to_owned(),
-                },
-            },
+            Ok(message) => {
+                // Unknown users cost a dummy verification of the same price as a real one.
+                let user = file.users.get(&message.user);
+                match (user.is_some(), message.verify(user, users.decoy())) {
+                    (true, true) => Step::Success {
+                        user: message.user.clone(),
+                        server_final: Vec::new(),
+                    },
+                    (true, false) => Step::Failure {
+                        user: Some(message.user.clone()),
+                        reason: "invalid credentials".to_owned(),
+                    },
+                    (false, _) => Step::Failure {
+                        user: Some(message.user.clone()),
+                        reason: "unknown user".to_owned(),
+                    },
+                }
+            }
         },
         Exchange::Scram(scram) => {
             let hash = scram.hash();

@@ -6,7 +6,11 @@
 //!
 //! ```text
 //! child_server --data-dir DIR [--fsize-limit BYTES] [--segment-bytes BYTES]
+//!              [--users-file FILE --security-protocol SASL_PLAINTEXT]
 //! ```
+//!
+//! The pre-authentication tests run it with a users file on a SASL listener, to measure the
+//! resident memory of the server alone.
 //!
 //! It prints `listening HOST:PORT` on stdout once it serves. On SIGUSR1 it lifts the
 //! file-size limit and prints `fsize limit lifted`; on SIGTERM or SIGINT it shuts down.
@@ -14,7 +18,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use steadfast_server::{FsyncPolicy, Server};
+use steadfast_server::{FsyncPolicy, SecurityProtocol, Server};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// SIGXFSZ on Linux: sent on a write past `RLIMIT_FSIZE`; its default action kills.
@@ -25,6 +29,8 @@ struct Options {
     data_dir: PathBuf,
     fsize_limit: Option<u64>,
     segment_bytes: Option<u64>,
+    users_file: Option<PathBuf>,
+    security_protocol: SecurityProtocol,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -32,6 +38,8 @@ fn parse_args() -> Result<Options, String> {
         data_dir: PathBuf::new(),
         fsize_limit: None,
         segment_bytes: None,
+        users_file: None,
+        security_protocol: SecurityProtocol::Plaintext,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -45,6 +53,8 @@ fn parse_args() -> Result<Options, String> {
             "--data-dir" => options.data_dir = PathBuf::from(&value),
             "--fsize-limit" => options.fsize_limit = Some(number()?),
             "--segment-bytes" => options.segment_bytes = Some(number()?),
+            "--users-file" => options.users_file = Some(PathBuf::from(&value)),
+            "--security-protocol" => options.security_protocol = value.parse()?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -77,6 +87,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(bytes) = options.segment_bytes {
         builder = builder.segment_bytes(bytes);
     }
+    if let Some(users) = &options.users_file {
+        builder = builder.users_file(users);
+    }
+    builder = builder.security_protocol(options.security_protocol);
     let server = builder.start().await?;
     say(&format!("listening {}", server.bootstrap_servers()));
     let mut usr1 = signal(SignalKind::user_defined1())?;
