@@ -40,7 +40,10 @@ struct Expecting {
     gs2_header: String,
     client_first_bare: String,
     server_first: String,
+    /// The client's nonce and the server's, as the server-first message gave them.
     nonce: String,
+    /// The client's nonce alone.
+    client_nonce: String,
 }
 
 #[derive(Debug)]
@@ -185,6 +188,7 @@ impl ScramExchange {
             client_first_bare: bare.to_owned(),
             server_first,
             nonce,
+            client_nonce: client_nonce.to_owned(),
         }));
         Step::Challenge(challenge)
     }
@@ -202,7 +206,14 @@ impl ScramExchange {
         {
             return failure(user, "channel binding data differs from the GS2 header");
         }
-        if nonce != Some(expected.nonce.as_str()) {
+        // librdkafka before 2.6.1 (Debian's kcat, say) sends its own nonce once more in front
+        // of the server's (which already starts with it); Kafka accepted that until 4.0. That
+        // exact form is accepted too: it still holds the server's nonce in full, so it answers
+        // this exchange's challenge and no other.
+        let accepted = nonce == Some(expected.nonce.as_str())
+            || nonce.and_then(|n| n.strip_prefix(expected.client_nonce.as_str()))
+                == Some(expected.nonce.as_str());
+        if !accepted {
             return failure(user, "nonce differs from the server's");
         }
         let Ok(proof) = B64.decode(proof) else {
@@ -290,6 +301,51 @@ mod tests {
                 );
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// A client-final message for `nonce` with the proof of password "pencil".
+    fn client_final(nonce: &str) -> Vec<u8> {
+        let keys = rfc_keys();
+        let salted = Hash::Sha256.salted_password(b"pencil", &keys.salt, keys.iterations);
+        let client_key = Hash::Sha256.hmac(&salted, b"Client Key");
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!(
+            "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO{SERVER_NONCE},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,{without_proof}"
+        );
+        let signature = Hash::Sha256.hmac(&keys.stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        format!("{without_proof},p={}", B64.encode(proof)).into_bytes()
+    }
+
+    #[test]
+    fn the_client_nonce_sent_twice_by_older_librdkafka_is_accepted_and_nothing_looser() {
+        let client = "rOprNGfwEbeRWgbNEkqO";
+        let cases = [
+            (format!("{client}{SERVER_NONCE}"), true),
+            (format!("{client}{client}{SERVER_NONCE}"), true),
+            (format!("{client}{client}{client}{SERVER_NONCE}"), false),
+            (SERVER_NONCE.to_owned(), false),
+            (format!("x{client}{SERVER_NONCE}"), false),
+            (client.to_owned(), false),
+        ];
+        for (nonce, accepted) in cases {
+            let mut exchange = ScramExchange::new(Hash::Sha256, test_decoy());
+            exchange.step(
+                format!("n,,n=user,r={client}").as_bytes(),
+                |_| Some(rfc_keys()),
+                SERVER_NONCE,
+            );
+            let last = exchange.step(&client_final(&nonce), |_| None, "");
+            assert_eq!(
+                matches!(last, Step::Success { .. }),
+                accepted,
+                "r={nonce}: {last:?}"
+            );
         }
     }
 
