@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the local PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) answer,
-# starting them if they do not. Exits non-zero, saying what to start, if they stay down.
+# starting them if they do not, and installs Debian's kcat when missing. Exits non-zero,
+# saying what to start, if the stores stay down.
 set -euo pipefail
 
 wait_for() { # name, check command...
@@ -29,3 +30,16 @@ fi
 wait_for "PostgreSQL (pg_ctlcluster <version> main start)" postgres_up
 wait_for "Redis (redis-server --port 6379)" redis_up
 echo "PostgreSQL and Redis are up" >&2
+
+# Debian's kcat (librdkafka 2.0.2): the suite checks that an older client authenticates with
+# every SASL mechanism (cli/tests/users.rs). Installed from Debian's packages when missing.
+if ! command -v kcat >/dev/null 2>&1; then
+  echo "kcat is not installed; installing Debian's package" >&2
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo_=""
+    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get install -y -q kcat >/dev/null 2>&1 ||
+      { $sudo_ apt-get update -q >/dev/null 2>&1 && $sudo_ apt-get install -y -q kcat >/dev/null 2>&1; } ||
+      echo "warning: could not install kcat (apt-get install kcat); its test will fail saying so" >&2
+  fi
+fi

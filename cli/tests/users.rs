@@ -105,6 +105,26 @@ fn users_add_list_remove() {
 
 struct ChildServer(Child);
 
+/// `steadfast server` on a free port of 127.0.0.1 with its data in `dir` and `args`, its log
+/// (at INFO) to `log`; returns it with its bootstrap address.
+fn start_server(dir: &Path, args: &[&str], log: Stdio) -> (ChildServer, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steadfast"))
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn steadfast server");
+    let stdout = child.stdout.take().unwrap();
+    let server = ChildServer(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let bootstrap = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (server, bootstrap)
+}
+
 impl Drop for ChildServer {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -125,11 +145,9 @@ fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
     std::fs::write(&key, tls.signing_key.serialize_pem()).unwrap();
     // The server's log goes to a file, as a service manager would keep it.
     let log = dir.path().join("server.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steadfast"))
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
+    let (server, bootstrap) = start_server(
+        dir.path(),
+        &[
             "--security-protocol",
             "SASL_SSL",
             "--users-file",
@@ -138,19 +156,9 @@ fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
             certificate.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn steadfast server");
-    let stdout = child.stdout.take().unwrap();
-    let server = ChildServer(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let bootstrap = line.trim().rsplit(' ').next().unwrap().to_owned();
+        ],
+        std::fs::File::create(&log).unwrap().into(),
+    );
     let auth = |user: &str, password: &str| {
         vec![
             "-X".to_owned(),
@@ -307,4 +315,104 @@ fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("INFO"), "the server logged: {logged}");
     assert!(!logged.contains('\x1b'), "{logged:?}");
+}
+
+/// Runs Debian's kcat with `args`, `input` on its standard input.
+fn kcat(args: &[String], input: &str) -> Output {
+    let mut child = Command::new("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "kcat runs: install Debian's package (apt-get install kcat; scripts/services.sh does)",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("kcat runs")
+}
+
+#[test]
+fn an_older_librdkafka_authenticates_with_every_mechanism() {
+    // Debian's kcat 1.7.1 is built on librdkafka 2.0.2, which wants SaslHandshake v0 in the
+    // advertised versions and sends its SCRAM nonce twice in the final message.
+    let version = Command::new("kcat").arg("-V").output().expect(
+        "kcat runs: install Debian's package (apt-get install kcat; scripts/services.sh does)",
+    );
+    println!("{}", String::from_utf8_lossy(&version.stdout).trim());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    assert!(add_alice(&file).status.success());
+    let (server, bootstrap) = start_server(
+        dir.path(),
+        &[
+            "--security-protocol",
+            "SASL_PLAINTEXT",
+            "--users-file",
+            file.to_str().unwrap(),
+        ],
+        Stdio::null(),
+    );
+    let auth = |mechanism: &str, password: &str| -> Vec<String> {
+        [
+            "-b",
+            &bootstrap,
+            "-X",
+            "security.protocol=SASL_PLAINTEXT",
+            "-X",
+            &format!("sasl.mechanisms={mechanism}"),
+            "-X",
+            "sasl.username=alice",
+            "-X",
+            &format!("sasl.password={password}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
+        let topic = format!("orders.kcat-{}", mechanism.to_ascii_lowercase());
+        let lines = format!("{mechanism} one\n{mechanism} two\n");
+        let mut produce = auth(mechanism, PASSWORD);
+        produce.extend(["-t".to_owned(), topic.clone(), "-P".to_owned()]);
+        let produced = kcat(&produce, &lines);
+        assert!(
+            produced.status.success(),
+            "{mechanism}: {}",
+            text(&produced)
+        );
+        let mut consume = auth(mechanism, PASSWORD);
+        consume.extend(
+            ["-t", &topic, "-C", "-o", "beginning", "-e", "-q"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        let consumed = kcat(&consume, "");
+        assert!(
+            consumed.status.success(),
+            "{mechanism}: {}",
+            text(&consumed)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&consumed.stdout),
+            lines,
+            "{mechanism}: {}",
+            text(&consumed)
+        );
+        // And a wrong password is refused.
+        let mut wrong = auth(mechanism, "not-the-password");
+        wrong.extend(["-L".to_owned(), "-m".to_owned(), "3".to_owned()]);
+        let refused = kcat(&wrong, "");
+        assert!(
+            text(&refused).contains("invalid credentials"),
+            "{mechanism}: {}",
+            text(&refused)
+        );
+    }
+    drop(server);
 }
