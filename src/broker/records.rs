@@ -1,5 +1,6 @@
 //! Records as delivered by librdkafka, copied into owned envelopes.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -7,6 +8,24 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 
 use crate::message::{Envelope, Headers};
 use crate::policy::headers;
+
+/// The headers of a delivered record, owned, each under `name_of` its name (a null value as
+/// an empty one).
+pub(crate) fn headers_of<'a>(
+    message: &'a BorrowedMessage<'_>,
+    name_of: impl Fn(&'a str) -> Cow<'a, str>,
+) -> Headers {
+    let mut h = Headers::new();
+    if let Some(borrowed) = message.headers() {
+        for header in borrowed.iter() {
+            h.push(
+                name_of(header.key),
+                Bytes::copy_from_slice(header.value.unwrap_or_default()),
+            );
+        }
+    }
+    h
+}
 
 /// The topic names a worker reads, shared so that an envelope's topic costs no allocation,
 /// and which topics' routing headers steadfast wrote.
@@ -53,18 +72,17 @@ impl TopicNames {
 /// read by nothing, so a producer can neither steer where the record's copies and replays go,
 /// nor whose keys its dedup, lock and version facts touch, nor its attempts and tier.
 pub(crate) fn envelope_of(message: &BorrowedMessage<'_>, topics: &mut TopicNames) -> Envelope {
-    let mut h = Headers::new();
-    let from_source = !topics.is_trusted(message.topic());
-    if let Some(borrowed) = message.headers() {
-        for header in borrowed.iter() {
-            let value = Bytes::copy_from_slice(header.value.unwrap_or_default());
-            if from_source && headers::ALL.contains(&header.key) {
-                h.push(headers::untrusted(header.key), value);
+    let h = if topics.is_trusted(message.topic()) {
+        headers_of(message, Cow::Borrowed)
+    } else {
+        headers_of(message, |name| {
+            if headers::ALL.contains(&name) {
+                Cow::Owned(headers::untrusted(name))
             } else {
-                h.push(header.key, value);
+                Cow::Borrowed(name)
             }
-        }
-    }
+        })
+    };
     let attempt = headers::attempts_before(&h) + 1;
     Envelope {
         topic: topics.get(message.topic()),

@@ -133,16 +133,7 @@ pub(crate) fn watermarks(
 
 /// The headers of a delivered record, owned (a null value as an empty one).
 pub(crate) fn headers_of(message: &BorrowedMessage<'_>) -> Headers {
-    let mut h = Headers::new();
-    if let Some(borrowed) = message.headers() {
-        for header in borrowed.iter() {
-            h.push(
-                header.key,
-                Bytes::copy_from_slice(header.value.unwrap_or_default()),
-            );
-        }
-    }
-    h
+    crate::broker::headers_of(message, std::borrow::Cow::Borrowed)
 }
 
 /// The positions (in order) of a delivered record's headers that have no value (null).

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
+use super::lua::DELETE_IF_HOLDS;
 use super::{classify, Keys};
 use crate::store::{ttl_ms, DedupStore, Reservation, StoreError};
 
@@ -20,18 +21,6 @@ local held = redis.call('GET', KEYS[1])
 if held == 'c' then return 2 end
 if held and held ~= ARGV[1] then return 1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 0
-"#,
-    )
-});
-
-/// KEYS: id. ARGV: `r:<owner>`. 1 when released.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
 return 0
 "#,
     )
@@ -88,7 +77,7 @@ impl DedupStore for RedisDedupStore {
     }
 
     async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
-        RELEASE
+        DELETE_IF_HOLDS
             .key(self.keys.key("dedup", id))
             .arg(format!("r:{owner}"))
             .invoke_async::<i64>(&mut self.conn.clone())

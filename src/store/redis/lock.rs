@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::lua::{COMPARE_INTEGERS, NOW_US};
+use super::lua::{COMPARE_INTEGERS, DELETE_IF_HOLDS, NOW_US};
 use super::{classify, Keys};
 use crate::store::{ttl_ms, LockStore, StoreError};
 
@@ -46,18 +46,6 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
         r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"#,
-    )
-});
-
-/// KEYS: lock. ARGV: token. 1 when released.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
 end
 return 0
 "#,
@@ -120,7 +108,7 @@ impl LockStore for RedisLockStore {
     }
 
     async fn release(&self, key: &str, token: u64) -> Result<(), StoreError> {
-        RELEASE
+        DELETE_IF_HOLDS
             .key(self.keys.key("lock", key))
             .arg(token)
             .invoke_async::<i64>(&mut self.conn.clone())

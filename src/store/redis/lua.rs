@@ -1,5 +1,22 @@
 //! Pieces shared by the stores' Lua scripts.
 
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// KEYS: key. ARGV: value. Deletes the key when it holds the value (a holder releasing what
+/// it holds, never what another took over since); 1 when deleted.
+pub(super) static DELETE_IF_HOLDS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
 /// `compare(a, b)`: -1, 0 or 1 for two integers in canonical decimal text (as Rust prints
 /// them), exactly, beyond the 2^53 where Lua's numbers lose precision.
 pub(super) const COMPARE_INTEGERS: &str = r#"
