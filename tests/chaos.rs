@@ -16,7 +16,8 @@
 //! exactly in production order; no two handler runs of a key overlap (from each worker's
 //! run log); the dead-letter topic holds exactly the expected records, once each, with
 //! their provenance headers and attempt counts; each group's tiers hold exactly its own
-//! copies, once each.
+//! copies, once each. Every other record is produced with forged routing headers (another
+//! topic as its origin, the last tier, attempts spent), which the workers must ignore.
 //!
 //! The binary is its own worker and server: `CHAOS_ROLE=worker` / `server` (set by the test
 //! when it spawns itself) run those roles instead of the test.
@@ -57,6 +58,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -639,12 +641,18 @@ async fn produce(
     let per_tick = records.len().div_ceil(ticks);
     let mut interval = tokio::time::interval(over / ticks as u32);
     let mut pending = Vec::with_capacity(records.len());
-    for chunk in records.chunks(per_tick) {
+    let forged = forged_routing_headers(&topic);
+    for (c, chunk) in records.chunks(per_tick).enumerate() {
         interval.tick().await;
-        for (key, payload) in chunk {
-            let record = FutureRecord::to(&topic)
+        for (i, (key, payload)) in chunk.iter().enumerate() {
+            let mut record = FutureRecord::to(&topic)
                 .key(key.as_bytes())
                 .payload(payload);
+            // Every other record carries forged routing headers, whatever its outcome class:
+            // the provenance, attempt and tier checks hold only if the workers ignore them.
+            if (c * per_tick + i) % 2 == 1 {
+                record = record.headers(forged.clone());
+            }
             pending.push(
                 producer
                     .send_result(record)
@@ -659,6 +667,29 @@ async fn produce(
         out.push((d.partition, d.offset));
     }
     out
+}
+
+/// What a producer could write to pass a source record off as a copy: the last tier, its
+/// attempts spent, another topic as its origin.
+fn forged_routing_headers(topic: &str) -> OwnedHeaders {
+    let elsewhere = format!("{topic}.forged");
+    let routed_from = format!("{elsewhere}/0/1");
+    [
+        ("steadfast-original-topic", elsewhere.as_str()),
+        ("steadfast-original-partition", "99"),
+        ("steadfast-original-offset", "999999"),
+        ("steadfast-retry-tier", "2"),
+        ("steadfast-attempts", "99"),
+        ("steadfast-due-at", "2999-01-01T00:00:00Z"),
+        ("steadfast-routed-from", routed_from.as_str()),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
 }
 
 /// Partition counts of the topics that exist (without creating any).
