@@ -173,30 +173,19 @@ fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
             format!("sasl.password={password}"),
         ]
     };
-    let run = |args: Vec<String>| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        steadfast(&args, None)
+    // `steadfast <args> -b <bootstrap>` as alice.
+    let as_alice = |args: &[&str]| {
+        let credentials = auth("alice", PASSWORD);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-b", bootstrap.as_str()]);
+        all.extend(credentials.iter().map(String::as_str));
+        steadfast(&all, None)
     };
-    let mut produce: Vec<String> = [
-        "produce",
-        "-b",
-        &bootstrap,
-        "--topic",
-        "orders.cli",
-        "--count",
-        "20",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    produce.extend(auth("alice", PASSWORD));
-    let produced = run(produce);
+    let produced = as_alice(&["produce", "--topic", "orders.cli", "--count", "20"]);
     assert!(produced.status.success(), "{}", text(&produced));
 
-    let mut consume: Vec<String> = [
+    let consumed = as_alice(&[
         "consume",
-        "-b",
-        &bootstrap,
         "--topic",
         "orders.cli",
         "--from-beginning",
@@ -204,12 +193,7 @@ fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
         "billing-cli",
         "--count",
         "20",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    consume.extend(auth("alice", PASSWORD));
-    let consumed = run(consume);
+    ]);
     let out = text(&consumed);
     assert!(consumed.status.success(), "{out}");
     assert_eq!(
@@ -218,38 +202,18 @@ fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
         "{out}"
     );
 
-    let mut denied: Vec<String> = [
-        "produce",
-        "-b",
-        &bootstrap,
-        "--topic",
-        "secret.cli",
-        "--count",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    denied.extend(auth("alice", PASSWORD));
-    let denied = run(denied);
+    let denied = as_alice(&["produce", "--topic", "secret.cli", "--count", "1"]);
     assert!(!denied.status.success(), "{}", text(&denied));
 
     // Without a group, alice needs no rights to any group of the tool's own.
-    let mut groupless: Vec<String> = [
+    let groupless = as_alice(&[
         "consume",
-        "-b",
-        &bootstrap,
         "--topic",
         "orders.cli",
         "--from-beginning",
         "--count",
         "20",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    groupless.extend(auth("alice", PASSWORD));
-    let groupless = run(groupless);
+    ]);
     let out = text(&groupless);
     assert!(groupless.status.success(), "{out}");
     assert!(!out.contains("ERROR"), "{out}");
@@ -260,27 +224,9 @@ fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
     );
 
     // The dead-letter tools take the same client settings: over SASL, with alice's rights.
-    let mut dead: Vec<String> = [
-        "produce",
-        "-b",
-        &bootstrap,
-        "--topic",
-        "orders.cli.dlq",
-        "--count",
-        "3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    dead.extend(auth("alice", PASSWORD));
-    let dead = run(dead);
+    let dead = as_alice(&["produce", "--topic", "orders.cli.dlq", "--count", "3"]);
     assert!(dead.status.success(), "{}", text(&dead));
-    let mut list: Vec<String> = ["dlq", "list", "-b", &bootstrap, "-t", "orders.cli.dlq"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    list.extend(auth("alice", PASSWORD));
-    let listed = run(list);
+    let listed = as_alice(&["dlq", "list", "-t", "orders.cli.dlq"]);
     assert!(listed.status.success(), "{}", text(&listed));
     assert!(
         String::from_utf8_lossy(&listed.stdout).contains("3 record(s)"),
@@ -290,22 +236,15 @@ fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
 
     // A user with rights to her own groups only resets their offsets without an error about
     // any group of the tool's own.
-    let mut reset: Vec<String> = [
+    let reset = as_alice(&[
         "offsets",
         "reset",
-        "-b",
-        &bootstrap,
         "--group",
         "billing-cli",
         "--topic",
         "orders.cli",
         "--to-earliest",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    reset.extend(auth("alice", PASSWORD));
-    let reset = run(reset);
+    ]);
     let out = text(&reset);
     assert!(reset.status.success(), "{out}");
     assert!(!out.contains("ERROR"), "{out}");
