@@ -14,6 +14,13 @@ use crate::policy::Retry;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHandler;
 
+impl Worker<()> {
+    /// A builder with the defaults of [`WorkerConfig`].
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+}
+
 /// Builds a [`Worker`]: `Worker::builder().brokers(..).handler(h)....build()`.
 #[derive(Debug)]
 pub struct WorkerBuilder<H = NoHandler> {

@@ -1,6 +1,7 @@
 //! The worker runtime: the builder, the consume loop, the dispatcher with its key lanes, the
 //! offset tracking with finished-offset commits, rebalance drains and graceful shutdown.
 
+mod assembly;
 mod builder;
 mod dispatcher;
 mod endpoint;
@@ -11,6 +12,6 @@ mod recovery;
 mod shared;
 mod worker;
 
+pub(crate) use self::assembly::build_stack_for_tests;
 pub use self::builder::WorkerBuilder;
-pub(crate) use self::worker::build_stack_for_tests;
 pub use self::worker::{Worker, WorkerStats};
