@@ -41,19 +41,30 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::config::{millis, WorkerConfig};
+use crate::config::{millis, BreakerConfig, RateLimitConfig, TransactionConfig, WorkerConfig};
 use crate::handler::Handler;
 use crate::message::{Envelope, Message, Outcome};
-use crate::policy::{BoxedStack, MemorySink, OutgoingRecord, Retry, Sink};
-use crate::runtime::build_stack_for_tests;
+use crate::observe::{Health, Meters};
+use crate::policy::{
+    BoxedStack, MemorySink, OutgoingRecord, Retry, Routing, Sink, TierNames, UserLayer,
+};
+use crate::runtime::{build_stack, Guards};
+use crate::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore};
+use crate::store::StoreHandles;
 
 /// A handler with the full policy stack and an in-memory sink for routed copies.
+///
+/// The stack is made at the first message and kept: the stores, the breaker and the rate
+/// limit carry their state from one message to the next. Set everything before.
 #[derive(Debug)]
 pub struct TestWorker<H> {
     handler: Arc<H>,
     config: WorkerConfig,
+    stores: StoreHandles,
+    layers: Vec<UserLayer>,
     sink: MemorySink,
     next_offset: std::sync::atomic::AtomicI64,
+    stack: tokio::sync::OnceCell<BoxedStack>,
 }
 
 impl<H: Handler> TestWorker<H> {
@@ -62,8 +73,11 @@ impl<H: Handler> TestWorker<H> {
         TestWorker {
             handler: Arc::new(handler),
             config: WorkerConfig::default(),
+            stores: StoreHandles::default(),
+            layers: Vec::new(),
             sink: MemorySink::default(),
             next_offset: std::sync::atomic::AtomicI64::new(0),
+            stack: tokio::sync::OnceCell::new(),
         }
     }
     /// The in-place retry policy.
@@ -81,23 +95,103 @@ impl<H: Handler> TestWorker<H> {
         self.config.handler_timeout_ms = millis(limit);
         self
     }
+    /// Stale drop, the key lock and dedup on, with memory stores: the whole protective
+    /// stack, in process. The key lock's lease is `[lock]`'s default (10 s).
+    pub fn with_memory_stores(mut self) -> Self {
+        self.stores.version = Some(Arc::new(MemoryVersionStore::new()));
+        self.stores.lock = Some(Arc::new(MemoryLockStore::new()));
+        self.stores.dedup = Some(Arc::new(MemoryDedupStore::new()));
+        self
+    }
+    /// The stores to use, given as handles (any backend, also one of your own); a store
+    /// given turns its policy on.
+    pub fn stores(mut self, stores: StoreHandles) -> Self {
+        self.stores = stores;
+        self
+    }
+    /// A circuit breaker around the handler.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.config.breaker = Some(breaker);
+        self
+    }
+    /// A rate limit of `per_second` handler calls, `burst` at once (shared through the
+    /// rate-limit store when [`Self::stores`] gave one).
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.config.rate_limit = Some(RateLimitConfig {
+            per_second,
+            burst,
+            store: None,
+            name: None,
+        });
+        self
+    }
+    /// Hands the handler transactions ([`crate::Context::transaction`]) of the Postgres at
+    /// `postgres`, with steadfast's records in `schema` (created and migrated at the first
+    /// message; give each test its own and drop it when done).
+    pub fn transactions(mut self, postgres: impl Into<String>, schema: impl Into<String>) -> Self {
+        self.config.transaction = Some(TransactionConfig {
+            postgres: postgres.into(),
+        });
+        self.config.stores.schema = schema.into();
+        self
+    }
+    /// Adds a tower layer of your own, where [`crate::WorkerBuilder::layer`] puts it.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<BoxedStack> + Send + Sync + 'static,
+        L::Service: tower::Service<Envelope, Response = Outcome, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
+    {
+        self.layers.push(UserLayer::new(layer));
+        self
+    }
 
-    fn stack(&self) -> BoxedStack {
-        let tiers = self.config.retry_tiers();
-        let sink: Arc<dyn Sink> = Arc::new(self.sink.clone());
-        build_stack_for_tests(
-            self.handler.clone(),
-            &self.config,
-            H::GROUP,
-            tiers,
-            sink,
-            CancellationToken::new(),
-        )
+    /// The stack, made at the first call. Panics when a configured store cannot be used
+    /// within 30 s (a test's Postgres that does not answer), saying which.
+    async fn stack(&self) -> BoxedStack {
+        let stack = self.stack.get_or_init(|| async {
+            let health = Arc::new(Health::default());
+            let never = CancellationToken::new();
+            let connecting = Guards::connect(
+                &self.config,
+                &self.stores,
+                H::GROUP,
+                &never,
+                &health,
+            );
+            let guards = match tokio::time::timeout(Duration::from_secs(30), connecting).await {
+                Ok(Ok(guards)) => guards,
+                Ok(Err(e)) => panic!("the test worker's stores cannot be used: {e}"),
+                Err(_) => panic!("the test worker's stores did not answer within 30 s (is the test's Postgres running?)"),
+            };
+            let routing = Routing {
+                tiers: self.config.retry_tiers(),
+                names: TierNames::new(H::GROUP, self.config.shared_retry_topics),
+                dead_letter: None,
+                tier_partitions: None,
+                sink: Arc::new(self.sink.clone()) as Arc<dyn Sink>,
+            };
+            build_stack(
+                self.handler.clone(),
+                &self.config,
+                H::GROUP,
+                &routing,
+                &guards,
+                &self.layers,
+                &CancellationToken::new(),
+                &Meters::noop(),
+            )
+        });
+        stack.await.clone()
     }
 
     /// Runs `envelope` through the stack once (one delivery).
     pub async fn handle_envelope(&self, envelope: Envelope) -> Outcome {
-        match self.stack().oneshot(envelope).await {
+        match self.stack().await.oneshot(envelope).await {
             Ok(outcome) => outcome,
             Err(never) => match never {},
         }

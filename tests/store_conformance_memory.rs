@@ -1,11 +1,11 @@
 //! The store conformance suite against the memory backends.
 
-use crate::conformance;
-
 use std::sync::Arc;
 
-use steadfast::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore};
-use steadfast::store::{DedupStore, LockStore, VersionStore};
+use steadfast::store::memory::{
+    MemoryDedupStore, MemoryLockStore, MemoryRateLimitStore, MemoryVersionStore,
+};
+use steadfast::store::{DedupStore, LockStore, RateLimitStore, VersionStore};
 
 fn lock() -> Arc<dyn LockStore> {
     Arc::new(MemoryLockStore::new())
@@ -17,4 +17,8 @@ fn version() -> Arc<dyn VersionStore> {
     Arc::new(MemoryVersionStore::new())
 }
 
-conformance_tests!(lock(), dedup(), version());
+fn rate() -> Arc<dyn RateLimitStore> {
+    Arc::new(MemoryRateLimitStore::new())
+}
+
+steadfast::store_conformance_tests!(lock: lock(), dedup: dedup(), version: version(), rate: rate());

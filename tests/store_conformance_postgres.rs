@@ -1,7 +1,5 @@
 //! The store conformance suite against the Postgres backends, each test in a fresh schema.
 
-use crate::conformance;
-
 use std::sync::Arc;
 
 use steadfast::store::postgres::PostgresStores;
@@ -27,4 +25,8 @@ async fn version() -> Arc<dyn VersionStore> {
     Arc::new(stores().await.version_store())
 }
 
-conformance_tests!(lock().await, dedup().await, version().await);
+steadfast::store_conformance_tests!(
+    lock: lock().await,
+    dedup: dedup().await,
+    version: version().await,
+);

@@ -3,15 +3,13 @@
 //! across a restart without persistence, calls that fail fast while Redis is down and work
 //! again by themselves, and the shared rate limit.
 
-use crate::conformance;
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steadfast::store::redis::RedisStores;
-use steadfast::store::{DedupStore, LockStore, StoreError, VersionStore};
+use steadfast::store::{DedupStore, LockStore, RateLimitStore, StoreError, VersionStore};
 
 const URL: &str = "redis://127.0.0.1:6379";
 const LONG: Duration = Duration::from_secs(60);
@@ -40,7 +38,16 @@ async fn version() -> Arc<dyn VersionStore> {
     Arc::new(stores().await.version_store())
 }
 
-conformance_tests!(lock().await, dedup().await, version().await);
+async fn rate() -> Arc<dyn RateLimitStore> {
+    Arc::new(stores().await)
+}
+
+steadfast::store_conformance_tests!(
+    lock: lock().await,
+    dedup: dedup().await,
+    version: version().await,
+    rate: rate().await,
+);
 
 #[tokio::test]
 async fn versions_beyond_lua_number_precision_compare_exactly() {

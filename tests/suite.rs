@@ -9,13 +9,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
-// Declared before the backends' modules, which use its `conformance_tests!`.
-#[path = "conformance/mod.rs"]
-#[macro_use]
-mod conformance;
-
 #[path = "config_reference.rs"]
 mod config_reference;
+#[path = "custom_store.rs"]
+mod custom_store;
 #[path = "dedup_leases.rs"]
 mod dedup_leases;
 #[path = "derive.rs"]
@@ -48,6 +45,8 @@ mod store_conformance_postgres;
 mod store_conformance_redis;
 #[path = "store_postgres.rs"]
 mod store_postgres;
+#[path = "test_worker.rs"]
+mod test_worker;
 #[path = "ui.rs"]
 mod ui;
 #[path = "worker_restarts.rs"]

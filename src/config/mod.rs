@@ -83,16 +83,6 @@ impl Default for RetryConfig {
     }
 }
 
-impl From<crate::policy::Retry> for RetryConfig {
-    fn from(retry: crate::policy::Retry) -> Self {
-        RetryConfig {
-            attempts: retry.attempts,
-            min_delay_ms: millis(retry.min_delay),
-            max_delay_ms: millis(retry.max_delay),
-        }
-    }
-}
-
 /// A duration in whole milliseconds, saturating.
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -457,25 +447,6 @@ impl WorkerConfig {
     pub fn dedup_lease(&self) -> Duration {
         let configured = self.dedup.as_ref().and_then(|d| d.lease_ms);
         Duration::from_millis(configured.unwrap_or(DEFAULT_DEDUP_LEASE_MS))
-    }
-
-    /// The retry tiers' delays.
-    pub fn retry_tiers(&self) -> crate::policy::RetryTiers {
-        crate::policy::RetryTiers(
-            self.retry_tiers_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
-        )
-    }
-
-    /// The in-place retry policy.
-    pub fn retry_policy(&self) -> crate::policy::Retry {
-        crate::policy::Retry::exponential(
-            self.retry.attempts,
-            Duration::from_millis(self.retry.min_delay_ms),
-            Duration::from_millis(self.retry.max_delay_ms),
-        )
     }
 }
 

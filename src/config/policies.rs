@@ -123,19 +123,6 @@ impl Default for BreakerConfig {
     }
 }
 
-impl BreakerConfig {
-    /// As breaker settings.
-    pub fn settings(&self) -> crate::policy::BreakerSettings {
-        crate::policy::BreakerSettings {
-            failure_rate: f64::from(self.failure_rate_percent) / 100.0,
-            window: std::time::Duration::from_millis(self.window_ms),
-            min_calls: self.min_calls,
-            open_for: std::time::Duration::from_millis(self.open_ms),
-            half_open_probes: self.half_open_probes,
-        }
-    }
-}
-
 /// The transactional idempotency store (`[transaction]`): the handler's Postgres
 /// transaction, in which steadfast records the message id and version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

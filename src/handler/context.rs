@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HandlerError, Transaction};
 use crate::message::{DropReason, Envelope, Headers};
-use crate::store::postgres::{OnceRecord, OnceStart, PostgresStores};
+use crate::store::{OnceRecord, OnceStart, TransactionalStore};
 
 /// The context of one handler call.
 #[derive(Debug, Clone)]
@@ -17,7 +17,7 @@ pub struct Context {
     pub(crate) attempt: u32,
     pub(crate) group: Arc<str>,
     pub(crate) shutdown: Arc<CancellationToken>,
-    pub(crate) transactions: Option<PostgresStores>,
+    pub(crate) transactions: Option<Arc<dyn TransactionalStore>>,
 }
 
 impl Context {
@@ -26,7 +26,7 @@ impl Context {
         attempt: u32,
         group: Arc<str>,
         shutdown: Arc<CancellationToken>,
-        transactions: Option<PostgresStores>,
+        transactions: Option<Arc<dyn TransactionalStore>>,
     ) -> Self {
         Context {
             envelope,

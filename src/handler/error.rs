@@ -75,6 +75,6 @@ impl From<tokio_postgres::Error> for HandlerError {
     /// A lost or refused connection is [`HandlerError::Unavailable`]; any other database
     /// error (a constraint, a serialization failure) is transient.
     fn from(e: tokio_postgres::Error) -> Self {
-        crate::store::postgres::classify(&e).into()
+        crate::store::StoreError::from(e).into()
     }
 }

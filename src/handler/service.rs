@@ -14,7 +14,7 @@ use tower::Service;
 use super::{Context, Handler, HandlerError};
 use crate::message::{Envelope, Failure, Message, Outcome};
 use crate::policy::{now_ms, OutcomeFuture};
-use crate::store::postgres::PostgresStores;
+use crate::store::TransactionalStore;
 
 /// Runs a [`Handler`] on envelopes.
 #[derive(Debug)]
@@ -22,7 +22,7 @@ pub struct HandlerService<H> {
     handler: Arc<H>,
     group: Arc<str>,
     shutdown: Arc<CancellationToken>,
-    transactions: Option<PostgresStores>,
+    transactions: Option<Arc<dyn TransactionalStore>>,
     duration: metrics::Histogram,
 }
 
@@ -55,7 +55,7 @@ impl<H: Handler> HandlerService<H> {
         self
     }
     /// Hands handlers transactions of `stores` ([`Context::transaction`]).
-    pub fn with_transactions(mut self, stores: Option<PostgresStores>) -> Self {
+    pub fn with_transactions(mut self, stores: Option<Arc<dyn TransactionalStore>>) -> Self {
         self.transactions = stores;
         self
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::HandlerError;
 use crate::message::HandlerNotes;
-use crate::store::postgres::OnceTransaction;
+use crate::store::OnceTransaction;
 
 /// An open transaction handed to the handler by [`super::Context::transaction`]. Run
 /// statements through it (it dereferences to a `tokio_postgres::Client`) and

@@ -7,17 +7,16 @@
 //! others and is tried again, without spending an attempt.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service};
 
-use super::OutcomeFuture;
+use super::adapter::{wrap, Next, Policy, Wrap};
+use super::stack::Assembly;
+use crate::config::BreakerConfig;
 use crate::message::{Envelope, Outcome};
 
 /// Breaker settings.
@@ -33,6 +32,19 @@ pub struct BreakerSettings {
     pub open_for: Duration,
     /// Probe calls in the half-open state; all must succeed to close.
     pub half_open_probes: u32,
+}
+
+impl BreakerConfig {
+    /// As breaker settings.
+    pub fn settings(&self) -> BreakerSettings {
+        BreakerSettings {
+            failure_rate: f64::from(self.failure_rate_percent) / 100.0,
+            window: Duration::from_millis(self.window_ms),
+            min_calls: self.min_calls,
+            open_for: Duration::from_millis(self.open_ms),
+            half_open_probes: self.half_open_probes,
+        }
+    }
 }
 
 impl Default for BreakerSettings {
@@ -204,76 +216,43 @@ impl Breaker {
 }
 
 /// Puts a [`Breaker`] around the inner services.
-#[derive(Debug, Clone)]
-pub struct BreakerLayer {
+#[derive(Debug)]
+pub(crate) struct BreakerPolicy {
     breaker: Breaker,
     shutdown: CancellationToken,
 }
 
-impl BreakerLayer {
-    /// Guards the inner services with `breaker`; a shutdown while waiting requeues.
-    pub fn new(breaker: Breaker, shutdown: CancellationToken) -> Self {
-        BreakerLayer { breaker, shutdown }
-    }
+/// The breaker policy, when `[breaker]` is on (its state is made with the worker, which
+/// watches it to pause fetching while it is open).
+pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    let breaker = a.breaker?.clone();
+    Some(wrap(BreakerPolicy {
+        breaker,
+        shutdown: a.shutdown.clone(),
+    }))
 }
 
-impl<S> Layer<S> for BreakerLayer {
-    type Service = BreakerService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        BreakerService {
-            inner,
-            breaker: self.breaker.clone(),
-            shutdown: self.shutdown.clone(),
-        }
-    }
-}
-
-/// See [`BreakerLayer`].
-#[derive(Debug, Clone)]
-pub struct BreakerService<S> {
-    inner: S,
-    breaker: Breaker,
-    shutdown: CancellationToken,
-}
-
-impl<S> Service<Envelope> for BreakerService<S>
-where
-    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = OutcomeFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, envelope: Envelope) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let breaker = self.breaker.clone();
-        let shutdown = self.shutdown.clone();
-        Box::pin(async move {
-            loop {
-                while let Permit::WaitUntil(at) = breaker.permit() {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at.into()) => {}
-                        _ = shutdown.cancelled() => return Ok(Outcome::Requeue),
-                    }
+impl Policy for BreakerPolicy {
+    async fn call(self: Arc<Self>, envelope: Envelope, next: Next) -> Outcome {
+        loop {
+            while let Permit::WaitUntil(at) = self.breaker.permit() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = self.shutdown.cancelled() => return Outcome::Requeue,
                 }
-                let outcome = inner.call(envelope.clone()).await?;
-                let failed = matches!(&outcome, Outcome::Failed(f) if !f.permanent);
-                if matches!(outcome, Outcome::Requeue) {
-                    return Ok(outcome);
-                }
-                let phase = breaker.record(!failed);
-                if failed && phase == BreakerPhase::Open {
-                    // The dependency is down: wait with the others instead of routing.
-                    continue;
-                }
-                return Ok(outcome);
             }
-        })
+            let outcome = next.run(envelope.clone()).await;
+            let failed = matches!(&outcome, Outcome::Failed(f) if !f.permanent);
+            if matches!(outcome, Outcome::Requeue) {
+                return outcome;
+            }
+            let phase = self.breaker.record(!failed);
+            if failed && phase == BreakerPhase::Open {
+                // The dependency is down: wait with the others instead of routing.
+                continue;
+            }
+            return outcome;
+        }
     }
 }
 

@@ -6,23 +6,22 @@
 //! A reservation is a lease renewed every third of its length while the handler runs, so a
 //! holder that crashes loses it within one lease, however long its handler would have run.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service};
 
+use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
 use super::outage::{pause, until_available};
-use super::OutcomeFuture;
+use super::stack::Assembly;
 use crate::message::{DropReason, Envelope, Outcome};
 use crate::observe::Health;
 use crate::store::{DedupStore, Reservation};
 
+/// Deduplicates messages by id.
 #[derive(Debug)]
-struct DedupConfig {
+pub(crate) struct DedupConfig {
     store: Arc<dyn DedupStore>,
     /// How long a reservation lives if its holder crashes.
     lease: Duration,
@@ -37,121 +36,70 @@ struct DedupConfig {
     health: Option<Arc<Health>>,
 }
 
-/// Deduplicates messages by id.
-#[derive(Debug, Clone)]
-pub struct DedupLayer {
-    config: Arc<DedupConfig>,
+/// On when the worker has a dedup store (`[dedup]`): reservations of the configured lease
+/// (10 s by default), completed ids remembered for `ttl_ms` (7 days by default).
+pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    let store = a.stores.dedup.clone()?;
+    let ttl_ms = a
+        .config
+        .dedup
+        .as_ref()
+        .map_or(7 * 24 * 3_600_000, |d| d.ttl_ms);
+    Some(wrap(DedupConfig {
+        store,
+        lease: a.config.dedup_lease(),
+        ttl: Duration::from_millis(ttl_ms),
+        worker: a.worker_id.to_owned(),
+        calls: std::sync::atomic::AtomicU64::new(0),
+        shutdown: a.shutdown.clone(),
+        health: Some(a.health.clone()),
+    }))
 }
 
-impl DedupLayer {
-    /// Reserves ids in `store` for `lease`, remembers completed ones for `ttl`. `worker`
-    /// names this worker in reservations.
-    pub fn new(
-        store: Arc<dyn DedupStore>,
-        lease: Duration,
-        ttl: Duration,
-        worker: &str,
-        shutdown: CancellationToken,
-    ) -> Self {
-        DedupLayer {
-            config: Arc::new(DedupConfig {
-                store,
-                lease,
-                ttl,
-                worker: worker.to_owned(),
-                calls: std::sync::atomic::AtomicU64::new(0),
-                shutdown,
-                health: None,
-            }),
-        }
-    }
-
-    /// Reports waits for another holder's reservation to `health` (the readiness probe).
-    pub(crate) fn reporting(mut self, health: Option<Arc<Health>>) -> Self {
-        if let Some(config) = Arc::get_mut(&mut self.config) {
-            config.health = health;
-        }
-        self
-    }
-}
-
-impl<S> Layer<S> for DedupLayer {
-    type Service = DedupService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        DedupService {
-            inner,
-            config: self.config.clone(),
-        }
-    }
-}
-
-/// See [`DedupLayer`].
-#[derive(Debug, Clone)]
-pub struct DedupService<S> {
-    inner: S,
-    config: Arc<DedupConfig>,
-}
-
-impl<S> Service<Envelope> for DedupService<S>
-where
-    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = OutcomeFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, envelope: Envelope) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let config = self.config.clone();
-        Box::pin(async move {
-            let Some(id) = facts_of(&envelope).and_then(|f| f.id.clone()) else {
-                return inner.call(envelope).await;
-            };
-            // Unique per call: a redelivered copy of the same offset in this process (after a
-            // rebalance brought the partition back) must not share the reservation.
-            let call = config
-                .calls
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let owner = format!(
-                "{}/{}/{}/{}/{call}",
-                config.worker, envelope.topic, envelope.partition, envelope.offset
-            );
-            let shutdown = &config.shutdown;
-            match reserve(&config, &id, &owner, envelope.offset).await {
-                Some(Reservation::Reserved) => {}
-                Some(Reservation::Completed) => {
-                    tracing::info!(id, offset = envelope.offset, "duplicate message dropped");
-                    return Ok(Outcome::Drop(DropReason::Duplicate));
-                }
-                Some(Reservation::InProgress) | None => return Ok(Outcome::Requeue),
+impl Policy for DedupConfig {
+    async fn call(self: Arc<Self>, envelope: Envelope, next: Next) -> Outcome {
+        let config = &self;
+        let Some(id) = facts_of(&envelope).and_then(|f| f.id.clone()) else {
+            return next.run(envelope).await;
+        };
+        // Unique per call: a redelivered copy of the same offset in this process (after a
+        // rebalance brought the partition back) must not share the reservation.
+        let call = config
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let owner = format!(
+            "{}/{}/{}/{}/{call}",
+            config.worker, envelope.topic, envelope.partition, envelope.offset
+        );
+        let shutdown = &config.shutdown;
+        match reserve(config, &id, &owner, envelope.offset).await {
+            Some(Reservation::Reserved) => {}
+            Some(Reservation::Completed) => {
+                tracing::info!(id, offset = envelope.offset, "duplicate message dropped");
+                return Outcome::Drop(DropReason::Duplicate);
             }
-            let (stop_renewal, renewal) = renew_while_held(&config, &id, &owner);
-            let outcome = inner.call(envelope.clone()).await;
-            // No renewal may land after the completion or the release below.
-            stop_renewal.cancel();
-            let _ = renewal.await;
-            let outcome = outcome?;
-            if matches!(outcome, Outcome::Ack { .. }) {
-                let done = until_available("dedup complete", shutdown, || {
-                    config.store.complete(&id, &owner, config.ttl)
-                })
-                .await;
-                if done.is_none() {
-                    tracing::warn!(
-                        id,
-                        "shutdown before the id was recorded; the message was handled"
-                    );
-                }
-            } else if let Err(e) = config.store.release(&id, &owner).await {
-                tracing::debug!(id, error = %e, "releasing a reservation failed; it expires with its lease");
+            Some(Reservation::InProgress) | None => return Outcome::Requeue,
+        }
+        let (stop_renewal, renewal) = renew_while_held(config, &id, &owner);
+        let outcome = next.run(envelope.clone()).await;
+        // No renewal may land after the completion or the release below.
+        stop_renewal.cancel();
+        let _ = renewal.await;
+        if matches!(outcome, Outcome::Ack { .. }) {
+            let done = until_available("dedup complete", shutdown, || {
+                config.store.complete(&id, &owner, config.ttl)
+            })
+            .await;
+            if done.is_none() {
+                tracing::warn!(
+                    id,
+                    "shutdown before the id was recorded; the message was handled"
+                );
             }
-            Ok(outcome)
-        })
+        } else if let Err(e) = config.store.release(&id, &owner).await {
+            tracing::debug!(id, error = %e, "releasing a reservation failed; it expires with its lease");
+        }
+        outcome
     }
 }
 

@@ -1,13 +1,11 @@
 //! Reads the facts the protective policies work on (store key, version, id) once per
 //! delivery, at the top of the protected part of the stack.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tower::{Layer, Service};
-
+use super::adapter::{wrap, Next, Policy, Wrap};
 use super::headers;
+use super::stack::Assembly;
 use crate::message::{Envelope, Facts, HandlerNotes, Message, Outcome};
 use crate::store::key_text;
 
@@ -43,66 +41,34 @@ pub fn describe<M: Message>(group: &str) -> Describe {
 }
 
 /// Attaches the facts and a fresh set of handler notes to every delivery.
-#[derive(Clone)]
-pub struct FactsLayer {
+pub(crate) struct FactsPolicy {
     describe: Describe,
 }
 
-impl std::fmt::Debug for FactsLayer {
+impl std::fmt::Debug for FactsPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FactsLayer").finish_non_exhaustive()
+        f.debug_struct("FactsPolicy").finish_non_exhaustive()
     }
 }
 
-impl FactsLayer {
-    /// Reads facts with `describe`.
-    pub fn new(describe: Describe) -> Self {
-        FactsLayer { describe }
-    }
+/// On when a policy that works on facts is (a store or the transactional store).
+pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    a.needs_facts().then(|| {
+        wrap(FactsPolicy {
+            describe: a.describe.clone(),
+        })
+    })
 }
 
-impl<S> Layer<S> for FactsLayer {
-    type Service = FactsService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        FactsService {
-            inner,
-            describe: self.describe.clone(),
-        }
-    }
-}
-
-/// See [`FactsLayer`].
-#[derive(Clone)]
-pub struct FactsService<S> {
-    inner: S,
-    describe: Describe,
-}
-
-impl<S: std::fmt::Debug> std::fmt::Debug for FactsService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FactsService")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S> Service<Envelope> for FactsService<S>
-where
-    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut envelope: Envelope) -> Self::Future {
+impl Policy for FactsPolicy {
+    fn call(
+        self: Arc<Self>,
+        mut envelope: Envelope,
+        next: Next,
+    ) -> impl std::future::Future<Output = Outcome> + Send + 'static {
         envelope.guard.facts = Some(Arc::new((self.describe)(&envelope)));
         envelope.guard.notes = Some(Arc::new(HandlerNotes::default()));
-        self.inner.call(envelope)
+        async move { next.run(envelope).await }
     }
 }
 

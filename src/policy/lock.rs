@@ -5,188 +5,135 @@
 //! not reported, and the message is handled again under a new grant (dedup and the
 //! transactional store make that second run a no-op when the first one's effect landed).
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service};
 
+use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
 use super::outage::{pause, until_available};
-use super::OutcomeFuture;
+use super::stack::Assembly;
 use crate::message::{DropReason, Envelope, LeaseState, Outcome};
 use crate::store::{LockStore, StoreError, VersionStore};
 
+/// Takes the key lock around the layers below.
 #[derive(Debug)]
-struct LockConfig {
+pub(crate) struct LockConfig {
     store: Arc<dyn LockStore>,
     lease: Duration,
-    /// The stale-drop policy's versions, checked again once the lock is held.
+    /// The stale-drop policy's versions, checked again once the lock is held: the stale
+    /// check before the lock may have raced with another holder that applied a newer (or the
+    /// same) version while this one waited for the lock.
     versions: Option<Arc<dyn VersionStore>>,
     /// Retry-tier records older than the applied version are left to the transactional
-    /// store (see `StaleLayer::deferring_tier_records`).
+    /// store (see the stale policy).
     tier_records_to_transactions: bool,
     shutdown: CancellationToken,
 }
 
-/// Takes the key lock around the inner services.
-#[derive(Debug, Clone)]
-pub struct KeyLockLayer {
-    config: Arc<LockConfig>,
+/// On when the worker has a lock store (`[lock]`), with leases of `lease_ms` (10 s by
+/// default) renewed every third of it.
+pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    let store = a.stores.lock.clone()?;
+    let lease_ms = a.config.lock.as_ref().map_or(10_000, |l| l.lease_ms);
+    Some(wrap(LockConfig::new(
+        store,
+        Duration::from_millis(lease_ms),
+        a.stores.version.clone(),
+        a.stores.transactions.is_some(),
+        a.shutdown.clone(),
+    )))
 }
 
-impl KeyLockLayer {
-    /// Locks keys in `store` with leases of `lease`, renewed every third of it.
-    pub fn new(store: Arc<dyn LockStore>, lease: Duration, shutdown: CancellationToken) -> Self {
-        KeyLockLayer {
-            config: Arc::new(LockConfig {
-                store,
-                lease: lease.max(Duration::from_millis(30)),
-                versions: None,
-                tier_records_to_transactions: false,
-                shutdown,
-            }),
-        }
-    }
-
-    /// Leaves retry-tier records older than the applied version to the transactional store.
-    pub(crate) fn deferring_tier_records(self, to_transactions: bool) -> Self {
-        let c = &self.config;
-        KeyLockLayer {
-            config: Arc::new(LockConfig {
-                store: c.store.clone(),
-                lease: c.lease,
-                versions: c.versions.clone(),
-                tier_records_to_transactions: to_transactions,
-                shutdown: c.shutdown.clone(),
-            }),
-        }
-    }
-
-    /// Checks the message's version against `versions` again once the lock is held: the
-    /// stale check before the lock may have raced with another holder that applied a newer
-    /// (or the same) version while this one waited for the lock.
-    pub fn recheck_versions(self, versions: Option<Arc<dyn VersionStore>>) -> Self {
-        let c = &self.config;
-        KeyLockLayer {
-            config: Arc::new(LockConfig {
-                store: c.store.clone(),
-                lease: c.lease,
-                versions,
-                tier_records_to_transactions: c.tier_records_to_transactions,
-                shutdown: c.shutdown.clone(),
-            }),
-        }
-    }
-}
-
-impl<S> Layer<S> for KeyLockLayer {
-    type Service = KeyLockService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        KeyLockService {
-            inner,
-            config: self.config.clone(),
-        }
-    }
-}
-
-/// See [`KeyLockLayer`].
-#[derive(Debug, Clone)]
-pub struct KeyLockService<S> {
-    inner: S,
-    config: Arc<LockConfig>,
-}
-
-impl<S> Service<Envelope> for KeyLockService<S>
-where
-    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = OutcomeFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, envelope: Envelope) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let config = self.config.clone();
-        Box::pin(async move {
-            let Some(facts) = facts_of(&envelope) else {
-                return inner.call(envelope).await;
+impl Policy for LockConfig {
+    async fn call(self: Arc<Self>, envelope: Envelope, next: Next) -> Outcome {
+        let config = &self;
+        let Some(facts) = facts_of(&envelope) else {
+            return next.run(envelope).await;
+        };
+        let key = facts.store_key.as_str();
+        // A run that succeeded before its lease was found lost: its effect landed.
+        let mut succeeded = None;
+        loop {
+            let Some(token) = config.acquire(key).await else {
+                return Outcome::Requeue;
             };
-            let key = facts.store_key.as_str();
-            // A run that succeeded before its lease was found lost: its effect landed.
-            let mut succeeded = None;
-            loop {
-                let Some(token) = config.acquire(key).await else {
-                    return Ok(Outcome::Requeue);
-                };
-                if let (Some(versions), Some(version)) = (&config.versions, facts.version) {
-                    let current =
-                        until_available("version get", &config.shutdown, || versions.get(key))
-                            .await;
-                    let stale = match current {
-                        None => {
-                            let _ = config.store.release(key, token).await;
-                            return Ok(Outcome::Requeue);
-                        }
-                        Some(current) => current.filter(|c| *c >= version),
-                    };
-                    // A retry-tier record older than the applied version is left to the
-                    // transactional store, when the stale layer defers it.
-                    let stale = stale.filter(|current| {
-                        !(config.tier_records_to_transactions
-                            && *current > version
-                            && super::headers::retry_tier(&envelope.headers) > 0)
-                    });
-                    if let Some(current) = stale {
+            if let (Some(versions), Some(version)) = (&config.versions, facts.version) {
+                let current =
+                    until_available("version get", &config.shutdown, || versions.get(key)).await;
+                let stale = match current {
+                    None => {
                         let _ = config.store.release(key, token).await;
-                        if let Some(outcome) = super::stale::overtaken(&envelope, version, current)
-                        {
-                            return Ok(outcome);
-                        }
-                        tracing::info!(key, version, offset = envelope.offset, "stale message dropped (a newer version was applied while it waited for the lock)");
-                        return Ok(Outcome::Drop(DropReason::Stale));
+                        return Outcome::Requeue;
                     }
-                }
-                let lease = Arc::new(LeaseState::new(token));
-                let mut held = envelope.clone();
-                held.guard.lease = Some(lease.clone());
-                let outcome = config.hold(key, &lease, inner.call(held)).await?;
-                if let Err(e) = config.store.release(key, token).await {
-                    tracing::debug!(key, error = %e, "lock release failed; the lease will expire");
-                }
-                if lease.is_lost() && !matches!(outcome, Outcome::Requeue) {
-                    tracing::warn!(
-                        key,
-                        token,
-                        offset = envelope.offset,
-                        "lease lost while handling; handling again under a new grant"
-                    );
-                    if matches!(outcome, Outcome::Ack { .. }) {
-                        succeeded = Some(outcome);
+                    Some(current) => current.filter(|c| *c >= version),
+                };
+                // A retry-tier record older than the applied version is left to the
+                // transactional store, when the stale layer defers it.
+                let stale = stale.filter(|current| {
+                    !(config.tier_records_to_transactions
+                        && *current > version
+                        && super::headers::retry_tier(&envelope.headers) > 0)
+                });
+                if let Some(current) = stale {
+                    let _ = config.store.release(key, token).await;
+                    if let Some(outcome) = super::stale::overtaken(&envelope, version, current) {
+                        return outcome;
                     }
-                    continue;
+                    tracing::info!(key, version, offset = envelope.offset, "stale message dropped (a newer version was applied while it waited for the lock)");
+                    return Outcome::Drop(DropReason::Stale);
                 }
-                // The run again finds the id completed, by the earlier run of this delivery
-                // (or a newer holder): the delivery was handled, not a duplicate, and the
-                // layers above (stale drop's version advance, the counters) must see the
-                // success.
-                if let (Outcome::Drop(DropReason::Duplicate), Some(ack)) = (&outcome, &succeeded) {
-                    return Ok(ack.clone());
-                }
-                return Ok(outcome);
             }
-        })
+            let lease = Arc::new(LeaseState::new(token));
+            let mut held = envelope.clone();
+            held.guard.lease = Some(lease.clone());
+            let outcome = config.hold(key, &lease, next.run(held)).await;
+            if let Err(e) = config.store.release(key, token).await {
+                tracing::debug!(key, error = %e, "lock release failed; the lease will expire");
+            }
+            if lease.is_lost() && !matches!(outcome, Outcome::Requeue) {
+                tracing::warn!(
+                    key,
+                    token,
+                    offset = envelope.offset,
+                    "lease lost while handling; handling again under a new grant"
+                );
+                if matches!(outcome, Outcome::Ack { .. }) {
+                    succeeded = Some(outcome);
+                }
+                continue;
+            }
+            // The run again finds the id completed, by the earlier run of this delivery
+            // (or a newer holder): the delivery was handled, not a duplicate, and the
+            // layers above (stale drop's version advance, the counters) must see the
+            // success.
+            if let (Outcome::Drop(DropReason::Duplicate), Some(ack)) = (&outcome, &succeeded) {
+                return ack.clone();
+            }
+            return outcome;
+        }
     }
 }
 
 impl LockConfig {
+    /// Locks keys in `store` with leases of `lease` (at least 30 ms).
+    fn new(
+        store: Arc<dyn LockStore>,
+        lease: Duration,
+        versions: Option<Arc<dyn VersionStore>>,
+        tier_records_to_transactions: bool,
+        shutdown: CancellationToken,
+    ) -> Self {
+        LockConfig {
+            store,
+            lease: lease.max(Duration::from_millis(30)),
+            versions,
+            tier_records_to_transactions,
+            shutdown,
+        }
+    }
+
     /// Runs `call` while renewing the lease every third of its length; marks the lease lost
     /// when a renewal is refused or none succeeded within the lease.
     async fn hold<F: std::future::Future>(
@@ -250,6 +197,8 @@ impl LockConfig {
 mod tests {
     use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+    use std::convert::Infallible;
+
     use async_trait::async_trait;
 
     use super::*;
@@ -301,19 +250,20 @@ mod tests {
                 }
             })
         };
-        let mut service = KeyLockLayer::new(
+        let service = Next::service(crate::policy::BoxedStack::new(inner)).with(LockConfig::new(
             Arc::new(Unrenewable::default()),
             Duration::from_millis(45),
+            None,
+            false,
             CancellationToken::new(),
-        )
-        .layer(inner);
+        ));
         let mut envelope = Envelope::new("t", "k", "p");
         envelope.guard.facts = Some(Arc::new(Facts {
             store_key: "k".into(),
             version: None,
             id: Some("id".into()),
         }));
-        let outcome = service.call(envelope).await.expect("infallible");
+        let outcome = service.run(envelope).await;
         assert_eq!(
             runs.load(Ordering::SeqCst),
             2,

@@ -1,99 +1,74 @@
 //! Rate limits, waited out before the key lock is taken: per worker (`governor`, GCRA in
 //! memory) and shared across pods (GCRA in Redis, one round trip per permit).
 
-use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service};
 
-use super::outage::until_available;
-use super::OutcomeFuture;
+use super::adapter::{wrap, Next, Policy, Wrap};
+use super::outage::{pause, until_available};
+use super::stack::Assembly;
 use crate::message::{Envelope, Outcome};
-use crate::store::redis::RedisRateLimiter;
+use crate::store::{RateLimit, RateLimitStore};
 
 /// Limits the rate of handler calls.
-#[derive(Debug, Clone)]
-pub struct RateLimitLayer {
-    local: Option<Arc<DefaultDirectRateLimiter>>,
-    shared: Option<RedisRateLimiter>,
+#[derive(Debug)]
+pub(crate) struct RateLimitPolicy {
+    /// Per worker, in memory.
+    local: Option<DefaultDirectRateLimiter>,
+    /// Shared through a store by every worker using the same limit name.
+    shared: Option<(Arc<dyn RateLimitStore>, RateLimit)>,
     shutdown: CancellationToken,
 }
 
-impl RateLimitLayer {
-    /// A per-worker limit of `per_second` with bursts of `burst` (when given), and a limit
-    /// shared through Redis (when given). A shutdown while waiting requeues.
-    pub fn new(
-        local: Option<(NonZeroU32, NonZeroU32)>,
-        shared: Option<RedisRateLimiter>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        RateLimitLayer {
-            local: local.map(|(per_second, burst)| {
-                Arc::new(RateLimiter::direct(
-                    Quota::per_second(per_second).allow_burst(burst),
-                ))
+/// On with `[rate_limit]`: shared through the rate-limit store when the worker has one (the
+/// limit named `name`, the group's by default), per worker otherwise (a shared limit replaces
+/// the per-worker one: both would halve the rate).
+pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    let rate = a.config.rate_limit.as_ref()?;
+    let shared = a.stores.rate.clone().map(|store| {
+        let limit = RateLimit {
+            name: rate.name.clone().unwrap_or_else(|| a.group.to_owned()),
+            per_second: f64::from(rate.per_second),
+            burst: rate.burst,
+        };
+        (store, limit)
+    });
+    let local = match shared {
+        Some(_) => None,
+        None => NonZeroU32::new(rate.per_second)
+            .zip(NonZeroU32::new(rate.burst))
+            .map(|(per_second, burst)| {
+                RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
             }),
-            shared,
-            shutdown,
-        }
-    }
+    };
+    Some(wrap(RateLimitPolicy {
+        local,
+        shared,
+        shutdown: a.shutdown.clone(),
+    }))
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// See [`RateLimitLayer`].
-#[derive(Debug, Clone)]
-pub struct RateLimitService<S> {
-    inner: S,
-    layer: RateLimitLayer,
-}
-
-impl<S> Service<Envelope> for RateLimitService<S>
-where
-    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = OutcomeFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, envelope: Envelope) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            if let Some(local) = &layer.local {
-                tokio::select! {
-                    _ = local.until_ready() => {}
-                    _ = layer.shutdown.cancelled() => return Ok(Outcome::Requeue),
-                }
+impl Policy for RateLimitPolicy {
+    async fn call(self: Arc<Self>, envelope: Envelope, next: Next) -> Outcome {
+        if let Some(local) = &self.local {
+            tokio::select! {
+                _ = local.until_ready() => {}
+                _ = self.shutdown.cancelled() => return Outcome::Requeue,
             }
-            if let Some(shared) = &layer.shared {
-                let Some(wait) =
-                    until_available("rate limit", &layer.shutdown, || shared.reserve()).await
-                else {
-                    return Ok(Outcome::Requeue);
-                };
-                if !super::outage::pause(wait, &layer.shutdown).await {
-                    return Ok(Outcome::Requeue);
-                }
+        }
+        if let Some((store, limit)) = &self.shared {
+            let Some(wait) =
+                until_available("rate limit", &self.shutdown, || store.reserve(limit)).await
+            else {
+                return Outcome::Requeue;
+            };
+            if !pause(wait, &self.shutdown).await {
+                return Outcome::Requeue;
             }
-            inner.call(envelope).await
-        })
+        }
+        next.run(envelope).await
     }
 }

@@ -1,16 +1,15 @@
 //! Bounded in-place retry with exponential backoff and jitter (`backon`): a transient failure
 //! is tried again in place until the attempt budget is spent; a permanent one is not.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service};
 
-use super::OutcomeFuture;
+use super::adapter::{wrap, Next, Policy, Wrap};
+use super::stack::Assembly;
+use crate::config::{millis, RetryConfig, WorkerConfig};
 use crate::message::{Envelope, Outcome};
 use crate::observe::Health;
 
@@ -58,131 +57,98 @@ impl Default for Retry {
 
 /// The name in readiness reasons of whatever a handler reported unavailable (its database,
 /// the transaction store, a service it calls).
+impl From<Retry> for RetryConfig {
+    fn from(retry: Retry) -> Self {
+        RetryConfig {
+            attempts: retry.attempts,
+            min_delay_ms: millis(retry.min_delay),
+            max_delay_ms: millis(retry.max_delay),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The in-place retry policy.
+    pub fn retry_policy(&self) -> Retry {
+        Retry::exponential(
+            self.retry.attempts,
+            Duration::from_millis(self.retry.min_delay_ms),
+            Duration::from_millis(self.retry.max_delay_ms),
+        )
+    }
+}
+
 const DEPENDENCY: &str = "a dependency of the handler";
 
 /// Retries transient failures in place.
-#[derive(Debug, Clone)]
-pub struct RetryLayer {
+#[derive(Debug)]
+pub(crate) struct RetryInPlace {
     policy: Retry,
     shutdown: CancellationToken,
+    /// Counts each retry in place.
     retries: metrics::Counter,
-    health: Option<Arc<Health>>,
+    /// Told while the handler reports a dependency unavailable.
+    health: Arc<Health>,
 }
 
-impl RetryLayer {
-    /// Applies `policy`; a shutdown while waiting for a retry requeues the message.
-    pub fn new(policy: Retry, shutdown: CancellationToken) -> Self {
-        RetryLayer {
-            policy,
-            shutdown,
-            retries: metrics::Counter::noop(),
-            health: None,
-        }
-    }
-    /// Tells the readiness probe while the handler reports a dependency unavailable.
-    pub(crate) fn reporting(mut self, health: Arc<Health>) -> Self {
-        self.health = Some(health);
-        self
-    }
-    /// Counts each retry in place on `retries`.
-    pub(crate) fn counting(mut self, retries: metrics::Counter) -> Self {
-        self.retries = retries;
-        self
-    }
+/// Always on: the worker's retry policy.
+pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    Some(wrap(RetryInPlace {
+        policy: a.config.retry_policy(),
+        shutdown: a.shutdown.clone(),
+        retries: a.meters.retries.clone(),
+        health: a.health.clone(),
+    }))
 }
 
-impl<S> Layer<S> for RetryLayer {
-    type Service = RetryService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RetryService {
-            inner,
-            policy: self.policy,
-            shutdown: std::sync::Arc::new(self.shutdown.clone()),
-            retries: self.retries.clone(),
-            health: self.health.clone(),
-        }
-    }
-}
-
-/// See [`RetryLayer`].
-#[derive(Debug, Clone)]
-pub struct RetryService<S> {
-    inner: S,
-    policy: Retry,
-    shutdown: std::sync::Arc<CancellationToken>,
-    retries: metrics::Counter,
-    health: Option<Arc<Health>>,
-}
-
-impl<S> Service<Envelope> for RetryService<S>
-where
-    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = OutcomeFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut envelope: Envelope) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let policy = self.policy;
-        let shutdown = self.shutdown.clone();
-        let retries = self.retries.clone();
-        let health = self.health.clone();
-        Box::pin(async move {
-            let mut reported_down = false;
-            let mut delays = policy.delays();
-            let mut outage = super::outage::outage_backoff();
-            let mut first_failed_ms = None;
-            loop {
-                let outcome = inner.call(envelope.clone()).await?;
-                let Outcome::Failed(mut failure) = outcome else {
-                    if let (true, Some(h)) = (reported_down, &health) {
-                        h.store_up(DEPENDENCY);
-                    }
-                    return Ok(outcome);
-                };
-                if let Some(h) = &health {
-                    if failure.unavailable {
-                        h.store_down(DEPENDENCY, failure.message.clone());
-                        reported_down = true;
-                    } else if reported_down {
-                        h.store_up(DEPENDENCY);
-                        reported_down = false;
-                    }
+impl Policy for RetryInPlace {
+    async fn call(self: Arc<Self>, mut envelope: Envelope, next: Next) -> Outcome {
+        let health = &self.health;
+        let mut reported_down = false;
+        let mut delays = self.policy.delays();
+        let mut outage = super::outage::outage_backoff();
+        let mut first_failed_ms = None;
+        loop {
+            let outcome = next.run(envelope.clone()).await;
+            let Outcome::Failed(mut failure) = outcome else {
+                if reported_down {
+                    health.store_up(DEPENDENCY);
                 }
-                if failure.unavailable {
-                    // A dependency outage: wait it out without spending an attempt.
-                    let delay = outage.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(attempt = envelope.attempt, ?delay, error = %failure.message, "dependency unavailable; trying again without spending an attempt");
-                    if !super::outage::pause(delay, &shutdown).await {
-                        return Ok(Outcome::Requeue);
-                    }
-                    continue;
-                }
-                outage = super::outage::outage_backoff();
-                let first = *first_failed_ms.get_or_insert(failure.first_failed_ms);
-                failure.first_failed_ms = first;
-                if failure.permanent {
-                    return Ok(Outcome::Failed(failure));
-                }
-                let Some(delay) = delays.next() else {
-                    return Ok(Outcome::Failed(failure));
-                };
-                let delay = failure.retry_after.map_or(delay, |least| least.max(delay));
-                tracing::debug!(attempt = envelope.attempt, ?delay, error = %failure.message, "retrying in place");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return Ok(Outcome::Requeue),
-                }
-                envelope.attempt += 1;
-                retries.increment(1);
+                return outcome;
+            };
+            if failure.unavailable {
+                health.store_down(DEPENDENCY, failure.message.clone());
+                reported_down = true;
+            } else if reported_down {
+                health.store_up(DEPENDENCY);
+                reported_down = false;
             }
-        })
+            if failure.unavailable {
+                // A dependency outage: wait it out without spending an attempt.
+                let delay = outage.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(attempt = envelope.attempt, ?delay, error = %failure.message, "dependency unavailable; trying again without spending an attempt");
+                if !super::outage::pause(delay, &self.shutdown).await {
+                    return Outcome::Requeue;
+                }
+                continue;
+            }
+            outage = super::outage::outage_backoff();
+            let first = *first_failed_ms.get_or_insert(failure.first_failed_ms);
+            failure.first_failed_ms = first;
+            if failure.permanent {
+                return Outcome::Failed(failure);
+            }
+            let Some(delay) = delays.next() else {
+                return Outcome::Failed(failure);
+            };
+            let delay = failure.retry_after.map_or(delay, |least| least.max(delay));
+            tracing::debug!(attempt = envelope.attempt, ?delay, error = %failure.message, "retrying in place");
+            if !super::outage::pause(delay, &self.shutdown).await {
+                return Outcome::Requeue;
+            }
+            envelope.attempt += 1;
+            self.retries.increment(1);
+        }
     }
 }
 

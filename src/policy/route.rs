@@ -10,18 +10,18 @@
 //! copies any more: the worker runs each job under a token ([`abandonable`]) that the revoke
 //! cancels, and the publish gives up (the message is requeued) when it is cancelled.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service};
 
+use super::adapter::{wrap, Next, Policy, Wrap};
 use super::headers;
+use super::now_ms;
 use super::sink::{OutgoingRecord, Sink};
-use super::{now_ms, OutcomeFuture};
+use super::stack::Assembly;
+use crate::config::WorkerConfig;
 use crate::message::{Envelope, Failure, Outcome, RouteTarget};
 
 tokio::task_local! {
@@ -75,6 +75,18 @@ impl TierNames {
     }
 }
 
+impl WorkerConfig {
+    /// The retry tiers' delays.
+    pub fn retry_tiers(&self) -> RetryTiers {
+        RetryTiers(
+            self.retry_tiers_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+        )
+    }
+}
+
 impl RetryTiers {
     /// The topic of tier `n` (1-based) of consumer group `group` for source topic `topic`.
     pub fn topic(topic: &str, group: &str, n: u32) -> String {
@@ -95,6 +107,22 @@ impl RetryTiers {
     }
 }
 
+/// Where a stack's failed messages go, and how it publishes them.
+#[derive(Debug, Clone)]
+pub(crate) struct Routing {
+    /// The retry tiers' delays.
+    pub(crate) tiers: RetryTiers,
+    /// The tiers' topic names.
+    pub(crate) names: TierNames,
+    /// The dead-letter topic (`<original topic>.dlq` when `None`).
+    pub(crate) dead_letter: Option<String>,
+    /// The tiers' partition count: a copy keeps its partition when the tier has it.
+    pub(crate) tier_partitions: Option<i32>,
+    /// Publishes the copies.
+    pub(crate) sink: Arc<dyn Sink>,
+}
+
+/// Routes failed messages to a retry tier or the dead-letter topic.
 #[derive(Debug)]
 struct RouteConfig {
     tiers: RetryTiers,
@@ -105,86 +133,28 @@ struct RouteConfig {
     shutdown: CancellationToken,
 }
 
-/// Routes failed messages to retry tiers and the dead-letter topic.
-#[derive(Debug, Clone)]
-pub struct RouteLayer {
-    config: Arc<RouteConfig>,
+/// Always on, below the trace span: failed messages go to a retry tier or the dead-letter
+/// topic.
+pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    let r = a.routing.clone();
+    Some(wrap(RouteConfig {
+        tiers: r.tiers,
+        dead_letter_topic: r.dead_letter,
+        tier_partitions: r.tier_partitions,
+        names: r.names,
+        sink: r.sink,
+        shutdown: a.shutdown.clone(),
+    }))
 }
 
-impl RouteLayer {
-    /// Routes through `tiers`, then to `dead_letter_topic` (`<topic>.dlq` when `None`),
-    /// publishing with `sink`. `tier_partitions` is the partition count of the tier topics:
-    /// a copy goes to the partition of its first delivery when it exists there.
-    pub fn new(
-        tiers: RetryTiers,
-        dead_letter_topic: Option<String>,
-        tier_partitions: Option<i32>,
-        group: &str,
-        sink: Arc<dyn Sink>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        RouteLayer {
-            config: Arc::new(RouteConfig {
-                tiers,
-                dead_letter_topic,
-                tier_partitions,
-                names: TierNames::new(group, false),
-                sink,
-                shutdown,
-            }),
-        }
-    }
-
-    /// Names the tiers with `names` instead of the group's own tier topics.
-    pub fn with_tier_names(mut self, names: TierNames) -> Self {
-        if let Some(config) = Arc::get_mut(&mut self.config) {
-            config.names = names;
-        }
-        self
-    }
-}
-
-impl<S> Layer<S> for RouteLayer {
-    type Service = RouteService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RouteService {
-            inner,
-            config: self.config.clone(),
-        }
-    }
-}
-
-/// See [`RouteLayer`].
-#[derive(Debug, Clone)]
-pub struct RouteService<S> {
-    inner: S,
-    config: Arc<RouteConfig>,
-}
-
-impl<S> Service<Envelope> for RouteService<S>
-where
-    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = OutcomeFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, envelope: Envelope) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let config = self.config.clone();
-        Box::pin(async move {
-            let outcome = inner.call(envelope.clone()).await?;
-            let Outcome::Failed(failure) = outcome else {
-                return Ok(outcome);
-            };
-            let (target, record) = config.copy_of(&envelope, &failure);
-            Ok(config.publish(record, target, failure.class).await)
-        })
+impl Policy for RouteConfig {
+    async fn call(self: Arc<Self>, envelope: Envelope, next: Next) -> Outcome {
+        let outcome = next.run(envelope.clone()).await;
+        let Outcome::Failed(failure) = outcome else {
+            return outcome;
+        };
+        let (target, record) = self.copy_of(&envelope, &failure);
+        self.publish(record, target, failure.class).await
     }
 }
 
@@ -315,11 +285,11 @@ impl RouteConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
 
     use futures::future::BoxFuture;
-    use tower::ServiceExt;
 
     use super::*;
     use crate::policy::SinkError;
@@ -340,14 +310,14 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_job_gives_up_its_unacknowledged_copy_and_is_requeued() {
         let sink = Arc::new(Unanswered::default());
-        let layer = RouteLayer::new(
-            RetryTiers(vec![Duration::from_millis(100)]),
-            None,
-            None,
-            "g",
-            sink.clone(),
-            CancellationToken::new(),
-        );
+        let route = RouteConfig {
+            tiers: RetryTiers(vec![Duration::from_millis(100)]),
+            dead_letter_topic: None,
+            tier_partitions: None,
+            names: TierNames::new("g", false),
+            sink: sink.clone(),
+            shutdown: CancellationToken::new(),
+        };
         let failing = tower::service_fn(|e: Envelope| async move {
             Ok::<_, Infallible>(Outcome::Failed(Failure {
                 class: "transient",
@@ -359,10 +329,12 @@ mod tests {
                 unavailable: false,
             }))
         });
-        let service = layer.layer(failing);
+        let service = Next::service(crate::policy::BoxedStack::new(failing)).with(route);
         let abandoned = Arc::new(CancellationToken::new());
         let envelope = Envelope::new("t", b"k".to_vec(), b"v".to_vec());
-        let job = tokio::spawn(abandonable(abandoned.clone(), service.oneshot(envelope)));
+        let job = tokio::spawn(abandonable(abandoned.clone(), async move {
+            service.run(envelope).await
+        }));
         let deadline = Instant::now() + Duration::from_secs(5);
         while sink.sends.load(Ordering::SeqCst) == 0 {
             assert!(Instant::now() < deadline, "the copy was never sent");
@@ -373,7 +345,7 @@ mod tests {
             .await
             .expect("the abandoned job ends")
             .expect("the job task");
-        assert!(matches!(outcome, Ok(Outcome::Requeue)), "{outcome:?}");
+        assert!(matches!(outcome, Outcome::Requeue), "{outcome:?}");
         assert_eq!(sink.sends.load(Ordering::SeqCst), 1, "not sent again");
     }
 }

@@ -9,22 +9,22 @@
 //! not be kept): one whose version is older than the applied one fails permanently with the
 //! class `overtaken` and is dead-lettered, so its effect is not lost unseen.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service};
 
+use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
+use super::headers;
 use super::outage::until_available;
 use super::sink::{OutgoingRecord, Sink};
-use super::{headers, OutcomeFuture};
+use super::stack::Assembly;
 use crate::message::{DropReason, Envelope, Failure, Outcome};
 use crate::store::VersionStore;
 
+/// Drops stale messages; see the module docs.
 #[derive(Debug)]
-struct StaleConfig {
+pub(crate) struct StalePolicy {
     /// A transactional store decides about retry-tier records older than the applied
     /// version (it knows whether their id was applied).
     tier_records_to_transactions: bool,
@@ -34,59 +34,16 @@ struct StaleConfig {
     shutdown: CancellationToken,
 }
 
-/// Drops stale messages; see the module docs.
-#[derive(Debug, Clone)]
-pub struct StaleLayer {
-    config: Arc<StaleConfig>,
-}
-
-impl StaleLayer {
-    /// Checks and advances versions in `versions`; copies dropped messages with `copy_to`
-    /// when given. A shutdown while the store is unreachable requeues the message.
-    pub fn new(
-        versions: Arc<dyn VersionStore>,
-        copy_to: Option<Arc<dyn Sink>>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        StaleLayer {
-            config: Arc::new(StaleConfig {
-                tier_records_to_transactions: false,
-                versions,
-                copy_to,
-                shutdown,
-            }),
-        }
-    }
-}
-
-impl StaleLayer {
-    /// Lets a transactional store tell a retry-tier record older than the applied version
-    /// that was applied before (a duplicate, redelivered after a crash) from one that was
-    /// overtaken (dead-lettered as `overtaken`): without one, every such record is taken
-    /// for overtaken.
-    pub(crate) fn deferring_tier_records(mut self, to_transactions: bool) -> Self {
-        if let Some(config) = Arc::get_mut(&mut self.config) {
-            config.tier_records_to_transactions = to_transactions;
-        }
-        self
-    }
-}
-
-impl<S> Layer<S> for StaleLayer {
-    type Service = StaleService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        StaleService {
-            inner,
-            config: self.config.clone(),
-        }
-    }
-}
-
-/// See [`StaleLayer`].
-#[derive(Debug, Clone)]
-pub struct StaleService<S> {
-    inner: S,
-    config: Arc<StaleConfig>,
+/// On when the worker has a version store (`[stale]`).
+pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    let versions = a.stores.version.clone()?;
+    let copy = a.config.stale.as_ref().is_some_and(|s| s.copy_to_topic);
+    Some(wrap(StalePolicy {
+        tier_records_to_transactions: a.stores.transactions.is_some(),
+        versions,
+        copy_to: copy.then(|| a.routing.sink.clone()),
+        shutdown: a.shutdown.clone(),
+    }))
 }
 
 /// The topic stale copies of `topic`'s messages go to.
@@ -94,89 +51,73 @@ pub fn stale_topic(topic: &str) -> String {
     format!("{topic}.stale")
 }
 
-impl<S> Service<Envelope> for StaleService<S>
-where
-    S: Service<Envelope, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = OutcomeFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, envelope: Envelope) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let config = self.config.clone();
-        Box::pin(async move {
-            let Some(facts) = facts_of(&envelope) else {
-                return inner.call(envelope).await;
-            };
-            let Some(version) = facts.version else {
-                return inner.call(envelope).await;
-            };
-            let key = facts.store_key.as_str();
-            let shutdown = &config.shutdown;
-            let Some(current) =
-                until_available("version get", shutdown, || config.versions.get(key)).await
-            else {
-                return Ok(Outcome::Requeue);
-            };
-            let in_tier = headers::retry_tier(&envelope.headers) > 0;
-            let deferred = config.tier_records_to_transactions
-                && in_tier
-                && current.is_some_and(|c| c > version);
-            if deferred {
-                // The transaction finds the id applied (a duplicate) or the version stale
-                // (never applied: overtaken).
-                let outcome = inner.call(envelope.clone()).await?;
-                return Ok(never_stale_in_tier(&envelope, version, outcome));
+impl Policy for StalePolicy {
+    async fn call(self: Arc<Self>, envelope: Envelope, next: Next) -> Outcome {
+        let config = &self;
+        let Some(facts) = facts_of(&envelope) else {
+            return next.run(envelope).await;
+        };
+        let Some(version) = facts.version else {
+            return next.run(envelope).await;
+        };
+        let key = facts.store_key.as_str();
+        let shutdown = &config.shutdown;
+        let Some(current) =
+            until_available("version get", shutdown, || config.versions.get(key)).await
+        else {
+            return Outcome::Requeue;
+        };
+        let in_tier = headers::retry_tier(&envelope.headers) > 0;
+        let deferred =
+            config.tier_records_to_transactions && in_tier && current.is_some_and(|c| c > version);
+        if deferred {
+            // The transaction finds the id applied (a duplicate) or the version stale
+            // (never applied: overtaken).
+            let outcome = next.run(envelope.clone()).await;
+            return never_stale_in_tier(&envelope, version, outcome);
+        }
+        if let Some(current) = current.filter(|c| *c >= version) {
+            if let Some(outcome) = overtaken(&envelope, version, current) {
+                return outcome;
             }
-            if let Some(current) = current.filter(|c| *c >= version) {
-                if let Some(outcome) = overtaken(&envelope, version, current) {
-                    return Ok(outcome);
+            tracing::info!(
+                key,
+                version,
+                current,
+                offset = envelope.offset,
+                "stale message dropped"
+            );
+            if let Some(sink) = &config.copy_to {
+                if !copy(sink.as_ref(), &envelope, shutdown).await {
+                    return Outcome::Requeue;
                 }
-                tracing::info!(
+            }
+            return Outcome::Drop(DropReason::Stale);
+        }
+        let outcome = next.run(envelope.clone()).await;
+        // A newer version applied while it ran (relaxed ordering lets the key's later
+        // records run beside a retry-tier record): overtaken, not stale.
+        let outcome = never_stale_in_tier(&envelope, version, outcome);
+        // Also after a duplicate drop: the first run may have ended before it advanced.
+        // The advance is a compare-and-set, so recording what a transaction recorded too
+        // is harmless (and needed when this store is not the transaction's).
+        if matches!(
+            outcome,
+            Outcome::Ack { .. } | Outcome::Drop(DropReason::Duplicate)
+        ) {
+            let advanced = until_available("version advance", shutdown, || {
+                config.versions.advance(key, version)
+            })
+            .await;
+            if advanced.is_none() {
+                tracing::warn!(
                     key,
                     version,
-                    current,
-                    offset = envelope.offset,
-                    "stale message dropped"
+                    "shutdown before the version was recorded; the message was handled"
                 );
-                if let Some(sink) = &config.copy_to {
-                    if !copy(sink.as_ref(), &envelope, shutdown).await {
-                        return Ok(Outcome::Requeue);
-                    }
-                }
-                return Ok(Outcome::Drop(DropReason::Stale));
             }
-            let outcome = inner.call(envelope.clone()).await?;
-            // A newer version applied while it ran (relaxed ordering lets the key's later
-            // records run beside a retry-tier record): overtaken, not stale.
-            let outcome = never_stale_in_tier(&envelope, version, outcome);
-            // Also after a duplicate drop: the first run may have ended before it advanced.
-            // The advance is a compare-and-set, so recording what a transaction recorded too
-            // is harmless (and needed when this store is not the transaction's).
-            if matches!(
-                outcome,
-                Outcome::Ack { .. } | Outcome::Drop(DropReason::Duplicate)
-            ) {
-                let advanced = until_available("version advance", shutdown, || {
-                    config.versions.advance(key, version)
-                })
-                .await;
-                if advanced.is_none() {
-                    tracing::warn!(
-                        key,
-                        version,
-                        "shutdown before the version was recorded; the message was handled"
-                    );
-                }
-            }
-            Ok(outcome)
-        })
+        }
+        outcome
     }
 }
 

@@ -4,11 +4,19 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use std::convert::Infallible;
+use std::sync::Arc;
+
 use super::worker::Worker;
-use crate::config::{millis, Ordering, WorkerConfig};
+use crate::config::{millis, ConfigError, Ordering, WorkerConfig};
 use crate::error::WorkerError;
 use crate::handler::Handler;
+use crate::message::{Envelope, Outcome};
 use crate::policy::Retry;
+use crate::policy::{BoxedStack, UserLayer};
+use crate::store::{
+    DedupStore, LockStore, RateLimitStore, StoreHandles, TransactionalStore, VersionStore,
+};
 
 /// No handler given yet.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,6 +34,8 @@ impl Worker<()> {
 pub struct WorkerBuilder<H = NoHandler> {
     config: WorkerConfig,
     listener: Option<std::net::TcpListener>,
+    stores: StoreHandles,
+    layers: Vec<UserLayer>,
     handler: H,
     _marker: PhantomData<fn() -> H>,
 }
@@ -35,6 +45,8 @@ impl Default for WorkerBuilder<NoHandler> {
         WorkerBuilder {
             config: WorkerConfig::default(),
             listener: None,
+            stores: StoreHandles::default(),
+            layers: Vec::new(),
             handler: NoHandler,
             _marker: PhantomData,
         }
@@ -225,11 +237,59 @@ impl<H> WorkerBuilder<H> {
         self.config.observe.lag_interval_ms = millis(interval);
         self
     }
+    /// The key lock's store (instead of `[lock] store`): turns the key lock on, with the
+    /// configured lease or 10 s. Any [`LockStore`] will do, also one of your own.
+    pub fn lock_store(mut self, store: Arc<dyn LockStore>) -> Self {
+        self.stores.lock = Some(store);
+        self
+    }
+    /// The dedup store (instead of `[dedup] store`): turns dedup on, with the configured
+    /// lease and time-to-live or their defaults.
+    pub fn dedup_store(mut self, store: Arc<dyn DedupStore>) -> Self {
+        self.stores.dedup = Some(store);
+        self
+    }
+    /// The stale-drop policy's version store (instead of `[stale] store`): turns stale
+    /// dropping on.
+    pub fn version_store(mut self, store: Arc<dyn VersionStore>) -> Self {
+        self.stores.version = Some(store);
+        self
+    }
+    /// The store of a shared rate limit (instead of `[rate_limit] store`); the limit itself
+    /// is [`Self::rate_limit`]'s (the build fails without one).
+    pub fn rate_limit_store(mut self, store: Arc<dyn RateLimitStore>) -> Self {
+        self.stores.rate = Some(store);
+        self
+    }
+    /// The transactional store handed to handlers (instead of `[transaction] postgres`).
+    pub fn transactional_store(mut self, store: Arc<dyn TransactionalStore>) -> Self {
+        self.stores.transactions = Some(store);
+        self
+    }
+    /// Adds a tower layer of your own to the stack, between retry in place and the attempt's
+    /// time limit (so every attempt goes through it); layers added first are outermost. Its
+    /// service gets and returns what the policies do: an [`crate::Envelope`] in, an
+    /// [`crate::Outcome`] out, never an error.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<BoxedStack> + Send + Sync + 'static,
+        L::Service: tower::Service<Envelope, Response = Outcome, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
+    {
+        self.layers.push(UserLayer::new(layer));
+        self
+    }
     /// The handler.
     pub fn handler<H2: Handler>(self, handler: H2) -> WorkerBuilder<H2> {
         WorkerBuilder {
             config: self.config,
             listener: self.listener,
+            stores: self.stores,
+            layers: self.layers,
             handler,
             _marker: PhantomData,
         }
@@ -240,7 +300,16 @@ impl<H: Handler> WorkerBuilder<H> {
     /// Checks the settings and builds the worker.
     pub fn build(self) -> Result<Worker<H>, WorkerError> {
         self.config.validate()?;
-        Ok(Worker::new(self.handler, self.config).with_listener(self.listener))
+        if self.stores.rate.is_some() && self.config.rate_limit.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "rate_limit",
+                reason: "a rate-limit store was given without a limit: call `rate_limit(per_second, burst)` too".to_owned(),
+            }
+            .into());
+        }
+        Ok(Worker::new(self.handler, self.config)
+            .with_parts(self.stores, self.layers)
+            .with_listener(self.listener))
     }
     /// Builds and runs the worker until SIGTERM or SIGINT; a second signal exits at once.
     pub async fn run_until_signal(self) -> Result<crate::runtime::WorkerStats, WorkerError> {

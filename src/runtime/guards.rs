@@ -1,8 +1,8 @@
-//! The protective policies of a worker: their stores connected from the configured URLs
-//! (one connection per distinct URL), ready to become layers of the stack.
+//! The worker's stores, as typed handles: the ones given to the builder, and for the rest a
+//! connection per configured URL (one per distinct URL), each observed for metrics and the
+//! readiness probe; and the circuit breaker's state.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,42 +14,31 @@ use crate::observe::{Health, Observed};
 use crate::policy::{outage_backoff, Breaker};
 use crate::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore};
 use crate::store::postgres::PostgresStores;
-use crate::store::redis::{RedisRateLimiter, RedisStores};
-use crate::store::{DedupStore, LockStore, StoreError, VersionStore};
+use crate::store::redis::RedisStores;
+use crate::store::{
+    DedupStore, LockStore, StoreError, StoreHandles, TransactionalStore, VersionStore,
+};
 
-/// A per-worker limit (permits per second, burst) and a limit shared through Redis.
-pub(crate) type RateLimits = (Option<(NonZeroU32, NonZeroU32)>, Option<RedisRateLimiter>);
-
-/// The connected policies; `None` where a policy is off.
+/// The connected stores and the breaker; a store is `None` where its policy is off.
 #[derive(Debug, Default)]
 pub(crate) struct Guards {
-    pub(crate) stale: Option<(Arc<dyn VersionStore>, bool)>,
-    pub(crate) lock: Option<(Arc<dyn LockStore>, Duration)>,
-    pub(crate) dedup: Option<(Arc<dyn DedupStore>, Duration, Duration)>,
-    pub(crate) rate: Option<RateLimits>,
+    pub(crate) stores: StoreHandles,
     pub(crate) breaker: Option<Breaker>,
-    pub(crate) transaction: Option<PostgresStores>,
     /// Where store and dependency outages are reported for the readiness probe.
     pub(crate) health: Arc<Health>,
 }
 
 impl Guards {
-    /// Whether any policy needs the message facts (key, version, id).
-    pub(crate) fn need_facts(&self) -> bool {
-        self.stale.is_some()
-            || self.lock.is_some()
-            || self.dedup.is_some()
-            || self.transaction.is_some()
-    }
-
-    /// Connects every configured store, waiting out an unreachable one until `shutdown`.
+    /// Takes the stores `given`, and connects the configured URLs of the others, waiting out
+    /// an unreachable one until `shutdown`. A handle given wins over a URL.
     pub(crate) async fn connect(
         config: &WorkerConfig,
+        given: &StoreHandles,
         group: &str,
         shutdown: &CancellationToken,
         health: &Arc<Health>,
     ) -> Result<Guards, WorkerError> {
-        let mut stores = Connections {
+        let mut urls = Connections {
             redis: HashMap::new(),
             postgres: HashMap::new(),
             prefix: config.stores.key_prefix.clone(),
@@ -58,91 +47,75 @@ impl Guards {
             shutdown: shutdown.clone(),
             health: health.clone(),
         };
-        let mut guards = Guards {
-            health: health.clone(),
-            ..Guards::default()
-        };
-        if let Some(stale) = &config.stale {
-            let store: Arc<dyn VersionStore> = match store_kind("stale.store", &stale.store)? {
-                StoreKind::Memory => Arc::new(MemoryVersionStore::new()),
-                StoreKind::Redis => Arc::new(stores.redis(&stale.store).await?.version_store()),
-                StoreKind::Postgres => {
-                    Arc::new(stores.postgres(&stale.store).await?.version_store())
-                }
-            };
-            let store: Arc<dyn VersionStore> = Arc::new(Observed::new(
+        let mut stores = given.clone();
+        if let (None, Some(stale)) = (&stores.version, &config.stale) {
+            let (store, backend) = urls.version(&stale.store).await?;
+            stores.version = Some(Arc::new(Observed::new(
                 store,
                 "stale",
-                backend_name(store_kind("stale.store", &stale.store)?),
+                backend,
                 health.clone(),
-            ));
-            guards.stale = Some((store, stale.copy_to_topic));
+            )));
+        } else if let Some(store) = stores.version.take() {
+            stores.version = Some(Arc::new(Observed::new(
+                store,
+                "stale",
+                "custom",
+                health.clone(),
+            )));
         }
-        if let Some(lock) = &config.lock {
-            let store: Arc<dyn LockStore> = match store_kind("lock.store", &lock.store)? {
-                StoreKind::Memory => Arc::new(MemoryLockStore::new()),
-                StoreKind::Redis => Arc::new(stores.redis(&lock.store).await?.lock_store()),
-                StoreKind::Postgres => Arc::new(stores.postgres(&lock.store).await?.lock_store()),
-            };
-            let store: Arc<dyn LockStore> = Arc::new(Observed::new(
+        if let (None, Some(lock)) = (&stores.lock, &config.lock) {
+            let (store, backend) = urls.lock(&lock.store).await?;
+            stores.lock = Some(Arc::new(Observed::new(
                 store,
                 "lock",
-                backend_name(store_kind("lock.store", &lock.store)?),
+                backend,
                 health.clone(),
-            ));
-            guards.lock = Some((store, Duration::from_millis(lock.lease_ms)));
+            )));
+        } else if let Some(store) = stores.lock.take() {
+            let backend = store.backend();
+            stores.lock = Some(Arc::new(Observed::new(
+                store,
+                "lock",
+                backend,
+                health.clone(),
+            )));
         }
-        if let Some(dedup) = &config.dedup {
-            let store: Arc<dyn DedupStore> = match store_kind("dedup.store", &dedup.store)? {
-                StoreKind::Memory => Arc::new(MemoryDedupStore::new()),
-                StoreKind::Redis => Arc::new(stores.redis(&dedup.store).await?.dedup_store()),
-                StoreKind::Postgres => Arc::new(stores.postgres(&dedup.store).await?.dedup_store()),
-            };
-            let store: Arc<dyn DedupStore> = Arc::new(Observed::new(
+        if let (None, Some(dedup)) = (&stores.dedup, &config.dedup) {
+            let (store, backend) = urls.dedup(&dedup.store).await?;
+            stores.dedup = Some(Arc::new(Observed::new(
                 store,
                 "dedup",
-                backend_name(store_kind("dedup.store", &dedup.store)?),
+                backend,
                 health.clone(),
-            ));
-            guards.dedup = Some((
+            )));
+        } else if let Some(store) = stores.dedup.take() {
+            stores.dedup = Some(Arc::new(Observed::new(
                 store,
-                config.dedup_lease(),
-                Duration::from_millis(dedup.ttl_ms),
-            ));
+                "dedup",
+                "custom",
+                health.clone(),
+            )));
         }
-        if let Some(rate) = &config.rate_limit {
-            let limits = NonZeroU32::new(rate.per_second).zip(NonZeroU32::new(rate.burst));
-            let shared = match &rate.store {
-                Some(url) => {
-                    let name = rate.name.clone().unwrap_or_else(|| group.to_owned());
-                    Some(stores.redis(url).await?.rate_limiter(
-                        &name,
-                        f64::from(rate.per_second),
-                        rate.burst,
-                    ))
-                }
-                None => None,
-            };
-            // A shared limit replaces the per-worker one: both would halve the rate.
-            let local = if shared.is_some() { None } else { limits };
-            guards.rate = Some((local, shared));
+        if let (None, Some(url)) = (
+            &stores.rate,
+            config.rate_limit.as_ref().and_then(|r| r.store.as_ref()),
+        ) {
+            stores.rate = Some(Arc::new(urls.redis(url).await?));
         }
-        if let Some(breaker) = &config.breaker {
-            guards.breaker = Some(Breaker::new(group, breaker.settings()));
+        if let (None, Some(tx)) = (&stores.transactions, &config.transaction) {
+            let store: Arc<dyn TransactionalStore> = Arc::new(urls.postgres(&tx.postgres).await?);
+            stores.transactions = Some(store);
         }
-        if let Some(tx) = &config.transaction {
-            guards.transaction = Some(stores.postgres(&tx.postgres).await?);
-        }
-        Ok(guards)
-    }
-}
-
-/// A backend's name in metrics and readiness reasons.
-fn backend_name(kind: StoreKind) -> &'static str {
-    match kind {
-        StoreKind::Memory => "memory",
-        StoreKind::Redis => "redis",
-        StoreKind::Postgres => "postgres",
+        let breaker = config
+            .breaker
+            .as_ref()
+            .map(|b| Breaker::new(group, b.settings()));
+        Ok(Guards {
+            stores,
+            breaker,
+            health: health.clone(),
+        })
     }
 }
 
@@ -160,6 +133,62 @@ struct Connections {
 }
 
 impl Connections {
+    /// The store `url` names, made by the function for its backend, with the backend's
+    /// name; `key` is the setting, in the error for a URL of no backend.
+    async fn open<T: ?Sized>(
+        &mut self,
+        key: &'static str,
+        url: &str,
+        memory: impl FnOnce() -> Arc<T>,
+        redis: impl FnOnce(&RedisStores) -> Arc<T>,
+        postgres: impl FnOnce(&PostgresStores) -> Arc<T>,
+    ) -> Result<(Arc<T>, &'static str), WorkerError> {
+        Ok(match store_kind(key, url)? {
+            StoreKind::Memory => (memory(), "memory"),
+            StoreKind::Redis => (redis(&self.redis(url).await?), "redis"),
+            StoreKind::Postgres => (postgres(&self.postgres(url).await?), "postgres"),
+        })
+    }
+
+    async fn version(
+        &mut self,
+        url: &str,
+    ) -> Result<(Arc<dyn VersionStore>, &'static str), WorkerError> {
+        self.open::<dyn VersionStore>(
+            "stale.store",
+            url,
+            || Arc::new(MemoryVersionStore::new()),
+            |r| Arc::new(r.version_store()),
+            |p| Arc::new(p.version_store()),
+        )
+        .await
+    }
+
+    async fn lock(&mut self, url: &str) -> Result<(Arc<dyn LockStore>, &'static str), WorkerError> {
+        self.open::<dyn LockStore>(
+            "lock.store",
+            url,
+            || Arc::new(MemoryLockStore::new()),
+            |r| Arc::new(r.lock_store()),
+            |p| Arc::new(p.lock_store()),
+        )
+        .await
+    }
+
+    async fn dedup(
+        &mut self,
+        url: &str,
+    ) -> Result<(Arc<dyn DedupStore>, &'static str), WorkerError> {
+        self.open::<dyn DedupStore>(
+            "dedup.store",
+            url,
+            || Arc::new(MemoryDedupStore::new()),
+            |r| Arc::new(r.dedup_store()),
+            |p| Arc::new(p.dedup_store()),
+        )
+        .await
+    }
+
     async fn redis(&mut self, url: &str) -> Result<RedisStores, WorkerError> {
         if let Some(stores) = self.redis.get(url) {
             return Ok(stores.clone());

@@ -12,6 +12,7 @@ mod recovery;
 mod shared;
 mod worker;
 
-pub(crate) use self::assembly::build_stack_for_tests;
+pub(crate) use self::assembly::build_stack;
 pub use self::builder::WorkerBuilder;
+pub(crate) use self::guards::Guards;
 pub use self::worker::{Worker, WorkerStats};

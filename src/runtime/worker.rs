@@ -13,7 +13,7 @@ use rdkafka::TopicPartitionList;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::assembly::{build_stack, Routing};
+use super::assembly::build_stack;
 use super::dispatcher::{Dispatcher, Limits, Topology};
 use super::endpoint::{bind, refresh_gauges, refresh_tier_lag, serve, WorkerProbe};
 use super::guards::Guards;
@@ -26,7 +26,8 @@ use crate::error::WorkerError;
 use crate::handler::Handler;
 use crate::message::Message;
 use crate::observe::{self, Health, Meters};
-use crate::policy::{self, BreakerPhase, Sink, TierNames};
+use crate::policy::{self, BreakerPhase, Routing, Sink, TierNames, UserLayer};
+use crate::store::StoreHandles;
 
 /// Runs a handler over a topic and its retry tiers. Built with [`Worker::builder`].
 #[derive(Debug)]
@@ -34,6 +35,10 @@ pub struct Worker<H> {
     handler: Arc<H>,
     config: WorkerConfig,
     listener: Option<std::net::TcpListener>,
+    /// Store handles given to the builder (the rest come from the configured URLs).
+    stores: StoreHandles,
+    /// The user's tower layers, outermost first.
+    layers: Vec<UserLayer>,
 }
 
 /// What a worker did, returned when it stops.
@@ -65,7 +70,15 @@ impl<H: Handler> Worker<H> {
             handler: Arc::new(handler),
             config,
             listener: None,
+            stores: StoreHandles::default(),
+            layers: Vec::new(),
         }
+    }
+
+    pub(crate) fn with_parts(mut self, stores: StoreHandles, layers: Vec<UserLayer>) -> Self {
+        self.stores = stores;
+        self.layers = layers;
+        self
     }
 
     pub(crate) fn with_listener(mut self, listener: Option<std::net::TcpListener>) -> Self {
@@ -177,16 +190,17 @@ impl<H: Handler> Worker<H> {
                 Err(WorkerError::Broker(why)) => return Err(self.broker_error(why)),
                 Err(e) => return Err(e),
             };
-        let guards = match Guards::connect(&self.config, &group, &shutdown, &health).await {
-            Ok(guards) => guards,
-            // A shutdown while a store is still unreachable at start: nothing ran, nothing to
-            // commit.
-            Err(WorkerError::Store(e)) if e.is_unavailable() && shutdown.is_cancelled() => {
-                tracing::info!(error = %e, "shut down while waiting for a store at start");
-                return Ok(WorkerStats::default());
-            }
-            Err(e) => return Err(e),
-        };
+        let guards =
+            match Guards::connect(&self.config, &self.stores, &group, &shutdown, &health).await {
+                Ok(guards) => guards,
+                // A shutdown while a store is still unreachable at start: nothing ran, nothing to
+                // commit.
+                Err(WorkerError::Store(e)) if e.is_unavailable() && shutdown.is_cancelled() => {
+                    tracing::info!(error = %e, "shut down while waiting for a store at start");
+                    return Ok(WorkerStats::default());
+                }
+                Err(e) => return Err(e),
+            };
 
         let sink: Arc<dyn Sink> = Arc::new(
             KafkaSink::new(self.client_config(KafkaClient::Producer))
@@ -205,9 +219,10 @@ impl<H: Handler> Worker<H> {
             self.handler.clone(),
             &self.config,
             &group,
-            routing,
+            &routing,
             &guards,
-            handler_shutdown.clone(),
+            &self.layers,
+            &handler_shutdown,
             &meters,
         );
         let limits = Limits {

@@ -3,9 +3,15 @@
 //!
 //! - [`LockStore`]: a lease lock per key with a fencing token that strictly increases per key;
 //! - [`DedupStore`]: two-phase deduplication of message ids (reserve → complete / release);
-//! - [`VersionStore`]: the last applied version per key, advanced by compare-and-set.
+//! - [`VersionStore`]: the last applied version per key, advanced by compare-and-set;
+//! - [`RateLimitStore`]: permits of a named rate limit shared by the workers using it;
+//! - [`TransactionalStore`]: the handler's Postgres transaction with the message's id,
+//!   version and fencing token already recorded in it (the once-only path).
 //!
-//! Every backend passes the same conformance suite (`tests/store_conformance_<backend>.rs`). A store
+//! A worker takes a handle of each ([`crate::WorkerBuilder::lock_store`] and its siblings), or
+//! connects the backends its configuration names by URL. A backend of your own implements the
+//! trait and runs the exported [`conformance`] suite (see [`crate::store_conformance_tests`]);
+//! every backend here passes it (`tests/store_conformance_<backend>.rs`). A store
 //! call that fails is an infrastructure failure ([`StoreError`]): the policies back off and
 //! try again, never dead-letter the message and never spend one of its attempts.
 //!
@@ -26,9 +32,16 @@
 //! million times a second. The Postgres backend keeps its counters in a table and needs no
 //! such seed; the memory backend lives and dies with the process.
 
+pub mod conformance;
+mod handles;
 pub mod memory;
+mod once;
 pub mod postgres;
 pub mod redis;
+
+pub use self::handles::StoreHandles;
+pub use self::once::{OnceRecord, OnceStart};
+pub use self::postgres::OnceTransaction;
 
 use std::fmt;
 use std::time::Duration;
@@ -153,6 +166,42 @@ pub trait VersionStore: Send + Sync + fmt::Debug {
     /// Records `version` as applied if it is newer than the stored one (compare-and-set);
     /// `true` when it was stored.
     async fn advance(&self, key: &str, version: i64) -> Result<bool, StoreError>;
+}
+
+/// A rate limit: `per_second` permits a second after bursts of at most `burst` (a burst of 0
+/// counts as 1), shared by every worker that uses the same store and `name`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// The limit's name: workers with the same name share it.
+    pub name: String,
+    /// Permits a second (a positive finite number).
+    pub per_second: f64,
+    /// Permits that may be taken at once.
+    pub burst: u32,
+}
+
+/// Permits of named rate limits (GCRA, reservation style): a permit is always granted, with
+/// the time to wait before using it.
+#[async_trait]
+pub trait RateLimitStore: Send + Sync + fmt::Debug {
+    /// The backend's name in metrics (`memory`, `redis`).
+    fn backend(&self) -> &'static str {
+        "custom"
+    }
+    /// Takes a permit of `limit`; returns how long to wait before using it. At most `burst`
+    /// permits are usable at once, then `per_second` a second.
+    async fn reserve(&self, limit: &RateLimit) -> Result<Duration, StoreError>;
+}
+
+/// The once-only path: transactions in which the message's records are written before the
+/// handler's own statements (see [`OnceRecord`]), so both commit or roll back together.
+#[async_trait]
+pub trait TransactionalStore: Send + Sync + fmt::Debug {
+    /// Begins a transaction and records `record` in it; see [`OnceStart`] for the outcomes.
+    async fn begin_once(&self, record: &OnceRecord) -> Result<OnceStart, StoreError>;
+    /// Whether the database answers (an attempt that used a transaction and failed is an
+    /// outage, with no attempt spent, when it does not).
+    async fn answers(&self) -> Result<(), StoreError>;
 }
 
 /// The text form of a record key in store keys: UTF-8 as is, other bytes as `hex:<hex>`.

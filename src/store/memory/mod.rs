@@ -3,8 +3,10 @@
 
 mod dedup;
 mod lock;
+mod rate;
 mod version;
 
 pub use self::dedup::MemoryDedupStore;
 pub use self::lock::MemoryLockStore;
+pub use self::rate::MemoryRateLimitStore;
 pub use self::version::MemoryVersionStore;

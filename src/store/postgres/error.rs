@@ -94,6 +94,13 @@ pub(crate) fn pool_unavailable(e: &deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+impl From<tokio_postgres::Error> for StoreError {
+    /// Classified as [`classify`] does.
+    fn from(e: tokio_postgres::Error) -> Self {
+        classify(&e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;

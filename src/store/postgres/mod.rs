@@ -30,9 +30,10 @@ pub use self::dedup::PostgresDedupStore;
 pub use self::error::classify;
 use self::error::pool_unavailable;
 pub use self::lock::PostgresLockStore;
-pub use self::once::{OnceRecord, OnceStart, OnceTransaction};
+pub use self::once::OnceTransaction;
 pub use self::version::PostgresVersionStore;
 use crate::store::{ttl_ms, StoreError};
+pub use crate::store::{OnceRecord, OnceStart};
 
 /// The most connections the pool opens unless told otherwise.
 const MAX_CONNECTIONS: usize = 16;

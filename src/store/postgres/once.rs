@@ -18,34 +18,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::error::{classify, describe};
 use super::{lock, token_param, version, PostgresStores};
-use crate::store::StoreError;
-
-/// What steadfast records in a handler's transaction before handing it over.
-#[derive(Debug, Clone, Default)]
-pub struct OnceRecord {
-    /// The message id, recorded once: a second transaction with it is a duplicate.
-    pub id: Option<String>,
-    /// The key whose version the message carries (set together with `version`).
-    pub version_key: Option<String>,
-    /// The message's version, which must be newer than the key's applied version.
-    pub version: Option<i64>,
-    /// The lock key and the fencing token the message is handled under.
-    pub fence: Option<(String, u64)>,
-}
-
-/// How a transactional attempt starts.
-#[derive(Debug)]
-pub enum OnceStart {
-    /// Nothing refused the message: run the handler's statements in the transaction, then
-    /// commit it.
-    Apply(OnceTransaction),
-    /// The id was applied by a committed transaction before.
-    Duplicate,
-    /// A version at least as new was applied for the key before.
-    Stale,
-    /// A larger fencing token was accepted for the lock key: the lease was lost.
-    Fenced,
-}
+use crate::store::{OnceRecord, OnceStart, StoreError, TransactionalStore};
 
 /// A handler's open transaction in which steadfast's records are already written.
 ///
@@ -280,5 +253,15 @@ impl fmt::Debug for OnceTransaction {
         f.debug_struct("OnceTransaction")
             .field("open", &self.client.is_some())
             .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl TransactionalStore for PostgresStores {
+    async fn begin_once(&self, record: &OnceRecord) -> Result<OnceStart, StoreError> {
+        PostgresStores::begin_once(self, record).await
+    }
+    async fn answers(&self) -> Result<(), StoreError> {
+        PostgresStores::answers(self).await
     }
 }

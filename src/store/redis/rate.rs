@@ -97,3 +97,15 @@ impl RedisRateLimiter {
         Ok(())
     }
 }
+
+#[async_trait::async_trait]
+impl crate::store::RateLimitStore for super::RedisStores {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+    async fn reserve(&self, limit: &crate::store::RateLimit) -> Result<Duration, StoreError> {
+        self.rate_limiter(&limit.name, limit.per_second, limit.burst)
+            .reserve()
+            .await
+    }
+}

@@ -1,12 +1,41 @@
-//! The conformance suite every store backend passes: the same behaviour from memory, Redis
-//! and Postgres. Each `tests/store_conformance_<backend>.rs` runs it against one backend with
-//! its own key prefix or schema (`conformance_tests!`, in scope there through `#[macro_use]`
-//! in `tests/suite.rs`).
-#![allow(dead_code, unreachable_pub)]
+//! The conformance suite every store backend passes, exported so that a backend written
+//! outside this crate can run it: each check is a function over a store handle, and
+//! [`crate::store_conformance_tests!`] turns them into `#[test]` functions.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use steadfast::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore, MemoryRateLimitStore};
+//! # use steadfast::store::{DedupStore, LockStore, RateLimitStore, VersionStore};
+//! fn lock() -> Arc<dyn LockStore> { Arc::new(MemoryLockStore::new()) }
+//! fn dedup() -> Arc<dyn DedupStore> { Arc::new(MemoryDedupStore::new()) }
+//! fn version() -> Arc<dyn VersionStore> { Arc::new(MemoryVersionStore::new()) }
+//! fn rate() -> Arc<dyn RateLimitStore> { Arc::new(MemoryRateLimitStore::new()) }
+//!
+//! // Each expression is evaluated in an async block, once per test: it may `.await`.
+//! steadfast::store_conformance_tests!(lock: lock(), dedup: dedup(), version: version(), rate: rate());
+//! ```
+//!
+//! Every test gets a fresh store from its expression; a backend that keeps state outside the
+//! process (a database) should hand each test its own key prefix or schema. Some checks wait
+//! out leases of 300 ms.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use steadfast::store::{DedupStore, LockStore, Reservation, VersionStore};
+use super::{DedupStore, LockStore, RateLimit, RateLimitStore, Reservation, VersionStore};
+
+/// Runs one check on a multi-threaded runtime of two workers (what the generated tests use).
+pub fn block_on<F: Future>(check: F) -> F::Output {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(check),
+        Err(e) => panic!("the conformance check cannot start a runtime: {e}"),
+    }
+}
 
 /// A lease long enough never to expire within a test.
 const LONG: Duration = Duration::from_secs(60);
@@ -18,6 +47,7 @@ async fn outlive_short_lease() {
     tokio::time::sleep(SHORT + Duration::from_millis(200)).await;
 }
 
+/// Checks that lock grants one holder at a time.
 pub async fn lock_grants_one_holder_at_a_time(store: &dyn LockStore) {
     let first = store
         .acquire("k", LONG)
@@ -43,6 +73,7 @@ pub async fn lock_grants_one_holder_at_a_time(store: &dyn LockStore) {
     );
 }
 
+/// Checks that lock tokens increase across many grants.
 pub async fn lock_tokens_increase_across_many_grants(store: &dyn LockStore) {
     let mut last = 0;
     for _ in 0..20 {
@@ -57,6 +88,7 @@ pub async fn lock_tokens_increase_across_many_grants(store: &dyn LockStore) {
     }
 }
 
+/// Checks that lock lease expires and renewal extends.
 pub async fn lock_lease_expires_and_renewal_extends(store: &dyn LockStore) {
     let token = store
         .acquire("lease", SHORT)
@@ -102,6 +134,7 @@ pub async fn lock_lease_expires_and_renewal_extends(store: &dyn LockStore) {
     store.release("lease", next).await.expect("release");
 }
 
+/// Checks that lock fence refuses older tokens.
 pub async fn lock_fence_refuses_older_tokens(store: &dyn LockStore) {
     let old = store
         .acquire("fenced", SHORT)
@@ -132,6 +165,7 @@ pub async fn lock_fence_refuses_older_tokens(store: &dyn LockStore) {
     );
 }
 
+/// Checks that dedup is two phase.
 pub async fn dedup_is_two_phase(store: &dyn DedupStore) {
     assert_eq!(
         store.reserve("id-1", "a", LONG).await.expect("reserve"),
@@ -153,6 +187,7 @@ pub async fn dedup_is_two_phase(store: &dyn DedupStore) {
     );
 }
 
+/// Checks that dedup release lets another owner retry.
 pub async fn dedup_release_lets_another_owner_retry(store: &dyn DedupStore) {
     assert_eq!(
         store.reserve("r", "a", LONG).await.expect("reserve"),
@@ -185,6 +220,7 @@ pub async fn dedup_release_lets_another_owner_retry(store: &dyn DedupStore) {
     );
 }
 
+/// Checks that dedup reservation of a crashed holder expires.
 pub async fn dedup_reservation_of_a_crashed_holder_expires(store: &dyn DedupStore) {
     assert_eq!(
         store.reserve("crash", "a", SHORT).await.expect("reserve"),
@@ -197,6 +233,7 @@ pub async fn dedup_reservation_of_a_crashed_holder_expires(store: &dyn DedupStor
     );
 }
 
+/// Checks that dedup completion expires after its ttl.
 pub async fn dedup_completion_expires_after_its_ttl(store: &dyn DedupStore) {
     assert_eq!(
         store.reserve("ttl", "a", LONG).await.expect("reserve"),
@@ -214,6 +251,7 @@ pub async fn dedup_completion_expires_after_its_ttl(store: &dyn DedupStore) {
     );
 }
 
+/// Checks that version advances only forward.
 pub async fn version_advances_only_forward(store: &dyn VersionStore) {
     assert_eq!(store.get("v").await.expect("get"), None);
     assert!(store.advance("v", 1).await.expect("advance"));
@@ -234,7 +272,8 @@ pub async fn version_advances_only_forward(store: &dyn VersionStore) {
     assert_eq!(store.get("w").await.expect("get"), Some(-5));
 }
 
-pub async fn version_compare_and_set_has_one_winner(store: std::sync::Arc<dyn VersionStore>) {
+/// Checks that version compare and set has one winner.
+pub async fn version_compare_and_set_has_one_winner(store: Arc<dyn VersionStore>) {
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let store = store.clone();
@@ -254,7 +293,8 @@ pub async fn version_compare_and_set_has_one_winner(store: std::sync::Arc<dyn Ve
     );
 }
 
-pub async fn lock_has_one_winner_under_contention(store: std::sync::Arc<dyn LockStore>) {
+/// Checks that lock has one winner under contention.
+pub async fn lock_has_one_winner_under_contention(store: Arc<dyn LockStore>) {
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let store = store.clone();
@@ -274,52 +314,129 @@ pub async fn lock_has_one_winner_under_contention(store: std::sync::Arc<dyn Lock
     );
 }
 
-/// Runs the whole suite against fresh stores (every key used above must start unset).
-macro_rules! conformance_tests {
-    ($lock:expr, $dedup:expr, $version:expr) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn lock_grants_one_holder_at_a_time() {
-            conformance::lock_grants_one_holder_at_a_time(&*$lock).await;
+/// Checks that a rate limit grants `burst` permits at once, then one per interval, and that
+/// limits with other names are independent.
+pub async fn rate_limit_allows_a_burst_then_the_rate(store: &dyn RateLimitStore) {
+    let limit = RateLimit {
+        name: "conformance-burst".to_owned(),
+        per_second: 10.0,
+        burst: 3,
+    };
+    for n in 1..=3 {
+        let wait = store.reserve(&limit).await.expect("reserve");
+        assert!(
+            wait < Duration::from_millis(30),
+            "permit {n} of a burst of 3 is usable at once, not after {wait:?}"
+        );
+    }
+    let wait = store.reserve(&limit).await.expect("reserve");
+    assert!(
+        wait >= Duration::from_millis(50) && wait <= Duration::from_millis(150),
+        "the fourth permit waits about one interval (100 ms), not {wait:?}"
+    );
+    let wait = store.reserve(&limit).await.expect("reserve");
+    assert!(
+        wait >= Duration::from_millis(150) && wait <= Duration::from_millis(250),
+        "the fifth permit waits about two intervals (200 ms), not {wait:?}"
+    );
+    let other = RateLimit {
+        name: "conformance-other".to_owned(),
+        ..limit.clone()
+    };
+    let wait = store.reserve(&other).await.expect("reserve");
+    assert!(
+        wait < Duration::from_millis(30),
+        "another limit's permits are its own, not after {wait:?}"
+    );
+}
+
+/// Checks that a rate that is not a positive finite number is refused with an error.
+pub async fn rate_limit_refuses_a_rate_that_is_not_positive(store: &dyn RateLimitStore) {
+    for per_second in [0.0, -1.0, f64::NAN] {
+        let limit = RateLimit {
+            name: "conformance-bad".to_owned(),
+            per_second,
+            burst: 1,
+        };
+        assert!(
+            store.reserve(&limit).await.is_err(),
+            "a rate of {per_second} permits a second is refused"
+        );
+    }
+}
+
+/// Checks that, under contention of many tasks, a burst is granted at once only `burst` times.
+pub async fn rate_limit_has_burst_winners_under_contention(store: Arc<dyn RateLimitStore>) {
+    let limit = RateLimit {
+        name: "conformance-contention".to_owned(),
+        per_second: 1.0,
+        burst: 2,
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, limit) = (store.clone(), limit.clone());
+        tasks.push(tokio::spawn(async move { store.reserve(&limit).await }));
+    }
+    let mut immediate = 0;
+    for task in tasks {
+        let wait = task.await.expect("task").expect("reserve");
+        if wait < Duration::from_millis(500) {
+            immediate += 1;
         }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn lock_tokens_increase_across_many_grants() {
-            conformance::lock_tokens_increase_across_many_grants(&*$lock).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn lock_lease_expires_and_renewal_extends() {
-            conformance::lock_lease_expires_and_renewal_extends(&*$lock).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn lock_fence_refuses_older_tokens() {
-            conformance::lock_fence_refuses_older_tokens(&*$lock).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn lock_has_one_winner_under_contention() {
-            conformance::lock_has_one_winner_under_contention($lock).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn dedup_is_two_phase() {
-            conformance::dedup_is_two_phase(&*$dedup).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn dedup_release_lets_another_owner_retry() {
-            conformance::dedup_release_lets_another_owner_retry(&*$dedup).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn dedup_reservation_of_a_crashed_holder_expires() {
-            conformance::dedup_reservation_of_a_crashed_holder_expires(&*$dedup).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn dedup_completion_expires_after_its_ttl() {
-            conformance::dedup_completion_expires_after_its_ttl(&*$dedup).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn version_advances_only_forward() {
-            conformance::version_advances_only_forward(&*$version).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn version_compare_and_set_has_one_winner() {
-            conformance::version_compare_and_set_has_one_winner($version).await;
+    }
+    assert_eq!(immediate, 2, "exactly the burst is usable at once");
+}
+
+/// Generates one `#[test]` per conformance check for the stores given, each as
+/// `kind: expression` (`lock`, `dedup`, `version`, `rate`; any subset, in any order). The
+/// expression yields an `Arc<dyn …Store>`; it is evaluated in an async block once per test,
+/// so it may `.await`. See [`crate::store::conformance`].
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($($kind:ident: $store:expr),+ $(,)?) => {
+        $( $crate::store_conformance_tests!(@$kind $store); )+
+    };
+    (@lock $store:expr) => {
+        $crate::store_conformance_tests!(@each $store;
+            lock_grants_one_holder_at_a_time,
+            lock_tokens_increase_across_many_grants,
+            lock_lease_expires_and_renewal_extends,
+            lock_fence_refuses_older_tokens);
+        $crate::store_conformance_tests!(@shared $store; lock_has_one_winner_under_contention);
+    };
+    (@dedup $store:expr) => {
+        $crate::store_conformance_tests!(@each $store;
+            dedup_is_two_phase,
+            dedup_release_lets_another_owner_retry,
+            dedup_reservation_of_a_crashed_holder_expires,
+            dedup_completion_expires_after_its_ttl);
+    };
+    (@version $store:expr) => {
+        $crate::store_conformance_tests!(@each $store; version_advances_only_forward);
+        $crate::store_conformance_tests!(@shared $store; version_compare_and_set_has_one_winner);
+    };
+    (@rate $store:expr) => {
+        $crate::store_conformance_tests!(@each $store;
+            rate_limit_allows_a_burst_then_the_rate,
+            rate_limit_refuses_a_rate_that_is_not_positive);
+        $crate::store_conformance_tests!(@shared $store; rate_limit_has_burst_winners_under_contention);
+    };
+    (@each $store:expr; $($check:ident),+) => {
+        $(
+            #[test]
+            fn $check() {
+                $crate::store::conformance::block_on(async {
+                    $crate::store::conformance::$check(&*$store).await;
+                });
+            }
+        )+
+    };
+    (@shared $store:expr; $check:ident) => {
+        #[test]
+        fn $check() {
+            $crate::store::conformance::block_on(async {
+                $crate::store::conformance::$check($store).await;
+            });
         }
     };
 }

@@ -1,0 +1,119 @@
+//! One adapter from a policy's logic to a stage of the stack, in the spirit of tower's
+//! `service_fn`: a policy is a value with one `call` that gets the delivery and the rest of
+//! the stack ([`Next`]); the adapter does the plumbing every policy used to repeat.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::Service;
+
+use super::OutcomeFuture;
+use crate::message::{Envelope, Outcome};
+
+/// A policy: what it does around the rest of the stack. Every policy of the stack is one
+/// of these, made from the worker's assembly (see `policy::STACK`).
+pub(crate) trait Policy: fmt::Debug + Send + Sync + 'static {
+    /// Handles `envelope`, calling `next` (the layers below and the handler) as often as the
+    /// policy needs, or not at all.
+    fn call(
+        self: Arc<Self>,
+        envelope: Envelope,
+        next: Next,
+    ) -> impl Future<Output = Outcome> + Send + 'static;
+}
+
+/// One stage of the stack, type-erased.
+trait Stage: Send + Sync {
+    fn run(&self, envelope: Envelope) -> OutcomeFuture;
+}
+
+/// The rest of the stack below a policy; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Next(Arc<dyn Stage>);
+
+impl fmt::Debug for Next {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Next")
+    }
+}
+
+impl Next {
+    /// The stack below is the tower service `service` (the handler, or users' layers).
+    pub(crate) fn service<S>(service: S) -> Next
+    where
+        S: Service<Envelope, Response = Outcome, Error = Infallible, Future = OutcomeFuture>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        Next(Arc::new(ServiceStage(service)))
+    }
+
+    /// `policy` in front of `self`.
+    pub(crate) fn with<P: Policy>(self, policy: P) -> Next {
+        Next(Arc::new(PolicyStage {
+            policy: Arc::new(policy),
+            next: self,
+        }))
+    }
+
+    /// Runs the rest of the stack on `envelope`.
+    pub(crate) async fn run(&self, envelope: Envelope) -> Outcome {
+        match self.0.run(envelope).await {
+            Ok(outcome) => outcome,
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl Service<Envelope> for Next {
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = OutcomeFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, envelope: Envelope) -> OutcomeFuture {
+        self.0.run(envelope)
+    }
+}
+
+struct ServiceStage<S>(S);
+
+impl<S> Stage for ServiceStage<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = Infallible, Future = OutcomeFuture>
+        + Clone
+        + Send
+        + Sync,
+{
+    fn run(&self, envelope: Envelope) -> OutcomeFuture {
+        self.0.clone().call(envelope)
+    }
+}
+
+struct PolicyStage<P> {
+    policy: Arc<P>,
+    next: Next,
+}
+
+impl<P: Policy> Stage for PolicyStage<P> {
+    fn run(&self, envelope: Envelope) -> OutcomeFuture {
+        let call = self.policy.clone().call(envelope, self.next.clone());
+        Box::pin(async move { Ok(call.await) })
+    }
+}
+
+/// Puts a policy in front of a stack (what `policy::STACK`'s entries return).
+pub(crate) type Wrap = Box<dyn FnOnce(Next) -> Next + Send>;
+
+/// The [`Wrap`] of `policy`.
+pub(crate) fn wrap<P: Policy>(policy: P) -> Wrap {
+    Box::new(move |next| next.with(policy))
+}

@@ -1,0 +1,103 @@
+//! What the policies of a stack are made from, and the stack made from them in the order of
+//! [`super::STACK`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use tower::{Layer, Service};
+
+use tokio_util::sync::CancellationToken;
+
+use super::adapter::{Next, Wrap};
+use super::{BoxedStack, Breaker, Describe, Routing, STACK};
+use crate::config::WorkerConfig;
+use crate::message::{Envelope, Outcome};
+use crate::observe::{Health, Meters};
+use crate::store::StoreHandles;
+
+/// A user's tower layer ([`crate::WorkerBuilder::layer`]), placed between retry in place
+/// and the timeout: every attempt goes through it, within the attempt's time limit.
+#[derive(Clone)]
+pub struct UserLayer(Arc<dyn Fn(BoxedStack) -> BoxedStack + Send + Sync>);
+
+impl std::fmt::Debug for UserLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserLayer")
+    }
+}
+
+impl UserLayer {
+    /// Type-erases `layer`, a tower layer over the rest of the stack.
+    pub fn new<L>(layer: L) -> Self
+    where
+        L: Layer<BoxedStack> + Send + Sync + 'static,
+        L::Service: Service<Envelope, Response = Outcome, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<Envelope>>::Future: Send + 'static,
+    {
+        UserLayer(Arc::new(move |inner| BoxedStack::new(layer.layer(inner))))
+    }
+}
+
+/// Everything a policy of the stack may be built from.
+pub(crate) struct Assembly<'a> {
+    /// The worker's settings (each policy reads its own table).
+    pub(crate) config: &'a WorkerConfig,
+    /// The consumer group.
+    pub(crate) group: &'a str,
+    /// The stores, already connected (and observed for metrics and readiness).
+    pub(crate) stores: &'a StoreHandles,
+    /// The circuit breaker's state, shared with the consume loop, when it is on.
+    pub(crate) breaker: Option<&'a Breaker>,
+    /// Where failed messages go.
+    pub(crate) routing: &'a Routing,
+    /// Reads a delivery's key, version and id.
+    pub(crate) describe: Describe,
+    /// Fires once the drain deadline has passed.
+    pub(crate) shutdown: &'a CancellationToken,
+    /// The worker's metrics.
+    pub(crate) meters: &'a Meters,
+    /// The readiness probe's view of stores and dependencies.
+    pub(crate) health: &'a Arc<Health>,
+    /// This worker's name in dedup reservations.
+    pub(crate) worker_id: &'a str,
+    /// The user's own tower layers, outermost first.
+    pub(crate) layers: &'a [UserLayer],
+}
+
+impl Assembly<'_> {
+    /// Whether any policy needs the message facts (key, version, id).
+    pub(crate) fn needs_facts(&self) -> bool {
+        let s = self.stores;
+        s.version.is_some() || s.lock.is_some() || s.dedup.is_some() || s.transactions.is_some()
+    }
+
+    /// The stack: every policy of [`STACK`] that is on, around `handler`.
+    pub(crate) fn stack(&self, handler: Next) -> BoxedStack {
+        let next = STACK
+            .iter()
+            .rev()
+            .filter_map(|build| build(self))
+            .fold(handler, |next, wrap| wrap(next));
+        BoxedStack::new(next)
+    }
+}
+
+/// The user's layers ([`crate::WorkerBuilder::layer`]), in the order they were added, the
+/// first outermost.
+pub(crate) fn user_layers(a: &Assembly<'_>) -> Option<Wrap> {
+    if a.layers.is_empty() {
+        return None;
+    }
+    let layers = a.layers.to_vec();
+    Some(Box::new(move |next: Next| {
+        let inner = layers
+            .iter()
+            .rev()
+            .fold(BoxedStack::new(next), |inner, layer| (layer.0)(inner));
+        Next::service(inner)
+    }))
+}

@@ -1,0 +1,31 @@
+//! What a transactional store records in a handler's transaction, and how the transaction
+//! starts: the backend-neutral half of the once-only path ([`super::TransactionalStore`]).
+
+use super::postgres::OnceTransaction;
+
+/// What steadfast records in a handler's transaction before handing it over.
+#[derive(Debug, Clone, Default)]
+pub struct OnceRecord {
+    /// The message id, recorded once: a second transaction with it is a duplicate.
+    pub id: Option<String>,
+    /// The key whose version the message carries (set together with `version`).
+    pub version_key: Option<String>,
+    /// The message's version, which must be newer than the key's applied version.
+    pub version: Option<i64>,
+    /// The lock key and the fencing token the message is handled under.
+    pub fence: Option<(String, u64)>,
+}
+
+/// How a transactional attempt starts.
+#[derive(Debug)]
+pub enum OnceStart {
+    /// Nothing refused the message: run the handler's statements in the transaction, then
+    /// commit it.
+    Apply(OnceTransaction),
+    /// The id was applied by a committed transaction before.
+    Duplicate,
+    /// A version at least as new was applied for the key before.
+    Stale,
+    /// A larger fencing token was accepted for the lock key: the lease was lost.
+    Fenced,
+}

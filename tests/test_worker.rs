@@ -1,0 +1,293 @@
+//! `TestWorker` runs the whole policy stack, not only retry and routing: with memory stores
+//! stale drop, dedup and the key lock; the breaker; the rate limit; a user's own layer; and a
+//! handler that calls `cx.transaction()` against a Postgres the test gives (127.0.0.1:5432).
+
+use crate::support;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use steadfast::config::BreakerConfig;
+use steadfast::message::{DropReason, RouteTarget};
+use steadfast::testing::TestWorker;
+use steadfast::{Context, Handler, HandlerError, Outcome, Retry};
+
+/// A key, a version (stale drop) and an id (dedup).
+#[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
+#[message(topic = "accounts", key = key, version = version, id = id)]
+struct Update {
+    key: String,
+    version: i64,
+    id: String,
+}
+
+fn update(key: &str, version: i64, id: &str) -> Update {
+    Update {
+        key: key.to_owned(),
+        version,
+        id: id.to_owned(),
+    }
+}
+
+/// Fails (transiently) its first `failures` calls, then succeeds; records each call's lock
+/// token.
+#[derive(Clone, Default)]
+struct Flaky {
+    failures: u32,
+    calls: Arc<AtomicU32>,
+    tokens: Arc<Mutex<Vec<Option<u64>>>>,
+}
+
+impl Handler for Flaky {
+    type Message = Update;
+    const GROUP: &'static str = "test-worker";
+
+    fn handle_message(
+        &self,
+        _message: Update,
+        cx: &Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.tokens.lock().push(cx.lock_token());
+        std::future::ready(if call < self.failures {
+            Err(HandlerError::transient("the dependency fails"))
+        } else {
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stores_drop_stale_versions_and_duplicates_under_the_key_lock() {
+    let handler = Flaky::default();
+    let worker = TestWorker::new(handler.clone()).with_memory_stores();
+    assert_eq!(
+        worker.handle(&update("a", 1, "a1")).await,
+        Outcome::Ack { attempt: 1 }
+    );
+    assert_eq!(
+        worker.handle(&update("a", 3, "a3")).await,
+        Outcome::Ack { attempt: 1 }
+    );
+    assert_eq!(
+        worker.handle(&update("a", 2, "a2")).await,
+        Outcome::Drop(DropReason::Stale),
+        "an older version than the applied one is stale"
+    );
+    assert_eq!(
+        worker.handle(&update("b", 1, "a1")).await,
+        Outcome::Drop(DropReason::Duplicate),
+        "an id handled before is a duplicate"
+    );
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        2,
+        "only two reached the handler"
+    );
+    let tokens = handler.tokens.lock().clone();
+    assert!(
+        tokens.iter().all(Option::is_some),
+        "each call held the key lock: {tokens:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_stores_the_protective_policies_are_off() {
+    let handler = Flaky::default();
+    let worker = TestWorker::new(handler.clone());
+    for _ in 0..2 {
+        assert_eq!(
+            worker.handle(&update("a", 1, "a1")).await,
+            Outcome::Ack { attempt: 1 }
+        );
+    }
+    assert_eq!(handler.tokens.lock().clone(), [None, None], "no lock held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_and_waits_before_probing() {
+    let handler = Flaky {
+        failures: 2,
+        ..Flaky::default()
+    };
+    let open_for = Duration::from_millis(300);
+    let worker = TestWorker::new(handler.clone())
+        .retry(Retry::none())
+        .breaker(BreakerConfig {
+            failure_rate_percent: 50,
+            window_ms: 60_000,
+            min_calls: 2,
+            open_ms: 300,
+            half_open_probes: 1,
+        });
+    let first = worker.handle(&update("a", 1, "a1")).await;
+    assert!(
+        matches!(
+            first,
+            Outcome::Routed {
+                target: RouteTarget::DeadLetter,
+                ..
+            }
+        ),
+        "below min_calls the breaker stays closed: {first:?}"
+    );
+    let started = Instant::now();
+    let second = worker.handle(&update("b", 1, "b1")).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        second,
+        Outcome::Ack { attempt: 1 },
+        "the probe after the open time succeeds"
+    );
+    assert!(
+        waited >= open_for,
+        "the open breaker held the message {waited:?}, less than its {open_for:?}"
+    );
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_spaces_handler_calls() {
+    let handler = Flaky::default();
+    let worker = TestWorker::new(handler.clone()).rate_limit(20, 1);
+    let started = Instant::now();
+    for n in 0..5 {
+        worker.handle(&update("a", n, &format!("id{n}"))).await;
+    }
+    let took = started.elapsed();
+    // One permit at once, then one per 50 ms: the fifth call is 200 ms after the first.
+    assert!(
+        took >= Duration::from_millis(190),
+        "five calls at 20 a second took {took:?}"
+    );
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 5);
+}
+
+/// Counts the envelopes it sees, around every attempt.
+#[derive(Clone)]
+struct CountingLayer(Arc<AtomicU32>);
+
+/// See [`CountingLayer`].
+#[derive(Clone)]
+struct Counting<S> {
+    inner: S,
+    seen: Arc<AtomicU32>,
+}
+
+impl<S> tower::Layer<S> for CountingLayer {
+    type Service = Counting<S>;
+    fn layer(&self, inner: S) -> Counting<S> {
+        Counting {
+            inner,
+            seen: self.0.clone(),
+        }
+    }
+}
+
+impl<S: tower::Service<steadfast::Envelope>> tower::Service<steadfast::Envelope> for Counting<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, envelope: steadfast::Envelope) -> S::Future {
+        self.seen.fetch_add(1, Ordering::SeqCst);
+        self.inner.call(envelope)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_layer_sees_every_attempt() {
+    let handler = Flaky {
+        failures: 2,
+        ..Flaky::default()
+    };
+    let seen = Arc::new(AtomicU32::new(0));
+    let worker = TestWorker::new(handler.clone())
+        .retry(Retry::exponential(3, Duration::ZERO, Duration::ZERO))
+        .layer(CountingLayer(seen.clone()));
+    assert_eq!(
+        worker.handle(&update("a", 1, "a1")).await,
+        Outcome::Ack { attempt: 3 }
+    );
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        3,
+        "inside retry in place: once per attempt"
+    );
+}
+
+/// Writes a row per message through the transaction steadfast hands it.
+#[derive(Clone)]
+struct Ledger {
+    table: String,
+}
+
+impl Handler for Ledger {
+    type Message = Update;
+    const GROUP: &'static str = "test-worker-ledger";
+
+    fn handle_message(
+        &self,
+        message: Update,
+        cx: &Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let cx = cx.clone();
+        let insert = format!("INSERT INTO {} (id) VALUES ($1)", self.table);
+        async move {
+            let Some(tx) = cx.transaction().await? else {
+                return Ok(());
+            };
+            tx.execute(&insert, &[&message.id]).await?;
+            tx.commit().await
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_handler_is_testable_against_a_given_postgres() {
+    let schema = support::fresh_schema();
+    let stores = support::postgres_stores(&schema).await;
+    let table = format!("{schema}.ledger");
+    let client = stores.pool().get().await.expect("a connection");
+    client
+        .batch_execute(&format!("CREATE TABLE {table} (id text)"))
+        .await
+        .expect("create the handler's table");
+    let worker = TestWorker::new(Ledger {
+        table: table.clone(),
+    })
+    .transactions(support::POSTGRES_URL, schema.clone());
+    assert_eq!(
+        worker.handle(&update("a", 1, "a1")).await,
+        Outcome::Ack { attempt: 1 }
+    );
+    assert_eq!(
+        worker.handle(&update("a", 1, "a1")).await,
+        Outcome::Drop(DropReason::Duplicate),
+        "the transaction finds the id recorded"
+    );
+    assert_eq!(
+        worker.handle(&update("a", 0, "a0")).await,
+        Outcome::Drop(DropReason::Stale),
+        "the transaction finds a newer version applied"
+    );
+    let rows: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1, "one effect applied");
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("drop the test schema");
+}
