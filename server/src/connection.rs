@@ -18,14 +18,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{self, Reply};
 use super::auth::session::{Admission, SaslReply, Session};
 use super::auth::tls;
 use super::broker::Broker;
+use super::config::SecurityProtocol;
 use super::connection_slots::Slot;
-use super::listener::ListenerInfo;
 use super::protocol::frame::{read_frame, FrameError, FrameLimits};
 use super::protocol::{RequestError, RequestFrame};
 
@@ -124,6 +125,26 @@ enum Wait {
 enum Pending {
     Ready(Bytes),
     Later(BoxFuture<'static, Result<Bytes, RequestError>>),
+}
+
+/// What a connection needs to know of the listener it came through.
+pub(crate) struct ListenerInfo {
+    /// Its security protocol.
+    pub(crate) protocol: SecurityProtocol,
+    /// Host and port given to its clients in Metadata and FindCoordinator.
+    pub(crate) advertised: (String, u16),
+    /// The TLS acceptor of `SSL` and `SASL_SSL` listeners.
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ListenerInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerInfo")
+            .field("protocol", &self.protocol)
+            .field("advertised", &self.advertised)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// Serves one connection until the client closes it, sends something unacceptable, or the

@@ -6,36 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::tls;
 use crate::broker::Broker;
-use crate::config::{ListenerConfig, SecurityProtocol, TlsConfig};
-use crate::connection;
+use crate::config::{ListenerConfig, TlsConfig};
+use crate::connection::{self, ListenerInfo};
 use crate::connection_slots::ConnectionSlots;
 use crate::error::ServerError;
-
-/// What a connection needs to know of the listener it came through.
-pub(crate) struct ListenerInfo {
-    /// Its security protocol.
-    pub(crate) protocol: SecurityProtocol,
-    /// Host and port given to its clients in Metadata and FindCoordinator.
-    pub(crate) advertised: (String, u16),
-    /// The TLS acceptor of `SSL` and `SASL_SSL` listeners.
-    pub(crate) tls: Option<TlsAcceptor>,
-}
-
-impl std::fmt::Debug for ListenerInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ListenerInfo")
-            .field("protocol", &self.protocol)
-            .field("advertised", &self.advertised)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
-}
 
 /// A bound listener, not yet accepting.
 #[derive(Debug)]

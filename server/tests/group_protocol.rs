@@ -1,7 +1,7 @@
 //! The group coordinator spoken to directly: the join/sync/heartbeat/commit state machine
 //! and generation fencing, answered exactly where Kafka answers them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -13,6 +13,8 @@ use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use steadfast_testkit::*;
+
+use crate::support::{temp_server, wait_for, with_clients};
 
 pub(crate) const JOIN_V: i16 = 7;
 pub(crate) const SYNC_V: i16 = 5;
@@ -126,14 +128,12 @@ pub(crate) fn committed(client: &mut RawClient, group: &str, topic: &str) -> (i6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_from_a_stale_generation_is_rejected_with_illegal_generation() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start_server(dir.path()).await;
-    let addr = server.local_addr();
+    let (_dir, server) = temp_server(|server| server).await;
     let bootstrap = server.bootstrap_servers();
     let group = unique_topic("group");
     let topic = unique_topic("fenced");
     let (g, t) = (group.clone(), topic.clone());
-    tokio::task::spawn_blocking(move || {
+    with_clients(server, move |addr| {
         // The topic must exist for commits to it.
         create_by_producing(&bootstrap, &t);
         let mut first = RawClient::connect(addr);
@@ -219,22 +219,15 @@ async fn a_commit_from_a_stale_generation_is_rejected_with_illegal_generation() 
         assert_eq!(commit(&mut second, &g, 2, &id2, &t, 12), 0);
         assert_eq!(committed(&mut first, &g, &t).0, 12);
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_stops_heartbeating_is_removed_after_its_session_timeout() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = server_on(dir.path())
-        .group_min_session_timeout(Duration::from_millis(100))
-        .start()
-        .await
-        .expect("server");
-    let addr = server.local_addr();
+    let (_dir, server) =
+        temp_server(|server| server.group_min_session_timeout(Duration::from_millis(100))).await;
     let group = unique_topic("group");
-    tokio::task::spawn_blocking(move || {
+    with_clients(server, move |addr| {
         let mut c = RawClient::connect(addr);
         let short = |member: &str| join_request(&group, member).with_session_timeout_ms(500);
         let id = c.call(&short(""), JOIN_V).member_id.as_str().to_owned();
@@ -242,9 +235,9 @@ async fn a_member_that_stops_heartbeating_is_removed_after_its_session_timeout()
         assert_eq!(joined.generation_id, 1);
         assert_eq!(sync(&mut c, &group, 1, &id, &[(&id, b"x")]).error_code, 0);
         // Stop heartbeating; poll until the coordinator has expired the member.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         let mut other = RawClient::connect(addr);
-        loop {
+        wait_for(deadline, Duration::ZERO, "member never expired", || {
             let d = other.call(
                 &DescribeGroupsRequest::default().with_groups(vec![GroupId(s(&group))]),
                 5,
@@ -253,16 +246,13 @@ async fn a_member_that_stops_heartbeating_is_removed_after_its_session_timeout()
                 // Empty, and then Dead once the coordinator forgets a group without offsets.
                 let state = d.groups[0].group_state.as_str();
                 assert!(state == "Empty" || state == "Dead", "state {state}");
-                break;
+                return true;
             }
-            assert!(std::time::Instant::now() < deadline, "member never expired");
-            std::thread::yield_now();
-        }
+            false
+        });
         assert_eq!(heartbeat(&mut c, &group, 1, &id), UNKNOWN_MEMBER_ID);
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }
 
 fn simple_commit(client: &mut RawClient, group: &str, topic: &str, offset: i64) -> i16 {
@@ -271,15 +261,10 @@ fn simple_commit(client: &mut RawClient, group: &str, topic: &str, offset: i64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_of_an_empty_group_expire_after_offsets_retention_but_not_while_it_has_members() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = server_on(dir.path())
-        .offsets_retention(Duration::from_millis(300))
-        .start()
-        .await
-        .expect("server");
-    let addr = server.local_addr();
+    let (_dir, server) =
+        temp_server(|server| server.offsets_retention(Duration::from_millis(300))).await;
     let bootstrap = server.bootstrap_servers();
-    tokio::task::spawn_blocking(move || {
+    with_clients(server, move |addr| {
         let topic = unique_topic("expiry");
         create_by_producing(&bootstrap, &topic);
         let mut c = RawClient::connect(addr);
@@ -301,10 +286,10 @@ async fn offsets_of_an_empty_group_expire_after_offsets_retention_but_not_while_
         let idle = unique_topic("idle");
         assert_eq!(simple_commit(&mut c, &idle, &topic, 5), 0);
         assert_eq!(committed(&mut c, &idle, &topic).0, 5);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while committed(&mut c, &idle, &topic).0 != -1 {
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "idle group's offsets never expired"
             );
             assert_eq!(heartbeat(&mut c, &active, joined.generation_id, &id), 0);
@@ -319,18 +304,14 @@ async fn offsets_of_an_empty_group_expire_after_offsets_retention_but_not_while_
         // A simple commit is refused while the group has members.
         assert_eq!(simple_commit(&mut c, &active, &topic, 1), UNKNOWN_MEMBER_ID);
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_leaving_between_member_id_required_and_its_join_does_not_hold_the_group() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start_server(dir.path()).await;
-    let addr = server.local_addr();
+    let (_dir, server) = temp_server(|server| server).await;
     let group = unique_topic("group");
-    tokio::task::spawn_blocking(move || {
+    with_clients(server, move |addr| {
         let mut quitter = RawClient::connect(addr);
         let response = quitter.call(&join_request(&group, ""), JOIN_V);
         assert_eq!(response.error_code, MEMBER_ID_REQUIRED);
@@ -359,9 +340,7 @@ async fn a_member_leaving_between_member_id_required_and_its_join_does_not_hold_
             (0, id.as_str())
         );
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,18 +352,16 @@ async fn a_restart_does_not_expire_offsets_of_a_quiet_group_at_once() {
         .start()
         .await
         .expect("server");
-    let (addr, bootstrap) = (server.local_addr(), server.bootstrap_servers());
+    let bootstrap = server.bootstrap_servers();
     let (group, topic) = (unique_topic("quiet"), unique_topic("quiet-topic"));
     let (g, t) = (group.clone(), topic.clone());
-    let committed_at = tokio::task::spawn_blocking(move || {
+    let committed_at = with_clients(server, move |addr| {
         create_by_producing(&bootstrap, &t);
         let mut c = RawClient::connect(addr);
         assert_eq!(simple_commit(&mut c, &g, &t, 3), 0);
-        std::time::Instant::now()
+        Instant::now()
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
     // Restart once the commit is older than the retention time, as a quiet group's is.
     while committed_at.elapsed() <= retention {
         tokio::time::sleep(Duration::from_millis(50)).await; // waiting for the clock itself
@@ -394,8 +371,7 @@ async fn a_restart_does_not_expire_offsets_of_a_quiet_group_at_once() {
         .start()
         .await
         .expect("server");
-    let addr = server.local_addr();
-    tokio::task::spawn_blocking(move || {
+    with_clients(server, move |addr| {
         let mut c = RawClient::connect(addr);
         assert_eq!(
             committed(&mut c, &group, &topic).0,
@@ -403,16 +379,13 @@ async fn a_restart_does_not_expire_offsets_of_a_quiet_group_at_once() {
             "members get a retention period to come back"
         );
         // With nobody back, the offsets do expire one retention period after the restart.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while committed(&mut c, &group, &topic).0 != -1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "offsets never expired"
-            );
-            std::thread::sleep(Duration::from_millis(50)); // polling interval
-        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        wait_for(
+            deadline,
+            Duration::from_millis(50),
+            "offsets never expired",
+            || committed(&mut c, &group, &topic).0 == -1,
+        );
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }

@@ -19,6 +19,7 @@ use steadfast_server::{SecurityProtocol, ServerBuilder};
 use steadfast_testkit::{server_on, unique_topic, RawClient};
 
 use crate::child_server::ServerProcess;
+use crate::support::{temp_server, wait_for, with_clients};
 
 /// Peak resident memory the 100 refused connections may add to the server.
 const RSS_BOUND_BYTES: u64 = 50 * 1000 * 1000;
@@ -154,14 +155,8 @@ fn unauthenticated_64_mib_frames_are_refused_without_holding_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_after_its_timeout() {
     const IDLE: Duration = Duration::from_millis(600);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = server_on(dir.path())
-        .connections_max_idle(IDLE)
-        .start()
-        .await
-        .expect("server starts");
-    let addr = server.local_addr();
-    tokio::task::spawn_blocking(move || {
+    let (_dir, server) = temp_server(|server| server.connections_max_idle(IDLE)).await;
+    with_clients(server, move |addr| {
         let mut raw = RawClient::connect(addr);
         let busy_until = Instant::now() + IDLE * 3;
         while Instant::now() < busy_until {
@@ -185,9 +180,7 @@ async fn an_idle_connection_is_closed_after_its_timeout() {
             "closed {after:?} after the last request, before the {IDLE:?} timeout"
         );
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }
 
 /// On a SASL listener, a connection that keeps sending ApiVersions but never authenticates
@@ -202,8 +195,7 @@ async fn an_unauthenticated_connection_is_closed_at_the_authentication_deadline(
         .start()
         .await
         .expect("server starts");
-    let addr = server.local_addr();
-    tokio::task::spawn_blocking(move || {
+    with_clients(server, move |addr| {
         let connected = Instant::now();
         let mut lingering = RawClient::connect(addr);
         let mut authenticated = RawClient::connect(addr);
@@ -234,9 +226,7 @@ async fn an_unauthenticated_connection_is_closed_at_the_authentication_deadline(
             .expect("the authenticated connection is served past the deadline");
         assert_eq!(metadata.brokers.len(), 1);
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }
 
 /// Opens `limit` served connections, then one more, which the server closes at once; once
@@ -258,46 +248,35 @@ fn the_connection_over_the_limit_is_closed_at_once(addr: SocketAddr, limit: usiz
     );
     drop(open.pop());
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut raw = RawClient::connect(addr);
-        if let Ok(versions) = raw.client().call(&ApiVersionsRequest::default(), 3) {
-            assert_eq!(versions.error_code, 0);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no connection served 10 s after one of the first closed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        deadline,
+        Duration::from_millis(20),
+        "no connection served 10 s after one of the first closed",
+        || {
+            let mut raw = RawClient::connect(addr);
+            if let Ok(versions) = raw.client().call(&ApiVersionsRequest::default(), 3) {
+                assert_eq!(versions.error_code, 0);
+                return true;
+            }
+            false
+        },
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_over_the_per_address_limit_is_closed_at_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = server_on(dir.path())
-        .max_connections_per_ip(3)
-        .start()
-        .await
-        .expect("server starts");
-    let addr = server.local_addr();
-    tokio::task::spawn_blocking(move || the_connection_over_the_limit_is_closed_at_once(addr, 3))
-        .await
-        .expect("client thread");
-    server.shutdown().await;
+    let (_dir, server) = temp_server(|server| server.max_connections_per_ip(3)).await;
+    with_clients(server, move |addr| {
+        the_connection_over_the_limit_is_closed_at_once(addr, 3)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_over_the_total_limit_is_closed_at_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = server_on(dir.path())
-        .max_connections(2)
-        .start()
-        .await
-        .expect("server starts");
-    let addr = server.local_addr();
-    tokio::task::spawn_blocking(move || the_connection_over_the_limit_is_closed_at_once(addr, 2))
-        .await
-        .expect("client thread");
-    server.shutdown().await;
+    let (_dir, server) = temp_server(|server| server.max_connections(2)).await;
+    with_clients(server, move |addr| {
+        the_connection_over_the_limit_is_closed_at_once(addr, 2)
+    })
+    .await;
 }

@@ -17,6 +17,8 @@ use rdkafka::Offset;
 use steadfast_testkit::batch::BatchSpec;
 use steadfast_testkit::*;
 
+use crate::support::{temp_server, with_clients};
+
 const PRODUCE_V: i16 = 9;
 const FETCH_V: i16 = 12;
 
@@ -158,15 +160,9 @@ fn expect_closed(client: &mut RawClient, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_leave_the_server_serving_a_well_behaved_client() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = server_on(dir.path())
-        .max_request_bytes(1024 * 1024)
-        .start()
-        .await
-        .expect("server");
-    let addr = server.local_addr();
+    let (_dir, server) = temp_server(|server| server.max_request_bytes(1024 * 1024)).await;
     let bootstrap = server.bootstrap_servers();
-    tokio::task::spawn_blocking(move || {
+    with_clients(server, move |addr| {
         // A client connected before the trouble starts, and still served after it.
         let mut bystander = RawClient::connect(addr);
         assert_eq!(
@@ -270,21 +266,13 @@ async fn malformed_frames_leave_the_server_serving_a_well_behaved_client() {
         );
         assert_eq!(received[&0].len(), 100);
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_get_kafka_error_codes_and_store_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = server_on(dir.path())
-        .auto_create_topics(false)
-        .start()
-        .await
-        .expect("server");
-    let addr = server.local_addr();
-    tokio::task::spawn_blocking(move || {
+    let (_dir, server) = temp_server(|server| server.auto_create_topics(false)).await;
+    with_clients(server, move |addr| {
         let mut c = RawClient::connect(addr);
         let topic = unique_topic("errors");
 
@@ -384,9 +372,7 @@ async fn refused_requests_get_kafka_error_codes_and_store_nothing() {
         c.send_raw(&frame).expect("send");
         assert_eq!(latest_offset(&mut c, &topic), 5);
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }
 
 fn init_producer_id(c: &mut RawClient, existing: Option<(i64, i16)>) -> (i64, i16) {
@@ -410,11 +396,9 @@ fn init_producer_id(c: &mut RawClient, existing: Option<(i64, i16)>) -> (i64, i1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producer_duplicates_are_acknowledged_once_and_gaps_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start_server(dir.path()).await;
-    let addr = server.local_addr();
     let topic = unique_topic("idempotent");
     let t = topic.clone();
-    let (pid, epoch) = tokio::task::spawn_blocking(move || {
+    let (pid, epoch) = with_clients(start_server(dir.path()).await, move |addr| {
         let mut c = RawClient::connect(addr);
         assert_eq!(create_topic(&mut c, &t, 1, &[]), 0);
         let (pid, epoch) = init_producer_id(&mut c, None);
@@ -435,14 +419,10 @@ async fn idempotent_producer_duplicates_are_acknowledged_once_and_gaps_refused()
         assert_eq!(latest_offset(&mut c, &t), 5);
         (pid, epoch)
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 
     // Sequence state is rebuilt from the log: a retry after a restart is still a duplicate.
-    let server = start_server(dir.path()).await;
-    let addr = server.local_addr();
-    tokio::task::spawn_blocking(move || {
+    with_clients(start_server(dir.path()).await, move |addr| {
         let mut c = RawClient::connect(addr);
         assert_eq!(
             produce(&mut c, &topic, batch(2, pid, epoch, 3, 10), -1),
@@ -472,17 +452,13 @@ async fn idempotent_producer_duplicates_are_acknowledged_once_and_gaps_refused()
         let (other, _) = init_producer_id(&mut c, None);
         assert_ne!(other, pid, "producer ids are not reused across restarts");
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_answers_at_once_when_data_is_ready_and_long_polls_otherwise() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start_server(dir.path()).await;
-    let addr = server.local_addr();
-    tokio::task::spawn_blocking(move || {
+    let (_dir, server) = temp_server(|server| server).await;
+    with_clients(server, move |addr| {
         let mut c = RawClient::connect(addr);
         let topic = unique_topic("fetch");
         assert_eq!(create_topic(&mut c, &topic, 1, &[]), 0);
@@ -566,9 +542,7 @@ async fn fetch_answers_at_once_when_data_is_ready_and_long_polls_otherwise() {
         let response = c.call(&fetch_request(&topic, 99, 0, 1, 1024), FETCH_V);
         assert_eq!(response.responses[0].partitions[0].error_code, 1);
     })
-    .await
-    .expect("client thread");
-    server.shutdown().await;
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,5 +27,7 @@ mod protocol_edges;
 mod request_budget;
 #[path = "sasl_handshake_v0.rs"]
 mod sasl_handshake_v0;
+#[path = "support/mod.rs"]
+mod support;
 #[path = "user_enumeration.rs"]
 mod user_enumeration;

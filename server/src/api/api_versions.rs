@@ -7,7 +7,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 
-use super::respond_with_header;
+use super::reply::respond_with_header;
 use crate::protocol::{encode_response, RequestError, RequestFrame};
 
 /// Every API served, with the versions implemented.

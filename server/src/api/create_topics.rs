@@ -8,7 +8,7 @@ use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::respond;
+use super::reply::respond;
 use crate::auth::rights::TopicOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};

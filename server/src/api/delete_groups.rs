@@ -8,7 +8,7 @@ use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
 use super::group_error::{authorize, error_code};
-use super::{respond, Reply};
+use super::reply::{respond, Reply};
 use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};

@@ -6,7 +6,7 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::respond;
+use super::reply::respond;
 use crate::auth::rights::TopicOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};

@@ -13,7 +13,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{respond, Reply};
+use super::reply::{respond, Reply};
 use crate::auth::rights::TopicOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};

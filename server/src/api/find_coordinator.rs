@@ -6,7 +6,7 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::respond;
+use super::reply::respond;
 use crate::auth::rights::GroupOp;
 use crate::broker::{Broker, NODE_ID};
 use crate::protocol::{RequestError, RequestFrame};

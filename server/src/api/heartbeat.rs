@@ -4,7 +4,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
 use super::group_error::{authorize, result_code};
-use super::respond;
+use super::reply::respond;
 use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 
-use super::respond;
+use super::reply::respond;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};
 

@@ -9,7 +9,7 @@ use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::group_error::{authorize, error_code};
-use super::{respond, Reply};
+use super::reply::{respond, Reply};
 use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::group::state::{JoinOutcome, Joined};

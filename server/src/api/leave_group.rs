@@ -6,7 +6,7 @@ use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::group_error::{authorize, error_code, result_code};
-use super::respond;
+use super::reply::respond;
 use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::group::LeavingMember;

@@ -5,7 +5,7 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::respond;
+use super::reply::respond;
 use crate::auth::rights::GroupOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};

@@ -8,7 +8,7 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
-use super::respond;
+use super::reply::respond;
 use crate::auth::rights::TopicOp;
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};

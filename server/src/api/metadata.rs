@@ -11,7 +11,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::respond;
+use super::reply::respond;
 use crate::auth::rights::TopicOp;
 use crate::broker::{Broker, NODE_ID};
 use crate::protocol::{RequestError, RequestFrame};

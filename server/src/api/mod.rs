@@ -18,37 +18,17 @@ pub(crate) mod metadata;
 pub(crate) mod offset_commit;
 pub(crate) mod offset_fetch;
 pub(crate) mod produce;
+pub(crate) mod reply;
 pub(crate) mod sync_group;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
 use kafka_protocol::messages::ApiKey;
-use kafka_protocol::protocol::{Encodable, HeaderVersion};
 
 use super::broker::Broker;
-use super::protocol::{encode_response, RequestError, RequestFrame};
+use super::protocol::{RequestError, RequestFrame};
 
-/// What a handled request gives back to the connection.
-pub(crate) enum Reply {
-    /// No response is sent (produce with acks=0).
-    Nothing,
-    /// A response frame ready to send.
-    Ready(Bytes),
-    /// A response that is ready later (a long-poll fetch, a produce waiting for fsync).
-    Later(BoxFuture<'static, Result<Bytes, RequestError>>),
-}
-
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reply::Nothing => f.write_str("Reply::Nothing"),
-            Reply::Ready(b) => write!(f, "Reply::Ready({} bytes)", b.len()),
-            Reply::Later(_) => f.write_str("Reply::Later"),
-        }
-    }
-}
+pub(crate) use self::reply::{respond, Reply};
 
 /// Why a request could not be answered; the connection is closed.
 #[derive(Debug, thiserror::Error)]
@@ -66,33 +46,6 @@ pub(crate) enum DispatchError {
         /// What is served, for the log line.
         served: String,
     },
-}
-
-/// Encodes a response with the header version that belongs to its API and version.
-pub(crate) fn respond<R: Encodable + HeaderVersion>(
-    frame: &RequestFrame,
-    body: &R,
-) -> Result<Bytes, RequestError> {
-    respond_with_header(frame, R::header_version(frame.api_version), body)
-}
-
-/// Encodes a response with an explicit response-header version.
-pub(crate) fn respond_with_header<R: Encodable>(
-    frame: &RequestFrame,
-    header_version: i16,
-    body: &R,
-) -> Result<Bytes, RequestError> {
-    encode_response(
-        frame.correlation_id,
-        header_version,
-        body,
-        frame.api_version,
-    )
-    .map_err(|e| RequestError::Malformed {
-        api: frame.api_key,
-        version: frame.api_version,
-        reason: format!("response does not encode: {e}"),
-    })
 }
 
 /// Handles one request: the synchronous part (appends, topic changes) happens before this

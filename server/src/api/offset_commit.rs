@@ -10,7 +10,7 @@ use kafka_protocol::messages::offset_commit_response::{
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
 use super::group_error::{authorize, error_code};
-use super::{respond, Reply};
+use super::reply::{respond, Reply};
 use crate::auth::rights::{GroupOp, TopicOp};
 use crate::broker::Broker;
 use crate::durable::now_ms;

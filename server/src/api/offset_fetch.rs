@@ -10,7 +10,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::error::ResponseError;
 
 use super::group_error::{authorize, error_code};
-use super::respond;
+use super::reply::respond;
 use crate::auth::rights::{GroupOp, TopicOp};
 use crate::broker::Broker;
 use crate::protocol::{RequestError, RequestFrame};

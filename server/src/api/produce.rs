@@ -8,7 +8,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
-use super::{respond, Reply};
+use super::reply::{respond, Reply};
 use crate::auth::rights::TopicOp;
 use crate::broker::Broker;
 use crate::config::FsyncPolicy;
