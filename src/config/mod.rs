@@ -372,7 +372,7 @@ impl WorkerConfig {
                 reason: reason.to_owned(),
             })
         };
-        if !policies::is_identifier(&self.stores.schema) {
+        if !is_identifier(&self.stores.schema) {
             return invalid(
                 "stores.schema",
                 "must be a plain lower-case identifier (letters, digits, `_`, at most 63)",

@@ -5,13 +5,19 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower::Service;
 
-use super::OutcomeFuture;
 use crate::message::{Envelope, Outcome};
+
+/// The future every policy service returns.
+pub type OutcomeFuture = Pin<Box<dyn Future<Output = Result<Outcome, Infallible>> + Send>>;
+
+/// The boxed service at the top of a stack.
+pub type BoxedStack = tower::util::BoxCloneSyncService<Envelope, Outcome, Infallible>;
 
 /// A policy: what it does around the rest of the stack. Every policy of the stack is one
 /// of these, made from the worker's assembly (see `policy::STACK`).

@@ -5,12 +5,9 @@ use std::sync::Arc;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::headers;
-use super::stack::Assembly;
+use super::stack::{Assembly, Describe};
 use crate::message::{Envelope, Facts, HandlerNotes, Message, Outcome};
 use crate::store::key_text;
-
-/// Reads a delivery's facts: the message type's `key`, `version` and `id`.
-pub type Describe = Arc<dyn Fn(&Envelope) -> Facts + Send + Sync>;
 
 /// The [`Describe`] of message type `M` consumed by `group`: the store key is
 /// `<group>/<original topic>/<record key>` (the record key, or the message's own key when

@@ -250,13 +250,14 @@ mod tests {
                 }
             })
         };
-        let service = Next::service(crate::policy::BoxedStack::new(inner)).with(LockConfig::new(
-            Arc::new(Unrenewable::default()),
-            Duration::from_millis(45),
-            None,
-            false,
-            CancellationToken::new(),
-        ));
+        let service =
+            Next::service(crate::policy::adapter::BoxedStack::new(inner)).with(LockConfig::new(
+                Arc::new(Unrenewable::default()),
+                Duration::from_millis(45),
+                None,
+                false,
+                CancellationToken::new(),
+            ));
         let mut envelope = Envelope::new("t", "k", "p");
         envelope.guard.facts = Some(Arc::new(Facts {
             store_key: "k".into(),

@@ -8,6 +8,7 @@
 
 mod adapter;
 mod breaker;
+mod clock;
 mod dedup;
 mod facts;
 pub mod headers;
@@ -19,25 +20,24 @@ mod route;
 mod sink;
 mod stack;
 mod stale;
+mod tier_topics;
 mod timeout;
 mod trace;
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-
 pub(crate) use self::adapter::Next;
 use self::adapter::Wrap;
-pub use self::breaker::{Breaker, BreakerPhase, BreakerSettings, BreakerState, Permit};
-pub use self::facts::{describe, Describe};
+pub use self::adapter::{BoxedStack, OutcomeFuture};
+pub use self::breaker::state::{Breaker, BreakerPhase, BreakerSettings, BreakerState, Permit};
+pub(crate) use self::clock::now_ms;
+pub use self::facts::describe;
 pub(crate) use self::outage::outage_backoff;
 pub use self::retry::Retry;
-pub(crate) use self::route::{abandonable, Routing};
-pub use self::route::{RetryTiers, TierNames};
+pub(crate) use self::route::abandonable;
 pub use self::sink::{MemorySink, OutgoingRecord, Sink, SinkError};
-pub(crate) use self::stack::Assembly;
-pub use self::stack::UserLayer;
+pub(crate) use self::stack::{Assembly, Routing};
+pub use self::stack::{Describe, UserLayer};
 pub use self::stale::stale_topic;
+pub use self::tier_topics::{RetryTiers, TierNames};
 
 /// The stack's order, outermost first: each entry builds its policy from the worker's
 /// [`Assembly`], or `None` where the policy is off. A new policy is a file of this module
@@ -57,18 +57,13 @@ pub(crate) const STACK: &[fn(&Assembly<'_>) -> Option<Wrap>] = &[
 ];
 
 pub use crate::message::Failure;
-use crate::message::{Envelope, Outcome};
 
-/// The future every policy service returns.
-pub type OutcomeFuture = Pin<Box<dyn Future<Output = Result<Outcome, Infallible>> + Send>>;
-
-/// The boxed service at the top of a stack.
-pub type BoxedStack = tower::util::BoxCloneSyncService<Envelope, Outcome, Infallible>;
-
-/// Milliseconds since the epoch, now.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// The stack: every policy of [`STACK`] that is on in `assembly`, around `handler`.
+pub(crate) fn assemble(assembly: &Assembly<'_>, handler: Next) -> BoxedStack {
+    let next = STACK
+        .iter()
+        .rev()
+        .filter_map(|build| build(assembly))
+        .fold(handler, |next, wrap| wrap(next));
+    BoxedStack::new(next)
 }

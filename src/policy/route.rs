@@ -17,11 +17,11 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
+use super::clock::now_ms;
 use super::headers;
-use super::now_ms;
 use super::sink::{OutgoingRecord, Sink};
 use super::stack::Assembly;
-use crate::config::WorkerConfig;
+use super::tier_topics::{RetryTiers, TierNames};
 use crate::message::{Envelope, Failure, Outcome, RouteTarget};
 
 tokio::task_local! {
@@ -39,90 +39,6 @@ pub(crate) async fn abandonable<F: std::future::Future>(
     ABANDONED.scope(abandoned, job).await
 }
 
-/// The delays of the retry tiers, in order: tier `n` of group `g` is `<topic>.<g>.retry.<n>`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RetryTiers(pub Vec<Duration>);
-
-/// How retry-tier topics are named: one set per consumer group (the default), or the shared
-/// names of earlier versions, `<topic>.retry.<n>`, which every group of a topic consumes
-/// (a worker then skips the records another group routed there).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TierNames {
-    group: String,
-    shared: bool,
-}
-
-impl TierNames {
-    /// Names of `group`'s tiers: `<topic>.<group>.retry.<n>`, or `<topic>.retry.<n>` when
-    /// `shared`.
-    pub fn new(group: &str, shared: bool) -> Self {
-        TierNames {
-            group: group.to_owned(),
-            shared,
-        }
-    }
-    /// The consumer group the tiers belong to.
-    pub fn group(&self) -> &str {
-        &self.group
-    }
-    /// The topic of tier `n` (1-based) for source topic `topic`.
-    pub fn topic(&self, topic: &str, n: u32) -> String {
-        if self.shared {
-            RetryTiers::shared_topic(topic, n)
-        } else {
-            RetryTiers::topic(topic, &self.group, n)
-        }
-    }
-}
-
-impl WorkerConfig {
-    /// The retry tiers' delays.
-    pub fn retry_tiers(&self) -> RetryTiers {
-        RetryTiers(
-            self.retry_tiers_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
-        )
-    }
-}
-
-impl RetryTiers {
-    /// The topic of tier `n` (1-based) of consumer group `group` for source topic `topic`.
-    pub fn topic(topic: &str, group: &str, n: u32) -> String {
-        format!("{topic}.{group}.retry.{n}")
-    }
-    /// The shared name of tier `n` used before tiers belonged to a group (and with
-    /// `shared_retry_topics`): `<topic>.retry.<n>`.
-    pub fn shared_topic(topic: &str, n: u32) -> String {
-        format!("{topic}.retry.{n}")
-    }
-    /// How many tiers there are.
-    pub fn len(&self) -> u32 {
-        u32::try_from(self.0.len()).unwrap_or(u32::MAX)
-    }
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// Where a stack's failed messages go, and how it publishes them.
-#[derive(Debug, Clone)]
-pub(crate) struct Routing {
-    /// The retry tiers' delays.
-    pub(crate) tiers: RetryTiers,
-    /// The tiers' topic names.
-    pub(crate) names: TierNames,
-    /// The dead-letter topic (`<original topic>.dlq` when `None`).
-    pub(crate) dead_letter: Option<String>,
-    /// The tiers' partition count: a copy keeps its partition when the tier has it.
-    pub(crate) tier_partitions: Option<i32>,
-    /// Publishes the copies.
-    pub(crate) sink: Arc<dyn Sink>,
-}
-
-/// Routes failed messages to a retry tier or the dead-letter topic.
 #[derive(Debug)]
 struct RouteConfig {
     tiers: RetryTiers,
@@ -292,7 +208,7 @@ mod tests {
     use futures::future::BoxFuture;
 
     use super::*;
-    use crate::policy::SinkError;
+    use crate::policy::sink::SinkError;
 
     /// Never acknowledges (the broker is down); counts the sends.
     #[derive(Debug, Default)]
@@ -329,7 +245,7 @@ mod tests {
                 unavailable: false,
             }))
         });
-        let service = Next::service(crate::policy::BoxedStack::new(failing)).with(route);
+        let service = Next::service(crate::policy::adapter::BoxedStack::new(failing)).with(route);
         let abandoned = Arc::new(CancellationToken::new());
         let envelope = Envelope::new("t", b"k".to_vec(), b"v".to_vec());
         let job = tokio::spawn(abandonable(abandoned.clone(), async move {

@@ -8,10 +8,13 @@ use tower::{Layer, Service};
 
 use tokio_util::sync::CancellationToken;
 
+use super::adapter::BoxedStack;
 use super::adapter::{Next, Wrap};
-use super::{BoxedStack, Breaker, Describe, Routing, STACK};
+use super::breaker::state::Breaker;
+use super::sink::Sink;
+use super::tier_topics::{RetryTiers, TierNames};
 use crate::config::WorkerConfig;
-use crate::message::{Envelope, Outcome};
+use crate::message::{Envelope, Facts, Outcome};
 use crate::observe::{Health, Meters};
 use crate::store::StoreHandles;
 
@@ -42,6 +45,25 @@ impl UserLayer {
     }
 }
 
+/// Reads a delivery's facts: the message type's `key`, `version` and `id`.
+pub type Describe = Arc<dyn Fn(&Envelope) -> Facts + Send + Sync>;
+
+/// Where a stack's failed messages go, and how it publishes them.
+#[derive(Debug, Clone)]
+pub(crate) struct Routing {
+    /// The retry tiers' delays.
+    pub(crate) tiers: RetryTiers,
+    /// The tiers' topic names.
+    pub(crate) names: TierNames,
+    /// The dead-letter topic (`<original topic>.dlq` when `None`).
+    pub(crate) dead_letter: Option<String>,
+    /// The tiers' partition count: a copy keeps its partition when the tier has it.
+    pub(crate) tier_partitions: Option<i32>,
+    /// Publishes the copies.
+    pub(crate) sink: Arc<dyn Sink>,
+}
+
+/// Routes failed messages to a retry tier or the dead-letter topic.
 /// Everything a policy of the stack may be built from.
 pub(crate) struct Assembly<'a> {
     /// The worker's settings (each policy reads its own table).
@@ -73,16 +95,6 @@ impl Assembly<'_> {
     pub(crate) fn needs_facts(&self) -> bool {
         let s = self.stores;
         s.version.is_some() || s.lock.is_some() || s.dedup.is_some() || s.transactions.is_some()
-    }
-
-    /// The stack: every policy of [`STACK`] that is on, around `handler`.
-    pub(crate) fn stack(&self, handler: Next) -> BoxedStack {
-        let next = STACK
-            .iter()
-            .rev()
-            .filter_map(|build| build(self))
-            .fold(handler, |next, wrap| wrap(next));
-        BoxedStack::new(next)
     }
 }
 

@@ -152,7 +152,7 @@ pub(crate) fn overtaken(envelope: &Envelope, version: i64, current: i64) -> Opti
         ),
         permanent: true,
         retry_after: None,
-        first_failed_ms: super::now_ms(),
+        first_failed_ms: super::clock::now_ms(),
         attempt: envelope.attempt,
         unavailable: false,
     }))

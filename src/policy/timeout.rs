@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
+use super::clock::now_ms;
 use super::stack::Assembly;
-use super::{now_ms, Failure};
-use crate::message::{Envelope, Outcome};
+use crate::message::{Envelope, Failure, Outcome};
 use crate::store::TransactionalStore;
 
 /// Limits each attempt to a duration.

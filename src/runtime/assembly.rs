@@ -40,7 +40,7 @@ pub(crate) fn build_stack<H: Handler>(
     let handler = HandlerService::new(handler, group, shutdown.clone())
         .with_transactions(guards.stores.transactions.clone())
         .timed(meters.handler_duration.clone());
-    assembly.stack(Next::service(handler))
+    policy::assemble(&assembly, Next::service(handler))
 }
 
 /// This worker's name in dedup reservations: process id, start time and a random part

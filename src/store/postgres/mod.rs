@@ -10,6 +10,8 @@
 //! the message id, its version and its fencing token in the handler's own transaction, so
 //! that the effects and the records commit or roll back together.
 
+#[cfg(test)]
+mod auth_tests;
 mod config;
 mod dedup;
 mod error;

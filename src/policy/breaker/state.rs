@@ -1,10 +1,5 @@
-//! A circuit breaker around the handler: when the failure rate over a sliding window passes a
-//! threshold (with a minimum number of calls), the breaker opens. While it is open the
-//! handler is not called: messages wait (in flight, never dead-lettered, never committed
-//! past) and the worker pauses its partitions while it keeps polling. After the open period
-//! a few probe calls go through (half-open); if they succeed the breaker closes, otherwise it
-//! opens again. A message whose failure opened the breaker is not routed: it waits with the
-//! others and is tried again, without spending an attempt.
+//! The breaker's state machine: the sliding window of calls, the phases (closed, open,
+//! half-open) and the permits; shared by the policy and the consume loop.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,12 +7,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use super::adapter::{wrap, Next, Policy, Wrap};
-use super::stack::Assembly;
 use crate::config::BreakerConfig;
-use crate::message::{Envelope, Outcome};
 
 /// Breaker settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -189,13 +180,15 @@ impl Breaker {
     pub fn watch(&self) -> watch::Receiver<BreakerPhase> {
         self.phase.subscribe()
     }
-    fn permit(&self) -> Permit {
+    /// Asks to make a call now: go, or wait until when.
+    pub(crate) fn permit(&self) -> Permit {
         let mut state = self.state.lock();
         let permit = state.permit(Instant::now());
         self.publish(state.phase());
         permit
     }
-    fn record(&self, success: bool) -> BreakerPhase {
+    /// Records a call's result; the phase after it.
+    pub(crate) fn record(&self, success: bool) -> BreakerPhase {
         let mut state = self.state.lock();
         let before = state.phase();
         state.record(Instant::now(), success);
@@ -212,47 +205,6 @@ impl Breaker {
             *p = phase;
             changed
         });
-    }
-}
-
-/// Puts a [`Breaker`] around the inner services.
-#[derive(Debug)]
-pub(crate) struct BreakerPolicy {
-    breaker: Breaker,
-    shutdown: CancellationToken,
-}
-
-/// The breaker policy, when `[breaker]` is on (its state is made with the worker, which
-/// watches it to pause fetching while it is open).
-pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
-    let breaker = a.breaker?.clone();
-    Some(wrap(BreakerPolicy {
-        breaker,
-        shutdown: a.shutdown.clone(),
-    }))
-}
-
-impl Policy for BreakerPolicy {
-    async fn call(self: Arc<Self>, envelope: Envelope, next: Next) -> Outcome {
-        loop {
-            while let Permit::WaitUntil(at) = self.breaker.permit() {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at.into()) => {}
-                    _ = self.shutdown.cancelled() => return Outcome::Requeue,
-                }
-            }
-            let outcome = next.run(envelope.clone()).await;
-            let failed = matches!(&outcome, Outcome::Failed(f) if !f.permanent);
-            if matches!(outcome, Outcome::Requeue) {
-                return outcome;
-            }
-            let phase = self.breaker.record(!failed);
-            if failed && phase == BreakerPhase::Open {
-                // The dependency is down: wait with the others instead of routing.
-                continue;
-            }
-            return outcome;
-        }
     }
 }
 
