@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: services up, formatting, lints and rustdoc clean, every test run (unit,
+# The whole test suite: services up, formatting, no import cycle, lints and rustdoc clean, every test run (unit,
 # integration, the macros' UI tests, doc tests, the quickstart run as a user runs it, and the
 # benchmarks' smoke runs), then the wall time of each phase and of each test binary, and one
 # closing line with the totals.
@@ -136,6 +136,8 @@ fi
 
 gate services bash scripts/services.sh
 gate fmt cargo fmt --all -- --check
+# No file-level import cycle in any crate of the workspace (see the script for the rule).
+gate imports python3 scripts/import_cycles.py
 export RUSTC_WORKSPACE_WRAPPER=$PWD/scripts/compile.sh
 LINT_DRIVER=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver || true)
 export LINT_DRIVER

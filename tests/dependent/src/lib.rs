@@ -7,7 +7,9 @@
 //! trying to allocate for them (the stock kafka-protocol 0.18.0 decoders abort the process on
 //! that allocation), and the server keeps serving.
 //!
-//! The requests are written byte by byte, as any client on the network could send them.
+//! The requests are written byte by byte, as any client on the network could send them. A
+//! second module runs the store conformance suite steadfast exports, as a crate with a store
+//! backend of its own does.
 
 #[cfg(test)]
 mod tests {
@@ -134,4 +136,37 @@ mod tests {
 
         server.shutdown().await;
     }
+}
+
+/// The store conformance suite, exported by steadfast, run from this crate as a user's crate
+/// with a backend of its own would run it (here over steadfast's memory stores): the macro's
+/// paths and the checks work from outside steadfast.
+#[cfg(test)]
+mod store_conformance {
+    use std::sync::Arc;
+
+    use steadfast::store::memory::{
+        MemoryDedupStore, MemoryLockStore, MemoryRateLimitStore, MemoryVersionStore,
+    };
+    use steadfast::store::{DedupStore, LockStore, RateLimitStore, VersionStore};
+
+    fn lock() -> Arc<dyn LockStore> {
+        Arc::new(MemoryLockStore::new())
+    }
+    fn dedup() -> Arc<dyn DedupStore> {
+        Arc::new(MemoryDedupStore::new())
+    }
+    fn version() -> Arc<dyn VersionStore> {
+        Arc::new(MemoryVersionStore::new())
+    }
+    fn rate() -> Arc<dyn RateLimitStore> {
+        Arc::new(MemoryRateLimitStore::new())
+    }
+
+    steadfast::store_conformance_tests!(
+        lock: lock(),
+        dedup: dedup(),
+        version: version(),
+        rate: rate(),
+    );
 }
