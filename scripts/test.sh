@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: services up, formatting, no import cycle, lints and rustdoc clean, every test run (unit,
-# integration, the macros' UI tests, doc tests, the quickstart run as a user runs it, and the
-# benchmarks' smoke runs), then the wall time of each phase and of each test binary, and one
-# closing line with the totals.
+# The whole test suite: services up, formatting, no import cycle, lints and rustdoc clean,
+# every test run (unit, integration, the macros' UI tests, doc tests, the quickstart run as a
+# user runs it, and the benchmarks' smoke runs), then the wall time of each phase and of each
+# test binary, and one closing line with the totals.
 #
 # One build serves every phase. The workspace's crates are compiled by scripts/compile.sh
 # (RUSTC_WORKSPACE_WRAPPER): clippy-driver with `-D warnings`, as `cargo clippy` runs it, so the
