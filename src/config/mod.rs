@@ -319,6 +319,24 @@ impl WorkerConfig {
         if self.commit_interval_ms == 0 {
             return invalid("commit_interval_ms", "must be positive");
         }
+        if self.dead_letter_topic.is_some() && self.dead_letter_topic == self.topic {
+            return invalid(
+                "dead_letter_topic",
+                "is the source topic: dead letters would be consumed again",
+            );
+        }
+        self.validate_policies()?;
+        self.validate_observe_and_kafka()
+    }
+
+    /// The `[observe]` settings and the `[kafka]` properties steadfast sets itself.
+    fn validate_observe_and_kafka(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
         if let Some(listen) = &self.observe.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {
                 return invalid(
@@ -342,13 +360,6 @@ impl WorkerConfig {
                 "`statistics.interval.ms` = 0 turns off the consumer-lag metric and the stall detector's view of the log; set `observe.lag_interval_ms` instead",
             );
         }
-        if self.dead_letter_topic.is_some() && self.dead_letter_topic == self.topic {
-            return invalid(
-                "dead_letter_topic",
-                "is the source topic: dead letters would be consumed again",
-            );
-        }
-        self.validate_policies()?;
         for key in [
             "enable.auto.offset.store",
             "enable.auto.commit",

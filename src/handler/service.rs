@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use super::{Context, Handler, HandlerError};
-use crate::message::{Envelope, Failure, Message, Outcome};
+use crate::message::{Envelope, Failure, HandlerNotes, Message, Outcome};
 use crate::policy::{now_ms, OutcomeFuture};
 use crate::store::TransactionalStore;
 
@@ -109,60 +109,72 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
                 .catch_unwind()
                 .await;
             drop(timer);
-            Ok(match result {
-                Ok(Ok(())) => match notes.as_deref() {
-                    Some(n) if n.handed.load(Ordering::SeqCst) && !n.recorded.load(Ordering::SeqCst) => {
-                        failure(
-                            "transient",
-                            "the handler returned Ok without committing the transaction it was handed: nothing of it was applied".to_owned(),
-                            false,
-                            attempt,
-                        )
-                    }
-                    Some(n) => match *n.skipped.lock() {
-                        Some(reason) => Outcome::Drop(reason),
-                        None => Outcome::Ack { attempt },
-                    },
-                    None => Outcome::Ack { attempt },
-                },
-                Ok(Err(mut e)) => {
-                    if !matches!(e, HandlerError::Unavailable(_) | HandlerError::Permanent(_))
-                        && notes.as_ref().is_some_and(|n| {
-                            n.used_transaction.load(Ordering::SeqCst)
-                        })
-                    {
-                        if let Some(stores) = &transactions {
-                            if let Err(down) = stores.answers().await {
-                                e = HandlerError::Unavailable(format!(
-                                    "{}; the database does not answer: {down}",
-                                    e.message()
-                                ));
-                            }
-                        }
-                    }
-                    let retry_after = match &e {
-                        HandlerError::RetryAfter(d, _) => Some(*d),
-                        _ => None,
-                    };
-                    Outcome::Failed(Failure {
-                        class: e.class(),
-                        message: e.message().to_owned(),
-                        permanent: matches!(e, HandlerError::Permanent(_)),
-                        retry_after,
-                        first_failed_ms: now_ms(),
-                        attempt,
-                        unavailable: matches!(e, HandlerError::Unavailable(_)),
-                    })
-                }
-                Err(panic) => {
-                    let text = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "handler panicked".to_owned());
-                    failure("panic", format!("handler panicked: {text}"), true, attempt)
-                }
-            })
+            Ok(outcome_of(result, notes.as_deref(), transactions.as_deref(), attempt).await)
         })
+    }
+}
+
+/// What a handler call's result becomes: a success (or the drop its transaction found), or a
+/// failure classified by its error; a failure of a handler whose transaction's database does
+/// not answer is an outage, and a panic is permanent.
+async fn outcome_of(
+    result: std::thread::Result<Result<(), HandlerError>>,
+    notes: Option<&HandlerNotes>,
+    transactions: Option<&dyn TransactionalStore>,
+    attempt: u32,
+) -> Outcome {
+    match result {
+        Ok(Ok(())) => match notes {
+            Some(n) if n.handed.load(Ordering::SeqCst) && !n.recorded.load(Ordering::SeqCst) => {
+                failure(
+                    "transient",
+                    "the handler returned Ok without committing the transaction it was handed: nothing of it was applied".to_owned(),
+                    false,
+                    attempt,
+                )
+            }
+            Some(n) => match *n.skipped.lock() {
+                Some(reason) => Outcome::Drop(reason),
+                None => Outcome::Ack { attempt },
+            },
+            None => Outcome::Ack { attempt },
+        },
+        Ok(Err(mut e)) => {
+            if !matches!(e, HandlerError::Unavailable(_) | HandlerError::Permanent(_))
+                && notes.is_some_and(|n| {
+                    n.used_transaction.load(Ordering::SeqCst)
+                })
+            {
+                if let Some(stores) = transactions {
+                    if let Err(down) = stores.answers().await {
+                        e = HandlerError::Unavailable(format!(
+                            "{}; the database does not answer: {down}",
+                            e.message()
+                        ));
+                    }
+                }
+            }
+            let retry_after = match &e {
+                HandlerError::RetryAfter(d, _) => Some(*d),
+                _ => None,
+            };
+            Outcome::Failed(Failure {
+                class: e.class(),
+                message: e.message().to_owned(),
+                permanent: matches!(e, HandlerError::Permanent(_)),
+                retry_after,
+                first_failed_ms: now_ms(),
+                attempt,
+                unavailable: matches!(e, HandlerError::Unavailable(_)),
+            })
+        }
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".to_owned());
+            failure("panic", format!("handler panicked: {text}"), true, attempt)
+        }
     }
 }

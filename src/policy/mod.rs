@@ -1,10 +1,16 @@
-//! The policy stack every message goes through, as tower layers in a fixed order (outermost
-//! first): trace → route (retry tiers, dead-letter topic) → facts → stale drop → breaker →
-//! rate limit → key lock → dedup → retry in place → the user's layers → timeout → handler.
-//! The protective layers (facts to dedup) are present only when configured; the order is
-//! [`STACK`]'s.
-//! Every layer is a `Service<Envelope, Response = Outcome, Error = Infallible>`: a failure is
-//! a value ([`Outcome::Failed`]), never an error that escapes.
+//! The policy stack every message goes through, in a fixed order (outermost first): trace →
+//! route (retry tiers, dead-letter topic) → facts → stale drop → breaker → rate limit → key
+//! lock → dedup → retry in place → the user's layers → timeout → handler. The protective
+//! layers (facts to dedup) are present only when configured; the order is `STACK`'s.
+//!
+//! Each policy is a `Policy` (see `adapter.rs`): its logic around the rest of the stack, which
+//! it calls through `Next`. The stack as a whole is a tower service ([`BoxedStack`],
+//! `Service<Envelope, Response = Outcome, Error = Infallible>`): a failure is a value
+//! ([`crate::message::Outcome::Failed`]), never an error that escapes.
+//!
+//! A new policy is one file here: its logic and a `build` function that makes it from the
+//! worker's `Assembly` (its settings, stores, sink, meters) or returns `None` where it is off;
+//! then its line in `STACK` and its table in the configuration.
 
 mod adapter;
 mod breaker;

@@ -16,7 +16,8 @@ use crate::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore
 use crate::store::postgres::PostgresStores;
 use crate::store::redis::RedisStores;
 use crate::store::{
-    DedupStore, LockStore, StoreError, StoreHandles, TransactionalStore, VersionStore,
+    DedupStore, LockStore, RateLimitStore, StoreError, StoreHandles, TransactionalStore,
+    VersionStore,
 };
 
 /// The connected stores and the breaker; a store is `None` where its policy is off.
@@ -38,75 +39,42 @@ impl Guards {
         shutdown: &CancellationToken,
         health: &Arc<Health>,
     ) -> Result<Guards, WorkerError> {
-        let mut urls = Connections {
-            redis: HashMap::new(),
-            postgres: HashMap::new(),
-            prefix: config.stores.key_prefix.clone(),
-            schema: config.stores.schema.clone(),
-            pool_size: config.concurrency.saturating_add(8).clamp(16, 128),
-            shutdown: shutdown.clone(),
-            health: health.clone(),
+        let mut urls = Connections::new(config, shutdown, health);
+        let version: Option<(Arc<dyn VersionStore>, _)> = match (&given.version, &config.stale) {
+            (Some(store), _) => Some((store.clone(), "custom")),
+            (None, Some(stale)) => Some(urls.version(&stale.store).await?),
+            (None, None) => None,
         };
-        let mut stores = given.clone();
-        if let (None, Some(stale)) = (&stores.version, &config.stale) {
-            let (store, backend) = urls.version(&stale.store).await?;
-            stores.version = Some(Arc::new(Observed::new(
-                store,
-                "stale",
-                backend,
-                health.clone(),
-            )));
-        } else if let Some(store) = stores.version.take() {
-            stores.version = Some(Arc::new(Observed::new(
-                store,
-                "stale",
-                "custom",
-                health.clone(),
-            )));
-        }
-        if let (None, Some(lock)) = (&stores.lock, &config.lock) {
-            let (store, backend) = urls.lock(&lock.store).await?;
-            stores.lock = Some(Arc::new(Observed::new(
-                store,
-                "lock",
-                backend,
-                health.clone(),
-            )));
-        } else if let Some(store) = stores.lock.take() {
-            let backend = store.backend();
-            stores.lock = Some(Arc::new(Observed::new(
-                store,
-                "lock",
-                backend,
-                health.clone(),
-            )));
-        }
-        if let (None, Some(dedup)) = (&stores.dedup, &config.dedup) {
-            let (store, backend) = urls.dedup(&dedup.store).await?;
-            stores.dedup = Some(Arc::new(Observed::new(
-                store,
-                "dedup",
-                backend,
-                health.clone(),
-            )));
-        } else if let Some(store) = stores.dedup.take() {
-            stores.dedup = Some(Arc::new(Observed::new(
-                store,
-                "dedup",
-                "custom",
-                health.clone(),
-            )));
-        }
-        if let (None, Some(url)) = (
-            &stores.rate,
-            config.rate_limit.as_ref().and_then(|r| r.store.as_ref()),
-        ) {
-            stores.rate = Some(Arc::new(urls.redis(url).await?));
-        }
-        if let (None, Some(tx)) = (&stores.transactions, &config.transaction) {
-            let store: Arc<dyn TransactionalStore> = Arc::new(urls.postgres(&tx.postgres).await?);
-            stores.transactions = Some(store);
-        }
+        let lock: Option<(Arc<dyn LockStore>, _)> = match (&given.lock, &config.lock) {
+            (Some(store), _) => Some((store.clone(), store.backend())),
+            (None, Some(lock)) => Some(urls.lock(&lock.store).await?),
+            (None, None) => None,
+        };
+        let dedup: Option<(Arc<dyn DedupStore>, _)> = match (&given.dedup, &config.dedup) {
+            (Some(store), _) => Some((store.clone(), "custom")),
+            (None, Some(dedup)) => Some(urls.dedup(&dedup.store).await?),
+            (None, None) => None,
+        };
+        let shared_rate = config.rate_limit.as_ref().and_then(|r| r.store.as_deref());
+        let rate: Option<Arc<dyn RateLimitStore>> = match (&given.rate, shared_rate) {
+            (Some(store), _) => Some(store.clone()),
+            (None, Some(url)) => Some(Arc::new(urls.redis(url).await?)),
+            (None, None) => None,
+        };
+        let transactions: Option<Arc<dyn TransactionalStore>> =
+            match (&given.transactions, &config.transaction) {
+                (Some(store), _) => Some(store.clone()),
+                (None, Some(tx)) => Some(Arc::new(urls.postgres(&tx.postgres).await?)),
+                (None, None) => None,
+            };
+        let watched = || health.clone();
+        let stores = StoreHandles {
+            version: version.map(|(s, b)| Arc::new(Observed::new(s, "stale", b, watched())) as _),
+            lock: lock.map(|(s, b)| Arc::new(Observed::new(s, "lock", b, watched())) as _),
+            dedup: dedup.map(|(s, b)| Arc::new(Observed::new(s, "dedup", b, watched())) as _),
+            rate,
+            transactions,
+        };
         let breaker = config
             .breaker
             .as_ref()
@@ -133,6 +101,20 @@ struct Connections {
 }
 
 impl Connections {
+    /// No connection yet; Postgres pools of the worker's concurrency plus room for lock
+    /// renewals and store calls.
+    fn new(config: &WorkerConfig, shutdown: &CancellationToken, health: &Arc<Health>) -> Self {
+        Connections {
+            redis: HashMap::new(),
+            postgres: HashMap::new(),
+            prefix: config.stores.key_prefix.clone(),
+            schema: config.stores.schema.clone(),
+            pool_size: config.concurrency.saturating_add(8).clamp(16, 128),
+            shutdown: shutdown.clone(),
+            health: health.clone(),
+        }
+    }
+
     /// The store `url` names, made by the function for its backend, with the backend's
     /// name; `key` is the setting, in the error for a URL of no backend.
     async fn open<T: ?Sized>(
