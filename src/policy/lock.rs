@@ -156,6 +156,7 @@ impl LockConfig {
                         .unwrap_or_else(|_| Err(StoreError::Unavailable {
                             backend: "lock",
                             message: format!("renewal not answered within {every:?}"),
+                            cause: None,
                         }));
                     match renewal {
                         Ok(true) => last_renewed = Instant::now(),
@@ -220,6 +221,7 @@ mod tests {
             Err(StoreError::Unavailable {
                 backend: "test",
                 message: "down".into(),
+                cause: None,
             })
         }
         async fn release(&self, _key: &str, _token: u64) -> Result<(), StoreError> {

@@ -54,6 +54,7 @@ where
             Err(_) => Err(StoreError::Unavailable {
                 backend: "store",
                 message: format!("no answer within {CALL_TIMEOUT:?}"),
+                cause: None,
             }),
         };
         match answer {
@@ -91,6 +92,7 @@ mod tests {
                 Err(StoreError::Unavailable {
                     backend: "redis",
                     message: "down".into(),
+                    cause: None,
                 })
             } else {
                 Ok(7)
@@ -105,6 +107,7 @@ mod tests {
             Err(StoreError::Unavailable {
                 backend: "redis",
                 message: "down".into(),
+                cause: None,
             })
         })
         .await;

@@ -58,6 +58,9 @@ pub enum StoreError {
         backend: &'static str,
         /// What the client reported.
         message: String,
+        /// The client's own error, when there is one.
+        #[source]
+        cause: Option<Cause>,
     },
     /// The store answered with an error (a script or a statement failed).
     #[error("{backend} refused the call: {message}")]
@@ -66,6 +69,9 @@ pub enum StoreError {
         backend: &'static str,
         /// What the store reported.
         message: String,
+        /// The client's own error, when there is one.
+        #[source]
+        cause: Option<Cause>,
     },
     /// The store refused the credentials (a wrong password, an unknown user, no access): not
     /// an outage, so a worker's start fails with it at once instead of waiting; fix the URL.
@@ -75,6 +81,9 @@ pub enum StoreError {
         backend: &'static str,
         /// What the store reported.
         message: String,
+        /// The client's own error, when there is one.
+        #[source]
+        cause: Option<Cause>,
     },
     /// A store URL that cannot be used.
     #[error("store URL `{url}`: {reason}")]
@@ -94,7 +103,42 @@ pub enum StoreError {
     },
 }
 
+/// The driver's error under a [`StoreError`] (a `redis::RedisError`, a
+/// `tokio_postgres::Error`), shared: store errors are cloned to every caller waiting on a call.
+#[derive(Debug, Clone)]
+pub struct Cause(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    /// Wraps a driver error.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(std::sync::Arc::new(error))
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 impl StoreError {
+    /// The same error with `cause` as its source (for the variants that carry one).
+    pub fn caused_by(mut self, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        if let StoreError::Unavailable { cause, .. }
+        | StoreError::Failed { cause, .. }
+        | StoreError::Auth { cause, .. } = &mut self
+        {
+            *cause = Some(Cause::new(error));
+        }
+        self
+    }
+
     /// Whether the store was unreachable (rather than refusing the call or the credentials):
     /// the only failure a worker waits out at start.
     pub fn is_unavailable(&self) -> bool {

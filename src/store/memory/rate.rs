@@ -46,6 +46,7 @@ impl RateLimitStore for MemoryRateLimitStore {
                     "rate limit `{}`: {} permits a second is not a positive rate",
                     limit.name, limit.per_second
                 ),
+                cause: None,
             });
         }
         let interval = Duration::from_secs_f64(1.0 / limit.per_second);

@@ -75,6 +75,7 @@ impl DedupStore for PostgresDedupStore {
             .ok_or_else(|| StoreError::Failed {
                 backend: "postgres",
                 message: "the reservation statement returned no row".to_owned(),
+                cause: None,
             })?;
         Ok(if column(&row, "reserved")? {
             Reservation::Reserved

@@ -14,6 +14,7 @@ pub fn classify(e: &tokio_postgres::Error) -> StoreError {
         return StoreError::Auth {
             backend: "postgres",
             message,
+            cause: None,
         };
     }
     let connection_state = e.code().is_some_and(|code| {
@@ -28,11 +29,13 @@ pub fn classify(e: &tokio_postgres::Error) -> StoreError {
         StoreError::Unavailable {
             backend: "postgres",
             message,
+            cause: None,
         }
     } else {
         StoreError::Failed {
             backend: "postgres",
             message,
+            cause: None,
         }
     }
 }
@@ -83,6 +86,7 @@ pub(crate) fn pool_unavailable(e: &deadpool_postgres::PoolError) -> StoreError {
             return StoreError::Auth {
                 backend: "postgres",
                 message: describe(e),
+                cause: None,
             }
         }
         deadpool_postgres::PoolError::Backend(e) => describe(e),
@@ -91,12 +95,13 @@ pub(crate) fn pool_unavailable(e: &deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable {
         backend: "postgres",
         message: format!("no pooled connection: {cause}"),
+        cause: None,
     }
 }
 
 impl From<tokio_postgres::Error> for StoreError {
     /// Classified as [`classify`] does.
     fn from(e: tokio_postgres::Error) -> Self {
-        classify(&e)
+        classify(&e).caused_by(e)
     }
 }

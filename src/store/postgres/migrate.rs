@@ -36,13 +36,13 @@ pub(crate) async fn migrate(
     schema: &str,
     migrations: &[Migration],
 ) -> Result<Vec<u32>, StoreError> {
-    let tx = client.transaction().await.map_err(|e| classify(&e))?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
         &[&format!("steadfast-migrations:{schema}")],
     )
     .await
-    .map_err(|e| classify(&e))?;
+    .map_err(StoreError::from)?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
          CREATE TABLE IF NOT EXISTS \"{schema}\".steadfast_migrations (
@@ -53,15 +53,15 @@ pub(crate) async fn migrate(
          SET LOCAL search_path TO \"{schema}\";"
     ))
     .await
-    .map_err(|e| classify(&e))?;
+    .map_err(StoreError::from)?;
     let recorded: Vec<i32> = tx
         .query("SELECT version FROM steadfast_migrations", &[])
         .await
-        .map_err(|e| classify(&e))?
+        .map_err(StoreError::from)?
         .iter()
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()
-        .map_err(|e| classify(&e))?;
+        .map_err(StoreError::from)?;
     let mut applied = Vec::new();
     for migration in migrations {
         let version = i32::try_from(migration.version).map_err(|_| StoreError::Migration {
@@ -87,7 +87,7 @@ pub(crate) async fn migrate(
         .map_err(failed)?;
         applied.push(migration.version);
     }
-    tx.commit().await.map_err(|e| classify(&e))?;
+    tx.commit().await.map_err(StoreError::from)?;
     Ok(applied)
 }
 

@@ -143,7 +143,7 @@ impl PostgresStores {
             client
                 .simple_query("SELECT 1")
                 .await
-                .map_err(|e| classify(&e))?;
+                .map_err(StoreError::from)?;
             Ok(())
         };
         match tokio::time::timeout(Duration::from_secs(2), probe).await {
@@ -151,6 +151,7 @@ impl PostgresStores {
             Err(_) => Err(StoreError::Unavailable {
                 backend: "postgres",
                 message: "no answer to SELECT 1 within 2 s".to_owned(),
+                cause: None,
             }),
         }
     }
@@ -180,11 +181,11 @@ async fn execute(
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<u64, StoreError> {
     let client = pooled(pool).await?;
-    let statement = client.prepare_cached(sql).await.map_err(|e| classify(&e))?;
+    let statement = client.prepare_cached(sql).await.map_err(StoreError::from)?;
     client
         .execute(&statement, params)
         .await
-        .map_err(|e| classify(&e))
+        .map_err(StoreError::from)
 }
 
 /// Runs one statement on a pooled connection; the row it returned, if any.
@@ -194,11 +195,11 @@ async fn query_opt(
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Option<Row>, StoreError> {
     let client = pooled(pool).await?;
-    let statement = client.prepare_cached(sql).await.map_err(|e| classify(&e))?;
+    let statement = client.prepare_cached(sql).await.map_err(StoreError::from)?;
     client
         .query_opt(&statement, params)
         .await
-        .map_err(|e| classify(&e))
+        .map_err(StoreError::from)
 }
 
 /// A time-to-live as the whole milliseconds the statements take (`$n::bigint`).
@@ -211,6 +212,7 @@ fn token_param(token: u64) -> Result<i64, StoreError> {
     i64::try_from(token).map_err(|_| StoreError::Failed {
         backend: "postgres",
         message: format!("token {token} exceeds the largest bigint"),
+        cause: None,
     })
 }
 
@@ -219,6 +221,7 @@ fn token_value(token: i64) -> Result<u64, StoreError> {
     u64::try_from(token).map_err(|_| StoreError::Failed {
         backend: "postgres",
         message: format!("stored token {token} is negative"),
+        cause: None,
     })
 }
 
@@ -230,5 +233,6 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
     row.try_get(name).map_err(|e| StoreError::Failed {
         backend: "postgres",
         message: format!("column `{name}`: {}", error::describe(&e)),
+        cause: None,
     })
 }

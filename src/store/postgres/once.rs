@@ -85,6 +85,7 @@ async fn start(
                 backend: "postgres",
                 message: "a once record needs both a version key and a version, or neither"
                     .to_owned(),
+                cause: None,
             })
         }
     };
@@ -101,7 +102,7 @@ async fn start(
         prepare(client, id_sql.as_deref()),
         prepare(client, version_sql.as_deref()),
     )
-    .map_err(|e| classify(&e))?;
+    .map_err(StoreError::from)?;
     let fence_params: Option<[&(dyn ToSql + Sync); 2]> = fence
         .as_ref()
         .map(|(key, token)| [*key as &(dyn ToSql + Sync), token]);
@@ -118,7 +119,7 @@ async fn start(
         run(client, id_statement.as_ref(), id_params.as_ref()),
         run(client, version_statement.as_ref(), version_params.as_ref()),
     )
-    .map_err(|e| classify(&e))?;
+    .map_err(StoreError::from)?;
     Ok(if fenced == Some(0) {
         Verdict::Refused(OnceStart::Fenced)
     } else if recorded == Some(0) {
@@ -184,6 +185,7 @@ impl OnceTransaction {
                         message: "a statement of the transaction failed earlier, so it was \
                                   rolled back and nothing was committed"
                             .to_owned(),
+                        cause: None,
                     }
                 } else {
                     classify(&e)
@@ -202,7 +204,7 @@ impl OnceTransaction {
                 Ok(())
             }
             // Dropped here, the connection closes and the server rolls back.
-            Err(e) => Err(classify(&e)),
+            Err(e) => Err(StoreError::from(e)),
         }
     }
 

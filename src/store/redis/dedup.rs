@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::lua::DELETE_IF_HOLDS;
-use super::{classify, Keys};
+use super::Keys;
 use crate::store::{ttl_ms, DedupStore, Reservation, StoreError};
 
 /// KEYS: id. ARGV: `r:<owner>`, lease ms. 0 reserved, 1 in progress, 2 completed.
@@ -53,7 +53,7 @@ impl DedupStore for RedisDedupStore {
             .arg(ttl_ms(lease))
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(StoreError::from)?;
         match state {
             0 => Ok(Reservation::Reserved),
             1 => Ok(Reservation::InProgress),
@@ -61,6 +61,7 @@ impl DedupStore for RedisDedupStore {
             other => Err(StoreError::Failed {
                 backend: "redis",
                 message: format!("dedup reserve script answered {other}"),
+                cause: None,
             }),
         }
     }
@@ -73,7 +74,7 @@ impl DedupStore for RedisDedupStore {
             .arg(ttl_ms(ttl))
             .exec_async(&mut self.conn.clone())
             .await
-            .map_err(|e| classify(&e))
+            .map_err(StoreError::from)
     }
 
     async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
@@ -83,6 +84,6 @@ impl DedupStore for RedisDedupStore {
             .invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map(drop)
-            .map_err(|e| classify(&e))
+            .map_err(StoreError::from)
     }
 }

@@ -21,11 +21,23 @@ fn refuses_credentials(e: &RedisError) -> bool {
 /// `redis::Script` otherwise answers by loading the script) is [`StoreError::Unavailable`];
 /// everything else is [`StoreError::Failed`].
 pub fn classify(e: &RedisError) -> StoreError {
+    classified(e)
+}
+
+impl From<RedisError> for StoreError {
+    /// Classified as [`classify`] does, with the client's error as the source.
+    fn from(e: RedisError) -> Self {
+        classified(&e).caused_by(e)
+    }
+}
+
+fn classified(e: &RedisError) -> StoreError {
     let message = e.to_string();
     if refuses_credentials(e) {
         return StoreError::Auth {
             backend: "redis",
             message,
+            cause: None,
         };
     }
     let unavailable = e.is_io_error()
@@ -49,11 +61,13 @@ pub fn classify(e: &RedisError) -> StoreError {
         StoreError::Unavailable {
             backend: "redis",
             message,
+            cause: None,
         }
     } else {
         StoreError::Failed {
             backend: "redis",
             message,
+            cause: None,
         }
     }
 }
@@ -61,6 +75,26 @@ pub fn classify(e: &RedisError) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_error_stays_the_source() {
+        let refused = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "nobody listens",
+        ));
+        let err = StoreError::from(refused);
+        assert!(err.is_unavailable(), "{err:?}");
+        let source = std::error::Error::source(&err).expect("the client error as the source");
+        assert!(source.to_string().contains("nobody listens"), "{source}");
+        assert!(
+            std::error::Error::source(&classify(&RedisError::from((
+                ErrorKind::UnexpectedReturnType,
+                "x"
+            ))))
+            .is_none(),
+            "classify, from a reference, has none"
+        );
+    }
 
     #[test]
     fn connection_failures_are_unavailable_and_refusals_failed() {

@@ -18,7 +18,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::lua::{COMPARE_INTEGERS, DELETE_IF_HOLDS, NOW_US};
-use super::{classify, Keys};
+use super::Keys;
 use crate::store::{ttl_ms, LockStore, StoreError};
 
 /// How long a key's last token is kept at least after its last grant.
@@ -94,7 +94,7 @@ impl LockStore for RedisLockStore {
             .arg(counter_ms)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|e| classify(&e))
+            .map_err(StoreError::from)
     }
 
     async fn renew(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
@@ -104,7 +104,7 @@ impl LockStore for RedisLockStore {
             .arg(ttl_ms(ttl))
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|e| classify(&e))
+            .map_err(StoreError::from)
     }
 
     async fn release(&self, key: &str, token: u64) -> Result<(), StoreError> {
@@ -114,7 +114,7 @@ impl LockStore for RedisLockStore {
             .invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map(drop)
-            .map_err(|e| classify(&e))
+            .map_err(StoreError::from)
     }
 
     async fn fence(&self, key: &str, token: u64) -> Result<bool, StoreError> {
@@ -123,6 +123,6 @@ impl LockStore for RedisLockStore {
             .arg(token)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|e| classify(&e))
+            .map_err(StoreError::from)
     }
 }

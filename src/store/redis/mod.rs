@@ -67,13 +67,13 @@ impl RedisStores {
             .set_exponent_base(2.0);
         let mut conn = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(StoreError::from)?;
         // A Redis that requires a password the URL does not give accepts the connection and
         // refuses every command (`NOAUTH`): ask once, so that shows now, as refused credentials.
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(StoreError::from)?;
         Ok(RedisStores {
             conn,
             prefix: Arc::from(prefix),

@@ -15,7 +15,6 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::classify;
 use super::lua::NOW_US;
 use crate::store::StoreError;
 
@@ -75,6 +74,7 @@ impl RedisRateLimiter {
                     "rate limit `{}`: {} permits a second is not a positive rate",
                     self.key, self.per_second
                 ),
+                cause: None,
             });
         }
         let interval_us = 1e6 / self.per_second;
@@ -84,7 +84,7 @@ impl RedisRateLimiter {
             .arg(self.burst)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(StoreError::from)?;
         Ok(Duration::from_micros(wait_us))
     }
 

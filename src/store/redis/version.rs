@@ -8,7 +8,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::lua::COMPARE_INTEGERS;
-use super::{classify, Keys};
+use super::Keys;
 use crate::store::{StoreError, VersionStore};
 
 /// KEYS: version. ARGV: version. 1 when stored.
@@ -44,12 +44,13 @@ impl VersionStore for RedisVersionStore {
             .arg(self.keys.key("version", key))
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(StoreError::from)?;
         stored
             .map(|text| {
                 text.parse().map_err(|_| StoreError::Failed {
                     backend: "redis",
                     message: format!("version of `{key}` is not an integer: {text:?}"),
+                    cause: None,
                 })
             })
             .transpose()
@@ -61,6 +62,6 @@ impl VersionStore for RedisVersionStore {
             .arg(version)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|e| classify(&e))
+            .map_err(StoreError::from)
     }
 }
