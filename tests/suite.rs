@@ -37,8 +37,6 @@ mod quickstart;
 mod retry_tiers;
 #[path = "routed_once.rs"]
 mod routed_once;
-#[path = "store_conformance_memory.rs"]
-mod store_conformance_memory;
 #[path = "store_conformance_postgres.rs"]
 mod store_conformance_postgres;
 #[path = "store_conformance_redis.rs"]

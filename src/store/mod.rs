@@ -11,8 +11,8 @@
 //! A worker takes a handle of each ([`crate::WorkerBuilder::lock_store`] and its siblings), or
 //! connects the backends its configuration names by URL. A backend of your own implements the
 //! trait and runs the exported [`conformance`] suite (see [`crate::store_conformance_tests`]);
-//! every backend here passes it (`tests/store_conformance_<backend>.rs`). A store
-//! call that fails is an infrastructure failure ([`StoreError`]): the policies back off and
+//! every backend here passes it (Redis and Postgres in `tests/store_conformance_<backend>.rs`,
+//! memory from the outside crate `tests/dependent`). A store call that fails is an infrastructure failure ([`StoreError`]): the policies back off and
 //! try again, never dead-letter the message and never spend one of its attempts.
 //!
 //! ## What the fencing token protects, and what it cannot

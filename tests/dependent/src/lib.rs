@@ -139,8 +139,9 @@ mod tests {
 }
 
 /// The store conformance suite, exported by steadfast, run from this crate as a user's crate
-/// with a backend of its own would run it (here over steadfast's memory stores): the macro's
-/// paths and the checks work from outside steadfast.
+/// with a backend of its own would run it: the macro's paths and the checks work from outside
+/// steadfast. Its backend here is steadfast's memory stores (this is their conformance run;
+/// Redis and Postgres run it in `tests/store_conformance_<backend>.rs`).
 #[cfg(test)]
 mod store_conformance {
     use std::sync::Arc;
