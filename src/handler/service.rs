@@ -2,6 +2,7 @@
 //! classifies the result as an [`Outcome`].
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -83,17 +84,28 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
     }
 
     fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let handling = self.handle(envelope);
+        Box::pin(async move { Ok(handling.await) })
+    }
+}
+
+impl<H: Handler> HandlerService<H> {
+    /// Handles one delivery: decode, call the handler (its panic caught), classify.
+    pub(crate) fn handle(
+        &self,
+        envelope: Envelope,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
         let handler = self.handler.clone();
         let group = self.group.clone();
         let shutdown = self.shutdown.clone();
         let transactions = self.transactions.clone();
         let duration = self.duration.clone();
-        Box::pin(async move {
+        async move {
             let attempt = envelope.attempt;
             let payload = envelope.payload.clone().unwrap_or_default();
             let message = match H::Message::decode(&payload) {
                 Ok(m) => m,
-                Err(e) => return Ok(failure("decode", e.to_string(), true, attempt)),
+                Err(e) => return failure("decode", e.to_string(), true, attempt),
             };
             let notes = envelope.guard.notes.clone();
             if let Some(n) = &notes {
@@ -109,8 +121,8 @@ impl<H: Handler> Service<Envelope> for HandlerService<H> {
                 .catch_unwind()
                 .await;
             drop(timer);
-            Ok(outcome_of(result, notes.as_deref(), transactions.as_deref(), attempt).await)
-        })
+            outcome_of(result, notes.as_deref(), transactions.as_deref(), attempt).await
+        }
     }
 }
 

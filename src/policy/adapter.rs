@@ -31,9 +31,12 @@ pub(crate) trait Policy: fmt::Debug + Send + Sync + 'static {
     ) -> impl Future<Output = Outcome> + Send + 'static;
 }
 
+/// What a stage of the stack returns: the outcome, boxed once.
+pub(crate) type StageFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
 /// One stage of the stack, type-erased.
 trait Stage: Send + Sync {
-    fn run(&self, envelope: Envelope) -> OutcomeFuture;
+    fn run(&self, envelope: Envelope) -> StageFuture;
 }
 
 /// The rest of the stack below a policy; cheap to clone.
@@ -59,6 +62,14 @@ impl Next {
         Next(Arc::new(ServiceStage(service)))
     }
 
+    /// The stack below is `handle` (the handler).
+    pub(crate) fn from_fn<F>(handle: F) -> Next
+    where
+        F: Fn(Envelope) -> StageFuture + Send + Sync + 'static,
+    {
+        Next(Arc::new(FnStage(handle)))
+    }
+
     /// `policy` in front of `self`.
     pub(crate) fn with<P: Policy>(self, policy: P) -> Next {
         Next(Arc::new(PolicyStage {
@@ -68,11 +79,8 @@ impl Next {
     }
 
     /// Runs the rest of the stack on `envelope`.
-    pub(crate) async fn run(&self, envelope: Envelope) -> Outcome {
-        match self.0.run(envelope).await {
-            Ok(outcome) => outcome,
-            Err(never) => match never {},
-        }
+    pub(crate) fn run(&self, envelope: Envelope) -> StageFuture {
+        self.0.run(envelope)
     }
 }
 
@@ -86,7 +94,8 @@ impl Service<Envelope> for Next {
     }
 
     fn call(&mut self, envelope: Envelope) -> OutcomeFuture {
-        self.0.run(envelope)
+        let running = self.0.run(envelope);
+        Box::pin(async move { Ok(running.await) })
     }
 }
 
@@ -99,8 +108,25 @@ where
         + Send
         + Sync,
 {
-    fn run(&self, envelope: Envelope) -> OutcomeFuture {
-        self.0.clone().call(envelope)
+    fn run(&self, envelope: Envelope) -> StageFuture {
+        let call = self.0.clone().call(envelope);
+        Box::pin(async move {
+            match call.await {
+                Ok(outcome) => outcome,
+                Err(never) => match never {},
+            }
+        })
+    }
+}
+
+struct FnStage<F>(F);
+
+impl<F> Stage for FnStage<F>
+where
+    F: Fn(Envelope) -> StageFuture + Send + Sync,
+{
+    fn run(&self, envelope: Envelope) -> StageFuture {
+        (self.0)(envelope)
     }
 }
 
@@ -110,9 +136,8 @@ struct PolicyStage<P> {
 }
 
 impl<P: Policy> Stage for PolicyStage<P> {
-    fn run(&self, envelope: Envelope) -> OutcomeFuture {
-        let call = self.policy.clone().call(envelope, self.next.clone());
-        Box::pin(async move { Ok(call.await) })
+    fn run(&self, envelope: Envelope) -> StageFuture {
+        Box::pin(self.policy.clone().call(envelope, self.next.clone()))
     }
 }
 

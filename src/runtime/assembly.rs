@@ -40,7 +40,8 @@ pub(crate) fn build_stack<H: Handler>(
     let handler = HandlerService::new(handler, group, shutdown.clone())
         .with_transactions(guards.stores.transactions.clone())
         .timed(meters.handler_duration.clone());
-    policy::assemble(&assembly, Next::service(handler))
+    let handler = Next::from_fn(move |envelope| Box::pin(handler.handle(envelope)));
+    policy::assemble(&assembly, handler)
 }
 
 /// This worker's name in dedup reservations: process id, start time and a random part
