@@ -66,7 +66,7 @@ impl Sink for KafkaSink {
             }
             match producer.send(out, Duration::from_secs(30)).await {
                 Ok(delivery) => {
-                    tracing::debug!(topic = %record.topic, partition = delivery.partition, offset = delivery.offset, from = ?record.headers.get_str(crate::policy::headers::ROUTED_FROM), "copy acknowledged");
+                    tracing::debug!(topic = %record.topic, partition = delivery.partition, offset = delivery.offset, from = ?record.headers.get_str(crate::message::headers::ROUTED_FROM), "copy acknowledged");
                     Ok(())
                 }
                 Err((e, _)) => Err(SinkError {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 
+use crate::message::headers;
 use crate::message::{Envelope, Headers};
-use crate::policy::headers;
 
 /// The headers of a delivered record, owned, each under `name_of` its name (a null value as
 /// an empty one).

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 
+use crate::message::headers;
 use crate::message::Headers;
-use crate::policy::headers;
 
 /// Why the worker gave up on a record (`steadfast-error-class`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

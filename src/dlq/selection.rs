@@ -216,8 +216,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::headers;
     use crate::message::Headers;
-    use crate::policy::headers;
 
     fn record(
         key: &str,

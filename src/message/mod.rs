@@ -1,10 +1,11 @@
 //! What flows through a worker: the typed [`Message`] a handler receives, the raw
-//! [`Envelope`] as it came from the broker, its [`Headers`], and the [`Outcome`] every
-//! message ends in.
+//! [`Envelope`] as it came from the broker, its [`Headers`] (with the names and formats of
+//! steadfast's own in [`headers`]), and the [`Outcome`] every message ends in.
 
 mod codec;
 mod envelope;
 mod guard;
+pub mod headers;
 mod outcome;
 
 pub use self::codec::{Codec, DecodeError, EncodeError, Json, RawBytes};

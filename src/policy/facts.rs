@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
-use super::headers;
 use super::stack::{Assembly, Describe};
+use crate::message::headers;
 use crate::message::{Envelope, Facts, HandlerNotes, Message, Outcome};
 use crate::store::key_text;
 

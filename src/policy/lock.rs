@@ -74,7 +74,7 @@ impl Policy for LockConfig {
                 let stale = stale.filter(|current| {
                     !(config.tier_records_to_transactions
                         && *current > version
-                        && super::headers::retry_tier(&envelope.headers) > 0)
+                        && crate::message::headers::retry_tier(&envelope.headers) > 0)
                 });
                 if let Some(current) = stale {
                     let _ = config.store.release(key, token).await;

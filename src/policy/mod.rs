@@ -17,7 +17,6 @@ mod breaker;
 mod clock;
 mod dedup;
 mod facts;
-pub mod headers;
 mod lock;
 mod outage;
 mod ratelimit;
@@ -62,6 +61,7 @@ pub(crate) const STACK: &[fn(&Assembly<'_>) -> Option<Wrap>] = &[
     timeout::build,
 ];
 
+pub use crate::message::headers;
 pub use crate::message::Failure;
 
 /// The stack: every policy of [`STACK`] that is on in `assembly`, around `handler`.

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::clock::now_ms;
-use super::headers;
 use super::sink::{OutgoingRecord, Sink};
 use super::stack::Assembly;
 use super::tier_topics::{RetryTiers, TierNames};
+use crate::message::headers;
 use crate::message::{Envelope, Failure, Outcome, RouteTarget};
 
 tokio::task_local! {

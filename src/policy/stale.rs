@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
-use super::headers;
 use super::outage::until_available;
 use super::sink::{OutgoingRecord, Sink};
 use super::stack::Assembly;
+use crate::message::headers;
 use crate::message::{DropReason, Envelope, Failure, Outcome};
 use crate::store::VersionStore;
 

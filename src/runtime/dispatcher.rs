@@ -46,9 +46,9 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::{FinishedAbove, OffsetTracker};
+use crate::message::headers;
 use crate::message::{Envelope, Outcome, RouteTarget};
 use crate::observe::{LowestUnfinished, PartitionView, WorkerView};
-use crate::policy::headers;
 
 /// A topic and partition.
 pub(crate) type TopicPartition = (Arc<str>, i32);
@@ -1547,7 +1547,7 @@ mod tests {
 #[cfg(test)]
 pub(super) mod parking_tests {
     use super::*;
-    use crate::policy::headers;
+    use crate::message::headers;
 
     const TIER: &str = "t.g.retry.1";
 

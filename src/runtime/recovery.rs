@@ -25,8 +25,8 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 use super::dispatcher::{LaneKey, PendingTierRecord, Recovered, TopicPartition, Topology};
 use super::offsets::FinishedAbove;
 use crate::broker::{envelope_of, TopicNames};
+use crate::message::headers;
 use crate::message::Envelope;
-use crate::policy::headers;
 
 /// How long before a commit point copies are looked for: the routing producer's delivery
 /// timeout (a copy's timestamp is taken when it is first sent) plus clock skew between pods.

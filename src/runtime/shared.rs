@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::dispatcher::{Accepted, Dispatcher, Job, Recovered, TopicPartition};
+use crate::message::headers;
 use crate::message::{DropReason, Envelope, Outcome};
 use crate::observe::{Health, Meters};
-use crate::policy::{self, headers, BoxedStack};
+use crate::policy::{self, BoxedStack};
 
 /// Counts of outcomes since the worker started.
 #[derive(Debug, Default)]

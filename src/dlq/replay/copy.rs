@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::super::record::DlqRecord;
-use crate::policy::headers;
+use crate::message::headers;
 
 /// The headers of a replayed copy, in order; `None` is a null value, kept from the
 /// dead-letter record.
@@ -106,8 +106,8 @@ mod tests {
             1,
             "an earlier replay's id is replaced, not kept beside"
         );
-        assert_eq!(crate::policy::headers::attempts_before(&out), 0);
-        assert_eq!(crate::policy::headers::retry_tier(&out), 0);
+        assert_eq!(crate::message::headers::attempts_before(&out), 0);
+        assert_eq!(crate::message::headers::retry_tier(&out), 0);
     }
 
     #[test]

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use super::super::error::DlqError;
 use super::super::record::RecordRef;
 use super::super::scan::{Reader, Tp};
+use crate::message::headers;
 use crate::message::Headers;
-use crate::policy::headers;
 
 /// Timeout of the commit and committed-offset requests.
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,7 +9,7 @@
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::message::{Envelope, Headers};
+use super::{Envelope, Headers};
 
 /// Topic of the first delivery.
 pub const ORIGINAL_TOPIC: &str = "steadfast-original-topic";
