@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::statistics::Statistics;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::dispatcher::TopicPartition;
+use super::dispatch::TopicPartition;
 use super::shared::Shared;
 use crate::error::WorkerError;
 use crate::observe::{self, Health, Meters, Probe, Readiness, WorkerView};

@@ -3,7 +3,7 @@
 
 mod assembly;
 mod builder;
-mod dispatcher;
+mod dispatch;
 mod endpoint;
 mod guards;
 mod offsets;

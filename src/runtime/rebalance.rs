@@ -14,7 +14,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::dispatcher::TopicPartition;
+use super::dispatch::TopicPartition;
 use super::endpoint::take_statistics;
 use super::offsets::FinishedAbove;
 use super::recovery::{reader, recover, RecoveryPlan};

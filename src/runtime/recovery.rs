@@ -22,7 +22,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
-use super::dispatcher::{LaneKey, PendingTierRecord, Recovered, TopicPartition, Topology};
+use super::dispatch::{LaneKey, PendingTierRecord, Recovered, TopicPartition, Topology};
 use super::offsets::FinishedAbove;
 use crate::broker::{envelope_of, TopicNames};
 use crate::message::headers;

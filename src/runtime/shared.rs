@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::dispatcher::{Accepted, Dispatcher, Job, Recovered, TopicPartition};
+use super::dispatch::{Accepted, Dispatcher, Job, Recovered, TopicPartition};
 use crate::message::headers;
 use crate::message::{DropReason, Envelope, Outcome};
 use crate::observe::{Health, Meters};

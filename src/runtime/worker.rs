@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::assembly::build_stack;
-use super::dispatcher::{Dispatcher, Limits, Topology};
+use super::dispatch::{Dispatcher, Limits, Topology};
 use super::endpoint::{bind, refresh_gauges, refresh_tier_lag, serve, WorkerProbe};
 use super::guards::Guards;
 use super::rebalance::{commit_list, WorkerContext};
