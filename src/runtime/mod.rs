@@ -10,6 +10,7 @@ mod offsets;
 mod rebalance;
 mod recovery;
 mod shared;
+mod tiers;
 mod worker;
 
 pub(crate) use self::assembly::build_stack;

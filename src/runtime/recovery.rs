@@ -22,8 +22,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
-use super::dispatch::{LaneKey, PendingTierRecord, Recovered, TopicPartition, Topology};
+use super::dispatch::{PendingTierRecord, Recovered, TopicPartition};
 use super::offsets::FinishedAbove;
+use super::tiers::{first_delivery_lane, Topology};
 use crate::broker::{envelope_of, TopicNames};
 use crate::message::headers;
 use crate::message::Envelope;
@@ -174,11 +175,7 @@ pub(crate) fn recover(
             recovered.pending.push(PendingTierRecord {
                 tier: here,
                 offset: envelope.offset,
-                origin: LaneKey::Keyed(
-                    Arc::from(headers::original_topic(&envelope)),
-                    headers::original_partition(&envelope),
-                    key,
-                ),
+                origin: first_delivery_lane(&envelope, key),
                 origin_offset: headers::original_offset(&envelope),
             });
         }

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
@@ -11,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::dispatch::{Accepted, Dispatcher, Job, Recovered, TopicPartition};
-use crate::message::headers;
+use super::tiers;
 use crate::message::{DropReason, Envelope, Outcome};
 use crate::observe::{Health, Meters};
 use crate::policy::{self, BoxedStack};
@@ -100,18 +99,7 @@ impl Shared {
     /// Carries out what `accept_into` decided for a record of `tp`.
     fn after_accept(self: &Arc<Self>, tp: TopicPartition, accepted: Accepted) {
         match accepted {
-            Accepted::Held { due_ms, epoch } => {
-                let wait =
-                    Duration::from_millis(u64::try_from(due_ms - policy::now_ms()).unwrap_or(0));
-                tracing::debug!(topic = %tp.0, partition = tp.1, ?wait, "retry-tier message not due: partition paused");
-                let shared = self.clone();
-                self.runtime.spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => shared.release_held(&tp, epoch),
-                        _ = shared.shutdown.cancelled() => {}
-                    }
-                });
-            }
+            Accepted::Held { due_ms, epoch } => tiers::release_when_due(self, tp, due_ms, epoch),
             Accepted::AlreadyFinished | Accepted::OtherGroup => {
                 self.meters.skipped();
                 self.counters
@@ -160,13 +148,6 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// Releases a held retry-tier message of `tp` once it is due.
-    pub(crate) fn release_held(self: &Arc<Self>, tp: &TopicPartition, epoch: u64) {
-        let jobs = self.dispatcher.lock().release_held(tp, epoch);
-        self.wake.notify_one();
-        self.start(jobs);
-    }
-
     /// Counts `n` delivered records dropped unfinished (at a revoke, or delivered for a
     /// partition no longer assigned): delivered again later.
     pub(crate) fn requeued(&self, n: u64) {
@@ -200,14 +181,7 @@ impl Shared {
 /// Puts a delivered record into the dispatcher: a retry-tier record with its due time, a first
 /// delivery without any delivery state its producer may have written.
 fn accept_into(d: &mut Dispatcher, mut envelope: Envelope) -> (Accepted, Vec<Job>) {
-    let due = if d.tier_of(&envelope.topic) > 0 {
-        headers::due_at_ms(&envelope.headers)
-    } else {
-        for name in headers::DELIVERY_STATE {
-            envelope.headers.remove(name);
-        }
-        envelope.attempt = 1;
-        None
-    };
+    let is_tier = d.tier_of(&envelope.topic) > 0;
+    let due = tiers::read_delivery_state(&mut envelope, is_tier);
     d.accept(envelope, due, policy::now_ms())
 }

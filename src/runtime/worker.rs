@@ -14,19 +14,20 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::assembly::build_stack;
-use super::dispatch::{Dispatcher, Limits, Topology};
+use super::dispatch::{Dispatcher, Limits};
 use super::endpoint::{bind, refresh_gauges, refresh_tier_lag, serve, WorkerProbe};
 use super::guards::Guards;
 use super::rebalance::{commit_list, WorkerContext};
 use super::recovery::RecoveryPlan;
 use super::shared::{Counters, Shared};
-use crate::broker::{ensure_topics, envelope_of, KafkaSink, TopicNames};
+use super::tiers::{self, RoutingTopics};
+use crate::broker::{envelope_of, KafkaSink, TopicNames};
 use crate::config::{KafkaClient, Ordering, WorkerConfig};
 use crate::error::WorkerError;
 use crate::handler::Handler;
 use crate::message::Message;
 use crate::observe::{self, Health, Meters};
-use crate::policy::{self, BreakerPhase, Routing, Sink, TierNames, UserLayer};
+use crate::policy::{self, BreakerPhase, Routing, Sink, UserLayer};
 use crate::store::StoreHandles;
 
 /// Runs a handler over a topic and its retry tiers. Built with [`Worker::builder`].
@@ -147,20 +148,7 @@ impl<H: Handler> Worker<H> {
         let topic = self.topic();
         let group = self.group();
         let tiers = self.config.retry_tiers();
-        let tier_names = TierNames::new(&group, self.config.shared_retry_topics);
-        let tier_topics: Vec<String> = (1..=tiers.len())
-            .map(|n| tier_names.topic(&topic, n))
-            .collect();
-        let dead_letter = self
-            .config
-            .dead_letter_topic
-            .clone()
-            .unwrap_or_else(|| format!("{topic}.dlq"));
-        let mut derived = tier_topics.clone();
-        derived.push(dead_letter.clone());
-        if self.config.stale.as_ref().is_some_and(|s| s.copy_to_topic) {
-            derived.push(policy::stale_topic(&topic));
-        }
+        let topics = RoutingTopics::of(&self.config, &topic, &group, &tiers);
         let endpoint = bind(self.listener.take(), self.config.observe.listen.as_deref())?;
         if endpoint.is_some() {
             // Before the first handle is made: handles made earlier record nowhere.
@@ -183,13 +171,15 @@ impl<H: Handler> Worker<H> {
                 },
             )
         });
-        let partitions =
-            match ensure_topics(&self.client_config(KafkaClient::Helper), &topic, &derived).await {
-                Ok(partitions) => partitions,
-                Err(_) if shutdown.is_cancelled() => return Ok(WorkerStats::default()),
-                Err(WorkerError::Broker(why)) => return Err(self.broker_error(why)),
-                Err(e) => return Err(e),
-            };
+        let partitions = match topics
+            .ensure(&self.client_config(KafkaClient::Helper))
+            .await
+        {
+            Ok(partitions) => partitions,
+            Err(_) if shutdown.is_cancelled() => return Ok(WorkerStats::default()),
+            Err(WorkerError::Broker(why)) => return Err(self.broker_error(why)),
+            Err(e) => return Err(e),
+        };
         let guards =
             match Guards::connect(&self.config, &self.stores, &group, &shutdown, &health).await {
                 Ok(guards) => guards,
@@ -210,8 +200,8 @@ impl<H: Handler> Worker<H> {
         let handler_shutdown = CancellationToken::new();
         let routing = Routing {
             tiers,
-            names: tier_names,
-            dead_letter: Some(dead_letter.clone()),
+            names: topics.names.clone(),
+            dead_letter: Some(topics.dead_letter.clone()),
             tier_partitions: Some(partitions),
             sink: sink.clone(),
         };
@@ -233,12 +223,9 @@ impl<H: Handler> Worker<H> {
                 .unwrap_or(self.config.concurrency.saturating_mul(4)),
             max_per_key: self.config.max_per_key,
             strict: self.config.ordering == Ordering::Strict,
-            park_limit: park_limit(&self.config),
+            park_limit: tiers::park_limit(&self.config),
         };
-        let topology = Topology {
-            group: Arc::from(group.as_str()),
-            tiers: tier_topics.iter().map(|t| Arc::from(t.as_str())).collect(),
-        };
+        let topology = topics.topology();
         let worker_stopped = CancellationToken::new();
         let _stop_timers = worker_stopped.clone().drop_guard();
         let shared = Arc::new(Shared {
@@ -261,7 +248,7 @@ impl<H: Handler> Worker<H> {
             recovery: RecoveryPlan {
                 client: self.client_config(KafkaClient::Helper),
                 topology,
-                dead_letter,
+                dead_letter: topics.dead_letter.clone(),
                 strict: limits.strict,
             },
         };
@@ -305,14 +292,12 @@ impl<H: Handler> Worker<H> {
         let consumer: WorkerConsumer = consumer_config
             .create_with_context(context)
             .map_err(|e| self.broker_error(e))?;
-        let mut subscription: Vec<&str> = vec![topic.as_str()];
-        subscription.extend(tier_topics.iter().map(String::as_str));
         consumer
-            .subscribe(&subscription)
+            .subscribe(&topics.subscription())
             .map_err(|e| self.broker_error(e))?;
-        tracing::info!(%topic, %group, tiers = tier_topics.len(), "worker started");
+        tracing::info!(%topic, %group, tiers = topics.tiers.len(), "worker started");
         // Reads the log end of retry-tier partitions for their lag (see `refresh_tier_lag`).
-        let lag_reader = if tier_topics.is_empty() {
+        let lag_reader = if topics.tiers.is_empty() {
             None
         } else {
             let mut reader = self.client_config(KafkaClient::Helper);
@@ -361,25 +346,6 @@ impl<H: Handler> Worker<H> {
         tracing::info!(?stats, "worker stopped");
         Ok(stats)
     }
-}
-
-/// How long a key may stay parked for a retry tier before it is reported (it keeps waiting):
-/// twice every tier's delay plus the longest in-place retrying of every tier, and five
-/// minutes of slack.
-fn park_limit(config: &WorkerConfig) -> Duration {
-    let tiers: u64 = config.retry_tiers_ms.iter().sum();
-    let per_delivery = u64::from(config.retry.attempts).saturating_mul(
-        config
-            .handler_timeout_ms
-            .saturating_add(config.retry.max_delay_ms),
-    );
-    let deliveries = config.retry_tiers_ms.len() as u64 + 1;
-    Duration::from_millis(
-        tiers
-            .saturating_mul(2)
-            .saturating_add(per_delivery.saturating_mul(deliveries))
-            .saturating_add(300_000),
-    )
 }
 
 /// How long the in-flight bound may stay reached before every partition is paused so that

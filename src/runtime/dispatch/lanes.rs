@@ -9,7 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Dispatcher, Job, TopicPartition, Topology};
-use crate::message::{headers, Envelope};
+use crate::message::Envelope;
+use crate::runtime::tiers::first_delivery_lane;
 
 /// The identity of a lane: messages with the same lane key run one at a time, in offset order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -153,11 +154,7 @@ fn origin_of(topology: &Topology, lane: &LaneKey, envelope: &Envelope) -> Origin
     if topology.tier_of(topic) == 0 {
         return Origin::Own;
     }
-    Origin::Source(LaneKey::Keyed(
-        Arc::from(headers::original_topic(envelope)),
-        headers::original_partition(envelope),
-        key.clone(),
-    ))
+    Origin::Source(first_delivery_lane(envelope, key.clone()))
 }
 
 impl Dispatcher {

@@ -62,13 +62,14 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use self::lanes::Lanes;
-use self::parking::ParkedKeys;
 use self::partitions::Partitions;
 use self::pause::PauseControl;
-use crate::message::{headers, Envelope, Outcome};
+use super::tiers::ParkedKeys;
+use crate::message::{Envelope, Outcome};
 
 pub(crate) use self::assignment::{PendingTierRecord, Recovered};
 pub(crate) use self::lanes::LaneKey;
+pub(crate) use super::tiers::Topology;
 
 /// A topic and partition.
 pub(crate) type TopicPartition = (Arc<str>, i32);
@@ -88,30 +89,6 @@ pub(crate) struct Limits {
     pub(crate) strict: bool,
     /// How long a key may stay parked before it is reported (it stays parked).
     pub(crate) park_limit: Duration,
-}
-
-/// The topics a worker consumes: its source topic and the retry tiers of its group.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Topology {
-    /// The consumer group (tier records of another group are skipped).
-    pub(crate) group: Arc<str>,
-    /// Tier `n`'s topic at index `n - 1`.
-    pub(crate) tiers: Vec<Arc<str>>,
-}
-
-impl Topology {
-    /// The tier `topic` is (1-based), 0 for any other topic.
-    pub(crate) fn tier_of(&self, topic: &str) -> u32 {
-        self.tiers
-            .iter()
-            .position(|t| &t[..] == topic)
-            .map_or(0, |i| u32::try_from(i + 1).unwrap_or(u32::MAX))
-    }
-
-    /// Tier `n`'s topic (1-based).
-    fn tier_topic(&self, n: u32) -> Option<&Arc<str>> {
-        self.tiers.get((n as usize).checked_sub(1)?)
-    }
 }
 
 /// A message to hand to the policy stack.
@@ -252,7 +229,6 @@ impl Dispatcher {
         now_ms: i64,
     ) -> (Accepted, Vec<Job>) {
         let tp: TopicPartition = (envelope.topic.clone(), envelope.partition);
-        let group = &self.topology.group;
         let Some(p) = self.partitions.map.get_mut(&tp) else {
             return (Accepted::NotAssigned, Vec::new());
         };
@@ -268,13 +244,7 @@ impl Dispatcher {
         if !p.tracker.begin(envelope.offset) {
             return (Accepted::AlreadyFinished, Vec::new());
         }
-        if is_tier
-            && !group.is_empty()
-            && envelope
-                .headers
-                .get_str(headers::GROUP)
-                .is_some_and(|g| g != &group[..])
-        {
+        if is_tier && self.topology.is_other_groups(&envelope) {
             p.tracker.finish(envelope.offset);
             p.note_lowest();
             return (Accepted::OtherGroup, Vec::new());
@@ -396,7 +366,7 @@ impl Dispatcher {
         (
             self.load.in_flight,
             self.load.running,
-            self.parked.keys.len(),
+            self.parked.len(),
             self.parked.messages,
         )
     }
@@ -406,6 +376,7 @@ impl Dispatcher {
 mod tests {
     use super::testing::{ack, copy, limits, msg, tiered, tp};
     use super::*;
+    use crate::message::headers;
     use crate::runtime::offsets::FinishedAbove;
 
     #[test]

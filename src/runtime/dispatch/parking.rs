@@ -1,107 +1,30 @@
-//! Parking (strict ordering): a source lane whose record left for a retry tier is parked —
-//! its later records queue but do not start — until every record of it that sits in a tier
-//! resolved (handled, dropped or dead-lettered).
+//! How parking meets the lanes (strict ordering; the rule itself is in `tiers::parking`):
+//! the records of a parked key stay queued in its lane, do not start, and count against the
+//! parked bound instead of the in-flight bound; a key unparked runs again, or its lane is
+//! freed when it holds nothing.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::lanes::LaneKey;
-use super::{Dispatcher, PendingTierRecord, TopicPartition};
-use crate::message::{headers, Envelope, Outcome, RouteTarget};
-
-/// A key parked while records of its first delivery's lane sit in retry tiers.
-#[derive(Debug)]
-pub(super) struct Park {
-    /// When it was parked.
-    since: Instant,
-    /// First-delivery offsets of its records that sit in a tier.
-    pending: BTreeSet<i64>,
-    /// Whether the park limit was reported.
-    reported: bool,
-}
-
-/// The parked keys, and how many records wait behind them.
-#[derive(Debug, Default)]
-pub(super) struct ParkedKeys {
-    /// The parked source lanes.
-    pub(super) keys: HashMap<LaneKey, Park>,
-    /// Source records queued behind a parked key.
-    pub(super) messages: usize,
-}
-
-impl ParkedKeys {
-    /// Whether lane `key` is parked.
-    pub(super) fn contains(&self, key: &LaneKey) -> bool {
-        self.keys.contains_key(key)
-    }
-
-    /// Forgets the parked keys of the revoked partition `tp` (the records queued behind them
-    /// are counted out by the caller).
-    pub(super) fn forget_partition(&mut self, tp: &TopicPartition) {
-        self.keys.retain(|key, _| key.partition() != (&tp.0, tp.1));
-    }
-}
+use super::{Dispatcher, PendingTierRecord};
+use crate::message::{Envelope, Outcome};
+use crate::runtime::tiers::{step_after, ParkStep};
 
 impl Dispatcher {
     /// Parks a source lane whose record left for a retry tier; unparks it once every record
     /// of it that sits in a tier resolved (handled, dropped or dead-lettered).
     pub(super) fn update_parking(&mut self, envelope: &Envelope, outcome: &Outcome) {
-        let tier = self.topology.tier_of(&envelope.topic);
-        let routed_to = match outcome {
-            Outcome::Routed {
-                target: RouteTarget::RetryTier(n),
-                ..
-            } => Some(*n),
-            _ => None,
-        };
-        if tier == 0 && routed_to.is_none() {
-            return;
-        }
-        let Some(key) = envelope.key.clone() else {
-            return;
-        };
-        let (origin, origin_offset) = if tier == 0 {
-            (
-                LaneKey::Keyed(envelope.topic.clone(), envelope.partition, key),
-                envelope.offset,
-            )
-        } else {
-            (
-                LaneKey::Keyed(
-                    Arc::from(headers::original_topic(envelope)),
-                    headers::original_partition(envelope),
-                    key,
-                ),
-                headers::original_offset(envelope),
-            )
-        };
-        let (origin_topic, origin_partition) = origin.partition();
-        let origin_assigned = self
-            .partitions
-            .is_live(&(origin_topic.clone(), origin_partition));
-        match routed_to {
-            Some(n) => {
-                let watched = self.topology.tier_topic(n).is_some_and(|t| {
-                    self.partitions
-                        .map
-                        .contains_key(&(t.clone(), origin_partition))
-                });
-                if origin_assigned && watched {
-                    self.park(origin, origin_offset);
-                } else {
-                    if origin_assigned {
-                        tracing::warn!(
-                            topic = %origin_topic,
-                            partition = origin_partition,
-                            tier = n,
-                            "a record went to a retry-tier partition this worker does not consume: its key is not held back (use the range assignor so that partition p of the source and of its tiers go to one member)"
-                        );
-                    }
-                    self.resolve(&origin, origin_offset);
-                }
-            }
-            None if outcome.is_finished() => self.resolve(&origin, origin_offset),
+        let partitions = &self.partitions;
+        let step = step_after(
+            &self.topology,
+            envelope,
+            outcome,
+            |tp| partitions.is_live(tp),
+            |tp| partitions.map.contains_key(tp),
+        );
+        match step {
+            Some(ParkStep::Park(origin, offset)) => self.park(origin, offset),
+            Some(ParkStep::Resolve(origin, offset)) => self.resolve(&origin, offset),
             None => {}
         }
     }
@@ -123,37 +46,17 @@ impl Dispatcher {
         }
     }
 
-    /// Parks `origin` until its record first delivered at `origin_offset` resolves.
+    /// Parks `origin` until its record first delivered at `origin_offset` resolves; the
+    /// records queued in its lane now wait behind the park.
     fn park(&mut self, origin: LaneKey, origin_offset: i64) {
-        if let LaneKey::Unkeyed(..) = origin {
-            return;
-        }
-        if !self.parked.contains(&origin) {
-            let queued = self.lanes.by_key.get(&origin).map_or(0, |l| l.queue.len());
-            self.parked.messages += queued;
-            self.parked.keys.insert(
-                origin.clone(),
-                Park {
-                    since: Instant::now(),
-                    pending: BTreeSet::new(),
-                    reported: false,
-                },
-            );
-        }
-        if let Some(park) = self.parked.keys.get_mut(&origin) {
-            park.pending.insert(origin_offset);
-        }
+        let queued = self.lanes.by_key.get(&origin).map_or(0, |l| l.queue.len());
+        self.parked.park(origin, origin_offset, queued);
     }
 
     /// The record of `origin` first delivered at `origin_offset` resolved: the lane runs
     /// again once none of its records sits in a tier.
     fn resolve(&mut self, origin: &LaneKey, origin_offset: i64) {
-        let Some(park) = self.parked.keys.get_mut(origin) else {
-            return;
-        };
-        park.pending.remove(&origin_offset);
-        if park.pending.is_empty() {
-            self.parked.keys.remove(origin);
+        if self.parked.resolve(origin, origin_offset) {
             self.unparked(origin);
         }
     }
@@ -175,27 +78,7 @@ impl Dispatcher {
     /// warning), and they stay parked — a key waits for its retry-tier record however long
     /// that takes. Returns how many keys are parked past the limit in all.
     pub(crate) fn report_long_parked(&mut self, now: Instant) -> usize {
-        let limit = self.limits.park_limit;
-        let mut past = 0;
-        for (key, park) in &mut self.parked.keys {
-            if now.saturating_duration_since(park.since) < limit {
-                continue;
-            }
-            past += 1;
-            if !park.reported {
-                park.reported = true;
-                let (topic, partition) = key.partition();
-                tracing::warn!(
-                    %topic,
-                    partition,
-                    key = %key.text(),
-                    parked_for = ?now.saturating_duration_since(park.since),
-                    waiting_for = ?park.pending,
-                    "a key has waited for its retry-tier record longer than the park limit; it keeps waiting (strict order)"
-                );
-            }
-        }
-        past
+        self.parked.report_long_parked(now, self.limits.park_limit)
     }
 }
 
@@ -208,6 +91,7 @@ mod tests {
     };
     use super::super::Accepted;
     use super::*;
+    use crate::message::RouteTarget;
 
     #[test]
     fn parked_keys_filling_the_in_flight_bound_never_stop_their_tier_records() {

@@ -55,7 +55,7 @@ impl Dispatcher {
     /// partition.
     fn parked_per_partition(&self) -> HashMap<TopicPartition, (Vec<i64>, usize)> {
         let mut parked: HashMap<TopicPartition, (Vec<i64>, usize)> = HashMap::new();
-        for key in self.parked.keys.keys() {
+        for key in self.parked.keys() {
             let (topic, partition) = key.partition();
             let entry = parked.entry((topic.clone(), partition)).or_default();
             entry.1 += 1;
