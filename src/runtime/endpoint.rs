@@ -27,7 +27,7 @@ impl Probe for WorkerProbe {
     fn readiness(&self) -> Readiness {
         let now = Instant::now();
         let view = match self.shared.get() {
-            Some(shared) => shared.dispatcher.lock().view(now),
+            Some(shared) => shared.view(now),
             None => WorkerView::starting(),
         };
         let readiness = self.health.readiness(&view, self.stall_after, now);
@@ -88,23 +88,13 @@ pub(crate) fn serve(listener: tokio::net::TcpListener, probe: WorkerProbe) -> Dr
 /// Sets the in-flight, running, parked keys, parked messages and assigned gauges from the
 /// dispatcher.
 pub(crate) fn refresh_gauges(shared: &Shared) {
-    let (in_flight, running, parked, parked_messages, assigned) = {
-        let d = shared.dispatcher.lock();
-        let (in_flight, running, parked, parked_messages) = d.gauges();
-        (
-            in_flight,
-            running,
-            parked,
-            parked_messages,
-            d.assigned().len(),
-        )
-    };
+    let g = shared.gauges();
     let m = &shared.meters;
-    m.in_flight.set(in_flight as f64);
-    m.running.set(running as f64);
-    m.parked.set(parked as f64);
-    m.parked_messages.set(parked_messages as f64);
-    m.assigned.set(assigned as f64);
+    m.in_flight.set(g.in_flight as f64);
+    m.running.set(g.running as f64);
+    m.parked.set(g.parked as f64);
+    m.parked_messages.set(g.parked_messages as f64);
+    m.assigned.set(g.assigned as f64);
 }
 
 /// Sets the lag of the assigned retry-tier partitions from their log end and the offset their
@@ -115,7 +105,7 @@ pub(crate) fn refresh_tier_lag(
     shared: &Arc<Shared>,
     reader: &Arc<rdkafka::consumer::BaseConsumer>,
 ) {
-    let tiers = shared.dispatcher.lock().tier_watermarks();
+    let tiers = shared.tier_watermarks();
     if tiers.is_empty() {
         return;
     }
@@ -140,10 +130,8 @@ pub(crate) fn refresh_tier_lag(
 /// (retry-tier partitions: [`refresh_tier_lag`]).
 pub(crate) fn take_statistics(shared: &Shared, statistics: &Statistics) {
     let now = Instant::now();
-    let assigned = shared.dispatcher.lock().assigned();
+    let assigned = shared.assigned();
     let tiers: Vec<TopicPartition> = shared
-        .dispatcher
-        .lock()
         .tier_watermarks()
         .into_iter()
         .map(|(tp, _)| tp)

@@ -65,23 +65,13 @@ pub(crate) fn commit_list(commits: &[(TopicPartition, i64, String)]) -> TopicPar
 }
 
 impl WorkerContext {
+    /// Drains and forgets revoked (or lost) partitions, and commits what they finished
+    /// before the rebalance goes on (see [`Shared::drain_revoked`] for why this waits).
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let tps = partitions_of(tpl);
-        if self
-            .shared
-            .closing
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.shared.is_closing() {
             // Shutdown drained and committed already; just forget the partitions.
-            let abandoned = {
-                let mut d = self.shared.dispatcher.lock();
-                for tp in &tps {
-                    d.begin_revoke(tp);
-                    d.finish_revoke(tp, 0);
-                }
-                d.take_abandoned()
-            };
-            self.shared.requeued(abandoned);
+            self.shared.forget_revoked(&tps);
             return;
         }
         let lost = consumer.assignment_lost();
@@ -89,44 +79,13 @@ impl WorkerContext {
             .meters
             .rebalance(if lost { "lost" } else { "revoke" });
         let deadline = Instant::now() + self.drain_timeout;
-        let drain = || {
-            let mut d = self.shared.dispatcher.lock();
-            for tp in &tps {
-                d.begin_revoke(tp);
-            }
-            while !lost && tps.iter().any(|tp| d.running_in(tp) > 0) {
-                if self
-                    .shared
-                    .completed
-                    .wait_until(&mut d, deadline)
-                    .timed_out()
-                {
-                    let abandoned: usize = tps.iter().map(|tp| d.running_in(tp)).sum();
-                    tracing::warn!(
-                        abandoned,
-                        "revoke drain deadline passed; abandoning running handlers"
-                    );
-                    break;
-                }
-            }
-            // Handlers still running now are abandoned (`finish_revoke` tells them).
-            let abandoned_jobs: usize = tps.iter().map(|tp| d.running_in(tp)).sum();
-            let mut commits = Vec::new();
-            let now_ms = crate::policy::now_ms();
-            for tp in &tps {
-                if let Some((offset, metadata)) = d.finish_revoke(tp, now_ms) {
-                    commits.push((tp.clone(), offset, metadata));
-                }
-            }
-            (commits, d.take_abandoned(), abandoned_jobs)
-        };
-        let (commits, abandoned, abandoned_jobs) = drain();
-        if abandoned_jobs > 0 {
+        let drained = self.shared.drain_revoked(&tps, lost, deadline);
+        if drained.abandoned_jobs > 0 {
             // Copies those handlers already handed to the producer, not yet sent (the broker
             // was down, say), must not land after the next owner's read-back.
             self.shared.sink.purge_queued();
         }
-        self.shared.requeued(abandoned);
+        self.shared.requeued(drained.abandoned);
         for (topic, partition) in &tps {
             // The next owner reports this partition's lag.
             self.shared.meters.lag(topic, *partition, 0);
@@ -138,38 +97,30 @@ impl WorkerContext {
             );
             return;
         }
-        if !commits.is_empty() {
-            if let Err(e) = consumer.commit(&commit_list(&commits), CommitMode::Sync) {
+        if !drained.commits.is_empty() {
+            if let Err(e) = consumer.commit(&commit_list(&drained.commits), CommitMode::Sync) {
                 tracing::warn!(error = %e, "commit on revoke failed; the next owner replays from the last commit");
             }
         }
         tracing::info!(partitions = tps.len(), "partitions revoked");
     }
 
+    /// Tracks assigned partitions with what their last commit said, reads back their retry
+    /// state, and resumes them (those that must stay paused are paused again).
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         self.shared.meters.rebalance("assign");
         let committed = consumer
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
             .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed; nothing above them is skipped"))
             .ok();
-        let mut d = self.shared.dispatcher.lock();
-        let mut reading = Vec::new();
-        for tp in partitions_of(tpl) {
-            let restored = committed
-                .as_ref()
-                .and_then(|c| c.find_partition(&tp.0, tp.1))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(FinishedAbove::parse(o, e.metadata())),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            if restored.len() > 0 {
-                tracing::info!(topic = %tp.0, partition = tp.1, committed = restored.committed(), finished_above = restored.len(), "skipping offsets finished before the last commit");
-            }
-            let epoch = d.assign_recovering(tp.clone(), restored.clone());
-            reading.push((tp, epoch, restored));
-        }
-        drop(d);
+        let restored = partitions_of(tpl)
+            .into_iter()
+            .map(|tp| {
+                let restored = restored_of(committed.as_ref(), &tp);
+                (tp, restored)
+            })
+            .collect();
+        let reading = self.shared.assign_recovering(restored);
         if let Some(done) = self.read_back(reading) {
             // A read-back that ends in time spares the partitions a pause, and the second it
             // can cost (see `READ_BACK_WAIT`). Its sender is dropped when it ends.
@@ -180,12 +131,7 @@ impl WorkerContext {
         if let Err(e) = consumer.resume(tpl) {
             tracing::warn!(error = %e, "resuming assigned partitions failed");
         }
-        let still_paused = {
-            let mut d = self.shared.dispatcher.lock();
-            let tps = partitions_of(tpl);
-            d.take_control_of(&tps);
-            d.paused_of(&tps)
-        };
+        let still_paused = self.shared.settle_assigned(&partitions_of(tpl));
         // ...but one that must stay paused (an open breaker, say) is paused again.
         if !still_paused.is_empty() {
             let mut pause = TopicPartitionList::new();
@@ -196,15 +142,10 @@ impl WorkerContext {
                 tracing::warn!(error = %e, "pausing assigned partitions failed");
             }
         }
-        self.shared
-            .counters
-            .partitions_assigned
-            .fetch_add(tpl.count() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.shared.count_assigned(tpl.count() as u64);
         tracing::info!(partitions = tpl.count(), "partitions assigned");
     }
-}
 
-impl WorkerContext {
     /// Reads back the retry state of newly assigned partitions on a blocking thread (their
     /// records wait until then), trying again with backoff until it succeeds, the partitions
     /// are revoked or the worker stops. The receiver returned sees its sender dropped when
@@ -224,51 +165,79 @@ impl WorkerContext {
         let assigned: Vec<(TopicPartition, FinishedAbove)> =
             reading.into_iter().map(|(tp, _, f)| (tp, f)).collect();
         self.shared.runtime.spawn_blocking(move || {
-            // Jobs of an earlier assignment of these partitions (revoked past the drain
-            // deadline, or lost) may still be publishing copies: read back after they ended,
-            // or their copies would be missed and the records routed again.
-            let orphans_until = Instant::now() + ORPHAN_WAIT;
-            loop {
-                let orphans = shared.dispatcher.lock().orphans_of(&epochs);
-                if orphans == 0 || shared.shutdown.is_cancelled() {
-                    break;
-                }
-                if Instant::now() >= orphans_until {
-                    tracing::warn!(orphans, "handlers of an earlier assignment still run; reading back without waiting for their copies (a record may be routed twice)");
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let mut delay = Duration::from_millis(200);
-            loop {
-                let still_ours = {
-                    let d = shared.dispatcher.lock();
-                    epochs.iter().any(|(tp, _)| d.is_recovering(tp))
-                };
-                if !still_ours || shared.shutdown.is_cancelled() {
-                    return;
-                }
-                let read = reader(&plan).and_then(|consumer| {
-                    let recovered = recover(&plan, &consumer, &assigned)?;
-                    Ok((recovered, consumer))
-                });
-                match read {
-                    Ok((recovered, consumer)) => {
-                        shared.recovered(&epochs, recovered);
-                        drop(done);
-                        // Closing the reader takes a while: after the partitions run.
-                        drop(consumer);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, ?delay, "assigned partitions stay paused until their retry state is read back; trying again");
-                        std::thread::sleep(delay);
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
+            wait_for_orphans(&shared, &epochs);
+            read_back_until_done(&shared, &plan, &epochs, &assigned, done);
         });
         Some(ended)
+    }
+}
+
+/// What the last commit of `tp` said of the offsets above it (nothing when it is unknown).
+fn restored_of(committed: Option<&TopicPartitionList>, tp: &TopicPartition) -> FinishedAbove {
+    let restored = committed
+        .and_then(|c| c.find_partition(&tp.0, tp.1))
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(FinishedAbove::parse(o, e.metadata())),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if restored.len() > 0 {
+        tracing::info!(topic = %tp.0, partition = tp.1, committed = restored.committed(), finished_above = restored.len(), "skipping offsets finished before the last commit");
+    }
+    restored
+}
+
+/// Waits (up to `ORPHAN_WAIT`) until jobs of earlier assignments of the partitions `epochs`
+/// ended: revoked past the drain deadline, or lost, they may still be publishing copies, and
+/// a read-back before they ended would miss their copies and route the records again.
+fn wait_for_orphans(shared: &Shared, epochs: &[(TopicPartition, u64)]) {
+    let orphans_until = Instant::now() + ORPHAN_WAIT;
+    loop {
+        let orphans = shared.orphans_of(epochs);
+        if orphans == 0 || shared.shutdown.is_cancelled() {
+            return;
+        }
+        if Instant::now() >= orphans_until {
+            tracing::warn!(orphans, "handlers of an earlier assignment still run; reading back without waiting for their copies (a record may be routed twice)");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads back the retry state of `assigned` (assigned at `epochs`) and hands it over, trying
+/// again with backoff while the partitions are still this worker's and it runs; `done` is
+/// dropped once it is handed over.
+fn read_back_until_done(
+    shared: &Arc<Shared>,
+    plan: &RecoveryPlan,
+    epochs: &[(TopicPartition, u64)],
+    assigned: &[(TopicPartition, FinishedAbove)],
+    done: mpsc::Sender<()>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if !shared.any_recovering(epochs) || shared.shutdown.is_cancelled() {
+            return;
+        }
+        let read = reader(plan).and_then(|consumer| {
+            let recovered = recover(plan, &consumer, assigned)?;
+            Ok((recovered, consumer))
+        });
+        match read {
+            Ok((recovered, consumer)) => {
+                shared.recovered(epochs, recovered);
+                drop(done);
+                // Closing the reader takes a while: after the partitions run.
+                drop(consumer);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ?delay, "assigned partitions stay paused until their retry state is read back; trying again");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
@@ -297,6 +266,8 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            // Returns once the revoked partitions drained and committed: the rebalance must
+            // not go on before (see `Shared::drain_revoked`).
             blocking(|| self.revoke(consumer, tpl));
         }
     }

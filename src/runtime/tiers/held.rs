@@ -41,7 +41,5 @@ pub(crate) fn release_when_due(shared: &Arc<Shared>, tp: TopicPartition, due_ms:
 /// Releases the held retry-tier record of `tp` now that it is due: it joins its lane, the
 /// partition resumes, and what may start starts.
 fn release(shared: &Arc<Shared>, tp: &TopicPartition, epoch: u64) {
-    let jobs = shared.dispatcher.lock().release_held(tp, epoch);
-    shared.wake.notify_one();
-    shared.start(jobs);
+    shared.change_and_start(|d| d.release_held(tp, epoch));
 }

@@ -1,61 +1,17 @@
-//! State shared by the consume loop, the handler tasks and the rebalance callbacks: the
-//! dispatcher behind a mutex, the policy stack, and the signals between them.
+//! Records through the policy stack: a delivered record goes into the dispatcher, each job it
+//! lets start runs on its own task, and a finished job's outcome goes back into the
+//! dispatcher, which may start the next.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::dispatch::{Accepted, Dispatcher, Job, Recovered, TopicPartition};
-use super::tiers;
-use crate::message::{DropReason, Envelope, Outcome};
-use crate::observe::{Health, Meters};
-use crate::policy::{self, BoxedStack};
-
-/// Counts of outcomes since the worker started.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) handled: AtomicU64,
-    pub(crate) routed_to_tier: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) dropped_stale: AtomicU64,
-    pub(crate) requeued: AtomicU64,
-    pub(crate) skipped_finished: AtomicU64,
-    pub(crate) partitions_assigned: AtomicU64,
-}
-
-/// See the module docs.
-pub(crate) struct Shared {
-    pub(crate) dispatcher: Mutex<Dispatcher>,
-    /// Signalled whenever a job completes (revoke drains wait on it).
-    pub(crate) completed: Condvar,
-    /// Wakes the consume loop: pause/resume decisions or a drained shutdown.
-    pub(crate) wake: Notify,
-    pub(crate) stack: BoxedStack,
-    /// Where the stack publishes routed copies (purged of abandoned jobs' copies at revokes).
-    pub(crate) sink: Arc<dyn policy::Sink>,
-    pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) counters: Counters,
-    /// Set once the final commit is done and the consumer is closing: the revoke that closing
-    /// triggers must not commit again (a synchronous commit while closing can wait forever).
-    pub(crate) closing: std::sync::atomic::AtomicBool,
-    /// The worker's metric handles.
-    pub(crate) meters: Meters,
-    /// What the readiness probe knows of the broker and the stores.
-    pub(crate) health: Arc<Health>,
-    /// Cancelled when the worker stops: timers and read-backs end with it.
-    pub(crate) shutdown: CancellationToken,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
-    }
-}
+use super::Shared;
+use crate::message::{DropReason, Envelope, Outcome, RouteTarget};
+use crate::policy;
+use crate::runtime::dispatch::{Accepted, Dispatcher, Job, Recovered, TopicPartition};
+use crate::runtime::tiers;
 
 impl Shared {
     /// Runs each job through the policy stack on its own task.
@@ -74,6 +30,8 @@ impl Shared {
         }
     }
 
+    /// Hands a finished job's outcome to the dispatcher, wakes whoever waits on it (a revoke
+    /// drain, the consume loop) and starts what may start next.
     fn finish(self: &Arc<Self>, job: Job, outcome: Outcome) {
         self.count(&outcome);
         let (next, wake) = {
@@ -109,6 +67,17 @@ impl Shared {
             Accepted::NotAssigned => self.requeued(1),
             Accepted::Queued | Accepted::Deferred => {}
         }
+    }
+
+    /// Applies `change` to the dispatcher, wakes the consume loop to carry out the pause and
+    /// resume decisions it made, and starts the jobs it let start.
+    pub(crate) fn change_and_start(
+        self: &Arc<Self>,
+        change: impl FnOnce(&mut Dispatcher) -> Vec<Job>,
+    ) {
+        let jobs = change(&mut self.dispatcher.lock());
+        self.wake.notify_one();
+        self.start(jobs);
     }
 
     /// Hands what was read back for the partitions `epochs` to the dispatcher, and accepts
@@ -148,21 +117,13 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// Counts `n` delivered records dropped unfinished (at a revoke, or delivered for a
-    /// partition no longer assigned): delivered again later.
-    pub(crate) fn requeued(&self, n: u64) {
-        if n > 0 {
-            self.counters.requeued.fetch_add(n, Ordering::Relaxed);
-            self.meters.requeued(n);
-        }
-    }
-
+    /// Counts a finished job's outcome.
     fn count(&self, outcome: &Outcome) {
         self.meters.outcome(outcome);
         let counter = match outcome {
             Outcome::Ack { .. } => &self.counters.handled,
             Outcome::Routed {
-                target: crate::message::RouteTarget::RetryTier(_),
+                target: RouteTarget::RetryTier(_),
                 ..
             } => &self.counters.routed_to_tier,
             Outcome::Routed { .. } => &self.counters.dead_lettered,

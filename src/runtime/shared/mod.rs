@@ -1,0 +1,146 @@
+//! State shared by the consume loop, the handler tasks and the rebalance callbacks: the
+//! dispatcher behind a mutex, the policy stack, and the signals between them.
+//!
+//! This module is the only one that locks the dispatcher: the others ask through the methods
+//! of [`Shared`] — [`jobs`] runs records through the policy stack, [`access`] answers the
+//! consume loop, the endpoint and the rebalance callbacks.
+
+mod access;
+mod jobs;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::dispatch::Dispatcher;
+use super::worker::WorkerStats;
+use crate::observe::{Health, Meters};
+use crate::policy::{self, BoxedStack};
+
+/// Counts of outcomes since the worker started.
+#[derive(Debug, Default)]
+struct Counters {
+    handled: AtomicU64,
+    routed_to_tier: AtomicU64,
+    dead_lettered: AtomicU64,
+    dropped: AtomicU64,
+    dropped_stale: AtomicU64,
+    requeued: AtomicU64,
+    skipped_finished: AtomicU64,
+    partitions_assigned: AtomicU64,
+}
+
+/// What the shared state is made of besides the dispatcher.
+pub(crate) struct Parts {
+    /// The policy stack every record goes through.
+    pub(crate) stack: BoxedStack,
+    /// Where the stack publishes routed copies.
+    pub(crate) sink: Arc<dyn policy::Sink>,
+    /// The runtime handler tasks, timers and blocking read-backs run on.
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// The worker's metric handles.
+    pub(crate) meters: Meters,
+    /// What the readiness probe knows of the broker and the stores.
+    pub(crate) health: Arc<Health>,
+    /// Cancelled when the worker stops.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// See the module docs.
+pub(crate) struct Shared {
+    dispatcher: Mutex<Dispatcher>,
+    /// Signalled whenever a job completes (revoke drains wait on it).
+    completed: Condvar,
+    /// Wakes the consume loop: pause/resume decisions or a drained shutdown.
+    wake: Notify,
+    stack: BoxedStack,
+    counters: Counters,
+    /// Set once the final commit is done and the consumer is closing: the revoke that closing
+    /// triggers must not commit again (a synchronous commit while closing can wait forever).
+    closing: AtomicBool,
+    /// Where the stack publishes routed copies (purged of abandoned jobs' copies at revokes).
+    pub(crate) sink: Arc<dyn policy::Sink>,
+    /// The runtime handler tasks, timers and blocking read-backs run on.
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// The worker's metric handles.
+    pub(crate) meters: Meters,
+    /// What the readiness probe knows of the broker and the stores.
+    pub(crate) health: Arc<Health>,
+    /// Cancelled when the worker stops: timers and read-backs end with it.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The state shared around `dispatcher`.
+    pub(crate) fn new(dispatcher: Dispatcher, parts: Parts) -> Self {
+        Shared {
+            dispatcher: Mutex::new(dispatcher),
+            completed: Condvar::new(),
+            wake: Notify::new(),
+            stack: parts.stack,
+            counters: Counters::default(),
+            closing: AtomicBool::new(false),
+            sink: parts.sink,
+            runtime: parts.runtime,
+            meters: parts.meters,
+            health: parts.health,
+            shutdown: parts.shutdown,
+        }
+    }
+
+    /// Resolves when the consume loop is woken (a decision to carry out, a drained handler),
+    /// or at once for a wake-up made before and not taken yet.
+    pub(crate) fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Marks the consumer as closing, after the final commit (see `closing`).
+    pub(crate) fn set_closing(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the consumer is closing after the final commit.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Counts `n` delivered records dropped unfinished (at a revoke, or delivered for a
+    /// partition no longer assigned): delivered again later.
+    pub(crate) fn requeued(&self, n: u64) {
+        if n > 0 {
+            self.counters.requeued.fetch_add(n, Ordering::Relaxed);
+            self.meters.requeued(n);
+        }
+    }
+
+    /// Counts `n` partitions assigned.
+    pub(crate) fn count_assigned(&self, n: u64) {
+        self.counters
+            .partitions_assigned
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// What the worker did so far.
+    pub(crate) fn stats(&self) -> WorkerStats {
+        let c = &self.counters;
+        WorkerStats {
+            handled: c.handled.load(Ordering::Relaxed),
+            routed_to_tier: c.routed_to_tier.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            dropped_stale: c.dropped_stale.load(Ordering::Relaxed),
+            requeued: c.requeued.load(Ordering::Relaxed),
+            skipped_finished: c.skipped_finished.load(Ordering::Relaxed),
+            partitions_assigned: c.partitions_assigned.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The consume loop: records in, pause/resume decisions out, periodic commits; and the
+//! shutdown drain that follows it.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::TopicPartitionList;
+use tokio::sync::watch;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{envelope_of, TopicNames};
+use crate::observe::Meters;
+use crate::policy::BreakerPhase;
+use crate::runtime::endpoint::{refresh_gauges, refresh_tier_lag};
+use crate::runtime::rebalance::{commit_list, WorkerContext};
+use crate::runtime::shared::Shared;
+
+/// The worker's consumer.
+pub(super) type WorkerConsumer = StreamConsumer<WorkerContext>;
+
+/// How long the in-flight bound may stay reached before every partition is paused so that
+/// the loop can keep polling (rebalance callbacks, `max.poll.interval.ms`) without taking
+/// records. Shorter stalls just wait for completions: pausing and resuming a partition costs
+/// a fetch round trip and the prefetched records.
+const STALL_BEFORE_PAUSE: Duration = Duration::from_secs(1);
+
+/// How often the loop commits and refreshes what it reports.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pace {
+    /// Between commits (and gauge refreshes).
+    pub(super) commit_interval: Duration,
+    /// Between reads of the retry tiers' lag.
+    pub(super) lag_interval: Duration,
+}
+
+/// The consume loop's state.
+pub(super) struct ConsumeLoop<'a> {
+    consumer: &'a WorkerConsumer,
+    shared: &'a Arc<Shared>,
+    shutdown: &'a CancellationToken,
+    commit_tick: Interval,
+    /// The circuit breaker's phase, when there is a breaker.
+    breaker: Option<watch::Receiver<BreakerPhase>>,
+    /// Reads the retry tiers' log ends for their lag (see `refresh_tier_lag`).
+    lag_reader: Option<Arc<BaseConsumer>>,
+    lag_interval: Duration,
+    lag_read_at: Instant,
+    /// Since when the in-flight bound has been reached.
+    full_since: Option<Instant>,
+    topics: TopicNames,
+}
+
+impl<'a> ConsumeLoop<'a> {
+    /// A loop over `consumer` until `shutdown`, at `pace`.
+    pub(super) fn new(
+        consumer: &'a WorkerConsumer,
+        shared: &'a Arc<Shared>,
+        shutdown: &'a CancellationToken,
+        pace: Pace,
+        breaker: Option<watch::Receiver<BreakerPhase>>,
+        lag_reader: Option<Arc<BaseConsumer>>,
+    ) -> Self {
+        let mut commit_tick = tokio::time::interval(pace.commit_interval);
+        commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ConsumeLoop {
+            consumer,
+            shared,
+            shutdown,
+            commit_tick,
+            breaker,
+            lag_reader,
+            lag_interval: pace.lag_interval,
+            lag_read_at: Instant::now(),
+            full_since: None,
+            topics: TopicNames::trusting(shared.tier_topics()),
+        }
+    }
+
+    /// Runs until the shutdown token is cancelled.
+    pub(super) async fn run(&mut self) {
+        loop {
+            let (full, stalled) = self.shared.full_and_stalled();
+            if full && !stalled {
+                if self.wait_while_full().await.is_break() {
+                    return;
+                }
+                continue;
+            }
+            if !full {
+                self.full_since = None;
+                if stalled {
+                    self.shared.set_stalled(false);
+                    apply_control(self.consumer, self.shared);
+                }
+            }
+            if self.step().await.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// With the in-flight bound reached: takes no record, waits for a completion, a decision,
+    /// a commit tick, or the stall deadline (then pauses every partition).
+    async fn wait_while_full(&mut self) -> ControlFlow<()> {
+        let (consumer, shared) = (self.consumer, self.shared);
+        let since = *self.full_since.get_or_insert_with(Instant::now);
+        let stall_at = since + STALL_BEFORE_PAUSE;
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
+            _ = shared.woken() => apply_control(consumer, shared),
+            Some(open) = breaker_change(&mut self.breaker, &shared.meters) => {
+                shared.set_breaker_open(open);
+                apply_control(consumer, shared);
+            }
+            _ = self.commit_tick.tick() => commit(consumer, shared, CommitMode::Async, false),
+            _ = tokio::time::sleep_until(stall_at.into()) => {
+                shared.set_stalled(true);
+                apply_control(consumer, shared);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Takes the next record, decision, breaker change or commit tick.
+    async fn step(&mut self) -> ControlFlow<()> {
+        let (consumer, shared) = (self.consumer, self.shared);
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
+            _ = shared.woken() => apply_control(consumer, shared),
+            Some(open) = breaker_change(&mut self.breaker, &shared.meters) => {
+                shared.set_breaker_open(open);
+                apply_control(consumer, shared);
+            }
+            _ = self.commit_tick.tick() => self.on_tick(),
+            received = consumer.recv() => match received {
+                Ok(message) => self.on_record(message),
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
+                    }
+                }
+            },
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A commit tick: commits, refreshes the gauges, reports keys parked too long, and reads
+    /// the retry tiers' lag when it is time.
+    fn on_tick(&mut self) {
+        commit(self.consumer, self.shared, CommitMode::Async, false);
+        refresh_gauges(self.shared);
+        self.shared.report_long_parked(Instant::now());
+        if let Some(reader) = &self.lag_reader {
+            if self.lag_read_at.elapsed() >= self.lag_interval {
+                self.lag_read_at = Instant::now();
+                refresh_tier_lag(self.shared, reader);
+            }
+        }
+    }
+
+    /// A delivered record: into the dispatcher, then its decisions carried out.
+    fn on_record(&mut self, message: BorrowedMessage<'_>) {
+        self.shared.health.broker_up();
+        let envelope = envelope_of(&message, &mut self.topics);
+        drop(message);
+        self.shared.meters.consumed();
+        self.shared.accept(envelope);
+        apply_control(self.consumer, self.shared);
+    }
+}
+
+/// The next change of the breaker's phase: `Some(true)` when it opened, `Some(false)` when
+/// it half-opened or closed; never resolves without a breaker (or once it is gone).
+async fn breaker_change(
+    breaker: &mut Option<watch::Receiver<BreakerPhase>>,
+    meters: &Meters,
+) -> Option<bool> {
+    let Some(rx) = breaker else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *breaker = None;
+        return std::future::pending().await;
+    }
+    let phase = *rx.borrow_and_update();
+    meters.breaker.set(match phase {
+        BreakerPhase::Closed => 0.0,
+        BreakerPhase::HalfOpen => 1.0,
+        BreakerPhase::Open => 2.0,
+    });
+    let open = phase == BreakerPhase::Open;
+    if open {
+        tracing::warn!("circuit breaker open: partitions paused, polling continues");
+    } else {
+        tracing::info!("circuit breaker probing or closed: partitions resumed");
+    }
+    Some(open)
+}
+
+/// Carries out the dispatcher's pause and resume decisions.
+fn apply_control(consumer: &WorkerConsumer, shared: &Shared) {
+    let decisions = shared.take_control();
+    if decisions.is_empty() {
+        return;
+    }
+    let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+    for ((topic, partition), paused) in decisions {
+        if paused {
+            pause.add_partition(&topic, partition);
+        } else {
+            resume.add_partition(&topic, partition);
+        }
+    }
+    if pause.count() > 0 {
+        if let Err(e) = consumer.pause(&pause) {
+            tracing::warn!(error = %e, "pause failed");
+        }
+    }
+    if resume.count() > 0 {
+        if let Err(e) = consumer.resume(&resume) {
+            tracing::warn!(error = %e, "resume failed");
+        }
+    }
+}
+
+/// Commits each partition's lowest unfinished offset with its finished-offset metadata
+/// (`all`: every partition's, not only those that changed).
+pub(super) fn commit(consumer: &WorkerConsumer, shared: &Shared, mode: CommitMode, all: bool) {
+    let commits = shared.take_commits(all);
+    if commits.is_empty() {
+        return;
+    }
+    if let Err(e) = consumer.commit(&commit_list(&commits), mode) {
+        tracing::warn!(error = %e, "commit failed; trying again at the next interval");
+        shared.forget_commits();
+    }
+}
+
+/// Stops fetching and waits for running handlers, up to `limit`; past it, `handler_shutdown`
+/// tells the handlers still running that they are abandoned.
+pub(super) async fn drain(
+    consumer: &WorkerConsumer,
+    shared: &Arc<Shared>,
+    limit: Duration,
+    handler_shutdown: &CancellationToken,
+) {
+    let assigned = shared.stop();
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in &assigned {
+        tpl.add_partition(topic, *partition);
+    }
+    if tpl.count() > 0 {
+        let _ = consumer.pause(&tpl);
+    }
+    let deadline = Instant::now() + limit;
+    loop {
+        let notified = shared.woken();
+        let running = shared.running();
+        if running == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(running, "drain deadline passed; abandoning running handlers (their messages are delivered again)");
+            handler_shutdown.cancel();
+            return;
+        }
+        let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), notified)
+            .await;
+    }
+}

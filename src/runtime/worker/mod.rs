@@ -1,0 +1,410 @@
+//! The worker: subscribes to the source topic and its retry tiers, feeds delivered records to
+//! the dispatcher, carries out its pause/resume decisions, commits finished offsets, and shuts
+//! down gracefully (stop fetching, drain with a deadline, commit, leave the group).
+
+mod consume;
+mod signals;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use self::consume::{commit, drain, ConsumeLoop, Pace, WorkerConsumer};
+use self::signals::Signals;
+use super::assembly::build_stack;
+use super::dispatch::{Dispatcher, Limits};
+use super::endpoint::{bind, serve, WorkerProbe};
+use super::guards::Guards;
+use super::rebalance::WorkerContext;
+use super::recovery::RecoveryPlan;
+use super::shared::{Parts, Shared};
+use super::tiers::{self, RoutingTopics};
+use crate::broker::KafkaSink;
+use crate::config::{KafkaClient, Ordering, WorkerConfig};
+use crate::error::WorkerError;
+use crate::handler::Handler;
+use crate::message::Message;
+use crate::observe::{self, Health, Meters};
+use crate::policy::{self, Routing, Sink, UserLayer};
+use crate::store::StoreHandles;
+
+/// Runs a handler over a topic and its retry tiers. Built with [`Worker::builder`].
+#[derive(Debug)]
+pub struct Worker<H> {
+    handler: Arc<H>,
+    config: WorkerConfig,
+    listener: Option<std::net::TcpListener>,
+    /// Store handles given to the builder (the rest come from the configured URLs).
+    stores: StoreHandles,
+    /// The user's tower layers, outermost first.
+    layers: Vec<UserLayer>,
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Messages the handler finished successfully.
+    pub handled: u64,
+    /// Messages sent to a retry tier.
+    pub routed_to_tier: u64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Messages dropped as stale or duplicate.
+    pub dropped: u64,
+    /// Of those, messages dropped as stale (the rest were duplicates).
+    pub dropped_stale: u64,
+    /// Messages left unfinished at shutdown or revoke (delivered again later).
+    pub requeued: u64,
+    /// Messages skipped because the last commit recorded them as finished.
+    pub skipped_finished: u64,
+    /// Partitions assigned to the worker, counted at every assignment.
+    pub partitions_assigned: u64,
+}
+
+impl<H: Handler> Worker<H> {
+    /// A worker running `handler` with `config`.
+    pub(crate) fn new(handler: H, config: WorkerConfig) -> Self {
+        Worker {
+            handler: Arc::new(handler),
+            config,
+            listener: None,
+            stores: StoreHandles::default(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// Uses the store handles and the tower layers given to the builder.
+    pub(crate) fn with_parts(mut self, stores: StoreHandles, layers: Vec<UserLayer>) -> Self {
+        self.stores = stores;
+        self.layers = layers;
+        self
+    }
+
+    /// Serves the metrics and health endpoint on `listener` (instead of `[observe] listen`).
+    pub(crate) fn with_listener(mut self, listener: Option<std::net::TcpListener>) -> Self {
+        self.listener = listener;
+        self
+    }
+
+    /// The source topic: configured, or the message type's.
+    fn topic(&self) -> String {
+        self.config
+            .topic
+            .clone()
+            .unwrap_or_else(|| H::Message::TOPIC.to_owned())
+    }
+
+    /// The consumer group: configured, or the handler's.
+    fn group(&self) -> String {
+        self.config
+            .group
+            .clone()
+            .unwrap_or_else(|| H::GROUP.to_owned())
+    }
+
+    /// The settings of one of the worker's clients: only the `[kafka]` properties that kind
+    /// of client takes (librdkafka warns about the others), and the brokers.
+    fn client_config(&self, client: KafkaClient) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in self.config.kafka_properties(client) {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &self.config.brokers);
+        c
+    }
+
+    /// A broker error naming the brokers tried.
+    fn broker_error(&self, why: impl std::fmt::Display) -> WorkerError {
+        WorkerError::Broker(format!("bootstrap.servers {}: {why}", self.config.brokers))
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully; a second signal exits the
+    /// process at once (committed offsets stay correct: only finished work was committed).
+    pub async fn run_until_signal(self) -> Result<WorkerStats, WorkerError> {
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
+        // One set of listeners for both signals: a listener registered after the first signal
+        // would report that same signal again at once.
+        let mut signals = Signals::new()?;
+        tokio::spawn(async move {
+            if signals.next().await.is_some() {
+                tracing::info!("signal received: draining (send another to exit at once)");
+                trigger.cancel();
+                if signals.next().await.is_some() {
+                    tracing::warn!("second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        });
+        self.run(shutdown).await
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops fetching, drains running handlers
+    /// (up to the drain timeout), commits and leaves the group.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<WorkerStats, WorkerError> {
+        let runtime = tokio::runtime::Handle::current();
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(WorkerError::CurrentThreadRuntime);
+        }
+        let (topic, group) = (self.topic(), self.group());
+        let retry_tiers = self.config.retry_tiers();
+        let topics = RoutingTopics::of(&self.config, &topic, &group, &retry_tiers);
+        let observed = self.observe(&topic, &group)?;
+        let Some((partitions, guards)) = self
+            .connect(&topics, &group, &shutdown, &observed.health)
+            .await?
+        else {
+            return Ok(WorkerStats::default());
+        };
+        let sink: Arc<dyn Sink> = Arc::new(
+            KafkaSink::new(self.client_config(KafkaClient::Producer))
+                .map_err(|e| self.broker_error(e))?,
+        );
+        // Handlers see this token; it fires only once the drain deadline has passed.
+        let handler_shutdown = CancellationToken::new();
+        let routing = Routing {
+            tiers: retry_tiers,
+            names: topics.names.clone(),
+            dead_letter: Some(topics.dead_letter.clone()),
+            tier_partitions: Some(partitions),
+            sink: sink.clone(),
+        };
+        let stack = build_stack(
+            self.handler.clone(),
+            &self.config,
+            &group,
+            &routing,
+            &guards,
+            &self.layers,
+            &handler_shutdown,
+            &observed.meters,
+        );
+        let limits = self.limits();
+        let worker_stopped = CancellationToken::new();
+        let _stop_timers = worker_stopped.clone().drop_guard();
+        let parts = Parts {
+            stack,
+            sink,
+            runtime,
+            meters: observed.meters.clone(),
+            health: observed.health.clone(),
+            shutdown: worker_stopped.clone(),
+        };
+        let dispatcher = Dispatcher::with_topology(limits, topics.topology());
+        let shared = Arc::new(Shared::new(dispatcher, parts));
+        let _ = observed.started.set(shared.clone());
+        let consumer = self.subscribe(&topics, &group, limits, &shared)?;
+        let lag_reader = self.lag_reader(&topics, &group);
+        let pace = Pace {
+            commit_interval: Duration::from_millis(self.config.commit_interval_ms),
+            lag_interval: Duration::from_millis(self.config.observe.lag_interval_ms),
+        };
+        let breaker = guards.breaker.as_ref().map(policy::Breaker::watch);
+        ConsumeLoop::new(&consumer, &shared, &shutdown, pace, breaker, lag_reader)
+            .run()
+            .await;
+        Ok(self
+            .close(consumer, &shared, &handler_shutdown, &worker_stopped)
+            .await)
+    }
+
+    /// Binds the metrics and health endpoint when one is configured and serves it from now
+    /// on: live at once, not ready (with the reason) until the worker consumes.
+    fn observe(&mut self, topic: &str, group: &str) -> Result<Observed, WorkerError> {
+        let endpoint = bind(self.listener.take(), self.config.observe.listen.as_deref())?;
+        if endpoint.is_some() {
+            // Before the first handle is made: handles made earlier record nowhere.
+            if let Err(why) = observe::metrics::prometheus() {
+                tracing::warn!(why, "/metrics will answer 503");
+            }
+        }
+        let meters = Meters::new(group, topic);
+        let health = Arc::new(Health::default());
+        let started = Arc::new(OnceLock::new());
+        let _stop = endpoint.map(|listener| {
+            serve(
+                listener,
+                WorkerProbe {
+                    shared: started.clone(),
+                    health: health.clone(),
+                    meters: meters.clone(),
+                    stall_after: Duration::from_millis(self.config.observe.stall_after_ms),
+                },
+            )
+        });
+        Ok(Observed {
+            meters,
+            health,
+            started,
+            _stop,
+        })
+    }
+
+    /// Makes sure the topics exist and connects the stores; returns the source topic's
+    /// partition count and the stores, or `None` when the worker was shut down first (nothing
+    /// ran, nothing to commit).
+    async fn connect(
+        &self,
+        topics: &RoutingTopics,
+        group: &str,
+        shutdown: &CancellationToken,
+        health: &Arc<Health>,
+    ) -> Result<Option<(i32, Guards)>, WorkerError> {
+        let partitions = match topics
+            .ensure(&self.client_config(KafkaClient::Helper))
+            .await
+        {
+            Ok(partitions) => partitions,
+            Err(_) if shutdown.is_cancelled() => return Ok(None),
+            Err(WorkerError::Broker(why)) => return Err(self.broker_error(why)),
+            Err(e) => return Err(e),
+        };
+        match Guards::connect(&self.config, &self.stores, group, shutdown, health).await {
+            Ok(guards) => Ok(Some((partitions, guards))),
+            // A shutdown while a store is still unreachable at start: nothing ran, nothing to
+            // commit.
+            Err(WorkerError::Store(e)) if e.is_unavailable() && shutdown.is_cancelled() => {
+                tracing::info!(error = %e, "shut down while waiting for a store at start");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The dispatcher's bounds and ordering mode.
+    fn limits(&self) -> Limits {
+        Limits {
+            concurrency: self.config.concurrency,
+            max_in_flight: self
+                .config
+                .max_in_flight
+                .unwrap_or(self.config.concurrency.saturating_mul(4)),
+            max_per_key: self.config.max_per_key,
+            strict: self.config.ordering == Ordering::Strict,
+            park_limit: tiers::park_limit(&self.config),
+        }
+    }
+
+    /// The worker's consumer, its rebalance callbacks wired to `shared`, subscribed to the
+    /// source topic and its retry tiers.
+    fn subscribe(
+        &self,
+        topics: &RoutingTopics,
+        group: &str,
+        limits: Limits,
+        shared: &Arc<Shared>,
+    ) -> Result<WorkerConsumer, WorkerError> {
+        let context = WorkerContext {
+            shared: shared.clone(),
+            drain_timeout: Duration::from_millis(self.config.drain_timeout_ms),
+            recovery: RecoveryPlan {
+                client: self.client_config(KafkaClient::Helper),
+                topology: topics.topology(),
+                dead_letter: topics.dead_letter.clone(),
+                strict: limits.strict,
+            },
+        };
+        let consumer: WorkerConsumer = self
+            .consumer_config(group, limits)
+            .create_with_context(context)
+            .map_err(|e| self.broker_error(e))?;
+        consumer
+            .subscribe(&topics.subscription())
+            .map_err(|e| self.broker_error(e))?;
+        tracing::info!(topic = %topics.source, %group, tiers = topics.tiers.len(), "worker started");
+        Ok(consumer)
+    }
+
+    /// The consumer's settings: the group, offsets stored and committed by the worker only,
+    /// and defaults (where `[kafka]` sets none) that suit the worker's bounds.
+    fn consumer_config(&self, group: &str, limits: Limits) -> ClientConfig {
+        let mut consumer_config = self.client_config(KafkaClient::Consumer);
+        consumer_config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        // librdkafka prefetches up to 100,000 records per partition by default; rebalance
+        // events queue behind them, so a large prefetch delays a revoke by as long as the
+        // handlers need to work through it. Keep it near the in-flight bound.
+        let lag_interval = self.config.observe.lag_interval_ms.to_string();
+        let prefetch = limits
+            .max_in_flight
+            .saturating_mul(2)
+            .max(1_000)
+            .to_string();
+        for (key, default) in [
+            // Range assigns partition p of the topic and of each retry tier (they have the same
+            // partition count) to the same member, so a key parked for its retry copy is on
+            // the worker that consumes that copy, and the source partitions spread over the
+            // members. Rebalances are eager: every member drains and commits at each one.
+            ("partition.assignment.strategy", "range"),
+            ("auto.offset.reset", "earliest"),
+            ("queued.min.messages", prefetch.as_str()),
+            // With the prefetch that small, librdkafka's default pause of 1 s before fetching
+            // again once the queue is full starves the handlers between fetches.
+            ("fetch.queue.backoff.ms", "10"),
+            // A resumed partition (a retry tier's held record now due, a tier paused at its
+            // bound) is fetched only once the fetch request already waiting at the broker for
+            // the other partitions returns: with the default 500 ms, every resume of a retry
+            // tier cost up to half a second, and a tier drained at two records a second when
+            // its bound was 1 (the chaos test's seed 10).
+            ("fetch.wait.max.ms", "100"),
+            ("statistics.interval.ms", lag_interval.as_str()),
+        ] {
+            if !self.config.kafka.contains_key(key) {
+                consumer_config.set(key, default);
+            }
+        }
+        consumer_config
+    }
+
+    /// A client that reads the log end of retry-tier partitions for their lag (see
+    /// `refresh_tier_lag`); none without tiers.
+    fn lag_reader(&self, topics: &RoutingTopics, group: &str) -> Option<Arc<BaseConsumer>> {
+        if topics.tiers.is_empty() {
+            return None;
+        }
+        let mut reader = self.client_config(KafkaClient::Helper);
+        reader.set("group.id", format!("{group}.steadfast-lag"));
+        reader.create().map(Arc::new).ok()
+    }
+
+    /// Stops: drains running handlers (up to the drain timeout), commits, leaves the group,
+    /// and ends the held-record timers and read-backs; returns what the worker did.
+    async fn close(
+        &self,
+        consumer: WorkerConsumer,
+        shared: &Arc<Shared>,
+        handler_shutdown: &CancellationToken,
+        worker_stopped: &CancellationToken,
+    ) -> WorkerStats {
+        let drain_timeout = Duration::from_millis(self.config.drain_timeout_ms);
+        drain(&consumer, shared, drain_timeout, handler_shutdown).await;
+        // The final commit, the unsubscribe and the close wait on the broker: off the async
+        // worker thread, or an in-process broker on the same runtime could not answer them.
+        tokio::task::block_in_place(|| {
+            commit(&consumer, shared, CommitMode::Sync, true);
+            shared.set_closing();
+            consumer.unsubscribe();
+            drop(consumer);
+        });
+        // Held-record timers and read-backs end here; they hold the routing producer.
+        worker_stopped.cancel();
+        let stats = shared.stats();
+        tracing::info!(?stats, "worker stopped");
+        stats
+    }
+}
+
+/// The metric handles and health of a worker, and its endpoint while it is served.
+struct Observed {
+    meters: Meters,
+    health: Arc<Health>,
+    /// Set once the worker consumes: the endpoint's probes then see it.
+    started: Arc<OnceLock<Arc<Shared>>>,
+    /// Stops serving the endpoint when dropped.
+    _stop: Option<DropGuard>,
+}
