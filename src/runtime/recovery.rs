@@ -85,100 +85,11 @@ pub(crate) fn recover(
     consumer: &BaseConsumer,
     assigned: &[(TopicPartition, FinishedAbove)],
 ) -> Result<Recovered, RecoveryError> {
-    let group = &plan.topology.group;
-    let committed: HashMap<TopicPartition, &FinishedAbove> =
-        assigned.iter().map(|(tp, f)| (tp.clone(), f)).collect();
-    let tiers = plan.topology.tiers.len() as u32;
-
-    // Copies of records these commits left unfinished were made after this time: a little
-    // before the stamped commit; from the beginning for a partition the group never
-    // committed (every copy of it by this group is of an unfinished record). A partition
-    // whose commit carries no stamp (offsets reset by a tool, a commit of an earlier
-    // version) is not searched: which copies belong to the records it left unfinished cannot
-    // be told, and a replay after a reset must route again what it meets. Its next commit is
-    // stamped.
-    let searched: HashMap<TopicPartition, i64> = assigned
-        .iter()
-        .filter_map(|(tp, f)| match (f.is_committed(), f.commit_ms()) {
-            (false, _) => Some((tp.clone(), i64::MIN)),
-            (true, Some(ms)) => Some((tp.clone(), ms - SLACK_MS)),
-            (true, None) => None,
-        })
-        .collect();
-
-    // Where to read: the next tier and the dead-letter topic of every searched partition
-    // (copies, from its time), and every assigned tier partition (waiting records, from its
-    // committed offset).
-    let dead_letter_partitions = if searched.is_empty() {
-        0
-    } else {
-        partition_count(consumer, &plan.dead_letter)?
-    };
-    let mut copies_in: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let mut note = |target: (String, i32), since: i64| {
-        let entry = copies_in.entry(target).or_insert(since);
-        *entry = (*entry).min(since);
-    };
-    for ((topic, partition), since) in &searched {
-        let tier = plan.topology.tier_of(topic);
-        if tier < tiers {
-            if let Some(next) = plan.topology.tiers.get(tier as usize) {
-                note((next.to_string(), *partition), *since);
-            }
-        }
-        for p in 0..dead_letter_partitions {
-            note((plan.dead_letter.clone(), p), *since);
-        }
-    }
-    let mut starts: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
-    for (target, start) in starts_at_time(consumer, &copies_in)? {
-        starts.insert(target, start);
-    }
-    if plan.strict {
-        for ((topic, partition), finished) in assigned {
-            if plan.topology.tier_of(topic) > 0 {
-                let from = finished.committed();
-                let entry = starts
-                    .entry((topic.to_string(), *partition))
-                    .or_insert(Some(from));
-                *entry = Some(entry.map_or(from, |s| s.min(from)));
-            }
-        }
-    }
-
+    let read_back = ReadBack::new(plan, assigned);
+    let starts = read_back.starts(consumer, assigned)?;
     let mut recovered = Recovered::default();
     read_to_end(consumer, &starts, |envelope| {
-        if envelope.headers.get_str(headers::GROUP) != Some(&group[..]) {
-            return;
-        }
-        if let Some((topic, partition, offset)) = envelope
-            .headers
-            .get_str(headers::ROUTED_FROM)
-            .and_then(headers::parse_routed_from)
-        {
-            let from: TopicPartition = (Arc::from(topic), partition);
-            if searched.contains_key(&from)
-                && committed
-                    .get(&from)
-                    .is_some_and(|f| offset >= f.committed())
-            {
-                recovered.routed.entry(from).or_default().push(offset);
-            }
-        }
-        let here: TopicPartition = (envelope.topic.clone(), envelope.partition);
-        let waiting = plan.strict
-            && plan.topology.tier_of(&envelope.topic) > 0
-            && committed
-                .get(&here)
-                .is_some_and(|f| envelope.offset >= f.committed() && !f.contains(envelope.offset));
-        if let (true, Some(key)) = (waiting, envelope.key.clone()) {
-            recovered.pending.push(PendingTierRecord {
-                tier: here,
-                offset: envelope.offset,
-                origin: first_delivery_lane(&envelope, key),
-                origin_offset: headers::original_offset(&envelope),
-            });
-        }
+        read_back.note(&mut recovered, envelope);
     })?;
     // A tier record that was routed on is not waiting: its copy in the next tier (or the
     // dead-letter topic) is what its key waits for, if anything.
@@ -189,6 +100,139 @@ pub(crate) fn recover(
             .is_some_and(|offsets| offsets.contains(&p.offset))
     });
     Ok(recovered)
+}
+
+/// What a read-back knows before it reads: what each assigned partition's last commit said,
+/// and the partitions whose copies are searched, each with the earliest time one may date from.
+struct ReadBack<'a> {
+    plan: &'a RecoveryPlan,
+    committed: HashMap<TopicPartition, &'a FinishedAbove>,
+    searched: HashMap<TopicPartition, i64>,
+}
+
+impl<'a> ReadBack<'a> {
+    /// The read-back of `assigned` under `plan`.
+    fn new(plan: &'a RecoveryPlan, assigned: &'a [(TopicPartition, FinishedAbove)]) -> Self {
+        let committed = assigned.iter().map(|(tp, f)| (tp.clone(), f)).collect();
+        // Copies of records these commits left unfinished were made after this time: a little
+        // before the stamped commit; from the beginning for a partition the group never
+        // committed (every copy of it by this group is of an unfinished record). A partition
+        // whose commit carries no stamp (offsets reset by a tool, a commit of an earlier
+        // version) is not searched: which copies belong to the records it left unfinished
+        // cannot be told, and a replay after a reset must route again what it meets. Its next
+        // commit is stamped.
+        let searched = assigned
+            .iter()
+            .filter_map(|(tp, f)| match (f.is_committed(), f.commit_ms()) {
+                (false, _) => Some((tp.clone(), i64::MIN)),
+                (true, Some(ms)) => Some((tp.clone(), ms - SLACK_MS)),
+                (true, None) => None,
+            })
+            .collect();
+        ReadBack {
+            plan,
+            committed,
+            searched,
+        }
+    }
+
+    /// Where to read: the next tier and the dead-letter topic of every searched partition
+    /// (copies, from its time), and every assigned tier partition (waiting records, from its
+    /// committed offset).
+    fn starts(
+        &self,
+        consumer: &BaseConsumer,
+        assigned: &[(TopicPartition, FinishedAbove)],
+    ) -> Result<BTreeMap<(String, i32), Option<i64>>, RecoveryError> {
+        let copies_in = self.copies_in(consumer)?;
+        let mut starts: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
+        for (target, start) in starts_at_time(consumer, &copies_in)? {
+            starts.insert(target, start);
+        }
+        if self.plan.strict {
+            for ((topic, partition), finished) in assigned {
+                if self.plan.topology.tier_of(topic) > 0 {
+                    let from = finished.committed();
+                    let entry = starts
+                        .entry((topic.to_string(), *partition))
+                        .or_insert(Some(from));
+                    *entry = Some(entry.map_or(from, |s| s.min(from)));
+                }
+            }
+        }
+        Ok(starts)
+    }
+
+    /// The partitions copies of the searched partitions' records go to (the next tier, the
+    /// dead-letter topic), each with the earliest time a copy looked for may date from.
+    fn copies_in(
+        &self,
+        consumer: &BaseConsumer,
+    ) -> Result<BTreeMap<(String, i32), i64>, RecoveryError> {
+        let plan = self.plan;
+        let tiers = plan.topology.tiers.len() as u32;
+        let dead_letter_partitions = if self.searched.is_empty() {
+            0
+        } else {
+            partition_count(consumer, &plan.dead_letter)?
+        };
+        let mut copies_in: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut note = |target: (String, i32), since: i64| {
+            let entry = copies_in.entry(target).or_insert(since);
+            *entry = (*entry).min(since);
+        };
+        for ((topic, partition), since) in &self.searched {
+            let tier = plan.topology.tier_of(topic);
+            if tier < tiers {
+                if let Some(next) = plan.topology.tiers.get(tier as usize) {
+                    note((next.to_string(), *partition), *since);
+                }
+            }
+            for p in 0..dead_letter_partitions {
+                note((plan.dead_letter.clone(), p), *since);
+            }
+        }
+        Ok(copies_in)
+    }
+
+    /// Notes what a record read back says: it is the group's copy of an unfinished record of a
+    /// searched partition, or (strict ordering) a tier record still waiting.
+    fn note(&self, recovered: &mut Recovered, envelope: Envelope) {
+        let plan = self.plan;
+        if envelope.headers.get_str(headers::GROUP) != Some(&plan.topology.group[..]) {
+            return;
+        }
+        if let Some((topic, partition, offset)) = envelope
+            .headers
+            .get_str(headers::ROUTED_FROM)
+            .and_then(headers::parse_routed_from)
+        {
+            let from: TopicPartition = (Arc::from(topic), partition);
+            if self.searched.contains_key(&from)
+                && self
+                    .committed
+                    .get(&from)
+                    .is_some_and(|f| offset >= f.committed())
+            {
+                recovered.routed.entry(from).or_default().push(offset);
+            }
+        }
+        let here: TopicPartition = (envelope.topic.clone(), envelope.partition);
+        let waiting = plan.strict
+            && plan.topology.tier_of(&envelope.topic) > 0
+            && self
+                .committed
+                .get(&here)
+                .is_some_and(|f| envelope.offset >= f.committed() && !f.contains(envelope.offset));
+        if let (true, Some(key)) = (waiting, envelope.key.clone()) {
+            recovered.pending.push(PendingTierRecord {
+                tier: here,
+                offset: envelope.offset,
+                origin: first_delivery_lane(&envelope, key),
+                origin_offset: headers::original_offset(&envelope),
+            });
+        }
+    }
 }
 
 /// The partition count of `topic`; 0 when it does not exist.
