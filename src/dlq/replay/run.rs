@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use governor::clock::{Clock as _, DefaultClock};
-use governor::{Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -35,14 +35,7 @@ pub(crate) fn replay_blocking(
     selection.validate()?;
     let to = options.to.as_deref();
     let fingerprint = selection.fingerprint_with_target(to);
-    let replay_id = match (&options.replay_id, options.fresh) {
-        (Some(id), _) if !id.trim().is_empty() => id.trim().to_owned(),
-        (_, true) => format!(
-            "{fingerprint}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        ),
-        _ => fingerprint.clone(),
-    };
+    let replay_id = replay_id_of(options, &fingerprint);
     let group = format!("steadfast-replay-{replay_id}");
     if let (false, Some(started)) = (options.dry_run, &options.started) {
         started(&ReplayStarted {
@@ -52,45 +45,16 @@ pub(crate) fn replay_blocking(
     }
     let consumer = scan::reader(config, Some(&group))?;
     let dlq = selection.topic.as_str();
-    let dlq_partitions = scan::partitions(&consumer, dlq)?;
-
-    let committed = resume::read_committed(&consumer, dlq, &dlq_partitions, &replay_id)?;
-    if let Some(note) = &committed.note {
-        if note.selection != fingerprint {
-            return Err(DlqError::ReplayIdInUse {
-                id: replay_id,
-                recorded: note.selection.clone(),
-                current: fingerprint,
-            });
-        }
-    }
-
-    let (records, highs) = read_selection(&consumer, selection, &dlq_partitions, &committed)?;
-    if to.is_none() {
-        refuse_homeless(&records, dlq)?;
-        refuse_foreign(&records, dlq)?;
-    }
-    let targets = target_partitions(&consumer, &records, to)?;
-    let previous_ends = committed
-        .note
-        .as_ref()
-        .map(ProgressNote::flat_ends)
-        .unwrap_or_default();
-    let already = find_copies(&consumer, &replay_id, dlq, &committed, &previous_ends)?;
-    let done_before = committed.note.as_ref().map_or(0, |n| n.done);
-
-    let planned: Vec<(&DlqRecord, ReplayedRecord)> = records
-        .iter()
-        .filter(|r| !already.contains(r.partition, r.offset))
-        .map(|r| (r, planned_copy(r, &targets, to)))
-        .collect();
+    let found = Found::read(&consumer, selection, &replay_id, &fingerprint, to)?;
+    let planned = found.planned(to);
+    let already_replayed = found.done_before() + found.already.len() as u64;
     let mut report = ReplayReport {
         replay_id: replay_id.clone(),
         group,
         dry_run: options.dry_run,
-        selected: records.len() as u64,
-        already_replayed: done_before + already.len() as u64,
-        found_past_commit: already.len() as u64,
+        selected: found.records.len() as u64,
+        already_replayed,
+        found_past_commit: found.already.len() as u64,
         replayed: Vec::new(),
     };
     if options.dry_run {
@@ -98,22 +62,154 @@ pub(crate) fn replay_blocking(
         return Ok(report);
     }
 
-    // Before anything is produced, the note must name every target partition this run may
-    // write to, at an offset below anything it will write there.
-    let mut ends = previous_ends;
-    for (topic, partitions) in &targets {
-        for p in partitions {
-            if let std::collections::btree_map::Entry::Vacant(e) = ends.entry((topic.clone(), *p)) {
-                e.insert(scan::watermarks(&consumer, topic, *p)?.1);
+    let mut ends = found.ends_before_producing(&consumer)?;
+    let positions = found.start_positions();
+    let reach = reach_of(&planned, &found.targets);
+    let mut note = ProgressNote::new(fingerprint, report.already_replayed);
+    let mut progress = Progressor {
+        replay_id: &replay_id,
+        consumer: &consumer,
+        dlq,
+        already: &found.already,
+        reach: &reach,
+        note: &mut note,
+        ends: &mut ends,
+    };
+    progress.commit(&positions)?;
+
+    let mut producing = Producing::new(config, options, &replay_id, &found.records, positions)?;
+    producing.all(planned, &mut progress, &mut report)?;
+    producing.finish(found.highs, &mut progress, &mut report)?;
+    report
+        .replayed
+        .sort_by_key(|r| (r.of.partition, r.of.offset));
+    Ok(report)
+}
+
+/// The replay's id: the one given, a fresh one (`--fresh`), or the selection's fingerprint
+/// (so that running the same replay again resumes it).
+fn replay_id_of(options: &ReplayOptions, fingerprint: &str) -> String {
+    match (&options.replay_id, options.fresh) {
+        (Some(id), _) if !id.trim().is_empty() => id.trim().to_owned(),
+        (_, true) => format!(
+            "{fingerprint}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ),
+        _ => fingerprint.to_owned(),
+    }
+}
+
+/// What a replay reads before it produces anything.
+struct Found {
+    /// The dead-letter topic's partitions.
+    dlq_partitions: Vec<i32>,
+    /// The replay's committed position and progress note.
+    committed: Committed,
+    /// The selected records at or above the committed position, in dead-letter order.
+    records: Vec<DlqRecord>,
+    /// Each dead-letter partition's high watermark when the read began.
+    highs: BTreeMap<i32, i64>,
+    /// The partitions of every target topic.
+    targets: BTreeMap<String, BTreeSet<i32>>,
+    /// Where an earlier run's note says its copies end, per target partition.
+    previous_ends: BTreeMap<Tp, i64>,
+    /// Copies an interrupted run produced after its last commit.
+    already: AlreadyReplayed,
+}
+
+impl Found {
+    /// Reads the replay's state and its selection with `consumer`, refusing a replay id in use
+    /// by another selection and records whose target cannot be trusted.
+    fn read(
+        consumer: &Reader,
+        selection: &Selection,
+        replay_id: &str,
+        fingerprint: &str,
+        to: Option<&str>,
+    ) -> Result<Self, DlqError> {
+        let dlq = selection.topic.as_str();
+        let dlq_partitions = scan::partitions(consumer, dlq)?;
+        let committed = resume::read_committed(consumer, dlq, &dlq_partitions, replay_id)?;
+        if let Some(note) = &committed.note {
+            if note.selection != fingerprint {
+                return Err(DlqError::ReplayIdInUse {
+                    id: replay_id.to_owned(),
+                    recorded: note.selection.clone(),
+                    current: fingerprint.to_owned(),
+                });
             }
         }
+        let (records, highs) = read_selection(consumer, selection, &dlq_partitions, &committed)?;
+        if to.is_none() {
+            refuse_homeless(&records, dlq)?;
+            refuse_foreign(&records, dlq)?;
+        }
+        let targets = target_partitions(consumer, &records, to)?;
+        let previous_ends = committed
+            .note
+            .as_ref()
+            .map(ProgressNote::flat_ends)
+            .unwrap_or_default();
+        let already = find_copies(consumer, replay_id, dlq, &committed, &previous_ends)?;
+        Ok(Found {
+            dlq_partitions,
+            committed,
+            records,
+            highs,
+            targets,
+            previous_ends,
+            already,
+        })
     }
-    let mut positions: BTreeMap<i32, i64> = dlq_partitions
-        .iter()
-        .map(|p| (*p, committed.positions.get(p).copied().unwrap_or(0)))
-        .collect();
+
+    /// Copies earlier runs recorded as done.
+    fn done_before(&self) -> u64 {
+        self.committed.note.as_ref().map_or(0, |n| n.done)
+    }
+
+    /// The records still to replay, each with where its copy goes.
+    fn planned(&self, to: Option<&str>) -> Vec<(&DlqRecord, ReplayedRecord)> {
+        self.records
+            .iter()
+            .filter(|r| !self.already.contains(r.partition, r.offset))
+            .map(|r| (r, planned_copy(r, &self.targets, to)))
+            .collect()
+    }
+
+    /// Before anything is produced, the note must name every target partition this run may
+    /// write to, at an offset below anything it will write there: the earlier run's ends,
+    /// and the log end of every other target partition.
+    fn ends_before_producing(&self, consumer: &Reader) -> Result<BTreeMap<Tp, i64>, DlqError> {
+        let mut ends = self.previous_ends.clone();
+        for (topic, partitions) in &self.targets {
+            for p in partitions {
+                if let std::collections::btree_map::Entry::Vacant(e) =
+                    ends.entry((topic.clone(), *p))
+                {
+                    e.insert(scan::watermarks(consumer, topic, *p)?.1);
+                }
+            }
+        }
+        Ok(ends)
+    }
+
+    /// The committed position of every dead-letter partition (0 where none is).
+    fn start_positions(&self) -> BTreeMap<i32, i64> {
+        self.dlq_partitions
+            .iter()
+            .map(|p| (*p, self.committed.positions.get(p).copied().unwrap_or(0)))
+            .collect()
+    }
+}
+
+/// Where each planned copy can go: its partition, or every partition of its target topic
+/// when it goes to its key's partition.
+fn reach_of(
+    planned: &[(&DlqRecord, ReplayedRecord)],
+    targets: &BTreeMap<String, BTreeSet<i32>>,
+) -> TargetReach {
     let mut reach = TargetReach::default();
-    for (record, copy) in &planned {
+    for (record, copy) in planned {
         let tps: Vec<i32> = match copy.partition {
             Some(p) => vec![p],
             None => targets
@@ -125,88 +221,148 @@ pub(crate) fn replay_blocking(
             reach.add((copy.topic.clone(), p), record.partition, record.offset);
         }
     }
-    let mut note = ProgressNote::new(fingerprint, report.already_replayed);
-    let mut progress = Progressor {
-        replay_id: &replay_id,
-        consumer: &consumer,
-        dlq,
-        already: &already,
-        reach: &reach,
-        note: &mut note,
-        ends: &mut ends,
-    };
-    progress.commit(&positions)?;
+    reach
+}
 
-    let producer = producer(config)?;
-    let limiter = options
-        .rate
-        .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN)));
-    let clock = DefaultClock::default();
-    let by = options.by.clone().unwrap_or_else(default_replayed_by);
-    let total = records.len() as u64;
-    let mut pending: Vec<(DeliveryFuture, ReplayedRecord)> = Vec::new();
-    let mut since_commit = 0usize;
-    let mut last_commit = Instant::now();
-    let mut planned = planned.into_iter().peekable();
-    for (handled, record) in (1u64..).zip(&records) {
-        let is_next = planned
-            .peek()
-            .is_some_and(|(r, _)| r.partition == record.partition && r.offset == record.offset);
-        if is_next {
-            let Some((_, copy)) = planned.next() else {
-                break;
-            };
-            if let Some(limiter) = &limiter {
-                while let Err(not_until) = limiter.check() {
-                    std::thread::sleep(not_until.wait_time_from(clock.now()));
-                }
+/// Producing the planned copies: rate-limited, in dead-letter order, the position committed
+/// after every acknowledged stretch.
+struct Producing<'a> {
+    options: &'a ReplayOptions,
+    replay_id: &'a str,
+    /// Every selected record, in dead-letter order.
+    records: &'a [DlqRecord],
+    producer: FutureProducer,
+    limiter: Option<DefaultDirectRateLimiter>,
+    clock: DefaultClock,
+    /// Who the copies say replayed them.
+    by: String,
+    /// Copies produced and not acknowledged yet.
+    pending: Vec<(DeliveryFuture, ReplayedRecord)>,
+    /// Per dead-letter partition, the offset below which every record is dealt with.
+    positions: BTreeMap<i32, i64>,
+    since_commit: usize,
+    last_commit: Instant,
+}
+
+impl<'a> Producing<'a> {
+    /// Ready to produce from `positions` on.
+    fn new(
+        config: &ClientConfig,
+        options: &'a ReplayOptions,
+        replay_id: &'a str,
+        records: &'a [DlqRecord],
+        positions: BTreeMap<i32, i64>,
+    ) -> Result<Self, DlqError> {
+        Ok(Producing {
+            options,
+            replay_id,
+            records,
+            producer: producer(config)?,
+            limiter: options
+                .rate
+                .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN))),
+            clock: DefaultClock::default(),
+            by: options.by.clone().unwrap_or_else(default_replayed_by),
+            pending: Vec::new(),
+            positions,
+            since_commit: 0,
+            last_commit: Instant::now(),
+        })
+    }
+
+    /// Goes through the selected records, producing the `planned` ones, reporting progress
+    /// and committing as copies are acknowledged.
+    fn all(
+        &mut self,
+        planned: Vec<(&DlqRecord, ReplayedRecord)>,
+        progress: &mut Progressor<'_>,
+        report: &mut ReplayReport,
+    ) -> Result<(), DlqError> {
+        let total = self.records.len() as u64;
+        let mut planned = planned.into_iter().peekable();
+        for (handled, record) in (1u64..).zip(self.records) {
+            let is_next = planned
+                .peek()
+                .is_some_and(|(r, _)| r.partition == record.partition && r.offset == record.offset);
+            if is_next {
+                let Some((_, copy)) = planned.next() else {
+                    break;
+                };
+                self.produce(record, copy, progress, report)?;
             }
-            let stamp = Stamp {
-                by: &by,
-                at_ms: now_ms(),
-                replay_id: &replay_id,
-            };
-            let headers = replay_headers(record, &stamp);
-            let future = send(
-                &producer,
-                record,
-                &copy,
-                &headers,
-                &mut pending,
-                &mut progress,
-                &mut report,
-            )?;
-            pending.push((future, copy));
-            since_commit += 1;
+            self.positions.insert(record.partition, record.offset + 1);
+            if let Some(f) = &self.options.progress {
+                f(ReplayProgress {
+                    done: handled,
+                    total,
+                });
+            }
+            if self.commit_due() {
+                drain(&mut self.pending, progress, report)?;
+                progress.commit(&self.positions)?;
+                self.since_commit = 0;
+                self.last_commit = Instant::now();
+            }
         }
-        positions.insert(record.partition, record.offset + 1);
-        if let Some(f) = &options.progress {
-            f(ReplayProgress {
-                done: handled,
-                total,
-            });
-        }
-        if pending.len() >= WINDOW
-            || since_commit >= options.commit_every.max(1)
-            || (since_commit > 0 && last_commit.elapsed() >= options.commit_interval)
-        {
-            drain(&mut pending, &mut progress, &mut report)?;
-            progress.commit(&positions)?;
-            since_commit = 0;
-            last_commit = Instant::now();
-        }
+        Ok(())
     }
-    drain(&mut pending, &mut progress, &mut report)?;
-    // Everything read is dealt with: the position moves to the watermarks of the read.
-    for (p, high) in highs {
-        let at = positions.entry(p).or_insert(high);
-        *at = (*at).max(high);
+
+    /// Hands the copy of `record` to the producer once the rate allows.
+    fn produce(
+        &mut self,
+        record: &DlqRecord,
+        copy: ReplayedRecord,
+        progress: &mut Progressor<'_>,
+        report: &mut ReplayReport,
+    ) -> Result<(), DlqError> {
+        if let Some(limiter) = &self.limiter {
+            while let Err(not_until) = limiter.check() {
+                std::thread::sleep(not_until.wait_time_from(self.clock.now()));
+            }
+        }
+        let stamp = Stamp {
+            by: &self.by,
+            at_ms: now_ms(),
+            replay_id: self.replay_id,
+        };
+        let headers = replay_headers(record, &stamp);
+        let future = send(
+            &self.producer,
+            record,
+            &copy,
+            &headers,
+            &mut self.pending,
+            progress,
+            report,
+        )?;
+        self.pending.push((future, copy));
+        self.since_commit += 1;
+        Ok(())
     }
-    progress.commit(&positions)?;
-    report
-        .replayed
-        .sort_by_key(|r| (r.of.partition, r.of.offset));
-    Ok(report)
+
+    /// Whether the pending copies are to be acknowledged and the position committed now.
+    fn commit_due(&self) -> bool {
+        self.pending.len() >= WINDOW
+            || self.since_commit >= self.options.commit_every.max(1)
+            || (self.since_commit > 0 && self.last_commit.elapsed() >= self.options.commit_interval)
+    }
+
+    /// Waits for the last acknowledgements and commits the position past everything read
+    /// (up to `highs`, the watermarks of the read).
+    fn finish(
+        mut self,
+        highs: BTreeMap<i32, i64>,
+        progress: &mut Progressor<'_>,
+        report: &mut ReplayReport,
+    ) -> Result<(), DlqError> {
+        drain(&mut self.pending, progress, report)?;
+        // Everything read is dealt with: the position moves to the watermarks of the read.
+        for (p, high) in highs {
+            let at = self.positions.entry(p).or_insert(high);
+            *at = (*at).max(high);
+        }
+        progress.commit(&self.positions)
+    }
 }
 
 /// The selected records at or above the committed position, in dead-letter order, and the
