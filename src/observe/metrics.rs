@@ -118,14 +118,23 @@ pub(crate) struct Meters {
     skipped: Counter,
     stale: Counter,
     duplicate: Counter,
+    /// [`RETRIES`].
     pub(crate) retries: Counter,
+    /// [`HANDLER_DURATION`].
     pub(crate) handler_duration: Histogram,
+    /// [`IN_FLIGHT`].
     pub(crate) in_flight: Gauge,
+    /// [`RUNNING`].
     pub(crate) running: Gauge,
+    /// [`PARKED`].
     pub(crate) parked: Gauge,
+    /// [`PARKED_MESSAGES`].
     pub(crate) parked_messages: Gauge,
+    /// [`ASSIGNED`].
     pub(crate) assigned: Gauge,
+    /// [`BREAKER`].
     pub(crate) breaker: Gauge,
+    /// [`READY`].
     pub(crate) ready: Gauge,
 }
 

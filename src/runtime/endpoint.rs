@@ -18,8 +18,12 @@ use crate::observe::{self, Health, Meters, Probe, Readiness, WorkerView};
 pub(crate) struct WorkerProbe {
     /// Set once the worker consumes.
     pub(crate) shared: Arc<OnceLock<Arc<Shared>>>,
+    /// What the broker client and the stores reported.
     pub(crate) health: Arc<Health>,
+    /// Where readiness is recorded as a gauge.
     pub(crate) meters: Meters,
+    /// How long a partition with work waiting may make no progress before the worker is not
+    /// ready.
     pub(crate) stall_after: Duration,
 }
 

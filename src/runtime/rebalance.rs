@@ -22,7 +22,9 @@ use super::shared::Shared;
 
 /// The consumer context of a worker.
 pub(crate) struct WorkerContext {
+    /// The worker's shared state.
     pub(crate) shared: Arc<Shared>,
+    /// How long a revoke waits for running handlers.
     pub(crate) drain_timeout: Duration,
     /// How assigned partitions read back their retry state before they run.
     pub(crate) recovery: RecoveryPlan,

@@ -190,11 +190,14 @@ pub(crate) fn read_committed(
 /// One partition of an OffsetFetch answer.
 #[derive(Debug)]
 pub(crate) struct CommittedEntry<'a> {
+    /// The partition.
     pub(crate) partition: i32,
     /// The partition's own error: the request as a whole may succeed while a partition
     /// fails (a coordinator loading its offsets, for one).
     pub(crate) error: Result<(), KafkaError>,
+    /// Its committed offset.
     pub(crate) offset: Offset,
+    /// The metadata committed with it.
     pub(crate) metadata: &'a str,
 }
 
