@@ -64,12 +64,11 @@ use tokio_util::sync::CancellationToken;
 use self::lanes::Lanes;
 use self::partitions::Partitions;
 use self::pause::PauseControl;
-use super::tiers::ParkedKeys;
+use super::tiers::{ParkedKeys, Topology};
 use crate::message::{Envelope, Outcome};
 
 pub(crate) use self::assignment::{PendingTierRecord, Recovered};
 pub(crate) use self::lanes::LaneKey;
-pub(crate) use super::tiers::Topology;
 
 /// A topic and partition.
 pub(crate) type TopicPartition = (Arc<str>, i32);
