@@ -2,6 +2,8 @@
 //! resumable, each record once in total across kills (see [`resume`] for how).
 
 mod copy;
+mod plan;
+mod produce;
 mod resume;
 mod run;
 
