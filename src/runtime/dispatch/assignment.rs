@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 
+use super::dispatcher::Dispatcher;
+use super::job::TopicPartition;
 use super::lanes::LaneKey;
 use super::partitions::PartitionState;
-use super::{Dispatcher, TopicPartition};
 use crate::message::Envelope;
 use crate::runtime::offsets::{self, FinishedAbove, OffsetTracker};
 
@@ -185,7 +186,7 @@ impl Dispatcher {
 
     /// Forgets a revoked partition; returns its final commit (watermark and metadata stamped
     /// with `now_ms`), unless its retry state was never read back (nothing of it ran). Jobs of
-    /// it still running are abandoned: their [`super::Job::abandoned`] token is cancelled.
+    /// it still running are abandoned: their `Job::abandoned` token is cancelled.
     pub(crate) fn finish_revoke(
         &mut self,
         tp: &TopicPartition,
@@ -227,11 +228,12 @@ mod tests {
 
     use bytes::Bytes;
 
+    use super::super::job::Accepted;
     use super::super::testing::{
         ack, copy, limits, msg, ordered, routed, run_all, source, tier, tiered, tp, TIER,
     };
-    use super::super::{Accepted, Topology};
     use super::*;
+    use crate::runtime::tiers::Topology;
 
     #[test]
     fn reassignment_resumes_a_partition_paused_before_the_revoke() {

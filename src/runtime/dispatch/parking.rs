@@ -5,8 +5,9 @@
 
 use std::time::Instant;
 
+use super::assignment::PendingTierRecord;
+use super::dispatcher::Dispatcher;
 use super::lanes::LaneKey;
-use super::{Dispatcher, PendingTierRecord};
 use crate::message::{Envelope, Outcome};
 use crate::runtime::tiers::{step_after, ParkStep};
 
@@ -86,10 +87,10 @@ impl Dispatcher {
 mod tests {
     use std::time::Duration;
 
+    use super::super::job::Accepted;
     use super::super::testing::{
         ack, copy, msg, ordered as limits, routed, run_all, source, tier, tiered, TIER,
     };
-    use super::super::Accepted;
     use super::*;
     use crate::message::RouteTarget;
 

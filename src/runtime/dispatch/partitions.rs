@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Dispatcher, TopicPartition};
+use super::job::TopicPartition;
 use crate::message::Envelope;
 use crate::runtime::offsets::{self, OffsetTracker};
 
@@ -104,12 +104,11 @@ impl Partitions {
     }
 }
 
-impl Dispatcher {
+impl Partitions {
     /// The assigned retry-tier partitions with the offset their commit stands at (`None`
     /// before anything was delivered).
-    pub(crate) fn tier_watermarks(&self) -> Vec<(TopicPartition, Option<i64>)> {
-        self.partitions
-            .map
+    pub(super) fn tier_watermarks(&self) -> Vec<(TopicPartition, Option<i64>)> {
+        self.map
             .iter()
             .filter(|(_, p)| p.tier > 0 && !p.revoking)
             .map(|(tp, p)| (tp.clone(), p.tracker.watermark()))
@@ -117,32 +116,30 @@ impl Dispatcher {
     }
 
     /// Jobs of earlier assignments of `tps` still running (see `orphans`).
-    pub(crate) fn orphans_of(&self, tps: &[(TopicPartition, u64)]) -> usize {
-        tps.iter()
-            .filter_map(|(tp, _)| self.partitions.orphans.get(tp))
-            .sum()
+    pub(super) fn orphans_of(&self, tps: &[(TopicPartition, u64)]) -> usize {
+        tps.iter().filter_map(|(tp, _)| self.orphans.get(tp)).sum()
     }
 
     /// Whether `tp` waits for its retry state to be read back.
-    pub(crate) fn is_recovering(&self, tp: &TopicPartition) -> bool {
-        self.partitions.map.get(tp).is_some_and(|p| p.recovering)
+    pub(super) fn is_recovering(&self, tp: &TopicPartition) -> bool {
+        self.map.get(tp).is_some_and(|p| p.recovering)
     }
 
     /// How many handler calls of `tp` are running.
-    pub(crate) fn running_in(&self, tp: &TopicPartition) -> usize {
-        self.partitions.map.get(tp).map_or(0, |p| p.running)
+    pub(super) fn running_in(&self, tp: &TopicPartition) -> usize {
+        self.map.get(tp).map_or(0, |p| p.running)
     }
 
     /// The partitions assigned now.
-    pub(crate) fn assigned(&self) -> Vec<TopicPartition> {
-        self.partitions.map.keys().cloned().collect()
+    pub(super) fn assigned(&self) -> Vec<TopicPartition> {
+        self.map.keys().cloned().collect()
     }
 
     /// Commits that would change what the broker holds, and marks them taken. The metadata
     /// is stamped with `now_ms`.
-    pub(crate) fn take_commits(&mut self, now_ms: i64) -> Vec<(TopicPartition, i64, String)> {
+    pub(super) fn take_commits(&mut self, now_ms: i64) -> Vec<(TopicPartition, i64, String)> {
         let mut out = Vec::new();
-        for (tp, p) in &mut self.partitions.map {
+        for (tp, p) in &mut self.map {
             if p.revoking || p.recovering {
                 continue;
             }
@@ -159,8 +156,8 @@ impl Dispatcher {
 
     /// Forgets which commits were taken, so the next [`Self::take_commits`] returns them all
     /// (after a failed commit).
-    pub(crate) fn forget_commits(&mut self) {
-        for p in self.partitions.map.values_mut() {
+    pub(super) fn forget_commits(&mut self) {
+        for p in self.map.values_mut() {
             p.last_commit = None;
         }
     }

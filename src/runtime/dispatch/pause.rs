@@ -1,13 +1,11 @@
-//! The bounds and the pause and resume decisions they lead to: the in-flight bound closes the
-//! consume loop (and, after a stall, pauses every partition), the parked and retry-tier
-//! bounds pause the source or the tier partitions, a full key lane, a held retry record, a
-//! revoke, a read-back and an open breaker pause their partitions. Decisions are queued for
-//! the worker to carry out (see the module docs of [`super`] for why no bound can wedge).
+//! Pause state: whether every partition is paused (a stalled in-flight bound, an open
+//! breaker), what holds one partition paused, and the pause and resume decisions not carried
+//! out yet. When the dispatcher pauses what: `bounds`.
 
 use std::collections::BTreeMap;
 
+use super::job::TopicPartition;
 use super::partitions::PartitionState;
-use super::{Dispatcher, TopicPartition};
 
 /// Pause state and the decisions not carried out yet.
 #[derive(Debug, Default)]
@@ -15,11 +13,11 @@ pub(super) struct PauseControl {
     /// Pause (true) or resume (false) decisions not yet carried out.
     pub(super) control: BTreeMap<TopicPartition, bool>,
     /// Every partition is paused because the in-flight bound stayed reached too long.
-    globally_paused: bool,
+    pub(super) globally_paused: bool,
     /// Every partition is paused while the circuit breaker is open.
-    breaker_open: bool,
+    pub(super) breaker_open: bool,
     /// Whether the parked bound and the retry-tier bound were reached, as last applied.
-    bounds_reached: (bool, bool),
+    pub(super) bounds_reached: (bool, bool),
 }
 
 impl PauseControl {
@@ -31,166 +29,12 @@ impl PauseControl {
 
 impl PartitionState {
     /// Whether something other than the parked and tier bounds holds this partition paused.
-    fn paused_otherwise(&self, globally_paused: bool, breaker_open: bool) -> bool {
+    pub(super) fn paused_otherwise(&self, globally_paused: bool, breaker_open: bool) -> bool {
         globally_paused
             || breaker_open
             || self.full_lanes > 0
             || self.held.is_some()
             || self.revoking
             || self.recovering
-    }
-}
-
-impl Dispatcher {
-    /// Pause and resume decisions to carry out, in partition order.
-    pub(crate) fn take_control(&mut self) -> Vec<(TopicPartition, bool)> {
-        std::mem::take(&mut self.pause.control)
-            .into_iter()
-            .collect()
-    }
-
-    /// Of `tps`, the partitions that must stay paused (an open breaker, a stalled bound, a
-    /// held retry record, retry state being read back).
-    pub(crate) fn paused_of(&self, tps: &[TopicPartition]) -> Vec<TopicPartition> {
-        tps.iter()
-            .filter(|tp| self.partitions.map.get(*tp).is_some_and(|p| p.paused))
-            .cloned()
-            .collect()
-    }
-
-    /// Forgets pending pause/resume decisions of `tps` (the caller applied them itself).
-    pub(crate) fn take_control_of(&mut self, tps: &[TopicPartition]) {
-        for tp in tps {
-            self.pause.control.remove(tp);
-        }
-    }
-
-    /// Whether the consume loop must look at the state after a completion: decisions to
-    /// carry out, a shutdown drain waiting, or a bound that was reached until now.
-    pub(crate) fn loop_needs_wake(&self) -> bool {
-        !self.pause.control.is_empty()
-            || self.stopping
-            || self.runnable_in_flight() + 1 >= self.limits.max_in_flight
-    }
-
-    /// Source records delivered that can run (not parked) and are not finished.
-    fn runnable_in_flight(&self) -> usize {
-        self.load.in_flight - self.parked.messages - self.load.tier_in_flight
-    }
-
-    /// Whether the in-flight bound is reached: the consume loop stops taking records. Only
-    /// source records that can run count (see the module docs).
-    pub(crate) fn is_full(&self) -> bool {
-        self.runnable_in_flight() >= self.limits.max_in_flight
-    }
-
-    /// Whether every partition is paused because the bound stayed reached too long.
-    pub(crate) fn is_stalled(&self) -> bool {
-        self.pause.globally_paused
-    }
-
-    /// Pauses every partition (`true`) while the bound stays reached, so the consume loop can
-    /// keep polling without taking records; resumes them (`false`) once there is room.
-    pub(crate) fn set_stalled(&mut self, stalled: bool) {
-        if stalled != self.pause.globally_paused {
-            self.pause.globally_paused = stalled;
-            self.update_all_pauses();
-        }
-    }
-
-    /// Pauses every partition while the circuit breaker is open (`true`), resumes them when it
-    /// probes or closes (`false`); the consume loop keeps polling either way.
-    pub(crate) fn set_breaker_open(&mut self, open: bool) {
-        if open != self.pause.breaker_open {
-            self.pause.breaker_open = open;
-            self.update_all_pauses();
-        }
-    }
-
-    /// Re-checks the pause of every partition.
-    fn update_all_pauses(&mut self) {
-        let tps: Vec<TopicPartition> = self.partitions.map.keys().cloned().collect();
-        for tp in tps {
-            self.update_pause(&tp);
-        }
-    }
-
-    /// Re-checks the pauses that follow the parked and retry-tier bounds when either bound
-    /// was reached or left.
-    pub(super) fn update_bound_pauses(&mut self) {
-        let now = (self.parked_full(), self.tier_full());
-        if now != self.pause.bounds_reached {
-            self.pause.bounds_reached = now;
-            self.update_all_pauses();
-        }
-    }
-
-    /// Whether the records parked behind keys reached the bound: the source partitions pause.
-    fn parked_full(&self) -> bool {
-        self.parked.messages >= self.limits.max_in_flight
-    }
-
-    /// Whether the retry-tier records in flight reached the bound: the tier partitions pause.
-    fn tier_full(&self) -> bool {
-        self.load.tier_in_flight >= self.limits.max_in_flight
-    }
-
-    /// Decides whether `tp` is paused now, and queues the decision when it changed.
-    pub(super) fn update_pause(&mut self, tp: &TopicPartition) {
-        let (parked_full, tier_full) = (self.parked_full(), self.tier_full());
-        let Some(p) = self.partitions.map.get_mut(tp) else {
-            return;
-        };
-        let bound = if p.tier > 0 { tier_full } else { parked_full };
-        let want = bound || p.paused_otherwise(self.pause.globally_paused, self.pause.breaker_open);
-        if want != p.paused {
-            p.paused = want;
-            self.pause.control.insert(tp.clone(), want);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::testing::{ack, limits, msg, tp};
-    use super::*;
-    use crate::runtime::offsets::FinishedAbove;
-
-    #[test]
-    fn in_flight_bound_reports_full_and_a_stall_pauses_every_partition() {
-        let mut d = Dispatcher::new(limits(1, 4, 10));
-        d.assign(tp(), FinishedAbove::default());
-        d.take_control();
-        let mut jobs = Vec::new();
-        for o in 0..4 {
-            assert!(!d.is_full());
-            jobs.extend(d.accept(msg("k", o), None, 0).1);
-        }
-        assert!(d.is_full());
-        assert!(
-            d.take_control().is_empty(),
-            "a full dispatcher pauses nothing by itself"
-        );
-        d.set_stalled(true);
-        assert_eq!(d.take_control(), vec![(tp(), true)]);
-        let job = jobs.remove(0);
-        jobs.extend(d.complete(&job, &ack()));
-        assert!(!d.is_full());
-        d.set_stalled(false);
-        assert_eq!(d.take_control(), vec![(tp(), false)]);
-    }
-
-    #[test]
-    fn a_full_key_lane_pauses_its_partition() {
-        let mut d = Dispatcher::new(limits(4, 100, 2));
-        d.assign(tp(), FinishedAbove::default());
-        d.take_control();
-        let (_, first) = d.accept(msg("k", 0), None, 0);
-        d.accept(msg("k", 1), None, 0);
-        d.accept(msg("k", 2), None, 0);
-        assert_eq!(d.take_control(), vec![(tp(), true)]);
-        let job = &first[0];
-        d.complete(job, &ack());
-        assert_eq!(d.take_control(), vec![(tp(), false)]);
     }
 }

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Dispatcher, Job, Limits, TopicPartition, Topology};
+use super::dispatcher::{Dispatcher, Limits};
+use super::job::{Job, TopicPartition};
 use crate::message::{headers, Envelope, Outcome, RouteTarget};
 use crate::runtime::offsets::FinishedAbove;
+use crate::runtime::tiers::Topology;
 
 /// The retry tier of [`tiered`] dispatchers.
 pub(crate) const TIER: &str = "t.g.retry.1";

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::{Dispatcher, TopicPartition};
+use super::dispatcher::Dispatcher;
+use super::job::TopicPartition;
 use crate::observe::{LowestUnfinished, PartitionView, WorkerView};
 
 impl Dispatcher {
