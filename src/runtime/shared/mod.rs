@@ -16,21 +16,28 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Dispatcher;
-use super::worker::WorkerStats;
 use crate::observe::{Health, Meters};
 use crate::policy::{self, BoxedStack};
 
-/// Counts of outcomes since the worker started.
+/// Counts of outcomes since the worker started (see `WorkerStats`).
 #[derive(Debug, Default)]
-struct Counters {
-    handled: AtomicU64,
-    routed_to_tier: AtomicU64,
-    dead_lettered: AtomicU64,
-    dropped: AtomicU64,
-    dropped_stale: AtomicU64,
-    requeued: AtomicU64,
-    skipped_finished: AtomicU64,
-    partitions_assigned: AtomicU64,
+pub(crate) struct Counters {
+    /// Messages the handler finished successfully.
+    pub(crate) handled: AtomicU64,
+    /// Messages sent to a retry tier.
+    pub(crate) routed_to_tier: AtomicU64,
+    /// Messages sent to the dead-letter topic.
+    pub(crate) dead_lettered: AtomicU64,
+    /// Messages dropped as stale or duplicate.
+    pub(crate) dropped: AtomicU64,
+    /// Of those, messages dropped as stale.
+    pub(crate) dropped_stale: AtomicU64,
+    /// Messages left unfinished at shutdown or revoke.
+    pub(crate) requeued: AtomicU64,
+    /// Messages skipped because the last commit recorded them as finished.
+    pub(crate) skipped_finished: AtomicU64,
+    /// Partitions assigned, counted at every assignment.
+    pub(crate) partitions_assigned: AtomicU64,
 }
 
 /// What the shared state is made of besides the dispatcher.
@@ -130,17 +137,7 @@ impl Shared {
     }
 
     /// What the worker did so far.
-    pub(crate) fn stats(&self) -> WorkerStats {
-        let c = &self.counters;
-        WorkerStats {
-            handled: c.handled.load(Ordering::Relaxed),
-            routed_to_tier: c.routed_to_tier.load(Ordering::Relaxed),
-            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            dropped_stale: c.dropped_stale.load(Ordering::Relaxed),
-            requeued: c.requeued.load(Ordering::Relaxed),
-            skipped_finished: c.skipped_finished.load(Ordering::Relaxed),
-            partitions_assigned: c.partitions_assigned.load(Ordering::Relaxed),
-        }
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
     }
 }

@@ -5,6 +5,7 @@
 mod consume;
 mod signals;
 
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use super::endpoint::{bind, serve, WorkerProbe};
 use super::guards::Guards;
 use super::rebalance::WorkerContext;
 use super::recovery::RecoveryPlan;
-use super::shared::{Parts, Shared};
+use super::shared::{Counters, Parts, Shared};
 use super::tiers::{self, RoutingTopics};
 use crate::broker::KafkaSink;
 use crate::config::{KafkaClient, Ordering, WorkerConfig};
@@ -393,9 +394,26 @@ impl<H: Handler> Worker<H> {
         });
         // Held-record timers and read-backs end here; they hold the routing producer.
         worker_stopped.cancel();
-        let stats = shared.stats();
+        let stats = WorkerStats::of(shared.counters());
         tracing::info!(?stats, "worker stopped");
         stats
+    }
+}
+
+impl WorkerStats {
+    /// What `counters` counted.
+    fn of(counters: &Counters) -> Self {
+        let c = counters;
+        WorkerStats {
+            handled: c.handled.load(AtomicOrdering::Relaxed),
+            routed_to_tier: c.routed_to_tier.load(AtomicOrdering::Relaxed),
+            dead_lettered: c.dead_lettered.load(AtomicOrdering::Relaxed),
+            dropped: c.dropped.load(AtomicOrdering::Relaxed),
+            dropped_stale: c.dropped_stale.load(AtomicOrdering::Relaxed),
+            requeued: c.requeued.load(AtomicOrdering::Relaxed),
+            skipped_finished: c.skipped_finished.load(AtomicOrdering::Relaxed),
+            partitions_assigned: c.partitions_assigned.load(AtomicOrdering::Relaxed),
+        }
     }
 }
 
