@@ -265,12 +265,17 @@ fn drain(
 
 /// The running progress note and its commits.
 pub(super) struct Progressor<'a> {
+    /// The replay's id.
     pub(super) replay_id: &'a str,
+    /// Commits the position and the note (the replay's group).
     pub(super) consumer: &'a Reader,
+    /// The dead-letter topic.
     pub(super) dlq: &'a str,
+    /// Copies an interrupted run left.
     pub(super) already: &'a AlreadyReplayed,
     /// Where the records still to be replayed can go.
     pub(super) reach: &'a TargetReach,
+    /// The note committed with the position.
     pub(super) note: &'a mut ProgressNote,
     /// Per target partition: nothing this run produces from now on lands below it.
     pub(super) ends: &'a mut BTreeMap<Tp, i64>,

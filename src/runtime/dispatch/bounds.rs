@@ -108,11 +108,7 @@ impl Dispatcher {
             return;
         };
         let bound = if p.tier > 0 { tier_full } else { parked_full };
-        let want = bound || p.paused_otherwise(self.pause.globally_paused, self.pause.breaker_open);
-        if want != p.paused {
-            p.paused = want;
-            self.pause.control.insert(tp.clone(), want);
-        }
+        self.pause.decide(tp, p, bound);
     }
 }
 

@@ -18,7 +18,7 @@ pub(crate) struct Limits {
     pub(crate) concurrency: usize,
     /// Source records delivered that can run and are not finished: past it the consume loop
     /// stops taking records. Parked records and retry-tier records have bounds of the same
-    /// size of their own (see the module docs).
+    /// size of their own (see the `dispatch` module docs).
     pub(crate) max_in_flight: usize,
     /// Messages queued in one key's lane.
     pub(crate) max_per_key: usize,
@@ -28,7 +28,7 @@ pub(crate) struct Limits {
     pub(crate) park_limit: Duration,
 }
 
-/// How many delivered records are unfinished, by class (see the module docs), and how many
+/// How many delivered records are unfinished, by class (see the `dispatch` module docs), and how many
 /// handler calls run.
 #[derive(Debug, Default)]
 pub(super) struct Load {
@@ -63,7 +63,9 @@ impl Load {
 /// The dispatcher's state; the worker keeps it behind a mutex.
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
+    /// The bounds, each at least 1.
     pub(super) limits: Limits,
+    /// Which topic is which retry tier.
     pub(super) topology: Topology,
     /// Per assigned partition: offsets, epoch, held and deferred records.
     pub(super) partitions: Partitions,

@@ -21,15 +21,21 @@ pub(super) struct PauseControl {
 }
 
 impl PauseControl {
-    /// Whether the circuit breaker is open.
-    pub(super) fn breaker_open(&self) -> bool {
-        self.breaker_open
+    /// Decides whether the partition `tp` (its state `p`) is paused now, `bound` telling
+    /// whether the parked or the retry-tier bound holds it; queues the decision when it
+    /// changed.
+    pub(super) fn decide(&mut self, tp: &TopicPartition, p: &mut PartitionState, bound: bool) {
+        let want = bound || p.paused_otherwise(self.globally_paused, self.breaker_open);
+        if want != p.paused {
+            p.paused = want;
+            self.control.insert(tp.clone(), want);
+        }
     }
 }
 
 impl PartitionState {
     /// Whether something other than the parked and tier bounds holds this partition paused.
-    pub(super) fn paused_otherwise(&self, globally_paused: bool, breaker_open: bool) -> bool {
+    fn paused_otherwise(&self, globally_paused: bool, breaker_open: bool) -> bool {
         globally_paused
             || breaker_open
             || self.full_lanes > 0

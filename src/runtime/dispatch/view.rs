@@ -46,7 +46,7 @@ impl Dispatcher {
         WorkerView {
             partitions,
             idle_for: now.saturating_duration_since(self.last_finish),
-            breaker_open: self.pause.breaker_open(),
+            breaker_open: self.pause.breaker_open,
             stopping: self.stopping,
             starting: false,
         }
