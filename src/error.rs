@@ -7,8 +7,14 @@ pub enum WorkerError {
     #[error("configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
     /// The broker could not be reached or refused a request.
-    #[error("broker: {0}")]
-    Broker(String),
+    #[error("broker: {context}")]
+    Broker {
+        /// What failed, with the brokers tried and the client's message.
+        context: String,
+        /// The client's error, when there is one.
+        #[source]
+        source: Option<rdkafka::error::KafkaError>,
+    },
     /// The source topic does not exist.
     #[error("topic {0} does not exist: create it first")]
     MissingTopic(String),
@@ -18,7 +24,7 @@ pub enum WorkerError {
     /// A store could not be used (a refused URL, a failed migration, or unreachable until
     /// shutdown).
     #[error("store: {0}")]
-    Store(crate::store::StoreError),
+    Store(#[source] crate::store::StoreError),
     /// The metrics and health endpoint could not listen on its address.
     #[error("observe endpoint {address}: {source}")]
     Endpoint {
@@ -29,5 +35,57 @@ pub enum WorkerError {
     },
     /// Listening for signals failed.
     #[error("signal handling: {0}")]
-    Signal(std::io::Error),
+    Signal(#[source] std::io::Error),
+}
+
+impl WorkerError {
+    /// A broker error: `context`, then the client's message; the client's error as the source.
+    pub(crate) fn kafka(
+        context: impl std::fmt::Display,
+        source: rdkafka::error::KafkaError,
+    ) -> Self {
+        WorkerError::Broker {
+            context: format!("{context}: {source}"),
+            source: Some(source),
+        }
+    }
+
+    /// A broker error without a client error under it.
+    pub(crate) fn broker(context: impl Into<String>) -> Self {
+        WorkerError::Broker {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// The same error with `brokers` named first (for a broker error; others as they are).
+    pub(crate) fn at_brokers(self, brokers: &str) -> Self {
+        match self {
+            WorkerError::Broker { context, source } => WorkerError::Broker {
+                context: format!("bootstrap.servers {brokers}: {context}"),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_error_keeps_the_client_error_as_its_source() {
+        let client = rdkafka::error::KafkaError::ClientCreation("no such host".to_owned());
+        let err = WorkerError::kafka("creating topics", client).at_brokers("h:9092");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("broker: bootstrap.servers h:9092: creating topics: ")
+                && text.contains("no such host"),
+            "{text}"
+        );
+        let source = std::error::Error::source(&err).expect("the client error as the source");
+        assert!(source.to_string().contains("no such host"), "{source}");
+        assert!(std::error::Error::source(&WorkerError::broker("creating t: 36")).is_none());
+    }
 }

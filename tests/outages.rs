@@ -714,7 +714,7 @@ async fn postgres_outage_inside_the_handlers_transaction_spends_no_attempt() {
         .filter(|c| c.skipped)
         .map(|c| c.id.as_str())
         .collect();
-    let classes: HashSet<&'static str> = all
+    let classes: HashSet<steadfast::dlq::ErrorClass> = all
         .iter()
         .filter_map(|c| c.result.as_ref().err().map(HandlerError::class))
         .collect();

@@ -17,7 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<Option<i32>, WorkerError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(|e| WorkerError::Broker(format!("metadata of {topic}: {e}")))?;
+        .map_err(|e| WorkerError::kafka(format_args!("metadata of {topic}"), e))?;
     Ok(metadata
         .topics()
         .iter()
@@ -40,14 +40,14 @@ pub(crate) async fn ensure_topics(
     let counts = tokio::task::spawn_blocking(move || -> Result<Vec<Option<i32>>, WorkerError> {
         let consumer: BaseConsumer = metadata_config
             .create()
-            .map_err(|e| WorkerError::Broker(e.to_string()))?;
+            .map_err(|e| WorkerError::kafka("creating a metadata client", e))?;
         names
             .iter()
             .map(|t| partition_count(&consumer, t))
             .collect()
     })
     .await
-    .map_err(|e| WorkerError::Broker(e.to_string()))??;
+    .map_err(|e| WorkerError::broker(format!("reading topic metadata: {e}")))??;
     let partitions = counts[0].ok_or_else(|| WorkerError::MissingTopic(source.to_owned()))?;
     let missing: Vec<&String> = derived
         .iter()
@@ -60,7 +60,7 @@ pub(crate) async fn ensure_topics(
     }
     let admin: AdminClient<DefaultClientContext> = config
         .create()
-        .map_err(|e| WorkerError::Broker(e.to_string()))?;
+        .map_err(|e| WorkerError::kafka("creating an admin client", e))?;
     let new: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)))
@@ -68,13 +68,13 @@ pub(crate) async fn ensure_topics(
     let results = admin
         .create_topics(&new, &AdminOptions::new().operation_timeout(Some(TIMEOUT)))
         .await
-        .map_err(|e| WorkerError::Broker(format!("creating topics: {e}")))?;
+        .map_err(|e| WorkerError::kafka("creating topics", e))?;
     for result in results {
         match result {
             Ok(topic) => tracing::info!(%topic, partitions, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(WorkerError::Broker(format!("creating {topic}: {code}")))
+                return Err(WorkerError::broker(format!("creating {topic}: {code}")))
             }
         }
     }

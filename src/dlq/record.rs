@@ -1,63 +1,13 @@
 //! A dead-letter record with its provenance headers decoded into typed fields.
 
 use std::fmt;
-use std::str::FromStr;
 
 use bytes::Bytes;
 
 use crate::message::headers;
 use crate::message::Headers;
 
-/// Why the worker gave up on a record (`steadfast-error-class`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ErrorClass {
-    /// Transient failures that used up every retry.
-    Transient,
-    /// The handler said the message can never succeed.
-    Permanent,
-    /// The payload did not decode.
-    Decode,
-    /// The handler panicked.
-    Panic,
-    /// The handler ran past its timeout.
-    Timeout,
-    /// A class this version does not know, kept as written.
-    Other(String),
-}
-
-impl ErrorClass {
-    /// The class as written in the header.
-    pub fn as_str(&self) -> &str {
-        match self {
-            ErrorClass::Transient => "transient",
-            ErrorClass::Permanent => "permanent",
-            ErrorClass::Decode => "decode",
-            ErrorClass::Panic => "panic",
-            ErrorClass::Timeout => "timeout",
-            ErrorClass::Other(s) => s,
-        }
-    }
-}
-
-impl FromStr for ErrorClass {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s.trim() {
-            "transient" => ErrorClass::Transient,
-            "permanent" => ErrorClass::Permanent,
-            "decode" => ErrorClass::Decode,
-            "panic" => ErrorClass::Panic,
-            "timeout" => ErrorClass::Timeout,
-            other => ErrorClass::Other(other.to_owned()),
-        })
-    }
-}
-
-impl fmt::Display for ErrorClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::message::ErrorClass;
 
 /// Where a dead-lettered record was first delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]

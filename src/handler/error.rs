@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::message::ErrorClass;
+
 /// A handler failure, classified. The class decides the message's fate:
 /// [`Transient`](HandlerError::Transient) and [`RetryAfter`](HandlerError::RetryAfter) are
 /// retried (in place, then through the retry tiers, then dead-lettered);
@@ -42,11 +44,11 @@ impl HandlerError {
         HandlerError::Unavailable(error.to_string())
     }
     /// The error class written to dead-letter headers and metrics.
-    pub fn class(&self) -> &'static str {
+    pub fn class(&self) -> ErrorClass {
         match self {
-            HandlerError::Transient(_) | HandlerError::RetryAfter(..) => "transient",
-            HandlerError::Permanent(_) => "permanent",
-            HandlerError::Unavailable(_) => "unavailable",
+            HandlerError::Transient(_) | HandlerError::RetryAfter(..) => ErrorClass::Transient,
+            HandlerError::Permanent(_) => ErrorClass::Permanent,
+            HandlerError::Unavailable(_) => ErrorClass::Unavailable,
         }
     }
     /// The error message without its class.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use super::{Context, Handler, HandlerError};
-use crate::message::{Envelope, Failure, HandlerNotes, Message, Outcome};
+use crate::message::{Envelope, ErrorClass, Failure, HandlerNotes, Message, Outcome};
 use crate::policy::{now_ms, OutcomeFuture};
 use crate::store::TransactionalStore;
 
@@ -62,7 +62,7 @@ impl<H: Handler> HandlerService<H> {
     }
 }
 
-fn failure(class: &'static str, message: String, permanent: bool, attempt: u32) -> Outcome {
+fn failure(class: ErrorClass, message: String, permanent: bool, attempt: u32) -> Outcome {
     Outcome::Failed(Failure {
         class,
         message,
@@ -105,7 +105,7 @@ impl<H: Handler> HandlerService<H> {
             let payload = envelope.payload.clone().unwrap_or_default();
             let message = match H::Message::decode(&payload) {
                 Ok(m) => m,
-                Err(e) => return failure("decode", e.to_string(), true, attempt),
+                Err(e) => return failure(ErrorClass::Decode, e.to_string(), true, attempt),
             };
             let notes = envelope.guard.notes.clone();
             if let Some(n) = &notes {
@@ -139,7 +139,7 @@ async fn outcome_of(
         Ok(Ok(())) => match notes {
             Some(n) if n.handed.load(Ordering::SeqCst) && !n.recorded.load(Ordering::SeqCst) => {
                 failure(
-                    "transient",
+                    ErrorClass::Transient,
                     "the handler returned Ok without committing the transaction it was handed: nothing of it was applied".to_owned(),
                     false,
                     attempt,
@@ -186,7 +186,7 @@ async fn outcome_of(
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "handler panicked".to_owned());
-            failure("panic", format!("handler panicked: {text}"), true, attempt)
+            failure(ErrorClass::Panic, format!("handler panicked: {text}"), true, attempt)
         }
     }
 }

@@ -2,12 +2,14 @@
 //! [`Envelope`] as it came from the broker, its [`Headers`] (with the names and formats of
 //! steadfast's own in [`headers`]), and the [`Outcome`] every message ends in.
 
+mod class;
 mod codec;
 mod envelope;
 mod guard;
 pub mod headers;
 mod outcome;
 
+pub use self::class::ErrorClass;
 pub use self::codec::{Codec, DecodeError, EncodeError, Json, RawBytes};
 pub use self::envelope::{Envelope, Headers};
 pub use self::guard::{Facts, Guard, HandlerNotes, LeaseState};

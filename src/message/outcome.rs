@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use super::ErrorClass;
+
 /// Why a handler call failed, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// `transient`, `permanent`, `unavailable`, `decode`, `panic` or `timeout`.
-    pub class: &'static str,
+    /// Its class (also the `steadfast-error-class` header of a routed copy).
+    pub class: ErrorClass,
     /// The error message.
     pub message: String,
     /// Whether retrying cannot help (dead-letter at once).
@@ -58,7 +60,7 @@ pub enum Outcome {
         /// Where it went.
         target: RouteTarget,
         /// Error class of the last failure.
-        error_class: &'static str,
+        error_class: ErrorClass,
     },
     /// Not finished (shutdown, revoke deadline, or infrastructure outage past a deadline):
     /// the offset stays unfinished and the message is delivered again later.

@@ -22,7 +22,7 @@ use super::sink::{OutgoingRecord, Sink};
 use super::stack::Assembly;
 use super::tier_topics::{RetryTiers, TierNames};
 use crate::message::headers;
-use crate::message::{Envelope, Failure, Outcome, RouteTarget};
+use crate::message::{Envelope, ErrorClass, Failure, Outcome, RouteTarget};
 
 tokio::task_local! {
     /// Cancelled when the job this task runs is abandoned (see [`abandonable`]).
@@ -105,7 +105,7 @@ impl RouteConfig {
             headers::ROUTED_FROM,
             headers::routed_from(&envelope.topic, envelope.partition, envelope.offset),
         );
-        h.set(headers::ERROR_CLASS, failure.class);
+        h.set(headers::ERROR_CLASS, failure.class.as_str().to_owned());
         h.set(headers::ERROR_MESSAGE, failure.message.clone());
         h.set(headers::ATTEMPTS, failure.attempt.to_string());
         if h.get(headers::FIRST_FAILURE).is_none() {
@@ -158,7 +158,7 @@ impl RouteConfig {
         &self,
         record: OutgoingRecord,
         target: RouteTarget,
-        error_class: &'static str,
+        error_class: ErrorClass,
     ) -> Outcome {
         let abandoned = ABANDONED.try_with(Clone::clone).unwrap_or_default();
         let mut delays = ExponentialBuilder::new()
@@ -236,7 +236,7 @@ mod tests {
         };
         let failing = tower::service_fn(|e: Envelope| async move {
             Ok::<_, Infallible>(Outcome::Failed(Failure {
-                class: "transient",
+                class: ErrorClass::Transient,
                 message: "fails".to_owned(),
                 permanent: false,
                 retry_after: None,

@@ -19,7 +19,7 @@ use super::outage::until_available;
 use super::sink::{OutgoingRecord, Sink};
 use super::stack::Assembly;
 use crate::message::headers;
-use crate::message::{DropReason, Envelope, Failure, Outcome};
+use crate::message::{DropReason, Envelope, ErrorClass, Failure, Outcome};
 use crate::store::VersionStore;
 
 /// Drops stale messages; see the module docs.
@@ -146,7 +146,7 @@ pub(crate) fn overtaken(envelope: &Envelope, version: i64, current: i64) -> Opti
         "retry-tier message overtaken by a newer version: dead-lettered (class `overtaken`)"
     );
     Some(Outcome::Failed(Failure {
-        class: "overtaken",
+        class: ErrorClass::Overtaken,
         message: format!(
             "version {version} was overtaken by a newer version of its key while it was in a retry tier"
         ),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::clock::now_ms;
 use super::stack::Assembly;
-use crate::message::{Envelope, Failure, Outcome};
+use crate::message::{Envelope, ErrorClass, Failure, Outcome};
 use crate::store::TransactionalStore;
 
 /// Limits each attempt to a duration.
@@ -36,7 +36,7 @@ impl Policy for Timeout {
             return outcome;
         }
         let mut failure = Failure {
-            class: "timeout",
+            class: ErrorClass::Timeout,
             message: format!("attempt ran over {limit:?}"),
             permanent: false,
             retry_after: None,
@@ -49,7 +49,7 @@ impl Policy for Timeout {
             .is_some_and(|n| n.used_transaction.load(Ordering::SeqCst));
         if let (true, Some(store)) = (used, &self.probe) {
             if let Err(down) = store.answers().await {
-                failure.class = "unavailable";
+                failure.class = ErrorClass::Unavailable;
                 failure.message =
                     format!("{}; the database does not answer: {down}", failure.message);
                 failure.unavailable = true;

@@ -222,7 +222,7 @@ mod tests {
             if &e.topic[..] == TIER {
                 Outcome::Routed {
                     target: RouteTarget::RetryTier(2),
-                    error_class: "transient",
+                    error_class: crate::message::ErrorClass::Transient,
                 }
             } else {
                 ack()

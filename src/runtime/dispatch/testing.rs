@@ -85,7 +85,7 @@ pub(crate) fn copy(key: &str, origin: i64, offset: i64) -> Envelope {
 pub(crate) fn routed() -> Outcome {
     Outcome::Routed {
         target: RouteTarget::RetryTier(1),
-        error_class: "transient",
+        error_class: crate::message::ErrorClass::Transient,
     }
 }
 

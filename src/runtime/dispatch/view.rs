@@ -114,7 +114,7 @@ mod tests {
         let a = &a_jobs[0];
         let routed = Outcome::Routed {
             target: RouteTarget::RetryTier(1),
-            error_class: "transient",
+            error_class: crate::message::ErrorClass::Transient,
         };
         d.complete(a, &routed);
         let parked_view = |d: &Dispatcher| {

@@ -118,8 +118,11 @@ impl<H: Handler> Worker<H> {
     }
 
     /// A broker error naming the brokers tried.
-    fn broker_error(&self, why: impl std::fmt::Display) -> WorkerError {
-        WorkerError::Broker(format!("bootstrap.servers {}: {why}", self.config.brokers))
+    fn broker_error(&self, error: rdkafka::error::KafkaError) -> WorkerError {
+        WorkerError::kafka(
+            format_args!("bootstrap.servers {}", self.config.brokers),
+            error,
+        )
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully; a second signal exits the
@@ -260,7 +263,7 @@ impl<H: Handler> Worker<H> {
         {
             Ok(partitions) => partitions,
             Err(_) if shutdown.is_cancelled() => return Ok(None),
-            Err(WorkerError::Broker(why)) => return Err(self.broker_error(why)),
+            Err(e @ WorkerError::Broker { .. }) => return Err(e.at_brokers(&self.config.brokers)),
             Err(e) => return Err(e),
         };
         match Guards::connect(&self.config, &self.stores, group, shutdown, health).await {
