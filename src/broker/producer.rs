@@ -174,6 +174,21 @@ mod tests {
         sink.send(record("before")).await.expect("acknowledged");
 
         first.shutdown().await;
+        // Until the producer has seen the server go, a send may still be written to the
+        // closing connection: in flight, not queued, and out of the purge's reach (as meant).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::task::block_in_place(|| {
+            sink.producer
+                .read()
+                .client()
+                .fetch_metadata(Some(TOPIC), Duration::from_millis(200))
+                .is_ok()
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the producer still reads metadata from the stopped server"
+            );
+        }
         let queued = {
             let sink = sink.clone();
             tokio::spawn(async move { sink.send(record("abandoned")).await })
