@@ -55,7 +55,8 @@ use crate::store::StoreHandles;
 /// A handler with the full policy stack and an in-memory sink for routed copies.
 ///
 /// The stack is made at the first message and kept: the stores, the breaker and the rate
-/// limit carry their state from one message to the next. Set everything before.
+/// limit carry their state from one message to the next. A setting changed later makes a
+/// fresh stack (with fresh state) at the next message.
 #[derive(Debug)]
 pub struct TestWorker<H> {
     handler: Arc<H>,
@@ -82,22 +83,26 @@ impl<H: Handler> TestWorker<H> {
     }
     /// The in-place retry policy.
     pub fn retry(mut self, retry: Retry) -> Self {
+        self.stack = tokio::sync::OnceCell::new();
         self.config.retry = retry.into();
         self
     }
     /// Retry tiers (their delays are recorded in the copies' headers, not waited for).
     pub fn retry_topics(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        self.stack = tokio::sync::OnceCell::new();
         self.config.retry_tiers_ms = delays.into_iter().map(millis).collect();
         self
     }
     /// The time limit of one attempt.
     pub fn handler_timeout(mut self, limit: Duration) -> Self {
+        self.stack = tokio::sync::OnceCell::new();
         self.config.handler_timeout_ms = millis(limit);
         self
     }
     /// Stale drop, the key lock and dedup on, with memory stores: the whole protective
     /// stack, in process. The key lock's lease is `[lock]`'s default (10 s).
     pub fn with_memory_stores(mut self) -> Self {
+        self.stack = tokio::sync::OnceCell::new();
         self.stores.version = Some(Arc::new(MemoryVersionStore::new()));
         self.stores.lock = Some(Arc::new(MemoryLockStore::new()));
         self.stores.dedup = Some(Arc::new(MemoryDedupStore::new()));
@@ -106,17 +111,20 @@ impl<H: Handler> TestWorker<H> {
     /// The stores to use, given as handles (any backend, also one of your own); a store
     /// given turns its policy on.
     pub fn stores(mut self, stores: StoreHandles) -> Self {
+        self.stack = tokio::sync::OnceCell::new();
         self.stores = stores;
         self
     }
     /// A circuit breaker around the handler.
     pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.stack = tokio::sync::OnceCell::new();
         self.config.breaker = Some(breaker);
         self
     }
     /// A rate limit of `per_second` handler calls, `burst` at once (shared through the
     /// rate-limit store when [`Self::stores`] gave one).
     pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.stack = tokio::sync::OnceCell::new();
         self.config.rate_limit = Some(RateLimitConfig {
             per_second,
             burst,
@@ -129,6 +137,7 @@ impl<H: Handler> TestWorker<H> {
     /// `postgres`, with steadfast's records in `schema` (created and migrated at the first
     /// message; give each test its own and drop it when done).
     pub fn transactions(mut self, postgres: impl Into<String>, schema: impl Into<String>) -> Self {
+        self.stack = tokio::sync::OnceCell::new();
         self.config.transaction = Some(TransactionConfig {
             postgres: postgres.into(),
         });
@@ -146,6 +155,7 @@ impl<H: Handler> TestWorker<H> {
             + 'static,
         <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
     {
+        self.stack = tokio::sync::OnceCell::new();
         self.layers.push(UserLayer::new(layer));
         self
     }

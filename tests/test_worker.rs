@@ -225,6 +225,36 @@ async fn a_users_layer_sees_every_attempt() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_layer_that_needs_poll_ready_gets_it() {
+    let handler = Flaky::default();
+    let worker =
+        TestWorker::new(handler.clone()).layer(tower::limit::ConcurrencyLimitLayer::new(1));
+    // Two at once through a limit of one: the second waits for the first's permit (a layer
+    // called without `poll_ready` panics).
+    let (first, second) = (update("a", 1, "a1"), update("b", 1, "b1"));
+    let (a, b) = tokio::join!(worker.handle(&first), worker.handle(&second));
+    assert_eq!(
+        (a, b),
+        (Outcome::Ack { attempt: 1 }, Outcome::Ack { attempt: 1 })
+    );
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_changed_after_the_first_message_takes_effect() {
+    let handler = Flaky::default();
+    let worker = TestWorker::new(handler.clone());
+    worker.handle(&update("a", 1, "a1")).await;
+    let worker = worker.with_memory_stores();
+    worker.handle(&update("a", 2, "a2")).await;
+    assert_eq!(
+        worker.handle(&update("a", 1, "a1")).await,
+        Outcome::Drop(DropReason::Stale),
+        "the stores set after the first message are in the stack"
+    );
+}
+
 /// Writes a row per message through the transaction steadfast hands it.
 #[derive(Clone)]
 struct Ledger {

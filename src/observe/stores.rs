@@ -89,6 +89,9 @@ impl<S: LockStore + ?Sized> LockStore for Observed<S> {
 
 #[async_trait]
 impl<S: DedupStore + ?Sized> DedupStore for Observed<S> {
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
     async fn reserve(
         &self,
         id: &str,
@@ -110,6 +113,9 @@ impl<S: DedupStore + ?Sized> DedupStore for Observed<S> {
 
 #[async_trait]
 impl<S: VersionStore + ?Sized> VersionStore for Observed<S> {
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
     async fn get(&self, key: &str) -> Result<Option<i64>, StoreError> {
         self.call("version_get", self.inner.get(key)).await
     }

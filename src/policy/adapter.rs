@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tower::Service;
+use tower::{Service, ServiceExt};
 
 use crate::message::{Envelope, Outcome};
 
@@ -106,10 +106,12 @@ where
     S: Service<Envelope, Response = Outcome, Error = Infallible, Future = OutcomeFuture>
         + Clone
         + Send
-        + Sync,
+        + Sync
+        + 'static,
 {
     fn run(&self, envelope: Envelope) -> StageFuture {
-        let call = self.0.clone().call(envelope);
+        // `oneshot` waits for `poll_ready` first: a user's layer may limit or buffer.
+        let call = self.0.clone().oneshot(envelope);
         Box::pin(async move {
             match call.await {
                 Ok(outcome) => outcome,

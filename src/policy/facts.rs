@@ -69,7 +69,7 @@ impl Policy for FactsPolicy {
     }
 }
 
-/// The facts of a delivery, when a [`FactsLayer`] attached them.
+/// The facts of a delivery, when the facts policy attached them.
 pub(crate) fn facts_of(envelope: &Envelope) -> Option<Arc<Facts>> {
     envelope.guard.facts.clone()
 }

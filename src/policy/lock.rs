@@ -70,7 +70,7 @@ impl Policy for LockConfig {
                     Some(current) => current.filter(|c| *c >= version),
                 };
                 // A retry-tier record older than the applied version is left to the
-                // transactional store, when the stale layer defers it.
+                // transactional store, when the stale policy defers it.
                 let stale = stale.filter(|current| {
                     !(config.tier_records_to_transactions
                         && *current > version

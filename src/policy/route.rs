@@ -39,6 +39,7 @@ pub(crate) async fn abandonable<F: std::future::Future>(
     ABANDONED.scope(abandoned, job).await
 }
 
+/// Routes failed messages to a retry tier or the dead-letter topic.
 #[derive(Debug)]
 struct RouteConfig {
     tiers: RetryTiers,

@@ -19,7 +19,8 @@ use crate::observe::{Health, Meters};
 use crate::store::StoreHandles;
 
 /// A user's tower layer ([`crate::WorkerBuilder::layer`]), placed between retry in place
-/// and the timeout: every attempt goes through it, within the attempt's time limit.
+/// and the attempt's time limit: every attempt goes through it; the time limit applies to
+/// the handler inside it, not to the layer's own waits.
 #[derive(Clone)]
 pub struct UserLayer(Arc<dyn Fn(BoxedStack) -> BoxedStack + Send + Sync>);
 
@@ -63,7 +64,6 @@ pub(crate) struct Routing {
     pub(crate) sink: Arc<dyn Sink>,
 }
 
-/// Routes failed messages to a retry tier or the dead-letter topic.
 /// Everything a policy of the stack may be built from.
 pub(crate) struct Assembly<'a> {
     /// The worker's settings (each policy reads its own table).

@@ -41,7 +41,7 @@ impl Guards {
     ) -> Result<Guards, WorkerError> {
         let mut urls = Connections::new(config, shutdown, health);
         let version: Option<(Arc<dyn VersionStore>, _)> = match (&given.version, &config.stale) {
-            (Some(store), _) => Some((store.clone(), "custom")),
+            (Some(store), _) => Some((store.clone(), store.backend())),
             (None, Some(stale)) => Some(urls.version(&stale.store).await?),
             (None, None) => None,
         };
@@ -51,7 +51,7 @@ impl Guards {
             (None, None) => None,
         };
         let dedup: Option<(Arc<dyn DedupStore>, _)> = match (&given.dedup, &config.dedup) {
-            (Some(store), _) => Some((store.clone(), "custom")),
+            (Some(store), _) => Some((store.clone(), store.backend())),
             (None, Some(dedup)) => Some(urls.dedup(&dedup.store).await?),
             (None, None) => None,
         };

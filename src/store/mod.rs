@@ -139,6 +139,33 @@ impl StoreError {
         self
     }
 
+    /// An unreachable store (retried with backoff), without a client error under it.
+    pub fn unavailable(backend: &'static str, message: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            backend,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// A call the store refused, without a client error under it.
+    pub fn failed(backend: &'static str, message: impl Into<String>) -> Self {
+        StoreError::Failed {
+            backend,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// Refused credentials, without a client error under it.
+    pub fn auth(backend: &'static str, message: impl Into<String>) -> Self {
+        StoreError::Auth {
+            backend,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
     /// Whether the store was unreachable (rather than refusing the call or the credentials):
     /// the only failure a worker waits out at start.
     pub fn is_unavailable(&self) -> bool {
@@ -187,6 +214,11 @@ pub enum Reservation {
 /// a reservation whose holder crashed expires after its lease.
 #[async_trait]
 pub trait DedupStore: Send + Sync + fmt::Debug {
+    /// The backend's name in metrics (`memory`, `redis`, `postgres`).
+    fn backend(&self) -> &'static str {
+        "custom"
+    }
+
     /// Reserves `id` for `owner` for `lease`, unless it is completed or reserved by a
     /// running holder.
     async fn reserve(
@@ -205,6 +237,11 @@ pub trait DedupStore: Send + Sync + fmt::Debug {
 /// The last applied version per key, for dropping stale messages.
 #[async_trait]
 pub trait VersionStore: Send + Sync + fmt::Debug {
+    /// The backend's name in metrics (`memory`, `redis`, `postgres`).
+    fn backend(&self) -> &'static str {
+        "custom"
+    }
+
     /// The last applied version of `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<i64>, StoreError>;
     /// Records `version` as applied if it is newer than the stored one (compare-and-set);

@@ -35,6 +35,10 @@ fn sweep(ids: &mut HashMap<String, Entry>, now: Instant) {
 
 #[async_trait]
 impl DedupStore for MemoryDedupStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
     async fn reserve(
         &self,
         id: &str,

@@ -49,7 +49,16 @@ impl RateLimitStore for MemoryRateLimitStore {
                 cause: None,
             });
         }
-        let interval = Duration::from_secs_f64(1.0 / limit.per_second);
+        let interval = Duration::try_from_secs_f64(1.0 / limit.per_second).map_err(|_| {
+            StoreError::Failed {
+                backend: "memory",
+                message: format!(
+                    "rate limit `{}`: {} permits a second is too small a rate",
+                    limit.name, limit.per_second
+                ),
+                cause: None,
+            }
+        })?;
         let tolerance = interval.saturating_mul(limit.burst.max(1) - 1);
         let now = self.epoch.elapsed();
         let mut arrivals = self.arrivals.lock();

@@ -22,6 +22,10 @@ impl MemoryVersionStore {
 
 #[async_trait]
 impl VersionStore for MemoryVersionStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
     async fn get(&self, key: &str) -> Result<Option<i64>, StoreError> {
         Ok(self.versions.lock().get(key).copied())
     }

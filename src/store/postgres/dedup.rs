@@ -64,6 +64,10 @@ impl PostgresDedupStore {
 
 #[async_trait]
 impl DedupStore for PostgresDedupStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn reserve(
         &self,
         id: &str,

@@ -42,6 +42,10 @@ pub(crate) fn advance_sql(schema: &str) -> String {
 
 #[async_trait]
 impl VersionStore for PostgresVersionStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn get(&self, key: &str) -> Result<Option<i64>, StoreError> {
         let row = query_opt(&self.pool, &self.get, &[&key]).await?;
         row.map(|row| column(&row, "version")).transpose()

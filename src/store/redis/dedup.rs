@@ -41,6 +41,10 @@ impl RedisDedupStore {
 
 #[async_trait]
 impl DedupStore for RedisDedupStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
     async fn reserve(
         &self,
         id: &str,

@@ -39,6 +39,10 @@ impl RedisVersionStore {
 
 #[async_trait]
 impl VersionStore for RedisVersionStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
     async fn get(&self, key: &str) -> Result<Option<i64>, StoreError> {
         let stored: Option<String> = redis::cmd("GET")
             .arg(self.keys.key("version", key))
