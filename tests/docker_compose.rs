@@ -140,6 +140,20 @@ fn the_health_checks_ask_each_service_itself() {
 }
 
 #[test]
+fn redis_keeps_an_append_only_file() {
+    let compose = compose();
+    let command: Vec<&str> = service(&compose, "redis")
+        .get("command")
+        .and_then(Value::as_sequence)
+        .map(|args| args.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        command.windows(2).any(|w| w == ["--appendonly", "yes"]),
+        "redis runs with --appendonly yes (dedup ids, versions and fences survive its restart): {command:?}"
+    );
+}
+
+#[test]
 fn postgres_creates_the_database_the_docs_and_tests_use() {
     let compose = compose();
     let database = env(service(&compose, "postgres"), "POSTGRES_DB")

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use steadfast::store::redis::RedisStores;
+use steadfast::store::redis::{restart_loses, Persistence, RedisStores};
 use steadfast::store::{DedupStore, LockStore, RateLimitStore, StoreError, VersionStore};
 
 const URL: &str = "redis://127.0.0.1:6379";
@@ -302,4 +302,38 @@ async fn rate_limiter_never_exceeds_rate_plus_burst() {
         "only {} permits in 3 s (at most {most} in a second)",
         permits.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_without_persistence_is_told_apart_from_one_with_snapshots() {
+    let server = RedisServer::start(free_port());
+    server.wait_ready().await;
+    let stores = stores_at(&server.url(), &fresh_prefix()).await;
+    let none = stores.persistence().await.expect("CONFIG GET");
+    assert_eq!(
+        none,
+        Persistence {
+            aof: false,
+            snapshots: false
+        },
+        "started with --save \"\" --appendonly no"
+    );
+    let lost = restart_loses(&["dedup", "stale", "lock"], none).expect("a warning");
+    assert!(lost.contains("message ids"), "{lost}");
+    // A snapshot schedule; nothing is written (the server is killed, not shut down).
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("save")
+        .arg("900 1")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG SET save");
+    let snapshots = stores.persistence().await.expect("CONFIG GET");
+    assert!(snapshots.snapshots && !snapshots.aof, "{snapshots:?}");
+    assert_eq!(restart_loses(&["dedup", "stale", "lock"], snapshots), None);
 }

@@ -14,7 +14,7 @@ use crate::observe::{Health, Observed};
 use crate::policy::{outage_backoff, Breaker};
 use crate::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore};
 use crate::store::postgres::PostgresStores;
-use crate::store::redis::RedisStores;
+use crate::store::redis::{restart_loses, RedisStores};
 use crate::store::{
     DedupStore, LockStore, RateLimitStore, StoreError, StoreHandles, TransactionalStore,
     VersionStore,
@@ -75,6 +75,7 @@ impl Guards {
             rate,
             transactions,
         };
+        urls.warn_without_persistence(config, given).await;
         let breaker = config
             .breaker
             .as_ref()
@@ -182,6 +183,51 @@ impl Connections {
         .await?;
         self.redis.insert(url.to_owned(), stores.clone());
         Ok(stores)
+    }
+
+    /// Warns, per Redis the configured stores use, what a restart of it would lose when it
+    /// keeps nothing (neither AOF nor snapshots).
+    async fn warn_without_persistence(&self, config: &WorkerConfig, given: &StoreHandles) {
+        let configured = [
+            (
+                "stale",
+                given.version.is_none(),
+                config.stale.as_ref().map(|c| &c.store),
+            ),
+            (
+                "lock",
+                given.lock.is_none(),
+                config.lock.as_ref().map(|c| &c.store),
+            ),
+            (
+                "dedup",
+                given.dedup.is_none(),
+                config.dedup.as_ref().map(|c| &c.store),
+            ),
+        ];
+        for (url, stores) in &self.redis {
+            let roles: Vec<&str> = configured
+                .iter()
+                .filter(|(_, from_url, store)| *from_url && *store == Some(url))
+                .map(|(role, _, _)| *role)
+                .collect();
+            match stores.persistence().await {
+                Ok(persistence) => {
+                    if let Some(lost) = restart_loses(&roles, persistence) {
+                        tracing::warn!(
+                            url = %redact(url),
+                            ?roles,
+                            "this Redis keeps nothing across a restart (neither AOF nor snapshots): a restart loses {lost}; run it with `appendonly yes`"
+                        );
+                    }
+                }
+                Err(e) => tracing::info!(
+                    url = %redact(url),
+                    error = %e,
+                    "cannot read this Redis's persistence settings (CONFIG GET): make sure it keeps an append-only file or snapshots"
+                ),
+            }
+        }
     }
 
     async fn postgres(&mut self, url: &str) -> Result<PostgresStores, WorkerError> {

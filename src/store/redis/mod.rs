@@ -15,6 +15,7 @@ mod dedup;
 mod error;
 mod lock;
 mod lua;
+mod persistence;
 mod rate;
 mod version;
 
@@ -26,6 +27,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub use self::dedup::RedisDedupStore;
 pub use self::error::classify;
 pub use self::lock::RedisLockStore;
+pub use self::persistence::{restart_loses, Persistence};
 pub use self::rate::RedisRateLimiter;
 pub use self::version::RedisVersionStore;
 
