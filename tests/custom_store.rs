@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use steadfast::store::{DedupStore, LockStore, Reservation, StoreError, VersionStore};
 use steadfast::{Context, Handler, HandlerError, Retry, Worker};
 use support::*;
@@ -185,15 +184,6 @@ mod conformance {
     );
 }
 
-/// A key, a version (stale drop) and an id (dedup).
-#[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
-#[message(topic = "custom-store", key = key, version = version, id = id)]
-struct Update {
-    key: String,
-    version: i64,
-    id: String,
-}
-
 /// One handler call: the id, the version and the lock token held.
 type Call = (String, i64, Option<u64>);
 
@@ -233,17 +223,7 @@ async fn a_worker_runs_on_a_store_backend_written_outside_the_crate() {
     ];
     let records: Vec<_> = updates
         .iter()
-        .map(|(key, version, id)| {
-            let u = Update {
-                key: (*key).to_owned(),
-                version: *version,
-                id: (*id).to_owned(),
-            };
-            (
-                key.as_bytes().to_vec(),
-                serde_json::to_vec(&u).expect("encodes"),
-            )
-        })
+        .map(|(key, version, id)| record(&update(key, *version, id)))
         .collect();
     produce_raw(&bootstrap, &topic, &records).await;
 

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::{Deserialize, Serialize};
 use steadfast::config::BreakerConfig;
 use steadfast::store::{DedupStore, LockStore, Reservation, VersionStore};
 use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerBuilder, WorkerStats};
@@ -30,31 +29,6 @@ use support::*;
 use tokio_util::sync::CancellationToken;
 
 const CHILD: &str = "STEADFAST_TEST_CHILD";
-
-/// The message of these tests: a key, a version (stale drop) and an id (dedup).
-#[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
-#[message(topic = "policies", key = key, version = version, id = id)]
-struct Update {
-    key: String,
-    version: i64,
-    id: String,
-}
-
-fn update(key: &str, version: i64, id: &str) -> Update {
-    Update {
-        key: key.to_owned(),
-        version,
-        id: id.to_owned(),
-    }
-}
-
-/// Key and JSON payload of a record carrying `u`.
-fn record(u: &Update) -> (Vec<u8>, Vec<u8>) {
-    (
-        u.key.as_bytes().to_vec(),
-        serde_json::to_vec(u).expect("encodes"),
-    )
-}
 
 type Reply = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
 

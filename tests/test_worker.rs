@@ -10,28 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use steadfast::config::BreakerConfig;
 use steadfast::message::{DropReason, RouteTarget};
 use steadfast::testing::TestWorker;
 use steadfast::{Context, Handler, HandlerError, Outcome, Retry};
-
-/// A key, a version (stale drop) and an id (dedup).
-#[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
-#[message(topic = "accounts", key = key, version = version, id = id)]
-struct Update {
-    key: String,
-    version: i64,
-    id: String,
-}
-
-fn update(key: &str, version: i64, id: &str) -> Update {
-    Update {
-        key: key.to_owned(),
-        version,
-        id: id.to_owned(),
-    }
-}
+use support::{update, Update};
 
 /// Fails (transiently) its first `failures` calls, then succeeds; records each call's lock
 /// token.

@@ -329,15 +329,7 @@ struct GroupLog {
 impl GroupLog {
     /// Whether `error` is about the group this consumer does not use.
     fn is_unused_group_error(&self, error: &KafkaError) -> bool {
-        self.group_unused
-            && matches!(
-                error.rdkafka_error_code(),
-                Some(
-                    RDKafkaErrorCode::GroupAuthorizationFailed
-                        | RDKafkaErrorCode::CoordinatorNotAvailable
-                        | RDKafkaErrorCode::NotCoordinator
-                )
-            )
+        self.group_unused && steadfast::dlq::is_group_error(error)
     }
 }
 

@@ -9,14 +9,19 @@ use std::process::{Child, Command, Output, Stdio};
 const PASSWORD: &str = "pw-for-the-cli-test";
 
 fn steadfast(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steadfast"))
-        .args(args)
-        .env("RUST_LOG", "warn")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_steadfast"));
+    command.args(args).env("RUST_LOG", "warn");
+    run_piped(command, stdin, "steadfast runs")
+}
+
+/// Runs `command` with piped standard streams, `stdin` written to it when given.
+fn run_piped(mut command: Command, stdin: Option<&str>, what: &str) -> Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn steadfast");
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     if let Some(input) = stdin {
         child
             .stdin
@@ -25,7 +30,7 @@ fn steadfast(args: &[&str], stdin: Option<&str>) -> Output {
             .write_all(input.as_bytes())
             .unwrap();
     }
-    child.wait_with_output().expect("steadfast runs")
+    child.wait_with_output().expect(what)
 }
 
 fn text(output: &Output) -> String {
@@ -258,22 +263,13 @@ fn a_sasl_ssl_server_from_the_command_line_serves_authenticated_clients() {
 
 /// Runs Debian's kcat with `args`, `input` on its standard input.
 fn kcat(args: &[String], input: &str) -> Output {
-    let mut child = Command::new("kcat")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect(
-            "kcat runs: install Debian's package (apt-get install kcat; scripts/services.sh does)",
-        );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().expect("kcat runs")
+    let mut command = Command::new("kcat");
+    command.args(args);
+    run_piped(
+        command,
+        Some(input),
+        "kcat runs: install Debian's package (apt-get install kcat; scripts/services.sh does)",
+    )
 }
 
 #[test]

@@ -67,6 +67,7 @@ mod error;
 mod record;
 mod replay;
 mod scan;
+pub use self::scan::is_group_error;
 mod selection;
 
 use rdkafka::config::ClientConfig;

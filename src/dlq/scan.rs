@@ -46,15 +46,7 @@ impl ReaderContext {
     /// Whether `error` is about a group this reader does not use (its coordinator lookup
     /// refused or failing): fetching assigned partitions goes on regardless.
     fn is_unused_group_error(&self, error: &KafkaError) -> bool {
-        self.group_unused
-            && matches!(
-                error.rdkafka_error_code(),
-                Some(
-                    RDKafkaErrorCode::GroupAuthorizationFailed
-                        | RDKafkaErrorCode::CoordinatorNotAvailable
-                        | RDKafkaErrorCode::NotCoordinator
-                )
-            )
+        self.group_unused && is_group_error(error)
     }
 }
 
@@ -268,4 +260,18 @@ pub(crate) fn read_one(
     Err(DlqError::Timeout(format!(
         "reading {topic}/{partition}/{offset}"
     )))
+}
+
+/// Whether `error` is about the consumer group only (no right on it, no coordinator yet):
+/// harmless to a reader that assigns its partitions itself and never commits, which
+/// librdkafka still reports through its group machinery.
+pub fn is_group_error(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+        )
+    )
 }

@@ -51,14 +51,7 @@ impl fmt::Debug for Next {
 
 impl Next {
     /// The stack below is the tower service `service` (the handler, or users' layers).
-    pub(crate) fn service<S>(service: S) -> Next
-    where
-        S: Service<Envelope, Response = Outcome, Error = Infallible, Future = OutcomeFuture>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-    {
+    pub(crate) fn service<S: StageService>(service: S) -> Next {
         Next(Arc::new(ServiceStage(service)))
     }
 
@@ -99,16 +92,28 @@ impl Service<Envelope> for Next {
     }
 }
 
-struct ServiceStage<S>(S);
+/// A tower service that can be a stage of the stack (the stack's own service type).
+pub(crate) trait StageService:
+    Service<Envelope, Response = Outcome, Error = Infallible, Future = OutcomeFuture>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
 
-impl<S> Stage for ServiceStage<S>
-where
+impl<S> StageService for S where
     S: Service<Envelope, Response = Outcome, Error = Infallible, Future = OutcomeFuture>
         + Clone
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+struct ServiceStage<S>(S);
+
+impl<S: StageService> Stage for ServiceStage<S> {
     fn run(&self, envelope: Envelope) -> StageFuture {
         // `oneshot` waits for `poll_ready` first: a user's layer may limit or buffer.
         let call = self.0.clone().oneshot(envelope);

@@ -531,3 +531,28 @@ pub fn test_name(module_path: &str, test: &str) -> String {
         None => test.to_owned(),
     }
 }
+
+/// A message with a key, a version (stale drop) and an id (dedup): the policies' tests'.
+#[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
+#[message(topic = "policies", key = key, version = version, id = id)]
+pub struct Update {
+    pub key: String,
+    pub version: i64,
+    pub id: String,
+}
+
+pub fn update(key: &str, version: i64, id: &str) -> Update {
+    Update {
+        key: key.to_owned(),
+        version,
+        id: id.to_owned(),
+    }
+}
+
+/// Key and JSON payload of a record carrying `u`.
+pub fn record(u: &Update) -> (Vec<u8>, Vec<u8>) {
+    (
+        u.key.as_bytes().to_vec(),
+        serde_json::to_vec(u).expect("encodes"),
+    )
+}
