@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 /// A keyed, versioned update with an id.
 #[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
 #[message(topic = "observe", key = key, version = version, id = id)]
-struct Update {
+pub(crate) struct Update {
     key: String,
     version: i64,
     id: String,
@@ -36,19 +36,19 @@ struct Update {
 
 /// What the handler saw.
 #[derive(Debug, Default)]
-struct Seen {
-    calls: AtomicU64,
-    successes: AtomicU64,
+pub(crate) struct Seen {
+    pub(crate) calls: AtomicU64,
+    pub(crate) successes: AtomicU64,
     failures: AtomicU64,
     applied: Mutex<HashMap<String, u32>>,
 }
 
 #[derive(steadfast::Handler)]
 #[handler(message = Update, group = "observe")]
-struct Recording {
-    seen: Arc<Seen>,
+pub(crate) struct Recording {
+    pub(crate) seen: Arc<Seen>,
     /// Gated messages wait until this is `true`.
-    gate: watch::Receiver<bool>,
+    pub(crate) gate: watch::Receiver<bool>,
 }
 
 impl Recording {
@@ -71,7 +71,7 @@ impl Recording {
 }
 
 /// An update that succeeds at once.
-fn plain(key: &str, version: i64, id: &str) -> Update {
+pub(crate) fn plain(key: &str, version: i64, id: &str) -> Update {
     Update {
         key: key.to_owned(),
         version,
@@ -82,7 +82,12 @@ fn plain(key: &str, version: i64, id: &str) -> Update {
 }
 
 /// Waits until the handler succeeded `n` times and `/readyz` answers 200.
-async fn handled_and_ready(seen: &Arc<Seen>, address: SocketAddr, n: u64, limit: Duration) {
+pub(crate) async fn handled_and_ready(
+    seen: &Arc<Seen>,
+    address: SocketAddr,
+    n: u64,
+    limit: Duration,
+) {
     until(limit, &format!("{n} handled and ready"), || {
         let seen = seen.clone();
         async move {
@@ -101,13 +106,13 @@ fn record(u: &Update) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Produces `updates` to partition 0 in order.
-async fn send(bootstrap: &str, topic: &str, updates: &[Update]) {
+pub(crate) async fn send(bootstrap: &str, topic: &str, updates: &[Update]) {
     let records: Vec<_> = updates.iter().map(record).collect();
     produce_raw(bootstrap, topic, &records).await;
 }
 
 /// `GET path` over plain HTTP/1.1: status and body.
-async fn get(address: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn get(address: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("the endpoint accepts connections");
@@ -145,10 +150,10 @@ async fn get(address: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The samples of one scrape, summed by metric name and the given label values.
-struct Scrape(prometheus_parse::Scrape);
+pub(crate) struct Scrape(prometheus_parse::Scrape);
 
 impl Scrape {
-    async fn take(address: SocketAddr) -> Scrape {
+    pub(crate) async fn take(address: SocketAddr) -> Scrape {
         let (status, body) = get(address, "/metrics").await;
         assert_eq!(status, 200, "/metrics answers: {body}");
         let lines = body.lines().map(|l| Ok(l.to_owned()));
@@ -156,7 +161,7 @@ impl Scrape {
     }
 
     /// The sum of `name`'s samples whose labels include every pair of `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.0
             .samples
             .iter()
@@ -223,13 +228,13 @@ impl Counts {
 }
 
 /// A worker running in a task, with the address of its endpoint.
-struct Running {
+pub(crate) struct Running {
     token: CancellationToken,
     handle: tokio::task::JoinHandle<WorkerStats>,
-    address: SocketAddr,
+    pub(crate) address: SocketAddr,
 }
 
-fn spawn<H: steadfast::Handler>(builder: WorkerBuilder<H>) -> Running {
+pub(crate) fn spawn<H: steadfast::Handler>(builder: WorkerBuilder<H>) -> Running {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     let address = listener.local_addr().expect("bound");
     let worker = builder
@@ -247,21 +252,21 @@ fn spawn<H: steadfast::Handler>(builder: WorkerBuilder<H>) -> Running {
 }
 
 impl Running {
-    async fn stop(self) -> WorkerStats {
+    pub(crate) async fn stop(self) -> WorkerStats {
         self.token.cancel();
         self.handle.await.expect("worker task")
     }
 }
 
 /// A worker builder for `topic` in `group`.
-fn worker(bootstrap: &str, topic: &str, group: &str) -> WorkerBuilder {
+pub(crate) fn worker(bootstrap: &str, topic: &str, group: &str) -> WorkerBuilder {
     Worker::builder()
         .brokers(bootstrap)
         .topic(topic)
         .group(group)
 }
 
-async fn server() -> (tempfile::TempDir, steadfast::server::ServerHandle, String) {
+pub(crate) async fn server() -> (tempfile::TempDir, steadfast::server::ServerHandle, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let handle = steadfast_testkit::start_server(&dir.path().join("data")).await;
     let bootstrap = handle.bootstrap_servers();
@@ -269,7 +274,7 @@ async fn server() -> (tempfile::TempDir, steadfast::server::ServerHandle, String
 }
 
 /// Polls `check` every 100 ms until it gives `Some`, failing after `limit`.
-async fn until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+pub(crate) async fn until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

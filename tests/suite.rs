@@ -43,6 +43,8 @@ mod store_conformance_postgres;
 mod store_conformance_redis;
 #[path = "store_postgres.rs"]
 mod store_postgres;
+#[path = "store_trouble.rs"]
+mod store_trouble;
 #[path = "test_worker.rs"]
 mod test_worker;
 #[path = "ui.rs"]

@@ -189,7 +189,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "steadfast.toml";
 ///
 /// A variable that sets a key of a policy table (`STEADFAST_DEDUP_STORE` sets `dedup.store`)
 /// turns the policy on, as a file with that table would.
-pub const ENV_OVERRIDES: [(&str, &str); 23] = [
+pub const ENV_OVERRIDES: [(&str, &str); 24] = [
     ("STEADFAST_BROKERS", "brokers"),
     ("STEADFAST_GROUP", "group"),
     ("STEADFAST_TOPIC", "topic"),
@@ -211,6 +211,10 @@ pub const ENV_OVERRIDES: [(&str, &str); 23] = [
     ),
     ("STEADFAST_STORES_SCHEMA", "stores.schema"),
     ("STEADFAST_STORES_KEY_PREFIX", "stores.key_prefix"),
+    (
+        "STEADFAST_STORES_DEAD_LETTER_AFTER_REFUSALS",
+        "stores.dead_letter_after_refusals",
+    ),
     ("STEADFAST_STALE_STORE", "stale.store"),
     ("STEADFAST_LOCK_STORE", "lock.store"),
     ("STEADFAST_DEDUP_STORE", "dedup.store"),
@@ -392,6 +396,12 @@ impl WorkerConfig {
         if self.stores.key_prefix.is_empty() {
             return invalid("stores.key_prefix", "must not be empty");
         }
+        if self.stores.dead_letter_after_refusals == Some(0) {
+            return invalid(
+                "stores.dead_letter_after_refusals",
+                "must be at least 1 (leave it unset to wait until the store is fixed)",
+            );
+        }
         if let Some(stale) = &self.stale {
             store_kind("stale.store", &stale.store)?;
         }
@@ -546,7 +556,8 @@ fn env_value(key: &str, value: &str) -> toml::Value {
         | "drain_timeout_ms"
         | "commit_interval_ms"
         | "observe.stall_after_ms"
-        | "observe.lag_interval_ms" => value
+        | "observe.lag_interval_ms"
+        | "stores.dead_letter_after_refusals" => value
             .trim()
             .parse::<i64>()
             .map(toml::Value::Integer)

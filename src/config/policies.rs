@@ -16,6 +16,12 @@ pub struct StoresConfig {
     pub schema: String,
     /// The prefix of every Redis key. Env: `STEADFAST_STORES_KEY_PREFIX`.
     pub key_prefix: String,
+    /// After this many refusals of one store call a message needs before its handler runs
+    /// (a stale check, a lock, a dedup reservation, a shared rate limit), the message goes to
+    /// the dead-letter topic with class `store`; unset (the default), it waits until the
+    /// store is fixed. Outages never count. Env: `STEADFAST_STORES_DEAD_LETTER_AFTER_REFUSALS`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_after_refusals: Option<u32>,
 }
 
 impl Default for StoresConfig {
@@ -23,6 +29,7 @@ impl Default for StoresConfig {
         StoresConfig {
             schema: "steadfast".to_owned(),
             key_prefix: "steadfast".to_owned(),
+            dead_letter_after_refusals: None,
         }
     }
 }

@@ -22,6 +22,9 @@ pub enum ErrorClass {
     Timeout,
     /// A retry-tier record overtaken by a newer version of its key.
     Overtaken,
+    /// A store kept refusing a call the message needed before its handler could run (only
+    /// with `stores.dead_letter_after_refusals`; by default the message waits).
+    Store,
     /// A class this version does not know (read from a header), kept as written.
     Other(String),
 }
@@ -37,6 +40,7 @@ impl ErrorClass {
             ErrorClass::Panic => "panic",
             ErrorClass::Timeout => "timeout",
             ErrorClass::Overtaken => "overtaken",
+            ErrorClass::Store => "store",
             ErrorClass::Other(s) => s,
         }
     }
@@ -53,6 +57,7 @@ impl FromStr for ErrorClass {
             "panic" => ErrorClass::Panic,
             "timeout" => ErrorClass::Timeout,
             "overtaken" => ErrorClass::Overtaken,
+            "store" => ErrorClass::Store,
             other => ErrorClass::Other(other.to_owned()),
         })
     }
@@ -78,6 +83,7 @@ mod tests {
             ErrorClass::Panic,
             ErrorClass::Timeout,
             ErrorClass::Overtaken,
+            ErrorClass::Store,
             ErrorClass::Other("custom".to_owned()),
         ] {
             assert_eq!(class.as_str().parse::<ErrorClass>(), Ok(class.clone()));

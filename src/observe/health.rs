@@ -112,6 +112,8 @@ pub(crate) struct Health {
     /// Whether `stores_down` holds a mark: every answered store call clears its store's mark,
     /// so the common case must not take the lock.
     stores_marked: AtomicBool,
+    /// Per mark (a store that is unreachable: its name; a call it refuses: its name and the
+    /// call), the readiness reason and when it was last seen.
     stores_down: Mutex<BTreeMap<String, (String, Instant)>>,
     backlog: Mutex<HashMap<(String, i32), Backlog>>,
     /// Dedup reservations of another holder being waited for, by message id, with since when.
@@ -137,18 +139,46 @@ impl Health {
 
     /// A call to the store `name` (say `dedup store (redis)`) found it unreachable.
     pub(crate) fn store_down(&self, name: &str, reason: String) {
+        self.mark_store(name.to_owned(), format!("{name} unreachable: {reason}"));
+    }
+
+    /// The store `name` answered the call `call` (say `dedup_reserve`) with an error: not an
+    /// outage, yet the messages that need the call wait until it passes.
+    pub(crate) fn store_refused(&self, name: &str, call: &str, error: String) {
+        self.mark_store(
+            format!("{name} {call}"),
+            format!(
+                "{name} refuses {call}: {error} (the messages that need it wait: fix the store, or set `stores.dead_letter_after_refusals`)"
+            ),
+        );
+    }
+
+    fn mark_store(&self, mark: String, reason: String) {
         let mut down = self.stores_down.lock();
-        down.insert(name.to_owned(), (reason, Instant::now()));
+        down.insert(mark, (reason, Instant::now()));
         self.stores_marked.store(true, Ordering::Release);
     }
 
     /// A call to the store `name` was answered.
     pub(crate) fn store_up(&self, name: &str) {
+        self.clear_store(&[name]);
+    }
+
+    /// The store `name` answered the call `call`: it is reachable, and no longer refuses it.
+    pub(crate) fn store_answered(&self, name: &str, call: &str) {
+        if self.stores_marked.load(Ordering::Acquire) {
+            self.clear_store(&[name, &format!("{name} {call}")]);
+        }
+    }
+
+    fn clear_store(&self, marks: &[&str]) {
         if !self.stores_marked.load(Ordering::Acquire) {
             return;
         }
         let mut down = self.stores_down.lock();
-        down.remove(name);
+        for mark in marks {
+            down.remove(*mark);
+        }
         self.stores_marked
             .store(!down.is_empty(), Ordering::Release);
     }
@@ -208,9 +238,7 @@ impl Health {
             down.retain(|_, (_, at)| now.saturating_duration_since(*at) < STORE_MARK_TTL);
             self.stores_marked
                 .store(!down.is_empty(), Ordering::Release);
-            down.iter()
-                .map(|(name, (reason, _))| (name.clone(), reason.clone()))
-                .collect()
+            down.values().map(|(reason, _)| reason.clone()).collect()
         };
         let mut readiness = decide(
             worker,
@@ -238,7 +266,7 @@ fn decide(
     worker: &WorkerView,
     backlog: &HashMap<(String, i32), (i64, Duration)>,
     broker_down: Option<String>,
-    stores_down: Vec<(String, String)>,
+    stores_down: Vec<String>,
     stall_after: Duration,
 ) -> Readiness {
     let mut reasons = Vec::new();
@@ -248,9 +276,7 @@ fn decide(
     if let Some(reason) = broker_down {
         reasons.push(format!("broker unreachable: {reason}"));
     }
-    for (name, reason) in stores_down {
-        reasons.push(format!("{name} unreachable: {reason}"));
-    }
+    reasons.extend(stores_down);
     if worker.starting {
         reasons.push("starting: connecting stores and joining the group".to_owned());
     } else if worker.partitions.is_empty() {
@@ -422,6 +448,36 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_call_is_a_reason_until_that_call_is_answered() {
+        let health = Health::default();
+        let w = worker(vec![partition(None, 0, false)], 0);
+        let store = "dedup store (redis)";
+        health.store_refused(store, "dedup_reserve", "NOPERM no rights".into());
+        let r = health.readiness(&w, AFTER, Instant::now());
+        assert!(!r.ready);
+        assert_eq!(r.reasons.len(), 1, "one reason for the refused call: {r:?}");
+        assert!(
+            r.reasons[0].starts_with("dedup store (redis) refuses dedup_reserve: NOPERM no rights"),
+            "{r:?}"
+        );
+        // Another call answered: the refused one still waits.
+        health.store_answered(store, "dedup_complete");
+        assert!(!health.readiness(&w, AFTER, Instant::now()).ready);
+        health.store_answered(store, "dedup_reserve");
+        assert!(health.readiness(&w, AFTER, Instant::now()).ready);
+        // An outage is cleared by any answer of the store; a mark not refreshed passes.
+        health.store_down(store, "connection refused".into());
+        health.store_answered(store, "dedup_complete");
+        assert!(health.readiness(&w, AFTER, Instant::now()).ready);
+        health.store_refused(store, "dedup_reserve", "ERR".into());
+        assert!(
+            health
+                .readiness(&w, AFTER, Instant::now() + STORE_MARK_TTL)
+                .ready
+        );
+    }
+
+    #[test]
     fn a_backlog_with_nothing_delivered_is_a_stall_only_when_the_worker_finishes_nothing() {
         let idle = worker(vec![partition(None, 0, false)], 60);
         assert!(!ready(&idle, &[(7, 60)]).ready);
@@ -439,7 +495,7 @@ mod tests {
             &w,
             &HashMap::new(),
             Some("all brokers down".into()),
-            vec![("dedup store (redis)".into(), "connection refused".into())],
+            vec!["dedup store (redis) unreachable: connection refused".into()],
             AFTER,
         );
         assert_eq!(r.reasons.len(), 3, "{r:?}");

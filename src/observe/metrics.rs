@@ -41,8 +41,12 @@ pub const BREAKER: &str = "steadfast_breaker_state";
 pub const LOCK_WAIT: &str = "steadfast_lock_wait_seconds";
 /// Duration of one store call, by `backend` and `call`, in seconds.
 pub const STORE_CALL: &str = "steadfast_store_call_duration_seconds";
-/// Store calls that failed, by `backend`, `call` and `kind` (`unavailable`, `failed`).
+/// Store calls that failed, by `backend`, `call` and `kind` (`unavailable`, `failed`,
+/// `auth`).
 pub const STORE_ERRORS: &str = "steadfast_store_errors_total";
+/// Restarts of a store seen while the worker ran (a Redis whose run id changed), by
+/// `backend`.
+pub const STORE_RESTARTS: &str = "steadfast_store_restarts_total";
 /// Rebalance events, by `kind` (`assign`, `revoke`, `lost`).
 pub const REBALANCES: &str = "steadfast_rebalances_total";
 /// 1 when `/readyz` answers ready, else 0.
@@ -100,6 +104,11 @@ fn describe() {
     describe_histogram!(LOCK_WAIT, Unit::Seconds, "Waiting for a key's lock");
     describe_histogram!(STORE_CALL, Unit::Seconds, "One store call");
     describe_counter!(STORE_ERRORS, Unit::Count, "Failed store calls");
+    describe_counter!(
+        STORE_RESTARTS,
+        Unit::Count,
+        "Store restarts seen while running"
+    );
     describe_counter!(REBALANCES, Unit::Count, "Rebalance events");
     describe_gauge!(READY, "1 when the worker is ready");
 }
@@ -264,4 +273,9 @@ pub(crate) fn store_call(
         metrics::counter!(STORE_ERRORS, "backend" => backend, "call" => call, "kind" => kind)
             .increment(1);
     }
+}
+
+/// A restart of a `backend` store seen while the worker ran.
+pub(crate) fn store_restarted(backend: &'static str) {
+    metrics::counter!(STORE_RESTARTS, "backend" => backend).increment(1);
 }

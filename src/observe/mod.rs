@@ -10,5 +10,5 @@ mod stores;
 pub use self::health::Readiness;
 pub(crate) use self::health::{Health, LowestUnfinished, PartitionView, WorkerView};
 pub(crate) use self::http::{serve, Probe};
-pub(crate) use self::metrics::{lock_wait, Meters, Timer};
+pub(crate) use self::metrics::{lock_wait, store_restarted, Meters, Timer};
 pub(crate) use self::stores::Observed;

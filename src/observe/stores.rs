@@ -1,5 +1,6 @@
 //! Store wrappers that time every call (`steadfast_store_call_duration_seconds`), count
-//! failures, and tell the readiness probe when a backend stops or starts answering.
+//! failures by kind (`steadfast_store_errors_total`), and tell the readiness probe when a
+//! backend stops answering or refuses a call, and when it answers again.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use async_trait::async_trait;
 
 use super::health::Health;
 use super::metrics::store_call;
-use crate::store::{DedupStore, LockStore, Reservation, StoreError, VersionStore};
+use crate::store::{
+    DedupStore, LockStore, RateLimit, RateLimitStore, Reservation, StoreError, VersionStore,
+};
 
 /// A store of type `S` with its calls observed.
 #[derive(Debug)]
@@ -49,16 +52,16 @@ impl<S: ?Sized> Observed<S> {
         match &result {
             Ok(_) => {
                 store_call(self.backend, call, seconds, None);
-                self.health.store_up(&self.name);
+                self.health.store_answered(&self.name, call);
             }
             Err(e) if e.is_unavailable() => {
-                store_call(self.backend, call, seconds, Some("unavailable"));
+                store_call(self.backend, call, seconds, Some(e.kind()));
                 self.health.store_down(&self.name, e.to_string());
             }
-            Err(_) => {
-                // It answered, with a refusal: reachable.
-                store_call(self.backend, call, seconds, Some("failed"));
-                self.health.store_up(&self.name);
+            Err(e) => {
+                // It answered, with a refusal: reachable, and refusing this call.
+                store_call(self.backend, call, seconds, Some(e.kind()));
+                self.health.store_refused(&self.name, call, e.to_string());
             }
         }
         result
@@ -122,5 +125,15 @@ impl<S: VersionStore + ?Sized> VersionStore for Observed<S> {
     async fn advance(&self, key: &str, version: i64) -> Result<bool, StoreError> {
         self.call("version_advance", self.inner.advance(key, version))
             .await
+    }
+}
+
+#[async_trait]
+impl<S: RateLimitStore + ?Sized> RateLimitStore for Observed<S> {
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+    async fn reserve(&self, limit: &RateLimit) -> Result<Duration, StoreError> {
+        self.call("rate_reserve", self.inner.reserve(limit)).await
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
-use super::outage::{pause, until_available};
+use super::outage::{pause, until_answered, until_available, Unanswered};
 use super::stack::Assembly;
 use crate::message::{DropReason, Envelope, Outcome};
 use crate::observe::Health;
@@ -34,6 +34,8 @@ pub(crate) struct DedupConfig {
     shutdown: CancellationToken,
     /// Where waits for another holder's reservation are reported.
     health: Option<Arc<Health>>,
+    /// Refusals of the reservation after which the message is dead-lettered.
+    give_up_after: Option<std::num::NonZeroU32>,
 }
 
 /// On when the worker has a dedup store (`[dedup]`): reservations of the configured lease
@@ -53,6 +55,7 @@ pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
         calls: std::sync::atomic::AtomicU64::new(0),
         shutdown: a.shutdown.clone(),
         health: Some(a.health.clone()),
+        give_up_after: a.give_up_after(),
     }))
 }
 
@@ -73,12 +76,13 @@ impl Policy for DedupConfig {
         );
         let shutdown = &config.shutdown;
         match reserve(config, &id, &owner, envelope.offset).await {
-            Some(Reservation::Reserved) => {}
-            Some(Reservation::Completed) => {
+            Ok(Reservation::Reserved) => {}
+            Ok(Reservation::Completed) => {
                 tracing::info!(id, offset = envelope.offset, "duplicate message dropped");
                 return Outcome::Drop(DropReason::Duplicate);
             }
-            Some(Reservation::InProgress) | None => return Outcome::Requeue,
+            Ok(Reservation::InProgress) => return Outcome::Requeue,
+            Err(unanswered) => return unanswered.outcome(&envelope),
         }
         let (stop_renewal, renewal) = renew_while_held(config, &id, &owner);
         let outcome = next.run(envelope.clone()).await;
@@ -104,21 +108,27 @@ impl Policy for DedupConfig {
 }
 
 /// Reserves `id` for `owner`, waiting while another holder's reservation runs (reported in the
-/// log and to the readiness probe). `None` on shutdown.
-async fn reserve(config: &DedupConfig, id: &str, owner: &str, offset: i64) -> Option<Reservation> {
+/// log and to the readiness probe).
+async fn reserve(
+    config: &DedupConfig,
+    id: &str,
+    owner: &str,
+    offset: i64,
+) -> Result<Reservation, Unanswered> {
     let shutdown = &config.shutdown;
     let mut wait = Duration::from_millis(10);
     let mut waiting = false;
     let state = loop {
-        let Some(state) = until_available("dedup reserve", shutdown, || {
+        let state = match until_answered("dedup reserve", shutdown, config.give_up_after, || {
             config.store.reserve(id, owner, config.lease)
         })
         .await
-        else {
-            break None;
+        {
+            Ok(state) => state,
+            Err(unanswered) => break Err(unanswered),
         };
         if state != Reservation::InProgress {
-            break Some(state);
+            break Ok(state);
         }
         if !waiting {
             waiting = true;
@@ -133,7 +143,7 @@ async fn reserve(config: &DedupConfig, id: &str, owner: &str, offset: i64) -> Op
             }
         }
         if !pause(wait, shutdown).await {
-            break None;
+            break Err(Unanswered::Shutdown);
         }
         wait = (wait * 2).min(Duration::from_secs(1));
     };

@@ -5,6 +5,7 @@
 //! not reported, and the message is handled again under a new grant (dedup and the
 //! transactional store make that second run a no-op when the first one's effect landed).
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
-use super::outage::{pause, until_available};
+use super::outage::{pause, until_answered, Unanswered};
 use super::stack::Assembly;
 use crate::message::{DropReason, Envelope, LeaseState, Outcome};
 use crate::store::{LockStore, StoreError, VersionStore};
@@ -30,6 +31,8 @@ pub(crate) struct LockConfig {
     /// store (see the stale policy).
     tier_records_to_transactions: bool,
     shutdown: CancellationToken,
+    /// Refusals of the lock or the version read after which the message is dead-lettered.
+    give_up_after: Option<NonZeroU32>,
 }
 
 /// On when the worker has a lock store (`[lock]`), with leases of `lease_ms` (10 s by
@@ -37,13 +40,15 @@ pub(crate) struct LockConfig {
 pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
     let store = a.stores.lock.clone()?;
     let lease_ms = a.config.lock.as_ref().map_or(10_000, |l| l.lease_ms);
-    Some(wrap(LockConfig::new(
+    let mut lock = LockConfig::new(
         store,
         Duration::from_millis(lease_ms),
         a.stores.version.clone(),
         a.stores.transactions.is_some(),
         a.shutdown.clone(),
-    )))
+    );
+    lock.give_up_after = a.give_up_after();
+    Some(wrap(lock))
 }
 
 impl Policy for LockConfig {
@@ -55,19 +60,26 @@ impl Policy for LockConfig {
         let key = facts.store_key.as_str();
         // A run that succeeded before its lease was found lost: its effect landed.
         let mut succeeded = None;
+        // Refusals dead-letter the message only before its handler first ran: a run whose
+        // lease was lost may have landed its effect.
+        let mut give_up_after = config.give_up_after;
         loop {
-            let Some(token) = config.acquire(key).await else {
-                return Outcome::Requeue;
+            let token = match config.acquire(key, give_up_after).await {
+                Ok(token) => token,
+                Err(unanswered) => return unanswered.outcome(&envelope),
             };
             if let (Some(versions), Some(version)) = (&config.versions, facts.version) {
                 let current =
-                    until_available("version get", &config.shutdown, || versions.get(key)).await;
+                    until_answered("version get", &config.shutdown, give_up_after, || {
+                        versions.get(key)
+                    })
+                    .await;
                 let stale = match current {
-                    None => {
+                    Err(unanswered) => {
                         let _ = config.store.release(key, token).await;
-                        return Outcome::Requeue;
+                        return unanswered.outcome(&envelope);
                     }
-                    Some(current) => current.filter(|c| *c >= version),
+                    Ok(current) => current.filter(|c| *c >= version),
                 };
                 // A retry-tier record older than the applied version is left to the
                 // transactional store, when the stale policy defers it.
@@ -102,6 +114,7 @@ impl Policy for LockConfig {
                 if matches!(outcome, Outcome::Ack { .. }) {
                     succeeded = Some(outcome);
                 }
+                give_up_after = None;
                 continue;
             }
             // The run again finds the id completed, by the earlier run of this delivery
@@ -131,6 +144,7 @@ impl LockConfig {
             versions,
             tier_records_to_transactions,
             shutdown,
+            give_up_after: None,
         }
     }
 
@@ -173,21 +187,26 @@ impl LockConfig {
         }
     }
 
-    /// Takes the key's lock, waiting while another holder has it; `None` on shutdown.
-    async fn acquire(&self, key: &str) -> Option<u64> {
+    /// Takes the key's lock, waiting while another holder has it (and while the store refuses,
+    /// up to `give_up_after` refusals).
+    async fn acquire(
+        &self,
+        key: &str,
+        give_up_after: Option<NonZeroU32>,
+    ) -> Result<u64, Unanswered> {
         let mut wait = Duration::from_millis(5);
         let asked = std::time::Instant::now();
         loop {
-            let granted = until_available("lock acquire", &self.shutdown, || {
+            let granted = until_answered("lock acquire", &self.shutdown, give_up_after, || {
                 self.store.acquire(key, self.lease)
             })
             .await?;
             if let Some(token) = granted {
                 crate::observe::lock_wait(self.store.backend(), asked.elapsed().as_secs_f64());
-                return Some(token);
+                return Ok(token);
             }
             if !pause(wait, &self.shutdown).await {
-                return None;
+                return Err(Unanswered::Shutdown);
             }
             wait = (wait * 2).min(self.lease / 4).max(Duration::from_millis(5));
         }

@@ -1,13 +1,23 @@
 //! Store and dependency outages: calls are tried again with backoff until they answer. An
 //! outage never fails a message, never spends one of its attempts and never lets the worker
-//! commit past it; a shutdown while waiting requeues the message.
+//! commit past it; a shutdown while waiting requeues the message. A store that answers with
+//! an error (a refusal: missing rights, a script error) is waited out the same way, visibly
+//! (a rate-limited log line, the readiness probe, `steadfast_store_errors_total`), unless
+//! `stores.dead_letter_after_refusals` sends a message that needs it before its handler to
+//! the dead-letter topic after that many refusals.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::num::NonZeroU32;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::clock::now_ms;
+use crate::message::{Envelope, ErrorClass, Failure, Outcome};
 use crate::store::StoreError;
 
 /// The longest a store call may take before it counts as unanswered.
@@ -32,22 +42,74 @@ pub(crate) async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool
     }
 }
 
+/// Why a store call ended without an answer.
+#[derive(Debug)]
+pub(crate) enum Unanswered {
+    /// The worker is shutting down: the message is requeued.
+    Shutdown,
+    /// The store refused the call `tries` times (`stores.dead_letter_after_refusals`).
+    Refused {
+        /// The call, as named in the logs.
+        what: &'static str,
+        /// The last refusal.
+        error: StoreError,
+        /// How many times it refused.
+        tries: u32,
+    },
+}
+
+impl Unanswered {
+    /// The message's outcome: requeued at a shutdown; dead-lettered with class `store` after
+    /// the refusals.
+    pub(crate) fn outcome(self, envelope: &Envelope) -> Outcome {
+        match self {
+            Unanswered::Shutdown => Outcome::Requeue,
+            Unanswered::Refused { what, error, tries } => Outcome::Failed(Failure {
+                class: ErrorClass::Store,
+                message: format!("the store refused `{what}` {tries} times: {error}"),
+                permanent: true,
+                retry_after: None,
+                first_failed_ms: now_ms(),
+                attempt: envelope.attempt,
+                unavailable: false,
+            }),
+        }
+    }
+}
+
 /// Runs `call` until it succeeds, backing off while it fails; `None` when `shutdown` fired.
-/// `what` names the call in the warnings logged while the store is down.
+/// `what` names the call in the warnings logged while the store is down. For calls after the
+/// handler ran (its effect landed): they wait for the store whatever it answers.
 pub(crate) async fn until_available<T, F, Fut>(
     what: &'static str,
     shutdown: &CancellationToken,
-    mut call: F,
+    call: F,
 ) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
+    until_answered(what, shutdown, None, call).await.ok()
+}
+
+/// Runs `call` until it succeeds, backing off while the store is unreachable or refuses it;
+/// with `give_up_after`, ends after that many refusals ([`Unanswered::Refused`]). An outage
+/// never ends the wait. For calls before the handler runs.
+pub(crate) async fn until_answered<T, F, Fut>(
+    what: &'static str,
+    shutdown: &CancellationToken,
+    give_up_after: Option<NonZeroU32>,
+    mut call: F,
+) -> Result<T, Unanswered>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
     let mut delays = outage_backoff();
-    let mut failures = 0u32;
+    let mut refusals = 0u32;
     loop {
         if shutdown.is_cancelled() {
-            return None;
+            return Err(Unanswered::Shutdown);
         }
         let answer = match tokio::time::timeout(CALL_TIMEOUT, call()).await {
             Ok(answer) => answer,
@@ -57,23 +119,64 @@ where
                 cause: None,
             }),
         };
-        match answer {
-            Ok(value) => return Some(value),
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                if !e.is_unavailable() && failures >= 10 {
-                    // A refusal that does not pass (a wrong type, missing rights): loud, but
-                    // still never a reason to drop or dead-letter the message.
-                    tracing::error!(call = what, error = %e, failures, ?delay, "store keeps refusing the call; the message waits until it is fixed");
-                } else {
-                    tracing::warn!(call = what, error = %e, ?delay, "store call failed; trying again");
-                }
-                if !pause(delay, shutdown).await {
-                    return None;
-                }
+        let error = match answer {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        if !error.is_unavailable() {
+            refusals = refusals.saturating_add(1);
+            if give_up_after.is_some_and(|limit| refusals >= limit.get()) {
+                tracing::error!(call = what, error = %error, refusals, "the store keeps refusing the call: the message goes to the dead-letter topic (class `store`)");
+                return Err(Unanswered::Refused {
+                    what,
+                    error,
+                    tries: refusals,
+                });
             }
         }
+        log_failure(what, &error, delay);
+        if !pause(delay, shutdown).await {
+            return Err(Unanswered::Shutdown);
+        }
+    }
+}
+
+/// How often at most a failing call is logged, per call name; the lines in between are
+/// counted in the next one.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Per call name: when it was last logged and the failures left unlogged since.
+static LOGGED: LazyLock<Mutex<HashMap<&'static str, (Instant, u64)>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Logs a failed try of `what`, at most once per [`LOG_EVERY`] per call name across the
+/// process: every waiting message retries, and a line each would bury the cause.
+fn log_failure(what: &'static str, error: &StoreError, delay: Duration) {
+    let unlogged = {
+        let mut logged = LOGGED.lock();
+        let now = Instant::now();
+        match logged.get_mut(what) {
+            Some((at, skipped)) if now.saturating_duration_since(*at) < LOG_EVERY => {
+                *skipped = skipped.saturating_add(1);
+                return;
+            }
+            Some((at, skipped)) => {
+                *at = now;
+                std::mem::take(skipped)
+            }
+            None => {
+                logged.insert(what, (now, 0));
+                0
+            }
+        }
+    };
+    if error.is_unavailable() {
+        tracing::warn!(call = what, error = %error, ?delay, unlogged, "store call failed; trying again");
+    } else {
+        // A refusal that does not pass (a wrong type, missing rights): loud, but never a
+        // reason to drop the message, and by default not to dead-letter it either.
+        tracing::error!(call = what, error = %error, ?delay, unlogged, "the store refuses the call; the messages that need it wait until it is fixed (or set `stores.dead_letter_after_refusals`)");
     }
 }
 
@@ -112,5 +215,61 @@ mod tests {
         })
         .await;
         assert_eq!(never, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_end_the_wait_only_with_a_limit_and_outages_never_count() {
+        let shutdown = CancellationToken::new();
+        // Two outages, then refusals: the outages do not count towards the limit of 3.
+        let tries = AtomicU32::new(0);
+        let ended = until_answered("test", &shutdown, NonZeroU32::new(3), || async {
+            if tries.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err::<u32, _>(StoreError::unavailable("redis", "down"))
+            } else {
+                Err(StoreError::failed("redis", "NOPERM"))
+            }
+        })
+        .await;
+        match ended {
+            Err(Unanswered::Refused {
+                tries: refusals,
+                error,
+                ..
+            }) => {
+                assert_eq!(refusals, 3);
+                assert!(!error.is_unavailable());
+            }
+            other => panic!("expected a refusal: {other:?}"),
+        }
+        assert_eq!(tries.load(Ordering::SeqCst), 5);
+
+        // Without a limit, refusals are waited out until the store answers.
+        let tries = AtomicU32::new(0);
+        let value = until_answered("test", &shutdown, None, || async {
+            if tries.fetch_add(1, Ordering::SeqCst) < 20 {
+                Err(StoreError::failed("redis", "NOPERM"))
+            } else {
+                Ok(9)
+            }
+        })
+        .await;
+        assert_eq!(value.ok(), Some(9));
+
+        let envelope = Envelope::new("t", &b"k"[..], &b"{}"[..]).with_offset(4);
+        let Outcome::Failed(failure) = (Unanswered::Refused {
+            what: "dedup reserve",
+            error: StoreError::failed("redis", "NOPERM"),
+            tries: 3,
+        })
+        .outcome(&envelope) else {
+            panic!("a refusal fails the message");
+        };
+        assert_eq!(failure.class, ErrorClass::Store);
+        assert!(failure.permanent && !failure.unavailable);
+        assert!(
+            failure.message.contains("dedup reserve"),
+            "{}",
+            failure.message
+        );
     }
 }

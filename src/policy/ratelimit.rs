@@ -8,7 +8,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
-use super::outage::{pause, until_available};
+use super::outage::{pause, until_answered};
 use super::stack::Assembly;
 use crate::message::{Envelope, Outcome};
 use crate::store::{RateLimit, RateLimitStore};
@@ -21,6 +21,8 @@ pub(crate) struct RateLimitPolicy {
     /// Shared through a store by every worker using the same limit name.
     shared: Option<(Arc<dyn RateLimitStore>, RateLimit)>,
     shutdown: CancellationToken,
+    /// Refusals of the shared limit's store after which the message is dead-lettered.
+    give_up_after: Option<NonZeroU32>,
 }
 
 /// On with `[rate_limit]`: shared through the rate-limit store when the worker has one (the
@@ -48,6 +50,7 @@ pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
         local,
         shared,
         shutdown: a.shutdown.clone(),
+        give_up_after: a.give_up_after(),
     }))
 }
 
@@ -60,10 +63,13 @@ impl Policy for RateLimitPolicy {
             }
         }
         if let Some((store, limit)) = &self.shared {
-            let Some(wait) =
-                until_available("rate limit", &self.shutdown, || store.reserve(limit)).await
-            else {
-                return Outcome::Requeue;
+            let reserved = until_answered("rate limit", &self.shutdown, self.give_up_after, || {
+                store.reserve(limit)
+            })
+            .await;
+            let wait = match reserved {
+                Ok(wait) => wait,
+                Err(unanswered) => return unanswered.outcome(&envelope),
             };
             if !pause(wait, &self.shutdown).await {
                 return Outcome::Requeue;

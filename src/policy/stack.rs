@@ -96,6 +96,15 @@ impl Assembly<'_> {
         let s = self.stores;
         s.version.is_some() || s.lock.is_some() || s.dedup.is_some() || s.transactions.is_some()
     }
+
+    /// After how many refusals a store call before the handler gives up on the message
+    /// (`stores.dead_letter_after_refusals`); `None`: never.
+    pub(crate) fn give_up_after(&self) -> Option<std::num::NonZeroU32> {
+        self.config
+            .stores
+            .dead_letter_after_refusals
+            .and_then(std::num::NonZeroU32::new)
+    }
 }
 
 /// The user's layers ([`crate::WorkerBuilder::layer`]), in the order they were added, the

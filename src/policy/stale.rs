@@ -9,13 +9,14 @@
 //! not be kept): one whose version is older than the applied one fails permanently with the
 //! class `overtaken` and is dead-lettered, so its effect is not lost unseen.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
-use super::outage::until_available;
+use super::outage::{until_answered, until_available};
 use super::sink::{OutgoingRecord, Sink};
 use super::stack::Assembly;
 use crate::message::headers;
@@ -32,6 +33,8 @@ pub(crate) struct StalePolicy {
     /// Where dropped messages are copied (`<topic>.stale`), when enabled.
     copy_to: Option<Arc<dyn Sink>>,
     shutdown: CancellationToken,
+    /// Refusals of the version read after which the message is dead-lettered.
+    give_up_after: Option<NonZeroU32>,
 }
 
 /// On when the worker has a version store (`[stale]`).
@@ -43,6 +46,7 @@ pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
         versions,
         copy_to: copy.then(|| a.routing.sink.clone()),
         shutdown: a.shutdown.clone(),
+        give_up_after: a.give_up_after(),
     }))
 }
 
@@ -62,10 +66,13 @@ impl Policy for StalePolicy {
         };
         let key = facts.store_key.as_str();
         let shutdown = &config.shutdown;
-        let Some(current) =
-            until_available("version get", shutdown, || config.versions.get(key)).await
-        else {
-            return Outcome::Requeue;
+        let current = match until_answered("version get", shutdown, config.give_up_after, || {
+            config.versions.get(key)
+        })
+        .await
+        {
+            Ok(current) => current,
+            Err(unanswered) => return unanswered.outcome(&envelope),
         };
         let in_tier = headers::retry_tier(&envelope.headers) > 0;
         let deferred =

@@ -214,6 +214,13 @@ impl<H> WorkerBuilder<H> {
         self.config.stores.key_prefix = prefix.into();
         self
     }
+    /// Dead-letters a message (class `store`) after a store refused `refusals` times a call it
+    /// needs before its handler runs (`stores.dead_letter_after_refusals`); by default such a
+    /// message waits until the store is fixed. Outages never count.
+    pub fn dead_letter_after_store_refusals(mut self, refusals: u32) -> Self {
+        self.config.stores.dead_letter_after_refusals = Some(refusals);
+        self
+    }
     /// Serves `/metrics`, `/healthz` and `/readyz` on `listen` (`ip:port`).
     pub fn observe(mut self, listen: impl Into<String>) -> Self {
         self.config.observe.listen = Some(listen.into());

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::store_watch::{watch_restarts, Watched};
 
 use crate::config::{redact, store_kind, StoreKind, WorkerConfig};
 use crate::error::WorkerError;
@@ -27,6 +29,8 @@ pub(crate) struct Guards {
     pub(crate) breaker: Option<Breaker>,
     /// Where store and dependency outages are reported for the readiness probe.
     pub(crate) health: Arc<Health>,
+    /// Stops watching the Redis connections for restarts when the guards are dropped.
+    _restart_watch: Option<DropGuard>,
 }
 
 impl Guards {
@@ -72,10 +76,15 @@ impl Guards {
             version: version.map(|(s, b)| Arc::new(Observed::new(s, "stale", b, watched())) as _),
             lock: lock.map(|(s, b)| Arc::new(Observed::new(s, "lock", b, watched())) as _),
             dedup: dedup.map(|(s, b)| Arc::new(Observed::new(s, "dedup", b, watched())) as _),
-            rate,
+            rate: rate.map(|s| {
+                let backend = s.backend();
+                Arc::new(Observed::new(s, "rate limit", backend, watched())) as _
+            }),
             transactions,
         };
-        urls.warn_without_persistence(config, given).await;
+        let redises = urls.redis_roles(config, given);
+        warn_without_persistence(&redises).await;
+        let restart_watch = watch_restarts(redises);
         let breaker = config
             .breaker
             .as_ref()
@@ -84,6 +93,7 @@ impl Guards {
             stores,
             breaker,
             health: health.clone(),
+            _restart_watch: restart_watch,
         })
     }
 }
@@ -185,9 +195,9 @@ impl Connections {
         Ok(stores)
     }
 
-    /// Warns, per Redis the configured stores use, what a restart of it would lose when it
-    /// keeps nothing (neither AOF nor snapshots).
-    async fn warn_without_persistence(&self, config: &WorkerConfig, given: &StoreHandles) {
+    /// Each Redis connected for a URL that holds a lock, dedup or version store not given as
+    /// a handle, with those stores' roles (`stale`, `lock`, `dedup`).
+    fn redis_roles(&self, config: &WorkerConfig, given: &StoreHandles) -> Vec<Watched> {
         let configured = [
             (
                 "stale",
@@ -205,31 +215,47 @@ impl Connections {
                 config.dedup.as_ref().map(|c| &c.store),
             ),
         ];
-        for (url, stores) in &self.redis {
-            let roles: Vec<&str> = configured
-                .iter()
-                .filter(|(_, from_url, store)| *from_url && *store == Some(url))
-                .map(|(role, _, _)| *role)
-                .collect();
-            match stores.persistence().await {
-                Ok(persistence) => {
-                    if let Some(lost) = restart_loses(&roles, persistence) {
-                        tracing::warn!(
-                            url = %redact(url),
-                            ?roles,
-                            "this Redis keeps nothing across a restart (neither AOF nor snapshots): a restart loses {lost}; run it with `appendonly yes`"
-                        );
-                    }
+        self.redis
+            .iter()
+            .map(|(url, stores)| Watched {
+                url: url.clone(),
+                stores: stores.clone(),
+                roles: configured
+                    .iter()
+                    .filter(|(_, from_url, store)| *from_url && *store == Some(url))
+                    .map(|(role, _, _)| *role)
+                    .collect(),
+            })
+            .filter(|watched| !watched.roles.is_empty())
+            .collect()
+    }
+}
+
+/// Warns, per Redis, what a restart of it would lose when it keeps nothing (neither AOF nor
+/// snapshots).
+async fn warn_without_persistence(redises: &[Watched]) {
+    for redis in redises {
+        let url = redact(&redis.url);
+        match redis.stores.persistence().await {
+            Ok(persistence) => {
+                if let Some(lost) = restart_loses(&redis.roles, persistence) {
+                    tracing::warn!(
+                        url = %url,
+                        roles = ?redis.roles,
+                        "this Redis keeps nothing across a restart (neither AOF nor snapshots): a restart loses {lost}; run it with `appendonly yes`"
+                    );
                 }
-                Err(e) => tracing::info!(
-                    url = %redact(url),
-                    error = %e,
-                    "cannot read this Redis's persistence settings (CONFIG GET): make sure it keeps an append-only file or snapshots"
-                ),
             }
+            Err(e) => tracing::info!(
+                url = %url,
+                error = %e,
+                "cannot read this Redis's persistence settings (CONFIG GET): make sure it keeps an append-only file or snapshots"
+            ),
         }
     }
+}
 
+impl Connections {
     async fn postgres(&mut self, url: &str) -> Result<PostgresStores, WorkerError> {
         if let Some(stores) = self.postgres.get(url) {
             return Ok(stores.clone());

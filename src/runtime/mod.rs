@@ -10,6 +10,7 @@ mod offsets;
 mod rebalance;
 mod recovery;
 mod shared;
+mod store_watch;
 mod tiers;
 mod worker;
 

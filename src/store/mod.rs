@@ -171,6 +171,18 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })
     }
+
+    /// The error's kind, as the `kind` label of `steadfast_store_errors_total`:
+    /// `unavailable`, `failed`, `auth`, `url` or `migration`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable { .. } => "unavailable",
+            StoreError::Failed { .. } => "failed",
+            StoreError::Auth { .. } => "auth",
+            StoreError::Url { .. } => "url",
+            StoreError::Migration { .. } => "migration",
+        }
+    }
 }
 
 /// A lease lock per key with a fencing token.

@@ -39,6 +39,24 @@ impl RedisStores {
             snapshots: save.get(1).is_some_and(|v| !v.trim().is_empty()),
         })
     }
+
+    /// The Redis process's run id (`INFO server`): a new one after every restart.
+    pub async fn run_id(&self) -> Result<String, StoreError> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await?;
+        run_id_of(&info).ok_or_else(|| StoreError::failed("redis", "INFO server has no run_id"))
+    }
+}
+
+/// The `run_id` field of an `INFO` reply.
+fn run_id_of(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("run_id:"))
+        .map(str::to_owned)
+        .filter(|id| !id.is_empty())
 }
 
 /// What the stores of `roles` (`stale`, `lock`, `dedup`) lose when their Redis restarts
@@ -89,5 +107,13 @@ mod tests {
             None,
             "a rate limit loses nothing that matters"
         );
+    }
+
+    #[test]
+    fn the_run_id_is_read_from_info_server() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:4f1c0e5a9b\r\ntcp_port:6379\r\n";
+        assert_eq!(run_id_of(info).as_deref(), Some("4f1c0e5a9b"));
+        assert_eq!(run_id_of("# Server\r\nrun_id:\r\n"), None);
+        assert_eq!(run_id_of("redis_version:7\r\n"), None);
     }
 }
