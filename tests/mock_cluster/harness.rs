@@ -540,12 +540,16 @@ impl Run {
                     return;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "seed {}: not finished within {limit:?}: {missing} records still to apply, {dlq} of {dead} dead letters{}",
-                self.workload.seed,
-                if lagging.is_empty() { String::new() } else { format!("; commits behind: {}", lagging.join("; ")) }
-            );
+            if Instant::now() >= deadline {
+                // What is off, by record.
+                let violations = self.violations().await;
+                panic!(
+                    "seed {}: not finished within {limit:?}: {missing} records still to apply, {dlq} of {dead} dead letters{}; so far:\n  {}",
+                    self.workload.seed,
+                    if lagging.is_empty() { String::new() } else { format!("; commits behind: {}", lagging.join("; ")) },
+                    violations.join("\n  ")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
