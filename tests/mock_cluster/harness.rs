@@ -233,6 +233,8 @@ pub struct Run {
     worker: Option<Running>,
     /// What each stopped worker did.
     pub stats: Vec<WorkerStats>,
+    /// librdkafka properties the workers get besides the run's own.
+    pub kafka: Vec<(String, String)>,
     pub started: Instant,
     /// Last: the cluster goes after the clients above.
     pub target: Target,
@@ -365,6 +367,7 @@ impl Run {
             probe: Arc::new(probe),
             worker: None,
             stats: Vec::new(),
+            kafka: Vec::new(),
             started,
         };
         note!(
@@ -393,6 +396,9 @@ impl Run {
         // through tracing (`RUST_LOG=librdkafka=debug`).
         if let Ok(contexts) = std::env::var("MOCK_CLUSTER_DEBUG") {
             builder = builder.kafka_property("debug", contexts);
+        }
+        for (name, value) in &self.kafka {
+            builder = builder.kafka_property(name, value);
         }
         let worker = builder
             .brokers(self.bootstrap.clone())
