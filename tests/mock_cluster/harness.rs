@@ -289,7 +289,12 @@ impl Run {
             Target::Mock(mock)
         } else {
             let dir = tempfile::tempdir().expect("temp dir");
-            let server = steadfast_testkit::start_server(dir.path()).await;
+            // The workers' session timeout (4.5 s) is below the server's default minimum.
+            let server = steadfast_testkit::server_on(dir.path())
+                .group_min_session_timeout(Duration::from_secs(1))
+                .start()
+                .await
+                .expect("the server starts");
             Target::Embedded { server, _dir: dir }
         };
         let bootstrap = match &target {
