@@ -102,10 +102,10 @@ fn move_leaders(run: &Run, topics: &[String], step: i32) {
 async fn source_partition_leaders_move_mid_run() {
     let run = start("leaders-source", true, Workload::new(seed(), N, KEYS)).await;
     let called = a_third_in(&run).await;
-    move_leaders(&run, &[run.topic.clone()], 1);
+    move_leaders(&run, std::slice::from_ref(&run.topic), 1);
     source_fetched_after(&run, called);
     run.until_called(2 * N / 3, FINISH).await;
-    move_leaders(&run, &[run.topic.clone()], 2);
+    move_leaders(&run, std::slice::from_ref(&run.topic), 2);
     finish(run).await;
 }
 

@@ -30,19 +30,22 @@ enum Command {
     Clear(RDKafkaApiKey),
 }
 
+/// A command and where its answer goes.
+type Request = (Command, mpsc::Sender<Result<(), String>>);
+
 /// A mock cluster on a thread of its own; dropping the handle destroys it.
 #[derive(Debug)]
 pub struct MockKafka {
     bootstrap: String,
     brokers: i32,
-    commands: Option<mpsc::Sender<(Command, mpsc::Sender<Result<(), String>>)>>,
+    commands: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl MockKafka {
     /// A cluster of `brokers` brokers (ids `1..=brokers`).
     pub fn start(brokers: i32) -> MockKafka {
-        let (commands, inbox) = mpsc::channel::<(Command, mpsc::Sender<Result<(), String>>)>();
+        let (commands, inbox) = mpsc::channel::<Request>();
         let (ready, started) = mpsc::channel::<String>();
         let thread = std::thread::Builder::new()
             .name("mock-cluster".to_owned())
