@@ -32,9 +32,30 @@
 //!   (timeouts and retry-afters over its concurrency: most of a minute at concurrency 1).
 //! - `CHAOS_MAX_IN_FLIGHT=N` replaces every drawn `max_in_flight` (a diagnostic, to look
 //!   past a wedge; not a replay).
+//! - `CHAOS_TARGET=mock`: the workers run against librdkafka's mock cluster of three brokers
+//!   (`rdkafka::mocking`), held by the test process, instead of the embedded server; with
+//!   `CHAOS_SEEDS`, `CHAOS_SEED` or the short seeds. Each seed's plan is the same but for the
+//!   server kills, which become two to five mock-cluster faults drawn from the seed
+//!   ([`plan::Plan::on_mock_cluster`]): a broker down and up, partition leaders of the source,
+//!   the tiers or the DLQ moved, a group's coordinator moved, OffsetCommit refused
+//!   (REBALANCE_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, ILLEGAL_GENERATION,
+//!   UNKNOWN_MEMBER_ID), Fetch refused (NOT_LEADER_OR_FOLLOWER), Produce refused
+//!   (NOT_ENOUGH_REPLICAS, REQUEST_TIMED_OUT), seconds of round-trip delay; the checks are
+//!   the same, with a minute more for the lag to drain and for workers to exit
+//!   ([`mock_allowance`]). The mock cluster has no CreateTopics: the test creates the tiers
+//!   and the DLQ. Its request errors are taken by the next requests of that API from any
+//!   client, the test's producer included. Every client keeps one request in flight per
+//!   connection ([`MOCK_KAFKA`]): the mock checks sequence numbers only for transactional
+//!   producers, so behind a refused Produce it writes an idempotent producer's next batch of
+//!   the partition, and librdkafka then takes the refused batch as written (acknowledged
+//!   implicitly, offset -1001) though the mock never wrote it (seen with seed 8: source
+//!   records acknowledged to the test's producer and in no log). `CHAOS_TARGET=mock
+//!   CHAOS_SEED=S` replays a seed there.
 //! - `CHAOS_PLAN_ONLY=1` prints the selected seeds' plans (settings, mix, faults) and runs
 //!   nothing.
 //! - `CHAOS_ONE_GROUP=1` runs group a alone (a diagnostic).
+//! - `CHAOS_KAFKA_DEBUG=<contexts>`: librdkafka's `debug` contexts (`cgrp,broker`, say) for
+//!   the workers' clients, logged with `RUST_LOG=info,librdkafka=debug` (a diagnostic).
 //! - `CHAOS_LOGS=<dir>`: keep every seed's worker logs and run logs there (a failed seed's
 //!   are always kept, and their directory printed). `RUST_LOG` sets the workers' filter.
 
@@ -64,8 +85,10 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use check::{Effect, Observed};
 use infra::{Fleet, PrivatePostgres, ServerProc};
-use plan::{dlq_topic, tier_topic, Fault, Plan, TIERS};
+use plan::{dlq_topic, tier_topic, Fault, Leaders, MockFault, Plan, TIERS};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use roles::WorkerSpec;
+use support::mock::MockKafka;
 use support::PrivateRedis;
 
 /// The seeds of the short mode (CI): between them strict and relaxed groups, concurrency 1
@@ -100,9 +123,10 @@ fn main() {
         return;
     }
     let (seeds, long) = seeds();
+    let mock = on_mock_cluster();
     if std::env::var_os("CHAOS_PLAN_ONLY").is_some() {
         for &seed in &seeds {
-            println!("{}", Plan::new(seed).describe());
+            println!("{}", plan_of(seed, mock).describe());
         }
         return;
     }
@@ -114,7 +138,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let failed = runtime.block_on(run_all(&seeds, long));
+    let failed = runtime.block_on(run_all(&seeds, long, mock));
     if failed.is_empty() {
         println!(
             "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out ({} seed(s))",
@@ -124,8 +148,9 @@ fn main() {
         eprintln!("chaos: {} seed(s) failed:", failed.len());
         for (seed, names) in &failed {
             eprintln!(
-                "  seed {seed} ({}): replay with CHAOS_SEED={seed} cargo test --test chaos",
-                names.join(", ")
+                "  seed {seed} ({}): replay with {}CHAOS_SEED={seed} cargo test --test chaos",
+                names.join(", "),
+                if mock { "CHAOS_TARGET=mock " } else { "" }
             );
         }
         println!("test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
@@ -180,6 +205,25 @@ fn selected() -> bool {
         && !skip.iter().any(|s| name.contains(s.as_str()))
 }
 
+/// Whether `CHAOS_TARGET` names the mock cluster (`mock`) rather than the embedded server
+/// (`server`, the default).
+fn on_mock_cluster() -> bool {
+    match std::env::var("CHAOS_TARGET").as_deref() {
+        Err(_) | Ok("server") => false,
+        Ok("mock") => true,
+        Ok(other) => panic!("CHAOS_TARGET={other:?}: expected `server` or `mock`"),
+    }
+}
+
+/// The plan of `seed` against the target.
+fn plan_of(seed: u64, mock: bool) -> Plan {
+    if mock {
+        Plan::on_mock_cluster(seed)
+    } else {
+        Plan::new(seed)
+    }
+}
+
 /// The seeds to run, and whether this is the long mode.
 fn seeds() -> (Vec<u64>, bool) {
     let var = |name: &str| {
@@ -204,31 +248,60 @@ fn seeds() -> (Vec<u64>, bool) {
     (SHORT_SEEDS.to_vec(), false)
 }
 
+/// What the workers run against.
+enum Cluster {
+    /// The embedded server, a child process.
+    Server(ServerProc),
+    /// librdkafka's mock cluster of three brokers, in this process.
+    Mock(MockKafka),
+}
+
 /// The services every seed of the run shares (each seed has its own topic, groups, schemas
 /// and key prefixes).
 struct Infra {
-    server: ServerProc,
+    cluster: Cluster,
     redis: PrivateRedis,
     postgres: PrivatePostgres,
     dir: tempfile::TempDir,
 }
 
+impl Infra {
+    fn bootstrap(&self) -> String {
+        match &self.cluster {
+            Cluster::Server(s) => s.bootstrap(),
+            Cluster::Mock(m) => m.bootstrap(),
+        }
+    }
+}
+
 /// Runs every seed; returns the failed ones with the invariants they broke.
-async fn run_all(seeds: &[u64], long: bool) -> Vec<(u64, Vec<String>)> {
+async fn run_all(seeds: &[u64], long: bool, mock: bool) -> Vec<(u64, Vec<String>)> {
     let started = Instant::now();
     let mut infra = tokio::task::block_in_place(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = ServerProc::start(&dir.path().join("data"), &dir.path().join("server.log"));
+        let cluster = if mock {
+            Cluster::Mock(MockKafka::start(3))
+        } else {
+            Cluster::Server(ServerProc::start(
+                &dir.path().join("data"),
+                &dir.path().join("server.log"),
+            ))
+        };
         Infra {
-            server,
+            cluster,
             redis: PrivateRedis::start(),
             postgres: PrivatePostgres::start(),
             dir,
         }
     });
     println!(
-        "chaos: server {}, redis {}, postgres {} up in {:.1} s",
-        infra.server.bootstrap(),
+        "chaos: {} {}, redis {}, postgres {} up in {:.1} s",
+        if mock {
+            "mock cluster (3 brokers)"
+        } else {
+            "server"
+        },
+        infra.bootstrap(),
         infra.redis.url(),
         infra.postgres.url(),
         started.elapsed().as_secs_f64()
@@ -236,16 +309,17 @@ async fn run_all(seeds: &[u64], long: bool) -> Vec<(u64, Vec<String>)> {
     let mut failed = Vec::new();
     for &seed in seeds {
         let t = Instant::now();
-        match run_seed(&mut infra, seed).await {
+        match run_seed(&mut infra, seed, mock).await {
             Ok(summary) => println!(
                 "[seed {seed}] ok in {:.1} s: {summary}",
                 t.elapsed().as_secs_f64()
             ),
             Err(failure) => {
                 eprintln!(
-                    "\n[seed {seed}] FAILED after {:.1} s\n{}\nreplay: CHAOS_SEED={seed} cargo test --test chaos\n",
+                    "\n[seed {seed}] FAILED after {:.1} s\n{}\nreplay: {}CHAOS_SEED={seed} cargo test --test chaos\n",
                     t.elapsed().as_secs_f64(),
-                    failure.text
+                    failure.text,
+                    if mock { "CHAOS_TARGET=mock " } else { "" }
                 );
                 failed.push((seed, failure.invariants));
                 if !long {
@@ -270,20 +344,35 @@ struct Failure {
 }
 
 /// One seed, start to end.
-async fn run_seed(infra: &mut Infra, seed: u64) -> Result<String, Failure> {
-    let plan = Plan::new(seed);
+async fn run_seed(infra: &mut Infra, seed: u64, mock: bool) -> Result<String, Failure> {
+    let plan = plan_of(seed, mock);
     println!("[seed {seed}] {}", plan.describe());
     let nonce = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let topic = format!("chaos-{seed}-{nonce}");
     let groups = [format!("ca-{nonce}"), format!("cb-{nonce}")];
     let schema = format!("chaos_{nonce}");
-    let bootstrap = infra.server.bootstrap();
+    let bootstrap = infra.bootstrap();
     let logs = match std::env::var_os("CHAOS_LOGS") {
         Some(d) => PathBuf::from(d).join(format!("seed-{seed}-{nonce}")),
         None => infra.dir.path().join(format!("seed-{seed}")),
     };
     std::fs::create_dir_all(&logs).expect("logs dir");
-    support::create_topic(&bootstrap, &topic, plan.partitions).await;
+    match &infra.cluster {
+        Cluster::Server(_) => support::create_topic(&bootstrap, &topic, plan.partitions).await,
+        // No CreateTopics on the mock: every topic a worker would create is made here.
+        Cluster::Mock(m) => {
+            for t in std::iter::once(topic.clone())
+                .chain(
+                    groups
+                        .iter()
+                        .flat_map(|g| (1..=TIERS).map(|n| tier_topic(&topic, g, n))),
+                )
+                .chain([dlq_topic(&topic)])
+            {
+                m.create_topic(&t, plan.partitions);
+            }
+        }
+    }
     let db = connect(&infra.postgres.url()).await;
     db.batch_execute(&format!(
         "CREATE SCHEMA {schema};
@@ -306,6 +395,14 @@ async fn run_seed(infra: &mut Infra, seed: u64) -> Result<String, Failure> {
         runs_file: PathBuf::new(),
         observe: String::new(),
         settings: plan.groups[g].clone(),
+        kafka: if mock {
+            MOCK_KAFKA
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        } else {
+            Vec::new()
+        },
     };
     let mut fleet = Fleet {
         logs: logs.clone(),
@@ -335,6 +432,7 @@ async fn run_seed(infra: &mut Infra, seed: u64) -> Result<String, Failure> {
             .map(|r| (r.key.clone(), r.payload.clone()))
             .collect(),
         Duration::from_millis(plan.produce_ms),
+        if mock { MOCK_KAFKA } else { &[] },
     ));
 
     // The fault schedule.
@@ -343,8 +441,12 @@ async fn run_seed(infra: &mut Infra, seed: u64) -> Result<String, Failure> {
         if fault.group().is_some_and(|g| g >= active) {
             continue;
         }
-        let what = apply(infra, &mut fleet, fault).await;
+        let what = apply(infra, &mut fleet, fault, &topic, &plan).await;
         println!("[seed {seed}] {:>5.1} s: {what}", at(Instant::now()));
+    }
+    if let Cluster::Mock(m) = &infra.cluster {
+        // Whatever the last faults left behind ends here.
+        tokio::task::block_in_place(|| clear_mock_faults(m));
     }
     for g in 0..active {
         if fleet.live(g).is_empty() {
@@ -385,7 +487,8 @@ async fn run_seed(infra: &mut Infra, seed: u64) -> Result<String, Failure> {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(60),
-    ) + Duration::from_millis(2 * waiting);
+    ) + Duration::from_millis(2 * waiting)
+        + mock_allowance(mock);
     let deadline = Instant::now() + drain;
     let mut clean = 0;
     let mut last_print = Instant::now();
@@ -436,7 +539,9 @@ async fn run_seed(infra: &mut Infra, seed: u64) -> Result<String, Failure> {
 
     // Every worker drains and exits 0.
     fleet.term_all();
-    let exits = tokio::task::block_in_place(|| fleet.bad_exits(Duration::from_secs(30)));
+    let exits = tokio::task::block_in_place(|| {
+        fleet.bad_exits(Duration::from_secs(30) + mock_allowance(mock))
+    });
     if !exits.is_empty() {
         return Err(fail(
             seed,
@@ -492,7 +597,13 @@ async fn run_seed(infra: &mut Infra, seed: u64) -> Result<String, Failure> {
 }
 
 /// Carries out one fault; says what it did.
-async fn apply(infra: &mut Infra, fleet: &mut Fleet, fault: &Fault) -> String {
+async fn apply(
+    infra: &mut Infra,
+    fleet: &mut Fleet,
+    fault: &Fault,
+    topic: &str,
+    plan: &Plan,
+) -> String {
     let pick = |fleet: &Fleet, group: usize, pick: u32| {
         let live = fleet.live(group);
         (!live.is_empty()).then(|| live[pick as usize % live.len()].name.clone())
@@ -519,12 +630,23 @@ async fn apply(infra: &mut Infra, fleet: &mut Fleet, fault: &Fault) -> String {
                 format!("started worker {}", fleet.spawn(group))
             }
         }
-        Fault::KillServer { down_ms } => {
-            tokio::task::block_in_place(|| infra.server.kill());
-            tokio::time::sleep(Duration::from_millis(down_ms)).await;
-            tokio::task::block_in_place(|| infra.server.restart());
-            format!("SIGKILLed the server; restarted it after {down_ms} ms")
-        }
+        Fault::KillServer { down_ms } => match &mut infra.cluster {
+            Cluster::Server(server) => {
+                tokio::task::block_in_place(|| server.kill());
+                tokio::time::sleep(Duration::from_millis(down_ms)).await;
+                tokio::task::block_in_place(|| server.restart());
+                format!("SIGKILLed the server; restarted it after {down_ms} ms")
+            }
+            Cluster::Mock(_) => format!("{fault}: no server (mock cluster), skipped"),
+        },
+        Fault::Mock(ref m) => match &infra.cluster {
+            Cluster::Mock(cluster) => {
+                let groups = [fleet.specs[0].group.clone(), fleet.specs[1].group.clone()];
+                apply_mock(cluster, m, topic, &groups, plan.partitions).await;
+                m.to_string()
+            }
+            Cluster::Server(_) => format!("{fault}: no mock cluster, skipped"),
+        },
         Fault::RestartRedis { down_ms } => {
             tokio::task::block_in_place(|| infra.redis.kill());
             tokio::time::sleep(Duration::from_millis(down_ms)).await;
@@ -537,6 +659,106 @@ async fn apply(infra: &mut Infra, fleet: &mut Fleet, fault: &Fault) -> String {
             tokio::task::block_in_place(|| infra.postgres.restart());
             format!("crashed Postgres; restarted it after {down_ms} ms")
         }
+    }
+}
+
+/// The librdkafka properties of every client on the mock cluster (see the header).
+const MOCK_KAFKA: &[(&str, &str)] = &[("max.in.flight.requests.per.connection", "1")];
+
+/// How much longer the lag may take to drain, and a worker to exit, on the mock cluster:
+/// librdkafka's `socket.timeout.ms` (60 s). A request in flight when a mock broker goes down
+/// can go unanswered until then (seen: a worker's Fetch, its partition not fetched for a
+/// minute), as over a network partition rather than a crashed broker.
+fn mock_allowance(mock: bool) -> Duration {
+    if mock {
+        Duration::from_secs(60)
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// Carries out a mock-cluster fault on `topic` (its groups' tiers, its DLQ) and `groups`.
+async fn apply_mock(
+    cluster: &MockKafka,
+    fault: &MockFault,
+    topic: &str,
+    groups: &[String; 2],
+    partitions: i32,
+) {
+    match *fault {
+        MockFault::BrokerDown { broker, down_ms } => {
+            tokio::task::block_in_place(|| cluster.down(broker));
+            tokio::time::sleep(Duration::from_millis(down_ms)).await;
+            tokio::task::block_in_place(|| cluster.up(broker));
+        }
+        MockFault::LeadersMove { which, step } => {
+            let topics: Vec<String> = match which {
+                Leaders::Source => vec![topic.to_owned()],
+                Leaders::Tiers => groups
+                    .iter()
+                    .flat_map(|g| (1..=TIERS).map(move |n| tier_topic(topic, g, n)))
+                    .collect(),
+                Leaders::DeadLetters => vec![dlq_topic(topic)],
+            };
+            tokio::task::block_in_place(|| {
+                for t in &topics {
+                    for p in 0..partitions {
+                        cluster.leader(t, p, (p + step) % 3 + 1);
+                    }
+                }
+            });
+        }
+        MockFault::CoordinatorMove { group, broker } => {
+            tokio::task::block_in_place(|| cluster.coordinator(&groups[group], broker));
+        }
+        MockFault::CommitRefused { error, count } => tokio::task::block_in_place(|| {
+            cluster.request_errors(
+                RDKafkaApiKey::OffsetCommit,
+                &vec![broker_error(error); count],
+            );
+        }),
+        MockFault::FetchRefused { count } => tokio::task::block_in_place(|| {
+            cluster.request_errors(
+                RDKafkaApiKey::Fetch,
+                &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; count],
+            );
+        }),
+        MockFault::ProduceRefused { error, count } => tokio::task::block_in_place(|| {
+            cluster.request_errors(RDKafkaApiKey::Produce, &vec![broker_error(error); count]);
+        }),
+        MockFault::RoundTrip { ms, for_ms } => {
+            tokio::task::block_in_place(|| cluster.round_trip(-1, Duration::from_millis(ms)));
+            tokio::time::sleep(Duration::from_millis(for_ms)).await;
+            tokio::task::block_in_place(|| cluster.round_trip(-1, Duration::ZERO));
+        }
+    }
+}
+
+/// The broker error a mock fault names.
+fn broker_error(name: &str) -> RDKafkaRespErr {
+    match name {
+        "REBALANCE_IN_PROGRESS" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS,
+        "COORDINATOR_NOT_AVAILABLE" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+        "ILLEGAL_GENERATION" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION,
+        "UNKNOWN_MEMBER_ID" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID,
+        "NOT_ENOUGH_REPLICAS" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        "REQUEST_TIMED_OUT" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        other => panic!("no broker error {other}"),
+    }
+}
+
+/// Every broker up, no delay, no request error left pending.
+fn clear_mock_faults(cluster: &MockKafka) {
+    for broker in cluster.brokers() {
+        cluster.up(broker);
+    }
+    cluster.round_trip(-1, Duration::ZERO);
+    for api in [
+        RDKafkaApiKey::OffsetCommit,
+        RDKafkaApiKey::Fetch,
+        RDKafkaApiKey::Produce,
+    ] {
+        cluster.clear_request_errors(api);
     }
 }
 
@@ -623,20 +845,24 @@ async fn effects_count(url: &str, schema: &str) -> String {
     }
 }
 
-/// Produces `records` (key, payload) in order, paced evenly over `over`; returns each
-/// record's (partition, offset).
+/// Produces `records` (key, payload) in order, paced evenly over `over`, with the extra
+/// librdkafka `settings`; returns each record's (partition, offset).
 async fn produce(
     bootstrap: String,
     topic: String,
     records: Vec<(String, Vec<u8>)>,
     over: Duration,
+    settings: &'static [(&'static str, &'static str)],
 ) -> Vec<(i32, i64)> {
-    let producer: FutureProducer = support::client(&bootstrap)
+    let mut config = support::client(&bootstrap);
+    config
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "120000")
-        .create()
-        .expect("producer");
+        .set("message.timeout.ms", "120000");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let producer: FutureProducer = config.create().expect("producer");
     let ticks = 40;
     let per_tick = records.len().div_ceil(ticks);
     let mut interval = tokio::time::interval(over / ticks as u32);

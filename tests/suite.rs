@@ -23,6 +23,8 @@ mod docker_compose;
 mod first_contact;
 #[path = "ledger_end_to_end.rs"]
 mod ledger_end_to_end;
+#[path = "mock_cluster.rs"]
+mod mock_cluster;
 #[path = "observe.rs"]
 mod observe;
 #[path = "outages.rs"]

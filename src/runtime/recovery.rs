@@ -250,6 +250,12 @@ type Start = ((String, i32), Option<i64>);
 
 /// The first offset of each target at or after its time (`None`: nothing that recent; a time
 /// of `i64::MIN`: from the log start).
+///
+/// "Nothing that recent" is believed only from a broker that answers a lookup by time: a
+/// target so answered is looked up again at time 0, which finds the first record of a
+/// partition that has one. One that finds nothing there either is read from its start: it is
+/// empty (nothing to read), or its broker ignores the time (librdkafka's mock cluster answers
+/// every lookup by time with -1) and would otherwise hide every copy made since the commit.
 fn starts_at_time(
     consumer: &BaseConsumer,
     targets: &BTreeMap<(String, i32), i64>,
@@ -267,19 +273,31 @@ fn starts_at_time(
         return Ok(out);
     }
     let found = consumer.offsets_for_times(tpl, Duration::from_secs(10))?;
+    let mut nothing_since = TopicPartitionList::new();
     for ((topic, partition), since) in targets {
         if *since == i64::MIN {
             continue;
         }
-        let start = found
-            .find_partition(topic, *partition)
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                // Nothing that recent: nothing to read.
-                _ => None,
-            })
-            .unwrap_or(Some(0));
-        out.push(((topic.clone(), *partition), start));
+        match found.find_partition(topic, *partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => out.push(((topic.clone(), *partition), Some(o))),
+            // Nothing that recent, if the broker answers lookups by time: asked below.
+            Some(_) => nothing_since.add_partition_offset(topic, *partition, Offset::Offset(0))?,
+            None => out.push(((topic.clone(), *partition), Some(0))),
+        }
+    }
+    if nothing_since.count() == 0 {
+        return Ok(out);
+    }
+    let first = consumer.offsets_for_times(nothing_since.clone(), Duration::from_secs(10))?;
+    for e in nothing_since.elements() {
+        let answers_times = matches!(
+            first
+                .find_partition(e.topic(), e.partition())
+                .map(|f| f.offset()),
+            Some(Offset::Offset(_))
+        );
+        let start = (!answers_times).then_some(0);
+        out.push(((e.topic().to_owned(), e.partition()), start));
     }
     Ok(out)
 }
@@ -331,4 +349,86 @@ fn read_to_end(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+
+    use super::*;
+    use crate::server::Server;
+
+    const TOPIC: &str = "copies";
+
+    /// Produces one record to partition 0 of `TOPIC`.
+    fn produce_one(bootstrap: &str) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .expect("a producer");
+        producer
+            .send(
+                BaseRecord::<[u8], [u8]>::to(TOPIC)
+                    .partition(0)
+                    .payload(b"copy"),
+            )
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        producer
+            .flush(Duration::from_secs(10))
+            .expect("acknowledged");
+    }
+
+    /// Where a read-back starts reading partition 0 of `TOPIC` for copies made since `since`.
+    fn start_since(bootstrap: &str, since: i64) -> Option<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "read-back")
+            .create()
+            .expect("a consumer");
+        let targets = BTreeMap::from([((TOPIC.to_owned(), 0), since)]);
+        let starts = starts_at_time(&consumer, &targets).expect("looked up");
+        assert_eq!(starts.len(), 1);
+        starts[0].1
+    }
+
+    fn now_ms() -> i64 {
+        crate::policy::now_ms()
+    }
+
+    /// librdkafka's mock cluster answers every lookup by time with -1: believed, the copy
+    /// made a minute after `since` would be missed and its record routed again.
+    #[test]
+    fn a_partition_of_a_broker_that_ignores_the_time_is_read_from_its_start() {
+        let mock = MockCluster::new(1).expect("a mock cluster");
+        mock.create_topic(TOPIC, 1, 1).expect("topic");
+        let bootstrap = mock.bootstrap_servers();
+        produce_one(&bootstrap);
+        assert_eq!(start_since(&bootstrap, now_ms() - 60_000), Some(0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_that_answers_times_is_believed_when_nothing_is_that_recent() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let server = Server::builder()
+            .listen("127.0.0.1:0")
+            .data_dir(dir.path())
+            .auto_create_topics(true)
+            .default_partitions(1)
+            .start()
+            .await
+            .expect("the server starts");
+        let bootstrap = server.local_addr().to_string();
+        let (recent, future) = tokio::task::block_in_place(|| {
+            produce_one(&bootstrap);
+            (
+                start_since(&bootstrap, now_ms() - 60_000),
+                start_since(&bootstrap, now_ms() + 60_000),
+            )
+        });
+        assert_eq!(recent, Some(0), "the copy made since is read");
+        assert_eq!(future, None, "nothing that recent: nothing read");
+        server.shutdown().await;
+    }
 }

@@ -152,7 +152,7 @@ pub fn check(
                             .unwrap_or_default();
                         v.add(
                             "applied exactly once",
-                            format!("{tag}: {id} (tiers passed: {tier}) applied {times} times {by:?}, expected once{}", if letters.is_empty() { String::new() } else { format!("; dead-lettered as {classes:?}") }),
+                            format!("{tag}: {id} (tiers passed: {tier}; delivered at partition {} offset {}) applied {times} times {by:?}, expected once{}", first_at.get(id.as_str()).map_or(-1, |a| a.0), first_at.get(id.as_str()).map_or(-1, |a| a.1), if letters.is_empty() { String::new() } else { format!("; dead-lettered as {classes:?}") }),
                         );
                     }
                     if let Some(e) = applied.get(id.as_str()).and_then(|es| es.first()) {

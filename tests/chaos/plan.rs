@@ -115,6 +115,80 @@ pub enum Fault {
     RestartRedis { down_ms: u64 },
     /// Crash the private Postgres (`pg_ctl stop -m immediate`), start it after `down_ms`.
     RestartPostgres { down_ms: u64 },
+    /// A fault of the mock cluster (`CHAOS_TARGET=mock`).
+    Mock(MockFault),
+}
+
+/// Where a mock fault moves partition leaders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaders {
+    /// The source topic's partitions.
+    Source,
+    /// Both groups' retry tiers.
+    Tiers,
+    /// The dead-letter topic's.
+    DeadLetters,
+}
+
+/// A fault of librdkafka's mock cluster (three brokers, ids 1 to 3), which the chaos test
+/// holds in its own process with `CHAOS_TARGET=mock`. Request errors are the cluster's: the
+/// next requests of that API from any client (workers, the test's producer) take them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MockFault {
+    /// The broker refuses connections (its leaderships stay) for `down_ms`.
+    BrokerDown { broker: i32, down_ms: u64 },
+    /// Partition `p` of the topics gets broker `(p + step) % 3 + 1` as its leader.
+    LeadersMove { which: Leaders, step: i32 },
+    /// The group's coordinator moves to `broker`.
+    CoordinatorMove { group: usize, broker: i32 },
+    /// The next `count` OffsetCommit requests fail with `error`.
+    CommitRefused { error: &'static str, count: usize },
+    /// The next `count` Fetch requests fail with NOT_LEADER_OR_FOLLOWER.
+    FetchRefused { count: usize },
+    /// The next `count` Produce requests fail with `error`.
+    ProduceRefused { error: &'static str, count: usize },
+    /// Every broker answers `ms` late, for `for_ms`.
+    RoundTrip { ms: u64, for_ms: u64 },
+}
+
+/// The OffsetCommit errors a mock fault draws from.
+pub const COMMIT_ERRORS: [&str; 4] = [
+    "REBALANCE_IN_PROGRESS",
+    "COORDINATOR_NOT_AVAILABLE",
+    "ILLEGAL_GENERATION",
+    "UNKNOWN_MEMBER_ID",
+];
+
+/// The Produce errors a mock fault draws from.
+pub const PRODUCE_ERRORS: [&str; 2] = ["NOT_ENOUGH_REPLICAS", "REQUEST_TIMED_OUT"];
+
+impl std::fmt::Display for MockFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = |i: &usize| if *i == 0 { "a" } else { "b" };
+        match self {
+            MockFault::BrokerDown { broker, down_ms } => {
+                write!(f, "mock: broker {broker} down {down_ms} ms")
+            }
+            MockFault::LeadersMove { which, step } => {
+                write!(f, "mock: leaders of {which:?} move by {step}")
+            }
+            MockFault::CoordinatorMove { group, broker } => {
+                write!(f, "mock: coordinator of {} to broker {broker}", g(group))
+            }
+            MockFault::CommitRefused { error, count } => {
+                write!(f, "mock: {count} OffsetCommit refused with {error}")
+            }
+            MockFault::FetchRefused { count } => {
+                write!(f, "mock: {count} Fetch refused with NOT_LEADER_OR_FOLLOWER")
+            }
+            MockFault::ProduceRefused { error, count } => {
+                write!(f, "mock: {count} Produce refused with {error}")
+            }
+            MockFault::RoundTrip { ms, for_ms } => {
+                write!(f, "mock: round trips {ms} ms late for {for_ms} ms")
+            }
+        }
+    }
 }
 
 impl Fault {
@@ -141,6 +215,7 @@ impl std::fmt::Display for Fault {
             Fault::RestartPostgres { down_ms } => {
                 write!(f, "crash Postgres, down {down_ms} ms")
             }
+            Fault::Mock(m) => m.fmt(f),
         }
     }
 }
@@ -195,6 +270,20 @@ impl Plan {
             groups,
             faults,
         }
+    }
+
+    /// The plan of `seed` against the mock cluster: the same workload, settings and worker,
+    /// Redis and Postgres faults; instead of server kills (the mock cluster is not a process
+    /// to kill), two to five mock-cluster faults drawn from the seed apart from the rest (so
+    /// the plan against the server stays what it was).
+    pub fn on_mock_cluster(seed: u64) -> Plan {
+        let mut plan = Plan::new(seed);
+        plan.faults
+            .retain(|(_, f)| !matches!(f, Fault::KillServer { .. }));
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x6d6f_636b_5f63_6c75);
+        plan.faults.extend(mock_schedule(&mut rng, plan.produce_ms));
+        plan.faults.sort_by_key(|(at, _)| *at);
+        plan
     }
 
     /// Handler time of group `g` that no concurrency shortens below `total / concurrency`:
@@ -551,4 +640,46 @@ fn schedule(rng: &mut StdRng, produce_ms: u64) -> Vec<(u64, Fault)> {
     }
     faults.sort_by_key(|(at, _)| *at);
     faults
+}
+
+/// Two to five mock-cluster faults in the production window and a little after it.
+fn mock_schedule(rng: &mut StdRng, produce_ms: u64) -> Vec<(u64, Fault)> {
+    let n = rng.random_range(2..=5);
+    (0..n)
+        .map(|_| {
+            let at = rng.random_range(500..=produce_ms + 3_000);
+            let fault = match rng.random_range(0..7) {
+                // Shorter than the workers' session timeout (4 s).
+                0 => MockFault::BrokerDown {
+                    broker: rng.random_range(1..=3),
+                    down_ms: rng.random_range(500..=3_000),
+                },
+                1 => MockFault::LeadersMove {
+                    which: [Leaders::Source, Leaders::Tiers, Leaders::DeadLetters]
+                        [rng.random_range(0..3)],
+                    step: rng.random_range(1..=2),
+                },
+                2 => MockFault::CoordinatorMove {
+                    group: rng.random_range(0..2),
+                    broker: rng.random_range(1..=3),
+                },
+                3 => MockFault::CommitRefused {
+                    error: COMMIT_ERRORS[rng.random_range(0..COMMIT_ERRORS.len())],
+                    count: rng.random_range(1..=2),
+                },
+                4 => MockFault::FetchRefused {
+                    count: rng.random_range(1..=5),
+                },
+                5 => MockFault::ProduceRefused {
+                    error: PRODUCE_ERRORS[rng.random_range(0..PRODUCE_ERRORS.len())],
+                    count: rng.random_range(1..=5),
+                },
+                _ => MockFault::RoundTrip {
+                    ms: rng.random_range(500..=2_000),
+                    for_ms: rng.random_range(1_000..=4_000),
+                },
+            };
+            (at, Fault::Mock(fault))
+        })
+        .collect()
 }

@@ -32,6 +32,9 @@ pub struct WorkerSpec {
     pub runs_file: PathBuf,
     pub observe: String,
     pub settings: GroupSettings,
+    /// librdkafka properties besides the worker's own.
+    #[serde(default)]
+    pub kafka: Vec<(String, String)>,
 }
 
 /// Nanoseconds since the epoch: the clock every process of the run shares.
@@ -211,8 +214,17 @@ pub fn worker_main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let mut builder = Worker::builder();
+    // A diagnostic: librdkafka's debug contexts (`cgrp,broker`, say) for the worker's clients,
+    // logged with `RUST_LOG=...,librdkafka=debug`.
+    if let Ok(contexts) = std::env::var("CHAOS_KAFKA_DEBUG") {
+        builder = builder.kafka_property("debug", contexts);
+    }
+    for (name, value) in &spec.kafka {
+        builder = builder.kafka_property(name, value);
+    }
     let result = runtime.block_on(
-        Worker::builder()
+        builder
             .brokers(&spec.bootstrap)
             .topic(&spec.topic)
             .group(&spec.group)

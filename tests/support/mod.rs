@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use steadfast::message::Json;
 use steadfast::{Context, Handler, HandlerError, Message};
 
+pub mod mock;
+
 /// A test event: its key, its sequence number within the key, and what the handler does.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Event {
@@ -240,6 +242,42 @@ pub async fn produce_to(
     }
 }
 
+/// Produces raw records (key, payload) in order, each to the partition its key hashes to, in
+/// batches of at most `batch` records (small batches make a consumer with a small fetch size
+/// fetch all along a run rather than everything at once); returns each record's (partition,
+/// offset).
+pub async fn produce_keyed(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(Vec<u8>, Vec<u8>)],
+    batch: usize,
+) -> Vec<(i32, i64)> {
+    let producer: FutureProducer = client(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", batch.to_string())
+        .create()
+        .expect("producer");
+    let mut pending = Vec::with_capacity(records.len());
+    for (key, payload) in records {
+        let record = FutureRecord::to(topic)
+            .key(key.as_slice())
+            .payload(payload.as_slice());
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("queued"),
+        );
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        let d = p.await.expect("delivery").expect("acknowledged");
+        out.push((d.partition, d.offset));
+    }
+    out
+}
+
 /// Produces events as JSON to partition 0 of `topic`, in order.
 pub async fn produce(bootstrap: &str, topic: &str, events: &[Event]) {
     let records: Vec<(Vec<u8>, Vec<u8>)> = events
@@ -335,6 +373,18 @@ pub fn log_end(bootstrap: &str, topic: &str) -> i64 {
 pub async fn eventually(limit: Duration, what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls the asynchronous `check` until it holds or panics after `limit`.
+pub async fn eventually_async<F>(limit: Duration, what: &str, mut check: impl FnMut() -> F)
+where
+    F: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -40,6 +40,7 @@ pub(super) struct Pace {
 /// The consume loop's state.
 pub(super) struct ConsumeLoop<'a> {
     consumer: &'a WorkerConsumer,
+    committer: Committer,
     shared: &'a Arc<Shared>,
     shutdown: &'a CancellationToken,
     commit_tick: Interval,
@@ -57,7 +58,7 @@ pub(super) struct ConsumeLoop<'a> {
 impl<'a> ConsumeLoop<'a> {
     /// A loop over `consumer` until `shutdown`, at `pace`.
     pub(super) fn new(
-        consumer: &'a WorkerConsumer,
+        consumer: &'a Arc<WorkerConsumer>,
         shared: &'a Arc<Shared>,
         shutdown: &'a CancellationToken,
         pace: Pace,
@@ -67,7 +68,11 @@ impl<'a> ConsumeLoop<'a> {
         let mut commit_tick = tokio::time::interval(pace.commit_interval);
         commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ConsumeLoop {
-            consumer,
+            consumer: consumer.as_ref(),
+            committer: Committer {
+                consumer: consumer.clone(),
+                running: None,
+            },
             shared,
             shutdown,
             commit_tick,
@@ -117,7 +122,7 @@ impl<'a> ConsumeLoop<'a> {
                 shared.set_breaker_open(open);
                 apply_control(consumer, shared);
             }
-            _ = self.commit_tick.tick() => commit(consumer, shared, CommitMode::Async, false),
+            _ = self.commit_tick.tick() => self.committer.commit(shared),
             _ = tokio::time::sleep_until(stall_at.into()) => {
                 shared.set_stalled(true);
                 apply_control(consumer, shared);
@@ -155,7 +160,7 @@ impl<'a> ConsumeLoop<'a> {
     /// A commit tick: commits, refreshes the gauges, reports keys parked too long, and reads
     /// the retry tiers' lag when it is time.
     fn on_tick(&mut self) {
-        commit(self.consumer, self.shared, CommitMode::Async, false);
+        self.committer.commit(self.shared);
         refresh_gauges(self.shared);
         self.shared.report_long_parked(Instant::now());
         if let Some(reader) = &self.lag_reader {
@@ -163,6 +168,13 @@ impl<'a> ConsumeLoop<'a> {
                 self.lag_read_at = Instant::now();
                 refresh_tier_lag(self.shared, reader);
             }
+        }
+    }
+
+    /// Waits for the commit under way, if any (before the final commit at shutdown).
+    pub(super) async fn finish_commits(&mut self) {
+        if let Some(running) = self.committer.running.take() {
+            let _ = running.await;
         }
     }
 
@@ -228,6 +240,38 @@ fn apply_control(consumer: &WorkerConsumer, shared: &Shared) {
         if let Err(e) = consumer.resume(&resume) {
             tracing::warn!(error = %e, "resume failed");
         }
+    }
+}
+
+/// The loop's periodic commits: synchronous, on a blocking thread, one at a time, so that
+/// the loop goes on meanwhile and a commit the broker refuses is known and made again at the
+/// next tick. (librdkafka reports the failure of an asynchronous manual commit only in its
+/// log: a refused commit counted as made, and a partition whose last commit was refused kept
+/// its lag, and replayed more after a crash, until its commit point moved again.)
+struct Committer {
+    consumer: Arc<WorkerConsumer>,
+    /// The commit under way.
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Committer {
+    /// Commits what changed since the last commit, unless a commit is still under way (what
+    /// changed meanwhile is taken at a later tick).
+    fn commit(&mut self, shared: &Arc<Shared>) {
+        if self.running.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
+        let commits = shared.take_commits(false);
+        if commits.is_empty() {
+            return;
+        }
+        let (consumer, shared) = (self.consumer.clone(), shared.clone());
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = consumer.commit(&commit_list(&commits), CommitMode::Sync) {
+                tracing::warn!(error = %e, "commit failed; trying again at the next interval");
+                shared.forget_commits();
+            }
+        }));
     }
 }
 

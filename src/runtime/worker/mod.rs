@@ -200,16 +200,18 @@ impl<H: Handler> Worker<H> {
         let dispatcher = Dispatcher::with_topology(limits, topics.topology());
         let shared = Arc::new(Shared::new(dispatcher, parts));
         let _ = observed.started.set(shared.clone());
-        let consumer = self.subscribe(&topics, &group, limits, &shared)?;
+        let consumer = Arc::new(self.subscribe(&topics, &group, limits, &shared)?);
         let lag_reader = self.lag_reader(&topics, &group);
         let pace = Pace {
             commit_interval: Duration::from_millis(self.config.commit_interval_ms),
             lag_interval: Duration::from_millis(self.config.observe.lag_interval_ms),
         };
         let breaker = guards.breaker.as_ref().map(policy::Breaker::watch);
-        ConsumeLoop::new(&consumer, &shared, &shutdown, pace, breaker, lag_reader)
-            .run()
-            .await;
+        let mut consume =
+            ConsumeLoop::new(&consumer, &shared, &shutdown, pace, breaker, lag_reader);
+        consume.run().await;
+        consume.finish_commits().await;
+        drop(consume);
         Ok(self
             .close(consumer, &shared, &handler_shutdown, &worker_stopped)
             .await)
@@ -380,7 +382,7 @@ impl<H: Handler> Worker<H> {
     /// and ends the held-record timers and read-backs; returns what the worker did.
     async fn close(
         &self,
-        consumer: WorkerConsumer,
+        consumer: Arc<WorkerConsumer>,
         shared: &Arc<Shared>,
         handler_shutdown: &CancellationToken,
         worker_stopped: &CancellationToken,
