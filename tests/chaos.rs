@@ -887,12 +887,7 @@ async fn produce(
             );
         }
     }
-    let mut out = Vec::with_capacity(pending.len());
-    for p in pending {
-        let d = p.await.expect("delivery").expect("acknowledged");
-        out.push((d.partition, d.offset));
-    }
-    out
+    support::acknowledged(pending).await
 }
 
 /// What a producer could write to pass a source record off as a copy: the last tier, its

@@ -270,6 +270,13 @@ pub async fn produce_keyed(
                 .expect("queued"),
         );
     }
+    acknowledged(pending).await
+}
+
+/// Waits for every produce of `pending` to be acknowledged: each record's partition and offset.
+pub async fn acknowledged(
+    pending: Vec<rdkafka::producer::future_producer::DeliveryFuture>,
+) -> Vec<(i32, i64)> {
     let mut out = Vec::with_capacity(pending.len());
     for p in pending {
         let d = p.await.expect("delivery").expect("acknowledged");
