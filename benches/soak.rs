@@ -1281,12 +1281,6 @@ fn run(s: &Settings, dir: &Path, key_prefix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The allocator the project's own binaries ship with (the CLI, the `ledger` example), so
-/// that the server and worker processes measured here are what a user runs. With glibc
-/// malloc instead, RSS creeps through per-thread arenas (BENCHMARKS.md, "Soak").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
