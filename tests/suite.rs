@@ -9,6 +9,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "combined_guards.rs"]
+mod combined_guards;
 #[path = "config_reference.rs"]
 mod config_reference;
 #[path = "custom_store.rs"]

@@ -189,7 +189,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "steadfast.toml";
 ///
 /// A variable that sets a key of a policy table (`STEADFAST_DEDUP_STORE` sets `dedup.store`)
 /// turns the policy on, as a file with that table would.
-pub const ENV_OVERRIDES: [(&str, &str); 24] = [
+pub const ENV_OVERRIDES: [(&str, &str); 25] = [
     ("STEADFAST_BROKERS", "brokers"),
     ("STEADFAST_GROUP", "group"),
     ("STEADFAST_TOPIC", "topic"),
@@ -215,6 +215,7 @@ pub const ENV_OVERRIDES: [(&str, &str); 24] = [
         "STEADFAST_STORES_DEAD_LETTER_AFTER_REFUSALS",
         "stores.dead_letter_after_refusals",
     ),
+    ("STEADFAST_STORES_COMBINE_CALLS", "stores.combine_calls"),
     ("STEADFAST_STALE_STORE", "stale.store"),
     ("STEADFAST_LOCK_STORE", "lock.store"),
     ("STEADFAST_DEDUP_STORE", "dedup.store"),
@@ -562,7 +563,7 @@ fn env_value(key: &str, value: &str) -> toml::Value {
             .parse::<i64>()
             .map(toml::Value::Integer)
             .unwrap_or_else(|_| toml::Value::String(value.to_owned())),
-        "shared_retry_topics" => match value.trim() {
+        "shared_retry_topics" | "stores.combine_calls" => match value.trim() {
             "true" | "1" => toml::Value::Boolean(true),
             "false" | "0" => toml::Value::Boolean(false),
             _ => toml::Value::String(value.to_owned()),

@@ -36,6 +36,7 @@ pub(crate) fn build_stack<H: Handler>(
         health: &guards.health,
         worker_id: &worker_id,
         layers,
+        guards: guards.combined.as_ref(),
     };
     let handler = HandlerService::new(handler, group, shutdown.clone())
         .with_transactions(guards.stores.transactions.clone())

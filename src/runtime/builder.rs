@@ -221,6 +221,13 @@ impl<H> WorkerBuilder<H> {
         self.config.stores.dead_letter_after_refusals = Some(refusals);
         self
     }
+    /// Whether the key lock, stale check and dedup make their calls together where they share
+    /// one Redis (`stores.combine_calls`, on by default): one script before the handler and
+    /// one after it.
+    pub fn combine_store_calls(mut self, combine: bool) -> Self {
+        self.config.stores.combine_calls = combine;
+        self
+    }
     /// Serves `/metrics`, `/healthz` and `/readyz` on `listen` (`ip:port`).
     pub fn observe(mut self, listen: impl Into<String>) -> Self {
         self.config.observe.listen = Some(listen.into());
