@@ -355,3 +355,170 @@ impl Guarded {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicU32;
+
+    use async_trait::async_trait;
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::message::Facts;
+
+    /// Guards in memory whose every renewal finds the lock gone; records the exits.
+    #[derive(Debug, Default)]
+    struct Unrenewable {
+        tokens: AtomicU64,
+        completed: Mutex<HashSet<String>>,
+        applied: Mutex<Option<i64>>,
+        exits: Mutex<Vec<(u64, bool, Option<i64>)>>,
+    }
+
+    #[async_trait]
+    impl GuardStore for Unrenewable {
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+        async fn enter(&self, entry: &Entry<'_>) -> Result<Entered, StoreError> {
+            let applied = *self.applied.lock();
+            if let (Some(a), Some(v)) = (applied, entry.version) {
+                if a >= v {
+                    return Ok(Entered::Stale(a));
+                }
+            }
+            if entry
+                .id
+                .is_some_and(|id| self.completed.lock().contains(id))
+            {
+                return Ok(Entered::Duplicate);
+            }
+            Ok(Entered::Granted(
+                self.tokens.fetch_add(1, Ordering::SeqCst) + 1,
+            ))
+        }
+        async fn renew(&self, _entry: &Entry<'_>, _token: u64) -> Result<(bool, bool), StoreError> {
+            Ok((false, true))
+        }
+        async fn exit(&self, exit: &Exit<'_>) -> Result<(), StoreError> {
+            if exit.completed {
+                if let Some((id, _)) = exit.id {
+                    self.completed.lock().insert(id.to_owned());
+                }
+            }
+            if let Some(v) = exit.advance {
+                let mut applied = self.applied.lock();
+                *applied = Some(applied.map_or(v, |a| a.max(v)));
+            }
+            self.exits
+                .lock()
+                .push((exit.token, exit.completed, exit.advance));
+            Ok(())
+        }
+    }
+
+    fn guarded(store: Arc<Unrenewable>) -> Guarded {
+        Guarded {
+            store,
+            stale: true,
+            dedup: true,
+            lock_lease: Duration::from_millis(60),
+            dedup_lease: Duration::from_secs(10),
+            ttl: Duration::from_secs(60),
+            copy_to: None,
+            worker: "w".into(),
+            calls: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+            health: Arc::new(Health::default()),
+            give_up_after: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_success_whose_lease_was_lost_completes_the_id_and_is_reported_once_the_run_again_finds_it(
+    ) {
+        let runs = Arc::new(AtomicU32::new(0));
+        let inner = {
+            let runs = runs.clone();
+            tower::service_fn(move |_envelope: Envelope| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    // Outlasts the lease: the first renewal finds the lock gone.
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                    Ok::<_, Infallible>(Outcome::Ack { attempt: 1 })
+                }
+            })
+        };
+        let store = Arc::new(Unrenewable::default());
+        let service = Next::service(crate::policy::adapter::BoxedStack::new(inner))
+            .with(guarded(store.clone()));
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(Arc::new(Facts {
+            store_key: "k".into(),
+            version: Some(4),
+            id: Some("id".into()),
+        }));
+        let outcome = service.run(envelope).await;
+        assert_eq!(outcome, Outcome::Ack { attempt: 1 }, "reported as handled");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "the run again found the id completed"
+        );
+        assert_eq!(
+            *store.exits.lock(),
+            [(1, true, None), (0, false, Some(4))],
+            "the lost run completed the id without advancing; the version advanced after"
+        );
+        assert_eq!(*store.applied.lock(), Some(4));
+    }
+
+    #[tokio::test]
+    async fn a_failure_whose_lease_was_lost_is_run_again_under_a_new_grant() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let inner = {
+            let runs = runs.clone();
+            tower::service_fn(move |_envelope: Envelope| {
+                let run = runs.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if run == 0 {
+                        tokio::time::sleep(Duration::from_millis(60)).await;
+                        return Ok::<_, Infallible>(Outcome::Failed(crate::message::Failure {
+                            class: crate::message::ErrorClass::Transient,
+                            message: "failed".into(),
+                            permanent: false,
+                            retry_after: None,
+                            first_failed_ms: 0,
+                            attempt: 1,
+                            unavailable: false,
+                        }));
+                    }
+                    Ok(Outcome::Ack { attempt: 1 })
+                }
+            })
+        };
+        let store = Arc::new(Unrenewable::default());
+        let service = Next::service(crate::policy::adapter::BoxedStack::new(inner))
+            .with(guarded(store.clone()));
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(Arc::new(Facts {
+            store_key: "k".into(),
+            version: Some(4),
+            id: Some("id".into()),
+        }));
+        let outcome = service.run(envelope).await;
+        assert_eq!(outcome, Outcome::Ack { attempt: 1 });
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "run again under a new grant"
+        );
+        assert_eq!(
+            *store.exits.lock(),
+            [(1, false, None), (2, true, Some(4))],
+            "the lost run released; the second completed and advanced"
+        );
+    }
+}
