@@ -63,7 +63,7 @@ pub mod testing;
 /// Every settings type a user writes, at the root beside [`WorkerConfig`].
 pub use config::{
     BreakerConfig, ConfigError, DedupConfig, LockConfig, ObserveConfig, Ordering, RateLimitConfig,
-    RetryConfig, StaleConfig, StoresConfig, TransactionConfig, WorkerConfig,
+    RetryConfig, StaleConfig, StartFrom, StoresConfig, TransactionConfig, WorkerConfig,
 };
 pub use error::WorkerError;
 pub use handler::{Context, Handler, HandlerError};

@@ -41,6 +41,8 @@ mod quickstart;
 mod retry_tiers;
 #[path = "routed_once.rs"]
 mod routed_once;
+#[path = "start_from.rs"]
+mod start_from;
 #[path = "store_conformance_postgres.rs"]
 mod store_conformance_postgres;
 #[path = "store_conformance_redis.rs"]

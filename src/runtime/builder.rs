@@ -209,6 +209,15 @@ impl<H> WorkerBuilder<H> {
         self.config.stores.schema = schema.into();
         self
     }
+    /// Where a partition the group has no committed offset for starts (`start_from`):
+    /// [`StartFrom::Earliest`](crate::StartFrom) (the default), `Latest`, or `Time(ms)`, the
+    /// first record at or after a time; `"2026-12-01T00:00:00Z".parse()` makes the last. A
+    /// group's committed offsets always win: this applies to a new group, or a partition it
+    /// never committed.
+    pub fn start_from(mut self, start: crate::StartFrom) -> Self {
+        self.config.start_from = Some(start);
+        self
+    }
     /// The prefix of the stores' Redis keys (default `steadfast`).
     pub fn store_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.config.stores.key_prefix = prefix.into();
