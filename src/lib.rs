@@ -56,6 +56,7 @@ pub mod handler;
 pub mod message;
 pub mod observe;
 pub mod policy;
+pub mod producer;
 pub mod runtime;
 pub mod store;
 pub mod testing;
@@ -69,6 +70,7 @@ pub use error::WorkerError;
 pub use handler::{Context, Handler, HandlerError};
 pub use message::{Envelope, Headers, Message, Outcome};
 pub use policy::Retry;
+pub use producer::{Producer, Record};
 pub use runtime::{Worker, WorkerBuilder, WorkerStats};
 
 /// Derive macros: `#[derive(steadfast::Message)]` and `#[derive(steadfast::Handler)]`.

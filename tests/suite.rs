@@ -33,6 +33,8 @@ mod observe;
 mod outages;
 #[path = "policies.rs"]
 mod policies;
+#[path = "producer.rs"]
+mod producer;
 #[path = "provenance.rs"]
 mod provenance;
 #[path = "quickstart.rs"]

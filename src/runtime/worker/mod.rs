@@ -185,6 +185,7 @@ impl<H: Handler> Worker<H> {
             &self.layers,
             &handler_shutdown,
             &observed.meters,
+            crate::producer::Producer::new(&self.config),
         );
         let limits = self.limits();
         let worker_stopped = CancellationToken::new();
