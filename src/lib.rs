@@ -83,7 +83,7 @@ pub use steadfast_server as server;
 /// Items the derive macros expand to; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::message::{Json, MessageId, MessageKey, MessageVersion, RawBytes};
+    pub use crate::message::{Json, MessageId, MessageKey, MessageVersion, Protobuf, RawBytes};
 }
 
 /// The README's Rust examples, compiled (and the runnable ones run) as doc tests.
