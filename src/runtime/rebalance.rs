@@ -79,6 +79,10 @@ impl WorkerContext {
             self.shared.forget_revoked(&tps);
             return;
         }
+        // No periodic commit may land after this revoke's (see `Shared::commit_gate`): wait
+        // for one under way, and drop those that took their offsets before.
+        let mut gate = self.shared.commit_gate.lock();
+        *gate += 1;
         let lost = consumer.assignment_lost();
         self.shared
             .meters

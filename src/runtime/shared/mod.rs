@@ -68,6 +68,11 @@ pub(crate) struct Shared {
     /// Set once the final commit is done and the consumer is closing: the revoke that closing
     /// triggers must not commit again (a synchronous commit while closing can wait forever).
     closing: AtomicBool,
+    /// Orders commits: held by every commit while it is sent, its count raised by each revoke
+    /// and final commit. A periodic commit (sent from a blocking thread) whose count changed
+    /// since it took its offsets is dropped, so it never lands after a revoke's commit and
+    /// moves a revoked partition's committed offset back.
+    pub(crate) commit_gate: Mutex<u64>,
     /// Where the stack publishes routed copies (purged of abandoned jobs' copies at revokes).
     pub(crate) sink: Arc<dyn policy::Sink>,
     /// The runtime handler tasks, timers and blocking read-backs run on.
@@ -96,6 +101,7 @@ impl Shared {
             stack: parts.stack,
             counters: Counters::default(),
             closing: AtomicBool::new(false),
+            commit_gate: Mutex::new(0),
             sink: parts.sink,
             runtime: parts.runtime,
             meters: parts.meters,

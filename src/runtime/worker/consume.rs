@@ -261,12 +261,21 @@ impl Committer {
         if self.running.as_ref().is_some_and(|r| !r.is_finished()) {
             return;
         }
+        let epoch = *shared.commit_gate.lock();
         let commits = shared.take_commits(false);
         if commits.is_empty() {
             return;
         }
         let (consumer, shared) = (self.consumer.clone(), shared.clone());
         self.running = Some(tokio::task::spawn_blocking(move || {
+            let gate = shared.commit_gate.lock();
+            if *gate != epoch {
+                // A revoke or the final commit came first: these offsets may be older than
+                // what it committed. Those of partitions still assigned go at the next tick.
+                drop(gate);
+                shared.forget_commits();
+                return;
+            }
             if let Err(e) = consumer.commit(&commit_list(&commits), CommitMode::Sync) {
                 tracing::warn!(error = %e, "commit failed; trying again at the next interval");
                 shared.forget_commits();
@@ -278,6 +287,8 @@ impl Committer {
 /// Commits each partition's lowest unfinished offset with its finished-offset metadata
 /// (`all`: every partition's, not only those that changed).
 pub(super) fn commit(consumer: &WorkerConsumer, shared: &Shared, mode: CommitMode, all: bool) {
+    let mut gate = shared.commit_gate.lock();
+    *gate += 1;
     let commits = shared.take_commits(all);
     if commits.is_empty() {
         return;
