@@ -206,14 +206,9 @@ impl Filter {
         Ok(self)
     }
 
-    /// The start of the time range, if any.
-    pub(crate) fn from_ms(&self) -> Option<i64> {
-        self.from_ms
-    }
-
-    /// The (exclusive) end of the time range, if any.
-    pub(crate) fn until_ms(&self) -> Option<i64> {
-        self.until_ms
+    /// The time range `(from, until)`: `until` exclusive, either end open when `None`.
+    pub(crate) fn time_range(&self) -> (Option<i64>, Option<i64>) {
+        (self.from_ms, self.until_ms)
     }
 
     /// Whether `record` passes every filter (the cheap ones first, JSON last).

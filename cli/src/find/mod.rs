@@ -106,13 +106,8 @@ fn find_blocking(args: &FindArgs, filter: &Filter) -> anyhow::Result<()> {
             all.len()
         ),
     };
-    let ranges = scan::ranges(
-        &consumer,
-        topic,
-        &partitions,
-        filter.from_ms(),
-        filter.until_ms(),
-    )?;
+    let (from, until) = filter.time_range();
+    let ranges = scan::ranges(&consumer, topic, &partitions, from, until)?;
     let bar = progress_bar(ranges.iter().map(Range::len).sum());
     let format = if args.json {
         Format::JsonLines
@@ -168,11 +163,11 @@ fn find_blocking(args: &FindArgs, filter: &Filter) -> anyhow::Result<()> {
 fn summary(topic: &str, ranges: &[Range], tally: &Tally) -> String {
     let spans = ranges
         .iter()
-        .map(|r| format!("{}: {}..{}", r.partition, r.start, r.end))
+        .map(|r| format!("partition {}: offsets {}..{}", r.partition, r.start, r.end))
         .collect::<Vec<_>>()
         .join(", ");
     let mut text = format!(
-        "scanned {} record(s) of {} (partition: offsets {spans}); {} match(es)",
+        "scanned {} record(s) of {} ({spans}); {} match(es)",
         tally.scanned,
         crate::text::safe(topic),
         tally.matched
