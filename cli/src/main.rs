@@ -1,8 +1,10 @@
 //! The `steadfast` command: run the embedded server, manage topics, produce and consume,
-//! inspect consumer groups and reset their offsets, list, show and replay dead-letter records.
+//! inspect consumer groups and reset their offsets, list, show and replay dead-letter records,
+//! find records by key, header, JSON field and time.
 
 mod client;
 mod dlq;
+mod find;
 mod groups;
 mod server;
 mod text;
@@ -35,6 +37,9 @@ enum Command {
     Offsets(groups::OffsetsArgs),
     /// Dead-letter topics: list and show records, replay a selection to the original topics.
     Dlq(dlq::DlqArgs),
+    /// Find records of a topic by key, header, JSON field and time (the time index bounds
+    /// the scan); prints them as a table or JSON lines.
+    Find(find::FindArgs),
     /// Manage the embedded server's users file: salted credentials and topic/group rights.
     Users(users::UsersArgs),
 }
@@ -66,6 +71,7 @@ fn main() -> std::process::ExitCode {
             Command::Groups(args) => groups::groups(args).await,
             Command::Offsets(args) => groups::offsets(args).await,
             Command::Dlq(args) => dlq::dlq(args).await,
+            Command::Find(args) => find::find(args).await,
             Command::Users(args) => users::users(args),
         }
     });

@@ -7,5 +7,7 @@ mod consumer_groups;
 mod dlq_replay;
 #[path = "durability.rs"]
 mod durability;
+#[path = "find.rs"]
+mod find;
 #[path = "users.rs"]
 mod users;
