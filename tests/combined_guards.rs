@@ -97,22 +97,30 @@ fn plan(seed: u64) -> Vec<Planned> {
 }
 
 /// What the plan must come to: the records handled successfully (each once, in this order
-/// per key), and the ids dead-lettered (with how many times).
+/// per key), and the ids dead-lettered with their error class (with how many times).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Ending {
     handled: BTreeMap<String, Vec<(i64, String)>>,
-    dead: BTreeMap<String, usize>,
+    dead: BTreeMap<(String, String), usize>,
 }
 
-/// The oracle: per key in order, a version not newer than the applied one is dropped; an id
-/// completed before is dropped as a duplicate (and its version recorded); a permanent
-/// failure is dead-lettered; the rest are handled.
-fn expected(records: &[Planned]) -> Ending {
+/// The oracle: per key in order, a record of a key whose stored version the store refuses
+/// to read (`refused`) is dead-lettered with class `store`; a version not newer than the
+/// applied one is dropped; an id completed before is dropped as a duplicate (and its version
+/// recorded); a permanent failure is dead-lettered; the rest are handled.
+fn expected(records: &[Planned], refused: &[String]) -> Ending {
     let mut ending = Ending::default();
     let mut applied: HashMap<&str, i64> = HashMap::new();
     let mut completed: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for r in records {
         let u = &r.update;
+        if refused.contains(&u.key) {
+            *ending
+                .dead
+                .entry((u.id.clone(), "store".into()))
+                .or_default() += 1;
+            continue;
+        }
         if applied.get(u.key.as_str()).is_some_and(|a| *a >= u.version) {
             continue;
         }
@@ -121,7 +129,12 @@ fn expected(records: &[Planned]) -> Ending {
             continue;
         }
         match r.fate {
-            Fate::Permanent => *ending.dead.entry(u.id.clone()).or_default() += 1,
+            Fate::Permanent => {
+                *ending
+                    .dead
+                    .entry((u.id.clone(), "permanent".into()))
+                    .or_default() += 1
+            }
             Fate::Succeed | Fate::FailOnce => {
                 ending
                     .handled
@@ -145,6 +158,8 @@ struct Planner {
     handled: Arc<Mutex<Vec<(String, i64, String)>>>,
     running: Arc<Mutex<HashMap<String, usize>>>,
     overlaps: Arc<Mutex<usize>>,
+    /// Calls of this member (each member's clone gets its own count).
+    here: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Handler for Planner {
@@ -157,6 +172,7 @@ impl Handler for Planner {
         _cx: &Context,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         let this = self.clone();
+        this.here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             {
                 let mut running = this.running.lock();
@@ -194,6 +210,8 @@ struct Pass {
     /// The bounds at their minimums (concurrency, in-flight and per-key 1, the shortest
     /// lock lease) instead of the defaults.
     minimums: bool,
+    /// `stores.dead_letter_after_refusals`.
+    refusals: Option<u32>,
 }
 
 fn builder(s: &Pass, bootstrap: &str, topic: &str, group: &str, prefix: &str) -> WorkerBuilder {
@@ -209,6 +227,9 @@ fn builder(s: &Pass, bootstrap: &str, topic: &str, group: &str, prefix: &str) ->
         .combine_store_calls(s.combine)
         .kafka_property("session.timeout.ms", "6000")
         .kafka_property("heartbeat.interval.ms", "500");
+    if let Some(n) = s.refusals {
+        b = b.dead_letter_after_store_refusals(n);
+    }
     b = if s.minimums {
         b.key_lock(REDIS, Duration::from_millis(100))
             .concurrency(1)
@@ -245,7 +266,11 @@ impl Running {
 /// Runs `records` through a worker of `pass` (a second member joins at a third of the
 /// records and leaves at two thirds) and returns how it ended, and the store calls counted
 /// on `/metrics` by call name (the process's totals so far).
-async fn run(pass: Pass, records: &[Planned]) -> (Ending, HashMap<String, f64>) {
+async fn run(
+    pass: Pass,
+    records: &[Planned],
+    refused: &[String],
+) -> (Ending, HashMap<String, f64>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = steadfast_testkit::start_server(dir.path()).await;
     let bootstrap = server.bootstrap_servers();
@@ -253,6 +278,7 @@ async fn run(pass: Pass, records: &[Planned]) -> (Ending, HashMap<String, f64>) 
     let dlq = format!("{topic}.dlq");
     create_topic(&bootstrap, &dlq, PARTITIONS).await;
     let prefix = fresh_prefix();
+    poison(&prefix, &group, &topic, refused).await;
     let planner = Planner {
         fates: Arc::new(
             records
@@ -264,6 +290,7 @@ async fn run(pass: Pass, records: &[Planned]) -> (Ending, HashMap<String, f64>) 
         handled: Arc::default(),
         running: Arc::default(),
         overlaps: Arc::default(),
+        here: Arc::default(),
     };
     let port = free_port();
     let first = spawn(
@@ -279,13 +306,26 @@ async fn run(pass: Pass, records: &[Planned]) -> (Ending, HashMap<String, f64>) 
         settled(&planner) >= third / 2
     })
     .await;
-    let second =
-        spawn(builder(&pass, &bootstrap, &topic, &group, &prefix).handler(planner.clone()));
-    produce_to(&bootstrap, &topic, &raw[third..2 * third], None).await;
+    let joiner = Planner {
+        here: Arc::default(),
+        ..planner.clone()
+    };
+    let second = spawn(builder(&pass, &bootstrap, &topic, &group, &prefix).handler(joiner.clone()));
+    // The second third over about two and a half seconds, so the joiner is assigned partitions
+    // while records still come.
+    for chunk in raw[third..2 * third].chunks(40) {
+        produce_to(&bootstrap, &topic, chunk, None).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     eventually(Duration::from_secs(60), "two thirds handled", || {
         settled(&planner) >= third
     })
     .await;
+    let joined = joiner.here.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        joined > 0,
+        "the member that joined handled nothing: no handover was tried"
+    );
     let second_stats = second.stop().await;
     produce_to(&bootstrap, &topic, &raw[2 * third..], None).await;
     let end = raw.len() as i64;
@@ -328,10 +368,38 @@ async fn run(pass: Pass, records: &[Planned]) -> (Ending, HashMap<String, f64>) 
     for r in dead {
         let u: Update = serde_json::from_slice(r.payload.as_deref().expect("a payload"))
             .expect("a dead letter carries its update");
-        *ending.dead.entry(u.id).or_default() += 1;
+        let class = r
+            .headers
+            .iter()
+            .find(|(name, _)| name == steadfast::message::headers::ERROR_CLASS)
+            .and_then(|(_, v)| v.clone())
+            .map(|v| String::from_utf8(v).expect("text"))
+            .unwrap_or_default();
+        *ending.dead.entry((u.id, class)).or_default() += 1;
     }
     server.shutdown().await;
     (ending, store_calls(&metrics))
+}
+
+/// Stores a version that is not a number for each of `keys` (as `group` reads `topic`): the
+/// store then refuses every stale check of those keys (not an outage).
+async fn poison(prefix: &str, group: &str, topic: &str, keys: &[String]) {
+    if keys.is_empty() {
+        return;
+    }
+    let client = redis::Client::open(REDIS).expect("a Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis on 127.0.0.1:6379 (scripts/services.sh)");
+    for key in keys {
+        redis::cmd("SET")
+            .arg(format!("{prefix}:version:{group}/{topic}/{key}"))
+            .arg("not-a-version")
+            .exec_async(&mut conn)
+            .await
+            .expect("SET");
+    }
 }
 
 /// `steadfast_store_call_duration_seconds_count` by `call`, from a `/metrics` text.
@@ -366,7 +434,7 @@ async fn combined_and_separate_guard_calls_end_a_seeded_mix_as_the_oracle_says()
         .unwrap_or(20_261_205);
     println!("seed {seed}: replay with GUARDS_SEED={seed}");
     let records = plan(seed);
-    let want = expected(&records);
+    let want = expected(&records, &[]);
     let handled: usize = want.handled.values().map(Vec::len).sum();
     println!(
         "{} records over {KEYS} keys: {handled} to handle, {} ids to dead-letter",
@@ -384,17 +452,20 @@ async fn combined_and_separate_guard_calls_end_a_seeded_mix_as_the_oracle_says()
         Pass {
             combine: false,
             minimums: false,
+            refusals: None,
         },
         Pass {
             combine: true,
             minimums: false,
+            refusals: None,
         },
         Pass {
             combine: true,
             minimums: true,
+            refusals: None,
         },
     ] {
-        let (ending, totals) = run(pass, &records).await;
+        let (ending, totals) = run(pass, &records, &[]).await;
         let calls: HashMap<String, f64> = totals
             .iter()
             .map(|(call, n)| (call.clone(), n - before.get(call).copied().unwrap_or(0.0)))
@@ -415,5 +486,47 @@ async fn combined_and_separate_guard_calls_end_a_seeded_mix_as_the_oracle_says()
         } else {
             assert!(enters == 0.0 && acquires > 0.0, "{pass:?}: calls {calls:?}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_stale_check_dead_letters_only_its_keys_records_in_both_modes() {
+    let seed = std::env::var("GUARDS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_206);
+    println!("seed {seed}: replay with GUARDS_SEED={seed}");
+    let records = plan(seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut refused: Vec<String> = Vec::new();
+    while refused.len() < 5 {
+        let key = format!("k{}", rng.random_range(0..KEYS));
+        if !refused.contains(&key) {
+            refused.push(key);
+        }
+    }
+    let want = expected(&records, &refused);
+    let stored: usize = want
+        .dead
+        .iter()
+        .filter(|((_, c), _)| c == "store")
+        .map(|(_, n)| n)
+        .sum();
+    println!("keys whose stale check is refused: {refused:?}; {stored} records to dead-letter as `store`");
+    assert!(stored > 0 && !want.handled.is_empty(), "the plan has both");
+    for pass in [
+        Pass {
+            combine: false,
+            minimums: false,
+            refusals: Some(2),
+        },
+        Pass {
+            combine: true,
+            minimums: false,
+            refusals: Some(2),
+        },
+    ] {
+        let (ending, _) = run(pass, &records, &refused).await;
+        assert_eq!(ending, want, "{pass:?}, seed {seed}");
     }
 }
