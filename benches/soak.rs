@@ -29,10 +29,13 @@
 //! SOAK_MINUTES=5 SOAK_MINUTE_SECS=20 cargo bench --bench soak     # a quick look
 //! ```
 //!
-//! The worker and server processes run with `MALLOC_ARENA_MAX=2`, as the README advises for
-//! long-running workers (glibc's default of eight malloc arenas per core lets RSS creep as
-//! librdkafka's and tokio's threads each keep their own); `SOAK_MALLOC_ARENA_MAX=` (empty)
-//! runs them with glibc's default, `SOAK_MALLOC_ARENA_MAX=N` with N.
+//! The worker and server processes run with `MALLOC_ARENA_MAX=2` and
+//! `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072`, as the README advises for
+//! long-running processes (with glibc's defaults RSS creeps: eight arenas per core, one per
+//! thread of librdkafka and tokio, each keeping what it freed, and an mmap threshold that
+//! rises with the first large buffer freed, after which such buffers come from the heap).
+//! `SOAK_MALLOC_ARENA_MAX=` and `SOAK_MMAP_THRESHOLD=` (empty) leave glibc's defaults, a
+//! number sets another value.
 //!
 //! `SOAK_RATE` sets the records per second. Without cargo bench's `--bench` flag (as under
 //! `cargo test --benches`) it runs a smoke pass: three 4-second minutes at 300 msg/s, with
@@ -275,9 +278,13 @@ struct Settings {
     tiers_ms: Vec<u64>,
     lag_every: Duration,
     /// `MALLOC_ARENA_MAX` of the worker and server processes (`SOAK_MALLOC_ARENA_MAX`,
-    /// default 2, as the README advises for long-running workers); `None` (the variable set
-    /// empty) leaves glibc's default of eight arenas per core.
+    /// default 2, as the README advises for long-running processes); `None` (the variable
+    /// set empty) leaves glibc's default of eight arenas per core.
     arena_max: Option<u32>,
+    /// glibc's fixed mmap threshold in bytes for the worker and server processes
+    /// (`SOAK_MMAP_THRESHOLD`, default 131072, as the README advises), set through
+    /// `GLIBC_TUNABLES`; `None` (set empty) leaves glibc's dynamic threshold.
+    mmap_threshold: Option<u64>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -316,6 +323,13 @@ impl Settings {
                     })?)
                 }
                 Err(_) => Some(2),
+            },
+            mmap_threshold: match std::env::var("SOAK_MMAP_THRESHOLD") {
+                Ok(v) if v.trim().is_empty() => None,
+                Ok(v) => Some(v.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("SOAK_MMAP_THRESHOLD={v} is not a number")
+                })?),
+                Err(_) => Some(131_072),
             },
         })
     }
@@ -431,8 +445,8 @@ fn mib(kib: u64) -> f64 {
 struct Fleet {
     dir: PathBuf,
     spec: WorkerSpec,
-    /// `MALLOC_ARENA_MAX` for the workers (see [`Settings::arena_max`]).
-    arena_max: Option<u32>,
+    /// The workers' malloc settings (see [`Settings::arena_max`]).
+    malloc: Malloc,
     procs: Vec<Proc>,
 }
 
@@ -452,7 +466,7 @@ impl Fleet {
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
             .stderr(File::create(&log)?);
-        arenas(&mut command, self.arena_max);
+        self.malloc.apply(&mut command);
         if standby {
             command.arg("--standby").stdin(Stdio::piped());
         } else {
@@ -761,19 +775,32 @@ fn fmt_res(r: Option<(u64, u64)>) -> (String, String) {
     })
 }
 
-/// Sets `MALLOC_ARENA_MAX` of a child process, or removes it (glibc's default).
-fn arenas(command: &mut Command, arena_max: Option<u32>) {
-    match arena_max {
-        Some(n) => command.env("MALLOC_ARENA_MAX", n.to_string()),
-        None => command.env_remove("MALLOC_ARENA_MAX"),
-    };
+/// The glibc malloc settings of the child processes.
+#[derive(Debug, Clone, Copy)]
+struct Malloc {
+    arena_max: Option<u32>,
+    mmap_threshold: Option<u64>,
+}
+
+impl Malloc {
+    /// Sets (or removes, for glibc's defaults) `MALLOC_ARENA_MAX` and `GLIBC_TUNABLES`.
+    fn apply(self, command: &mut Command) {
+        match self.arena_max {
+            Some(n) => command.env("MALLOC_ARENA_MAX", n.to_string()),
+            None => command.env_remove("MALLOC_ARENA_MAX"),
+        };
+        match self.mmap_threshold {
+            Some(n) => command.env("GLIBC_TUNABLES", format!("glibc.malloc.mmap_threshold={n}")),
+            None => command.env_remove("GLIBC_TUNABLES"),
+        };
+    }
 }
 
 /// Starts the server process; returns it and its bootstrap address.
-fn start_server(dir: &Path, arena_max: Option<u32>) -> anyhow::Result<(Proc, String)> {
+fn start_server(dir: &Path, malloc: Malloc) -> anyhow::Result<(Proc, String)> {
     let log = dir.join("server.log");
     let mut command = Command::new(std::env::current_exe()?);
-    arenas(&mut command, arena_max);
+    malloc.apply(&mut command);
     let mut child = command
         .arg("--soak-server")
         .arg(dir.join("data"))
@@ -1177,7 +1204,11 @@ fn print_logged(fleet: &Fleet) {
 }
 
 fn run(s: &Settings, dir: &Path, key_prefix: &str) -> anyhow::Result<()> {
-    let (mut server, bootstrap) = start_server(dir, s.arena_max)?;
+    let malloc = Malloc {
+        arena_max: s.arena_max,
+        mmap_threshold: s.mmap_threshold,
+    };
+    let (mut server, bootstrap) = start_server(dir, malloc)?;
     let topic = format!("soak-{}", uuid::Uuid::new_v4().simple());
     create_topic(&bootstrap, &topic)?;
     let tiers: Vec<String> = (1..=s.tiers_ms.len())
@@ -1193,7 +1224,7 @@ fn run(s: &Settings, dir: &Path, key_prefix: &str) -> anyhow::Result<()> {
             handled_file: PathBuf::new(),
             tiers_ms: s.tiers_ms.clone(),
         },
-        arena_max: s.arena_max,
+        malloc,
         procs: Vec::new(),
     };
     // Every worker process is started now, those that join later on standby: a process
@@ -1230,7 +1261,7 @@ fn run(s: &Settings, dir: &Path, key_prefix: &str) -> anyhow::Result<()> {
     };
 
     println!(
-        "## steadfast soak ({}): {} minutes of {} s, {} msg/s over {KEYS} keys, {PARTITIONS} partitions, tiers {:?} ms, workers and server with {}\n",
+        "## steadfast soak ({}): {} minutes of {} s, {} msg/s over {KEYS} keys, {PARTITIONS} partitions, tiers {:?} ms, workers and server with {}, {}\n",
         if s.quick { "quick smoke run" } else { "full run" },
         s.minutes,
         s.minute.as_secs(),
@@ -1239,6 +1270,10 @@ fn run(s: &Settings, dir: &Path, key_prefix: &str) -> anyhow::Result<()> {
         match s.arena_max {
             Some(n) => format!("MALLOC_ARENA_MAX={n}"),
             None => "glibc's default malloc arenas".to_owned(),
+        },
+        match s.mmap_threshold {
+            Some(n) => format!("mmap threshold {n}"),
+            None => "glibc's dynamic mmap threshold".to_owned(),
         }
     );
     let mut problems = Vec::new();
