@@ -74,9 +74,10 @@ pub enum StoreError {
         #[source]
         cause: Option<Cause>,
     },
-    /// The store refused the credentials (a wrong password, an unknown user, no access): not
-    /// an outage, so a worker's start fails with it at once instead of waiting; fix the URL.
-    #[error("{backend} refused the credentials: {message}")]
+    /// The store refused access: the credentials (a wrong password, an unknown user) or a
+    /// right the user lacks (Redis `NOPERM`). Not an outage, so a worker's start fails with it
+    /// at once instead of waiting; fix the URL or the user's rights.
+    #[error("{backend} refused access: {message}")]
     Auth {
         /// `redis` or `postgres`.
         backend: &'static str,
