@@ -41,6 +41,9 @@
 //! `cargo test --benches`) it runs a smoke pass: three 4-second minutes at 300 msg/s, with
 //! the same checks.
 
+#[path = "support/redis_keys.rs"]
+mod redis_keys;
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, BufWriter, Read as _, Write as _};
@@ -326,9 +329,11 @@ impl Settings {
             },
             mmap_threshold: match std::env::var("SOAK_MMAP_THRESHOLD") {
                 Ok(v) if v.trim().is_empty() => None,
-                Ok(v) => Some(v.trim().parse().map_err(|_| {
-                    anyhow::anyhow!("SOAK_MMAP_THRESHOLD={v} is not a number")
-                })?),
+                Ok(v) => Some(
+                    v.trim()
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("SOAK_MMAP_THRESHOLD={v} is not a number"))?,
+                ),
                 Err(_) => Some(131_072),
             },
         })
@@ -703,41 +708,6 @@ fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<u64>> {
         }
     }
     Ok(out)
-}
-
-/// Deletes every Redis key under `prefix:`; the number deleted.
-fn clean_redis(prefix: &str) -> anyhow::Result<u64> {
-    let mut con = redis::Client::open(REDIS)?
-        .get_connection()
-        .context("Redis on 127.0.0.1:6379 (scripts/services.sh)")?;
-    let pattern = format!("{prefix}:*");
-    let mut deleted = 0;
-    // Deleting while scanning can make SCAN skip keys: go again until a pass finds none.
-    loop {
-        let mut found = 0;
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1_000)
-                .query(&mut con)?;
-            if !keys.is_empty() {
-                found += keys.len() as u64;
-                let n: u64 = redis::cmd("UNLINK").arg(&keys).query(&mut con)?;
-                deleted += n;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        if found == 0 {
-            return Ok(deleted);
-        }
-    }
 }
 
 /// Least-squares slope of `points` (minute, value), per minute.
@@ -1368,7 +1338,7 @@ fn main() -> anyhow::Result<()> {
     let key_prefix = format!("soak_{}", uuid::Uuid::new_v4().simple());
     let result = run(&settings, dir.path(), &key_prefix);
     // The shared Redis keeps nothing of this run, whatever happened.
-    let cleaned = clean_redis(&key_prefix);
+    let cleaned = redis_keys::delete_under(REDIS, &key_prefix);
     if result.is_err() {
         let kept = dir.keep();
         eprintln!("logs and data kept in {}", kept.display());

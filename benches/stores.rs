@@ -14,6 +14,9 @@
 //! `cargo bench --bench stores` runs the full sizes; without `--bench` (as under
 //! `cargo test`) a quick smoke pass. `-- --only guards|rate|ledger`.
 
+#[path = "support/redis_keys.rs"]
+mod redis_keys;
+
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,6 +134,13 @@ struct Env {
     quick: bool,
 }
 
+/// Deletes the Redis keys a run wrote under `prefix` (dedup ids, versions, locks), so the
+/// shared Redis does not grow from run to run.
+async fn forget_keys(prefix: String) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || redis_keys::delete_under(REDIS, &prefix)).await??;
+    Ok(())
+}
+
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
@@ -233,8 +243,9 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
     let mut guarded = Vec::new();
     for (topic, combine) in [(&separate_topic, false), (&combined_topic, true)] {
         let done = Arc::new(AtomicU64::new(0));
+        let prefix = unique("bench");
         let worker = base(env, topic)
-            .store_key_prefix(unique("bench"))
+            .store_key_prefix(prefix.clone())
             .stale_drop(REDIS)
             .key_lock(REDIS, Duration::from_secs(10))
             .dedup(REDIS)
@@ -242,6 +253,7 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
             .handler(Count { done: done.clone() })
             .build()?;
         guarded.push(run_until(vec![worker], &done, count).await?);
+        forget_keys(prefix).await?;
     }
     let (separate, combined) = (guarded[0], guarded[1]);
 
@@ -298,6 +310,7 @@ async fn rate(env: &Env) -> anyhow::Result<()> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     run_until(workers, &done, count).await?;
+    forget_keys(prefix.clone()).await?;
     let Some((first, last)) = *span.lock() else {
         bail!("no handler call was recorded");
     };
@@ -384,6 +397,7 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let once = run_until(workers, &done, count).await?;
+    forget_keys(prefix.clone()).await?;
     let per = |us: &AtomicU64| us.load(AtomicOrdering::Relaxed) as f64 / count as f64 / 1000.0;
 
     let rate = |d: Duration| count as f64 / d.as_secs_f64();
