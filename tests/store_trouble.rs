@@ -6,7 +6,7 @@
 //! `store` instead. A Redis restarted mid-run (its run id changes) is counted.
 
 use crate::observe::{get, handled_and_ready, plain, send, server, spawn, until, worker};
-use crate::observe::{Recording, Scrape, Seen};
+use crate::observe::{Recording, Running, Scrape, Seen};
 use crate::support;
 
 use std::sync::atomic::Ordering;
@@ -75,6 +75,52 @@ fn dedup_worker(
         })
 }
 
+/// A dedup worker over a private ACL Redis that handled its first message, ready for its
+/// rights to be taken away.
+struct Refusing {
+    _dir: tempfile::TempDir,
+    _server: steadfast::server::ServerHandle,
+    bootstrap: String,
+    topic: String,
+    group: String,
+    redis: AclRedis,
+    seen: Arc<Seen>,
+    _gate: watch::Sender<bool>,
+    running: Running,
+}
+
+impl Refusing {
+    /// Starts it on a fresh topic named after `name`, with `settings` on the worker.
+    async fn start(
+        name: &str,
+        settings: impl FnOnce(
+            steadfast::WorkerBuilder<Recording>,
+        ) -> steadfast::WorkerBuilder<Recording>,
+    ) -> Refusing {
+        let (dir, server, bootstrap) = server().await;
+        let (topic, group) = topic_and_group(&bootstrap, name, 1).await;
+        let redis = AclRedis::start().await;
+        let seen = Arc::new(Seen::default());
+        let (open, gate) = watch::channel(true);
+        let running = spawn(settings(dedup_worker(
+            &bootstrap, &topic, &group, &redis, &seen, gate,
+        )));
+        send(&bootstrap, &topic, &[plain("a", 1, "first")]).await;
+        handled_and_ready(&seen, running.address, 1, Duration::from_secs(30)).await;
+        Refusing {
+            _dir: dir,
+            _server: server,
+            bootstrap,
+            topic,
+            group,
+            redis,
+            seen,
+            _gate: open,
+            running,
+        }
+    }
+}
+
 /// Refusals of `call` counted on `/metrics`, by kind.
 fn refusals(scrape: &Scrape, call: &str, kind: &str) -> f64 {
     scrape.value(
@@ -85,17 +131,19 @@ fn refusals(scrape: &Scrape, call: &str, kind: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_that_refuses_a_call_holds_its_message_visibly_until_it_is_fixed() {
-    let (_dir, _server, bootstrap) = server().await;
-    let (topic, group) = topic_and_group(&bootstrap, "store-refuses", 1).await;
-    let redis = AclRedis::start().await;
-    let seen = Arc::new(Seen::default());
-    let (_open, gate) = watch::channel(true);
-    let running = spawn(dedup_worker(
-        &bootstrap, &topic, &group, &redis, &seen, gate,
-    ));
+    let Refusing {
+        bootstrap,
+        topic,
+        group,
+        redis,
+        seen,
+        running,
+        // Bound, so they live to the end of the test: the server, its files, the gate.
+        _dir,
+        _server,
+        _gate,
+    } = Refusing::start("store-refuses", |w| w).await;
     let address = running.address;
-    send(&bootstrap, &topic, &[plain("a", 1, "first")]).await;
-    handled_and_ready(&seen, address, 1, Duration::from_secs(30)).await;
 
     // The dedup reservation is a script: the user may run none any more.
     redis.set_user(&["-@scripting"]).await;
@@ -159,18 +207,19 @@ async fn a_store_that_refuses_a_call_holds_its_message_visibly_until_it_is_fixed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_the_set_number_of_refusals_a_message_is_dead_lettered_with_class_store() {
-    let (_dir, _server, bootstrap) = server().await;
-    let (topic, group) = topic_and_group(&bootstrap, "store-gives-up", 1).await;
-    let redis = AclRedis::start().await;
-    let seen = Arc::new(Seen::default());
-    let (_open, gate) = watch::channel(true);
-    let running = spawn(
-        dedup_worker(&bootstrap, &topic, &group, &redis, &seen, gate)
-            .dead_letter_after_store_refusals(3),
-    );
+    let Refusing {
+        bootstrap,
+        topic,
+        group,
+        redis,
+        seen,
+        running,
+        // Bound, so they live to the end of the test: the server, its files, the gate.
+        _dir,
+        _server,
+        _gate,
+    } = Refusing::start("store-gives-up", |w| w.dead_letter_after_store_refusals(3)).await;
     let address = running.address;
-    send(&bootstrap, &topic, &[plain("a", 1, "first")]).await;
-    handled_and_ready(&seen, address, 1, Duration::from_secs(30)).await;
 
     redis.set_user(&["-@scripting"]).await;
     send(&bootstrap, &topic, &[plain("a", 2, "second")]).await;
