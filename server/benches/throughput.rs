@@ -35,6 +35,8 @@ use steadfast_server::{FsyncPolicy, Server};
 
 #[path = "throughput/partitions.rs"]
 mod partitions;
+#[path = "throughput/raw_produce.rs"]
+mod raw_produce;
 
 /// Default messages per run for messages up to 512 bytes.
 const DEFAULT_MESSAGES_SMALL: u64 = 2_000_000;

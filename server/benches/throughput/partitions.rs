@@ -2,8 +2,10 @@
 //! default). For each count, a fresh server in a child process, under an open-file limit
 //! of 1,024 (soft and hard, so it cannot raise it), gets one topic of that many
 //! partitions; then 100-byte messages with distinct keys (the client's partitioner spreads
-//! them over every partition) are produced with `acks=1`, then as many with `acks=-1`, and
-//! the whole topic is read back from offset 0. Meanwhile the server's resident memory and
+//! them over every partition) are produced with `acks=1`, then as many with `acks=-1`,
+//! first by librdkafka, then by a client that sends requests encoded beforehand (see
+//! [`super::raw_produce`]: it measures the server where librdkafka's own cost per
+//! partition would), and the whole topic is read back from offset 0. Meanwhile the server's resident memory and
 //! open descriptors are sampled every 50 ms (peaks shown). Then the server is killed
 //! (SIGKILL) and started again on the same data: the table shows how long until it served
 //! again, and every message is checked to be there (the sum of the partitions' log ends).
@@ -43,6 +45,8 @@ struct ScalingRow {
     create: Duration,
     produce_acks1: Measured,
     produce_acks_all: Measured,
+    raw_acks1: Measured,
+    raw_acks_all: Measured,
     consume: Measured,
     peak_rss: u64,
     peak_fds: usize,
@@ -127,7 +131,13 @@ fn run_one(
         &case,
         &produce_acks_all,
     );
-    case.messages = 2 * messages;
+    let raw_acks1 =
+        super::raw_produce::produce(&bootstrap, &topic, partitions, messages, payloads, 1)?;
+    report_raw("acks=1", partitions, &raw_acks1);
+    let raw_acks_all =
+        super::raw_produce::produce(&bootstrap, &topic, partitions, messages, payloads, -1)?;
+    report_raw("acks=-1", partitions, &raw_acks_all);
+    case.messages = 4 * messages;
     let (consume, _) = consume(&bootstrap, &topic, &case, &args.consumer_set)?;
     report("steadfast", Workload::ConsumeBacklog, &case, &consume);
     let (peak_rss, peak_fds) = sampler.stop();
@@ -143,9 +153,9 @@ fn run_one(
     );
     let total = log_end_total(server.bootstrap(), &topic, partitions)?;
     ensure!(
-        total == 2 * messages as i64,
+        total == 4 * messages as i64,
         "after the restart the partitions hold {total} messages, expected {}",
-        2 * messages
+        4 * messages
     );
     eprintln!(
         "  restarted after SIGKILL in {:.2} s; all {total} messages there",
@@ -157,6 +167,8 @@ fn run_one(
         create,
         produce_acks1,
         produce_acks_all,
+        raw_acks1,
+        raw_acks_all,
         consume,
         peak_rss,
         peak_fds,
@@ -164,6 +176,16 @@ fn run_one(
         rss_after_restart,
         fds_after_restart,
     })
+}
+
+/// Prints a finished raw-client measurement to stderr, as progress.
+fn report_raw(acks: &str, partitions: i32, m: &Measured) {
+    eprintln!(
+        "  run 1 raw client produce {acks:<7} {MESSAGE_BYTES:>5} B x {partitions} partitions: {:>10} msg/s {:>8.1} MB/s ({:.2} s)",
+        group_digits(m.msgs_per_sec()),
+        m.mb_per_sec(),
+        m.elapsed.as_secs_f64()
+    );
 }
 
 /// The sum of the log end offsets of `topic`'s partitions, in one ListOffsets request.
@@ -263,21 +285,26 @@ fn render(rows: &[ScalingRow], messages: u64, flags: &[String]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "steadfast with many partitions: {messages} messages of {MESSAGE_BYTES} B per produce \
-         workload, keyed over every partition; the consume reads both ({}); server flags {}\n\n",
-        group_digits(2.0 * messages as f64),
+         workload, keyed over every partition (librdkafka, then the raw client); the consume \
+         reads all four ({}); server flags {}\n\n",
+        group_digits(4.0 * messages as f64),
         flags.join(" ")
     ));
     out.push_str(
-        "| partitions | create topic | produce acks=1 msg/s | produce acks=-1 msg/s | consume msg/s | peak RSS | peak fds | restart after SIGKILL | RSS after restart | fds after restart |\n",
+        "| partitions | create topic | produce acks=1 msg/s | produce acks=-1 msg/s | raw produce acks=1 msg/s | raw produce acks=-1 msg/s | consume msg/s | peak RSS | peak fds | restart after SIGKILL | RSS after restart | fds after restart |\n",
     );
-    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.2} s | {} | {} | {} | {} | {} | {:.2} s | {} | {} |\n",
+            "| {} | {:.2} s | {} | {} | {} | {} | {} | {} | {} | {:.2} s | {} | {} |\n",
             group_digits(r.partitions as f64),
             r.create.as_secs_f64(),
             group_digits(r.produce_acks1.msgs_per_sec()),
             group_digits(r.produce_acks_all.msgs_per_sec()),
+            group_digits(r.raw_acks1.msgs_per_sec()),
+            group_digits(r.raw_acks_all.msgs_per_sec()),
             group_digits(r.consume.msgs_per_sec()),
             mib(r.peak_rss),
             r.peak_fds,
@@ -288,11 +315,15 @@ fn render(rows: &[ScalingRow], messages: u64, flags: &[String]) -> String {
     }
     if let Some(base) = rows.iter().find(|r| r.partitions == 64) {
         for r in rows.iter().filter(|r| r.partitions > 64) {
+            let ratio =
+                |m: fn(&ScalingRow) -> &Measured| m(r).msgs_per_sec() / m(base).msgs_per_sec();
             out.push_str(&format!(
-                "\n{} partitions vs 64: produce acks=1 {:.2}x, acks=-1 {:.2}x",
+                "\n{} partitions vs 64: librdkafka produce acks=1 {:.2}x, acks=-1 {:.2}x; raw produce acks=1 {:.2}x, acks=-1 {:.2}x",
                 group_digits(r.partitions as f64),
-                r.produce_acks1.msgs_per_sec() / base.produce_acks1.msgs_per_sec(),
-                r.produce_acks_all.msgs_per_sec() / base.produce_acks_all.msgs_per_sec(),
+                ratio(|r| &r.produce_acks1),
+                ratio(|r| &r.produce_acks_all),
+                ratio(|r| &r.raw_acks1),
+                ratio(|r| &r.raw_acks_all),
             ));
         }
     }

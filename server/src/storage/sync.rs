@@ -179,3 +179,96 @@ impl Syncer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A target that counts how it was synced.
+    #[derive(Debug)]
+    struct Counted {
+        root: Option<Arc<File>>,
+        device: u64,
+        alone: AtomicUsize,
+        batched: AtomicUsize,
+    }
+
+    impl SyncTarget for Counted {
+        fn sync_now(&self) -> io::Result<()> {
+            self.alone.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn mark(&self) -> Option<SyncMark> {
+            Some(SyncMark {
+                device: self.device,
+                file: 0,
+                size: 0,
+                epoch: 0,
+            })
+        }
+        fn file_on_device(&self) -> io::Result<Arc<File>> {
+            self.root
+                .clone()
+                .ok_or_else(|| io::Error::other("no file system"))
+        }
+        fn synced(&self, _mark: SyncMark) {
+            self.batched.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// `count` targets on the file system of a temporary directory (or, without `root`,
+    /// targets whose file system cannot be synced); the result of syncing them all.
+    fn sync_counted(count: usize, root: bool) -> (Vec<Arc<Counted>>, usize) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = Arc::new(File::open(dir.path()).expect("open the directory"));
+        let device = file.metadata().expect("stat").dev();
+        let targets: Vec<Arc<Counted>> = (0..count)
+            .map(|_| {
+                Arc::new(Counted {
+                    root: root.then(|| file.clone()),
+                    device,
+                    alone: AtomicUsize::new(0),
+                    batched: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        let results = sync_targets(
+            targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i, t.clone() as Arc<dyn SyncTarget>))
+                .collect(),
+        );
+        let ok = results.values().filter(|r| r.is_ok()).count();
+        (targets, ok)
+    }
+
+    #[test]
+    fn many_targets_on_one_file_system_are_synced_together_and_few_alone() {
+        let (many, ok) = sync_counted(BATCH_THRESHOLD, true);
+        assert_eq!(ok, BATCH_THRESHOLD);
+        for t in &many {
+            assert_eq!(t.batched.load(Ordering::SeqCst), 1, "noted as synced once");
+            assert_eq!(t.alone.load(Ordering::SeqCst), 0, "no fsync of its own");
+        }
+        let (few, ok) = sync_counted(BATCH_THRESHOLD - 1, true);
+        assert_eq!(ok, BATCH_THRESHOLD - 1);
+        for t in &few {
+            assert_eq!(t.batched.load(Ordering::SeqCst), 0);
+            assert_eq!(t.alone.load(Ordering::SeqCst), 1, "fsynced on its own");
+        }
+    }
+
+    #[test]
+    fn when_the_file_system_cannot_be_synced_every_target_is_fsynced_on_its_own() {
+        let (targets, ok) = sync_counted(BATCH_THRESHOLD * 2, false);
+        assert_eq!(ok, BATCH_THRESHOLD * 2);
+        for t in &targets {
+            assert_eq!(t.batched.load(Ordering::SeqCst), 0, "not noted as synced");
+            assert_eq!(t.alone.load(Ordering::SeqCst), 1, "fsynced on its own");
+        }
+    }
+}
