@@ -79,6 +79,9 @@ fn key(target: &Arc<dyn SyncTarget>) -> usize {
     Arc::as_ptr(target) as *const () as usize
 }
 
+/// A target (by its key) with what it had written when its round began.
+type Marked = (usize, Arc<dyn SyncTarget>, SyncMark);
+
 /// Makes every target durable (blocking), batched where that pays (see the module
 /// comment); each target's result by its key.
 pub(crate) fn sync_targets(
@@ -86,7 +89,7 @@ pub(crate) fn sync_targets(
 ) -> HashMap<usize, Result<(), String>> {
     let mut results = HashMap::with_capacity(targets.len());
     // Targets that may take part in a batched sync, by device.
-    let mut by_device: HashMap<u64, Vec<(usize, Arc<dyn SyncTarget>, SyncMark)>> = HashMap::new();
+    let mut by_device: HashMap<u64, Vec<Marked>> = HashMap::new();
     let mut alone = Vec::new();
     for (key, target) in targets {
         match target.mark() {
