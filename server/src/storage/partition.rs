@@ -682,4 +682,57 @@ mod tests {
             assert_eq!(partition.log_end_offset(), 2, "nothing was unsynced");
         }
     }
+
+    #[test]
+    fn only_sealed_segments_have_index_files_and_they_are_used_at_the_next_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = OpenFiles::new(0);
+        let config = LogConfig {
+            segment_bytes: 1024,
+            index_interval_bytes: 100,
+            ..LogConfig::default()
+        };
+        let partition = Partition::open(dir.path(), config.clone(), &files).expect("open");
+        for seq in 0..40 {
+            partition.append(&batch(seq)).expect("append");
+        }
+        let bases = partition.segment_bases();
+        assert!(bases.len() >= 3, "rolled: {bases:?}");
+        let index_of = |base: i64| dir.path().join(format!("{base:020}.index"));
+        let (active, sealed) = bases.split_last().expect("segments");
+        for base in sealed {
+            let len = std::fs::metadata(index_of(*base))
+                .expect("index file")
+                .len();
+            assert!(
+                len > 0,
+                "segment {base}: an index was written when it was sealed"
+            );
+        }
+        assert!(
+            !index_of(*active).exists(),
+            "the active segment's index lives only in memory"
+        );
+        drop(partition);
+        let written = |base: &i64| {
+            std::fs::metadata(index_of(*base))
+                .and_then(|m| m.modified())
+                .expect("index file time")
+        };
+        let before: Vec<_> = sealed.iter().map(written).collect();
+
+        let reopened = Partition::open(dir.path(), config, &files).expect("reopen");
+        let after: Vec<_> = sealed.iter().map(written).collect();
+        assert_eq!(
+            before, after,
+            "the sealed segments' indexes were loaded, not rebuilt"
+        );
+        assert_eq!(reopened.segment_bases(), bases);
+        assert_eq!(reopened.log_end_offset(), 40);
+        for offset in 0..40 {
+            let read = reopened.read(offset, 1 << 20, true).expect("read");
+            let batches = crate::storage::batch::split_batches(&read.records).expect("batches");
+            assert_eq!(batches[0].header.base_offset, offset, "read at {offset}");
+        }
+    }
 }
