@@ -29,6 +29,11 @@
 //! SOAK_MINUTES=5 SOAK_MINUTE_SECS=20 cargo bench --bench soak     # a quick look
 //! ```
 //!
+//! The worker and server processes run with `MALLOC_ARENA_MAX=2`, as the README advises for
+//! long-running workers (glibc's default of eight malloc arenas per core lets RSS creep as
+//! librdkafka's and tokio's threads each keep their own); `SOAK_MALLOC_ARENA_MAX=` (empty)
+//! runs them with glibc's default, `SOAK_MALLOC_ARENA_MAX=N` with N.
+//!
 //! `SOAK_RATE` sets the records per second. Without cargo bench's `--bench` flag (as under
 //! `cargo test --benches`) it runs a smoke pass: three 4-second minutes at 300 msg/s, with
 //! the same checks.
@@ -269,6 +274,10 @@ struct Settings {
     rate: u64,
     tiers_ms: Vec<u64>,
     lag_every: Duration,
+    /// `MALLOC_ARENA_MAX` of the worker and server processes (`SOAK_MALLOC_ARENA_MAX`,
+    /// default 2, as the README advises for long-running workers); `None` (the variable set
+    /// empty) leaves glibc's default of eight arenas per core.
+    arena_max: Option<u32>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -299,6 +308,15 @@ impl Settings {
                 vec![1_000, 5_000]
             },
             lag_every: (minute / 6).clamp(Duration::from_millis(500), Duration::from_secs(5)),
+            arena_max: match std::env::var("SOAK_MALLOC_ARENA_MAX") {
+                Ok(v) if v.trim().is_empty() => None,
+                Ok(v) => {
+                    Some(v.trim().parse().map_err(|_| {
+                        anyhow::anyhow!("SOAK_MALLOC_ARENA_MAX={v} is not a number")
+                    })?)
+                }
+                Err(_) => Some(2),
+            },
         })
     }
 }
@@ -413,6 +431,8 @@ fn mib(kib: u64) -> f64 {
 struct Fleet {
     dir: PathBuf,
     spec: WorkerSpec,
+    /// `MALLOC_ARENA_MAX` for the workers (see [`Settings::arena_max`]).
+    arena_max: Option<u32>,
     procs: Vec<Proc>,
 }
 
@@ -432,6 +452,7 @@ impl Fleet {
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
             .stderr(File::create(&log)?);
+        arenas(&mut command, self.arena_max);
         if standby {
             command.arg("--standby").stdin(Stdio::piped());
         } else {
@@ -740,10 +761,20 @@ fn fmt_res(r: Option<(u64, u64)>) -> (String, String) {
     })
 }
 
+/// Sets `MALLOC_ARENA_MAX` of a child process, or removes it (glibc's default).
+fn arenas(command: &mut Command, arena_max: Option<u32>) {
+    match arena_max {
+        Some(n) => command.env("MALLOC_ARENA_MAX", n.to_string()),
+        None => command.env_remove("MALLOC_ARENA_MAX"),
+    };
+}
+
 /// Starts the server process; returns it and its bootstrap address.
-fn start_server(dir: &Path) -> anyhow::Result<(Proc, String)> {
+fn start_server(dir: &Path, arena_max: Option<u32>) -> anyhow::Result<(Proc, String)> {
     let log = dir.join("server.log");
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut command = Command::new(std::env::current_exe()?);
+    arenas(&mut command, arena_max);
+    let mut child = command
         .arg("--soak-server")
         .arg(dir.join("data"))
         .stdin(Stdio::null())
@@ -1146,7 +1177,7 @@ fn print_logged(fleet: &Fleet) {
 }
 
 fn run(s: &Settings, dir: &Path, key_prefix: &str) -> anyhow::Result<()> {
-    let (mut server, bootstrap) = start_server(dir)?;
+    let (mut server, bootstrap) = start_server(dir, s.arena_max)?;
     let topic = format!("soak-{}", uuid::Uuid::new_v4().simple());
     create_topic(&bootstrap, &topic)?;
     let tiers: Vec<String> = (1..=s.tiers_ms.len())
@@ -1162,6 +1193,7 @@ fn run(s: &Settings, dir: &Path, key_prefix: &str) -> anyhow::Result<()> {
             handled_file: PathBuf::new(),
             tiers_ms: s.tiers_ms.clone(),
         },
+        arena_max: s.arena_max,
         procs: Vec::new(),
     };
     // Every worker process is started now, those that join later on standby: a process
@@ -1198,12 +1230,16 @@ fn run(s: &Settings, dir: &Path, key_prefix: &str) -> anyhow::Result<()> {
     };
 
     println!(
-        "## steadfast soak ({}): {} minutes of {} s, {} msg/s over {KEYS} keys, {PARTITIONS} partitions, tiers {:?} ms\n",
+        "## steadfast soak ({}): {} minutes of {} s, {} msg/s over {KEYS} keys, {PARTITIONS} partitions, tiers {:?} ms, workers and server with {}\n",
         if s.quick { "quick smoke run" } else { "full run" },
         s.minutes,
         s.minute.as_secs(),
         s.rate,
-        s.tiers_ms
+        s.tiers_ms,
+        match s.arena_max {
+            Some(n) => format!("MALLOC_ARENA_MAX={n}"),
+            None => "glibc's default malloc arenas".to_owned(),
+        }
     );
     let mut problems = Vec::new();
     let rows = minutes(s, &mut fleet, &server, &probe, &sent, &mut problems)?;
@@ -1280,12 +1316,6 @@ fn run(s: &Settings, dir: &Path, key_prefix: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// The allocator the project's own binaries ship with (the CLI, the `ledger` example), so
-/// that the server and worker processes measured here are what a user runs. With glibc
-/// malloc instead, RSS creeps through per-thread arenas (BENCHMARKS.md, "Soak").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

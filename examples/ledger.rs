@@ -179,11 +179,6 @@ fn valid_schema(schema: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A long-running worker: mimalloc keeps its resident set flat where glibc malloc's
-/// per-thread arenas let it creep (BENCHMARKS.md, "Soak"; README, "Memory").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

@@ -56,6 +56,7 @@ pub mod handler;
 pub mod message;
 pub mod observe;
 pub mod policy;
+pub mod producer;
 pub mod runtime;
 pub mod store;
 pub mod testing;
@@ -63,12 +64,13 @@ pub mod testing;
 /// Every settings type a user writes, at the root beside [`WorkerConfig`].
 pub use config::{
     BreakerConfig, ConfigError, DedupConfig, LockConfig, ObserveConfig, Ordering, RateLimitConfig,
-    RetryConfig, StaleConfig, StoresConfig, TransactionConfig, WorkerConfig,
+    RetryConfig, StaleConfig, StartFrom, StoresConfig, TransactionConfig, WorkerConfig,
 };
 pub use error::WorkerError;
 pub use handler::{Context, Handler, HandlerError};
 pub use message::{Envelope, Headers, Message, Outcome};
 pub use policy::Retry;
+pub use producer::{Producer, Record};
 pub use runtime::{Worker, WorkerBuilder, WorkerStats};
 
 /// Derive macros: `#[derive(steadfast::Message)]` and `#[derive(steadfast::Handler)]`.
@@ -81,7 +83,7 @@ pub use steadfast_server as server;
 /// Items the derive macros expand to; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::message::{Json, MessageId, MessageKey, MessageVersion, RawBytes};
+    pub use crate::message::{Json, MessageId, MessageKey, MessageVersion, Protobuf, RawBytes};
 }
 
 /// The README's Rust examples, compiled (and the runnable ones run) as doc tests.

@@ -64,6 +64,8 @@ pub struct TestWorker<H> {
     stores: StoreHandles,
     layers: Vec<UserLayer>,
     sink: MemorySink,
+    /// What handlers sent through their context's producer.
+    produced: MemorySink,
     next_offset: std::sync::atomic::AtomicI64,
     stack: tokio::sync::OnceCell<BoxedStack>,
 }
@@ -77,6 +79,7 @@ impl<H: Handler> TestWorker<H> {
             stores: StoreHandles::default(),
             layers: Vec::new(),
             sink: MemorySink::default(),
+            produced: MemorySink::default(),
             next_offset: std::sync::atomic::AtomicI64::new(0),
             stack: tokio::sync::OnceCell::new(),
         }
@@ -194,6 +197,7 @@ impl<H: Handler> TestWorker<H> {
                 &self.layers,
                 &CancellationToken::new(),
                 &Meters::noop(),
+                crate::producer::Producer::to_sink(Arc::new(self.produced.clone())),
             )
         });
         stack.await.clone()
@@ -256,6 +260,12 @@ impl<H: Handler> TestWorker<H> {
     /// Every routed copy (retry tiers and dead letters), in order.
     pub fn routed(&self) -> Vec<OutgoingRecord> {
         self.sink.records()
+    }
+
+    /// What handlers sent through their context's producer ([`crate::Context::producer`]), in
+    /// order; kept here, not sent (a delivery reports partition 0 and offset -1).
+    pub fn produced(&self) -> Vec<OutgoingRecord> {
+        self.produced.records()
     }
 
     /// The copies sent to a dead-letter topic.

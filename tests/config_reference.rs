@@ -165,7 +165,9 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
     }
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
         self.leaf(Kind::String);
-        visitor.visit_str("")
+        // A text every string setting accepts, also those read through a parser
+        // (`start_from`).
+        visitor.visit_str("earliest")
     }
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
         self.deserialize_str(visitor)
@@ -575,6 +577,8 @@ fn env_sample(row: &Row) -> (String, toml::Value) {
         ("true".to_owned(), toml::Value::Boolean(true))
     } else if row.key == "ordering" {
         text("relaxed")
+    } else if row.key == "start_from" {
+        text("2026-12-01T00:00:00Z")
     } else if row.key == "observe.listen" {
         text("127.0.0.1:9464")
     } else if row.key == "stores.schema" {

@@ -9,6 +9,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "combined_guards.rs"]
+mod combined_guards;
 #[path = "config_reference.rs"]
 mod config_reference;
 #[path = "custom_store.rs"]
@@ -31,6 +33,8 @@ mod observe;
 mod outages;
 #[path = "policies.rs"]
 mod policies;
+#[path = "producer.rs"]
+mod producer;
 #[path = "provenance.rs"]
 mod provenance;
 #[path = "quickstart.rs"]
@@ -39,6 +43,8 @@ mod quickstart;
 mod retry_tiers;
 #[path = "routed_once.rs"]
 mod routed_once;
+#[path = "start_from.rs"]
+mod start_from;
 #[path = "store_conformance_postgres.rs"]
 mod store_conformance_postgres;
 #[path = "store_conformance_redis.rs"]

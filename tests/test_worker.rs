@@ -304,3 +304,51 @@ async fn a_transactional_handler_is_testable_against_a_given_postgres() {
         .await
         .expect("drop the test schema");
 }
+
+/// Sends one copy of each update to `copies` through its context's producer.
+#[derive(Clone)]
+struct Forward;
+
+impl Handler for Forward {
+    type Message = Update;
+    const GROUP: &'static str = "forward";
+
+    fn handle_message(
+        &self,
+        u: Update,
+        cx: &Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let producer = cx.producer().cloned();
+        async move {
+            let record = steadfast::Record::of(&u)
+                .map_err(HandlerError::permanent)?
+                .topic("copies");
+            producer?
+                .send_record(record)
+                .await
+                .map_err(HandlerError::transient)?;
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn what_a_handler_sends_is_kept_with_the_record_that_caused_it() {
+    let worker = TestWorker::new(Forward);
+    assert_eq!(
+        worker.handle(&update("k", 1, "a")).await,
+        Outcome::Ack { attempt: 1 }
+    );
+    let produced = worker.produced();
+    assert_eq!(produced.len(), 1);
+    assert_eq!(produced[0].topic, "copies");
+    assert_eq!(produced[0].key.as_deref(), Some(&b"k"[..]));
+    let cause = produced[0]
+        .headers
+        .get_str(steadfast::message::headers::CAUSED_BY);
+    assert!(
+        cause.is_some_and(|c| c.starts_with("policies/0/")),
+        "names the record handled: {cause:?}"
+    );
+    assert!(worker.routed().is_empty(), "a send is not a routed copy");
+}

@@ -39,11 +39,6 @@ enum Command {
     Users(users::UsersArgs),
 }
 
-/// mimalloc rather than glibc malloc: the server runs for weeks with many threads, and glibc's
-/// per-thread arenas let its resident set creep up (BENCHMARKS.md, "Soak").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

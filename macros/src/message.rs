@@ -15,6 +15,8 @@ pub(crate) enum CodecKind {
     Json,
     /// `codec = raw`: `steadfast::message::RawBytes`.
     Raw,
+    /// `codec = protobuf`: `steadfast::message::Protobuf`.
+    Protobuf,
 }
 
 /// The contents of the `#[message(...)]` attributes, before the fields are looked up.
@@ -64,22 +66,34 @@ impl MessageArgs {
                         set_once(slot, field, &meta.path)
                     }
                     "codec" => {
-                        let ident: Ident = meta.value()?.parse().map_err(|e| {
-                            syn::Error::new(e.span(), "expected `codec = json` or `codec = raw`")
-                        })?;
-                        let kind = match ident.to_string().as_str() {
+                        // A name, or the same name quoted (`codec = "protobuf"`).
+                        let value = meta.value()?;
+                        let (name, span) = if value.peek(LitStr) {
+                            let text: LitStr = value.parse()?;
+                            (text.value(), text.span())
+                        } else {
+                            let ident: Ident = value.parse().map_err(|e| {
+                                syn::Error::new(
+                                    e.span(),
+                                    "expected `codec = json`, `codec = protobuf` or `codec = raw`",
+                                )
+                            })?;
+                            (ident.to_string(), ident.span())
+                        };
+                        let kind = match name.as_str() {
                             "json" => CodecKind::Json,
                             "raw" => CodecKind::Raw,
+                            "protobuf" => CodecKind::Protobuf,
                             other => {
                                 return Err(syn::Error::new(
-                                    ident.span(),
+                                    span,
                                     format!(
-                                        "unknown codec `{other}`: expected `json` (the default) or `raw`"
+                                        "unknown codec `{other}`: expected `json` (the default), `protobuf` or `raw`"
                                     ),
                                 ))
                             }
                         };
-                        set_once(&mut args.codec, (kind, ident.span()), &meta.path)
+                        set_once(&mut args.codec, (kind, span), &meta.path)
                     }
                     _ => Err(meta.error(format!(
                         "unknown `message` attribute key `{}`: expected one of {KEYS}",
@@ -283,6 +297,9 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             quote_spanned!(span=> ::steadfast::__private::Json)
         }
         Some((CodecKind::Raw, span)) => quote_spanned!(span=> ::steadfast::__private::RawBytes),
+        Some((CodecKind::Protobuf, span)) => {
+            quote_spanned!(span=> ::steadfast::__private::Protobuf)
+        }
     };
 
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();

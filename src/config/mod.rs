@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 mod kafka;
 mod observe;
 mod policies;
+mod start;
 
 pub use self::kafka::{KafkaClient, CONSUMER_ONLY, PRODUCER_ONLY};
 pub use self::observe::ObserveConfig;
@@ -19,6 +20,7 @@ pub use self::policies::{
     redact, store_kind, BreakerConfig, DedupConfig, LockConfig, RateLimitConfig, StaleConfig,
     StoreKind, StoresConfig, TransactionConfig,
 };
+pub use self::start::{StartFrom, StartFromError};
 
 /// A setting that was refused.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,12 @@ pub struct WorkerConfig {
     pub drain_timeout_ms: u64,
     /// How often finished offsets are committed, in ms. Env: `STEADFAST_COMMIT_INTERVAL_MS`.
     pub commit_interval_ms: u64,
+    /// Where a partition the group has no committed offset for starts: `earliest` (the
+    /// default), `latest`, or an RFC 3339 time (the first record at or after it). Sets
+    /// librdkafka's `auto.offset.reset`, which `[kafka]` may then not set too.
+    /// Env: `STEADFAST_START_FROM`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_from: Option<StartFrom>,
     /// Raw librdkafka properties passed through (`[kafka]` table).
     pub kafka: BTreeMap<String, String>,
     /// Where store tables and keys live (`[stores]`).
@@ -163,6 +171,7 @@ impl Default for WorkerConfig {
             handler_timeout_ms: 30_000,
             drain_timeout_ms: 10_000,
             commit_interval_ms: 1_000,
+            start_from: None,
             kafka: BTreeMap::new(),
             stores: StoresConfig::default(),
             stale: None,
@@ -189,7 +198,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "steadfast.toml";
 ///
 /// A variable that sets a key of a policy table (`STEADFAST_DEDUP_STORE` sets `dedup.store`)
 /// turns the policy on, as a file with that table would.
-pub const ENV_OVERRIDES: [(&str, &str); 24] = [
+pub const ENV_OVERRIDES: [(&str, &str); 26] = [
     ("STEADFAST_BROKERS", "brokers"),
     ("STEADFAST_GROUP", "group"),
     ("STEADFAST_TOPIC", "topic"),
@@ -209,12 +218,14 @@ pub const ENV_OVERRIDES: [(&str, &str); 24] = [
         "STEADFAST_OBSERVE_LAG_INTERVAL_MS",
         "observe.lag_interval_ms",
     ),
+    ("STEADFAST_START_FROM", "start_from"),
     ("STEADFAST_STORES_SCHEMA", "stores.schema"),
     ("STEADFAST_STORES_KEY_PREFIX", "stores.key_prefix"),
     (
         "STEADFAST_STORES_DEAD_LETTER_AFTER_REFUSALS",
         "stores.dead_letter_after_refusals",
     ),
+    ("STEADFAST_STORES_COMBINE_CALLS", "stores.combine_calls"),
     ("STEADFAST_STALE_STORE", "stale.store"),
     ("STEADFAST_LOCK_STORE", "lock.store"),
     ("STEADFAST_DEDUP_STORE", "dedup.store"),
@@ -293,6 +304,12 @@ impl WorkerConfig {
         }
         if self.concurrency == 0 {
             return invalid("concurrency", "must be at least 1");
+        }
+        if self.start_from.is_some() && self.kafka.contains_key("auto.offset.reset") {
+            return invalid(
+                "start_from",
+                "set either `start_from` or `[kafka] auto.offset.reset`, not both",
+            );
         }
         if let Some(max) = self.max_in_flight {
             if max < self.concurrency {
@@ -562,7 +579,7 @@ fn env_value(key: &str, value: &str) -> toml::Value {
             .parse::<i64>()
             .map(toml::Value::Integer)
             .unwrap_or_else(|_| toml::Value::String(value.to_owned())),
-        "shared_retry_topics" => match value.trim() {
+        "shared_retry_topics" | "stores.combine_calls" => match value.trim() {
             "true" | "1" => toml::Value::Boolean(true),
             "false" | "0" => toml::Value::Boolean(false),
             _ => toml::Value::String(value.to_owned()),
@@ -781,5 +798,23 @@ mod tests {
             WorkerConfig::default().stale.is_none(),
             "policies are off by default"
         );
+    }
+
+    #[test]
+    fn start_from_and_the_offset_reset_it_sets_are_not_both_given() {
+        let mut c = WorkerConfig {
+            start_from: Some(StartFrom::Latest),
+            ..WorkerConfig::default()
+        };
+        assert!(c.validate().is_ok());
+        c.kafka
+            .insert("auto.offset.reset".to_owned(), "earliest".to_owned());
+        let err = c.validate().expect_err("both given");
+        assert!(err.to_string().contains("start_from"), "{err}");
+        let parsed =
+            WorkerConfig::from_toml("start_from = \"2026-12-01T00:00:00Z\"\n").expect("a time");
+        assert_eq!(parsed.start_from, Some(StartFrom::Time(1_796_083_200_000)));
+        let err = WorkerConfig::from_toml("start_from = \"soon\"\n").expect_err("not a time");
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
     }
 }

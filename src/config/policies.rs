@@ -22,6 +22,11 @@ pub struct StoresConfig {
     /// store is fixed. Outages never count. Env: `STEADFAST_STORES_DEAD_LETTER_AFTER_REFUSALS`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_after_refusals: Option<u32>,
+    /// Where the key lock and the stale check and/or dedup are in the same Redis (one URL),
+    /// make their calls together: one script before the handler and one after it instead of
+    /// up to seven calls (default `true`). Used only with no circuit breaker, rate limit or
+    /// transactional store. Env: `STEADFAST_STORES_COMBINE_CALLS`.
+    pub combine_calls: bool,
 }
 
 impl Default for StoresConfig {
@@ -30,6 +35,7 @@ impl Default for StoresConfig {
             schema: "steadfast".to_owned(),
             key_prefix: "steadfast".to_owned(),
             dead_letter_after_refusals: None,
+            combine_calls: true,
         }
     }
 }

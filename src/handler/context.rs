@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HandlerError, Transaction};
 use crate::message::{DropReason, Envelope, Headers};
+use crate::producer::Producer;
 use crate::store::{OnceRecord, OnceStart, TransactionalStore};
 
 /// The context of one handler call.
@@ -18,6 +19,7 @@ pub struct Context {
     pub(crate) group: Arc<str>,
     pub(crate) shutdown: Arc<CancellationToken>,
     pub(crate) transactions: Option<Arc<dyn TransactionalStore>>,
+    pub(crate) producer: Option<Producer>,
 }
 
 impl Context {
@@ -27,14 +29,30 @@ impl Context {
         group: Arc<str>,
         shutdown: Arc<CancellationToken>,
         transactions: Option<Arc<dyn TransactionalStore>>,
+        producer: Option<&Producer>,
     ) -> Self {
+        let producer =
+            producer.map(|p| p.caused_by(&envelope.topic, envelope.partition, envelope.offset));
         Context {
             envelope,
             attempt,
             group,
             shutdown,
             transactions,
+            producer,
         }
+    }
+    /// The worker's producer, for messages this handler sends: idempotent, `acks=all`, and
+    /// each record it sends carries the header `steadfast-caused-by` naming the record being
+    /// handled (`<topic>/<partition>/<offset>`). A send that fails is the handler's to
+    /// return as an error; the message is then retried, and a retry sends again (pair it
+    /// with an id the consumer deduplicates on).
+    pub fn producer(&self) -> Result<&Producer, HandlerError> {
+        self.producer.as_ref().ok_or_else(|| {
+            HandlerError::permanent(
+                "this context has no producer (a HandlerService built without one)",
+            )
+        })
     }
     /// The attempt number, counting from 1 at the first delivery, across in-place retries
     /// and retry tiers (it travels in a header).

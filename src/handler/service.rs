@@ -15,6 +15,7 @@ use tower::Service;
 use super::{Context, Handler, HandlerError};
 use crate::message::{Envelope, ErrorClass, Failure, HandlerNotes, Message, Outcome};
 use crate::policy::{now_ms, OutcomeFuture};
+use crate::producer::Producer;
 use crate::store::TransactionalStore;
 
 /// Runs a [`Handler`] on envelopes.
@@ -24,6 +25,7 @@ pub struct HandlerService<H> {
     group: Arc<str>,
     shutdown: Arc<CancellationToken>,
     transactions: Option<Arc<dyn TransactionalStore>>,
+    producer: Option<Producer>,
     duration: metrics::Histogram,
 }
 
@@ -34,6 +36,7 @@ impl<H> Clone for HandlerService<H> {
             group: self.group.clone(),
             shutdown: self.shutdown.clone(),
             transactions: self.transactions.clone(),
+            producer: self.producer.clone(),
             duration: self.duration.clone(),
         }
     }
@@ -47,12 +50,18 @@ impl<H: Handler> HandlerService<H> {
             group: Arc::from(group),
             shutdown: Arc::new(shutdown),
             transactions: None,
+            producer: None,
             duration: metrics::Histogram::noop(),
         }
     }
     /// Records each handler call's duration in `duration` (seconds).
     pub(crate) fn timed(mut self, duration: metrics::Histogram) -> Self {
         self.duration = duration;
+        self
+    }
+    /// Hands handlers `producer` ([`Context::producer`]).
+    pub fn with_producer(mut self, producer: Producer) -> Self {
+        self.producer = Some(producer);
         self
     }
     /// Hands handlers transactions of `stores` ([`Context::transaction`]).
@@ -99,6 +108,7 @@ impl<H: Handler> HandlerService<H> {
         let group = self.group.clone();
         let shutdown = self.shutdown.clone();
         let transactions = self.transactions.clone();
+        let producer = self.producer.clone();
         let duration = self.duration.clone();
         async move {
             let attempt = envelope.attempt;
@@ -115,7 +125,14 @@ impl<H: Handler> HandlerService<H> {
                 n.handed.store(false, Ordering::SeqCst);
                 *n.skipped.lock() = None;
             }
-            let cx = Context::new(envelope, attempt, group, shutdown, transactions.clone());
+            let cx = Context::new(
+                envelope,
+                attempt,
+                group,
+                shutdown,
+                transactions.clone(),
+                producer.as_ref(),
+            );
             let timer = crate::observe::Timer::start(duration);
             let result = AssertUnwindSafe(handler.handle_message(message, &cx))
                 .catch_unwind()

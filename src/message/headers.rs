@@ -41,6 +41,10 @@ pub const DUE_AT: &str = "steadfast-due-at";
 /// partition finds the copies of its unfinished records by it, so no record is routed twice.
 pub const ROUTED_FROM: &str = "steadfast-routed-from";
 
+/// The record a handler was handling when it sent this one through its context's producer
+/// ([`crate::Context::producer`]): `<topic>/<partition>/<offset>`.
+pub const CAUSED_BY: &str = "steadfast-caused-by";
+
 /// Who replayed a record from the dead-letter topic (`user@host`, or as given).
 pub const REPLAYED_BY: &str = "steadfast-replayed-by";
 /// When a record was replayed from the dead-letter topic (RFC 3339).

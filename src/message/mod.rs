@@ -10,7 +10,7 @@ pub mod headers;
 mod outcome;
 
 pub use self::class::ErrorClass;
-pub use self::codec::{Codec, DecodeError, EncodeError, Json, RawBytes};
+pub use self::codec::{Codec, DecodeError, EncodeError, Json, Protobuf, RawBytes};
 pub use self::envelope::{Envelope, Headers};
 pub use self::guard::{Facts, Guard, HandlerNotes, LeaseState};
 pub use self::outcome::{DropReason, Failure, Outcome, RouteTarget};

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 use super::health::Health;
 use super::metrics::store_call;
+use crate::store::guards::{Entered, Entry, Exit, GuardStore};
 use crate::store::{
     DedupStore, LockStore, RateLimit, RateLimitStore, Reservation, StoreError, VersionStore,
 };
@@ -135,5 +136,22 @@ impl<S: RateLimitStore + ?Sized> RateLimitStore for Observed<S> {
     }
     async fn reserve(&self, limit: &RateLimit) -> Result<Duration, StoreError> {
         self.call("rate_reserve", self.inner.reserve(limit)).await
+    }
+}
+
+#[async_trait]
+impl<S: GuardStore + ?Sized> GuardStore for Observed<S> {
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+    async fn enter(&self, entry: &Entry<'_>) -> Result<Entered, StoreError> {
+        self.call("guards_enter", self.inner.enter(entry)).await
+    }
+    async fn renew(&self, entry: &Entry<'_>, token: u64) -> Result<(bool, bool), StoreError> {
+        self.call("guards_renew", self.inner.renew(entry, token))
+            .await
+    }
+    async fn exit(&self, exit: &Exit<'_>) -> Result<(), StoreError> {
+        self.call("guards_exit", self.inner.exit(exit)).await
     }
 }

@@ -41,6 +41,9 @@ pub(crate) struct DedupConfig {
 /// On when the worker has a dedup store (`[dedup]`): reservations of the configured lease
 /// (10 s by default), completed ids remembered for `ttl_ms` (7 days by default).
 pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    if a.guards.is_some() {
+        return None;
+    }
     let store = a.stores.dedup.clone()?;
     let ttl_ms = a
         .config

@@ -38,6 +38,9 @@ pub(crate) struct LockConfig {
 /// On when the worker has a lock store (`[lock]`), with leases of `lease_ms` (10 s by
 /// default) renewed every third of it.
 pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    if a.guards.is_some() {
+        return None;
+    }
     let store = a.stores.lock.clone()?;
     let lease_ms = a.config.lock.as_ref().map_or(10_000, |l| l.lease_ms);
     let mut lock = LockConfig::new(

@@ -16,6 +16,7 @@ use super::tier_topics::{RetryTiers, TierNames};
 use crate::config::WorkerConfig;
 use crate::message::{Envelope, Facts, Outcome};
 use crate::observe::{Health, Meters};
+use crate::store::guards::GuardStore;
 use crate::store::StoreHandles;
 
 /// A user's tower layer ([`crate::WorkerBuilder::layer`]), placed between retry in place
@@ -88,6 +89,9 @@ pub(crate) struct Assembly<'a> {
     pub(crate) worker_id: &'a str,
     /// The user's own tower layers, outermost first.
     pub(crate) layers: &'a [UserLayer],
+    /// The stale check, lock and dedup in one store call each way, where the worker connected
+    /// them so; the three separate policies are then off.
+    pub(crate) guards: Option<&'a Arc<dyn GuardStore>>,
 }
 
 impl Assembly<'_> {

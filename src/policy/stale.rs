@@ -39,6 +39,9 @@ pub(crate) struct StalePolicy {
 
 /// On when the worker has a version store (`[stale]`).
 pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    if a.guards.is_some() {
+        return None;
+    }
     let versions = a.stores.version.clone()?;
     let copy = a.config.stale.as_ref().is_some_and(|s| s.copy_to_topic);
     Some(wrap(StalePolicy {
@@ -167,7 +170,7 @@ pub(crate) fn overtaken(envelope: &Envelope, version: i64, current: i64) -> Opti
 
 /// A retry-tier record whose run ended as a stale drop (found stale inside, by the lock's
 /// second check or the handler's transaction) is dead-lettered as overtaken instead.
-fn never_stale_in_tier(envelope: &Envelope, version: i64, outcome: Outcome) -> Outcome {
+pub(super) fn never_stale_in_tier(envelope: &Envelope, version: i64, outcome: Outcome) -> Outcome {
     if outcome == Outcome::Drop(DropReason::Stale) && headers::retry_tier(&envelope.headers) > 0 {
         return overtaken(envelope, version, version.saturating_add(1)).unwrap_or(outcome);
     }
@@ -176,7 +179,11 @@ fn never_stale_in_tier(envelope: &Envelope, version: i64, outcome: Outcome) -> O
 
 /// Publishes a copy of a stale message to `<original topic>.stale` until acknowledged;
 /// `false` when the worker shuts down first.
-async fn copy(sink: &dyn Sink, envelope: &Envelope, shutdown: &CancellationToken) -> bool {
+pub(super) async fn copy(
+    sink: &dyn Sink,
+    envelope: &Envelope,
+    shutdown: &CancellationToken,
+) -> bool {
     let record = OutgoingRecord {
         topic: stale_topic(headers::original_topic(envelope)),
         partition: None,

@@ -10,6 +10,7 @@ use crate::config::WorkerConfig;
 use crate::handler::{Handler, HandlerService};
 use crate::observe::Meters;
 use crate::policy::{self, Assembly, BoxedStack, Next, Routing, UserLayer};
+use crate::producer::Producer;
 
 /// The stack for `handler`: every policy that is on, around the handler.
 #[allow(clippy::too_many_arguments)]
@@ -22,6 +23,7 @@ pub(crate) fn build_stack<H: Handler>(
     layers: &[UserLayer],
     shutdown: &CancellationToken,
     meters: &Meters,
+    producer: Producer,
 ) -> BoxedStack {
     let worker_id = worker_id();
     let assembly = Assembly {
@@ -36,9 +38,11 @@ pub(crate) fn build_stack<H: Handler>(
         health: &guards.health,
         worker_id: &worker_id,
         layers,
+        guards: guards.combined.as_ref(),
     };
     let handler = HandlerService::new(handler, group, shutdown.clone())
         .with_transactions(guards.stores.transactions.clone())
+        .with_producer(producer)
         .timed(meters.handler_duration.clone());
     let handler = Next::from_fn(move |envelope| Box::pin(handler.handle(envelope)));
     policy::assemble(&assembly, handler)

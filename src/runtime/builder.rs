@@ -209,6 +209,15 @@ impl<H> WorkerBuilder<H> {
         self.config.stores.schema = schema.into();
         self
     }
+    /// Where a partition the group has no committed offset for starts (`start_from`):
+    /// [`StartFrom::Earliest`](crate::StartFrom) (the default), `Latest`, or `Time(ms)`, the
+    /// first record at or after a time; `"2026-12-01T00:00:00Z".parse()` makes the last. A
+    /// group's committed offsets always win: this applies to a new group, or a partition it
+    /// never committed.
+    pub fn start_from(mut self, start: crate::StartFrom) -> Self {
+        self.config.start_from = Some(start);
+        self
+    }
     /// The prefix of the stores' Redis keys (default `steadfast`).
     pub fn store_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.config.stores.key_prefix = prefix.into();
@@ -219,6 +228,13 @@ impl<H> WorkerBuilder<H> {
     /// message waits until the store is fixed. Outages never count.
     pub fn dead_letter_after_store_refusals(mut self, refusals: u32) -> Self {
         self.config.stores.dead_letter_after_refusals = Some(refusals);
+        self
+    }
+    /// Whether the key lock, stale check and dedup make their calls together where they share
+    /// one Redis (`stores.combine_calls`, on by default): one script before the handler and
+    /// one after it.
+    pub fn combine_store_calls(mut self, combine: bool) -> Self {
+        self.config.stores.combine_calls = combine;
         self
     }
     /// Serves `/metrics`, `/healthz` and `/readyz` on `listen` (`ip:port`).

@@ -14,6 +14,7 @@ use crate::config::{redact, store_kind, StoreKind, WorkerConfig};
 use crate::error::WorkerError;
 use crate::observe::{Health, Observed};
 use crate::policy::{outage_backoff, Breaker};
+use crate::store::guards::GuardStore;
 use crate::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore};
 use crate::store::postgres::PostgresStores;
 use crate::store::redis::{restart_loses, RedisStores};
@@ -29,6 +30,9 @@ pub(crate) struct Guards {
     pub(crate) breaker: Option<Breaker>,
     /// Where store and dependency outages are reported for the readiness probe.
     pub(crate) health: Arc<Health>,
+    /// The stale check, lock and dedup in one call each way, where they share one Redis
+    /// (`stores.combine_calls`).
+    pub(crate) combined: Option<Arc<dyn GuardStore>>,
     /// Stops watching the Redis connections for restarts when the guards are dropped.
     _restart_watch: Option<DropGuard>,
 }
@@ -82,6 +86,14 @@ impl Guards {
             }),
             transactions,
         };
+        let combined = match combinable(config, given) {
+            Some(url) => {
+                let redis = urls.redis(url).await?;
+                let store: Arc<dyn GuardStore> = Arc::new(redis.guards());
+                Some(Arc::new(Observed::new(store, "stale/lock/dedup", "redis", watched())) as _)
+            }
+            None => None,
+        };
         let redises = urls.redis_roles(config, given);
         warn_without_persistence(&redises).await;
         let restart_watch = watch_restarts(redises);
@@ -93,9 +105,37 @@ impl Guards {
             stores,
             breaker,
             health: health.clone(),
+            combined,
             _restart_watch: restart_watch,
         })
     }
+}
+
+/// The Redis URL of the key lock, when the lock and the stale check and/or dedup can make
+/// their calls together there (`stores.combine_calls`): all connected from that one URL,
+/// none given as a handle, and nothing that must stand between them or decide for them (a
+/// circuit breaker or rate limit between the stale check and the lock, a transactional
+/// store).
+fn combinable<'a>(config: &'a WorkerConfig, given: &StoreHandles) -> Option<&'a str> {
+    if !config.stores.combine_calls
+        || given.lock.is_some()
+        || given.version.is_some()
+        || given.dedup.is_some()
+        || given.transactions.is_some()
+        || config.transaction.is_some()
+    {
+        return None;
+    }
+    let url = config.lock.as_ref()?.store.as_str();
+    if !matches!(store_kind("lock.store", url), Ok(StoreKind::Redis)) {
+        return None;
+    }
+    let stale = config.stale.as_ref().map(|s| s.store.as_str());
+    let dedup = config.dedup.as_ref().map(|d| d.store.as_str());
+    let same = |other: Option<&str>| other.is_none_or(|other| other == url);
+    let between = config.breaker.is_some() || config.rate_limit.is_some();
+    let together = (stale.is_some() || dedup.is_some()) && same(stale) && same(dedup);
+    (together && !(stale.is_some() && between)).then_some(url)
 }
 
 /// Store connections by URL.

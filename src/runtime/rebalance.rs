@@ -28,6 +28,9 @@ pub(crate) struct WorkerContext {
     pub(crate) drain_timeout: Duration,
     /// How assigned partitions read back their retry state before they run.
     pub(crate) recovery: RecoveryPlan,
+    /// `start_from` a time: the source topic, and the time in ms since the epoch. Its
+    /// partitions without a committed offset start at the first record at or after it.
+    pub(crate) start_at: Option<(String, i64)>,
 }
 
 impl ClientContext for WorkerContext {
@@ -115,6 +118,9 @@ impl WorkerContext {
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
             .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed; nothing above them is skipped"))
             .ok();
+        if let Some((topic, at)) = &self.start_at {
+            start_at_time(consumer, tpl, committed.as_ref(), topic, *at);
+        }
         let restored = partitions_of(tpl)
             .into_iter()
             .map(|tp| {
@@ -171,6 +177,72 @@ impl WorkerContext {
             read_back_until_done(&shared, &plan, &epochs, &assigned, done);
         });
         Some(ended)
+    }
+}
+
+/// Moves the partitions of `topic` in `tpl` that the group has no committed offset for to the
+/// first record at or after `at` (ms since the epoch), found through the broker's time index
+/// (ListOffsets by timestamp), or to the log's end where there is none. When the committed
+/// offsets could not be read, or the lookup fails three times, they start where
+/// `auto.offset.reset` says (`earliest`): records before the time are handled, none is
+/// skipped.
+fn start_at_time(
+    consumer: &BaseConsumer<WorkerContext>,
+    tpl: &TopicPartitionList,
+    committed: Option<&TopicPartitionList>,
+    topic: &str,
+    at: i64,
+) {
+    let Some(committed) = committed else {
+        tracing::error!(topic, "the committed offsets are unknown: partitions start where auto.offset.reset says, not at start_from's time");
+        return;
+    };
+    let mut lookup = TopicPartitionList::new();
+    for (t, partition) in partitions_of(tpl) {
+        let has_commit = committed
+            .find_partition(&t, partition)
+            .is_some_and(|e| matches!(e.offset(), Offset::Offset(_)));
+        if &*t == topic && !has_commit {
+            if let Err(e) = lookup.add_partition_offset(&t, partition, Offset::Offset(at)) {
+                tracing::warn!(topic, partition, error = %e, "cannot look up start_from's offset");
+            }
+        }
+    }
+    if lookup.count() == 0 {
+        return;
+    }
+    let mut tries = 0;
+    let found = loop {
+        tries += 1;
+        match consumer.offsets_for_times(lookup.clone(), Duration::from_secs(10)) {
+            Ok(found) => break found,
+            Err(e) if tries < 3 => {
+                tracing::warn!(topic, error = %e, "looking up start_from's offsets failed; trying again");
+                std::thread::sleep(Duration::from_millis(200 * tries));
+            }
+            Err(e) => {
+                tracing::error!(topic, error = %e, "looking up start_from's offsets failed: the partitions start where auto.offset.reset says, not at the time");
+                return;
+            }
+        }
+    };
+    for e in found.elements() {
+        // No record at or after the time: the log's end.
+        let offset = match e.offset() {
+            Offset::Offset(o) if o >= 0 => Offset::Offset(o),
+            _ => Offset::End,
+        };
+        match consumer.seek(e.topic(), e.partition(), offset, Duration::from_secs(10)) {
+            Ok(()) => tracing::info!(
+                topic = e.topic(),
+                partition = e.partition(),
+                ?offset,
+                "no committed offset: starting at start_from's time"
+            ),
+            Err(err) => {
+                tracing::error!(topic = e.topic(), partition = e.partition(), error = %err, "seeking to start_from's offset failed: the partition starts where auto.offset.reset says")
+            }
+        }
     }
 }
 

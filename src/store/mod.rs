@@ -33,6 +33,7 @@
 //! such seed; the memory backend lives and dies with the process.
 
 pub mod conformance;
+pub(crate) mod guards;
 mod handles;
 pub mod memory;
 mod once;

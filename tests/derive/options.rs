@@ -1,5 +1,5 @@
 //! Compiled as part of the derive tests (a module of `derive.rs`), then run: optional keys
-//! left out, keys split over attributes, other key and version types, the raw codec, paths in
+//! left out, keys split over attributes, other key and version types, the raw and Protobuf codecs, paths in
 //! `message = ...`, generics, and a `handle` that is not an `async fn`.
 use std::future::Future;
 use std::time::SystemTime;
@@ -44,6 +44,18 @@ impl AsRef<[u8]> for Blob {
     fn as_ref(&self) -> &[u8] {
         &self.bytes
     }
+}
+
+/// A Protobuf message (prost), the codec named in quotes.
+#[derive(Clone, PartialEq, prost::Message, steadfast::Message)]
+#[message(topic = "quotes", key = symbol, version = at, codec = "protobuf")]
+struct Quote {
+    #[prost(string, tag = "1")]
+    symbol: String,
+    #[prost(int64, tag = "2")]
+    at: i64,
+    #[prost(double, tag = "3")]
+    price: f64,
 }
 
 #[derive(Serialize, Deserialize, steadfast::Message)]
@@ -108,6 +120,27 @@ pub(crate) fn run() {
     assert_eq!(b.key(), b"raw");
     assert_eq!(b.version(), Some(0));
     assert_eq!(b.encode().unwrap(), b"raw");
+
+    let q = Quote {
+        symbol: "ACME".into(),
+        at: 1_796_083_200_000,
+        price: 12.5,
+    };
+    let bytes = q.encode().unwrap();
+    assert_eq!(
+        bytes,
+        prost::Message::encode_to_vec(&q),
+        "the Protobuf wire form"
+    );
+    assert_eq!(Quote::decode(&bytes).unwrap(), q);
+    assert_eq!(
+        (q.key(), q.version()),
+        (b"ACME".to_vec(), Some(1_796_083_200_000))
+    );
+    assert!(
+        Quote::decode(b"\xff\xff").is_err(),
+        "a payload that is not Protobuf does not decode"
+    );
 
     let w = Wrapped {
         r#type: "w".into(),

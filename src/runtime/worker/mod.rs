@@ -185,6 +185,7 @@ impl<H: Handler> Worker<H> {
             &self.layers,
             &handler_shutdown,
             &observed.meters,
+            crate::producer::Producer::new(&self.config),
         );
         let limits = self.limits();
         let worker_stopped = CancellationToken::new();
@@ -312,6 +313,10 @@ impl<H: Handler> Worker<H> {
                 dead_letter: topics.dead_letter.clone(),
                 strict: limits.strict,
             },
+            start_at: match self.config.start_from {
+                Some(crate::config::StartFrom::Time(ms)) => Some((topics.source.clone(), ms)),
+                _ => None,
+            },
         };
         let consumer: WorkerConsumer = self
             .consumer_config(group, limits)
@@ -347,7 +352,12 @@ impl<H: Handler> Worker<H> {
             // the worker that consumes that copy, and the source partitions spread over the
             // members. Rebalances are eager: every member drains and commits at each one.
             ("partition.assignment.strategy", "range"),
-            ("auto.offset.reset", "earliest"),
+            (
+                "auto.offset.reset",
+                self.config
+                    .start_from
+                    .map_or("earliest", crate::config::StartFrom::offset_reset),
+            ),
             ("queued.min.messages", prefetch.as_str()),
             // With the prefetch that small, librdkafka's default pause of 1 s before fetching
             // again once the queue is full starves the handlers between fetches.

@@ -22,7 +22,7 @@ use super::Keys;
 use crate::store::{ttl_ms, LockStore, StoreError};
 
 /// How long a key's last token is kept at least after its last grant.
-const TOKEN_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
+pub(super) const TOKEN_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// KEYS: lock, token counter. ARGV: lease ms, counter ms. The token, or nil when held.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {

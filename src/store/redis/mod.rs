@@ -13,6 +13,7 @@
 
 mod dedup;
 mod error;
+mod guards;
 mod lock;
 mod lua;
 mod persistence;
@@ -26,6 +27,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use self::dedup::RedisDedupStore;
 pub use self::error::classify;
+pub(crate) use self::guards::RedisGuards;
 pub use self::lock::RedisLockStore;
 pub use self::persistence::{restart_loses, Persistence};
 pub use self::rate::RedisRateLimiter;
@@ -90,6 +92,12 @@ impl RedisStores {
     /// The deduplication store.
     pub fn dedup_store(&self) -> RedisDedupStore {
         RedisDedupStore::new(self.conn.clone(), self.keys())
+    }
+
+    /// The stale check, lock and dedup of a delivery in one call each way (for a worker
+    /// whose three guards are all in this Redis).
+    pub(crate) fn guards(&self) -> RedisGuards {
+        RedisGuards::new(self.conn.clone(), self.keys())
     }
 
     /// The last-applied-version store.

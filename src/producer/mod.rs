@@ -1,0 +1,207 @@
+//! Sending messages through steadfast: [`Producer`] publishes typed messages (the derive's
+//! topic, key and codec) with an idempotent, `acks=all` librdkafka producer and answers with
+//! where each landed. A handler gets one from its context ([`crate::Context::producer`]); the
+//! records it sends carry a provenance header naming the record being handled.
+
+mod record;
+
+pub use self::record::Record;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::{KafkaClient, WorkerConfig};
+use crate::message::headers::CAUSED_BY;
+use crate::message::Message;
+use crate::policy::{OutgoingRecord, Sink};
+
+/// How long a send may wait in librdkafka's queue and retries before it fails.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+}
+
+/// A send that did not land.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProduceError {
+    /// The message could not be encoded with its codec.
+    #[error("encoding a message for `{topic}`: {reason}")]
+    Encode {
+        /// The topic it was for.
+        topic: String,
+        /// The codec's error.
+        reason: String,
+    },
+    /// The producer could not be created from the settings.
+    #[error("creating the producer: {0}")]
+    Client(String),
+    /// The broker did not acknowledge the record (refused it, or it timed out).
+    #[error("`{topic}` did not acknowledge the record: {reason}")]
+    NotAcknowledged {
+        /// The topic.
+        topic: String,
+        /// What librdkafka reported.
+        reason: String,
+    },
+}
+
+/// The librdkafka producer, created on the first send (a worker whose handlers never send
+/// runs no producer threads for it).
+struct Lazy {
+    config: ClientConfig,
+    producer: OnceLock<Result<FutureProducer, String>>,
+}
+
+/// Where sent records go.
+enum Backend {
+    /// A Kafka cluster, through librdkafka.
+    Kafka(Lazy),
+    /// The test worker's record of sends ([`crate::testing::TestWorker::produced`]).
+    Sink(Arc<dyn Sink>),
+}
+
+/// Publishes typed messages; cheap to clone (clones share one librdkafka producer).
+#[derive(Clone)]
+pub struct Producer {
+    backend: Arc<Backend>,
+    /// `<topic>/<partition>/<offset>` of the record a handler was handling when it sent
+    /// through its context: the value of [`CAUSED_BY`].
+    caused_by: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("caused_by", &self.caused_by)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// A producer for `config`'s brokers and `[kafka]` properties (those that apply to a
+    /// producer), idempotent with `acks=all`; created on the first send.
+    pub fn new(config: &WorkerConfig) -> Producer {
+        let mut c = ClientConfig::new();
+        for (k, v) in config.kafka_properties(KafkaClient::Producer) {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &config.brokers);
+        Producer::with_client_config(c)
+    }
+
+    /// A producer for the brokers `bootstrap` (`host:port,...`) with librdkafka's defaults
+    /// but idempotence and `acks=all`.
+    pub fn connect(bootstrap: &str) -> Producer {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", bootstrap);
+        Producer::with_client_config(c)
+    }
+
+    fn with_client_config(mut config: ClientConfig) -> Producer {
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            );
+        Producer {
+            backend: Arc::new(Backend::Kafka(Lazy {
+                config,
+                producer: OnceLock::new(),
+            })),
+            caused_by: None,
+        }
+    }
+
+    /// A producer that hands its records to `sink` (the test worker's): a delivery reports
+    /// partition 0 and offset -1.
+    pub(crate) fn to_sink(sink: Arc<dyn Sink>) -> Producer {
+        Producer {
+            backend: Arc::new(Backend::Sink(sink)),
+            caused_by: None,
+        }
+    }
+
+    /// The same producer, its records marked as caused by `topic`/`partition`/`offset`.
+    pub(crate) fn caused_by(&self, topic: &str, partition: i32, offset: i64) -> Producer {
+        Producer {
+            backend: self.backend.clone(),
+            caused_by: Some(Arc::from(format!("{topic}/{partition}/{offset}"))),
+        }
+    }
+
+    /// Sends `message` to its type's topic under its key; answers once the broker
+    /// acknowledged it.
+    pub async fn send<M: Message>(&self, message: &M) -> Result<Delivery, ProduceError> {
+        self.send_record(Record::of(message)?).await
+    }
+
+    /// Sends `record` (see [`Record`] for headers and another topic).
+    pub async fn send_record(&self, mut record: Record) -> Result<Delivery, ProduceError> {
+        if let Some(cause) = &self.caused_by {
+            record.headers.push(CAUSED_BY, cause.as_bytes().to_vec());
+        }
+        let lazy = match self.backend.as_ref() {
+            Backend::Kafka(lazy) => lazy,
+            Backend::Sink(sink) => return to_sink(sink.as_ref(), record).await,
+        };
+        let producer = lazy
+            .producer
+            .get_or_init(|| lazy.config.create().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| ProduceError::Client(e.clone()))?;
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 1);
+        for (name, value) in record.headers.iter() {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_ref()),
+            });
+        }
+        let out = FutureRecord::to(&record.topic)
+            .key(&record.key)
+            .payload(&record.payload)
+            .headers(headers);
+        match producer.send(out, DELIVERY_TIMEOUT).await {
+            Ok(d) => Ok(Delivery {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Err((e, _)) => Err(ProduceError::NotAcknowledged {
+                topic: record.topic.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Hands `record` to a test worker's sink.
+async fn to_sink(sink: &dyn Sink, record: Record) -> Result<Delivery, ProduceError> {
+    let topic = record.topic.clone();
+    sink.send(OutgoingRecord {
+        topic: record.topic,
+        partition: None,
+        key: Some(record.key.into()),
+        payload: Some(record.payload.into()),
+        headers: record.headers,
+    })
+    .await
+    .map_err(|e| ProduceError::NotAcknowledged {
+        topic,
+        reason: e.reason,
+    })?;
+    Ok(Delivery {
+        partition: 0,
+        offset: -1,
+    })
+}

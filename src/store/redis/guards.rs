@@ -1,0 +1,517 @@
+//! The guards of a delivery in one script each way ([`GuardStore`]): stale check, lock and
+//! dedup reservation before the handler; dedup completion or release, version advance and
+//! lock release after it. The scripts use the keys and values of the separate Redis stores
+//! (`version`, `lock`, `token`, `dedup`), so both kinds of worker can share a Redis.
+
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use super::lock::TOKEN_MEMORY;
+use super::lua::{COMPARE_INTEGERS, NOW_US};
+use super::Keys;
+use crate::store::guards::{Entered, Entry, Exit, GuardStore};
+use crate::store::{ttl_ms, StoreError};
+
+/// KEYS: version, lock, token counter, dedup. ARGV: version or '', lock lease ms, counter
+/// ms, reservation value or '', reservation lease ms. `{code, text}`: 1 stale (the applied
+/// version), 2 held, 3 duplicate, 4 reserved by another owner, 5 granted (the token).
+static ENTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{COMPARE_INTEGERS}{NOW_US}{}",
+        r#"
+if ARGV[1] ~= '' then
+  local applied = redis.call('GET', KEYS[1])
+  if applied and compare(applied, ARGV[1]) >= 0 then return {1, applied} end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
+if ARGV[4] ~= '' then
+  local held = redis.call('GET', KEYS[4])
+  if held == 'c' then return {3, ''} end
+  if held and held ~= ARGV[4] then return {4, ''} end
+end
+local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+local token = string.format('%d', math.max(last + 1, now_us()))
+redis.call('SET', KEYS[3], token, 'PX', ARGV[3])
+redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5]) end
+return {5, token}
+"#
+    ))
+});
+
+/// KEYS: lock, dedup. ARGV: token, lock lease ms, reservation value or '', reservation lease
+/// ms. `{lock held, reservation held}` (1 or 0); a reservation that expired is taken again,
+/// as the dedup store's renewal does.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local lock = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  lock = 1
+end
+local reservation = 1
+if ARGV[3] ~= '' then
+  local held = redis.call('GET', KEYS[2])
+  if held and held ~= ARGV[3] then
+    reservation = 0
+  else
+    redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  end
+end
+return {lock, reservation}
+"#,
+    )
+});
+
+/// KEYS: lock, dedup, version. ARGV: token, reservation value or '', '1' to complete the id
+/// (else released), completed id ms, version or ''.
+static EXIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{COMPARE_INTEGERS}{}",
+        r#"
+if ARGV[2] ~= '' then
+  if ARGV[3] == '1' then
+    redis.call('SET', KEYS[2], 'c', 'PX', ARGV[4])
+  elseif redis.call('GET', KEYS[2]) == ARGV[2] then
+    redis.call('DEL', KEYS[2])
+  end
+end
+if ARGV[5] ~= '' then
+  local stored = redis.call('GET', KEYS[3])
+  if not stored or compare(stored, ARGV[5]) < 0 then redis.call('SET', KEYS[3], ARGV[5]) end
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#
+    ))
+});
+
+/// [`GuardStore`] in Redis; see the module docs.
+#[derive(Clone, Debug)]
+pub(crate) struct RedisGuards {
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+impl RedisGuards {
+    pub(super) fn new(conn: ConnectionManager, keys: Keys) -> Self {
+        RedisGuards { conn, keys }
+    }
+
+    /// The dedup key of `id`, or the lock key of `key` where there is no id (a script's
+    /// keys are all named, used or not).
+    fn dedup_key(&self, id: Option<&str>, key: &str) -> String {
+        match id {
+            Some(id) => self.keys.key("dedup", id),
+            None => self.keys.key("lock", key),
+        }
+    }
+}
+
+/// A reservation's value: the dedup store's.
+fn reservation(owner: &str) -> String {
+    format!("r:{owner}")
+}
+
+fn version_text(version: Option<i64>) -> String {
+    version.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn unexpected(what: &str, answer: impl std::fmt::Debug) -> StoreError {
+    StoreError::failed("redis", format!("the {what} script answered {answer:?}"))
+}
+
+#[async_trait]
+impl GuardStore for RedisGuards {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn enter(&self, entry: &Entry<'_>) -> Result<Entered, StoreError> {
+        let lease_ms = ttl_ms(entry.lock_lease);
+        let (code, text): (i64, String) = ENTER
+            .key(self.keys.key("version", entry.key))
+            .key(self.keys.key("lock", entry.key))
+            .key(self.keys.key("token", entry.key))
+            .key(self.dedup_key(entry.id, entry.key))
+            .arg(version_text(entry.version))
+            .arg(lease_ms)
+            .arg(lease_ms.max(ttl_ms(TOKEN_MEMORY)))
+            .arg(
+                entry
+                    .id
+                    .map(|_| reservation(entry.owner))
+                    .unwrap_or_default(),
+            )
+            .arg(ttl_ms(entry.dedup_lease))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::from)?;
+        match code {
+            1 => text.parse().map(Entered::Stale).map_err(|_| {
+                StoreError::failed(
+                    "redis",
+                    format!("version of `{}` is not an integer: {text:?}", entry.key),
+                )
+            }),
+            2 => Ok(Entered::Held),
+            3 => Ok(Entered::Duplicate),
+            4 => Ok(Entered::InProgress),
+            5 => text
+                .parse()
+                .map(Entered::Granted)
+                .map_err(|_| unexpected("enter", (code, text))),
+            _ => Err(unexpected("enter", (code, text))),
+        }
+    }
+
+    async fn renew(&self, entry: &Entry<'_>, token: u64) -> Result<(bool, bool), StoreError> {
+        let (lock, reserved): (i64, i64) = RENEW
+            .key(self.keys.key("lock", entry.key))
+            .key(self.dedup_key(entry.id, entry.key))
+            .arg(token)
+            .arg(ttl_ms(entry.lock_lease))
+            .arg(
+                entry
+                    .id
+                    .map(|_| reservation(entry.owner))
+                    .unwrap_or_default(),
+            )
+            .arg(ttl_ms(entry.dedup_lease))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::from)?;
+        Ok((lock == 1, reserved == 1))
+    }
+
+    async fn exit(&self, exit: &Exit<'_>) -> Result<(), StoreError> {
+        EXIT.key(self.keys.key("lock", exit.key))
+            .key(self.dedup_key(exit.id.map(|(id, _)| id), exit.key))
+            .key(self.keys.key("version", exit.key))
+            .arg(exit.token)
+            .arg(
+                exit.id
+                    .map(|(_, owner)| reservation(owner))
+                    .unwrap_or_default(),
+            )
+            .arg(if exit.completed { "1" } else { "0" })
+            .arg(ttl_ms(exit.ttl))
+            .arg(version_text(exit.advance))
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(StoreError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::redis::RedisStores;
+    use crate::store::{DedupStore, LockStore, Reservation, VersionStore};
+
+    /// The suite's Redis, under a prefix of this test's own.
+    async fn stores() -> RedisStores {
+        let prefix = format!("guards_{}", uuid::Uuid::new_v4().simple());
+        RedisStores::connect("redis://127.0.0.1:6379", &prefix)
+            .await
+            .expect("Redis on 127.0.0.1:6379 (start it with scripts/services.sh)")
+    }
+
+    fn entry<'a>(
+        key: &'a str,
+        version: Option<i64>,
+        id: Option<&'a str>,
+        owner: &'a str,
+    ) -> Entry<'a> {
+        Entry {
+            key,
+            version,
+            id,
+            owner,
+            lock_lease: Duration::from_secs(5),
+            dedup_lease: Duration::from_secs(5),
+        }
+    }
+
+    fn exit<'a>(e: &Entry<'a>, token: u64, completed: bool, advance: Option<i64>) -> Exit<'a> {
+        Exit {
+            key: e.key,
+            token,
+            id: e.id.map(|id| (id, e.owner)),
+            completed,
+            ttl: Duration::from_secs(60),
+            advance,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_grant_and_its_exit_are_what_the_separate_stores_see() {
+        let redis = stores().await;
+        let (guards, lock, dedup, versions) = (
+            redis.guards(),
+            redis.lock_store(),
+            redis.dedup_store(),
+            redis.version_store(),
+        );
+        let before = lock
+            .acquire("k", Duration::from_secs(5))
+            .await
+            .expect("acquire")
+            .expect("free");
+        lock.release("k", before).await.expect("release");
+
+        let e = entry("k", Some(7), Some("id-1"), "a");
+        let Entered::Granted(token) = guards.enter(&e).await.expect("enter") else {
+            panic!("a free key with a new id and no version is granted")
+        };
+        assert!(
+            token > before,
+            "tokens keep growing across both kinds of call"
+        );
+        assert_eq!(
+            lock.acquire("k", Duration::from_secs(5))
+                .await
+                .expect("acquire"),
+            None,
+            "the lock is held"
+        );
+        assert_eq!(
+            dedup
+                .reserve("id-1", "b", Duration::from_secs(5))
+                .await
+                .expect("reserve"),
+            Reservation::InProgress,
+            "the id is reserved"
+        );
+        assert_eq!(
+            versions.get("k").await.expect("get"),
+            None,
+            "nothing applied yet"
+        );
+
+        guards
+            .exit(&exit(&e, token, true, Some(7)))
+            .await
+            .expect("exit");
+        assert_eq!(
+            versions.get("k").await.expect("get"),
+            Some(7),
+            "the version advanced"
+        );
+        assert_eq!(
+            dedup
+                .reserve("id-1", "b", Duration::from_secs(5))
+                .await
+                .expect("reserve"),
+            Reservation::Completed,
+            "the id completed"
+        );
+        let after = lock
+            .acquire("k", Duration::from_secs(5))
+            .await
+            .expect("acquire")
+            .expect("the lock was released");
+        assert!(after > token);
+    }
+
+    #[tokio::test]
+    async fn enter_checks_the_version_then_the_lock_then_the_id_and_takes_nothing_unless_granted() {
+        let redis = stores().await;
+        let (guards, lock, dedup, versions) = (
+            redis.guards(),
+            redis.lock_store(),
+            redis.dedup_store(),
+            redis.version_store(),
+        );
+        assert!(versions.advance("k", 5).await.expect("advance"));
+        let held = lock
+            .acquire("k", Duration::from_secs(5))
+            .await
+            .expect("acquire")
+            .expect("free");
+        assert!(dedup
+            .reserve("busy", "other", Duration::from_secs(5))
+            .await
+            .is_ok());
+        dedup
+            .complete("done", "other", Duration::from_secs(60))
+            .await
+            .expect("complete");
+
+        // Stale first: a version not newer than the applied one, whatever else holds.
+        for version in [4, 5] {
+            assert_eq!(
+                guards
+                    .enter(&entry("k", Some(version), Some("busy"), "a"))
+                    .await
+                    .expect("enter"),
+                Entered::Stale(5)
+            );
+        }
+        // Then the lock: another holder's lease.
+        assert_eq!(
+            guards
+                .enter(&entry("k", Some(6), Some("done"), "a"))
+                .await
+                .expect("enter"),
+            Entered::Held
+        );
+        lock.release("k", held).await.expect("release");
+        // Then the id: completed before, or reserved by a running holder.
+        assert_eq!(
+            guards
+                .enter(&entry("k", Some(6), Some("done"), "a"))
+                .await
+                .expect("enter"),
+            Entered::Duplicate
+        );
+        assert_eq!(
+            guards
+                .enter(&entry("k", Some(6), Some("busy"), "a"))
+                .await
+                .expect("enter"),
+            Entered::InProgress
+        );
+        // None of those took the lock or touched the reservations.
+        let free = lock
+            .acquire("k", Duration::from_secs(5))
+            .await
+            .expect("acquire")
+            .expect("nothing was left held");
+        lock.release("k", free).await.expect("release");
+        assert_eq!(
+            dedup
+                .reserve("busy", "other", Duration::from_secs(5))
+                .await
+                .expect("reserve"),
+            Reservation::Reserved,
+            "the other owner still holds its reservation"
+        );
+        // Versions beyond 2^53 compare exactly.
+        let big = (1_i64 << 53) + 1;
+        assert!(versions.advance("big", big).await.expect("advance"));
+        assert_eq!(
+            guards
+                .enter(&entry("big", Some(big - 1), None, "a"))
+                .await
+                .expect("enter"),
+            Entered::Stale(big)
+        );
+        assert!(matches!(
+            guards
+                .enter(&entry("big", Some(big + 1), None, "a"))
+                .await
+                .expect("enter"),
+            Entered::Granted(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_releases_the_id_and_the_lock_but_only_its_own() {
+        let redis = stores().await;
+        let (guards, lock, dedup, versions) = (
+            redis.guards(),
+            redis.lock_store(),
+            redis.dedup_store(),
+            redis.version_store(),
+        );
+        let e = entry("k", Some(3), Some("id"), "a");
+        let Entered::Granted(token) = guards.enter(&e).await.expect("enter") else {
+            panic!("granted")
+        };
+        guards
+            .exit(&exit(&e, token, false, None))
+            .await
+            .expect("exit");
+        assert_eq!(
+            versions.get("k").await.expect("get"),
+            None,
+            "a failure applies nothing"
+        );
+        assert_eq!(
+            dedup
+                .reserve("id", "b", Duration::from_secs(5))
+                .await
+                .expect("reserve"),
+            Reservation::Reserved,
+            "the id was released"
+        );
+        let other = lock
+            .acquire("k", Duration::from_secs(5))
+            .await
+            .expect("acquire")
+            .expect("the lock was released");
+        // A late exit of the old grant leaves the new holder's lock and reservation alone.
+        guards
+            .exit(&exit(&e, token, false, None))
+            .await
+            .expect("late exit");
+        assert_eq!(
+            lock.acquire("k", Duration::from_secs(5))
+                .await
+                .expect("acquire"),
+            None
+        );
+        assert_eq!(
+            dedup
+                .reserve("id", "c", Duration::from_secs(5))
+                .await
+                .expect("reserve"),
+            Reservation::InProgress
+        );
+        assert!(lock
+            .renew("k", other, Duration::from_secs(5))
+            .await
+            .expect("renew"));
+    }
+
+    #[tokio::test]
+    async fn renewal_reports_a_lock_or_a_reservation_that_was_lost() {
+        let redis = stores().await;
+        let (guards, lock, dedup) = (redis.guards(), redis.lock_store(), redis.dedup_store());
+        let mut e = entry("k", None, Some("id"), "a");
+        e.lock_lease = Duration::from_millis(100);
+        e.dedup_lease = Duration::from_millis(100);
+        let Entered::Granted(token) = guards.enter(&e).await.expect("enter") else {
+            panic!("granted")
+        };
+        assert_eq!(guards.renew(&e, token).await.expect("renew"), (true, true));
+        // Both leases run out; another owner reserves the id, another holder takes the key.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let taken = loop {
+            if let Some(t) = lock
+                .acquire("k", Duration::from_secs(5))
+                .await
+                .expect("acquire")
+            {
+                break t;
+            }
+            assert!(std::time::Instant::now() < deadline, "the lease ran out");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            dedup
+                .reserve("id", "b", Duration::from_secs(5))
+                .await
+                .expect("reserve"),
+            Reservation::Reserved
+        );
+        assert_eq!(
+            guards.renew(&e, token).await.expect("renew"),
+            (false, false)
+        );
+        assert!(
+            lock.renew("k", taken, Duration::from_secs(5))
+                .await
+                .expect("renew"),
+            "the new holder keeps the key"
+        );
+    }
+}
