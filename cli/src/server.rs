@@ -52,6 +52,11 @@ pub(crate) struct ServerArgs {
     /// Partitions of auto-created topics.
     #[arg(long, default_value_t = 1)]
     default_partitions: i32,
+    /// Most segment files kept open at a time; the least recently used is closed when
+    /// another is needed (default: half of the open-file limit, which the server first
+    /// raises to the hard limit).
+    #[arg(long, env = "STEADFAST_MAX_OPEN_FILES")]
+    max_open_files: Option<usize>,
     /// Roll a new segment when the active one reaches this size.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     segment_bytes: u64,
@@ -126,6 +131,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .offsets_retention(Duration::from_secs(args.offsets_retention_minutes * 60))
         .group_min_session_timeout(Duration::from_millis(args.group_min_session_timeout_ms))
         .security_protocol(args.security_protocol);
+    if let Some(files) = args.max_open_files {
+        builder = builder.max_open_files(files);
+    }
     for listener in args.listeners {
         builder = builder.listener(listener);
     }

@@ -33,6 +33,11 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _,
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use steadfast_server::{FsyncPolicy, Server};
 
+#[path = "throughput/partitions.rs"]
+mod partitions;
+#[path = "throughput/raw_produce.rs"]
+mod raw_produce;
+
 /// Default messages per run for messages up to 512 bytes.
 const DEFAULT_MESSAGES_SMALL: u64 = 2_000_000;
 /// Default messages per run for larger messages.
@@ -102,6 +107,16 @@ struct Args {
     /// Extra or overriding librdkafka consumer property, `key=value` (repeatable).
     #[arg(long = "consumer-set", value_name = "KEY=VALUE", value_parser = parse_property)]
     consumer_set: Vec<(String, String)>,
+    /// Partition counts of `--case partitions`, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,1000,10000")]
+    scaling_partitions: Vec<i32>,
+    /// Open-file limit (soft and hard) of the server in `--case partitions`.
+    #[arg(long, default_value_t = 1024)]
+    nofile_limit: u64,
+    /// `--max-open-files` of the server in `--case partitions` (default: the server's, half
+    /// of the open-file limit).
+    #[arg(long)]
+    max_open_files: Option<usize>,
     /// Passed by `cargo bench`. Without it (the binary run by `cargo test --all-targets`)
     /// the benchmark does a `--quick` smoke run, so the test suite checks that it works
     /// without spending a minute on it.
@@ -114,6 +129,9 @@ struct Args {
 enum OnlyCase {
     /// 100 B messages, one partition, a 1,000,000-message backlog, steadfast out of process.
     Backlog,
+    /// Many partitions: steadfast alone, in a child process under an open-file limit, with
+    /// `--scaling-partitions` partitions (see [`partitions`]).
+    Partitions,
 }
 
 /// Messages per run of `--case backlog`.
@@ -263,6 +281,9 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    if args.case == Some(OnlyCase::Partitions) {
+        return partitions::run(&args);
+    }
     ensure!(
         !(args.no_redis && args.no_steadfast && (args.tansu.is_none() || args.no_tansu)),
         "--no-redis and --no-steadfast without tansu leave nothing to run"
@@ -378,6 +399,7 @@ fn main() -> Result<()> {
                     messages: n,
                     payloads: &payloads,
                     repetition,
+                    keyed: false,
                 };
                 let run = format!("{run_id}-r{repetition}");
                 // The two Kafka-protocol servers take turns going first (ABBA), so neither
@@ -516,6 +538,9 @@ struct Case<'a> {
     payloads: &'a Payloads,
     /// Which run of the case this is, from 1.
     repetition: usize,
+    /// Messages carry distinct keys and go where the client's partitioner puts them (spread
+    /// over every partition), rather than round-robin by partition number.
+    keyed: bool,
 }
 
 /// The run with the median message rate (the upper one of the two middle runs for an even
@@ -768,10 +793,16 @@ fn produce(
     let parts = case.partitions as u64;
     let counter = producer.context();
     let start = Instant::now();
+    let mut key = String::new();
     for i in 0..n {
-        let mut record = BaseRecord::<(), [u8]>::to(topic)
-            .payload(case.payloads.get(i))
-            .partition((i % parts) as i32);
+        let record = BaseRecord::<str, [u8]>::to(topic).payload(case.payloads.get(i));
+        let mut record = if case.keyed {
+            key.clear();
+            let _ = write!(key, "key-{i}");
+            record.key(key.as_str())
+        } else {
+            record.partition((i % parts) as i32)
+        };
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -1465,12 +1496,19 @@ mod child {
     impl ChildServer {
         /// Starts the server on `data_dir` and waits for the address it prints once it serves.
         pub(crate) fn start(data_dir: &Path) -> Result<ChildServer> {
+            Self::start_with(data_dir, &[])
+        }
+
+        /// Starts the server on `data_dir` with more `child_server` flags and waits for the
+        /// address it prints once it serves.
+        pub(crate) fn start_with(data_dir: &Path, flags: &[String]) -> Result<ChildServer> {
             let binary = env!("CARGO_BIN_EXE_child_server");
             let mut command = Command::new(binary);
             super::without_client_malloc_settings(&mut command);
             let mut child = command
                 .arg("--data-dir")
                 .arg(data_dir)
+                .args(flags)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -1500,6 +1538,13 @@ mod child {
         /// The server's process id.
         pub(crate) fn pid(&self) -> u32 {
             self.child.id()
+        }
+
+        /// Kills the server at once (SIGKILL: no shutdown, no final fsync) and reaps it.
+        pub(crate) fn kill(mut self) -> Result<()> {
+            self.child.kill().context("killing the server")?;
+            self.child.wait().context("reaping the server")?;
+            Ok(())
         }
     }
 

@@ -258,6 +258,11 @@ pub struct ServerConfig {
     pub connections: ConnectionLimits,
     /// When data is fsynced.
     pub fsync: FsyncPolicy,
+    /// Most segment files kept open at a time; the least recently used one is closed when
+    /// another must be opened. `None` (the default) takes half of the process's open-file
+    /// limit (`RLIMIT_NOFILE`, after the server raised its soft limit to the hard one), and
+    /// leaves the other half to connections and everything else.
+    pub max_open_files: Option<usize>,
     /// How often retention runs.
     pub retention_check_interval: Duration,
     /// Log defaults.
@@ -282,6 +287,7 @@ impl Default for ServerConfig {
             max_control_request_bytes: 1024 * 1024,
             connections: ConnectionLimits::default(),
             fsync: FsyncPolicy::default(),
+            max_open_files: None,
             retention_check_interval: Duration::from_secs(60),
             log: LogConfig::default(),
             groups: Default::default(),

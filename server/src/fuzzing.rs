@@ -14,6 +14,7 @@ use crate::config::LogConfig;
 use crate::protocol::frame::{read_frame, FrameLimits};
 use crate::protocol::{RequestError, RequestFrame};
 use crate::storage::batch::{split_batches, BatchHeader};
+use crate::storage::open_files::OpenFiles;
 use crate::storage::partition::{inflate_limit, Partition};
 use crate::storage::producer_state::ProducerStates;
 use crate::storage::record_scan::first_record_at_or_after;
@@ -187,7 +188,9 @@ pub fn segment_recovery(dir: &Path, data: &[u8]) {
     }
 
     let config = recovery_config();
-    let Ok(partition) = Partition::open(dir, config.clone()) else {
+    // The smallest set of open files: segments' files are closed and opened again.
+    let files = OpenFiles::new(0);
+    let Ok(partition) = Partition::open(dir, config.clone(), &files) else {
         return;
     };
     let (start, end) = (partition.log_start_offset(), partition.log_end_offset());
@@ -210,7 +213,7 @@ pub fn segment_recovery(dir: &Path, data: &[u8]) {
     let _ = partition.offset_for_timestamp(0);
     drop(partition);
     // Recovery is idempotent: opening the recovered files again finds the same log.
-    let again = Partition::open(dir, config).expect("reopening a recovered partition");
+    let again = Partition::open(dir, config, &files).expect("reopening a recovered partition");
     assert_eq!(
         again.log_start_offset(),
         start,

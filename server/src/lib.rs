@@ -31,6 +31,7 @@ mod listener;
 mod protocol;
 mod storage;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,7 +63,7 @@ use self::durable::now_ms;
 use self::group::membership::MembershipStore;
 use self::group::offsets::OffsetStore;
 use self::group::GroupCoordinator;
-use self::storage::sync::Syncer;
+use self::storage::sync::{sync_targets, SyncTarget, Syncer};
 use self::storage::{DataDirLock, LogStore};
 
 /// Largest segment size: index entries hold 32-bit file positions.
@@ -182,6 +183,12 @@ impl ServerBuilder {
         self.config.connections.max_connections_per_ip = connections;
         self
     }
+    /// Most segment files kept open at a time (default: half of the open-file limit; see
+    /// [`ServerConfig::max_open_files`]). At least 16.
+    pub fn max_open_files(mut self, files: usize) -> Self {
+        self.config.max_open_files = Some(files);
+        self
+    }
     /// Segment size at which a new segment is started (default: 256 MiB).
     pub fn segment_bytes(mut self, bytes: u64) -> Self {
         self.config.log.segment_bytes = bytes;
@@ -241,17 +248,25 @@ impl ServerBuilder {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| ServerError::storage(&data_dir, e))?;
         let lock = DataDirLock::acquire(&data_dir)?;
-        // Every segment keeps its log file open: raise the soft descriptor limit to the hard one.
-        match rlimit::increase_nofile_limit(u64::MAX) {
-            Ok(limit) => tracing::debug!(limit, "open file limit"),
-            Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
-        }
+        let nofile = raise_open_file_limit();
+        let max_open_files = config.max_open_files.unwrap_or(nofile / 2);
+        tracing::debug!(
+            nofile,
+            max_open_files,
+            "open file limit; segment files kept open"
+        );
         let store = {
             let (dir, log) = (data_dir.clone(), config.log.clone());
-            tokio::task::spawn_blocking(move || LogStore::open(&dir, log))
+            tokio::task::spawn_blocking(move || LogStore::open(&dir, log, max_open_files))
                 .await
                 .map_err(|e| ServerError::Config(format!("recovery task failed: {e}")))??
         };
+        tracing::info!(
+            partitions = store.all_partitions().len(),
+            open_files = store.open_files().open_now(),
+            max_open_files = store.open_files().capacity(),
+            "storage recovered"
+        );
         let cluster_id = load_cluster_id(&data_dir)?;
         let producer_ids = ProducerIdAllocator::load(&data_dir)?;
         let offsets = OffsetStore::open(&data_dir)
@@ -411,6 +426,20 @@ impl ServerHandle {
     }
 }
 
+/// Raises the soft open-file limit to the hard one (connections and segment files need
+/// descriptors) and returns the limit in force. Half of it is the default bound on open
+/// segment files, so a server with 10,000 partitions runs within a limit of 1,024.
+fn raise_open_file_limit() -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
 /// Refuses connection limits that cannot work: a zero count or timeout, or a
 /// pre-authentication frame limit too small for a SASL exchange.
 fn check_connection_limits(config: &ServerConfig) -> Result<(), ServerError> {
@@ -487,11 +516,15 @@ async fn flush_loop(broker: Arc<Broker>, every: Duration, shutdown: Cancellation
         }
         let partitions = broker.store.all_partitions();
         // A failed fsync drops the partition's unsynced tail (logged where it happens).
+        // Many dirty partitions are synced with one syncfs (see storage::sync).
         let result = tokio::task::spawn_blocking(move || {
-            partitions
-                .iter()
-                .filter(|p| p.sync_if_dirty().is_err())
-                .count()
+            let dirty: HashMap<usize, Arc<dyn SyncTarget>> = partitions
+                .into_iter()
+                .filter(|p| p.take_dirty())
+                .enumerate()
+                .map(|(i, p)| (i, p as Arc<dyn SyncTarget>))
+                .collect();
+            sync_targets(dirty).values().filter(|r| r.is_err()).count()
         })
         .await;
         match result {

@@ -17,6 +17,8 @@ mod fuzz_regressions;
 mod group_protocol;
 #[path = "group_restart.rs"]
 mod group_restart;
+#[path = "many_partitions.rs"]
+mod many_partitions;
 #[path = "offsets_and_retention.rs"]
 mod offsets_and_retention;
 #[path = "pre_auth_limits.rs"]

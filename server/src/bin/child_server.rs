@@ -7,7 +7,12 @@
 //! ```text
 //! child_server --data-dir DIR [--fsize-limit BYTES] [--segment-bytes BYTES]
 //!              [--users-file FILE --security-protocol SASL_PLAINTEXT]
+//!              [--nofile-limit N] [--max-open-files N] [--fsync always|interval|never]
 //! ```
+//!
+//! `--nofile-limit` sets the soft and the hard open-file limit (`RLIMIT_NOFILE`) before the
+//! server starts, so it cannot raise them: the tests and the benchmark with thousands of
+//! partitions run it within a limit of 1,024.
 //!
 //! The pre-authentication tests run it with a users file on a SASL listener, to measure the
 //! resident memory of the server alone.
@@ -31,6 +36,9 @@ struct Options {
     segment_bytes: Option<u64>,
     users_file: Option<PathBuf>,
     security_protocol: SecurityProtocol,
+    nofile_limit: Option<u64>,
+    max_open_files: Option<usize>,
+    fsync: FsyncPolicy,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -40,6 +48,9 @@ fn parse_args() -> Result<Options, String> {
         segment_bytes: None,
         users_file: None,
         security_protocol: SecurityProtocol::Plaintext,
+        nofile_limit: None,
+        max_open_files: None,
+        fsync: FsyncPolicy::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -55,6 +66,12 @@ fn parse_args() -> Result<Options, String> {
             "--segment-bytes" => options.segment_bytes = Some(number()?),
             "--users-file" => options.users_file = Some(PathBuf::from(&value)),
             "--security-protocol" => options.security_protocol = value.parse()?,
+            "--nofile-limit" => options.nofile_limit = Some(number()?),
+            "--max-open-files" => {
+                options.max_open_files =
+                    Some(usize::try_from(number()?).map_err(|e| format!("{flag}: {e}"))?)
+            }
+            "--fsync" => options.fsync = value.parse()?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -80,10 +97,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(limit) = options.fsize_limit {
         rlimit::setrlimit(rlimit::Resource::FSIZE, limit, hard)?;
     }
+    if let Some(limit) = options.nofile_limit {
+        rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit)?;
+    }
     let mut builder = Server::builder()
         .listen("127.0.0.1:0")
         .data_dir(&options.data_dir)
-        .fsync(FsyncPolicy::default());
+        .fsync(options.fsync);
+    if let Some(files) = options.max_open_files {
+        builder = builder.max_open_files(files);
+    }
     if let Some(bytes) = options.segment_bytes {
         builder = builder.segment_bytes(bytes);
     }

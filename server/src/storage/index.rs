@@ -1,10 +1,13 @@
 //! Sparse indexes of a segment: offset → file position, and timestamp → offset.
 //!
-//! Both are kept in memory and appended to files beside the segment
-//! (`{base_offset:020}.index`, 8-byte entries; `{base_offset:020}.timeindex`, 12-byte
-//! entries). Recovery rebuilds them from the segment whenever they do not match it.
+//! Both are kept in memory. A sealed segment's indexes are written to files beside it
+//! (`{base_offset:020}.index`, 8-byte entries; `{base_offset:020}.timeindex`, 16-byte
+//! entries) once, when it is sealed, and loaded from them at the next start; the active
+//! segment's indexes live only in memory (recovery rebuilds them from the segment, which it
+//! reads whole anyway), so an active segment holds no descriptors for them. Recovery
+//! rebuilds any index whose files do not match their segment.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -28,38 +31,20 @@ pub(crate) struct TimeEntry {
     pub(crate) position: u32,
 }
 
-/// The sparse indexes of one segment, mirrored to their files.
-#[derive(Debug)]
+/// The sparse indexes of one segment (see the module comment).
+#[derive(Debug, Default)]
 pub(crate) struct SegmentIndex {
     offsets: Vec<OffsetEntry>,
     times: Vec<TimeEntry>,
-    /// Open while the segment is active; sealed segments keep only the in-memory entries,
-    /// so they hold no file descriptors for their indexes.
-    files: Option<(File, File)>,
-    /// Set when writing an index file failed: the files are no longer mirrored (recovery
-    /// rebuilds them) while the in-memory entries, which reads use, stay complete.
-    files_failed: bool,
 }
 
 const OFFSET_ENTRY_LEN: usize = 8;
 const TIME_ENTRY_LEN: usize = 16;
 
 impl SegmentIndex {
-    /// Creates empty index files (truncating any existing ones).
-    pub(crate) fn create(offset_path: &Path, time_path: &Path) -> io::Result<Self> {
-        let open = |p: &Path| {
-            OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(p)
-        };
-        Ok(SegmentIndex {
-            offsets: Vec::new(),
-            times: Vec::new(),
-            files: Some((open(offset_path)?, open(time_path)?)),
-            files_failed: false,
-        })
+    /// An empty index.
+    pub(crate) fn new() -> Self {
+        Self::default()
     }
 
     /// Loads index files written earlier; `None` when they are missing or do not fit a
@@ -101,26 +86,15 @@ impl SegmentIndex {
         if !monotonic || !in_bounds {
             return Ok(None);
         }
-        Ok(Some(SegmentIndex {
-            offsets,
-            times,
-            files: None,
-            files_failed: false,
-        }))
+        Ok(Some(SegmentIndex { offsets, times }))
     }
 
-    /// Records an offset-index entry. A failed file write does not fail the caller: the
-    /// entry is kept in memory and the files stop being mirrored (see [`Self::mirror`]).
+    /// Records an offset-index entry.
     pub(crate) fn push_offset(&mut self, entry: OffsetEntry) {
-        let mut buf = [0u8; OFFSET_ENTRY_LEN];
-        buf[0..4].copy_from_slice(&entry.relative_offset.to_be_bytes());
-        buf[4..8].copy_from_slice(&entry.position.to_be_bytes());
-        self.mirror(|(offsets, _)| offsets.write_all(&buf));
         self.offsets.push(entry);
     }
 
-    /// Records a time-index entry if it raises the largest timestamp indexed so far (a
-    /// failed file write is handled as in [`Self::push_offset`]).
+    /// Records a time-index entry if it raises the largest timestamp indexed so far.
     pub(crate) fn push_time(&mut self, entry: TimeEntry) {
         if self
             .times
@@ -129,32 +103,41 @@ impl SegmentIndex {
         {
             return;
         }
-        let mut buf = [0u8; TIME_ENTRY_LEN];
-        buf[0..8].copy_from_slice(&entry.timestamp.to_be_bytes());
-        buf[8..12].copy_from_slice(&entry.relative_offset.to_be_bytes());
-        buf[12..16].copy_from_slice(&entry.position.to_be_bytes());
-        self.mirror(|(_, times)| times.write_all(&buf));
         self.times.push(entry);
     }
 
-    /// Writes to the index files unless an earlier write failed. On failure both files are
-    /// cut back to their whole entries (best effort) and no longer written: a segment whose
-    /// index files are short or empty is rebuilt by recovery, so the index files never
-    /// stop an append.
-    fn mirror(&mut self, write: impl FnOnce(&mut (File, File)) -> io::Result<()>) {
-        if self.files_failed {
-            return;
+    /// Writes both index files (replacing what they held) and fsyncs them. On failure
+    /// they are removed (best effort): a segment without index files has them rebuilt at
+    /// the next start, and one whose files are cut short is still read correctly (a load
+    /// checks them against the segment, and a read scans on from the last entry), so
+    /// the index files never stop a segment from being sealed.
+    pub(crate) fn write_files(&self, offset_path: &Path, time_path: &Path) {
+        let mut offsets = Vec::with_capacity(self.offsets.len() * OFFSET_ENTRY_LEN);
+        for entry in &self.offsets {
+            offsets.extend_from_slice(&entry.relative_offset.to_be_bytes());
+            offsets.extend_from_slice(&entry.position.to_be_bytes());
         }
-        let Some(files) = self.files.as_mut() else {
-            return;
+        let mut times = Vec::with_capacity(self.times.len() * TIME_ENTRY_LEN);
+        for entry in &self.times {
+            times.extend_from_slice(&entry.timestamp.to_be_bytes());
+            times.extend_from_slice(&entry.relative_offset.to_be_bytes());
+            times.extend_from_slice(&entry.position.to_be_bytes());
+        }
+        let write = |path: &Path, bytes: &[u8]| -> io::Result<()> {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(path)?;
+            file.write_all(bytes)?;
+            file.sync_data()
         };
-        if let Err(e) = write(files) {
-            tracing::warn!(error = %e, "index file write failed; the index will be rebuilt on recovery");
-            self.files_failed = true;
-            let _ = files
-                .0
-                .set_len((self.offsets.len() * OFFSET_ENTRY_LEN) as u64);
-            let _ = files.1.set_len((self.times.len() * TIME_ENTRY_LEN) as u64);
+        let written = write(offset_path, &offsets).and_then(|()| write(time_path, &times));
+        if let Err(e) = written {
+            tracing::warn!(path = %offset_path.display(), error = %e, "writing a sealed segment's index files failed; they are rebuilt at the next start");
+            for path in [offset_path, time_path] {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 
@@ -184,29 +167,6 @@ impl SegmentIndex {
         }
     }
 
-    /// Flushes both index files to stable storage.
-    pub(crate) fn sync(&self) -> io::Result<()> {
-        if let Some((offsets, times)) = &self.files {
-            offsets.sync_data()?;
-            times.sync_data()?;
-        }
-        Ok(())
-    }
-
-    /// Syncs and closes the index files: the segment takes no more appends. Files that
-    /// stopped being mirrored are emptied, so loading them later rebuilds the index.
-    pub(crate) fn close(&mut self) -> io::Result<()> {
-        if self.files_failed {
-            if let Some((offsets, times)) = &self.files {
-                offsets.set_len(0)?;
-                times.set_len(0)?;
-            }
-        }
-        self.sync()?;
-        self.files = None;
-        Ok(())
-    }
-
     /// The newest time-index entry.
     pub(crate) fn last_time(&self) -> Option<TimeEntry> {
         self.times.last().copied()
@@ -226,9 +186,7 @@ mod tests {
     #[test]
     fn lookups_find_the_last_entry_at_or_before_the_target() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut idx =
-            SegmentIndex::create(&dir.path().join("a.index"), &dir.path().join("a.timeindex"))
-                .expect("create");
+        let mut idx = SegmentIndex::new();
         for (i, (off, pos)) in [(0u32, 0u32), (10, 4096), (20, 8192)]
             .into_iter()
             .enumerate()
@@ -250,6 +208,7 @@ mod tests {
         assert_eq!(idx.position_for_timestamp(150), 0);
         assert_eq!(idx.position_for_timestamp(250), 4096);
 
+        idx.write_files(&dir.path().join("a.index"), &dir.path().join("a.timeindex"));
         let loaded = SegmentIndex::load(
             &dir.path().join("a.index"),
             &dir.path().join("a.timeindex"),
@@ -265,11 +224,12 @@ mod tests {
     fn an_index_pointing_past_the_segment_is_not_loaded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (o, t) = (dir.path().join("b.index"), dir.path().join("b.timeindex"));
-        let mut idx = SegmentIndex::create(&o, &t).expect("create");
+        let mut idx = SegmentIndex::new();
         idx.push_offset(OffsetEntry {
             relative_offset: 5,
             position: 9000,
         });
+        idx.write_files(&o, &t);
         assert!(SegmentIndex::load(&o, &t, 100).expect("load").is_none());
     }
 }

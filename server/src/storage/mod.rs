@@ -7,6 +7,7 @@
 pub(crate) mod batch;
 pub(crate) mod blocking;
 pub(crate) mod index;
+pub(crate) mod open_files;
 pub(crate) mod partition;
 pub(crate) mod producer_state;
 pub(crate) mod record_scan;
@@ -22,6 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use self::open_files::OpenFiles;
 use self::partition::Partition;
 use crate::config::LogConfig;
 use crate::durable::{sync_dir, write_durably};
@@ -95,6 +97,8 @@ pub(crate) fn is_valid_topic_name(name: &str) -> bool {
 pub(crate) struct LogStore {
     root: PathBuf,
     defaults: LogConfig,
+    /// The segment files kept open, bounded (see [`open_files`]).
+    files: Arc<OpenFiles>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Names of topics whose files are being created (reserved against a second create).
     creating: Mutex<HashSet<String>>,
@@ -113,10 +117,17 @@ impl Drop for Reservation<'_> {
 }
 
 impl LogStore {
-    /// Opens the store under `data_dir`, recovering every partition.
-    pub(crate) fn open(data_dir: &Path, defaults: LogConfig) -> Result<Self, ServerError> {
+    /// Opens the store under `data_dir`, recovering every partition, with at most
+    /// `max_open_files` segment files open at a time.
+    pub(crate) fn open(
+        data_dir: &Path,
+        defaults: LogConfig,
+        max_open_files: usize,
+    ) -> Result<Self, ServerError> {
         let root = data_dir.join("topics");
         std::fs::create_dir_all(&root).map_err(|e| ServerError::storage(&root, e))?;
+        let files = OpenFiles::with_root(max_open_files, &root)
+            .map_err(|e| ServerError::storage(&root, e))?;
         let mut topics = HashMap::new();
         let entries = std::fs::read_dir(&root).map_err(|e| ServerError::storage(&root, e))?;
         for entry in entries {
@@ -148,12 +159,13 @@ impl LogStore {
                     reason,
                 }
             })?;
-            let topic = Self::open_topic(&path, name.clone(), &meta, config)?;
+            let topic = Self::open_topic(&path, name.clone(), &meta, config, &files)?;
             topics.insert(name, Arc::new(topic));
         }
         Ok(LogStore {
             root,
             defaults,
+            files,
             topics: RwLock::new(topics),
             creating: Mutex::new(HashSet::new()),
         })
@@ -164,11 +176,12 @@ impl LogStore {
         name: String,
         meta: &TopicMeta,
         config: LogConfig,
+        files: &Arc<OpenFiles>,
     ) -> Result<Topic, ServerError> {
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
         for p in 0..meta.partitions {
             let pdir = dir.join(p.to_string());
-            let partition = Partition::open(&pdir, config.clone())
+            let partition = Partition::open(&pdir, config.clone(), files)
                 .map_err(|e| ServerError::storage(&pdir, e))?;
             partitions.push(Arc::new(partition));
         }
@@ -259,7 +272,7 @@ impl LogStore {
         let dir = self.root.join(name);
         let made = (|| {
             std::fs::create_dir_all(&dir).map_err(|e| ServerError::storage(&dir, e))?;
-            let topic = Self::open_topic(&dir, name.to_owned(), meta, config)?;
+            let topic = Self::open_topic(&dir, name.to_owned(), meta, config, &self.files)?;
             let meta_path = dir.join("topic.json");
             let body = serde_json::to_vec_pretty(meta).map_err(|e| {
                 ServerError::storage(&meta_path, std::io::Error::other(e.to_string()))
@@ -312,6 +325,11 @@ impl LogStore {
         }
         tracing::info!(topic = name, "deleted topic");
         Ok(Some(topic))
+    }
+
+    /// The bounded set of open segment files.
+    pub(crate) fn open_files(&self) -> &OpenFiles {
+        &self.files
     }
 
     /// Every partition of every topic.

@@ -16,17 +16,21 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use super::batch::{set_base_offset, BatchError, IncomingBatch};
+use super::open_files::OpenFiles;
 use super::producer_state::{ProducerStates, SequenceCheck, SequenceError};
 use super::record_scan::first_record_at_or_after;
 use super::segment::{base_offset_of, HeaderScanner, Segment, SegmentView};
-use super::sync::SyncTarget;
+use super::sync::{SyncMark, SyncTarget};
 use crate::config::LogConfig;
 
 /// Why an append was refused.
@@ -119,6 +123,9 @@ struct PartitionLog {
 pub(crate) struct Partition {
     dir: PathBuf,
     config: LogConfig,
+    files: Arc<OpenFiles>,
+    /// The device the partition's directory is on (for batched syncs).
+    device: u64,
     log: Mutex<PartitionLog>,
     end_offset: watch::Sender<i64>,
 }
@@ -151,9 +158,11 @@ impl PartitionLog {
 }
 
 impl Partition {
-    /// Opens (recovering) or creates the partition stored in `dir`.
-    pub(crate) fn open(dir: &Path, config: LogConfig) -> io::Result<Self> {
+    /// Opens (recovering) or creates the partition stored in `dir`; its segment files are
+    /// kept open within the bound of `files`.
+    pub(crate) fn open(dir: &Path, config: LogConfig, files: &Arc<OpenFiles>) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let device = std::fs::metadata(dir)?.dev();
         let mut bases: Vec<i64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().and_then(base_offset_of))
@@ -163,7 +172,7 @@ impl Partition {
         for (i, base) in bases.iter().enumerate() {
             let is_last = i + 1 == bases.len();
             let (segment, seg_report) =
-                Segment::open(dir, *base, is_last, config.index_interval_bytes)?;
+                Segment::open(dir, *base, is_last, config.index_interval_bytes, files)?;
             if seg_report.truncated_bytes > 0 {
                 tracing::warn!(
                     dir = %dir.display(),
@@ -175,7 +184,7 @@ impl Partition {
             segments.insert(*base, segment);
         }
         if segments.is_empty() {
-            segments.insert(0, Segment::create(dir, 0)?);
+            segments.insert(0, Segment::create(dir, 0, files)?);
         }
         let next_offset = segments
             .values()
@@ -199,6 +208,8 @@ impl Partition {
         Ok(Partition {
             dir: dir.to_path_buf(),
             config,
+            files: files.clone(),
+            device,
             log: Mutex::new(PartitionLog {
                 segments,
                 producers,
@@ -241,14 +252,10 @@ impl Partition {
             let mut log = self.log.lock();
             let epoch = log.epoch;
             let active = log.active();
-            (
-                active.file().clone(),
-                active.base_offset(),
-                active.size(),
-                epoch,
-            )
+            (active.file(), active.base_offset(), active.size(), epoch)
         };
-        let result = file.sync_data();
+        // A file that cannot be opened again cannot be fsynced: that fails like an fsync.
+        let result = file.and_then(|file| file.sync_data());
         let mut log = self.log.lock();
         match result {
             Ok(()) => {
@@ -269,13 +276,10 @@ impl Partition {
         }
     }
 
-    /// Fsyncs the active segment if anything was appended since the last call (the
-    /// interval flush); `Ok(false)` when there was nothing to do.
-    pub(crate) fn sync_if_dirty(&self) -> io::Result<bool> {
-        if !std::mem::take(&mut self.log.lock().dirty) {
-            return Ok(false);
-        }
-        self.sync_active().map(|()| true)
+    /// Whether anything was appended since the last call (the interval flush syncs the
+    /// partitions for which this says yes).
+    pub(crate) fn take_dirty(&self) -> bool {
+        std::mem::take(&mut self.log.lock().dirty)
     }
 
     /// The current epoch; it moves on whenever unsynced data is dropped.
@@ -297,7 +301,7 @@ impl Partition {
             }
             let new_base = log.next_offset();
             log.segments
-                .insert(new_base, Segment::create(&self.dir, new_base)?);
+                .insert(new_base, Segment::create(&self.dir, new_base, &self.files)?);
             tracing::debug!(dir = %self.dir.display(), base_offset = new_base, "rolled segment");
             Ok(())
         })
@@ -398,7 +402,8 @@ impl Partition {
             let view = (offset < log_end)
                 .then(|| log.segments.range(..=offset).next_back())
                 .flatten()
-                .map(|(base, s)| (*base, s.view_for_offset(offset)));
+                .map(|(base, s)| s.view_for_offset(offset).map(|v| (*base, v)))
+                .transpose()?;
             (view, log_end, log_start)
         };
         let mut records = Bytes::new();
@@ -416,7 +421,8 @@ impl Partition {
                 .segments
                 .range(base + 1..)
                 .next()
-                .map(|(b, s)| (*b, s.view_for_offset(offset)));
+                .map(|(b, s)| s.view_for_offset(offset).map(|v| (*b, v)))
+                .transpose()?;
         }
         Ok(ReadResult {
             records,
@@ -434,7 +440,7 @@ impl Partition {
                 .values()
                 .filter(|s| s.max_timestamp() >= timestamp)
                 .map(|s| s.view_for_timestamp(timestamp))
-                .collect()
+                .collect::<io::Result<_>>()?
         };
         for view in candidates {
             let Some((pos, header)) = view.find_timestamp(timestamp)? else {
@@ -524,7 +530,7 @@ impl Partition {
 fn producer_states(tail: Vec<&Segment>) -> io::Result<ProducerStates> {
     let mut producers = ProducerStates::default();
     for segment in tail.into_iter().rev() {
-        let view = segment.view_for_offset(segment.base_offset());
+        let view = segment.view_for_offset(segment.base_offset())?;
         let mut scanner = HeaderScanner::new(&view.file, 0, view.end);
         while let Some((_, header)) = scanner.next_header()? {
             producers.record(&header);
@@ -536,6 +542,36 @@ fn producer_states(tail: Vec<&Segment>) -> io::Result<ProducerStates> {
 impl SyncTarget for Partition {
     fn sync_now(&self) -> io::Result<()> {
         self.sync_active()
+    }
+
+    fn mark(&self) -> Option<SyncMark> {
+        self.files.root_on(self.device)?;
+        let mut log = self.log.lock();
+        let epoch = log.epoch;
+        let active = log.active();
+        Some(SyncMark {
+            device: self.device,
+            file: active.base_offset(),
+            size: active.size(),
+            epoch,
+        })
+    }
+
+    fn file_on_device(&self) -> io::Result<Arc<std::fs::File>> {
+        self.files
+            .root_on(self.device)
+            .ok_or_else(|| io::Error::other("the partition is not on the store's file system"))
+    }
+
+    /// As after a successful [`Partition::sync_active`]: what was written when `mark` was
+    /// taken is durable, unless a failed fsync cut data since (the epoch moved on).
+    fn synced(&self, mark: SyncMark) {
+        let mut log = self.log.lock();
+        if log.epoch == mark.epoch {
+            if let Some(segment) = log.segments.get_mut(&mark.file) {
+                segment.mark_synced(mark.size);
+            }
+        }
     }
 }
 
@@ -565,7 +601,8 @@ mod tests {
     #[test]
     fn a_failed_fsync_drops_only_the_unsynced_tail_and_offsets_stay_contiguous() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let partition = Partition::open(dir.path(), LogConfig::default()).expect("open");
+        let files = OpenFiles::new(64);
+        let partition = Partition::open(dir.path(), LogConfig::default(), &files).expect("open");
         for seq in 0..3 {
             partition.append(&batch(seq)).expect("append");
         }
@@ -604,7 +641,98 @@ mod tests {
         let again = partition.append(&batch(3)).expect("append the retry");
         assert_eq!(again.base_offset, 3);
         drop(partition);
-        let reopened = Partition::open(dir.path(), LogConfig::default()).expect("reopen");
+        let reopened = Partition::open(dir.path(), LogConfig::default(), &files).expect("reopen");
         assert_eq!(reopened.log_end_offset(), 4);
+    }
+
+    #[test]
+    fn a_batched_sync_makes_every_partitions_data_durable() {
+        use crate::storage::sync::{sync_targets, BATCH_THRESHOLD};
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Fewer open files than partitions: some are synced through a reopened file.
+        let files = OpenFiles::with_root(0, dir.path()).expect("open files");
+        let partitions: Vec<Arc<Partition>> = (0..BATCH_THRESHOLD * 2)
+            .map(|p| {
+                let partition = Partition::open(
+                    &dir.path().join(p.to_string()),
+                    LogConfig::default(),
+                    &files,
+                )
+                .expect("open");
+                partition.append(&batch(0)).expect("append");
+                partition.append(&batch(1)).expect("append");
+                Arc::new(partition)
+            })
+            .collect();
+        let results = sync_targets(
+            partitions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i, p.clone() as Arc<dyn SyncTarget>))
+                .collect(),
+        );
+        assert!(results.values().all(|r| r.is_ok()), "{results:?}");
+        // What a failed fsync would do now cuts nothing: all of it is known to be synced.
+        for partition in &partitions {
+            let mut log = partition.log.lock();
+            partition
+                .drop_unsynced_tail(&mut log)
+                .expect("drop the tail");
+            drop(log);
+            assert_eq!(partition.log_end_offset(), 2, "nothing was unsynced");
+        }
+    }
+
+    #[test]
+    fn only_sealed_segments_have_index_files_and_they_are_used_at_the_next_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = OpenFiles::new(0);
+        let config = LogConfig {
+            segment_bytes: 1024,
+            index_interval_bytes: 100,
+            ..LogConfig::default()
+        };
+        let partition = Partition::open(dir.path(), config.clone(), &files).expect("open");
+        for seq in 0..40 {
+            partition.append(&batch(seq)).expect("append");
+        }
+        let bases = partition.segment_bases();
+        assert!(bases.len() >= 3, "rolled: {bases:?}");
+        let index_of = |base: i64| dir.path().join(format!("{base:020}.index"));
+        let (active, sealed) = bases.split_last().expect("segments");
+        for base in sealed {
+            let len = std::fs::metadata(index_of(*base))
+                .expect("index file")
+                .len();
+            assert!(
+                len > 0,
+                "segment {base}: an index was written when it was sealed"
+            );
+        }
+        assert!(
+            !index_of(*active).exists(),
+            "the active segment's index lives only in memory"
+        );
+        drop(partition);
+        let written = |base: &i64| {
+            std::fs::metadata(index_of(*base))
+                .and_then(|m| m.modified())
+                .expect("index file time")
+        };
+        let before: Vec<_> = sealed.iter().map(written).collect();
+
+        let reopened = Partition::open(dir.path(), config, &files).expect("reopen");
+        let after: Vec<_> = sealed.iter().map(written).collect();
+        assert_eq!(
+            before, after,
+            "the sealed segments' indexes were loaded, not rebuilt"
+        );
+        assert_eq!(reopened.segment_bases(), bases);
+        assert_eq!(reopened.log_end_offset(), 40);
+        for offset in 0..40 {
+            let read = reopened.read(offset, 1 << 20, true).expect("read");
+            let batches = crate::storage::batch::split_batches(&read.records).expect("batches");
+            assert_eq!(batches[0].header.base_offset, offset, "read at {offset}");
+        }
     }
 }

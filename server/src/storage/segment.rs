@@ -1,8 +1,9 @@
 //! One segment of a partition log: a file of record batches, `{base_offset:020}.log`, with
 //! its sparse indexes. Appends go through `pwrite` at the known end; reads use `pread` on a
-//! shared file handle, so a reader never holds the partition lock while it does I/O.
+//! shared file handle, so a reader never holds the partition lock while it does I/O. The
+//! file is opened when it is used and may be closed between uses (see [`super::open_files`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use bytes::Bytes;
 
 use super::batch::{verify_crc, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
 use super::index::{OffsetEntry, SegmentIndex, TimeEntry};
+use super::open_files::{OpenFiles, SegmentFile};
 
 /// What recovery found in a segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +28,7 @@ pub(crate) struct RecoveryReport {
 #[derive(Debug)]
 pub(crate) struct Segment {
     base_offset: i64,
-    log_path: PathBuf,
-    file: Arc<File>,
+    file: SegmentFile,
     size: u64,
     next_offset: i64,
     max_timestamp: i64,
@@ -72,23 +73,16 @@ pub(crate) struct SegmentView {
 
 impl Segment {
     /// Creates a new, empty segment.
-    pub(crate) fn create(dir: &Path, base_offset: i64) -> io::Result<Self> {
-        let (log_path, index_path, time_path) = paths(dir, base_offset);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&log_path)?;
+    pub(crate) fn create(dir: &Path, base_offset: i64, files: &Arc<OpenFiles>) -> io::Result<Self> {
+        let (log_path, _, _) = paths(dir, base_offset);
         Ok(Segment {
             base_offset,
-            log_path,
-            file: Arc::new(file),
+            file: SegmentFile::create(files, log_path)?,
             size: 0,
             next_offset: base_offset,
             max_timestamp: -1,
             last_batch: None,
-            index: SegmentIndex::create(&index_path, &time_path)?,
+            index: SegmentIndex::new(),
             bytes_since_index: 0,
             synced_size: 0,
             torn_tail: false,
@@ -103,34 +97,34 @@ impl Segment {
         base_offset: i64,
         verify_all: bool,
         index_interval: u64,
+        files: &Arc<OpenFiles>,
     ) -> io::Result<(Self, RecoveryReport)> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
-        let file = OpenOptions::new().read(true).write(true).open(&log_path)?;
-        let file_len = file.metadata()?.len();
+        let mut file = SegmentFile::open(files, log_path)?;
+        let file_len = file.get()?.metadata()?.len();
         if !verify_all {
             if let Some(index) = SegmentIndex::load(&index_path, &time_path, file_len)? {
-                if let Some(segment) =
-                    Self::from_trusted_index(&log_path, file, file_len, base_offset, index)?
-                {
-                    let report = RecoveryReport {
-                        valid_bytes: segment.size,
-                        truncated_bytes: 0,
-                    };
-                    return Ok((segment, report));
+                match Self::from_trusted_index(file, file_len, base_offset, index)? {
+                    Ok(segment) => {
+                        let report = RecoveryReport {
+                            valid_bytes: segment.size,
+                            truncated_bytes: 0,
+                        };
+                        return Ok((segment, report));
+                    }
+                    // The tail did not end cleanly: fall through to a full recovery.
+                    Err(handed_back) => file = handed_back,
                 }
-                // The tail did not end cleanly: fall through to a full recovery.
             }
         }
-        let file = OpenOptions::new().read(true).write(true).open(&log_path)?;
         let mut segment = Segment {
             base_offset,
-            log_path,
-            file: Arc::new(file),
+            file,
             size: 0,
             next_offset: base_offset,
             max_timestamp: -1,
             last_batch: None,
-            index: SegmentIndex::create(&index_path, &time_path)?,
+            index: SegmentIndex::new(),
             bytes_since_index: 0,
             synced_size: 0,
             torn_tail: false,
@@ -144,16 +138,17 @@ impl Segment {
     }
 
     /// Loads a sealed segment whose index files are consistent, scanning only the batches
-    /// after the last index entry. `None` when that tail does not end exactly at the file end.
+    /// after the last index entry. When that tail does not end exactly at the file end, the
+    /// file is handed back (`Ok(Err(file))`) for a full recovery.
     fn from_trusted_index(
-        log_path: &Path,
-        file: File,
+        file: SegmentFile,
         file_len: u64,
         base_offset: i64,
         index: SegmentIndex,
-    ) -> io::Result<Option<Self>> {
+    ) -> io::Result<Result<Self, SegmentFile>> {
         let start = index.position_for_offset(u32::MAX);
-        let mut scanner = HeaderScanner::new(&file, start, file_len);
+        let handle = file.get()?;
+        let mut scanner = HeaderScanner::new(&handle, start, file_len);
         let mut next_offset = base_offset;
         let mut max_timestamp = index.max_timestamp().unwrap_or(-1);
         let mut last_batch = None;
@@ -164,16 +159,16 @@ impl Segment {
             last_batch = Some((header.base_offset, pos));
             end = pos + header.total_size() as u64;
         }
-        if end != file_len || scanner.failed {
-            return Ok(None);
+        let failed = scanner.failed;
+        if end != file_len || failed {
+            return Ok(Err(file));
         }
         if start == 0 && last_batch.is_none() && file_len != 0 {
-            return Ok(None);
+            return Ok(Err(file));
         }
-        Ok(Some(Segment {
+        Ok(Ok(Segment {
             base_offset,
-            log_path: log_path.to_path_buf(),
-            file: Arc::new(file),
+            file,
             size: file_len,
             next_offset,
             max_timestamp,
@@ -188,7 +183,7 @@ impl Segment {
     /// Reads every batch, checking CRCs and offset continuity, rebuilding the indexes, and
     /// truncates the file after the last good batch.
     fn recover(&mut self, file_len: u64, index_interval: u64) -> io::Result<RecoveryReport> {
-        let file = self.file.clone();
+        let file = self.file.get()?;
         let mut reader = io::BufReader::with_capacity(1 << 20, file.as_ref());
         let mut batch = Vec::new();
         let mut pos = 0u64;
@@ -218,8 +213,8 @@ impl Segment {
         self.size = pos;
         let truncated = file_len - pos;
         if truncated > 0 {
-            self.file.set_len(pos)?;
-            self.file.sync_all()?;
+            file.set_len(pos)?;
+            file.sync_all()?;
         }
         // What recovery read is what the next process start would read.
         self.synced_size = pos;
@@ -260,13 +255,14 @@ impl Segment {
         headers: &[BatchHeader],
         index_interval: u64,
     ) -> io::Result<()> {
+        let file = self.file.get()?;
         if self.torn_tail {
-            self.file.set_len(self.size)?;
+            file.set_len(self.size)?;
             self.torn_tail = false;
         }
-        if let Err(e) = self.file.write_all_at(data, self.size) {
+        if let Err(e) = file.write_all_at(data, self.size) {
             // Cut a partial write so the file ends at a batch boundary again.
-            self.torn_tail = self.file.set_len(self.size).is_err();
+            self.torn_tail = file.set_len(self.size).is_err();
             return Err(e);
         }
         let mut pos = self.size;
@@ -291,11 +287,11 @@ impl Segment {
     /// Cuts the segment back to `len` bytes (a batch boundary, such as the synced size),
     /// on disk and in memory: offsets, timestamps and indexes are rebuilt from what is left.
     pub(crate) fn truncate_to(&mut self, len: u64, index_interval: u64) -> io::Result<()> {
-        self.file.set_len(len)?;
-        self.file.sync_all()?;
-        let dir = self.log_path.parent().unwrap_or(Path::new("."));
-        let (_, index_path, time_path) = paths(dir, self.base_offset);
-        self.index = SegmentIndex::create(&index_path, &time_path)?;
+        let file = self.file.get()?;
+        file.set_len(len)?;
+        file.sync_all()?;
+        drop(file);
+        self.index = SegmentIndex::new();
         self.size = 0;
         self.next_offset = self.base_offset;
         self.max_timestamp = -1;
@@ -307,7 +303,8 @@ impl Segment {
     }
 
     /// Finishes a segment that will receive no more data: a final time-index entry for its
-    /// newest timestamp, and everything fsynced.
+    /// newest timestamp, the data fsynced, then the index files written (see
+    /// [`SegmentIndex::write_files`]).
     pub(crate) fn seal(&mut self) -> io::Result<()> {
         if let Some((base, pos)) = self.last_batch {
             self.index.push_time(TimeEntry {
@@ -316,34 +313,42 @@ impl Segment {
                 position: pos as u32,
             });
         }
-        self.file.sync_data()?;
+        self.file.get()?.sync_data()?;
         self.synced_size = self.size;
-        self.index.close()
+        let (_, index_path, time_path) = paths(self.dir(), self.base_offset);
+        self.index.write_files(&index_path, &time_path);
+        Ok(())
     }
 
-    /// Fsyncs the data and indexes without sealing (the segment stays active).
+    /// Fsyncs the data without sealing (the segment stays active; its indexes are rebuilt
+    /// by recovery).
     pub(crate) fn seal_data(&self) -> io::Result<()> {
-        self.file.sync_data()?;
-        self.index.sync()
+        self.file.get()?.sync_data()
     }
 
-    /// A snapshot to read `offset` from.
-    pub(crate) fn view_for_offset(&self, offset: i64) -> SegmentView {
+    /// A snapshot to read `offset` from (opening the file if it was closed).
+    pub(crate) fn view_for_offset(&self, offset: i64) -> io::Result<SegmentView> {
         let relative = (offset - self.base_offset).clamp(0, u32::MAX as i64) as u32;
-        SegmentView {
-            file: self.file.clone(),
+        Ok(SegmentView {
+            file: self.file.get()?,
             end: self.size,
             start_hint: self.index.position_for_offset(relative),
-        }
+        })
     }
 
-    /// A snapshot to search for the first record at or after `timestamp`.
-    pub(crate) fn view_for_timestamp(&self, timestamp: i64) -> SegmentView {
-        SegmentView {
-            file: self.file.clone(),
+    /// A snapshot to search for the first record at or after `timestamp` (opening the file
+    /// if it was closed).
+    pub(crate) fn view_for_timestamp(&self, timestamp: i64) -> io::Result<SegmentView> {
+        Ok(SegmentView {
+            file: self.file.get()?,
             end: self.size,
             start_hint: self.index.position_for_timestamp(timestamp),
-        }
+        })
+    }
+
+    /// The partition directory the segment's files are in.
+    fn dir(&self) -> &Path {
+        self.file.path().parent().unwrap_or(Path::new("."))
     }
 
     /// Base offset (the offset of its first batch).
@@ -362,14 +367,13 @@ impl Segment {
     pub(crate) fn max_timestamp(&self) -> i64 {
         self.max_timestamp
     }
-    /// The log file, for fsync.
-    pub(crate) fn file(&self) -> &Arc<File> {
-        &self.file
+    /// The log file, for fsync (opened if it was closed).
+    pub(crate) fn file(&self) -> io::Result<Arc<File>> {
+        self.file.get()
     }
     /// Deletes the segment's files.
     pub(crate) fn delete_files(&self) -> io::Result<()> {
-        let dir = self.log_path.parent().unwrap_or(Path::new("."));
-        let (log, index, time) = paths(dir, self.base_offset);
+        let (log, index, time) = paths(self.dir(), self.base_offset);
         for p in [log, index, time] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
