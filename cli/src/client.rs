@@ -1,6 +1,7 @@
 //! Client subcommands, all through librdkafka: they work against the embedded server and
 //! against any Kafka cluster alike.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -114,6 +115,36 @@ enum TopicsAction {
 
 /// Timeout of metadata and admin requests.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// For each partition, the first offset whose timestamp is at or after `ms`; `None` where
+/// there is none.
+pub(crate) fn offsets_at_time<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: &[(String, i32)],
+    ms: i64,
+) -> anyhow::Result<HashMap<(String, i32), Option<i64>>> {
+    let mut query = TopicPartitionList::new();
+    for (topic, p) in partitions {
+        query
+            .add_partition_offset(topic, *p, Offset::Offset(ms))
+            .with_context(|| format!("querying {topic}/{p}"))?;
+    }
+    let found = consumer
+        .offsets_for_times(query, TIMEOUT)
+        .context("looking up offsets by time")?;
+    let mut out = HashMap::new();
+    for e in found.elements() {
+        if let Err(err) = e.error() {
+            bail!("offset by time of {}/{}: {err}", e.topic(), e.partition());
+        }
+        let offset = match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        };
+        out.insert((e.topic().to_owned(), e.partition()), offset);
+    }
+    Ok(out)
+}
 
 /// Runs `steadfast topics`.
 pub(crate) async fn topics(args: TopicsArgs) -> anyhow::Result<()> {

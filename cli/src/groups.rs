@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::groups::GroupInfo;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{Connection, TIMEOUT};
+use crate::client::{offsets_at_time, Connection, TIMEOUT};
 use crate::text::safe;
 use crate::time::parse_rfc3339_ms;
 
@@ -517,36 +517,6 @@ fn reset(connection: &Connection, args: &ResetArgs) -> anyhow::Result<()> {
         })?;
     writeln!(out, "committed new offsets for group {group}")?;
     Ok(())
-}
-
-/// For each partition, the first offset whose timestamp is at or after `ms`; `None` where
-/// there is none.
-fn offsets_at_time(
-    consumer: &BaseConsumer,
-    partitions: &[(String, i32)],
-    ms: i64,
-) -> anyhow::Result<HashMap<(String, i32), Option<i64>>> {
-    let mut query = TopicPartitionList::new();
-    for (topic, p) in partitions {
-        query
-            .add_partition_offset(topic, *p, Offset::Offset(ms))
-            .with_context(|| format!("querying {topic}/{p}"))?;
-    }
-    let found = consumer
-        .offsets_for_times(query, TIMEOUT)
-        .context("looking up offsets by time")?;
-    let mut out = HashMap::new();
-    for e in found.elements() {
-        if let Err(err) = e.error() {
-            bail!("offset by time of {}/{}: {err}", e.topic(), e.partition());
-        }
-        let offset = match e.offset() {
-            Offset::Offset(o) if o >= 0 => Some(o),
-            _ => None,
-        };
-        out.insert((e.topic().to_owned(), e.partition()), offset);
-    }
-    Ok(out)
 }
 
 /// What librdkafka's group listing leaves out, asked of the group coordinator directly: the

@@ -13,7 +13,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::client::{Connection, TIMEOUT};
+use crate::client::{offsets_at_time, Connection, TIMEOUT};
 
 /// How long a read may go without a record or an end-of-partition event before it gives up.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
@@ -139,10 +139,10 @@ pub(crate) fn ranges(
         watermarks.push((p, marks));
     }
     let at_from = from
-        .map(|ms| offsets_at_time(consumer, topic, partitions, ms))
+        .map(|ms| partition_offsets_at_time(consumer, topic, partitions, ms))
         .transpose()?;
     let at_until = until
-        .map(|ms| offsets_at_time(consumer, topic, partitions, ms))
+        .map(|ms| partition_offsets_at_time(consumer, topic, partitions, ms))
         .transpose()?;
     let lookup = |found: &Option<HashMap<i32, Option<i64>>>, p: i32| {
         found.as_ref().map(|f| f.get(&p).copied().flatten())
@@ -153,34 +153,18 @@ pub(crate) fn ranges(
         .collect())
 }
 
-/// For each partition, the first offset whose timestamp is at or after `ms` (`None`: none).
-fn offsets_at_time(
+/// [`offsets_at_time`] of `partitions` of `topic`, by partition.
+fn partition_offsets_at_time(
     consumer: &Reader,
     topic: &str,
     partitions: &[i32],
     ms: i64,
 ) -> anyhow::Result<HashMap<i32, Option<i64>>> {
-    let mut query = TopicPartitionList::new();
-    for &p in partitions {
-        query
-            .add_partition_offset(topic, p, Offset::Offset(ms))
-            .with_context(|| format!("querying {topic}/{p}"))?;
-    }
-    let found = consumer
-        .offsets_for_times(query, TIMEOUT)
-        .context("looking up offsets by time")?;
-    let mut out = HashMap::new();
-    for e in found.elements() {
-        if let Err(err) = e.error() {
-            bail!("offset by time of {}/{}: {err}", e.topic(), e.partition());
-        }
-        let offset = match e.offset() {
-            Offset::Offset(o) if o >= 0 => Some(o),
-            _ => None,
-        };
-        out.insert(e.partition(), offset);
-    }
-    Ok(out)
+    let pairs: Vec<(String, i32)> = partitions.iter().map(|&p| (topic.to_owned(), p)).collect();
+    Ok(offsets_at_time(consumer, &pairs, ms)?
+        .into_iter()
+        .map(|((_, p), offset)| (p, offset))
+        .collect())
 }
 
 /// Whether a read goes on after a record.
