@@ -5,6 +5,6 @@ mod producer;
 mod records;
 mod topics;
 
-pub(crate) use self::producer::KafkaSink;
+pub(crate) use self::producer::{owned_headers, KafkaSink};
 pub(crate) use self::records::{envelope_of, headers_of, TopicNames};
 pub(crate) use self::topics::ensure_topics;

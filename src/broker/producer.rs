@@ -42,19 +42,25 @@ impl KafkaSink {
     }
 }
 
+/// `headers` as librdkafka takes them, in order.
+pub(crate) fn owned_headers(headers: &crate::message::Headers) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |out, (name, value)| {
+            out.insert(Header {
+                key: name,
+                value: Some(value.as_ref()),
+            })
+        },
+    )
+}
+
 impl Sink for KafkaSink {
     fn send(&self, record: OutgoingRecord) -> BoxFuture<'_, Result<(), SinkError>> {
         let producer = self.producer.read().clone();
         Box::pin(async move {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (name, value) in record.headers.iter() {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value.as_ref()),
-                });
-            }
             let mut out: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&record.topic).headers(headers);
+                FutureRecord::to(&record.topic).headers(owned_headers(&record.headers));
             if let Some(key) = record.key.as_deref() {
                 out = out.key(key);
             }

@@ -11,7 +11,7 @@
 //! that checking the version at the lock changes nothing a message sees.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
+use super::lock::hold;
 use super::outage::{pause, until_answered, until_available, Unanswered};
 use super::sink::Sink;
 use super::stack::Assembly;
@@ -26,7 +27,6 @@ use super::stale::{copy, never_stale_in_tier, overtaken};
 use crate::message::{DropReason, Envelope, LeaseState, Outcome};
 use crate::observe::Health;
 use crate::store::guards::{Entered, Entry, Exit, GuardStore};
-use crate::store::StoreError;
 
 /// The three guards in one call each way; see the module docs.
 #[derive(Debug)]
@@ -306,8 +306,7 @@ impl Guarded {
     }
 
     /// Runs `call` while renewing the lease and the reservation every third of the shorter
-    /// lease; marks the lease lost when a renewal finds the lock gone or none succeeded
-    /// within the lease.
+    /// lease ([`hold`]); a reservation found lost is warned about once.
     async fn hold<F: std::future::Future>(
         &self,
         entry: &Entry<'_>,
@@ -319,40 +318,15 @@ impl Guarded {
             None => self.lock_lease,
         };
         let every = (shortest / 3).max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_renewed = Instant::now();
-        let mut reservation_lost = false;
-        tokio::pin!(call);
-        loop {
-            tokio::select! {
-                output = &mut call => return output,
-                _ = tick.tick(), if !lease.is_lost() => {
-                    let renewal = tokio::time::timeout(every, self.store.renew(entry, lease.token))
-                        .await
-                        .unwrap_or_else(|_| Err(StoreError::unavailable(
-                            "guards",
-                            format!("renewal not answered within {every:?}"),
-                        )));
-                    match renewal {
-                        Ok((true, reserved)) => {
-                            last_renewed = Instant::now();
-                            if !reserved && !reservation_lost {
-                                reservation_lost = true;
-                                tracing::warn!(id = entry.id, "a dedup reservation was lost while its handler ran (its lease ran out); another worker may run the message too");
-                            }
-                        }
-                        Ok((false, _)) => lease.mark_lost(),
-                        Err(e) => {
-                            tracing::warn!(key = entry.key, error = %e, "lease renewal failed");
-                            if last_renewed.elapsed() >= self.lock_lease {
-                                lease.mark_lost();
-                            }
-                        }
-                    }
-                }
+        let reservation_lost = AtomicBool::new(false);
+        let renew = || async {
+            let (held, reserved) = self.store.renew(entry, lease.token).await?;
+            if held && !reserved && !reservation_lost.swap(true, Ordering::Relaxed) {
+                tracing::warn!(id = entry.id, "a dedup reservation was lost while its handler ran (its lease ran out); another worker may run the message too");
             }
-        }
+            Ok(held)
+        };
+        hold(entry.key, lease, self.lock_lease, every, call, renew).await
     }
 }
 
@@ -367,6 +341,7 @@ mod tests {
 
     use super::*;
     use crate::message::Facts;
+    use crate::store::StoreError;
 
     /// Guards in memory whose every renewal finds the lock gone; records the exits.
     #[derive(Debug, Default)]

@@ -151,43 +151,17 @@ impl LockConfig {
         }
     }
 
-    /// Runs `call` while renewing the lease every third of its length; marks the lease lost
-    /// when a renewal is refused or none succeeded within the lease.
+    /// Runs `call` while renewing the lease every third of its length (see [`hold`]).
     async fn hold<F: std::future::Future>(
         &self,
         key: &str,
         lease: &LeaseState,
         call: F,
     ) -> F::Output {
-        let every = self.lease / 3;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_renewed = Instant::now();
-        tokio::pin!(call);
-        loop {
-            tokio::select! {
-                output = &mut call => return output,
-                _ = tick.tick(), if !lease.is_lost() => {
-                    let renewal = tokio::time::timeout(every, self.store.renew(key, lease.token, self.lease))
-                        .await
-                        .unwrap_or_else(|_| Err(StoreError::Unavailable {
-                            backend: "lock",
-                            message: format!("renewal not answered within {every:?}"),
-                            cause: None,
-                        }));
-                    match renewal {
-                        Ok(true) => last_renewed = Instant::now(),
-                        Ok(false) => lease.mark_lost(),
-                        Err(e) => {
-                            tracing::warn!(key, error = %e, "lease renewal failed");
-                            if last_renewed.elapsed() >= self.lease {
-                                lease.mark_lost();
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        hold(key, lease, self.lease, self.lease / 3, call, || {
+            self.store.renew(key, lease.token, self.lease)
+        })
+        .await
     }
 
     /// Takes the key's lock, waiting while another holder has it (and while the store refuses,
@@ -212,6 +186,53 @@ impl LockConfig {
                 return Err(Unanswered::Shutdown);
             }
             wait = (wait * 2).min(self.lease / 4).max(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Runs `call` while `renew` extends the lease (of length `lease_length`) every `every`;
+/// marks `lease` lost when a renewal answers `false`, or when none succeeded within the
+/// lease (a renewal not answered within `every` counts as failed). Renewals stop once the
+/// lease is lost.
+pub(super) async fn hold<F, R, RF>(
+    key: &str,
+    lease: &LeaseState,
+    lease_length: Duration,
+    every: Duration,
+    call: F,
+    mut renew: R,
+) -> F::Output
+where
+    F: std::future::Future,
+    R: FnMut() -> RF,
+    RF: std::future::Future<Output = Result<bool, StoreError>>,
+{
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_renewed = Instant::now();
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            output = &mut call => return output,
+            _ = tick.tick(), if !lease.is_lost() => {
+                let renewal = tokio::time::timeout(every, renew())
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::Unavailable {
+                        backend: "lock",
+                        message: format!("renewal not answered within {every:?}"),
+                        cause: None,
+                    }));
+                match renewal {
+                    Ok(true) => last_renewed = Instant::now(),
+                    Ok(false) => lease.mark_lost(),
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "lease renewal failed");
+                        if last_renewed.elapsed() >= lease_length {
+                            lease.mark_lost();
+                        }
+                    }
+                }
+            }
         }
     }
 }

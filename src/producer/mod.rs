@@ -11,9 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::broker::owned_headers;
 use crate::config::{KafkaClient, WorkerConfig};
 use crate::message::headers::CAUSED_BY;
 use crate::message::Message;
@@ -161,17 +161,10 @@ impl Producer {
             .get_or_init(|| lazy.config.create().map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|e| ProduceError::Client(e.clone()))?;
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 1);
-        for (name, value) in record.headers.iter() {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_ref()),
-            });
-        }
         let out = FutureRecord::to(&record.topic)
             .key(&record.key)
             .payload(&record.payload)
-            .headers(headers);
+            .headers(owned_headers(&record.headers));
         match producer.send(out, DELIVERY_TIMEOUT).await {
             Ok(d) => Ok(Delivery {
                 partition: d.partition,
