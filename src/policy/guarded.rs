@@ -394,6 +394,17 @@ mod tests {
         }
     }
 
+    /// A delivery of key `k`, version 4, id `id`.
+    fn delivery() -> Envelope {
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(Arc::new(Facts {
+            store_key: "k".into(),
+            version: Some(4),
+            id: Some("id".into()),
+        }));
+        envelope
+    }
+
     fn guarded(store: Arc<Unrenewable>) -> Guarded {
         Guarded {
             store,
@@ -429,13 +440,7 @@ mod tests {
         let store = Arc::new(Unrenewable::default());
         let service = Next::service(crate::policy::adapter::BoxedStack::new(inner))
             .with(guarded(store.clone()));
-        let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.facts = Some(Arc::new(Facts {
-            store_key: "k".into(),
-            version: Some(4),
-            id: Some("id".into()),
-        }));
-        let outcome = service.run(envelope).await;
+        let outcome = service.run(delivery()).await;
         assert_eq!(outcome, Outcome::Ack { attempt: 1 }, "reported as handled");
         assert_eq!(
             runs.load(Ordering::SeqCst),
@@ -477,13 +482,7 @@ mod tests {
         let store = Arc::new(Unrenewable::default());
         let service = Next::service(crate::policy::adapter::BoxedStack::new(inner))
             .with(guarded(store.clone()));
-        let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.facts = Some(Arc::new(Facts {
-            store_key: "k".into(),
-            version: Some(4),
-            id: Some("id".into()),
-        }));
-        let outcome = service.run(envelope).await;
+        let outcome = service.run(delivery()).await;
         assert_eq!(outcome, Outcome::Ack { attempt: 1 });
         assert_eq!(
             runs.load(Ordering::SeqCst),

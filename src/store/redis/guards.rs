@@ -213,15 +213,27 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::redis::RedisStores;
+    use crate::store::redis::{RedisDedupStore, RedisLockStore, RedisStores, RedisVersionStore};
     use crate::store::{DedupStore, LockStore, Reservation, VersionStore};
 
-    /// The suite's Redis, under a prefix of this test's own.
-    async fn stores() -> RedisStores {
+    /// The combined guards and the three separate stores of the suite's Redis, under a
+    /// prefix of this test's own.
+    async fn stores() -> (
+        RedisGuards,
+        RedisLockStore,
+        RedisDedupStore,
+        RedisVersionStore,
+    ) {
         let prefix = format!("guards_{}", uuid::Uuid::new_v4().simple());
-        RedisStores::connect("redis://127.0.0.1:6379", &prefix)
+        let redis = RedisStores::connect("redis://127.0.0.1:6379", &prefix)
             .await
-            .expect("Redis on 127.0.0.1:6379 (start it with scripts/services.sh)")
+            .expect("Redis on 127.0.0.1:6379 (start it with scripts/services.sh)");
+        (
+            redis.guards(),
+            redis.lock_store(),
+            redis.dedup_store(),
+            redis.version_store(),
+        )
     }
 
     fn entry<'a>(
@@ -240,6 +252,21 @@ mod tests {
         }
     }
 
+    /// The lock of `key` for 5 s, if free.
+    async fn acquire(lock: &RedisLockStore, key: &str) -> Option<u64> {
+        lock.acquire(key, Duration::from_secs(5))
+            .await
+            .expect("acquire")
+    }
+
+    /// A reservation of `id` for `owner` for 5 s.
+    async fn reserve(dedup: &RedisDedupStore, id: &str, owner: &str) -> Reservation {
+        dedup
+            .reserve(id, owner, Duration::from_secs(5))
+            .await
+            .expect("reserve")
+    }
+
     fn exit<'a>(e: &Entry<'a>, token: u64, completed: bool, advance: Option<i64>) -> Exit<'a> {
         Exit {
             key: e.key,
@@ -253,18 +280,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_grant_and_its_exit_are_what_the_separate_stores_see() {
-        let redis = stores().await;
-        let (guards, lock, dedup, versions) = (
-            redis.guards(),
-            redis.lock_store(),
-            redis.dedup_store(),
-            redis.version_store(),
-        );
-        let before = lock
-            .acquire("k", Duration::from_secs(5))
-            .await
-            .expect("acquire")
-            .expect("free");
+        let (guards, lock, dedup, versions) = stores().await;
+        let before = acquire(&lock, "k").await.expect("free");
         lock.release("k", before).await.expect("release");
 
         let e = entry("k", Some(7), Some("id-1"), "a");
@@ -275,18 +292,9 @@ mod tests {
             token > before,
             "tokens keep growing across both kinds of call"
         );
+        assert_eq!(acquire(&lock, "k").await, None, "the lock is held");
         assert_eq!(
-            lock.acquire("k", Duration::from_secs(5))
-                .await
-                .expect("acquire"),
-            None,
-            "the lock is held"
-        );
-        assert_eq!(
-            dedup
-                .reserve("id-1", "b", Duration::from_secs(5))
-                .await
-                .expect("reserve"),
+            reserve(&dedup, "id-1", "b").await,
             Reservation::InProgress,
             "the id is reserved"
         );
@@ -306,36 +314,19 @@ mod tests {
             "the version advanced"
         );
         assert_eq!(
-            dedup
-                .reserve("id-1", "b", Duration::from_secs(5))
-                .await
-                .expect("reserve"),
+            reserve(&dedup, "id-1", "b").await,
             Reservation::Completed,
             "the id completed"
         );
-        let after = lock
-            .acquire("k", Duration::from_secs(5))
-            .await
-            .expect("acquire")
-            .expect("the lock was released");
+        let after = acquire(&lock, "k").await.expect("the lock was released");
         assert!(after > token);
     }
 
     #[tokio::test]
     async fn enter_checks_the_version_then_the_lock_then_the_id_and_takes_nothing_unless_granted() {
-        let redis = stores().await;
-        let (guards, lock, dedup, versions) = (
-            redis.guards(),
-            redis.lock_store(),
-            redis.dedup_store(),
-            redis.version_store(),
-        );
+        let (guards, lock, dedup, versions) = stores().await;
         assert!(versions.advance("k", 5).await.expect("advance"));
-        let held = lock
-            .acquire("k", Duration::from_secs(5))
-            .await
-            .expect("acquire")
-            .expect("free");
+        let held = acquire(&lock, "k").await.expect("free");
         assert!(dedup
             .reserve("busy", "other", Duration::from_secs(5))
             .await
@@ -380,17 +371,10 @@ mod tests {
             Entered::InProgress
         );
         // None of those took the lock or touched the reservations.
-        let free = lock
-            .acquire("k", Duration::from_secs(5))
-            .await
-            .expect("acquire")
-            .expect("nothing was left held");
+        let free = acquire(&lock, "k").await.expect("nothing was left held");
         lock.release("k", free).await.expect("release");
         assert_eq!(
-            dedup
-                .reserve("busy", "other", Duration::from_secs(5))
-                .await
-                .expect("reserve"),
+            reserve(&dedup, "busy", "other").await,
             Reservation::Reserved,
             "the other owner still holds its reservation"
         );
@@ -415,13 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_run_releases_the_id_and_the_lock_but_only_its_own() {
-        let redis = stores().await;
-        let (guards, lock, dedup, versions) = (
-            redis.guards(),
-            redis.lock_store(),
-            redis.dedup_store(),
-            redis.version_store(),
-        );
+        let (guards, lock, dedup, versions) = stores().await;
         let e = entry("k", Some(3), Some("id"), "a");
         let Entered::Granted(token) = guards.enter(&e).await.expect("enter") else {
             panic!("granted")
@@ -436,36 +414,18 @@ mod tests {
             "a failure applies nothing"
         );
         assert_eq!(
-            dedup
-                .reserve("id", "b", Duration::from_secs(5))
-                .await
-                .expect("reserve"),
+            reserve(&dedup, "id", "b").await,
             Reservation::Reserved,
             "the id was released"
         );
-        let other = lock
-            .acquire("k", Duration::from_secs(5))
-            .await
-            .expect("acquire")
-            .expect("the lock was released");
+        let other = acquire(&lock, "k").await.expect("the lock was released");
         // A late exit of the old grant leaves the new holder's lock and reservation alone.
         guards
             .exit(&exit(&e, token, false, None))
             .await
             .expect("late exit");
-        assert_eq!(
-            lock.acquire("k", Duration::from_secs(5))
-                .await
-                .expect("acquire"),
-            None
-        );
-        assert_eq!(
-            dedup
-                .reserve("id", "c", Duration::from_secs(5))
-                .await
-                .expect("reserve"),
-            Reservation::InProgress
-        );
+        assert_eq!(acquire(&lock, "k").await, None);
+        assert_eq!(reserve(&dedup, "id", "c").await, Reservation::InProgress);
         assert!(lock
             .renew("k", other, Duration::from_secs(5))
             .await
@@ -474,8 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn renewal_reports_a_lock_or_a_reservation_that_was_lost() {
-        let redis = stores().await;
-        let (guards, lock, dedup) = (redis.guards(), redis.lock_store(), redis.dedup_store());
+        let (guards, lock, dedup, _) = stores().await;
         let mut e = entry("k", None, Some("id"), "a");
         e.lock_lease = Duration::from_millis(100);
         e.dedup_lease = Duration::from_millis(100);
@@ -486,23 +445,13 @@ mod tests {
         // Both leases run out; another owner reserves the id, another holder takes the key.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let taken = loop {
-            if let Some(t) = lock
-                .acquire("k", Duration::from_secs(5))
-                .await
-                .expect("acquire")
-            {
+            if let Some(t) = acquire(&lock, "k").await {
                 break t;
             }
             assert!(std::time::Instant::now() < deadline, "the lease ran out");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        assert_eq!(
-            dedup
-                .reserve("id", "b", Duration::from_secs(5))
-                .await
-                .expect("reserve"),
-            Reservation::Reserved
-        );
+        assert_eq!(reserve(&dedup, "id", "b").await, Reservation::Reserved);
         assert_eq!(
             guards.renew(&e, token).await.expect("renew"),
             (false, false)
