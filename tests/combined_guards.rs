@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
-use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerBuilder, WorkerStats};
+use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerBuilder};
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
 const KEYS: usize = 40;
@@ -242,26 +241,6 @@ fn builder(s: &Pass, bootstrap: &str, topic: &str, group: &str, prefix: &str) ->
 }
 
 const REDIS: &str = "redis://127.0.0.1:6379";
-
-struct Running {
-    token: CancellationToken,
-    handle: tokio::task::JoinHandle<WorkerStats>,
-}
-
-fn spawn(builder: WorkerBuilder<Planner>) -> Running {
-    let token = CancellationToken::new();
-    let w = builder.build().expect("valid worker");
-    let t = token.clone();
-    let handle = tokio::spawn(async move { w.run(t).await.expect("worker runs") });
-    Running { token, handle }
-}
-
-impl Running {
-    async fn stop(self) -> WorkerStats {
-        self.token.cancel();
-        self.handle.await.expect("worker task")
-    }
-}
 
 /// Runs `records` through a worker of `pass` (a second member joins at a third of the
 /// records and leaves at two thirds) and returns how it ended, and the store calls counted

@@ -24,9 +24,8 @@ use parking_lot::Mutex;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use steadfast::config::BreakerConfig;
 use steadfast::store::{DedupStore, LockStore, Reservation, VersionStore};
-use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerBuilder, WorkerStats};
+use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerBuilder};
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const CHILD: &str = "STEADFAST_TEST_CHILD";
 
@@ -83,27 +82,6 @@ fn worker(bootstrap: &str, topic: &str, group: &str) -> WorkerBuilder {
         .group(group)
         .commit_interval(Duration::from_millis(100))
         .retry(Retry::none())
-}
-
-/// A worker running in a task until stopped.
-struct Running {
-    token: CancellationToken,
-    handle: tokio::task::JoinHandle<WorkerStats>,
-}
-
-fn spawn<H: Handler>(builder: WorkerBuilder<H>) -> Running {
-    let token = CancellationToken::new();
-    let w = builder.build().expect("valid worker");
-    let t = token.clone();
-    let handle = tokio::spawn(async move { w.run(t).await.expect("worker runs") });
-    Running { token, handle }
-}
-
-impl Running {
-    async fn stop(self) -> WorkerStats {
-        self.token.cancel();
-        self.handle.await.expect("worker task")
-    }
 }
 
 async fn committed_at(bootstrap: &str, group: &str, topic: &str, offset: i64) {

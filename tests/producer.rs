@@ -15,7 +15,6 @@ use steadfast::message::headers::CAUSED_BY;
 use steadfast::producer::Delivery;
 use steadfast::{Context, Handler, HandlerError, Message as _, Producer, Record, Worker};
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 3;
 
@@ -106,26 +105,20 @@ async fn sends_land_where_their_delivery_says_and_a_handlers_name_their_cause() 
         topic: receipts.clone(),
         sent: Arc::default(),
     };
-    let worker = Worker::builder()
-        .brokers(&bootstrap)
-        .topic(&topic)
-        .group(&group)
-        .handler(handler.clone())
-        .build()
-        .expect("valid worker");
-    let token = CancellationToken::new();
-    let running = {
-        let token = token.clone();
-        tokio::spawn(async move { worker.run(token).await.expect("worker runs") })
-    };
+    let running = spawn(
+        Worker::builder()
+            .brokers(&bootstrap)
+            .topic(&topic)
+            .group(&group)
+            .handler(handler.clone()),
+    );
     eventually(
         Duration::from_secs(60),
         "a receipt for every update",
         || handler.sent.lock().len() == updates.len(),
     )
     .await;
-    token.cancel();
-    running.await.expect("worker task");
+    running.stop().await;
 
     let read = tokio::task::spawn_blocking({
         let (bootstrap, receipts) = (bootstrap.clone(), receipts.clone());

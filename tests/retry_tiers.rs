@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerBuilder, WorkerStats};
+use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerBuilder};
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 /// A versioned update of a key; `fail` transient failures before it succeeds.
 #[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
@@ -101,26 +100,6 @@ impl Handler for Applier {
             l.applied.entry(t.key.clone()).or_default().push(t.version);
             Ok(())
         }
-    }
-}
-
-struct Running {
-    token: CancellationToken,
-    handle: tokio::task::JoinHandle<WorkerStats>,
-}
-
-fn spawn(builder: WorkerBuilder<Applier>) -> Running {
-    let token = CancellationToken::new();
-    let w = builder.build().expect("valid worker");
-    let t = token.clone();
-    let handle = tokio::spawn(async move { w.run(t).await.expect("worker runs") });
-    Running { token, handle }
-}
-
-impl Running {
-    async fn stop(self) -> WorkerStats {
-        self.token.cancel();
-        self.handle.await.expect("worker task")
     }
 }
 

@@ -15,7 +15,6 @@ use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use steadfast::{Context, Handler, HandlerError, StartFrom, Worker, WorkerStats};
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 3;
 
@@ -72,20 +71,15 @@ async fn handle(
     count: usize,
 ) -> (Vec<String>, WorkerStats) {
     let ids = Ids::default();
-    let worker = Worker::builder()
-        .brokers(bootstrap)
-        .topic(topic)
-        .group(group)
-        .commit_interval(Duration::from_millis(100))
-        .start_from(start)
-        .handler(ids.clone())
-        .build()
-        .expect("valid worker");
-    let token = CancellationToken::new();
-    let running = {
-        let token = token.clone();
-        tokio::spawn(async move { worker.run(token).await.expect("worker runs") })
-    };
+    let running = spawn(
+        Worker::builder()
+            .brokers(bootstrap)
+            .topic(topic)
+            .group(group)
+            .commit_interval(Duration::from_millis(100))
+            .start_from(start)
+            .handler(ids.clone()),
+    );
     eventually_async(
         Duration::from_secs(60),
         "every partition committed at its end",
@@ -111,8 +105,7 @@ async fn handle(
         },
     )
     .await;
-    token.cancel();
-    let stats = running.await.expect("worker task");
+    let stats = running.stop().await;
     let handled = ids.0.lock().clone();
     (handled, stats)
 }

@@ -613,3 +613,26 @@ pub fn record(u: &Update) -> (Vec<u8>, Vec<u8>) {
         serde_json::to_vec(u).expect("encodes"),
     )
 }
+
+/// A worker running in a task until stopped.
+pub struct Running {
+    token: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<steadfast::WorkerStats>,
+}
+
+/// Builds the worker and runs it in a task.
+pub fn spawn<H: Handler>(builder: steadfast::WorkerBuilder<H>) -> Running {
+    let token = tokio_util::sync::CancellationToken::new();
+    let w = builder.build().expect("valid worker");
+    let t = token.clone();
+    let handle = tokio::spawn(async move { w.run(t).await.expect("worker runs") });
+    Running { token, handle }
+}
+
+impl Running {
+    /// Stops the worker (a graceful shutdown) and returns its counts.
+    pub async fn stop(self) -> steadfast::WorkerStats {
+        self.token.cancel();
+        self.handle.await.expect("worker task")
+    }
+}
