@@ -5,7 +5,7 @@
 //! retry tiers, and poison pills dead-lettered.
 //!
 //! ```text
-//! ledger --bootstrap HOST:PORT --topic T --group G --postgres URL --schema S [--redis URL] [--concurrency N]
+//! ledger --bootstrap HOST:PORT --topic T --group G --postgres URL --schema S [--redis URL] [--concurrency N] [--batch N]
 //! ```
 //!
 //! - Consumes `T`, `T.G.retry.1` (1 s) and `T.G.retry.2` (2 s) in group `G` (retry tiers
@@ -14,6 +14,9 @@
 //! - `poison: true` fails permanently; `fail: n` fails transiently on every attempt ≤ n.
 //! - Otherwise inserts a row into `S.effects` and adds the amount to `S.balances`, in one
 //!   transaction with steadfast's records (tables created if missing).
+//! - With `--batch N`, a batch handler serves the same contract: up to N transactions (one
+//!   per account) in one database transaction, `--concurrency` batches at once; a poison or
+//!   failing transaction fails alone and the others are applied.
 //! - The per-key lock lives in Redis with `--redis`, else in Postgres. SIGTERM drains,
 //!   commits and exits 0. Logs go to stderr (`RUST_LOG` filters them).
 //! - Other settings come from `steadfast.toml` (or the file `STEADFAST_CONFIG` names) and
@@ -25,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
+use steadfast::handler::{Batch, BatchContext};
 use steadfast::{Context, HandlerError, Ordering, Retry, Worker};
 
 /// The command line; its flags are a contract that outside checks rely on.
@@ -52,9 +56,12 @@ struct Args {
     /// A Redis for the per-key lock (Postgres holds it when absent).
     #[arg(long)]
     redis: Option<String>,
-    /// Handler calls at once.
+    /// Handler calls at once (with `--batch`, batch calls at once).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Apply up to this many transactions per database transaction, through a batch handler.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch: Option<u32>,
 }
 
 /// One ledger transaction.
@@ -96,22 +103,28 @@ impl Ledger {
         }
     }
 
-    async fn handle(&self, msg: LedgerTxn, cx: &Context) -> Result<(), HandlerError> {
-        let started_at = SystemTime::now();
+    /// Why `msg` fails at `attempt`, if it does: a poison transaction always, a failing one
+    /// at its first `fail` attempts.
+    fn refusal(msg: &LedgerTxn, attempt: u32) -> Option<HandlerError> {
         if msg.poison == Some(true) {
-            return Err(HandlerError::permanent(format!(
+            return Some(HandlerError::permanent(format!(
                 "poison transaction {}",
                 msg.txn
             )));
         }
-        if let Some(fail) = msg.fail {
-            if cx.attempt() <= fail {
-                return Err(HandlerError::transient(format!(
-                    "transaction {} fails at attempt {} of its first {fail}",
-                    msg.txn,
-                    cx.attempt()
-                )));
-            }
+        match msg.fail {
+            Some(fail) if attempt <= fail => Some(HandlerError::transient(format!(
+                "transaction {} fails at attempt {attempt} of its first {fail}",
+                msg.txn
+            ))),
+            _ => None,
+        }
+    }
+
+    async fn handle(&self, msg: LedgerTxn, cx: &Context) -> Result<(), HandlerError> {
+        let started_at = SystemTime::now();
+        if let Some(refusal) = Self::refusal(&msg, cx.attempt()) {
+            return Err(refusal);
         }
         let Some(tx) = cx.transaction().await? else {
             return Ok(());
@@ -135,6 +148,72 @@ impl Ledger {
             &[&msg.account, &msg.amount, &msg.version],
         )
         .await?;
+        tx.commit().await
+    }
+}
+
+/// The ledger as a batch handler (`--batch N`): a batch's transactions (one per account)
+/// are applied with two statements in one database transaction.
+#[derive(steadfast::Handler)]
+#[handler(message = LedgerTxn, group = "ledger", batch)]
+struct LedgerBatch {
+    insert_effects: String,
+    add_to_balances: String,
+    pid: i32,
+}
+
+impl LedgerBatch {
+    fn new(schema: &str) -> Self {
+        LedgerBatch {
+            insert_effects: format!(
+                "INSERT INTO {schema}.effects (txn, account, amount, version, attempt, worker_pid, started_at, finished_at) \
+                 SELECT t.*, clock_timestamp() FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::int[], $6::int[], $7::timestamptz[]) AS t"
+            ),
+            add_to_balances: format!(
+                "INSERT INTO {schema}.balances (account, balance, version) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) \
+                 ON CONFLICT (account) DO UPDATE SET balance = {schema}.balances.balance + EXCLUDED.balance, \
+                 version = GREATEST({schema}.balances.version, EXCLUDED.version)"
+            ),
+            pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+        }
+    }
+
+    async fn handle_batch(
+        &self,
+        batch: Batch<LedgerTxn>,
+        cx: &BatchContext,
+    ) -> Result<(), HandlerError> {
+        let started_at = SystemTime::now();
+        for item in &batch {
+            if let Some(refusal) = Ledger::refusal(item.message(), item.context().attempt()) {
+                item.fail(refusal);
+            }
+        }
+        let Some(tx) = cx.transaction().await? else {
+            return Ok(());
+        };
+        let (mut txns, mut accounts, mut amounts, mut versions, mut attempts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for item in batch.iter().filter(|item| tx.applies(item)) {
+            let msg = item.message();
+            txns.push(msg.txn.as_str());
+            accounts.push(msg.account.as_str());
+            amounts.push(msg.amount);
+            versions.push(msg.version);
+            attempts.push(i32::try_from(item.context().attempt()).unwrap_or(i32::MAX));
+        }
+        let pids = vec![self.pid; txns.len()];
+        let started = vec![started_at; txns.len()];
+        tx.execute(
+            &self.insert_effects,
+            &[
+                &txns, &accounts, &amounts, &versions, &attempts, &pids, &started,
+            ],
+        )
+        .await?;
+        tx.execute(&self.add_to_balances, &[&accounts, &amounts, &versions])
+            .await?;
         tx.commit().await
     }
 }
@@ -195,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
     // `STEADFAST_CONFIG` names, else `steadfast.toml` when present, and `STEADFAST_*`
     // variables; the flags win.
     let base = steadfast::WorkerConfig::from_env().context("reading the worker settings")?;
-    let stats = Worker::builder()
+    let builder = Worker::builder()
         .config(base)
         .brokers(&args.bootstrap)
         .topic(&args.topic)
@@ -213,10 +292,22 @@ async fn main() -> anyhow::Result<()> {
         .store_key_prefix(format!("ledger:{}", args.schema))
         .stale_drop(&args.postgres)
         .key_lock(lock_store, Duration::from_secs(10))
-        .transactions(&args.postgres)
-        .handler(Ledger::new(&args.schema))
-        .run_until_signal()
-        .await?;
+        .transactions(&args.postgres);
+    let stats = match args.batch {
+        Some(n) => {
+            builder
+                .max_batch(n as usize)
+                .handler(LedgerBatch::new(&args.schema))
+                .run_until_signal()
+                .await?
+        }
+        None => {
+            builder
+                .handler(Ledger::new(&args.schema))
+                .run_until_signal()
+                .await?
+        }
+    };
     tracing::info!(?stats, "ledger worker stopped");
     Ok(())
 }

@@ -530,6 +530,48 @@ async fn delete_redis_keys(prefix: &str) {
     }
 }
 
+/// With `--batch`: the rows of one batch share their worker and `started_at` (read once per
+/// batch call). Batches held more than one transaction, and every transaction applied at a
+/// later attempt (it failed in place first) was applied alone: a record that fails in a batch
+/// is retried by itself.
+async fn check_batches(tag: &str, db: &tokio_postgres::Client, schema: &str) {
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT max(n), avg(n)::float8, count(*) FROM
+                     (SELECT count(*) AS n FROM {schema}.effects GROUP BY worker_pid, started_at) b"
+            ),
+            &[],
+        )
+        .await
+        .expect("batch sizes");
+    let (largest, mean, batches): (i64, f64, i64) = (row.get(0), row.get(1), row.get(2));
+    println!("[{tag}] {batches} batches applied; mean {mean:.1} transactions, largest {largest}");
+    assert!(
+        largest > 1,
+        "[{tag}] no batch held more than one transaction"
+    );
+    let shared: Vec<(String, i32, i64)> = db
+        .query(
+            &format!(
+                "SELECT e.txn, e.attempt, b.n FROM {schema}.effects e
+                 JOIN (SELECT worker_pid, started_at, count(*) AS n FROM {schema}.effects
+                       GROUP BY worker_pid, started_at) b USING (worker_pid, started_at)
+                 WHERE e.attempt > 1 AND b.n > 1"
+            ),
+            &[],
+        )
+        .await
+        .expect("retried transactions")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "[{tag}] transactions retried in place were applied in a batch with others (txn, attempt, batch size): {shared:?}"
+    );
+}
+
 /// Where the workers keep their key locks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Locks {
@@ -548,6 +590,8 @@ struct Scenario {
     kills: &'static [f64],
     /// The progress point at which one more worker joins.
     join_at: Option<f64>,
+    /// `--batch N`: the batch handler, up to N transactions per database transaction.
+    batch: Option<u32>,
 }
 
 /// The main run: 50,000 records, Redis locks, two workers, two SIGKILLs with restarts, a
@@ -562,6 +606,7 @@ async fn ledger_with_redis_locks_applies_50_000_transactions_once_through_kills_
         locks: Locks::Redis,
         kills: &[0.1, 0.4],
         join_at: Some(0.6),
+        batch: None,
     })
     .await;
 }
@@ -577,6 +622,25 @@ async fn ledger_with_postgres_locks_applies_every_transaction_once_through_a_kil
         locks: Locks::Postgres,
         kills: &[0.3],
         join_at: None,
+        batch: None,
+    })
+    .await;
+}
+
+/// The batch handler (`--batch 64`, four batches at once per worker): 20,000 records over
+/// 400 accounts, Redis locks, two SIGKILLs (each lands while batches are open: a worker
+/// always has some) with restarts and a worker joining. Poison pills and transactions that
+/// fail at their first attempts sit in batches with others: they fail alone, and the rest of
+/// their batch is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ledger_in_batches_applies_every_transaction_once_through_kills_and_a_join() {
+    run(Scenario {
+        messages: 20_000,
+        accounts: 400,
+        locks: Locks::Redis,
+        kills: &[0.15, 0.5],
+        join_at: Some(0.7),
+        batch: Some(64),
     })
     .await;
 }
@@ -605,9 +669,10 @@ async fn run(scenario: Scenario) {
         .unwrap_or(20_251_202_u64);
     let plan = Plan::new(seed, scenario.messages, scenario.accounts);
     let expected = i64::try_from(plan.must_apply.len()).expect("a count");
-    let tag = match scenario.locks {
-        Locks::Redis => "redis",
-        Locks::Postgres => "pg",
+    let tag = match (scenario.locks, scenario.batch) {
+        (_, Some(_)) => "batch",
+        (Locks::Redis, None) => "redis",
+        (Locks::Postgres, None) => "pg",
     };
     println!(
         "[{tag}] plan (seed {seed}): {} records over {} accounts; {} must apply; {} produced \
@@ -669,6 +734,14 @@ async fn run(scenario: Scenario) {
     .to_vec();
     if scenario.locks == Locks::Redis {
         args.extend(["--redis".to_owned(), REDIS.to_owned()]);
+    }
+    if let Some(n) = scenario.batch {
+        args.extend([
+            "--batch".to_owned(),
+            n.to_string(),
+            "--concurrency".to_owned(),
+            "4".to_owned(),
+        ]);
     }
     let mut fleet = Fleet {
         tag,
@@ -893,6 +966,9 @@ async fn run(scenario: Scenario) {
         applied_in.as_secs_f64(),
         stopped_in.as_secs_f64()
     );
+    if scenario.batch.is_some() {
+        check_batches(tag, &db, &schema).await;
+    }
 
     drop(fleet);
     server.shutdown().await;

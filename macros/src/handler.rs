@@ -11,6 +11,8 @@ use crate::message::attr_error;
 pub(crate) struct HandlerArgs {
     pub(crate) message: Option<Type>,
     pub(crate) group: Option<LitStr>,
+    /// `batch`: the type's inherent method is `handle_batch`, taking a batch of records.
+    pub(crate) batch: bool,
 }
 
 impl HandlerArgs {
@@ -60,10 +62,18 @@ impl HandlerArgs {
                         return Err(meta.error("duplicate `group`"));
                     }
                     Ok(())
+                } else if meta.path.is_ident("batch") {
+                    if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                        return Err(meta.error("`batch` takes no value: write `batch`"));
+                    }
+                    if std::mem::replace(&mut args.batch, true) {
+                        return Err(meta.error("duplicate `batch`"));
+                    }
+                    Ok(())
                 } else {
                     let path = &meta.path;
                     Err(meta.error(format!(
-                        "unknown `handler` attribute key `{}`: expected `message` or `group`",
+                        "unknown `handler` attribute key `{}`: expected `message`, `group` or `batch`",
                         quote!(#path).to_string().replace(' ', "")
                     )))
                 }
@@ -98,6 +108,9 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     };
 
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    if args.batch {
+        return Ok(expand_batch(input, &message, &group));
+    }
     // Spanned at the struct's name: without an inherent `handle` the error points there. The
     // trait's method is `handle_message`, so `handle` never resolves to the trait itself.
     let call = quote_spanned! {name.span()=>
@@ -119,6 +132,52 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             }
         }
     })
+}
+
+/// `#[handler(..., batch)]`: `BatchHandler` forwarding to the inherent `handle_batch`, and
+/// `Handler` running single messages as batches of one and handing the runtime the batch path.
+fn expand_batch(input: &DeriveInput, message: &Type, group: &LitStr) -> TokenStream {
+    let name = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    // The trait's method is `handle_message_batch`, so `handle_batch` never resolves to it.
+    let call = quote_spanned! {name.span()=>
+        <#name #ty_generics>::handle_batch(self, batch, cx)
+    };
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics ::steadfast::handler::BatchHandler for #name #ty_generics #where_clause {
+            type Message = #message;
+            const GROUP: &'static str = #group;
+            fn handle_message_batch(
+                &self,
+                batch: ::steadfast::handler::Batch<#message>,
+                cx: &::steadfast::handler::BatchContext,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), ::steadfast::HandlerError>,
+            > + ::core::marker::Send {
+                #call
+            }
+        }
+        #[automatically_derived]
+        impl #impl_generics ::steadfast::Handler for #name #ty_generics #where_clause {
+            type Message = #message;
+            const GROUP: &'static str = #group;
+            fn handle_message(
+                &self,
+                message: #message,
+                cx: &::steadfast::Context,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), ::steadfast::HandlerError>,
+            > + ::core::marker::Send {
+                ::steadfast::handler::handle_one(self, message, cx)
+            }
+            fn batch_runner(
+                handler: ::std::sync::Arc<Self>,
+            ) -> ::core::option::Option<::steadfast::handler::BatchRunner<#message>> {
+                ::core::option::Option::Some(::steadfast::handler::BatchRunner::of(handler))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +232,20 @@ mod tests {
             struct H;
         ))
         .contains("missing `group`"));
+    }
+
+    #[test]
+    fn batch_forwards_to_inherent_handle_batch() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[handler(message = Txn, group = "ledger", batch)]
+            struct Ledger;
+        };
+        let out = expand(&input).unwrap().to_string();
+        assert!(out.contains("impl :: steadfast :: handler :: BatchHandler for Ledger"));
+        assert!(out.contains("< Ledger > :: handle_batch (self , batch , cx)"));
+        assert!(out.contains("BatchRunner :: of (handler)"));
+        assert!(err(syn::parse_quote!(#[handler(batch, batch)])).contains("duplicate `batch`"));
+        assert!(err(syn::parse_quote!(#[handler(batch = true)])).contains("takes no value"));
     }
 
     #[test]

@@ -107,6 +107,12 @@ pub struct WorkerConfig {
     pub max_in_flight: Option<usize>,
     /// Messages queued for one key before its partition pauses. Env: `STEADFAST_MAX_PER_KEY`.
     pub max_per_key: usize,
+    /// Records one batch handler call takes at most (batch handlers only).
+    /// Env: `STEADFAST_MAX_BATCH`.
+    pub max_batch: usize,
+    /// How long a batch waits for more records before its handler call starts, in ms
+    /// (batch handlers only). Env: `STEADFAST_BATCH_LINGER_MS`.
+    pub batch_linger_ms: u64,
     /// `strict` or `relaxed`. Env: `STEADFAST_ORDERING`.
     pub ordering: Ordering,
     /// In-place retry.
@@ -163,6 +169,8 @@ impl Default for WorkerConfig {
             concurrency: 64,
             max_in_flight: None,
             max_per_key: 256,
+            max_batch: 256,
+            batch_linger_ms: 5,
             ordering: Ordering::Strict,
             retry: RetryConfig::default(),
             retry_tiers_ms: Vec::new(),
@@ -198,13 +206,15 @@ pub const DEFAULT_CONFIG_FILE: &str = "steadfast.toml";
 ///
 /// A variable that sets a key of a policy table (`STEADFAST_DEDUP_STORE` sets `dedup.store`)
 /// turns the policy on, as a file with that table would.
-pub const ENV_OVERRIDES: [(&str, &str); 26] = [
+pub const ENV_OVERRIDES: [(&str, &str); 28] = [
     ("STEADFAST_BROKERS", "brokers"),
     ("STEADFAST_GROUP", "group"),
     ("STEADFAST_TOPIC", "topic"),
     ("STEADFAST_CONCURRENCY", "concurrency"),
     ("STEADFAST_MAX_IN_FLIGHT", "max_in_flight"),
     ("STEADFAST_MAX_PER_KEY", "max_per_key"),
+    ("STEADFAST_MAX_BATCH", "max_batch"),
+    ("STEADFAST_BATCH_LINGER_MS", "batch_linger_ms"),
     ("STEADFAST_ORDERING", "ordering"),
     ("STEADFAST_RETRY_TIERS_MS", "retry_tiers_ms"),
     ("STEADFAST_SHARED_RETRY_TOPICS", "shared_retry_topics"),
@@ -318,6 +328,15 @@ impl WorkerConfig {
         }
         if self.max_per_key == 0 {
             return invalid("max_per_key", "must be at least 1");
+        }
+        if self.max_batch == 0 {
+            return invalid("max_batch", "must be at least 1");
+        }
+        if self.batch_linger_ms > self.handler_timeout_ms {
+            return invalid(
+                "batch_linger_ms",
+                "is longer than `handler_timeout_ms`: a record would wait longer for its batch than its handler may run",
+            );
         }
         if self.retry.attempts == 0 {
             return invalid(
@@ -569,6 +588,8 @@ fn env_value(key: &str, value: &str) -> toml::Value {
         "concurrency"
         | "max_in_flight"
         | "max_per_key"
+        | "max_batch"
+        | "batch_linger_ms"
         | "handler_timeout_ms"
         | "drain_timeout_ms"
         | "commit_interval_ms"

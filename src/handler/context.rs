@@ -135,22 +135,11 @@ impl Context {
             ));
         };
         let guard = &self.envelope.guard;
-        let facts = guard.facts.as_deref();
-        let record = OnceRecord {
-            id: facts.and_then(|f| f.id.clone()),
-            version_key: facts
-                .filter(|f| f.version.is_some())
-                .map(|f| f.store_key.clone()),
-            version: facts.and_then(|f| f.version),
-            fence: facts
-                .zip(guard.lease.as_ref())
-                .map(|(f, lease)| (f.store_key.clone(), lease.token)),
-        };
-        if record.id.is_none() && record.version.is_none() {
+        let Some(record) = self.once_record() else {
             return Err(HandlerError::permanent(
                 "once-only effects need the message type to declare an `id` or a `version` (#[message(id = ..)]): without either, a redelivery cannot be recognised",
             ));
-        }
+        };
         if let Some(notes) = &guard.notes {
             notes
                 .used_transaction
@@ -178,5 +167,23 @@ impl Context {
             *notes.skipped.lock() = Some(reason);
         }
         Ok(None)
+    }
+
+    /// What the once-only path records for this record: its id, its version and its lock's
+    /// fencing token; `None` when its type declares neither an id nor a version.
+    pub(crate) fn once_record(&self) -> Option<OnceRecord> {
+        let guard = &self.envelope.guard;
+        let facts = guard.facts.as_deref();
+        let record = OnceRecord {
+            id: facts.and_then(|f| f.id.clone()),
+            version_key: facts
+                .filter(|f| f.version.is_some())
+                .map(|f| f.store_key.clone()),
+            version: facts.and_then(|f| f.version),
+            fence: facts
+                .zip(guard.lease.as_ref())
+                .map(|(f, lease)| (f.store_key.clone(), lease.token)),
+        };
+        (record.id.is_some() || record.version.is_some()).then_some(record)
     }
 }

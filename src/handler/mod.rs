@@ -2,6 +2,7 @@
 //! the [`HandlerError`] classes that decide retry and dead-lettering, and the [`Context`]
 //! a handler gets with every message.
 
+mod batch;
 mod context;
 mod error;
 mod service;
@@ -9,6 +10,10 @@ mod transaction;
 
 use std::future::Future;
 
+pub use self::batch::{
+    handle_one, Batch, BatchContext, BatchHandler, BatchRunner, BatchTransaction, Item,
+};
+pub(crate) use self::batch::{runner_of, BatchService, BatchSettings};
 pub use self::context::Context;
 pub use self::error::HandlerError;
 pub use self::service::HandlerService;
@@ -50,4 +55,14 @@ pub trait Handler: Send + Sync + 'static {
         message: Self::Message,
         cx: &Context,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    /// The batch path of a batch handler (`#[handler(..., batch)]`, which writes this);
+    /// `None`, the default, for a handler of single records.
+    #[doc(hidden)]
+    fn batch_runner(handler: std::sync::Arc<Self>) -> Option<BatchRunner<Self::Message>>
+    where
+        Self: Sized,
+    {
+        let _ = handler;
+        None
+    }
 }

@@ -71,7 +71,12 @@ impl<H: Handler> HandlerService<H> {
     }
 }
 
-fn failure(class: ErrorClass, message: String, permanent: bool, attempt: u32) -> Outcome {
+pub(crate) fn failure(
+    class: ErrorClass,
+    message: String,
+    permanent: bool,
+    attempt: u32,
+) -> Outcome {
     Outcome::Failed(Failure {
         class,
         message,
@@ -118,13 +123,9 @@ impl<H: Handler> HandlerService<H> {
                 Err(e) => return failure(ErrorClass::Decode, e.to_string(), true, attempt),
             };
             let notes = envelope.guard.notes.clone();
-            if let Some(n) = &notes {
-                // What an earlier attempt of this delivery did with a transaction is not this
-                // attempt's.
-                n.used_transaction.store(false, Ordering::SeqCst);
-                n.handed.store(false, Ordering::SeqCst);
-                *n.skipped.lock() = None;
-            }
+            // What an earlier attempt of this delivery did with a transaction is not this
+            // attempt's.
+            reset_notes(notes.as_deref());
             let cx = Context::new(
                 envelope,
                 attempt,
@@ -146,7 +147,7 @@ impl<H: Handler> HandlerService<H> {
 /// What a handler call's result becomes: a success (or the drop its transaction found), or a
 /// failure classified by its error; a failure of a handler whose transaction's database does
 /// not answer is an outage, and a panic is permanent.
-async fn outcome_of(
+pub(crate) async fn outcome_of(
     result: std::thread::Result<Result<(), HandlerError>>,
     notes: Option<&HandlerNotes>,
     transactions: Option<&dyn TransactionalStore>,
@@ -198,12 +199,26 @@ async fn outcome_of(
             })
         }
         Err(panic) => {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "handler panicked".to_owned());
+            let text = panic_text(panic.as_ref());
             failure(ErrorClass::Panic, format!("handler panicked: {text}"), true, attempt)
         }
     }
+}
+
+/// Clears what an earlier attempt of a delivery did with a transaction.
+pub(crate) fn reset_notes(notes: Option<&HandlerNotes>) {
+    if let Some(n) = notes {
+        n.used_transaction.store(false, Ordering::SeqCst);
+        n.handed.store(false, Ordering::SeqCst);
+        *n.skipped.lock() = None;
+    }
+}
+
+/// What a panic's payload says.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "handler panicked".to_owned())
 }

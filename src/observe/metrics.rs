@@ -24,6 +24,8 @@ pub const DROPPED: &str = "steadfast_messages_dropped_total";
 pub const RETRIES: &str = "steadfast_retries_total";
 /// Duration of one handler attempt, in seconds.
 pub const HANDLER_DURATION: &str = "steadfast_handler_duration_seconds";
+/// Records per batch handler call.
+pub const BATCH_RECORDS: &str = "steadfast_batch_records";
 /// Messages delivered and not finished (running, queued, parked, held).
 pub const IN_FLIGHT: &str = "steadfast_in_flight_messages";
 /// Handler calls running now.
@@ -53,6 +55,11 @@ pub const REBALANCES: &str = "steadfast_rebalances_total";
 /// 1 when `/readyz` answers ready, else 0.
 pub const READY: &str = "steadfast_ready";
 
+/// Histogram buckets of [`BATCH_RECORDS`]: 1 to 4,096 records.
+const BATCH_BUCKETS: [f64; 13] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
 /// Histogram buckets for every `_seconds` metric: 1 ms to 60 s.
 const SECONDS_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0,
@@ -75,6 +82,9 @@ pub(crate) fn prometheus() -> Result<&'static PrometheusHandle, &'static str> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_RECORDS.to_owned()), &BATCH_BUCKETS)
+                })
                 .map_err(|e| e.to_string())?;
             let handle = builder.install_recorder().map_err(|e| {
                 format!("another metrics recorder is installed in this process ({e}); steadfast's metrics go to it")
@@ -107,7 +117,12 @@ fn describe() {
         "Deliveries dropped before the handler"
     );
     describe_counter!(RETRIES, Unit::Count, "Handler attempts retried in place");
-    describe_histogram!(HANDLER_DURATION, Unit::Seconds, "One handler attempt");
+    describe_histogram!(
+        HANDLER_DURATION,
+        Unit::Seconds,
+        "One handler attempt (a batch handler's: one batch call)"
+    );
+    describe_histogram!(BATCH_RECORDS, Unit::Count, "Records per batch handler call");
     describe_gauge!(IN_FLIGHT, Unit::Count, "Delivered and unfinished messages");
     describe_gauge!(RUNNING, Unit::Count, "Running handler calls");
     describe_gauge!(PARKED, Unit::Count, "Keys parked for a retry-tier message");
@@ -149,6 +164,8 @@ pub(crate) struct Meters {
     pub(crate) retries: Counter,
     /// [`HANDLER_DURATION`].
     pub(crate) handler_duration: Histogram,
+    /// [`BATCH_RECORDS`].
+    pub(crate) batch_records: Histogram,
     /// [`IN_FLIGHT`].
     pub(crate) in_flight: Gauge,
     /// [`RUNNING`].
@@ -183,6 +200,7 @@ impl Meters {
             duplicate: dropped("duplicate"),
             retries: metrics::counter!(RETRIES, "group" => g.clone(), "topic" => t.clone()),
             handler_duration: metrics::histogram!(HANDLER_DURATION, "group" => g.clone(), "topic" => t.clone()),
+            batch_records: metrics::histogram!(BATCH_RECORDS, "group" => g.clone(), "topic" => t.clone()),
             in_flight: metrics::gauge!(IN_FLIGHT, "group" => g.clone()),
             running: metrics::gauge!(RUNNING, "group" => g.clone()),
             parked: metrics::gauge!(PARKED, "group" => g.clone()),

@@ -92,6 +92,9 @@ pub(crate) struct Assembly<'a> {
     /// The stale check, lock and dedup in one store call each way, where the worker connected
     /// them so; the three separate policies are then off.
     pub(crate) guards: Option<&'a Arc<dyn GuardStore>>,
+    /// The handler takes batches: the time limit applies to each batch call, where the
+    /// batches are run, not to each record.
+    pub(crate) batched: bool,
 }
 
 impl Assembly<'_> {

@@ -19,8 +19,12 @@ pub(crate) struct Timeout {
     probe: Option<Arc<dyn TransactionalStore>>,
 }
 
-/// Always on: `handler_timeout_ms` per attempt.
+/// On for every handler of single records: `handler_timeout_ms` per attempt. A batch
+/// handler's time limit is its batch call's.
 pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
+    if a.batched {
+        return None;
+    }
     Some(wrap(Timeout {
         limit: Duration::from_millis(a.config.handler_timeout_ms),
         probe: a.stores.transactions.clone(),

@@ -2,12 +2,13 @@
 //! user's layers, in the order of [`crate::policy::STACK`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::guards::Guards;
 use crate::config::WorkerConfig;
-use crate::handler::{Handler, HandlerService};
+use crate::handler::{self, BatchService, BatchSettings, Handler, HandlerService};
 use crate::observe::Meters;
 use crate::policy::{self, Assembly, BoxedStack, Next, Routing, UserLayer};
 use crate::producer::Producer;
@@ -26,6 +27,7 @@ pub(crate) fn build_stack<H: Handler>(
     producer: Producer,
 ) -> BoxedStack {
     let worker_id = worker_id();
+    let runner = handler::runner_of(&handler);
     let assembly = Assembly {
         config,
         group,
@@ -39,13 +41,40 @@ pub(crate) fn build_stack<H: Handler>(
         worker_id: &worker_id,
         layers,
         guards: guards.combined.as_ref(),
+        batched: runner.is_some(),
     };
-    let handler = HandlerService::new(handler, group, shutdown.clone())
-        .with_transactions(guards.stores.transactions.clone())
-        .with_producer(producer)
-        .timed(meters.handler_duration.clone());
-    let handler = Next::from_fn(move |envelope| Box::pin(handler.handle(envelope)));
+    let transactions = guards.stores.transactions.clone();
+    let handler = match runner {
+        Some(runner) => {
+            let batches =
+                BatchService::new(runner, batch_settings(config), group, shutdown.clone())
+                    .with_transactions(transactions)
+                    .with_producer(producer)
+                    .timed(
+                        meters.handler_duration.clone(),
+                        meters.batch_records.clone(),
+                    );
+            Next::from_fn(move |envelope| Box::pin(batches.handle(envelope)))
+        }
+        None => {
+            let handler = HandlerService::new(handler, group, shutdown.clone())
+                .with_transactions(transactions)
+                .with_producer(producer)
+                .timed(meters.handler_duration.clone());
+            Next::from_fn(move |envelope| Box::pin(handler.handle(envelope)))
+        }
+    };
     policy::assemble(&assembly, handler)
+}
+
+/// How a batch handler's batches are formed and run: `concurrency` counts batch calls.
+pub(crate) fn batch_settings(config: &WorkerConfig) -> BatchSettings {
+    BatchSettings {
+        max_records: config.max_batch.max(1),
+        linger: Duration::from_millis(config.batch_linger_ms),
+        concurrency: config.concurrency.max(1),
+        timeout: Duration::from_millis(config.handler_timeout_ms),
+    }
 }
 
 /// This worker's name in dedup reservations: process id, start time and a random part

@@ -89,6 +89,17 @@ impl<H> WorkerBuilder<H> {
         self.config.max_per_key = max;
         self
     }
+    /// Records one batch handler call takes at most (default 256; batch handlers only).
+    pub fn max_batch(mut self, max: usize) -> Self {
+        self.config.max_batch = max;
+        self
+    }
+    /// How long a batch waits for more records before its handler call starts (default
+    /// 5 ms; batch handlers only).
+    pub fn batch_linger(mut self, linger: Duration) -> Self {
+        self.config.batch_linger_ms = millis(linger);
+        self
+    }
     /// Key order through retry tiers (default strict).
     pub fn ordering(mut self, ordering: Ordering) -> Self {
         self.config.ordering = ordering;

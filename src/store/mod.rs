@@ -41,7 +41,7 @@ pub mod postgres;
 pub mod redis;
 
 pub use self::handles::StoreHandles;
-pub use self::once::{OnceRecord, OnceStart};
+pub use self::once::{OnceBatch, OnceRecord, OnceStart, OnceVerdict};
 pub use self::postgres::OnceTransaction;
 
 use std::fmt;
@@ -294,6 +294,20 @@ pub trait RateLimitStore: Send + Sync + fmt::Debug {
 pub trait TransactionalStore: Send + Sync + fmt::Debug {
     /// Begins a transaction and records `record` in it; see [`OnceStart`] for the outcomes.
     async fn begin_once(&self, record: &OnceRecord) -> Result<OnceStart, StoreError>;
+    /// Begins one transaction for a batch's `records` (ids, version keys and lock keys
+    /// distinct) and checks them all in one round trip; nothing is recorded until
+    /// [`OnceTransaction::commit_batch`] records the applied ones. A store without batches
+    /// refuses, and a batch handler's `transaction()` fails with the reason.
+    async fn begin_once_batch(&self, records: &[OnceRecord]) -> Result<OnceBatch, StoreError> {
+        let _ = records;
+        Err(StoreError::Failed {
+            backend: "custom",
+            message:
+                "this transactional store has no batch transactions (implement `begin_once_batch`)"
+                    .to_owned(),
+            cause: None,
+        })
+    }
     /// Whether the database answers (an attempt that used a transaction and failed is an
     /// outage, with no attempt spent, when it does not).
     async fn answers(&self) -> Result<(), StoreError>;

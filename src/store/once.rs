@@ -29,3 +29,26 @@ pub enum OnceStart {
     /// A larger fencing token was accepted for the lock key: the lease was lost.
     Fenced,
 }
+
+/// What the checks at the start of a batch's transaction found for one of its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnceVerdict {
+    /// Nothing refused the record: the handler applies it in the transaction.
+    Apply,
+    /// Its id was applied by a committed transaction before.
+    Duplicate,
+    /// A version at least as new was applied for its key before.
+    Stale,
+    /// A larger fencing token was accepted for its lock key: the lease was lost.
+    Fenced,
+}
+
+/// How a batch's transaction starts: a verdict per record, in the order given, and the open
+/// transaction when at least one record is to be applied.
+#[derive(Debug)]
+pub struct OnceBatch {
+    /// Open while some record's verdict is [`OnceVerdict::Apply`]; rolled back otherwise.
+    pub transaction: Option<OnceTransaction>,
+    /// One verdict per record.
+    pub verdicts: Vec<OnceVerdict>,
+}

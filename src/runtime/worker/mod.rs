@@ -281,14 +281,22 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// The dispatcher's bounds and ordering mode.
+    /// The dispatcher's bounds and ordering mode. For a batch handler, `concurrency` counts
+    /// batch calls: up to `concurrency × max_batch` records run at once.
     fn limits(&self) -> Limits {
+        let running = if H::batch_runner(self.handler.clone()).is_some() {
+            self.config
+                .concurrency
+                .saturating_mul(self.config.max_batch.max(1))
+        } else {
+            self.config.concurrency
+        };
         Limits {
-            concurrency: self.config.concurrency,
+            concurrency: running,
             max_in_flight: self
                 .config
                 .max_in_flight
-                .unwrap_or(self.config.concurrency.saturating_mul(4)),
+                .unwrap_or(running.saturating_mul(4)),
             max_per_key: self.config.max_per_key,
             strict: self.config.ordering == Ordering::Strict,
             park_limit: tiers::park_limit(&self.config),

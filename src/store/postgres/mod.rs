@@ -18,6 +18,7 @@ mod error;
 mod lock;
 mod migrate;
 mod once;
+mod once_batch;
 mod version;
 
 use std::fmt;

@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use deadpool_postgres::{ClientWrapper, Object};
 use tokio_postgres::error::SqlState;
@@ -18,7 +19,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::error::{classify, describe};
 use super::{lock, token_param, version, PostgresStores};
-use crate::store::{OnceRecord, OnceStart, StoreError, TransactionalStore};
+use crate::store::{OnceBatch, OnceRecord, OnceStart, StoreError, TransactionalStore};
 
 /// A handler's open transaction in which steadfast's records are already written.
 ///
@@ -28,7 +29,9 @@ use crate::store::{OnceRecord, OnceStart, StoreError, TransactionalStore};
 /// and the server rolls the transaction back.
 pub struct OnceTransaction {
     /// The connection with the open transaction (boxed: it is large); `None` once ended.
-    client: Option<Box<Object>>,
+    pub(super) client: Option<Box<Object>>,
+    /// The stores' schema (a batch's records are written there at its commit).
+    pub(super) schema: Arc<str>,
 }
 
 /// What the checks at the start of a transaction found.
@@ -51,6 +54,7 @@ impl PostgresStores {
         // it closes the connection rather than pooling one with a transaction open.
         let tx = OnceTransaction {
             client: Some(Box::new(self.client().await?)),
+            schema: self.schema.clone(),
         };
         match start(tx.pooled(), &self.schema, record).await {
             Ok(Verdict::Apply) => Ok(OnceStart::Apply(tx)),
@@ -132,7 +136,7 @@ async fn start(
 }
 
 /// The cached prepared statement of `sql`, when there is one to run.
-async fn prepare(
+pub(super) async fn prepare(
     client: &ClientWrapper,
     sql: Option<&str>,
 ) -> Result<Option<Statement>, tokio_postgres::Error> {
@@ -210,7 +214,7 @@ impl OnceTransaction {
 
     /// Ends whatever transaction is open and returns the connection to the pool, or, when
     /// even that fails, closes it (the server then rolls back).
-    async fn abandon(self) {
+    pub(super) async fn abandon(self) {
         match self.pooled().batch_execute("ROLLBACK").await {
             Ok(()) => self.release(),
             Err(e) => tracing::debug!(
@@ -226,7 +230,7 @@ impl OnceTransaction {
     }
 
     /// The pooled connection, present until the transaction is consumed.
-    fn pooled(&self) -> &ClientWrapper {
+    pub(super) fn pooled(&self) -> &ClientWrapper {
         self.client
             .as_ref()
             .expect("the connection stays until the transaction is consumed")
@@ -262,6 +266,9 @@ impl fmt::Debug for OnceTransaction {
 impl TransactionalStore for PostgresStores {
     async fn begin_once(&self, record: &OnceRecord) -> Result<OnceStart, StoreError> {
         PostgresStores::begin_once(self, record).await
+    }
+    async fn begin_once_batch(&self, records: &[OnceRecord]) -> Result<OnceBatch, StoreError> {
+        PostgresStores::begin_once_batch(self, records).await
     }
     async fn answers(&self) -> Result<(), StoreError> {
         PostgresStores::answers(self).await

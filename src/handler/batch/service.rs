@@ -1,0 +1,391 @@
+//! The innermost service of a batch handler's stack: each record, past the policies, waits
+//! here for a batch; a collector task forms batches (up to `max_batch` records, or whatever
+//! came within `batch_linger_ms`, never two records of one key or id), runs up to
+//! `concurrency` of them at once under the handler time limit, and hands each record its
+//! own verdict.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot, OnceCell, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{assemble, BatchRunner};
+use crate::handler::service::{self, failure, outcome_of, panic_text};
+use crate::handler::Context;
+use crate::handler::HandlerError;
+use crate::message::{Envelope, ErrorClass, Message, Outcome};
+use crate::producer::Producer;
+use crate::store::TransactionalStore;
+
+/// How batches are formed and run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchSettings {
+    /// Records per batch at most.
+    pub(crate) max_records: usize,
+    /// How long a batch waits for more records.
+    pub(crate) linger: Duration,
+    /// Batch handler calls at once.
+    pub(crate) concurrency: usize,
+    /// Time limit of one batch handler call.
+    pub(crate) timeout: Duration,
+}
+
+/// What a record's batch call came to.
+enum Verdict {
+    /// The handler's result for the record.
+    Done(Result<(), HandlerError>),
+    /// The handler panicked on the record, alone.
+    Panicked(String),
+    /// The batch call ran over the time limit.
+    TimedOut(Duration),
+}
+
+/// A record waiting for its batch.
+struct Pending<M> {
+    message: M,
+    cx: Context,
+    reply: oneshot::Sender<Verdict>,
+}
+
+impl<M> Pending<M> {
+    /// The keys no other record of its batch may share: its store key (version and lock key)
+    /// and its id, or its topic, partition and record key when no policy read them.
+    fn exclusive(&self) -> Vec<String> {
+        let envelope = &self.cx.envelope;
+        match envelope.guard.facts.as_deref() {
+            Some(facts) => {
+                let mut keys = vec![format!("k:{}", facts.store_key)];
+                if let Some(id) = &facts.id {
+                    keys.push(format!("i:{id}"));
+                }
+                keys
+            }
+            None => vec![format!("r:{}/{}", envelope.topic, envelope.key_text())],
+        }
+    }
+    /// A retry runs alone: a record that failed in a batch does not fail a batch again.
+    fn alone(&self) -> bool {
+        self.cx.attempt > 1
+    }
+}
+
+/// Runs a batch handler on envelopes, one verdict per envelope.
+#[derive(Debug)]
+pub(crate) struct BatchService<M> {
+    runner: BatchRunner<M>,
+    settings: BatchSettings,
+    group: Arc<str>,
+    shutdown: Arc<CancellationToken>,
+    transactions: Option<Arc<dyn TransactionalStore>>,
+    producer: Option<Producer>,
+    duration: metrics::Histogram,
+    records: metrics::Histogram,
+    /// The collector's queue, started by the first record.
+    queue: Arc<OnceCell<mpsc::UnboundedSender<Pending<M>>>>,
+}
+
+impl<M> Clone for BatchService<M> {
+    fn clone(&self) -> Self {
+        BatchService {
+            runner: self.runner.clone(),
+            settings: self.settings,
+            group: self.group.clone(),
+            shutdown: self.shutdown.clone(),
+            transactions: self.transactions.clone(),
+            producer: self.producer.clone(),
+            duration: self.duration.clone(),
+            records: self.records.clone(),
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<M: Message> BatchService<M> {
+    /// Runs `runner`'s batches for `group`, formed and limited by `settings`.
+    pub(crate) fn new(
+        runner: BatchRunner<M>,
+        settings: BatchSettings,
+        group: &str,
+        shutdown: CancellationToken,
+    ) -> Self {
+        BatchService {
+            runner,
+            settings,
+            group: Arc::from(group),
+            shutdown: Arc::new(shutdown),
+            transactions: None,
+            producer: None,
+            duration: metrics::Histogram::noop(),
+            records: metrics::Histogram::noop(),
+            queue: Arc::new(OnceCell::new()),
+        }
+    }
+    /// Records each batch call's duration (seconds) and size (records).
+    pub(crate) fn timed(
+        mut self,
+        duration: metrics::Histogram,
+        records: metrics::Histogram,
+    ) -> Self {
+        self.duration = duration;
+        self.records = records;
+        self
+    }
+    /// Hands handlers `producer`.
+    pub(crate) fn with_producer(mut self, producer: Producer) -> Self {
+        self.producer = Some(producer);
+        self
+    }
+    /// Hands handlers transactions of `stores`.
+    pub(crate) fn with_transactions(mut self, stores: Option<Arc<dyn TransactionalStore>>) -> Self {
+        self.transactions = stores;
+        self
+    }
+
+    /// Handles one delivery: decode, wait for its batch's verdict, classify.
+    pub(crate) fn handle(
+        &self,
+        envelope: Envelope,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let attempt = envelope.attempt;
+            let payload = envelope.payload.clone().unwrap_or_default();
+            let message = match M::decode(&payload) {
+                Ok(m) => m,
+                Err(e) => return failure(ErrorClass::Decode, e.to_string(), true, attempt),
+            };
+            let notes = envelope.guard.notes.clone();
+            let cx = Context::new(
+                envelope,
+                attempt,
+                this.group.clone(),
+                this.shutdown.clone(),
+                this.transactions.clone(),
+                this.producer.as_ref(),
+            );
+            reset_notes(&cx);
+            let (reply, verdict) = oneshot::channel();
+            let queue = this.queue.get_or_init(|| async { this.start() }).await;
+            if queue.send(Pending { message, cx, reply }).is_err() {
+                return failure(
+                    ErrorClass::Transient,
+                    "the batch collector stopped".to_owned(),
+                    false,
+                    attempt,
+                );
+            }
+            let result = match verdict.await {
+                Ok(Verdict::Done(result)) => Ok(result),
+                Ok(Verdict::Panicked(text)) => Err(Box::new(text) as Box<dyn std::any::Any + Send>),
+                Ok(Verdict::TimedOut(limit)) => {
+                    return timed_out(
+                        limit,
+                        notes.as_deref(),
+                        this.transactions.as_deref(),
+                        attempt,
+                    )
+                    .await
+                }
+                Err(_) => Ok(Err(HandlerError::transient(
+                    "the batch collector dropped the record",
+                ))),
+            };
+            outcome_of(
+                result,
+                notes.as_deref(),
+                this.transactions.as_deref(),
+                attempt,
+            )
+            .await
+        }
+    }
+
+    /// Starts the collector task; its queue.
+    fn start(&self) -> mpsc::UnboundedSender<Pending<M>> {
+        let (queue, incoming) = mpsc::unbounded_channel();
+        tokio::spawn(collect(self.clone(), incoming));
+        queue
+    }
+
+    /// Runs one batch and answers each of its records.
+    async fn run(&self, pending: Vec<Pending<M>>) {
+        let pending: Vec<Pending<M>> = pending
+            .into_iter()
+            .filter(|p| !p.reply.is_closed())
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let count = pending.len();
+        let mut replies = Vec::with_capacity(count);
+        let mut records = Vec::with_capacity(count);
+        for p in pending {
+            replies.push(p.reply);
+            records.push((p.message, p.cx));
+        }
+        let keep: Vec<Context> = if count > 1 {
+            records.iter().map(|(_, cx)| cx.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        let (batch, cx) = assemble(records);
+        let shared = cx.shared.clone();
+        self.records.record(count as f64);
+        let timer = crate::observe::Timer::start(self.duration.clone());
+        let call = AssertUnwindSafe(self.runner.call(batch, cx)).catch_unwind();
+        let result = tokio::time::timeout(self.settings.timeout, call).await;
+        drop(timer);
+        match result {
+            Err(_) => {
+                for reply in replies {
+                    let _ = reply.send(Verdict::TimedOut(self.settings.timeout));
+                }
+            }
+            Ok(Err(panic)) if count > 1 => {
+                tracing::warn!(
+                    records = count,
+                    panic = %panic_text(panic.as_ref()),
+                    "a batch handler panicked: running each record of the batch alone"
+                );
+                drop(shared);
+                self.run_alone(keep, replies).await;
+            }
+            Ok(Err(panic)) => {
+                for reply in replies {
+                    let _ = reply.send(Verdict::Panicked(panic_text(panic.as_ref())));
+                }
+            }
+            Ok(Ok(result)) => {
+                for (index, reply) in replies.into_iter().enumerate() {
+                    let verdict = match shared.failure(index) {
+                        Some(failure) => Err(failure),
+                        None => result.clone(),
+                    };
+                    let _ = reply.send(Verdict::Done(verdict));
+                }
+            }
+        }
+    }
+
+    /// Runs each record of a batch that panicked as a batch of one, in turn.
+    async fn run_alone(&self, contexts: Vec<Context>, replies: Vec<oneshot::Sender<Verdict>>) {
+        for (cx, reply) in contexts.into_iter().zip(replies) {
+            let payload = cx.envelope.payload.clone().unwrap_or_default();
+            // It decoded before it joined the batch.
+            let Ok(message) = M::decode(&payload) else {
+                let _ = reply.send(Verdict::Done(Err(HandlerError::permanent(
+                    "the record no longer decodes",
+                ))));
+                continue;
+            };
+            reset_notes(&cx);
+            Box::pin(self.run(vec![Pending { message, cx, reply }])).await;
+        }
+    }
+}
+
+/// Forms batches from the queue and runs them, up to `concurrency` at once.
+async fn collect<M: Message>(
+    service: BatchService<M>,
+    mut incoming: mpsc::UnboundedReceiver<Pending<M>>,
+) {
+    let settings = service.settings;
+    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    // Records that could not join the batch being formed (their key or id was in it, or a
+    // retry that runs alone): the next batches start with them.
+    let mut waiting: std::collections::VecDeque<Pending<M>> = std::collections::VecDeque::new();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match waiting.pop_front() {
+            Some(p) => p,
+            None => match incoming.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        if !batch[0].alone() {
+            let mut taken: HashSet<String> = batch[0].exclusive().into_iter().collect();
+            let mut offer =
+                |p: Pending<M>,
+                 batch: &mut Vec<Pending<M>>,
+                 waiting: &mut std::collections::VecDeque<Pending<M>>| {
+                    let keys = p.exclusive();
+                    if p.alone() || keys.iter().any(|k| taken.contains(k)) {
+                        waiting.push_back(p);
+                    } else {
+                        taken.extend(keys);
+                        batch.push(p);
+                    }
+                };
+            let earlier: Vec<Pending<M>> = waiting.drain(..).collect();
+            for p in earlier {
+                if batch.len() < settings.max_records {
+                    offer(p, &mut batch, &mut waiting);
+                } else {
+                    waiting.push_back(p);
+                }
+            }
+            let deadline = tokio::time::Instant::now() + settings.linger;
+            while batch.len() < settings.max_records {
+                tokio::select! {
+                    next = incoming.recv() => match next {
+                        Some(p) => offer(p, &mut batch, &mut waiting),
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+        }
+        let service = service.clone();
+        tokio::spawn(async move {
+            service.run(batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Clears what an earlier attempt of the record did with a transaction.
+fn reset_notes(cx: &Context) {
+    service::reset_notes(cx.envelope.guard.notes.as_deref());
+}
+
+/// The failure of a record whose batch ran over the time limit: an outage when it used a
+/// transaction and the database does not answer.
+async fn timed_out(
+    limit: Duration,
+    notes: Option<&crate::message::HandlerNotes>,
+    transactions: Option<&dyn TransactionalStore>,
+    attempt: u32,
+) -> Outcome {
+    let used = notes.is_some_and(|n| n.used_transaction.load(Ordering::SeqCst));
+    let down = match (used, transactions) {
+        (true, Some(store)) => store.answers().await.err(),
+        _ => None,
+    };
+    match down {
+        Some(down) => Outcome::Failed(crate::message::Failure {
+            class: ErrorClass::Unavailable,
+            message: format!("batch ran over {limit:?}; the database does not answer: {down}"),
+            permanent: false,
+            retry_after: None,
+            first_failed_ms: crate::policy::now_ms(),
+            attempt,
+            unavailable: true,
+        }),
+        None => failure(
+            ErrorClass::Timeout,
+            format!("batch ran over {limit:?}"),
+            false,
+            attempt,
+        ),
+    }
+}
