@@ -7,8 +7,9 @@
 //! no-overlap guarantee are those of single records. A record the handler fails
 //! ([`Item::fail`]) goes through in-place retry, the retry tiers and the dead-letter topic
 //! alone (its retries run as batches of one); the others finish. An `Err` returned by the
-//! handler fails every record it did not fail itself; a panic runs each record of the batch
-//! again alone, so that it fails only the record that causes it.
+//! handler fails every record it did not fail itself. A panic, or a batch call that runs over
+//! `handler_timeout_ms`, runs each record of the batch again alone (all at once, at the same
+//! attempt), so that it fails only the record that causes it.
 
 mod context;
 mod service;

@@ -2,7 +2,8 @@
 //! here for a batch; a collector task forms batches (up to `max_batch` records, or whatever
 //! came within `batch_linger_ms`, never two records of one key or id), runs up to
 //! `concurrency` of them at once under the handler time limit, and hands each record its
-//! own verdict.
+//! own verdict. A batch that panics or runs over the time limit is run again record by
+//! record, so that only the record that causes it fails.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -242,6 +243,15 @@ impl<M: Message> BatchService<M> {
         let result = tokio::time::timeout(self.settings.timeout, call).await;
         drop(timer);
         match result {
+            Err(_) if count > 1 => {
+                tracing::warn!(
+                    records = count,
+                    limit = ?self.settings.timeout,
+                    "a batch ran over the handler time limit: running each record of it alone"
+                );
+                drop(shared);
+                self.run_alone(keep, replies).await;
+            }
             Err(_) => {
                 for reply in replies {
                     let _ = reply.send(Verdict::TimedOut(self.settings.timeout));
@@ -273,20 +283,26 @@ impl<M: Message> BatchService<M> {
         }
     }
 
-    /// Runs each record of a batch that panicked as a batch of one, in turn.
+    /// Runs each record of a batch that panicked or ran over the time limit again as a
+    /// batch of one, all at once (they are of different keys), at the same attempt: only
+    /// the record that causes it fails.
     async fn run_alone(&self, contexts: Vec<Context>, replies: Vec<oneshot::Sender<Verdict>>) {
-        for (cx, reply) in contexts.into_iter().zip(replies) {
-            let payload = cx.envelope.payload.clone().unwrap_or_default();
-            // It decoded before it joined the batch.
-            let Ok(message) = M::decode(&payload) else {
-                let _ = reply.send(Verdict::Done(Err(HandlerError::permanent(
-                    "the record no longer decodes",
-                ))));
-                continue;
-            };
-            reset_notes(&cx);
-            Box::pin(self.run(vec![Pending { message, cx, reply }])).await;
-        }
+        let runs = contexts
+            .into_iter()
+            .zip(replies)
+            .map(|(cx, reply)| async move {
+                let payload = cx.envelope.payload.clone().unwrap_or_default();
+                // It decoded before it joined the batch.
+                let Ok(message) = M::decode(&payload) else {
+                    let _ = reply.send(Verdict::Done(Err(HandlerError::permanent(
+                        "the record no longer decodes",
+                    ))));
+                    return;
+                };
+                reset_notes(&cx);
+                Box::pin(self.run(vec![Pending { message, cx, reply }])).await;
+            });
+        futures::future::join_all(runs).await;
     }
 }
 
