@@ -51,6 +51,11 @@
 //!   implicitly, offset -1001) though the mock never wrote it (seen with seed 8: source
 //!   records acknowledged to the test's producer and in no log). `CHAOS_TARGET=mock
 //!   CHAOS_SEED=S` replays a seed there.
+//! - `CHAOS_BATCH`: which groups run a batch handler (`#[handler(..., batch)]`, the same
+//!   acts per record; a timeout or a panic in a batch runs its records again alone):
+//!   `drawn` (the default: each group with even odds, and its `max_batch` 1..64 and linger
+//!   0..20 ms, drawn from the seed apart from the rest of the plan), `all` or `none`. The
+//!   checks are the same.
 //! - `CHAOS_PLAN_ONLY=1` prints the selected seeds' plans (settings, mix, faults) and runs
 //!   nothing.
 //! - `CHAOS_ONE_GROUP=1` runs group a alone (a diagnostic).
@@ -215,13 +220,14 @@ fn on_mock_cluster() -> bool {
     }
 }
 
-/// The plan of `seed` against the target.
+/// The plan of `seed` against the target, with batch handlers where `CHAOS_BATCH` says.
 fn plan_of(seed: u64, mock: bool) -> Plan {
-    if mock {
+    let plan = if mock {
         Plan::on_mock_cluster(seed)
     } else {
         Plan::new(seed)
-    }
+    };
+    plan.with_batches(plan::BatchMode::from_env())
 }
 
 /// The seeds to run, and whether this is the long mode.

@@ -91,6 +91,39 @@ pub struct GroupSettings {
     pub tiers_ms: [u64; 2],
     pub handler_timeout_ms: u64,
     pub initial_workers: usize,
+    /// A batch handler instead of a single-record one (`CHAOS_BATCH`).
+    #[serde(default)]
+    pub batch: Option<Batching>,
+}
+
+/// How a batch group forms its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batching {
+    pub max_batch: usize,
+    pub linger_ms: u64,
+}
+
+/// Which groups run a batch handler (`CHAOS_BATCH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchMode {
+    /// Each group with even odds, drawn from the seed (the default).
+    Drawn,
+    /// Every group.
+    All,
+    /// No group.
+    None,
+}
+
+impl BatchMode {
+    /// `CHAOS_BATCH`: `drawn` (the default), `all` or `none`.
+    pub fn from_env() -> BatchMode {
+        match std::env::var("CHAOS_BATCH").as_deref() {
+            Err(_) | Ok("drawn") => BatchMode::Drawn,
+            Ok("all") => BatchMode::All,
+            Ok("none") => BatchMode::None,
+            Ok(other) => panic!("CHAOS_BATCH={other:?}: expected `drawn`, `all` or `none`"),
+        }
+    }
 }
 
 impl GroupSettings {
@@ -272,6 +305,31 @@ impl Plan {
         }
     }
 
+    /// The same plan with batch handlers where `mode` says, their batch sizes (1..=64, small
+    /// ones more often) and linger (0..=20 ms) drawn apart from the rest, so that the
+    /// workload, settings and faults stay what they were for the seed.
+    pub fn with_batches(mut self, mode: BatchMode) -> Plan {
+        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x6261_7463_685f_6d6f);
+        for group in &mut self.groups {
+            let on = match mode {
+                BatchMode::Drawn => rng.random_bool(0.5),
+                BatchMode::All => true,
+                BatchMode::None => false,
+            };
+            let max_batch = if rng.random_bool(0.3) {
+                rng.random_range(1..=4)
+            } else {
+                rng.random_range(1..=64)
+            };
+            let linger_ms = rng.random_range(0..=20);
+            group.batch = on.then_some(Batching {
+                max_batch,
+                linger_ms,
+            });
+        }
+        self
+    }
+
     /// The plan of `seed` against the mock cluster: the same workload, settings and worker,
     /// Redis and Postgres faults; instead of server kills (the mock cluster is not a process
     /// to kill), two to five mock-cluster faults drawn from the seed apart from the rest (so
@@ -436,10 +494,17 @@ impl Plan {
         for (g, gs) in self.groups.iter().enumerate() {
             let _ = write!(
                 s,
-                "\n  group {}: concurrency={} max_in_flight={} max_per_key={} ordering={} \
+                "\n  group {}: {} concurrency={} max_in_flight={} max_per_key={} ordering={} \
                  attempts_in_place={} tiers={:?} ms handler_timeout={} ms workers={}; \
                  through tier 1: {}, tier 2: {}",
                 gs.label,
+                match gs.batch {
+                    Some(b) => format!(
+                        "batch handler (max_batch={} linger={} ms)",
+                        b.max_batch, b.linger_ms
+                    ),
+                    None => "single-record handler".to_owned(),
+                },
                 gs.concurrency,
                 gs.max_in_flight,
                 gs.max_per_key,
@@ -483,6 +548,7 @@ fn group_settings(rng: &mut StdRng, label: &str) -> GroupSettings {
         tiers_ms: [t1, rng.random_range(t1..=800)],
         handler_timeout_ms: rng.random_range(250..=500),
         initial_workers: rng.random_range(1..=2),
+        batch: None,
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use steadfast::handler::{Batch, BatchContext};
 use steadfast::message::Json;
 use steadfast::{Context, Handler, HandlerError, Message, Ordering, Retry, Worker};
 
@@ -95,6 +96,76 @@ struct Chaos {
     timeout: Duration,
 }
 
+impl Chaos {
+    /// Logs the start of a handler run of `rec` (its end is logged when the returned guard is
+    /// dropped).
+    fn start_run(&self, rec: &Rec, attempt: u32) -> Run {
+        let run = self.runs.next.fetch_add(1, AtomicOrdering::Relaxed);
+        self.runs.write(&format!(
+            "S {run} {} {} {} {} {attempt}\n",
+            now_ns(),
+            self.group,
+            rec.key,
+            rec.id
+        ));
+        Run {
+            log: self.runs.clone(),
+            run,
+        }
+    }
+
+    /// What `rec` says to do at `attempt` before its effect is applied: `Err` to fail it;
+    /// `Ok(true)` to sleep past the handler timeout first. A panic record panics.
+    fn act(rec: &Rec, attempt: u32) -> Result<bool, HandlerError> {
+        match rec.act {
+            Act::Ok => Ok(false),
+            Act::Fail { n } if attempt <= n => Err(HandlerError::transient(format!(
+                "{} fails at attempt {attempt} of its first {n}",
+                rec.id
+            ))),
+            Act::RetryAfter { n, ms } if attempt <= n => Err(HandlerError::retry_after(
+                Duration::from_millis(ms),
+                format!("{} asks for {ms} ms at attempt {attempt}", rec.id),
+            )),
+            Act::Timeout { n } if attempt <= n => Ok(true),
+            Act::Fail { .. } | Act::RetryAfter { .. } | Act::Timeout { .. } => Ok(false),
+            Act::Permanent => Err(HandlerError::permanent(format!("{} is invalid", rec.id))),
+            Act::Panic => panic!("{} makes the handler panic", rec.id),
+        }
+    }
+
+    /// Sleeps past the handler timeout; the runtime cuts the call before this returns.
+    async fn oversleep(&self, id: &str) -> HandlerError {
+        tokio::time::sleep(self.timeout + Duration::from_millis(500)).await;
+        HandlerError::transient(format!(
+            "{id} slept past the handler timeout and was not cut"
+        ))
+    }
+
+    /// The effect row of `rec` applied at `attempt`, through `tx`.
+    async fn apply(
+        &self,
+        tx: &tokio_postgres::Client,
+        rec: &Rec,
+        attempt: u32,
+    ) -> Result<(), HandlerError> {
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        tx.execute(
+            &*self.insert,
+            &[
+                &self.group,
+                &rec.id,
+                &rec.key,
+                &rec.version,
+                &attempt,
+                &self.pid,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 impl Handler for Chaos {
     type Message = Rec;
     const GROUP: &'static str = "chaos";
@@ -107,63 +178,55 @@ impl Handler for Chaos {
         let this = self.clone();
         let attempt = cx.attempt();
         async move {
-            let run = this.runs.next.fetch_add(1, AtomicOrdering::Relaxed);
-            this.runs.write(&format!(
-                "S {run} {} {} {} {} {attempt}\n",
-                now_ns(),
-                this.group,
-                rec.key,
-                rec.id
-            ));
-            let _run = Run {
-                log: this.runs.clone(),
-                run,
-            };
-            match rec.act {
-                Act::Ok => {}
-                Act::Fail { n } if attempt <= n => {
-                    return Err(HandlerError::transient(format!(
-                        "{} fails at attempt {attempt} of its first {n}",
-                        rec.id
-                    )))
-                }
-                Act::RetryAfter { n, ms } if attempt <= n => {
-                    return Err(HandlerError::retry_after(
-                        Duration::from_millis(ms),
-                        format!("{} asks for {ms} ms at attempt {attempt}", rec.id),
-                    ))
-                }
-                Act::Timeout { n } if attempt <= n => {
-                    tokio::time::sleep(this.timeout + Duration::from_millis(500)).await;
-                    return Err(HandlerError::transient(format!(
-                        "{} slept past the handler timeout and was not cut",
-                        rec.id
-                    )));
-                }
-                Act::Fail { .. } | Act::RetryAfter { .. } | Act::Timeout { .. } => {}
-                Act::Permanent => {
-                    return Err(HandlerError::permanent(format!("{} is invalid", rec.id)))
-                }
-                Act::Panic => panic!("{} makes the handler panic", rec.id),
+            let _run = this.start_run(&rec, attempt);
+            if Chaos::act(&rec, attempt)? {
+                return Err(this.oversleep(&rec.id).await);
             }
             let Some(tx) = cx.transaction().await? else {
                 return Ok(());
             };
-            let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
-            tx.execute(
-                &*this.insert,
-                &[
-                    &this.group,
-                    &rec.id,
-                    &rec.key,
-                    &rec.version,
-                    &attempt,
-                    &this.pid,
-                ],
-            )
-            .await?;
+            this.apply(&tx, &rec, attempt).await?;
             tx.commit().await
         }
+    }
+}
+
+/// [`Chaos`] as a batch handler: the same acts per record, failures per record, one
+/// transaction per batch. A batch holding a record that times out sleeps past the limit as a
+/// whole (its records then run again alone); a record that panics panics the batch (the
+/// same).
+#[derive(Debug, Clone, steadfast::Handler)]
+#[handler(message = Rec, group = "chaos", batch)]
+struct ChaosBatch(Chaos);
+
+impl ChaosBatch {
+    async fn handle_batch(&self, batch: Batch<Rec>, cx: &BatchContext) -> Result<(), HandlerError> {
+        let chaos = &self.0;
+        let _runs: Vec<Run> = batch
+            .iter()
+            .map(|item| chaos.start_run(item.message(), item.context().attempt()))
+            .collect();
+        let mut oversleep = None;
+        for item in &batch {
+            match Chaos::act(item.message(), item.context().attempt()) {
+                Ok(false) => {}
+                Ok(true) => oversleep = Some(item),
+                Err(e) => item.fail(e),
+            }
+        }
+        if let Some(item) = oversleep {
+            let e = chaos.oversleep(&item.message().id).await;
+            item.fail(e);
+        }
+        let Some(tx) = cx.transaction().await? else {
+            return Ok(());
+        };
+        for item in batch.iter().filter(|item| tx.applies(item)) {
+            chaos
+                .apply(&tx, item.message(), item.context().attempt())
+                .await?;
+        }
+        tx.commit().await
     }
 }
 
@@ -223,40 +286,49 @@ pub fn worker_main() {
     for (name, value) in &spec.kafka {
         builder = builder.kafka_property(name, value);
     }
-    let result = runtime.block_on(
-        builder
-            .brokers(&spec.bootstrap)
-            .topic(&spec.topic)
-            .group(&spec.group)
-            .concurrency(s.concurrency)
-            .max_in_flight(s.max_in_flight)
-            .max_per_key(s.max_per_key)
-            .ordering(if s.strict {
-                Ordering::Strict
-            } else {
-                Ordering::Relaxed
-            })
-            .retry(Retry::exponential(
-                s.attempts,
-                Duration::from_millis(20),
-                Duration::from_millis(100),
-            ))
-            .retry_topics(s.tiers_ms.map(Duration::from_millis))
-            .handler_timeout(Duration::from_millis(s.handler_timeout_ms))
-            .drain_timeout(Duration::from_secs(5))
-            .commit_interval(Duration::from_millis(200))
-            .kafka_property("session.timeout.ms", "4000")
-            .kafka_property("heartbeat.interval.ms", "500")
-            .store_schema(&spec.store_schema)
-            .store_key_prefix(&spec.store_schema)
-            .stale_drop(&spec.postgres)
-            .key_lock(&spec.redis, Duration::from_secs(3))
-            .transactions(&spec.postgres)
-            .observe(&spec.observe)
-            .lag_interval(Duration::from_secs(1))
-            .handler(handler)
-            .run_until_signal(),
-    );
+    let builder = builder
+        .brokers(&spec.bootstrap)
+        .topic(&spec.topic)
+        .group(&spec.group)
+        .concurrency(s.concurrency)
+        .max_in_flight(s.max_in_flight)
+        .max_per_key(s.max_per_key)
+        .ordering(if s.strict {
+            Ordering::Strict
+        } else {
+            Ordering::Relaxed
+        })
+        .retry(Retry::exponential(
+            s.attempts,
+            Duration::from_millis(20),
+            Duration::from_millis(100),
+        ))
+        .retry_topics(s.tiers_ms.map(Duration::from_millis))
+        .handler_timeout(Duration::from_millis(s.handler_timeout_ms))
+        .drain_timeout(Duration::from_secs(5))
+        .commit_interval(Duration::from_millis(200))
+        .kafka_property("session.timeout.ms", "4000")
+        .kafka_property("heartbeat.interval.ms", "500")
+        .store_schema(&spec.store_schema)
+        .store_key_prefix(&spec.store_schema)
+        .stale_drop(&spec.postgres)
+        .key_lock(&spec.redis, Duration::from_secs(3))
+        .transactions(&spec.postgres)
+        .observe(&spec.observe)
+        .lag_interval(Duration::from_secs(1));
+    let result = runtime.block_on(async {
+        match s.batch {
+            Some(b) => {
+                builder
+                    .max_batch(b.max_batch)
+                    .batch_linger(Duration::from_millis(b.linger_ms))
+                    .handler(ChaosBatch(handler))
+                    .run_until_signal()
+                    .await
+            }
+            None => builder.handler(handler).run_until_signal().await,
+        }
+    });
     match result {
         Ok(stats) => tracing::info!(?stats, "chaos worker {} stopped", spec.name),
         Err(e) => {

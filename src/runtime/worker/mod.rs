@@ -282,21 +282,24 @@ impl<H: Handler> Worker<H> {
     }
 
     /// The dispatcher's bounds and ordering mode. For a batch handler, `concurrency` counts
-    /// batch calls: up to `concurrency × max_batch` records run at once.
+    /// batch calls: up to `concurrency × max_batch` records run at once, within
+    /// `max_in_flight`.
     fn limits(&self) -> Limits {
-        let running = if H::batch_runner(self.handler.clone()).is_some() {
+        let batched = H::batch_runner(self.handler.clone()).is_some();
+        let running = if batched {
             self.config
                 .concurrency
                 .saturating_mul(self.config.max_batch.max(1))
         } else {
             self.config.concurrency
         };
+        let max_in_flight = self
+            .config
+            .max_in_flight
+            .unwrap_or(running.saturating_mul(4));
         Limits {
-            concurrency: running,
-            max_in_flight: self
-                .config
-                .max_in_flight
-                .unwrap_or(running.saturating_mul(4)),
+            concurrency: running.min(max_in_flight),
+            max_in_flight,
             max_per_key: self.config.max_per_key,
             strict: self.config.ordering == Ordering::Strict,
             park_limit: tiers::park_limit(&self.config),
