@@ -9,35 +9,46 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
+use super::coalesce::Coalesced;
 use super::lock::TOKEN_MEMORY;
 use super::lua::{COMPARE_INTEGERS, NOW_US};
 use super::Keys;
 use crate::store::guards::{Entered, Entry, Exit, GuardStore};
 use crate::store::{ttl_ms, StoreError};
 
-/// KEYS: version, lock, token counter, dedup. ARGV: version or '', lock lease ms, counter
-/// ms, reservation value or '', reservation lease ms. `{code, text}`: 1 stale (the applied
-/// version), 2 held, 3 duplicate, 4 reserved by another owner, 5 granted (the token).
+/// Per entry, KEYS: version, lock, token counter, dedup; ARGV: version or '', lock lease
+/// ms, counter ms, reservation value or '', reservation lease ms. Per entry, in order, `code,
+/// text`: 1 stale (the applied version), 2 held, 3 duplicate, 4 reserved by another owner, 5
+/// granted (the token). Entries are checked one after another, each all or nothing.
 static ENTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{COMPARE_INTEGERS}{NOW_US}{}",
         r#"
-if ARGV[1] ~= '' then
-  local applied = redis.call('GET', KEYS[1])
-  if applied and compare(applied, ARGV[1]) >= 0 then return {1, applied} end
+local function enter(k, a)
+  if ARGV[a + 1] ~= '' then
+    local applied = redis.call('GET', KEYS[k + 1])
+    if applied and compare(applied, ARGV[a + 1]) >= 0 then return 1, applied end
+  end
+  if redis.call('EXISTS', KEYS[k + 2]) == 1 then return 2, '' end
+  if ARGV[a + 4] ~= '' then
+    local held = redis.call('GET', KEYS[k + 4])
+    if held == 'c' then return 3, '' end
+    if held and held ~= ARGV[a + 4] then return 4, '' end
+  end
+  local last = tonumber(redis.call('GET', KEYS[k + 3]) or '0')
+  local token = string.format('%d', math.max(last + 1, now_us()))
+  redis.call('SET', KEYS[k + 3], token, 'PX', ARGV[a + 3])
+  redis.call('SET', KEYS[k + 2], token, 'PX', ARGV[a + 2])
+  if ARGV[a + 4] ~= '' then redis.call('SET', KEYS[k + 4], ARGV[a + 4], 'PX', ARGV[a + 5]) end
+  return 5, token
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
-if ARGV[4] ~= '' then
-  local held = redis.call('GET', KEYS[4])
-  if held == 'c' then return {3, ''} end
-  if held and held ~= ARGV[4] then return {4, ''} end
+local answers = {}
+for i = 0, #KEYS / 4 - 1 do
+  local code, text = enter(i * 4, i * 5)
+  answers[#answers + 1] = code
+  answers[#answers + 1] = text
 end
-local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-local token = string.format('%d', math.max(last + 1, now_us()))
-redis.call('SET', KEYS[3], token, 'PX', ARGV[3])
-redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
-if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5]) end
-return {5, token}
+return answers
 "#
     ))
 });
@@ -67,39 +78,54 @@ return {lock, reservation}
     )
 });
 
-/// KEYS: lock, dedup, version. ARGV: token, reservation value or '', '1' to complete the id
-/// (else released), completed id ms, version or ''.
+/// Per entry, KEYS: lock, dedup, version; ARGV: token, reservation value or '', '1' to
+/// complete the id (else released), completed id ms, version or ''. One `1` per entry.
 static EXIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{COMPARE_INTEGERS}{}",
         r#"
-if ARGV[2] ~= '' then
-  if ARGV[3] == '1' then
-    redis.call('SET', KEYS[2], 'c', 'PX', ARGV[4])
-  elseif redis.call('GET', KEYS[2]) == ARGV[2] then
-    redis.call('DEL', KEYS[2])
+local function exit(k, a)
+  if ARGV[a + 2] ~= '' then
+    if ARGV[a + 3] == '1' then
+      redis.call('SET', KEYS[k + 2], 'c', 'PX', ARGV[a + 4])
+    elseif redis.call('GET', KEYS[k + 2]) == ARGV[a + 2] then
+      redis.call('DEL', KEYS[k + 2])
+    end
   end
+  if ARGV[a + 5] ~= '' then
+    local stored = redis.call('GET', KEYS[k + 3])
+    if not stored or compare(stored, ARGV[a + 5]) < 0 then redis.call('SET', KEYS[k + 3], ARGV[a + 5]) end
+  end
+  if redis.call('GET', KEYS[k + 1]) == ARGV[a + 1] then redis.call('DEL', KEYS[k + 1]) end
 end
-if ARGV[5] ~= '' then
-  local stored = redis.call('GET', KEYS[3])
-  if not stored or compare(stored, ARGV[5]) < 0 then redis.call('SET', KEYS[3], ARGV[5]) end
+local answers = {}
+for i = 0, #KEYS / 3 - 1 do
+  exit(i * 3, i * 5)
+  answers[#answers + 1] = 1
 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
+return answers
 "#
     ))
 });
 
-/// [`GuardStore`] in Redis; see the module docs.
+/// [`GuardStore`] in Redis; see the module docs. Concurrent `enter` and `exit` calls share
+/// script runs ([`Coalesced`]).
 #[derive(Clone, Debug)]
 pub(crate) struct RedisGuards {
     conn: ConnectionManager,
     keys: Keys,
+    enter: Coalesced,
+    exit: Coalesced,
 }
 
 impl RedisGuards {
     pub(super) fn new(conn: ConnectionManager, keys: Keys) -> Self {
-        RedisGuards { conn, keys }
+        RedisGuards {
+            enter: Coalesced::new(&ENTER, 2, conn.clone()),
+            exit: Coalesced::new(&EXIT, 1, conn.clone()),
+            conn,
+            keys,
+        }
     }
 
     /// The dedup key of `id`, or the lock key of `key` where there is no id (a script's
@@ -133,24 +159,30 @@ impl GuardStore for RedisGuards {
 
     async fn enter(&self, entry: &Entry<'_>) -> Result<Entered, StoreError> {
         let lease_ms = ttl_ms(entry.lock_lease);
-        let (code, text): (i64, String) = ENTER
-            .key(self.keys.key("version", entry.key))
-            .key(self.keys.key("lock", entry.key))
-            .key(self.keys.key("token", entry.key))
-            .key(self.dedup_key(entry.id, entry.key))
-            .arg(version_text(entry.version))
-            .arg(lease_ms)
-            .arg(lease_ms.max(ttl_ms(TOKEN_MEMORY)))
-            .arg(
-                entry
-                    .id
-                    .map(|_| reservation(entry.owner))
-                    .unwrap_or_default(),
-            )
-            .arg(ttl_ms(entry.dedup_lease))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::from)?;
+        let keys = vec![
+            self.keys.key("version", entry.key),
+            self.keys.key("lock", entry.key),
+            self.keys.key("token", entry.key),
+            self.dedup_key(entry.id, entry.key),
+        ];
+        let args = vec![
+            version_text(entry.version),
+            lease_ms.to_string(),
+            lease_ms.max(ttl_ms(TOKEN_MEMORY)).to_string(),
+            entry
+                .id
+                .map(|_| reservation(entry.owner))
+                .unwrap_or_default(),
+            ttl_ms(entry.dedup_lease).to_string(),
+        ];
+        let answer = self.enter.call(keys, args).await?;
+        let (code, text): (i64, String) = match answer.as_slice() {
+            [code, text] => (
+                redis::from_redis_value_ref(code).map_err(|e| unexpected("enter", e))?,
+                redis::from_redis_value_ref(text).map_err(|e| unexpected("enter", e))?,
+            ),
+            other => return Err(unexpected("enter", other)),
+        };
         match code {
             1 => text.parse().map(Entered::Stale).map_err(|_| {
                 StoreError::failed(
@@ -189,22 +221,21 @@ impl GuardStore for RedisGuards {
     }
 
     async fn exit(&self, exit: &Exit<'_>) -> Result<(), StoreError> {
-        EXIT.key(self.keys.key("lock", exit.key))
-            .key(self.dedup_key(exit.id.map(|(id, _)| id), exit.key))
-            .key(self.keys.key("version", exit.key))
-            .arg(exit.token)
-            .arg(
-                exit.id
-                    .map(|(_, owner)| reservation(owner))
-                    .unwrap_or_default(),
-            )
-            .arg(if exit.completed { "1" } else { "0" })
-            .arg(ttl_ms(exit.ttl))
-            .arg(version_text(exit.advance))
-            .invoke_async::<i64>(&mut self.conn.clone())
-            .await
-            .map(drop)
-            .map_err(StoreError::from)
+        let keys = vec![
+            self.keys.key("lock", exit.key),
+            self.dedup_key(exit.id.map(|(id, _)| id), exit.key),
+            self.keys.key("version", exit.key),
+        ];
+        let args = vec![
+            exit.token.to_string(),
+            exit.id
+                .map(|(_, owner)| reservation(owner))
+                .unwrap_or_default(),
+            if exit.completed { "1" } else { "0" }.to_owned(),
+            ttl_ms(exit.ttl).to_string(),
+            version_text(exit.advance),
+        ];
+        self.exit.call(keys, args).await.map(drop)
     }
 }
 
@@ -462,5 +493,70 @@ mod tests {
                 .expect("renew"),
             "the new holder keeps the key"
         );
+    }
+
+    /// Concurrent calls share script runs, and each gets its own entry's answer: of two
+    /// entries for one key in one run, the first is granted and the second finds it held;
+    /// every exit releases its own grant.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_share_script_runs_and_keep_their_own_answers() {
+        let (guards, lock, _, version) = stores().await;
+        let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+        let mut calls: Vec<&str> = keys.iter().map(String::as_str).collect();
+        calls.push("k0");
+        let entered = futures::future::join_all(calls.iter().map(|key| {
+            let guards = guards.clone();
+            async move { guards.enter(&entry(key, Some(7), None, "w1")).await }
+        }))
+        .await;
+        let entered: Vec<Entered> = entered.into_iter().map(|e| e.expect("enter")).collect();
+        let granted: Vec<(usize, u64)> = entered
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Entered::Granted(t) => Some((i, *t)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(granted.len(), 200, "one grant per key: {entered:?}");
+        let k0: Vec<&Entered> = [&entered[0], &entered[200]].into_iter().collect();
+        assert!(
+            k0.contains(&&Entered::Held),
+            "the second entry of k0 finds it held: {k0:?}"
+        );
+        assert!(
+            guards.enter.invocations() < 201,
+            "201 concurrent calls took {} script runs",
+            guards.enter.invocations()
+        );
+        let exits = granted.iter().map(|(i, token)| {
+            let guards = guards.clone();
+            let key = calls[*i];
+            async move {
+                guards
+                    .exit(&Exit {
+                        key,
+                        token: *token,
+                        id: None,
+                        completed: true,
+                        ttl: Duration::from_secs(5),
+                        advance: Some(7),
+                    })
+                    .await
+            }
+        });
+        for result in futures::future::join_all(exits).await {
+            result.expect("exit");
+        }
+        for key in &keys {
+            assert_eq!(version.get(key).await.expect("get"), Some(7), "{key}");
+            assert!(
+                lock.acquire(key, Duration::from_secs(1))
+                    .await
+                    .expect("acquire")
+                    .is_some(),
+                "{key} was released"
+            );
+        }
     }
 }

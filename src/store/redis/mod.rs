@@ -11,6 +11,7 @@
 //! the keys given to the stores are arbitrary text. Scripts touching two keys assume a single
 //! Redis server (not a cluster).
 
+mod coalesce;
 mod dedup;
 mod error;
 mod guards;
