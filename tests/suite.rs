@@ -17,6 +17,8 @@ mod config_reference;
 mod custom_store;
 #[path = "dedup_leases.rs"]
 mod dedup_leases;
+#[path = "deploy.rs"]
+mod deploy;
 #[path = "derive.rs"]
 mod derive;
 #[path = "docker_compose.rs"]
