@@ -2,13 +2,16 @@
 //! each as a ratio to the no-op runtime measured in the same run:
 //!
 //! - **guards**: Redis dedup + key lock + stale drop on every message vs the same worker
-//!   without policies (target ≥ 50,000 msg/s on a 2-core machine);
+//!   without policies, its calls made one by one, combined per record (target ≥ 50,000
+//!   msg/s on a 2-core machine), and for a batch handler (target ≥ 150,000 msg/s);
 //! - **rate**: two workers under one shared Redis rate limit; the calls per second they reach
 //!   as a fraction of the configured rate (the limit must hold, and should be used: the
 //!   figure a test cannot assert on a loaded machine);
 //! - **ledger**: the once-only Postgres path (a transaction per message with the id and
 //!   version recorded in it, the key lock in Redis) with 2 workers, and where the time of a
-//!   message goes (begin with records, the handler's writes, commit).
+//!   message goes (begin with records, the handler's writes, commit); then the same with a
+//!   batch handler, one transaction per batch of up to 256 (target ≥ 10× the per-record
+//!   path of the same run).
 //!
 //! Needs Redis on 127.0.0.1:6379 and Postgres on 127.0.0.1:5432 (`scripts/services.sh`).
 //! `cargo bench --bench stores` runs the full sizes; without `--bench` (as under
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::{Deserialize, Serialize};
+use steadfast::handler::{Batch, BatchContext};
 use steadfast::{Context, HandlerError, Retry, Worker};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +54,25 @@ struct Count {
 impl Count {
     async fn handle(&self, _msg: Update, _cx: &Context) -> Result<(), HandlerError> {
         self.done.fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Counts records, in batches.
+#[derive(Debug, Clone, steadfast::Handler)]
+#[handler(message = Update, group = "bench", batch)]
+struct CountBatch {
+    done: Arc<AtomicU64>,
+}
+
+impl CountBatch {
+    async fn handle_batch(
+        &self,
+        batch: Batch<Update>,
+        _cx: &BatchContext,
+    ) -> Result<(), HandlerError> {
+        self.done
+            .fetch_add(batch.len() as u64, AtomicOrdering::Relaxed);
         Ok(())
     }
 }
@@ -125,6 +148,63 @@ impl Ledger {
             .commit_us
             .fetch_add(micros(t3 - t2), AtomicOrdering::Relaxed);
         self.done.fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The ledger as a batch handler: the batch's effect rows and balance updates in two
+/// statements, in the one transaction of the batch.
+#[derive(Debug, Clone, steadfast::Handler)]
+#[handler(message = Update, group = "bench", batch)]
+struct LedgerBatch {
+    done: Arc<AtomicU64>,
+    stages: Arc<Stages>,
+    batches: Arc<AtomicU64>,
+    insert: Arc<str>,
+    upsert: Arc<str>,
+}
+
+impl LedgerBatch {
+    async fn handle_batch(
+        &self,
+        batch: Batch<Update>,
+        cx: &BatchContext,
+    ) -> Result<(), HandlerError> {
+        let t0 = Instant::now();
+        let Some(tx) = cx.transaction().await? else {
+            self.done
+                .fetch_add(batch.len() as u64, AtomicOrdering::Relaxed);
+            return Ok(());
+        };
+        let t1 = Instant::now();
+        let (mut ids, mut keys, mut amounts, mut versions) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for item in batch.iter().filter(|item| tx.applies(item)) {
+            let msg = item.message();
+            ids.push(msg.id.as_str());
+            keys.push(msg.key.as_str());
+            amounts.push(msg.amount);
+            versions.push(msg.version);
+        }
+        tx.execute(&*self.insert, &[&ids, &keys, &amounts, &versions])
+            .await?;
+        tx.execute(&*self.upsert, &[&keys, &amounts, &versions])
+            .await?;
+        let t2 = Instant::now();
+        tx.commit().await?;
+        let t3 = Instant::now();
+        self.stages
+            .begin_us
+            .fetch_add(micros(t1 - t0), AtomicOrdering::Relaxed);
+        self.stages
+            .writes_us
+            .fetch_add(micros(t2 - t1), AtomicOrdering::Relaxed);
+        self.stages
+            .commit_us
+            .fetch_add(micros(t3 - t2), AtomicOrdering::Relaxed);
+        self.batches.fetch_add(1, AtomicOrdering::Relaxed);
+        self.done
+            .fetch_add(batch.len() as u64, AtomicOrdering::Relaxed);
         Ok(())
     }
 }
@@ -231,6 +311,7 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
     let plain_topic = backlog(env, "plain", count, keys).await?;
     let separate_topic = backlog(env, "separate", count, keys).await?;
     let combined_topic = backlog(env, "combined", count, keys).await?;
+    let batch_topic = backlog(env, "batch", count, keys).await?;
 
     let done = Arc::new(AtomicU64::new(0));
     let worker = base(env, &plain_topic)
@@ -257,6 +338,22 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
     }
     let (separate, combined) = (guarded[0], guarded[1]);
 
+    // A batch handler behind the same guards: its records' calls share one script run each
+    // way.
+    let done = Arc::new(AtomicU64::new(0));
+    let prefix = unique("bench");
+    let worker = base(env, &batch_topic)
+        .concurrency(4)
+        .max_batch(256)
+        .store_key_prefix(prefix.clone())
+        .stale_drop(REDIS)
+        .key_lock(REDIS, Duration::from_secs(10))
+        .dedup(REDIS)
+        .handler(CountBatch { done: done.clone() })
+        .build()?;
+    let batched = run_until(vec![worker], &done, count).await?;
+    forget_keys(prefix).await?;
+
     let rate = |d: Duration| count as f64 / d.as_secs_f64();
     println!("\n### (a) Redis dedup + key lock + stale drop, {count} JSON messages, 4 partitions, {keys} keys, concurrency 256\n");
     println!("| worker | elapsed s | msg/s |");
@@ -267,6 +364,10 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
         (
             "Redis dedup + lock + stale drop, combined calls (default)",
             combined,
+        ),
+        (
+            "the same, batch handler (4 batches of up to 256 at once)",
+            batched,
         ),
     ] {
         println!(
@@ -280,6 +381,12 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
         rate(combined) / rate(plain),
         rate(combined) / rate(separate),
         rate(combined) / 50_000.0
+    );
+    println!(
+        "batch / no-op: {:.2}; batch / combined: {:.2}; target 150,000 msg/s: {:.2} of it",
+        rate(batched) / rate(plain),
+        rate(batched) / rate(combined),
+        rate(batched) / 150_000.0
     );
     Ok(())
 }
@@ -342,6 +449,7 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
     let keys = 1_000;
     let plain_topic = backlog(env, "plain", count, keys).await?;
     let ledger_topic = backlog(env, "ledger", count, keys).await?;
+    let batch_topic = backlog(env, "ledger_batch", count, keys).await?;
     let schema = unique("bench");
     let (client, connection) = tokio_postgres::connect(POSTGRES, tokio_postgres::NoTls)
         .await
@@ -398,10 +506,59 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let once = run_until(workers, &done, count).await?;
     forget_keys(prefix.clone()).await?;
-    let per = |us: &AtomicU64| us.load(AtomicOrdering::Relaxed) as f64 / count as f64 / 1000.0;
+    let per = |stages: &Stages, n: u64| {
+        let ms =
+            |us: &AtomicU64| us.load(AtomicOrdering::Relaxed) as f64 / n.max(1) as f64 / 1000.0;
+        (
+            ms(&stages.begin_us),
+            ms(&stages.writes_us),
+            ms(&stages.commit_us),
+        )
+    };
+    let (begin, writes, commit) = per(&stages, count);
+
+    // The same path with a batch handler: one transaction per batch of up to 256.
+    let done = Arc::new(AtomicU64::new(0));
+    let batch_stages = Arc::new(Stages::default());
+    let batches = Arc::new(AtomicU64::new(0));
+    let handler = LedgerBatch {
+        done: done.clone(),
+        stages: batch_stages.clone(),
+        batches: batches.clone(),
+        insert: Arc::from(format!(
+            "INSERT INTO {schema}.effects SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])"
+        )),
+        upsert: Arc::from(format!(
+            "INSERT INTO {schema}.balances SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) \
+             ON CONFLICT (account) DO UPDATE \
+             SET balance = {schema}.balances.balance + EXCLUDED.balance, \
+             version = GREATEST({schema}.balances.version, EXCLUDED.version)"
+        )),
+    };
+    let group = unique("ledger_batch_pair");
+    let prefix = unique("bench");
+    let workers = (0..2)
+        .map(|_| {
+            base(env, &batch_topic)
+                .group(&group)
+                .concurrency(2)
+                .max_batch(256)
+                .store_schema(&schema)
+                .store_key_prefix(&prefix)
+                .stale_drop(POSTGRES)
+                .key_lock(REDIS, Duration::from_secs(10))
+                .transactions(POSTGRES)
+                .handler(handler.clone())
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let batched = run_until(workers, &done, count).await?;
+    forget_keys(prefix.clone()).await?;
+    let batch_count = batches.load(AtomicOrdering::Relaxed);
+    let (batch_begin, batch_writes, batch_commit) = per(&batch_stages, batch_count);
 
     let rate = |d: Duration| count as f64 / d.as_secs_f64();
-    println!("\n### (c) the ledger path: a Postgres transaction per message, 2 workers, {count} messages, 4 partitions, {keys} keys\n");
+    println!("\n### (c) the ledger path: 2 workers, {count} messages, 4 partitions, {keys} keys\n");
     println!("| workers | elapsed s | msg/s |");
     println!("|---|---:|---:|");
     println!(
@@ -410,16 +567,26 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
         rate(plain)
     );
     println!(
-        "| 2 × stale drop (Postgres) + lock (Redis) + transaction, concurrency 32 | {:.2} | {:.0} |",
+        "| 2 × stale drop (Postgres) + lock (Redis) + a transaction per message, concurrency 32 | {:.2} | {:.0} |",
         once.as_secs_f64(),
         rate(once)
     );
-    println!("\nledger / no-op: {:.3}", rate(once) / rate(plain));
     println!(
-        "\nmean handler time per message: begin with id + version + fence recorded {:.2} ms, the two writes {:.2} ms, commit {:.2} ms",
-        per(&stages.begin_us),
-        per(&stages.writes_us),
-        per(&stages.commit_us)
+        "| 2 × the same, batch handler: a transaction per batch of up to 256, 2 batches at once | {:.2} | {:.0} |",
+        batched.as_secs_f64(),
+        rate(batched)
+    );
+    println!(
+        "\nper record / no-op: {:.3}; batches / per record: {:.2} (target 10)",
+        rate(once) / rate(plain),
+        rate(batched) / rate(once)
+    );
+    println!(
+        "\nper record, mean handler time per message: begin with id + version + fence recorded {begin:.2} ms, the two writes {writes:.2} ms, commit {commit:.2} ms"
+    );
+    println!(
+        "batches: {batch_count} transactions, {:.1} records each on average; mean per batch: begin with the checks {batch_begin:.2} ms, the two writes {batch_writes:.2} ms, commit with the records {batch_commit:.2} ms",
+        count as f64 / batch_count.max(1) as f64
     );
     client
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))

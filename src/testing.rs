@@ -102,6 +102,13 @@ impl<H: Handler> TestWorker<H> {
         self.config.handler_timeout_ms = millis(limit);
         self
     }
+    /// A batch handler's batches: up to `max` records, waiting up to `linger` for more.
+    pub fn batches(mut self, max: usize, linger: Duration) -> Self {
+        self.stack = tokio::sync::OnceCell::new();
+        self.config.max_batch = max;
+        self.config.batch_linger_ms = millis(linger);
+        self
+    }
     /// Stale drop, the key lock and dedup on, with memory stores: the whole protective
     /// stack, in process. The key lock's lease is `[lock]`'s default (10 s).
     pub fn with_memory_stores(mut self) -> Self {
@@ -224,6 +231,12 @@ impl<H: Handler> TestWorker<H> {
             Envelope::new(H::Message::TOPIC, message.key(), payload).with_offset(offset),
         )
         .await
+    }
+
+    /// Runs `messages` through the stack at once, as records delivered together (a batch
+    /// handler takes them in batches); their outcomes in the same order.
+    pub async fn handle_all(&self, messages: &[H::Message]) -> Vec<Outcome> {
+        futures::future::join_all(messages.iter().map(|m| self.handle(m))).await
     }
 
     /// Runs `message` and then each retry-tier copy it produces at once (ignoring the

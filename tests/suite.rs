@@ -9,6 +9,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "batch_handlers.rs"]
+mod batch_handlers;
 #[path = "combined_guards.rs"]
 mod combined_guards;
 #[path = "config_reference.rs"]

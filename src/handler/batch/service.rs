@@ -207,10 +207,15 @@ impl<M: Message> BatchService<M> {
         }
     }
 
-    /// Starts the collector task; its queue.
+    /// Starts the collector task; its queue. The task's copy of the service holds no queue,
+    /// so the task ends once every handle of this one is dropped.
     fn start(&self) -> mpsc::UnboundedSender<Pending<M>> {
         let (queue, incoming) = mpsc::unbounded_channel();
-        tokio::spawn(collect(self.clone(), incoming));
+        let runs = BatchService {
+            queue: Arc::new(OnceCell::new()),
+            ..self.clone()
+        };
+        tokio::spawn(collect(runs, incoming));
         queue
     }
 

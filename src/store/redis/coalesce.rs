@@ -69,6 +69,7 @@ impl Coalesced {
     }
 
     /// Invocations sent so far (each carries one or more calls).
+    #[cfg(test)]
     pub(super) fn invocations(&self) -> u64 {
         self.invoker.sent.load(Ordering::Relaxed)
     }
