@@ -229,7 +229,7 @@ async fn run_mix(seed: u64, max_batch: usize, linger: Duration) {
         let dead_before = worker.dead_letters().len();
         let outcomes = futures::future::join_all(round.iter().map(|p| {
             let payload = if p.undecodable {
-                bytes::Bytes::from_static(b"{not json")
+                b"{not json".to_vec()
             } else {
                 p.op.encode().expect("encodes")
             };
@@ -254,7 +254,7 @@ async fn run_mix(seed: u64, max_batch: usize, linger: Duration) {
             })
             .collect();
         for (p, outcome) in round.iter().zip(&outcomes) {
-            let got = observed(outcome, classes.get(&p.op.key).copied());
+            let got = observed(outcome, classes.get(&p.op.key).cloned());
             if got.as_ref() != Some(&p.expect) {
                 failures.push(format!(
                     "round {r} {} {:?}: expected {:?}, got {outcome:?} ({got:?})",
