@@ -28,7 +28,11 @@ pub use self::transaction::BatchTransaction;
 use super::{Context, Handler, HandlerError};
 use crate::message::Message;
 
-/// A handler that takes records in batches. See the [module docs](self).
+/// A handler that takes records in batches: up to `max_batch` records that are ready to run,
+/// at most one per key and per message id, in one call. A record failed with
+/// [`Item::fail`] retries, moves through the tiers and is dead-lettered alone (its retries run
+/// as batches of one); an `Err` fails every record not failed otherwise; a panic or a call
+/// over `handler_timeout_ms` runs each record again alone. See docs/once-only-effects.md.
 ///
 /// ```
 /// # use serde::{Deserialize, Serialize};
@@ -177,7 +181,7 @@ pub(crate) fn assemble<M>(records: Vec<(M, Context)>) -> (Batch<M>, BatchContext
 pub(crate) type BatchFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
 
 /// A batch handler behind a type-erased call, as the runtime holds it; made by the derive's
-/// [`Handler::batch_runner`].
+/// `Handler::batch_runner`.
 pub struct BatchRunner<M>(Arc<dyn Fn(Batch<M>, BatchContext) -> BatchFuture + Send + Sync>);
 
 impl<M> Clone for BatchRunner<M> {

@@ -47,6 +47,23 @@ enum Verdict {
     TimedOut(Duration),
 }
 
+/// How a batch call was cut short.
+enum Cut {
+    /// It panicked, with this message.
+    Panicked(String),
+    /// It ran over the time limit.
+    TimedOut,
+}
+
+/// Whether the record's transaction committed (its id and version are recorded).
+fn recorded(cx: &Context) -> bool {
+    cx.envelope
+        .guard
+        .notes
+        .as_ref()
+        .is_some_and(|n| n.recorded.load(Ordering::SeqCst))
+}
+
 /// A record waiting for its batch.
 struct Pending<M> {
     message: M,
@@ -235,11 +252,7 @@ impl<M: Message> BatchService<M> {
             replies.push(p.reply);
             records.push((p.message, p.cx));
         }
-        let keep: Vec<Context> = if count > 1 {
-            records.iter().map(|(_, cx)| cx.clone()).collect()
-        } else {
-            Vec::new()
-        };
+        let contexts: Vec<Context> = records.iter().map(|(_, cx)| cx.clone()).collect();
         let (batch, cx) = assemble(records);
         let shared = cx.shared.clone();
         self.records.record(count as f64);
@@ -247,35 +260,7 @@ impl<M: Message> BatchService<M> {
         let call = AssertUnwindSafe(self.runner.call(batch, cx)).catch_unwind();
         let result = tokio::time::timeout(self.settings.timeout, call).await;
         drop(timer);
-        match result {
-            Err(_) if count > 1 => {
-                tracing::warn!(
-                    records = count,
-                    limit = ?self.settings.timeout,
-                    "a batch ran over the handler time limit: running each record of it alone"
-                );
-                drop(shared);
-                self.run_alone(keep, replies).await;
-            }
-            Err(_) => {
-                for reply in replies {
-                    let _ = reply.send(Verdict::TimedOut(self.settings.timeout));
-                }
-            }
-            Ok(Err(panic)) if count > 1 => {
-                tracing::warn!(
-                    records = count,
-                    panic = %panic_text(panic.as_ref()),
-                    "a batch handler panicked: running each record of the batch alone"
-                );
-                drop(shared);
-                self.run_alone(keep, replies).await;
-            }
-            Ok(Err(panic)) => {
-                for reply in replies {
-                    let _ = reply.send(Verdict::Panicked(panic_text(panic.as_ref())));
-                }
-            }
+        let cut = match result {
             Ok(Ok(result)) => {
                 for (index, reply) in replies.into_iter().enumerate() {
                     let verdict = match shared.failure(index) {
@@ -284,6 +269,46 @@ impl<M: Message> BatchService<M> {
                     };
                     let _ = reply.send(Verdict::Done(verdict));
                 }
+                return;
+            }
+            Ok(Err(panic)) => Cut::Panicked(panic_text(panic.as_ref())),
+            Err(_) => Cut::TimedOut,
+        };
+        drop(shared);
+        // Records whose transaction committed before the cut were applied: they are done.
+        let (applied, rest): (Vec<_>, Vec<_>) = contexts
+            .into_iter()
+            .zip(replies)
+            .partition(|(cx, _)| recorded(cx));
+        for (_, reply) in applied {
+            let _ = reply.send(Verdict::Done(Ok(())));
+        }
+        match (cut, rest.len()) {
+            (_, 0) => {}
+            (Cut::Panicked(text), 1) => {
+                for (_, reply) in rest {
+                    let _ = reply.send(Verdict::Panicked(text.clone()));
+                }
+            }
+            (Cut::TimedOut, 1) => {
+                for (_, reply) in rest {
+                    let _ = reply.send(Verdict::TimedOut(self.settings.timeout));
+                }
+            }
+            (cut, n) => {
+                match cut {
+                    Cut::Panicked(text) => tracing::warn!(
+                        records = n,
+                        panic = %text,
+                        "a batch handler panicked: running each record of the batch alone"
+                    ),
+                    Cut::TimedOut => tracing::warn!(
+                        records = n,
+                        limit = ?self.settings.timeout,
+                        "a batch ran over the handler time limit: running each record of it alone"
+                    ),
+                }
+                self.run_alone(rest).await;
             }
         }
     }
@@ -291,22 +316,19 @@ impl<M: Message> BatchService<M> {
     /// Runs each record of a batch that panicked or ran over the time limit again as a
     /// batch of one, all at once (they are of different keys), at the same attempt: only
     /// the record that causes it fails.
-    async fn run_alone(&self, contexts: Vec<Context>, replies: Vec<oneshot::Sender<Verdict>>) {
-        let runs = contexts
-            .into_iter()
-            .zip(replies)
-            .map(|(cx, reply)| async move {
-                let payload = cx.envelope.payload.clone().unwrap_or_default();
-                // It decoded before it joined the batch.
-                let Ok(message) = M::decode(&payload) else {
-                    let _ = reply.send(Verdict::Done(Err(HandlerError::permanent(
-                        "the record no longer decodes",
-                    ))));
-                    return;
-                };
-                reset_notes(&cx);
-                Box::pin(self.run(vec![Pending { message, cx, reply }])).await;
-            });
+    async fn run_alone(&self, records: Vec<(Context, oneshot::Sender<Verdict>)>) {
+        let runs = records.into_iter().map(|(cx, reply)| async move {
+            let payload = cx.envelope.payload.clone().unwrap_or_default();
+            // It decoded before it joined the batch.
+            let Ok(message) = M::decode(&payload) else {
+                let _ = reply.send(Verdict::Done(Err(HandlerError::permanent(
+                    "the record no longer decodes",
+                ))));
+                return;
+            };
+            reset_notes(&cx);
+            Box::pin(self.run(vec![Pending { message, cx, reply }])).await;
+        });
         futures::future::join_all(runs).await;
     }
 }
