@@ -20,7 +20,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 # The vendored wire-protocol crate is a workspace member through its path dependency; it is
 # checked where the server uses it, not linted, documented or tested on its own.
-ws=(--workspace --exclude steadfast-kafka-protocol)
+# The `otel` feature is on, so its code is linted and documented and the trace test
+# (tests/traces.rs) runs; the dependent crate below builds steadfast without it.
+ws=(--workspace --exclude steadfast-kafka-protocol --features steadfast/otel)
 # Incremental compilation pays when the same crates are rebuilt after small edits; the suite
 # builds each once, and without it a clean build is faster and the target directory smaller.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}

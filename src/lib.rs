@@ -43,7 +43,8 @@
 //! holds the configuration reference (`docs/configuration.md`) and one guide per guarantee —
 //! what it promises and its limits, what it costs, which tests hold it, how to configure it:
 //! `ordering.md`, `once-only-effects.md`, `stale-drop.md`, `lock.md`, `retry-and-dlq.md`,
-//! `rate-limit-and-breaker.md`, and guides for users of Spring Kafka
+//! `rate-limit-and-breaker.md`, `observability.md` (traces across retry hops, OTLP export
+//! with the `otel` feature), and guides for users of Spring Kafka
 //! (`from-spring-kafka.md`) and Confluent's Parallel Consumer (`from-parallel-consumer.md`).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
@@ -90,6 +91,11 @@ pub mod __private {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;
+
+/// docs/observability.md's examples (the `otel` feature's), compiled as doc tests.
+#[cfg(all(doctest, feature = "otel"))]
+#[doc = include_str!("../docs/observability.md")]
+pub struct ObservabilityExamples;
 
 /// The derive macros' documentation (`steadfast-macros`), its examples run as doc tests here.
 #[cfg(doctest)]

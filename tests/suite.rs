@@ -59,6 +59,11 @@ mod store_postgres;
 mod store_trouble;
 #[path = "test_worker.rs"]
 mod test_worker;
+// Needs the `otel` feature: scripts/test.sh builds the suite with it
+// (`cargo nextest run --features otel`).
+#[cfg(feature = "otel")]
+#[path = "traces.rs"]
+mod traces;
 #[path = "ui.rs"]
 mod ui;
 #[path = "worker_restarts.rs"]

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HandlerError, Transaction};
 use crate::message::{DropReason, Envelope, Headers};
+use crate::observe::trace::{self, TraceContext};
 use crate::producer::Producer;
 use crate::store::{OnceRecord, OnceStart, TransactionalStore};
 
@@ -31,8 +32,10 @@ impl Context {
         transactions: Option<Arc<dyn TransactionalStore>>,
         producer: Option<&Producer>,
     ) -> Self {
-        let producer =
-            producer.map(|p| p.caused_by(&envelope.topic, envelope.partition, envelope.offset));
+        let producer = producer.map(|p| {
+            let trace = trace::current().or_else(|| TraceContext::from_headers(&envelope.headers));
+            p.caused_by(&envelope.topic, envelope.partition, envelope.offset, trace)
+        });
         Context {
             envelope,
             attempt,
@@ -44,7 +47,8 @@ impl Context {
     }
     /// The worker's producer, for messages this handler sends: idempotent, `acks=all`, and
     /// each record it sends carries the header `steadfast-caused-by` naming the record being
-    /// handled (`<topic>/<partition>/<offset>`). A send that fails is the handler's to
+    /// handled (`<topic>/<partition>/<offset>`) and a `traceparent` whose span is a child of
+    /// this attempt's. A send that fails is the handler's to
     /// return as an error; the message is then retried, and a retry sends again (pair it
     /// with an id the consumer deduplicates on).
     pub fn producer(&self) -> Result<&Producer, HandlerError> {

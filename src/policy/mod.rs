@@ -1,9 +1,10 @@
 //! The policy stack every message goes through, in a fixed order (outermost first): trace →
 //! route (retry tiers, dead-letter topic) → facts → stale drop → breaker → rate limit → key
-//! lock → dedup → retry in place → the user's layers → timeout → handler. The protective
-//! layers (facts to dedup) are present only when configured; the order is `STACK`'s. Where
-//! the stale check, the lock and dedup share one Redis, one policy (`guarded.rs`) stands in
-//! the lock's place instead of the three, with one store call each way.
+//! lock → dedup → retry in place → the attempt's span → the user's layers → timeout →
+//! handler. The protective layers (facts to dedup) are present only when configured; the
+//! order is `STACK`'s. Where the stale check, the lock and dedup share one Redis, one policy
+//! (`guarded.rs`) stands in the lock's place instead of the three, with one store call each
+//! way.
 //!
 //! Each policy is a `Policy` (see `adapter.rs`): its logic around the rest of the stack, which
 //! it calls through `Next`. The stack as a whole is a tower service ([`BoxedStack`],
@@ -61,6 +62,7 @@ pub(crate) const STACK: &[fn(&Assembly<'_>) -> Option<Wrap>] = &[
     guarded::build,
     dedup::build,
     retry::build,
+    trace::attempt,
     stack::user_layers,
     timeout::build,
 ];

@@ -23,6 +23,7 @@ use super::stack::Assembly;
 use super::tier_topics::{RetryTiers, TierNames};
 use crate::message::headers;
 use crate::message::{Envelope, ErrorClass, Failure, Outcome, RouteTarget};
+use crate::observe::trace;
 
 tokio::task_local! {
     /// Cancelled when the job this task runs is abandoned (see [`abandonable`]).
@@ -116,6 +117,10 @@ impl RouteConfig {
             );
         }
         h.set(headers::LAST_FAILURE, headers::format_time_ms(now));
+        // The next hop is a child of this delivery's span.
+        if let Some(cx) = trace::current() {
+            cx.write_to(&mut h);
+        }
         let (topic, partition) = match &target {
             RouteTarget::RetryTier(n) => {
                 let delay = self

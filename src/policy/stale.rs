@@ -184,12 +184,17 @@ pub(super) async fn copy(
     envelope: &Envelope,
     shutdown: &CancellationToken,
 ) -> bool {
+    let mut copy_headers = envelope.headers.clone();
+    // The copy is a child of this delivery's span.
+    if let Some(cx) = crate::observe::trace::current() {
+        cx.write_to(&mut copy_headers);
+    }
     let record = OutgoingRecord {
         topic: stale_topic(headers::original_topic(envelope)),
         partition: None,
         key: envelope.key.clone(),
         payload: envelope.payload.clone(),
-        headers: envelope.headers.clone(),
+        headers: copy_headers,
     };
     let mut delays = super::outage::outage_backoff();
     loop {

@@ -17,7 +17,9 @@ use crate::broker::owned_headers;
 use crate::config::{KafkaClient, WorkerConfig};
 use crate::message::headers::CAUSED_BY;
 use crate::message::Message;
+use crate::observe::trace::{self, send_span, Parent, TraceContext};
 use crate::policy::{OutgoingRecord, Sink};
+use tracing::Instrument;
 
 /// How long a send may wait in librdkafka's queue and retries before it fails.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,12 +79,16 @@ pub struct Producer {
     /// `<topic>/<partition>/<offset>` of the record a handler was handling when it sent
     /// through its context: the value of [`CAUSED_BY`].
     caused_by: Option<Arc<str>>,
+    /// The trace context of the handler attempt that sends through its context: the parent
+    /// of each record's `send` span where the send runs outside the attempt's task.
+    trace: Option<TraceContext>,
 }
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("caused_by", &self.caused_by)
+            .field("trace", &self.trace)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +127,7 @@ impl Producer {
                 producer: OnceLock::new(),
             })),
             caused_by: None,
+            trace: None,
         }
     }
 
@@ -130,14 +137,23 @@ impl Producer {
         Producer {
             backend: Arc::new(Backend::Sink(sink)),
             caused_by: None,
+            trace: None,
         }
     }
 
-    /// The same producer, its records marked as caused by `topic`/`partition`/`offset`.
-    pub(crate) fn caused_by(&self, topic: &str, partition: i32, offset: i64) -> Producer {
+    /// The same producer, its records marked as caused by `topic`/`partition`/`offset`, their
+    /// `send` spans children of `trace` (the handler attempt's context).
+    pub(crate) fn caused_by(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        trace: Option<TraceContext>,
+    ) -> Producer {
         Producer {
             backend: self.backend.clone(),
             caused_by: Some(Arc::from(format!("{topic}/{partition}/{offset}"))),
+            trace,
         }
     }
 
@@ -147,11 +163,30 @@ impl Producer {
         self.send_record(Record::of(message)?).await
     }
 
-    /// Sends `record` (see [`Record`] for headers and another topic).
+    /// Sends `record` (see [`Record`] for headers and another topic). The send runs in a
+    /// `send` span (kind producer) whose context the record carries as `traceparent`: a
+    /// child of the `traceparent` the record was given, else of the handler attempt that
+    /// sends it, else of the current span (docs/observability.md).
     pub async fn send_record(&self, mut record: Record) -> Result<Delivery, ProduceError> {
         if let Some(cause) = &self.caused_by {
             record.headers.push(CAUSED_BY, cause.as_bytes().to_vec());
         }
+        let given = TraceContext::from_headers(&record.headers);
+        let parent = match (&given, &self.trace) {
+            (Some(p), _) => Parent::Remote(Some(p)),
+            // Sent from a task the handler spawned: the attempt's context was captured.
+            (None, Some(p)) if trace::current().is_none() => Parent::Remote(Some(p)),
+            _ => Parent::Local,
+        };
+        let (span, cx) = send_span("send", &record.topic, parent);
+        if let Some(cx) = cx {
+            cx.write_to(&mut record.headers);
+        }
+        self.send_traced(record).instrument(span).await
+    }
+
+    /// Sends `record` as it is.
+    async fn send_traced(&self, record: Record) -> Result<Delivery, ProduceError> {
         let lazy = match self.backend.as_ref() {
             Backend::Kafka(lazy) => lazy,
             Backend::Sink(sink) => return to_sink(sink.as_ref(), record).await,

@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::super::record::DlqRecord;
 use crate::message::headers;
+use crate::observe::trace::{TraceContext, TRACEPARENT, TRACESTATE};
 
 /// The headers of a replayed copy, in order; `None` is a null value, kept from the
 /// dead-letter record.
@@ -23,10 +24,17 @@ pub(crate) struct Stamp<'a> {
 
 /// The headers of the replayed copy of `record`: its own headers (null ones null) without
 /// [`headers::DELIVERY_STATE`] (so the record starts fresh: attempt 1, not a tier record)
-/// and without an earlier replay's stamp, then the replay headers.
-pub(crate) fn replay_headers(record: &DlqRecord, stamp: &Stamp<'_>) -> CopyHeaders {
-    let dropped =
-        |name: &str| headers::DELIVERY_STATE.contains(&name) || headers::REPLAY.contains(&name);
+/// and without an earlier replay's stamp, then the replay headers; `trace` (the replay's
+/// span) in place of the record's `traceparent` and `tracestate` when given.
+pub(crate) fn replay_headers(
+    record: &DlqRecord,
+    stamp: &Stamp<'_>,
+    trace: Option<&TraceContext>,
+) -> CopyHeaders {
+    let traced = |name: &str| trace.is_some() && (name == TRACEPARENT || name == TRACESTATE);
+    let dropped = |name: &str| {
+        headers::DELIVERY_STATE.contains(&name) || headers::REPLAY.contains(&name) || traced(name)
+    };
     let mut h: CopyHeaders = record
         .header_values()
         .filter(|(n, _)| !dropped(n))
@@ -40,6 +48,12 @@ pub(crate) fn replay_headers(record: &DlqRecord, stamp: &Stamp<'_>) -> CopyHeade
     ];
     for (name, value) in stamp_headers {
         h.push((name.to_owned(), Some(Bytes::from(value))));
+    }
+    if let Some(trace) = trace {
+        h.push((TRACEPARENT.to_owned(), Some(trace.traceparent().into())));
+        if let Some(state) = &trace.state {
+            h.push((TRACESTATE.to_owned(), Some(Bytes::from(state.clone()))));
+        }
     }
     h
 }
@@ -83,7 +97,7 @@ mod tests {
             at_ms: 1_764_633_600_123,
             replay_id: "r1",
         };
-        let copy = replay_headers(&record, &stamp);
+        let copy = replay_headers(&record, &stamp, None);
         let out: Headers = copy
             .iter()
             .map(|(n, v)| (n.clone(), v.clone().unwrap_or_default()))
@@ -111,6 +125,38 @@ mod tests {
     }
 
     #[test]
+    fn a_replayed_copy_carries_the_replay_span_in_place_of_the_dead_letter_one() {
+        let dead = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let h: Headers = [
+            ("user-header", "u"),
+            (TRACEPARENT, dead),
+            (TRACESTATE, "a=1"),
+        ]
+        .into_iter()
+        .collect();
+        let record = DlqRecord::decode("orders.dlq", 0, 3, None, None, None, h);
+        let stamp = Stamp {
+            by: "ana@box",
+            at_ms: 0,
+            replay_id: "r1",
+        };
+        let replay = TraceContext::parse(dead, Some("a=1"))
+            .expect("parses")
+            .child();
+        let out: Headers = replay_headers(&record, &stamp, Some(&replay))
+            .into_iter()
+            .map(|(n, v)| (n, v.unwrap_or_default()))
+            .collect();
+        assert_eq!(out.iter().filter(|(n, _)| *n == TRACEPARENT).count(), 1);
+        assert_eq!(TraceContext::from_headers(&out), Some(replay));
+        let untraced: Headers = replay_headers(&record, &stamp, None)
+            .into_iter()
+            .map(|(n, v)| (n, v.unwrap_or_default()))
+            .collect();
+        assert_eq!(untraced.get_str(TRACEPARENT), Some(dead), "kept as it was");
+    }
+
+    #[test]
     fn a_null_header_stays_null_on_the_copy() {
         let h: Headers = [
             ("empty", ""),
@@ -127,7 +173,7 @@ mod tests {
             at_ms: 0,
             replay_id: "r1",
         };
-        let copy = replay_headers(&record, &stamp);
+        let copy = replay_headers(&record, &stamp, None);
         let user: Vec<(&str, Option<&[u8]>)> = copy
             .iter()
             .take(3)

@@ -20,6 +20,7 @@ use super::{ReplayOptions, ReplayProgress, ReplayReport, ReplayedRecord};
 use crate::dlq::error::DlqError;
 use crate::dlq::record::DlqRecord;
 use crate::dlq::scan::{Reader, Tp};
+use crate::observe::trace::{send_span, Parent, TraceContext};
 use crate::policy::now_ms;
 
 /// Most records produced and not yet acknowledged.
@@ -126,7 +127,11 @@ impl<'a> Producing<'a> {
             at_ms: now_ms(),
             replay_id: self.replay_id,
         };
-        let headers = replay_headers(record, &stamp);
+        // The copy's trace: a `replay` span, child of the dead-letter record's.
+        let parent = TraceContext::from_headers(&record.headers);
+        let (span, trace) = send_span("replay", &copy.topic, Parent::Remote(parent.as_ref()));
+        let _in_span = span.enter();
+        let headers = replay_headers(record, &stamp, trace.as_ref());
         let future = send(
             &self.producer,
             record,
