@@ -105,6 +105,19 @@ struct Stages {
     commit_us: AtomicU64,
 }
 
+impl Stages {
+    /// Adds one call's stages: begin `t0..t1`, writes `t1..t2`, commit `t2..t3`.
+    fn add(&self, t0: Instant, t1: Instant, t2: Instant, t3: Instant) {
+        for (sum, d) in [
+            (&self.begin_us, t1 - t0),
+            (&self.writes_us, t2 - t1),
+            (&self.commit_us, t3 - t2),
+        ] {
+            sum.fetch_add(micros(d), AtomicOrdering::Relaxed);
+        }
+    }
+}
+
 /// The ledger's handler: one effect row and a balance update per message, in the
 /// transaction steadfast hands it.
 #[derive(Debug, Clone, steadfast::Handler)]
@@ -138,15 +151,7 @@ impl Ledger {
         let t2 = Instant::now();
         tx.commit().await?;
         let t3 = Instant::now();
-        self.stages
-            .begin_us
-            .fetch_add(micros(t1 - t0), AtomicOrdering::Relaxed);
-        self.stages
-            .writes_us
-            .fetch_add(micros(t2 - t1), AtomicOrdering::Relaxed);
-        self.stages
-            .commit_us
-            .fetch_add(micros(t3 - t2), AtomicOrdering::Relaxed);
+        self.stages.add(t0, t1, t2, t3);
         self.done.fetch_add(1, AtomicOrdering::Relaxed);
         Ok(())
     }
@@ -193,15 +198,7 @@ impl LedgerBatch {
         let t2 = Instant::now();
         tx.commit().await?;
         let t3 = Instant::now();
-        self.stages
-            .begin_us
-            .fetch_add(micros(t1 - t0), AtomicOrdering::Relaxed);
-        self.stages
-            .writes_us
-            .fetch_add(micros(t2 - t1), AtomicOrdering::Relaxed);
-        self.stages
-            .commit_us
-            .fetch_add(micros(t3 - t2), AtomicOrdering::Relaxed);
+        self.stages.add(t0, t1, t2, t3);
         self.batches.fetch_add(1, AtomicOrdering::Relaxed);
         self.done
             .fetch_add(batch.len() as u64, AtomicOrdering::Relaxed);

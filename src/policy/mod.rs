@@ -47,6 +47,7 @@ pub(crate) use self::stack::{Assembly, Routing};
 pub use self::stack::{Describe, UserLayer};
 pub use self::stale::stale_topic;
 pub use self::tier_topics::{RetryTiers, TierNames};
+pub(crate) use self::timeout::timed_out;
 
 /// The stack's order, outermost first: each entry builds its policy from the worker's
 /// [`Assembly`], or `None` where the policy is off. A new policy is a file of this module

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::clock::now_ms;
 use super::stack::Assembly;
-use crate::message::{Envelope, ErrorClass, Failure, Outcome};
+use crate::message::{Envelope, ErrorClass, Failure, HandlerNotes, Outcome};
 use crate::store::TransactionalStore;
 
 /// Limits each attempt to a duration.
@@ -39,26 +39,43 @@ impl Policy for Timeout {
         if let Ok(outcome) = tokio::time::timeout(limit, next.run(envelope)).await {
             return outcome;
         }
-        let mut failure = Failure {
-            class: ErrorClass::Timeout,
-            message: format!("attempt ran over {limit:?}"),
-            permanent: false,
-            retry_after: None,
-            first_failed_ms: now_ms(),
-            attempt,
-            unavailable: false,
-        };
-        let used = notes
-            .as_ref()
-            .is_some_and(|n| n.used_transaction.load(Ordering::SeqCst));
-        if let (true, Some(store)) = (used, &self.probe) {
-            if let Err(down) = store.answers().await {
-                failure.class = ErrorClass::Unavailable;
-                failure.message =
-                    format!("{}; the database does not answer: {down}", failure.message);
-                failure.unavailable = true;
-            }
-        }
-        Outcome::Failed(failure)
+        Outcome::Failed(
+            timed_out(
+                format!("attempt ran over {limit:?}"),
+                notes.as_deref(),
+                self.probe.as_deref(),
+                attempt,
+            )
+            .await,
+        )
     }
+}
+
+/// The failure of an attempt that ran over its time limit (`what` says how): a time-out, or
+/// an outage (`unavailable`: no attempt spent) when the attempt asked for a transaction and
+/// the database does not answer. The batch handlers' runner uses it too.
+pub(crate) async fn timed_out(
+    what: String,
+    notes: Option<&HandlerNotes>,
+    probe: Option<&dyn TransactionalStore>,
+    attempt: u32,
+) -> Failure {
+    let mut failure = Failure {
+        class: ErrorClass::Timeout,
+        message: what,
+        permanent: false,
+        retry_after: None,
+        first_failed_ms: now_ms(),
+        attempt,
+        unavailable: false,
+    };
+    let used = notes.is_some_and(|n| n.used_transaction.load(Ordering::SeqCst));
+    if let (true, Some(store)) = (used, probe) {
+        if let Err(down) = store.answers().await {
+            failure.class = ErrorClass::Unavailable;
+            failure.message = format!("{}; the database does not answer: {down}", failure.message);
+            failure.unavailable = true;
+        }
+    }
+    failure
 }

@@ -202,13 +202,15 @@ impl<M: Message> BatchService<M> {
                 Ok(Verdict::Done(result)) => Ok(result),
                 Ok(Verdict::Panicked(text)) => Err(Box::new(text) as Box<dyn std::any::Any + Send>),
                 Ok(Verdict::TimedOut(limit)) => {
-                    return timed_out(
-                        limit,
-                        notes.as_deref(),
-                        this.transactions.as_deref(),
-                        attempt,
-                    )
-                    .await
+                    return Outcome::Failed(
+                        crate::policy::timed_out(
+                            format!("batch ran over {limit:?}"),
+                            notes.as_deref(),
+                            this.transactions.as_deref(),
+                            attempt,
+                        )
+                        .await,
+                    );
                 }
                 Err(_) => Ok(Err(HandlerError::transient(
                     "the batch collector dropped the record",
@@ -399,36 +401,4 @@ async fn collect<M: Message>(
 /// Clears what an earlier attempt of the record did with a transaction.
 fn reset_notes(cx: &Context) {
     service::reset_notes(cx.envelope.guard.notes.as_deref());
-}
-
-/// The failure of a record whose batch ran over the time limit: an outage when it used a
-/// transaction and the database does not answer.
-async fn timed_out(
-    limit: Duration,
-    notes: Option<&crate::message::HandlerNotes>,
-    transactions: Option<&dyn TransactionalStore>,
-    attempt: u32,
-) -> Outcome {
-    let used = notes.is_some_and(|n| n.used_transaction.load(Ordering::SeqCst));
-    let down = match (used, transactions) {
-        (true, Some(store)) => store.answers().await.err(),
-        _ => None,
-    };
-    match down {
-        Some(down) => Outcome::Failed(crate::message::Failure {
-            class: ErrorClass::Unavailable,
-            message: format!("batch ran over {limit:?}; the database does not answer: {down}"),
-            permanent: false,
-            retry_after: None,
-            first_failed_ms: crate::policy::now_ms(),
-            attempt,
-            unavailable: true,
-        }),
-        None => failure(
-            ErrorClass::Timeout,
-            format!("batch ran over {limit:?}"),
-            false,
-            attempt,
-        ),
-    }
 }
