@@ -137,6 +137,10 @@ else
 fi
 
 gate services bash scripts/services.sh
+# Chromium and chromedriver for the console's browser test, installed beside the build
+# when missing (a download the build need not wait for); the tests wait for it.
+bash scripts/browser.sh >"$logs/browser.log" 2>&1 &
+browser_pid=$!
 gate fmt cargo fmt --all -- --check
 # No file-level import cycle in any crate of the workspace (see the script for the rule).
 gate imports python3 scripts/import_cycles.py
@@ -164,6 +168,10 @@ dependent=(cargo test --manifest-path tests/dependent/Cargo.toml --locked --targ
 if [ "${run_tests[0]} ${run_tests[1]}" = "cargo nextest" ]; then
   beside bench-smoke "${bench_smoke[@]}"
   beside dependent "${dependent[@]}"
+fi
+if ! wait "$browser_pid"; then
+  cat "$logs/browser.log" >&2
+  failed+=(browser)
 fi
 # The tests: all of them run, whatever fails.
 phase tests "${run_tests[@]}" "$@"

@@ -112,7 +112,10 @@ pub(crate) async fn offsets(args: OffsetsArgs) -> anyhow::Result<()> {
 /// (metadata, watermarks, group lists: with no `group.id` it looks up no coordinator, so a
 /// user without rights to some group of the tool's own sees no error about it); it never
 /// subscribes and never commits on its own.
-fn tool_consumer(connection: &Connection, group: Option<&str>) -> anyhow::Result<BaseConsumer> {
+pub(crate) fn tool_consumer(
+    connection: &Connection,
+    group: Option<&str>,
+) -> anyhow::Result<BaseConsumer> {
     let mut config = connection.config();
     if let Some(group) = group {
         config.set("group.id", group);
@@ -146,7 +149,7 @@ fn list(connection: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn or_dash(s: &str) -> &str {
+pub(crate) fn or_dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
     } else {
@@ -156,25 +159,33 @@ fn or_dash(s: &str) -> &str {
 
 /// One member of a group, as described.
 #[derive(Debug)]
-struct Member {
-    id: String,
-    client_id: String,
-    host: String,
-    assignment: Result<Vec<(String, Vec<i32>)>, String>,
+pub(crate) struct Member {
+    /// Member id.
+    pub(crate) id: String,
+    /// Client id.
+    pub(crate) client_id: String,
+    /// Client host.
+    pub(crate) host: String,
+    /// Assigned topics and partitions, or why they could not be decoded.
+    pub(crate) assignment: Result<Vec<(String, Vec<i32>)>, String>,
 }
 
 /// A group's description: state, protocol, members.
 #[derive(Debug)]
-struct GroupState {
-    state: String,
-    protocol_type: String,
-    protocol: String,
-    members: Vec<Member>,
+pub(crate) struct GroupState {
+    /// State (`Stable`, `Empty`, …; empty when unknown).
+    pub(crate) state: String,
+    /// Protocol type (`consumer`).
+    pub(crate) protocol_type: String,
+    /// Assignment protocol.
+    pub(crate) protocol: String,
+    /// Members.
+    pub(crate) members: Vec<Member>,
 }
 
 impl GroupState {
     /// Whether the group is known to the coordinator at all.
-    fn exists(&self) -> bool {
+    pub(crate) fn exists(&self) -> bool {
         !self.state.is_empty() && self.state != "Dead"
     }
 }
@@ -249,7 +260,7 @@ fn decode_assignment(bytes: &[u8]) -> anyhow::Result<Vec<(String, Vec<i32>)>> {
         .collect())
 }
 
-fn format_assignment(assignment: &[(String, Vec<i32>)]) -> String {
+pub(crate) fn format_assignment(assignment: &[(String, Vec<i32>)]) -> String {
     if assignment.is_empty() {
         return "(none)".to_owned();
     }
@@ -311,51 +322,72 @@ fn committed(
     Ok(out)
 }
 
-fn describe(connection: &Connection, group: &str, topics: &[String]) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+/// A partition of a group's view: where the group is and how far behind.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionLag {
+    /// Topic.
+    pub(crate) topic: String,
+    /// Partition id.
+    pub(crate) partition: i32,
+    /// The group's committed offset (`None`: nothing committed).
+    pub(crate) committed: Option<i64>,
+    /// The partition's log-end offset.
+    pub(crate) log_end: i64,
+    /// Records between the committed offset and the log end (`None` without a commit).
+    pub(crate) lag: Option<i64>,
+    /// Client id of the member the partition is assigned to.
+    pub(crate) owner: Option<String>,
+}
+
+/// A group as `groups describe` shows it: state, members, and per partition the committed
+/// offset, log end and lag.
+#[derive(Debug)]
+pub(crate) struct GroupView {
+    /// Group id.
+    pub(crate) group: String,
+    /// State, protocol and members.
+    pub(crate) state: GroupState,
+    /// Member id → `group.instance.id` of static members (empty when unavailable).
+    pub(crate) instance_ids: HashMap<String, String>,
+    /// Why instance ids are unavailable, if they are.
+    pub(crate) instance_ids_error: Option<String>,
+    /// Offsets and lag, by topic then partition.
+    pub(crate) partitions: Vec<PartitionLag>,
+}
+
+impl GroupView {
+    /// The lag summed over partitions with a commit.
+    pub(crate) fn total_lag(&self) -> i64 {
+        self.partitions.iter().filter_map(|p| p.lag).sum()
+    }
+}
+
+/// Describes `group`: its state and members, and offsets and lag of `topics` (none given:
+/// every topic it is assigned or has committed offsets for). Blocking.
+pub(crate) fn describe_view(
+    connection: &Connection,
+    group: &str,
+    topics: &[String],
+) -> anyhow::Result<GroupView> {
     let admin = tool_consumer(connection, None)?;
     let group_consumer = tool_consumer(connection, Some(group))?;
     let state = group_state(&admin, group)?;
-    let instance_ids = if state.members.is_empty() {
-        HashMap::new()
+    let (instance_ids, instance_ids_error) = if state.members.is_empty() {
+        (HashMap::new(), None)
     } else {
         match wire::instance_ids(connection.bootstrap(), group, TIMEOUT) {
-            Ok(ids) => ids,
-            Err(e) => {
-                eprintln!("note: instance ids unavailable: {e:#}");
-                HashMap::new()
-            }
+            Ok(ids) => (ids, None),
+            Err(e) => (HashMap::new(), Some(format!("{e:#}"))),
         }
     };
-
-    writeln!(out, "group: {group}")?;
-    if state.exists() {
-        writeln!(out, "state: {}", state.state)?;
-        writeln!(out, "protocol type: {}", or_dash(&state.protocol_type))?;
-        writeln!(out, "protocol: {}", or_dash(&state.protocol))?;
-    } else {
-        writeln!(out, "state: {} (no such group)", or_dash(&state.state))?;
-    }
-    writeln!(out, "members: {}", state.members.len())?;
     let mut owners: HashMap<(String, i32), String> = HashMap::new();
     for m in &state.members {
-        // Member, client and instance ids are whatever the clients sent: escaped.
-        writeln!(out, "  member {}", safe(&m.id))?;
-        writeln!(out, "    client id: {}", safe(&m.client_id))?;
-        writeln!(out, "    host: {}", safe(&m.host))?;
-        if let Some(instance) = instance_ids.get(&m.id) {
-            writeln!(out, "    instance id: {}", safe(instance))?;
-        }
-        match &m.assignment {
-            Ok(assignment) => {
-                writeln!(out, "    assigned: {}", format_assignment(assignment))?;
-                for (topic, ps) in assignment {
-                    for p in ps {
-                        owners.insert((topic.clone(), *p), safe(&m.client_id));
-                    }
+        if let Ok(assignment) = &m.assignment {
+            for (topic, ps) in assignment {
+                for p in ps {
+                    owners.insert((topic.clone(), *p), m.client_id.clone());
                 }
             }
-            Err(e) => writeln!(out, "    assigned: (undecodable: {e})")?,
         }
     }
 
@@ -397,29 +429,85 @@ fn describe(connection: &Connection, group: &str, topics: &[String]) -> anyhow::
             shown.insert(topic.clone(), partitions_of(&admin, topic)?);
         }
     }
-    if shown.is_empty() {
-        writeln!(out, "no committed offsets")?;
-        return Ok(());
-    }
     let all: Vec<(String, i32)> = shown
         .iter()
         .flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p)))
         .collect();
-    let offsets = committed(&group_consumer, &all)?;
-    writeln!(out, "TOPIC\tPARTITION\tCOMMITTED\tLOG-END\tLAG\tOWNER")?;
-    for (topic, p) in &all {
+    let offsets = if all.is_empty() {
+        HashMap::new()
+    } else {
+        committed(&group_consumer, &all)?
+    };
+    let mut partitions = Vec::with_capacity(all.len());
+    for (topic, p) in all {
         let (_, high) = admin
-            .fetch_watermarks(topic, *p, TIMEOUT)
+            .fetch_watermarks(&topic, p, TIMEOUT)
             .with_context(|| format!("fetching the log end of {topic}/{p}"))?;
-        let committed = offsets.get(&(topic.clone(), *p)).copied().flatten();
-        let (committed_text, lag) = match committed {
-            Some(c) => (c.to_string(), (high - c).max(0).to_string()),
-            None => ("-".to_owned(), "-".to_owned()),
-        };
-        let owner = owners.get(&(topic.clone(), *p)).map_or("-", String::as_str);
+        let committed = offsets.get(&(topic.clone(), p)).copied().flatten();
+        let owner = owners.get(&(topic.clone(), p)).cloned();
+        partitions.push(PartitionLag {
+            lag: committed.map(|c| (high - c).max(0)),
+            topic,
+            partition: p,
+            committed,
+            log_end: high,
+            owner,
+        });
+    }
+    Ok(GroupView {
+        group: group.to_owned(),
+        state,
+        instance_ids,
+        instance_ids_error,
+        partitions,
+    })
+}
+
+fn describe(connection: &Connection, group: &str, topics: &[String]) -> anyhow::Result<()> {
+    let view = describe_view(connection, group, topics)?;
+    let mut out = std::io::stdout().lock();
+    if let Some(e) = &view.instance_ids_error {
+        eprintln!("note: instance ids unavailable: {e}");
+    }
+    let state = &view.state;
+    writeln!(out, "group: {group}")?;
+    if state.exists() {
+        writeln!(out, "state: {}", state.state)?;
+        writeln!(out, "protocol type: {}", or_dash(&state.protocol_type))?;
+        writeln!(out, "protocol: {}", or_dash(&state.protocol))?;
+    } else {
+        writeln!(out, "state: {} (no such group)", or_dash(&state.state))?;
+    }
+    writeln!(out, "members: {}", state.members.len())?;
+    for m in &state.members {
+        // Member, client and instance ids are whatever the clients sent: escaped.
+        writeln!(out, "  member {}", safe(&m.id))?;
+        writeln!(out, "    client id: {}", safe(&m.client_id))?;
+        writeln!(out, "    host: {}", safe(&m.host))?;
+        if let Some(instance) = view.instance_ids.get(&m.id) {
+            writeln!(out, "    instance id: {}", safe(instance))?;
+        }
+        match &m.assignment {
+            Ok(assignment) => writeln!(out, "    assigned: {}", format_assignment(assignment))?,
+            Err(e) => writeln!(out, "    assigned: (undecodable: {e})")?,
+        }
+    }
+    if view.partitions.is_empty() {
+        writeln!(out, "no committed offsets")?;
+        return Ok(());
+    }
+    writeln!(out, "TOPIC\tPARTITION\tCOMMITTED\tLOG-END\tLAG\tOWNER")?;
+    for p in &view.partitions {
+        let dash = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
         writeln!(
             out,
-            "{topic}\t{p}\t{committed_text}\t{high}\t{lag}\t{owner}"
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            p.topic,
+            p.partition,
+            dash(p.committed),
+            p.log_end,
+            dash(p.lag),
+            p.owner.as_deref().map_or_else(|| "-".to_owned(), safe)
         )?;
     }
     Ok(())

@@ -1,8 +1,9 @@
 //! The `steadfast` command: run the embedded server, manage topics, produce and consume,
 //! inspect consumer groups and reset their offsets, list, show and replay dead-letter records,
-//! find records by key, header, JSON field and time.
+//! find records by key, header, JSON field and time, serve the web console.
 
 mod client;
+mod console;
 mod dlq;
 mod find;
 mod groups;
@@ -42,6 +43,8 @@ enum Command {
     Find(find::FindArgs),
     /// Manage the embedded server's users file: salted credentials and topic/group rights.
     Users(users::UsersArgs),
+    /// Serve the web console: topics, groups with lag, dead letters with replay, workers.
+    Console(console::ConsoleArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +76,7 @@ fn main() -> std::process::ExitCode {
             Command::Dlq(args) => dlq::dlq(args).await,
             Command::Find(args) => find::find(args).await,
             Command::Users(args) => users::users(args),
+            Command::Console(args) => console::run(args).await,
         }
     });
     match result {

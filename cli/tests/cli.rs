@@ -1,6 +1,8 @@
 //! The command line's integration tests, one module per area, built as one test binary (one
 //! link instead of one per file).
 
+#[path = "console.rs"]
+mod console;
 #[path = "consumer_groups.rs"]
 mod consumer_groups;
 #[path = "dlq_replay.rs"]
