@@ -3,7 +3,8 @@
 //! real rdkafka, and a real worker (the steadfast library in-process) with its probe
 //! endpoint. One story: the overview lists the test's topics and group; the group page shows
 //! lag that falls while the worker consumes; a dead-letter record's headers are shown
-//! decoded (and its markup as text); a filtered replay through the pages (preview, confirm,
+//! decoded (and its markup as text); a message is found by its key and a JSON field; a
+//! filtered replay through the pages (preview, confirm,
 //! progress) copies exactly the selected records once, and a second replay of the same
 //! selection copies nothing; the pods page shows the worker. A second console bound beyond
 //! loopback refuses requests without its token, and a browser logs in with it. Each page's
@@ -564,6 +565,25 @@ fn the_console_shows_lag_dead_letters_and_replays_once_in_a_browser() {
         );
     }
     browser.screenshot("record");
+
+    // Find a message by a JSON field and its key, as `steadfast find` does.
+    browser.goto("/find");
+    browser.fill("#find input[name=topic]", &topic);
+    browser.fill("#find input[name=key]", &key_of(42));
+    browser.fill("#find input[name=json_field]", "n=42");
+    browser.click("#find button");
+    let summary = browser.must_text("#find-summary");
+    assert!(summary.ends_with("; 1 match(es)."), "{summary}");
+    assert!(
+        summary.starts_with(&format!("Scanned {ITEMS} record(s)")),
+        "{summary}"
+    );
+    assert_eq!(browser.count("#found tbody tr"), 1);
+    assert_eq!(browser.must_text("#found .key"), key_of(42));
+    assert!(browser
+        .must_text("#found .value")
+        .contains("\"id\":\"item-0042\""));
+    browser.screenshot("find");
 
     // The fix, then a replay of one key's dead letters through the pages.
     app.buggy.store(false, Ordering::SeqCst);

@@ -46,6 +46,7 @@ pub(crate) fn page_with(title: &str, refresh_seconds: Option<u32>, body: Markup)
                     span.brand { "steadfast" }
                     a href="/" { "Overview" }
                     a href="/dlq" { "Dead letters" }
+                    a href="/find" { "Find" }
                     a href="/pods" { "Pods" }
                 }
                 main { (body) }

@@ -1,8 +1,8 @@
 //! `steadfast console`: a web console served by the binary. Server-rendered pages (no
 //! JavaScript; charts are inline SVG; pages that follow a change reload themselves) over any
 //! Kafka-protocol server: topics, consumer groups with lag and its last hour, dead-letter
-//! topics with a browser and replay (the library code `steadfast dlq replay` runs), and the
-//! workers' probes.
+//! topics with a browser and replay (the library code `steadfast dlq replay` runs), a search
+//! for messages (`steadfast find`'s), and the workers' probes.
 //!
 //! Safe by default: it binds 127.0.0.1 and answers only requests addressed to a loopback
 //! name; beyond loopback it refuses to start without a token, and then every request needs
@@ -15,6 +15,7 @@ mod auth;
 mod cluster;
 mod dlq_pages;
 mod error;
+mod find_page;
 mod group_page;
 mod history;
 mod layout;
@@ -121,6 +122,7 @@ fn router(console: Shared) -> Router {
         .route("/dlq/replay/preview", post(dlq_pages::preview))
         .route("/dlq/replay", post(dlq_pages::start))
         .route("/replays/{job}", get(dlq_pages::progress))
+        .route("/find", get(find_page::page))
         .route("/pods", get(pods::page))
         .route_layer(axum::middleware::from_fn_with_state(
             console.clone(),

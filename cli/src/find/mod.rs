@@ -10,9 +10,9 @@
 //! (producer-set times out of order), a record older than `--until` written after one newer
 //! than it is not read.
 
-mod filter;
+pub(crate) mod filter;
 mod output;
-mod scan;
+pub(crate) mod scan;
 
 use std::io::IsTerminal;
 use std::num::NonZeroU64;
@@ -22,9 +22,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::message::{Headers as _, Message as _};
 
-use self::filter::{Candidate, Filter, HeaderMatch, JsonFieldMatch};
+pub(crate) use self::filter::{Candidate, Filter, HeaderMatch, JsonFieldMatch};
 use self::output::{Format, Printer};
-use self::scan::{Flow, Range};
+use self::scan::Flow;
+pub(crate) use self::scan::Range;
 use crate::client::Connection;
 use crate::time::parse_rfc3339_ms;
 
@@ -88,17 +89,40 @@ pub(crate) async fn find(args: FindArgs) -> anyhow::Result<()> {
 
 /// What a search did, for the summary on standard error.
 #[derive(Debug, Default)]
-struct Tally {
-    scanned: u64,
-    matched: u64,
-    stopped_at_limit: bool,
+pub(crate) struct Tally {
+    /// Records read.
+    pub(crate) scanned: u64,
+    /// Records that matched.
+    pub(crate) matched: u64,
+    /// Whether the search stopped at the limit.
+    pub(crate) stopped_at_limit: bool,
 }
 
-fn find_blocking(args: &FindArgs, filter: &Filter) -> anyhow::Result<()> {
-    let topic = args.topic.as_str();
-    let consumer = scan::reader(&args.connection)?;
+/// What a search read, and what it found.
+#[derive(Debug)]
+pub(crate) struct Searched {
+    /// The offsets read, per partition.
+    pub(crate) ranges: Vec<Range>,
+    /// Counts.
+    pub(crate) tally: Tally,
+}
+
+/// Searches `topic` (or one `partition` of it) for records `filter` matches, partition by
+/// partition in ascending offset order, stopping after `limit` matches. `progress` is told
+/// the offsets read so far and in all, `found` each match (its partition, offset and the
+/// record). Blocking.
+pub(crate) fn search(
+    connection: &Connection,
+    topic: &str,
+    partition: Option<i32>,
+    filter: &Filter,
+    limit: Option<NonZeroU64>,
+    mut progress: impl FnMut(&Range, u64, u64),
+    mut found: impl FnMut(i32, i64, &Candidate<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<Searched> {
+    let consumer = scan::reader(connection)?;
     let all = scan::partitions(&consumer, topic)?;
-    let partitions = match args.partition {
+    let partitions = match partition {
         None => all,
         Some(p) if all.contains(&p) => vec![p],
         Some(p) => bail!(
@@ -108,23 +132,15 @@ fn find_blocking(args: &FindArgs, filter: &Filter) -> anyhow::Result<()> {
     };
     let (from, until) = filter.time_range();
     let ranges = scan::ranges(&consumer, topic, &partitions, from, until)?;
-    let bar = progress_bar(ranges.iter().map(Range::len).sum());
-    let format = if args.json {
-        Format::JsonLines
-    } else {
-        Format::Table
-    };
-    let mut printer = Printer::new(std::io::stdout().lock(), format);
-    bar.suspend(|| printer.begin())
-        .context("writing to standard output")?;
+    let total: u64 = ranges.iter().map(Range::len).sum();
     let mut tally = Tally::default();
     let mut done_before = 0u64;
     for range in &ranges {
-        bar.set_message(format!("{topic}/{}", range.partition));
+        progress(range, done_before, total);
         let flow = scan::read_range(&consumer, topic, *range, |m| {
             tally.scanned += 1;
             let read = u64::try_from(m.offset() + 1 - range.start).unwrap_or(0);
-            bar.set_position(done_before + read);
+            progress(range, done_before + read, total);
             let headers: Vec<(&str, Option<&[u8]>)> = m
                 .headers()
                 .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
@@ -138,10 +154,9 @@ fn find_blocking(args: &FindArgs, filter: &Filter) -> anyhow::Result<()> {
             if !filter.matches(&record) {
                 return Ok(Flow::Continue);
             }
-            bar.suspend(|| printer.record(topic, m.partition(), m.offset(), &record))
-                .context("writing to standard output")?;
+            found(m.partition(), m.offset(), &record)?;
             tally.matched += 1;
-            if args.limit.is_some_and(|n| tally.matched >= n.get()) {
+            if limit.is_some_and(|n| tally.matched >= n.get()) {
                 tally.stopped_at_limit = true;
                 return Ok(Flow::Stop);
             }
@@ -152,9 +167,42 @@ fn find_blocking(args: &FindArgs, filter: &Filter) -> anyhow::Result<()> {
             break;
         }
     }
+    Ok(Searched { ranges, tally })
+}
+
+fn find_blocking(args: &FindArgs, filter: &Filter) -> anyhow::Result<()> {
+    let topic = args.topic.as_str();
+    let format = if args.json {
+        Format::JsonLines
+    } else {
+        Format::Table
+    };
+    let mut printer = Printer::new(std::io::stdout().lock(), format);
+    let bar = progress_bar(0);
+    let mut current = None;
+    printer.begin().context("writing to standard output")?;
+    let searched = search(
+        &args.connection,
+        topic,
+        args.partition,
+        filter,
+        args.limit,
+        |range, done, total| {
+            if current != Some(range.partition) {
+                current = Some(range.partition);
+                bar.set_length(total);
+                bar.set_message(format!("{topic}/{}", range.partition));
+            }
+            bar.set_position(done);
+        },
+        |partition, offset, record| {
+            bar.suspend(|| printer.record(topic, partition, offset, record))
+                .context("writing to standard output")
+        },
+    )?;
     bar.finish_and_clear();
     printer.finish().context("writing to standard output")?;
-    eprintln!("{}", summary(topic, &ranges, &tally));
+    eprintln!("{}", summary(topic, &searched.ranges, &searched.tally));
     Ok(())
 }
 
