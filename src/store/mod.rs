@@ -32,6 +32,7 @@
 //! million times a second. The Postgres backend keeps its counters in a table and needs no
 //! such seed; the memory backend lives and dies with the process.
 
+mod coalesce;
 pub mod conformance;
 pub(crate) mod guards;
 mod handles;

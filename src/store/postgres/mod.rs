@@ -203,6 +203,20 @@ async fn query_opt(
         .map_err(StoreError::from)
 }
 
+/// Runs one statement on a pooled connection; the rows it returned.
+async fn query(
+    pool: &Pool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, StoreError> {
+    let client = pooled(pool).await?;
+    let statement = client.prepare_cached(sql).await.map_err(StoreError::from)?;
+    client
+        .query(&statement, params)
+        .await
+        .map_err(StoreError::from)
+}
+
 /// A time-to-live as the whole milliseconds the statements take (`$n::bigint`).
 fn ttl_param(ttl: Duration) -> i64 {
     i64::try_from(ttl_ms(ttl)).unwrap_or(i64::MAX)

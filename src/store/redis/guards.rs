@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::coalesce::Coalesced;
+use super::coalesce::{CoalescedScript, ScriptRuns};
 use super::lock::TOKEN_MEMORY;
 use super::lua::{COMPARE_INTEGERS, NOW_US};
 use super::Keys;
@@ -112,20 +112,20 @@ return answers
 });
 
 /// [`GuardStore`] in Redis; see the module docs. Concurrent `enter` and `exit` calls share
-/// script runs ([`Coalesced`]).
+/// script runs ([`ScriptRuns`]).
 #[derive(Clone, Debug)]
 pub(crate) struct RedisGuards {
     conn: ConnectionManager,
     keys: Keys,
-    enter: Coalesced,
-    exit: Coalesced,
+    enter: CoalescedScript,
+    exit: CoalescedScript,
 }
 
 impl RedisGuards {
     pub(super) fn new(conn: ConnectionManager, keys: Keys) -> Self {
         RedisGuards {
-            enter: Coalesced::new(&ENTER, 2, conn.clone()),
-            exit: Coalesced::new(&EXIT, 1, conn.clone()),
+            enter: ScriptRuns::coalesced(&ENTER, 2, conn.clone()),
+            exit: ScriptRuns::coalesced(&EXIT, 1, conn.clone()),
             conn,
             keys,
         }
@@ -178,7 +178,7 @@ impl GuardStore for RedisGuards {
                 .unwrap_or_default(),
             ttl_ms(entry.dedup_lease).to_string(),
         ];
-        let answer = self.enter.call(keys, args).await?;
+        let answer = self.enter.call((keys, args)).await?;
         let (code, text): (i64, String) = match answer.as_slice() {
             [code, text] => (
                 redis::from_redis_value_ref(code).map_err(|e| unexpected("enter", e))?,
@@ -238,7 +238,7 @@ impl GuardStore for RedisGuards {
             ttl_ms(exit.ttl).to_string(),
             version_text(exit.advance),
         ];
-        self.exit.call(keys, args).await.map(drop)
+        self.exit.call((keys, args)).await.map(drop)
     }
 }
 
@@ -528,9 +528,9 @@ mod tests {
             "the second entry of k0 finds it held: {k0:?}"
         );
         assert!(
-            guards.enter.invocations() < 201,
+            guards.enter.operations() < 201,
             "201 concurrent calls took {} script runs",
-            guards.enter.invocations()
+            guards.enter.operations()
         );
         let exits = granted.iter().map(|(i, token)| {
             let guards = guards.clone();
