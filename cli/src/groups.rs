@@ -362,17 +362,19 @@ impl GroupView {
     }
 }
 
-/// Describes `group`: its state and members, and offsets and lag of `topics` (none given:
-/// every topic it is assigned or has committed offsets for). Blocking.
+/// Describes `group`: its state and members (with the static members' instance ids when
+/// `instance_ids`: one more request to the coordinator), and offsets and lag of `topics`
+/// (none given: every topic it is assigned or has committed offsets for). Blocking.
 pub(crate) fn describe_view(
     connection: &Connection,
     group: &str,
     topics: &[String],
+    instance_ids: bool,
 ) -> anyhow::Result<GroupView> {
     let admin = tool_consumer(connection, None)?;
     let group_consumer = tool_consumer(connection, Some(group))?;
     let state = group_state(&admin, group)?;
-    let (instance_ids, instance_ids_error) = if state.members.is_empty() {
+    let (instance_ids, instance_ids_error) = if state.members.is_empty() || !instance_ids {
         (HashMap::new(), None)
     } else {
         match wire::instance_ids(connection.bootstrap(), group, TIMEOUT) {
@@ -464,7 +466,7 @@ pub(crate) fn describe_view(
 }
 
 fn describe(connection: &Connection, group: &str, topics: &[String]) -> anyhow::Result<()> {
-    let view = describe_view(connection, group, topics)?;
+    let view = describe_view(connection, group, topics, true)?;
     let mut out = std::io::stdout().lock();
     if let Some(e) = &view.instance_ids_error {
         eprintln!("note: instance ids unavailable: {e}");

@@ -314,6 +314,16 @@ impl Browser<'_> {
         })
     }
 
+    /// The attribute `name` of the first element matching `css`.
+    fn attr(&self, css: &str, name: &str) -> String {
+        self.env
+            .rt
+            .block_on(async { self.element(css).await?.attr(name).await })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no {name} on {css} at {}", self.url()))
+    }
+
     fn count(&self, css: &str) -> usize {
         self.env
             .rt
@@ -391,9 +401,15 @@ fn http_status(base: &str, method: &str, path: &str, headers: &[(&str, &str)], b
     let address = base.trim_start_matches("http://");
     let mut stream = TcpStream::connect(address).expect("console answers");
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("Host: {address}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -496,25 +512,34 @@ fn the_console_shows_lag_dead_letters_and_replays_once_in_a_browser() {
     // exactly the gated items; then the gate opens in steps and the lag falls with each.
     browser.goto(&format!("/groups/{group}"));
     let mut below = GATED_FROM;
-    let mut lags = Vec::new();
     loop {
         let expected = (ITEMS - below).to_string();
-        lags.push(
-            browser.reload_until("#total-lag", &format!("a lag of {expected}"), |t| {
-                t == expected
-            }),
-        );
+        browser.reload_until("#total-lag", &format!("a lag of {expected}"), |t| {
+            t == expected
+        });
+        // Each step seen by the sampler too, so that the chart shows it.
+        browser.reload_until("#sampled-lag", "a sample of this step", |t| t == expected);
         if below == ITEMS {
             break;
         }
-        // Each step seen by the sampler too, so that the chart shows it.
-        browser.reload_until("#sampled-lag", "a sample of this step", |t| t == expected);
         below += (ITEMS - GATED_FROM) / 3;
         open_gate.send(below).expect("the gate opens further");
     }
-    assert_eq!(lags, ["300", "200", "100", "0"]);
     assert_eq!(browser.must_text("#state"), "Stable");
-    assert!(browser.count("figure.chart polyline") >= 1, "a lag chart");
+    // The chart's total line went through every step: at least four heights, ending at 0
+    // (the bottom of the plot, y = 180).
+    let points = browser.attr("figure.chart polyline", "points");
+    let heights: Vec<&str> = points
+        .split(' ')
+        .filter_map(|p| p.split(',').nth(1))
+        .collect();
+    let distinct: BTreeSet<&str> = heights.iter().copied().collect();
+    assert!(distinct.len() >= 4, "the lag chart's total: {points}");
+    assert_eq!(
+        heights.last(),
+        Some(&"180.0"),
+        "the lag chart's total: {points}"
+    );
     browser.screenshot("group");
 
     // The overview lists the test's topics, its group and its dead-letter topic.
@@ -583,6 +608,11 @@ fn the_console_shows_lag_dead_letters_and_replays_once_in_a_browser() {
     assert!(browser
         .must_text("#found .value")
         .contains("\"id\":\"item-0042\""));
+    assert_eq!(
+        browser.count("#found img"),
+        0,
+        "record bytes rendered as markup"
+    );
     browser.screenshot("find");
 
     // The fix, then a replay of one key's dead letters through the pages.
@@ -616,6 +646,7 @@ fn the_console_shows_lag_dead_letters_and_replays_once_in_a_browser() {
     assert!(browser.url().contains(&format!("key={key}")));
     browser.click("#replay button");
     assert_eq!(browser.must_text("#would-replay"), chosen.len().to_string());
+    let replay_id = browser.must_text("#replay-id");
     assert_eq!(browser.count("#preview tbody tr"), chosen.len());
     assert_eq!(
         env.end(&topic, PARTITIONS),
@@ -668,14 +699,30 @@ fn the_console_shows_lag_dead_letters_and_replays_once_in_a_browser() {
     assert!(pod.contains("Breaker closed"), "{pod}");
     browser.screenshot("pods");
 
-    // A form without the console's form token, and one from another site, change nothing.
-    let body = format!("form=forged&topic={dlq}&replay_id=x&confirm=yes");
+    // Forms: without the console's form token, from another site, unconfirmed, or whose
+    // plan is not the preview's, a replay does not start; nor does a request addressed to
+    // a name that is not loopback (DNS rebinding) get an answer.
+    browser.goto(&format!("/dlq?topic={dlq}"));
+    let form_token = browser.attr("#replay input[name=form]", "value");
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
-    assert_eq!(http_status(&base, "POST", "/dlq/replay", &form, &body), 403);
+    let post = |headers: &[(&str, &str)], body: &str| {
+        http_status(&base, "POST", "/dlq/replay", headers, body)
+    };
+    let confirmed = format!("topic={dlq}&key={key}&replay_id={replay_id}&confirm=yes&plan=0%3A0");
+    assert_eq!(post(&form, &format!("form=forged&{confirmed}")), 403);
+    let real = format!("form={form_token}&{confirmed}");
     let cross = [form[0], ("Origin", "http://evil.example")];
+    assert_eq!(post(&cross, &real), 403);
+    let fetched = [form[0], ("Sec-Fetch-Site", "cross-site")];
+    assert_eq!(post(&fetched, &real), 403);
+    let unconfirmed = real.replace("&confirm=yes", "");
+    assert_eq!(post(&form, &unconfirmed), 400);
+    assert_eq!(post(&form, &real), 409, "a plan that is not the preview's");
+    let rebound = [("Host", "evil.example:80")];
+    assert_eq!(http_status(&base, "GET", "/", &rebound, ""), 403);
     assert_eq!(
-        http_status(&base, "POST", "/dlq/replay", &cross, &body),
-        403
+        env.end(&topic, PARTITIONS),
+        end_before + chosen.len() as i64
     );
 
     // Beyond loopback: refused without a token, a token given, every request needs it.
@@ -708,6 +755,10 @@ fn the_console_shows_lag_dead_letters_and_replays_once_in_a_browser() {
     };
     logged.goto("/");
     assert!(logged.url().contains("/login"), "sent to the login page");
+    logged.fill("input[name=token]", "not-the-token-at-all-no");
+    logged.click("form button");
+    assert_eq!(logged.must_text("p.error"), "That is not the token.");
+    assert!(logged.url().contains("/login"));
     logged.fill("input[name=token]", TOKEN);
     logged.screenshot("login");
     logged.click("form button");

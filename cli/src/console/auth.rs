@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 
-use super::access::{cross_site, is_loopback_host, same, COOKIE};
+use super::access::{is_loopback_host, local_path, same};
 use super::error::ConsoleError;
 use super::layout;
 use super::state::Shared;
@@ -41,7 +41,7 @@ pub(crate) async fn guard_request(
              start it with --token to use it from elsewhere"
         ))
     } else if request.method() != Method::GET && request.method() != Method::HEAD {
-        cross_site(headers, &host)
+        console.auth.cross_site(headers, &host)
     } else {
         None
     };
@@ -124,7 +124,7 @@ fn login_form(console: &Shared, next: Option<&str>, failed: Option<&str>) -> mau
             } @else {
                 @if let Some(why) = failed { p.error { (why) } }
                 form method="post" action="/login" {
-                    input type="hidden" name="form" value=(console.auth.form_token());
+                    input type="hidden" name="form" value=(console.auth.login_token());
                     input type="hidden" name="next" value=(next.unwrap_or("/"));
                     label { "Token " input type="password" name="token" autofocus; }
                     " "
@@ -148,7 +148,7 @@ pub(crate) async fn login(
     State(console): State<Shared>,
     Form(login): Form<LoginForm>,
 ) -> Result<Response, ConsoleError> {
-    console.auth.check_form(&login.form)?;
+    console.auth.check_login_form(&login.form)?;
     let Some(token) = &console.auth.token else {
         return Ok(Redirect::to("/").into_response());
     };
@@ -161,13 +161,7 @@ pub(crate) async fn login(
         return Ok((StatusCode::UNAUTHORIZED, page).into_response());
     }
     // Only a path of this console: never `//elsewhere` or a full URL.
-    let next = login
-        .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
-        .unwrap_or_else(|| "/".to_owned());
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        console.auth.session
-    );
-    Ok(([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response())
+    let next = local_path(login.next.as_deref());
+    let cookie = console.auth.cookie();
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to(next)).into_response())
 }

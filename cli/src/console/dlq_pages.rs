@@ -319,6 +319,32 @@ pub(crate) struct ReplayForm {
     replay_id: String,
     #[serde(default)]
     confirm: String,
+    /// The previewed plan's digest: the replay starts only if it still holds.
+    #[serde(default)]
+    plan: String,
+}
+
+/// A digest of what a dry run would replay (each record and where it goes), so that a
+/// confirmation replays what its preview showed: records dead-lettered (or replayed) since
+/// make the start refuse.
+fn plan_digest(report: &ReplayReport) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    report.replay_id.hash(&mut hasher);
+    for r in &report.replayed {
+        r.of.hash(&mut hasher);
+        r.topic.hash(&mut hasher);
+        r.partition.hash(&mut hasher);
+    }
+    format!("{}:{:016x}", report.replayed.len(), hasher.finish())
+}
+
+/// A dry run of `selection`.
+async fn dry_run(console: &Shared, selection: &Selection) -> Result<ReplayReport, ConsoleError> {
+    Ok(console
+        .dlq
+        .replay(selection, ReplayOptions::default().with_dry_run(true))
+        .await?)
 }
 
 /// `POST /dlq/replay/preview`: a dry run of the selection, with the confirmation form.
@@ -328,10 +354,7 @@ pub(crate) async fn preview(
 ) -> Result<Markup, ConsoleError> {
     console.auth.check_form(&form.form)?;
     let selection = form.filters.selection()?;
-    let report = console
-        .dlq
-        .replay(&selection, ReplayOptions::default().with_dry_run(true))
-        .await?;
+    let report = dry_run(&console, &selection).await?;
     Ok(render_preview(&console, &form.filters, &report))
 }
 
@@ -364,6 +387,7 @@ fn render_preview(console: &Shared, filters: &Filters, report: &ReplayReport) ->
             form #confirm method="post" action="/dlq/replay" {
                 input type="hidden" name="form" value=(console.auth.form_token());
                 input type="hidden" name="replay_id" value=(report.replay_id);
+                input type="hidden" name="plan" value=(plan_digest(report));
                 (filters.hidden())
                 label { input type="checkbox" name="confirm" value="yes" required; " Produce these " (n) " record(s) to their original topics" }
                 " "
@@ -391,6 +415,14 @@ pub(crate) async fn start(
         ));
     }
     let selection = form.filters.selection()?;
+    let now = dry_run(&console, &selection).await?;
+    if now.replay_id != form.replay_id.trim() || plan_digest(&now) != form.plan {
+        return Err(ConsoleError::Conflict(format!(
+            "the selection changed since the preview (it would now replay {} record(s)): \
+             preview it again",
+            now.replayed.len()
+        )));
+    }
     let job = console.replays.start(
         &console.dlq,
         selection,

@@ -20,6 +20,10 @@ pub(crate) enum ConsoleError {
     /// Nothing is there.
     #[error("{0}")]
     NotFound(String),
+    /// The request no longer fits what is there (a replay whose selection changed since its
+    /// preview).
+    #[error("{0}")]
+    Conflict(String),
     /// Kafka (or a dead-letter operation) failed.
     #[error("{0:#}")]
     Kafka(anyhow::Error),
@@ -38,11 +42,26 @@ impl From<anyhow::Error> for ConsoleError {
 }
 
 impl ConsoleError {
-    fn status(&self) -> StatusCode {
+    /// The HTTP status it answers with.
+    pub(crate) fn status(&self) -> StatusCode {
+        use steadfast::dlq::DlqError;
         match self {
-            ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ConsoleError::BadRequest(_) | ConsoleError::Dlq(DlqError::InvalidSelection(_)) => {
+                StatusCode::BAD_REQUEST
+            }
             ConsoleError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
+            ConsoleError::NotFound(_)
+            | ConsoleError::Dlq(DlqError::UnknownTopic(_) | DlqError::NoSuchRecord { .. }) => {
+                StatusCode::NOT_FOUND
+            }
+            ConsoleError::Conflict(_)
+            | ConsoleError::Dlq(
+                DlqError::ForeignOriginalTopic { .. }
+                | DlqError::MissingOriginalTopic { .. }
+                | DlqError::UnknownOriginalTopic { .. }
+                | DlqError::ReplayIdInUse { .. }
+                | DlqError::ProgressTooLarge { .. },
+            ) => StatusCode::CONFLICT,
             ConsoleError::Config(_)
             | ConsoleError::Kafka(_)
             | ConsoleError::Dlq(_)

@@ -17,7 +17,8 @@ pub(crate) async fn page(
 ) -> Result<Markup, ConsoleError> {
     let c = console.clone();
     let g = group.clone();
-    let view = tokio::task::spawn_blocking(move || describe_view(&c.connection, &g, &[])).await??;
+    let view =
+        tokio::task::spawn_blocking(move || describe_view(&c.connection, &g, &[], true)).await??;
     if !view.state.exists() && view.partitions.is_empty() {
         return Err(ConsoleError::NotFound(format!("no consumer group {group}")));
     }

@@ -50,6 +50,11 @@ pub(crate) struct ConsoleArgs {
     /// cookie keeps the session), scripts send `Authorization: Bearer <token>`.
     #[arg(long, env = "STEADFAST_CONSOLE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The URL browsers use when a proxy in front of the console rewrites the Host header
+    /// (such as https://console.example.com): requests from that origin may change things,
+    /// and with https the session cookie is `Secure`.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
     /// A worker's probe endpoint (where it serves /metrics and /readyz), such as
     /// http://10.0.0.7:9100 (repeatable): shown on the pods page.
     #[arg(long = "worker", value_name = "URL")]
@@ -61,7 +66,7 @@ pub(crate) struct ConsoleArgs {
 
 /// Runs `steadfast console` until interrupted.
 pub(crate) async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
-    let auth = access::Auth::new(args.listen, args.token)?;
+    let auth = access::Auth::new(args.listen, args.token, args.public_url.as_deref())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
