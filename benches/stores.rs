@@ -157,6 +157,15 @@ impl Ledger {
     }
 }
 
+/// How long the ledger's batch rows wait for more records (`BENCH_LEDGER_LINGER_MS`;
+/// the runtime's default, 5 ms, without it).
+fn ledger_linger_ms() -> u64 {
+    std::env::var("BENCH_LEDGER_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
 /// The ledger as a batch handler: the batch's effect rows and balance updates in two
 /// statements, in the one transaction of the batch.
 #[derive(Debug, Clone, steadfast::Handler)]
@@ -544,6 +553,7 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
                 .group(&group)
                 .concurrency(2)
                 .max_batch(256)
+                .batch_linger(Duration::from_millis(ledger_linger_ms()))
                 .store_schema(&schema)
                 .store_key_prefix(&prefix)
                 .stale_drop(POSTGRES)
