@@ -655,7 +655,12 @@ fn the_console_shows_lag_dead_letters_and_replays_once_in_a_browser() {
     );
     browser.screenshot("replay-preview");
     browser.click("#confirm input[name=confirm]");
+    // One record a second: the replay runs for a second at least, and its page shows it
+    // running (it reloads itself) before it shows it finished.
+    browser.fill("#confirm input[name=rate]", "1");
     browser.click("#confirm button");
+    assert_eq!(browser.must_text("#replay-state"), "running");
+    browser.screenshot("replay-running");
     browser.reload_until("#replay-state", "the replay to finish", |s| s != "running");
     assert_eq!(browser.must_text("#replay-state"), "finished");
     assert_eq!(browser.must_text("#replayed"), chosen.len().to_string());

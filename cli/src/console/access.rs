@@ -139,11 +139,13 @@ impl Auth {
 
 /// Compares in time independent of where the strings differ.
 pub(crate) fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    // Every byte up to the longer length is compared, so where they differ does not show
+    // in the time taken (the longer length still does).
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let differ = (0..a.len().max(b.len())).fold(u8::from(a.len() != b.len()), |acc, i| {
+        acc | (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0))
+    });
+    differ == 0
 }
 
 /// Whether `host` (a Host header) names a loopback address.
@@ -313,6 +315,18 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(cross_site(&headers, host, None).is_some());
+    }
+
+    #[test]
+    fn tokens_are_the_same_only_byte_for_byte() {
+        assert!(same("a-token", "a-token"));
+        assert!(same("", ""));
+        for other in ["a-tokeN", "a-toke", "a-token-", "", "b-token"] {
+            assert!(!same("a-token", other), "{other:?}");
+            assert!(!same(other, "a-token"), "{other:?}");
+        }
+        // Bytes past the shorter one's end, equal to what it is padded with, still differ.
+        assert!(!same("ab", "ab\0"));
     }
 
     #[test]

@@ -322,6 +322,24 @@ pub(crate) struct ReplayForm {
     /// The previewed plan's digest: the replay starts only if it still holds.
     #[serde(default)]
     plan: String,
+    /// At most this many records a second (empty: no limit).
+    #[serde(default)]
+    rate: String,
+}
+
+impl ReplayForm {
+    /// The rate limit given, if any.
+    fn rate(&self) -> Result<Option<std::num::NonZeroU32>, ConsoleError> {
+        let text = self.rate.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            ConsoleError::BadRequest(format!(
+                "rate: `{text}` is not a number of records a second above 0"
+            ))
+        })
+    }
 }
 
 /// A digest of what a dry run would replay (each record and where it goes), so that a
@@ -391,6 +409,8 @@ fn render_preview(console: &Shared, filters: &Filters, report: &ReplayReport) ->
                 (filters.hidden())
                 label { input type="checkbox" name="confirm" value="yes" required; " Produce these " (n) " record(s) to their original topics" }
                 " "
+                label { "at most " input type="number" name="rate" min="1" size="6" placeholder="any"; " a second" }
+                " "
                 button.danger type="submit" { "Replay" }
             }
             p { a href=(format!("/dlq?{}", filters.query())) { "Back without replaying" } }
@@ -415,6 +435,7 @@ pub(crate) async fn start(
         ));
     }
     let selection = form.filters.selection()?;
+    let rate = form.rate()?;
     let now = dry_run(&console, &selection).await?;
     if now.replay_id != form.replay_id.trim() || plan_digest(&now) != form.plan {
         return Err(ConsoleError::Conflict(format!(
@@ -427,6 +448,7 @@ pub(crate) async fn start(
         &console.dlq,
         selection,
         form.replay_id.trim().to_owned(),
+        rate,
         form.filters.query(),
     );
     Ok(Redirect::to(&format!("/replays/{}", job.id)).into_response())

@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use steadfast::dlq::{Dlq, ReplayOptions, ReplayReport, Selection};
 
+/// Replays whose pages stay available (the running ones always do).
+const KEPT: usize = 100;
+
 /// A replay's state.
 #[derive(Debug)]
 pub(crate) struct Job {
@@ -49,13 +52,15 @@ impl Replays {
         jobs.get(&id).cloned()
     }
 
-    /// Starts replaying `selection` under `replay_id`, unless a replay under that id runs
+    /// Starts replaying `selection` under `replay_id` (at most `rate` records a second),
+    /// unless a replay under that id runs
     /// already: then that one is returned (a form sent twice starts one replay).
     pub(crate) fn start(
         &self,
         dlq: &Dlq,
         selection: Selection,
         replay_id: String,
+        rate: Option<std::num::NonZeroU32>,
         query: String,
     ) -> Arc<Job> {
         let job = {
@@ -75,11 +80,28 @@ impl Replays {
                 total: AtomicU64::new(0),
                 outcome: Mutex::new(None),
             });
+            // Finished replays beyond the newest KEPT are forgotten (their pages answer 404).
+            if jobs.len() >= KEPT {
+                let mut finished: Vec<u64> = jobs
+                    .iter()
+                    .filter(|(_, j)| !j.running())
+                    .map(|(id, _)| *id)
+                    .collect();
+                finished.sort_unstable();
+                let excess = jobs.len() + 1 - KEPT;
+                for old in finished.into_iter().take(excess) {
+                    jobs.remove(&old);
+                }
+            }
             jobs.insert(id, job.clone());
             job
         };
         let progress = job.clone();
-        let options = ReplayOptions::default()
+        let mut options = ReplayOptions::default();
+        if let Some(rate) = rate {
+            options = options.with_rate(rate);
+        }
+        let options = options
             .with_replay_id(replay_id)
             .with_by("steadfast console")
             .with_progress(move |p| {
