@@ -18,6 +18,7 @@ use std::future::Future;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -162,6 +163,19 @@ impl Drop for Env {
 /// A child process killed when dropped.
 struct Process(Child);
 
+/// A child process leading its own process group, which is killed whole when dropped:
+/// chromedriver and the browsers it starts, even when the test fails before it closes its
+/// session.
+struct ProcessGroup(Child);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -221,7 +235,7 @@ fn require_program(name: &str) -> PathBuf {
 }
 
 /// chromedriver on a free port, and a headless Chromium session through it.
-fn start_browser(env: &Env) -> (Process, Client) {
+fn start_browser(env: &Env) -> (ProcessGroup, Client) {
     let chromium = require_program("chromium");
     let driver = require_program("chromedriver");
     let port = free_port();
@@ -229,9 +243,10 @@ fn start_browser(env: &Env) -> (Process, Client) {
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("chromedriver starts");
-    let process = Process(child);
+    let process = ProcessGroup(child);
     eventually(Duration::from_secs(30), "chromedriver to listen", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
