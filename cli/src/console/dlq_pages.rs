@@ -484,7 +484,11 @@ pub(crate) async fn progress(
         html! {
             h1 { "Replay " span.mono { (job.replay_id) } }
             p { "State: " strong #replay-state { (state) } }
-            p { progress #replay-progress max=(total.max(1)) value=(done) {} " " span #replay-count { (done) " / " (total) } " record(s)" }
+            @if outcome.is_none() && total == 0 {
+                p.muted #replay-reading { "Reading the selection…" }
+            } @else {
+                p { progress #replay-progress max=(total.max(1)) value=(done) {} " " span #replay-count { (done) " / " (total) } " record(s)" }
+            }
             @match &outcome {
                 Some(Ok(report)) => p #replay-summary {
                     "Replayed " strong #replayed { (report.replayed.len()) } " record(s); "
