@@ -10,7 +10,7 @@ use steadfast::dlq::{Dlq, DlqRecord, ErrorClass, ReplayOptions, ReplayReport, Se
 use steadfast::policy::headers;
 
 use crate::client::Connection;
-use crate::text::safe;
+use crate::text::{cut, or_dash, safe};
 use crate::time::parse_rfc3339_ms;
 
 /// Options of `steadfast dlq`.
@@ -164,17 +164,7 @@ pub(crate) async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
 
 /// `text` made [`safe`] and cut to `max` characters, with `…` when cut.
 fn truncated(text: &str, max: usize) -> String {
-    let flat = safe(text);
-    if flat.chars().count() <= max {
-        return flat;
-    }
-    let mut out: String = flat.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
-fn or_dash<T: ToString>(v: Option<T>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+    cut(&safe(text), max)
 }
 
 fn original_text(r: &DlqRecord) -> String {

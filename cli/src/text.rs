@@ -31,6 +31,21 @@ pub(crate) fn shown(bytes: &[u8]) -> String {
     }
 }
 
+/// `text` cut to `max` characters, with `…` in place of the rest when cut.
+pub(crate) fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A value, or `-` without one.
+pub(crate) fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +57,14 @@ mod tests {
             "a\\x1b[2K\\r\\n\\t\\x07\\x9bb\\u{202e}c"
         );
         assert_eq!(safe("plain text, ünïcode"), "plain text, ünïcode");
+    }
+
+    #[test]
+    fn long_text_is_cut_by_characters() {
+        assert_eq!(cut("ünïcode", 7), "ünïcode");
+        assert_eq!(cut("ünïcode", 4), "ünï…");
+        assert_eq!(or_dash(None::<i32>), "-");
+        assert_eq!(or_dash(Some(3)), "3");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::cluster;
 use super::error::ConsoleError;
 use super::layout::{self, or_dash, segment, time_ms};
 use super::state::Shared;
+use crate::text::cut;
 use crate::time::parse_rfc3339_ms;
 
 /// Rows the list shows at most (the count says how many matched).
@@ -233,16 +234,6 @@ fn original(r: &DlqRecord) -> String {
         Some(o) => format!("{}/{}/{}", o.topic, or_dash(o.partition), or_dash(o.offset)),
         None => "-".to_owned(),
     }
-}
-
-/// `text` cut to `max` characters, with `…` when cut.
-fn cut(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 /// `GET /dlq/record/{topic}/{partition}/{offset}`: one record, every header decoded.

@@ -11,7 +11,8 @@ use super::error::ConsoleError;
 use super::layout::{self, time_ms};
 use super::state::Shared;
 use crate::find::filter::{parse_header, parse_json_field};
-use crate::find::{search, Filter, Range, Tally};
+use crate::find::{search, spans, Filter, Range, Tally};
+use crate::text::cut;
 use crate::time::parse_rfc3339_ms;
 
 /// Matches shown when no limit is given, and the most a page shows.
@@ -151,28 +152,16 @@ pub(crate) async fn page(
 }
 
 fn summary(ranges: &[Range], tally: &Tally) -> String {
-    let spans = ranges
-        .iter()
-        .map(|r| format!("partition {}: offsets {}..{}", r.partition, r.start, r.end))
-        .collect::<Vec<_>>()
-        .join(", ");
     let mut text = format!(
-        "Scanned {} record(s) ({spans}); {} match(es)",
-        tally.scanned, tally.matched
+        "Scanned {} record(s) ({}); {} match(es)",
+        tally.scanned,
+        spans(ranges),
+        tally.matched
     );
     if tally.stopped_at_limit {
         text.push_str("; stopped at the limit");
     }
     text
-}
-
-fn cut(text: &str) -> String {
-    if text.chars().count() <= VALUE_CHARS {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(VALUE_CHARS - 1).collect();
-    out.push('…');
-    out
 }
 
 fn render(form: &FindForm, result: Option<&(Vec<Range>, Tally, Vec<Found>)>) -> Markup {
@@ -205,7 +194,7 @@ fn render(form: &FindForm, result: Option<&(Vec<Range>, Tally, Vec<Found>)>) -> 
                                     td.mono {
                                         @for (name, value) in &f.headers { div { (name) "=" (value) } }
                                     }
-                                    td.mono.value { (f.value.as_deref().map_or_else(|| "-".to_owned(), cut)) }
+                                    td.mono.value { (f.value.as_deref().map_or_else(|| "-".to_owned(), |v| cut(v, VALUE_CHARS))) }
                                 }
                             }
                         }

@@ -85,10 +85,7 @@ fn ago(ms: i64) -> String {
     }
 }
 
-/// A value or `-`.
-pub(crate) fn or_dash<T: ToString>(value: Option<T>) -> String {
-    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
-}
+pub(crate) use crate::text::or_dash;
 
 /// One line of a chart: a name and its points (milliseconds since the epoch, value).
 #[derive(Debug)]

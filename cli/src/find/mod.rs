@@ -209,21 +209,26 @@ fn find_blocking(args: &FindArgs, filter: &Filter) -> anyhow::Result<()> {
 /// `scanned N record(s) of T (partition p: offsets a..b, …); M match(es)`, and why it stopped
 /// early when the limit did.
 fn summary(topic: &str, ranges: &[Range], tally: &Tally) -> String {
-    let spans = ranges
-        .iter()
-        .map(|r| format!("partition {}: offsets {}..{}", r.partition, r.start, r.end))
-        .collect::<Vec<_>>()
-        .join(", ");
     let mut text = format!(
-        "scanned {} record(s) of {} ({spans}); {} match(es)",
+        "scanned {} record(s) of {} ({}); {} match(es)",
         tally.scanned,
         crate::text::safe(topic),
+        spans(ranges),
         tally.matched
     );
     if tally.stopped_at_limit {
         text.push_str("; stopped at --limit");
     }
     text
+}
+
+/// The offsets a search read: `partition p: offsets a..b, …`.
+pub(crate) fn spans(ranges: &[Range]) -> String {
+    ranges
+        .iter()
+        .map(|r| format!("partition {}: offsets {}..{}", r.partition, r.start, r.end))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A bar of offsets read on a terminal; hidden otherwise.
