@@ -11,5 +11,7 @@ mod dlq_replay;
 mod durability;
 #[path = "find.rs"]
 mod find;
+#[path = "support.rs"]
+mod support;
 #[path = "users.rs"]
 mod users;

@@ -28,9 +28,10 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
-use steadfast::server::ServerHandle;
 use steadfast::{Context, Handler, HandlerError, Retry, Worker};
 use tokio_util::sync::CancellationToken;
+
+use crate::support::{eventually, Env};
 
 const STEADFAST: &str = env!("CARGO_BIN_EXE_steadfast");
 const PARTITIONS: i32 = 3;
@@ -103,62 +104,6 @@ impl Handler for Gated {
 // ---------------------------------------------------------------------------------------
 // Environment: server, worker, console, browser
 // ---------------------------------------------------------------------------------------
-
-struct Env {
-    rt: tokio::runtime::Runtime,
-    server_rt: tokio::runtime::Runtime,
-    server: Option<ServerHandle>,
-    bootstrap: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn start() -> Self {
-        let server_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("server runtime");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .expect("worker runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let server = server_rt.block_on(steadfast_testkit::start_server(&dir.path().join("data")));
-        Env {
-            bootstrap: server.bootstrap_servers(),
-            rt,
-            server_rt,
-            server: Some(server),
-            _dir: dir,
-        }
-    }
-
-    fn create_topic(&self, topic: &str, partitions: i32) {
-        self.server_rt.block_on(steadfast_testkit::create_topic(
-            &self.bootstrap,
-            topic,
-            partitions,
-            &[],
-        ));
-    }
-
-    /// The sum of the high watermarks of `topic`'s partitions.
-    fn end(&self, topic: &str, partitions: i32) -> i64 {
-        (0..partitions)
-            .map(|p| steadfast_testkit::watermarks(&self.bootstrap, topic, p).1)
-            .sum()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            self.server_rt.block_on(server.shutdown());
-        }
-    }
-}
 
 /// A child process killed when dropped.
 struct Process(Child);
@@ -269,15 +214,6 @@ fn start_browser(env: &Env) -> (ProcessGroup, Client) {
         )
         .expect("a Chromium session through chromedriver");
     (process, client)
-}
-
-/// Waits until `check` holds, polling, or fails saying what it waited for.
-fn eventually(limit: Duration, what: impl std::fmt::Display, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The browser, driven from the test thread.

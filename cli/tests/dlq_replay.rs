@@ -25,9 +25,10 @@ use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use steadfast::server::ServerHandle;
 use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerStats};
 use tokio_util::sync::CancellationToken;
+
+use crate::support::{eventually, Env};
 
 const STEADFAST: &str = env!("CARGO_BIN_EXE_steadfast");
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -38,48 +39,7 @@ const MESSAGES: usize = 1_000;
 // Environment: server, runtime, CLI, reading topics
 // ---------------------------------------------------------------------------------------
 
-/// An in-process server on its own runtime, and a runtime for workers; the test thread
-/// itself may block.
-struct Env {
-    rt: tokio::runtime::Runtime,
-    server_rt: tokio::runtime::Runtime,
-    server: Option<ServerHandle>,
-    bootstrap: String,
-    _dir: tempfile::TempDir,
-}
-
 impl Env {
-    fn start() -> Self {
-        let server_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("server runtime");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .expect("worker runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let server = server_rt.block_on(steadfast_testkit::start_server(&dir.path().join("data")));
-        Env {
-            bootstrap: server.bootstrap_servers(),
-            rt,
-            server_rt,
-            server: Some(server),
-            _dir: dir,
-        }
-    }
-
-    fn create_topic(&self, topic: &str, partitions: i32) {
-        self.server_rt.block_on(steadfast_testkit::create_topic(
-            &self.bootstrap,
-            topic,
-            partitions,
-            &[],
-        ));
-    }
-
     /// Runs `steadfast <args> -b <bootstrap>` to the end.
     fn cli(&self, args: &[&str]) -> Output {
         Command::new(STEADFAST)
@@ -101,13 +61,6 @@ impl Env {
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8(out.stdout).expect("UTF-8 output")
-    }
-
-    /// The sum of the high watermarks of `topic`'s partitions.
-    fn end(&self, topic: &str, partitions: i32) -> i64 {
-        (0..partitions)
-            .map(|p| steadfast_testkit::watermarks(&self.bootstrap, topic, p).1)
-            .sum()
     }
 
     /// Every record of `topic` from `starts` (per partition) to the current high watermarks.
@@ -181,14 +134,6 @@ impl Env {
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            self.server_rt.block_on(server.shutdown());
-        }
-    }
-}
-
 /// A record read back: its partition, payload and headers (values as text, `None` when
 /// null).
 #[derive(Debug, Clone)]
@@ -211,16 +156,6 @@ impl Copy {
             .rev()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_deref())
-    }
-}
-
-/// Waits until `check` holds, polling, or fails saying what it waited for. `what` is
-/// formatted only on failure, so it may show state gathered while waiting.
-fn eventually(limit: Duration, what: impl std::fmt::Display, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
