@@ -530,8 +530,9 @@ async fn delete_redis_keys(prefix: &str) {
     }
 }
 
-/// With `--batch`: the rows of one batch share their worker and `started_at` (read once per
-/// batch call). Batches held more than one transaction, and every transaction applied at a
+/// With `--batch`: the rows of one batch were written by one database transaction, so they
+/// share their `xmin` (`started_at` is not unique: two batch calls can start in the same
+/// microsecond). Batches held more than one transaction, and every transaction applied at a
 /// later attempt (it failed in place first) was applied alone: a record that fails in a batch
 /// is retried by itself.
 async fn check_batches(tag: &str, db: &tokio_postgres::Client, schema: &str) {
@@ -539,7 +540,7 @@ async fn check_batches(tag: &str, db: &tokio_postgres::Client, schema: &str) {
         .query_one(
             &format!(
                 "SELECT max(n), avg(n)::float8, count(*) FROM
-                     (SELECT count(*) AS n FROM {schema}.effects GROUP BY worker_pid, started_at) b"
+                     (SELECT count(*) AS n FROM {schema}.effects GROUP BY xmin::text) b"
             ),
             &[],
         )
@@ -554,9 +555,10 @@ async fn check_batches(tag: &str, db: &tokio_postgres::Client, schema: &str) {
     let shared: Vec<(String, i32, i64)> = db
         .query(
             &format!(
-                "SELECT e.txn, e.attempt, b.n FROM {schema}.effects e
-                 JOIN (SELECT worker_pid, started_at, count(*) AS n FROM {schema}.effects
-                       GROUP BY worker_pid, started_at) b USING (worker_pid, started_at)
+                "SELECT e.txn, e.attempt, b.n
+                 FROM (SELECT txn, attempt, xmin::text AS batch FROM {schema}.effects) e
+                 JOIN (SELECT xmin::text AS batch, count(*) AS n FROM {schema}.effects
+                       GROUP BY xmin::text) b USING (batch)
                  WHERE e.attempt > 1 AND b.n > 1"
             ),
             &[],
