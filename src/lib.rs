@@ -51,6 +51,7 @@
 
 mod broker;
 pub mod config;
+pub mod delay;
 pub mod dlq;
 mod error;
 pub mod handler;

@@ -1,6 +1,7 @@
 //! The typed producer: `Producer::send` lands a message on its type's topic under its key,
 //! encoded with its codec, where the returned delivery says; a handler's sends through its
-//! context carry a provenance header naming the record being handled, and headers of its own.
+//! context carry a provenance header naming the record being handled, and headers of its own;
+//! a handler's delayed sends reach the handler of a worker that relays them once due.
 
 use crate::support;
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use steadfast::message::headers::CAUSED_BY;
+use steadfast::message::headers::{self, CAUSED_BY, DELIVER_AT};
 use steadfast::producer::Delivery;
 use steadfast::{Context, Handler, HandlerError, Message as _, Producer, Record, Worker};
 use support::*;
@@ -171,6 +172,125 @@ async fn sends_land_where_their_delivery_says_and_a_handlers_name_their_cause() 
             "the receipt of {id} names the update it was sent for"
         );
         assert_eq!(header(r, "x-sent-by").as_deref(), Some("test"));
+    }
+    server.shutdown().await;
+}
+
+/// Handles updates: a `first-<n>` update sends `later-<n>` through its context, due
+/// `delay_ms(n)` after it is sent; a `later-<n>` update notes when it ran, when it was due and
+/// what caused it.
+#[derive(Clone)]
+struct Remind {
+    topic: String,
+    sent_at: Arc<Mutex<HashMap<String, i64>>>,
+    handled: Arc<Mutex<HashMap<String, Reminded>>>,
+}
+
+/// A handled reminder: when it ran, when it was due (`steadfast-deliver-at`), what caused it
+/// (`steadfast-caused-by`).
+type Reminded = (i64, Option<i64>, Option<String>);
+
+/// The delay of reminder `n`: 1 to 3 s.
+fn delay_ms(n: i64) -> u64 {
+    1_000 + (n as u64 * 337) % 2_000
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Handler for Remind {
+    type Message = Update;
+    const GROUP: &'static str = "reminders";
+
+    fn handle_message(
+        &self,
+        u: Update,
+        cx: &Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let this = self.clone();
+        let producer = cx.producer().cloned();
+        let header = |name: &str| cx.headers().get_str(name).map(str::to_owned);
+        let (due, cause) = (header(DELIVER_AT), header(CAUSED_BY));
+        async move {
+            if let Some(n) = u.id.strip_prefix("first-") {
+                let later = update(&u.key, u.version + 1, &format!("later-{n}"));
+                let record = Record::of(&later)
+                    .map_err(HandlerError::permanent)?
+                    .topic(this.topic.clone());
+                let delay = Duration::from_millis(delay_ms(u.version));
+                let when = std::time::SystemTime::now() + delay;
+                this.sent_at
+                    .lock()
+                    .insert(later.id.clone(), wall_ms() + delay.as_millis() as i64);
+                producer?
+                    .send_record_at(record, when)
+                    .await
+                    .map_err(HandlerError::transient)?;
+            } else {
+                let due = due.as_deref().and_then(headers::parse_time_ms);
+                this.handled.lock().insert(u.id, (wall_ms(), due, cause));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_relays_delayed_messages_hands_them_to_its_handler_once_due() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = steadfast_testkit::start_server(dir.path()).await;
+    let bootstrap = server.bootstrap_servers();
+    let (topic, group) = topic_and_group(&bootstrap, "remind", PARTITIONS).await;
+    let firsts: Vec<Update> = (0..30)
+        .map(|i| update(&format!("acct-{}", i % 6), i, &format!("first-{i}")))
+        .collect();
+    let produced = produce_keyed(
+        &bootstrap,
+        &topic,
+        &firsts.iter().map(record).collect::<Vec<_>>(),
+        10,
+    )
+    .await;
+    let handler = Remind {
+        topic: topic.clone(),
+        sent_at: Arc::default(),
+        handled: Arc::default(),
+    };
+    let running = spawn(
+        Worker::builder()
+            .brokers(&bootstrap)
+            .topic(&topic)
+            .group(&group)
+            .relay_delayed_messages(true)
+            .handler(handler.clone()),
+    );
+    eventually(Duration::from_secs(60), "every reminder handled", || {
+        handler.handled.lock().len() == firsts.len()
+    })
+    .await;
+    running.stop().await;
+    let sent_at = handler.sent_at.lock().clone();
+    let by_id: HashMap<String, (i32, i64)> =
+        firsts.iter().map(|u| u.id.clone()).zip(produced).collect();
+    for (id, (ran, due, cause)) in handler.handled.lock().iter() {
+        let n = id.strip_prefix("later-").expect("a reminder");
+        let due = due.unwrap_or_else(|| panic!("{id} carries no `{DELIVER_AT}`"));
+        // Sent with `now + delay` just before the handler noted it: within a few ms.
+        assert!(
+            (due - sent_at[id]).abs() < 50,
+            "{id}: due {due}, expected about {}",
+            sent_at[id]
+        );
+        assert!(*ran >= due, "{id} ran {} ms before it was due", due - ran);
+        let (partition, offset) = by_id[&format!("first-{n}")];
+        assert_eq!(
+            cause.as_deref(),
+            Some(format!("{topic}/{partition}/{offset}").as_str()),
+            "{id} names the update that sent it"
+        );
     }
     server.shutdown().await;
 }

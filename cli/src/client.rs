@@ -569,7 +569,7 @@ fn is_fatal(consumer: &BaseConsumer<GroupLog>, error: &KafkaError) -> bool {
 }
 
 /// Ctrl-C and (on Unix) SIGTERM, registered when installed.
-struct ShutdownSignals {
+pub(crate) struct ShutdownSignals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -578,7 +578,7 @@ struct ShutdownSignals {
 
 impl ShutdownSignals {
     /// Registers the handlers (the default actions no longer apply from here on).
-    fn install() -> anyhow::Result<Self> {
+    pub(crate) fn install() -> anyhow::Result<Self> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -596,7 +596,7 @@ impl ShutdownSignals {
     }
 
     /// Waits for the first signal.
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         #[cfg(unix)]
         {
             tokio::select! {

@@ -4,6 +4,7 @@
 
 mod client;
 mod console;
+mod delays;
 mod dlq;
 mod find;
 mod groups;
@@ -41,6 +42,8 @@ enum Command {
     /// Find records of a topic by key, header, JSON field and time (the time index bounds
     /// the scan); prints them as a table or JSON lines.
     Find(find::FindArgs),
+    /// Delayed messages: run the relay that delivers a topic's delayed records when due.
+    Delays(delays::DelaysArgs),
     /// Manage the embedded server's users file: salted credentials and topic/group rights.
     Users(users::UsersArgs),
     /// Serve the web console: topics, groups with lag, dead letters with replay, workers.
@@ -75,6 +78,7 @@ fn main() -> std::process::ExitCode {
             Command::Offsets(args) => groups::offsets(args).await,
             Command::Dlq(args) => dlq::dlq(args).await,
             Command::Find(args) => find::find(args).await,
+            Command::Delays(args) => delays::delays(args).await,
             Command::Users(args) => users::users(args),
             Command::Console(args) => console::run(args).await,
         }

@@ -5,6 +5,8 @@
 mod console;
 #[path = "consumer_groups.rs"]
 mod consumer_groups;
+#[path = "delays.rs"]
+mod delays;
 #[path = "dlq_replay.rs"]
 mod dlq_replay;
 #[path = "durability.rs"]

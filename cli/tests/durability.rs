@@ -2,9 +2,8 @@
 //! tail is truncated on start and everything before it is served.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +11,8 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Offset;
 use steadfast_testkit::*;
+
+use crate::support::ChildServer;
 
 fn payload_of(i: usize) -> Vec<u8> {
     format!("durable message {i:08} {}", "x".repeat(i % 64)).into_bytes()
@@ -121,56 +122,6 @@ async fn idempotent_acks_all_messages_survive_a_restart() {
     );
     assert_all_acknowledged_present(&acknowledged, &received);
     server.shutdown().await;
-}
-
-/// A server in a child process, so it can be killed with SIGKILL.
-struct ChildServer {
-    child: Child,
-    bootstrap: String,
-}
-
-impl ChildServer {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_steadfast"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn steadfast server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("address on the listening line")
-            .to_owned();
-        assert!(
-            line.contains("listening on"),
-            "unexpected first line: {line}"
-        );
-        ChildServer {
-            child,
-            bootstrap: addr,
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! What several of the command line's tests share: an embedded server on a runtime of its
 //! own beside a runtime for workers, and waiting for a condition.
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use steadfast::server::ServerHandle;
@@ -76,5 +79,62 @@ pub(crate) fn eventually(
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The server (`steadfast server`) in a child process, so it can be killed with SIGKILL.
+pub(crate) struct ChildServer {
+    child: Child,
+    pub(crate) bootstrap: String,
+}
+
+impl ChildServer {
+    /// Starts a server on a port of its choosing over `data_dir`.
+    pub(crate) fn start(data_dir: &Path) -> Self {
+        ChildServer::start_on(data_dir, "127.0.0.1:0")
+    }
+
+    /// Starts a server listening on `listen` over `data_dir`; returns once it listens.
+    pub(crate) fn start_on(data_dir: &Path, listen: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_steadfast"))
+            .args(["server", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn steadfast server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("address on the listening line")
+            .to_owned();
+        assert!(
+            line.contains("listening on"),
+            "unexpected first line: {line}"
+        );
+        ChildServer {
+            child,
+            bootstrap: addr,
+        }
+    }
+
+    /// SIGKILL, and reaps the process.
+    pub(crate) fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -127,6 +127,11 @@ pub struct WorkerConfig {
     pub shared_retry_topics: bool,
     /// Dead-letter topic; `<topic>.dlq` when unset. Env: `STEADFAST_DEAD_LETTER_TOPIC`.
     pub dead_letter_topic: Option<String>,
+    /// Run the relay of the source topic's delayed messages in this worker: it creates the
+    /// bucket topics (`<topic>.delay.<n>`) and joins `<topic>.delay-relay`, which delivers
+    /// records sent with [`crate::Producer::send_at`] to the topic when they are due
+    /// (docs/delayed-messages.md). Env: `STEADFAST_RELAY_DELAYED_MESSAGES`.
+    pub relay_delayed_messages: bool,
     /// Time limit of one handler attempt, in ms. Env: `STEADFAST_HANDLER_TIMEOUT_MS`.
     pub handler_timeout_ms: u64,
     /// How long a revoke or a shutdown waits for running handlers, in ms.
@@ -176,6 +181,7 @@ impl Default for WorkerConfig {
             retry_tiers_ms: Vec::new(),
             shared_retry_topics: false,
             dead_letter_topic: None,
+            relay_delayed_messages: false,
             handler_timeout_ms: 30_000,
             drain_timeout_ms: 10_000,
             commit_interval_ms: 1_000,
@@ -206,7 +212,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "steadfast.toml";
 ///
 /// A variable that sets a key of a policy table (`STEADFAST_DEDUP_STORE` sets `dedup.store`)
 /// turns the policy on, as a file with that table would.
-pub const ENV_OVERRIDES: [(&str, &str); 28] = [
+pub const ENV_OVERRIDES: [(&str, &str); 29] = [
     ("STEADFAST_BROKERS", "brokers"),
     ("STEADFAST_GROUP", "group"),
     ("STEADFAST_TOPIC", "topic"),
@@ -219,6 +225,7 @@ pub const ENV_OVERRIDES: [(&str, &str); 28] = [
     ("STEADFAST_RETRY_TIERS_MS", "retry_tiers_ms"),
     ("STEADFAST_SHARED_RETRY_TOPICS", "shared_retry_topics"),
     ("STEADFAST_DEAD_LETTER_TOPIC", "dead_letter_topic"),
+    ("STEADFAST_RELAY_DELAYED_MESSAGES", "relay_delayed_messages"),
     ("STEADFAST_HANDLER_TIMEOUT_MS", "handler_timeout_ms"),
     ("STEADFAST_DRAIN_TIMEOUT_MS", "drain_timeout_ms"),
     ("STEADFAST_COMMIT_INTERVAL_MS", "commit_interval_ms"),
@@ -600,11 +607,13 @@ fn env_value(key: &str, value: &str) -> toml::Value {
             .parse::<i64>()
             .map(toml::Value::Integer)
             .unwrap_or_else(|_| toml::Value::String(value.to_owned())),
-        "shared_retry_topics" | "stores.combine_calls" => match value.trim() {
-            "true" | "1" => toml::Value::Boolean(true),
-            "false" | "0" => toml::Value::Boolean(false),
-            _ => toml::Value::String(value.to_owned()),
-        },
+        "shared_retry_topics" | "relay_delayed_messages" | "stores.combine_calls" => {
+            match value.trim() {
+                "true" | "1" => toml::Value::Boolean(true),
+                "false" | "0" => toml::Value::Boolean(false),
+                _ => toml::Value::String(value.to_owned()),
+            }
+        }
         "retry_tiers_ms" => toml::Value::Array(
             value
                 .split(',')

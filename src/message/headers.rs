@@ -41,6 +41,13 @@ pub const DUE_AT: &str = "steadfast-due-at";
 /// partition finds the copies of its unfinished records by it, so no record is routed twice.
 pub const ROUTED_FROM: &str = "steadfast-routed-from";
 
+/// When a delayed record is due for delivery to its topic (RFC 3339), written by
+/// [`crate::Producer::send_at`] and kept on the record the relay delivers
+/// ([`crate::delay`]).
+pub const DELIVER_AT: &str = "steadfast-deliver-at";
+/// When a delayed record's hop out of its bucket topic is due (RFC 3339).
+pub const DELAY_HOP_AT: &str = "steadfast-delay-hop-at";
+
 /// The record a handler was handling when it sent this one through its context's producer
 /// ([`crate::Context::producer`]): `<topic>/<partition>/<offset>`.
 pub const CAUSED_BY: &str = "steadfast-caused-by";

@@ -7,18 +7,20 @@ mod record;
 
 pub use self::record::Record;
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::broker::owned_headers;
 use crate::config::{KafkaClient, WorkerConfig};
-use crate::message::headers::CAUSED_BY;
+use crate::delay::buckets;
+use crate::message::headers::{self, CAUSED_BY};
 use crate::message::Message;
 use crate::observe::trace::{self, send_span, Parent, TraceContext};
-use crate::policy::{OutgoingRecord, Sink};
+use crate::policy::{self, OutgoingRecord, Sink};
 use tracing::Instrument;
 
 /// How long a send may wait in librdkafka's queue and retries before it fails.
@@ -47,6 +49,14 @@ pub enum ProduceError {
     /// The producer could not be created from the settings.
     #[error("creating the producer: {0}")]
     Client(String),
+    /// The bucket topics of a delayed send could not be made ready.
+    #[error("sending a delayed record to `{topic}`: {source}")]
+    Delay {
+        /// The topic it was for.
+        topic: String,
+        /// What went wrong.
+        source: crate::delay::DelayError,
+    },
     /// The broker did not acknowledge the record (refused it, or it timed out).
     #[error("`{topic}` did not acknowledge the record: {reason}")]
     NotAcknowledged {
@@ -62,6 +72,9 @@ pub enum ProduceError {
 struct Lazy {
     config: ClientConfig,
     producer: OnceLock<Result<FutureProducer, String>>,
+    /// The topics whose bucket topics exist (made sure of on the first delayed send; held
+    /// while it runs, so concurrent first sends wait for one check).
+    delay_ready: tokio::sync::Mutex<HashSet<String>>,
 }
 
 /// Where sent records go.
@@ -125,6 +138,7 @@ impl Producer {
             backend: Arc::new(Backend::Kafka(Lazy {
                 config,
                 producer: OnceLock::new(),
+                delay_ready: tokio::sync::Mutex::new(HashSet::new()),
             })),
             caused_by: None,
             trace: None,
@@ -183,6 +197,73 @@ impl Producer {
             cx.write_to(&mut record.headers);
         }
         self.send_traced(record).instrument(span).await
+    }
+
+    /// Sends `message` to be delivered to its type's topic no earlier than `when` (at once if
+    /// that has passed): it waits in the topic's bucket topics until a relay delivers it
+    /// (docs/delayed-messages.md); the delivery names where it waits. Among delayed messages
+    /// of one key, the one due first is delivered first.
+    pub async fn send_at<M: Message>(
+        &self,
+        message: &M,
+        when: SystemTime,
+    ) -> Result<Delivery, ProduceError> {
+        self.send_record_at(Record::of(message)?, when).await
+    }
+
+    /// [`Producer::send_at`] `delay` from now.
+    pub async fn send_after<M: Message>(
+        &self,
+        message: &M,
+        delay: Duration,
+    ) -> Result<Delivery, ProduceError> {
+        self.send_at(message, SystemTime::now() + delay).await
+    }
+
+    /// [`Producer::send_at`] for a [`Record`]: its topic's bucket topics are created on the
+    /// first delayed send to it (the topic itself must exist).
+    pub async fn send_record_at(
+        &self,
+        mut record: Record,
+        when: SystemTime,
+    ) -> Result<Delivery, ProduceError> {
+        let deliver_at = match when.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(_) => 0,
+        };
+        record
+            .headers
+            .set(headers::DELIVER_AT, headers::format_time_ms(deliver_at));
+        let (bucket, hop_at) = match buckets::place(deliver_at, policy::now_ms()) {
+            buckets::Placement::Deliver => return self.send_record(record).await,
+            buckets::Placement::Hold => (1, deliver_at),
+            buckets::Placement::Bucket { bucket, hop_at_ms } => (bucket, hop_at_ms),
+        };
+        self.delay_ready(&record.topic).await?;
+        record
+            .headers
+            .set(headers::DELAY_HOP_AT, headers::format_time_ms(hop_at));
+        record.topic = buckets::bucket_topic(&record.topic, bucket);
+        self.send_record(record).await
+    }
+
+    /// Makes sure `topic`'s bucket topics exist, once per topic and producer.
+    async fn delay_ready(&self, topic: &str) -> Result<(), ProduceError> {
+        let Backend::Kafka(lazy) = self.backend.as_ref() else {
+            return Ok(());
+        };
+        let mut ready = lazy.delay_ready.lock().await;
+        if ready.contains(topic) {
+            return Ok(());
+        }
+        crate::delay::ensure_bucket_topics(&lazy.config, topic)
+            .await
+            .map_err(|source| ProduceError::Delay {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        ready.insert(topic.to_owned());
+        Ok(())
     }
 
     /// Sends `record` as it is.

@@ -120,6 +120,12 @@ impl<H> WorkerBuilder<H> {
         self.config.dead_letter_topic = Some(topic.into());
         self
     }
+    /// Runs the relay of the source topic's delayed messages in this worker
+    /// (`relay_delayed_messages`).
+    pub fn relay_delayed_messages(mut self, relay: bool) -> Self {
+        self.config.relay_delayed_messages = relay;
+        self
+    }
     /// Time limit of one handler attempt (default 30 s).
     pub fn handler_timeout(mut self, limit: Duration) -> Self {
         self.config.handler_timeout_ms = millis(limit);

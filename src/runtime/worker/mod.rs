@@ -32,6 +32,12 @@ use crate::observe::{self, Health, Meters};
 use crate::policy::{self, Routing, Sink, UserLayer};
 use crate::store::StoreHandles;
 
+/// A running delay relay: the token that stops it and its task.
+type RelayTask = (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<crate::delay::RelayStats, crate::delay::DelayError>>,
+);
+
 /// Runs a handler over a topic and its retry tiers. Built with [`Worker::builder`].
 #[derive(Debug)]
 pub struct Worker<H> {
@@ -187,6 +193,7 @@ impl<H: Handler> Worker<H> {
             &observed.meters,
             crate::producer::Producer::new(&self.config),
         );
+        let relay = self.start_relay(&topic, &shutdown).await?;
         let limits = self.limits();
         let worker_stopped = CancellationToken::new();
         let _stop_timers = worker_stopped.clone().drop_guard();
@@ -213,9 +220,39 @@ impl<H: Handler> Worker<H> {
         consume.run().await;
         consume.finish_commits().await;
         drop(consume);
-        Ok(self
+        let stats = self
             .close(consumer, &shared, &handler_shutdown, &worker_stopped)
-            .await)
+            .await;
+        if let Some((stop, task)) = relay {
+            stop.cancel();
+            match task.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "the delay relay stopped"),
+                Err(e) => tracing::error!(error = %e, "the delay relay's task failed"),
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Starts the relay of the topic's delayed messages when the worker runs one
+    /// (`relay_delayed_messages`), after making sure its bucket topics exist; it stops with
+    /// `shutdown` or when the worker stops.
+    async fn start_relay(
+        &self,
+        topic: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<RelayTask>, WorkerError> {
+        if !self.config.relay_delayed_messages {
+            return Ok(None);
+        }
+        let relay = crate::delay::Relay::new(topic, self.client_config(KafkaClient::Helper));
+        relay
+            .ensure_topics()
+            .await
+            .map_err(|e| WorkerError::broker(format!("the delay relay's topics: {e}")))?;
+        let stop = shutdown.child_token();
+        let task = tokio::spawn(relay.run(stop.clone()));
+        Ok(Some((stop, task)))
     }
 
     /// Binds the metrics and health endpoint when one is configured and serves it from now

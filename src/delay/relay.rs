@@ -1,0 +1,511 @@
+//! The relay: a consumer group (`<topic>.delay-relay`) over a topic's bucket topics that
+//! moves each delayed record on when its hop is due — to a shorter bucket, or to its topic
+//! once it is due for delivery.
+//!
+//! Per partition it keeps the records it read and has not yet moved (by offset) and wakes
+//! for the earliest hop; a record's offset is committed only once every record before it in
+//! the partition was moved and acknowledged, so a relay killed at any moment loses nothing:
+//! the next owner of the partition reads the unmoved records again (and may move some of them
+//! a second time, see docs/delayed-messages.md). A partition whose waiting records reach the
+//! buffer limit pauses until half of them have moved.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::buckets::{self, bucket_of, bucket_topic, place, Placement};
+use super::DelayError;
+use crate::broker::{headers_of, owned_headers};
+use crate::message::headers::{self, DELAY_HOP_AT, DELIVER_AT};
+use crate::message::Headers;
+use crate::policy;
+
+/// Records a partition holds in memory before it pauses.
+pub const DEFAULT_BUFFER_LIMIT: usize = 10_000;
+
+/// How long a record waits before its move is tried again after the broker refused it.
+const RETRY_MOVE_MS: i64 = 1_000;
+
+/// How long a stopping relay waits for moves in flight.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// What a relay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Records delivered to the topic.
+    pub delivered: u64,
+    /// Records moved to a shorter bucket.
+    pub hopped: u64,
+}
+
+/// Moves the delayed records of one topic through its buckets and delivers them when due.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    topic: String,
+    client: ClientConfig,
+    buffer_limit: usize,
+}
+
+impl Relay {
+    /// A relay for the delayed records of `topic`, its clients made from `client` (brokers
+    /// and security properties; group and offset settings are the relay's own).
+    pub fn new(topic: impl Into<String>, client: ClientConfig) -> Relay {
+        Relay {
+            topic: topic.into(),
+            client,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+        }
+    }
+
+    /// Records one partition holds before it pauses (default [`DEFAULT_BUFFER_LIMIT`]).
+    pub fn buffer_limit(mut self, limit: usize) -> Relay {
+        self.buffer_limit = limit.max(1);
+        self
+    }
+
+    /// The consumer group of the relays of the topic: `<topic>.delay-relay`.
+    pub fn group(&self) -> String {
+        format!("{}.delay-relay", self.topic)
+    }
+
+    /// Makes sure the topic exists and creates its bucket topics where missing (with its
+    /// partition count); returns that count.
+    pub async fn ensure_topics(&self) -> Result<i32, DelayError> {
+        super::ensure_bucket_topics(&self.client, &self.topic).await
+    }
+
+    /// Relays until `shutdown` is cancelled, then waits for the moves in flight, commits and
+    /// leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<RelayStats, DelayError> {
+        let context = RelayContext::default();
+        let revoked = context.revoked.clone();
+        let mut config = self.client.clone();
+        config
+            .set("group.id", self.group())
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // A member joining or leaving moves only the partitions that change owner: the
+            // others keep their records in memory instead of reading them again.
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        let consumer: StreamConsumer<RelayContext> = config
+            .create_with_context(context)
+            .map_err(|e| DelayError::Client(format!("creating the relay's consumer: {e}")))?;
+        let names = buckets::bucket_topics(&self.topic);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&refs)
+            .map_err(|e| DelayError::Client(format!("subscribing to {refs:?}: {e}")))?;
+        let mut producer_config = self.client.clone();
+        producer_config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "60000");
+        let producer: FutureProducer = producer_config
+            .create()
+            .map_err(|e| DelayError::Client(format!("creating the relay's producer: {e}")))?;
+        let mut state = State {
+            topic: self.topic.clone(),
+            limit: self.buffer_limit,
+            revoked,
+            partitions: HashMap::new(),
+            heap: BinaryHeap::new(),
+            epochs: 0,
+            stats: RelayStats::default(),
+        };
+        let mut moves = FuturesUnordered::new();
+        tracing::info!(topic = %self.topic, group = %self.group(), "delay relay started");
+        loop {
+            let wake = state.next_due().map(|due| {
+                let wait = u64::try_from(due - policy::now_ms()).unwrap_or(0);
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some((id, result)) = moves.next(), if !moves.is_empty() => state.moved(id, result),
+                () = sleep_until(wake), if wake.is_some() => {
+                    state.release(policy::now_ms(), &producer, &mut moves);
+                }
+                message = consumer.recv() => match message {
+                    Ok(message) => state.receive(&message),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delay relay: consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+            state.store_offsets(&consumer);
+            state.flow(&consumer);
+        }
+        let stopping = async {
+            while let Some((id, result)) = moves.next().await {
+                state.moved(id, result);
+            }
+        };
+        if tokio::time::timeout(STOP_WAIT, stopping).await.is_err() {
+            tracing::warn!(
+                "delay relay: moves still unacknowledged at stop (their records are read again)"
+            );
+        }
+        state.store_offsets(&consumer);
+        let stats = state.stats;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "delay relay: final commit");
+            }
+            drop(consumer);
+        })
+        .await
+        .map_err(|e| DelayError::Client(format!("closing the relay's consumer: {e}")))?;
+        tracing::info!(
+            delivered = stats.delivered,
+            hopped = stats.hopped,
+            "delay relay stopped"
+        );
+        Ok(stats)
+    }
+}
+
+/// Sleeps until `at` (the branch is off when there is none).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Notes the partitions a rebalance takes away, for the relay loop to forget.
+#[derive(Default)]
+struct RelayContext {
+    revoked: Arc<parking_lot::Mutex<Vec<(String, i32)>>>,
+}
+
+impl ClientContext for RelayContext {}
+
+impl ConsumerContext for RelayContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock();
+            revoked.extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition())),
+            );
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(
+                partitions = tpl.count(),
+                "delay relay: bucket partitions assigned"
+            );
+        }
+    }
+}
+
+/// A bucket topic's partition.
+type Tp = (Arc<str>, i32);
+
+/// A record read from a bucket and not yet moved.
+struct Waiting {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Headers,
+    /// When it is due for delivery (`None`: it carries no delivery time and goes to the
+    /// topic at once).
+    deliver_at: Option<i64>,
+    /// When it next moves.
+    due: i64,
+    moving: bool,
+}
+
+/// One assigned bucket partition.
+struct Partition {
+    epoch: u64,
+    records: BTreeMap<i64, Waiting>,
+    /// The offset after the last record read.
+    next: i64,
+    /// The offset last stored for commit.
+    stored: i64,
+    paused: bool,
+}
+
+/// A move in flight: which record, of which assignment of its partition, and where to.
+struct MoveId {
+    tp: Tp,
+    epoch: u64,
+    offset: i64,
+    delivered: bool,
+}
+
+type MoveResult = Result<
+    rdkafka::producer::future_producer::OwnedDeliveryResult,
+    futures::channel::oneshot::Canceled,
+>;
+
+struct State {
+    topic: String,
+    limit: usize,
+    revoked: Arc<parking_lot::Mutex<Vec<(String, i32)>>>,
+    partitions: HashMap<Tp, Partition>,
+    /// (due, partition, offset, epoch): entries whose record moved or changed are skipped.
+    heap: BinaryHeap<Reverse<(i64, Tp, i64, u64)>>,
+    epochs: u64,
+    stats: RelayStats,
+}
+
+impl State {
+    /// Forgets the partitions revoked since the last call: their records are read again by
+    /// their next owner, from the committed offset.
+    fn forget_revoked(&mut self) {
+        let revoked: Vec<(String, i32)> = std::mem::take(&mut *self.revoked.lock());
+        for (topic, partition) in revoked {
+            self.partitions
+                .retain(|(t, p), _| !(t[..] == topic && *p == partition));
+        }
+    }
+
+    fn next_due(&self) -> Option<i64> {
+        self.heap.peek().map(|Reverse((due, ..))| *due)
+    }
+
+    /// Takes in a record read from a bucket.
+    fn receive(&mut self, message: &BorrowedMessage<'_>) {
+        self.forget_revoked();
+        if bucket_of(&self.topic, message.topic()).is_none() {
+            return;
+        }
+        let tp: Tp = (Arc::from(message.topic()), message.partition());
+        let headers = headers_of(message, std::borrow::Cow::Borrowed);
+        let deliver_at = headers.get_str(DELIVER_AT).and_then(headers::parse_time_ms);
+        let hop_at = headers
+            .get_str(DELAY_HOP_AT)
+            .and_then(headers::parse_time_ms);
+        let now = policy::now_ms();
+        let due = match (deliver_at, hop_at) {
+            (Some(d), Some(h)) => d.min(h),
+            (Some(d), None) => d,
+            (None, _) => {
+                tracing::warn!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "a delayed record without `{DELIVER_AT}`: delivered now"
+                );
+                now
+            }
+        };
+        let offset = message.offset();
+        let epochs = &mut self.epochs;
+        let partition = self.partitions.entry(tp.clone()).or_insert_with(|| {
+            *epochs += 1;
+            Partition {
+                epoch: *epochs,
+                records: BTreeMap::new(),
+                next: offset,
+                stored: -1,
+                paused: false,
+            }
+        });
+        partition.next = partition.next.max(offset + 1);
+        partition.records.insert(
+            offset,
+            Waiting {
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers,
+                deliver_at,
+                due,
+                moving: false,
+            },
+        );
+        self.heap.push(Reverse((due, tp, offset, partition.epoch)));
+    }
+
+    /// Moves every record whose hop or delivery is due at `now`, earliest first.
+    fn release(
+        &mut self,
+        now: i64,
+        producer: &FutureProducer,
+        moves: &mut FuturesUnordered<futures::future::BoxFuture<'static, (MoveId, MoveResult)>>,
+    ) {
+        self.forget_revoked();
+        while let Some(Reverse((due, ..))) = self.heap.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, tp, offset, epoch))) = self.heap.pop() else {
+                break;
+            };
+            let Some(partition) = self.partitions.get_mut(&tp).filter(|p| p.epoch == epoch) else {
+                continue;
+            };
+            let Some(record) = partition.records.get_mut(&offset) else {
+                continue;
+            };
+            if record.moving || record.due != due {
+                continue;
+            }
+            let (destination, delivered) = match record.deliver_at.map(|d| place(d, now)) {
+                None | Some(Placement::Deliver) => {
+                    record.headers.remove(DELAY_HOP_AT);
+                    (self.topic.clone(), true)
+                }
+                Some(Placement::Hold) => {
+                    // Less than the shortest hop left: waits here for its delivery time.
+                    record.due = record.deliver_at.unwrap_or(now);
+                    self.heap.push(Reverse((record.due, tp, offset, epoch)));
+                    continue;
+                }
+                Some(Placement::Bucket { bucket, hop_at_ms }) => {
+                    record
+                        .headers
+                        .set(DELAY_HOP_AT, headers::format_time_ms(hop_at_ms));
+                    (bucket_topic(&self.topic, bucket), false)
+                }
+            };
+            let headers = owned_headers(&record.headers);
+            let mut out: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&destination).headers(headers);
+            if let Some(key) = &record.key {
+                out = out.key(key.as_slice());
+            }
+            if let Some(payload) = &record.payload {
+                out = out.payload(payload.as_slice());
+            }
+            match producer.send_result(out) {
+                Ok(delivery) => {
+                    record.moving = true;
+                    let id = MoveId {
+                        tp,
+                        epoch,
+                        offset,
+                        delivered,
+                    };
+                    moves.push(acknowledged(id, delivery));
+                }
+                Err((e, _)) => {
+                    tracing::debug!(error = %e, "delay relay: producer queue full, trying again");
+                    record.due = now + 100;
+                    self.heap.push(Reverse((record.due, tp, offset, epoch)));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A move was acknowledged (the record is done) or failed (it is tried again).
+    fn moved(&mut self, id: MoveId, result: MoveResult) {
+        self.forget_revoked();
+        let Some(partition) = self
+            .partitions
+            .get_mut(&id.tp)
+            .filter(|p| p.epoch == id.epoch)
+        else {
+            return;
+        };
+        match result {
+            Ok(Ok(_)) => {
+                partition.records.remove(&id.offset);
+                if id.delivered {
+                    self.stats.delivered += 1;
+                } else {
+                    self.stats.hopped += 1;
+                }
+            }
+            Ok(Err((e, _))) => {
+                tracing::warn!(error = %e, topic = %id.tp.0, partition = id.tp.1, offset = id.offset,
+                    "delay relay: a move was not acknowledged; trying again");
+                self.retry(id);
+            }
+            Err(_) => self.retry(id),
+        }
+    }
+
+    fn retry(&mut self, id: MoveId) {
+        let Some(partition) = self.partitions.get_mut(&id.tp) else {
+            return;
+        };
+        if let Some(record) = partition.records.get_mut(&id.offset) {
+            record.moving = false;
+            record.due = policy::now_ms() + RETRY_MOVE_MS;
+            self.heap
+                .push(Reverse((record.due, id.tp, id.offset, id.epoch)));
+        }
+    }
+
+    /// Stores, for each partition, the offset of its first record not yet moved (or the one
+    /// after the last read): what the next owner starts from.
+    fn store_offsets(&mut self, consumer: &StreamConsumer<RelayContext>) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, p), partition) in &mut self.partitions {
+            let low = partition
+                .records
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(partition.next);
+            if low > partition.stored
+                && tpl
+                    .add_partition_offset(topic, *p, Offset::Offset(low))
+                    .is_ok()
+            {
+                partition.stored = low;
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                tracing::debug!(error = %e, "delay relay: storing offsets");
+            }
+        }
+    }
+
+    /// Pauses a partition whose waiting records reached the limit; resumes it at half.
+    fn flow(&mut self, consumer: &StreamConsumer<RelayContext>) {
+        for ((topic, p), partition) in &mut self.partitions {
+            let held = partition.records.len();
+            let change = if !partition.paused && held >= self.limit {
+                Some(true)
+            } else if partition.paused && held <= self.limit / 2 {
+                Some(false)
+            } else {
+                None
+            };
+            let Some(pause) = change else { continue };
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, *p);
+            let result = if pause {
+                consumer.pause(&tpl)
+            } else {
+                consumer.resume(&tpl)
+            };
+            match result {
+                Ok(()) => partition.paused = pause,
+                Err(e) => tracing::debug!(error = %e, "delay relay: pause or resume"),
+            }
+        }
+    }
+}
+
+/// Resolves with the move's id once the broker answered.
+fn acknowledged(
+    id: MoveId,
+    delivery: DeliveryFuture,
+) -> futures::future::BoxFuture<'static, (MoveId, MoveResult)> {
+    delivery.map(move |result| (id, result)).boxed()
+}
