@@ -5,10 +5,14 @@
 //! - **keys**: Parallel Consumer's published case: 10,000 messages on one partition, handler
 //!   latency uniform 0–5 ms, concurrency 100, with 1, 10, 100 and 10,000 keys, a Zipf(s=1)
 //!   draw over 10,000 keys, and the partition-ordered baseline (concurrency 1);
-//! - **memory**: peak RSS of a worker process over 1,000,000 distinct keys vs 1,000 keys.
+//! - **memory**: peak RSS of a worker process over 1,000,000 distinct keys vs 1,000 keys;
+//! - **delays**: delayed messages: 10,000 sent with `send_record_at`, due 1–30 s later,
+//!   handed to the handler of a worker that relays them; lateness (handler start minus due
+//!   time) p50/p99/max, beside the common Redis recipe (a sorted set scored by due time,
+//!   polled every 10 ms) with the same due times, in the same run.
 //!
 //! `cargo bench --bench runtime` runs the full sizes; without cargo bench's `--bench` flag
-//! (as under `cargo test`) it runs a quick smoke pass. `-- --only overhead|keys|memory`.
+//! (as under `cargo test`) it runs a quick smoke pass. `-- --only overhead|keys|memory|delays`.
 
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -477,6 +481,183 @@ fn memory_child(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Milliseconds since the epoch, now.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Notes how late each delayed record reached the handler (its start minus
+/// `steadfast-deliver-at`), in ms.
+#[derive(Debug, Clone, Default)]
+struct Lateness(Arc<Mutex<Vec<i64>>>);
+
+impl Handler for Lateness {
+    type Message = Payload;
+    const GROUP: &'static str = "bench-delays";
+    fn handle_message(
+        &self,
+        _msg: Payload,
+        cx: &Context,
+    ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send {
+        let due = cx
+            .headers()
+            .get_str(steadfast::message::headers::DELIVER_AT)
+            .and_then(steadfast::message::headers::parse_time_ms);
+        let late = due.map(|d| wall_ms() - d);
+        let this = self.clone();
+        async move {
+            this.0.lock().push(late.unwrap_or(i64::MAX));
+            Ok(())
+        }
+    }
+}
+
+/// p50, p99 and max of `late` (sorted here).
+fn lateness_row(name: &str, late: &mut [i64]) -> (i64, i64, i64) {
+    late.sort_unstable();
+    let q = |f: f64| late[((late.len() - 1) as f64 * f).round() as usize];
+    let (p50, p99, max) = (q(0.5), q(0.99), q(1.0));
+    let early = late.iter().filter(|&&l| l < 0).count();
+    println!(
+        "| {name} | {} | {p50} | {p99} | {max} | {early} |",
+        late.len()
+    );
+    (p50, p99, max)
+}
+
+/// The Redis peer: `ZADD` each record scored by its due time, one poller taking what is due
+/// (`ZRANGEBYSCORE -inf now LIMIT 0 500`, then `ZREM` each) and sleeping 10 ms when nothing
+/// is; returns each record's lateness in ms.
+async fn redis_delays(dues: &[i64]) -> anyhow::Result<Vec<i64>> {
+    let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .context("Redis at 127.0.0.1:6379 (start redis-server)")?;
+    let key = unique("bench-delays");
+    let mut pipe = redis::pipe();
+    for (i, due) in dues.iter().enumerate() {
+        pipe.zadd(&key, i, *due).ignore();
+    }
+    let () = pipe.query_async(&mut conn).await?;
+    let mut late = Vec::with_capacity(dues.len());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while late.len() < dues.len() && Instant::now() < deadline {
+        let now = wall_ms();
+        let due: Vec<usize> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(500)
+            .query_async(&mut conn)
+            .await?;
+        if due.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        for i in due {
+            let removed: i64 = redis::cmd("ZREM")
+                .arg(&key)
+                .arg(i)
+                .query_async(&mut conn)
+                .await?;
+            if removed == 1 {
+                late.push(wall_ms() - dues[i]);
+            }
+        }
+    }
+    let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+    Ok(late)
+}
+
+async fn delays(env: &Env) -> anyhow::Result<()> {
+    let (count, spread) = if env.quick {
+        (500usize, 1_000..3_001)
+    } else {
+        (10_000, 1_000..30_001)
+    };
+    let topic = unique("delays");
+    create_topic(&env.bootstrap, &topic, 4).await?;
+    let handler = Lateness::default();
+    let worker = Worker::builder()
+        .brokers(env.bootstrap.clone())
+        .topic(&topic)
+        .group(unique("bench-delays"))
+        .relay_delayed_messages(true)
+        .handler(handler.clone())
+        .build()?;
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.run(stop.clone()));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let delays: Vec<i64> = (0..count)
+        .map(|_| rng.random_range(spread.clone()))
+        .collect();
+    let producer = steadfast::Producer::connect(&env.bootstrap);
+    let start = wall_ms();
+    let dues: Vec<i64> = delays.iter().map(|d| start + d).collect();
+    let sends = dues.iter().enumerate().map(|(i, due)| {
+        let payload = Payload(vec![0u8; 100]);
+        let record = steadfast::Record::of(&payload)
+            .map(|r| r.topic(topic.clone()))
+            .map_err(anyhow::Error::from);
+        let when = std::time::UNIX_EPOCH + Duration::from_millis(*due as u64);
+        let producer = producer.clone();
+        async move {
+            let record = record?.header("i", i.to_string());
+            producer.send_record_at(record, when).await?;
+            anyhow::Ok(())
+        }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent?;
+    }
+    let sent_in = wall_ms() - start;
+    // The Redis recipe with the same due times, beside the worker (both run on this machine).
+    let peer = tokio::spawn({
+        let dues = dues.clone();
+        async move { redis_delays(&dues).await }
+    });
+    let deadline =
+        Instant::now() + Duration::from_secs(120) + Duration::from_millis(spread.end as u64);
+    while handler.0.lock().len() < count {
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {count} delayed records handled",
+                handler.0.lock().len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    run.await??;
+    let mut peer = peer.await??;
+    let mut ours = handler.0.lock().clone();
+    println!(
+        "\n### (d) delayed messages: {count} due {}–{} s after sending (sent in {sent_in} ms), 4 partitions\n",
+        spread.start / 1000,
+        (spread.end - 1) / 1000
+    );
+    println!("| path | records | p50 late ms | p99 late ms | max late ms | early |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let (_, ours_p99, _) = lateness_row(
+        "steadfast: send_record_at → bucket topics → relay in the worker → handler",
+        &mut ours,
+    );
+    let (_, peer_p99, _) = lateness_row(
+        "Redis sorted set by due time, one poller (10 ms sleep when idle)",
+        &mut peer,
+    );
+    println!(
+        "\nsteadfast / Redis recipe p99 lateness: {:.2} (target: p99 ≤ 1000 ms)",
+        ours_p99 as f64 / peer_p99.max(1) as f64
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--memory-child") {
@@ -516,6 +697,9 @@ fn main() -> anyhow::Result<()> {
         }
         if wants("memory") {
             memory(&env).await?;
+        }
+        if wants("delays") {
+            delays(&env).await?;
         }
         server.shutdown().await;
         anyhow::Ok(())

@@ -5,7 +5,8 @@
 //! - Through faults: 10,000 records over 100 keys, each due 1–30 s after it is sent (drawn
 //!   from a seed, printed; `DELAYS_SEED=S` replays it). Two relays; once a quarter has
 //!   arrived one relay is SIGKILLed and another started, and once 45% has arrived the server
-//!   is SIGKILLed and started again on its port and data directory. Every record arrives,
+//!   is SIGKILLed and started again on its port and data directory; the relays hold at most
+//!   50 records a partition, so partitions pause and resume throughout. Every record arrives,
 //!   none before its time (neither its timestamp on the topic nor when it was read), each
 //!   with its delivery time in `steadfast-deliver-at`; the copies a kill repeats are counted;
 //!   after SIGTERM both relays exit 0 and the relay group's committed offsets are at the end
@@ -57,8 +58,9 @@ struct RelayProc {
 }
 
 impl RelayProc {
-    /// Starts a relay of `topic`; a killed member leaves the group after 6 s.
-    fn start(bootstrap: &str, topic: &str, log: PathBuf) -> RelayProc {
+    /// Starts a relay of `topic` holding up to `buffer_limit` records a partition; a killed
+    /// member leaves the group after 6 s.
+    fn start(bootstrap: &str, topic: &str, buffer_limit: usize, log: PathBuf) -> RelayProc {
         let file = File::create(&log).expect("relay log");
         let child = Command::new(env!("CARGO_BIN_EXE_steadfast"))
             .args(["delays", "-b", bootstrap])
@@ -68,7 +70,8 @@ impl RelayProc {
                 "-X",
                 "heartbeat.interval.ms=500",
             ])
-            .args(["relay", "--topic", topic])
+            .args(["relay", "--topic", topic, "--buffer-limit"])
+            .arg(buffer_limit.to_string())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)
@@ -242,6 +245,9 @@ fn quantile(sorted: &[i64], q: f64) -> i64 {
 fn delayed_records_arrive_once_due_through_a_relay_kill_and_a_server_kill() {
     const TOTAL: u64 = 10_000;
     const PARTITIONS: i32 = 4;
+    // Bucket partitions pause and resume throughout (a bucket-3 partition holds about 300
+    // records at once here), through the rebalances the kills cause.
+    const BUFFER_LIMIT: usize = 50;
     let seed = seed();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -251,8 +257,8 @@ fn delayed_records_arrive_once_due_through_a_relay_kill_and_a_server_kill() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(create_topic(&bootstrap, &topic, PARTITIONS, &[]));
     let log = |name: &str| dir.path().join(format!("{name}.log"));
-    let mut r1 = RelayProc::start(&bootstrap, &topic, log("r1"));
-    let mut r2 = RelayProc::start(&bootstrap, &topic, log("r2"));
+    let mut r1 = RelayProc::start(&bootstrap, &topic, BUFFER_LIMIT, log("r1"));
+    let mut r2 = RelayProc::start(&bootstrap, &topic, BUFFER_LIMIT, log("r2"));
     let stop = Arc::new(AtomicBool::new(false));
     let (arrivals, reader) = read_arrivals(&bootstrap, &topic, PARTITIONS, stop.clone());
 
@@ -285,7 +291,7 @@ fn delayed_records_arrive_once_due_through_a_relay_kill_and_a_server_kill() {
         count(),
         repeated_so_far()
     );
-    let mut r3 = RelayProc::start(&bootstrap, &topic, log("r3"));
+    let mut r3 = RelayProc::start(&bootstrap, &topic, BUFFER_LIMIT, log("r3"));
     eventually(
         Duration::from_secs(60),
         "45% of the records to arrive",
@@ -395,7 +401,12 @@ fn records_of_a_key_arrive_in_the_order_of_their_due_times() {
     let topic = unique_topic("delayed-order");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(create_topic(&bootstrap, &topic, 2, &[]));
-    let relay = RelayProc::start(&bootstrap, &topic, dir.path().join("relay.log"));
+    let relay = RelayProc::start(
+        &bootstrap,
+        &topic,
+        steadfast::delay::DEFAULT_BUFFER_LIMIT,
+        dir.path().join("relay.log"),
+    );
     eventually(
         Duration::from_secs(30),
         "the relay to be assigned its partitions",

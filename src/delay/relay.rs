@@ -20,6 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -37,6 +38,9 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 10_000;
 
 /// How long a record waits before its move is tried again after the broker refused it.
 const RETRY_MOVE_MS: i64 = 1_000;
+
+/// How long the relay waits before it starts moves again after the producer's queue was full.
+const QUEUE_FULL_WAIT_MS: i64 = 100;
 
 /// How long a stopping relay waits for moves in flight.
 const STOP_WAIT: Duration = Duration::from_secs(10);
@@ -125,6 +129,7 @@ impl Relay {
             partitions: HashMap::new(),
             heap: BinaryHeap::new(),
             epochs: 0,
+            backoff_until: 0,
             stats: RelayStats::default(),
         };
         let mut moves = FuturesUnordered::new();
@@ -149,6 +154,7 @@ impl Relay {
                     }
                 },
             }
+            state.forget_revoked();
             state.store_offsets(&consumer);
             state.flow(&consumer);
         }
@@ -164,11 +170,13 @@ impl Relay {
         }
         state.store_offsets(&consumer);
         let stats = state.stats;
+        // Closing the clients waits on the broker: off the async threads.
         tokio::task::spawn_blocking(move || {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %e, "delay relay: final commit");
             }
             drop(consumer);
+            drop(producer);
         })
         .await
         .map_err(|e| DelayError::Client(format!("closing the relay's consumer: {e}")))?;
@@ -208,8 +216,13 @@ impl ConsumerContext for RelayContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // A partition paused when it was revoked stays paused in librdkafka when it comes
+            // back; the relay holds nothing of it any more, so it starts fetching again.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::debug!(error = %e, "delay relay: resuming assigned partitions");
+            }
             tracing::info!(
                 partitions = tpl.count(),
                 "delay relay: bucket partitions assigned"
@@ -266,6 +279,8 @@ struct State {
     /// (due, partition, offset, epoch): entries whose record moved or changed are skipped.
     heap: BinaryHeap<Reverse<(i64, Tp, i64, u64)>>,
     epochs: u64,
+    /// No moves are started before this (ms since the epoch): the producer's queue was full.
+    backoff_until: i64,
     stats: RelayStats,
 }
 
@@ -280,8 +295,12 @@ impl State {
         }
     }
 
+    /// When the relay next has something to move: the earliest due record, but not before
+    /// a full producer queue had time to drain.
     fn next_due(&self) -> Option<i64> {
-        self.heap.peek().map(|Reverse((due, ..))| *due)
+        self.heap
+            .peek()
+            .map(|Reverse((due, ..))| (*due).max(self.backoff_until))
     }
 
     /// Takes in a record read from a bucket.
@@ -292,10 +311,8 @@ impl State {
         }
         let tp: Tp = (Arc::from(message.topic()), message.partition());
         let headers = headers_of(message, std::borrow::Cow::Borrowed);
-        let deliver_at = headers.get_str(DELIVER_AT).and_then(headers::parse_time_ms);
-        let hop_at = headers
-            .get_str(DELAY_HOP_AT)
-            .and_then(headers::parse_time_ms);
+        let deliver_at = read_time(&headers, DELIVER_AT);
+        let hop_at = read_time(&headers, DELAY_HOP_AT);
         let now = policy::now_ms();
         let due = match (deliver_at, hop_at) {
             (Some(d), Some(h)) => d.min(h),
@@ -305,7 +322,7 @@ impl State {
                     topic = message.topic(),
                     partition = message.partition(),
                     offset = message.offset(),
-                    "a delayed record without `{DELIVER_AT}`: delivered now"
+                    "a delayed record without a readable `{DELIVER_AT}`: delivered now"
                 );
                 now
             }
@@ -400,10 +417,26 @@ impl State {
                     moves.push(acknowledged(id, delivery));
                 }
                 Err((e, _)) => {
-                    tracing::debug!(error = %e, "delay relay: producer queue full, trying again");
-                    record.due = now + 100;
+                    // Tried again later: the whole relay waits out a full queue; another
+                    // refusal (a record too large, say) keeps this record back a while.
+                    let full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
+                    if full {
+                        tracing::debug!("delay relay: producer queue full, waiting");
+                        self.backoff_until = now + QUEUE_FULL_WAIT_MS;
+                    } else {
+                        tracing::error!(error = %e, topic = %tp.0, partition = tp.1, offset,
+                            "delay relay: the producer refused a move; trying again");
+                    }
+                    record.due = now
+                        + if full {
+                            QUEUE_FULL_WAIT_MS
+                        } else {
+                            RETRY_MOVE_MS
+                        };
                     self.heap.push(Reverse((record.due, tp, offset, epoch)));
-                    break;
+                    if full {
+                        break;
+                    }
                 }
             }
         }
@@ -500,6 +533,12 @@ impl State {
             }
         }
     }
+}
+
+/// A time header: RFC 3339 text, or milliseconds since the epoch.
+fn read_time(headers: &Headers, name: &str) -> Option<i64> {
+    let text = headers.get_str(name)?;
+    headers::parse_time_ms(text).or_else(|| text.trim().parse().ok())
 }
 
 /// Resolves with the move's id once the broker answered.

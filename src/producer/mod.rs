@@ -26,6 +26,10 @@ use tracing::Instrument;
 /// How long a send may wait in librdkafka's queue and retries before it fails.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The latest delivery time a delayed send takes (9999-12-31T23:59:59.999Z, the last time
+/// RFC 3339 writes); a later one is delivered then.
+const LATEST_DELIVERY_MS: i64 = 253_402_300_799_999;
+
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -199,10 +203,11 @@ impl Producer {
         self.send_traced(record).instrument(span).await
     }
 
-    /// Sends `message` to be delivered to its type's topic no earlier than `when` (at once if
-    /// that has passed): it waits in the topic's bucket topics until a relay delivers it
-    /// (docs/delayed-messages.md); the delivery names where it waits. Among delayed messages
-    /// of one key, the one due first is delivered first.
+    /// Sends `message` to be delivered to its type's topic no earlier than `when` (as soon as
+    /// a relay reads it if that has passed): it waits in the topic's bucket topics until a
+    /// relay delivers it (docs/delayed-messages.md); the delivery names where it waits.
+    /// Delayed messages of one key reach the topic in the order of their due times when one
+    /// relay holds them both before the first is due.
     pub async fn send_at<M: Message>(
         &self,
         message: &M,
@@ -217,7 +222,10 @@ impl Producer {
         message: &M,
         delay: Duration,
     ) -> Result<Delivery, ProduceError> {
-        self.send_at(message, SystemTime::now() + delay).await
+        let when = SystemTime::now().checked_add(delay).unwrap_or_else(|| {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(LATEST_DELIVERY_MS as u64)
+        });
+        self.send_at(message, when).await
     }
 
     /// [`Producer::send_at`] for a [`Record`]: its topic's bucket topics are created on the
@@ -230,13 +238,15 @@ impl Producer {
         let deliver_at = match when.duration_since(SystemTime::UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             Err(_) => 0,
-        };
+        }
+        .min(LATEST_DELIVERY_MS);
         record
             .headers
             .set(headers::DELIVER_AT, headers::format_time_ms(deliver_at));
+        // A record due now or soon waits in the relay's memory (through bucket 1) like the
+        // rest, so it cannot pass a record of its key due earlier.
         let (bucket, hop_at) = match buckets::place(deliver_at, policy::now_ms()) {
-            buckets::Placement::Deliver => return self.send_record(record).await,
-            buckets::Placement::Hold => (1, deliver_at),
+            buckets::Placement::Deliver | buckets::Placement::Hold => (1, deliver_at),
             buckets::Placement::Bucket { bucket, hop_at_ms } => (bucket, hop_at_ms),
         };
         self.delay_ready(&record.topic).await?;

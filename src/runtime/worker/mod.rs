@@ -194,6 +194,8 @@ impl<H: Handler> Worker<H> {
             crate::producer::Producer::new(&self.config),
         );
         let relay = self.start_relay(&topic, &shutdown).await?;
+        // Stops the relay on every way out, an error return included.
+        let _stop_relay = relay.as_ref().map(|(stop, _)| stop.clone().drop_guard());
         let limits = self.limits();
         let worker_stopped = CancellationToken::new();
         let _stop_timers = worker_stopped.clone().drop_guard();
@@ -225,10 +227,8 @@ impl<H: Handler> Worker<H> {
             .await;
         if let Some((stop, task)) = relay {
             stop.cancel();
-            match task.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "the delay relay stopped"),
-                Err(e) => tracing::error!(error = %e, "the delay relay's task failed"),
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the delay relay's task failed");
             }
         }
         Ok(stats)
@@ -251,7 +251,14 @@ impl<H: Handler> Worker<H> {
             .await
             .map_err(|e| WorkerError::broker(format!("the delay relay's topics: {e}")))?;
         let stop = shutdown.child_token();
-        let task = tokio::spawn(relay.run(stop.clone()));
+        let run = relay.run(stop.clone());
+        let task = tokio::spawn(async move {
+            let result = run.await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "the delay relay stopped; the worker goes on without it");
+            }
+            result
+        });
         Ok(Some((stop, task)))
     }
 
