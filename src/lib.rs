@@ -98,6 +98,11 @@ pub struct ReadmeExamples;
 #[doc = include_str!("../docs/observability.md")]
 pub struct ObservabilityExamples;
 
+/// docs/delayed-messages.md's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/delayed-messages.md")]
+pub struct DelayedMessagesExamples;
+
 /// The derive macros' documentation (`steadfast-macros`), its examples run as doc tests here.
 #[cfg(doctest)]
 #[doc = include_str!("../macros/docs/crate.md")]
