@@ -3,6 +3,7 @@
 //! context carry a provenance header naming the record being handled, and headers of its own;
 //! a handler's delayed sends reach the handler of a worker that relays them once due.
 
+use crate::observe::Scrape;
 use crate::support;
 
 use std::collections::HashMap;
@@ -259,17 +260,40 @@ async fn a_worker_that_relays_delayed_messages_hands_them_to_its_handler_once_du
         sent_at: Arc::default(),
         handled: Arc::default(),
     };
+    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").expect("a port for /metrics");
+    let address = endpoint.local_addr().expect("its address");
     let running = spawn(
         Worker::builder()
             .brokers(&bootstrap)
             .topic(&topic)
             .group(&group)
             .relay_delayed_messages(true)
+            .observe_listener(endpoint)
             .handler(handler.clone()),
     );
     eventually(Duration::from_secs(60), "every reminder handled", || {
         handler.handled.lock().len() == firsts.len()
     })
+    .await;
+    // The relay counts what it delivered (once each: nothing failed) and, once it has taken
+    // the last acknowledgement, holds nothing.
+    let counts = || async {
+        let scrape = Scrape::take(address).await;
+        let delayed = |name: &str, outcome: Option<&str>| {
+            let mut labels = vec![("topic", topic.as_str())];
+            labels.extend(outcome.map(|o| ("outcome", o)));
+            scrape.value(name, &labels)
+        };
+        (
+            delayed("steadfast_delayed_moved_total", Some("delivered")),
+            delayed("steadfast_delayed_waiting_messages", None),
+        )
+    };
+    eventually_async(
+        Duration::from_secs(10),
+        "the relay's metrics to count every reminder delivered and none waiting",
+        || async { counts().await == (firsts.len() as f64, 0.0) },
+    )
     .await;
     running.stop().await;
     let sent_at = handler.sent_at.lock().clone();

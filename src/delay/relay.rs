@@ -31,6 +31,7 @@ use super::DelayError;
 use crate::broker::{headers_of, owned_headers};
 use crate::message::headers::{self, DELAY_HOP_AT, DELIVER_AT};
 use crate::message::Headers;
+use crate::observe::metrics;
 use crate::policy;
 
 /// Records a partition holds in memory before it pauses.
@@ -129,6 +130,7 @@ impl Relay {
             partitions: HashMap::new(),
             heap: BinaryHeap::new(),
             epochs: 0,
+            meters: RelayMeters::new(&self.topic),
             backoff_until: 0,
             stats: RelayStats::default(),
         };
@@ -157,6 +159,7 @@ impl Relay {
             state.forget_revoked();
             state.store_offsets(&consumer);
             state.flow(&consumer);
+            state.meters.waiting.set(state.waiting() as f64);
         }
         let stopping = async {
             while let Some((id, result)) = moves.next().await {
@@ -231,6 +234,24 @@ impl ConsumerContext for RelayContext {
     }
 }
 
+/// The relay's metric handles ([`metrics::DELAYED_MOVED`], [`metrics::DELAYED_WAITING`]).
+struct RelayMeters {
+    delivered: ::metrics::Counter,
+    hopped: ::metrics::Counter,
+    waiting: ::metrics::Gauge,
+}
+
+impl RelayMeters {
+    fn new(topic: &str) -> RelayMeters {
+        let topic = topic.to_owned();
+        RelayMeters {
+            delivered: ::metrics::counter!(metrics::DELAYED_MOVED, "topic" => topic.clone(), "outcome" => "delivered"),
+            hopped: ::metrics::counter!(metrics::DELAYED_MOVED, "topic" => topic.clone(), "outcome" => "hopped"),
+            waiting: ::metrics::gauge!(metrics::DELAYED_WAITING, "topic" => topic),
+        }
+    }
+}
+
 /// A bucket topic's partition.
 type Tp = (Arc<str>, i32);
 
@@ -279,6 +300,7 @@ struct State {
     /// (due, partition, offset, epoch): entries whose record moved or changed are skipped.
     heap: BinaryHeap<Reverse<(i64, Tp, i64, u64)>>,
     epochs: u64,
+    meters: RelayMeters,
     /// No moves are started before this (ms since the epoch): the producer's queue was full.
     backoff_until: i64,
     stats: RelayStats,
@@ -457,8 +479,10 @@ impl State {
                 partition.records.remove(&id.offset);
                 if id.delivered {
                     self.stats.delivered += 1;
+                    self.meters.delivered.increment(1);
                 } else {
                     self.stats.hopped += 1;
+                    self.meters.hopped.increment(1);
                 }
             }
             Ok(Err((e, _))) => {
@@ -480,6 +504,11 @@ impl State {
             self.heap
                 .push(Reverse((record.due, id.tp, id.offset, id.epoch)));
         }
+    }
+
+    /// Records read and not yet moved, every partition together.
+    fn waiting(&self) -> usize {
+        self.partitions.values().map(|p| p.records.len()).sum()
     }
 
     /// Stores, for each partition, the offset of its first record not yet moved (or the one

@@ -36,6 +36,11 @@ pub const PARKED: &str = "steadfast_parked_keys";
 pub const PARKED_MESSAGES: &str = "steadfast_parked_messages";
 /// Partitions assigned to the worker.
 pub const ASSIGNED: &str = "steadfast_assigned_partitions";
+/// Delayed records a relay moved, labelled `topic` (the topic they are for) and `outcome`:
+/// `delivered` (appended to the topic) or `hopped` (to a shorter bucket topic).
+pub const DELAYED_MOVED: &str = "steadfast_delayed_moved_total";
+/// Delayed records a relay has read and not yet moved, labelled `topic`.
+pub const DELAYED_WAITING: &str = "steadfast_delayed_waiting_messages";
 /// Consumer lag per partition (log end minus committed offset), labelled `partition`.
 pub const LAG: &str = "steadfast_consumer_lag_messages";
 /// The circuit breaker: 0 closed, 1 half-open, 2 open.
@@ -143,6 +148,16 @@ fn describe() {
         "Store restarts seen while running"
     );
     describe_counter!(REBALANCES, Unit::Count, "Rebalance events");
+    describe_counter!(
+        DELAYED_MOVED,
+        Unit::Count,
+        "Delayed records moved by a relay"
+    );
+    describe_gauge!(
+        DELAYED_WAITING,
+        Unit::Count,
+        "Delayed records a relay holds, not yet moved"
+    );
     describe_gauge!(READY, "1 when the worker is ready");
 }
 
