@@ -51,7 +51,7 @@ impl Handler for Sleeper {
 
 const LEASE_MS: u64 = 600;
 
-fn worker(bootstrap: &str, topic: &str, group: &str, prefix: &str) -> WorkerBuilder<Sleeper> {
+fn worker(bootstrap: &str, topic: &str, group: &str, prefix: &str) -> WorkerBuilder {
     let mut config = steadfast::WorkerConfig {
         brokers: bootstrap.to_owned(),
         topic: Some(topic.to_owned()),
@@ -69,7 +69,6 @@ fn worker(bootstrap: &str, topic: &str, group: &str, prefix: &str) -> WorkerBuil
     Worker::builder()
         .config(config)
         .retry(Retry::none())
-        .handler(Sleeper::default())
 }
 
 struct Running {

@@ -36,7 +36,8 @@ pub struct WorkerBuilder<H = NoHandler> {
     listener: Option<std::net::TcpListener>,
     stores: StoreHandles,
     layers: Vec<UserLayer>,
-    handler: H,
+    /// The handler given ([`NoHandler`] until one is).
+    given: H,
     _marker: PhantomData<fn() -> H>,
 }
 
@@ -47,7 +48,7 @@ impl Default for WorkerBuilder<NoHandler> {
             listener: None,
             stores: StoreHandles::default(),
             layers: Vec::new(),
-            handler: NoHandler,
+            given: NoHandler,
             _marker: PhantomData,
         }
     }
@@ -323,14 +324,18 @@ impl<H> WorkerBuilder<H> {
         self.layers.push(UserLayer::new(layer));
         self
     }
-    /// The handler.
-    pub fn handler<H2: Handler>(self, handler: H2) -> WorkerBuilder<H2> {
+}
+
+impl WorkerBuilder<NoHandler> {
+    /// The handler. A worker runs one handler: a builder that has one has no `handler`
+    /// method, so a second call does not compile (it would have replaced the first).
+    pub fn handler<H: Handler>(self, handler: H) -> WorkerBuilder<H> {
         WorkerBuilder {
             config: self.config,
             listener: self.listener,
             stores: self.stores,
             layers: self.layers,
-            handler,
+            given: handler,
             _marker: PhantomData,
         }
     }
@@ -347,7 +352,7 @@ impl<H: Handler> WorkerBuilder<H> {
             }
             .into());
         }
-        Ok(Worker::new(self.handler, self.config)
+        Ok(Worker::new(self.given, self.config)
             .with_parts(self.stores, self.layers)
             .with_listener(self.listener))
     }
