@@ -66,9 +66,7 @@ fn worker(bootstrap: &str, topic: &str, group: &str, prefix: &str) -> WorkerBuil
         ..Default::default()
     };
     config.stores.key_prefix = prefix.to_owned();
-    Worker::builder()
-        .config(config)
-        .retry(Retry::none())
+    Worker::builder().config(config).retry(Retry::none())
 }
 
 struct Running {
