@@ -1,6 +1,8 @@
 //! A worker in a child process, stopped hard (SIGKILL) or gracefully (SIGTERM) and started
 //! again: finished offsets above the watermark are not handled twice, and a graceful stop
-//! loses nothing and repeats nothing. The test binary runs itself as the child: with
+//! loses nothing and repeats nothing; delayed records a killed worker's relay held reach the
+//! handler through its replacement, none before its time. The test binary runs itself as the
+//! child: with
 //! `STEADFAST_TEST_CHILD` set, a test function becomes the worker process.
 
 use crate::support;
@@ -12,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use steadfast::{Context, Handler, HandlerError, Retry, Worker};
+use steadfast::message::headers::{parse_time_ms, DELIVER_AT};
+use steadfast::{Context, Handler, HandlerError, Producer, Record, Retry, Worker};
 use support::*;
 
 const CHILD: &str = "STEADFAST_TEST_CHILD";
@@ -48,6 +51,44 @@ impl Handler for FileRecorder {
     }
 }
 
+/// Appends `<key> <due ms> <start ms>` for every handled message: its key, its
+/// `steadfast-deliver-at` (-1 without one) and when the handler started.
+#[derive(Debug)]
+struct DelayRecorder {
+    file: Arc<Mutex<std::fs::File>>,
+}
+
+impl Handler for DelayRecorder {
+    type Message = Event;
+    const GROUP: &'static str = "restarts";
+
+    fn handle_message(
+        &self,
+        event: Event,
+        cx: &Context,
+    ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send {
+        let started = wall_ms();
+        let due = cx
+            .headers()
+            .get_str(DELIVER_AT)
+            .and_then(parse_time_ms)
+            .unwrap_or(-1);
+        let file = self.file.clone();
+        async move {
+            let mut f = file.lock();
+            writeln!(f, "{} {due} {started}", event.key).map_err(HandlerError::transient)?;
+            f.flush().map_err(HandlerError::transient)
+        }
+    }
+}
+
+/// Milliseconds since the epoch, now.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The worker needs tokio's multi-thread runtime; tests here build their own (parent and child).
 fn multi_thread_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -65,8 +106,10 @@ fn run_child() {
         .append(true)
         .open(var("STEADFAST_TEST_OUT"))
         .expect("output file");
+    let file = Arc::new(Mutex::new(file));
+    let relay = std::env::var("STEADFAST_TEST_RELAY").is_ok();
     let handler = FileRecorder {
-        file: Arc::new(Mutex::new(file)),
+        file: file.clone(),
         sleep: std::env::var("STEADFAST_TEST_NO_SLEEP").is_err(),
     };
     if let Ok(filter) = std::env::var("RUST_LOG") {
@@ -77,7 +120,7 @@ fn run_child() {
     }
     let runtime = multi_thread_runtime();
     runtime.block_on(async {
-        Worker::builder()
+        let builder = Worker::builder()
             .brokers(var("STEADFAST_TEST_BOOTSTRAP"))
             .topic(var("STEADFAST_TEST_TOPIC"))
             .group(var("STEADFAST_TEST_GROUP"))
@@ -85,12 +128,19 @@ fn run_child() {
             .commit_interval(Duration::from_millis(100))
             .drain_timeout(Duration::from_secs(20))
             .retry(Retry::none())
-            // A SIGKILLed member holds its partitions until its session times out.
-            .kafka_property("session.timeout.ms", "6000")
-            .handler(handler)
-            .run_until_signal()
-            .await
-            .expect("worker runs");
+            // A SIGKILLed member holds its partitions until its session times out (its delay
+            // relay's too: the relay's consumer takes the worker's consumer properties).
+            .kafka_property("session.timeout.ms", "6000");
+        let run = if relay {
+            builder
+                .relay_delayed_messages(true)
+                .handler(DelayRecorder { file })
+                .run_until_signal()
+                .await
+        } else {
+            builder.handler(handler).run_until_signal().await
+        };
+        run.expect("worker runs");
     });
 }
 
@@ -121,6 +171,16 @@ impl Case {
     }
 
     fn spawn_child(&self, test: &str, no_sleep: bool) -> Child {
+        self.spawn(test, no_sleep, false)
+    }
+
+    /// A child whose worker relays the topic's delayed messages and notes each record's due
+    /// time ([`DelayRecorder`]).
+    fn spawn_relaying_child(&self, test: &str) -> Child {
+        self.spawn(test, true, true)
+    }
+
+    fn spawn(&self, test: &str, no_sleep: bool, relay: bool) -> Child {
         let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
         let name = support::test_name(module_path!(), test);
         cmd.args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
@@ -133,6 +193,9 @@ impl Case {
             .stdout(std::process::Stdio::null());
         if no_sleep {
             cmd.env("STEADFAST_TEST_NO_SLEEP", "1");
+        }
+        if relay {
+            cmd.env("STEADFAST_TEST_RELAY", "1");
         }
         cmd.spawn().expect("child worker starts")
     }
@@ -312,6 +375,91 @@ fn a_sigterm_mid_stream_then_a_restart_handles_every_message_once() {
             handled,
             (0..5_000).collect::<Vec<i64>>(),
             "every message handled exactly once"
+        );
+        case.server.shutdown().await;
+    });
+}
+
+#[test]
+fn delayed_records_a_sigkilled_relaying_worker_held_reach_the_handler_through_its_replacement() {
+    const TOTAL: usize = 2_000;
+    const TEST: &str =
+        "delayed_records_a_sigkilled_relaying_worker_held_reach_the_handler_through_its_replacement";
+    if std::env::var(CHILD).is_ok() {
+        return run_child();
+    }
+    let runtime = multi_thread_runtime();
+    runtime.block_on(async {
+        let case = Case::new("delayed-kill").await;
+        let mut child = case.spawn_relaying_child(TEST);
+        // Due 2–12 s after sending (a fixed spread: which records wait where depends only on
+        // the clock); the kill comes while most still wait in the buckets or in memory.
+        let producer = Producer::connect(&case.bootstrap);
+        let start = wall_ms();
+        let sends = (0..TOTAL).map(|i| {
+            let event = Event {
+                key: format!("d{i}"),
+                seq: i as u64,
+                ..Event::default()
+            };
+            let due = start + 2_000 + (i as i64 * 4_999) % 10_000;
+            let record = Record::of(&event).expect("encodes").topic(case.topic.clone());
+            let producer = producer.clone();
+            async move {
+                let when = std::time::UNIX_EPOCH + Duration::from_millis(due as u64);
+                producer.send_record_at(record, when).await.expect("sent");
+            }
+        });
+        futures::future::join_all(sends).await;
+        let seen = || {
+            let lines = std::fs::read_to_string(&case.out).unwrap_or_default();
+            let mut keys: Vec<String> = lines
+                .lines()
+                .filter_map(|l| l.split(' ').next().map(str::to_owned))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys.len()
+        };
+        eventually(Duration::from_secs(60), "30% of the delayed records handled", || {
+            seen() >= TOTAL * 3 / 10
+        })
+        .await;
+        signal(&child, "KILL");
+        wait_exit(&mut child, Duration::from_secs(10)).await;
+        let at_kill = seen();
+        let mut again = case.spawn_relaying_child(TEST);
+        eventually(Duration::from_secs(90), "every delayed record handled", || {
+            seen() == TOTAL
+        })
+        .await;
+        signal(&again, "TERM");
+        assert!(wait_exit(&mut again, Duration::from_secs(30))
+            .await
+            .success());
+        let lines = std::fs::read_to_string(&case.out).expect("handled records");
+        let mut late = Vec::new();
+        for line in lines.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (key, due, started): (&str, i64, i64) = (
+                fields[0],
+                fields[1].parse().expect("due"),
+                fields[2].parse().expect("start"),
+            );
+            assert!(due > 0, "{key} reached the handler without `{DELIVER_AT}`");
+            assert!(
+                started >= due,
+                "{key} reached the handler {} ms before its time",
+                due - started
+            );
+            late.push(started - due);
+        }
+        late.sort_unstable();
+        println!(
+            "{TOTAL} delayed records, {at_kill} handled at the SIGKILL, {} handler runs in all; lateness p50 {} ms, max {} ms",
+            late.len(),
+            late[late.len() / 2],
+            late[late.len() - 1]
         );
         case.server.shutdown().await;
     });

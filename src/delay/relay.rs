@@ -60,6 +60,8 @@ pub struct RelayStats {
 pub struct Relay {
     topic: String,
     client: ClientConfig,
+    /// The producer's and the admin client's settings (`client` unless set apart).
+    producer: Option<ClientConfig>,
     buffer_limit: usize,
 }
 
@@ -70,8 +72,22 @@ impl Relay {
         Relay {
             topic: topic.into(),
             client,
+            producer: None,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
         }
+    }
+
+    /// Settings of its own for the relay's producer and the client that creates the bucket
+    /// topics (a worker's passes its consumer properties to the consumer and its producer
+    /// properties here, as it does for its own clients).
+    pub fn producer_config(mut self, producer: ClientConfig) -> Relay {
+        self.producer = Some(producer);
+        self
+    }
+
+    /// The producer's settings.
+    fn producer_settings(&self) -> &ClientConfig {
+        self.producer.as_ref().unwrap_or(&self.client)
     }
 
     /// Records one partition holds before it pauses (default [`DEFAULT_BUFFER_LIMIT`]).
@@ -88,7 +104,7 @@ impl Relay {
     /// Makes sure the topic exists and creates its bucket topics where missing (with its
     /// partition count); returns that count.
     pub async fn ensure_topics(&self) -> Result<i32, DelayError> {
-        super::ensure_bucket_topics(&self.client, &self.topic).await
+        super::ensure_bucket_topics(self.producer_settings(), &self.topic).await
     }
 
     /// Relays until `shutdown` is cancelled, then waits for the moves in flight, commits and
@@ -114,7 +130,7 @@ impl Relay {
         consumer
             .subscribe(&refs)
             .map_err(|e| DelayError::Client(format!("subscribing to {refs:?}: {e}")))?;
-        let mut producer_config = self.client.clone();
+        let mut producer_config = self.producer_settings().clone();
         producer_config
             .set("enable.idempotence", "true")
             .set("acks", "all")

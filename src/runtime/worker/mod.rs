@@ -245,7 +245,10 @@ impl<H: Handler> Worker<H> {
         if !self.config.relay_delayed_messages {
             return Ok(None);
         }
-        let relay = crate::delay::Relay::new(topic, self.client_config(KafkaClient::Helper));
+        // Its consumer takes the worker's consumer properties (`session.timeout.ms`, say),
+        // its producer the producer properties.
+        let relay = crate::delay::Relay::new(topic, self.client_config(KafkaClient::Consumer))
+            .producer_config(self.client_config(KafkaClient::Producer));
         relay
             .ensure_topics()
             .await
