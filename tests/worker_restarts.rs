@@ -428,6 +428,10 @@ fn delayed_records_a_sigkilled_relaying_worker_held_reach_the_handler_through_it
         signal(&child, "KILL");
         wait_exit(&mut child, Duration::from_secs(10)).await;
         let at_kill = seen();
+        assert!(
+            at_kill < TOTAL,
+            "every record was handled before the kill: the kill proved nothing"
+        );
         let mut again = case.spawn_relaying_child(TEST);
         eventually(Duration::from_secs(90), "every delayed record handled", || {
             seen() == TOTAL

@@ -284,6 +284,7 @@ fn delayed_records_arrive_once_due_through_a_relay_kill_and_a_server_kill() {
         "a quarter of the records to arrive",
         arrived(TOTAL as usize / 4),
     );
+    assert!(r1.assigned(), "r1 held no partitions when it was killed");
     r1.kill();
     println!(
         "{} ms: SIGKILLed relay r1 at {} arrivals ({} repeated)",

@@ -107,9 +107,12 @@ impl Relay {
         super::ensure_bucket_topics(self.producer_settings(), &self.topic).await
     }
 
-    /// Relays until `shutdown` is cancelled, then waits for the moves in flight, commits and
-    /// leaves the group.
+    /// Makes sure the bucket topics exist ([`Relay::ensure_topics`]), then relays until
+    /// `shutdown` is cancelled, waits for the moves in flight, commits and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> Result<RelayStats, DelayError> {
+        // Subscribed to before they exist, librdkafka would see them only at its next
+        // metadata refresh (5 minutes by default).
+        self.ensure_topics().await?;
         let context = RelayContext::default();
         let revoked = context.revoked.clone();
         let mut config = self.client.clone();
@@ -188,6 +191,7 @@ impl Relay {
             );
         }
         state.store_offsets(&consumer);
+        state.meters.waiting.set(0.0);
         let stats = state.stats;
         // Closing the clients waits on the broker: off the async threads.
         tokio::task::spawn_blocking(move || {
@@ -327,10 +331,18 @@ impl State {
     /// their next owner, from the committed offset.
     fn forget_revoked(&mut self) {
         let revoked: Vec<(String, i32)> = std::mem::take(&mut *self.revoked.lock());
+        if revoked.is_empty() {
+            return;
+        }
         for (topic, partition) in revoked {
             self.partitions
                 .retain(|(t, p), _| !(t[..] == topic && *p == partition));
         }
+        // Their timers too: a bucket-9 record's would wait up to 18 hours.
+        let partitions = &self.partitions;
+        self.heap.retain(|Reverse((_, tp, _, epoch))| {
+            partitions.get(tp).is_some_and(|p| p.epoch == *epoch)
+        });
     }
 
     /// When the relay next has something to move: the earliest due record, but not before
@@ -465,12 +477,11 @@ impl State {
                         tracing::error!(error = %e, topic = %tp.0, partition = tp.1, offset,
                             "delay relay: the producer refused a move; trying again");
                     }
-                    record.due = now
-                        + if full {
-                            QUEUE_FULL_WAIT_MS
-                        } else {
-                            RETRY_MOVE_MS
-                        };
+                    // A full queue keeps the record's time (the relay as a whole waits, so the
+                    // order of the moves holds); a refusal sets it back.
+                    if !full {
+                        record.due = now + RETRY_MOVE_MS;
+                    }
                     self.heap.push(Reverse((record.due, tp, offset, epoch)));
                     if full {
                         break;
