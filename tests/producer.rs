@@ -196,12 +196,6 @@ fn delay_ms(n: i64) -> u64 {
     1_000 + (n as u64 * 337) % 2_000
 }
 
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl Handler for Remind {
     type Message = Update;
     const GROUP: &'static str = "reminders";

@@ -44,11 +44,16 @@ impl Handler for FileRecorder {
             if sleep {
                 tokio::time::sleep(Duration::from_millis(event.sleep_ms)).await;
             }
-            let mut f = file.lock();
-            writeln!(f, "{offset}").map_err(HandlerError::transient)?;
-            f.flush().map_err(HandlerError::transient)
+            append_line(&file, &offset.to_string())
         }
     }
+}
+
+/// Appends `line` to the recorders' file and flushes it, so a SIGKILL loses no line.
+fn append_line(file: &Mutex<std::fs::File>, line: &str) -> Result<(), HandlerError> {
+    let mut f = file.lock();
+    writeln!(f, "{line}").map_err(HandlerError::transient)?;
+    f.flush().map_err(HandlerError::transient)
 }
 
 /// Appends `<key> <due ms> <start ms>` for every handled message: its key, its
@@ -74,19 +79,8 @@ impl Handler for DelayRecorder {
             .and_then(parse_time_ms)
             .unwrap_or(-1);
         let file = self.file.clone();
-        async move {
-            let mut f = file.lock();
-            writeln!(f, "{} {due} {started}", event.key).map_err(HandlerError::transient)?;
-            f.flush().map_err(HandlerError::transient)
-        }
+        async move { append_line(&file, &format!("{} {due} {started}", event.key)) }
     }
-}
-
-/// Milliseconds since the epoch, now.
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The worker needs tokio's multi-thread runtime; tests here build their own (parent and child).

@@ -40,7 +40,7 @@ pub(crate) async fn delays(args: DelaysArgs) -> anyhow::Result<()> {
             buffer_limit,
         } => {
             let mut signals = ShutdownSignals::install()?;
-            let relay = Relay::new(&topic, args.connection.config()).buffer_limit(buffer_limit);
+            let mut relay = Relay::new(&topic, args.connection.config()).buffer_limit(buffer_limit);
             let partitions = relay
                 .ensure_topics()
                 .await

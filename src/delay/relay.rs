@@ -63,6 +63,8 @@ pub struct Relay {
     /// The producer's and the admin client's settings (`client` unless set apart).
     producer: Option<ClientConfig>,
     buffer_limit: usize,
+    /// Whether [`Relay::ensure_topics`] made sure of the bucket topics already.
+    topics_ready: bool,
 }
 
 impl Relay {
@@ -74,6 +76,7 @@ impl Relay {
             client,
             producer: None,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
+            topics_ready: false,
         }
     }
 
@@ -103,16 +106,20 @@ impl Relay {
 
     /// Makes sure the topic exists and creates its bucket topics where missing (with its
     /// partition count); returns that count.
-    pub async fn ensure_topics(&self) -> Result<i32, DelayError> {
-        super::ensure_bucket_topics(self.producer_settings(), &self.topic).await
+    pub async fn ensure_topics(&mut self) -> Result<i32, DelayError> {
+        let partitions = super::ensure_bucket_topics(self.producer_settings(), &self.topic).await?;
+        self.topics_ready = true;
+        Ok(partitions)
     }
 
-    /// Makes sure the bucket topics exist ([`Relay::ensure_topics`]), then relays until
+    /// Makes sure the bucket topics exist unless [`Relay::ensure_topics`] did, then relays until
     /// `shutdown` is cancelled, waits for the moves in flight, commits and leaves the group.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<RelayStats, DelayError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<RelayStats, DelayError> {
         // Subscribed to before they exist, librdkafka would see them only at its next
         // metadata refresh (5 minutes by default).
-        self.ensure_topics().await?;
+        if !self.topics_ready {
+            self.ensure_topics().await?;
+        }
         let context = RelayContext::default();
         let revoked = context.revoked.clone();
         let mut config = self.client.clone();
@@ -149,6 +156,8 @@ impl Relay {
             partitions: HashMap::new(),
             heap: BinaryHeap::new(),
             epochs: 0,
+            touched: Vec::new(),
+            waiting: 0,
             meters: RelayMeters::new(&self.topic),
             backoff_until: 0,
             stats: RelayStats::default(),
@@ -176,9 +185,7 @@ impl Relay {
                 },
             }
             state.forget_revoked();
-            state.store_offsets(&consumer);
-            state.flow(&consumer);
-            state.meters.waiting.set(state.waiting() as f64);
+            state.settle(&consumer);
         }
         let stopping = async {
             while let Some((id, result)) = moves.next().await {
@@ -190,7 +197,7 @@ impl Relay {
                 "delay relay: moves still unacknowledged at stop (their records are read again)"
             );
         }
-        state.store_offsets(&consumer);
+        state.settle(&consumer);
         state.meters.waiting.set(0.0);
         let stats = state.stats;
         // Closing the clients waits on the broker: off the async threads.
@@ -320,6 +327,11 @@ struct State {
     /// (due, partition, offset, epoch): entries whose record moved or changed are skipped.
     heap: BinaryHeap<Reverse<(i64, Tp, i64, u64)>>,
     epochs: u64,
+    /// Partitions whose records changed since offsets were last stored and flow decided:
+    /// only they are looked at again.
+    touched: Vec<Tp>,
+    /// Records held, every partition together (the waiting gauge).
+    waiting: usize,
     meters: RelayMeters,
     /// No moves are started before this (ms since the epoch): the producer's queue was full.
     backoff_until: i64,
@@ -334,9 +346,15 @@ impl State {
         if revoked.is_empty() {
             return;
         }
+        let waiting = &mut self.waiting;
         for (topic, partition) in revoked {
-            self.partitions
-                .retain(|(t, p), _| !(t[..] == topic && *p == partition));
+            self.partitions.retain(|(t, p), held| {
+                let keep = !(t[..] == topic && *p == partition);
+                if !keep {
+                    *waiting -= held.records.len();
+                }
+                keep
+            });
         }
         // Their timers too: a bucket-9 record's would wait up to 18 hours.
         let partitions = &self.partitions;
@@ -390,7 +408,7 @@ impl State {
             }
         });
         partition.next = partition.next.max(offset + 1);
-        partition.records.insert(
+        let previous = partition.records.insert(
             offset,
             Waiting {
                 key: message.key().map(<[u8]>::to_vec),
@@ -401,7 +419,12 @@ impl State {
                 moving: false,
             },
         );
-        self.heap.push(Reverse((due, tp, offset, partition.epoch)));
+        if previous.is_none() {
+            self.waiting += 1;
+        }
+        self.heap
+            .push(Reverse((due, tp.clone(), offset, partition.epoch)));
+        self.touched.push(tp);
     }
 
     /// Moves every record whose hop or delivery is due at `now`, earliest first.
@@ -503,7 +526,10 @@ impl State {
         };
         match result {
             Ok(Ok(_)) => {
-                partition.records.remove(&id.offset);
+                if partition.records.remove(&id.offset).is_some() {
+                    self.waiting -= 1;
+                }
+                self.touched.push(id.tp.clone());
                 if id.delivered {
                     self.stats.delivered += 1;
                     self.meters.delivered.increment(1);
@@ -533,16 +559,31 @@ impl State {
         }
     }
 
-    /// Records read and not yet moved, every partition together.
-    fn waiting(&self) -> usize {
-        self.partitions.values().map(|p| p.records.len()).sum()
+    /// Stores offsets and pauses or resumes for the partitions whose records changed since
+    /// the last call, and sets the waiting gauge.
+    fn settle(&mut self, consumer: &StreamConsumer<RelayContext>) {
+        if self.touched.is_empty() {
+            return;
+        }
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        self.store_offsets(consumer, &touched);
+        self.flow(consumer, &touched);
+        self.meters.waiting.set(self.waiting as f64);
+        touched.clear();
+        self.touched = touched;
     }
 
-    /// Stores, for each partition, the offset of its first record not yet moved (or the one
-    /// after the last read): what the next owner starts from.
-    fn store_offsets(&mut self, consumer: &StreamConsumer<RelayContext>) {
+    /// Stores, for each partition of `touched`, the offset of its first record not yet moved
+    /// (or the one after the last read): what the next owner starts from.
+    fn store_offsets(&mut self, consumer: &StreamConsumer<RelayContext>, touched: &[Tp]) {
         let mut tpl = TopicPartitionList::new();
-        for ((topic, p), partition) in &mut self.partitions {
+        for tp in touched {
+            let Some(partition) = self.partitions.get_mut(tp) else {
+                continue;
+            };
+            let (topic, p) = tp;
             let low = partition
                 .records
                 .keys()
@@ -565,8 +606,12 @@ impl State {
     }
 
     /// Pauses a partition whose waiting records reached the limit; resumes it at half.
-    fn flow(&mut self, consumer: &StreamConsumer<RelayContext>) {
-        for ((topic, p), partition) in &mut self.partitions {
+    fn flow(&mut self, consumer: &StreamConsumer<RelayContext>, touched: &[Tp]) {
+        for tp in touched {
+            let Some(partition) = self.partitions.get_mut(tp) else {
+                continue;
+            };
+            let (topic, p) = tp;
             let held = partition.records.len();
             let change = if !partition.paused && held >= self.limit {
                 Some(true)

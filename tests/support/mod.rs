@@ -397,6 +397,13 @@ where
     }
 }
 
+/// Milliseconds since the epoch, now (the clock `steadfast-deliver-at` is compared with).
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The Redis the store tests use.
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// The Postgres the store tests use.

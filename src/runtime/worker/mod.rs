@@ -247,7 +247,7 @@ impl<H: Handler> Worker<H> {
         }
         // Its consumer takes the worker's consumer properties (`session.timeout.ms`, say),
         // its producer the producer properties.
-        let relay = crate::delay::Relay::new(topic, self.client_config(KafkaClient::Consumer))
+        let mut relay = crate::delay::Relay::new(topic, self.client_config(KafkaClient::Consumer))
             .producer_config(self.client_config(KafkaClient::Producer));
         relay
             .ensure_topics()
