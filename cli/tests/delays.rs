@@ -395,6 +395,7 @@ fn delayed_records_arrive_once_due_through_a_relay_kill_and_a_server_kill() {
 #[test]
 fn records_of_a_key_arrive_in_the_order_of_their_due_times() {
     const TOTAL: u64 = 2_000;
+    const ORDER_SLACK_MS: i64 = 2_000;
     let seed = seed();
     let dir = tempfile::tempdir().expect("tempdir");
     let server = ChildServer::start(&dir.path().join("data"));
@@ -445,9 +446,12 @@ fn records_of_a_key_arrive_in_the_order_of_their_due_times() {
             list.iter().all(|a| a.partition == list[0].partition),
             "{key}: records of one key on several partitions"
         );
+        // Records due within `ORDER_SLACK_MS` of each other may swap on a loaded machine: a
+        // hop's re-read has a second of slack before the record is due, and a fetch can take
+        // longer (docs/delayed-messages.md, order). Wider apart, they never may.
         for pair in list.windows(2) {
             assert!(
-                pair[0].due_ms <= pair[1].due_ms,
+                pair[0].due_ms <= pair[1].due_ms + ORDER_SLACK_MS,
                 "{key}: record {} arrived before record {}, due earlier (sent from {start_ms}):\n{:?}\n{:?}",
                 pair[0].seq,
                 pair[1].seq,
