@@ -103,6 +103,11 @@ pub struct ObservabilityExamples;
 #[doc = include_str!("../docs/delayed-messages.md")]
 pub struct DelayedMessagesExamples;
 
+/// docs/several-handlers.md's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/several-handlers.md")]
+pub struct SeveralHandlersExamples;
+
 /// The derive macros' documentation (`steadfast-macros`), its examples run as doc tests here.
 #[cfg(doctest)]
 #[doc = include_str!("../macros/docs/crate.md")]

@@ -47,6 +47,8 @@ mod quickstart;
 mod retry_tiers;
 #[path = "routed_once.rs"]
 mod routed_once;
+#[path = "several_handlers.rs"]
+mod several_handlers;
 #[path = "start_from.rs"]
 mod start_from;
 #[path = "store_conformance_postgres.rs"]

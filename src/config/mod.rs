@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod handlers;
 mod kafka;
 mod observe;
 mod policies;
 mod start;
 
+pub use self::handlers::HandlerTable;
 pub use self::kafka::{KafkaClient, CONSUMER_ONLY, PRODUCER_ONLY};
 pub use self::observe::ObserveConfig;
 pub(crate) use self::policies::is_identifier;
@@ -100,6 +102,14 @@ pub struct WorkerConfig {
     pub group: Option<String>,
     /// Source topic; the message type's topic when unset. Env: `STEADFAST_TOPIC`.
     pub topic: Option<String>,
+    /// A regular expression: the handler reads every topic whose whole name it matches,
+    /// those created later included, instead of one topic. Topics
+    /// steadfast derives (retry tiers, dead-letter, stale and delay topics) never match.
+    /// Env: `STEADFAST_TOPIC_PATTERN`.
+    pub topic_pattern: Option<String>,
+    /// How often the topics are listed for ones matching `topic_pattern`, in ms.
+    /// Env: `STEADFAST_TOPIC_PATTERN_REFRESH_MS`.
+    pub topic_pattern_refresh_ms: u64,
     /// Handler calls at once. Env: `STEADFAST_CONCURRENCY`.
     pub concurrency: usize,
     /// Messages delivered and unfinished before fetching pauses; 4 × concurrency when unset.
@@ -163,6 +173,10 @@ pub struct WorkerConfig {
     pub transaction: Option<TransactionConfig>,
     /// Metrics and health endpoint (`[observe]`).
     pub observe: ObserveConfig,
+    /// The settings of each handler of a worker that runs several (`[handlers.<name>]`,
+    /// `<name>` being the handler's `#[handler(group = ..)]`): keys that override the ones
+    /// above for that handler alone.
+    pub handlers: BTreeMap<String, HandlerTable>,
 }
 
 impl Default for WorkerConfig {
@@ -171,6 +185,8 @@ impl Default for WorkerConfig {
             brokers: "127.0.0.1:9092".to_owned(),
             group: None,
             topic: None,
+            topic_pattern: None,
+            topic_pattern_refresh_ms: 30_000,
             concurrency: 64,
             max_in_flight: None,
             max_per_key: 256,
@@ -195,6 +211,7 @@ impl Default for WorkerConfig {
             breaker: None,
             transaction: None,
             observe: ObserveConfig::default(),
+            handlers: BTreeMap::new(),
         }
     }
 }
@@ -212,10 +229,15 @@ pub const DEFAULT_CONFIG_FILE: &str = "steadfast.toml";
 ///
 /// A variable that sets a key of a policy table (`STEADFAST_DEDUP_STORE` sets `dedup.store`)
 /// turns the policy on, as a file with that table would.
-pub const ENV_OVERRIDES: [(&str, &str); 29] = [
+pub const ENV_OVERRIDES: [(&str, &str); 31] = [
     ("STEADFAST_BROKERS", "brokers"),
     ("STEADFAST_GROUP", "group"),
     ("STEADFAST_TOPIC", "topic"),
+    ("STEADFAST_TOPIC_PATTERN", "topic_pattern"),
+    (
+        "STEADFAST_TOPIC_PATTERN_REFRESH_MS",
+        "topic_pattern_refresh_ms",
+    ),
     ("STEADFAST_CONCURRENCY", "concurrency"),
     ("STEADFAST_MAX_IN_FLIGHT", "max_in_flight"),
     ("STEADFAST_MAX_PER_KEY", "max_per_key"),
@@ -373,7 +395,8 @@ impl WorkerConfig {
             );
         }
         self.validate_policies()?;
-        self.validate_observe_and_kafka()
+        self.validate_observe_and_kafka()?;
+        self.validate_handlers()
     }
 
     /// The `[observe]` settings and the `[kafka]` properties steadfast sets itself.
@@ -600,6 +623,7 @@ fn env_value(key: &str, value: &str) -> toml::Value {
         | "handler_timeout_ms"
         | "drain_timeout_ms"
         | "commit_interval_ms"
+        | "topic_pattern_refresh_ms"
         | "observe.stall_after_ms"
         | "observe.lag_interval_ms"
         | "stores.dead_letter_after_refusals" => value

@@ -81,12 +81,18 @@ impl WorkerView {
 }
 
 /// The answer of `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Readiness {
     /// Whether the worker is ready.
     pub ready: bool,
     /// Why it is not (empty when ready).
     pub reasons: Vec<String>,
+    /// For a worker of several handlers (or of a topic pattern), each handler's topic's
+    /// readiness, under `<group>/<topic>` (a pattern's search under `<group>/<pattern>`);
+    /// the worker is ready when every one is, and its reasons are theirs, each after its
+    /// name. Empty for a worker of one handler on one topic.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub handlers: std::collections::BTreeMap<String, Readiness>,
 }
 
 /// Records of a partition not yet delivered to the worker, and since when there have been
@@ -287,6 +293,7 @@ fn decide(
         return Readiness {
             ready: false,
             reasons,
+            ..Readiness::default()
         };
     }
     for p in &worker.partitions {
@@ -334,6 +341,7 @@ fn decide(
     Readiness {
         ready: reasons.is_empty(),
         reasons,
+        ..Readiness::default()
     }
 }
 

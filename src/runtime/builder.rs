@@ -7,8 +7,9 @@ use std::time::Duration;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use super::handlers::{prepare_all, Section};
 use super::worker::Worker;
-use crate::config::{millis, ConfigError, Ordering, WorkerConfig};
+use crate::config::{millis, Ordering, WorkerConfig};
 use crate::error::WorkerError;
 use crate::handler::Handler;
 use crate::message::{Envelope, Outcome};
@@ -38,6 +39,8 @@ pub struct WorkerBuilder<H = NoHandler> {
     layers: Vec<UserLayer>,
     /// The handler given ([`NoHandler`] until one is).
     given: H,
+    /// The handlers given before it, each with the settings it had then.
+    others: Vec<Box<dyn Section>>,
     _marker: PhantomData<fn() -> H>,
 }
 
@@ -49,6 +52,7 @@ impl Default for WorkerBuilder<NoHandler> {
             stores: StoreHandles::default(),
             layers: Vec::new(),
             given: NoHandler,
+            others: Vec::new(),
             _marker: PhantomData,
         }
     }
@@ -73,6 +77,15 @@ impl<H> WorkerBuilder<H> {
     /// The source topic (the message type's when not set).
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.config.topic = Some(topic.into());
+        self
+    }
+    /// Reads every topic whose whole name the regular expression `pattern` matches, those
+    /// created later included (found at each listing, every `refresh`), instead of one
+    /// topic; each with its own retry tiers and dead-letter topic (`topic_pattern`,
+    /// `topic_pattern_refresh_ms`). Topics steadfast derives never match.
+    pub fn topic_pattern(mut self, pattern: impl Into<String>, refresh: Duration) -> Self {
+        self.config.topic_pattern = Some(pattern.into());
+        self.config.topic_pattern_refresh_ms = millis(refresh);
         self
     }
     /// Handler calls at once, across keys (default 64).
@@ -327,8 +340,8 @@ impl<H> WorkerBuilder<H> {
 }
 
 impl WorkerBuilder<NoHandler> {
-    /// The handler. A worker runs one handler: a builder that has one has no `handler`
-    /// method, so a second call does not compile (it would have replaced the first).
+    /// The handler; the settings given so far are its, and so are the ones given after, up
+    /// to the next [`handler`](WorkerBuilder::handler) call.
     pub fn handler<H: Handler>(self, handler: H) -> WorkerBuilder<H> {
         WorkerBuilder {
             config: self.config,
@@ -336,25 +349,58 @@ impl WorkerBuilder<NoHandler> {
             stores: self.stores,
             layers: self.layers,
             given: handler,
+            others: self.others,
             _marker: PhantomData,
         }
     }
 }
 
 impl<H: Handler> WorkerBuilder<H> {
-    /// Checks the settings and builds the worker.
-    pub fn build(self) -> Result<Worker<H>, WorkerError> {
-        self.config.validate()?;
-        if self.stores.rate.is_some() && self.config.rate_limit.is_none() {
-            return Err(ConfigError::Invalid {
-                key: "rate_limit",
-                reason: "a rate-limit store was given without a limit: call `rate_limit(per_second, burst)` too".to_owned(),
-            }
-            .into());
+    /// Another handler, run by the same worker beside the ones given before it, in a consumer
+    /// group of its own: `Worker::builder().brokers(..).handler(a).concurrency(8)
+    /// .handler(b).topic("b-events")`. The settings given after this call are its; they start
+    /// as the previous handler's, except the ones that name that handler's topics and group
+    /// (`topic`, `topic_pattern`, `group`, `dead_letter_topic`, `relay_delayed_messages`),
+    /// which start unset. Stores given as handles and tower layers carry over too. Each
+    /// handler's `[handlers.<name>]` table is put over its settings at [`build`](Self::build).
+    /// The metrics and health endpoint is the worker's, set with the first handler.
+    pub fn handler<H2: Handler>(self, next: H2) -> WorkerBuilder<H2> {
+        let mut others = self.others;
+        others.push(Box::new(
+            Worker::new(self.given, self.config.clone())
+                .with_parts(self.stores.clone(), self.layers.clone()),
+        ));
+        let mut config = self.config;
+        config.topic = None;
+        config.topic_pattern = None;
+        config.group = None;
+        config.dead_letter_topic = None;
+        config.relay_delayed_messages = false;
+        WorkerBuilder {
+            config,
+            listener: self.listener,
+            stores: self.stores,
+            layers: self.layers,
+            given: next,
+            others,
+            _marker: PhantomData,
         }
-        Ok(Worker::new(self.given, self.config)
-            .with_parts(self.stores, self.layers)
-            .with_listener(self.listener))
+    }
+
+    /// Checks the settings (every handler's, with its `[handlers.<name>]` table) and builds
+    /// the worker.
+    pub fn build(self) -> Result<Worker<H>, WorkerError> {
+        let mut last = Worker::new(self.given, self.config).with_parts(self.stores, self.layers);
+        let mut others = self.others;
+        {
+            let mut all: Vec<&mut dyn Section> = others
+                .iter_mut()
+                .map(|s| &mut **s as &mut dyn Section)
+                .collect();
+            all.push(&mut last);
+            prepare_all(&mut all)?;
+        }
+        Ok(last.with_others(others).with_listener(self.listener))
     }
     /// Builds and runs the worker until SIGTERM or SIGINT; a second signal exits at once.
     pub async fn run_until_signal(self) -> Result<crate::runtime::WorkerStats, WorkerError> {

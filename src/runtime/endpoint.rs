@@ -75,13 +75,62 @@ pub(crate) fn bind(
     Ok(Some(listener))
 }
 
+/// The probes of a worker of several handlers, or of a topic pattern: one per handler's
+/// topic (and one per pattern's search), added as they start; ready when every one is.
+#[derive(Default)]
+pub(crate) struct ProbeSet {
+    members: parking_lot::Mutex<Vec<(String, Arc<dyn Probe>)>>,
+}
+
+impl ProbeSet {
+    /// Adds the probe of `name` (`<group>/<topic>`).
+    pub(crate) fn add(&self, name: String, probe: Arc<dyn Probe>) {
+        self.members.lock().push((name, probe));
+    }
+
+    /// The members, copied out so that no probe is asked under the lock.
+    fn members(&self) -> Vec<(String, Arc<dyn Probe>)> {
+        self.members.lock().clone()
+    }
+}
+
+impl Probe for ProbeSet {
+    fn readiness(&self) -> Readiness {
+        let members = self.members();
+        let mut all = Readiness {
+            ready: !members.is_empty(),
+            ..Readiness::default()
+        };
+        if members.is_empty() {
+            all.reasons
+                .push("starting: no handler has started yet".to_owned());
+        }
+        for (name, probe) in members {
+            let one = probe.readiness();
+            if !one.ready {
+                all.ready = false;
+                all.reasons
+                    .extend(one.reasons.iter().map(|reason| format!("{name}: {reason}")));
+            }
+            all.handlers.insert(name, one);
+        }
+        all
+    }
+
+    fn refresh(&self) {
+        for (_, probe) in self.members() {
+            probe.refresh();
+        }
+    }
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the guard is dropped.
-pub(crate) fn serve(listener: tokio::net::TcpListener, probe: WorkerProbe) -> DropGuard {
+pub(crate) fn serve(listener: tokio::net::TcpListener, probe: Arc<dyn Probe>) -> DropGuard {
     let stop = CancellationToken::new();
     let address = listener.local_addr().ok();
     let until = stop.clone();
     tokio::spawn(async move {
-        if let Err(e) = observe::serve(listener, Arc::new(probe), until).await {
+        if let Err(e) = observe::serve(listener, probe, until).await {
             tracing::error!(error = %e, "the metrics and health endpoint stopped");
         }
     });

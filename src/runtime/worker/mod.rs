@@ -17,8 +17,9 @@ use self::consume::{commit, drain, ConsumeLoop, Pace, WorkerConsumer};
 use self::signals::Signals;
 use super::assembly::build_stack;
 use super::dispatch::{Dispatcher, Limits};
-use super::endpoint::{bind, serve, WorkerProbe};
+use super::endpoint::{bind, serve, ProbeSet, WorkerProbe};
 use super::guards::Guards;
+use super::handlers::{run_set, Section};
 use super::rebalance::WorkerContext;
 use super::recovery::RecoveryPlan;
 use super::shared::{Counters, Parts, Shared};
@@ -48,6 +49,8 @@ pub struct Worker<H> {
     stores: StoreHandles,
     /// The user's tower layers, outermost first.
     layers: Vec<UserLayer>,
+    /// The worker's other handlers, given to the builder before this one.
+    others: Vec<Box<dyn Section>>,
 }
 
 /// What a worker did, returned when it stops.
@@ -80,7 +83,49 @@ impl<H: Handler> Worker<H> {
             listener: None,
             stores: StoreHandles::default(),
             layers: Vec::new(),
+            others: Vec::new(),
         }
+    }
+
+    /// Runs `others` beside this handler (they were given to the builder before it).
+    pub(crate) fn with_others(mut self, others: Vec<Box<dyn Section>>) -> Self {
+        self.others = others;
+        self
+    }
+
+    /// The worker of this handler for one `topic` of its pattern: the same handler, stores
+    /// and layers; no endpoint of its own.
+    pub(crate) fn for_topic(&self, topic: &str) -> Self {
+        let mut config = self.config.clone();
+        config.topic = Some(topic.to_owned());
+        config.topic_pattern = None;
+        Worker {
+            handler: self.handler.clone(),
+            config,
+            listener: None,
+            stores: self.stores.clone(),
+            layers: self.layers.clone(),
+            others: Vec::new(),
+        }
+    }
+
+    /// The settings.
+    pub(crate) fn settings(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Puts the handler's `[handlers.<name>]` table over its settings and checks them.
+    pub(crate) fn apply_handler_table(&mut self) -> Result<(), WorkerError> {
+        self.config = self.config.for_handler(H::GROUP)?;
+        self.config.validate()?;
+        if self.stores.rate.is_some() && self.config.rate_limit.is_none() {
+            return Err(crate::config::ConfigError::Invalid {
+                key: "rate_limit",
+                reason: "a rate-limit store was given without a limit: call `rate_limit(per_second, burst)` too".to_owned(),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Uses the store handles and the tower layers given to the builder.
@@ -105,7 +150,7 @@ impl<H: Handler> Worker<H> {
     }
 
     /// The consumer group: configured, or the handler's.
-    fn group(&self) -> String {
+    pub(crate) fn group_name(&self) -> String {
         self.config
             .group
             .clone()
@@ -114,7 +159,7 @@ impl<H: Handler> Worker<H> {
 
     /// The settings of one of the worker's clients: only the `[kafka]` properties that kind
     /// of client takes (librdkafka warns about the others), and the brokers.
-    fn client_config(&self, client: KafkaClient) -> ClientConfig {
+    pub(crate) fn client(&self, client: KafkaClient) -> ClientConfig {
         let mut c = ClientConfig::new();
         for (k, v) in self.config.kafka_properties(client) {
             c.set(k, v);
@@ -153,16 +198,36 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Runs until `shutdown` is cancelled, then stops fetching, drains running handlers
-    /// (up to the drain timeout), commits and leaves the group.
+    /// (up to the drain timeout), commits and leaves the group. A worker of several handlers
+    /// (or of a topic pattern) runs each handler's topics this way side by side and returns
+    /// their stats added up, or the first error one stopped with, once all have stopped.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<WorkerStats, WorkerError> {
-        let runtime = tokio::runtime::Handle::current();
-        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        if tokio::runtime::Handle::current().runtime_flavor()
+            != tokio::runtime::RuntimeFlavor::MultiThread
+        {
             return Err(WorkerError::CurrentThreadRuntime);
         }
-        let (topic, group) = (self.topic(), self.group());
+        if self.others.is_empty() && self.config.topic_pattern.is_none() {
+            return self.run_single(shutdown, None).await;
+        }
+        let listener = self.listener.take();
+        let mut sections = std::mem::take(&mut self.others);
+        sections.push(Box::new(self));
+        run_set(sections, listener, shutdown).await
+    }
+
+    /// Runs the handler over one topic until `shutdown`; its probe goes to `probes` when it is
+    /// one of several, else to an endpoint of its own when one is configured.
+    pub(crate) async fn run_single(
+        mut self,
+        shutdown: CancellationToken,
+        probes: Option<Arc<ProbeSet>>,
+    ) -> Result<WorkerStats, WorkerError> {
+        let runtime = tokio::runtime::Handle::current();
+        let (topic, group) = (self.topic(), self.group_name());
         let retry_tiers = self.config.retry_tiers();
         let topics = RoutingTopics::of(&self.config, &topic, &group, &retry_tiers);
-        let observed = self.observe(&topic, &group)?;
+        let observed = self.observe(&topic, &group, probes)?;
         let Some((partitions, guards)) = self
             .connect(&topics, &group, &shutdown, &observed.health)
             .await?
@@ -170,8 +235,7 @@ impl<H: Handler> Worker<H> {
             return Ok(WorkerStats::default());
         };
         let sink: Arc<dyn Sink> = Arc::new(
-            KafkaSink::new(self.client_config(KafkaClient::Producer))
-                .map_err(|e| self.broker_error(e))?,
+            KafkaSink::new(self.client(KafkaClient::Producer)).map_err(|e| self.broker_error(e))?,
         );
         // Handlers see this token; it fires only once the drain deadline has passed.
         let handler_shutdown = CancellationToken::new();
@@ -247,8 +311,8 @@ impl<H: Handler> Worker<H> {
         }
         // Its consumer takes the worker's consumer properties (`session.timeout.ms`, say),
         // its producer the producer properties.
-        let mut relay = crate::delay::Relay::new(topic, self.client_config(KafkaClient::Consumer))
-            .producer_config(self.client_config(KafkaClient::Producer));
+        let mut relay = crate::delay::Relay::new(topic, self.client(KafkaClient::Consumer))
+            .producer_config(self.client(KafkaClient::Producer));
         relay
             .ensure_topics()
             .await
@@ -266,9 +330,18 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Binds the metrics and health endpoint when one is configured and serves it from now
-    /// on: live at once, not ready (with the reason) until the worker consumes.
-    fn observe(&mut self, topic: &str, group: &str) -> Result<Observed, WorkerError> {
-        let endpoint = bind(self.listener.take(), self.config.observe.listen.as_deref())?;
+    /// on: live at once, not ready (with the reason) until the worker consumes. One of
+    /// several handlers adds its probe to their set instead, as `<group>/<topic>`.
+    fn observe(
+        &mut self,
+        topic: &str,
+        group: &str,
+        probes: Option<Arc<ProbeSet>>,
+    ) -> Result<Observed, WorkerError> {
+        let endpoint = match probes {
+            Some(_) => None,
+            None => bind(self.listener.take(), self.config.observe.listen.as_deref())?,
+        };
         if endpoint.is_some() {
             // Before the first handle is made: handles made earlier record nowhere.
             if let Err(why) = observe::metrics::prometheus() {
@@ -278,17 +351,16 @@ impl<H: Handler> Worker<H> {
         let meters = Meters::new(group, topic);
         let health = Arc::new(Health::default());
         let started = Arc::new(OnceLock::new());
-        let _stop = endpoint.map(|listener| {
-            serve(
-                listener,
-                WorkerProbe {
-                    shared: started.clone(),
-                    health: health.clone(),
-                    meters: meters.clone(),
-                    stall_after: Duration::from_millis(self.config.observe.stall_after_ms),
-                },
-            )
+        let probe = Arc::new(WorkerProbe {
+            shared: started.clone(),
+            health: health.clone(),
+            meters: meters.clone(),
+            stall_after: Duration::from_millis(self.config.observe.stall_after_ms),
         });
+        if let Some(probes) = probes {
+            probes.add(format!("{group}/{topic}"), probe.clone());
+        }
+        let _stop = endpoint.map(|listener| serve(listener, probe));
         Ok(Observed {
             meters,
             health,
@@ -307,10 +379,7 @@ impl<H: Handler> Worker<H> {
         shutdown: &CancellationToken,
         health: &Arc<Health>,
     ) -> Result<Option<(i32, Guards)>, WorkerError> {
-        let partitions = match topics
-            .ensure(&self.client_config(KafkaClient::Helper))
-            .await
-        {
+        let partitions = match topics.ensure(&self.client(KafkaClient::Helper)).await {
             Ok(partitions) => partitions,
             Err(_) if shutdown.is_cancelled() => return Ok(None),
             Err(e @ WorkerError::Broker { .. }) => return Err(e.at_brokers(&self.config.brokers)),
@@ -366,7 +435,7 @@ impl<H: Handler> Worker<H> {
             shared: shared.clone(),
             drain_timeout: Duration::from_millis(self.config.drain_timeout_ms),
             recovery: RecoveryPlan {
-                client: self.client_config(KafkaClient::Helper),
+                client: self.client(KafkaClient::Helper),
                 topology: topics.topology(),
                 dead_letter: topics.dead_letter.clone(),
                 strict: limits.strict,
@@ -390,7 +459,7 @@ impl<H: Handler> Worker<H> {
     /// The consumer's settings: the group, offsets stored and committed by the worker only,
     /// and defaults (where `[kafka]` sets none) that suit the worker's bounds.
     fn consumer_config(&self, group: &str, limits: Limits) -> ClientConfig {
-        let mut consumer_config = self.client_config(KafkaClient::Consumer);
+        let mut consumer_config = self.client(KafkaClient::Consumer);
         consumer_config
             .set("group.id", group)
             .set("enable.auto.commit", "false")
@@ -441,7 +510,7 @@ impl<H: Handler> Worker<H> {
         if topics.tiers.is_empty() {
             return None;
         }
-        let mut reader = self.client_config(KafkaClient::Helper);
+        let mut reader = self.client(KafkaClient::Helper);
         reader.set("group.id", format!("{group}.steadfast-lag"));
         reader.create().map(Arc::new).ok()
     }
@@ -474,6 +543,18 @@ impl<H: Handler> Worker<H> {
 }
 
 impl WorkerStats {
+    /// Adds what `other` did.
+    pub(crate) fn add(&mut self, other: &WorkerStats) {
+        self.handled += other.handled;
+        self.routed_to_tier += other.routed_to_tier;
+        self.dead_lettered += other.dead_lettered;
+        self.dropped += other.dropped;
+        self.dropped_stale += other.dropped_stale;
+        self.requeued += other.requeued;
+        self.skipped_finished += other.skipped_finished;
+        self.partitions_assigned += other.partitions_assigned;
+    }
+
     /// What `counters` counted.
     fn of(counters: &Counters) -> Self {
         let c = counters;

@@ -1,0 +1,193 @@
+//! A handler of a topic pattern: the topics are listed every `topic_pattern_refresh_ms`, and
+//! each topic whose name the pattern matches, and that is not one steadfast derives (retry
+//! tiers, dead-letter, stale and delay topics, Kafka's internal ones), gets a worker of its
+//! own in the handler's group, with its own tiers and dead-letter topic named after it, as a
+//! handler of that one topic would have; topics created later are picked up at the next
+//! listing.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::endpoint::ProbeSet;
+use super::handlers::join_all;
+use super::worker::{Worker, WorkerStats};
+use crate::config::KafkaClient;
+use crate::error::WorkerError;
+use crate::handler::Handler;
+use crate::observe::{Probe, Readiness};
+
+/// How long one listing of the topics may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `template`'s handler over every topic `pattern` matches, as they appear, until
+/// `shutdown`.
+pub(crate) async fn watch<H: Handler>(
+    template: Worker<H>,
+    pattern: regex::Regex,
+    shutdown: CancellationToken,
+    probes: Arc<ProbeSet>,
+) -> Result<WorkerStats, WorkerError> {
+    let group = template.group_name();
+    let search = Arc::new(Search::default());
+    let written = template
+        .settings()
+        .topic_pattern
+        .clone()
+        .unwrap_or_default();
+    probes.add(format!("{group}/{written}"), search.clone());
+    let lister: Arc<BaseConsumer> = Arc::new(
+        template
+            .client(KafkaClient::Helper)
+            .create()
+            .map_err(|e| WorkerError::kafka("creating the topic-pattern lister", e))?,
+    );
+    let dead_letter = template.settings().dead_letter_topic.as_deref();
+    let refresh = Duration::from_millis(template.settings().topic_pattern_refresh_ms);
+    let stop_all = shutdown.child_token();
+    let mut running = JoinSet::new();
+    let mut started = HashSet::new();
+    loop {
+        match list_topics(&lister).await {
+            Ok(topics) => {
+                search.listed();
+                for topic in topics {
+                    if !pattern.is_match(&topic)
+                        || is_derived(&topic, dead_letter)
+                        || !started.insert(topic.clone())
+                    {
+                        continue;
+                    }
+                    tracing::info!(%group, %topic, pattern = %written, "a topic matches the pattern: consuming it");
+                    let worker = template.for_topic(&topic);
+                    let run = worker.run_single(stop_all.clone(), Some(probes.clone()));
+                    running.spawn(async move { (H::GROUP, run.await) });
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(%group, pattern = %written, %reason, "listing the topics failed; trying again");
+                search.failed(reason);
+            }
+        }
+        tokio::select! {
+            () = stop_all.cancelled() => break,
+            () = tokio::time::sleep(refresh) => {}
+            Some(done) = running.join_next() => {
+                // A topic's worker stopped before the shutdown: only an error does that.
+                let mut one = JoinSet::new();
+                let failed = match done {
+                    Ok(result) => result,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                };
+                one.spawn(async move { failed });
+                stop_all.cancel();
+                let first = join_all(one, &stop_all).await;
+                let rest = join_all(running, &stop_all).await;
+                return first.and(rest);
+            }
+        }
+    }
+    join_all(running, &stop_all).await
+}
+
+/// Whether `topic` is one steadfast derives from another (or the handler's `dead_letter`
+/// topic), or Kafka's own: a pattern never consumes those (a tier's records are read by the worker of their source topic).
+fn is_derived(topic: &str, dead_letter: Option<&str>) -> bool {
+    let numbered = |infix: &str| {
+        topic
+            .rsplit_once(infix)
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    topic.starts_with("__")
+        || topic.ends_with(".dlq")
+        || topic.ends_with(".stale")
+        || numbered(".retry.")
+        || numbered(".delay.")
+        || dead_letter == Some(topic)
+}
+
+/// The names of the cluster's topics, read off the async threads.
+async fn list_topics(lister: &Arc<BaseConsumer>) -> Result<Vec<String>, String> {
+    let lister = lister.clone();
+    tokio::task::spawn_blocking(move || {
+        lister
+            .fetch_metadata(None, LIST_TIMEOUT)
+            .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The pattern's search, as a probe: not ready until the topics were first listed, nor while
+/// listing them fails.
+#[derive(Default)]
+struct Search {
+    listed: AtomicBool,
+    failed: Mutex<Option<String>>,
+}
+
+impl Search {
+    fn listed(&self) {
+        self.listed.store(true, Ordering::Release);
+        *self.failed.lock() = None;
+    }
+
+    fn failed(&self, reason: String) {
+        *self.failed.lock() = Some(reason);
+    }
+}
+
+impl Probe for Search {
+    fn readiness(&self) -> Readiness {
+        let mut reasons = Vec::new();
+        if let Some(reason) = self.failed.lock().clone() {
+            reasons.push(format!("listing the topics failed: {reason}"));
+        } else if !self.listed.load(Ordering::Acquire) {
+            reasons.push("starting: listing the topics".to_owned());
+        }
+        Readiness {
+            ready: reasons.is_empty(),
+            reasons,
+            ..Readiness::default()
+        }
+    }
+
+    fn refresh(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_derived;
+
+    #[test]
+    fn derived_and_internal_topics_are_never_matched() {
+        for topic in [
+            "orders.billing.retry.1",
+            "orders.retry.12",
+            "orders.dlq",
+            "orders.stale",
+            "orders.delay.3",
+            "__consumer_offsets",
+            "custom-dead-letters",
+        ] {
+            assert!(is_derived(topic, Some("custom-dead-letters")), "{topic}");
+        }
+        for topic in [
+            "orders",
+            "orders.retry",
+            "orders.retry.x",
+            "orders.delay.",
+            "orders.dlq.eu",
+            "_single_underscore",
+        ] {
+            assert!(!is_derived(topic, Some("custom-dead-letters")), "{topic}");
+        }
+    }
+}

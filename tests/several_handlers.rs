@@ -1,0 +1,518 @@
+//! Several handlers in one worker (rdkafka against the embedded server): one handler stalled
+//! (its dependency down, its breaker open, its keys parked behind their retry copies) does
+//! not hold up the other, which runs at its full concurrency; `[handlers.<name>]` tables set
+//! each one's topic, group and policies; `/readyz` and the metrics name the handler; a topic
+//! pattern picks up a topic created after the start, with tiers and a dead-letter topic named
+//! after it, and never consumes a topic steadfast derived; the builder refuses a table that
+//! names no handler and two handlers in one group.
+
+use crate::support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerConfig, WorkerStats};
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+/// A handler whose dependency is down: every call fails transiently after 2 ms.
+#[derive(Debug, Clone, Default)]
+struct Stalled {
+    /// (key, seq) of every call.
+    calls: Arc<Mutex<Vec<(String, u64)>>>,
+}
+
+impl Handler for Stalled {
+    type Message = Event;
+    const GROUP: &'static str = "several-stalled";
+
+    async fn handle_message(&self, event: Event, _cx: &Context) -> Result<(), HandlerError> {
+        self.calls.lock().push((event.key.clone(), event.seq));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Err(HandlerError::transient("the dependency is down"))
+    }
+}
+
+#[derive(Debug, Default)]
+struct SteadyState {
+    /// (topic, key, seq) of every successful call, and when it ended.
+    handled: Vec<(String, String, u64, Instant)>,
+    running: usize,
+    /// The most calls at once since the last reset.
+    max_running: usize,
+}
+
+/// A healthy handler: 5 ms per record; fails permanently a record marked `permanent`.
+#[derive(Debug, Clone, Default)]
+struct Steady {
+    state: Arc<Mutex<SteadyState>>,
+}
+
+impl Steady {
+    fn handled(&self) -> usize {
+        self.state.lock().handled.len()
+    }
+
+    /// The most calls at once since the last call of this, and resets it.
+    fn take_max_running(&self) -> usize {
+        std::mem::take(&mut self.state.lock().max_running)
+    }
+}
+
+impl Handler for Steady {
+    type Message = Event;
+    const GROUP: &'static str = "several-steady";
+
+    async fn handle_message(&self, event: Event, cx: &Context) -> Result<(), HandlerError> {
+        {
+            let mut s = self.state.lock();
+            s.running += 1;
+            s.max_running = s.max_running.max(s.running);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut s = self.state.lock();
+        s.running -= 1;
+        if event.permanent {
+            return Err(HandlerError::permanent("marked to fail"));
+        }
+        s.handled
+            .push((cx.topic().to_owned(), event.key, event.seq, Instant::now()));
+        Ok(())
+    }
+}
+
+/// `count` events over `keys` keys (`<label>-k<i>`), seq counting per key.
+fn events(label: &str, keys: usize, count: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let event = Event {
+                key: format!("{label}-k{}", i % keys),
+                seq: (i / keys) as u64,
+                ..Event::default()
+            };
+            (
+                event.key.as_bytes().to_vec(),
+                serde_json::to_vec(&event).expect("encodes"),
+            )
+        })
+        .collect()
+}
+
+/// The JSON body of `GET path` on the endpoint.
+fn get_json(port: u16, path: &str) -> serde_json::Value {
+    let response = http_get(port, path);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// The value of the gauge `name` whose labels include every one of `labels`.
+fn gauge(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let response = http_get(port, "/metrics");
+    response.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (inside, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| inside.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Runs `worker` in a task until the returned token is cancelled.
+fn run<H: Handler>(
+    worker: Worker<H>,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<WorkerStats, steadfast::WorkerError>>,
+) {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    (stop, tokio::spawn(async move { worker.run(token).await }))
+}
+
+/// Records per second between the first and the last end time of `handled[from..]`.
+fn rate(handled: &[(String, String, u64, Instant)], from: usize) -> f64 {
+    let ends: Vec<Instant> = handled[from..].iter().map(|h| h.3).collect();
+    let (Some(first), Some(last)) = (ends.iter().min(), ends.iter().max()) else {
+        return 0.0;
+    };
+    ends.len() as f64 / last.duration_since(*first).as_secs_f64().max(1e-3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_handler_does_not_hold_up_the_other_one() {
+    const STEADY_PHASE: usize = 2_000;
+    const STALLED_KEYS: usize = 40;
+    let (_dir, _server, bootstrap) = crate::observe::server().await;
+    let (a, ga) = topic_and_group(&bootstrap, "several-a", 4).await;
+    let (b, gb) = topic_and_group(&bootstrap, "several-b", 4).await;
+    // Both handlers' settings from one file: shared keys at the top, each one's own in its
+    // table.
+    let file = format!(
+        r#"
+brokers = "{bootstrap}"
+commit_interval_ms = 100
+[retry]
+attempts = 1
+[handlers.several-stalled]
+topic = "{a}"
+group = "{ga}"
+retry_tiers_ms = [120000]
+[handlers.several-stalled.breaker]
+failure_rate_percent = 50
+window_ms = 1000
+min_calls = 5
+open_ms = 500
+half_open_probes = 1
+[handlers.several-steady]
+topic = "{b}"
+group = "{gb}"
+concurrency = 8
+"#
+    );
+    let config = WorkerConfig::from_toml(&file).expect("valid settings");
+    let (stalled, steady) = (Stalled::default(), Steady::default());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("bound").port();
+    let worker = Worker::builder()
+        .config(config)
+        .observe_listener(listener)
+        .handler(stalled.clone())
+        .handler(steady.clone())
+        .build()
+        .expect("a worker of two handlers");
+    let (stop, task) = run(worker);
+
+    // Phase 1: the steady handler alone (the stalled one has nothing to do).
+    produce_keyed(&bootstrap, &b, &events("one", 200, STEADY_PHASE), 100).await;
+    eventually(Duration::from_secs(60), "phase 1 handled", || {
+        steady.handled() >= STEADY_PHASE
+    })
+    .await;
+    let alone = rate(&steady.state.lock().handled, 0);
+    let max_alone = steady.take_max_running();
+
+    // The stalled handler gets records: the first of each key fails into the 120 s tier and
+    // parks its key; its failures open its breaker.
+    produce_keyed(&bootstrap, &a, &events("stuck", STALLED_KEYS, 200), 100).await;
+    let stalled_entry = format!("{ga}/{a}");
+    let steady_entry = format!("{gb}/{b}");
+    crate::observe::until(
+        Duration::from_secs(60),
+        "the stalled handler's breaker open and its keys parked",
+        || {
+            let readiness = get_json(port, "/readyz");
+            let parked = gauge(port, "steadfast_parked_keys", &[("group", &ga)]);
+            let open = readiness["handlers"][&stalled_entry]["reasons"]
+                .as_array()
+                .is_some_and(|r| {
+                    r.iter().any(|r| {
+                        r.as_str()
+                            .is_some_and(|r| r.contains("circuit breaker open"))
+                    })
+                });
+            async move { (open && parked.is_some_and(|p| p > 0.0)).then_some(()) }
+        },
+    )
+    .await;
+
+    // Phase 2: the steady handler again, beside the stalled one, which keeps failing on new
+    // keys (so its breaker keeps opening) while the steady one runs.
+    let before = steady.handled();
+    let feeding = CancellationToken::new();
+    let feeder = {
+        let (bootstrap, a, feeding) = (bootstrap.clone(), a.clone(), feeding.clone());
+        tokio::spawn(async move {
+            let producer: rdkafka::producer::FutureProducer =
+                client(&bootstrap).create().expect("a producer");
+            for i in 0.. {
+                if feeding.is_cancelled() {
+                    break;
+                }
+                let [(key, payload)]: [(Vec<u8>, Vec<u8>); 1] = events(&format!("fresh{i}"), 1, 1)
+                    .try_into()
+                    .expect("one event");
+                producer
+                    .send(
+                        rdkafka::producer::FutureRecord::to(&a)
+                            .key(&key)
+                            .payload(&payload),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("acknowledged");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    produce_keyed(&bootstrap, &b, &events("two", 200, STEADY_PHASE), 100).await;
+    let mut readings = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while steady.handled() < before + STEADY_PHASE {
+        assert!(Instant::now() < deadline, "phase 2 handled in time");
+        readings.push(get_json(port, "/readyz"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    feeding.cancel();
+    feeder.await.expect("the feeder");
+    let beside = rate(&steady.state.lock().handled, before);
+    let max_beside = steady.take_max_running();
+    let parked = gauge(port, "steadfast_parked_keys", &[("group", &ga)]).unwrap_or(0.0);
+    let steady_ready = gauge(port, "steadfast_ready", &[("group", &gb)]);
+    println!(
+        "steady handler: {alone:.0} records/s alone, {beside:.0} records/s beside the stalled one (ratio {:.2}); most calls at once {max_alone} / {max_beside} of 8; the stalled one: {} calls, {parked} keys parked",
+        beside / alone,
+        stalled.calls.lock().len()
+    );
+
+    assert_eq!(
+        max_beside, 8,
+        "beside the stalled handler the steady one still ran at its full concurrency"
+    );
+    let calls = stalled.calls.lock().clone();
+    assert!(
+        calls.iter().all(|(_, seq)| *seq == 0),
+        "the stalled handler's keys stayed parked: only the first record of a key was ever called ({} calls)",
+        calls.len()
+    );
+    assert!(parked > 0.0, "keys parked at the end of phase 2");
+    let breaker_open = |readiness: &serde_json::Value| {
+        readiness["reasons"].as_array().is_some_and(|r| {
+            r.iter().any(|r| {
+                r.as_str()
+                    .is_some_and(|r| r.contains("circuit breaker open"))
+            })
+        })
+    };
+    assert!(
+        readings.iter().any(|r| breaker_open(r) && r["ready"] == false),
+        "the stalled handler's open breaker was seen during phase 2 (the worker not ready then): {readings:?}"
+    );
+    for readiness in &readings {
+        assert_eq!(
+            readiness["handlers"][&steady_entry]["ready"], true,
+            "the steady handler is ready throughout: {readiness}"
+        );
+        let reasons: Vec<&str> = readiness["reasons"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|r| r.as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            reasons
+                .iter()
+                .all(|r| r.starts_with(&format!("{stalled_entry}: "))),
+            "every reason names the stalled handler's group and topic: {reasons:?}"
+        );
+    }
+    assert_eq!(steady_ready, Some(1.0), "the steady handler's ready gauge");
+
+    stop.cancel();
+    let stats = task.await.expect("task").expect("the worker stops cleanly");
+    assert_eq!(
+        stats.handled as usize,
+        2 * STEADY_PHASE,
+        "the stats of both handlers added up: {stats:?}"
+    );
+    assert!(stats.routed_to_tier as usize >= 1, "{stats:?}");
+    let handled: BTreeSet<(String, u64)> = steady
+        .state
+        .lock()
+        .handled
+        .iter()
+        .map(|(_, k, s, _)| (k.clone(), *s))
+        .collect();
+    assert_eq!(
+        handled.len(),
+        2 * STEADY_PHASE,
+        "each steady record handled once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_pattern_picks_up_a_topic_created_after_the_start() {
+    let (_dir, _server, bootstrap) = crate::observe::server().await;
+    let prefix = steadfast_testkit::unique_topic("tenants");
+    let group = format!("{prefix}-group");
+    let (first, later, other) = (
+        format!("{prefix}.eu"),
+        format!("{prefix}.us"),
+        format!("{prefix}-other"),
+    );
+    create_topic(&bootstrap, &first, 2).await;
+    create_topic(&bootstrap, &other, 1).await;
+    produce_keyed(&bootstrap, &first, &events("eu", 10, 50), 50).await;
+    produce_keyed(&bootstrap, &other, &events("other", 5, 10), 50).await;
+
+    let steady = Steady::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("bound").port();
+    // Everything under `<prefix>.`: the tiers and dead-letter topics the worker creates for
+    // each source match the expression too, and must not become sources themselves.
+    let worker = Worker::builder()
+        .brokers(&bootstrap)
+        .commit_interval(Duration::from_millis(100))
+        .retry(Retry::none())
+        .retry_topics([Duration::from_millis(200)])
+        .observe_listener(listener)
+        .handler(steady.clone())
+        .group(&group)
+        .topic_pattern(
+            format!("{}\\..+", regex::escape(&prefix)),
+            Duration::from_millis(300),
+        )
+        .build()
+        .expect("a pattern worker");
+    let started = Instant::now();
+    let (stop, task) = run(worker);
+    eventually(
+        Duration::from_secs(60),
+        "the first topic's records handled",
+        || steady.handled() >= 50,
+    )
+    .await;
+
+    let first_done = started.elapsed();
+    create_topic(&bootstrap, &later, 3).await;
+    let created = Instant::now();
+    let mut records = events("us", 10, 50);
+    let doomed = Event {
+        key: "us-doomed".to_owned(),
+        permanent: true,
+        ..Event::default()
+    };
+    records.push((
+        doomed.key.as_bytes().to_vec(),
+        serde_json::to_vec(&doomed).expect("encodes"),
+    ));
+    produce_keyed(&bootstrap, &later, &records, 50).await;
+    eventually(
+        Duration::from_secs(60),
+        "the later topic's records handled",
+        || steady.handled() >= 100,
+    )
+    .await;
+    println!(
+        "the first topic handled {} ms after the start; the later one {} ms after it was created",
+        first_done.as_millis(),
+        created.elapsed().as_millis()
+    );
+    let dead_letters = format!("{later}.dlq");
+    eventually(
+        Duration::from_secs(30),
+        "the failed record dead-lettered",
+        || {
+            (0..3)
+                .map(|p| steadfast_testkit::watermarks(&bootstrap, &dead_letters, p).1)
+                .sum::<i64>()
+                == 1
+        },
+    )
+    .await;
+    let dead = read_all(&bootstrap, &dead_letters, 3);
+    assert_eq!(
+        dead.iter()
+            .map(|r| r.key.clone().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        vec![b"us-doomed".to_vec()],
+        "the later topic's failed record is in its own dead-letter topic"
+    );
+
+    let readiness = get_json(port, "/readyz");
+    let entries: BTreeSet<String> = readiness["handlers"]
+        .as_object()
+        .map(|h| h.keys().cloned().collect())
+        .unwrap_or_default();
+    let pattern_entry = format!("{group}/{}\\..+", regex::escape(&prefix));
+    let expected: BTreeSet<String> = [
+        pattern_entry,
+        format!("{group}/{first}"),
+        format!("{group}/{later}"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        entries, expected,
+        "one entry for the search and one per matching source topic, none for the derived topics: {readiness}"
+    );
+    stop.cancel();
+    let stats = task.await.expect("task").expect("the worker stops cleanly");
+
+    let handled = steady.state.lock().handled.clone();
+    let mut per_topic: HashMap<String, BTreeSet<(String, u64)>> = HashMap::new();
+    for (topic, key, seq, _) in &handled {
+        assert!(
+            per_topic
+                .entry(topic.clone())
+                .or_default()
+                .insert((key.clone(), *seq)),
+            "{topic} {key} {seq} handled twice"
+        );
+    }
+    assert_eq!(per_topic.get(&first).map(BTreeSet::len), Some(50));
+    assert_eq!(per_topic.get(&later).map(BTreeSet::len), Some(50));
+    assert_eq!(
+        per_topic.len(),
+        2,
+        "only the matching topics were consumed (not {other}, nor a derived topic): {:?}",
+        per_topic.keys().collect::<Vec<_>>()
+    );
+    assert_eq!((stats.handled, stats.dead_lettered), (100, 1), "{stats:?}");
+    assert!(
+        committed(&bootstrap, &group, &later).0 >= Some(0),
+        "the handler's group committed the later topic"
+    );
+}
+
+#[tokio::test]
+async fn the_builder_refuses_a_table_of_no_handler_and_a_shared_group() {
+    let config = WorkerConfig::from_toml("[handlers.several-stead]\nconcurrency = 2\n")
+        .expect("valid on its own: the handlers are known only to the builder");
+    let err = Worker::builder()
+        .config(config)
+        .handler(Stalled::default())
+        .handler(Steady::default())
+        .build()
+        .expect_err("a misspelt handler name");
+    let text = err.to_string();
+    assert!(
+        text.contains("[handlers.several-stead] names no handler")
+            && text.contains("several-stalled, several-steady"),
+        "{text}"
+    );
+    let err = Worker::builder()
+        .handler(Stalled::default())
+        .group("one-group")
+        .handler(Steady::default())
+        .group("one-group")
+        .build()
+        .expect_err("two handlers in one group");
+    assert!(err.to_string().contains("`one-group`"), "{err}");
+    let err = Worker::builder()
+        .handler(Stalled::default())
+        .handler(Steady::default())
+        .concurrency(0)
+        .build()
+        .expect_err("the second handler's settings are checked too");
+    assert!(err.to_string().contains("concurrency"), "{err}");
+    // Settings carry over to the next handler, except the ones naming topics and groups.
+    let worker = Worker::builder()
+        .brokers("h:9092")
+        .concurrency(3)
+        .handler(Stalled::default())
+        .topic("a")
+        .group("ga")
+        .handler(Steady::default())
+        .build()
+        .expect("valid");
+    let shown = format!("{worker:?}");
+    for part in [
+        "brokers: \"h:9092\", group: None, topic: None, topic_pattern: None",
+        "concurrency: 3,",
+        "others: [Handler { name: \"several-stalled\", group: \"ga\"",
+    ] {
+        assert!(shown.contains(part), "`{part}` in {shown}");
+    }
+}
