@@ -12,10 +12,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::endpoint::{bind, serve, ProbeSet};
-use super::worker::{Worker, WorkerStats};
+use super::stats::WorkerStats;
 use crate::config::{ConfigError, WorkerConfig};
 use crate::error::WorkerError;
-use crate::handler::Handler;
 use crate::observe;
 
 /// One handler of a worker, its type erased so that handlers of different types run side by
@@ -43,37 +42,6 @@ impl std::fmt::Debug for dyn Section {
             .field("name", &self.name())
             .field("group", &self.group())
             .finish_non_exhaustive()
-    }
-}
-
-impl<H: Handler> Section for Worker<H> {
-    fn name(&self) -> &'static str {
-        H::GROUP
-    }
-
-    fn config(&self) -> &WorkerConfig {
-        self.settings()
-    }
-
-    fn group(&self) -> String {
-        self.group_name()
-    }
-
-    fn prepare(&mut self) -> Result<(), WorkerError> {
-        self.apply_handler_table()
-    }
-
-    fn run_in(
-        self: Box<Self>,
-        shutdown: CancellationToken,
-        probes: Arc<ProbeSet>,
-    ) -> BoxFuture<'static, Result<WorkerStats, WorkerError>> {
-        Box::pin(async move {
-            match self.settings().topic_regex()? {
-                Some(pattern) => super::pattern::watch(*self, pattern, shutdown, probes).await,
-                None => self.run_single(shutdown, Some(probes)).await,
-            }
-        })
     }
 }
 

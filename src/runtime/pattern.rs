@@ -10,15 +10,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::endpoint::ProbeSet;
-use super::handlers::join_all;
-use super::worker::{Worker, WorkerStats};
-use crate::config::KafkaClient;
+use super::handlers::{join_all, Section};
+use super::stats::WorkerStats;
+use super::worker::Worker;
+use crate::config::{KafkaClient, WorkerConfig};
 use crate::error::WorkerError;
 use crate::handler::Handler;
 use crate::observe::{Probe, Readiness};
@@ -94,6 +97,38 @@ pub(crate) async fn watch<H: Handler>(
         }
     }
     join_all(running, &stop_all).await
+}
+
+/// A handler as one of a worker's: a pattern's handler watches for its topics.
+impl<H: Handler> Section for Worker<H> {
+    fn name(&self) -> &'static str {
+        H::GROUP
+    }
+
+    fn config(&self) -> &WorkerConfig {
+        self.settings()
+    }
+
+    fn group(&self) -> String {
+        self.group_name()
+    }
+
+    fn prepare(&mut self) -> Result<(), WorkerError> {
+        self.apply_handler_table()
+    }
+
+    fn run_in(
+        self: Box<Self>,
+        shutdown: CancellationToken,
+        probes: Arc<ProbeSet>,
+    ) -> BoxFuture<'static, Result<WorkerStats, WorkerError>> {
+        Box::pin(async move {
+            match self.settings().topic_regex()? {
+                Some(pattern) => watch(*self, pattern, shutdown, probes).await,
+                None => self.run_single(shutdown, Some(probes)).await,
+            }
+        })
+    }
 }
 
 /// Whether `topic` is one steadfast derives from another (or the handler's `dead_letter`
