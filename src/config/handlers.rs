@@ -42,6 +42,17 @@ impl WorkerConfig {
         Ok(config)
     }
 
+    /// Unsets the keys that name a handler's topics and group (`topic`, `topic_pattern`,
+    /// `group`, `dead_letter_topic`, `relay_delayed_messages`): each handler after the first
+    /// starts without them.
+    pub(crate) fn clear_naming(&mut self) {
+        self.topic = None;
+        self.topic_pattern = None;
+        self.group = None;
+        self.dead_letter_topic = None;
+        self.relay_delayed_messages = false;
+    }
+
     /// The topic pattern, compiled to match whole names; `None` when the handler reads one
     /// topic.
     pub(crate) fn topic_regex(&self) -> Result<Option<regex::Regex>, ConfigError> {
@@ -71,8 +82,18 @@ impl WorkerConfig {
                 reason: "must be positive".to_owned(),
             });
         }
+        if self.topic_pattern.is_some() && self.kafka.contains_key("group.instance.id") {
+            return Err(ConfigError::Invalid {
+                key: "topic_pattern",
+                reason: "each topic of a pattern has a consumer of its own in the handler's group, and one static `group.instance.id` would make them fence each other: leave `[kafka] group.instance.id` out".to_owned(),
+            });
+        }
+        // Which handler comes first is known only to the builder, which checks each table
+        // again over that handler's own settings: here, as over any handler after the first.
+        let mut later = self.clone();
+        later.clear_naming();
         for name in self.handlers.keys() {
-            self.for_handler(name)?;
+            later.for_handler(name)?;
         }
         Ok(())
     }
@@ -111,7 +132,7 @@ attempts = 7
 [handlers.billing.breaker]
 min_calls = 5
 [handlers.audit]
-topic_pattern = "^audit\\."
+topic_pattern = "audit\\..+"
 "#;
 
     #[test]
@@ -130,13 +151,55 @@ topic_pattern = "^audit\\."
         assert!(billing.handlers.is_empty());
         let audit = config.for_handler("audit").expect("audit");
         assert_eq!(audit.concurrency, 16);
-        assert_eq!(audit.topic_pattern.as_deref(), Some("^audit\\."));
+        assert_eq!(audit.topic_pattern.as_deref(), Some("audit\\..+"));
         assert!(
             audit.breaker.is_none(),
             "one handler's table is not another's"
         );
         let other = config.for_handler("shipping").expect("no table");
         assert_eq!((other.concurrency, other.retry.attempts), (16, 4));
+    }
+
+    #[test]
+    fn a_table_is_checked_at_load_as_for_a_handler_after_the_first() {
+        // The top level's topic is the first handler's; a pattern in another's table is fine.
+        let config = WorkerConfig::from_toml(
+            "topic = \"orders\"\n[handlers.audit]\ntopic_pattern = \"audit\\\\..+\"\n",
+        )
+        .expect("valid at load");
+        let err = config
+            .for_handler("audit")
+            .expect_err("but not for a first handler, which has the topic");
+        assert!(
+            err.to_string()
+                .contains("either `topic` or `topic_pattern`"),
+            "{err}"
+        );
+        let mut later = config.clone();
+        later.clear_naming();
+        assert_eq!(
+            later
+                .for_handler("audit")
+                .expect("valid")
+                .topic_pattern
+                .as_deref(),
+            Some("audit\\..+")
+        );
+    }
+
+    #[test]
+    fn durations_past_what_toml_holds_are_capped_and_merge() {
+        let mut config = WorkerConfig::default();
+        config.drain_timeout_ms = crate::config::millis(std::time::Duration::MAX);
+        config.handlers.insert(
+            "a".to_owned(),
+            HandlerTable(toml::from_str("concurrency = 2").expect("toml")),
+        );
+        let merged = config.for_handler("a").expect("merges");
+        assert_eq!(
+            (merged.concurrency, merged.drain_timeout_ms),
+            (2, i64::MAX.unsigned_abs())
+        );
     }
 
     #[test]
@@ -164,6 +227,10 @@ topic_pattern = "^audit\\."
             ),
             ("topic_pattern = \"^(x\"\n", "not a regular expression"),
             ("topic_pattern_refresh_ms = 0\n", "topic_pattern_refresh_ms"),
+            (
+                "topic_pattern = \"a.+\"\n[kafka]\n\"group.instance.id\" = \"pod-1\"\n",
+                "fence each other",
+            ),
         ] {
             let err = WorkerConfig::from_toml(text).expect_err(text);
             assert!(err.to_string().contains(words), "{text}: {err}");

@@ -87,9 +87,11 @@ impl Default for RetryConfig {
     }
 }
 
-/// A duration in whole milliseconds, saturating.
+/// A duration in whole milliseconds, saturating at `i64::MAX` (the largest integer TOML
+/// holds, so that any settings can be written out and read back).
 pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    let cap = i64::MAX.unsigned_abs();
+    u64::try_from(d.as_millis()).map_or(cap, |ms| ms.min(cap))
 }
 
 /// Every worker setting; the field names are the keys of `steadfast.toml`.

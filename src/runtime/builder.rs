@@ -371,11 +371,7 @@ impl<H: Handler> WorkerBuilder<H> {
                 .with_parts(self.stores.clone(), self.layers.clone()),
         ));
         let mut config = self.config;
-        config.topic = None;
-        config.topic_pattern = None;
-        config.group = None;
-        config.dead_letter_topic = None;
-        config.relay_delayed_messages = false;
+        config.clear_naming();
         WorkerBuilder {
             config,
             listener: self.listener,

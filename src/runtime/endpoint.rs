@@ -83,9 +83,14 @@ pub(crate) struct ProbeSet {
 }
 
 impl ProbeSet {
-    /// Adds the probe of `name` (`<group>/<topic>`).
+    /// Adds the probe of `name` (`<group>/<topic>`), in place of the one of that name
+    /// before it (a "starting" placeholder).
     pub(crate) fn add(&self, name: String, probe: Arc<dyn Probe>) {
-        self.members.lock().push((name, probe));
+        let mut members = self.members.lock();
+        match members.iter_mut().find(|(n, _)| *n == name) {
+            Some(member) => member.1 = probe,
+            None => members.push((name, probe)),
+        }
     }
 
     /// The members, copied out so that no probe is asked under the lock.

@@ -8,14 +8,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::endpoint::{bind, serve, ProbeSet};
 use super::stats::WorkerStats;
 use crate::config::{ConfigError, WorkerConfig};
 use crate::error::WorkerError;
-use crate::observe;
+use crate::observe::{self, Probe, Readiness};
 
 /// One handler of a worker, its type erased so that handlers of different types run side by
 /// side.
@@ -28,11 +28,15 @@ pub(crate) trait Section: Send + Sync {
     fn group(&self) -> String;
     /// Puts the handler's `[handlers.<name>]` table over its settings and checks them.
     fn prepare(&mut self) -> Result<(), WorkerError>;
-    /// Runs the handler until `shutdown`, its probes in `probes`.
+    /// Its name in `/readyz`: `<group>/<topic>`, or `<group>/<pattern>`.
+    fn label(&self) -> String;
+    /// Runs the handler until `shutdown`, its probes in `probes`; a pattern's handler never
+    /// reads a topic of `excluded` (the worker's dead-letter topics).
     fn run_in(
         self: Box<Self>,
         shutdown: CancellationToken,
         probes: Arc<ProbeSet>,
+        excluded: Arc<BTreeSet<String>>,
     ) -> BoxFuture<'static, Result<WorkerStats, WorkerError>>;
 }
 
@@ -46,8 +50,9 @@ impl std::fmt::Debug for dyn Section {
 }
 
 /// Checks the handlers of one worker together: every `[handlers.<name>]` table names one of
-/// them (a misspelt name would be ignored silently), each takes its table, and no two join
-/// the same consumer group (their rebalances would hold each other up).
+/// them (a misspelt name would be ignored silently), each takes its table, no two join the
+/// same consumer group (their rebalances would hold each other up), and all have the first
+/// one's endpoint address (the endpoint is the worker's).
 pub(crate) fn prepare_all(sections: &mut [&mut dyn Section]) -> Result<(), WorkerError> {
     let names: BTreeSet<&'static str> = sections.iter().map(|s| s.name()).collect();
     for section in sections.iter() {
@@ -78,6 +83,16 @@ pub(crate) fn prepare_all(sections: &mut [&mut dyn Section]) -> Result<(), Worke
             .into());
         }
     }
+    let listen = |s: &&mut dyn Section| s.config().observe.listen.clone();
+    if let Some(first) = sections.first().map(listen) {
+        if sections.iter().any(|s| listen(s) != first) {
+            return Err(ConfigError::Invalid {
+                key: "observe.listen",
+                reason: "the metrics and health endpoint is the worker's, for all its handlers: set it once, before the first `.handler(..)`".to_owned(),
+            }
+            .into());
+        }
+    }
     Ok(())
 }
 
@@ -100,49 +115,94 @@ pub(crate) async fn run_set(
         }
     }
     let probes = Arc::new(ProbeSet::default());
+    // Every handler is "starting" until its own probe takes its place, so the worker is not
+    // ready while one has not begun.
+    for section in &sections {
+        probes.add(section.label(), Arc::new(Starting));
+    }
     let _stop_endpoint = endpoint.map(|listener| serve(listener, probes.clone()));
+    // A pattern never reads another handler's dead-letter topic.
+    let excluded: Arc<BTreeSet<String>> = Arc::new(
+        sections
+            .iter()
+            .filter_map(|s| s.config().dead_letter_topic.clone())
+            .collect(),
+    );
     let stop_all = shutdown.child_token();
     let mut running = JoinSet::new();
     for section in sections {
         let name = section.name();
-        let run = section.run_in(stop_all.clone(), probes.clone());
+        let run = section.run_in(stop_all.clone(), probes.clone(), excluded.clone());
         running.spawn(async move { (name, run.await) });
     }
-    join_all(running, &stop_all).await
+    Outcome::default().finish(running, &stop_all).await
 }
 
-/// Waits for every task of `running`, adding up their stats; the first error cancels
-/// `stop_all` and is returned once all have stopped; a panic in one, the same, then carried
-/// on.
-pub(crate) async fn join_all(
-    mut running: JoinSet<(&'static str, Result<WorkerStats, WorkerError>)>,
-    stop_all: &CancellationToken,
-) -> Result<WorkerStats, WorkerError> {
-    let mut stats = WorkerStats::default();
-    let mut first_error = None;
-    let mut panicked = None;
-    while let Some(done) = running.join_next().await {
+/// What a handler's task (or a topic's, under a pattern) ended with: its name and result.
+pub(crate) type Done = (&'static str, Result<WorkerStats, WorkerError>);
+
+/// What the tasks of a worker's handlers ended with, gathered as they end.
+#[derive(Default)]
+pub(crate) struct Outcome {
+    stats: WorkerStats,
+    first_error: Option<WorkerError>,
+    panicked: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl Outcome {
+    /// Takes the end of one task: its stats are added; an error (the first is kept) or a
+    /// panic cancels `stop_all`, so the others drain, commit and stop.
+    pub(crate) fn take(&mut self, done: Result<Done, JoinError>, stop_all: &CancellationToken) {
         match done {
-            Ok((_, Ok(one))) => stats.add(&one),
+            Ok((_, Ok(one))) => self.stats.add(&one),
             Ok((name, Err(e))) => {
-                if first_error.is_none() {
+                if self.first_error.is_none() {
                     tracing::error!(handler = name, error = %e, "a handler stopped with an error: stopping the others");
-                    first_error = Some(e);
+                    self.first_error = Some(e);
                 }
                 stop_all.cancel();
             }
-            Err(e) if e.is_panic() => {
-                stop_all.cancel();
-                panicked.get_or_insert(e.into_panic());
-            }
             Err(e) => {
-                tracing::error!(error = %e, "a handler's task was cancelled");
                 stop_all.cancel();
+                if e.is_panic() {
+                    if self.panicked.is_none() {
+                        self.panicked = Some(e.into_panic());
+                    }
+                } else {
+                    tracing::error!(error = %e, "a handler's task was cancelled");
+                }
             }
         }
     }
-    if let Some(panic) = panicked {
-        std::panic::resume_unwind(panic);
+
+    /// Waits for every task of `running` (see [`Self::take`]); returns the stats added up, or
+    /// the first error, once all have stopped; a panic in one is carried on then.
+    pub(crate) async fn finish(
+        mut self,
+        mut running: JoinSet<Done>,
+        stop_all: &CancellationToken,
+    ) -> Result<WorkerStats, WorkerError> {
+        while let Some(done) = running.join_next().await {
+            self.take(done, stop_all);
+        }
+        if let Some(panic) = self.panicked {
+            std::panic::resume_unwind(panic);
+        }
+        self.first_error.map_or(Ok(self.stats), Err)
     }
-    first_error.map_or(Ok(stats), Err)
+}
+
+/// The probe of a handler (or a pattern's topic) that has not started: not ready.
+pub(crate) struct Starting;
+
+impl Probe for Starting {
+    fn readiness(&self) -> Readiness {
+        Readiness {
+            ready: false,
+            reasons: vec!["starting".to_owned()],
+            ..Readiness::default()
+        }
+    }
+
+    fn refresh(&self) {}
 }

@@ -5,7 +5,7 @@
 //! handler of that one topic would have; topics created later are picked up at the next
 //! listing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::endpoint::ProbeSet;
-use super::handlers::{join_all, Section};
+use super::handlers::{Outcome, Section, Starting};
 use super::stats::WorkerStats;
 use super::worker::Worker;
 use crate::config::{KafkaClient, WorkerConfig};
@@ -30,48 +30,56 @@ use crate::observe::{Probe, Readiness};
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `template`'s handler over every topic `pattern` matches, as they appear, until
-/// `shutdown`.
+/// `shutdown`; never over a topic of `excluded` (the worker's dead-letter topics).
 pub(crate) async fn watch<H: Handler>(
     template: Worker<H>,
     pattern: regex::Regex,
     shutdown: CancellationToken,
     probes: Arc<ProbeSet>,
+    excluded: Arc<BTreeSet<String>>,
 ) -> Result<WorkerStats, WorkerError> {
     let group = template.group_name();
     let search = Arc::new(Search::default());
-    let written = template
-        .settings()
-        .topic_pattern
-        .clone()
-        .unwrap_or_default();
-    probes.add(format!("{group}/{written}"), search.clone());
+    probes.add(template.label(), search.clone());
     let lister: Arc<BaseConsumer> = Arc::new(
         template
             .client(KafkaClient::Helper)
             .create()
             .map_err(|e| WorkerError::kafka("creating the topic-pattern lister", e))?,
     );
-    let dead_letter = template.settings().dead_letter_topic.as_deref();
+    let written = template
+        .settings()
+        .topic_pattern
+        .clone()
+        .unwrap_or_default();
     let refresh = Duration::from_millis(template.settings().topic_pattern_refresh_ms);
     let stop_all = shutdown.child_token();
     let mut running = JoinSet::new();
+    let mut outcome = Outcome::default();
     let mut started = HashSet::new();
     loop {
-        match list_topics(&lister).await {
+        let listing = tokio::select! {
+            () = stop_all.cancelled() => break,
+            listing = list_topics(&lister) => listing,
+        };
+        match listing {
             Ok(topics) => {
-                search.listed();
                 for topic in topics {
                     if !pattern.is_match(&topic)
-                        || is_derived(&topic, dead_letter)
+                        || is_derived(&topic, &excluded)
                         || !started.insert(topic.clone())
                     {
                         continue;
                     }
                     tracing::info!(%group, %topic, pattern = %written, "a topic matches the pattern: consuming it");
-                    let worker = template.for_topic(&topic);
-                    let run = worker.run_single(stop_all.clone(), Some(probes.clone()));
+                    // Not ready until this topic's worker serves its own probe.
+                    probes.add(format!("{group}/{topic}"), Arc::new(Starting));
+                    let run = template
+                        .for_topic(&topic)
+                        .run_single(stop_all.clone(), Some(probes.clone()));
                     running.spawn(async move { (H::GROUP, run.await) });
                 }
+                search.listed();
             }
             Err(reason) => {
                 tracing::warn!(%group, pattern = %written, %reason, "listing the topics failed; trying again");
@@ -82,21 +90,13 @@ pub(crate) async fn watch<H: Handler>(
             () = stop_all.cancelled() => break,
             () = tokio::time::sleep(refresh) => {}
             Some(done) = running.join_next() => {
-                // A topic's worker stopped before the shutdown: only an error does that.
-                let mut one = JoinSet::new();
-                let failed = match done {
-                    Ok(result) => result,
-                    Err(e) => std::panic::resume_unwind(e.into_panic()),
-                };
-                one.spawn(async move { failed });
-                stop_all.cancel();
-                let first = join_all(one, &stop_all).await;
-                let rest = join_all(running, &stop_all).await;
-                return first.and(rest);
+                // A topic's worker ends before the shutdown only on an error or a panic,
+                // which stop the others (they drain and commit first).
+                outcome.take(done, &stop_all);
             }
         }
     }
-    join_all(running, &stop_all).await
+    outcome.finish(running, &stop_all).await
 }
 
 /// A handler as one of a worker's: a pattern's handler watches for its topics.
@@ -117,23 +117,33 @@ impl<H: Handler> Section for Worker<H> {
         self.apply_handler_table()
     }
 
+    fn label(&self) -> String {
+        let source = match &self.settings().topic_pattern {
+            Some(pattern) => pattern.clone(),
+            None => self.topic(),
+        };
+        format!("{}/{source}", self.group_name())
+    }
+
     fn run_in(
         self: Box<Self>,
         shutdown: CancellationToken,
         probes: Arc<ProbeSet>,
+        excluded: Arc<BTreeSet<String>>,
     ) -> BoxFuture<'static, Result<WorkerStats, WorkerError>> {
         Box::pin(async move {
             match self.settings().topic_regex()? {
-                Some(pattern) => watch(*self, pattern, shutdown, probes).await,
+                Some(pattern) => watch(*self, pattern, shutdown, probes, excluded).await,
                 None => self.run_single(shutdown, Some(probes)).await,
             }
         })
     }
 }
 
-/// Whether `topic` is one steadfast derives from another (or the handler's `dead_letter`
-/// topic), or Kafka's own: a pattern never consumes those (a tier's records are read by the worker of their source topic).
-fn is_derived(topic: &str, dead_letter: Option<&str>) -> bool {
+/// Whether `topic` is one steadfast derives from another (or one of the worker's
+/// `dead_letters` topics), or Kafka's own: a pattern never consumes those (a tier's records
+/// are read by the worker of their source topic).
+fn is_derived(topic: &str, dead_letters: &BTreeSet<String>) -> bool {
     let numbered = |infix: &str| {
         topic
             .rsplit_once(infix)
@@ -144,7 +154,7 @@ fn is_derived(topic: &str, dead_letter: Option<&str>) -> bool {
         || topic.ends_with(".stale")
         || numbered(".retry.")
         || numbered(".delay.")
-        || dead_letter == Some(topic)
+        || dead_letters.contains(topic)
 }
 
 /// The names of the cluster's topics, read off the async threads.
@@ -203,6 +213,7 @@ mod tests {
 
     #[test]
     fn derived_and_internal_topics_are_never_matched() {
+        let dead_letters = ["custom-dead-letters".to_owned()].into_iter().collect();
         for topic in [
             "orders.billing.retry.1",
             "orders.retry.12",
@@ -212,7 +223,7 @@ mod tests {
             "__consumer_offsets",
             "custom-dead-letters",
         ] {
-            assert!(is_derived(topic, Some("custom-dead-letters")), "{topic}");
+            assert!(is_derived(topic, &dead_letters), "{topic}");
         }
         for topic in [
             "orders",
@@ -222,7 +233,7 @@ mod tests {
             "orders.dlq.eu",
             "_single_underscore",
         ] {
-            assert!(!is_derived(topic, Some("custom-dead-letters")), "{topic}");
+            assert!(!is_derived(topic, &dead_letters), "{topic}");
         }
     }
 }

@@ -121,7 +121,7 @@ impl<H: Handler> Worker<H> {
     }
 
     /// The source topic: configured, or the message type's.
-    fn topic(&self) -> String {
+    pub(crate) fn topic(&self) -> String {
         self.config
             .topic
             .clone()
