@@ -117,6 +117,10 @@ struct Args {
     /// of the open-file limit).
     #[arg(long)]
     max_open_files: Option<usize>,
+    /// Keep the system allocator in the client (by default the benchmark re-runs itself with
+    /// jemalloc preloaded when `libjemalloc2` is installed, and says so in its output).
+    #[arg(long)]
+    system_malloc: bool,
     /// Passed by `cargo bench`. Without it (the binary run by `cargo test --all-targets`)
     /// the benchmark does a `--quick` smoke run, so the test suite checks that it works
     /// without spending a minute on it.
@@ -260,8 +264,35 @@ impl Payloads {
 
 /// Parses the flags, starts the embedded server, runs every case `repeat` times and prints
 /// the table of medians to stdout (progress goes to stderr).
+/// Where Debian's `libjemalloc2` puts the allocator the client runs with when it is there.
+const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+
+/// Runs the benchmark again with jemalloc preloaded, when it is installed and no allocator
+/// is preloaded yet (`--system-malloc` or `LD_PRELOAD=` set to anything keeps the process as
+/// it is): with glibc's malloc, librdkafka's threads contend on one arena, and the client
+/// then limits what the rows measure (README, "The client's allocator"). The servers started
+/// as child processes never inherit it. Returns only when it does not re-run.
+fn preload_jemalloc(args: &Args) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    if args.system_malloc
+        || std::env::var_os("LD_PRELOAD").is_some()
+        || !std::path::Path::new(JEMALLOC).is_file()
+    {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("the benchmark's own path")?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("LD_PRELOAD", JEMALLOC)
+        .exec();
+    Err(anyhow!(
+        "re-running the benchmark with {JEMALLOC} preloaded: {err}"
+    ))
+}
+
 fn main() -> Result<()> {
     let mut args = Args::parse();
+    preload_jemalloc(&args)?;
     args.quick |= !args.bench;
     if args.case == Some(OnlyCase::Backlog) {
         args.sizes = vec![100];
@@ -1827,13 +1858,26 @@ fn render_table(
             list(&args.consumer_set)
         );
     }
-    if let Some(preload) = std::env::var_os("LD_PRELOAD") {
-        let _ = writeln!(
-            out,
-            "Client allocator: LD_PRELOAD={} (the benchmark process, with an embedded server in it; \
-             child server processes run without it).",
-            preload.to_string_lossy()
-        );
+    match std::env::var_os("LD_PRELOAD") {
+        Some(preload) => {
+            let _ = writeln!(
+                out,
+                "Client allocator: LD_PRELOAD={} (the benchmark process, with an embedded server \
+                 in it; child server processes run without it).",
+                preload.to_string_lossy()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "Client allocator: the system's (glibc) malloc{}.",
+                if args.system_malloc {
+                    " (--system-malloc)"
+                } else {
+                    "; install libjemalloc2 for the benchmark to preload jemalloc into the client"
+                }
+            );
+        }
     }
     if let Some(tunables) = std::env::var_os("GLIBC_TUNABLES") {
         let _ = writeln!(

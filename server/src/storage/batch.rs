@@ -191,6 +191,7 @@ pub(crate) fn split_batches(records: &Bytes) -> Result<Vec<IncomingBatch>, Batch
 }
 
 /// Writes `base_offset` into the header of the batch at the start of `buf`.
+#[cfg(test)]
 pub(crate) fn set_base_offset(buf: &mut [u8], base_offset: i64) {
     buf[..8].copy_from_slice(&base_offset.to_be_bytes());
 }

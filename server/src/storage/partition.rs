@@ -25,11 +25,11 @@ use tokio::sync::watch;
 
 use std::sync::Arc;
 
-use super::batch::{set_base_offset, BatchError, IncomingBatch};
+use super::batch::{BatchError, IncomingBatch};
 use super::open_files::OpenFiles;
 use super::producer_state::{ProducerStates, SequenceCheck, SequenceError};
 use super::record_scan::first_record_at_or_after;
-use super::segment::{base_offset_of, HeaderScanner, Segment, SegmentView};
+use super::segment::{base_offset_of, BatchAt, HeaderScanner, Segment, SegmentView};
 use super::sync::{SyncMark, SyncTarget};
 use crate::config::LogConfig;
 
@@ -313,7 +313,9 @@ impl Partition {
         if log.tail_unknown {
             super::blocking::run(|| self.drop_unsynced_tail(&mut log))?;
         }
-        let mut data = Vec::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
+        // The batches are written as they came, each after its new base offset: no copy.
+        let mut parts: Vec<BatchAt<'_>> = Vec::with_capacity(batches.len());
+        let mut size = 0u64;
         let mut headers = Vec::with_capacity(batches.len());
         let mut first_offset = None;
         let mut next = log.next_offset();
@@ -334,9 +336,11 @@ impl Partition {
                 }
                 SequenceCheck::Append => {}
             }
-            let start = data.len();
-            data.extend_from_slice(&batch.bytes);
-            set_base_offset(&mut data[start..], next);
+            parts.push(BatchAt {
+                base_offset: next,
+                bytes: &batch.bytes,
+            });
+            size += batch.bytes.len() as u64;
             let mut header = batch.header;
             header.base_offset = next;
             first_offset.get_or_insert(next);
@@ -359,14 +363,14 @@ impl Partition {
         let needs_roll = {
             let active = log.active();
             active.size() > 0
-                && (active.size() + data.len() as u64 > self.config.segment_bytes
+                && (active.size() + size > self.config.segment_bytes
                     || next - active.base_offset() > u32::MAX as i64 / 2)
         };
         if needs_roll {
             self.roll(&mut log)?;
         }
         let index_interval = self.config.index_interval_bytes;
-        log.active().append(&data, &headers, index_interval)?;
+        log.active().append(&parts, &headers, index_interval)?;
         for header in &headers {
             log.producers.record(header);
         }
