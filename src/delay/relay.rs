@@ -146,7 +146,7 @@ impl Relay {
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("message.timeout.ms", "60000");
-        let producer: FutureProducer = producer_config
+        let mut producer: FutureProducer = producer_config
             .create()
             .map_err(|e| DelayError::Client(format!("creating the relay's producer: {e}")))?;
         let mut state = State {
@@ -172,7 +172,10 @@ impl Relay {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some((id, result)) = moves.next(), if !moves.is_empty() => state.moved(id, result),
+                Some((id, result)) = moves.next(), if !moves.is_empty() => {
+                    state.moved(id, result);
+                    replace_if_failed(&mut producer, &producer_config);
+                }
                 () = sleep_until(wake), if wake.is_some() => {
                     state.release(policy::now_ms(), &producer, &mut moves);
                 }
@@ -216,6 +219,30 @@ impl Relay {
             "delay relay stopped"
         );
         Ok(stats)
+    }
+}
+
+/// Replaces `producer` with a new one of `config` when it failed for good (a fatal error,
+/// such as an idempotent producer's sequence lost by the broker): it would refuse every move
+/// from then on. The moves it still held fail and are tried again through the new one (at
+/// least once, as after any failed move). Whether it did.
+fn replace_if_failed(producer: &mut FutureProducer, config: &ClientConfig) -> bool {
+    use rdkafka::producer::Producer as _;
+    let Some((code, reason)) = producer.client().fatal_error() else {
+        return false;
+    };
+    match config.create::<FutureProducer>() {
+        Ok(fresh) => {
+            tracing::error!(?code, %reason, "delay relay: its producer failed for good; moving on with a new one");
+            let failed = std::mem::replace(producer, fresh);
+            // Destroying a client waits for its threads: off the async threads.
+            tokio::task::spawn_blocking(move || drop(failed));
+            true
+        }
+        Err(e) => {
+            tracing::error!(?code, %reason, error = %e, "delay relay: its producer failed for good and a new one could not be made; trying again at the next move");
+            false
+        }
     }
 }
 
@@ -648,4 +675,72 @@ fn acknowledged(
     delivery: DeliveryFuture,
 ) -> futures::future::BoxFuture<'static, (MoveId, MoveResult)> {
     delivery.map(move |result| (id, result)).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::Producer as _;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    use super::*;
+
+    /// Sends one record to the mock cluster's topic.
+    async fn send(
+        producer: &FutureProducer,
+    ) -> Result<
+        rdkafka::producer::future_producer::Delivery,
+        (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage),
+    > {
+        producer
+            .send(
+                FutureRecord::to("relayed").key("k").payload("v"),
+                Duration::from_secs(5),
+            )
+            .await
+    }
+
+    /// A producer that failed for good (the broker answered its idempotent sequence with an
+    /// error it cannot recover from, under the gap-less guarantee) is replaced by a working
+    /// one of the same settings; a working one is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_that_failed_for_good_is_replaced() {
+        let cluster = MockCluster::new(1).expect("librdkafka's mock cluster");
+        cluster
+            .create_topic("relayed", 1, 1)
+            .expect("a topic on the mock cluster");
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("enable.idempotence", "true")
+            .set("enable.gapless.guarantee", "true")
+            .set("message.timeout.ms", "5000");
+        let mut producer: FutureProducer = config.create().expect("a producer");
+        assert!(
+            !replace_if_failed(&mut producer, &config),
+            "a working producer stays"
+        );
+        send(&producer)
+            .await
+            .expect("the first record acknowledged");
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER; 3],
+        );
+        let refused = send(&producer).await;
+        assert!(refused.is_err(), "the second record refused");
+        assert!(
+            producer.client().fatal_error().is_some(),
+            "the producer failed for good: {refused:?}"
+        );
+        assert!(replace_if_failed(&mut producer, &config), "it is replaced");
+        assert!(
+            producer.client().fatal_error().is_none(),
+            "the new producer has not failed"
+        );
+        cluster.clear_request_errors(RDKafkaApiKey::Produce);
+        send(&producer)
+            .await
+            .expect("the new producer's record acknowledged");
+    }
 }
