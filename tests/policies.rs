@@ -315,17 +315,14 @@ async fn steady_stream(
             break;
         }
         let (key, payload) = record(&update(&format!("k{seq}"), seq, &seq.to_string()));
-        producer
-            .send(
-                FutureRecord::to(&topic)
-                    .partition(0)
-                    .key(&key)
-                    .payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("acknowledged");
+        send_acknowledged(
+            &producer,
+            FutureRecord::to(&topic)
+                .partition(0)
+                .key(&key)
+                .payload(&payload),
+        )
+        .await;
         produced.push(Instant::now());
     }
     produced

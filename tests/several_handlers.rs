@@ -234,16 +234,13 @@ concurrency = 8
                 let [(key, payload)]: [(Vec<u8>, Vec<u8>); 1] = events(&format!("fresh{i}"), 1, 1)
                     .try_into()
                     .expect("one event");
-                producer
-                    .send(
-                        rdkafka::producer::FutureRecord::to(&a)
-                            .key(&key)
-                            .payload(&payload),
-                        Duration::from_secs(10),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-                    .expect("acknowledged");
+                send_acknowledged(
+                    &producer,
+                    rdkafka::producer::FutureRecord::to(&a)
+                        .key(&key)
+                        .payload(&payload),
+                )
+                .await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -518,28 +515,30 @@ async fn the_builder_refuses_a_table_of_no_handler_and_a_shared_group() {
             && text.contains("several-stalled, several-steady"),
         "{text}"
     );
-    let err = Worker::builder()
-        .handler(Stalled::default())
-        .group("one-group")
-        .handler(Steady::default())
-        .group("one-group")
-        .build()
-        .expect_err("two handlers in one group");
-    assert!(err.to_string().contains("`one-group`"), "{err}");
-    let err = Worker::builder()
-        .handler(Stalled::default())
-        .handler(Steady::default())
-        .concurrency(0)
-        .build()
-        .expect_err("the second handler's settings are checked too");
-    assert!(err.to_string().contains("concurrency"), "{err}");
-    let err = Worker::builder()
-        .handler(Stalled::default())
-        .handler(Steady::default())
-        .observe("127.0.0.1:9464")
-        .build()
-        .expect_err("an endpoint address given after the first handler");
-    assert!(err.to_string().contains("observe.listen"), "{err}");
+    let two = || Worker::builder().handler(Stalled::default());
+    for (builder, what, words) in [
+        (
+            two()
+                .group("one-group")
+                .handler(Steady::default())
+                .group("one-group"),
+            "two handlers in one group",
+            "`one-group`",
+        ),
+        (
+            two().handler(Steady::default()).concurrency(0),
+            "the second handler's settings are checked too",
+            "concurrency",
+        ),
+        (
+            two().handler(Steady::default()).observe("127.0.0.1:9464"),
+            "an endpoint address given after the first handler",
+            "observe.listen",
+        ),
+    ] {
+        let err = builder.build().expect_err(what);
+        assert!(err.to_string().contains(words), "{what}: {err}");
+    }
     // Settings carry over to the next handler, except the ones naming topics and groups.
     let worker = Worker::builder()
         .brokers("h:9092")

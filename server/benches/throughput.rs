@@ -262,37 +262,48 @@ impl Payloads {
     }
 }
 
-/// Parses the flags, starts the embedded server, runs every case `repeat` times and prints
-/// the table of medians to stdout (progress goes to stderr).
 /// Where Debian's `libjemalloc2` puts the allocator the client runs with when it is there.
 const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 
-/// Runs the benchmark again with jemalloc preloaded, when it is installed and no allocator
-/// is preloaded yet (`--system-malloc` or `LD_PRELOAD=` set to anything keeps the process as
-/// it is): with glibc's malloc, librdkafka's threads contend on one arena, and the client
-/// then limits what the rows measure (README, "The client's allocator"). The servers started
-/// as child processes never inherit it. Returns only when it does not re-run.
-fn preload_jemalloc(args: &Args) -> Result<()> {
+/// Set in the environment of the benchmark's re-run with jemalloc, so it never re-runs twice.
+const REEXEC_MARK: &str = "STEADFAST_BENCH_JEMALLOC_RERUN";
+
+/// Runs the benchmark again with jemalloc preloaded into the client, when it is installed,
+/// the servers run as child processes (`--steadfast-process`, `--case backlog`: an embedded
+/// server would share the client's allocator) and no allocator is preloaded yet
+/// (`--system-malloc` or any `LD_PRELOAD` keeps the process as it is): with glibc's malloc,
+/// librdkafka's threads contend on one arena, and the client then limits what the rows
+/// measure (README, "The client's allocator"). The child servers never inherit it. Returns
+/// only when it does not re-run (a failed re-run is reported, and this run goes on).
+fn preload_jemalloc(args: &Args) {
     use std::os::unix::process::CommandExt as _;
-    if args.system_malloc
+    if !args.steadfast_process
+        || args.system_malloc
         || std::env::var_os("LD_PRELOAD").is_some()
+        || std::env::var_os(REEXEC_MARK).is_some()
         || !std::path::Path::new(JEMALLOC).is_file()
     {
-        return Ok(());
+        return;
     }
-    let exe = std::env::current_exe().context("the benchmark's own path")?;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("client allocator: staying on glibc (the benchmark's own path: {e})");
+            return;
+        }
+    };
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env("LD_PRELOAD", JEMALLOC)
+        .env(REEXEC_MARK, "1")
         .exec();
-    Err(anyhow!(
-        "re-running the benchmark with {JEMALLOC} preloaded: {err}"
-    ))
+    eprintln!("client allocator: staying on glibc (re-running with {JEMALLOC} preloaded: {err})");
 }
 
+/// Parses the flags, starts the embedded server, runs every case `repeat` times and prints
+/// the table of medians to stdout (progress goes to stderr).
 fn main() -> Result<()> {
     let mut args = Args::parse();
-    preload_jemalloc(&args)?;
     args.quick |= !args.bench;
     if args.case == Some(OnlyCase::Backlog) {
         args.sizes = vec![100];
@@ -307,6 +318,7 @@ fn main() -> Result<()> {
             }
         }
     }
+    preload_jemalloc(&args);
     // Server logs (errors only unless RUST_LOG says otherwise) go to stderr.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -1873,6 +1885,8 @@ fn render_table(
                 "Client allocator: the system's (glibc) malloc{}.",
                 if args.system_malloc {
                     " (--system-malloc)"
+                } else if !args.steadfast_process {
+                    " (the server is embedded in this process: jemalloc is preloaded only with --steadfast-process)"
                 } else {
                     "; install libjemalloc2 for the benchmark to preload jemalloc into the client"
                 }

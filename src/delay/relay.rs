@@ -178,6 +178,9 @@ impl Relay {
                 }
                 () = sleep_until(wake), if wake.is_some() => {
                     state.release(policy::now_ms(), &producer, &mut moves);
+                    // A failed producer refuses every send at once, with no move left to
+                    // report it: looked at after the sends too.
+                    replace_if_failed(&mut producer, &producer_config);
                 }
                 message = consumer.recv() => match message {
                     Ok(message) => state.receive(&message),

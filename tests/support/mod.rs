@@ -285,6 +285,19 @@ pub async fn acknowledged(
     out
 }
 
+/// Sends `record` through `producer` and waits until the broker acknowledged it.
+pub async fn send_acknowledged<K, P>(producer: &FutureProducer, record: FutureRecord<'_, K, P>)
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("acknowledged");
+}
+
 /// Produces events as JSON to partition 0 of `topic`, in order.
 pub async fn produce(bootstrap: &str, topic: &str, events: &[Event]) {
     let records: Vec<(Vec<u8>, Vec<u8>)> = events
