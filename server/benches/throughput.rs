@@ -1874,9 +1874,13 @@ fn render_table(
         Some(preload) => {
             let _ = writeln!(
                 out,
-                "Client allocator: LD_PRELOAD={} (the benchmark process, with an embedded server \
-                 in it; child server processes run without it).",
-                preload.to_string_lossy()
+                "Client allocator: LD_PRELOAD={} ({}; child server processes run without it).",
+                preload.to_string_lossy(),
+                if args.steadfast_process {
+                    "the benchmark process, the client alone"
+                } else {
+                    "the benchmark process, with the embedded server in it"
+                }
             );
         }
         None => {
