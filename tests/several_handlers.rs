@@ -9,12 +9,15 @@
 use crate::support;
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerConfig, WorkerStats};
+use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerConfig};
 use support::*;
+
+use crate::observe::Scrape;
 use tokio_util::sync::CancellationToken;
 
 /// A handler whose dependency is down: every call fails transiently after 2 ms.
@@ -100,36 +103,10 @@ fn events(label: &str, keys: usize, count: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-/// The JSON body of `GET path` on the endpoint.
-fn get_json(port: u16, path: &str) -> serde_json::Value {
-    let response = http_get(port, path);
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
-}
-
-/// The value of the gauge `name` whose labels include every one of `labels`.
-fn gauge(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let response = http_get(port, "/metrics");
-    response.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-        let (inside, value) = rest.split_once("} ")?;
-        labels
-            .iter()
-            .all(|(k, v)| inside.contains(&format!("{k}=\"{v}\"")))
-            .then(|| value.trim().parse().ok())?
-    })
-}
-
-/// Runs `worker` in a task until the returned token is cancelled.
-fn run<H: Handler>(
-    worker: Worker<H>,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<Result<WorkerStats, steadfast::WorkerError>>,
-) {
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    (stop, tokio::spawn(async move { worker.run(token).await }))
+/// The body of `/readyz` on the endpoint at `address`.
+async fn readyz(address: SocketAddr) -> serde_json::Value {
+    let (_, body) = crate::observe::get(address, "/readyz").await;
+    serde_json::from_str(&body).expect("/readyz answers JSON")
 }
 
 /// Records per second between the first and the last end time of `handled[from..]`.
@@ -174,16 +151,13 @@ concurrency = 8
     );
     let config = WorkerConfig::from_toml(&file).expect("valid settings");
     let (stalled, steady) = (Stalled::default(), Steady::default());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let port = listener.local_addr().expect("bound").port();
-    let worker = Worker::builder()
-        .config(config)
-        .observe_listener(listener)
-        .handler(stalled.clone())
-        .handler(steady.clone())
-        .build()
-        .expect("a worker of two handlers");
-    let (stop, task) = run(worker);
+    let running = crate::observe::spawn(
+        Worker::builder()
+            .config(config)
+            .handler(stalled.clone())
+            .handler(steady.clone()),
+    );
+    let address = running.address;
 
     // Phase 1: the steady handler alone (the stalled one has nothing to do).
     produce_keyed(&bootstrap, &b, &events("one", 200, STEADY_PHASE), 100).await;
@@ -202,9 +176,11 @@ concurrency = 8
     crate::observe::until(
         Duration::from_secs(60),
         "the stalled handler's breaker open and its keys parked",
-        || {
-            let readiness = get_json(port, "/readyz");
-            let parked = gauge(port, "steadfast_parked_keys", &[("group", &ga)]);
+        || async {
+            let readiness = readyz(address).await;
+            let parked = Scrape::take(address)
+                .await
+                .value("steadfast_parked_keys", &[("group", &ga)]);
             let open = readiness["handlers"][&stalled_entry]["reasons"]
                 .as_array()
                 .is_some_and(|r| {
@@ -213,7 +189,7 @@ concurrency = 8
                             .is_some_and(|r| r.contains("circuit breaker open"))
                     })
                 });
-            async move { (open && parked.is_some_and(|p| p > 0.0)).then_some(()) }
+            (open && parked > 0.0).then_some(())
         },
     )
     .await;
@@ -250,19 +226,16 @@ concurrency = 8
     let deadline = Instant::now() + Duration::from_secs(60);
     while steady.handled() < before + STEADY_PHASE {
         assert!(Instant::now() < deadline, "phase 2 handled in time");
-        // An answer that did not come in time on a loaded machine is no reading.
-        let reading = get_json(port, "/readyz");
-        if !reading.is_null() {
-            readings.push(reading);
-        }
+        readings.push(readyz(address).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     feeding.cancel();
     feeder.await.expect("the feeder");
     let beside = rate(&steady.state.lock().handled, before);
     let max_beside = steady.take_max_running();
-    let parked = gauge(port, "steadfast_parked_keys", &[("group", &ga)]).unwrap_or(0.0);
-    let steady_ready = gauge(port, "steadfast_ready", &[("group", &gb)]);
+    let scrape = Scrape::take(address).await;
+    let parked = scrape.value("steadfast_parked_keys", &[("group", &ga)]);
+    let steady_ready = scrape.value("steadfast_ready", &[("group", &gb)]);
     println!(
         "steady handler: {alone:.0} records/s alone, {beside:.0} records/s beside the stalled one (ratio {:.2}); most calls at once {max_alone} / {max_beside} of 8; the stalled one: {} calls, {parked} keys parked",
         beside / alone,
@@ -308,10 +281,9 @@ concurrency = 8
             "every reason names the stalled handler's group and topic: {reasons:?}"
         );
     }
-    assert_eq!(steady_ready, Some(1.0), "the steady handler's ready gauge");
+    assert_eq!(steady_ready, 1.0, "the steady handler's ready gauge");
 
-    stop.cancel();
-    let stats = task.await.expect("task").expect("the worker stops cleanly");
+    let stats = running.stop().await;
     assert_eq!(
         stats.handled as usize,
         2 * STEADY_PHASE,
@@ -348,8 +320,6 @@ async fn a_topic_pattern_picks_up_a_topic_created_after_the_start() {
     produce_keyed(&bootstrap, &other, &events("other", 5, 10), 50).await;
 
     let steady = Steady::default();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let port = listener.local_addr().expect("bound").port();
     // Everything under `<prefix>.`: the tiers and dead-letter topics the worker creates for
     // each source match the expression too, and must not become sources themselves.
     let worker = Worker::builder()
@@ -357,17 +327,14 @@ async fn a_topic_pattern_picks_up_a_topic_created_after_the_start() {
         .commit_interval(Duration::from_millis(100))
         .retry(Retry::none())
         .retry_topics([Duration::from_millis(200)])
-        .observe_listener(listener)
         .handler(steady.clone())
         .group(&group)
         .topic_pattern(
             format!("{}\\..+", regex::escape(&prefix)),
             Duration::from_millis(300),
-        )
-        .build()
-        .expect("a pattern worker");
+        );
     let started = Instant::now();
-    let (stop, task) = run(worker);
+    let running = crate::observe::spawn(worker);
     eventually(
         Duration::from_secs(60),
         "the first topic's records handled",
@@ -421,7 +388,7 @@ async fn a_topic_pattern_picks_up_a_topic_created_after_the_start() {
         "the later topic's failed record is in its own dead-letter topic"
     );
 
-    let readiness = get_json(port, "/readyz");
+    let readiness = readyz(running.address).await;
     let entries: BTreeSet<String> = readiness["handlers"]
         .as_object()
         .map(|h| h.keys().cloned().collect())
@@ -438,8 +405,7 @@ async fn a_topic_pattern_picks_up_a_topic_created_after_the_start() {
         entries, expected,
         "one entry for the search and one per matching source topic, none for the derived topics: {readiness}"
     );
-    stop.cancel();
-    let stats = task.await.expect("task").expect("the worker stops cleanly");
+    let stats = running.stop().await;
 
     let handled = steady.state.lock().handled.clone();
     let mut per_topic: HashMap<String, BTreeSet<(String, u64)>> = HashMap::new();
@@ -486,7 +452,7 @@ async fn an_error_in_one_handler_stops_the_others_cleanly() {
         .build()
         .expect("valid");
     produce_keyed(&bootstrap, &a, &events("err", 10, 100), 50).await;
-    let (_stop, task) = run(worker);
+    let task = tokio::spawn(worker.run(CancellationToken::new()));
     let result = tokio::time::timeout(Duration::from_secs(60), task)
         .await
         .expect("the worker (the first handler too) stopped on its own, without a shutdown")

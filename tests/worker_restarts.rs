@@ -20,12 +20,23 @@ use support::*;
 
 const CHILD: &str = "STEADFAST_TEST_CHILD";
 
-/// Appends `offset` of every handled message to a file; a message with `sleep_ms` set sleeps
-/// unless `STEADFAST_TEST_NO_SLEEP` is set.
+/// What a [`FileRecorder`] writes for each handled message.
+#[derive(Debug, Clone, Copy)]
+enum Line {
+    /// Its offset.
+    Offset,
+    /// `<key> <due ms> <start ms>`: its key, its `steadfast-deliver-at` (-1 without one) and
+    /// when the handler started.
+    Delay,
+}
+
+/// Appends a line (see [`Line`]) for every handled message to a file; a message with
+/// `sleep_ms` set sleeps first unless `sleep` is off (`STEADFAST_TEST_NO_SLEEP`).
 #[derive(Debug)]
 struct FileRecorder {
     file: Arc<Mutex<std::fs::File>>,
     sleep: bool,
+    line: Line,
 }
 
 impl Handler for FileRecorder {
@@ -37,14 +48,24 @@ impl Handler for FileRecorder {
         event: Event,
         cx: &Context,
     ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send {
+        let line = match self.line {
+            Line::Offset => cx.offset().to_string(),
+            Line::Delay => {
+                let due = cx
+                    .headers()
+                    .get_str(DELIVER_AT)
+                    .and_then(parse_time_ms)
+                    .unwrap_or(-1);
+                format!("{} {due} {}", event.key, wall_ms())
+            }
+        };
         let file = self.file.clone();
-        let offset = cx.offset();
         let sleep = self.sleep && event.sleep_ms > 0;
         async move {
             if sleep {
                 tokio::time::sleep(Duration::from_millis(event.sleep_ms)).await;
             }
-            append_line(&file, &offset.to_string())
+            append_line(&file, &line)
         }
     }
 }
@@ -54,33 +75,6 @@ fn append_line(file: &Mutex<std::fs::File>, line: &str) -> Result<(), HandlerErr
     let mut f = file.lock();
     writeln!(f, "{line}").map_err(HandlerError::transient)?;
     f.flush().map_err(HandlerError::transient)
-}
-
-/// Appends `<key> <due ms> <start ms>` for every handled message: its key, its
-/// `steadfast-deliver-at` (-1 without one) and when the handler started.
-#[derive(Debug)]
-struct DelayRecorder {
-    file: Arc<Mutex<std::fs::File>>,
-}
-
-impl Handler for DelayRecorder {
-    type Message = Event;
-    const GROUP: &'static str = "restarts";
-
-    fn handle_message(
-        &self,
-        event: Event,
-        cx: &Context,
-    ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send {
-        let started = wall_ms();
-        let due = cx
-            .headers()
-            .get_str(DELIVER_AT)
-            .and_then(parse_time_ms)
-            .unwrap_or(-1);
-        let file = self.file.clone();
-        async move { append_line(&file, &format!("{} {due} {started}", event.key)) }
-    }
 }
 
 /// The worker needs tokio's multi-thread runtime; tests here build their own (parent and child).
@@ -103,8 +97,9 @@ fn run_child() {
     let file = Arc::new(Mutex::new(file));
     let relay = std::env::var("STEADFAST_TEST_RELAY").is_ok();
     let handler = FileRecorder {
-        file: file.clone(),
+        file,
         sleep: std::env::var("STEADFAST_TEST_NO_SLEEP").is_err(),
+        line: if relay { Line::Delay } else { Line::Offset },
     };
     if let Ok(filter) = std::env::var("RUST_LOG") {
         tracing_subscriber::fmt()
@@ -125,16 +120,12 @@ fn run_child() {
             // A SIGKILLed member holds its partitions until its session times out (its delay
             // relay's too: the relay's consumer takes the worker's consumer properties).
             .kafka_property("session.timeout.ms", "6000");
-        let run = if relay {
-            builder
-                .relay_delayed_messages(true)
-                .handler(DelayRecorder { file })
-                .run_until_signal()
-                .await
-        } else {
-            builder.handler(handler).run_until_signal().await
-        };
-        run.expect("worker runs");
+        builder
+            .relay_delayed_messages(relay)
+            .handler(handler)
+            .run_until_signal()
+            .await
+            .expect("worker runs");
     });
 }
 
@@ -169,7 +160,7 @@ impl Case {
     }
 
     /// A child whose worker relays the topic's delayed messages and notes each record's due
-    /// time ([`DelayRecorder`]).
+    /// time ([`Line::Delay`]).
     fn spawn_relaying_child(&self, test: &str) -> Child {
         self.spawn(test, true, true)
     }

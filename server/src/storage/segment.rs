@@ -557,11 +557,12 @@ fn write_batches_at(file: &File, batches: &[BatchAt<'_>], position: u64) -> io::
 
 #[cfg(test)]
 mod tests {
+    use rand::{Rng as _, SeedableRng as _};
+
     use super::*;
 
     /// Batches written with their new base offsets in place of the producer's, in order,
-    /// after what the file held; as many batches as take two
-    /// `pwritev` calls.
+    /// after what the file held; as many batches as take two or more `pwritev` calls.
     #[test]
     fn batches_are_written_after_their_new_base_offsets() {
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -573,10 +574,19 @@ mod tests {
             .open(dir.path().join("segment"))
             .expect("a file");
         file.write_all_at(b"head", 0).expect("written");
-        let bodies: Vec<Vec<u8>> = (0..MAX_IOVECS)
+        // Seeded: `SEGMENT_WRITE_SEED=<n>` replays a run. Batch sizes from the bare 8-byte
+        // header (an empty rest) up; more batches than one `pwritev` takes.
+        let seed: u64 = std::env::var("SEGMENT_WRITE_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        println!("SEGMENT_WRITE_SEED={seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let count = rng.random_range(MAX_IOVECS / 2 + 1..=2 * MAX_IOVECS);
+        let bodies: Vec<Vec<u8>> = (0..count)
             .map(|i| {
                 let mut body = vec![0xEE; 8];
-                body.extend(std::iter::repeat_n(i as u8, 1 + i % 37));
+                body.extend(std::iter::repeat_n(i as u8, rng.random_range(0..300)));
                 body
             })
             .collect();
