@@ -172,15 +172,9 @@ impl Relay {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some((id, result)) = moves.next(), if !moves.is_empty() => {
-                    state.moved(id, result);
-                    replace_if_failed(&mut producer, &producer_config);
-                }
+                Some((id, result)) = moves.next(), if !moves.is_empty() => state.moved(id, result),
                 () = sleep_until(wake), if wake.is_some() => {
                     state.release(policy::now_ms(), &producer, &mut moves);
-                    // A failed producer refuses every send at once, with no move left to
-                    // report it: looked at after the sends too.
-                    replace_if_failed(&mut producer, &producer_config);
                 }
                 message = consumer.recv() => match message {
                     Ok(message) => state.receive(&message),
@@ -192,6 +186,10 @@ impl Relay {
             }
             state.forget_revoked();
             state.settle(&consumer);
+            // A producer that failed for good refuses every send at once (with no move left
+            // to report it, when none was in flight): looked at after every turn (an atomic
+            // read in librdkafka).
+            replace_if_failed(&mut producer, &producer_config);
         }
         let stopping = async {
             while let Some((id, result)) = moves.next().await {
