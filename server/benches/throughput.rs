@@ -33,6 +33,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _,
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use steadfast_server::{FsyncPolicy, Server};
 
+#[path = "throughput/batch_read.rs"]
+#[allow(unsafe_code)] // librdkafka's batch consume, which the rdkafka crate does not wrap
+mod batch_read;
 #[path = "throughput/partitions.rs"]
 mod partitions;
 #[path = "throughput/raw_produce.rs"]
@@ -117,6 +120,11 @@ struct Args {
     /// of the open-file limit).
     #[arg(long)]
     max_open_files: Option<usize>,
+    /// Messages the consumer takes off librdkafka's queue at a time
+    /// (`rd_kafka_consume_batch_queue`); 1 reads them one `poll` at a time, as a
+    /// `BaseConsumer` loop does.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    consume_batch: u64,
     /// Keep the system allocator in the client (by default the benchmark re-runs itself with
     /// jemalloc preloaded when `libjemalloc2` is installed, and says so in its output).
     #[arg(long)]
@@ -663,7 +671,13 @@ fn kafka_case(
         cpu::used(None),
         server_pid.and_then(|pid| cpu::used(Some(pid))),
     );
-    let (consume, threads) = consume(bootstrap, &topic_acks1, case, &args.consumer_set)?;
+    let (consume, threads) = consume(
+        bootstrap,
+        &topic_acks1,
+        case,
+        &args.consumer_set,
+        args.consume_batch,
+    )?;
     let cpu_after = (
         cpu::used(None),
         server_pid.and_then(|pid| cpu::used(Some(pid))),
@@ -926,13 +940,15 @@ type ThreadSnapshots = (
     std::collections::BTreeMap<u32, cpu::ThreadUsage>,
 );
 
-/// Reads `case.messages` messages from offset 0 of every partition. Timed from the first
-/// poll to the last message; also returns the threads' usage around that time.
+/// Reads `case.messages` messages from offset 0 of every partition, `batch` at a time (one
+/// `poll` each when 1). Timed from the first read to the last message; also returns the
+/// threads' usage around that time.
 fn consume(
     bootstrap: &str,
     topic: &str,
     case: &Case<'_>,
     overrides: &[(String, String)],
+    batch: u64,
 ) -> Result<(Measured, ThreadSnapshots)> {
     let consumer: BaseConsumer = consumer_config(bootstrap, topic, overrides)
         .create()
@@ -952,24 +968,45 @@ fn consume(
 
     let n = case.messages;
     let (mut received, mut bytes) = (0u64, 0u64);
+    let mut reader = if batch > 1 {
+        Some(batch_read::BatchReader::new(
+            &consumer,
+            usize::try_from(batch).unwrap_or(usize::MAX),
+        )?)
+    } else {
+        None
+    };
     let threads_before = cpu::threads();
     let start = Instant::now();
-    // (count at the last idle poll, when that count was first seen): no clock reads per message.
+    // (count at the last idle read, when that count was first seen): no clock reads per message.
     let mut idle_since = (0u64, start);
     while received < n {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                received += 1;
-                bytes += message.payload_len() as u64;
-            }
-            Some(Err(e)) => bail!("consume failed after {received} of {n} messages: {e}"),
-            None if received != idle_since.0 => idle_since = (received, Instant::now()),
-            None if idle_since.1.elapsed() > STALL_TIMEOUT => {
-                bail!("no message for {STALL_TIMEOUT:?} ({received} of {n} in)")
-            }
-            None => {}
+        // Never more than the rest: a batch waits for all it asks for or for the timeout.
+        let read = match reader.as_mut() {
+            Some(reader) => reader
+                .read(n - received, Duration::from_millis(100))
+                .with_context(|| format!("consume failed after {received} of {n} messages"))?,
+            None => match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => batch_read::Batch {
+                    messages: 1,
+                    bytes: message.payload_len() as u64,
+                },
+                Some(Err(e)) => bail!("consume failed after {received} of {n} messages: {e}"),
+                None => batch_read::Batch::default(),
+            },
+        };
+        received += read.messages;
+        bytes += read.bytes;
+        if read.messages > 0 {
+            continue;
+        }
+        if received != idle_since.0 {
+            idle_since = (received, Instant::now());
+        } else if idle_since.1.elapsed() > STALL_TIMEOUT {
+            bail!("no message for {STALL_TIMEOUT:?} ({received} of {n} in)")
         }
     }
+    drop(reader);
     let elapsed = start.elapsed();
     // librdkafka's threads end with the consumer: read them while it is alive.
     let threads_after = cpu::threads();
@@ -1855,6 +1892,18 @@ fn render_table(
         out,
         "* Redis has no acks=-1 equivalent (no fsync on acknowledgement): its acks=1 XADD \
          numbers are repeated."
+    );
+    let _ = writeln!(
+        out,
+        "Consumer reads: {}.",
+        if args.consume_batch > 1 {
+            format!(
+                "up to {} messages at a time (rd_kafka_consume_batch_queue)",
+                args.consume_batch
+            )
+        } else {
+            "one BaseConsumer::poll per message (--consume-batch 1)".to_owned()
+        }
     );
     if !args.consumer_set.is_empty() || !args.producer_set.is_empty() {
         let list = |set: &[(String, String)]| {

@@ -138,7 +138,13 @@ fn run_one(
         super::raw_produce::produce(&bootstrap, &topic, partitions, messages, payloads, -1)?;
     report_raw("acks=-1", partitions, &raw_acks_all);
     case.messages = 4 * messages;
-    let (consume, _) = consume(&bootstrap, &topic, &case, &args.consumer_set)?;
+    let (consume, _) = consume(
+        &bootstrap,
+        &topic,
+        &case,
+        &args.consumer_set,
+        args.consume_batch,
+    )?;
     report("steadfast", Workload::ConsumeBacklog, &case, &consume);
     let (peak_rss, peak_fds) = sampler.stop();
     drop(admin);

@@ -20,6 +20,8 @@
 //! It prints `listening HOST:PORT` on stdout once it serves. On SIGUSR1 it lifts the
 //! file-size limit and prints `fsize limit lifted`; on SIGTERM or SIGINT it shuts down.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::path::PathBuf;
 
