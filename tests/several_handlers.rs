@@ -1,6 +1,8 @@
 //! Several handlers in one worker (rdkafka against the embedded server): one handler stalled
 //! (its dependency down, its breaker open, its keys parked behind their retry copies) does
-//! not hold up the other, which runs at its full concurrency; `[handlers.<name>]` tables set
+//! not hold up the other, which runs at its full concurrency; two handlers over a seeded mix
+//! of every outcome class (one at the defaults, one at the bounds' minimums) each settle their
+//! own records as alone; `[handlers.<name>]` tables set
 //! each one's topic, group and policies; `/readyz` and the metrics name the handler; a topic
 //! pattern picks up a topic created after the start, with tiers and a dead-letter topic named
 //! after it, and never consumes a topic steadfast derived; the builder refuses a table that
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rand::Rng as _;
 use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerConfig};
 use support::*;
 
@@ -522,5 +525,336 @@ async fn the_builder_refuses_a_table_of_no_handler_and_a_shared_group() {
         "others: [Handler { name: \"several-stalled\", group: \"ga\"",
     ] {
         assert!(shown.contains(part), "`{part}` in {shown}");
+    }
+}
+
+/// What a record of the seeded mix is made to do, and so where it must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Fate {
+    /// Handled at the first attempt.
+    Succeeds,
+    /// Fails transiently once, then is handled (drawn only where a second attempt exists).
+    Recovers,
+    /// Fails transiently at every attempt: dead-lettered once the attempts and tiers are spent.
+    KeepsFailing,
+    /// Fails permanently: dead-lettered at once.
+    Permanent,
+    /// Panics: dead-lettered at once.
+    Panics,
+    /// A payload that does not decode: dead-lettered at once.
+    Undecodable,
+}
+
+impl Fate {
+    fn handled(self) -> bool {
+        matches!(self, Fate::Succeeds | Fate::Recovers)
+    }
+}
+
+/// One handler's side of the seeded mix: its settings (the defaults, or every bound at its
+/// minimum), its records and their fates.
+#[derive(Debug)]
+struct MixSide {
+    label: &'static str,
+    minimums: bool,
+    tiers: Vec<u64>,
+    /// (key, seq, fate), in produce order.
+    records: Vec<(String, u64, Fate)>,
+}
+
+impl MixSide {
+    /// Its settings and records (4-12 keys), every fate at some rate.
+    fn draw(rng: &mut impl rand::Rng, label: &'static str, minimums: bool) -> MixSide {
+        let tiers = if rng.random_bool(0.5) {
+            vec![rng.random_range(20..=100)]
+        } else {
+            Vec::new()
+        };
+        // At the minimums there is one attempt in place: a second one exists only in a tier.
+        let second_attempt = !minimums || !tiers.is_empty();
+        let keys = rng.random_range(4..=12);
+        // At the minimums records run one at a time, and a key's records wait out its tier.
+        let count = if minimums {
+            rng.random_range(30..=60)
+        } else {
+            rng.random_range(60..=120)
+        };
+        let mut next_seq: HashMap<String, u64> = HashMap::new();
+        let records = (0..count)
+            .map(|_| {
+                let key = format!("{label}-k{}", rng.random_range(0..keys));
+                let seq = next_seq.entry(key.clone()).or_default();
+                *seq += 1;
+                let fate = match rng.random_range(0..100) {
+                    0..=44 => Fate::Succeeds,
+                    45..=59 if second_attempt => Fate::Recovers,
+                    45..=59 => Fate::Succeeds,
+                    60..=69 => Fate::KeepsFailing,
+                    70..=79 => Fate::Permanent,
+                    80..=89 => Fate::Panics,
+                    _ => Fate::Undecodable,
+                };
+                (key, *seq, fate)
+            })
+            .collect();
+        MixSide {
+            label,
+            minimums,
+            tiers,
+            records,
+        }
+    }
+
+    /// The records as produced: an undecodable one is text, the others an `Event` that
+    /// makes the recorder do what its fate says.
+    fn produced(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.records
+            .iter()
+            .map(|(key, seq, fate)| {
+                let payload = match fate {
+                    Fate::Undecodable => format!("undecodable {key} {seq}").into_bytes(),
+                    _ => serde_json::to_vec(&Event {
+                        key: key.clone(),
+                        seq: *seq,
+                        fail_times: match fate {
+                            Fate::Recovers => 1,
+                            Fate::KeepsFailing => u32::MAX,
+                            _ => 0,
+                        },
+                        permanent: *fate == Fate::Permanent,
+                        panic: *fate == Fate::Panics,
+                        sleep_ms: 0,
+                    })
+                    .expect("encodes"),
+                };
+                (key.as_bytes().to_vec(), payload)
+            })
+            .collect()
+    }
+
+    fn expected_handled(&self) -> BTreeSet<(String, u64)> {
+        self.records
+            .iter()
+            .filter(|(_, _, fate)| fate.handled())
+            .map(|(key, seq, _)| (key.clone(), *seq))
+            .collect()
+    }
+
+    fn expected_dead_lettered(&self) -> BTreeSet<(String, u64)> {
+        self.records
+            .iter()
+            .filter(|(_, _, fate)| !fate.handled())
+            .map(|(key, seq, _)| (key.clone(), *seq))
+            .collect()
+    }
+
+    /// Sets this side's settings on `builder`'s last handler. A later handler starts from
+    /// the earlier one's settings, so the defaults are set as explicitly as the minimums.
+    fn configure<H: Handler>(
+        &self,
+        builder: steadfast::WorkerBuilder<H>,
+        topic: &str,
+        group: &str,
+    ) -> steadfast::WorkerBuilder<H> {
+        let builder = builder
+            .topic(topic)
+            .group(group)
+            .retry_topics(self.tiers.iter().map(|&ms| Duration::from_millis(ms)));
+        if self.minimums {
+            builder
+                .concurrency(1)
+                .max_in_flight(1)
+                .max_per_key(1)
+                .retry(Retry::exponential(
+                    1,
+                    Duration::from_millis(1),
+                    Duration::from_millis(1),
+                ))
+        } else {
+            let defaults = WorkerConfig::default();
+            builder
+                .concurrency(defaults.concurrency)
+                .max_in_flight(defaults.max_in_flight.unwrap_or(4 * defaults.concurrency))
+                .max_per_key(defaults.max_per_key)
+                .retry(Retry::default())
+        }
+    }
+}
+
+/// The (key, seq) of a dead-lettered record, from its payload as produced.
+fn dead_lettered_as(payload: &[u8]) -> (String, u64) {
+    if let Ok(event) = serde_json::from_slice::<Event>(payload) {
+        return (event.key, event.seq);
+    }
+    let text = String::from_utf8_lossy(payload);
+    let mut words = text.split(' ').skip(1);
+    match (words.next(), words.next().and_then(|s| s.parse().ok())) {
+        (Some(key), Some(seq)) => (key.to_owned(), seq),
+        _ => panic!("a dead-lettered record this test did not produce: {text:?}"),
+    }
+}
+
+/// Two handlers in one worker, each over a seeded random mix of every outcome class
+/// (handled, recovering after a transient failure, failing at every attempt, permanent,
+/// panicking, undecodable), one at the default settings and the other with every bound at
+/// its minimum (concurrency, in-flight records and records per key 1, one attempt in
+/// place), each with or without a retry tier: each settles its own records exactly as it
+/// would alone — every record handled once or dead-lettered once to its own dead-letter
+/// topic, per-key order kept, no two calls of a key at once, nothing of one handler's
+/// records seen by the other. `SEVERAL_MIX_SEED=<n>` replays a seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_handlers_in_one_worker_settle_a_seeded_mix_of_outcomes_each_on_its_own() {
+    use rand::SeedableRng as _;
+    let seed = std::env::var("SEVERAL_MIX_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("several handlers mix seed {seed} (replay with SEVERAL_MIX_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let first_at_minimums = rng.random_bool(0.5);
+    let sides = [
+        MixSide::draw(&mut rng, "mix-a", first_at_minimums),
+        MixSide::draw(&mut rng, "mix-b", !first_at_minimums),
+    ];
+    let (_dir, _server, bootstrap) = crate::observe::server().await;
+    let (a, ga) = topic_and_group(&bootstrap, "several-mix-a", 2).await;
+    let (b, gb) = topic_and_group(&bootstrap, "several-mix-b", 2).await;
+    let topics = [a.clone(), b.clone()];
+    let recorders = [Recorder::default(), Recorder::default()];
+    let builder = Worker::builder()
+        .brokers(&bootstrap)
+        .commit_interval(Duration::from_millis(100))
+        .handler(recorders[0].clone());
+    let builder = sides[0].configure(builder, &a, &ga);
+    let builder = sides[1].configure(builder.handler(recorders[1].clone()), &b, &gb);
+    let running = spawn(builder);
+    let started = Instant::now();
+    for (side, topic) in sides.iter().zip(&topics) {
+        produce_keyed(&bootstrap, topic, &side.produced(), 20).await;
+    }
+
+    let summary: Vec<String> = sides
+        .iter()
+        .map(|s| {
+            let mut counts: HashMap<Fate, usize> = HashMap::new();
+            for (_, _, fate) in &s.records {
+                *counts.entry(*fate).or_default() += 1;
+            }
+            format!(
+                "{} ({}, tiers {:?}): {} records, {:?}",
+                s.label,
+                if s.minimums { "minimums" } else { "defaults" },
+                s.tiers,
+                s.records.len(),
+                counts
+            )
+        })
+        .collect();
+    println!("seed {seed}: {}", summary.join("; "));
+
+    for ((side, topic), recorder) in sides.iter().zip(&topics).zip(&recorders) {
+        let expected = side.expected_handled();
+        let dead = side.expected_dead_lettered();
+        let dlq = format!("{topic}.dlq");
+        recorder
+            .wait_for(
+                Duration::from_secs(60),
+                &format!("seed {seed}: {}'s records handled", side.label),
+                |calls| calls.iter().filter(|c| c.ok).count() >= expected.len(),
+            )
+            .await;
+        let (bs, dl) = (bootstrap.clone(), dlq.clone());
+        eventually_async(
+            Duration::from_secs(60),
+            &format!("seed {seed}: {}'s dead-lettered records", side.label),
+            || {
+                let (bs, dl) = (bs.clone(), dl.clone());
+                let want = dead.len() as i64;
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        (0..2)
+                            .map(|p| steadfast_testkit::watermarks(&bs, &dl, p).1)
+                            .sum::<i64>()
+                            >= want
+                    })
+                    .await
+                    .expect("watermarks")
+                }
+            },
+        )
+        .await;
+        println!(
+            "seed {seed}: {} settled {:.1} s after the start",
+            side.label,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    running.stop().await;
+
+    for ((side, topic), recorder) in sides.iter().zip(&topics).zip(&recorders) {
+        let label = side.label;
+        let calls = recorder.calls();
+        let handled: Vec<(String, u64)> = calls
+            .iter()
+            .filter(|c| c.ok)
+            .map(|c| (c.key.clone(), c.seq))
+            .collect();
+        let distinct: BTreeSet<(String, u64)> = handled.iter().cloned().collect();
+        assert_eq!(
+            distinct.len(),
+            handled.len(),
+            "seed {seed}: {label} handled a record twice"
+        );
+        assert_eq!(
+            distinct,
+            side.expected_handled(),
+            "seed {seed}: {label}'s handled records"
+        );
+        // Calls end in the order the recorder logs them; a key's calls never overlap.
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for (key, seq) in &handled {
+            let before = last.insert(key, *seq).unwrap_or(0);
+            assert!(
+                *seq > before,
+                "seed {seed}: {label} handled {key}/{seq} after {key}/{before}"
+            );
+        }
+        assert_eq!(
+            recorder.key_overlaps(),
+            0,
+            "seed {seed}: {label} ran two calls of a key at once"
+        );
+        assert!(
+            calls.iter().all(|c| c.key.starts_with(label)),
+            "seed {seed}: {label}'s handler saw another handler's record"
+        );
+        if side.minimums {
+            assert_eq!(
+                recorder.max_running(),
+                1,
+                "seed {seed}: {label} at concurrency 1"
+            );
+        }
+        let dlq = format!("{topic}.dlq");
+        let dead_lettered: Vec<(String, u64)> = {
+            let (bs, dl) = (bootstrap.clone(), dlq.clone());
+            tokio::task::spawn_blocking(move || read_all(&bs, &dl, 2))
+                .await
+                .expect("read")
+                .iter()
+                .map(|r| dead_lettered_as(r.payload.as_deref().unwrap_or_default()))
+                .collect()
+        };
+        let distinct: BTreeSet<(String, u64)> = dead_lettered.iter().cloned().collect();
+        assert_eq!(
+            distinct.len(),
+            dead_lettered.len(),
+            "seed {seed}: {label} dead-lettered a record twice"
+        );
+        assert_eq!(
+            distinct,
+            side.expected_dead_lettered(),
+            "seed {seed}: {label}'s dead-letter topic {dlq}"
+        );
     }
 }
