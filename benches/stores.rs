@@ -166,6 +166,16 @@ fn ledger_linger_ms() -> u64 {
         .unwrap_or(5)
 }
 
+/// Batch calls at once per worker in the ledger's batch row (`BENCH_LEDGER_BATCHES`; 2
+/// without it).
+fn ledger_batches() -> usize {
+    std::env::var("BENCH_LEDGER_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2)
+}
+
 /// The ledger as a batch handler: the batch's effect rows and balance updates in two
 /// statements, in the one transaction of the batch.
 #[derive(Debug, Clone, steadfast::Handler)]
@@ -551,7 +561,7 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
         .map(|_| {
             base(env, &batch_topic)
                 .group(&group)
-                .concurrency(2)
+                .concurrency(ledger_batches())
                 .max_batch(256)
                 .batch_linger(Duration::from_millis(ledger_linger_ms()))
                 .store_schema(&schema)
@@ -583,7 +593,8 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
         rate(once)
     );
     println!(
-        "| 2 × the same, batch handler: a transaction per batch of up to 256, 2 batches at once | {:.2} | {:.0} |",
+        "| 2 × the same, batch handler: a transaction per batch of up to 256, {} batches at once | {:.2} | {:.0} |",
+        ledger_batches(),
         batched.as_secs_f64(),
         rate(batched)
     );
