@@ -708,3 +708,109 @@ async fn a_worker_waiting_for_its_store_at_start_is_live_but_not_ready() {
     .await;
     running.stop().await;
 }
+
+/// Commits an empty transaction per update: steadfast records the update's id and version
+/// in it.
+#[derive(Debug, Clone, Default)]
+struct RecordsInTransaction;
+
+impl steadfast::Handler for RecordsInTransaction {
+    type Message = support::Update;
+    const GROUP: &'static str = "observe-versions";
+
+    async fn handle_message(
+        &self,
+        _update: support::Update,
+        cx: &Context,
+    ) -> Result<(), HandlerError> {
+        match cx.transaction().await? {
+            Some(tx) => tx.commit().await,
+            None => Err(HandlerError::permanent("no transaction for an update")),
+        }
+    }
+}
+
+/// Runs [`RecordsInTransaction`] with the stale check's versions at `versions` and the
+/// transactions at [`POSTGRES_URL`], in one fresh schema: 100 updates (versions 1-5 of 20
+/// keys), then version 3 of each key again under a new id. Returns the worker's
+/// `version_advance` calls, after checking that every update was handled and every repeat
+/// dropped as stale (so the versions the handler's transactions recorded are the ones the
+/// stale check reads).
+async fn version_advances_with_versions_at(versions: &str) -> f64 {
+    let (_dir, _server, bootstrap) = server().await;
+    let (topic, group) = topic_and_group(&bootstrap, "observe-versions", 2).await;
+    let schema = fresh_schema();
+    let running = spawn(
+        worker(&bootstrap, &topic, &group)
+            .commit_interval(Duration::from_millis(100))
+            .store_schema(&schema)
+            .stale_drop(versions)
+            .transactions(POSTGRES_URL)
+            .handler(RecordsInTransaction),
+    );
+    let updates: Vec<(Vec<u8>, Vec<u8>)> = (1..=5)
+        .flat_map(|version| (0..20).map(move |k| (k, version)))
+        .map(|(k, version)| {
+            support::record(&support::update(
+                &format!("k{k}"),
+                version,
+                &format!("u{k}-{version}"),
+            ))
+        })
+        .collect();
+    produce_keyed(&bootstrap, &topic, &updates, 50).await;
+    let address = running.address;
+    until(Duration::from_secs(60), "100 updates handled", || async {
+        let counts = Counts::of(&Scrape::take(address).await, &group, &topic);
+        (counts.handled >= 100.0).then_some(())
+    })
+    .await;
+    let repeats: Vec<(Vec<u8>, Vec<u8>)> = (0..20)
+        .map(|k| support::record(&support::update(&format!("k{k}"), 3, &format!("again-{k}"))))
+        .collect();
+    produce_keyed(&bootstrap, &topic, &repeats, 50).await;
+    let scrape = until(Duration::from_secs(60), "20 repeats dropped", || async {
+        let scrape = Scrape::take(address).await;
+        let counts = Counts::of(&scrape, &group, &topic);
+        (counts.stale + counts.handled >= 120.0).then_some(scrape)
+    })
+    .await;
+    let counts = Counts::of(&scrape, &group, &topic);
+    assert_eq!(
+        (counts.handled, counts.stale),
+        (100.0, 20.0),
+        "every update handled, every older version dropped as stale"
+    );
+    assert!(
+        scrape.histogram_count(
+            steadfast::observe::metrics::STORE_CALL,
+            &[("call", "version_get")]
+        ) >= 120.0,
+        "the stale check read every version"
+    );
+    let advances = scrape.histogram_count(
+        steadfast::observe::metrics::STORE_CALL,
+        &[("call", "version_advance")],
+    );
+    running.stop().await;
+    advances
+}
+
+/// The stale check's versions in the transactions' Postgres (one URL): a version the
+/// handler's committed transaction recorded is not written again after it (no
+/// `version_advance` call, a commit less per message), and is what the stale check reads.
+/// The same Postgres under another URL is another store to the worker: there every handled
+/// message's version is advanced after its transaction, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn versions_a_handlers_transaction_recorded_are_not_advanced_again_in_the_same_store() {
+    assert_eq!(
+        version_advances_with_versions_at(POSTGRES_URL).await,
+        0.0,
+        "versions in the transactions' store: no advance after the transaction"
+    );
+    let elsewhere = POSTGRES_URL.replace("127.0.0.1", "localhost");
+    assert!(
+        version_advances_with_versions_at(&elsewhere).await >= 100.0,
+        "versions in another store: one advance per handled update"
+    );
+}

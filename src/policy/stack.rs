@@ -95,6 +95,9 @@ pub(crate) struct Assembly<'a> {
     /// The handler takes batches: the time limit applies to each batch call, where the
     /// batches are run, not to each record.
     pub(crate) batched: bool,
+    /// The stale check's versions are the rows the transactional store records versions in:
+    /// a version a handler's committed transaction recorded need not be advanced again.
+    pub(crate) versions_in_transactions: bool,
 }
 
 impl Assembly<'_> {

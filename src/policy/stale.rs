@@ -35,6 +35,9 @@ pub(crate) struct StalePolicy {
     shutdown: CancellationToken,
     /// Refusals of the version read after which the message is dead-lettered.
     give_up_after: Option<NonZeroU32>,
+    /// `versions` is the transactional store's version table: a version the handler's
+    /// committed transaction recorded is not advanced again.
+    versions_in_transactions: bool,
 }
 
 /// On when the worker has a version store (`[stale]`).
@@ -50,6 +53,7 @@ pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
         copy_to: copy.then(|| a.routing.sink.clone()),
         shutdown: a.shutdown.clone(),
         give_up_after: a.give_up_after(),
+        versions_in_transactions: a.versions_in_transactions,
     }))
 }
 
@@ -110,11 +114,21 @@ impl Policy for StalePolicy {
         let outcome = never_stale_in_tier(&envelope, version, outcome);
         // Also after a duplicate drop: the first run may have ended before it advanced.
         // The advance is a compare-and-set, so recording what a transaction recorded too
-        // is harmless (and needed when this store is not the transaction's).
-        if matches!(
-            outcome,
-            Outcome::Ack { .. } | Outcome::Drop(DropReason::Duplicate)
-        ) {
+        // is harmless, and needed when this store is not the transaction's; when it is,
+        // the committed transaction advanced this very row, and a second write (a commit of
+        // its own per message) is skipped.
+        let recorded = config.versions_in_transactions
+            && envelope
+                .guard
+                .notes
+                .as_ref()
+                .is_some_and(|n| n.recorded.load(std::sync::atomic::Ordering::SeqCst));
+        if !recorded
+            && matches!(
+                outcome,
+                Outcome::Ack { .. } | Outcome::Drop(DropReason::Duplicate)
+            )
+        {
             let advanced = until_available("version advance", shutdown, || {
                 config.versions.advance(key, version)
             })

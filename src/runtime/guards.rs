@@ -33,6 +33,9 @@ pub(crate) struct Guards {
     /// The stale check, lock and dedup in one call each way, where they share one Redis
     /// (`stores.combine_calls`).
     pub(crate) combined: Option<Arc<dyn GuardStore>>,
+    /// The stale check's versions are the rows the transactional store records a message's
+    /// version in ([`versions_in_transactions`]).
+    pub(crate) versions_in_transactions: bool,
     /// Stops watching the Redis connections for restarts when the guards are dropped.
     _restart_watch: Option<DropGuard>,
 }
@@ -94,6 +97,7 @@ impl Guards {
             }
             None => None,
         };
+        let versions_in_transactions = versions_in_transactions(config, given);
         let redises = urls.redis_roles(config, given);
         warn_without_persistence(&redises).await;
         let restart_watch = watch_restarts(redises);
@@ -106,6 +110,7 @@ impl Guards {
             breaker,
             health: health.clone(),
             combined,
+            versions_in_transactions,
             _restart_watch: restart_watch,
         })
     }
@@ -136,6 +141,27 @@ fn combinable<'a>(config: &'a WorkerConfig, given: &StoreHandles) -> Option<&'a 
     let between = config.breaker.is_some() || config.rate_limit.is_some();
     let together = (stale.is_some() || dedup.is_some()) && same(stale) && same(dedup);
     (together && !(stale.is_some() && between)).then_some(url)
+}
+
+/// Whether the stale check's version store and the transactional store are one Postgres
+/// store: both connected from the same URL (one connection, the worker's schema), neither
+/// given as a handle. A handler's committed transaction then recorded the message's version
+/// in the row the stale check reads (the same compare-and-set), so the stale policy need not
+/// advance it again.
+fn versions_in_transactions(config: &WorkerConfig, given: &StoreHandles) -> bool {
+    if given.version.is_some() || given.transactions.is_some() {
+        return false;
+    }
+    match (&config.stale, &config.transaction) {
+        (Some(stale), Some(transaction)) => {
+            stale.store == transaction.postgres
+                && matches!(
+                    store_kind("stale.store", &stale.store),
+                    Ok(StoreKind::Postgres)
+                )
+        }
+        _ => false,
+    }
 }
 
 /// Store connections by URL.
