@@ -337,7 +337,7 @@ impl Partition {
                 SequenceCheck::Append => {}
             }
             parts.push(BatchAt {
-                base_offset: next,
+                base_offset: next.to_be_bytes(),
                 bytes: &batch.bytes,
             });
             size += batch.bytes.len() as u64;

@@ -509,10 +509,12 @@ impl SegmentView {
         Ok(Bytes::from(buf))
     }
 }
+
 /// A batch to append: its bytes as they came, and the base offset it is written with.
 pub(crate) struct BatchAt<'a> {
-    /// The offset of its first record in this log.
-    pub(crate) base_offset: i64,
+    /// The offset of its first record in this log, as written (big-endian): the buffer the
+    /// vectored write takes in place of the producer's.
+    pub(crate) base_offset: [u8; 8],
     /// The whole batch; its first 8 bytes (the base offset the producer wrote) are replaced.
     pub(crate) bytes: &'a [u8],
 }
@@ -523,19 +525,15 @@ const MAX_IOVECS: usize = 1024;
 /// Writes `batches` to `file` from `position`, each after its new base offset, through
 /// vectored writes (`pwritev`), resuming after a short write.
 fn write_batches_at(file: &File, batches: &[BatchAt<'_>], position: u64) -> io::Result<()> {
-    let offsets: Vec<[u8; 8]> = batches
-        .iter()
-        .map(|b| b.base_offset.to_be_bytes())
-        .collect();
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batches.len() * 2);
-    for (batch, offset) in batches.iter().zip(&offsets) {
+    for batch in batches {
         let rest = batch.bytes.get(8..).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a batch shorter than its base offset",
             )
         })?;
-        slices.push(IoSlice::new(offset));
+        slices.push(IoSlice::new(&batch.base_offset));
         slices.push(IoSlice::new(rest));
     }
     let mut remaining: &mut [IoSlice<'_>] = &mut slices;
@@ -594,7 +592,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, bytes)| BatchAt {
-                base_offset: 1_000 + i as i64,
+                base_offset: (1_000 + i as i64).to_be_bytes(),
                 bytes,
             })
             .collect();
@@ -611,7 +609,7 @@ mod tests {
             "the file holds the batches with their new offsets"
         );
         let short = [BatchAt {
-            base_offset: 0,
+            base_offset: 0_i64.to_be_bytes(),
             bytes: &[1, 2, 3],
         }];
         assert!(
