@@ -26,6 +26,7 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use steadfast::handler::{Batch, BatchContext};
@@ -218,12 +219,44 @@ impl LedgerBatch {
     }
 }
 
-/// Creates the schema and the ledger tables if missing; an advisory lock lets several
-/// workers start at once.
+/// Creates the schema and the ledger tables if missing, waiting out a Postgres that cannot
+/// take a connection yet (down, starting, or at `max_connections`), as the worker's own
+/// stores do at start; any other error ends the start.
 async fn create_tables(url: &str, schema: &str) -> anyhow::Result<()> {
-    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to {}", steadfast::config::redact(url)))?;
+    let mut delays = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .with_jitter()
+        .build();
+    loop {
+        match try_create_tables(url, schema).await {
+            Ok(()) => return Ok(()),
+            Err(e) if steadfast::store::postgres::classify(&e).is_unavailable() => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(
+                    url = %steadfast::config::redact(url),
+                    error = %steadfast::store::postgres::classify(&e),
+                    ?delay,
+                    "Postgres cannot take the ledger's connection yet: trying again"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                return Err(steadfast::store::postgres::classify(&e)).with_context(|| {
+                    format!(
+                        "creating the ledger tables in {}",
+                        steadfast::config::redact(url)
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// One try of [`create_tables`]; an advisory lock lets several workers start at once.
+async fn try_create_tables(url: &str, schema: &str) -> Result<(), tokio_postgres::Error> {
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
     let tx = client.transaction().await?;
     tx.execute(

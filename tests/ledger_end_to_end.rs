@@ -27,7 +27,7 @@ use crate::support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -275,6 +275,21 @@ impl Fleet {
             .collect()
     }
 
+    /// Panics, with the end of its log, when a worker the test did not stop has exited.
+    fn assert_none_exited(&mut self) {
+        for p in self.procs.iter_mut().filter(|p| !p.gone) {
+            if let Some(status) = p.child.try_wait().expect("worker status") {
+                p.gone = true;
+                panic!(
+                    "[{}] worker {} exited on its own with {status}; the end of its log:\n{}",
+                    self.tag,
+                    p.name,
+                    log_tail(&p.log)
+                );
+            }
+        }
+    }
+
     fn name_of(&self, pid: u32) -> String {
         self.procs
             .iter()
@@ -307,8 +322,9 @@ impl Fleet {
             p.gone = true;
             assert!(
                 status.success(),
-                "worker {} exited with {status} after SIGTERM, not 0",
-                p.name
+                "worker {} exited with {status} after SIGTERM, not 0; the end of its log:\n{}",
+                p.name,
+                log_tail(&p.log)
             );
             println!("[{}] worker {} drained and exited 0", self.tag, p.name);
         }
@@ -323,21 +339,24 @@ impl Drop for Fleet {
         }
         if std::thread::panicking() {
             for p in &self.procs {
-                let lines: Vec<String> = File::open(&p.log)
-                    .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
-                    .unwrap_or_default();
                 eprintln!(
-                    "---- worker {} (pid {}): last lines of {} ----",
+                    "---- worker {} (pid {}): last lines of {} ----\n{}",
                     p.name,
                     p.child.id(),
-                    p.log.display()
+                    p.log.display(),
+                    log_tail(&p.log)
                 );
-                for line in &lines[lines.len().saturating_sub(40)..] {
-                    eprintln!("{line}");
-                }
             }
         }
     }
+}
+
+/// The last 40 lines of a worker's log.
+fn log_tail(log: &Path) -> String {
+    let lines: Vec<String> = File::open(log)
+        .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
+        .unwrap_or_default();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 async fn postgres() -> tokio_postgres::Client {
@@ -381,17 +400,19 @@ async fn progress(db: &tokio_postgres::Client, schema: &str) -> (HashMap<u32, i6
 /// then; panics at `deadline`. Returns the rows per worker pid at the last poll and at the
 /// one before it, and the distinct txns applied.
 async fn wait_for(
+    fleet: &mut Fleet,
     db: &tokio_postgres::Client,
     schema: &str,
     deadline: Instant,
     started: Instant,
-    tag: &str,
     what: &str,
     done: impl Fn(i64) -> bool,
 ) -> (HashMap<u32, i64>, HashMap<u32, i64>, i64) {
+    let tag = fleet.tag;
     let mut last_print = Instant::now();
     let mut previous = HashMap::new();
     loop {
+        fleet.assert_none_exited();
         let (per_pid, distinct) = progress(db, schema).await;
         if done(distinct) {
             return (per_pid, previous, distinct);
@@ -767,6 +788,7 @@ async fn run(scenario: Scenario) {
         if exists {
             break;
         }
+        fleet.assert_none_exited();
         assert!(
             Instant::now() < deadline,
             "the workers never created {table}"
@@ -781,8 +803,10 @@ async fn run(scenario: Scenario) {
     for (fraction, kill) in events {
         let point = (expected as f64 * fraction) as i64;
         let what = format!("{:.0}% applied", fraction * 100.0);
-        let (now, before, n) =
-            wait_for(&db, &schema, deadline, started, tag, &what, |n| n >= point).await;
+        let (now, before, n) = wait_for(&mut fleet, &db, &schema, deadline, started, &what, |n| {
+            n >= point
+        })
+        .await;
         assert!(n < expected, "[{tag}] everything was applied before {what}");
         if kill {
             let victim = busiest(&fleet, &before, &now);
@@ -803,11 +827,11 @@ async fn run(scenario: Scenario) {
     }
 
     let (per_pid, _, _) = wait_for(
+        &mut fleet,
         &db,
         &schema,
         deadline,
         started,
-        tag,
         "every transaction applied",
         |n| n >= expected,
     )
@@ -839,6 +863,7 @@ async fn run(scenario: Scenario) {
             if done {
                 break;
             }
+            fleet.assert_none_exited();
             assert!(
                 Instant::now() < deadline,
                 "[{tag}] {t}: committed {committed:?}, log ends {ends:?}"
