@@ -205,6 +205,85 @@ async fn stale_versions_are_dropped_on_every_backend() {
     s.handle.shutdown().await;
 }
 
+/// Applies an update in the transaction steadfast hands it; counts its calls.
+#[derive(Clone, Default)]
+struct AppliesInTransaction {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Handler for AppliesInTransaction {
+    type Message = Update;
+    const GROUP: &'static str = "stale-inside";
+
+    async fn handle_message(&self, _update: Update, cx: &Context) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, AtomicOrdering::SeqCst);
+        match cx.transaction().await? {
+            Some(tx) => tx.commit().await,
+            // Stale or a duplicate: steadfast reports the drop.
+            None => Ok(()),
+        }
+    }
+}
+
+/// The check before the handler passes a record (its versions are in memory, empty) that the
+/// handler's transaction finds stale (Postgres holds a newer version of the key): the drop
+/// is copied to `<topic>.stale` all the same, exactly once, and the record is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_the_transaction_finds_stale_is_copied_to_the_stale_topic_too() {
+    let schema = fresh_schema();
+    let pg = postgres_stores(&schema).await;
+    let s = server().await;
+    let (topic, group) = topic_and_group(&s.bootstrap, "stale-inside", 1).await;
+    pg.version_store()
+        .advance(&format!("{group}/{topic}/acct"), 5)
+        .await
+        .expect("version 5 recorded");
+    let updates = [update("acct", 2, "u2"), update("acct", 6, "u6")];
+    let records: Vec<_> = updates.iter().map(record).collect();
+    produce_raw(&s.bootstrap, &topic, &records).await;
+
+    let handler = AppliesInTransaction::default();
+    let running = spawn(
+        worker(&s.bootstrap, &topic, &group)
+            .stale_drop("memory")
+            .stale_copies(true)
+            .transactions(POSTGRES_URL)
+            .store_schema(schema.clone())
+            .handler(handler.clone()),
+    );
+    committed_at(&s.bootstrap, &group, &topic, 2).await;
+    let stats = running.stop().await;
+
+    assert_eq!(
+        handler.calls.load(AtomicOrdering::SeqCst),
+        2,
+        "the check before the handler passed both"
+    );
+    assert_eq!(
+        (stats.handled, stats.dropped_stale, stats.dead_lettered),
+        (1, 1, 0),
+        "version 2 dropped as stale by the transaction, 6 applied"
+    );
+    let stale = steadfast::policy::stale_topic(&topic);
+    let copied = read_topic(&s.bootstrap, &stale, 1, Duration::from_secs(10));
+    assert_eq!(copied[0].key.as_deref(), Some(&b"acct"[..]));
+    assert_eq!(
+        copied[0].payload.as_ref(),
+        Some(&records[0].1),
+        "the record the transaction found stale (version 2) is copied as is"
+    );
+    assert_eq!(log_end(&s.bootstrap, &stale), 1, "one copy only");
+    assert_eq!(
+        pg.version_store()
+            .get(&format!("{group}/{topic}/acct"))
+            .await
+            .expect("version get"),
+        Some(6),
+        "the transaction recorded version 6"
+    );
+    s.handle.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Dedup
 // ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Stale-message dropping: a message whose version is not newer than the last applied version
 //! of its key is dropped before any lock or handler work, counted and logged, and optionally
-//! copied to `<topic>.stale`. After the handler succeeded, the key's version advances
+//! copied to `<topic>.stale` (as is one the lock's second check or the handler's transaction
+//! finds stale). After the handler succeeded, the key's version advances
 //! (compare-and-set), unless the handler's transaction already recorded it.
 //!
 //! A record whose version equals the applied one is that version delivered again: it is
@@ -112,6 +113,16 @@ impl Policy for StalePolicy {
         // A newer version applied while it ran (relaxed ordering lets the key's later
         // records run beside a retry-tier record): overtaken, not stale.
         let outcome = never_stale_in_tier(&envelope, version, outcome);
+        if outcome == Outcome::Drop(DropReason::Stale) {
+            // Found stale inside, by the lock's second check or the handler's transaction
+            // (a newer version applied while this one waited): copied like a drop here.
+            if let Some(sink) = &config.copy_to {
+                if !copy(sink.as_ref(), &envelope, shutdown).await {
+                    return Outcome::Requeue;
+                }
+            }
+            return outcome;
+        }
         // Also after a duplicate drop: the first run may have ended before it advanced.
         // The advance is a compare-and-set, so recording what a transaction recorded too
         // is harmless, and needed when this store is not the transaction's; when it is,
