@@ -312,3 +312,126 @@ async fn a_worker_that_relays_delayed_messages_hands_them_to_its_handler_once_du
     }
     server.shutdown().await;
 }
+
+/// A delayed record too large for its topic (`max.message.bytes` 3,000 there, 8 MiB in the
+/// bucket topics) among smaller records of its key, all due at once: the relay's move of it
+/// is refused for good, so it goes to `<topic>.dlq` with the refusal in its headers, exactly
+/// once, while every other record is delivered exactly once and the bucket's offset is
+/// committed to its end (nothing held back behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delayed_record_its_topic_refuses_for_good_is_dead_lettered_and_the_others_delivered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = steadfast_testkit::start_server(dir.path()).await;
+    let bootstrap = server.bootstrap_servers();
+    let topic = steadfast_testkit::unique_topic("refused");
+    create_topic_with(&bootstrap, &topic, 1, &[("max.message.bytes", "3000")]).await;
+    let dead_letters = format!("{topic}.dlq");
+    create_topic(&bootstrap, &dead_letters, 1).await;
+
+    const RECORDS: i64 = 20;
+    const TOO_LARGE: i64 = 7;
+    let producer = Producer::connect(&bootstrap);
+    let due = std::time::SystemTime::now() + Duration::from_millis(300);
+    let mut payloads = HashMap::new();
+    for i in 0..RECORDS {
+        let id = if i == TOO_LARGE {
+            "x".repeat(4_000)
+        } else {
+            format!("small-{i}")
+        };
+        let u = update("acct", i, &id);
+        payloads.insert(i, record(&u).1);
+        let delayed = Record::of(&u).expect("encodes").topic(topic.clone());
+        producer
+            .send_record_at(delayed, due)
+            .await
+            .expect("the delayed record is taken");
+    }
+
+    let relay = steadfast::delay::Relay::new(&topic, client(&bootstrap));
+    assert_eq!(
+        relay.dead_letter(),
+        dead_letters,
+        "the default dead-letter topic"
+    );
+    let group = relay.group();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+
+    let bucket = steadfast::delay::buckets::bucket_topic(&topic, 1);
+    let bucket_end = log_end(&bootstrap, &bucket);
+    assert_eq!(bucket_end, RECORDS, "every record waits in bucket 1");
+    eventually(
+        Duration::from_secs(30),
+        "the relay's commit of bucket 1 to reach its end",
+        || committed(&bootstrap, &group, &bucket).0 == Some(bucket_end),
+    )
+    .await;
+    stop.cancel();
+    let stats = running
+        .await
+        .expect("the relay's task")
+        .expect("the relay stops cleanly");
+    assert_eq!(
+        stats,
+        steadfast::delay::RelayStats {
+            delivered: RECORDS as u64 - 1,
+            hopped: 0,
+            dead_lettered: 1,
+        }
+    );
+
+    let delivered = read_topic(
+        &bootstrap,
+        &topic,
+        RECORDS as usize - 1,
+        Duration::from_secs(10),
+    );
+    let mut versions: Vec<i64> = delivered
+        .iter()
+        .map(|r| {
+            let u: Update =
+                serde_json::from_slice(r.payload.as_deref().expect("a payload")).expect("JSON");
+            u.version
+        })
+        .collect();
+    versions.sort_unstable();
+    let expected: Vec<i64> = (0..RECORDS).filter(|i| *i != TOO_LARGE).collect();
+    assert_eq!(versions, expected, "every other record delivered once");
+    assert_eq!(
+        log_end(&bootstrap, &topic),
+        RECORDS - 1,
+        "nothing delivered twice"
+    );
+
+    let dead = read_topic(&bootstrap, &dead_letters, 1, Duration::from_secs(10));
+    assert_eq!(log_end(&bootstrap, &dead_letters), 1, "one dead letter");
+    assert_eq!(dead[0].key.as_deref(), Some(&b"acct"[..]));
+    assert_eq!(
+        dead[0].payload.as_ref(),
+        payloads.get(&TOO_LARGE),
+        "the record as it was"
+    );
+    let header = |name: &str| dead[0].headers.get(name).cloned().unwrap_or_default();
+    assert_eq!(
+        header(headers::ERROR_CLASS),
+        steadfast::delay::REFUSED_CLASS
+    );
+    assert_eq!(
+        header(headers::ORIGINAL_TOPIC),
+        topic,
+        "a replay goes to the topic"
+    );
+    assert_eq!(header(headers::GROUP), group);
+    assert!(
+        header(headers::ERROR_MESSAGE).contains(&bucket),
+        "the message says where it was read: {}",
+        header(headers::ERROR_MESSAGE)
+    );
+    assert!(
+        dead[0].headers.contains_key(DELIVER_AT)
+            && !dead[0].headers.contains_key(headers::DELAY_HOP_AT),
+        "its delivery time is kept, the relay's hop dropped: {:?}",
+        dead[0].headers
+    );
+}

@@ -29,6 +29,10 @@ enum DelaysAction {
         /// Records one bucket partition holds in memory before it pauses.
         #[arg(long, default_value_t = DEFAULT_BUFFER_LIMIT)]
         buffer_limit: usize,
+        /// Where a record goes when the broker refuses its move for good (too large for the
+        /// topic, not authorized); `<topic>.dlq` by default. It must exist.
+        #[arg(long)]
+        dead_letter_topic: Option<String>,
     },
 }
 
@@ -38,16 +42,21 @@ pub(crate) async fn delays(args: DelaysArgs) -> anyhow::Result<()> {
         DelaysAction::Relay {
             topic,
             buffer_limit,
+            dead_letter_topic,
         } => {
             let mut signals = ShutdownSignals::install()?;
             let mut relay = Relay::new(&topic, args.connection.config()).buffer_limit(buffer_limit);
+            if let Some(dead_letters) = dead_letter_topic {
+                relay = relay.dead_letter_topic(dead_letters);
+            }
             let partitions = relay
                 .ensure_topics()
                 .await
                 .with_context(|| format!("at {}", args.connection.bootstrap()))?;
             eprintln!(
-                "relaying the delayed records of `{topic}` ({partitions} partitions a bucket) as group `{}`",
-                relay.group()
+                "relaying the delayed records of `{topic}` ({partitions} partitions a bucket) as group `{}`; refused records go to `{}`",
+                relay.group(),
+                relay.dead_letter()
             );
             let stop = CancellationToken::new();
             let trigger = stop.clone();
@@ -57,8 +66,8 @@ pub(crate) async fn delays(args: DelaysArgs) -> anyhow::Result<()> {
             });
             let stats = relay.run(stop).await?;
             eprintln!(
-                "stopped: {} delivered, {} moved to a shorter bucket",
-                stats.delivered, stats.hopped
+                "stopped: {} delivered, {} moved to a shorter bucket, {} dead-lettered",
+                stats.delivered, stats.hopped, stats.dead_lettered
             );
             Ok(())
         }

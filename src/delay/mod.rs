@@ -9,7 +9,7 @@
 pub mod buckets;
 mod relay;
 
-pub use self::relay::{Relay, RelayStats, DEFAULT_BUFFER_LIMIT};
+pub use self::relay::{Relay, RelayStats, DEFAULT_BUFFER_LIMIT, REFUSED_CLASS};
 
 use rdkafka::config::ClientConfig;
 

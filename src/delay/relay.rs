@@ -8,6 +8,10 @@
 //! the next owner of the partition reads the unmoved records again (and may move some of them
 //! a second time, see docs/delayed-messages.md). A partition whose waiting records reach the
 //! buffer limit pauses until half of them have moved.
+//!
+//! A move the broker refuses for good (a record too large for the topic, a topic the relay
+//! may not write) is not tried forever: the record goes to the dead-letter topic
+//! (`<topic>.dlq` unless set) with the refusal in its headers, and the partition moves on.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -53,6 +57,8 @@ pub struct RelayStats {
     pub delivered: u64,
     /// Records moved to a shorter bucket.
     pub hopped: u64,
+    /// Records whose move the broker refused for good, sent to the dead-letter topic.
+    pub dead_lettered: u64,
 }
 
 /// Moves the delayed records of one topic through its buckets and delivers them when due.
@@ -63,6 +69,8 @@ pub struct Relay {
     /// The producer's and the admin client's settings (`client` unless set apart).
     producer: Option<ClientConfig>,
     buffer_limit: usize,
+    /// Where records whose move is refused for good go (`<topic>.dlq` when `None`).
+    dead_letter: Option<String>,
     /// Whether [`Relay::ensure_topics`] made sure of the bucket topics already.
     topics_ready: bool,
 }
@@ -76,6 +84,7 @@ impl Relay {
             client,
             producer: None,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
+            dead_letter: None,
             topics_ready: false,
         }
     }
@@ -97,6 +106,20 @@ impl Relay {
     pub fn buffer_limit(mut self, limit: usize) -> Relay {
         self.buffer_limit = limit.max(1);
         self
+    }
+
+    /// The topic records go to when the broker refuses their move for good (too large for
+    /// the topic, not authorized); `<topic>.dlq` by default. It must exist.
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Relay {
+        self.dead_letter = Some(topic.into());
+        self
+    }
+
+    /// The dead-letter topic in use.
+    pub fn dead_letter(&self) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.topic))
     }
 
     /// The consumer group of the relays of the topic: `<topic>.delay-relay`.
@@ -151,6 +174,8 @@ impl Relay {
             .map_err(|e| DelayError::Client(format!("creating the relay's producer: {e}")))?;
         let mut state = State {
             topic: self.topic.clone(),
+            dead_letter: self.dead_letter(),
+            group: self.group(),
             limit: self.buffer_limit,
             revoked,
             partitions: HashMap::new(),
@@ -160,12 +185,14 @@ impl Relay {
             waiting: 0,
             meters: RelayMeters::new(&self.topic),
             backoff_until: 0,
+            suspects: Vec::new(),
+            solo: false,
             stats: RelayStats::default(),
         };
         let mut moves = FuturesUnordered::new();
         tracing::info!(topic = %self.topic, group = %self.group(), "delay relay started");
         loop {
-            let wake = state.next_due().map(|due| {
+            let wake = state.next_due(moves.len()).map(|due| {
                 let wait = u64::try_from(due - policy::now_ms()).unwrap_or(0);
                 tokio::time::Instant::now() + Duration::from_millis(wait)
             });
@@ -217,6 +244,7 @@ impl Relay {
         tracing::info!(
             delivered = stats.delivered,
             hopped = stats.hopped,
+            dead_lettered = stats.dead_lettered,
             "delay relay stopped"
         );
         Ok(stats)
@@ -293,6 +321,7 @@ impl ConsumerContext for RelayContext {
 struct RelayMeters {
     delivered: ::metrics::Counter,
     hopped: ::metrics::Counter,
+    dead_lettered: ::metrics::Counter,
     waiting: ::metrics::Gauge,
 }
 
@@ -302,6 +331,7 @@ impl RelayMeters {
         RelayMeters {
             delivered: ::metrics::counter!(metrics::DELAYED_MOVED, "topic" => topic.clone(), "outcome" => "delivered"),
             hopped: ::metrics::counter!(metrics::DELAYED_MOVED, "topic" => topic.clone(), "outcome" => "hopped"),
+            dead_lettered: ::metrics::counter!(metrics::DELAYED_MOVED, "topic" => topic.clone(), "outcome" => "dead_lettered"),
             waiting: ::metrics::gauge!(metrics::DELAYED_WAITING, "topic" => topic),
         }
     }
@@ -321,6 +351,8 @@ struct Waiting {
     /// When it next moves.
     due: i64,
     moving: bool,
+    /// Why the broker refused its move for good: it goes to the dead-letter topic next.
+    refused: Option<String>,
 }
 
 /// One assigned bucket partition.
@@ -334,13 +366,29 @@ struct Partition {
     paused: bool,
 }
 
+/// Where a move takes a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MoveKind {
+    /// To the topic: due for delivery.
+    Delivered,
+    /// To a shorter bucket.
+    Hopped,
+    /// To the dead-letter topic: an earlier move was refused for good.
+    DeadLettered,
+}
+
 /// A move in flight: which record, of which assignment of its partition, and where to.
 struct MoveId {
     tp: Tp,
     epoch: u64,
     offset: i64,
-    delivered: bool,
+    kind: MoveKind,
+    /// Sent with no other move in flight: a record the broker refused for good, tried alone.
+    alone: bool,
 }
+
+/// The moves in flight.
+type Moves = FuturesUnordered<futures::future::BoxFuture<'static, (MoveId, MoveResult)>>;
 
 type MoveResult = Result<
     rdkafka::producer::future_producer::OwnedDeliveryResult,
@@ -349,6 +397,10 @@ type MoveResult = Result<
 
 struct State {
     topic: String,
+    /// Where records whose move is refused for good go.
+    dead_letter: String,
+    /// The relay's consumer group, in dead letters' headers.
+    group: String,
     limit: usize,
     revoked: Arc<parking_lot::Mutex<Vec<(String, i32)>>>,
     partitions: HashMap<Tp, Partition>,
@@ -363,6 +415,11 @@ struct State {
     meters: RelayMeters,
     /// No moves are started before this (ms since the epoch): the producer's queue was full.
     backoff_until: i64,
+    /// Records whose move the broker refused for good, to be tried alone before anything
+    /// else moves: (partition, offset, epoch).
+    suspects: Vec<(Tp, i64, u64)>,
+    /// A suspect's move is in flight alone: nothing else starts until it is answered.
+    solo: bool,
     stats: RelayStats,
 }
 
@@ -392,8 +449,15 @@ impl State {
     }
 
     /// When the relay next has something to move: the earliest due record, but not before
-    /// a full producer queue had time to drain.
-    fn next_due(&self) -> Option<i64> {
+    /// a full producer queue had time to drain. A record to be tried alone waits for the
+    /// `in_flight` moves to be answered, then goes at once.
+    fn next_due(&self, in_flight: usize) -> Option<i64> {
+        if self.solo {
+            return None;
+        }
+        if !self.suspects.is_empty() {
+            return (in_flight == 0).then_some(self.backoff_until);
+        }
         self.heap
             .peek()
             .map(|Reverse((due, ..))| (*due).max(self.backoff_until))
@@ -445,6 +509,7 @@ impl State {
                 deliver_at,
                 due,
                 moving: false,
+                refused: None,
             },
         );
         if previous.is_none() {
@@ -455,14 +520,33 @@ impl State {
         self.touched.push(tp);
     }
 
-    /// Moves every record whose hop or delivery is due at `now`, earliest first.
-    fn release(
-        &mut self,
-        now: i64,
-        producer: &FutureProducer,
-        moves: &mut FuturesUnordered<futures::future::BoxFuture<'static, (MoveId, MoveResult)>>,
-    ) {
+    /// Moves every record whose hop or delivery is due at `now`, earliest first. A record
+    /// the broker refused for good goes alone first: nothing else starts until the moves in
+    /// flight are answered, then it is sent by itself, so that a refusal of the batch it
+    /// shared (a batch too large for the topic, say) is told apart from its own.
+    fn release(&mut self, now: i64, producer: &FutureProducer, moves: &mut Moves) {
         self.forget_revoked();
+        if self.solo {
+            return;
+        }
+        while let Some((tp, offset, epoch)) = self.suspects.first().cloned() {
+            if !moves.is_empty() {
+                return;
+            }
+            self.suspects.remove(0);
+            let valid = self
+                .partitions
+                .get(&tp)
+                .filter(|p| p.epoch == epoch)
+                .and_then(|p| p.records.get(&offset))
+                .is_some_and(|r| !r.moving);
+            if valid {
+                let queue_has_room = self.start(tp, offset, epoch, now, producer, moves, true);
+                if self.solo || !queue_has_room {
+                    return;
+                }
+            }
+        }
         while let Some(Reverse((due, ..))) = self.heap.peek() {
             if *due > now {
                 break;
@@ -470,80 +554,135 @@ impl State {
             let Some(Reverse((due, tp, offset, epoch))) = self.heap.pop() else {
                 break;
             };
-            let Some(partition) = self.partitions.get_mut(&tp).filter(|p| p.epoch == epoch) else {
-                continue;
-            };
-            let Some(record) = partition.records.get_mut(&offset) else {
-                continue;
-            };
-            if record.moving || record.due != due {
-                continue;
-            }
-            let (destination, delivered) = match record.deliver_at.map(|d| place(d, now)) {
-                None | Some(Placement::Deliver) => {
-                    record.headers.remove(DELAY_HOP_AT);
-                    (self.topic.clone(), true)
-                }
-                Some(Placement::Hold) => {
-                    // Less than the shortest hop left: waits here for its delivery time.
-                    record.due = record.deliver_at.unwrap_or(now);
-                    self.heap.push(Reverse((record.due, tp, offset, epoch)));
-                    continue;
-                }
-                Some(Placement::Bucket { bucket, hop_at_ms }) => {
-                    record
-                        .headers
-                        .set(DELAY_HOP_AT, headers::format_time_ms(hop_at_ms));
-                    (bucket_topic(&self.topic, bucket), false)
-                }
-            };
-            let headers = owned_headers(&record.headers);
-            let mut out: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&destination).headers(headers);
-            if let Some(key) = &record.key {
-                out = out.key(key.as_slice());
-            }
-            if let Some(payload) = &record.payload {
-                out = out.payload(payload.as_slice());
-            }
-            match producer.send_result(out) {
-                Ok(delivery) => {
-                    record.moving = true;
-                    let id = MoveId {
-                        tp,
-                        epoch,
-                        offset,
-                        delivered,
-                    };
-                    moves.push(acknowledged(id, delivery));
-                }
-                Err((e, _)) => {
-                    // Tried again later: the whole relay waits out a full queue; another
-                    // refusal (a record too large, say) keeps this record back a while.
-                    let full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
-                    if full {
-                        tracing::debug!("delay relay: producer queue full, waiting");
-                        self.backoff_until = now + QUEUE_FULL_WAIT_MS;
-                    } else {
-                        tracing::error!(error = %e, topic = %tp.0, partition = tp.1, offset,
-                            "delay relay: the producer refused a move; trying again");
-                    }
-                    // A full queue keeps the record's time (the relay as a whole waits, so the
-                    // order of the moves holds); a refusal sets it back.
-                    if !full {
-                        record.due = now + RETRY_MOVE_MS;
-                    }
-                    self.heap.push(Reverse((record.due, tp, offset, epoch)));
-                    if full {
-                        break;
-                    }
-                }
+            let current = self
+                .partitions
+                .get(&tp)
+                .filter(|p| p.epoch == epoch)
+                .and_then(|p| p.records.get(&offset))
+                .is_some_and(|r| !r.moving && r.due == due);
+            if current && !self.start(tp, offset, epoch, now, producer, moves, false) {
+                break;
             }
         }
     }
 
-    /// A move was acknowledged (the record is done) or failed (it is tried again).
+    /// Starts the move of one record (`alone`: with nothing else in flight); `false` when the
+    /// producer's queue is full and no more moves should start now.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        tp: Tp,
+        offset: i64,
+        epoch: u64,
+        now: i64,
+        producer: &FutureProducer,
+        moves: &mut Moves,
+        alone: bool,
+    ) -> bool {
+        let Some(record) = self
+            .partitions
+            .get_mut(&tp)
+            .and_then(|p| p.records.get_mut(&offset))
+        else {
+            return true;
+        };
+        let placement = match &record.refused {
+            Some(_) => None,
+            None => Some(record.deliver_at.map(|d| place(d, now))),
+        };
+        let (destination, kind, headers) = match placement {
+            None => (
+                self.dead_letter.clone(),
+                MoveKind::DeadLettered,
+                dead_letter_headers(record, &self.topic, &self.group, &tp, offset, now),
+            ),
+            Some(None | Some(Placement::Deliver)) => {
+                record.headers.remove(DELAY_HOP_AT);
+                (
+                    self.topic.clone(),
+                    MoveKind::Delivered,
+                    owned_headers(&record.headers),
+                )
+            }
+            Some(Some(Placement::Hold)) => {
+                // Less than the shortest hop left: waits here for its delivery time.
+                record.due = record.deliver_at.unwrap_or(now);
+                self.heap.push(Reverse((record.due, tp, offset, epoch)));
+                return true;
+            }
+            Some(Some(Placement::Bucket { bucket, hop_at_ms })) => {
+                record
+                    .headers
+                    .set(DELAY_HOP_AT, headers::format_time_ms(hop_at_ms));
+                (
+                    bucket_topic(&self.topic, bucket),
+                    MoveKind::Hopped,
+                    owned_headers(&record.headers),
+                )
+            }
+        };
+        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&destination).headers(headers);
+        if let Some(key) = &record.key {
+            out = out.key(key.as_slice());
+        }
+        if let Some(payload) = &record.payload {
+            out = out.payload(payload.as_slice());
+        }
+        match producer.send_result(out) {
+            Ok(delivery) => {
+                record.moving = true;
+                self.solo = alone;
+                let id = MoveId {
+                    tp,
+                    epoch,
+                    offset,
+                    kind,
+                    alone,
+                };
+                moves.push(acknowledged(id, delivery));
+                true
+            }
+            Err((e, _)) => {
+                // Tried again later: the whole relay waits out a full queue; another
+                // refusal keeps this record back a while, unless it is for good (the
+                // producer checks each record by itself: too large, say), when it goes to
+                // the dead-letter topic now.
+                let full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
+                if full {
+                    tracing::debug!("delay relay: producer queue full, waiting");
+                    self.backoff_until = now + QUEUE_FULL_WAIT_MS;
+                    // Keeps the record's time: the relay as a whole waits, so the order of
+                    // the moves holds.
+                    if alone {
+                        self.suspects.insert(0, (tp, offset, epoch));
+                    } else {
+                        self.heap.push(Reverse((record.due, tp, offset, epoch)));
+                    }
+                    return false;
+                }
+                if kind != MoveKind::DeadLettered && refused_for_good(&e) {
+                    tracing::error!(error = %e, topic = %tp.0, partition = tp.1, offset, to = %destination,
+                        "delay relay: the producer refused a move for good; dead-lettering the record");
+                    record.refused = Some(format!("moving it to {destination}: {e}"));
+                    record.due = now;
+                } else {
+                    tracing::error!(error = %e, topic = %tp.0, partition = tp.1, offset, to = %destination,
+                        "delay relay: the producer refused a move; trying again");
+                    record.due = now + RETRY_MOVE_MS;
+                }
+                self.heap.push(Reverse((record.due, tp, offset, epoch)));
+                true
+            }
+        }
+    }
+
+    /// A move was acknowledged (the record is done) or failed (it is tried again). A move
+    /// the broker refused for good is tried again alone first; refused alone, the record goes
+    /// to the dead-letter topic.
     fn moved(&mut self, id: MoveId, result: MoveResult) {
+        if id.alone {
+            self.solo = false;
+        }
         self.forget_revoked();
         let Some(partition) = self
             .partitions
@@ -558,30 +697,54 @@ impl State {
                     self.waiting -= 1;
                 }
                 self.touched.push(id.tp.clone());
-                if id.delivered {
-                    self.stats.delivered += 1;
-                    self.meters.delivered.increment(1);
+                match id.kind {
+                    MoveKind::Delivered => {
+                        self.stats.delivered += 1;
+                        self.meters.delivered.increment(1);
+                    }
+                    MoveKind::Hopped => {
+                        self.stats.hopped += 1;
+                        self.meters.hopped.increment(1);
+                    }
+                    MoveKind::DeadLettered => {
+                        self.stats.dead_lettered += 1;
+                        self.meters.dead_lettered.increment(1);
+                    }
+                }
+            }
+            Ok(Err((e, _))) if id.kind != MoveKind::DeadLettered && refused_for_good(&e) => {
+                let Some(record) = partition.records.get_mut(&id.offset) else {
+                    return;
+                };
+                record.moving = false;
+                if id.alone {
+                    tracing::error!(error = %e, topic = %id.tp.0, partition = id.tp.1, offset = id.offset,
+                        "delay relay: the broker refused a move of this record alone for good; dead-lettering it");
+                    record.refused = Some(format!("moving it on: {e}"));
+                    self.retry(id, 0);
                 } else {
-                    self.stats.hopped += 1;
-                    self.meters.hopped.increment(1);
+                    tracing::warn!(error = %e, topic = %id.tp.0, partition = id.tp.1, offset = id.offset,
+                        "delay relay: the broker refused a move for good; trying the record alone");
+                    self.suspects.push((id.tp, id.offset, id.epoch));
                 }
             }
             Ok(Err((e, _))) => {
                 tracing::warn!(error = %e, topic = %id.tp.0, partition = id.tp.1, offset = id.offset,
-                    "delay relay: a move was not acknowledged; trying again");
-                self.retry(id);
+                    to = ?id.kind, "delay relay: a move was not acknowledged; trying again");
+                self.retry(id, RETRY_MOVE_MS);
             }
-            Err(_) => self.retry(id),
+            Err(_) => self.retry(id, RETRY_MOVE_MS),
         }
     }
 
-    fn retry(&mut self, id: MoveId) {
+    /// Puts a record whose move failed back, due again in `after_ms`.
+    fn retry(&mut self, id: MoveId, after_ms: i64) {
         let Some(partition) = self.partitions.get_mut(&id.tp) else {
             return;
         };
         if let Some(record) = partition.records.get_mut(&id.offset) {
             record.moving = false;
-            record.due = policy::now_ms() + RETRY_MOVE_MS;
+            record.due = policy::now_ms() + after_ms;
             self.heap
                 .push(Reverse((record.due, id.tp, id.offset, id.epoch)));
         }
@@ -663,6 +826,58 @@ impl State {
         }
     }
 }
+
+/// Whether the broker (or the producer, before sending) refused a record for good: trying it
+/// again cannot succeed (too large for the topic, malformed, not authorized).
+fn refused_for_good(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+        )
+    )
+}
+
+/// A dead letter's headers: the record's own (without the relay's hop), where it was read
+/// (the bucket partition and offset), the topic it was delayed for (where a replay sends
+/// it), and why its move was refused (class `refused`).
+fn dead_letter_headers(
+    record: &Waiting,
+    topic: &str,
+    group: &str,
+    tp: &Tp,
+    offset: i64,
+    now: i64,
+) -> rdkafka::message::OwnedHeaders {
+    let mut dead = record.headers.clone();
+    dead.remove(DELAY_HOP_AT);
+    let at = headers::format_time_ms(now);
+    dead.set(headers::ORIGINAL_TOPIC, topic.to_owned());
+    dead.set(headers::ORIGINAL_PARTITION, tp.1.to_string());
+    dead.set(headers::ORIGINAL_OFFSET, offset.to_string());
+    dead.set(headers::GROUP, group.to_owned());
+    dead.set(headers::ERROR_CLASS, REFUSED_CLASS);
+    dead.set(
+        headers::ERROR_MESSAGE,
+        format!(
+            "read from {} partition {} at offset {offset}; {}",
+            tp.0,
+            tp.1,
+            record.refused.as_deref().unwrap_or("refused")
+        ),
+    );
+    dead.set(headers::FIRST_FAILURE, at.clone());
+    dead.set(headers::LAST_FAILURE, at);
+    owned_headers(&dead)
+}
+
+/// The error class of a delayed record whose move the broker refused for good.
+pub const REFUSED_CLASS: &str = "refused";
 
 /// A time header: RFC 3339 text, or milliseconds since the epoch.
 fn read_time(headers: &Headers, name: &str) -> Option<i64> {

@@ -37,7 +37,8 @@ pub const PARKED_MESSAGES: &str = "steadfast_parked_messages";
 /// Partitions assigned to the worker.
 pub const ASSIGNED: &str = "steadfast_assigned_partitions";
 /// Delayed records a relay moved, labelled `topic` (the topic they are for) and `outcome`:
-/// `delivered` (appended to the topic) or `hopped` (to a shorter bucket topic).
+/// `delivered` (appended to the topic), `hopped` (to a shorter bucket topic) or
+/// `dead_lettered` (the broker refused the move for good).
 pub const DELAYED_MOVED: &str = "steadfast_delayed_moved_total";
 /// Delayed records a relay has read and not yet moved, labelled `topic`.
 pub const DELAYED_WAITING: &str = "steadfast_delayed_waiting_messages";

@@ -236,7 +236,9 @@ impl<H: Handler> Worker<H> {
             &observed.meters,
             crate::producer::Producer::new(&self.config),
         );
-        let relay = self.start_relay(&topic, &shutdown).await?;
+        let relay = self
+            .start_relay(&topic, &topics.dead_letter, &shutdown)
+            .await?;
         // Stops the relay on every way out, an error return included.
         let _stop_relay = relay.as_ref().map(|(stop, _)| stop.clone().drop_guard());
         let limits = self.limits();
@@ -279,10 +281,12 @@ impl<H: Handler> Worker<H> {
 
     /// Starts the relay of the topic's delayed messages when the worker runs one
     /// (`relay_delayed_messages`), after making sure its bucket topics exist; it stops with
-    /// `shutdown` or when the worker stops.
+    /// `shutdown` or when the worker stops. A record whose move is refused for good goes to
+    /// the worker's dead-letter topic.
     async fn start_relay(
         &self,
         topic: &str,
+        dead_letter: &str,
         shutdown: &CancellationToken,
     ) -> Result<Option<RelayTask>, WorkerError> {
         if !self.config.relay_delayed_messages {
@@ -291,7 +295,8 @@ impl<H: Handler> Worker<H> {
         // Its consumer takes the worker's consumer properties (`session.timeout.ms`, say),
         // its producer the producer properties.
         let mut relay = crate::delay::Relay::new(topic, self.client(KafkaClient::Consumer))
-            .producer_config(self.client(KafkaClient::Producer));
+            .producer_config(self.client(KafkaClient::Producer))
+            .dead_letter_topic(dead_letter);
         relay
             .ensure_topics()
             .await
