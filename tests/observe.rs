@@ -814,3 +814,99 @@ async fn versions_a_handlers_transaction_recorded_are_not_advanced_again_in_the_
         "versions in another store: one advance per handled update"
     );
 }
+
+/// Handles every update (nothing else).
+#[derive(Debug, Clone, Default)]
+struct Accepts;
+
+impl steadfast::Handler for Accepts {
+    type Message = support::Update;
+    const GROUP: &'static str = "observe-version-reads";
+
+    async fn handle_message(
+        &self,
+        _update: support::Update,
+        _cx: &Context,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// Runs [`Accepts`] with stale drop and the key lock in memory (and a breaker when
+/// `breaker`): 100 updates (versions 1-5 of 20 keys), then version 3 of each key again.
+/// Returns the worker's `version_get` calls, after checking that every update was handled
+/// and every repeat dropped as stale.
+async fn version_reads_with_the_key_lock(breaker: bool) -> f64 {
+    let (_dir, _server, bootstrap) = server().await;
+    let (topic, group) = topic_and_group(&bootstrap, "observe-version-reads", 2).await;
+    let mut builder = worker(&bootstrap, &topic, &group)
+        .commit_interval(Duration::from_millis(100))
+        .stale_drop("memory")
+        .key_lock("memory", Duration::from_secs(10));
+    if breaker {
+        builder = builder.breaker(steadfast::config::BreakerConfig::default());
+    }
+    let running = spawn(builder.handler(Accepts));
+    let address = running.address;
+    // The histogram is the process's, without a group label: another worker's reads count
+    // in it too.
+    let reads = |scrape: &Scrape| {
+        scrape.histogram_count(
+            steadfast::observe::metrics::STORE_CALL,
+            &[("call", "version_get")],
+        )
+    };
+    let before = reads(&Scrape::take(address).await);
+    let updates: Vec<(Vec<u8>, Vec<u8>)> = (1..=5)
+        .flat_map(|version| (0..20).map(move |k| (k, version)))
+        .map(|(k, version)| {
+            support::record(&support::update(
+                &format!("k{k}"),
+                version,
+                &format!("u{k}-{version}"),
+            ))
+        })
+        .collect();
+    produce_keyed(&bootstrap, &topic, &updates, 50).await;
+    until(Duration::from_secs(60), "100 updates handled", || async {
+        let counts = Counts::of(&Scrape::take(address).await, &group, &topic);
+        (counts.handled >= 100.0).then_some(())
+    })
+    .await;
+    let repeats: Vec<(Vec<u8>, Vec<u8>)> = (0..20)
+        .map(|k| support::record(&support::update(&format!("k{k}"), 3, &format!("again-{k}"))))
+        .collect();
+    produce_keyed(&bootstrap, &topic, &repeats, 50).await;
+    let scrape = until(Duration::from_secs(60), "20 repeats dropped", || async {
+        let scrape = Scrape::take(address).await;
+        let counts = Counts::of(&scrape, &group, &topic);
+        (counts.stale + counts.handled >= 120.0).then_some(scrape)
+    })
+    .await;
+    let counts = Counts::of(&scrape, &group, &topic);
+    assert_eq!(
+        (counts.handled, counts.stale),
+        (100.0, 20.0),
+        "every update handled, every older version dropped as stale"
+    );
+    running.stop().await;
+    reads(&scrape) - before
+}
+
+/// With the key lock on, the version is read once a message, under the lock (the lock's
+/// check decides; no check before it): 120 reads for 120 messages. With a breaker between
+/// the two, the check before the breaker stays (a stale message is dropped without waiting
+/// for it), so a handled message is read twice and a stale one once: 220.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_key_lock_the_stale_check_reads_a_messages_version_once() {
+    assert_eq!(
+        version_reads_with_the_key_lock(false).await,
+        120.0,
+        "one version read a message, under the lock"
+    );
+    assert_eq!(
+        version_reads_with_the_key_lock(true).await,
+        220.0,
+        "with a breaker: before it, and again under the lock for the handled ones"
+    );
+}

@@ -23,9 +23,9 @@ use crate::store::{LockStore, StoreError, VersionStore};
 pub(crate) struct LockConfig {
     store: Arc<dyn LockStore>,
     lease: Duration,
-    /// The stale-drop policy's versions, checked again once the lock is held: the stale
-    /// check before the lock may have raced with another holder that applied a newer (or the
-    /// same) version while this one waited for the lock.
+    /// The stale-drop policy's versions, checked once the lock is held (the stale policy
+    /// makes no check of its own before the lock then): a check before the lock could race
+    /// with another holder that applies a newer (or the same) version while this one waits.
     versions: Option<Arc<dyn VersionStore>>,
     /// Retry-tier records older than the applied version are left to the transactional
     /// store (see the stale policy).
@@ -96,7 +96,13 @@ impl Policy for LockConfig {
                     if let Some(outcome) = super::stale::overtaken(&envelope, version, current) {
                         return outcome;
                     }
-                    tracing::info!(key, version, offset = envelope.offset, "stale message dropped (a newer version was applied while it waited for the lock)");
+                    tracing::info!(
+                        key,
+                        version,
+                        current,
+                        offset = envelope.offset,
+                        "stale message dropped (checked under the key's lock)"
+                    );
                     return Outcome::Drop(DropReason::Stale);
                 }
             }

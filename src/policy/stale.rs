@@ -1,8 +1,8 @@
 //! Stale-message dropping: a message whose version is not newer than the last applied version
-//! of its key is dropped before any lock or handler work, counted and logged, and optionally
-//! copied to `<topic>.stale` (as is one the lock's second check or the handler's transaction
-//! finds stale). After the handler succeeded, the key's version advances
-//! (compare-and-set), unless the handler's transaction already recorded it.
+//! of its key is dropped before any handler work (before the key lock, or under it when the
+//! lock policy makes the check), counted and logged, and optionally copied to `<topic>.stale`
+//! (as is one the handler's transaction finds stale). After the handler succeeded, the key's
+//! version advances (compare-and-set), unless the handler's transaction already recorded it.
 //!
 //! A record whose version equals the applied one is that version delivered again: it is
 //! dropped as a duplicate (not stale, and not copied). A retry-tier record is never dropped as
@@ -39,6 +39,10 @@ pub(crate) struct StalePolicy {
     /// `versions` is the transactional store's version table: a version the handler's
     /// committed transaction recorded is not advanced again.
     versions_in_transactions: bool,
+    /// The key lock's policy reads the version once it holds the lock, with no breaker or
+    /// rate limit between: that check decides, and this one is not made before it (one read
+    /// a message instead of two).
+    checked_under_lock: bool,
 }
 
 /// On when the worker has a version store (`[stale]`).
@@ -55,6 +59,12 @@ pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
         shutdown: a.shutdown.clone(),
         give_up_after: a.give_up_after(),
         versions_in_transactions: a.versions_in_transactions,
+        // The lock policy checks the same store's version under the lock. With a breaker or
+        // a rate limit between the two, the check before them stays: a stale message is
+        // dropped without waiting for them or spending a permit.
+        checked_under_lock: a.stores.lock.is_some()
+            && a.config.breaker.is_none()
+            && a.config.rate_limit.is_none(),
     }))
 }
 
@@ -73,62 +83,99 @@ impl Policy for StalePolicy {
             return next.run(envelope).await;
         };
         let key = facts.store_key.as_str();
-        let shutdown = &config.shutdown;
-        let current = match until_answered("version get", shutdown, config.give_up_after, || {
-            config.versions.get(key)
+        if !config.checked_under_lock {
+            match config.check(&envelope, key, version).await {
+                Checked::Newer => {}
+                Checked::Ended(outcome) => return outcome,
+                Checked::LeftToTransaction => {
+                    // The transaction finds the id applied (a duplicate) or the version stale
+                    // (never applied: overtaken).
+                    let outcome = next.run(envelope.clone()).await;
+                    return never_stale_in_tier(&envelope, version, outcome);
+                }
+            }
+        }
+        let outcome = next.run(envelope.clone()).await;
+        config.settle(&envelope, key, version, outcome).await
+    }
+}
+
+/// What the check before the handler found.
+enum Checked {
+    /// The version is newer than the applied one: the message goes on.
+    Newer,
+    /// The message ends here (stale, a duplicate, overtaken, or the store unanswered).
+    Ended(Outcome),
+    /// A retry-tier record older than the applied version, left to the transactional store.
+    LeftToTransaction,
+}
+
+impl StalePolicy {
+    /// The check before the handler.
+    async fn check(&self, envelope: &Envelope, key: &str, version: i64) -> Checked {
+        let shutdown = &self.shutdown;
+        let current = match until_answered("version get", shutdown, self.give_up_after, || {
+            self.versions.get(key)
         })
         .await
         {
             Ok(current) => current,
-            Err(unanswered) => return unanswered.outcome(&envelope),
+            Err(unanswered) => return Checked::Ended(unanswered.outcome(envelope)),
         };
         let in_tier = headers::retry_tier(&envelope.headers) > 0;
-        let deferred =
-            config.tier_records_to_transactions && in_tier && current.is_some_and(|c| c > version);
-        if deferred {
-            // The transaction finds the id applied (a duplicate) or the version stale
-            // (never applied: overtaken).
-            let outcome = next.run(envelope.clone()).await;
-            return never_stale_in_tier(&envelope, version, outcome);
+        if self.tier_records_to_transactions && in_tier && current.is_some_and(|c| c > version) {
+            return Checked::LeftToTransaction;
         }
-        if let Some(current) = current.filter(|c| *c >= version) {
-            if let Some(outcome) = overtaken(&envelope, version, current) {
-                return outcome;
-            }
-            tracing::info!(
-                key,
-                version,
-                current,
-                offset = envelope.offset,
-                "stale message dropped"
-            );
-            if let Some(sink) = &config.copy_to {
-                if !copy(sink.as_ref(), &envelope, shutdown).await {
-                    return Outcome::Requeue;
-                }
-            }
-            return Outcome::Drop(DropReason::Stale);
+        let Some(current) = current.filter(|c| *c >= version) else {
+            return Checked::Newer;
+        };
+        if let Some(outcome) = overtaken(envelope, version, current) {
+            return Checked::Ended(outcome);
         }
-        let outcome = next.run(envelope.clone()).await;
+        tracing::info!(
+            key,
+            version,
+            current,
+            offset = envelope.offset,
+            "stale message dropped"
+        );
+        Checked::Ended(self.stale_drop(envelope).await)
+    }
+
+    /// A stale message's end: copied to `<topic>.stale` first when copies are on (a
+    /// requeue when the worker shuts down before the copy is acknowledged).
+    async fn stale_drop(&self, envelope: &Envelope) -> Outcome {
+        if let Some(sink) = &self.copy_to {
+            if !copy(sink.as_ref(), envelope, &self.shutdown).await {
+                return Outcome::Requeue;
+            }
+        }
+        Outcome::Drop(DropReason::Stale)
+    }
+
+    /// After the layers below ran: a stale drop found inside is copied, and a handled
+    /// version advances.
+    async fn settle(
+        &self,
+        envelope: &Envelope,
+        key: &str,
+        version: i64,
+        outcome: Outcome,
+    ) -> Outcome {
         // A newer version applied while it ran (relaxed ordering lets the key's later
         // records run beside a retry-tier record): overtaken, not stale.
-        let outcome = never_stale_in_tier(&envelope, version, outcome);
+        let outcome = never_stale_in_tier(envelope, version, outcome);
         if outcome == Outcome::Drop(DropReason::Stale) {
-            // Found stale inside, by the lock's second check or the handler's transaction
-            // (a newer version applied while this one waited): copied like a drop here.
-            if let Some(sink) = &config.copy_to {
-                if !copy(sink.as_ref(), &envelope, shutdown).await {
-                    return Outcome::Requeue;
-                }
-            }
-            return outcome;
+            // Found stale inside, by the lock's check or the handler's transaction (a newer
+            // version applied while this one waited): copied like a drop here.
+            return self.stale_drop(envelope).await;
         }
         // Also after a duplicate drop: the first run may have ended before it advanced.
         // The advance is a compare-and-set, so recording what a transaction recorded too
         // is harmless, and needed when this store is not the transaction's; when it is,
         // the committed transaction advanced this very row, and a second write (a commit of
         // its own per message) is skipped.
-        let recorded = config.versions_in_transactions
+        let recorded = self.versions_in_transactions
             && envelope
                 .guard
                 .notes
@@ -140,8 +187,8 @@ impl Policy for StalePolicy {
                 Outcome::Ack { .. } | Outcome::Drop(DropReason::Duplicate)
             )
         {
-            let advanced = until_available("version advance", shutdown, || {
-                config.versions.advance(key, version)
+            let advanced = until_available("version advance", &self.shutdown, || {
+                self.versions.advance(key, version)
             })
             .await;
             if advanced.is_none() {
