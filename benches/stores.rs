@@ -514,7 +514,9 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
         .map(|_| {
             base(env, &ledger_topic)
                 .group(&group)
-                .concurrency(32)
+                // The smoke pass (beside the tests, on the shared Postgres) keeps its two
+                // pools small: each holds up to concurrency + 8 connections.
+                .concurrency(if env.quick { 8 } else { 32 })
                 .store_schema(&schema)
                 .store_key_prefix(&prefix)
                 .stale_drop(POSTGRES)
