@@ -1,7 +1,7 @@
 //! What a worker shows the people who run it: Prometheus metrics, a liveness and a
 //! readiness probe with a stall detector, served over HTTP when `[observe] listen` is set;
 //! and traces: W3C trace context carried across a message's hops ([`trace`]), exported over
-//! OTLP with the `otel` feature ([`otel`]). The metric names are the constants of
+//! OTLP with the `otel` feature (module `otel`). The metric names are the constants of
 //! [`metrics`]; the README lists them.
 
 mod health;
