@@ -730,6 +730,50 @@ impl steadfast::Handler for RecordsInTransaction {
     }
 }
 
+/// Produces 100 updates (versions 1-5 of 20 keys) to `topic`, waits until the worker
+/// serving `address` handled them, then version 3 of each key again under a new id; returns
+/// the scrape once every update was handled and every repeat dropped as stale.
+async fn updates_then_older_repeats(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    address: SocketAddr,
+) -> Scrape {
+    let updates: Vec<(Vec<u8>, Vec<u8>)> = (1..=5)
+        .flat_map(|version| (0..20).map(move |k| (k, version)))
+        .map(|(k, version)| {
+            support::record(&support::update(
+                &format!("k{k}"),
+                version,
+                &format!("u{k}-{version}"),
+            ))
+        })
+        .collect();
+    produce_keyed(bootstrap, topic, &updates, 50).await;
+    until(Duration::from_secs(60), "100 updates handled", || async {
+        let counts = Counts::of(&Scrape::take(address).await, group, topic);
+        (counts.handled >= 100.0).then_some(())
+    })
+    .await;
+    let repeats: Vec<(Vec<u8>, Vec<u8>)> = (0..20)
+        .map(|k| support::record(&support::update(&format!("k{k}"), 3, &format!("again-{k}"))))
+        .collect();
+    produce_keyed(bootstrap, topic, &repeats, 50).await;
+    let scrape = until(Duration::from_secs(60), "20 repeats dropped", || async {
+        let scrape = Scrape::take(address).await;
+        let counts = Counts::of(&scrape, group, topic);
+        (counts.stale + counts.handled >= 120.0).then_some(scrape)
+    })
+    .await;
+    let counts = Counts::of(&scrape, group, topic);
+    assert_eq!(
+        (counts.handled, counts.stale),
+        (100.0, 20.0),
+        "every update handled, every older version dropped as stale"
+    );
+    scrape
+}
+
 /// Runs [`RecordsInTransaction`] with the stale check's versions at `versions` and the
 /// transactions at [`POSTGRES_URL`], in one fresh schema: 100 updates (versions 1-5 of 20
 /// keys), then version 3 of each key again under a new id. Returns the worker's
@@ -748,39 +792,7 @@ async fn version_advances_with_versions_at(versions: &str) -> f64 {
             .transactions(POSTGRES_URL)
             .handler(RecordsInTransaction),
     );
-    let updates: Vec<(Vec<u8>, Vec<u8>)> = (1..=5)
-        .flat_map(|version| (0..20).map(move |k| (k, version)))
-        .map(|(k, version)| {
-            support::record(&support::update(
-                &format!("k{k}"),
-                version,
-                &format!("u{k}-{version}"),
-            ))
-        })
-        .collect();
-    produce_keyed(&bootstrap, &topic, &updates, 50).await;
-    let address = running.address;
-    until(Duration::from_secs(60), "100 updates handled", || async {
-        let counts = Counts::of(&Scrape::take(address).await, &group, &topic);
-        (counts.handled >= 100.0).then_some(())
-    })
-    .await;
-    let repeats: Vec<(Vec<u8>, Vec<u8>)> = (0..20)
-        .map(|k| support::record(&support::update(&format!("k{k}"), 3, &format!("again-{k}"))))
-        .collect();
-    produce_keyed(&bootstrap, &topic, &repeats, 50).await;
-    let scrape = until(Duration::from_secs(60), "20 repeats dropped", || async {
-        let scrape = Scrape::take(address).await;
-        let counts = Counts::of(&scrape, &group, &topic);
-        (counts.stale + counts.handled >= 120.0).then_some(scrape)
-    })
-    .await;
-    let counts = Counts::of(&scrape, &group, &topic);
-    assert_eq!(
-        (counts.handled, counts.stale),
-        (100.0, 20.0),
-        "every update handled, every older version dropped as stale"
-    );
+    let scrape = updates_then_older_repeats(&bootstrap, &topic, &group, running.address).await;
     assert!(
         scrape.histogram_count(
             steadfast::observe::metrics::STORE_CALL,
@@ -857,38 +869,7 @@ async fn version_reads_with_the_key_lock(breaker: bool) -> f64 {
         )
     };
     let before = reads(&Scrape::take(address).await);
-    let updates: Vec<(Vec<u8>, Vec<u8>)> = (1..=5)
-        .flat_map(|version| (0..20).map(move |k| (k, version)))
-        .map(|(k, version)| {
-            support::record(&support::update(
-                &format!("k{k}"),
-                version,
-                &format!("u{k}-{version}"),
-            ))
-        })
-        .collect();
-    produce_keyed(&bootstrap, &topic, &updates, 50).await;
-    until(Duration::from_secs(60), "100 updates handled", || async {
-        let counts = Counts::of(&Scrape::take(address).await, &group, &topic);
-        (counts.handled >= 100.0).then_some(())
-    })
-    .await;
-    let repeats: Vec<(Vec<u8>, Vec<u8>)> = (0..20)
-        .map(|k| support::record(&support::update(&format!("k{k}"), 3, &format!("again-{k}"))))
-        .collect();
-    produce_keyed(&bootstrap, &topic, &repeats, 50).await;
-    let scrape = until(Duration::from_secs(60), "20 repeats dropped", || async {
-        let scrape = Scrape::take(address).await;
-        let counts = Counts::of(&scrape, &group, &topic);
-        (counts.stale + counts.handled >= 120.0).then_some(scrape)
-    })
-    .await;
-    let counts = Counts::of(&scrape, &group, &topic);
-    assert_eq!(
-        (counts.handled, counts.stale),
-        (100.0, 20.0),
-        "every update handled, every older version dropped as stale"
-    );
+    let scrape = updates_then_older_repeats(&bootstrap, &topic, &group, address).await;
     running.stop().await;
     reads(&scrape) - before
 }
