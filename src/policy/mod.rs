@@ -39,7 +39,7 @@ pub use self::adapter::{BoxedStack, OutcomeFuture};
 pub use self::breaker::state::{Breaker, BreakerPhase, BreakerSettings, BreakerState, Permit};
 pub(crate) use self::clock::now_ms;
 pub use self::facts::describe;
-pub(crate) use self::outage::outage_backoff;
+pub(crate) use self::outage::{outage_backoff, restart_on_error};
 pub use self::retry::Retry;
 pub(crate) use self::route::abandonable;
 pub use self::sink::{MemorySink, OutgoingRecord, Sink, SinkError};

@@ -180,9 +180,68 @@ fn log_failure(what: &'static str, error: &StoreError, delay: Duration) {
     }
 }
 
+/// Runs `run` again, after a backoff ([`outage_backoff`]), each time it ends with an error,
+/// until it ends well or `stop` fires during a backoff (then its last error); `what` names it
+/// in the error logged at each restart. For a task the worker must not lose while it runs
+/// (the delay relay).
+pub(crate) async fn restart_on_error<T, E, F, Fut>(
+    what: &str,
+    stop: &CancellationToken,
+    mut run: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delays = outage_backoff();
+    loop {
+        match run().await {
+            Ok(done) => return Ok(done),
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::error!(error = %e, ?delay, "{what} stopped with an error; starting it again");
+                if !pause(delay, stop).await {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A run that fails twice, then ends well, is started three times and its result
+    /// returned; a stop during a backoff returns the last error without another run.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_run_is_started_again_until_it_ends_well_or_the_stop() {
+        let runs = std::sync::atomic::AtomicU32::new(0);
+        let stop = CancellationToken::new();
+        let result: Result<u32, String> = restart_on_error("the task", &stop, || async {
+            let n = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n < 3 {
+                Err(format!("run {n} failed"))
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
+        assert_eq!(result, Ok(3));
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        let runs = std::sync::atomic::AtomicU32::new(0);
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        let result: Result<u32, String> = restart_on_error("the task", &stopped, || async {
+            let n = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            Err(format!("run {n} failed"))
+        })
+        .await;
+        assert_eq!(result, Err("run 1 failed".to_owned()));
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     use super::*;
 

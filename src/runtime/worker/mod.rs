@@ -302,13 +302,14 @@ impl<H: Handler> Worker<H> {
             .await
             .map_err(|e| WorkerError::broker(format!("the delay relay's topics: {e}")))?;
         let stop = shutdown.child_token();
-        let run = relay.run(stop.clone());
+        let until = stop.clone();
+        // A run that stops with an error (a client that could not be made, say) is started
+        // again: the worker's delayed messages never go without their relay while it runs.
         let task = tokio::spawn(async move {
-            let result = run.await;
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "the delay relay stopped; the worker goes on without it");
-            }
-            result
+            policy::restart_on_error("the delay relay", &until, || {
+                relay.clone().run(until.clone())
+            })
+            .await
         });
         Ok(Some((stop, task)))
     }
