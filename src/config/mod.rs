@@ -275,6 +275,12 @@ pub const ENV_OVERRIDES: [(&str, &str); 31] = [
 ];
 
 impl WorkerConfig {
+    /// Whether a policy stands between the stale check and the key lock in the stack (a
+    /// circuit breaker or a rate limit): then the stale check runs before them.
+    pub(crate) fn policies_between_stale_and_lock(&self) -> bool {
+        self.breaker.is_some() || self.rate_limit.is_some()
+    }
+
     /// Parses `steadfast.toml` text and checks it.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let config: WorkerConfig =

@@ -14,7 +14,7 @@
 //! (`<topic>.dlq` unless set) with the refusal in its headers, and the partition moves on.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,7 +185,7 @@ impl Relay {
             waiting: 0,
             meters: RelayMeters::new(&self.topic),
             backoff_until: 0,
-            suspects: Vec::new(),
+            suspects: VecDeque::new(),
             solo: false,
             stats: RelayStats::default(),
         };
@@ -417,7 +417,7 @@ struct State {
     backoff_until: i64,
     /// Records whose move the broker refused for good, to be tried alone before anything
     /// else moves: (partition, offset, epoch).
-    suspects: Vec<(Tp, i64, u64)>,
+    suspects: VecDeque<(Tp, i64, u64)>,
     /// A suspect's move is in flight alone: nothing else starts until it is answered.
     solo: bool,
     stats: RelayStats,
@@ -529,11 +529,13 @@ impl State {
         if self.solo {
             return;
         }
-        while let Some((tp, offset, epoch)) = self.suspects.first().cloned() {
+        while !self.suspects.is_empty() {
             if !moves.is_empty() {
                 return;
             }
-            self.suspects.remove(0);
+            let Some((tp, offset, epoch)) = self.suspects.pop_front() else {
+                break;
+            };
             let valid = self
                 .partitions
                 .get(&tp)
@@ -654,7 +656,7 @@ impl State {
                     // Keeps the record's time: the relay as a whole waits, so the order of
                     // the moves holds.
                     if alone {
-                        self.suspects.insert(0, (tp, offset, epoch));
+                        self.suspects.push_front((tp, offset, epoch));
                     } else {
                         self.heap.push(Reverse((record.due, tp, offset, epoch)));
                     }
@@ -725,7 +727,7 @@ impl State {
                 } else {
                     tracing::warn!(error = %e, topic = %id.tp.0, partition = id.tp.1, offset = id.offset,
                         "delay relay: the broker refused a move for good; trying the record alone");
-                    self.suspects.push((id.tp, id.offset, id.epoch));
+                    self.suspects.push_back((id.tp, id.offset, id.epoch));
                 }
             }
             Ok(Err((e, _))) => {

@@ -15,6 +15,7 @@ use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
 use super::outage::{pause, until_answered, Unanswered};
 use super::stack::Assembly;
+use super::stale::{judge, Checked};
 use crate::message::{DropReason, Envelope, LeaseState, Outcome};
 use crate::store::{LockStore, StoreError, VersionStore};
 
@@ -77,33 +78,25 @@ impl Policy for LockConfig {
                         versions.get(key)
                     })
                     .await;
-                let stale = match current {
+                let current = match current {
                     Err(unanswered) => {
                         let _ = config.store.release(key, token).await;
                         return unanswered.outcome(&envelope);
                     }
-                    Ok(current) => current.filter(|c| *c >= version),
+                    Ok(current) => current,
                 };
-                // A retry-tier record older than the applied version is left to the
-                // transactional store, when the stale policy defers it.
-                let stale = stale.filter(|current| {
-                    !(config.tier_records_to_transactions
-                        && *current > version
-                        && crate::message::headers::retry_tier(&envelope.headers) > 0)
-                });
-                if let Some(current) = stale {
+                // Stale, a duplicate or overtaken ends here (the stale policy above copies a
+                // stale drop); a retry-tier record older than the applied version is left to
+                // the transactional store, when there is one.
+                if let Checked::Ended(outcome) = judge(
+                    &envelope,
+                    key,
+                    version,
+                    current,
+                    config.tier_records_to_transactions,
+                ) {
                     let _ = config.store.release(key, token).await;
-                    if let Some(outcome) = super::stale::overtaken(&envelope, version, current) {
-                        return outcome;
-                    }
-                    tracing::info!(
-                        key,
-                        version,
-                        current,
-                        offset = envelope.offset,
-                        "stale message dropped (checked under the key's lock)"
-                    );
-                    return Outcome::Drop(DropReason::Stale);
+                    return outcome;
                 }
             }
             let lease = Arc::new(LeaseState::new(token));

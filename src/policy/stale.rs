@@ -62,9 +62,7 @@ pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
         // The lock policy checks the same store's version under the lock. With a breaker or
         // a rate limit between the two, the check before them stays: a stale message is
         // dropped without waiting for them or spending a permit.
-        checked_under_lock: a.stores.lock.is_some()
-            && a.config.breaker.is_none()
-            && a.config.rate_limit.is_none(),
+        checked_under_lock: a.stores.lock.is_some() && !a.config.policies_between_stale_and_lock(),
     }))
 }
 
@@ -100,8 +98,8 @@ impl Policy for StalePolicy {
     }
 }
 
-/// What the check before the handler found.
-enum Checked {
+/// What a version check found.
+pub(super) enum Checked {
     /// The version is newer than the applied one: the message goes on.
     Newer,
     /// The message ends here (stale, a duplicate, overtaken, or the store unanswered).
@@ -122,24 +120,18 @@ impl StalePolicy {
             Ok(current) => current,
             Err(unanswered) => return Checked::Ended(unanswered.outcome(envelope)),
         };
-        let in_tier = headers::retry_tier(&envelope.headers) > 0;
-        if self.tier_records_to_transactions && in_tier && current.is_some_and(|c| c > version) {
-            return Checked::LeftToTransaction;
-        }
-        let Some(current) = current.filter(|c| *c >= version) else {
-            return Checked::Newer;
-        };
-        if let Some(outcome) = overtaken(envelope, version, current) {
-            return Checked::Ended(outcome);
-        }
-        tracing::info!(
+        match judge(
+            envelope,
             key,
             version,
             current,
-            offset = envelope.offset,
-            "stale message dropped"
-        );
-        Checked::Ended(self.stale_drop(envelope).await)
+            self.tier_records_to_transactions,
+        ) {
+            Checked::Ended(Outcome::Drop(DropReason::Stale)) => {
+                Checked::Ended(self.stale_drop(envelope).await)
+            }
+            checked => checked,
+        }
     }
 
     /// A stale message's end: copied to `<topic>.stale` first when copies are on (a
@@ -201,6 +193,39 @@ impl StalePolicy {
         }
         outcome
     }
+}
+
+/// What a message of `version` comes to against its key's applied version `current` (the
+/// stale policy's check and the lock policy's, under the lock, both decide with it): newer
+/// goes on; stale ends as `Drop(Stale)` (not copied yet), the applied version again as a
+/// duplicate, an overtaken retry-tier record as a dead letter; a retry-tier record older
+/// than the applied one is left to the transactional store when there is one
+/// (`tier_records_to_transactions`).
+pub(super) fn judge(
+    envelope: &Envelope,
+    key: &str,
+    version: i64,
+    current: Option<i64>,
+    tier_records_to_transactions: bool,
+) -> Checked {
+    let in_tier = headers::retry_tier(&envelope.headers) > 0;
+    if tier_records_to_transactions && in_tier && current.is_some_and(|c| c > version) {
+        return Checked::LeftToTransaction;
+    }
+    let Some(current) = current.filter(|c| *c >= version) else {
+        return Checked::Newer;
+    };
+    if let Some(outcome) = overtaken(envelope, version, current) {
+        return Checked::Ended(outcome);
+    }
+    tracing::info!(
+        key,
+        version,
+        current,
+        offset = envelope.offset,
+        "stale message dropped"
+    );
+    Checked::Ended(Outcome::Drop(DropReason::Stale))
 }
 
 /// What becomes of a record whose `version` is not newer than its key's `current` one, other

@@ -138,7 +138,7 @@ fn combinable<'a>(config: &'a WorkerConfig, given: &StoreHandles) -> Option<&'a 
     let stale = config.stale.as_ref().map(|s| s.store.as_str());
     let dedup = config.dedup.as_ref().map(|d| d.store.as_str());
     let same = |other: Option<&str>| other.is_none_or(|other| other == url);
-    let between = config.breaker.is_some() || config.rate_limit.is_some();
+    let between = config.policies_between_stale_and_lock();
     let together = (stale.is_some() || dedup.is_some()) && same(stale) && same(dedup);
     (together && !(stale.is_some() && between)).then_some(url)
 }
