@@ -637,6 +637,7 @@ fn every_settings_type_is_at_the_crate_root() {
         lock: Some(LockConfig {
             store: "redis://127.0.0.1:6379".to_owned(),
             lease_ms: 10_000,
+            keep_ms: 20,
         }),
         dedup: Some(DedupConfig {
             store: "memory".to_owned(),

@@ -1264,3 +1264,109 @@ async fn a_holder_paused_past_its_lease_loses_it() {
     );
     s.handle.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// A key's lease kept between its records
+// ---------------------------------------------------------------------------------------
+
+/// A key with a backlog keeps its lease from one record to the next: far fewer grants than
+/// records, a key's fencing tokens never going back, every record handled once and in order;
+/// and a worker that stops leaves no lease behind in Redis (the next holder need not wait
+/// for one to run out). The leases are kept for 30 s here, far longer than the run, so only
+/// the worker's stop can have released the last ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keys_lease_is_kept_for_its_queued_records_and_released_when_the_worker_stops() {
+    const KEYS: usize = 8;
+    const PER_KEY: i64 = 25;
+    let prefix = fresh_prefix();
+    let s = server().await;
+    let (topic, group) = topic_and_group(&s.bootstrap, "kept-leases", 1).await;
+    let backlog: Vec<(Vec<u8>, Vec<u8>)> = (1..=PER_KEY)
+        .flat_map(|version| (0..KEYS).map(move |k| (k, version)))
+        .map(|(k, version)| {
+            record(&update(
+                &format!("k{k}"),
+                version,
+                &format!("u{k}-{version}"),
+            ))
+        })
+        .collect();
+    produce_raw(&s.bootstrap, &topic, &backlog).await;
+
+    // (key, version, token) of each call, in the order the calls ran.
+    let calls: Arc<Mutex<Vec<(String, i64, u64)>>> = Arc::default();
+    let handler = {
+        let calls = calls.clone();
+        FnHandler::new(move |u: Update, cx: Context| {
+            let calls = calls.clone();
+            async move {
+                let token = cx.lock_token().expect("the key lock is held");
+                calls.lock().push((u.key, u.version, token));
+                Ok(())
+            }
+        })
+    };
+    let running = spawn(
+        worker(&s.bootstrap, &topic, &group)
+            .key_lock(REDIS_URL, Duration::from_secs(120))
+            .key_lock_keep(Duration::from_secs(30))
+            .store_key_prefix(prefix.clone())
+            .handler(handler),
+    );
+    let total = KEYS * usize::try_from(PER_KEY).expect("small");
+    eventually(Duration::from_secs(60), "every record handled", || {
+        calls.lock().len() >= total
+    })
+    .await;
+    let mut redis = redis::Client::open(REDIS_URL)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let lock_keys = format!("{prefix}:lock:*");
+    let held: Vec<String> = redis::cmd("KEYS")
+        .arg(&lock_keys)
+        .query_async(&mut redis)
+        .await
+        .expect("keys");
+    assert!(
+        !held.is_empty(),
+        "the idle worker keeps its keys' last leases"
+    );
+    running.stop().await;
+    let held: Vec<String> = redis::cmd("KEYS")
+        .arg(&lock_keys)
+        .query_async(&mut redis)
+        .await
+        .expect("keys");
+    assert!(
+        held.is_empty(),
+        "the stopped worker released every lease it kept: {held:?}"
+    );
+
+    let calls = calls.lock().clone();
+    assert_eq!(calls.len(), total, "each record handled once");
+    let mut per_key: BTreeMap<&str, Vec<(i64, u64)>> = BTreeMap::new();
+    for (key, version, token) in &calls {
+        per_key.entry(key).or_default().push((*version, *token));
+    }
+    let mut grants = 0;
+    for (key, runs) in &per_key {
+        let versions: Vec<i64> = runs.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            versions,
+            (1..=PER_KEY).collect::<Vec<_>>(),
+            "{key}: in order"
+        );
+        assert!(
+            runs.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{key}: a key's fencing tokens never go back: {runs:?}"
+        );
+        grants += runs.iter().map(|(_, t)| t).collect::<HashSet<_>>().len();
+    }
+    println!("{total} records of {KEYS} keys under {grants} grants");
+    assert!(
+        grants <= total / 2,
+        "a key's queued records run under its kept lease: {grants} grants for {total} records"
+    );
+}

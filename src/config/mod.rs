@@ -487,6 +487,12 @@ impl WorkerConfig {
                     "must be at least 100 ms (it is renewed every third of it)",
                 );
             }
+            if lock.keep_ms > lock.lease_ms {
+                return invalid(
+                    "lock.keep_ms",
+                    "must not be longer than `lease_ms` (a lease is handed on only while two thirds of it remain)",
+                );
+            }
         }
         if let Some(dedup) = &self.dedup {
             store_kind("dedup.store", &dedup.store)?;
@@ -696,6 +702,10 @@ mod tests {
             (
                 "[lock]\nstore = \"memory\"\nlease_ms = 10\n",
                 "lock.lease_ms",
+            ),
+            (
+                "[lock]\nstore = \"memory\"\nlease_ms = 1000\nkeep_ms = 1001\n",
+                "lock.keep_ms",
             ),
             ("[rate_limit]\nper_second = 0\n", "rate_limit.per_second"),
             (

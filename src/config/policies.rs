@@ -60,10 +60,18 @@ pub struct LockConfig {
     /// The lease, renewed every third of it while the handler runs, in ms.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// How long a key's lease is kept, after a record ends, for the key's next record
+    /// (which then runs under the same grant), in ms; 0: released at once.
+    #[serde(default = "default_keep_ms")]
+    pub keep_ms: u64,
 }
 
 fn default_lease_ms() -> u64 {
     10_000
+}
+
+fn default_keep_ms() -> u64 {
+    20
 }
 
 /// Deduplication on the message's `id` (`[dedup]`).

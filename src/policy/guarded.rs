@@ -326,7 +326,17 @@ impl Guarded {
             }
             Ok(held)
         };
-        hold(entry.key, lease, self.lock_lease, every, call, renew).await
+        let (output, _) = hold(
+            entry.key,
+            lease,
+            self.lock_lease,
+            every,
+            Instant::now(),
+            call,
+            renew,
+        )
+        .await;
+        output
     }
 }
 

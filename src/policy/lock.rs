@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
+use super::kept_leases::KeptLeases;
 use super::outage::{pause, until_answered, Unanswered};
 use super::stack::Assembly;
 use super::stale::{judge, Checked};
+use crate::config::WorkerConfig;
 use crate::message::{DropReason, Envelope, LeaseState, Outcome};
 use crate::store::{LockStore, StoreError, VersionStore};
 
@@ -24,6 +26,8 @@ use crate::store::{LockStore, StoreError, VersionStore};
 pub(crate) struct LockConfig {
     store: Arc<dyn LockStore>,
     lease: Duration,
+    /// Leases kept between a key's records (the same store and lease length).
+    kept: Arc<KeptLeases>,
     /// The stale-drop policy's versions, checked once the lock is held (the stale policy
     /// makes no check of its own before the lock then): a check before the lock could race
     /// with another holder that applies a newer (or the same) version while this one waits.
@@ -36,17 +40,26 @@ pub(crate) struct LockConfig {
     give_up_after: Option<NonZeroU32>,
 }
 
-/// On when the worker has a lock store (`[lock]`), with leases of `lease_ms` (10 s by
-/// default) renewed every third of it.
+/// The length of the key lock's leases: `lease_ms` (10 s by default), at least 30 ms.
+pub(crate) fn lease_length(config: &WorkerConfig) -> Duration {
+    let lease_ms = config.lock.as_ref().map_or(10_000, |l| l.lease_ms);
+    Duration::from_millis(lease_ms).max(Duration::from_millis(30))
+}
+
+/// How long a key's lease is kept for the key's next record: `keep_ms` (20 ms by default).
+pub(crate) fn keep_for(config: &WorkerConfig) -> Duration {
+    Duration::from_millis(config.lock.as_ref().map_or(20, |l| l.keep_ms))
+}
+
+/// On when the worker has a lock store (`[lock]`), with leases of [`lease_length`] renewed
+/// every third of it, kept between a key's records by the worker's [`KeptLeases`].
 pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
     if a.guards.is_some() {
         return None;
     }
-    let store = a.stores.lock.clone()?;
-    let lease_ms = a.config.lock.as_ref().map_or(10_000, |l| l.lease_ms);
+    let kept = a.kept_leases?.clone();
     let mut lock = LockConfig::new(
-        store,
-        Duration::from_millis(lease_ms),
+        kept,
         a.stores.version.clone(),
         a.stores.transactions.is_some(),
         a.shutdown.clone(),
@@ -68,8 +81,8 @@ impl Policy for LockConfig {
         // lease was lost may have landed its effect.
         let mut give_up_after = config.give_up_after;
         loop {
-            let token = match config.acquire(key, give_up_after).await {
-                Ok(token) => token,
+            let (token, renewed_at) = match config.acquire(key, give_up_after).await {
+                Ok(grant) => grant,
                 Err(unanswered) => return unanswered.outcome(&envelope),
             };
             if let (Some(versions), Some(version)) = (&config.versions, facts.version) {
@@ -80,7 +93,7 @@ impl Policy for LockConfig {
                     .await;
                 let current = match current {
                     Err(unanswered) => {
-                        let _ = config.store.release(key, token).await;
+                        config.kept.release(key, token).await;
                         return unanswered.outcome(&envelope);
                     }
                     Ok(current) => current,
@@ -95,16 +108,18 @@ impl Policy for LockConfig {
                     current,
                     config.tier_records_to_transactions,
                 ) {
-                    let _ = config.store.release(key, token).await;
+                    config.kept.end(key, token, renewed_at).await;
                     return outcome;
                 }
             }
             let lease = Arc::new(LeaseState::new(token));
             let mut held = envelope.clone();
             held.guard.lease = Some(lease.clone());
-            let outcome = config.hold(key, &lease, next.run(held)).await;
-            if let Err(e) = config.store.release(key, token).await {
-                tracing::debug!(key, error = %e, "lock release failed; the lease will expire");
+            let (outcome, renewed_at) = config.hold(key, &lease, renewed_at, next.run(held)).await;
+            if lease.is_lost() || matches!(outcome, Outcome::Requeue) {
+                config.kept.release(key, token).await;
+            } else {
+                config.kept.end(key, token, renewed_at).await;
             }
             if lease.is_lost() && !matches!(outcome, Outcome::Requeue) {
                 tracing::warn!(
@@ -132,17 +147,17 @@ impl Policy for LockConfig {
 }
 
 impl LockConfig {
-    /// Locks keys in `store` with leases of `lease` (at least 30 ms).
+    /// Locks keys in `kept`'s store with its leases, kept between a key's records there.
     fn new(
-        store: Arc<dyn LockStore>,
-        lease: Duration,
+        kept: Arc<KeptLeases>,
         versions: Option<Arc<dyn VersionStore>>,
         tier_records_to_transactions: bool,
         shutdown: CancellationToken,
     ) -> Self {
         LockConfig {
-            store,
-            lease: lease.max(Duration::from_millis(30)),
+            store: kept.store().clone(),
+            lease: kept.lease(),
+            kept,
             versions,
             tier_records_to_transactions,
             shutdown,
@@ -150,36 +165,50 @@ impl LockConfig {
         }
     }
 
-    /// Runs `call` while renewing the lease every third of its length (see [`hold`]).
+    /// Runs `call` while renewing the lease (last granted or renewed at `renewed_at`) every
+    /// third of its length (see [`hold`]); its output, and when the lease was last renewed.
     async fn hold<F: std::future::Future>(
         &self,
         key: &str,
         lease: &LeaseState,
+        renewed_at: Instant,
         call: F,
-    ) -> F::Output {
-        hold(key, lease, self.lease, self.lease / 3, call, || {
-            self.store.renew(key, lease.token, self.lease)
-        })
+    ) -> (F::Output, Instant) {
+        hold(
+            key,
+            lease,
+            self.lease,
+            self.lease / 3,
+            renewed_at,
+            call,
+            || self.store.renew(key, lease.token, self.lease),
+        )
         .await
     }
 
-    /// Takes the key's lock, waiting while another holder has it (and while the store refuses,
-    /// up to `give_up_after` refusals).
+    /// Takes the key's lock (the lease this worker kept from the key's last record, when
+    /// there is one), waiting while another holder has it (and while the store refuses, up
+    /// to `give_up_after` refusals); the token, and when it was granted or last renewed.
     async fn acquire(
         &self,
         key: &str,
         give_up_after: Option<NonZeroU32>,
-    ) -> Result<u64, Unanswered> {
+    ) -> Result<(u64, Instant), Unanswered> {
         let mut wait = Duration::from_millis(5);
         let asked = std::time::Instant::now();
         loop {
+            if let Some(kept) = self.kept.take(key).await {
+                crate::observe::lock_wait(self.store.backend(), asked.elapsed().as_secs_f64());
+                return Ok(kept);
+            }
+            let sent = Instant::now();
             let granted = until_answered("lock acquire", &self.shutdown, give_up_after, || {
                 self.store.acquire(key, self.lease)
             })
             .await?;
             if let Some(token) = granted {
                 crate::observe::lock_wait(self.store.backend(), asked.elapsed().as_secs_f64());
-                return Ok(token);
+                return Ok((token, sent));
             }
             if !pause(wait, &self.shutdown).await {
                 return Err(Unanswered::Shutdown);
@@ -189,31 +218,35 @@ impl LockConfig {
     }
 }
 
-/// Runs `call` while `renew` extends the lease (of length `lease_length`) every `every`;
-/// marks `lease` lost when a renewal answers `false`, or when none succeeded within the
-/// lease (a renewal not answered within `every` counts as failed). Renewals stop once the
-/// lease is lost.
+/// Runs `call` while `renew` extends the lease (of length `lease_length`, last granted or
+/// renewed at `renewed_at`) every `every`, counted from `renewed_at`; marks `lease` lost when
+/// a renewal answers `false`, or when none succeeded within the lease (a renewal not
+/// answered within `every` counts as failed). Renewals stop once the lease is lost. Returns
+/// `call`'s output and when the lease was last granted or renewed (when that call was sent).
 pub(super) async fn hold<F, R, RF>(
     key: &str,
     lease: &LeaseState,
     lease_length: Duration,
     every: Duration,
+    renewed_at: Instant,
     call: F,
     mut renew: R,
-) -> F::Output
+) -> (F::Output, Instant)
 where
     F: std::future::Future,
     R: FnMut() -> RF,
     RF: std::future::Future<Output = Result<bool, StoreError>>,
 {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let first = tokio::time::Instant::now() + every.saturating_sub(renewed_at.elapsed());
+    let mut tick = tokio::time::interval_at(first, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_renewed = Instant::now();
+    let mut last_renewed = renewed_at;
     tokio::pin!(call);
     loop {
         tokio::select! {
-            output = &mut call => return output,
+            output = &mut call => return (output, last_renewed),
             _ = tick.tick(), if !lease.is_lost() => {
+                let sent = Instant::now();
                 let renewal = tokio::time::timeout(every, renew())
                     .await
                     .unwrap_or_else(|_| Err(StoreError::Unavailable {
@@ -222,7 +255,7 @@ where
                         cause: None,
                     }));
                 match renewal {
-                    Ok(true) => last_renewed = Instant::now(),
+                    Ok(true) => last_renewed = sent,
                     Ok(false) => lease.mark_lost(),
                     Err(e) => {
                         tracing::warn!(key, error = %e, "lease renewal failed");
@@ -296,8 +329,11 @@ mod tests {
         };
         let service =
             Next::service(crate::policy::adapter::BoxedStack::new(inner)).with(LockConfig::new(
-                Arc::new(Unrenewable::default()),
-                Duration::from_millis(45),
+                KeptLeases::new(
+                    Arc::new(Unrenewable::default()),
+                    Duration::from_millis(45),
+                    Duration::from_millis(20),
+                ),
                 None,
                 false,
                 CancellationToken::new(),

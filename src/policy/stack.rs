@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::adapter::BoxedStack;
 use super::adapter::{Next, Wrap};
 use super::breaker::state::Breaker;
+use super::kept_leases::KeptLeases;
 use super::sink::Sink;
 use super::tier_topics::{RetryTiers, TierNames};
 use crate::config::WorkerConfig;
@@ -95,6 +96,8 @@ pub(crate) struct Assembly<'a> {
     /// The handler takes batches: the time limit applies to each batch call, where the
     /// batches are run, not to each record.
     pub(crate) batched: bool,
+    /// The key lock's leases kept between a key's records, when the worker has a lock store.
+    pub(crate) kept_leases: Option<&'a Arc<KeptLeases>>,
     /// The stale check's versions are the rows the transactional store records versions in:
     /// a version a handler's committed transaction recorded need not be advanced again.
     pub(crate) versions_in_transactions: bool,

@@ -42,6 +42,7 @@ pub(crate) fn build_stack<H: Handler>(
         layers,
         guards: guards.combined.as_ref(),
         batched: runner.is_some(),
+        kept_leases: guards.kept_leases.as_ref(),
         versions_in_transactions: guards.versions_in_transactions,
     };
     let transactions = guards.stores.transactions.clone();

@@ -179,10 +179,22 @@ impl<H> WorkerBuilder<H> {
     /// Holds a lease lock on each message's key while it is handled, in the lock store at
     /// `store`, with leases of `lease` renewed every third of it.
     pub fn key_lock(mut self, store: impl Into<String>, lease: Duration) -> Self {
+        let keep_ms = self.config.lock.as_ref().map_or(20, |l| l.keep_ms);
         self.config.lock = Some(crate::config::LockConfig {
             store: store.into(),
             lease_ms: millis(lease),
+            keep_ms,
         });
+        self
+    }
+    /// How long a key's lease is kept after a record ends, for the key's next record, which
+    /// then runs under the same grant (20 ms by default; zero releases it at once). Sets it
+    /// on the lock of [`key_lock`](Self::key_lock): call it after that (a later `key_lock`
+    /// keeps it); without a key lock there is nothing to keep.
+    pub fn key_lock_keep(mut self, keep: Duration) -> Self {
+        if let Some(lock) = self.config.lock.as_mut() {
+            lock.keep_ms = millis(keep);
+        }
         self
     }
     /// Deduplicates messages by id in the dedup store at `store` (completed ids remembered

@@ -13,7 +13,7 @@ use super::store_watch::{watch_restarts, Watched};
 use crate::config::{redact, store_kind, StoreKind, WorkerConfig};
 use crate::error::WorkerError;
 use crate::observe::{Health, Observed};
-use crate::policy::{outage_backoff, Breaker};
+use crate::policy::{keep_for, lease_length, outage_backoff, Breaker, KeptLeases};
 use crate::store::guards::GuardStore;
 use crate::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore};
 use crate::store::postgres::PostgresStores;
@@ -36,6 +36,9 @@ pub(crate) struct Guards {
     /// The stale check's versions are the rows the transactional store records a message's
     /// version in ([`versions_in_transactions`]).
     pub(crate) versions_in_transactions: bool,
+    /// The key lock's leases kept between a key's records (released when the worker stops),
+    /// when there is a lock store.
+    pub(crate) kept_leases: Option<Arc<KeptLeases>>,
     /// Stops watching the Redis connections for restarts when the guards are dropped.
     _restart_watch: Option<DropGuard>,
 }
@@ -105,9 +108,14 @@ impl Guards {
             .breaker
             .as_ref()
             .map(|b| Breaker::new(group, b.settings()));
+        let kept_leases = stores
+            .lock
+            .as_ref()
+            .map(|lock| KeptLeases::new(lock.clone(), lease_length(config), keep_for(config)));
         Ok(Guards {
             stores,
             breaker,
+            kept_leases,
             health: health.clone(),
             combined,
             versions_in_transactions,

@@ -30,7 +30,7 @@ use crate::error::WorkerError;
 use crate::handler::Handler;
 use crate::message::Message;
 use crate::observe::{self, Health, Meters};
-use crate::policy::{self, Routing, Sink, UserLayer};
+use crate::policy::{self, KeptLeases, Routing, Sink, UserLayer};
 use crate::store::StoreHandles;
 
 /// A running delay relay: the token that stops it and its task.
@@ -268,7 +268,12 @@ impl<H: Handler> Worker<H> {
         consume.finish_commits().await;
         drop(consume);
         let stats = self
-            .close(consumer, &shared, &handler_shutdown, &worker_stopped)
+            .close(
+                consumer,
+                &shared,
+                (&handler_shutdown, &worker_stopped),
+                guards.kept_leases.as_deref(),
+            )
             .await;
         if let Some((stop, task)) = relay {
             stop.cancel();
@@ -500,17 +505,22 @@ impl<H: Handler> Worker<H> {
         reader.create().map(Arc::new).ok()
     }
 
-    /// Stops: drains running handlers (up to the drain timeout), commits, leaves the group,
-    /// and ends the held-record timers and read-backs; returns what the worker did.
+    /// Stops: drains running handlers (up to the drain timeout), releases the key leases
+    /// kept between records, commits, leaves the group, and ends the held-record timers and
+    /// read-backs (`tokens`: the handlers' shutdown, the worker's stop); returns what the
+    /// worker did.
     async fn close(
         &self,
         consumer: Arc<WorkerConsumer>,
         shared: &Arc<Shared>,
-        handler_shutdown: &CancellationToken,
-        worker_stopped: &CancellationToken,
+        (handler_shutdown, worker_stopped): (&CancellationToken, &CancellationToken),
+        kept_leases: Option<&KeptLeases>,
     ) -> WorkerStats {
         let drain_timeout = Duration::from_millis(self.config.drain_timeout_ms);
         drain(&consumer, shared, drain_timeout, handler_shutdown).await;
+        if let Some(kept) = kept_leases {
+            kept.close().await;
+        }
         // The final commit, the unsubscribe and the close wait on the broker: off the async
         // worker thread, or an in-process broker on the same runtime could not answer them.
         tokio::task::block_in_place(|| {
