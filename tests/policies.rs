@@ -1324,21 +1324,14 @@ async fn a_keys_lease_is_kept_for_its_queued_records_and_released_when_the_worke
         .await
         .expect("redis connection");
     let lock_keys = format!("{prefix}:lock:*");
-    let held: Vec<String> = redis::cmd("KEYS")
-        .arg(&lock_keys)
-        .query_async(&mut redis)
-        .await
-        .expect("keys");
-    assert!(
-        !held.is_empty(),
-        "the idle worker keeps its keys' last leases"
+    let held = leases_in_redis(&mut redis, &lock_keys).await;
+    assert_eq!(
+        held.len(),
+        KEYS,
+        "the idle worker keeps each key's last lease: {held:?}"
     );
     running.stop().await;
-    let held: Vec<String> = redis::cmd("KEYS")
-        .arg(&lock_keys)
-        .query_async(&mut redis)
-        .await
-        .expect("keys");
+    let held = leases_in_redis(&mut redis, &lock_keys).await;
     assert!(
         held.is_empty(),
         "the stopped worker released every lease it kept: {held:?}"
@@ -1369,4 +1362,16 @@ async fn a_keys_lease_is_kept_for_its_queued_records_and_released_when_the_worke
         grants <= total / 2,
         "a key's queued records run under its kept lease: {grants} grants for {total} records"
     );
+}
+
+/// The Redis keys matching `pattern` (the leases held under a test's prefix).
+async fn leases_in_redis(
+    redis: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(redis)
+        .await
+        .expect("keys")
 }

@@ -4,6 +4,8 @@
 //! fencing token; a holder whose lease is lost is told (its context says so), its result is
 //! not reported, and the message is handled again under a new grant (dedup and the
 //! transactional store make that second run a no-op when the first one's effect landed).
+//! A record that ends leaves its lease with the worker's [`KeptLeases`] for a moment, so
+//! that the key's next record runs under the same grant.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
