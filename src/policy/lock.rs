@@ -21,14 +21,12 @@ use super::stack::Assembly;
 use super::stale::{judge, Checked};
 use crate::config::WorkerConfig;
 use crate::message::{DropReason, Envelope, LeaseState, Outcome};
-use crate::store::{LockStore, StoreError, VersionStore};
+use crate::store::{StoreError, VersionStore};
 
 /// Takes the key lock around the layers below.
 #[derive(Debug)]
 pub(crate) struct LockConfig {
-    store: Arc<dyn LockStore>,
-    lease: Duration,
-    /// Leases kept between a key's records (the same store and lease length).
+    /// The lock store and lease length, and the leases kept between a key's records.
     kept: Arc<KeptLeases>,
     /// The stale-drop policy's versions, checked once the lock is held (the stale policy
     /// makes no check of its own before the lock then): a check before the lock could race
@@ -157,8 +155,6 @@ impl LockConfig {
         shutdown: CancellationToken,
     ) -> Self {
         LockConfig {
-            store: kept.store().clone(),
-            lease: kept.lease(),
             kept,
             versions,
             tier_records_to_transactions,
@@ -179,11 +175,11 @@ impl LockConfig {
         hold(
             key,
             lease,
-            self.lease,
-            self.lease / 3,
+            self.kept.lease(),
+            self.kept.lease() / 3,
             renewed_at,
             call,
-            || self.store.renew(key, lease.token, self.lease),
+            || self.kept.store().renew(key, lease.token, self.kept.lease()),
         )
         .await
     }
@@ -200,22 +196,30 @@ impl LockConfig {
         let asked = std::time::Instant::now();
         loop {
             if let Some(kept) = self.kept.take(key).await {
-                crate::observe::lock_wait(self.store.backend(), asked.elapsed().as_secs_f64());
+                crate::observe::lock_wait(
+                    self.kept.store().backend(),
+                    asked.elapsed().as_secs_f64(),
+                );
                 return Ok(kept);
             }
             let sent = Instant::now();
             let granted = until_answered("lock acquire", &self.shutdown, give_up_after, || {
-                self.store.acquire(key, self.lease)
+                self.kept.store().acquire(key, self.kept.lease())
             })
             .await?;
             if let Some(token) = granted {
-                crate::observe::lock_wait(self.store.backend(), asked.elapsed().as_secs_f64());
+                crate::observe::lock_wait(
+                    self.kept.store().backend(),
+                    asked.elapsed().as_secs_f64(),
+                );
                 return Ok((token, sent));
             }
             if !pause(wait, &self.shutdown).await {
                 return Err(Unanswered::Shutdown);
             }
-            wait = (wait * 2).min(self.lease / 4).max(Duration::from_millis(5));
+            wait = (wait * 2)
+                .min(self.kept.lease() / 4)
+                .max(Duration::from_millis(5));
         }
     }
 }
@@ -281,6 +285,7 @@ mod tests {
 
     use super::*;
     use crate::message::{DropReason, Facts};
+    use crate::store::LockStore;
     use crate::store::StoreError;
 
     /// Grants every acquire; every renewal fails as if the store were down.
