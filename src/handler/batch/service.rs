@@ -6,6 +6,7 @@
 //! record, so that only the record that causes it fails.
 
 use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -64,6 +65,14 @@ fn recorded(cx: &Context) -> bool {
         .is_some_and(|n| n.recorded.load(Ordering::SeqCst))
 }
 
+/// The hash of a kind of key and its parts.
+fn hashed(kind: u8, parts: &[&[u8]]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    kind.hash(&mut hasher);
+    parts.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// A record waiting for its batch.
 struct Pending<M> {
     message: M,
@@ -73,18 +82,26 @@ struct Pending<M> {
 
 impl<M> Pending<M> {
     /// The keys no other record of its batch may share: its store key (version and lock key)
-    /// and its id, or its topic, partition and record key when no policy read them.
-    fn exclusive(&self) -> Vec<String> {
+    /// and its id, or its topic, partition and record key when no policy read them. Hashed,
+    /// so that forming a batch copies no key: two records whose keys hash alike only go to
+    /// different batches.
+    fn exclusive(&self) -> [Option<u64>; 2] {
         let envelope = &self.cx.envelope;
         match envelope.guard.facts.as_deref() {
-            Some(facts) => {
-                let mut keys = vec![format!("k:{}", facts.store_key)];
-                if let Some(id) = &facts.id {
-                    keys.push(format!("i:{id}"));
-                }
-                keys
-            }
-            None => vec![format!("r:{}/{}", envelope.topic, envelope.key_text())],
+            Some(facts) => [
+                Some(hashed(b'k', &[facts.store_key.as_bytes()])),
+                facts.id.as_deref().map(|id| hashed(b'i', &[id.as_bytes()])),
+            ],
+            None => [
+                Some(hashed(
+                    b'r',
+                    &[
+                        envelope.topic.as_bytes(),
+                        envelope.key.as_deref().unwrap_or_default(),
+                    ],
+                )),
+                None,
+            ],
         }
     }
     /// A retry runs alone: a record that failed in a batch does not fail a batch again.
@@ -358,16 +375,16 @@ async fn collect<M: Message>(
         };
         let mut batch = vec![first];
         if !batch[0].alone() {
-            let mut taken: HashSet<String> = batch[0].exclusive().into_iter().collect();
+            let mut taken: HashSet<u64> = batch[0].exclusive().into_iter().flatten().collect();
             let mut offer =
                 |p: Pending<M>,
                  batch: &mut Vec<Pending<M>>,
                  waiting: &mut std::collections::VecDeque<Pending<M>>| {
                     let keys = p.exclusive();
-                    if p.alone() || keys.iter().any(|k| taken.contains(k)) {
+                    if p.alone() || keys.iter().flatten().any(|k| taken.contains(k)) {
                         waiting.push_back(p);
                     } else {
-                        taken.extend(keys);
+                        taken.extend(keys.into_iter().flatten());
                         batch.push(p);
                     }
                 };

@@ -72,9 +72,10 @@ impl Params {
     /// key.
     fn of<'a>(records: impl IntoIterator<Item = &'a OnceRecord>) -> Result<Params, StoreError> {
         let mut p = Params::default();
-        let mut seen = HashSet::new();
-        let mut distinct = |what: &str, value: &str| {
-            if seen.insert((what.to_owned(), value.to_owned())) {
+        // Borrowed from the records: no copy of each id and key just to compare them.
+        let mut seen: HashSet<(&'static str, &'a str)> = HashSet::new();
+        let mut distinct = |what: &'static str, value: &'a str| {
+            if seen.insert((what, value)) {
                 Ok(())
             } else {
                 Err(refused(format!(
