@@ -90,10 +90,19 @@ pub struct GroupSettings {
     pub attempts: u32,
     pub tiers_ms: [u64; 2],
     pub handler_timeout_ms: u64,
+    /// How long a key's lease is kept for its next record (`lock.keep_ms`): 0 (off), the
+    /// default 20, or up to a third of the 3 s lease.
+    #[serde(default = "default_keep_ms")]
+    pub keep_ms: u64,
     pub initial_workers: usize,
     /// A batch handler instead of a single-record one (`CHAOS_BATCH`).
     #[serde(default)]
     pub batch: Option<Batching>,
+}
+
+/// The lock's default keeping (`lock.keep_ms`).
+fn default_keep_ms() -> u64 {
+    20
 }
 
 /// How a batch group forms its batches.
@@ -291,9 +300,18 @@ impl Plan {
         let keys = rng.random_range(10..=100_usize);
         let partitions = rng.random_range(1..=4_i32);
         let produce_ms = rng.random_range(2_000..=5_000_u64);
-        let groups = [group_settings(&mut rng, "a"), group_settings(&mut rng, "b")];
+        let mut groups = [group_settings(&mut rng, "a"), group_settings(&mut rng, "b")];
         let records = workload(&mut rng, count, keys);
         let faults = schedule(&mut rng, produce_ms);
+        // Drawn apart from the rest, so that the seed's other draws stay what they were.
+        let mut keeping = StdRng::seed_from_u64(seed ^ 0x6b65_6570_5f6d_735f);
+        for group in &mut groups {
+            group.keep_ms = match keeping.random_range(0..3) {
+                0 => 0,
+                1 => default_keep_ms(),
+                _ => keeping.random_range(1..=1_000),
+            };
+        }
         Plan {
             seed,
             keys,
@@ -495,7 +513,8 @@ impl Plan {
             let _ = write!(
                 s,
                 "\n  group {}: {} concurrency={} max_in_flight={} max_per_key={} ordering={} \
-                 attempts_in_place={} tiers={:?} ms handler_timeout={} ms workers={}; \
+                 attempts_in_place={} tiers={:?} ms handler_timeout={} ms lock_keep={} ms \
+                 workers={}; \
                  through tier 1: {}, tier 2: {}",
                 gs.label,
                 match gs.batch {
@@ -512,6 +531,7 @@ impl Plan {
                 gs.attempts,
                 gs.tiers_ms,
                 gs.handler_timeout_ms,
+                gs.keep_ms,
                 gs.initial_workers,
                 self.tier_ids(g, 1).len(),
                 self.tier_ids(g, 2).len()
@@ -549,6 +569,7 @@ fn group_settings(rng: &mut StdRng, label: &str) -> GroupSettings {
         // At least 400 ms: on a loaded 2-core machine (the whole suite beside it) a batch of
         // one record that should succeed once took 370-460 ms and was cut at a drawn 346 ms.
         handler_timeout_ms: rng.random_range(400..=700),
+        keep_ms: default_keep_ms(),
         initial_workers: rng.random_range(1..=2),
         batch: None,
     }

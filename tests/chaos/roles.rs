@@ -313,6 +313,7 @@ pub fn worker_main() {
         .store_key_prefix(&spec.store_schema)
         .stale_drop(&spec.postgres)
         .key_lock(&spec.redis, Duration::from_secs(3))
+        .key_lock_keep(Duration::from_millis(s.keep_ms))
         .transactions(&spec.postgres)
         .observe(&spec.observe)
         .lag_interval(Duration::from_secs(1));
