@@ -313,15 +313,21 @@ impl Browser<'_> {
         self.env.rt.block_on(self.client.refresh()).expect("reload");
     }
 
-    /// Saves a screenshot as docs/console/`name`.png.
+    /// Saves a screenshot as `name`.png: in docs/console with `STEADFAST_UPDATE_SCREENSHOTS=1`,
+    /// else under the target directory (`console-screenshots`), so that a test run leaves the
+    /// checkout as it was.
     fn screenshot(&self, name: &str) {
         let png = self
             .env
             .rt
             .block_on(self.client.screenshot())
             .expect("a screenshot");
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/console");
-        std::fs::create_dir_all(&dir).expect("docs/console");
+        let dir = if std::env::var_os("STEADFAST_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/console")
+        } else {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+        };
+        std::fs::create_dir_all(&dir).expect("the screenshots' directory");
         std::fs::write(dir.join(format!("{name}.png")), png).expect("screenshot written");
     }
 
