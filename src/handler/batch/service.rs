@@ -78,30 +78,44 @@ struct Pending<M> {
     message: M,
     cx: Context,
     reply: oneshot::Sender<Verdict>,
+    /// The keys no other record of its batch may share ([`exclusive_keys`]).
+    exclusive: [Option<u64>; 2],
+}
+
+/// The keys no other record of a batch may share with the record of `cx`: its store key
+/// (version and lock key) and its id, or its topic and record key when no policy read them.
+/// Hashed, on the record's own task, so that the collector (one task for all records)
+/// neither copies nor hashes keys: two records whose keys hash alike only go to different
+/// batches.
+fn exclusive_keys(cx: &Context) -> [Option<u64>; 2] {
+    let envelope = &cx.envelope;
+    match envelope.guard.facts.as_deref() {
+        Some(facts) => [
+            Some(hashed(b'k', &[facts.store_key.as_bytes()])),
+            facts.id.as_deref().map(|id| hashed(b'i', &[id.as_bytes()])),
+        ],
+        None => [
+            Some(hashed(
+                b'r',
+                &[
+                    envelope.topic.as_bytes(),
+                    envelope.key.as_deref().unwrap_or_default(),
+                ],
+            )),
+            None,
+        ],
+    }
 }
 
 impl<M> Pending<M> {
-    /// The keys no other record of its batch may share: its store key (version and lock key)
-    /// and its id, or its topic, partition and record key when no policy read them. Hashed,
-    /// so that forming a batch copies no key: two records whose keys hash alike only go to
-    /// different batches.
-    fn exclusive(&self) -> [Option<u64>; 2] {
-        let envelope = &self.cx.envelope;
-        match envelope.guard.facts.as_deref() {
-            Some(facts) => [
-                Some(hashed(b'k', &[facts.store_key.as_bytes()])),
-                facts.id.as_deref().map(|id| hashed(b'i', &[id.as_bytes()])),
-            ],
-            None => [
-                Some(hashed(
-                    b'r',
-                    &[
-                        envelope.topic.as_bytes(),
-                        envelope.key.as_deref().unwrap_or_default(),
-                    ],
-                )),
-                None,
-            ],
+    /// `message` of `cx`, answered through `reply`.
+    fn new(message: M, cx: Context, reply: oneshot::Sender<Verdict>) -> Self {
+        let exclusive = exclusive_keys(&cx);
+        Pending {
+            message,
+            cx,
+            reply,
+            exclusive,
         }
     }
     /// A retry runs alone: a record that failed in a batch does not fail a batch again.
@@ -207,7 +221,7 @@ impl<M: Message> BatchService<M> {
             reset_notes(&cx);
             let (reply, verdict) = oneshot::channel();
             let queue = this.queue.get_or_init(|| async { this.start() }).await;
-            if queue.send(Pending { message, cx, reply }).is_err() {
+            if queue.send(Pending::new(message, cx, reply)).is_err() {
                 return failure(
                     ErrorClass::Transient,
                     "the batch collector stopped".to_owned(),
@@ -346,7 +360,7 @@ impl<M: Message> BatchService<M> {
                 return;
             };
             reset_notes(&cx);
-            Box::pin(self.run(vec![Pending { message, cx, reply }])).await;
+            Box::pin(self.run(vec![Pending::new(message, cx, reply)])).await;
         });
         futures::future::join_all(runs).await;
     }
@@ -375,16 +389,15 @@ async fn collect<M: Message>(
         };
         let mut batch = vec![first];
         if !batch[0].alone() {
-            let mut taken: HashSet<u64> = batch[0].exclusive().into_iter().flatten().collect();
+            let mut taken: HashSet<u64> = batch[0].exclusive.iter().flatten().copied().collect();
             let mut offer =
                 |p: Pending<M>,
                  batch: &mut Vec<Pending<M>>,
                  waiting: &mut std::collections::VecDeque<Pending<M>>| {
-                    let keys = p.exclusive();
-                    if p.alone() || keys.iter().flatten().any(|k| taken.contains(k)) {
+                    if p.alone() || p.exclusive.iter().flatten().any(|k| taken.contains(k)) {
                         waiting.push_back(p);
                     } else {
-                        taken.extend(keys.into_iter().flatten());
+                        taken.extend(p.exclusive.iter().flatten());
                         batch.push(p);
                     }
                 };
