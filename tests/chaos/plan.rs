@@ -90,19 +90,14 @@ pub struct GroupSettings {
     pub attempts: u32,
     pub tiers_ms: [u64; 2],
     pub handler_timeout_ms: u64,
-    /// How long a key's lease is kept for its next record (`lock.keep_ms`): 0 (off), the
-    /// default 20, or up to a third of the 3 s lease.
-    #[serde(default = "default_keep_ms")]
-    pub keep_ms: u64,
+    /// How long a key's lease is kept for its next record (`lock.keep_ms`): 0 (off), up to a
+    /// third of the 3 s lease, or `None`: not set, the worker's default.
+    #[serde(default)]
+    pub keep_ms: Option<u64>,
     pub initial_workers: usize,
     /// A batch handler instead of a single-record one (`CHAOS_BATCH`).
     #[serde(default)]
     pub batch: Option<Batching>,
-}
-
-/// The lock's default keeping (`lock.keep_ms`).
-fn default_keep_ms() -> u64 {
-    20
 }
 
 /// How a batch group forms its batches.
@@ -307,9 +302,9 @@ impl Plan {
         let mut keeping = StdRng::seed_from_u64(seed ^ 0x6b65_6570_5f6d_735f);
         for group in &mut groups {
             group.keep_ms = match keeping.random_range(0..3) {
-                0 => 0,
-                1 => default_keep_ms(),
-                _ => keeping.random_range(1..=1_000),
+                0 => Some(0),
+                1 => None,
+                _ => Some(keeping.random_range(1..=1_000)),
             };
         }
         Plan {
@@ -513,7 +508,7 @@ impl Plan {
             let _ = write!(
                 s,
                 "\n  group {}: {} concurrency={} max_in_flight={} max_per_key={} ordering={} \
-                 attempts_in_place={} tiers={:?} ms handler_timeout={} ms lock_keep={} ms \
+                 attempts_in_place={} tiers={:?} ms handler_timeout={} ms lock_keep={} \
                  workers={}; \
                  through tier 1: {}, tier 2: {}",
                 gs.label,
@@ -531,7 +526,8 @@ impl Plan {
                 gs.attempts,
                 gs.tiers_ms,
                 gs.handler_timeout_ms,
-                gs.keep_ms,
+                gs.keep_ms
+                    .map_or_else(|| "default".to_owned(), |ms| format!("{ms} ms")),
                 gs.initial_workers,
                 self.tier_ids(g, 1).len(),
                 self.tier_ids(g, 2).len()
@@ -569,7 +565,7 @@ fn group_settings(rng: &mut StdRng, label: &str) -> GroupSettings {
         // At least 400 ms: on a loaded 2-core machine (the whole suite beside it) a batch of
         // one record that should succeed once took 370-460 ms and was cut at a drawn 346 ms.
         handler_timeout_ms: rng.random_range(400..=700),
-        keep_ms: default_keep_ms(),
+        keep_ms: None,
         initial_workers: rng.random_range(1..=2),
         batch: None,
     }

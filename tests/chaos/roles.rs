@@ -313,10 +313,14 @@ pub fn worker_main() {
         .store_key_prefix(&spec.store_schema)
         .stale_drop(&spec.postgres)
         .key_lock(&spec.redis, Duration::from_secs(3))
-        .key_lock_keep(Duration::from_millis(s.keep_ms))
         .transactions(&spec.postgres)
         .observe(&spec.observe)
         .lag_interval(Duration::from_secs(1));
+    // Not set: the worker's default keeping.
+    let builder = match s.keep_ms {
+        Some(ms) => builder.key_lock_keep(Duration::from_millis(ms)),
+        None => builder,
+    };
     let result = runtime.block_on(async {
         match s.batch {
             Some(b) => {
