@@ -391,3 +391,37 @@ async fn a_cancelled_attempt_leaves_no_transaction_behind() {
     assert_eq!(effects(&stores).await, 1);
     drop_schema(&stores).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_repeating_an_id_or_a_key_is_refused_before_it_begins() {
+    let stores = stores_with_effects().await;
+    let keyed = |id: &str, key: &str| OnceRecord {
+        id: Some(id.to_owned()),
+        version_key: Some(key.to_owned()),
+        version: Some(1),
+        fence: Some((key.to_owned(), 1)),
+    };
+    for (records, what) in [
+        (vec![keyed("m1", "a"), keyed("m1", "b")], "id `m1`"),
+        (vec![keyed("m1", "a"), keyed("m2", "a")], "version key `a`"),
+    ] {
+        match stores.begin_once_batch(&records).await {
+            Err(StoreError::Failed { message, .. }) => assert!(
+                message.contains(&format!("{what} appears twice in one batch")),
+                "the refusal names the repeated {what}: {message}"
+            ),
+            Err(other) => panic!("expected the batch refused for its {what}, got {other}"),
+            Ok(batch) => panic!("a batch repeating its {what} began: {:?}", batch.verdicts),
+        }
+    }
+    let distinct = stores
+        .begin_once_batch(&[keyed("m1", "a"), keyed("m2", "b")])
+        .await
+        .expect("a batch of distinct ids and keys begins");
+    assert_eq!(distinct.verdicts.len(), 2);
+    if let Some(tx) = distinct.transaction {
+        tx.rollback().await.expect("rollback");
+    }
+    assert!(!processed(&stores, "m1").await, "nothing was recorded");
+    drop_schema(&stores).await;
+}
