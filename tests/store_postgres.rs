@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use steadfast::store::postgres::{OnceRecord, OnceStart, OnceTransaction, PostgresStores};
-use steadfast::store::{LockStore, StoreError, VersionStore};
+use steadfast::store::{LockStore, OnceVerdict, StoreError, VersionStore};
 
 const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const START_POSTGRES: &str = "start PostgreSQL on 127.0.0.1:5432 (scripts/services.sh)";
@@ -146,7 +146,7 @@ async fn concurrent_connects_apply_each_migration_once() {
             .iter()
             .map(|(v, n, _)| (*v, n.as_str()))
             .collect::<Vec<_>>(),
-        vec![(1, "stores")],
+        vec![(1, "stores"), (2, "one_row_per_key")],
         "every migration recorded exactly once"
     );
     connect(&schema).await;
@@ -423,5 +423,95 @@ async fn a_batch_repeating_an_id_or_a_key_is_refused_before_it_begins() {
         tx.rollback().await.expect("rollback");
     }
     assert!(!processed(&stores, "m1").await, "nothing was recorded");
+    drop_schema(&stores).await;
+}
+
+/// A key's version and accepted token share one row (migration 2): a batch record whose key
+/// holds a larger token (accepted by the lock store, with no version yet) is fenced; the
+/// others apply, their versions and tokens land in their keys' rows, and the next batch finds
+/// them: an older version stale, a token below the recorded one fenced, an applied id a
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reads_and_records_versions_and_tokens_in_the_keys_rows() {
+    let stores = stores_with_effects().await;
+    let record = |id: &str, key: &str, version: Option<i64>, token: Option<u64>| OnceRecord {
+        id: Some(id.to_owned()),
+        version_key: version.map(|_| key.to_owned()),
+        version,
+        fence: token.map(|t| (key.to_owned(), t)),
+    };
+    assert!(stores.lock_store().fence("a", 5).await.expect("fence a"));
+    let first = [
+        record("m1", "a", Some(1), Some(4)),
+        record("m2", "b", Some(1), Some(1)),
+        record("m3", "c", Some(3), None),
+        record("m4", "d", None, Some(2)),
+    ];
+    let batch = stores.begin_once_batch(&first).await.expect("begin");
+    assert_eq!(
+        batch.verdicts,
+        vec![
+            OnceVerdict::Fenced,
+            OnceVerdict::Apply,
+            OnceVerdict::Apply,
+            OnceVerdict::Apply
+        ]
+    );
+    let tx = batch.transaction.expect("records to apply");
+    tx.commit_batch(&[&first[1], &first[2], &first[3]])
+        .await
+        .expect("commit");
+    let versions = stores.version_store();
+    assert_eq!(
+        versions.get("a").await.expect("get a"),
+        None,
+        "fenced: no version"
+    );
+    assert_eq!(versions.get("b").await.expect("get b"), Some(1));
+    assert_eq!(versions.get("c").await.expect("get c"), Some(3));
+    assert_eq!(
+        versions.get("d").await.expect("get d"),
+        None,
+        "a token only"
+    );
+    assert!(
+        !processed(&stores, "m1").await,
+        "the fenced record's id is not recorded"
+    );
+    assert!(processed(&stores, "m2").await && processed(&stores, "m4").await);
+    let locks = stores.lock_store();
+    assert!(
+        !locks.fence("b", 0).await.expect("fence b"),
+        "b's token 1 was recorded"
+    );
+    assert!(
+        !locks.fence("d", 1).await.expect("fence d"),
+        "d's token 2 was recorded"
+    );
+    assert!(
+        locks.fence("a", 5).await.expect("fence a"),
+        "a's token stays 5"
+    );
+
+    let second = [
+        record("m5", "c", Some(2), None),
+        record("m6", "d", Some(1), Some(1)),
+        record("m2", "e", Some(1), None),
+        record("m7", "b", Some(2), Some(1)),
+    ];
+    let batch = stores.begin_once_batch(&second).await.expect("begin again");
+    assert_eq!(
+        batch.verdicts,
+        vec![
+            OnceVerdict::Stale,
+            OnceVerdict::Fenced,
+            OnceVerdict::Duplicate,
+            OnceVerdict::Apply
+        ]
+    );
+    let tx = batch.transaction.expect("m7 applies");
+    tx.commit_batch(&[&second[3]]).await.expect("commit again");
+    assert_eq!(versions.get("b").await.expect("get b"), Some(2));
+    assert_eq!(versions.get("c").await.expect("get c"), Some(3));
     drop_schema(&stores).await;
 }

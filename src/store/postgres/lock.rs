@@ -1,4 +1,5 @@
-//! A lease lock per key in `steadfast_locks`, fencing tokens in `steadfast_fences`.
+//! A lease lock per key in `steadfast_locks`; the largest fencing token accepted per key in
+//! `steadfast_versions`, beside the key's applied version.
 
 use std::fmt;
 use std::time::Duration;
@@ -49,12 +50,13 @@ impl PostgresLockStore {
     }
 }
 
-/// The fencing upsert: accepted (one row) when no larger token of the key was accepted.
+/// The fencing upsert: accepted (one row) when no larger token of the key was accepted. The
+/// token shares the key's row with its applied version, which it leaves as it is.
 pub(crate) fn fence_sql(schema: &str) -> String {
     format!(
-        "INSERT INTO \"{schema}\".steadfast_fences AS f (fence_key, token) VALUES ($1, $2)
-         ON CONFLICT (fence_key) DO UPDATE SET token = EXCLUDED.token
-             WHERE f.token <= EXCLUDED.token"
+        "INSERT INTO \"{schema}\".steadfast_versions AS v (version_key, token) VALUES ($1, $2)
+         ON CONFLICT (version_key) DO UPDATE SET token = EXCLUDED.token
+             WHERE v.token IS NULL OR v.token <= EXCLUDED.token"
     )
 }
 

@@ -18,11 +18,18 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in increasing version order.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "stores",
-    sql: include_str!("../../../migrations/V1__stores.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "stores",
+        sql: include_str!("../../../migrations/V1__stores.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "one_row_per_key",
+        sql: include_str!("../../../migrations/V2__one_row_per_key.sql"),
+    },
+];
 
 /// Applies to `schema` (a checked plain identifier) every migration of `migrations` not yet
 /// recorded in its `steadfast_migrations` table, creating both if needed; returns the
@@ -146,6 +153,92 @@ mod tests {
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect()
+    }
+
+    /// V2 moves each accepted token onto its key's version row, or a row of its own, and the
+    /// fencing and version statements then read and write those rows: a token is refused
+    /// below the one moved over, a version lands on a row that held only a token.
+    #[tokio::test]
+    async fn v2_moves_the_accepted_tokens_onto_the_keys_rows() {
+        let (mut client, schema) = fresh().await;
+        migrate(&mut client, &schema, &MIGRATIONS[..1])
+            .await
+            .expect("V1");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO \"{schema}\".steadfast_versions VALUES ('a', 5), ('b', 7);
+                 INSERT INTO \"{schema}\".steadfast_fences VALUES ('a', 3), ('c', 9);"
+            ))
+            .await
+            .expect("V1 rows");
+        let applied = migrate(&mut client, &schema, MIGRATIONS).await.expect("V2");
+        assert_eq!(applied, vec![2]);
+        assert_eq!(
+            rows(&client, &schema).await,
+            vec![
+                ("a".to_owned(), Some(5), Some(3)),
+                ("b".to_owned(), Some(7), None),
+                ("c".to_owned(), None, Some(9)),
+            ]
+        );
+        let fence = super::super::lock::fence_sql(&schema);
+        let advance = super::super::version::advance_sql(&schema);
+        assert_eq!(
+            run(&client, &fence, "c", 8).await,
+            0,
+            "a token below the moved one"
+        );
+        assert_eq!(
+            run(&client, &fence, "c", 9).await,
+            1,
+            "the same token again"
+        );
+        assert_eq!(
+            run(&client, &advance, "c", 1).await,
+            1,
+            "a first version beside a token"
+        );
+        assert_eq!(
+            run(&client, &advance, "a", 5).await,
+            0,
+            "not newer than the kept version"
+        );
+        assert_eq!(
+            run(&client, &fence, "b", 1).await,
+            1,
+            "a first token beside a version"
+        );
+        assert_eq!(
+            rows(&client, &schema).await,
+            vec![
+                ("a".to_owned(), Some(5), Some(3)),
+                ("b".to_owned(), Some(7), Some(1)),
+                ("c".to_owned(), Some(1), Some(9)),
+            ]
+        );
+        client
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await
+            .expect("drop the schema");
+    }
+
+    /// The rows of `schema`'s version table: key, version, token.
+    async fn rows(client: &Client, schema: &str) -> Vec<(String, Option<i64>, Option<i64>)> {
+        let sql = format!(
+            "SELECT version_key, version, token FROM \"{schema}\".steadfast_versions ORDER BY 1"
+        );
+        client
+            .query(&sql, &[])
+            .await
+            .expect("rows")
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect()
+    }
+
+    /// Runs a statement of a key and a number; the rows it touched.
+    async fn run(client: &Client, sql: &str, key: &str, n: i64) -> u64 {
+        client.execute(sql, &[&key, &n]).await.expect("statement")
     }
 
     const EXTRA: Migration = Migration {

@@ -3,13 +3,14 @@
 //! round trip at its start, and whose records are written for the applied records only, in
 //! one statement, just before it commits.
 //!
-//! The checks lock the version and fence rows that exist (`FOR UPDATE`, in key order), so a
+//! A key's applied version and accepted fencing token share one row of `steadfast_versions`.
+//! The checks lock the rows of the batch's keys that exist (`FOR UPDATE`, in key order), so a
 //! concurrent writer of those keys waits for this transaction. An id, version or fence that
 //! a concurrent transaction commits between the checks and the commit makes the commit's
 //! write touch fewer rows than asked: the transaction is then rolled back whole and the
 //! batch is handled again (where the checks now refuse those records).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -57,21 +58,23 @@ impl PostgresStores {
     }
 }
 
-/// A batch's ids, version keys and fences as statement parameters.
+/// A batch's ids, and its keys' versions and fencing tokens, as statement parameters: one
+/// entry per key, in key order, with the version and the token each record asks to record
+/// for it (either may be absent).
 #[derive(Default)]
-struct Params {
-    ids: Vec<String>,
-    version_keys: Vec<String>,
-    versions: Vec<i64>,
-    fence_keys: Vec<String>,
-    tokens: Vec<i64>,
+struct Params<'a> {
+    ids: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    versions: Vec<Option<i64>>,
+    tokens: Vec<Option<i64>>,
 }
 
-impl Params {
-    /// The parameters of `records`, refusing a repeated id or key and a version without its
-    /// key.
-    fn of<'a>(records: impl IntoIterator<Item = &'a OnceRecord>) -> Result<Params, StoreError> {
-        let mut p = Params::default();
+impl<'a> Params<'a> {
+    /// The parameters of `records`, refusing a repeated id, version key or lock key and a
+    /// version without its key.
+    fn of(records: impl IntoIterator<Item = &'a OnceRecord>) -> Result<Params<'a>, StoreError> {
+        let mut ids = Vec::new();
+        let mut keys: BTreeMap<&'a str, (Option<i64>, Option<i64>)> = BTreeMap::new();
         // Borrowed from the records: no copy of each id and key just to compare them.
         let mut seen: HashSet<(&'static str, &'a str)> = HashSet::new();
         let mut distinct = |what: &'static str, value: &'a str| {
@@ -86,13 +89,12 @@ impl Params {
         for record in records {
             if let Some(id) = &record.id {
                 distinct("id", id)?;
-                p.ids.push(id.clone());
+                ids.push(id.as_str());
             }
             match (&record.version_key, record.version) {
                 (Some(key), Some(version)) => {
                     distinct("version key", key)?;
-                    p.version_keys.push(key.clone());
-                    p.versions.push(version);
+                    keys.entry(key.as_str()).or_default().0 = Some(version);
                 }
                 (None, None) => {}
                 _ => {
@@ -104,9 +106,17 @@ impl Params {
             }
             if let Some((key, token)) = &record.fence {
                 distinct("lock key", key)?;
-                p.fence_keys.push(key.clone());
-                p.tokens.push(token_param(*token)?);
+                keys.entry(key.as_str()).or_default().1 = Some(token_param(*token)?);
             }
+        }
+        let mut p = Params {
+            ids,
+            ..Params::default()
+        };
+        for (key, (version, token)) in keys {
+            p.keys.push(key);
+            p.versions.push(version);
+            p.tokens.push(token);
         }
         Ok(p)
     }
@@ -147,68 +157,58 @@ impl Found {
     }
 }
 
-/// Opens the transaction and runs the three checks, pipelined: one round trip.
-async fn check(tx: &OnceTransaction, p: &Params) -> Result<Found, StoreError> {
+/// Opens the transaction and runs the two checks (ids; versions and tokens), pipelined: one
+/// round trip.
+async fn check(tx: &OnceTransaction, p: &Params<'_>) -> Result<Found, StoreError> {
     let client = tx.pooled();
     let schema = &tx.schema;
     let ids_sql = format!("SELECT id FROM \"{schema}\".steadfast_processed WHERE id = ANY($1)");
-    let versions_sql = format!(
-        "SELECT version_key, version FROM \"{schema}\".steadfast_versions
+    let keys_sql = format!(
+        "SELECT version_key, version, token FROM \"{schema}\".steadfast_versions
          WHERE version_key = ANY($1) ORDER BY version_key FOR UPDATE"
     );
-    let fences_sql = format!(
-        "SELECT fence_key, token FROM \"{schema}\".steadfast_fences
-         WHERE fence_key = ANY($1) ORDER BY fence_key FOR UPDATE"
-    );
-    let (ids, versions, fences) = futures::try_join!(
+    let (ids, keys) = futures::try_join!(
         prepare(client, (!p.ids.is_empty()).then_some(ids_sql.as_str())),
-        prepare(
-            client,
-            (!p.version_keys.is_empty()).then_some(versions_sql.as_str())
-        ),
-        prepare(
-            client,
-            (!p.fence_keys.is_empty()).then_some(fences_sql.as_str())
-        ),
+        prepare(client, (!p.keys.is_empty()).then_some(keys_sql.as_str())),
     )
     .map_err(StoreError::from)?;
     async fn query(
         client: &tokio_postgres::Client,
         statement: Option<tokio_postgres::Statement>,
-        keys: &Vec<String>,
+        keys: &[&str],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         match statement {
-            Some(s) => client.query(&s, &[keys as &(dyn ToSql + Sync)]).await,
+            Some(s) => client.query(&s, &[&keys as &(dyn ToSql + Sync)]).await,
             None => Ok(Vec::new()),
         }
     }
     // Each request goes out when its future is first polled, in this order: one round trip.
-    let ((), ids, versions, fences) = futures::try_join!(
+    let ((), ids, keys) = futures::try_join!(
         client.batch_execute("BEGIN"),
         query(client, ids, &p.ids),
-        query(client, versions, &p.version_keys),
-        query(client, fences, &p.fence_keys),
+        query(client, keys, &p.keys),
     )
     .map_err(StoreError::from)?;
-    Ok(Found {
+    let mut found = Found {
         applied_ids: ids
             .iter()
             .map(|row| column::<String>(row, "id"))
             .collect::<Result<_, _>>()?,
-        versions: versions
-            .iter()
-            .map(|row| Ok((column(row, "version_key")?, column(row, "version")?)))
-            .collect::<Result<_, StoreError>>()?,
-        tokens: fences.iter().map(fence).collect::<Result<_, _>>()?,
-    })
-}
-
-/// A row of the fences table.
-fn fence(row: &Row) -> Result<(String, u64), StoreError> {
-    Ok((
-        column(row, "fence_key")?,
-        token_value(column(row, "token")?)?,
-    ))
+        versions: HashMap::with_capacity(keys.len()),
+        tokens: HashMap::with_capacity(keys.len()),
+    };
+    for row in &keys {
+        let key: String = column(row, "version_key")?;
+        let version: Option<i64> = column(row, "version")?;
+        let token: Option<i64> = column(row, "token")?;
+        if let Some(token) = token {
+            found.tokens.insert(key.clone(), token_value(token)?);
+        }
+        if let Some(version) = version {
+            found.versions.insert(key, version);
+        }
+    }
+    Ok(found)
 }
 
 impl OnceTransaction {
@@ -245,51 +245,40 @@ impl OnceTransaction {
 }
 
 /// Writes the batch's records; whether every one of them was written.
-async fn record(tx: &OnceTransaction, p: &Params) -> Result<bool, StoreError> {
+async fn record(tx: &OnceTransaction, p: &Params<'_>) -> Result<bool, StoreError> {
     let schema = &tx.schema;
+    // A key's row takes the version and the token its record asks for, each only when it is
+    // newer (a version) or at least as large (a token) as the one stored; a part the record
+    // does not ask for stays as it is.
     let sql = format!(
-        "WITH f AS (
-             INSERT INTO \"{schema}\".steadfast_fences AS f (fence_key, token)
-             SELECT * FROM unnest($1::text[], $2::bigint[])
-             ON CONFLICT (fence_key) DO UPDATE SET token = EXCLUDED.token
-                 WHERE f.token <= EXCLUDED.token
+        "WITH k AS (
+             INSERT INTO \"{schema}\".steadfast_versions AS v (version_key, version, token)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+             ON CONFLICT (version_key) DO UPDATE
+                 SET version = COALESCE(EXCLUDED.version, v.version),
+                     token = COALESCE(EXCLUDED.token, v.token)
+                 WHERE (EXCLUDED.version IS NULL OR v.version IS NULL
+                        OR v.version < EXCLUDED.version)
+                   AND (EXCLUDED.token IS NULL OR v.token IS NULL OR v.token <= EXCLUDED.token)
              RETURNING 1),
          i AS (
              INSERT INTO \"{schema}\".steadfast_processed (id)
-             SELECT unnest($3::text[])
+             SELECT unnest($4::text[])
              ON CONFLICT DO NOTHING
-             RETURNING 1),
-         v AS (
-             INSERT INTO \"{schema}\".steadfast_versions AS v (version_key, version)
-             SELECT * FROM unnest($4::text[], $5::bigint[])
-             ON CONFLICT (version_key) DO UPDATE SET version = EXCLUDED.version
-                 WHERE v.version < EXCLUDED.version
              RETURNING 1)
-         SELECT (SELECT count(*) FROM f) AS fences,
-                (SELECT count(*) FROM i) AS ids,
-                (SELECT count(*) FROM v) AS versions"
+         SELECT (SELECT count(*) FROM k) AS keys,
+                (SELECT count(*) FROM i) AS ids"
     );
     let client = tx.pooled();
     let statement = client.prepare_cached(&sql).await?;
     let row = client
-        .query_one(
-            &statement,
-            &[
-                &p.fence_keys,
-                &p.tokens,
-                &p.ids,
-                &p.version_keys,
-                &p.versions,
-            ],
-        )
+        .query_one(&statement, &[&p.keys, &p.versions, &p.tokens, &p.ids])
         .await?;
     let count = |name: &str| -> Result<usize, StoreError> {
         let n: i64 = column(&row, name)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     };
-    Ok(count("fences")? == p.fence_keys.len()
-        && count("ids")? == p.ids.len()
-        && count("versions")? == p.version_keys.len())
+    Ok(count("keys")? == p.keys.len() && count("ids")? == p.ids.len())
 }
 
 /// A refusal of the batch path, as the store reports it.

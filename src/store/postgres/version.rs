@@ -54,7 +54,7 @@ impl PostgresVersionStore {
                 pool: pool.clone(),
                 sql: format!(
                     "SELECT version_key, version FROM \"{schema}\".steadfast_versions
-                     WHERE version_key = ANY($1)"
+                     WHERE version_key = ANY($1) AND version IS NOT NULL"
                 ),
             }),
             pool,
@@ -64,12 +64,13 @@ impl PostgresVersionStore {
     }
 }
 
-/// The compare-and-set upsert: stored (one row) when newer than the stored version.
+/// The compare-and-set upsert: stored (one row) when newer than the stored version, or when
+/// the key's row holds only a fencing token so far.
 pub(crate) fn advance_sql(schema: &str) -> String {
     format!(
         "INSERT INTO \"{schema}\".steadfast_versions AS v (version_key, version) VALUES ($1, $2)
          ON CONFLICT (version_key) DO UPDATE SET version = EXCLUDED.version
-             WHERE v.version < EXCLUDED.version"
+             WHERE v.version IS NULL OR v.version < EXCLUDED.version"
     )
 }
 
