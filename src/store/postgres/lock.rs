@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 
+use super::version::NO_VERSION;
 use super::{column, execute, query_opt, token_param, token_value, ttl_param};
 use crate::store::{LockStore, StoreError};
 
@@ -51,10 +52,12 @@ impl PostgresLockStore {
 }
 
 /// The fencing upsert: accepted (one row) when no larger token of the key was accepted. The
-/// token shares the key's row with its applied version, which it leaves as it is.
+/// token shares the key's row with its applied version, which it leaves as it is (a new row
+/// holds no version: [`NO_VERSION`]).
 pub(crate) fn fence_sql(schema: &str) -> String {
     format!(
-        "INSERT INTO \"{schema}\".steadfast_versions AS v (version_key, token) VALUES ($1, $2)
+        "INSERT INTO \"{schema}\".steadfast_versions AS v (version_key, version, token)
+         VALUES ($1, {NO_VERSION}, $2)
          ON CONFLICT (version_key) DO UPDATE SET token = EXCLUDED.token
              WHERE v.token IS NULL OR v.token <= EXCLUDED.token"
     )

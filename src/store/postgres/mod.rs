@@ -17,6 +17,8 @@ mod dedup;
 mod error;
 mod lock;
 mod migrate;
+#[cfg(test)]
+mod migration_tests;
 mod once;
 mod once_batch;
 mod version;

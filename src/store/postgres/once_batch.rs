@@ -16,6 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::once::{prepare, OnceTransaction};
+use super::version::NO_VERSION;
 use super::{column, token_param, token_value, PostgresStores};
 use crate::store::{OnceBatch, OnceRecord, OnceVerdict, StoreError};
 
@@ -199,12 +200,12 @@ async fn check(tx: &OnceTransaction, p: &Params<'_>) -> Result<Found, StoreError
     };
     for row in &keys {
         let key: String = column(row, "version_key")?;
-        let version: Option<i64> = column(row, "version")?;
+        let version: i64 = column(row, "version")?;
         let token: Option<i64> = column(row, "token")?;
         if let Some(token) = token {
             found.tokens.insert(key.clone(), token_value(token)?);
         }
-        if let Some(version) = version {
+        if version != NO_VERSION {
             found.versions.insert(key, version);
         }
     }
@@ -249,16 +250,17 @@ async fn record(tx: &OnceTransaction, p: &Params<'_>) -> Result<bool, StoreError
     let schema = &tx.schema;
     // A key's row takes the version and the token its record asks for, each only when it is
     // newer (a version) or at least as large (a token) as the one stored; a part the record
-    // does not ask for stays as it is.
+    // does not ask for stays as it is (a new row without a version holds `NO_VERSION`, which
+    // `GREATEST` never picks over a stored version).
     let sql = format!(
         "WITH k AS (
              INSERT INTO \"{schema}\".steadfast_versions AS v (version_key, version, token)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+             SELECT key, COALESCE(version, {NO_VERSION}), token
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(key, version, token)
              ON CONFLICT (version_key) DO UPDATE
-                 SET version = COALESCE(EXCLUDED.version, v.version),
+                 SET version = GREATEST(v.version, EXCLUDED.version),
                      token = COALESCE(EXCLUDED.token, v.token)
-                 WHERE (EXCLUDED.version IS NULL OR v.version IS NULL
-                        OR v.version < EXCLUDED.version)
+                 WHERE (EXCLUDED.version = {NO_VERSION} OR v.version < EXCLUDED.version)
                    AND (EXCLUDED.token IS NULL OR v.token IS NULL OR v.token <= EXCLUDED.token)
              RETURNING 1),
          i AS (

@@ -54,7 +54,7 @@ impl PostgresVersionStore {
                 pool: pool.clone(),
                 sql: format!(
                     "SELECT version_key, version FROM \"{schema}\".steadfast_versions
-                     WHERE version_key = ANY($1) AND version IS NOT NULL"
+                     WHERE version_key = ANY($1) AND version > {NO_VERSION}"
                 ),
             }),
             pool,
@@ -64,13 +64,18 @@ impl PostgresVersionStore {
     }
 }
 
-/// The compare-and-set upsert: stored (one row) when newer than the stored version, or when
-/// the key's row holds only a fencing token so far.
+/// The stored version of a key whose row holds only a fencing token (migration 2): the
+/// smallest `bigint`, so every version is newer, for this release and the one before alike.
+/// A message whose version is that number counts as having none.
+pub(crate) const NO_VERSION: i64 = i64::MIN;
+
+/// The compare-and-set upsert: stored (one row) when newer than the stored version (every
+/// version is newer than [`NO_VERSION`]).
 pub(crate) fn advance_sql(schema: &str) -> String {
     format!(
         "INSERT INTO \"{schema}\".steadfast_versions AS v (version_key, version) VALUES ($1, $2)
          ON CONFLICT (version_key) DO UPDATE SET version = EXCLUDED.version
-             WHERE v.version IS NULL OR v.version < EXCLUDED.version"
+             WHERE v.version < EXCLUDED.version"
     )
 }
 
