@@ -12,7 +12,10 @@ pub struct OnceRecord {
     pub version_key: Option<String>,
     /// The message's version, which must be newer than the key's applied version.
     pub version: Option<i64>,
-    /// The lock key and the fencing token the message is handled under.
+    /// The lock key and the fencing token the message is handled under. Postgres keeps a
+    /// key's version and token in one row: the worker gives both the same key; a record whose
+    /// lock key differs from its version key locks two rows, and two such transactions that
+    /// cross keys can deadlock (Postgres ends one of them, which fails as transient).
     pub fence: Option<(String, u64)>,
 }
 
