@@ -123,27 +123,37 @@ impl<'a> Params<'a> {
     }
 }
 
-/// What the checks read: the ids applied before, and the applied versions and accepted
-/// tokens of the batch's keys.
+/// What the checks read: the ids applied before, and the rows of the batch's keys.
 struct Found {
     applied_ids: HashSet<String>,
-    versions: HashMap<String, i64>,
-    tokens: HashMap<String, u64>,
+    keys: HashMap<String, KeyRow>,
+}
+
+/// A key's row: its applied version and its accepted fencing token, each if any.
+struct KeyRow {
+    version: Option<i64>,
+    token: Option<u64>,
 }
 
 impl Found {
     /// The verdict for `record`: fenced, then duplicate, then stale, as for one record.
     fn verdict(&self, record: &OnceRecord) -> OnceVerdict {
-        let fenced = record
-            .fence
-            .as_ref()
-            .is_some_and(|(key, token)| self.tokens.get(key).is_some_and(|t| t > token));
+        let fenced = record.fence.as_ref().is_some_and(|(key, token)| {
+            self.keys
+                .get(key)
+                .and_then(|row| row.token)
+                .is_some_and(|t| t > *token)
+        });
         let duplicate = record
             .id
             .as_ref()
             .is_some_and(|id| self.applied_ids.contains(id));
         let stale = match (&record.version_key, record.version) {
-            (Some(key), Some(version)) => self.versions.get(key).is_some_and(|v| *v >= version),
+            (Some(key), Some(version)) => self
+                .keys
+                .get(key)
+                .and_then(|row| row.version)
+                .is_some_and(|v| v >= version),
             _ => false,
         };
         if fenced {
@@ -195,19 +205,18 @@ async fn check(tx: &OnceTransaction, p: &Params<'_>) -> Result<Found, StoreError
             .iter()
             .map(|row| column::<String>(row, "id"))
             .collect::<Result<_, _>>()?,
-        versions: HashMap::with_capacity(keys.len()),
-        tokens: HashMap::with_capacity(keys.len()),
+        keys: HashMap::with_capacity(keys.len()),
     };
     for row in &keys {
-        let key: String = column(row, "version_key")?;
         let version: i64 = column(row, "version")?;
         let token: Option<i64> = column(row, "token")?;
-        if let Some(token) = token {
-            found.tokens.insert(key.clone(), token_value(token)?);
-        }
-        if version != NO_VERSION {
-            found.versions.insert(key, version);
-        }
+        found.keys.insert(
+            column(row, "version_key")?,
+            KeyRow {
+                version: (version != NO_VERSION).then_some(version),
+                token: token.map(token_value).transpose()?,
+            },
+        );
     }
     Ok(found)
 }
