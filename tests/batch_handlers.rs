@@ -342,12 +342,7 @@ async fn postgres() -> tokio_postgres::Client {
 }
 
 fn seed() -> u64 {
-    let seed = std::env::var("BATCH_MIX_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("batch mix seed {seed} (replay with BATCH_MIX_SEED={seed})");
-    seed
+    support::seed("BATCH_MIX_SEED", "batch mix")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -705,11 +705,7 @@ fn dead_lettered_as(payload: &[u8]) -> (String, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_handlers_in_one_worker_settle_a_seeded_mix_of_outcomes_each_on_its_own() {
     use rand::SeedableRng as _;
-    let seed = std::env::var("SEVERAL_MIX_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("several handlers mix seed {seed} (replay with SEVERAL_MIX_SEED={seed})");
+    let seed = crate::support::seed("SEVERAL_MIX_SEED", "several handlers mix");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let first_at_minimums = rng.random_bool(0.5);
     let sides = [

@@ -601,11 +601,7 @@ fn drawn_record(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_mix_of_fences_versions_and_once_transactions_matches_a_model() {
     use rand::{Rng, SeedableRng};
-    let seed = std::env::var("STORE_MIX_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("store mix seed {seed} (replay with STORE_MIX_SEED={seed})");
+    let seed = crate::support::seed("STORE_MIX_SEED", "store mix");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let stores = stores_with_effects().await;
     let (locks, versions) = (stores.lock_store(), stores.version_store());

@@ -656,3 +656,14 @@ impl Running {
         self.handle.await.expect("worker task")
     }
 }
+
+/// The seed of a randomized test: `var`'s value when set (a replay), else a random one;
+/// printed as "`what` seed N (replay with `var`=N)".
+pub fn seed(var: &str, what: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("{what} seed {seed} (replay with {var}={seed})");
+    seed
+}
