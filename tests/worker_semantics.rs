@@ -554,3 +554,72 @@ async fn a_worker_joining_and_leaving_mid_stream_never_runs_a_key_twice_at_once(
     }
     server.shutdown().await;
 }
+
+/// A worker's in-flight window holds records of every partition with a backlog, taken in
+/// turn: read from librdkafka's one queue, it filled with the backlog of whichever partition
+/// a fetch returned first, and the keys of the others waited until that one was drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_in_flight_window_takes_the_backlogs_of_every_partition_in_turn() {
+    const PARTITIONS: i32 = 4;
+    const KEYS: u64 = 30;
+    const PER_PARTITION: u64 = 300;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = steadfast_testkit::start_server(dir.path()).await;
+    let bootstrap = server.bootstrap_servers();
+    let (topic, group) = topic_and_group(&bootstrap, "in-turn", PARTITIONS).await;
+    for p in 0..PARTITIONS {
+        let records: Vec<(Vec<u8>, Vec<u8>)> = (0..PER_PARTITION)
+            .map(|i| {
+                let e = Event {
+                    sleep_ms: 1,
+                    ..event(&format!("p{p}-k{}", i % KEYS), i / KEYS + 1)
+                };
+                let payload = serde_json::to_vec(&e).expect("encodes");
+                (e.key.into_bytes(), payload)
+            })
+            .collect();
+        produce_to(&bootstrap, &topic, &records, Some(p)).await;
+    }
+    let total = PER_PARTITION as usize * PARTITIONS as usize;
+    let recorder = Recorder::default();
+    let (token, handle) = spawn(
+        Worker::builder()
+            .brokers(bootstrap.clone())
+            .topic(topic.clone())
+            .group(group.clone())
+            .concurrency(8)
+            .max_in_flight(16)
+            .handler(recorder.clone()),
+    );
+    recorder
+        .wait_for(Duration::from_secs(60), "every record", |c| {
+            c.len() >= total
+        })
+        .await;
+    let stats = stop(token, handle).await;
+    server.shutdown().await;
+
+    let calls = recorder.calls();
+    assert_eq!(calls.len(), total, "every record handled once");
+    assert_eq!(stats.handled, total as u64);
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for c in &calls {
+        let prev = last.insert(&c.key, c.seq).unwrap_or(0);
+        assert_eq!(c.seq, prev + 1, "key {} handled out of order", c.key);
+    }
+    // The first tenth of the calls to end: each partition's share is about a quarter of
+    // it; from one partition at a time it would be all of one.
+    let first = &calls[..total / 10];
+    for p in 0..PARTITIONS {
+        let of_p = first
+            .iter()
+            .filter(|c| c.key.starts_with(&format!("p{p}-")))
+            .count();
+        assert!(
+            of_p >= first.len() / 8,
+            "partition {p} had {of_p} of the first {} calls: {:?}",
+            first.len(),
+            first.iter().map(|c| c.key.as_str()).collect::<Vec<_>>()
+        );
+    }
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::TopicPartitionList;
 use tokio::sync::watch;
@@ -18,6 +19,8 @@ use crate::policy::BreakerPhase;
 use crate::runtime::endpoint::{refresh_gauges, refresh_tier_lag};
 use crate::runtime::rebalance::{commit_list, WorkerContext};
 use crate::runtime::shared::Shared;
+
+use super::queues::{InTurn, PartitionQueue};
 
 /// The worker's consumer.
 pub(super) type WorkerConsumer = StreamConsumer<WorkerContext>;
@@ -40,6 +43,8 @@ pub(super) struct Pace {
 /// The consume loop's state.
 pub(super) struct ConsumeLoop<'a> {
     consumer: &'a WorkerConsumer,
+    /// The split partitions' queues, read in turn (see `queues`).
+    partitions: InTurn<'a>,
     committer: Committer,
     shared: &'a Arc<Shared>,
     shutdown: &'a CancellationToken,
@@ -56,9 +61,11 @@ pub(super) struct ConsumeLoop<'a> {
 }
 
 impl<'a> ConsumeLoop<'a> {
-    /// A loop over `consumer` until `shutdown`, at `pace`.
+    /// A loop over `consumer` and the queues of its split `partitions` until `shutdown`, at
+    /// `pace`.
     pub(super) fn new(
         consumer: &'a Arc<WorkerConsumer>,
+        partitions: &'a [PartitionQueue],
         shared: &'a Arc<Shared>,
         shutdown: &'a CancellationToken,
         pace: Pace,
@@ -69,6 +76,7 @@ impl<'a> ConsumeLoop<'a> {
         commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ConsumeLoop {
             consumer: consumer.as_ref(),
+            partitions: InTurn::new(partitions),
             committer: Committer {
                 consumer: consumer.clone(),
                 running: None,
@@ -131,7 +139,8 @@ impl<'a> ConsumeLoop<'a> {
         ControlFlow::Continue(())
     }
 
-    /// Takes the next record, decision, breaker change or commit tick.
+    /// Takes the next record, decision, breaker change or commit tick. The main queue comes
+    /// before the split partitions' queues: it serves the rebalances.
     async fn step(&mut self) -> ControlFlow<()> {
         let (consumer, shared) = (self.consumer, self.shared);
         tokio::select! {
@@ -143,16 +152,27 @@ impl<'a> ConsumeLoop<'a> {
                 apply_control(consumer, shared);
             }
             _ = self.commit_tick.tick() => self.on_tick(),
-            received = consumer.recv() => match received {
-                Ok(message) => self.on_record(message),
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
-                    }
+            received = consumer.recv() => return self.on_received(received).await,
+            received = self.partitions.recv() => return self.on_received(received).await,
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A record or an error from a queue: a record goes to the dispatcher; after an error the
+    /// loop waits a little before it polls again.
+    async fn on_received(
+        &mut self,
+        received: Result<BorrowedMessage<'_>, KafkaError>,
+    ) -> ControlFlow<()> {
+        match received {
+            Ok(message) => self.on_record(message),
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
                 }
-            },
+            }
         }
         ControlFlow::Continue(())
     }

@@ -3,6 +3,7 @@
 //! down gracefully (stop fetching, drain with a deadline, commit, leave the group).
 
 mod consume;
+mod queues;
 mod signals;
 
 use std::sync::{Arc, OnceLock};
@@ -255,18 +256,33 @@ impl<H: Handler> Worker<H> {
         let dispatcher = Dispatcher::with_topology(limits, topics.topology());
         let shared = Arc::new(Shared::new(dispatcher, parts));
         let _ = observed.started.set(shared.clone());
-        let consumer = Arc::new(self.subscribe(&topics, &group, limits, &shared)?);
+        let split = queues::split_count(topics.subscription().len(), partitions);
+        let consumer = Arc::new(self.subscribe(&topics, &group, limits, split, &shared)?);
+        // Before the first poll (see `queues`).
+        let partition_queues = match split {
+            0 => Vec::new(),
+            _ => queues::split(&consumer, &topics.subscription(), partitions),
+        };
         let lag_reader = self.lag_reader(&topics, &group);
         let pace = Pace {
             commit_interval: Duration::from_millis(self.config.commit_interval_ms),
             lag_interval: Duration::from_millis(self.config.observe.lag_interval_ms),
         };
         let breaker = guards.breaker.as_ref().map(policy::Breaker::watch);
-        let mut consume =
-            ConsumeLoop::new(&consumer, &shared, &shutdown, pace, breaker, lag_reader);
+        let mut consume = ConsumeLoop::new(
+            &consumer,
+            &partition_queues,
+            &shared,
+            &shutdown,
+            pace,
+            breaker,
+            lag_reader,
+        );
         consume.run().await;
         consume.finish_commits().await;
         drop(consume);
+        // They hold the consumer: it must close in `close`, off the async thread.
+        drop(partition_queues);
         let stats = self
             .close(
                 consumer,
@@ -413,12 +429,14 @@ impl<H: Handler> Worker<H> {
     }
 
     /// The worker's consumer, its rebalance callbacks wired to `shared`, subscribed to the
-    /// source topic and its retry tiers.
+    /// source topic and its retry tiers, its prefetch sized for `split` partitions read from
+    /// queues of their own (none: 0).
     fn subscribe(
         &self,
         topics: &RoutingTopics,
         group: &str,
         limits: Limits,
+        split: usize,
         shared: &Arc<Shared>,
     ) -> Result<WorkerConsumer, WorkerError> {
         let context = WorkerContext {
@@ -436,7 +454,7 @@ impl<H: Handler> Worker<H> {
             },
         };
         let consumer: WorkerConsumer = self
-            .consumer_config(group, limits)
+            .consumer_config(group, limits, split)
             .create_with_context(context)
             .map_err(|e| self.broker_error(e))?;
         consumer
@@ -447,8 +465,9 @@ impl<H: Handler> Worker<H> {
     }
 
     /// The consumer's settings: the group, offsets stored and committed by the worker only,
-    /// and defaults (where `[kafka]` sets none) that suit the worker's bounds.
-    fn consumer_config(&self, group: &str, limits: Limits) -> ClientConfig {
+    /// and defaults (where `[kafka]` sets none) that suit the worker's bounds and its `split`
+    /// partitions read from queues of their own.
+    fn consumer_config(&self, group: &str, limits: Limits, split: usize) -> ClientConfig {
         let mut consumer_config = self.client(KafkaClient::Consumer);
         consumer_config
             .set("group.id", group)
@@ -456,13 +475,17 @@ impl<H: Handler> Worker<H> {
             .set("enable.auto.offset.store", "false");
         // librdkafka prefetches up to 100,000 records per partition by default; rebalance
         // events queue behind them, so a large prefetch delays a revoke by as long as the
-        // handlers need to work through it. Keep it near the in-flight bound.
+        // handlers need to work through it. Keep it near the in-flight bound: the bounds
+        // apply to each queue, so a split partition takes its share of them.
         let lag_interval = self.config.observe.lag_interval_ms.to_string();
-        let prefetch = limits
-            .max_in_flight
-            .saturating_mul(2)
-            .max(1_000)
-            .to_string();
+        let (prefetch, prefetch_kbytes) = queues::prefetch(limits.max_in_flight, split);
+        let prefetch = prefetch.to_string();
+        let prefetch_kbytes = prefetch_kbytes.map(|kbytes| kbytes.to_string());
+        if let Some(kbytes) = &prefetch_kbytes {
+            if !self.config.kafka.contains_key("queued.max.messages.kbytes") {
+                consumer_config.set("queued.max.messages.kbytes", kbytes);
+            }
+        }
         for (key, default) in [
             // Range assigns partition p of the topic and of each retry tier (they have the same
             // partition count) to the same member, so a key parked for its retry copy is on
