@@ -19,11 +19,10 @@ use std::task::Poll;
 
 use futures::Stream;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
-use rdkafka::consumer::MessageStream;
+use rdkafka::consumer::{MessageStream, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::BorrowedMessage;
 
-use super::consume::WorkerConsumer;
 use crate::runtime::rebalance::WorkerContext;
 
 /// The most partitions (source and retry tiers together) a worker splits into queues of
@@ -69,7 +68,7 @@ pub(super) fn prefetch(max_in_flight: usize, split: usize) -> (usize, Option<usi
 /// Splits every partition of `topics` (each has `partitions`) into a queue of its own.
 /// Called before the consumer's first poll.
 pub(super) fn split(
-    consumer: &Arc<WorkerConsumer>,
+    consumer: &Arc<StreamConsumer<WorkerContext>>,
     topics: &[&str],
     partitions: i32,
 ) -> Vec<PartitionQueue> {
