@@ -409,14 +409,16 @@ async fn collect<M: Message>(
                     waiting.push_back(p);
                 }
             }
-            let deadline = tokio::time::Instant::now() + settings.linger;
+            // One timer for the batch, not one a record taken.
+            let linger = tokio::time::sleep(settings.linger);
+            tokio::pin!(linger);
             while batch.len() < settings.max_records {
                 tokio::select! {
                     next = incoming.recv() => match next {
                         Some(p) => offer(p, &mut batch, &mut waiting),
                         None => break,
                     },
-                    () = tokio::time::sleep_until(deadline) => break,
+                    () = &mut linger => break,
                 }
             }
         }
