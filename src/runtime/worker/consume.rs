@@ -31,6 +31,10 @@ pub(super) type WorkerConsumer = StreamConsumer<WorkerContext>;
 /// a fetch round trip and the prefetched records.
 const STALL_BEFORE_PAUSE: Duration = Duration::from_secs(1);
 
+/// While the split partitions' queues have records, the main queue (rebalances, errors,
+/// records of partitions not split) is polled first once in this many steps.
+const MAIN_QUEUE_EVERY: u32 = 16;
+
 /// How often the loop commits and refreshes what it reports.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Pace {
@@ -57,6 +61,8 @@ pub(super) struct ConsumeLoop<'a> {
     lag_read_at: Instant,
     /// Since when the in-flight bound has been reached.
     full_since: Option<Instant>,
+    /// Steps taken (see `step`).
+    steps: u32,
     topics: TopicNames,
 }
 
@@ -89,6 +95,7 @@ impl<'a> ConsumeLoop<'a> {
             lag_interval: pace.lag_interval,
             lag_read_at: Instant::now(),
             full_since: None,
+            steps: 0,
             topics: TopicNames::trusting(shared.tier_topics()),
         }
     }
@@ -139,10 +146,14 @@ impl<'a> ConsumeLoop<'a> {
         ControlFlow::Continue(())
     }
 
-    /// Takes the next record, decision, breaker change or commit tick. The main queue comes
-    /// before the split partitions' queues: it serves the rebalances.
+    /// Takes the next record, decision, breaker change or commit tick. Records come from the
+    /// split partitions' queues first (the main queue, empty of records when every partition
+    /// is split, costs two polls and a lock each time it is found empty), from the main
+    /// queue when they have none and every [`MAIN_QUEUE_EVERY`] steps.
     async fn step(&mut self) -> ControlFlow<()> {
         let (consumer, shared) = (self.consumer, self.shared);
+        self.steps = self.steps.wrapping_add(1);
+        let main_first = self.steps.is_multiple_of(MAIN_QUEUE_EVERY);
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
@@ -152,8 +163,10 @@ impl<'a> ConsumeLoop<'a> {
                 apply_control(consumer, shared);
             }
             _ = self.commit_tick.tick() => self.on_tick(),
-            received = consumer.recv() => return self.on_received(received).await,
+            // The main queue first now and then: it serves the rebalances.
+            received = consumer.recv(), if main_first => return self.on_received(received).await,
             received = self.partitions.recv() => return self.on_received(received).await,
+            received = consumer.recv() => return self.on_received(received).await,
         }
         ControlFlow::Continue(())
     }

@@ -14,9 +14,11 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Wake, Waker};
 
+use futures::task::AtomicWaker;
 use futures::Stream;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{MessageStream, StreamConsumer};
@@ -88,18 +90,61 @@ pub(super) fn split(
     queues
 }
 
-/// Takes records from the split partitions' queues in turn.
+/// Takes records from the split partitions' queues in turn. A queue that was found empty is
+/// not polled again until librdkafka reports a record in it: most of a worker's retry-tier
+/// partitions are empty most of the time, and polling an empty queue costs two polls and a
+/// lock.
 pub(super) struct InTurn<'a> {
     streams: Vec<MessageStream<'a, WorkerContext>>,
-    /// The stream to look at first next time: the one after the last that gave a record.
+    /// One waker a queue: marks it ready and wakes the loop.
+    wakers: Vec<Waker>,
+    ready: Arc<Readiness>,
+    /// The queue to look at first next time: the one after the last that gave a record.
     next: usize,
+}
+
+/// Which queues may hold a record, and the loop's task to wake when one does.
+struct Readiness {
+    queues: Vec<AtomicBool>,
+    task: AtomicWaker,
+}
+
+/// The waker handed to librdkafka's queue `index`.
+struct QueueWaker {
+    index: usize,
+    ready: Arc<Readiness>,
+}
+
+impl Wake for QueueWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.queues[self.index].store(true, Ordering::Release);
+        self.ready.task.wake();
+    }
 }
 
 impl<'a> InTurn<'a> {
     /// Reads `queues` in turn.
     pub(super) fn new(queues: &'a [PartitionQueue]) -> Self {
+        let ready = Arc::new(Readiness {
+            queues: queues.iter().map(|_| AtomicBool::new(true)).collect(),
+            task: AtomicWaker::new(),
+        });
+        let wakers = (0..queues.len())
+            .map(|index| {
+                Waker::from(Arc::new(QueueWaker {
+                    index,
+                    ready: ready.clone(),
+                }))
+            })
+            .collect();
         InTurn {
             streams: queues.iter().map(PartitionQueue::stream).collect(),
+            wakers,
+            ready,
             next: 0,
         }
     }
@@ -108,10 +153,20 @@ impl<'a> InTurn<'a> {
     /// has one; never resolves without split partitions.
     pub(super) async fn recv(&mut self) -> KafkaResult<BorrowedMessage<'a>> {
         poll_fn(|cx| {
+            self.ready.task.register(cx.waker());
             let n = self.streams.len();
             for i in 0..n {
                 let at = (self.next + i) % n;
-                if let Poll::Ready(Some(received)) = Pin::new(&mut self.streams[at]).poll_next(cx) {
+                // Cleared before the poll: a record that lands after it marks it again.
+                if !self.ready.queues[at].swap(false, Ordering::AcqRel) {
+                    continue;
+                }
+                let mut queue_cx = Context::from_waker(&self.wakers[at]);
+                if let Poll::Ready(Some(received)) =
+                    Pin::new(&mut self.streams[at]).poll_next(&mut queue_cx)
+                {
+                    // It may hold more.
+                    self.ready.queues[at].store(true, Ordering::Release);
                     self.next = (at + 1) % n;
                     return Poll::Ready(received);
                 }
