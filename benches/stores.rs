@@ -20,6 +20,11 @@
 #[path = "support/redis_keys.rs"]
 mod redis_keys;
 
+/// mimalloc, as docs/deploy.md recommends for a worker: glibc's allocator, contended by the
+/// runtime's threads, cost the batch rows about a fifth of their rate (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
