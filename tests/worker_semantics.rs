@@ -623,3 +623,53 @@ async fn the_in_flight_window_takes_the_backlogs_of_every_partition_in_turn() {
         );
     }
 }
+
+/// Past 64 partitions (source and tiers together) the worker reads from librdkafka's one
+/// queue instead of a queue a partition; every record is still handled once, in key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_over_more_partitions_than_it_splits_reads_them_from_one_queue() {
+    const PARTITIONS: i32 = 65;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = steadfast_testkit::start_server(dir.path()).await;
+    let bootstrap = server.bootstrap_servers();
+    let (topic, group) = topic_and_group(&bootstrap, "one-queue", PARTITIONS).await;
+    let mut next_seq: HashMap<String, u64> = HashMap::new();
+    let records: Vec<(Vec<u8>, Vec<u8>)> = (0..2_000)
+        .map(|i| {
+            let key = format!("k{}", i % 300);
+            let seq = next_seq.entry(key.clone()).or_default();
+            *seq += 1;
+            let e = event(&key, *seq);
+            let payload = serde_json::to_vec(&e).expect("encodes");
+            (e.key.into_bytes(), payload)
+        })
+        .collect();
+    let placed = produce_keyed(&bootstrap, &topic, &records, 100).await;
+    let used: std::collections::HashSet<i32> = placed.iter().map(|(p, _)| *p).collect();
+    assert!(used.len() > 64, "records on {} partitions only", used.len());
+    let recorder = Recorder::default();
+    let (token, handle) = spawn(
+        Worker::builder()
+            .brokers(bootstrap.clone())
+            .topic(topic.clone())
+            .group(group.clone())
+            .concurrency(32)
+            .handler(recorder.clone()),
+    );
+    recorder
+        .wait_for(Duration::from_secs(60), "every record", |c| {
+            c.len() >= 2_000
+        })
+        .await;
+    let stats = stop(token, handle).await;
+    server.shutdown().await;
+
+    let calls = recorder.calls();
+    assert_eq!(calls.len(), 2_000, "every record handled once");
+    assert_eq!(stats.handled, 2_000);
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for c in &calls {
+        let prev = last.insert(&c.key, c.seq).unwrap_or(0);
+        assert_eq!(c.seq, prev + 1, "key {} handled out of order", c.key);
+    }
+}
