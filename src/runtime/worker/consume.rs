@@ -31,10 +31,6 @@ pub(super) type WorkerConsumer = StreamConsumer<WorkerContext>;
 /// a fetch round trip and the prefetched records.
 const STALL_BEFORE_PAUSE: Duration = Duration::from_secs(1);
 
-/// While the split partitions' queues have records, the main queue (rebalances, errors,
-/// records of partitions not split) is polled first once in this many steps.
-const MAIN_QUEUE_EVERY: u32 = 16;
-
 /// How often the loop commits and refreshes what it reports.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Pace {
@@ -47,8 +43,8 @@ pub(super) struct Pace {
 /// The consume loop's state.
 pub(super) struct ConsumeLoop<'a> {
     consumer: &'a WorkerConsumer,
-    /// The split partitions' queues, read in turn (see `queues`).
-    partitions: InTurn<'a>,
+    /// The main queue and the split partitions' queues (see `queues`).
+    queues: InTurn<'a>,
     committer: Committer,
     shared: &'a Arc<Shared>,
     shutdown: &'a CancellationToken,
@@ -61,8 +57,6 @@ pub(super) struct ConsumeLoop<'a> {
     lag_read_at: Instant,
     /// Since when the in-flight bound has been reached.
     full_since: Option<Instant>,
-    /// Steps taken (see `step`).
-    steps: u32,
     topics: TopicNames,
 }
 
@@ -82,7 +76,7 @@ impl<'a> ConsumeLoop<'a> {
         commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ConsumeLoop {
             consumer: consumer.as_ref(),
-            partitions: InTurn::new(partitions),
+            queues: InTurn::new(consumer, partitions),
             committer: Committer {
                 consumer: consumer.clone(),
                 running: None,
@@ -95,7 +89,6 @@ impl<'a> ConsumeLoop<'a> {
             lag_interval: pace.lag_interval,
             lag_read_at: Instant::now(),
             full_since: None,
-            steps: 0,
             topics: TopicNames::trusting(shared.tier_topics()),
         }
     }
@@ -146,14 +139,9 @@ impl<'a> ConsumeLoop<'a> {
         ControlFlow::Continue(())
     }
 
-    /// Takes the next record, decision, breaker change or commit tick. Records come from the
-    /// split partitions' queues first (the main queue, empty of records when every partition
-    /// is split, costs two polls and a lock each time it is found empty), from the main
-    /// queue when they have none and every [`MAIN_QUEUE_EVERY`] steps.
+    /// Takes the next record, decision, breaker change or commit tick.
     async fn step(&mut self) -> ControlFlow<()> {
         let (consumer, shared) = (self.consumer, self.shared);
-        self.steps = self.steps.wrapping_add(1);
-        let main_first = self.steps.is_multiple_of(MAIN_QUEUE_EVERY);
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
@@ -163,10 +151,7 @@ impl<'a> ConsumeLoop<'a> {
                 apply_control(consumer, shared);
             }
             _ = self.commit_tick.tick() => self.on_tick(),
-            // The main queue first now and then: it serves the rebalances.
-            received = consumer.recv(), if main_first => return self.on_received(received).await,
-            received = self.partitions.recv() => return self.on_received(received).await,
-            received = consumer.recv() => return self.on_received(received).await,
+            received = self.queues.recv() => return self.on_received(received).await,
         }
         ControlFlow::Continue(())
     }

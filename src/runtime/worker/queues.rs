@@ -90,20 +90,24 @@ pub(super) fn split(
     queues
 }
 
-/// Takes records from the split partitions' queues in turn. A queue that was found empty is
-/// not polled again until librdkafka reports a record in it: most of a worker's retry-tier
-/// partitions are empty most of the time, and polling an empty queue costs two polls and a
-/// lock.
+/// Takes records (and events) from the consumer's queues: the main queue first whenever it
+/// has something (rebalances, errors, records of partitions not split: served as soon as
+/// they come, as with one queue), then the split partitions' queues in turn. A queue that
+/// was found empty is not polled again until librdkafka reports something in it: polling
+/// an empty queue costs two polls and a lock, and most queues (the retry tiers', and the
+/// main queue once every partition is split) are empty most of the time.
 pub(super) struct InTurn<'a> {
+    /// The main queue's stream, then the split partitions'.
     streams: Vec<MessageStream<'a, WorkerContext>>,
     /// One waker a queue: marks it ready and wakes the loop.
     wakers: Vec<Waker>,
     ready: Arc<Readiness>,
-    /// The queue to look at first next time: the one after the last that gave a record.
+    /// The partition queue to look at first next time: the one after the last that gave a
+    /// record.
     next: usize,
 }
 
-/// Which queues may hold a record, and the loop's task to wake when one does.
+/// Which queues may hold something, and the loop's task to wake when one does.
 struct Readiness {
     queues: Vec<AtomicBool>,
     task: AtomicWaker,
@@ -127,13 +131,19 @@ impl Wake for QueueWaker {
 }
 
 impl<'a> InTurn<'a> {
-    /// Reads `queues` in turn.
-    pub(super) fn new(queues: &'a [PartitionQueue]) -> Self {
+    /// Reads `consumer`'s main queue and its split partitions' `queues`.
+    pub(super) fn new(
+        consumer: &'a StreamConsumer<WorkerContext>,
+        queues: &'a [PartitionQueue],
+    ) -> Self {
+        let streams: Vec<_> = std::iter::once(consumer.stream())
+            .chain(queues.iter().map(PartitionQueue::stream))
+            .collect();
         let ready = Arc::new(Readiness {
-            queues: queues.iter().map(|_| AtomicBool::new(true)).collect(),
+            queues: streams.iter().map(|_| AtomicBool::new(true)).collect(),
             task: AtomicWaker::new(),
         });
-        let wakers = (0..queues.len())
+        let wakers = (0..streams.len())
             .map(|index| {
                 Waker::from(Arc::new(QueueWaker {
                     index,
@@ -142,31 +152,25 @@ impl<'a> InTurn<'a> {
             })
             .collect();
         InTurn {
-            streams: queues.iter().map(PartitionQueue::stream).collect(),
+            streams,
             wakers,
             ready,
             next: 0,
         }
     }
 
-    /// The next record (or error) of the first queue, from where the last one left off, that
-    /// has one; never resolves without split partitions.
+    /// The next record (or error) of the main queue when it has one, else of the first
+    /// partition queue, from where the last one left off, that has one.
     pub(super) async fn recv(&mut self) -> KafkaResult<BorrowedMessage<'a>> {
         poll_fn(|cx| {
             self.ready.task.register(cx.waker());
-            let n = self.streams.len();
+            if let Poll::Ready(received) = self.poll_queue(0) {
+                return Poll::Ready(received);
+            }
+            let n = self.streams.len() - 1;
             for i in 0..n {
                 let at = (self.next + i) % n;
-                // Cleared before the poll: a record that lands after it marks it again.
-                if !self.ready.queues[at].swap(false, Ordering::AcqRel) {
-                    continue;
-                }
-                let mut queue_cx = Context::from_waker(&self.wakers[at]);
-                if let Poll::Ready(Some(received)) =
-                    Pin::new(&mut self.streams[at]).poll_next(&mut queue_cx)
-                {
-                    // It may hold more.
-                    self.ready.queues[at].store(true, Ordering::Release);
+                if let Poll::Ready(received) = self.poll_queue(at + 1) {
                     self.next = (at + 1) % n;
                     return Poll::Ready(received);
                 }
@@ -174,6 +178,23 @@ impl<'a> InTurn<'a> {
             Poll::Pending
         })
         .await
+    }
+
+    /// Polls queue `index` when it may hold something.
+    fn poll_queue(&mut self, index: usize) -> Poll<KafkaResult<BorrowedMessage<'a>>> {
+        // Cleared before the poll: whatever lands after it marks it again.
+        if !self.ready.queues[index].swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let mut queue_cx = Context::from_waker(&self.wakers[index]);
+        match Pin::new(&mut self.streams[index]).poll_next(&mut queue_cx) {
+            Poll::Ready(Some(received)) => {
+                // It may hold more.
+                self.ready.queues[index].store(true, Ordering::Release);
+                Poll::Ready(received)
+            }
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
     }
 }
 
