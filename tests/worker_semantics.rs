@@ -64,6 +64,15 @@ async fn stop(
     handle.await.expect("worker task")
 }
 
+/// Each key's calls in `calls` come in sequence order, none twice.
+fn assert_key_order(calls: &[Call]) {
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for c in calls {
+        let prev = last.insert(&c.key, c.seq).unwrap_or(0);
+        assert_eq!(c.seq, prev + 1, "key {} handled out of order", c.key);
+    }
+}
+
 fn event(key: &str, seq: u64) -> Event {
     Event {
         key: key.to_owned(),
@@ -113,11 +122,7 @@ async fn many_keys_are_handled_once_each_in_key_order_within_the_bounds() {
     let calls = recorder.calls();
     assert_eq!(calls.len(), 20_000, "every message handled exactly once");
     assert_eq!(stats.handled, 20_000);
-    let mut last: HashMap<&str, u64> = HashMap::new();
-    for c in &calls {
-        let prev = last.insert(&c.key, c.seq).unwrap_or(0);
-        assert_eq!(c.seq, prev + 1, "key {} handled out of order", c.key);
-    }
+    assert_key_order(&calls);
     assert!(
         recorder.max_running() <= 64,
         "concurrency bound exceeded: {}",
@@ -602,11 +607,7 @@ async fn the_in_flight_window_takes_the_backlogs_of_every_partition_in_turn() {
     let calls = recorder.calls();
     assert_eq!(calls.len(), total, "every record handled once");
     assert_eq!(stats.handled, total as u64);
-    let mut last: HashMap<&str, u64> = HashMap::new();
-    for c in &calls {
-        let prev = last.insert(&c.key, c.seq).unwrap_or(0);
-        assert_eq!(c.seq, prev + 1, "key {} handled out of order", c.key);
-    }
+    assert_key_order(&calls);
     // The first tenth of the calls to end: each partition's share is about a quarter of
     // it; from one partition at a time it would be all of one.
     let first = &calls[..total / 10];
@@ -667,9 +668,5 @@ async fn a_worker_over_more_partitions_than_it_splits_reads_them_from_one_queue(
     let calls = recorder.calls();
     assert_eq!(calls.len(), 2_000, "every record handled once");
     assert_eq!(stats.handled, 2_000);
-    let mut last: HashMap<&str, u64> = HashMap::new();
-    for c in &calls {
-        let prev = last.insert(&c.key, c.seq).unwrap_or(0);
-        assert_eq!(c.seq, prev + 1, "key {} handled out of order", c.key);
-    }
+    assert_key_order(&calls);
 }
