@@ -116,7 +116,15 @@ use support::PrivateRedis;
 /// since, 30 of 30 at `704be2e` (868.8 s) and at `b2340db` (853.5 s); with every group a batch
 /// handler (`CHAOS_BATCH=all`), 30 of 30 at `8029a55` (903.6 s). With the lock's keeping drawn
 /// too (`CHAOS_SEED_BASE=3000`), 30 of 30 at `94cf7c3` (893.1 s); with a key's version and
-/// token in one Postgres row (`CHAOS_SEED_BASE=4000`), 30 of 30 at `8ce53d6` (875.0 s). Open too: once (short mode, seed 8) a
+/// token in one Postgres row (`CHAOS_SEED_BASE=4000`), 30 of 30 at `8ce53d6` (875.0 s). With
+/// each partition read from a queue of its own: 30 of 30 at `fcc9b72` (`5000`, 1018.5 s); at
+/// `a597ad7`, which read the partitions' queues before the main queue, 29 of 30 twice (`6000`:
+/// seed 6019, `7000`: seed 7014, each routing records twice to a tier when the server is
+/// SIGKILLed while a member that made copies leaves the group and is expelled, so that the
+/// next owner's read-back runs before those copies land; 6019 passed in three replays); with
+/// the main queue first again, 29 of 30 at `fedcf34` (`8000`, 1040.6 s), the one failure
+/// (seed 8011) the harness sending a second SIGTERM to a draining worker, which exits at
+/// once by design (the harness now sends none; 8011 passes). Open too: once (short mode, seed 8) a
 /// worker did not exit within 30 s of SIGTERM; its log ends at "signal received: draining"
 /// (a hang in the drain, the final commit or the consumer's close).
 const SHORT_SEEDS: &[u64] = &[1, 5, 8];
@@ -618,6 +626,10 @@ async fn apply(
         let live = fleet.live(group);
         (!live.is_empty()).then(|| live[pick as usize % live.len()].name.clone())
     };
+    let pick_not_termed = |fleet: &Fleet, group: usize, pick: u32| {
+        let live = fleet.not_termed(group);
+        (!live.is_empty()).then(|| live[pick as usize % live.len()].name.clone())
+    };
     match *fault {
         Fault::KillWorker { group, pick: p } => match pick(fleet, group, p) {
             Some(name) => {
@@ -626,12 +638,14 @@ async fn apply(
             }
             None => format!("{fault}: no live worker, skipped"),
         },
-        Fault::TermWorker { group, pick: p } => match pick(fleet, group, p) {
+        // A worker draining after an earlier SIGTERM is not sent another (that one would
+        // make it exit at once, by design).
+        Fault::TermWorker { group, pick: p } => match pick_not_termed(fleet, group, p) {
             Some(name) => {
                 fleet.term(&name);
                 format!("sent SIGTERM to worker {name}")
             }
-            None => format!("{fault}: no live worker, skipped"),
+            None => format!("{fault}: no live worker not sent SIGTERM yet, skipped"),
         },
         Fault::StartWorker { group } => {
             if fleet.live(group).len() >= 4 {

@@ -233,6 +233,11 @@ impl Proc {
         self.fate.lock().exited.is_none()
     }
 
+    /// Whether it was sent SIGTERM: a second one would make it exit at once (130).
+    pub fn termed(&self) -> bool {
+        self.fate.lock().termed.is_some()
+    }
+
     fn signal(&self, signal: &str) {
         if self.live() {
             let _ = Command::new("kill")
@@ -318,6 +323,14 @@ impl Fleet {
             .collect()
     }
 
+    /// The live workers of `group` not sent SIGTERM yet.
+    pub fn not_termed(&self, group: usize) -> Vec<&Proc> {
+        self.live(group)
+            .into_iter()
+            .filter(|p| !p.termed())
+            .collect()
+    }
+
     /// SIGKILL, and wait until reaped.
     pub fn kill(&self, name: &str) {
         let p = self.by_name(name);
@@ -376,7 +389,7 @@ impl Fleet {
         let names: Vec<String> = self
             .procs
             .iter()
-            .filter(|p| p.live())
+            .filter(|p| p.live() && !p.termed())
             .map(|p| p.name.clone())
             .collect();
         for name in names {
