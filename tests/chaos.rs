@@ -623,16 +623,11 @@ async fn apply(
     topic: &str,
     plan: &Plan,
 ) -> String {
-    let pick = |fleet: &Fleet, group: usize, pick: u32| {
-        let live = fleet.live(group);
-        (!live.is_empty()).then(|| live[pick as usize % live.len()].name.clone())
-    };
-    let pick_not_termed = |fleet: &Fleet, group: usize, pick: u32| {
-        let live = fleet.not_termed(group);
-        (!live.is_empty()).then(|| live[pick as usize % live.len()].name.clone())
+    let pick = |candidates: Vec<&infra::Proc>, pick: u32| {
+        (!candidates.is_empty()).then(|| candidates[pick as usize % candidates.len()].name.clone())
     };
     match *fault {
-        Fault::KillWorker { group, pick: p } => match pick(fleet, group, p) {
+        Fault::KillWorker { group, pick: p } => match pick(fleet.live(group), p) {
             Some(name) => {
                 tokio::task::block_in_place(|| fleet.kill(&name));
                 format!("SIGKILLed worker {name}")
@@ -641,7 +636,7 @@ async fn apply(
         },
         // A worker draining after an earlier SIGTERM is not sent another (that one would
         // make it exit at once, by design).
-        Fault::TermWorker { group, pick: p } => match pick_not_termed(fleet, group, p) {
+        Fault::TermWorker { group, pick: p } => match pick(fleet.not_termed(group), p) {
             Some(name) => {
                 fleet.term(&name);
                 format!("sent SIGTERM to worker {name}")

@@ -73,6 +73,43 @@ fn assert_key_order(calls: &[Call]) {
     }
 }
 
+/// `event` as a record: its key, and the event as JSON.
+fn record_of(e: &Event) -> (Vec<u8>, Vec<u8>) {
+    (
+        e.key.as_bytes().to_vec(),
+        serde_json::to_vec(e).expect("encodes"),
+    )
+}
+
+/// Runs a worker of `group` over `topic` (with `configure`'s settings) until it has handled
+/// `total` records, stops it, and checks that each was handled once, in key order; the calls.
+async fn handle_all(
+    bootstrap: &str,
+    (topic, group): (&str, &str),
+    configure: impl FnOnce(steadfast::WorkerBuilder) -> steadfast::WorkerBuilder,
+    total: usize,
+) -> Vec<Call> {
+    let recorder = Recorder::default();
+    let builder = configure(
+        Worker::builder()
+            .brokers(bootstrap.to_owned())
+            .topic(topic.to_owned())
+            .group(group.to_owned()),
+    );
+    let (token, handle) = spawn(builder.handler(recorder.clone()));
+    recorder
+        .wait_for(Duration::from_secs(60), "every record", |c| {
+            c.len() >= total
+        })
+        .await;
+    let stats = stop(token, handle).await;
+    let calls = recorder.calls();
+    assert_eq!(calls.len(), total, "every record handled once");
+    assert_eq!(stats.handled, total as u64);
+    assert_key_order(&calls);
+    calls
+}
+
 fn event(key: &str, seq: u64) -> Event {
     Event {
         key: key.to_owned(),
@@ -575,39 +612,24 @@ async fn the_in_flight_window_takes_the_backlogs_of_every_partition_in_turn() {
     for p in 0..PARTITIONS {
         let records: Vec<(Vec<u8>, Vec<u8>)> = (0..PER_PARTITION)
             .map(|i| {
-                let e = Event {
+                record_of(&Event {
                     sleep_ms: 1,
                     ..event(&format!("p{p}-k{}", i % KEYS), i / KEYS + 1)
-                };
-                let payload = serde_json::to_vec(&e).expect("encodes");
-                (e.key.into_bytes(), payload)
+                })
             })
             .collect();
         produce_to(&bootstrap, &topic, &records, Some(p)).await;
     }
     let total = PER_PARTITION as usize * PARTITIONS as usize;
-    let recorder = Recorder::default();
-    let (token, handle) = spawn(
-        Worker::builder()
-            .brokers(bootstrap.clone())
-            .topic(topic.clone())
-            .group(group.clone())
-            .concurrency(8)
-            .max_in_flight(16)
-            .handler(recorder.clone()),
-    );
-    recorder
-        .wait_for(Duration::from_secs(60), "every record", |c| {
-            c.len() >= total
-        })
-        .await;
-    let stats = stop(token, handle).await;
+    let calls = handle_all(
+        &bootstrap,
+        (&topic, &group),
+        |w| w.concurrency(8).max_in_flight(16),
+        total,
+    )
+    .await;
     server.shutdown().await;
 
-    let calls = recorder.calls();
-    assert_eq!(calls.len(), total, "every record handled once");
-    assert_eq!(stats.handled, total as u64);
-    assert_key_order(&calls);
     // The first tenth of the calls to end: each partition's share is about a quarter of
     // it; from one partition at a time it would be all of one.
     let first = &calls[..total / 10];
@@ -640,33 +662,12 @@ async fn a_worker_over_more_partitions_than_it_splits_reads_them_from_one_queue(
             let key = format!("k{}", i % 300);
             let seq = next_seq.entry(key.clone()).or_default();
             *seq += 1;
-            let e = event(&key, *seq);
-            let payload = serde_json::to_vec(&e).expect("encodes");
-            (e.key.into_bytes(), payload)
+            record_of(&event(&key, *seq))
         })
         .collect();
     let placed = produce_keyed(&bootstrap, &topic, &records, 100).await;
     let used: std::collections::HashSet<i32> = placed.iter().map(|(p, _)| *p).collect();
     assert!(used.len() > 64, "records on {} partitions only", used.len());
-    let recorder = Recorder::default();
-    let (token, handle) = spawn(
-        Worker::builder()
-            .brokers(bootstrap.clone())
-            .topic(topic.clone())
-            .group(group.clone())
-            .concurrency(32)
-            .handler(recorder.clone()),
-    );
-    recorder
-        .wait_for(Duration::from_secs(60), "every record", |c| {
-            c.len() >= 2_000
-        })
-        .await;
-    let stats = stop(token, handle).await;
+    handle_all(&bootstrap, (&topic, &group), |w| w.concurrency(32), 2_000).await;
     server.shutdown().await;
-
-    let calls = recorder.calls();
-    assert_eq!(calls.len(), 2_000, "every record handled once");
-    assert_eq!(stats.handled, 2_000);
-    assert_key_order(&calls);
 }
