@@ -20,8 +20,8 @@
 #[path = "support/redis_keys.rs"]
 mod redis_keys;
 
-/// mimalloc, as docs/deploy.md recommends for a worker: glibc's allocator, contended by the
-/// runtime's threads, cost the batch rows about a fifth of their rate (BENCHMARKS.md).
+/// mimalloc, as the README recommends for a worker's binary: with glibc's allocator, contended
+/// by the runtime's threads, the ledger's batch row ran 12-18 % slower (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

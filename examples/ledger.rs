@@ -33,7 +33,7 @@ use steadfast::handler::{Batch, BatchContext};
 use steadfast::{Context, HandlerError, Ordering, Retry, Worker};
 
 /// mimalloc rather than glibc's malloc, whose locks the runtime's threads contend for: the
-/// batch path ran about a fifth faster with it (README, "Memory of a long-running worker or
+/// batch path ran 12-18 % faster with it (README, "Memory of a long-running worker or
 /// server"; BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
