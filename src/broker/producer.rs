@@ -8,16 +8,14 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 
-use super::Closing;
 use crate::policy::{OutgoingRecord, Sink, SinkError};
 
 /// Publishes with `enable.idempotence=true` and `acks=all`; a send resolves on the broker's
 /// acknowledgement.
 pub(crate) struct KafkaSink {
     config: ClientConfig,
-    /// Replaced by a fresh producer when queued copies are purged (see `purge_queued`);
-    /// closed off the async threads once its last send ended.
-    producer: parking_lot::RwLock<Arc<Closing<FutureProducer>>>,
+    /// Replaced by a fresh producer when queued copies are purged (see `purge_queued`).
+    producer: parking_lot::RwLock<Arc<FutureProducer>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -38,7 +36,7 @@ impl KafkaSink {
             // `runtime::recovery`). A send that times out is sent again by the route layer.
             .set("message.timeout.ms", "60000");
         Ok(KafkaSink {
-            producer: parking_lot::RwLock::new(Arc::new(Closing::new(config.create()?))),
+            producer: parking_lot::RwLock::new(Arc::new(config.create()?)),
             config,
         })
     }
@@ -92,8 +90,7 @@ impl Sink for KafkaSink {
         // last send ended.
         match self.config.create::<FutureProducer>() {
             Ok(fresh) => {
-                let old =
-                    std::mem::replace(&mut *self.producer.write(), Arc::new(Closing::new(fresh)));
+                let old = std::mem::replace(&mut *self.producer.write(), Arc::new(fresh));
                 old.purge(PurgeConfig::default().queue());
             }
             Err(e) => tracing::warn!(

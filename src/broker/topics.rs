@@ -69,8 +69,11 @@ pub(crate) async fn ensure_topics(
         .create_topics(&new, &AdminOptions::new().operation_timeout(Some(TIMEOUT)))
         .await
         .map_err(|e| WorkerError::kafka("creating topics", e))?;
-    // Not waited for: it held up every start that created a topic by up to 100 ms.
-    super::drop_client(admin);
+    // Its drop joins a polling thread that wakes every 100 ms: off the async thread, and
+    // waited for, so that the client is gone before the worker goes on.
+    if let Err(e) = tokio::task::spawn_blocking(move || drop(admin)).await {
+        tracing::warn!(error = %e, "closing the admin client failed");
+    }
     for result in results {
         match result {
             Ok(topic) => tracing::info!(%topic, partitions, "created topic"),

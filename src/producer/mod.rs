@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::broker::{owned_headers, Closing};
+use crate::broker::owned_headers;
 use crate::config::{KafkaClient, WorkerConfig};
 use crate::delay::buckets;
 use crate::message::headers::{self, CAUSED_BY};
@@ -75,8 +75,7 @@ pub enum ProduceError {
 /// runs no producer threads for it).
 struct Lazy {
     config: ClientConfig,
-    /// Closed off the async threads when the last clone of the producer is dropped.
-    producer: OnceLock<Result<Closing<FutureProducer>, String>>,
+    producer: OnceLock<Result<FutureProducer, String>>,
     /// The topics whose bucket topics exist (made sure of on the first delayed send; held
     /// while it runs, so concurrent first sends wait for one check).
     delay_ready: tokio::sync::Mutex<HashSet<String>>,
@@ -285,12 +284,7 @@ impl Producer {
         };
         let producer = lazy
             .producer
-            .get_or_init(|| {
-                lazy.config
-                    .create()
-                    .map(Closing::new)
-                    .map_err(|e| e.to_string())
-            })
+            .get_or_init(|| lazy.config.create().map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|e| ProduceError::Client(e.clone()))?;
         let out = FutureRecord::to(&record.topic)
