@@ -125,7 +125,8 @@ use support::PrivateRedis;
 /// the main queue first again, 29 of 30 at `fedcf34` (`8000`, 1040.6 s), the one failure
 /// (seed 8011) the harness sending a second SIGTERM to a draining worker, which exits at
 /// once by design (the harness now sends none; 8011 passes), and 30 of 30 at `dc3501c`
-/// (`9000`, 1011.7 s); with librdkafka clients closed off the async threads, 30 of 30 at
+/// (`9000`, 1011.7 s); with librdkafka clients closed off the async threads (taken back at
+/// `9b0845d`), 30 of 30 at
 /// `f236e14` (`10000`, 996.4 s). Open too: once (short mode, seed 8) a
 /// worker did not exit within 30 s of SIGTERM; its log ends at "signal received: draining"
 /// (a hang in the drain, the final commit or the consumer's close).
