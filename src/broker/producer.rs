@@ -14,8 +14,9 @@ use crate::policy::{OutgoingRecord, Sink, SinkError};
 /// acknowledgement.
 pub(crate) struct KafkaSink {
     config: ClientConfig,
-    /// Replaced by a fresh producer when queued copies are purged (see `purge_queued`).
-    producer: parking_lot::RwLock<Arc<FutureProducer>>,
+    /// Replaced by a fresh producer when queued copies are purged (see `purge_queued`);
+    /// `None` once closed.
+    producer: parking_lot::RwLock<Option<Arc<FutureProducer>>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -36,9 +37,16 @@ impl KafkaSink {
             // `runtime::recovery`). A send that times out is sent again by the route layer.
             .set("message.timeout.ms", "60000");
         Ok(KafkaSink {
-            producer: parking_lot::RwLock::new(Arc::new(config.create()?)),
+            producer: parking_lot::RwLock::new(Some(Arc::new(config.create()?))),
             config,
         })
+    }
+
+    /// Takes the producer out: later sends fail. Drop what this returns off the async
+    /// threads (a producer's drop flushes for up to 500 ms and joins its polling thread);
+    /// sends still running hold the producer until they end.
+    pub(crate) fn close(&self) -> Option<Arc<FutureProducer>> {
+        self.producer.write().take()
     }
 }
 
@@ -59,6 +67,12 @@ impl Sink for KafkaSink {
     fn send(&self, record: OutgoingRecord) -> BoxFuture<'_, Result<(), SinkError>> {
         let producer = self.producer.read().clone();
         Box::pin(async move {
+            let Some(producer) = producer else {
+                return Err(SinkError {
+                    topic: record.topic.clone(),
+                    reason: "the worker stopped: its routing producer is closed".to_owned(),
+                });
+            };
             let mut out: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&record.topic).headers(owned_headers(&record.headers));
             if let Some(key) = record.key.as_deref() {
@@ -87,16 +101,24 @@ impl Sink for KafkaSink {
         // Later sends go through a fresh producer: purging part of an idempotent producer's
         // queue would leave a gap in its sequence numbers. The old one has its queue purged
         // (not its in-flight requests, whose outcome would be unknown) and is closed once its
-        // last send ended.
+        // last send ended. A closed sink stays closed.
+        let mut current = self.producer.write();
+        let Some(old) = current.take() else {
+            return;
+        };
         match self.config.create::<FutureProducer>() {
             Ok(fresh) => {
-                let old = std::mem::replace(&mut *self.producer.write(), Arc::new(fresh));
+                *current = Some(Arc::new(fresh));
+                drop(current);
                 old.purge(PurgeConfig::default().queue());
             }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "no fresh routing producer; copies queued for abandoned handlers may still be published"
-            ),
+            Err(e) => {
+                *current = Some(old);
+                tracing::warn!(
+                    error = %e,
+                    "no fresh routing producer; copies queued for abandoned handlers may still be published"
+                );
+            }
         }
     }
 }
@@ -135,6 +157,26 @@ mod tests {
             .start()
             .await
             .expect("the server starts")
+    }
+
+    /// A closed sink refuses sends with a clear error (no broker needed), and a purge does
+    /// not open it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_sink_refuses_sends_and_stays_closed() {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:9");
+        let sink = KafkaSink::new(config).expect("a producer");
+        let producer = sink.close().expect("open until closed");
+        tokio::task::spawn_blocking(move || drop(producer))
+            .await
+            .expect("closed");
+        let refused = sink
+            .send(record("after"))
+            .await
+            .expect_err("refused once closed");
+        assert!(refused.reason.contains("closed"), "{}", refused.reason);
+        sink.purge_queued();
+        assert!(sink.close().is_none(), "a purge opened a closed sink again");
     }
 
     /// Every payload of partition 0 of `TOPIC`, in order.
@@ -184,11 +226,11 @@ mod tests {
         // closing connection: in flight, not queued, and out of the purge's reach (as meant).
         let deadline = Instant::now() + Duration::from_secs(10);
         while tokio::task::block_in_place(|| {
-            sink.producer
-                .read()
-                .client()
-                .fetch_metadata(Some(TOPIC), Duration::from_millis(200))
-                .is_ok()
+            sink.producer.read().as_ref().is_some_and(|p| {
+                p.client()
+                    .fetch_metadata(Some(TOPIC), Duration::from_millis(200))
+                    .is_ok()
+            })
         }) {
             assert!(
                 Instant::now() < deadline,
@@ -200,7 +242,13 @@ mod tests {
             tokio::spawn(async move { sink.send(record("abandoned")).await })
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while sink.producer.read().in_flight_count() == 0 {
+        while sink
+            .producer
+            .read()
+            .as_ref()
+            .map_or(0, |p| p.in_flight_count())
+            == 0
+        {
             assert!(
                 Instant::now() < deadline,
                 "the send never reached the producer"

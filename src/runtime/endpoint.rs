@@ -168,7 +168,8 @@ pub(crate) fn refresh_tier_lag(
         return;
     }
     let (shared, reader) = (shared.clone(), reader.clone());
-    shared.runtime.clone().spawn_blocking(move || {
+    let helpers = shared.clone();
+    let task = shared.runtime.clone().spawn_blocking(move || {
         use rdkafka::consumer::Consumer as _;
         for ((topic, partition), watermark) in tiers {
             match reader.fetch_watermarks(&topic, partition, Duration::from_secs(5)) {
@@ -182,6 +183,7 @@ pub(crate) fn refresh_tier_lag(
             }
         }
     });
+    helpers.helpers.track(task);
 }
 
 /// Takes consumer lag per assigned partition and broker state from a statistics report

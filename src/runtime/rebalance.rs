@@ -176,10 +176,11 @@ impl WorkerContext {
             reading.iter().map(|(tp, e, _)| (tp.clone(), *e)).collect();
         let assigned: Vec<(TopicPartition, FinishedAbove)> =
             reading.into_iter().map(|(tp, _, f)| (tp, f)).collect();
-        self.shared.runtime.spawn_blocking(move || {
+        let task = self.shared.runtime.spawn_blocking(move || {
             wait_for_orphans(&shared, &epochs);
             read_back_until_done(&shared, &plan, &epochs, &assigned, done);
         });
+        self.shared.helpers.track(task);
         Some(ended)
     }
 }

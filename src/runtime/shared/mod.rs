@@ -6,6 +6,7 @@
 //! consume loop, the endpoint and the rebalance callbacks.
 
 mod access;
+mod helpers;
 mod jobs;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use self::helpers::Helpers;
 use super::dispatch::Dispatcher;
 use crate::observe::{Health, Meters};
 use crate::policy::{self, BoxedStack};
@@ -83,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) health: Arc<Health>,
     /// Cancelled when the worker stops: timers and read-backs end with it.
     pub(crate) shutdown: CancellationToken,
+    /// Blocking tasks with clients of their own, waited for when the worker stops.
+    pub(crate) helpers: Helpers,
 }
 
 impl std::fmt::Debug for Shared {
@@ -107,6 +111,7 @@ impl Shared {
             meters: parts.meters,
             health: parts.health,
             shutdown: parts.shutdown,
+            helpers: Helpers::default(),
         }
     }
 

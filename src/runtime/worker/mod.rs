@@ -214,9 +214,10 @@ impl<H: Handler> Worker<H> {
         else {
             return Ok(WorkerStats::default());
         };
-        let sink: Arc<dyn Sink> = Arc::new(
+        let routing_producer = Arc::new(
             KafkaSink::new(self.client(KafkaClient::Producer)).map_err(|e| self.broker_error(e))?,
         );
+        let sink: Arc<dyn Sink> = routing_producer.clone();
         // Handlers see this token; it fires only once the drain deadline has passed.
         let handler_shutdown = CancellationToken::new();
         let routing = Routing {
@@ -296,6 +297,14 @@ impl<H: Handler> Worker<H> {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "the delay relay's task failed");
             }
+        }
+        // Closed before the worker returns (its close flushes and joins its polling thread, off
+        // the async thread): a producer outliving the worker would log its broker down when an
+        // embedded server stops next. Sends still running (of handlers abandoned at the drain
+        // deadline) keep it until they end.
+        let producer = routing_producer.close();
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(producer)).await {
+            tracing::warn!(error = %e, "closing the routing producer failed");
         }
         Ok(stats)
     }
@@ -554,11 +563,23 @@ impl<H: Handler> Worker<H> {
         });
         // Held-record timers and read-backs end here; they hold the routing producer.
         worker_stopped.cancel();
+        // Read-backs and reads of the tiers' log ends hold clients of their own: gone before
+        // the worker returns, unless one is stuck on a broker that does not answer.
+        let left = shared.helpers.wait(HELPERS_WAIT).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "helper tasks still wait on the broker at stop; their clients close when they end"
+            );
+        }
         let stats = WorkerStats::of(shared.counters());
         tracing::info!(?stats, "worker stopped");
         stats
     }
 }
+
+/// How long a stopping worker waits for its helper tasks (see `shared::helpers`).
+const HELPERS_WAIT: Duration = Duration::from_secs(5);
 
 /// The metric handles and health of a worker, and its endpoint while it is served.
 struct Observed {
