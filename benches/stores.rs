@@ -425,8 +425,7 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
     forget_keys(prefix).await?;
 
     println!("\n### (a) Redis dedup + key lock + stale drop, {count} JSON messages, 4 partitions, {keys} keys, concurrency 256\n");
-    println!("| worker | elapsed s | msg/s | first record after s | msg/s from the first record |");
-    println!("|---|---:|---:|---:|---:|");
+    print_header("worker");
     for (name, run) in [
         ("no policies (no-op handler)", plain),
         ("Redis dedup + lock + stale drop, separate calls", separate),
@@ -441,10 +440,7 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
     ] {
         print_row(name, &run);
     }
-    for (what, rate) in [
-        ("whole run", Run::rate as fn(&Run) -> f64),
-        ("from the first record", Run::steady_rate),
-    ] {
+    for (what, rate) in MEASURES {
         println!(
             "\n{what}: combined / no-op: {:.2}; combined / separate: {:.2}; target 50,000 msg/s: {:.2} of it",
             rate(&combined) / rate(&plain),
@@ -459,6 +455,21 @@ async fn guards(env: &Env) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A measure of a run's rate: its name in the ratios' lines, and how it is taken.
+type Measure = (&'static str, fn(&Run) -> f64);
+
+/// The two measures of a run's rate.
+const MEASURES: [Measure; 2] = [
+    ("whole run", Run::rate),
+    ("from the first record", Run::steady_rate),
+];
+
+/// The header of a table of runs whose first column is `what`.
+fn print_header(what: &str) {
+    println!("| {what} | elapsed s | msg/s | first record after s | msg/s from the first record |");
+    println!("|---|---:|---:|---:|---:|");
 }
 
 /// One row of a table of runs: elapsed and rate over the whole run, and from the first
@@ -647,10 +658,7 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
     let (batch_begin, batch_writes, batch_commit) = per(&batch_stages, batch_count);
 
     println!("\n### (c) the ledger path: 2 workers, {count} messages, 4 partitions, {keys} keys\n");
-    println!(
-        "| workers | elapsed s | msg/s | first record after s | msg/s from the first record |"
-    );
-    println!("|---|---:|---:|---:|---:|");
+    print_header("workers");
     print_row("2 × no policies (no-op handler)", &plain);
     print_row(
         "2 × stale drop (Postgres) + lock (Redis) + a transaction per message, concurrency 32",
@@ -665,10 +673,7 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
     );
     // The workers' start (about a third of a second here) is most of the no-op row and a
     // fifth of the batch row, and nothing of the path's own rate: both measures are printed.
-    for (what, rate) in [
-        ("whole run", Run::rate as fn(&Run) -> f64),
-        ("from the first record", Run::steady_rate),
-    ] {
+    for (what, rate) in MEASURES {
         println!(
             "\n{what}: per record / no-op: {:.3}; batches / per record: {:.2} (target 10)",
             rate(&once) / rate(&plain),

@@ -77,27 +77,6 @@ fn worker(bootstrap: &str, topic: &str, group: &str) -> WorkerBuilder<Accept> {
         .handler(Accept)
 }
 
-/// A port bound but not listening, for as long as it lives: a connection to it is refused,
-/// and no server another test starts can take it meanwhile (a port merely found free can
-/// be taken before the test connects, and then answers).
-struct RefusingPort {
-    _socket: tokio::net::TcpSocket,
-    port: u16,
-}
-
-/// A fresh [`RefusingPort`].
-fn refusing_port() -> RefusingPort {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(([127, 0, 0, 1], 0).into())
-        .expect("bind a port");
-    let port = socket.local_addr().expect("address").port();
-    RefusingPort {
-        _socket: socket,
-        port,
-    }
-}
-
 /// A private `redis-server` that requires the password `s3cret`, stopped on drop.
 struct PasswordRedis {
     child: std::process::Child,
@@ -167,7 +146,7 @@ async fn refused_store_credentials_end_the_start_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unreachable_broker_is_named_in_the_error() {
-    let refusing = refusing_port();
+    let refusing = RefusingPort::new();
     let brokers = format!("127.0.0.1:{}", refusing.port);
     let w = worker(&brokers, "orders", "billing")
         .build()
@@ -186,7 +165,7 @@ async fn an_unreachable_broker_is_named_in_the_error() {
 async fn a_shutdown_while_a_store_is_unreachable_at_start_is_a_clean_stop() {
     let s = server().await;
     let (topic, group) = topic_and_group(&s.bootstrap, "startstop", 1).await;
-    let refusing = refusing_port();
+    let refusing = RefusingPort::new();
     let w = worker(&s.bootstrap, &topic, &group)
         .dedup(format!("redis://127.0.0.1:{}", refusing.port))
         .build()

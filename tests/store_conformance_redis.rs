@@ -3,7 +3,8 @@
 //! across a restart without persistence, calls that fail fast while Redis is down and work
 //! again by themselves, and the shared rate limit.
 
-use std::net::TcpListener;
+use crate::support;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,9 +77,9 @@ async fn a_bad_url_is_reported_without_its_password() {
 
 #[tokio::test]
 async fn connecting_to_a_redis_that_is_down_fails_fast_as_unavailable() {
-    let port = free_port();
+    let refusing = support::RefusingPort::new();
     let started = Instant::now();
-    let err = RedisStores::connect(&format!("redis://127.0.0.1:{port}"), "p")
+    let err = RedisStores::connect(&format!("redis://127.0.0.1:{}", refusing.port), "p")
         .await
         .expect_err("nothing listens there");
     assert!(err.is_unavailable(), "{err:?}");
@@ -87,15 +88,6 @@ async fn connecting_to_a_redis_that_is_down_fails_fast_as_unavailable() {
         "took {:?}",
         started.elapsed()
     );
-}
-
-/// A port nobody listens on (right now).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local address")
-        .port()
 }
 
 /// A `redis-server` child without persistence, killed (SIGKILL) when dropped.
@@ -187,7 +179,7 @@ async fn assert_unavailable<T: std::fmt::Debug>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_keep_growing_across_a_redis_restart() {
-    let mut server = RedisServer::start(free_port());
+    let mut server = RedisServer::start(support::free_port());
     server.wait_ready().await;
     let stores = stores_at(&server.url(), &fresh_prefix()).await;
     let lock = stores.lock_store();
@@ -306,7 +298,7 @@ async fn rate_limiter_never_exceeds_rate_plus_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_without_persistence_is_told_apart_from_one_with_snapshots() {
-    let server = RedisServer::start(free_port());
+    let server = RedisServer::start(support::free_port());
     server.wait_ready().await;
     let stores = stores_at(&server.url(), &fresh_prefix()).await;
     let none = stores.persistence().await.expect("CONFIG GET");

@@ -491,6 +491,29 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port bound but not listening, for as long as it lives: a connection to it is refused,
+/// and no server another test starts can take it meanwhile (a port merely found free, as
+/// [`free_port`] gives, can be taken before the test connects, and then answers).
+pub struct RefusingPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl RefusingPort {
+    /// A fresh loopback port that refuses connections.
+    pub fn new() -> RefusingPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(([127, 0, 0, 1], 0).into())
+            .expect("bind a port");
+        let port = socket.local_addr().expect("address").port();
+        RefusingPort {
+            _socket: socket,
+            port,
+        }
+    }
+}
+
 /// A private `redis-server` without persistence: killed, it comes back empty.
 pub struct PrivateRedis {
     port: u16,
