@@ -671,8 +671,8 @@ async fn ledger(env: &Env) -> anyhow::Result<()> {
         ),
         &batched,
     );
-    // The workers' start (about a third of a second here) is most of the no-op row and a
-    // fifth of the batch row, and nothing of the path's own rate: both measures are printed.
+    // The workers' start (0.17-0.43 s here) is most of the no-op row and a sixth to a third
+    // of the batch row, and nothing of the path's own rate: both measures are printed.
     for (what, rate) in MEASURES {
         println!(
             "\n{what}: per record / no-op: {:.3}; batches / per record: {:.2} (target 10)",

@@ -167,15 +167,14 @@ pub(crate) fn refresh_tier_lag(
     if tiers.is_empty() {
         return;
     }
-    let (shared, reader) = (shared.clone(), reader.clone());
-    let helpers = shared.clone();
-    let task = shared.runtime.clone().spawn_blocking(move || {
+    let (state, reader) = (shared.clone(), reader.clone());
+    let task = shared.runtime.spawn_blocking(move || {
         use rdkafka::consumer::Consumer as _;
         for ((topic, partition), watermark) in tiers {
             match reader.fetch_watermarks(&topic, partition, Duration::from_secs(5)) {
                 Ok((low, high)) => {
                     let from = watermark.unwrap_or(low).max(low);
-                    shared.meters.lag(&topic, partition, (high - from).max(0));
+                    state.meters.lag(&topic, partition, (high - from).max(0));
                 }
                 Err(e) => {
                     tracing::debug!(%topic, partition, error = %e, "reading a retry tier's log end failed");
@@ -183,7 +182,7 @@ pub(crate) fn refresh_tier_lag(
             }
         }
     });
-    helpers.helpers.track(task);
+    shared.helpers.track(task);
 }
 
 /// Takes consumer lag per assigned partition and broker state from a statistics report
