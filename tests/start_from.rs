@@ -1,14 +1,15 @@
 //! `start_from` a time: a new group starts each partition at the first record at or after the
 //! time (through the server's time index), and once it committed, its committed offsets win
 //! over the time. Records carry explicit timestamps a second apart; the time falls between
-//! two of them, drawn from a seed (printed; `START_SEED=S` replays one).
+//! two of them, drawn from a seed (printed; `START_SEED=S` replays one). `start_from` latest:
+//! a new group skips what was there before it, and then goes on from its commits.
 
 use crate::support;
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
@@ -174,6 +175,93 @@ async fn a_new_group_starts_at_the_time_and_then_at_its_commits() {
     assert_eq!(
         got, want,
         "a group with commits goes on from them, seed {seed}"
+    );
+
+    server.shutdown().await;
+}
+
+/// `count` records over the keys `k0`..`k29`, ids `{prefix}{i}`, stamped now.
+fn batch_of(prefix: &str, count: i64) -> Vec<(Update, i64)> {
+    (0..count)
+        .map(|i| {
+            let u = update(&format!("k{}", i % 30), i, &format!("{prefix}{i}"));
+            (u, wall_ms())
+        })
+        .collect()
+}
+
+fn ids_of(records: &[(Update, i64)]) -> BTreeSet<String> {
+    records.iter().map(|(u, _)| u.id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_group_from_latest_skips_the_backlog_and_then_goes_on_from_its_commits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = steadfast_testkit::start_server(dir.path()).await;
+    let bootstrap = server.bootstrap_servers();
+    let (topic, group) = topic_and_group(&bootstrap, "latest", PARTITIONS).await;
+    let backlog = batch_of("old", 90);
+    produce_at(&bootstrap, &topic, &backlog).await;
+
+    let ids = Ids::default();
+    let running = spawn(
+        Worker::builder()
+            .brokers(&bootstrap)
+            .topic(&topic)
+            .group(&group)
+            .commit_interval(Duration::from_millis(100))
+            .start_from(StartFrom::Latest)
+            .handler(ids.clone()),
+    );
+    // The partitions start at their end once assigned: markers (one per key, every partition
+    // gets some) are produced until one of each key was handled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for round in 0.. {
+        produce_at(&bootstrap, &topic, &batch_of(&format!("m{round}-"), 30)).await;
+        let keys: BTreeSet<String> = ids
+            .0
+            .lock()
+            .iter()
+            .filter_map(|id| id.strip_prefix('m'))
+            .filter_map(|id| id.split_once('-').map(|(_, i)| i.to_owned()))
+            .collect();
+        if keys.len() == 30 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no marker of {} keys handled in 60 s",
+            30 - keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = batch_of("new", 60);
+    produce_at(&bootstrap, &topic, &fresh).await;
+    let want = ids_of(&fresh);
+    eventually(Duration::from_secs(30), "every new record handled", || {
+        let handled: BTreeSet<String> = ids.0.lock().iter().cloned().collect();
+        handled.is_superset(&want)
+    })
+    .await;
+    let stats = running.stop().await;
+    println!("first run: {stats:?}");
+    let handled = ids.0.lock().clone();
+    let old: Vec<&String> = handled.iter().filter(|id| id.starts_with("old")).collect();
+    assert!(
+        old.is_empty(),
+        "a new group from latest handled the backlog: {old:?}"
+    );
+
+    // Produced while no worker ran: a group with commits goes on from them, not from the end.
+    let gap = batch_of("gap", 45);
+    produce_at(&bootstrap, &topic, &gap).await;
+    let (handled, stats) = handle(&bootstrap, &topic, &group, StartFrom::Latest, gap.len()).await;
+    println!("second run: {stats:?}");
+    let got: BTreeSet<String> = handled.into_iter().collect();
+    assert_eq!(
+        got,
+        ids_of(&gap),
+        "the second run handles exactly what came while it was stopped"
     );
 
     server.shutdown().await;

@@ -7,4 +7,4 @@ mod topics;
 
 pub(crate) use self::producer::{owned_headers, KafkaSink};
 pub(crate) use self::records::{envelope_of, headers_of, TopicNames};
-pub(crate) use self::topics::ensure_topics;
+pub(crate) use self::topics::{connect_quickly, ensure_topics, ensure_topics_closing, Ensured};

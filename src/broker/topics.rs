@@ -8,10 +8,24 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use tokio::task::JoinHandle;
 
 use crate::error::WorkerError;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Lowers `reconnect.backoff.ms` (unless set) for a short-lived client that makes a few
+/// requests in a row. After its first answer a client leaves its bootstrap connection for
+/// one to the broker the answer names, and librdkafka holds a new connection back for half
+/// of `reconnect.backoff.ms`: 50 ms by default, spent by such a client's second request on
+/// every worker start. Backoffs after failures still double up to `reconnect.backoff.max.ms`.
+pub(crate) fn connect_quickly(config: &mut ClientConfig) {
+    if config.get("reconnect.backoff.ms").is_none()
+        && config.get("reconnect.backoff.max.ms").is_none()
+    {
+        config.set("reconnect.backoff.ms", "20");
+    }
+}
 
 /// Partition count of `topic`, if it exists. Blocking: call from a blocking thread.
 fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<Option<i32>, WorkerError> {
@@ -27,13 +41,49 @@ fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<Option<i32>, 
 }
 
 /// Makes sure `source` exists and creates `derived` topics that are missing with the same
-/// partition count. Returns the source's partition count.
+/// partition count. Returns the source's partition count once every client it made is
+/// closed.
 pub(crate) async fn ensure_topics(
     config: &ClientConfig,
     source: &str,
     derived: &[String],
 ) -> Result<i32, WorkerError> {
-    let metadata_config = config.clone();
+    let ensured = ensure_topics_closing(config, source, derived).await?;
+    Ok(ensured.closed().await)
+}
+
+/// What [`ensure_topics_closing`] found: the source's partition count, and the closing of
+/// the client that created missing topics, still under way.
+#[derive(Debug)]
+pub(crate) struct Ensured {
+    /// The source topic's partition count.
+    pub(crate) partitions: i32,
+    /// Closes the admin client on a blocking thread (none when nothing was created).
+    pub(crate) closing: Option<JoinHandle<()>>,
+}
+
+impl Ensured {
+    /// Waits until the admin client is closed; the source's partition count.
+    pub(crate) async fn closed(self) -> i32 {
+        if let Some(task) = self.closing {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "closing the admin client failed");
+            }
+        }
+        self.partitions
+    }
+}
+
+/// As [`ensure_topics`], but returns before the admin client that created missing topics is
+/// closed: its close joins a polling thread that wakes every 100 ms, which would hold up the
+/// caller that long. The caller waits for [`Ensured::closing`] before it returns.
+pub(crate) async fn ensure_topics_closing(
+    config: &ClientConfig,
+    source: &str,
+    derived: &[String],
+) -> Result<Ensured, WorkerError> {
+    let mut metadata_config = config.clone();
+    connect_quickly(&mut metadata_config);
     let names: Vec<String> = std::iter::once(source.to_owned())
         .chain(derived.iter().cloned())
         .collect();
@@ -56,7 +106,10 @@ pub(crate) async fn ensure_topics(
         .map(|(t, _)| t)
         .collect();
     if missing.is_empty() {
-        return Ok(partitions);
+        return Ok(Ensured {
+            partitions,
+            closing: None,
+        });
     }
     let admin: AdminClient<DefaultClientContext> = config
         .create()
@@ -69,19 +122,20 @@ pub(crate) async fn ensure_topics(
         .create_topics(&new, &AdminOptions::new().operation_timeout(Some(TIMEOUT)))
         .await
         .map_err(|e| WorkerError::kafka("creating topics", e))?;
-    // Its drop joins a polling thread that wakes every 100 ms: off the async thread, and
-    // waited for, so that the client is gone before the worker goes on.
-    if let Err(e) = tokio::task::spawn_blocking(move || drop(admin)).await {
-        tracing::warn!(error = %e, "closing the admin client failed");
-    }
+    // Its drop joins a polling thread that wakes every 100 ms: off the async thread.
+    let ensured = Ensured {
+        partitions,
+        closing: Some(tokio::task::spawn_blocking(move || drop(admin))),
+    };
     for result in results {
         match result {
             Ok(topic) => tracing::info!(%topic, partitions, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(WorkerError::broker(format!("creating {topic}: {code}")))
+                ensured.closed().await;
+                return Err(WorkerError::broker(format!("creating {topic}: {code}")));
             }
         }
     }
-    Ok(partitions)
+    Ok(ensured)
 }

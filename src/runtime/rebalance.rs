@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -31,6 +32,20 @@ pub(crate) struct WorkerContext {
     /// `start_from` a time: the source topic, and the time in ms since the epoch. Its
     /// partitions without a committed offset start at the first record at or after it.
     pub(crate) start_at: Option<(String, i64)>,
+    /// Where an assigned partition the group never committed starts (from
+    /// `auto.offset.reset`; none where it names no position): set on the assignment itself.
+    pub(crate) never_committed: Option<Offset>,
+    /// The committed offsets read before an assignment, for the callback after it.
+    pub(crate) committed: Mutex<Option<TopicPartitionList>>,
+}
+
+/// The position `auto.offset.reset`'s value names (librdkafka's spellings), if any.
+pub(crate) fn never_committed_start(reset: &str) -> Option<Offset> {
+    match reset {
+        "earliest" | "smallest" | "beginning" => Some(Offset::Beginning),
+        "latest" | "largest" | "end" => Some(Offset::End),
+        _ => None,
+    }
 }
 
 impl ClientContext for WorkerContext {
@@ -118,10 +133,7 @@ impl WorkerContext {
     /// state, and resumes them (those that must stay paused are paused again).
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         self.shared.meters.rebalance("assign");
-        let committed = consumer
-            .committed_offsets(tpl.clone(), Duration::from_secs(10))
-            .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed; nothing above them is skipped"))
-            .ok();
+        let committed = self.committed.lock().take();
         if let Some((topic, at)) = &self.start_at {
             start_at_time(consumer, tpl, committed.as_ref(), topic, *at);
         }
@@ -342,12 +354,42 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
+impl WorkerContext {
+    /// Reads the committed offsets of the partitions about to be assigned (kept for
+    /// [`Self::assign`]) and sets those the group never committed to start where
+    /// `auto.offset.reset` says: left unset, librdkafka finds no commit, then waits 100 ms
+    /// before it looks the position up, on every fresh partition of every assignment. The
+    /// partitions `start_from`'s time applies to are left to it.
+    fn prepare_assignment(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let committed = consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed; nothing above them is skipped"))
+            .ok();
+        if let (Some(committed), Some(start)) = (&committed, self.never_committed) {
+            for e in committed.elements() {
+                let timed = self.start_at.as_ref().is_some_and(|(t, _)| t == e.topic());
+                if e.offset() != Offset::Invalid || timed {
+                    continue;
+                }
+                if let Some(mut assigned) = tpl.find_partition(e.topic(), e.partition()) {
+                    if let Err(err) = assigned.set_offset(start) {
+                        tracing::warn!(topic = e.topic(), partition = e.partition(), error = %err, "cannot set where a partition without a commit starts; librdkafka looks it up");
+                    }
+                }
+            }
+        }
+        *self.committed.lock() = committed;
+    }
+}
+
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
+        match rebalance {
             // Returns once the revoked partitions drained and committed: the rebalance must
             // not go on before (see `Shared::drain_revoked`).
-            blocking(|| self.revoke(consumer, tpl));
+            Rebalance::Revoke(tpl) => blocking(|| self.revoke(consumer, tpl)),
+            Rebalance::Assign(tpl) => blocking(|| self.prepare_assignment(consumer, tpl)),
+            Rebalance::Error(_) => {}
         }
     }
 
@@ -355,5 +397,26 @@ impl ConsumerContext for WorkerContext {
         if let Rebalance::Assign(tpl) = rebalance {
             blocking(|| self.assign(consumer, tpl));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_never_committed_starts_where_the_reset_policy_names() {
+        for reset in ["earliest", "smallest", "beginning"] {
+            assert_eq!(
+                never_committed_start(reset),
+                Some(Offset::Beginning),
+                "{reset}"
+            );
+        }
+        for reset in ["latest", "largest", "end"] {
+            assert_eq!(never_committed_start(reset), Some(Offset::End), "{reset}");
+        }
+        // `error` (and anything else) names no position: librdkafka's own reset applies.
+        assert_eq!(never_committed_start("error"), None);
     }
 }

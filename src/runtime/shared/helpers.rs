@@ -1,5 +1,6 @@
 //! The worker's blocking helper tasks that hold librdkafka clients of their own (read-backs
-//! of retry state, reads of the tiers' log ends): the worker waits for them before it
+//! of retry state, reads of the tiers' log ends, the close of the admin client that created
+//! missing topics at the start): the worker waits for them before it
 //! returns, so that no client of it outlives its stop (a client whose broker goes away
 //! after the worker returned — an embedded server shut down next, say — logs its broker
 //! connections down).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rdkafka::config::ClientConfig;
 
 use super::Topology;
-use crate::broker::ensure_topics;
+use crate::broker::{ensure_topics_closing, Ensured};
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 use crate::policy::{self, RetryTiers, TierNames};
@@ -75,8 +75,9 @@ impl RoutingTopics {
     }
 
     /// Makes sure the source topic exists and creates the derived topics that are missing,
-    /// with its partition count (returned), through a client of `config`.
-    pub(crate) async fn ensure(&self, config: &ClientConfig) -> Result<i32, WorkerError> {
-        ensure_topics(config, &self.source, &self.derived()).await
+    /// with its partition count, through a client of `config` (closing as it returns: see
+    /// [`Ensured`]).
+    pub(crate) async fn ensure(&self, config: &ClientConfig) -> Result<Ensured, WorkerError> {
+        ensure_topics_closing(config, &self.source, &self.derived()).await
     }
 }

@@ -9,6 +9,7 @@ mod signals;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -20,12 +21,12 @@ use super::dispatch::{Dispatcher, Limits};
 use super::endpoint::{bind, serve, ProbeSet, WorkerProbe};
 use super::guards::Guards;
 use super::handlers::{run_set, Section};
-use super::rebalance::WorkerContext;
+use super::rebalance::{never_committed_start, WorkerContext};
 use super::recovery::RecoveryPlan;
 use super::shared::{Parts, Shared};
 use super::stats::WorkerStats;
 use super::tiers::{self, RoutingTopics};
-use crate::broker::KafkaSink;
+use crate::broker::{connect_quickly, Ensured, KafkaSink};
 use crate::config::{KafkaClient, Ordering, WorkerConfig};
 use crate::error::WorkerError;
 use crate::handler::Handler;
@@ -138,13 +139,18 @@ impl<H: Handler> Worker<H> {
     }
 
     /// The settings of one of the worker's clients: only the `[kafka]` properties that kind
-    /// of client takes (librdkafka warns about the others), and the brokers.
+    /// of client takes (librdkafka warns about the others), and the brokers; a helper also
+    /// connects to the broker its first answer names without librdkafka's 50 ms hold-back
+    /// (see [`connect_quickly`]).
     pub(crate) fn client(&self, client: KafkaClient) -> ClientConfig {
         let mut c = ClientConfig::new();
         for (k, v) in self.config.kafka_properties(client) {
             c.set(k, v);
         }
         c.set("bootstrap.servers", &self.config.brokers);
+        if matches!(client, KafkaClient::Helper) {
+            connect_quickly(&mut c);
+        }
         c
     }
 
@@ -208,15 +214,20 @@ impl<H: Handler> Worker<H> {
         let retry_tiers = self.config.retry_tiers();
         let topics = RoutingTopics::of(&self.config, &topic, &group, &retry_tiers);
         let observed = self.observe(&topic, &group, probes)?;
-        let Some((partitions, guards)) = self
+        let Some((ensured, guards)) = self
             .connect(&topics, &group, &shutdown, &observed.health)
             .await?
         else {
             return Ok(WorkerStats::default());
         };
-        let routing_producer = Arc::new(
-            KafkaSink::new(self.client(KafkaClient::Producer)).map_err(|e| self.broker_error(e))?,
-        );
+        let partitions = ensured.partitions;
+        let routing_producer = match KafkaSink::new(self.client(KafkaClient::Producer)) {
+            Ok(producer) => Arc::new(producer),
+            Err(e) => {
+                ensured.closed().await;
+                return Err(self.broker_error(e));
+            }
+        };
         let sink: Arc<dyn Sink> = routing_producer.clone();
         // Handlers see this token; it fires only once the drain deadline has passed.
         let handler_shutdown = CancellationToken::new();
@@ -238,9 +249,16 @@ impl<H: Handler> Worker<H> {
             &observed.meters,
             crate::producer::Producer::new(&self.config),
         );
-        let relay = self
+        let relay = match self
             .start_relay(&topic, &topics.dead_letter, &shutdown)
-            .await?;
+            .await
+        {
+            Ok(relay) => relay,
+            Err(e) => {
+                ensured.closed().await;
+                return Err(e);
+            }
+        };
         // Stops the relay on every way out, an error return included.
         let _stop_relay = relay.as_ref().map(|(stop, _)| stop.clone().drop_guard());
         let limits = self.limits();
@@ -256,6 +274,10 @@ impl<H: Handler> Worker<H> {
         };
         let dispatcher = Dispatcher::with_topology(limits, topics.topology());
         let shared = Arc::new(Shared::new(dispatcher, parts));
+        // The admin client that created missing topics closes meanwhile; waited for at the stop.
+        if let Some(closing) = ensured.closing {
+            shared.helpers.track(closing);
+        }
         let _ = observed.started.set(shared.clone());
         let split = queues::split_count(topics.subscription().len(), partitions);
         let consumer = Arc::new(self.subscribe(&topics, &group, limits, split, &shared)?);
@@ -393,22 +415,26 @@ impl<H: Handler> Worker<H> {
         group: &str,
         shutdown: &CancellationToken,
         health: &Arc<Health>,
-    ) -> Result<Option<(i32, Guards)>, WorkerError> {
-        let partitions = match topics.ensure(&self.client(KafkaClient::Helper)).await {
-            Ok(partitions) => partitions,
+    ) -> Result<Option<(Ensured, Guards)>, WorkerError> {
+        let ensured = match topics.ensure(&self.client(KafkaClient::Helper)).await {
+            Ok(ensured) => ensured,
             Err(_) if shutdown.is_cancelled() => return Ok(None),
             Err(e @ WorkerError::Broker { .. }) => return Err(e.at_brokers(&self.config.brokers)),
             Err(e) => return Err(e),
         };
         match Guards::connect(&self.config, &self.stores, group, shutdown, health).await {
-            Ok(guards) => Ok(Some((partitions, guards))),
+            Ok(guards) => Ok(Some((ensured, guards))),
             // A shutdown while a store is still unreachable at start: nothing ran, nothing to
             // commit.
             Err(WorkerError::Store(e)) if e.is_unavailable() && shutdown.is_cancelled() => {
                 tracing::info!(error = %e, "shut down while waiting for a store at start");
+                ensured.closed().await;
                 Ok(None)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                ensured.closed().await;
+                Err(e)
+            }
         }
     }
 
@@ -448,6 +474,7 @@ impl<H: Handler> Worker<H> {
         split: usize,
         shared: &Arc<Shared>,
     ) -> Result<WorkerConsumer, WorkerError> {
+        let consumer_config = self.consumer_config(group, limits, split);
         let context = WorkerContext {
             shared: shared.clone(),
             drain_timeout: Duration::from_millis(self.config.drain_timeout_ms),
@@ -461,9 +488,12 @@ impl<H: Handler> Worker<H> {
                 Some(crate::config::StartFrom::Time(ms)) => Some((topics.source.clone(), ms)),
                 _ => None,
             },
+            never_committed: consumer_config
+                .get("auto.offset.reset")
+                .and_then(never_committed_start),
+            committed: Mutex::new(None),
         };
-        let consumer: WorkerConsumer = self
-            .consumer_config(group, limits, split)
+        let consumer: WorkerConsumer = consumer_config
             .create_with_context(context)
             .map_err(|e| self.broker_error(e))?;
         consumer
