@@ -21,6 +21,10 @@
 //! `--example ledger` builds the example as a test harness instead): run
 //! `cargo build --example ledger` first. `LEDGER_E2E_SEED` changes the plan's seed,
 //! `LEDGER_E2E_LOGS=<dir>` keeps the workers' logs, `RUST_LOG` sets their filter.
+//!
+//! A smaller test starts the group from latest and SIGKILLs a worker that committed nothing
+//! once it routed a transaction to a retry tier: the next worker applies it (a tier's
+//! partitions start at their first record whatever the source starts from).
 
 use crate::support;
 
@@ -220,6 +224,8 @@ struct Fleet {
     logs: PathBuf,
     procs: Vec<Proc>,
     kills: Vec<SystemTime>,
+    /// Environment variables of every worker (`STEADFAST_*` settings).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Fleet {
@@ -236,6 +242,7 @@ impl Fleet {
             // A killed worker's partitions move on after 6 s instead of librdkafka's 45 s.
             .env("STEADFAST_KAFKA_SESSION_TIMEOUT_MS", "6000")
             .env("STEADFAST_KAFKA_HEARTBEAT_INTERVAL_MS", "1000")
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -773,6 +780,7 @@ async fn run(scenario: Scenario) {
         logs,
         procs: Vec::new(),
         kills: Vec::new(),
+        env: Vec::new(),
     };
     let started = Instant::now();
     let deadline = started + DEADLINE;
@@ -1005,4 +1013,135 @@ async fn run(scenario: Scenario) {
     if scenario.locks == Locks::Redis {
         delete_redis_keys(&format!("ledger:{schema}")).await;
     }
+}
+
+/// Rows of `effects` for `txn`.
+async fn applied(db: &tokio_postgres::Client, schema: &str, txn: &str) -> i64 {
+    db.query_one(
+        &format!("SELECT count(*) FROM {schema}.effects WHERE txn = $1"),
+        &[&txn],
+    )
+    .await
+    .expect("effects of a txn")
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ledger_from_latest_applies_a_tier_record_routed_before_any_commit_after_a_kill() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let binary = example_binary("ledger");
+    let db = postgres().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = steadfast_testkit::start_server(&dir.path().join("data")).await;
+    let bootstrap = server.bootstrap_servers();
+    let topic = steadfast_testkit::unique_topic("ledger_latest");
+    let group = format!("{topic}-group");
+    let tier = format!("{topic}.{group}.retry.1");
+    let schema = format!("ledger_latest_{}", uuid::Uuid::new_v4().simple());
+    create_topic(&bootstrap, &topic, 1).await;
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    let args = [
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--postgres",
+        POSTGRES,
+        "--schema",
+        &schema,
+        "--redis",
+        REDIS,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut fleet = Fleet {
+        tag: "latest",
+        binary,
+        args,
+        logs,
+        procs: Vec::new(),
+        kills: Vec::new(),
+        // Nothing is committed before the kill: the first commit would be an hour in.
+        env: vec![
+            ("STEADFAST_START_FROM", "latest".to_owned()),
+            ("STEADFAST_COMMIT_INTERVAL_MS", "3600000".to_owned()),
+        ],
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let txn = |txn: &str, version: i64, fail: Option<u32>| {
+        let t = Txn {
+            txn: txn.to_owned(),
+            account: if fail.is_some() { "a1" } else { "marker" }.to_owned(),
+            amount: 1,
+            version,
+            fail,
+            poison: None,
+        };
+        vec![(
+            t.account.as_bytes().to_vec(),
+            serde_json::to_vec(&t).expect("encodes"),
+        )]
+    };
+
+    // Markers until one is applied: the worker reads from the log's end on.
+    fleet.spawn();
+    let table = format!("{schema}.effects");
+    for n in 1.. {
+        fleet.assert_none_exited();
+        produce_to(&bootstrap, &topic, &txn(&format!("m{n}"), n, None), None).await;
+        let exists: bool = db
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .expect("to_regclass")
+            .get(0);
+        if exists && progress(&db, &schema).await.1 > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no marker applied in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Fails its three attempts in place and its first in a tier: routed to tier 1 (due a
+    // second later), where the worker is killed.
+    produce_to(&bootstrap, &topic, &txn("tiered", 1, Some(4)), None).await;
+    loop {
+        fleet.assert_none_exited();
+        if log_end(&bootstrap, &tier) == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing routed to {tier} in time"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pid = fleet.live()[0];
+    fleet.kill(pid);
+    let (committed, _) = committed(&bootstrap, &group, &tier);
+    assert_eq!(committed, None, "nothing of the tier was committed");
+    assert_eq!(applied(&db, &schema, "tiered").await, 0);
+
+    // The next worker, from latest too, starts the tier at its first record.
+    fleet.spawn();
+    loop {
+        fleet.assert_none_exited();
+        if applied(&db, &schema, "tiered").await > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tier's transaction was not applied after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.terminate_all(Duration::from_secs(60)).await;
+    assert_eq!(applied(&db, &schema, "tiered").await, 1, "applied once");
+    delete_redis_keys(&format!("ledger:{schema}")).await;
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("drop schema");
+    server.shutdown().await;
 }

@@ -2,7 +2,9 @@
 //! time (through the server's time index), and once it committed, its committed offsets win
 //! over the time. Records carry explicit timestamps a second apart; the time falls between
 //! two of them, drawn from a seed (printed; `START_SEED=S` replays one). `start_from` latest:
-//! a new group skips what was there before it, and then goes on from its commits.
+//! a new group skips what was there before it, and then goes on from its commits (its retry
+//! tiers start at their first record all the same: `ledger_end_to_end`, which can kill a
+//! worker before it committed anything).
 
 use crate::support;
 
@@ -194,6 +196,31 @@ fn ids_of(records: &[(Update, i64)]) -> BTreeSet<String> {
     records.iter().map(|(u, _)| u.id.clone()).collect()
 }
 
+/// Returns once a worker started from latest handles what is produced: markers (one per key
+/// of 30, so every partition gets some) are produced until one of each key was handled.
+async fn positioned(bootstrap: &str, topic: &str, ids: &Ids) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for round in 0.. {
+        produce_at(bootstrap, topic, &batch_of(&format!("m{round}-"), 30)).await;
+        let keys: BTreeSet<String> = ids
+            .0
+            .lock()
+            .iter()
+            .filter_map(|id| id.strip_prefix('m'))
+            .filter_map(|id| id.split_once('-').map(|(_, i)| i.to_owned()))
+            .collect();
+        if keys.len() == 30 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no marker of {} keys handled in 60 s",
+            30 - keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_group_from_latest_skips_the_backlog_and_then_goes_on_from_its_commits() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -213,28 +240,7 @@ async fn a_new_group_from_latest_skips_the_backlog_and_then_goes_on_from_its_com
             .start_from(StartFrom::Latest)
             .handler(ids.clone()),
     );
-    // The partitions start at their end once assigned: markers (one per key, every partition
-    // gets some) are produced until one of each key was handled.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for round in 0.. {
-        produce_at(&bootstrap, &topic, &batch_of(&format!("m{round}-"), 30)).await;
-        let keys: BTreeSet<String> = ids
-            .0
-            .lock()
-            .iter()
-            .filter_map(|id| id.strip_prefix('m'))
-            .filter_map(|id| id.split_once('-').map(|(_, i)| i.to_owned()))
-            .collect();
-        if keys.len() == 30 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no marker of {} keys handled in 60 s",
-            30 - keys.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    positioned(&bootstrap, &topic, &ids).await;
     let fresh = batch_of("new", 60);
     produce_at(&bootstrap, &topic, &fresh).await;
     let want = ids_of(&fresh);

@@ -14,11 +14,12 @@ use crate::error::WorkerError;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Lowers `reconnect.backoff.ms` (unless set) for a short-lived client that makes a few
-/// requests in a row. After its first answer a client leaves its bootstrap connection for
-/// one to the broker the answer names, and librdkafka holds a new connection back for half
-/// of `reconnect.backoff.ms`: 50 ms by default, spent by such a client's second request on
-/// every worker start. Backoffs after failures still double up to `reconnect.backoff.max.ms`.
+/// Lowers `reconnect.backoff.ms` (unless set) for a helper client (topic metadata, a
+/// read-back, the tiers' log ends, a topic pattern's listing). After its first answer a
+/// client leaves its bootstrap connection for one to the broker the answer names, and
+/// librdkafka holds a new connection back for half of `reconnect.backoff.ms`: 50 ms by
+/// default, which a short-lived helper's second request spent on every worker start.
+/// Backoffs after failures still double up to `reconnect.backoff.max.ms`.
 pub(crate) fn connect_quickly(config: &mut ClientConfig) {
     if config.get("reconnect.backoff.ms").is_none()
         && config.get("reconnect.backoff.max.ms").is_none()

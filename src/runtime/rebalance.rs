@@ -356,25 +356,36 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
 
 impl WorkerContext {
     /// Reads the committed offsets of the partitions about to be assigned (kept for
-    /// [`Self::assign`]) and sets those the group never committed to start where
-    /// `auto.offset.reset` says: left unset, librdkafka finds no commit, then waits 100 ms
+    /// [`Self::assign`]) and sets where those the group never committed start: a retry tier's
+    /// at its first record, whatever `auto.offset.reset` says (its records are retries this
+    /// group owes, routed before any of them was committed), the others where
+    /// `auto.offset.reset` says. Left unset, librdkafka finds no commit, then waits 100 ms
     /// before it looks the position up, on every fresh partition of every assignment. The
-    /// partitions `start_from`'s time applies to are left to it.
+    /// partitions `start_from`'s time applies to are left to it. When the committed offsets
+    /// cannot be read, librdkafka reads them itself and resets as `auto.offset.reset` says.
     fn prepare_assignment(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let committed = consumer
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
             .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed; nothing above them is skipped"))
             .ok();
-        if let (Some(committed), Some(start)) = (&committed, self.never_committed) {
-            for e in committed.elements() {
-                let timed = self.start_at.as_ref().is_some_and(|(t, _)| t == e.topic());
-                if e.offset() != Offset::Invalid || timed {
-                    continue;
+        for e in committed.iter().flat_map(TopicPartitionList::elements) {
+            let timed = self.start_at.as_ref().is_some_and(|(t, _)| t == e.topic());
+            // A partition whose commit could not be read is not one without a commit:
+            // librdkafka holds it back itself.
+            if e.error().is_err() || e.offset() != Offset::Invalid || timed {
+                continue;
+            }
+            let start = if self.recovery.topology.tier_of(e.topic()) > 0 {
+                Offset::Beginning
+            } else {
+                match self.never_committed {
+                    Some(start) => start,
+                    None => continue,
                 }
-                if let Some(mut assigned) = tpl.find_partition(e.topic(), e.partition()) {
-                    if let Err(err) = assigned.set_offset(start) {
-                        tracing::warn!(topic = e.topic(), partition = e.partition(), error = %err, "cannot set where a partition without a commit starts; librdkafka looks it up");
-                    }
+            };
+            if let Some(mut assigned) = tpl.find_partition(e.topic(), e.partition()) {
+                if let Err(err) = assigned.set_offset(start) {
+                    tracing::warn!(topic = e.topic(), partition = e.partition(), error = %err, "cannot set where a partition without a commit starts; librdkafka looks it up");
                 }
             }
         }

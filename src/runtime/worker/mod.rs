@@ -280,7 +280,15 @@ impl<H: Handler> Worker<H> {
         }
         let _ = observed.started.set(shared.clone());
         let split = queues::split_count(topics.subscription().len(), partitions);
-        let consumer = Arc::new(self.subscribe(&topics, &group, limits, split, &shared)?);
+        let consumer = match self.subscribe(&topics, &group, limits, split, &shared) {
+            Ok(consumer) => Arc::new(consumer),
+            Err(e) => {
+                // Nothing ran: the clients made so far close before the error returns.
+                shared.helpers.wait(HELPERS_WAIT).await;
+                close_producer(&routing_producer).await;
+                return Err(e);
+            }
+        };
         // Before the first poll (see `queues`).
         let partition_queues = match split {
             0 => Vec::new(),
@@ -320,14 +328,10 @@ impl<H: Handler> Worker<H> {
                 tracing::error!(error = %e, "the delay relay's task failed");
             }
         }
-        // Closed before the worker returns (its close flushes and joins its polling thread, off
-        // the async thread): a producer outliving the worker would log its broker down when an
-        // embedded server stops next. Sends still running (of handlers abandoned at the drain
-        // deadline) keep it until they end.
-        let producer = routing_producer.close();
-        if let Err(e) = tokio::task::spawn_blocking(move || drop(producer)).await {
-            tracing::warn!(error = %e, "closing the routing producer failed");
-        }
+        // Closed before the worker returns: a producer outliving the worker would log its
+        // broker down when an embedded server stops next. Sends still running (of handlers
+        // abandoned at the drain deadline) keep it until they end.
+        close_producer(&routing_producer).await;
         Ok(stats)
     }
 
@@ -610,6 +614,15 @@ impl<H: Handler> Worker<H> {
 
 /// How long a stopping worker waits for its helper tasks (see `shared::helpers`).
 const HELPERS_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes the routing producer out of `sink` and drops it on a blocking thread (its close
+/// flushes and joins its polling thread), waiting until it is closed.
+async fn close_producer(sink: &KafkaSink) {
+    let producer = sink.close();
+    if let Err(e) = tokio::task::spawn_blocking(move || drop(producer)).await {
+        tracing::warn!(error = %e, "closing the routing producer failed");
+    }
+}
 
 /// The metric handles and health of a worker, and its endpoint while it is served.
 struct Observed {
