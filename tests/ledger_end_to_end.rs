@@ -358,6 +358,25 @@ impl Drop for Fleet {
     }
 }
 
+/// The ledger example's flags for `topic` and `group`, its tables in `schema` of the test
+/// database.
+pub(crate) fn ledger_args(bootstrap: &str, topic: &str, group: &str, schema: &str) -> Vec<String> {
+    [
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--postgres",
+        POSTGRES,
+        "--schema",
+        schema,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// The last 40 lines of a worker's log.
 fn log_tail(log: &Path) -> String {
     let lines: Vec<String> = File::open(log)
@@ -748,20 +767,7 @@ async fn run(scenario: Scenario) {
     let logs = std::env::var_os("LEDGER_E2E_LOGS")
         .map_or_else(|| dir.path().join("logs"), |d| PathBuf::from(d).join(tag));
     std::fs::create_dir_all(&logs).expect("logs dir");
-    let mut args: Vec<String> = [
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        &topic,
-        "--group",
-        &group,
-        "--postgres",
-        POSTGRES,
-        "--schema",
-        &schema,
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut args = ledger_args(&bootstrap, &topic, &group, &schema);
     if scenario.locks == Locks::Redis {
         args.extend(["--redis".to_owned(), REDIS.to_owned()]);
     }
@@ -1041,22 +1047,8 @@ async fn ledger_from_latest_applies_a_tier_record_routed_before_any_commit_after
     create_topic(&bootstrap, &topic, 1).await;
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).expect("logs dir");
-    let args = [
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        &topic,
-        "--group",
-        &group,
-        "--postgres",
-        POSTGRES,
-        "--schema",
-        &schema,
-        "--redis",
-        REDIS,
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut args = ledger_args(&bootstrap, &topic, &group, &schema);
+    args.extend(["--redis".to_owned(), REDIS.to_owned()]);
     let mut fleet = Fleet {
         tag: "latest",
         binary,

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use support::*;
 
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
-
 /// Starts a ledger worker that commits only at a revoke or shutdown (never on a timer), with
 /// its metrics on `metrics_port`.
 fn start_worker(args: &[String], log: &Path, metrics_port: u16) -> Child {
@@ -49,20 +47,7 @@ async fn a_worker_killed_after_its_dead_letter_copy_was_acknowledged_leaves_one_
         &[(b"a".to_vec(), serde_json::to_vec(&poison).expect("encodes"))],
     )
     .await;
-    let args: Vec<String> = [
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        &topic,
-        "--group",
-        &group,
-        "--postgres",
-        POSTGRES,
-        "--schema",
-        &schema,
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let args = crate::ledger_end_to_end::ledger_args(&bootstrap, &topic, &group, &schema);
     let dlq = format!("{topic}.dlq");
 
     let mut first = start_worker(&args, &dir.path().join("w1.log"), free_port());
