@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::store::StoreError;
 
 /// Requests of one operation at most.
-const MAX_REQUESTS: usize = 256;
+pub(crate) const MAX_REQUESTS: usize = 256;
 
 /// Operations in flight at once.
 const IN_FLIGHT: usize = 4;
