@@ -134,9 +134,6 @@ impl WorkerContext {
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         self.shared.meters.rebalance("assign");
         let committed = self.committed.lock().take();
-        if let Some((topic, at)) = &self.start_at {
-            start_at_time(consumer, tpl, committed.as_ref(), topic, *at);
-        }
         let restored = partitions_of(tpl)
             .into_iter()
             .map(|tp| {
@@ -197,9 +194,12 @@ impl WorkerContext {
     }
 }
 
-/// Moves the partitions of `topic` in `tpl` that the group has no committed offset for to the
-/// first record at or after `at` (ms since the epoch), found through the broker's time index
-/// (ListOffsets by timestamp), or to the log's end where there is none. When the committed
+/// Sets the partitions of `topic` in `tpl`, about to be assigned, that the group has no
+/// committed offset for to start at the first record at or after `at` (ms since the epoch),
+/// found through the broker's time index (ListOffsets by timestamp), or at the log's end
+/// where there is none. (A seek after the assignment raced librdkafka's own lookup of the
+/// committed offset, which could move the partition back to `auto.offset.reset`'s.) When the
+/// committed
 /// offsets could not be read, or the lookup fails three times, they start where
 /// `auto.offset.reset` says (`earliest`): records before the time are handled, none is
 /// skipped.
@@ -218,7 +218,7 @@ fn start_at_time(
     for (t, partition) in partitions_of(tpl) {
         let has_commit = committed
             .find_partition(&t, partition)
-            .is_some_and(|e| matches!(e.offset(), Offset::Offset(_)));
+            .is_some_and(|e| matches!(e.offset(), Offset::Offset(_)) || e.error().is_err());
         if &*t == topic && !has_commit {
             if let Err(e) = lookup.add_partition_offset(&t, partition, Offset::Offset(at)) {
                 tracing::warn!(topic, partition, error = %e, "cannot look up start_from's offset");
@@ -249,15 +249,18 @@ fn start_at_time(
             Offset::Offset(o) if o >= 0 => Offset::Offset(o),
             _ => Offset::End,
         };
-        match consumer.seek(e.topic(), e.partition(), offset, Duration::from_secs(10)) {
-            Ok(()) => tracing::info!(
+        let set = tpl
+            .find_partition(e.topic(), e.partition())
+            .map(|mut assigned| assigned.set_offset(offset));
+        match set {
+            Some(Ok(())) => tracing::info!(
                 topic = e.topic(),
                 partition = e.partition(),
                 ?offset,
                 "no committed offset: starting at start_from's time"
             ),
-            Err(err) => {
-                tracing::error!(topic = e.topic(), partition = e.partition(), error = %err, "seeking to start_from's offset failed: the partition starts where auto.offset.reset says")
+            _ => {
+                tracing::error!(topic = e.topic(), partition = e.partition(), "setting start_from's offset failed: the partition starts where auto.offset.reset says")
             }
         }
     }
@@ -368,6 +371,9 @@ impl WorkerContext {
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
             .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed; nothing above them is skipped"))
             .ok();
+        if let Some((topic, at)) = &self.start_at {
+            start_at_time(consumer, tpl, committed.as_ref(), topic, *at);
+        }
         for e in committed.iter().flat_map(TopicPartitionList::elements) {
             let timed = self.start_at.as_ref().is_some_and(|(t, _)| t == e.topic());
             // A partition whose commit could not be read is not one without a commit:
