@@ -39,6 +39,12 @@ pub(crate) struct WorkerContext {
     pub(crate) committed: Mutex<Option<TopicPartitionList>>,
 }
 
+/// Whether a partition's entry in the committed offsets says the group never committed it. One
+/// whose commit could not be read (an error on the entry) is not: librdkafka holds it back.
+fn never_committed(e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>) -> bool {
+    e.error().is_ok() && !matches!(e.offset(), Offset::Offset(_))
+}
+
 /// The position `auto.offset.reset`'s value names (librdkafka's spellings), if any.
 pub(crate) fn never_committed_start(reset: &str) -> Option<Offset> {
     match reset {
@@ -216,10 +222,10 @@ fn start_at_time(
     };
     let mut lookup = TopicPartitionList::new();
     for (t, partition) in partitions_of(tpl) {
-        let has_commit = committed
+        let uncommitted = committed
             .find_partition(&t, partition)
-            .is_some_and(|e| matches!(e.offset(), Offset::Offset(_)) || e.error().is_err());
-        if &*t == topic && !has_commit {
+            .is_none_or(|e| never_committed(&e));
+        if &*t == topic && uncommitted {
             if let Err(e) = lookup.add_partition_offset(&t, partition, Offset::Offset(at)) {
                 tracing::warn!(topic, partition, error = %e, "cannot look up start_from's offset");
             }
@@ -376,9 +382,7 @@ impl WorkerContext {
         }
         for e in committed.iter().flat_map(TopicPartitionList::elements) {
             let timed = self.start_at.as_ref().is_some_and(|(t, _)| t == e.topic());
-            // A partition whose commit could not be read is not one without a commit:
-            // librdkafka holds it back itself.
-            if e.error().is_err() || e.offset() != Offset::Invalid || timed {
+            if !never_committed(&e) || timed {
                 continue;
             }
             let start = if self.recovery.topology.tier_of(e.topic()) > 0 {
