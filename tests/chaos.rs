@@ -444,14 +444,28 @@ async fn run_seed(infra: &mut Infra, seed: u64, mock: bool) -> Result<String, Fa
     } else {
         2
     };
-    let origin = SystemTime::now();
-    let started = Instant::now();
-    let at = |t: Instant| t.duration_since(started).as_secs_f64();
     for g in 0..active {
         for _ in 0..plan.groups[g].initial_workers {
             fleet.spawn(g);
         }
     }
+    // A group from latest commits where it starts before anything is produced: everything
+    // produced after must then be handled, however early a worker is killed.
+    for g in (0..active).filter(|g| plan.groups[*g].from_latest) {
+        if let Err(story) = wait_for_start_commits(&bootstrap, &groups[g], &topic, &plan).await {
+            return Err(fail(
+                seed,
+                &plan,
+                &fleet,
+                &logs,
+                vec!["a group from latest commits where it starts".to_owned()],
+                story,
+            ));
+        }
+    }
+    let origin = SystemTime::now();
+    let started = Instant::now();
+    let at = |t: Instant| t.duration_since(started).as_secs_f64();
     let producer = tokio::spawn(produce(
         bootstrap.clone(),
         topic.clone(),
@@ -792,6 +806,39 @@ fn clear_mock_faults(cluster: &MockKafka) {
         RDKafkaApiKey::Produce,
     ] {
         cluster.clear_request_errors(api);
+    }
+}
+
+/// Waits (up to 60 s) until `group` has a committed offset on every partition of `topic`:
+/// a group from latest commits where it starts when it is first assigned.
+async fn wait_for_start_commits(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    plan: &Plan,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (b, g, t, n) = (
+            bootstrap.to_owned(),
+            group.to_owned(),
+            topic.to_owned(),
+            plan.partitions,
+        );
+        let committed = tokio::task::spawn_blocking(move || {
+            steadfast_testkit::committed_offsets(&b, &g, &t, n)
+        })
+        .await
+        .expect("committed offsets read");
+        if committed.iter().all(Option::is_some) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{group}, from latest, had not committed where it starts within 60 s: {committed:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

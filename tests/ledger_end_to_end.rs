@@ -1033,7 +1033,7 @@ async fn applied(db: &tokio_postgres::Client, schema: &str, txn: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ledger_from_latest_applies_a_tier_record_routed_before_any_commit_after_a_kill() {
+async fn ledger_from_latest_loses_nothing_to_a_kill_before_the_first_commit() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let binary = example_binary("ledger");
     let db = postgres().await;
@@ -1063,10 +1063,10 @@ async fn ledger_from_latest_applies_a_tier_record_routed_before_any_commit_after
         ],
     };
     let deadline = Instant::now() + Duration::from_secs(120);
-    let txn = |txn: &str, version: i64, fail: Option<u32>| {
+    let txn = |txn: &str, account: &str, version: i64, fail: Option<u32>| {
         let t = Txn {
             txn: txn.to_owned(),
-            account: if fail.is_some() { "a1" } else { "marker" }.to_owned(),
+            account: account.to_owned(),
             amount: 1,
             version,
             fail,
@@ -1083,7 +1083,13 @@ async fn ledger_from_latest_applies_a_tier_record_routed_before_any_commit_after
     let table = format!("{schema}.effects");
     for n in 1.. {
         fleet.assert_none_exited();
-        produce_to(&bootstrap, &topic, &txn(&format!("m{n}"), n, None), None).await;
+        produce_to(
+            &bootstrap,
+            &topic,
+            &txn(&format!("m{n}"), "marker", n, None),
+            None,
+        )
+        .await;
         let exists: bool = db
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
             .await
@@ -1098,7 +1104,7 @@ async fn ledger_from_latest_applies_a_tier_record_routed_before_any_commit_after
 
     // Fails its three attempts in place and its first in a tier: routed to tier 1 (due a
     // second later), where the worker is killed.
-    produce_to(&bootstrap, &topic, &txn("tiered", 1, Some(4)), None).await;
+    produce_to(&bootstrap, &topic, &txn("tiered", "a1", 1, Some(4)), None).await;
     loop {
         fleet.assert_none_exited();
         if log_end(&bootstrap, &tier) == 1 {
@@ -1110,27 +1116,38 @@ async fn ledger_from_latest_applies_a_tier_record_routed_before_any_commit_after
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // A later record of the same account: parked behind the tier record (strict order),
+    // unfinished at the kill, past the source's end when the group first started.
+    produce_to(&bootstrap, &topic, &txn("parked", "a1", 2, None), None).await;
     let pid = fleet.live()[0];
     fleet.kill(pid);
     let (committed, _) = committed(&bootstrap, &group, &tier);
     assert_eq!(committed, None, "nothing of the tier was committed");
     assert_eq!(applied(&db, &schema, "tiered").await, 0);
+    assert_eq!(
+        applied(&db, &schema, "parked").await,
+        0,
+        "parked at the kill"
+    );
 
-    // The next worker, from latest too, starts the tier at its first record.
+    // The next worker, from latest too, starts the tier at its first record and the source
+    // where the group first started (not at the log's end, past the parked record).
     fleet.spawn();
     loop {
         fleet.assert_none_exited();
-        if applied(&db, &schema, "tiered").await > 0 {
+        if applied(&db, &schema, "parked").await > 0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the tier's transaction was not applied after the kill"
+            "the parked transaction was not applied after the kill (tier record applied {} times)",
+            applied(&db, &schema, "tiered").await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     fleet.terminate_all(Duration::from_secs(60)).await;
     assert_eq!(applied(&db, &schema, "tiered").await, 1, "applied once");
+    assert_eq!(applied(&db, &schema, "parked").await, 1, "applied once");
     delete_redis_keys(&format!("ledger:{schema}")).await;
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await

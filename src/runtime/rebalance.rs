@@ -17,9 +17,10 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::dispatch::TopicPartition;
 use super::endpoint::take_statistics;
-use super::offsets::FinishedAbove;
+use super::offsets::{self, FinishedAbove};
 use super::recovery::{reader, recover, RecoveryPlan};
 use super::shared::Shared;
+use crate::policy;
 
 /// The consumer context of a worker.
 pub(crate) struct WorkerContext {
@@ -372,8 +373,10 @@ impl WorkerContext {
     /// before it looks the position up, on every fresh partition of every assignment. The
     /// partitions `start_from`'s time applies to are left to it. When the committed offsets
     /// cannot be read, librdkafka reads them itself and resets as `auto.offset.reset` says.
+    /// Those set to start at the log's end are pinned there and committed
+    /// ([`Self::pin_log_ends`]).
     fn prepare_assignment(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let committed = consumer
+        let mut committed = consumer
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
             .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed; nothing above them is skipped"))
             .ok();
@@ -399,7 +402,77 @@ impl WorkerContext {
                 }
             }
         }
+        self.pin_log_ends(consumer, tpl, committed.as_mut());
         *self.committed.lock() = committed;
+    }
+
+    /// Looks up the offset of the log's end now for each source partition of `tpl` set to
+    /// start there (`start_from = latest`, or a time no record is at or after), starts it at
+    /// that offset and commits it (noting the commit in `committed`). The log's end moves:
+    /// without a commit, a worker killed before its first one would have its successor start
+    /// at a later end, past records it left unfinished. One lookup and one commit for all of
+    /// them, once in the group's life; when either fails they start at the end as before.
+    fn pin_log_ends(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+        committed: Option<&mut TopicPartitionList>,
+    ) {
+        let mut ends = TopicPartitionList::new();
+        for e in tpl.elements() {
+            if e.offset() == Offset::End && self.recovery.topology.tier_of(e.topic()) == 0 {
+                if let Err(err) = ends.add_partition_offset(e.topic(), e.partition(), Offset::End) {
+                    tracing::warn!(topic = e.topic(), partition = e.partition(), error = %err, "cannot look up the log's end");
+                }
+            }
+        }
+        if ends.count() == 0 {
+            return;
+        }
+        // A lookup by time with the time -1 answers the log's end.
+        let found = match consumer.offsets_for_times(ends, Duration::from_secs(10)) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking up the log's end failed: partitions without a commit start at the end, uncommitted");
+                return;
+            }
+        };
+        let stamp = offsets::stamp("", policy::now_ms());
+        let pins: Vec<(TopicPartition, i64, String)> = found
+            .elements()
+            .iter()
+            .filter_map(|e| match (e.error(), e.offset()) {
+                (Ok(()), Offset::Offset(end)) if end >= 0 => {
+                    Some(((Arc::from(e.topic()), e.partition()), end, stamp.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if pins.is_empty() {
+            return;
+        }
+        if let Err(e) = consumer.commit(&commit_list(&pins), CommitMode::Sync) {
+            tracing::warn!(error = %e, "committing where partitions without a commit start failed: they start at the end, uncommitted");
+            return;
+        }
+        let mut committed = committed;
+        for ((topic, partition), end, metadata) in &pins {
+            let set = tpl
+                .find_partition(topic, *partition)
+                .map(|mut assigned| assigned.set_offset(Offset::Offset(*end)));
+            if let Some(Err(e)) = set {
+                tracing::warn!(topic = %topic, partition, error = %e, "cannot set a partition's start at the log's end it was committed at");
+            }
+            if let Some(mut entry) = committed
+                .as_deref_mut()
+                .and_then(|c| c.find_partition(topic, *partition))
+            {
+                if entry.set_offset(Offset::Offset(*end)).is_ok() {
+                    entry.set_metadata(metadata);
+                }
+            }
+            tracing::info!(topic = %topic, partition, offset = end, "no committed offset: starting at the log's end, committed");
+        }
     }
 }
 

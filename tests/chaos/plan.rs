@@ -98,6 +98,10 @@ pub struct GroupSettings {
     /// A batch handler instead of a single-record one (`CHAOS_BATCH`).
     #[serde(default)]
     pub batch: Option<Batching>,
+    /// `start_from = latest`: the group starts at the log's end (the run produces only once
+    /// that start is committed).
+    #[serde(default)]
+    pub from_latest: bool,
 }
 
 /// How a batch group forms its batches.
@@ -306,6 +310,10 @@ impl Plan {
                 1 => None,
                 _ => Some(keeping.random_range(1..=1_000)),
             };
+        }
+        let mut starting = StdRng::seed_from_u64(seed ^ 0x6c61_7465_7374_5f73);
+        for group in &mut groups {
+            group.from_latest = starting.random_bool(0.3);
         }
         Plan {
             seed,
@@ -528,7 +536,7 @@ impl Plan {
                 s,
                 "\n  group {}: {} concurrency={} max_in_flight={} max_per_key={} ordering={} \
                  attempts_in_place={} tiers={:?} ms handler_timeout={} ms lock_keep={} \
-                 workers={}; \
+                 start_from={} workers={}; \
                  through tier 1: {}, tier 2: {}",
                 gs.label,
                 match gs.batch {
@@ -547,6 +555,7 @@ impl Plan {
                 gs.handler_timeout_ms,
                 gs.keep_ms
                     .map_or_else(|| "default".to_owned(), |ms| format!("{ms} ms")),
+                if gs.from_latest { "latest" } else { "default" },
                 gs.initial_workers,
                 self.tier_ids(g, 1).len(),
                 self.tier_ids(g, 2).len()
@@ -587,6 +596,7 @@ fn group_settings(rng: &mut StdRng, label: &str) -> GroupSettings {
         keep_ms: None,
         initial_workers: rng.random_range(1..=2),
         batch: None,
+        from_latest: false,
     }
 }
 

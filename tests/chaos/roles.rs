@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use steadfast::handler::{Batch, BatchContext};
 use steadfast::message::Json;
-use steadfast::{Context, Handler, HandlerError, Message, Ordering, Retry, Worker};
+use steadfast::{Context, Handler, HandlerError, Message, Ordering, Retry, StartFrom, Worker};
 
 use crate::plan::{Act, GroupSettings, Rec};
 
@@ -320,6 +320,11 @@ pub fn worker_main() {
     let builder = match s.keep_ms {
         Some(ms) => builder.key_lock_keep(Duration::from_millis(ms)),
         None => builder,
+    };
+    let builder = if s.from_latest {
+        builder.start_from(StartFrom::Latest)
+    } else {
+        builder
     };
     let result = runtime.block_on(async {
         match s.batch {
