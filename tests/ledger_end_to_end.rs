@@ -1102,6 +1102,13 @@ async fn ledger_from_latest_loses_nothing_to_a_kill_before_the_first_commit() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The source's start was committed at the first assignment (the periodic commit is an
+    // hour away).
+    assert!(
+        committed(&bootstrap, &group, &topic).0.is_some(),
+        "the group's start on the source is committed"
+    );
+
     // Fails its three attempts in place and its first in a tier: routed to tier 1 (due a
     // second later), where the worker is killed.
     produce_to(&bootstrap, &topic, &txn("tiered", "a1", 1, Some(4)), None).await;

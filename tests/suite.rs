@@ -11,6 +11,8 @@ mod support;
 
 #[path = "batch_handlers.rs"]
 mod batch_handlers;
+#[path = "broker_gone.rs"]
+mod broker_gone;
 #[path = "combined_guards.rs"]
 mod combined_guards;
 #[path = "config_reference.rs"]

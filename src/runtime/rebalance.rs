@@ -235,20 +235,12 @@ fn start_at_time(
     if lookup.count() == 0 {
         return;
     }
-    let mut tries = 0;
-    let found = loop {
-        tries += 1;
-        match consumer.offsets_for_times(lookup.clone(), Duration::from_secs(10)) {
-            Ok(found) => break found,
-            Err(e) if tries < 3 => {
-                tracing::warn!(topic, error = %e, "looking up start_from's offsets failed; trying again");
-                std::thread::sleep(Duration::from_millis(200 * tries));
-            }
-            Err(e) => {
-                tracing::error!(topic, error = %e, "looking up start_from's offsets failed: the partitions start where auto.offset.reset says, not at the time");
-                return;
-            }
-        }
+    let Some(found) = look_up_offsets(consumer, &lookup, "start_from's offsets") else {
+        tracing::error!(
+            topic,
+            "the partitions start where auto.offset.reset says, not at start_from's time"
+        );
+        return;
     };
     for e in found.elements() {
         // No record at or after the time: the log's end.
@@ -268,6 +260,30 @@ fn start_at_time(
             ),
             _ => {
                 tracing::error!(topic = e.topic(), partition = e.partition(), "setting start_from's offset failed: the partition starts where auto.offset.reset says")
+            }
+        }
+    }
+}
+
+/// Looks up the offsets of `lookup` by time (ListOffsets; the time -1 answers the log's
+/// end), three tries in all: a leader moving fails the whole lookup for a moment.
+fn look_up_offsets(
+    consumer: &BaseConsumer<WorkerContext>,
+    lookup: &TopicPartitionList,
+    what: &str,
+) -> Option<TopicPartitionList> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match consumer.offsets_for_times(lookup.clone(), Duration::from_secs(10)) {
+            Ok(found) => return Some(found),
+            Err(e) if tries < 3 => {
+                tracing::warn!(error = %e, "looking up {what} failed; trying again");
+                std::thread::sleep(Duration::from_millis(200 * tries));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "looking up {what} failed three times");
+                return None;
             }
         }
     }
@@ -411,7 +427,8 @@ impl WorkerContext {
     /// that offset and commits it (noting the commit in `committed`). The log's end moves:
     /// without a commit, a worker killed before its first one would have its successor start
     /// at a later end, past records it left unfinished. One lookup and one commit for all of
-    /// them, once in the group's life; when either fails they start at the end as before.
+    /// them, once in the group's life. Without an answer a partition starts at the end as
+    /// before; when the commit fails, at the end looked up, uncommitted.
     fn pin_log_ends(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -429,40 +446,44 @@ impl WorkerContext {
         if ends.count() == 0 {
             return;
         }
-        // A lookup by time with the time -1 answers the log's end.
-        let found = match consumer.offsets_for_times(ends, Duration::from_secs(10)) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "looking up the log's end failed: partitions without a commit start at the end, uncommitted");
-                return;
-            }
+        let Some(found) = look_up_offsets(consumer, &ends, "the log's end") else {
+            tracing::warn!("partitions without a commit start at the log's end, uncommitted");
+            return;
         };
         let stamp = offsets::stamp("", policy::now_ms());
-        let pins: Vec<(TopicPartition, i64, String)> = found
-            .elements()
-            .iter()
-            .filter_map(|e| match (e.error(), e.offset()) {
+        let mut pins: Vec<(TopicPartition, i64, String)> = Vec::new();
+        for e in found.elements() {
+            match (e.error(), e.offset()) {
                 (Ok(()), Offset::Offset(end)) if end >= 0 => {
-                    Some(((Arc::from(e.topic()), e.partition()), end, stamp.clone()))
+                    pins.push(((Arc::from(e.topic()), e.partition()), end, stamp.clone()));
                 }
-                _ => None,
-            })
-            .collect();
-        if pins.is_empty() {
-            return;
+                (error, offset) => tracing::warn!(
+                    topic = e.topic(),
+                    partition = e.partition(),
+                    ?error,
+                    ?offset,
+                    "no log end found: the partition starts at the end, uncommitted"
+                ),
+            }
         }
-        if let Err(e) = consumer.commit(&commit_list(&pins), CommitMode::Sync) {
-            tracing::warn!(error = %e, "committing where partitions without a commit start failed: they start at the end, uncommitted");
-            return;
-        }
-        let mut committed = committed;
-        for ((topic, partition), end, metadata) in &pins {
+        // Started at the looked-up end whatever the commit does: no later than the end.
+        for ((topic, partition), end, _) in &pins {
             let set = tpl
                 .find_partition(topic, *partition)
                 .map(|mut assigned| assigned.set_offset(Offset::Offset(*end)));
             if let Some(Err(e)) = set {
-                tracing::warn!(topic = %topic, partition, error = %e, "cannot set a partition's start at the log's end it was committed at");
+                tracing::warn!(topic = %topic, partition, error = %e, "cannot set a partition's start at the log's end");
             }
+        }
+        if pins.is_empty() {
+            return;
+        }
+        if let Err(e) = consumer.commit(&commit_list(&pins), CommitMode::Sync) {
+            tracing::warn!(error = %e, "committing where partitions without a commit start failed: a worker killed before its first commit leaves its successor at a later end");
+            return;
+        }
+        let mut committed = committed;
+        for ((topic, partition), end, metadata) in &pins {
             if let Some(mut entry) = committed
                 .as_deref_mut()
                 .and_then(|c| c.find_partition(topic, *partition))

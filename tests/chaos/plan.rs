@@ -98,8 +98,9 @@ pub struct GroupSettings {
     /// A batch handler instead of a single-record one (`CHAOS_BATCH`).
     #[serde(default)]
     pub batch: Option<Batching>,
-    /// `start_from = latest`: the group starts at the log's end (the run produces only once
-    /// that start is committed).
+    /// `start_from = latest`: the group starts at the log's end. The run produces, and its
+    /// faults begin, only once that start is committed, so such a seed puts no fault in the
+    /// groups' first join.
     #[serde(default)]
     pub from_latest: bool,
 }

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use self::consume::{commit, drain, ConsumeLoop, Pace, WorkerConsumer};
+use self::consume::{drain, final_commit, ConsumeLoop, Pace, WorkerConsumer};
 use self::signals::Signals;
 use super::assembly::build_stack;
 use super::dispatch::{Dispatcher, Limits};
@@ -590,7 +590,7 @@ impl<H: Handler> Worker<H> {
         // The final commit, the unsubscribe and the close wait on the broker: off the async
         // worker thread, or an in-process broker on the same runtime could not answer them.
         tokio::task::block_in_place(|| {
-            commit(&consumer, shared, CommitMode::Sync, true);
+            final_commit(&consumer, shared, FINAL_COMMIT_WAIT);
             shared.set_closing();
             consumer.unsubscribe();
             drop(consumer);
@@ -614,6 +614,9 @@ impl<H: Handler> Worker<H> {
 
 /// How long a stopping worker waits for its helper tasks (see `shared::helpers`).
 const HELPERS_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a stopping worker waits for its final commit (see `consume::final_commit`).
+const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Takes the routing producer out of `sink` and drops it on a blocking thread (its close
 /// flushes and joins its polling thread), waiting until it is closed.
