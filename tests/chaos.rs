@@ -134,7 +134,8 @@ use support::PrivateRedis;
 /// as well. Not a wedge: it drained steadily, but each record waiting in a tier stopped the
 /// partition for the tier's delay (no handler ran for 72 % of the drain), which the deadline
 /// did not count; it now does (`Plan::serial_tier_ms`), and 12022 drains at 72.9 s of its
-/// deadline; 30 of 30 at `2a89ff6` (`13000`, 983.5 s). Open too: once (short mode, seed 8) a
+/// deadline; 30 of 30 at `2a89ff6` (`13000`, 983.5 s); with `start_from = latest` drawn for
+/// a group (`35d263c`, `14000`: 25 of the 60 groups), 30 of 30 (943.7 s). Open too: once (short mode, seed 8) a
 /// worker did not exit within 30 s of SIGTERM; its log ends at "signal received: draining"
 /// (a hang in the drain, the final commit or the consumer's close). A final commit to a
 /// coordinator that does not answer waited librdkafka's session timeout (45 s) until
@@ -452,33 +453,32 @@ async fn run_seed(infra: &mut Infra, seed: u64, mock: bool) -> Result<String, Fa
             fleet.spawn(g);
         }
     }
-    // A group from latest commits where it starts before anything is produced: everything
-    // produced after must then be handled, however early a worker is killed.
-    for g in (0..active).filter(|g| plan.groups[*g].from_latest) {
-        if let Err(story) = wait_for_start_commits(&bootstrap, &groups[g], &topic, &plan).await {
-            return Err(fail(
-                seed,
-                &plan,
-                &fleet,
-                &logs,
-                vec!["a group from latest commits where it starts".to_owned()],
-                story,
-            ));
-        }
-    }
     let origin = SystemTime::now();
     let started = Instant::now();
     let at = |t: Instant| t.duration_since(started).as_secs_f64();
-    let producer = tokio::spawn(produce(
-        bootstrap.clone(),
-        topic.clone(),
-        plan.records
+    // A group from latest commits where it starts before anything is produced (everything
+    // produced after must then be handled, however early a worker is killed); the faults
+    // run meanwhile, the groups' first join included.
+    let from_latest: Vec<String> = (0..active)
+        .filter(|g| plan.groups[*g].from_latest)
+        .map(|g| groups[g].clone())
+        .collect();
+    let producer = tokio::spawn({
+        let (bootstrap, topic, partitions) = (bootstrap.clone(), topic.clone(), plan.partitions);
+        let records = plan
+            .records
             .iter()
             .map(|r| (r.key.clone(), r.payload.clone()))
-            .collect(),
-        Duration::from_millis(plan.produce_ms),
-        if mock { MOCK_KAFKA } else { &[] },
-    ));
+            .collect();
+        let over = Duration::from_millis(plan.produce_ms);
+        async move {
+            for group in &from_latest {
+                wait_for_start_commits(&bootstrap, group, &topic, partitions).await?;
+            }
+            let settings = if mock { MOCK_KAFKA } else { &[] };
+            Ok::<_, String>(produce(bootstrap, topic, records, over, settings).await)
+        }
+    });
 
     // The fault schedule.
     for (when, fault) in &plan.faults {
@@ -503,7 +503,17 @@ async fn run_seed(infra: &mut Infra, seed: u64, mock: bool) -> Result<String, Fa
         }
     }
     let delivered = match tokio::time::timeout(Duration::from_secs(60), producer).await {
-        Ok(Ok(d)) => d,
+        Ok(Ok(Ok(d))) => d,
+        Ok(Ok(Err(story))) => {
+            return Err(fail(
+                seed,
+                &plan,
+                &fleet,
+                &logs,
+                vec!["a group from latest commits where it starts".to_owned()],
+                story,
+            ))
+        }
         Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
         Err(_) => {
             return Err(fail(
@@ -812,28 +822,26 @@ fn clear_mock_faults(cluster: &MockKafka) {
     }
 }
 
-/// Waits (up to 60 s) until `group` has a committed offset on every partition of `topic`:
-/// a group from latest commits where it starts when it is first assigned.
+/// Waits (up to 60 s) until `group` has a committed offset on every one of the `partitions`
+/// of `topic`: a group from latest commits where it starts when it is first assigned. A read
+/// that fails (the server is down) is tried again.
 async fn wait_for_start_commits(
     bootstrap: &str,
     group: &str,
     topic: &str,
-    plan: &Plan,
+    partitions: i32,
 ) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (b, g, t, n) = (
-            bootstrap.to_owned(),
-            group.to_owned(),
-            topic.to_owned(),
-            plan.partitions,
-        );
-        let committed = tokio::task::spawn_blocking(move || {
-            steadfast_testkit::committed_offsets(&b, &g, &t, n)
-        })
-        .await
-        .expect("committed offsets read");
-        if committed.iter().all(Option::is_some) {
+        let (b, g, t) = (bootstrap.to_owned(), group.to_owned(), topic.to_owned());
+        let committed =
+            tokio::task::spawn_blocking(move || committed_offsets(&b, &g, &t, partitions))
+                .await
+                .expect("committed offsets read");
+        if committed
+            .as_ref()
+            .is_ok_and(|c| c.iter().all(Option::is_some))
+        {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -843,6 +851,35 @@ async fn wait_for_start_commits(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The committed offsets of `group` on the `partitions` of `topic`, or why they could not be
+/// read.
+fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<Option<i64>>, String> {
+    let consumer: BaseConsumer = support::client(bootstrap)
+        .set("group.id", group)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    Ok((0..partitions)
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            },
+        )
+        .collect())
 }
 
 /// The failure of `seed`: its invariants, the story, the settings, the workers' log tails,

@@ -98,9 +98,8 @@ pub struct GroupSettings {
     /// A batch handler instead of a single-record one (`CHAOS_BATCH`).
     #[serde(default)]
     pub batch: Option<Batching>,
-    /// `start_from = latest`: the group starts at the log's end. The run produces, and its
-    /// faults begin, only once that start is committed, so such a seed puts no fault in the
-    /// groups' first join.
+    /// `start_from = latest`: the group starts at the log's end. The run produces only once
+    /// that start is committed (its faults run meanwhile).
     #[serde(default)]
     pub from_latest: bool,
 }
