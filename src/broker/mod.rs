@@ -1,10 +1,13 @@
 //! The broker side through librdkafka: turning records into envelopes, publishing routed
-//! copies with an idempotent producer, and creating the retry and dead-letter topics.
+//! copies with an idempotent producer, creating the retry and dead-letter topics, and giving
+//! calls that wait on the broker a limit.
 
+mod bounded;
 mod producer;
 mod records;
 mod topics;
 
+pub(crate) use self::bounded::run_within;
 pub(crate) use self::producer::{owned_headers, KafkaSink};
 pub(crate) use self::records::{envelope_of, headers_of, TopicNames};
 pub(crate) use self::topics::{connect_quickly, ensure_topics, ensure_topics_closing, Ensured};

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::buckets::{self, bucket_of, bucket_topic, place, Placement};
 use super::DelayError;
-use crate::broker::{headers_of, owned_headers};
+use crate::broker::{headers_of, owned_headers, run_within};
 use crate::message::headers::{self, DELAY_HOP_AT, DELIVER_AT};
 use crate::message::Headers;
 use crate::observe::metrics;
@@ -231,16 +231,23 @@ impl Relay {
         state.settle(&consumer);
         state.meters.waiting.set(0.0);
         let stats = state.stats;
-        // Closing the clients waits on the broker: off the async threads.
-        tokio::task::spawn_blocking(move || {
+        // The final commit and the clients' close wait on the broker: off the async threads,
+        // and for at most STOP_WAIT (a broker that is gone would hold the commit for the
+        // session timeout); past it the relay's records are read again by the next owner.
+        let closing = move || {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %e, "delay relay: final commit");
             }
             drop(consumer);
             drop(producer);
-        })
-        .await
-        .map_err(|e| DelayError::Client(format!("closing the relay's consumer: {e}")))?;
+        };
+        let ended =
+            tokio::task::spawn_blocking(move || run_within(STOP_WAIT, "relay close", closing))
+                .await
+                .map_err(|e| DelayError::Client(format!("closing the relay's consumer: {e}")))?;
+        if !ended {
+            tracing::warn!("delay relay: the final commit did not end in time (the broker does not answer); stopping without it");
+        }
         tracing::info!(
             delivered = stats.delivered,
             hopped = stats.hopped,

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{envelope_of, TopicNames};
+use crate::broker::{envelope_of, run_within, TopicNames};
 use crate::observe::Meters;
 use crate::policy::BreakerPhase;
 use crate::runtime::endpoint::{refresh_gauges, refresh_tier_lag};
@@ -318,32 +318,18 @@ pub(super) fn commit(consumer: &WorkerConsumer, shared: &Shared, mode: CommitMod
 }
 
 /// The final commit of a stopping worker ([`commit`] of every partition), waited for at most
-/// `limit`: with the broker gone, a synchronous commit waits until librdkafka gives up on the
-/// group coordinator (`session.timeout.ms`, 45 s by default), longer than the grace period a
-/// deployment gives a stopping pod. Past the limit the stop goes on; the commit finishes or
-/// fails on its own thread, which holds the consumer until then.
+/// `limit` ([`run_within`]): past it the stop goes on without it and the next owner replays
+/// from the last commit.
 pub(super) fn final_commit(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, limit: Duration) {
-    let (done, finished) = std::sync::mpsc::channel::<()>();
     let (c, s) = (consumer.clone(), shared.clone());
-    let spawned = std::thread::Builder::new()
-        .name("steadfast-final-commit".to_owned())
-        .spawn(move || {
-            commit(&c, &s, CommitMode::Sync, true);
-            drop(done);
-        });
-    match spawned {
-        Ok(_) => {
-            if finished.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                tracing::warn!(
-                    ?limit,
-                    "the final commit did not finish in time (the broker does not answer); stopping without it: the next owner replays from the last commit"
-                );
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "no thread for the final commit; committing here");
-            commit(consumer, shared, CommitMode::Sync, true);
-        }
+    let ended = run_within(limit, "final commit", move || {
+        commit(&c, &s, CommitMode::Sync, true);
+    });
+    if !ended {
+        tracing::warn!(
+            ?limit,
+            "the final commit did not end in time (the broker does not answer); stopping without it: the next owner replays from the last commit"
+        );
     }
 }
 
