@@ -49,7 +49,8 @@ async fn a_worker_stops_in_bounded_time_when_its_broker_is_gone() {
         .await;
     server.shutdown().await;
     // Before the bound the final commit alone waited 45 s (librdkafka's session timeout)
-    // for a coordinator that was gone. Now: 10 s at most.
+    // for a coordinator that was gone. Now its wait is 10 s at most, and the rest (the
+    // relay's bounded waits run beside it) adds little.
     let stopping = Instant::now();
     let stats = tokio::time::timeout(Duration::from_secs(120), running.stop())
         .await

@@ -7,7 +7,7 @@ mod producer;
 mod records;
 mod topics;
 
-pub(crate) use self::bounded::run_within;
+pub(crate) use self::bounded::{run_within, Within};
 pub(crate) use self::producer::{owned_headers, KafkaSink};
 pub(crate) use self::records::{envelope_of, headers_of, TopicNames};
 pub(crate) use self::topics::{connect_quickly, ensure_topics, ensure_topics_closing, Ensured};

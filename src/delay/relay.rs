@@ -24,7 +24,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::buckets::{self, bucket_of, bucket_topic, place, Placement};
 use super::DelayError;
-use crate::broker::{headers_of, owned_headers, run_within};
+use crate::broker::{headers_of, owned_headers, run_within, Within};
 use crate::message::headers::{self, DELAY_HOP_AT, DELIVER_AT};
 use crate::message::Headers;
 use crate::observe::metrics;
@@ -137,6 +137,9 @@ impl Relay {
 
     /// Makes sure the bucket topics exist unless [`Relay::ensure_topics`] did, then relays until
     /// `shutdown` is cancelled, waits for the moves in flight, commits and leaves the group.
+    /// Each of those last waits is bounded (10 s): with the broker gone, the commit and the
+    /// leave go on on a thread of their own after `run` returned, the member still in the
+    /// group until then.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<RelayStats, DelayError> {
         // Subscribed to before they exist, librdkafka would see them only at its next
         // metadata refresh (5 minutes by default).
@@ -235,18 +238,25 @@ impl Relay {
         // and for at most STOP_WAIT (a broker that is gone would hold the commit for the
         // session timeout); past it the relay's records are read again by the next owner.
         let closing = move || {
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(error = %e, "delay relay: final commit");
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing moved since the last automatic commit.
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) | Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "delay relay: the final commit failed; the next owner reads the records since the last commit again")
+                }
             }
             drop(consumer);
             drop(producer);
         };
-        let ended =
+        let within =
             tokio::task::spawn_blocking(move || run_within(STOP_WAIT, "relay close", closing))
                 .await
                 .map_err(|e| DelayError::Client(format!("closing the relay's consumer: {e}")))?;
-        if !ended {
-            tracing::warn!("delay relay: the final commit did not end in time (the broker does not answer); stopping without it");
+        match within {
+            Within::Ended => {}
+            Within::Panicked => tracing::error!("delay relay: closing its clients panicked"),
+            Within::TimedOut => tracing::warn!("delay relay: its final commit and close did not end in time (the broker does not answer); stopping without them"),
+            Within::NotRun => tracing::warn!("delay relay: no thread for its final commit; its clients closed without it"),
         }
         tracing::info!(
             delivered = stats.delivered,

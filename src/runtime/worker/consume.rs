@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{envelope_of, run_within, TopicNames};
+use crate::broker::{envelope_of, run_within, TopicNames, Within};
 use crate::observe::Meters;
 use crate::policy::BreakerPhase;
 use crate::runtime::endpoint::{refresh_gauges, refresh_tier_lag};
@@ -304,32 +304,47 @@ impl Committer {
 
 /// Commits each partition's lowest unfinished offset with its finished-offset metadata
 /// (`all`: every partition's, not only those that changed).
-pub(super) fn commit(consumer: &WorkerConsumer, shared: &Shared, mode: CommitMode, all: bool) {
+fn commit(
+    consumer: &WorkerConsumer,
+    shared: &Shared,
+    mode: CommitMode,
+    all: bool,
+) -> Result<(), KafkaError> {
     let mut gate = shared.commit_gate.lock();
     *gate += 1;
     let commits = shared.take_commits(all);
     if commits.is_empty() {
-        return;
+        return Ok(());
     }
-    if let Err(e) = consumer.commit(&commit_list(&commits), mode) {
-        tracing::warn!(error = %e, "commit failed; trying again at the next interval");
-        shared.forget_commits();
-    }
+    consumer
+        .commit(&commit_list(&commits), mode)
+        .inspect_err(|_| shared.forget_commits())
 }
 
 /// The final commit of a stopping worker ([`commit`] of every partition), waited for at most
 /// `limit` ([`run_within`]): past it the stop goes on without it and the next owner replays
-/// from the last commit.
+/// from the last commit. A commit past the limit goes on on its thread, which holds the
+/// consumer (and the worker's shared state) until librdkafka gives up: its revoke and the
+/// consumer's close come then, after the worker returned.
 pub(super) fn final_commit(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, limit: Duration) {
     let (c, s) = (consumer.clone(), shared.clone());
-    let ended = run_within(limit, "final commit", move || {
-        commit(&c, &s, CommitMode::Sync, true);
+    let within = run_within(limit, "final commit", move || {
+        if let Err(e) = commit(&c, &s, CommitMode::Sync, true) {
+            tracing::warn!(error = %e, "the final commit failed: the next owner replays from the last commit");
+        }
     });
-    if !ended {
-        tracing::warn!(
+    match within {
+        Within::Ended => {}
+        Within::Panicked => tracing::error!("the final commit panicked"),
+        Within::TimedOut => tracing::warn!(
             ?limit,
             "the final commit did not end in time (the broker does not answer); stopping without it: the next owner replays from the last commit"
-        );
+        ),
+        Within::NotRun => {
+            if let Err(e) = commit(consumer, shared, CommitMode::Sync, true) {
+                tracing::warn!(error = %e, "the final commit failed: the next owner replays from the last commit");
+            }
+        }
     }
 }
 
