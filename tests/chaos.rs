@@ -135,7 +135,9 @@ use support::PrivateRedis;
 /// partition for the tier's delay (no handler ran for 72 % of the drain), which the deadline
 /// did not count; it now does (`Plan::serial_tier_ms`), and 12022 drains at 72.9 s of its
 /// deadline; 30 of 30 at `2a89ff6` (`13000`, 983.5 s); with `start_from = latest` drawn for
-/// a group (`35d263c`, `14000`: 25 of the 60 groups), 30 of 30 (943.7 s). Open too: once (short mode, seed 8) a
+/// a group (`35d263c`, `14000`: 25 of the 60 groups), 30 of 30 (943.7 s); with the faults
+/// running while such a group joins (`42c44a1`, `15000`: 14 groups), 30 of 30 (922.9 s).
+/// Open too: once (short mode, seed 8) a
 /// worker did not exit within 30 s of SIGTERM; its log ends at "signal received: draining"
 /// (a hang in the drain, the final commit or the consumer's close). A final commit to a
 /// coordinator that does not answer waited librdkafka's session timeout (45 s) until
