@@ -11,12 +11,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_stops_in_bounded_time_when_its_broker_is_gone() {
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    init_tracing();
     let dir = tempfile::tempdir().expect("temp dir");
     let server = steadfast_testkit::start_server(dir.path()).await;
     let bootstrap = server.bootstrap_servers();

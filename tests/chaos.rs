@@ -836,10 +836,11 @@ async fn wait_for_start_commits(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (b, g, t) = (bootstrap.to_owned(), group.to_owned(), topic.to_owned());
-        let committed =
-            tokio::task::spawn_blocking(move || committed_offsets(&b, &g, &t, partitions))
-                .await
-                .expect("committed offsets read");
+        let committed = tokio::task::spawn_blocking(move || {
+            steadfast_testkit::try_committed_offsets(&b, &g, &t, partitions)
+        })
+        .await
+        .expect("committed offsets read");
         if committed
             .as_ref()
             .is_ok_and(|c| c.iter().all(Option::is_some))
@@ -853,35 +854,6 @@ async fn wait_for_start_commits(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The committed offsets of `group` on the `partitions` of `topic`, or why they could not be
-/// read.
-fn committed_offsets(
-    bootstrap: &str,
-    group: &str,
-    topic: &str,
-    partitions: i32,
-) -> Result<Vec<Option<i64>>, String> {
-    let consumer: BaseConsumer = support::client(bootstrap)
-        .set("group.id", group)
-        .create()
-        .map_err(|e| e.to_string())?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
-    Ok((0..partitions)
-        .map(
-            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => Some(o),
-                _ => None,
-            },
-        )
-        .collect())
 }
 
 /// The failure of `seed`: its invariants, the story, the settings, the workers' log tails,

@@ -101,15 +101,6 @@ fn produce_paced(
     })
 }
 
-fn init_tracing() {
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
-}
-
 /// A private Postgres cluster (`initdb` in a temp dir, run as the `postgres` user) on a free
 /// port: crashed with `pg_ctl stop -m immediate`, started again on the same port, removed
 /// with the guard.

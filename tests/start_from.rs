@@ -11,7 +11,7 @@ use crate::support;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
@@ -196,29 +196,26 @@ fn ids_of(records: &[(Update, i64)]) -> BTreeSet<String> {
     records.iter().map(|(u, _)| u.id.clone()).collect()
 }
 
-/// Returns once a worker started from latest handles what is produced: markers (one per key
-/// of 30, so every partition gets some) are produced until one of each key was handled.
-async fn positioned(bootstrap: &str, topic: &str, ids: &Ids) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for round in 0.. {
-        produce_at(bootstrap, topic, &batch_of(&format!("m{round}-"), 30)).await;
-        let keys: BTreeSet<String> = ids
-            .0
-            .lock()
-            .iter()
-            .filter_map(|id| id.strip_prefix('m'))
-            .filter_map(|id| id.split_once('-').map(|(_, i)| i.to_owned()))
-            .collect();
-        if keys.len() == 30 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no marker of {} keys handled in 60 s",
-            30 - keys.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Returns once `group`, started from latest, committed where it starts on every partition
+/// of `topic` (in its first assignment): what is produced from then on is handled.
+async fn started_at_the_end(bootstrap: &str, topic: &str, group: &str) {
+    eventually_async(
+        Duration::from_secs(60),
+        "the group's start committed on every partition",
+        || {
+            let (bootstrap, topic, group) =
+                (bootstrap.to_owned(), topic.to_owned(), group.to_owned());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    steadfast_testkit::try_committed_offsets(&bootstrap, &group, &topic, PARTITIONS)
+                        .is_ok_and(|c| c.iter().all(Option::is_some))
+                })
+                .await
+                .expect("reading offsets")
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -240,7 +237,7 @@ async fn a_new_group_from_latest_skips_the_backlog_and_then_goes_on_from_its_com
             .start_from(StartFrom::Latest)
             .handler(ids.clone()),
     );
-    positioned(&bootstrap, &topic, &ids).await;
+    started_at_the_end(&bootstrap, &topic, &group).await;
     let fresh = batch_of("new", 60);
     produce_at(&bootstrap, &topic, &fresh).await;
     let want = ids_of(&fresh);

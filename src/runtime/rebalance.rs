@@ -206,8 +206,7 @@ impl WorkerContext {
 /// found through the broker's time index (ListOffsets by timestamp), or at the log's end
 /// where there is none. (A seek after the assignment raced librdkafka's own lookup of the
 /// committed offset, which could move the partition back to `auto.offset.reset`'s.) When the
-/// committed
-/// offsets could not be read, or the lookup fails three times, they start where
+/// committed offsets could not be read, or the lookup fails three times, they start where
 /// `auto.offset.reset` says (`earliest`): records before the time are handled, none is
 /// skipped.
 fn start_at_time(
@@ -433,7 +432,7 @@ impl WorkerContext {
         &self,
         consumer: &BaseConsumer<Self>,
         tpl: &TopicPartitionList,
-        committed: Option<&mut TopicPartitionList>,
+        mut committed: Option<&mut TopicPartitionList>,
     ) {
         let mut ends = TopicPartitionList::new();
         for e in tpl.elements() {
@@ -482,7 +481,6 @@ impl WorkerContext {
             tracing::warn!(error = %e, "committing where partitions without a commit start failed: a worker killed before its first commit leaves its successor at a later end");
             return;
         }
-        let mut committed = committed;
         for ((topic, partition), end, metadata) in &pins {
             if let Some(mut entry) = committed
                 .as_deref_mut()

@@ -196,30 +196,36 @@ pub fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> (i64, i64) {
 }
 
 /// The offsets `group` committed on partitions `0..partitions` of `topic` (`None` where it
-/// committed none).
+/// committed none). Panics when they cannot be read.
 pub fn committed_offsets(
     bootstrap: &str,
     group: &str,
     topic: &str,
     partitions: i32,
 ) -> Vec<Option<i64>> {
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
+    try_committed_offsets(bootstrap, group, topic, partitions).expect("committed offsets")
+}
+
+/// As [`committed_offsets`], or the error that kept them from being read (the server down,
+/// say).
+pub fn try_committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<Option<i64>>, rdkafka::error::KafkaError> {
+    let consumer: BaseConsumer = client_config(bootstrap).set("group.id", group).create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let c = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    (0..partitions)
+    let c = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok((0..partitions)
         .map(|p| match c.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => Some(o),
             _ => None,
         })
-        .collect()
+        .collect())
 }
 
 /// One delivery report: the message index and its (partition, offset), or the error.

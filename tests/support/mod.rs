@@ -680,6 +680,16 @@ impl Running {
     }
 }
 
+/// Logs the runtime's tracing to stderr when `RUST_LOG` is set (a diagnostic).
+pub fn init_tracing() {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// The seed of a randomized test: `var`'s value when set (a replay), else a random one;
 /// printed as "`what` seed N (replay with `var`=N)".
 pub fn seed(var: &str, what: &str) -> u64 {

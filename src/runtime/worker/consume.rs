@@ -327,24 +327,20 @@ fn commit(
 /// consumer (and the worker's shared state) until librdkafka gives up: its revoke and the
 /// consumer's close come then, after the worker returned.
 pub(super) fn final_commit(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, limit: Duration) {
-    let (c, s) = (consumer.clone(), shared.clone());
-    let within = run_within(limit, "final commit", move || {
-        if let Err(e) = commit(&c, &s, CommitMode::Sync, true) {
+    let commit_all = |consumer: &WorkerConsumer, shared: &Shared| {
+        if let Err(e) = commit(consumer, shared, CommitMode::Sync, true) {
             tracing::warn!(error = %e, "the final commit failed: the next owner replays from the last commit");
         }
-    });
-    match within {
+    };
+    let (c, s) = (consumer.clone(), shared.clone());
+    match run_within(limit, "final commit", move || commit_all(&c, &s)) {
         Within::Ended => {}
         Within::Panicked => tracing::error!("the final commit panicked"),
         Within::TimedOut => tracing::warn!(
             ?limit,
             "the final commit did not end in time (the broker does not answer); stopping without it: the next owner replays from the last commit"
         ),
-        Within::NotRun => {
-            if let Err(e) = commit(consumer, shared, CommitMode::Sync, true) {
-                tracing::warn!(error = %e, "the final commit failed: the next owner replays from the last commit");
-            }
-        }
+        Within::NotRun => commit_all(consumer, shared),
     }
 }
 

@@ -20,10 +20,10 @@ use crate::store::{ttl_ms, StoreError};
 /// Lua for a run whose entries share no key ([`ScriptRuns`] splits runs so): `stored[i]`,
 /// the `i`th key's value, all read with one `MGET` up front, and `delete_all(keys)`, one
 /// `DEL`. A run carries at most [`MAX_REQUESTS`] entries of four keys, within the 8,000
-/// values Lua's stack takes for `unpack` (checked below). A `redis.call` costs about a
-/// microsecond of its own, more than the `GET` or `DEL` it runs: one read and one delete a
-/// run, instead of one read and up to two deletes an entry, took 12-17 % off a record's
-/// Redis time (runs of 256 entries each way).
+/// values Lua's stack takes for `unpack` (checked below). A `redis.call` costs 1-2 µs of its
+/// own (`scripts/redis_guard_floor.py`), more than a `GET` or `DEL` of a key: one read and one
+/// delete a run, instead of one read and up to two deletes an entry, took 12-17 % off a
+/// record's Redis time (runs of 256 entries each way).
 const ONE_READ: &str = r#"
 local stored = redis.call('MGET', unpack(KEYS))
 local function delete_all(keys)
