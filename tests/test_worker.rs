@@ -352,3 +352,148 @@ async fn what_a_handler_sends_is_kept_with_the_record_that_caused_it() {
     );
     assert!(worker.routed().is_empty(), "a send is not a routed copy");
 }
+
+/// With `wait`, asks for it before its first retry (`HandlerError::retry_after`), then
+/// succeeds; without, always succeeds. Records when each call started.
+#[derive(Clone)]
+struct AsksToWait {
+    wait: Option<Duration>,
+    starts: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Handler for AsksToWait {
+    type Message = Update;
+    const GROUP: &'static str = "test-worker";
+
+    fn handle_message(
+        &self,
+        _message: Update,
+        _cx: &Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let mut starts = self.starts.lock();
+        starts.push(Instant::now());
+        std::future::ready(match self.wait {
+            Some(wait) if starts.len() == 1 => Err(HandlerError::retry_after(
+                wait,
+                "the dependency asks to wait",
+            )),
+            _ => Ok(()),
+        })
+    }
+}
+
+/// `RetryAfter(d)`: the retry in place waits at least `d`, even when the backoff's own delay
+/// is far shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_waits_at_least_the_delay_it_names() {
+    let wait = Duration::from_millis(400);
+    let handler = AsksToWait {
+        wait: Some(wait),
+        starts: Arc::default(),
+    };
+    let worker = TestWorker::new(handler.clone()).retry(Retry::exponential(
+        3,
+        Duration::from_millis(1),
+        Duration::from_millis(1),
+    ));
+    assert_eq!(
+        worker.handle(&update("a", 1, "a1")).await,
+        Outcome::Ack { attempt: 2 },
+        "the second attempt succeeds"
+    );
+    let starts = handler.starts.lock().clone();
+    assert_eq!(starts.len(), 2, "two calls");
+    let between = starts[1] - starts[0];
+    assert!(
+        between >= wait,
+        "the retry came {between:?} after the first call, before the {wait:?} asked for"
+    );
+}
+
+/// A memory lock store that notes when each grant was made.
+#[derive(Debug, Default)]
+struct NotedLock {
+    inner: steadfast::store::memory::MemoryLockStore,
+    granted: Mutex<Vec<Instant>>,
+}
+
+#[async_trait::async_trait]
+impl steadfast::store::LockStore for NotedLock {
+    async fn acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, steadfast::store::StoreError> {
+        let granted = self.inner.acquire(key, ttl).await?;
+        if granted.is_some() {
+            self.granted.lock().push(Instant::now());
+        }
+        Ok(granted)
+    }
+    async fn renew(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool, steadfast::store::StoreError> {
+        self.inner.renew(key, token, ttl).await
+    }
+    async fn release(&self, key: &str, token: u64) -> Result<(), steadfast::store::StoreError> {
+        self.inner.release(key, token).await
+    }
+    async fn fence(&self, key: &str, token: u64) -> Result<bool, steadfast::store::StoreError> {
+        self.inner.fence(key, token).await
+    }
+}
+
+/// The rate limit's wait comes before the key lock: no lock is held while a record waits
+/// for a permit (each grant comes just before its handler call, not a permit's wait ahead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_waits_for_its_rate_permit_before_it_takes_the_key_lock() {
+    let handler = AsksToWait {
+        wait: None,
+        starts: Arc::default(),
+    };
+    let lock = Arc::new(NotedLock::default());
+    let worker = TestWorker::new(handler.clone())
+        .stores(steadfast::store::StoreHandles {
+            lock: Some(lock.clone()),
+            ..Default::default()
+        })
+        .rate_limit(5, 1);
+    // Three keys at once: one permit now, then one each 200 ms.
+    let (a, b, c) = (
+        update("a", 1, "a1"),
+        update("b", 1, "b1"),
+        update("c", 1, "c1"),
+    );
+    let (x, y, z) = tokio::join!(worker.handle(&a), worker.handle(&b), worker.handle(&c));
+    let outcomes = [x, y, z];
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Ack { .. })),
+        "{outcomes:?}"
+    );
+    let starts = handler.starts.lock().clone();
+    let mut granted = lock.granted.lock().clone();
+    granted.sort();
+    assert_eq!(granted.len(), 3, "one grant a record: {granted:?}");
+    let spread = granted[2] - granted[0];
+    assert!(
+        spread >= Duration::from_millis(350),
+        "the grants were spread by the rate limit ({spread:?} from first to last): a record took \
+         the lock before its permit"
+    );
+    assert_eq!(starts.len(), 3, "one call a record");
+    // Every call started soon after a grant.
+    for start in &starts {
+        let after_grant = granted
+            .iter()
+            .filter(|g| *g <= start)
+            .map(|g| *start - *g)
+            .min();
+        assert!(
+            after_grant.is_some_and(|d| d < Duration::from_millis(150)),
+            "a call started {after_grant:?} after the last grant before it"
+        );
+    }
+}

@@ -168,4 +168,27 @@ mod tests {
         );
         assert_eq!(Retry::none().delays().count(), 0);
     }
+
+    /// Each step at least doubles the one before, up to the max delay, and the jitter makes
+    /// two workers' schedules differ.
+    #[test]
+    fn delays_grow_exponentially_with_jitter() {
+        let retry = Retry::exponential(6, Duration::from_millis(10), Duration::from_millis(80));
+        let floors = [10, 20, 40, 80, 80].map(Duration::from_millis);
+        let schedules: Vec<Vec<Duration>> = (0..20).map(|_| retry.delays().collect()).collect();
+        for delays in &schedules {
+            assert_eq!(delays.len(), floors.len());
+            for (delay, floor) in delays.iter().zip(floors) {
+                assert!(
+                    *delay >= floor && *delay <= floor * 2,
+                    "a delay of {delay:?} where the step is {floor:?}: {delays:?}"
+                );
+            }
+        }
+        assert!(
+            schedules.iter().any(|s| *s != schedules[0]),
+            "twenty schedules without jitter between them: {:?}",
+            schedules[0]
+        );
+    }
 }
