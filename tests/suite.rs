@@ -63,6 +63,8 @@ mod store_postgres;
 mod store_trouble;
 #[path = "test_worker.rs"]
 mod test_worker;
+#[path = "tier_records.rs"]
+mod tier_records;
 // Needs the `otel` feature: scripts/test.sh builds the suite with it
 // (`cargo nextest run --features otel`).
 #[cfg(feature = "otel")]
