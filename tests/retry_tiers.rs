@@ -319,3 +319,44 @@ async fn two_groups_on_one_topic_each_handle_only_their_own_retries() {
     assert_eq!((stats_a.routed_to_tier, stats_b.routed_to_tier), (1, 0));
     s.server.shutdown().await;
 }
+
+/// Strict order's promise that other keys never wait for a parked key: a key whose record
+/// sits in a tier and whose later records fill its lane (`max_per_key`, at its smallest
+/// useful value) does not hold back the other keys of its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_keys_flow_while_a_parked_key_fills_its_lane() {
+    let s = setup("full-lane", 1).await;
+    let mut txns = vec![txn("k", 1, 1)];
+    txns.extend((2..=8).map(|v| txn("k", v, 0)));
+    let others: Vec<String> = (0..20).map(|i| format!("x{i}")).collect();
+    txns.extend(others.iter().map(|key| txn(key, 1, 0)));
+    send(&s, &txns).await;
+    let applier = Applier::new();
+    let tier = Duration::from_secs(4);
+    let running = spawn(worker(&s, tier).max_per_key(2).handler(applier.clone()));
+    eventually(Duration::from_secs(30), "the other keys applied", || {
+        others.iter().all(|key| applier.applied(key) == [1])
+    })
+    .await;
+    assert!(
+        applier.applied("k").is_empty(),
+        "the other keys waited until k's tier record ran: k applied {:?} first",
+        applier.applied("k")
+    );
+    eventually(Duration::from_secs(30), "k applied", || {
+        applier.applied("k").len() == 8
+    })
+    .await;
+    assert_eq!(
+        applier.applied("k"),
+        (1..=8).collect::<Vec<i64>>(),
+        "k in order"
+    );
+    let stats = running.stop().await;
+    assert_eq!(
+        (stats.routed_to_tier, stats.dropped_stale),
+        (1, 0),
+        "{stats:?}"
+    );
+    s.server.shutdown().await;
+}

@@ -14,7 +14,7 @@
 //! still unfinished then, so its retry-tier or dead-letter copy, if one was made, was made
 //! after that time. A worker taking over the partition looks for such copies from then on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 /// The longest metadata string written (Kafka's default `offset.metadata.max.bytes` is 4096).
 pub(crate) const MAX_METADATA_BYTES: usize = 4000;
@@ -153,6 +153,9 @@ pub(crate) struct OffsetTracker {
     next: Option<i64>,
     /// Finished offsets restored from the last commit; consulted once per offset.
     restored: FinishedAbove,
+    /// Delivered, unfinished offsets whose records were let go to be read again
+    /// ([`Self::spill`]): the one delivery after that is begun.
+    spilled: HashSet<i64>,
 }
 
 impl OffsetTracker {
@@ -164,6 +167,7 @@ impl OffsetTracker {
             // comes before anything new is finished.
             next: restored.is_committed().then(|| restored.committed()),
             restored,
+            spilled: HashSet::new(),
         }
     }
     /// Records that `offset` was delivered. Returns false when the last commit says it is
@@ -173,7 +177,8 @@ impl OffsetTracker {
     /// assignment.
     pub(crate) fn begin(&mut self, offset: i64) -> bool {
         if self.next.is_some_and(|next| offset < next) {
-            return false;
+            // Delivered before: begun again only when its record was let go (spilled).
+            return self.spilled.remove(&offset);
         }
         self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
         if self.restored.contains(offset) {
@@ -182,6 +187,14 @@ impl OffsetTracker {
         self.unfinished.insert(offset);
         true
     }
+    /// Notes that the record of the delivered, unfinished `offset` was let go, to be read
+    /// again later: it stays unfinished (the commit stays below it), and its next delivery
+    /// is begun once.
+    pub(crate) fn spill(&mut self, offset: i64) {
+        if self.unfinished.contains(&offset) {
+            self.spilled.insert(offset);
+        }
+    }
     /// Records `offset` as finished before it was delivered (skipped when it is).
     pub(crate) fn skip(&mut self, offset: i64) {
         self.restored.insert(offset);
@@ -189,6 +202,10 @@ impl OffsetTracker {
     /// Whether `offset` was delivered (or skipped) and is finished.
     pub(crate) fn is_finished(&self, offset: i64) -> bool {
         self.next.is_some_and(|next| offset < next) && !self.unfinished.contains(&offset)
+    }
+    /// One past the highest offset delivered.
+    pub(crate) fn next(&self) -> Option<i64> {
+        self.next
     }
     /// How many delivered offsets are not finished.
     pub(crate) fn unfinished(&self) -> usize {
@@ -306,6 +323,26 @@ mod tests {
         assert!(!t.begin(10), "finished: not again");
         assert_eq!(t.lowest_unfinished(), Some(11));
         assert!(t.begin(12));
+    }
+
+    #[test]
+    fn a_spilled_offset_is_begun_once_more_and_holds_the_commit_meanwhile() {
+        let mut t = OffsetTracker::new(FinishedAbove::parse(0, ""));
+        for o in 0..4 {
+            assert!(t.begin(o));
+        }
+        t.finish(0);
+        t.spill(0);
+        t.spill(2);
+        t.finish(1);
+        t.finish(3);
+        assert_eq!(t.watermark(), Some(2), "the spilled record is unfinished");
+        assert!(!t.begin(0), "finished before the spill: not begun");
+        assert!(!t.begin(1), "never spilled: not begun again");
+        assert!(t.begin(2), "spilled: begun at its next delivery");
+        assert!(!t.begin(2), "once");
+        t.finish(2);
+        assert_eq!(t.watermark(), Some(4));
     }
 
     #[test]

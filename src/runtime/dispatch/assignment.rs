@@ -149,6 +149,7 @@ impl Dispatcher {
             return 0;
         };
         p.revoking = true;
+        self.pause.seeks.remove(tp);
         let is_tier = p.tier > 0;
         let mut dropped = usize::from(p.held.take().is_some()) + p.deferred.len();
         p.deferred.clear();
@@ -164,6 +165,7 @@ impl Dispatcher {
                 dropped_parked += lane.queue.len();
             }
             lane.queue.clear();
+            lane.spilled.clear();
             lane.running
         });
         self.lanes.forget_dropped_waits();
@@ -194,6 +196,7 @@ impl Dispatcher {
     ) -> Option<(i64, String)> {
         let p = self.partitions.map.remove(tp)?;
         self.pause.control.remove(tp);
+        self.pause.seeks.remove(tp);
         if p.running > 0 {
             *self.partitions.orphans.entry(tp.clone()).or_default() += p.running;
             // Their copies must not land any more: the next owner reads back without them.

@@ -1,7 +1,8 @@
 //! The bounds and the pause and resume decisions they lead to: the in-flight bound closes the
-//! consume loop (and, after a stall, pauses every partition), the parked and retry-tier
-//! bounds pause the source or the tier partitions, a full key lane, a held retry record, a
-//! revoke, a read-back and an open breaker pause their partitions. Decisions are queued for
+//! consume loop (and, after a stall, pauses every partition), the retry-tier bound pauses
+//! the tier partitions, a full key lane (not parked), a held retry record, a revoke, a
+//! read-back and an open breaker pause their partitions. Records parked behind a key pause
+//! nothing: past their bounds they are let go and read again (`spill`). Decisions are queued for
 //! the worker to carry out (see the module docs of [`super`] for why no bound can wedge).
 
 use super::dispatcher::Dispatcher;
@@ -13,6 +14,19 @@ impl Dispatcher {
         std::mem::take(&mut self.pause.control)
             .into_iter()
             .collect()
+    }
+
+    /// Partitions to read again from an offset (records let go, see `spill`), in partition
+    /// order. Each partition's position moves there.
+    pub(crate) fn take_seeks(&mut self) -> Vec<(TopicPartition, i64)> {
+        let seeks = std::mem::take(&mut self.pause.seeks);
+        for (tp, offset) in &seeks {
+            if let Some(p) = self.partitions.map.get_mut(tp) {
+                p.reread_until = p.tracker.next().unwrap_or(*offset).max(p.position);
+                p.position = *offset;
+            }
+        }
+        seeks.into_iter().collect()
     }
 
     /// Of `tps`, the partitions that must stay paused (an open breaker, a stalled bound, a
@@ -35,6 +49,7 @@ impl Dispatcher {
     /// carry out, a shutdown drain waiting, or a bound that was reached until now.
     pub(crate) fn loop_needs_wake(&self) -> bool {
         !self.pause.control.is_empty()
+            || !self.pause.seeks.is_empty()
             || self.stopping
             || self.runnable_in_flight() + 1 >= self.limits.max_in_flight
     }
@@ -81,33 +96,29 @@ impl Dispatcher {
         }
     }
 
-    /// Re-checks the pauses that follow the parked and retry-tier bounds when either bound
-    /// was reached or left.
+    /// Re-checks the pauses that follow the retry-tier bound when it was reached or left.
     pub(super) fn update_bound_pauses(&mut self) {
-        let now = (self.parked_full(), self.tier_full());
-        if now != self.pause.bounds_reached {
-            self.pause.bounds_reached = now;
+        let now = self.tier_full();
+        if now != self.pause.tier_bound_reached {
+            self.pause.tier_bound_reached = now;
             self.update_all_pauses();
         }
     }
 
-    /// Whether the records parked behind keys reached the bound: the source partitions pause.
-    fn parked_full(&self) -> bool {
-        self.parked.messages >= self.limits.max_in_flight
-    }
-
     /// Whether the retry-tier records in flight reached the bound: the tier partitions pause.
+    /// (Records parked behind keys pause nothing: past their bound they are let go and read
+    /// again, see `spill`.)
     fn tier_full(&self) -> bool {
         self.load.tier_in_flight >= self.limits.max_in_flight
     }
 
     /// Decides whether `tp` is paused now, and queues the decision when it changed.
     pub(super) fn update_pause(&mut self, tp: &TopicPartition) {
-        let (parked_full, tier_full) = (self.parked_full(), self.tier_full());
+        let tier_full = self.tier_full();
         let Some(p) = self.partitions.map.get_mut(tp) else {
             return;
         };
-        let bound = if p.tier > 0 { tier_full } else { parked_full };
+        let bound = p.tier > 0 && tier_full;
         self.pause.decide(tp, p, bound);
     }
 }

@@ -23,6 +23,7 @@ impl Dispatcher {
         if p.revoking {
             return (Accepted::NotAssigned, Vec::new());
         }
+        p.position = envelope.offset + 1;
         let is_tier = p.tier > 0;
         if p.recovering {
             p.deferred.push(envelope);
@@ -30,6 +31,9 @@ impl Dispatcher {
             return (Accepted::Deferred, Vec::new());
         }
         if !p.tracker.begin(envelope.offset) {
+            if envelope.offset < p.reread_until {
+                return (Accepted::ReadAgain, Vec::new());
+            }
             return (Accepted::AlreadyFinished, Vec::new());
         }
         if is_tier && self.topology.is_other_groups(&envelope) {
@@ -116,9 +120,17 @@ impl Dispatcher {
             // Lanes waiting for this first delivery go first, then its own next record.
             self.release(job_lane);
         }
-        if lane_done && !self.parked.contains(job_lane) {
+        let spilled = self
+            .lanes
+            .by_key
+            .get(job_lane)
+            .is_some_and(|lane| !lane.spilled.is_empty());
+        if lane_done && !spilled && !self.parked.contains(job_lane) {
             self.lanes.by_key.remove(job_lane);
         } else {
+            if lane_done {
+                self.refetch(job_lane);
+            }
             self.mark_ready(job_lane);
         }
     }

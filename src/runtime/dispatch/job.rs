@@ -48,4 +48,7 @@ pub(crate) enum Accepted {
     Deferred,
     /// A retry-tier record another consumer group routed (shared tier names): skipped.
     OtherGroup,
+    /// Delivered before and read again because records of a parked key were let go and are
+    /// read back (see `spill`): skipped.
+    ReadAgain,
 }

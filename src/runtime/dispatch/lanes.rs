@@ -4,7 +4,7 @@
 //! retry-tier lanes from running at once (see the module docs of [`super`]). What starts when:
 //! `schedule`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -60,6 +60,9 @@ pub(super) struct Lane {
     pub(super) blocked: bool,
     /// The assignment of its partition the lane belongs to.
     pub(super) epoch: u64,
+    /// Offsets of its records let go while it was parked and full, to be read again
+    /// (`spill`): its later records follow them, so they are let go too until these are back.
+    pub(super) spilled: BTreeSet<i64>,
 }
 
 /// Every lane with records, and which of them may start.

@@ -17,15 +17,16 @@
 //!   is not yet delivered: a running handler ends, and the next of its lane starts.
 //! - *parked records*: source records queued behind a key parked for a retry-tier record.
 //!   They do not count against `max_in_flight` (they wait for a record that may not be
-//!   delivered yet); at `max_in_flight` of them only the *source* partitions pause.
+//!   delivered yet) and pause nothing: past `max_per_key` of one key or `max_in_flight` in
+//!   all, a parked key's next records are let go and read again once it runs (`parking`).
 //! - *retry-tier records*: never parked and never queued behind a source record, so each
 //!   finishes by itself (a held one when it is due). At `max_in_flight` of them only the tier
 //!   partitions pause.
 //!
 //! So whatever the bounds, the record a parked key waits for can be fetched: the source
 //! records that can run drain by themselves and reopen the loop, parked records never close
-//! it, and tier partitions are never paused by source records. A full key lane
-//! (`max_per_key`) pauses only its own partition. A key is parked only while the tier
+//! it, and tier partitions are never paused by source records. A full key lane that can run
+//! (`max_per_key`) pauses only its own partition; a parked one pauses nothing. A key is parked only while the tier
 //! partition its record went to is assigned to this worker, so the record it waits for is
 //! fetched here.
 //!

@@ -2,6 +2,13 @@
 //! the records of a parked key stay queued in its lane, do not start, and count against the
 //! parked bound instead of the in-flight bound; a key unparked runs again, or its lane is
 //! freed when it holds nothing.
+//!
+//! A parked key never holds its partition back: past `max_per_key` records queued in its
+//! lane, or `max_in_flight` parked in all, its next records are *let go* (spilled): dropped
+//! from memory but left unfinished (the commit stays below them), their offsets kept in the
+//! lane, and every later record of the key follows them. Once the key runs again the
+//! partition is read again from the first of them (a seek); the records of other keys read
+//! again were delivered before and are skipped, the let-go ones are taken in order.
 
 use std::time::Instant;
 
@@ -50,7 +57,21 @@ impl Dispatcher {
     /// Parks `origin` until its record first delivered at `origin_offset` resolves; the
     /// records queued in its lane now wait behind the park.
     fn park(&mut self, origin: LaneKey, origin_offset: i64) {
-        let queued = self.lanes.by_key.get(&origin).map_or(0, |l| l.queue.len());
+        let (queued, was_full) = self
+            .lanes
+            .by_key
+            .get_mut(&origin)
+            .map_or((0, false), |l| (l.queue.len(), std::mem::take(&mut l.full)));
+        if was_full {
+            // A parked lane does not pause its partition: its later records are let go past
+            // the bound instead (`spill`).
+            let (topic, partition) = origin.partition();
+            let tp = (topic.clone(), partition);
+            if let Some(p) = self.partitions.map.get_mut(&tp) {
+                p.full_lanes -= 1;
+            }
+            self.update_pause(&tp);
+        }
         self.parked.park(origin, origin_offset, queued);
     }
 
@@ -64,14 +85,85 @@ impl Dispatcher {
 
     /// A lane that was parked runs again (or is freed when it holds nothing).
     fn unparked(&mut self, key: &LaneKey) {
-        let (idle, queued) = self.lanes.by_key.get(key).map_or((false, 0), |l| {
-            (l.queue.is_empty() && !l.running, l.queue.len())
-        });
+        let max_per_key = self.limits.max_per_key;
+        let (idle, queued, fills) = self
+            .lanes
+            .by_key
+            .get_mut(key)
+            .map_or((false, 0, false), |l| {
+                let fills = !l.full && l.queue.len() >= max_per_key;
+                l.full |= fills;
+                (
+                    l.queue.is_empty() && !l.running && l.spilled.is_empty(),
+                    l.queue.len(),
+                    fills,
+                )
+            });
         self.parked.messages -= queued;
+        if fills {
+            // Runnable again: a full lane holds its partition back as any other does.
+            let (topic, partition) = key.partition();
+            let tp = (topic.clone(), partition);
+            if let Some(p) = self.partitions.map.get_mut(&tp) {
+                p.full_lanes += 1;
+            }
+            self.update_pause(&tp);
+        }
         if idle {
             self.lanes.by_key.remove(key);
         } else {
+            self.refetch(key);
             self.mark_ready(key);
+        }
+    }
+
+    /// Asks for the records of lane `key` that were let go (`spill`) to be read again, from
+    /// the first of them, unless the key is parked, or a read from further back is pending or
+    /// under way and has not passed that offset yet. The records of other keys read again are
+    /// skipped (their offsets were delivered before).
+    pub(super) fn refetch(&mut self, key: &LaneKey) {
+        if self.parked.contains(key) {
+            return;
+        }
+        let Some(first) = self
+            .lanes
+            .by_key
+            .get(key)
+            .and_then(|lane| lane.spilled.first().copied())
+        else {
+            return;
+        };
+        let (topic, partition) = key.partition();
+        let tp = (topic.clone(), partition);
+        let Some(p) = self.partitions.map.get_mut(&tp) else {
+            return;
+        };
+        if p.revoking || p.recovering {
+            return;
+        }
+        if let Some(pending) = self.pause.seeks.get_mut(&tp) {
+            *pending = (*pending).min(first);
+            return;
+        }
+        if p.position <= first && p.reread_until > first {
+            return;
+        }
+        self.pause.seeks.insert(tp, first);
+    }
+
+    /// Lanes that are not parked, hold no record and have records let go: their reads are
+    /// asked for again (a read that was lost, or one that jumped past them for another
+    /// lane). Called at the commit tick.
+    pub(crate) fn refetch_idle(&mut self) {
+        let idle: Vec<LaneKey> = self
+            .lanes
+            .by_key
+            .iter()
+            .filter(|(_, lane)| !lane.spilled.is_empty() && lane.queue.is_empty() && !lane.running)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in idle {
+            self.refetch(&key);
         }
     }
 
@@ -89,7 +181,7 @@ mod tests {
 
     use super::super::job::Accepted;
     use super::super::testing::{
-        ack, copy, msg, ordered as limits, routed, run_all, source, tier, tiered, TIER,
+        ack, copy, msg, ordered as limits, routed, run_all, source, tiered, TIER,
     };
     use super::*;
     use crate::message::RouteTarget;
@@ -130,39 +222,36 @@ mod tests {
         }
         let control = d.take_control();
         assert!(
-            control.contains(&(source(), true)),
-            "the parked bound pauses the source: {control:?}"
+            !control.contains(&(source(), true)),
+            "parked records past their bound are let go, the source keeps flowing: {control:?}"
         );
-        assert!(
-            !control.iter().any(|(tp, _)| *tp == tier()),
-            "the tier partition stays resumed: {control:?}"
-        );
-        // The tier records arrive and succeed: every parked record runs, in order per key.
+        assert_eq!(d.gauges().3, 1, "one record parked in memory (the bound)");
+        // The tier records arrive and succeed: the keys run again; the records let go are
+        // read again from the first of them.
         let mut tier_jobs = Vec::new();
         for (i, (key, origin)) in [("a", 0), ("b", 1), ("c", 2)].into_iter().enumerate() {
             let (accepted, started) = d.accept(copy(key, origin, i as i64), None, 0);
             assert_eq!(accepted, Accepted::Queued);
             tier_jobs.extend(started);
         }
-        let ran = run_all(&mut d, tier_jobs, |_| ack());
+        let mut ran = run_all(&mut d, tier_jobs, |_| ack());
+        assert_eq!(d.take_seeks(), vec![(source(), 4)], "read again from b@4");
+        for offset in 3..9 {
+            let key = ["a", "b", "c"][(offset % 3) as usize];
+            let (_, started) = d.accept(msg(key, offset), None, 0);
+            ran.extend(run_all(&mut d, started, |_| ack()));
+        }
         let source_order: Vec<i64> = ran
             .iter()
             .filter(|(t, _)| t == "t")
             .map(|(_, o)| *o)
             .collect();
-        assert_eq!(source_order.len(), 6, "every parked record ran: {ran:?}");
-        for key_offsets in [[3, 6], [4, 7], [5, 8]] {
-            let at: Vec<usize> = key_offsets
-                .iter()
-                .map(|o| source_order.iter().position(|x| x == o).expect("ran"))
-                .collect();
-            assert!(at[0] < at[1], "key order kept: {source_order:?}");
-        }
-        assert_eq!(d.gauges(), (0, 0, 0, 0));
-        assert!(
-            d.take_control().contains(&(source(), false)),
-            "source resumed"
+        assert_eq!(
+            source_order,
+            vec![3, 4, 5, 6, 7, 8],
+            "every parked record ran once, in order: {ran:?}"
         );
+        assert_eq!(d.gauges(), (0, 0, 0, 0));
         assert_eq!(
             d.take_commits(0)
                 .into_iter()
@@ -170,6 +259,84 @@ mod tests {
                 .collect::<Vec<_>>()
                 .len(),
             2
+        );
+    }
+
+    #[test]
+    fn a_parked_key_past_its_lane_bound_lets_records_go_and_they_run_in_order_when_read_again() {
+        // max_per_key 2: k@0 goes to the tier, k@1 and k@2 park, k@3 and k@5 are let go; x@4
+        // of another key runs at once and the partition is never paused.
+        let mut d = tiered(limits(4, 100, 2, true));
+        let (_, jobs) = d.accept(msg("k", 0), None, 0);
+        run_all(&mut d, jobs, |_| routed());
+        for offset in [1, 2, 3] {
+            assert!(d.accept(msg("k", offset), None, 0).1.is_empty());
+        }
+        let (_, x) = d.accept(msg("x", 4), None, 0);
+        assert_eq!(x.len(), 1, "another key runs while k's lane is full");
+        run_all(&mut d, x, |_| ack());
+        assert!(d.accept(msg("k", 5), None, 0).1.is_empty());
+        let control = d.take_control();
+        assert!(
+            !control.contains(&(source(), true)),
+            "a full parked lane does not pause its partition: {control:?}"
+        );
+        assert_eq!(d.gauges().3, 2, "two parked in memory, two let go");
+        let commits = d.take_commits(0);
+        assert!(
+            commits.iter().any(|(tp, o, _)| *tp == source() && *o == 1),
+            "the commit stays below every record of k after the routed one: {commits:?}"
+        );
+        assert!(d.take_seeks().is_empty(), "nothing read again while parked");
+        d.refetch_idle();
+        assert!(d.take_seeks().is_empty(), "k holds records: not idle");
+        // k's tier record resolves: k@1, k@2 run; the partition is read again from k@3.
+        let (_, tier_jobs) = d.accept(copy("k", 0, 0), None, 0);
+        let mut ran = run_all(&mut d, tier_jobs, |_| ack());
+        assert_eq!(d.take_seeks(), vec![(source(), 3)]);
+        for (key, offset) in [("k", 1), ("k", 3), ("x", 4), ("k", 5), ("y", 6)] {
+            let (accepted, started) = d.accept(msg(key, offset), None, 0);
+            if [1, 4].contains(&offset) {
+                assert_eq!(accepted, Accepted::ReadAgain, "@{offset} ran before");
+            }
+            ran.extend(run_all(&mut d, started, |_| ack()));
+        }
+        assert_eq!(
+            ran,
+            [(TIER, 0), ("t", 1), ("t", 2), ("t", 3), ("t", 5), ("t", 6)]
+                .map(|(t, o)| (t.to_owned(), o))
+                .to_vec()
+        );
+        let commits = d.take_commits(0);
+        assert!(
+            commits.iter().any(|(tp, o, _)| *tp == source() && *o == 7),
+            "everything finished: {commits:?}"
+        );
+        assert_eq!(d.gauges(), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn a_read_again_that_was_lost_is_asked_for_at_the_tick() {
+        let mut d = tiered(limits(4, 100, 1, true));
+        let (_, jobs) = d.accept(msg("k", 0), None, 0);
+        run_all(&mut d, jobs, |_| routed());
+        d.accept(msg("k", 1), None, 0);
+        d.accept(msg("k", 2), None, 0);
+        let (_, tier_jobs) = d.accept(copy("k", 0, 0), None, 0);
+        run_all(&mut d, tier_jobs, |_| ack());
+        assert_eq!(d.take_seeks(), vec![(source(), 2)]);
+        // The seek never took effect: nothing came; at the tick it is asked for again.
+        d.refetch_idle();
+        assert!(
+            d.take_seeks().is_empty(),
+            "a read under way that has not passed k@2 yet is not repeated"
+        );
+        d.accept(msg("z", 3), None, 0);
+        d.refetch_idle();
+        assert_eq!(
+            d.take_seeks(),
+            vec![(source(), 2)],
+            "the read passed k@2 without it: asked again"
         );
     }
 

@@ -41,6 +41,11 @@ pub(super) struct PartitionState {
     pub(super) lowest: Option<(i64, Instant)>,
     /// Handed to this assignment's jobs; cancelled when they are abandoned at the revoke.
     pub(super) abandon: Arc<CancellationToken>,
+    /// One past the offset last delivered (after a seek: the offset read from).
+    pub(super) position: i64,
+    /// Where the read again after the last seek ends: one past the highest offset delivered
+    /// before it.
+    pub(super) reread_until: i64,
 }
 
 impl PartitionState {

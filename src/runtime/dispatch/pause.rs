@@ -16,13 +16,16 @@ pub(super) struct PauseControl {
     pub(super) globally_paused: bool,
     /// Every partition is paused while the circuit breaker is open.
     pub(super) breaker_open: bool,
-    /// Whether the parked bound and the retry-tier bound were reached, as last applied.
-    pub(super) bounds_reached: (bool, bool),
+    /// Whether the retry-tier bound was reached, as last applied.
+    pub(super) tier_bound_reached: bool,
+    /// Where to read a partition from again (its records let go, see `spill`), not carried
+    /// out yet.
+    pub(super) seeks: BTreeMap<TopicPartition, i64>,
 }
 
 impl PauseControl {
     /// Decides whether the partition `tp` (its state `p`) is paused now, `bound` telling
-    /// whether the parked or the retry-tier bound holds it; queues the decision when it
+    /// whether the retry-tier bound holds it; queues the decision when it
     /// changed.
     pub(super) fn decide(&mut self, tp: &TopicPartition, p: &mut PartitionState, bound: bool) {
         let want = bound || p.paused_otherwise(self.globally_paused, self.breaker_open);

@@ -2,7 +2,7 @@
 //! lane waits while a job of its key's first-delivery lane runs elsewhere (a retry-tier job, or
 //! an abandoned one), and is released when that job ends.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use super::dispatcher::Dispatcher;
 use super::job::{Job, TopicPartition};
@@ -51,6 +51,7 @@ impl Dispatcher {
         };
         let epoch = p.epoch;
         let key = LaneKey::of(&envelope, &tp.0);
+        let parked = self.parked.contains(&key);
         let lane = self
             .lanes
             .by_key
@@ -62,12 +63,30 @@ impl Dispatcher {
                 full: false,
                 blocked: false,
                 epoch,
+                spilled: BTreeSet::new(),
             });
+        // A record let go and read again takes its place in the lane.
+        lane.spilled.remove(&envelope.offset);
+        let spill = lane
+            .spilled
+            .first()
+            .is_some_and(|first| *first < envelope.offset)
+            || (parked
+                && (lane.queue.len() >= self.limits.max_per_key
+                    || self.parked.messages >= self.limits.max_in_flight));
+        if spill {
+            // A parked key's record past the bounds (or after records of its let go): let go
+            // too, read again once the key runs (see `spill`), so the partition keeps flowing.
+            lane.spilled.insert(envelope.offset);
+            p.tracker.spill(envelope.offset);
+            self.load.uncount(p.tier > 0);
+            return;
+        }
         lane.queue.push_back(envelope);
-        if self.parked.contains(&key) {
+        if parked {
             self.parked.messages += 1;
         }
-        if !lane.full && lane.queue.len() >= self.limits.max_per_key {
+        if !lane.full && !parked && lane.queue.len() >= self.limits.max_per_key {
             lane.full = true;
             p.full_lanes += 1;
             self.update_pause(tp);

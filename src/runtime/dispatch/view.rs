@@ -62,6 +62,7 @@ impl Dispatcher {
             entry.1 += 1;
             if let Some(lane) = self.lanes.by_key.get(key) {
                 entry.0.extend(lane.queue.iter().map(|e| e.offset));
+                entry.0.extend(lane.spilled.iter().copied());
             }
         }
         parked

@@ -63,6 +63,17 @@ impl Shared {
         self.dispatcher.lock().take_control()
     }
 
+    /// Partitions to read again from an offset (records let go behind a parked key).
+    pub(crate) fn take_seeks(&self) -> Vec<(TopicPartition, i64)> {
+        self.dispatcher.lock().take_seeks()
+    }
+
+    /// Asks again for the records let go of idle lanes to be read (see
+    /// `Dispatcher::refetch_idle`).
+    pub(crate) fn refetch_idle(&self) {
+        self.dispatcher.lock().refetch_idle();
+    }
+
     /// Commits that would change what the broker holds (`all`: every partition's, as after a
     /// failed commit), stamped now.
     pub(crate) fn take_commits(&self, all: bool) -> Vec<Commit> {

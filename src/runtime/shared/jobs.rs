@@ -65,7 +65,7 @@ impl Shared {
                     .fetch_add(1, Ordering::Relaxed);
             }
             Accepted::NotAssigned => self.requeued(1),
-            Accepted::Queued | Accepted::Deferred => {}
+            Accepted::Queued | Accepted::Deferred | Accepted::ReadAgain => {}
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -181,6 +181,8 @@ impl<'a> ConsumeLoop<'a> {
         self.committer.commit(self.shared);
         refresh_gauges(self.shared);
         self.shared.report_long_parked(Instant::now());
+        self.shared.refetch_idle();
+        apply_control(self.consumer, self.shared);
         if let Some(reader) = &self.lag_reader {
             if self.lag_read_at.elapsed() >= self.lag_interval {
                 self.lag_read_at = Instant::now();
@@ -237,6 +239,14 @@ async fn breaker_change(
 
 /// Carries out the dispatcher's pause and resume decisions.
 fn apply_control(consumer: &WorkerConsumer, shared: &Shared) {
+    for ((topic, partition), offset) in shared.take_seeks() {
+        // Records let go behind a parked key are read again from here (asynchronously: a
+        // zero timeout); the records of other keys read again are skipped.
+        tracing::debug!(%topic, partition, offset, "reading a partition again from the first record let go behind a key");
+        if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::ZERO) {
+            tracing::warn!(%topic, partition, offset, error = %e, "seek failed; asked again at the next commit tick");
+        }
+    }
     let decisions = shared.take_control();
     if decisions.is_empty() {
         return;
