@@ -386,13 +386,14 @@ impl Plan {
         total / settings.concurrency.max(1) as u64
     }
 
-    /// Tier time of group `g` that its partitions wait out one record after another: under
-    /// strict ordering a key whose record waits in a tier holds its next records, and once a
-    /// key holds `max_per_key` of them its partition stops at the next, so the partition's
-    /// other keys wait too. At the minimum bounds the tier delays of a partition's records
-    /// then add up (seed 12022: one partition, 11 keys, `max_per_key=1`, 155 tier passes of
-    /// 500 and 771 ms; no handler ran for 72 % of its drain). Zero under relaxed ordering,
-    /// where a key's later records go on.
+    /// Tier time of group `g` that its partitions may wait out one record after another:
+    /// under strict ordering a key whose record waits in a tier holds its next records. Until
+    /// `c70d538` a key holding `max_per_key` of them stopped its partition, so the partition's
+    /// other keys waited too, and at the minimum bounds the tier delays of a partition's
+    /// records added up (seed 12022: one partition, 11 keys, `max_per_key=1`, 155 tier passes
+    /// of 500 and 771 ms; no handler ran for 72 % of its drain). Now such records are let go
+    /// and read again, and the partition flows; the allowance is kept, as slack for those
+    /// reads again. Zero under relaxed ordering, where a key's later records go on.
     pub fn serial_tier_ms(&self, g: usize) -> u64 {
         let settings = &self.groups[g];
         if !settings.strict {
