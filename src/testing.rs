@@ -125,6 +125,12 @@ impl<H: Handler> TestWorker<H> {
         self.stores = stores;
         self
     }
+    /// A circuit breaker for the dependency `name` ([`crate::Context::dependency`]).
+    pub fn dependency_breaker(mut self, name: &str, breaker: BreakerConfig) -> Self {
+        self.stack = tokio::sync::OnceCell::new();
+        self.config.dependencies.insert(name.to_owned(), breaker);
+        self
+    }
     /// A circuit breaker around the handler.
     pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
         self.stack = tokio::sync::OnceCell::new();

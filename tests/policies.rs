@@ -1375,3 +1375,104 @@ async fn leases_in_redis(
         .await
         .expect("keys")
 }
+
+/// A named dependency's breaker (`.dependency_breaker`): while the dependency fails it opens,
+/// and the calls wrapped in `cx.dependency(..)` are not made while it is open (the dependency
+/// is spared); the deliveries wait without spending attempts and none is routed to a tier or
+/// dead-lettered; after the outage every record is handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_named_dependencys_breaker_spares_it_and_loses_nothing() {
+    const OUTAGE: Duration = Duration::from_secs(3);
+    let s = server().await;
+    let (topic, group) = topic_and_group(&s.bootstrap, "dependency", 1).await;
+    let down_until: Arc<Mutex<Option<Instant>>> = Arc::default();
+    // Every call made to the dependency: (when, it failed).
+    let made: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
+    // Every record handled: (seq, attempt).
+    let handled: Arc<Mutex<Vec<(i64, u32)>>> = Arc::default();
+    let handler = {
+        let (down_until, made, handled) = (down_until.clone(), made.clone(), handled.clone());
+        FnHandler::new(move |u: Update, cx: Context| {
+            let (down_until, made, handled) = (down_until.clone(), made.clone(), handled.clone());
+            async move {
+                cx.dependency("payments")
+                    .call(async {
+                        let down = down_until
+                            .lock()
+                            .is_some_and(|until| Instant::now() < until);
+                        made.lock().push((Instant::now(), down));
+                        if down {
+                            Err(HandlerError::transient("payments refused"))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .await?;
+                handled.lock().push((u.version, cx.attempt()));
+                Ok(())
+            }
+        })
+    };
+    *down_until.lock() = Some(Instant::now() + OUTAGE);
+    let running = spawn(
+        worker(&s.bootstrap, &topic, &group)
+            .concurrency(16)
+            .retry(Retry::exponential(
+                2,
+                Duration::from_millis(10),
+                Duration::from_millis(10),
+            ))
+            .retry_topics([Duration::from_secs(1)])
+            .dependency_breaker(
+                "payments",
+                BreakerConfig {
+                    failure_rate_percent: 50,
+                    window_ms: 1_000,
+                    min_calls: 5,
+                    open_ms: 500,
+                    half_open_probes: 1,
+                },
+            )
+            .handler(handler),
+    );
+    let updates: Vec<Update> = (0..200)
+        .map(|seq| update(&format!("k{seq}"), seq, &seq.to_string()))
+        .collect();
+    let records: Vec<(Vec<u8>, Vec<u8>)> = updates.iter().map(record).collect();
+    produce_raw(&s.bootstrap, &topic, &records).await;
+    eventually(Duration::from_secs(30), "every record handled", || {
+        handled.lock().len() >= updates.len()
+    })
+    .await;
+    committed_at(&s.bootstrap, &group, &topic, 200).await;
+    let stats = running.stop().await;
+
+    let handled = handled.lock().clone();
+    let seqs: HashSet<i64> = handled.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        (handled.len(), seqs.len()),
+        (200, 200),
+        "every record handled once"
+    );
+    assert!(
+        handled.iter().all(|(_, attempt)| *attempt <= 2),
+        "no attempt spent past the in-place ones while the breaker was open: {:?}",
+        handled.iter().filter(|(_, a)| *a > 2).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (stats.routed_to_tier, stats.dead_lettered),
+        (0, 0),
+        "nothing routed because the dependency's breaker was open: {stats:?}"
+    );
+    let failed = made.lock().iter().filter(|(_, down)| *down).count();
+    println!("calls made to the dependency while it was down: {failed}, for 200 records waiting");
+    assert!(
+        failed < 60,
+        "the dependency was spared while its breaker was open: {failed} calls made to it while it was down, for 200 records"
+    );
+    assert!(
+        failed >= 5,
+        "the breaker opened only after min_calls failures: {failed}"
+    );
+    s.handle.shutdown().await;
+}

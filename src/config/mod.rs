@@ -171,6 +171,9 @@ pub struct WorkerConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// Circuit breaker (`[breaker]`); off when absent.
     pub breaker: Option<BreakerConfig>,
+    /// Circuit breakers of named dependencies the handler calls through
+    /// [`crate::Context::dependency`] (`[dependencies.<name>]`, the keys of `[breaker]`).
+    pub dependencies: BTreeMap<String, BreakerConfig>,
     /// Transactional idempotency on Postgres (`[transaction]`); off when absent.
     pub transaction: Option<TransactionConfig>,
     /// Metrics and health endpoint (`[observe]`).
@@ -211,6 +214,7 @@ impl Default for WorkerConfig {
             dedup: None,
             rate_limit: None,
             breaker: None,
+            dependencies: BTreeMap::new(),
             transaction: None,
             observe: ObserveConfig::default(),
             handlers: BTreeMap::new(),
@@ -514,20 +518,19 @@ impl WorkerConfig {
             }
         }
         if let Some(breaker) = &self.breaker {
-            if breaker.failure_rate_percent == 0 || breaker.failure_rate_percent > 100 {
-                return invalid("breaker.failure_rate_percent", "must be between 1 and 100");
+            if let Err((field, reason)) = breaker.check() {
+                return invalid(field, reason);
             }
-            if breaker.min_calls == 0 || breaker.half_open_probes == 0 {
-                return invalid(
-                    "breaker.min_calls",
-                    "`min_calls` and `half_open_probes` must be at least 1",
-                );
+        }
+        for (name, breaker) in &self.dependencies {
+            if name.is_empty() {
+                return invalid("dependencies", "a dependency needs a name");
             }
-            if breaker.window_ms == 0 || breaker.open_ms == 0 {
-                return invalid(
-                    "breaker.window_ms",
-                    "`window_ms` and `open_ms` must be positive",
-                );
+            if let Err((field, reason)) = breaker.check() {
+                return Err(ConfigError::Invalid {
+                    key: "dependencies",
+                    reason: format!("[dependencies.{name}] `{field}`: {reason}"),
+                });
             }
         }
         if let Some(tx) = &self.transaction {

@@ -132,6 +132,28 @@ pub struct BreakerConfig {
     pub half_open_probes: u32,
 }
 
+impl BreakerConfig {
+    /// Checks the settings: the key (under `[breaker]`) of the first wrong one and why.
+    pub(crate) fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.failure_rate_percent == 0 || self.failure_rate_percent > 100 {
+            return Err(("breaker.failure_rate_percent", "must be between 1 and 100"));
+        }
+        if self.min_calls == 0 || self.half_open_probes == 0 {
+            return Err((
+                "breaker.min_calls",
+                "`min_calls` and `half_open_probes` must be at least 1",
+            ));
+        }
+        if self.window_ms == 0 || self.open_ms == 0 {
+            return Err((
+                "breaker.window_ms",
+                "`window_ms` and `open_ms` must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {

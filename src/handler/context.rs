@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{HandlerError, Transaction};
 use crate::message::{DropReason, Envelope, Headers};
 use crate::observe::trace::{self, TraceContext};
+use crate::policy::Dependencies;
 use crate::producer::Producer;
 use crate::store::{OnceRecord, OnceStart, TransactionalStore};
 
@@ -21,6 +22,7 @@ pub struct Context {
     pub(crate) shutdown: Arc<CancellationToken>,
     pub(crate) transactions: Option<Arc<dyn TransactionalStore>>,
     pub(crate) producer: Option<Producer>,
+    pub(crate) dependencies: Option<Arc<Dependencies>>,
 }
 
 impl Context {
@@ -43,6 +45,37 @@ impl Context {
             shutdown,
             transactions,
             producer,
+            dependencies: None,
+        }
+    }
+
+    /// With the breakers of the handler's named dependencies.
+    pub(crate) fn with_dependencies(mut self, dependencies: Option<Arc<Dependencies>>) -> Self {
+        self.dependencies = dependencies;
+        self
+    }
+
+    /// The dependency `name`, to call through its circuit breaker
+    /// (`[dependencies.<name>]`, builder `.dependency_breaker(name, ..)`):
+    ///
+    /// ```no_run
+    /// # use steadfast::{Context, HandlerError};
+    /// # async fn charge() -> Result<(), std::io::Error> { Ok(()) }
+    /// # async fn handle(cx: &Context) -> Result<(), HandlerError> {
+    /// cx.dependency("payments")
+    ///     .call(async { charge().await.map_err(HandlerError::transient) })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// While its breaker is open the call is not made and fails as
+    /// [`HandlerError::Unavailable`]: returned by the handler, the delivery is tried again
+    /// without spending an attempt, and the worker pauses its partitions until the breaker
+    /// probes. A name without a configured breaker makes the call as it is.
+    pub fn dependency<'a>(&'a self, name: &'a str) -> Dependency<'a> {
+        Dependency {
+            breakers: self.dependencies.as_deref(),
+            name,
         }
     }
     /// The worker's producer, for messages this handler sends: idempotent, `acks=all`, and
@@ -189,5 +222,27 @@ impl Context {
                 .map(|(f, lease)| (f.store_key.clone(), lease.token)),
         };
         (record.id.is_some() || record.version.is_some()).then_some(record)
+    }
+}
+
+/// A named dependency of a handler, its calls counted by its circuit breaker
+/// ([`Context::dependency`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Dependency<'a> {
+    breakers: Option<&'a Dependencies>,
+    name: &'a str,
+}
+
+impl Dependency<'_> {
+    /// Makes `call` through the dependency's breaker (see [`Context::dependency`]); a failure
+    /// other than a permanent one counts against the dependency.
+    pub async fn call<T>(
+        self,
+        call: impl std::future::Future<Output = Result<T, HandlerError>>,
+    ) -> Result<T, HandlerError> {
+        match self.breakers {
+            Some(breakers) => breakers.call(self.name, call).await,
+            None => call.await,
+        }
     }
 }

@@ -14,7 +14,7 @@ pub use self::batch::{
     handle_one, Batch, BatchContext, BatchHandler, BatchRunner, BatchTransaction, Item,
 };
 pub(crate) use self::batch::{runner_of, BatchService, BatchSettings};
-pub use self::context::Context;
+pub use self::context::{Context, Dependency};
 pub use self::error::HandlerError;
 pub use self::service::HandlerService;
 pub use self::transaction::Transaction;

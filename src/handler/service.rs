@@ -14,7 +14,7 @@ use tower::Service;
 
 use super::{Context, Handler, HandlerError};
 use crate::message::{Envelope, ErrorClass, Failure, HandlerNotes, Message, Outcome};
-use crate::policy::{now_ms, OutcomeFuture};
+use crate::policy::{now_ms, Dependencies, OutcomeFuture};
 use crate::producer::Producer;
 use crate::store::TransactionalStore;
 
@@ -26,6 +26,7 @@ pub struct HandlerService<H> {
     shutdown: Arc<CancellationToken>,
     transactions: Option<Arc<dyn TransactionalStore>>,
     producer: Option<Producer>,
+    dependencies: Option<Arc<Dependencies>>,
     duration: metrics::Histogram,
 }
 
@@ -37,6 +38,7 @@ impl<H> Clone for HandlerService<H> {
             shutdown: self.shutdown.clone(),
             transactions: self.transactions.clone(),
             producer: self.producer.clone(),
+            dependencies: self.dependencies.clone(),
             duration: self.duration.clone(),
         }
     }
@@ -51,6 +53,7 @@ impl<H: Handler> HandlerService<H> {
             shutdown: Arc::new(shutdown),
             transactions: None,
             producer: None,
+            dependencies: None,
             duration: metrics::Histogram::noop(),
         }
     }
@@ -67,6 +70,11 @@ impl<H: Handler> HandlerService<H> {
     /// Hands handlers transactions of `stores` ([`Context::transaction`]).
     pub fn with_transactions(mut self, stores: Option<Arc<dyn TransactionalStore>>) -> Self {
         self.transactions = stores;
+        self
+    }
+    /// Hands handlers the breakers of their named dependencies ([`Context::dependency`]).
+    pub fn with_dependencies(mut self, dependencies: Arc<Dependencies>) -> Self {
+        self.dependencies = Some(dependencies);
         self
     }
 }
@@ -114,6 +122,7 @@ impl<H: Handler> HandlerService<H> {
         let shutdown = self.shutdown.clone();
         let transactions = self.transactions.clone();
         let producer = self.producer.clone();
+        let dependencies = self.dependencies.clone();
         let duration = self.duration.clone();
         async move {
             let attempt = envelope.attempt;
@@ -133,7 +142,8 @@ impl<H: Handler> HandlerService<H> {
                 shutdown,
                 transactions.clone(),
                 producer.as_ref(),
-            );
+            )
+            .with_dependencies(dependencies);
             let timer = crate::observe::Timer::start(duration);
             let result = AssertUnwindSafe(handler.handle_message(message, &cx))
                 .catch_unwind()

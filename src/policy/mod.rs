@@ -37,6 +37,7 @@ mod trace;
 pub(crate) use self::adapter::Next;
 use self::adapter::Wrap;
 pub use self::adapter::{BoxedStack, OutcomeFuture};
+pub use self::breaker::dependencies::Dependencies;
 pub use self::breaker::state::{Breaker, BreakerPhase, BreakerSettings, BreakerState, Permit};
 pub(crate) use self::clock::now_ms;
 pub use self::facts::describe;

@@ -52,6 +52,7 @@ pub(crate) fn build_stack<H: Handler>(
                 BatchService::new(runner, batch_settings(config), group, shutdown.clone())
                     .with_transactions(transactions)
                     .with_producer(producer)
+                    .with_dependencies(guards.dependencies.clone())
                     .timed(
                         meters.handler_duration.clone(),
                         meters.batch_records.clone(),
@@ -62,6 +63,7 @@ pub(crate) fn build_stack<H: Handler>(
             let handler = HandlerService::new(handler, group, shutdown.clone())
                 .with_transactions(transactions)
                 .with_producer(producer)
+                .with_dependencies(guards.dependencies.clone())
                 .timed(meters.handler_duration.clone());
             Next::from_fn(move |envelope| Box::pin(handler.handle(envelope)))
         }

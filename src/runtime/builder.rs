@@ -234,6 +234,18 @@ impl<H> WorkerBuilder<H> {
         });
         self
     }
+    /// A circuit breaker for the dependency `name`, which the handler calls through
+    /// [`crate::Context::dependency`]: while it is open those calls fail at once as
+    /// unavailable (waited out without spending an attempt) and the worker pauses its
+    /// partitions. One per dependency; several may be given.
+    pub fn dependency_breaker(
+        mut self,
+        name: impl Into<String>,
+        breaker: crate::config::BreakerConfig,
+    ) -> Self {
+        self.config.dependencies.insert(name.into(), breaker);
+        self
+    }
     /// Puts a circuit breaker around the handler.
     pub fn breaker(mut self, breaker: crate::config::BreakerConfig) -> Self {
         self.config.breaker = Some(breaker);

@@ -13,7 +13,7 @@ use super::store_watch::{watch_restarts, Watched};
 use crate::config::{redact, store_kind, StoreKind, WorkerConfig};
 use crate::error::WorkerError;
 use crate::observe::{Health, Observed};
-use crate::policy::{keep_for, lease_length, outage_backoff, Breaker, KeptLeases};
+use crate::policy::{keep_for, lease_length, outage_backoff, Breaker, Dependencies, KeptLeases};
 use crate::store::guards::GuardStore;
 use crate::store::memory::{MemoryDedupStore, MemoryLockStore, MemoryVersionStore};
 use crate::store::postgres::PostgresStores;
@@ -28,6 +28,8 @@ use crate::store::{
 pub(crate) struct Guards {
     pub(crate) stores: StoreHandles,
     pub(crate) breaker: Option<Breaker>,
+    /// The breakers of the handler's named dependencies.
+    pub(crate) dependencies: Arc<Dependencies>,
     /// Where store and dependency outages are reported for the readiness probe.
     pub(crate) health: Arc<Health>,
     /// The stale check, lock and dedup in one call each way, where they share one Redis
@@ -115,6 +117,7 @@ impl Guards {
         Ok(Guards {
             stores,
             breaker,
+            dependencies: Arc::new(Dependencies::new(group, &config.dependencies)),
             kept_leases,
             health: health.clone(),
             combined,

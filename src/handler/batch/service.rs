@@ -22,6 +22,7 @@ use crate::handler::service::{self, failure, outcome_of, panic_text};
 use crate::handler::Context;
 use crate::handler::HandlerError;
 use crate::message::{Envelope, ErrorClass, Message, Outcome};
+use crate::policy::Dependencies;
 use crate::producer::Producer;
 use crate::store::TransactionalStore;
 
@@ -133,6 +134,7 @@ pub(crate) struct BatchService<M> {
     shutdown: Arc<CancellationToken>,
     transactions: Option<Arc<dyn TransactionalStore>>,
     producer: Option<Producer>,
+    dependencies: Option<Arc<Dependencies>>,
     duration: metrics::Histogram,
     records: metrics::Histogram,
     /// The collector's queue, started by the first record.
@@ -148,6 +150,7 @@ impl<M> Clone for BatchService<M> {
             shutdown: self.shutdown.clone(),
             transactions: self.transactions.clone(),
             producer: self.producer.clone(),
+            dependencies: self.dependencies.clone(),
             duration: self.duration.clone(),
             records: self.records.clone(),
             queue: self.queue.clone(),
@@ -170,6 +173,7 @@ impl<M: Message> BatchService<M> {
             shutdown: Arc::new(shutdown),
             transactions: None,
             producer: None,
+            dependencies: None,
             duration: metrics::Histogram::noop(),
             records: metrics::Histogram::noop(),
             queue: Arc::new(OnceCell::new()),
@@ -188,6 +192,11 @@ impl<M: Message> BatchService<M> {
     /// Hands handlers `producer`.
     pub(crate) fn with_producer(mut self, producer: Producer) -> Self {
         self.producer = Some(producer);
+        self
+    }
+    /// Hands handlers the breakers of their named dependencies.
+    pub(crate) fn with_dependencies(mut self, dependencies: Arc<Dependencies>) -> Self {
+        self.dependencies = Some(dependencies);
         self
     }
     /// Hands handlers transactions of `stores`.
@@ -217,7 +226,8 @@ impl<M: Message> BatchService<M> {
                 this.shutdown.clone(),
                 this.transactions.clone(),
                 this.producer.as_ref(),
-            );
+            )
+            .with_dependencies(this.dependencies.clone());
             reset_notes(&cx);
             let (reply, verdict) = oneshot::channel();
             let queue = this.queue.get_or_init(|| async { this.start() }).await;

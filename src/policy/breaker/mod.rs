@@ -6,6 +6,7 @@
 //! opens again. A message whose failure opened the breaker is not routed: it waits with the
 //! others and is tried again, without spending an attempt.
 
+pub(crate) mod dependencies;
 pub(crate) mod state;
 
 use std::sync::Arc;

@@ -49,8 +49,8 @@ pub(super) struct ConsumeLoop<'a> {
     shared: &'a Arc<Shared>,
     shutdown: &'a CancellationToken,
     commit_tick: Interval,
-    /// The circuit breaker's phase, when there is a breaker.
-    breaker: Option<watch::Receiver<BreakerPhase>>,
+    /// The phases of the circuit breakers: the handler's and its named dependencies'.
+    breakers: Vec<watch::Receiver<BreakerPhase>>,
     /// Reads the retry tiers' log ends for their lag (see `refresh_tier_lag`).
     lag_reader: Option<Arc<BaseConsumer>>,
     lag_interval: Duration,
@@ -69,7 +69,7 @@ impl<'a> ConsumeLoop<'a> {
         shared: &'a Arc<Shared>,
         shutdown: &'a CancellationToken,
         pace: Pace,
-        breaker: Option<watch::Receiver<BreakerPhase>>,
+        breakers: Vec<watch::Receiver<BreakerPhase>>,
         lag_reader: Option<Arc<BaseConsumer>>,
     ) -> Self {
         let mut commit_tick = tokio::time::interval(pace.commit_interval);
@@ -84,7 +84,7 @@ impl<'a> ConsumeLoop<'a> {
             shared,
             shutdown,
             commit_tick,
-            breaker,
+            breakers,
             lag_reader,
             lag_interval: pace.lag_interval,
             lag_read_at: Instant::now(),
@@ -126,7 +126,7 @@ impl<'a> ConsumeLoop<'a> {
             biased;
             _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
             _ = shared.woken() => apply_control(consumer, shared),
-            Some(open) = breaker_change(&mut self.breaker, &shared.meters) => {
+            Some(open) = breaker_change(&mut self.breakers, &shared.meters) => {
                 shared.set_breaker_open(open);
                 apply_control(consumer, shared);
             }
@@ -146,7 +146,7 @@ impl<'a> ConsumeLoop<'a> {
             biased;
             _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
             _ = shared.woken() => apply_control(consumer, shared),
-            Some(open) = breaker_change(&mut self.breaker, &shared.meters) => {
+            Some(open) = breaker_change(&mut self.breakers, &shared.meters) => {
                 shared.set_breaker_open(open);
                 apply_control(consumer, shared);
             }
@@ -209,30 +209,42 @@ impl<'a> ConsumeLoop<'a> {
     }
 }
 
-/// The next change of the breaker's phase: `Some(true)` when it opened, `Some(false)` when
-/// it half-opened or closed; never resolves without a breaker (or once it is gone).
+/// The next change of the breakers' phases: `Some(true)` when one is open, `Some(false)` when
+/// none is (they half-opened or closed); never resolves without a breaker (or once they are
+/// all gone).
 async fn breaker_change(
-    breaker: &mut Option<watch::Receiver<BreakerPhase>>,
+    breakers: &mut Vec<watch::Receiver<BreakerPhase>>,
     meters: &Meters,
 ) -> Option<bool> {
-    let Some(rx) = breaker else {
-        return std::future::pending().await;
-    };
-    if rx.changed().await.is_err() {
-        *breaker = None;
-        return std::future::pending().await;
+    loop {
+        if breakers.is_empty() {
+            return std::future::pending().await;
+        }
+        let changes = breakers.iter_mut().map(|rx| Box::pin(rx.changed()));
+        let (changed, at, _) = futures::future::select_all(changes).await;
+        if changed.is_err() {
+            breakers.remove(at);
+            continue;
+        }
+        break;
     }
-    let phase = *rx.borrow_and_update();
-    meters.breaker.set(match phase {
+    let phases: Vec<BreakerPhase> = breakers
+        .iter_mut()
+        .map(|rx| *rx.borrow_and_update())
+        .collect();
+    let rank = |phase: &BreakerPhase| match phase {
         BreakerPhase::Closed => 0.0,
         BreakerPhase::HalfOpen => 1.0,
         BreakerPhase::Open => 2.0,
-    });
-    let open = phase == BreakerPhase::Open;
+    };
+    meters
+        .breaker
+        .set(phases.iter().map(rank).fold(0.0, f64::max));
+    let open = phases.contains(&BreakerPhase::Open);
     if open {
         tracing::warn!("circuit breaker open: partitions paused, polling continues");
     } else {
-        tracing::info!("circuit breaker probing or closed: partitions resumed");
+        tracing::info!("circuit breakers probing or closed: partitions resumed");
     }
     Some(open)
 }
@@ -384,5 +396,38 @@ pub(super) async fn drain(
         }
         let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), notified)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The partitions pause while any breaker (the handler's or a dependency's) is open, and
+    /// resume only when none is.
+    #[tokio::test]
+    async fn partitions_pause_while_any_breaker_is_open() {
+        let meters = Meters::noop();
+        let (handler, handler_rx) = watch::channel(BreakerPhase::Closed);
+        let (payments, payments_rx) = watch::channel(BreakerPhase::Closed);
+        let mut breakers = vec![handler_rx, payments_rx];
+        payments.send_replace(BreakerPhase::Open);
+        assert_eq!(breaker_change(&mut breakers, &meters).await, Some(true));
+        handler.send_replace(BreakerPhase::HalfOpen);
+        assert_eq!(
+            breaker_change(&mut breakers, &meters).await,
+            Some(true),
+            "the dependency's breaker is still open"
+        );
+        payments.send_replace(BreakerPhase::HalfOpen);
+        assert_eq!(breaker_change(&mut breakers, &meters).await, Some(false));
+        drop(handler);
+        payments.send_replace(BreakerPhase::Open);
+        assert_eq!(
+            breaker_change(&mut breakers, &meters).await,
+            Some(true),
+            "a breaker gone is dropped from the watch"
+        );
+        assert_eq!(breakers.len(), 1);
     }
 }

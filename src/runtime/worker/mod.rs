@@ -299,14 +299,15 @@ impl<H: Handler> Worker<H> {
             commit_interval: Duration::from_millis(self.config.commit_interval_ms),
             lag_interval: Duration::from_millis(self.config.observe.lag_interval_ms),
         };
-        let breaker = guards.breaker.as_ref().map(policy::Breaker::watch);
+        let mut breakers: Vec<_> = guards.breaker.iter().map(policy::Breaker::watch).collect();
+        breakers.extend(guards.dependencies.watches());
         let mut consume = ConsumeLoop::new(
             &consumer,
             &partition_queues,
             &shared,
             &shutdown,
             pace,
-            breaker,
+            breakers,
             lag_reader,
         );
         consume.run().await;

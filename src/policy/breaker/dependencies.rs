@@ -1,0 +1,157 @@
+//! Circuit breakers of named dependencies (`[dependencies.<name>]`): a handler wraps its calls
+//! to a downstream in [`crate::Context::dependency`]; each name has a breaker of its own, with
+//! the same window, thresholds and phases as the handler's breaker. While one is open its
+//! calls fail at once as [`HandlerError::Unavailable`] (waited out in place without spending
+//! an attempt, never dead-lettered) and the worker pauses its partitions, polling on, as for
+//! the handler's breaker; they resume when it probes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::state::{Breaker, BreakerPhase, Permit};
+use crate::config::BreakerConfig;
+use crate::handler::HandlerError;
+
+/// The breakers of a handler's named dependencies.
+#[derive(Debug, Default)]
+pub struct Dependencies {
+    by_name: HashMap<String, Breaker>,
+    /// Names asked for without a breaker, warned about once each.
+    unknown: Mutex<HashSet<String>>,
+}
+
+impl Dependencies {
+    /// A closed breaker for each of `configs`, named `<group>/<name>` in logs.
+    pub fn new(group: &str, configs: &BTreeMap<String, BreakerConfig>) -> Self {
+        Dependencies {
+            by_name: configs
+                .iter()
+                .map(|(name, config)| {
+                    (
+                        name.clone(),
+                        Breaker::new(&format!("{group}/{name}"), config.settings()),
+                    )
+                })
+                .collect(),
+            unknown: Mutex::default(),
+        }
+    }
+
+    /// Whether no dependency has a breaker.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Follows every breaker's phase (the worker pauses its partitions while one is open).
+    pub fn watches(&self) -> Vec<watch::Receiver<BreakerPhase>> {
+        self.by_name.values().map(Breaker::watch).collect()
+    }
+
+    /// Runs `call`, a call to the dependency `name`, through its breaker: at once as
+    /// [`HandlerError::Unavailable`] while the breaker is open; otherwise the call's result,
+    /// counted (a failure other than a permanent one counts as failed), and an error that
+    /// opened the breaker turned into `Unavailable` too. A name without a breaker runs the
+    /// call as it is (with a warning, once).
+    pub async fn call<T>(
+        &self,
+        name: &str,
+        call: impl Future<Output = Result<T, HandlerError>>,
+    ) -> Result<T, HandlerError> {
+        let Some(breaker) = self.by_name.get(name) else {
+            if self.unknown.lock().insert(name.to_owned()) {
+                tracing::warn!(
+                    dependency = name,
+                    "no breaker is configured for this dependency ([dependencies.{name}]): its calls are not guarded"
+                );
+            }
+            return call.await;
+        };
+        if let Permit::WaitUntil(_) = breaker.permit() {
+            return Err(HandlerError::unavailable(format!(
+                "{name}: circuit open, not called"
+            )));
+        }
+        let result = call.await;
+        let failed = matches!(&result, Err(e) if !matches!(e, HandlerError::Permanent(_)));
+        if breaker.record(!failed) == BreakerPhase::Open && failed {
+            if let Err(e) = result {
+                return Err(HandlerError::unavailable(format!(
+                    "{name}: circuit opened by this failure: {e}"
+                )));
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn payments(min_calls: u32, open_ms: u64) -> Dependencies {
+        let config = BreakerConfig {
+            failure_rate_percent: 50,
+            window_ms: 60_000,
+            min_calls,
+            open_ms,
+            half_open_probes: 1,
+        };
+        Dependencies::new("g", &BTreeMap::from([("payments".to_owned(), config)]))
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_fails_calls_as_unavailable_without_making_them_and_probes_later() {
+        let deps = payments(2, 100);
+        let mut watch = deps.watches().remove(0);
+        let fail = || async { Err::<(), _>(HandlerError::transient("refused")) };
+        assert!(matches!(
+            deps.call("payments", fail()).await,
+            Err(HandlerError::Transient(_))
+        ));
+        // The second failure opens it: reported as unavailable (no attempt spent).
+        assert!(matches!(
+            deps.call("payments", fail()).await,
+            Err(HandlerError::Unavailable(_))
+        ));
+        assert_eq!(*watch.borrow_and_update(), BreakerPhase::Open);
+        let mut made = false;
+        let refused = deps
+            .call("payments", async {
+                made = true;
+                Ok(())
+            })
+            .await;
+        assert!(matches!(refused, Err(HandlerError::Unavailable(_))));
+        assert!(!made, "no call while open");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(deps.call("payments", async { Ok(()) }).await.is_ok());
+        assert_eq!(*watch.borrow_and_update(), BreakerPhase::Closed);
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_do_not_count_and_unknown_names_pass_through() {
+        let deps = payments(1, 60_000);
+        let permanent = deps
+            .call("payments", async {
+                Err::<(), _>(HandlerError::permanent("bad request"))
+            })
+            .await;
+        assert!(matches!(permanent, Err(HandlerError::Permanent(_))));
+        assert!(
+            deps.call("payments", async { Ok(()) }).await.is_ok(),
+            "closed"
+        );
+        let other = deps
+            .call("ledger", async {
+                Err::<(), _>(HandlerError::transient("x"))
+            })
+            .await;
+        assert!(matches!(other, Err(HandlerError::Transient(_))));
+        assert!(deps.call("payments", async { Ok(()) }).await.is_ok());
+    }
+}
