@@ -14,7 +14,7 @@
 //! still unfinished then, so its retry-tier or dead-letter copy, if one was made, was made
 //! after that time. A worker taking over the partition looks for such copies from then on.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 /// The longest metadata string written (Kafka's default `offset.metadata.max.bytes` is 4096).
 pub(crate) const MAX_METADATA_BYTES: usize = 4000;
@@ -155,7 +155,7 @@ pub(crate) struct OffsetTracker {
     restored: FinishedAbove,
     /// Delivered, unfinished offsets whose records were let go to be read again
     /// ([`Self::spill`]): the one delivery after that is begun.
-    spilled: HashSet<i64>,
+    spilled: BTreeSet<i64>,
 }
 
 impl OffsetTracker {
@@ -167,7 +167,7 @@ impl OffsetTracker {
             // comes before anything new is finished.
             next: restored.is_committed().then(|| restored.committed()),
             restored,
-            spilled: HashSet::new(),
+            spilled: BTreeSet::new(),
         }
     }
     /// Records that `offset` was delivered. Returns false when the last commit says it is
@@ -194,6 +194,16 @@ impl OffsetTracker {
         if self.unfinished.contains(&offset) {
             self.spilled.insert(offset);
         }
+    }
+    /// The offsets let go (spilled) in `[from, to)`, which a read again of the log passed
+    /// without delivering: gone from the log (compaction, retention). They count as finished.
+    pub(crate) fn spilled_gone(&mut self, from: i64, to: i64) -> Vec<i64> {
+        let gone: Vec<i64> = self.spilled.range(from..to).copied().collect();
+        for offset in &gone {
+            self.spilled.remove(offset);
+            self.unfinished.remove(offset);
+        }
+        gone
     }
     /// Records `offset` as finished before it was delivered (skipped when it is).
     pub(crate) fn skip(&mut self, offset: i64) {
@@ -343,6 +353,16 @@ mod tests {
         assert!(!t.begin(2), "once");
         t.finish(2);
         assert_eq!(t.watermark(), Some(4));
+        assert!(t.begin(4) && t.begin(5) && t.begin(6));
+        t.spill(4);
+        t.spill(6);
+        assert_eq!(
+            t.spilled_gone(4, 6),
+            vec![4],
+            "passed by a read again: gone"
+        );
+        assert_eq!(t.watermark(), Some(5));
+        assert!(t.begin(6), "6 was not passed: still begun at its delivery");
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! nothing: past their bounds they are let go and read again (`spill`). Decisions are queued for
 //! the worker to carry out (see the module docs of [`super`] for why no bound can wedge).
 
+use std::time::Instant;
+
 use super::dispatcher::Dispatcher;
 use super::job::TopicPartition;
+use super::partitions::ReRead;
 
 impl Dispatcher {
     /// Pause and resume decisions to carry out, in partition order.
@@ -16,17 +19,29 @@ impl Dispatcher {
             .collect()
     }
 
-    /// Partitions to read again from an offset (records let go, see `spill`), in partition
-    /// order. Each partition's position moves there.
+    /// Partitions to read again from an offset (records let go, see `parking`), in
+    /// partition order; each read again is under way from now.
     pub(crate) fn take_seeks(&mut self) -> Vec<(TopicPartition, i64)> {
         let seeks = std::mem::take(&mut self.pause.seeks);
         for (tp, offset) in &seeks {
             if let Some(p) = self.partitions.map.get_mut(tp) {
-                p.reread_until = p.tracker.next().unwrap_or(*offset).max(p.position);
-                p.position = *offset;
+                let until = p.tracker.next().unwrap_or(*offset).max(p.position);
+                p.reread = Some(ReRead {
+                    from: *offset,
+                    until,
+                    since: Instant::now(),
+                    confirmed: false,
+                });
             }
         }
         seeks.into_iter().collect()
+    }
+
+    /// The seek of `tp` failed: no read again is under way (asked for again at the tick).
+    pub(crate) fn seek_failed(&mut self, tp: &TopicPartition) {
+        if let Some(p) = self.partitions.map.get_mut(tp) {
+            p.reread = None;
+        }
     }
 
     /// Of `tps`, the partitions that must stay paused (an open breaker, a stalled bound, a

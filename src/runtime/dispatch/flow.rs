@@ -17,13 +17,19 @@ impl Dispatcher {
         now_ms: i64,
     ) -> (Accepted, Vec<Job>) {
         let tp: TopicPartition = (envelope.topic.clone(), envelope.partition);
+        let (gone, read_again_until) = match self.partitions.map.get_mut(&tp) {
+            Some(p) if !p.revoking => {
+                let until = p.reread.map(|read| read.until);
+                (p.note_delivered(envelope.offset), until)
+            }
+            _ => return (Accepted::NotAssigned, Vec::new()),
+        };
+        if !gone.is_empty() {
+            self.forget_gone(&tp, &gone);
+        }
         let Some(p) = self.partitions.map.get_mut(&tp) else {
             return (Accepted::NotAssigned, Vec::new());
         };
-        if p.revoking {
-            return (Accepted::NotAssigned, Vec::new());
-        }
-        p.position = envelope.offset + 1;
         let is_tier = p.tier > 0;
         if p.recovering {
             p.deferred.push(envelope);
@@ -31,7 +37,7 @@ impl Dispatcher {
             return (Accepted::Deferred, Vec::new());
         }
         if !p.tracker.begin(envelope.offset) {
-            if envelope.offset < p.reread_until {
+            if read_again_until.is_some_and(|until| envelope.offset < until) {
                 return (Accepted::ReadAgain, Vec::new());
             }
             return (Accepted::AlreadyFinished, Vec::new());

@@ -10,13 +10,18 @@
 //! partition is read again from the first of them (a seek); the records of other keys read
 //! again were delivered before and are skipped, the let-go ones are taken in order.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::assignment::PendingTierRecord;
 use super::dispatcher::Dispatcher;
+use super::job::TopicPartition;
 use super::lanes::LaneKey;
 use crate::message::{Envelope, Outcome};
 use crate::runtime::tiers::{step_after, ParkStep};
+
+/// How long a read again may go without delivering a record of its stretch before it is
+/// asked for again (its seek was lost).
+pub(crate) const RESEEK_AFTER: Duration = Duration::from_secs(10);
 
 impl Dispatcher {
     /// Parks a source lane whose record left for a retry tier; unparks it once every record
@@ -112,15 +117,20 @@ impl Dispatcher {
         if idle {
             self.lanes.by_key.remove(key);
         } else {
-            self.refetch(key);
+            // Its records let go are read again once it holds none in memory (the end of
+            // its next job, or now).
+            if queued == 0 {
+                self.refetch(key);
+            }
             self.mark_ready(key);
         }
     }
 
-    /// Asks for the records of lane `key` that were let go (`spill`) to be read again, from
-    /// the first of them, unless the key is parked, or a read from further back is pending or
-    /// under way and has not passed that offset yet. The records of other keys read again are
-    /// skipped (their offsets were delivered before).
+    /// Asks for the records of lane `key` that were let go to be read again, from the first
+    /// of them, unless the key is parked, or a read from further back is pending or under way
+    /// and has not passed that offset yet (under way: its seek was made less than
+    /// [`RESEEK_AFTER`] ago, or it delivered a record since and is still below the offset).
+    /// The records of other keys read again are skipped (their offsets were delivered before).
     pub(super) fn refetch(&mut self, key: &LaneKey) {
         if self.parked.contains(key) {
             return;
@@ -145,10 +155,53 @@ impl Dispatcher {
             *pending = (*pending).min(first);
             return;
         }
-        if p.position <= first && p.reread_until > first {
-            return;
+        if let Some(read) = &p.reread {
+            let under_way = if read.confirmed {
+                p.position <= first
+            } else {
+                read.since.elapsed() < RESEEK_AFTER
+            };
+            if under_way && read.from <= first && first < read.until {
+                return;
+            }
         }
         self.pause.seeks.insert(tp, first);
+    }
+
+    /// Offsets let go on `tp` that a read again passed without delivering them (gone from
+    /// the log: compaction, or retention during a long park): taken out of their lanes, and
+    /// counted finished so the commit moves on. Reported, as their records never ran.
+    pub(super) fn forget_gone(&mut self, tp: &TopicPartition, gone: &[i64]) {
+        tracing::warn!(
+            topic = %tp.0,
+            partition = tp.1,
+            offsets = ?gone,
+            "records let go behind a parked key are gone from the log (compaction or retention) and were never handled"
+        );
+        let keys: Vec<LaneKey> = self
+            .lanes
+            .by_key
+            .iter_mut()
+            .filter(|(key, _)| key.partition() == (&tp.0, tp.1))
+            .filter_map(|(key, lane)| {
+                let before = lane.spilled.len();
+                lane.spilled.retain(|offset| !gone.contains(offset));
+                (lane.spilled.len() != before).then(|| key.clone())
+            })
+            .collect();
+        for key in keys {
+            let idle = self.lanes.by_key.get(&key).is_some_and(|lane| {
+                lane.queue.is_empty() && !lane.running && lane.spilled.is_empty()
+            });
+            if idle && !self.parked.contains(&key) {
+                self.lanes.by_key.remove(&key);
+            } else {
+                self.mark_ready(&key);
+            }
+        }
+        if let Some(p) = self.partitions.map.get_mut(tp) {
+            p.note_lowest();
+        }
     }
 
     /// Lanes that are not parked, hold no record and have records let go: their reads are
@@ -315,28 +368,86 @@ mod tests {
         assert_eq!(d.gauges(), (0, 0, 0, 0));
     }
 
-    #[test]
-    fn a_read_again_that_was_lost_is_asked_for_at_the_tick() {
+    /// k@0 to the tier, k@1 parked (max_per_key 1), k@2 let go, x@3 of another key; k's
+    /// tier record resolves and k@1 runs: the read again from k@2 is asked for.
+    fn let_go_and_asked_for() -> Dispatcher {
         let mut d = tiered(limits(4, 100, 1, true));
         let (_, jobs) = d.accept(msg("k", 0), None, 0);
         run_all(&mut d, jobs, |_| routed());
         d.accept(msg("k", 1), None, 0);
         d.accept(msg("k", 2), None, 0);
+        let (_, x) = d.accept(msg("x", 3), None, 0);
+        run_all(&mut d, x, |_| ack());
         let (_, tier_jobs) = d.accept(copy("k", 0, 0), None, 0);
         run_all(&mut d, tier_jobs, |_| ack());
         assert_eq!(d.take_seeks(), vec![(source(), 2)]);
-        // The seek never took effect: nothing came; at the tick it is asked for again.
+        d
+    }
+
+    #[test]
+    fn a_read_again_that_was_lost_is_asked_for_again() {
+        let mut d = let_go_and_asked_for();
         d.refetch_idle();
         assert!(
             d.take_seeks().is_empty(),
-            "a read under way that has not passed k@2 yet is not repeated"
+            "a read again just asked for is not repeated"
         );
-        d.accept(msg("z", 3), None, 0);
+        // Nothing of its stretch came (the partition is quiet, the seek was lost): after
+        // RESEEK_AFTER it is asked for again; a failed seek at once.
+        let read = d
+            .partitions
+            .map
+            .get_mut(&source())
+            .and_then(|p| p.reread.as_mut())
+            .expect("a read again under way");
+        read.since = Instant::now()
+            .checked_sub(RESEEK_AFTER + Duration::from_secs(1))
+            .expect("the clock is past RESEEK_AFTER");
         d.refetch_idle();
-        assert_eq!(
-            d.take_seeks(),
-            vec![(source(), 2)],
-            "the read passed k@2 without it: asked again"
+        assert_eq!(d.take_seeks(), vec![(source(), 2)], "asked for again");
+        d.seek_failed(&source());
+        d.refetch_idle();
+        assert_eq!(d.take_seeks(), vec![(source(), 2)], "after a failed seek");
+        // The record of the stretch comes and runs; nothing is asked for again.
+        let (accepted, jobs) = d.accept(msg("k", 2), None, 0);
+        assert_eq!(accepted, Accepted::Queued);
+        assert_eq!(run_all(&mut d, jobs, |_| ack()), vec![("t".to_owned(), 2)]);
+        d.refetch_idle();
+        assert!(d.take_seeks().is_empty());
+        assert_eq!(d.accept(msg("x", 3), None, 0).0, Accepted::ReadAgain);
+        assert_eq!(d.gauges(), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn a_record_let_go_that_the_read_again_passes_is_gone_and_the_commit_moves_on() {
+        let mut d = let_go_and_asked_for();
+        // k@2 was compacted away: the read again brings x@3 first.
+        assert_eq!(d.accept(msg("x", 3), None, 0).0, Accepted::ReadAgain);
+        let commits = d.take_commits(0);
+        assert!(
+            commits.iter().any(|(tp, o, _)| *tp == source() && *o == 4),
+            "k@2 counted finished, the commit past it: {commits:?}"
+        );
+        // k runs on with its next record, and nothing asks for k@2 again.
+        let (accepted, jobs) = d.accept(msg("k", 4), None, 0);
+        assert_eq!(accepted, Accepted::Queued);
+        assert_eq!(run_all(&mut d, jobs, |_| ack()), vec![("t".to_owned(), 4)]);
+        d.refetch_idle();
+        assert!(d.take_seeks().is_empty());
+        assert_eq!(d.gauges(), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn records_from_before_a_seek_that_took_no_effect_declare_nothing_gone() {
+        let mut d = let_go_and_asked_for();
+        // The seek did not happen: the fetch goes on past the stretch (x@4 is new).
+        let (accepted, jobs) = d.accept(msg("x", 4), None, 0);
+        assert_eq!(accepted, Accepted::Queued);
+        run_all(&mut d, jobs, |_| ack());
+        let commits = d.take_commits(0);
+        assert!(
+            commits.iter().any(|(tp, o, _)| *tp == source() && *o == 2),
+            "k@2 still unfinished: {commits:?}"
         );
     }
 

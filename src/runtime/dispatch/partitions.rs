@@ -41,14 +41,50 @@ pub(super) struct PartitionState {
     pub(super) lowest: Option<(i64, Instant)>,
     /// Handed to this assignment's jobs; cancelled when they are abandoned at the revoke.
     pub(super) abandon: Arc<CancellationToken>,
-    /// One past the offset last delivered (after a seek: the offset read from).
+    /// One past the offset last delivered.
     pub(super) position: i64,
-    /// Where the read again after the last seek ends: one past the highest offset delivered
-    /// before it.
-    pub(super) reread_until: i64,
+    /// The read again under way after a seek (records let go behind a parked key).
+    pub(super) reread: Option<ReRead>,
+}
+
+/// A read again of a partition from an earlier offset (see `parking`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReRead {
+    /// Where it starts: the first record let go that it is for.
+    pub(super) from: i64,
+    /// One past the highest offset delivered before it.
+    pub(super) until: i64,
+    /// When the seek was made.
+    pub(super) since: Instant,
+    /// A record in `[from, until)` came: the seek took effect, so a let-go offset it passes
+    /// without delivering is gone from the log.
+    pub(super) confirmed: bool,
 }
 
 impl PartitionState {
+    /// Notes that `offset` was delivered: the position moves on, a read again is confirmed
+    /// or ends. Returns the offsets let go that a confirmed read again passed (gone from the
+    /// log), counted finished.
+    pub(super) fn note_delivered(&mut self, offset: i64) -> Vec<i64> {
+        let mut gone = Vec::new();
+        if let Some(read) = &mut self.reread {
+            if !read.confirmed && offset >= read.from && offset < read.until {
+                read.confirmed = true;
+                self.position = read.from;
+            }
+            if read.confirmed {
+                if offset > self.position {
+                    gone = self.tracker.spilled_gone(self.position, offset);
+                }
+                if offset + 1 >= read.until {
+                    self.reread = None;
+                }
+            }
+        }
+        self.position = offset + 1;
+        gone
+    }
+
     /// Notes a change of the lowest unfinished offset (the stall clock restarts with it).
     pub(super) fn note_lowest(&mut self) {
         let lowest = self.tracker.lowest_unfinished();

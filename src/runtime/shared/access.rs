@@ -68,6 +68,11 @@ impl Shared {
         self.dispatcher.lock().take_seeks()
     }
 
+    /// The seek of `tp` failed: asked for again at the next tick.
+    pub(crate) fn seek_failed(&self, tp: &TopicPartition) {
+        self.dispatcher.lock().seek_failed(tp);
+    }
+
     /// Asks again for the records let go of idle lanes to be read (see
     /// `Dispatcher::refetch_idle`).
     pub(crate) fn refetch_idle(&self) {

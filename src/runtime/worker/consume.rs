@@ -251,12 +251,15 @@ async fn breaker_change(
 
 /// Carries out the dispatcher's pause and resume decisions.
 fn apply_control(consumer: &WorkerConsumer, shared: &Shared) {
-    for ((topic, partition), offset) in shared.take_seeks() {
+    for (tp, offset) in shared.take_seeks() {
         // Records let go behind a parked key are read again from here (asynchronously: a
-        // zero timeout); the records of other keys read again are skipped.
+        // zero timeout; one lost on the way is asked for again, see `RESEEK_AFTER`); the
+        // records of other keys read again are skipped.
+        let (topic, partition) = (&tp.0, tp.1);
         tracing::debug!(%topic, partition, offset, "reading a partition again from the first record let go behind a key");
-        if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::ZERO) {
+        if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), Duration::ZERO) {
             tracing::warn!(%topic, partition, offset, error = %e, "seek failed; asked again at the next commit tick");
+            shared.seek_failed(&tp);
         }
     }
     let decisions = shared.take_control();
