@@ -31,6 +31,8 @@ mod docker_compose;
 mod first_contact;
 #[path = "ledger_end_to_end.rs"]
 mod ledger_end_to_end;
+#[path = "long_holds.rs"]
+mod long_holds;
 #[path = "mock_cluster.rs"]
 mod mock_cluster;
 #[path = "observe.rs"]

@@ -1041,3 +1041,227 @@ fn record_data_cannot_drive_the_terminal() {
         serde_json::from_str(json.lines().next().expect("a line")).expect("JSON");
     assert_eq!(first["error_message"], message);
 }
+
+// ---------------------------------------------------------------------------------------
+// A replayed record older than the applied version
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, steadfast::Message)]
+#[message(topic = "dlq-versions", key = key, version = version, id = id)]
+struct Versioned {
+    key: String,
+    version: i64,
+    id: String,
+}
+
+/// What the versioned handler did: every call, each key's applied version (the last one
+/// written, as a table the handler upserts would hold), and the bug's switch.
+#[derive(Default)]
+struct VersionedApp {
+    buggy: AtomicBool,
+    calls: Mutex<Vec<(String, i64)>>,
+    applied: Mutex<HashMap<String, i64>>,
+}
+
+/// Fails permanently on every version 1 while the bug is on; applies everything else.
+#[derive(Clone)]
+struct VersionedHandler(Arc<VersionedApp>);
+
+impl Handler for VersionedHandler {
+    type Message = Versioned;
+    const GROUP: &'static str = "dlq-versions";
+
+    fn handle_message(
+        &self,
+        v: Versioned,
+        _cx: &Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let app = self.0.clone();
+        async move {
+            app.calls.lock().push((v.key.clone(), v.version));
+            if app.buggy.load(Ordering::SeqCst) && v.version == 1 {
+                return Err(HandlerError::permanent(format!(
+                    "bug: cannot apply {} v1",
+                    v.key
+                )));
+            }
+            app.applied.lock().insert(v.key, v.version);
+            Ok(())
+        }
+    }
+}
+
+fn produce_versions(env: &Env, topic: &str, versions: &[(&str, i64)]) {
+    let producer: FutureProducer = steadfast_testkit::client_config(&env.bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    env.rt.block_on(async {
+        for (key, version) in versions {
+            let v = Versioned {
+                key: (*key).to_owned(),
+                version: *version,
+                id: format!("{key}-{version}"),
+            };
+            let payload = serde_json::to_vec(&v).expect("encodes");
+            producer
+                .send(
+                    FutureRecord::to(topic).key(*key).payload(&payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
+    });
+}
+
+/// Promise (README, docs/retry-and-dlq.md): "DLQ replay ... re-publishes a filtered
+/// selection, rate-limited, resumable, through the dedup and stale checks."
+///
+/// Key K's version 1 is dead-lettered by a handler bug, then K's version 2 is applied. The
+/// bug is fixed and `steadfast dlq replay` puts v1 back on the topic: the worker (stale drop
+/// and dedup in Redis) must drop it as stale, not hand it to the handler, so K's applied
+/// version stays 2, in the application and in the version store; the drop is counted as
+/// stale (`dropped_stale`) and the copy in `<topic>.stale` is the replayed record. A control
+/// key L, whose version 1 was dead-lettered too but never overtaken, is applied from the
+/// same replay: the replayed records do reach the handler when they are not stale.
+///
+/// How it was checked that this test catches a replayed record that skips the stale check:
+/// a temporary run (reverted) of this test with the worker's stale drop taken out failed on
+/// the handler-call assertion: the replayed K v1 reached the (fixed) handler, K was applied
+/// at 1 again and `dropped_stale` stayed 0. The dedup check alone cannot drop it (v1's id
+/// was released when its handler failed, not completed), so only the stale check can.
+#[test]
+fn a_replayed_record_older_than_the_applied_version_is_dropped_as_stale() {
+    require_redis();
+    let env = Env::start();
+    let topic = steadfast_testkit::unique_topic("dlq-versions");
+    let dlq = format!("{topic}.dlq");
+    let stale = format!("{topic}.stale");
+    let group = format!("{topic}-group");
+    let prefix = format!("sf-dlq-{}", uuid::Uuid::new_v4().simple());
+    env.create_topic(&topic, 1);
+    let app = Arc::new(VersionedApp {
+        buggy: AtomicBool::new(true),
+        ..VersionedApp::default()
+    });
+    let worker = Worker::builder()
+        .brokers(env.bootstrap.as_str())
+        .topic(topic.as_str())
+        .group(group.as_str())
+        .commit_interval(Duration::from_millis(100))
+        .retry(Retry::none())
+        .stale_drop(REDIS_URL)
+        .stale_copies(true)
+        .dedup(REDIS_URL)
+        .store_key_prefix(prefix.as_str())
+        .handler(VersionedHandler(app.clone()))
+        .build()
+        .expect("valid worker");
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let handle = env
+        .rt
+        .spawn(async move { worker.run(t).await.expect("worker runs") });
+    let running = Running { token, handle };
+
+    // 1. K v1 and L v1 hit the bug and are dead-lettered.
+    produce_versions(&env, &topic, &[("K", 1), ("L", 1)]);
+    eventually(
+        Duration::from_secs(60),
+        "K v1 and L v1 dead-lettered",
+        || env.end(&dlq, 1) == 2,
+    );
+    // 2. K v2 is applied.
+    produce_versions(&env, &topic, &[("K", 2)]);
+    eventually(Duration::from_secs(60), "K v2 applied", || {
+        app.applied.lock().get("K") == Some(&2)
+    });
+    // 3. The bug is fixed and the DLQ replayed: both dead letters go back to the topic.
+    app.buggy.store(false, Ordering::SeqCst);
+    let out = env.cli_ok(&["dlq", "replay", "-t", &dlq, "--by", "tester@ci"]);
+    assert_eq!(
+        replay_counts(&out),
+        (2, 0),
+        "both dead letters replayed: {out}"
+    );
+    assert_eq!(env.end(&topic, 1), 5, "two copies produced to {topic}");
+    eventually(
+        Duration::from_secs(60),
+        "the replayed L v1 applied (the control) and the topic committed to its end",
+        || app.applied.lock().get("L") == Some(&1) && env.committed(&group, &topic, 1) == [Some(5)],
+    );
+    let stats = running.stop(&env);
+    let calls = app.calls.lock().clone();
+    let applied = app.applied.lock().clone();
+    let stored_version = env.rt.block_on(async {
+        use steadfast::store::VersionStore as _;
+        steadfast::store::redis::RedisStores::connect(REDIS_URL, &prefix)
+            .await
+            .expect("redis")
+            .version_store()
+            .get(&format!("{group}/{topic}/K"))
+            .await
+            .expect("version read")
+    });
+    println!(
+        "{stats:?}; calls {calls:?}; applied {applied:?}; stored K version {stored_version:?}"
+    );
+
+    // The replayed copy of K v1 is on the topic: the replay did put it back.
+    let copies = env.read_from(&topic, &[0]);
+    let replayed_k: Vec<&Copy> = copies
+        .iter()
+        .filter(|c| c.header("steadfast-replay-of").is_some())
+        .filter(|c| {
+            serde_json::from_slice::<Versioned>(&c.payload)
+                .is_ok_and(|v| v.key == "K" && v.version == 1)
+        })
+        .collect();
+    assert_eq!(
+        replayed_k.len(),
+        1,
+        "the replay put K v1 back on {topic} once: {copies:?}"
+    );
+    // Dropped as stale, not applied.
+    assert_eq!(
+        calls.iter().filter(|c| **c == ("K".to_owned(), 1)).count(),
+        1,
+        "the replayed K v1 reached the handler again (only its first, failed call may): {calls:?}"
+    );
+    assert_eq!(
+        applied.get("K"),
+        Some(&2),
+        "K's applied version went back from 2: {applied:?}"
+    );
+    assert_eq!(
+        stored_version,
+        Some(2),
+        "the version store's K is no longer 2"
+    );
+    assert_eq!(
+        (stats.dropped_stale, stats.dropped),
+        (1, 1),
+        "the replayed K v1 is counted as a stale drop (and nothing else is dropped): {stats:?}"
+    );
+    let stale_copies = env.read_from(&stale, &[0]);
+    assert!(
+        stale_copies.len() == 1
+            && stale_copies[0].header("steadfast-replay-of").is_some()
+            && serde_json::from_slice::<Versioned>(&stale_copies[0].payload)
+                .is_ok_and(|v| v.key == "K" && v.version == 1),
+        "the stale copy in {stale} is the replayed K v1: {stale_copies:?}"
+    );
+    // The control: the replayed L v1, never overtaken, is applied.
+    assert_eq!(
+        calls.iter().filter(|c| **c == ("L".to_owned(), 1)).count(),
+        2,
+        "L v1: its failed call, then the replayed copy's: {calls:?}"
+    );
+    assert_eq!(
+        (stats.handled, stats.dead_lettered),
+        (2, 2),
+        "handled K v2 and the replayed L v1, dead-lettered K v1 and L v1: {stats:?}"
+    );
+}
