@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::{BatchTransaction, Shared};
-use crate::handler::{Context, HandlerError};
+use crate::handler::{Context, Dependency, HandlerError};
 use crate::message::DropReason;
 use crate::store::OnceVerdict;
 
@@ -37,6 +37,11 @@ impl BatchContext {
     /// The consumer group.
     pub fn group(&self) -> &str {
         self.first().group()
+    }
+    /// The dependency `name`, to call through its circuit breaker once for the batch (see
+    /// [`Context::dependency`]; an item's own context has it too).
+    pub fn dependency<'a>(&'a self, name: &'a str) -> Dependency<'a> {
+        self.first().dependency(name)
     }
     /// Cancelled when the worker shuts down: a long batch may stop early and return a
     /// transient error (its records are delivered again).
