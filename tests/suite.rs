@@ -49,6 +49,8 @@ mod provenance;
 mod quickstart;
 #[path = "retry_tiers.rs"]
 mod retry_tiers;
+#[path = "revoke_and_stop.rs"]
+mod revoke_and_stop;
 #[path = "routed_once.rs"]
 mod routed_once;
 #[path = "several_handlers.rs"]

@@ -512,6 +512,20 @@ async fn a_partition_paused_for_a_tier_then_revoked_and_reassigned_is_consumed_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_joining_and_leaving_mid_stream_never_runs_a_key_twice_at_once() {
+    join_and_leave_mid_stream(None).await;
+}
+
+/// The same with the cooperative protocol: partitions are assigned and revoked one by one
+/// (`incremental_assign`/`incremental_unassign` in the worker's rebalance callback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_cooperative_rebalances_a_worker_joining_and_leaving_never_runs_a_key_twice_at_once() {
+    join_and_leave_mid_stream(Some("cooperative-sticky")).await;
+}
+
+/// A second worker joins a group mid-stream and leaves again, the assignment strategy
+/// `strategy` (the worker's default when `None`): every message handled, no key on two
+/// workers at once, each key's first handlings in order.
+async fn join_and_leave_mid_stream(strategy: Option<&'static str>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = steadfast_testkit::start_server(dir.path()).await;
     let bootstrap = server.bootstrap_servers();
@@ -532,14 +546,18 @@ async fn a_worker_joining_and_leaving_mid_stream_never_runs_a_key_twice_at_once(
     produce_to(&bootstrap, &topic, &events, None).await;
     let recorder = Recorder::default();
     let builder = |worker: usize| {
-        Worker::builder()
+        let builder = Worker::builder()
             .brokers(bootstrap.clone())
             .topic(topic.clone())
             .group(format!("{topic}-group"))
             .concurrency(2)
             .commit_interval(Duration::from_millis(100))
             .drain_timeout(Duration::from_secs(5))
-            .handler(recorder.for_worker(worker))
+            .handler(recorder.for_worker(worker));
+        match strategy {
+            Some(strategy) => builder.kafka_property("partition.assignment.strategy", strategy),
+            None => builder,
+        }
     };
     let (first, first_run) = spawn(builder(1));
     recorder

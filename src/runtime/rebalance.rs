@@ -13,6 +13,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::dispatch::TopicPartition;
@@ -38,6 +39,9 @@ pub(crate) struct WorkerContext {
     pub(crate) never_committed: Option<Offset>,
     /// The committed offsets read before an assignment, for the callback after it.
     pub(crate) committed: Mutex<Option<TopicPartitionList>>,
+    /// The group's assignment strategy is cooperative (`[kafka] partition.assignment.strategy`
+    /// names `cooperative-sticky`): partitions are assigned and revoked incrementally.
+    pub(crate) cooperative: bool,
 }
 
 /// Whether a partition's entry in the committed offsets says the group never committed it. One
@@ -496,6 +500,45 @@ impl WorkerContext {
 }
 
 impl ConsumerContext for WorkerContext {
+    /// rdkafka's own callback with two changes. The protocol (eager or cooperative) comes from
+    /// the settings, not from asking librdkafka: that call waits on the consumer group's
+    /// queue forever once the group has terminated, and a rebalance event still queued when
+    /// the consumer closes is served after that (librdkafka #4041; seen as a worker's stop
+    /// that never returned). And such an event, once the consumer is closed, is not acted on
+    /// at all: assigning, revoking and committing would wait on that queue too.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        if consumer.closed() {
+            tracing::debug!(?err, "a rebalance event after the consumer closed: ignored");
+            return;
+        }
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            _ => {
+                let code: RDKafkaErrorCode = err.into();
+                tracing::error!(error = %code, "rebalance error");
+                Rebalance::Error(KafkaError::Rebalance(code))
+            }
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let done = match (assign, self.cooperative) {
+            (true, true) => consumer.incremental_assign(tpl),
+            (true, false) => consumer.assign(tpl),
+            (false, true) => consumer.incremental_unassign(tpl),
+            (false, false) => consumer.unassign(),
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, assign, "carrying out a rebalance failed");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             // Returns once the revoked partitions drained and committed: the rebalance must

@@ -497,6 +497,11 @@ impl<H: Handler> Worker<H> {
                 .get("auto.offset.reset")
                 .and_then(never_committed_start),
             committed: Mutex::new(None),
+            cooperative: self
+                .config
+                .kafka
+                .get("partition.assignment.strategy")
+                .is_some_and(|strategy| strategy.contains("cooperative")),
         };
         let consumer: WorkerConsumer = consumer_config
             .create_with_context(context)
