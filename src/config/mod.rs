@@ -527,9 +527,10 @@ impl WorkerConfig {
                 return invalid("dependencies", "a dependency needs a name");
             }
             if let Err((field, reason)) = breaker.check() {
+                let field = field.strip_prefix("breaker.").unwrap_or(field);
                 return Err(ConfigError::Invalid {
                     key: "dependencies",
-                    reason: format!("[dependencies.{name}] `{field}`: {reason}"),
+                    reason: format!("`dependencies.{name}.{field}` {reason}"),
                 });
             }
         }
@@ -718,6 +719,10 @@ mod tests {
             (
                 "[breaker]\nfailure_rate_percent = 150\n",
                 "breaker.failure_rate_percent",
+            ),
+            (
+                "[dependencies.payments]\nmin_calls = 0\n",
+                "dependencies.payments.min_calls",
             ),
             (
                 "[transaction]\npostgres = \"redis://h\"\n",

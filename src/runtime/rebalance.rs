@@ -499,13 +499,29 @@ impl WorkerContext {
     }
 }
 
+impl WorkerContext {
+    /// Takes (`assign`) or gives up the partitions of `tpl`, eagerly or incrementally as the
+    /// group's protocol is.
+    fn carry_out(&self, consumer: &BaseConsumer<Self>, assign: bool, tpl: &TopicPartitionList) {
+        let done = match (assign, self.cooperative) {
+            (true, true) => consumer.incremental_assign(tpl),
+            (true, false) => consumer.assign(tpl),
+            (false, true) => consumer.incremental_unassign(tpl),
+            (false, false) => consumer.unassign(),
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, assign, "carrying out a rebalance failed");
+        }
+    }
+}
+
 impl ConsumerContext for WorkerContext {
-    /// rdkafka's own callback with two changes. The protocol (eager or cooperative) comes from
-    /// the settings, not from asking librdkafka: that call waits on the consumer group's
-    /// queue forever once the group has terminated, and a rebalance event still queued when
-    /// the consumer closes is served after that (librdkafka #4041; seen as a worker's stop
-    /// that never returned). And such an event, once the consumer is closed, is not acted on
-    /// at all: assigning, revoking and committing would wait on that queue too.
+    /// rdkafka's own callback, except: a rebalance event served after the consumer closed is
+    /// not acted on at all (librdkafka #4041: once the consumer group has terminated, any
+    /// call to it, asking the protocol, assigning, revoking, committing, waits forever; seen
+    /// as a worker's stop that never returned); the protocol (eager or cooperative) comes
+    /// from the settings rather than from such a call; and an assignment that reaches a
+    /// stopping worker is taken without being prepared.
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -517,6 +533,14 @@ impl ConsumerContext for WorkerContext {
             return;
         }
         let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        if assign && self.shared.is_closing() {
+            // An assignment that reaches a stopping worker: taken (librdkafka waits for the
+            // call before the group can end) but not prepared, since nothing of it will run
+            // (its commits looked up, its ends pinned, its retry state read back: each a wait
+            // on the broker).
+            self.carry_out(consumer, true, tpl);
+            return;
+        }
         let rebalance = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
@@ -527,15 +551,7 @@ impl ConsumerContext for WorkerContext {
             }
         };
         self.pre_rebalance(consumer, &rebalance);
-        let done = match (assign, self.cooperative) {
-            (true, true) => consumer.incremental_assign(tpl),
-            (true, false) => consumer.assign(tpl),
-            (false, true) => consumer.incremental_unassign(tpl),
-            (false, false) => consumer.unassign(),
-        };
-        if let Err(e) = done {
-            tracing::warn!(error = %e, assign, "carrying out a rebalance failed");
-        }
+        self.carry_out(consumer, assign, tpl);
         self.post_rebalance(consumer, &rebalance);
     }
 

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
 
 use super::state::{Breaker, BreakerPhase, Permit};
 use crate::config::BreakerConfig;
@@ -45,9 +44,10 @@ impl Dependencies {
         self.by_name.is_empty()
     }
 
-    /// Follows every breaker's phase (the worker pauses its partitions while one is open).
-    pub fn watches(&self) -> Vec<watch::Receiver<BreakerPhase>> {
-        self.by_name.values().map(Breaker::watch).collect()
+    /// The breakers (the worker follows their phases, pausing its partitions while one is
+    /// open, and moves an open one to half-open when its open period passed).
+    pub fn breakers(&self) -> Vec<Breaker> {
+        self.by_name.values().cloned().collect()
     }
 
     /// Runs `call`, a call to the dependency `name`, through its breaker: at once as
@@ -74,7 +74,12 @@ impl Dependencies {
                 "{name}: circuit open, not called"
             )));
         }
+        // A call dropped before it ended (the handler's time limit, a batch's) counts as
+        // failed: a dependency that hangs is failing, and a half-open probe that never ends
+        // would otherwise hold its place for good.
+        let mut pending = Unfinished(Some(breaker));
         let result = call.await;
+        pending.0 = None;
         let failed = matches!(&result, Err(e) if !matches!(e, HandlerError::Permanent(_)));
         if breaker.record(!failed) == BreakerPhase::Open && failed {
             if let Err(e) = result {
@@ -84,6 +89,17 @@ impl Dependencies {
             }
         }
         result
+    }
+}
+
+/// A call through a breaker that has not ended: recorded as failed when dropped so.
+struct Unfinished<'a>(Option<&'a Breaker>);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0.take() {
+            breaker.record(false);
+        }
     }
 }
 
@@ -107,7 +123,7 @@ mod tests {
     #[tokio::test]
     async fn an_open_breaker_fails_calls_as_unavailable_without_making_them_and_probes_later() {
         let deps = payments(2, 100);
-        let mut watch = deps.watches().remove(0);
+        let mut watch = deps.breakers().remove(0).watch();
         let fail = || async { Err::<(), _>(HandlerError::transient("refused")) };
         assert!(matches!(
             deps.call("payments", fail()).await,
@@ -153,5 +169,41 @@ mod tests {
             .await;
         assert!(matches!(other, Err(HandlerError::Transient(_))));
         assert!(deps.call("payments", async { Ok(()) }).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_unfinished_counts_as_failed_and_frees_its_probe() {
+        let deps = payments(1, 50);
+        // A hanging call cut by a time limit: counted, and the breaker opens.
+        let hung = tokio::time::timeout(
+            Duration::from_millis(20),
+            deps.call(
+                "payments",
+                std::future::pending::<Result<(), HandlerError>>(),
+            ),
+        )
+        .await;
+        assert!(hung.is_err(), "timed out");
+        let breaker = deps.breakers().remove(0);
+        assert!(breaker.probes_at().is_some(), "open after the hung call");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // The one probe hangs too and is cut: it counts as failed (open again), so the
+        // breaker probes again after its open period instead of waiting for it for good.
+        let probe = tokio::time::timeout(
+            Duration::from_millis(20),
+            deps.call(
+                "payments",
+                std::future::pending::<Result<(), HandlerError>>(),
+            ),
+        )
+        .await;
+        assert!(probe.is_err());
+        assert!(breaker.probes_at().is_some(), "open again");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            deps.call("payments", async { Ok(()) }).await.is_ok(),
+            "a later probe goes through and closes it"
+        );
+        assert!(breaker.probes_at().is_none());
     }
 }

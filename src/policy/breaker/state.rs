@@ -98,16 +98,24 @@ impl BreakerState {
     pub fn phase(&self) -> BreakerPhase {
         self.phase
     }
-    /// Asks to call.
-    pub fn permit(&mut self, now: Instant) -> Permit {
-        if self.phase == BreakerPhase::Open {
-            let reopen = self.opened_at + self.settings.open_for;
-            if now < reopen {
-                return Permit::WaitUntil(reopen);
-            }
+    /// When an open breaker may probe; `None` when it is not open.
+    pub fn probes_at(&self) -> Option<Instant> {
+        (self.phase == BreakerPhase::Open).then(|| self.opened_at + self.settings.open_for)
+    }
+    /// Moves an open breaker whose open period passed to half-open (probes not taken yet),
+    /// whether or not a call asks: a worker whose partitions it paused has no call to ask.
+    pub fn advance(&mut self, now: Instant) {
+        if self.probes_at().is_some_and(|at| now >= at) {
             self.phase = BreakerPhase::HalfOpen;
             self.probes_started = 0;
             self.probes_succeeded = 0;
+        }
+    }
+    /// Asks to call.
+    pub fn permit(&mut self, now: Instant) -> Permit {
+        self.advance(now);
+        if let Some(reopen) = self.probes_at() {
+            return Permit::WaitUntil(reopen);
         }
         if self.phase == BreakerPhase::HalfOpen {
             if self.probes_started >= self.settings.half_open_probes.max(1) {
@@ -186,6 +194,21 @@ impl Breaker {
         let permit = state.permit(Instant::now());
         self.publish(state.phase());
         permit
+    }
+    /// When the breaker, open, may probe; `None` when it is not open.
+    pub(crate) fn probes_at(&self) -> Option<Instant> {
+        self.state.lock().probes_at()
+    }
+    /// Moves the breaker to half-open once its open period passed (see
+    /// [`BreakerState::advance`]).
+    pub(crate) fn advance(&self) {
+        let mut state = self.state.lock();
+        let before = state.phase();
+        state.advance(Instant::now());
+        if state.phase() != before {
+            tracing::info!(breaker = %self.name, "circuit breaker probing");
+        }
+        self.publish(state.phase());
     }
     /// Records a call's result; the phase after it.
     pub(crate) fn record(&self, success: bool) -> BreakerPhase {

@@ -63,8 +63,10 @@ pub(super) struct ReRead {
 
 impl PartitionState {
     /// Notes that `offset` was delivered: the position moves on, a read again is confirmed
-    /// or ends. Returns the offsets let go that a confirmed read again passed (gone from the
-    /// log), counted finished.
+    /// or ends. Returns the offsets let go that a confirmed read again passed, landing inside
+    /// its stretch (gone from the log), counted finished. A jump past the stretch (a fetch
+    /// position reset, say to the log's end) declares nothing gone: the read again ends and
+    /// the records let go are asked for again.
     pub(super) fn note_delivered(&mut self, offset: i64) -> Vec<i64> {
         let mut gone = Vec::new();
         if let Some(read) = &mut self.reread {
@@ -72,13 +74,11 @@ impl PartitionState {
                 read.confirmed = true;
                 self.position = read.from;
             }
-            if read.confirmed {
-                if offset > self.position {
-                    gone = self.tracker.spilled_gone(self.position, offset);
-                }
-                if offset + 1 >= read.until {
-                    self.reread = None;
-                }
+            if read.confirmed && offset > self.position && offset < read.until {
+                gone = self.tracker.spilled_gone(self.position, offset);
+            }
+            if offset + 1 >= read.until {
+                self.reread = None;
             }
         }
         self.position = offset + 1;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{envelope_of, run_within, TopicNames, Within};
 use crate::observe::Meters;
-use crate::policy::BreakerPhase;
+use crate::policy::{Breaker, BreakerPhase};
 use crate::runtime::endpoint::{refresh_gauges, refresh_tier_lag};
 use crate::runtime::rebalance::{commit_list, WorkerContext};
 use crate::runtime::shared::Shared;
@@ -49,8 +49,8 @@ pub(super) struct ConsumeLoop<'a> {
     shared: &'a Arc<Shared>,
     shutdown: &'a CancellationToken,
     commit_tick: Interval,
-    /// The phases of the circuit breakers: the handler's and its named dependencies'.
-    breakers: Vec<watch::Receiver<BreakerPhase>>,
+    /// The circuit breakers (the handler's and its named dependencies') with their phases.
+    breakers: Vec<(Breaker, watch::Receiver<BreakerPhase>)>,
     /// Reads the retry tiers' log ends for their lag (see `refresh_tier_lag`).
     lag_reader: Option<Arc<BaseConsumer>>,
     lag_interval: Duration,
@@ -69,7 +69,7 @@ impl<'a> ConsumeLoop<'a> {
         shared: &'a Arc<Shared>,
         shutdown: &'a CancellationToken,
         pace: Pace,
-        breakers: Vec<watch::Receiver<BreakerPhase>>,
+        breakers: Vec<Breaker>,
         lag_reader: Option<Arc<BaseConsumer>>,
     ) -> Self {
         let mut commit_tick = tokio::time::interval(pace.commit_interval);
@@ -84,7 +84,13 @@ impl<'a> ConsumeLoop<'a> {
             shared,
             shutdown,
             commit_tick,
-            breakers,
+            breakers: breakers
+                .into_iter()
+                .map(|breaker| {
+                    let phase = breaker.watch();
+                    (breaker, phase)
+                })
+                .collect(),
             lag_reader,
             lag_interval: pace.lag_interval,
             lag_read_at: Instant::now(),
@@ -211,26 +217,50 @@ impl<'a> ConsumeLoop<'a> {
 
 /// The next change of the breakers' phases: `Some(true)` when one is open, `Some(false)` when
 /// none is (they half-opened or closed); never resolves without a breaker (or once they are
-/// all gone).
+/// all gone). An open breaker is moved to half-open when its open period passes, whether or
+/// not a call asks (the partitions it paused bring none).
 async fn breaker_change(
-    breakers: &mut Vec<watch::Receiver<BreakerPhase>>,
+    breakers: &mut Vec<(Breaker, watch::Receiver<BreakerPhase>)>,
     meters: &Meters,
 ) -> Option<bool> {
+    enum Woken {
+        Changed,
+        Gone(usize),
+        Probe,
+    }
     loop {
         if breakers.is_empty() {
             return std::future::pending().await;
         }
-        let changes = breakers.iter_mut().map(|rx| Box::pin(rx.changed()));
-        let (changed, at, _) = futures::future::select_all(changes).await;
-        if changed.is_err() {
-            breakers.remove(at);
-            continue;
+        let probes_at = breakers.iter().filter_map(|(b, _)| b.probes_at()).min();
+        let woken = {
+            let changes = breakers.iter_mut().map(|(_, rx)| Box::pin(rx.changed()));
+            let probe = async {
+                match probes_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                (changed, at, _) = futures::future::select_all(changes) => match changed {
+                    Ok(()) => Woken::Changed,
+                    Err(_) => Woken::Gone(at),
+                },
+                () = probe => Woken::Probe,
+            }
+        };
+        match woken {
+            Woken::Changed => break,
+            Woken::Gone(at) => {
+                breakers.remove(at);
+            }
+            // Publishes the half-open phase: seen as a change next time round.
+            Woken::Probe => breakers.iter().for_each(|(b, _)| b.advance()),
         }
-        break;
     }
     let phases: Vec<BreakerPhase> = breakers
         .iter_mut()
-        .map(|rx| *rx.borrow_and_update())
+        .map(|(_, rx)| *rx.borrow_and_update())
         .collect();
     let rank = |phase: &BreakerPhase| match phase {
         BreakerPhase::Closed => 0.0,
@@ -405,32 +435,57 @@ pub(super) async fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::BreakerSettings;
+
+    fn breaker(open_ms: u64) -> Breaker {
+        Breaker::new(
+            "test",
+            BreakerSettings {
+                failure_rate: 0.5,
+                window: Duration::from_secs(10),
+                min_calls: 1,
+                open_for: Duration::from_millis(open_ms),
+                half_open_probes: 1,
+            },
+        )
+    }
+
+    fn watched(breakers: &[&Breaker]) -> Vec<(Breaker, watch::Receiver<BreakerPhase>)> {
+        breakers.iter().map(|b| ((*b).clone(), b.watch())).collect()
+    }
 
     /// The partitions pause while any breaker (the handler's or a dependency's) is open, and
     /// resume only when none is.
     #[tokio::test]
     async fn partitions_pause_while_any_breaker_is_open() {
         let meters = Meters::noop();
-        let (handler, handler_rx) = watch::channel(BreakerPhase::Closed);
-        let (payments, payments_rx) = watch::channel(BreakerPhase::Closed);
-        let mut breakers = vec![handler_rx, payments_rx];
-        payments.send_replace(BreakerPhase::Open);
+        let (handler, payments) = (breaker(60_000), breaker(60_000));
+        let mut breakers = watched(&[&handler, &payments]);
+        payments.record(false);
         assert_eq!(breaker_change(&mut breakers, &meters).await, Some(true));
-        handler.send_replace(BreakerPhase::HalfOpen);
+        handler.record(false);
+        handler.record(true);
         assert_eq!(
             breaker_change(&mut breakers, &meters).await,
             Some(true),
             "the dependency's breaker is still open"
         );
-        payments.send_replace(BreakerPhase::HalfOpen);
-        assert_eq!(breaker_change(&mut breakers, &meters).await, Some(false));
-        drop(handler);
-        payments.send_replace(BreakerPhase::Open);
-        assert_eq!(
-            breaker_change(&mut breakers, &meters).await,
-            Some(true),
-            "a breaker gone is dropped from the watch"
-        );
-        assert_eq!(breakers.len(), 1);
+    }
+
+    /// An open breaker that no call asks (its partitions are paused) still probes when its
+    /// open period passes: the partitions resume.
+    #[tokio::test]
+    async fn an_open_breaker_nobody_calls_moves_to_half_open_and_the_partitions_resume() {
+        let meters = Meters::noop();
+        let payments = breaker(50);
+        let mut breakers = watched(&[&payments]);
+        payments.record(false);
+        assert_eq!(breaker_change(&mut breakers, &meters).await, Some(true));
+        let resumed = tokio::time::timeout(
+            Duration::from_secs(5),
+            breaker_change(&mut breakers, &meters),
+        )
+        .await;
+        assert_eq!(resumed, Ok(Some(false)), "half-open after its open period");
     }
 }

@@ -299,8 +299,8 @@ impl<H: Handler> Worker<H> {
             commit_interval: Duration::from_millis(self.config.commit_interval_ms),
             lag_interval: Duration::from_millis(self.config.observe.lag_interval_ms),
         };
-        let mut breakers: Vec<_> = guards.breaker.iter().map(policy::Breaker::watch).collect();
-        breakers.extend(guards.dependencies.watches());
+        let mut breakers: Vec<_> = guards.breaker.iter().cloned().collect();
+        breakers.extend(guards.dependencies.breakers());
         let mut consume = ConsumeLoop::new(
             &consumer,
             &partition_queues,
