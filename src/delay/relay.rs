@@ -27,6 +27,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -308,6 +309,36 @@ struct RelayContext {
 impl ClientContext for RelayContext {}
 
 impl ConsumerContext for RelayContext {
+    /// rdkafka's own callback for the relay's cooperative group, without asking librdkafka
+    /// for the protocol, and not acting on an event served after the consumer closed: either
+    /// call would wait forever on a consumer group that has terminated (librdkafka #4041).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        if consumer.closed() {
+            return;
+        }
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let rebalance = if assign {
+            Rebalance::Assign(tpl)
+        } else {
+            Rebalance::Revoke(tpl)
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let done = if assign {
+            consumer.incremental_assign(tpl)
+        } else {
+            consumer.incremental_unassign(tpl)
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, assign, "delay relay: carrying out a rebalance failed");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut revoked = self.revoked.lock();
