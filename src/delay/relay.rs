@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::buckets::{self, bucket_of, bucket_topic, place, Placement};
 use super::DelayError;
-use crate::broker::{headers_of, owned_headers, run_within, Within};
+use crate::broker::{headers_of, owned_headers, run_within, serve_rebalance, Within};
 use crate::message::headers::{self, DELAY_HOP_AT, DELIVER_AT};
 use crate::message::Headers;
 use crate::observe::metrics;
@@ -309,34 +309,14 @@ struct RelayContext {
 impl ClientContext for RelayContext {}
 
 impl ConsumerContext for RelayContext {
-    /// rdkafka's own callback for the relay's cooperative group, without asking librdkafka
-    /// for the protocol, and not acting on an event served after the consumer closed: either
-    /// call would wait forever on a consumer group that has terminated (librdkafka #4041).
+    /// See [`serve_rebalance`]; the relay's group is cooperative.
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        if consumer.closed() {
-            return;
-        }
-        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
-        let rebalance = if assign {
-            Rebalance::Assign(tpl)
-        } else {
-            Rebalance::Revoke(tpl)
-        };
-        self.pre_rebalance(consumer, &rebalance);
-        let done = if assign {
-            consumer.incremental_assign(tpl)
-        } else {
-            consumer.incremental_unassign(tpl)
-        };
-        if let Err(e) = done {
-            tracing::warn!(error = %e, assign, "delay relay: carrying out a rebalance failed");
-        }
-        self.post_rebalance(consumer, &rebalance);
+        serve_rebalance(self, consumer, err, tpl, true);
     }
 
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

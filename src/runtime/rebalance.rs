@@ -21,6 +21,7 @@ use super::endpoint::take_statistics;
 use super::offsets::{self, FinishedAbove};
 use super::recovery::{reader, recover, RecoveryPlan};
 use super::shared::Shared;
+use crate::broker::serve_rebalance;
 use crate::policy;
 
 /// The consumer context of a worker.
@@ -499,64 +500,24 @@ impl WorkerContext {
     }
 }
 
-impl WorkerContext {
-    /// Takes (`assign`) or gives up the partitions of `tpl`, eagerly or incrementally as the
-    /// group's protocol is.
-    fn carry_out(&self, consumer: &BaseConsumer<Self>, assign: bool, tpl: &TopicPartitionList) {
-        let done = match (assign, self.cooperative) {
-            (true, true) => consumer.incremental_assign(tpl),
-            (true, false) => consumer.assign(tpl),
-            (false, true) => consumer.incremental_unassign(tpl),
-            (false, false) => consumer.unassign(),
-        };
-        if let Err(e) = done {
-            tracing::warn!(error = %e, assign, "carrying out a rebalance failed");
-        }
-    }
-}
-
 impl ConsumerContext for WorkerContext {
-    /// rdkafka's own callback, except: a rebalance event served after the consumer closed is
-    /// not acted on at all (librdkafka #4041: once the consumer group has terminated, any
-    /// call to it, asking the protocol, assigning, revoking, committing, waits forever; seen
-    /// as a worker's stop that never returned); the protocol (eager or cooperative) comes
-    /// from the settings rather than from such a call; and an assignment that reaches a
-    /// stopping worker is taken without being prepared.
+    /// See [`serve_rebalance`]: rdkafka's own callback, without the calls that can wait
+    /// forever once the consumer closed.
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        if consumer.closed() {
-            tracing::debug!(?err, "a rebalance event after the consumer closed: ignored");
-            return;
-        }
-        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
-        if assign && self.shared.is_closing() {
-            // An assignment that reaches a stopping worker: taken (librdkafka waits for the
-            // call before the group can end) but not prepared, since nothing of it will run
-            // (its commits looked up, its ends pinned, its retry state read back: each a wait
-            // on the broker).
-            self.carry_out(consumer, true, tpl);
-            return;
-        }
-        let rebalance = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
-            _ => {
-                let code: RDKafkaErrorCode = err.into();
-                tracing::error!(error = %code, "rebalance error");
-                Rebalance::Error(KafkaError::Rebalance(code))
-            }
-        };
-        self.pre_rebalance(consumer, &rebalance);
-        self.carry_out(consumer, assign, tpl);
-        self.post_rebalance(consumer, &rebalance);
+        serve_rebalance(self, consumer, err, tpl, self.cooperative);
     }
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
+            // An assignment that reaches a stopping worker is taken (librdkafka waits for the
+            // call before the group can end) but not prepared: nothing of it will run, and
+            // preparing waits on the broker (commits looked up, ends pinned).
+            Rebalance::Assign(_) if self.shared.is_closing() => {}
             // Returns once the revoked partitions drained and committed: the rebalance must
             // not go on before (see `Shared::drain_revoked`).
             Rebalance::Revoke(tpl) => blocking(|| self.revoke(consumer, tpl)),
@@ -566,6 +527,9 @@ impl ConsumerContext for WorkerContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.shared.is_closing() {
+            return;
+        }
         if let Rebalance::Assign(tpl) = rebalance {
             blocking(|| self.assign(consumer, tpl));
         }
