@@ -50,23 +50,6 @@ impl Accept {
     }
 }
 
-/// An in-process server on a temporary directory.
-struct Server {
-    _dir: tempfile::TempDir,
-    handle: steadfast::server::ServerHandle,
-    bootstrap: String,
-}
-
-async fn server() -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let handle = steadfast_testkit::start_server(&dir.path().join("data")).await;
-    Server {
-        bootstrap: handle.bootstrap_servers(),
-        _dir: dir,
-        handle,
-    }
-}
-
 fn worker(bootstrap: &str, topic: &str, group: &str) -> WorkerBuilder<Accept> {
     Worker::builder()
         .brokers(bootstrap)

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use steadfast::config::BreakerConfig;
 use steadfast::store::redis::RedisLockStore;
 use steadfast::store::LockStore;
-use steadfast::{Context, Handler, HandlerError, Retry, Worker};
+use steadfast::{Context, Handler, HandlerError};
 use support::*;
 
 /// The value of the `/metrics` series `name` whose labels include every one of `labels`
@@ -69,6 +69,17 @@ struct DependencyCall {
     key: String,
     at: Instant,
     ok: bool,
+}
+
+/// The keys of the successful calls, sorted: a key once for each successful call of it.
+fn succeeded_keys(calls: &[DependencyCall]) -> Vec<&str> {
+    let mut keys: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.ok)
+        .map(|c| c.key.as_str())
+        .collect();
+    keys.sort_unstable();
+    keys
 }
 
 /// A handler whose dependency is down until `up_at` (down for good while that is unset).
@@ -135,12 +146,7 @@ async fn an_open_breaker_longer_than_the_poll_interval_does_not_evict_the_worker
     let handler = Dependent::default();
     let (listener, port) = metrics_listener();
     let running = spawn(
-        Worker::builder()
-            .brokers(bootstrap.as_str())
-            .topic(topic.as_str())
-            .group(group.as_str())
-            .commit_interval(Duration::from_millis(100))
-            .retry(Retry::none())
+        worker(&bootstrap, &topic, &group)
             .kafka_property("session.timeout.ms", SESSION_MS.to_string())
             .kafka_property("heartbeat.interval.ms", "300")
             .kafka_property("max.poll.interval.ms", MAX_POLL_MS.to_string())
@@ -182,12 +188,7 @@ async fn an_open_breaker_longer_than_the_poll_interval_does_not_evict_the_worker
         "every record handled after the breaker closed",
         || {
             let calls = handler.calls.lock();
-            let mut keys: Vec<&str> = calls
-                .iter()
-                .filter(|c| c.ok)
-                .map(|c| c.key.as_str())
-                .collect();
-            keys.sort_unstable();
+            let mut keys = succeeded_keys(&calls);
             keys.dedup();
             keys.len() == usize::try_from(BREAKER_RECORDS).expect("fits")
         },
@@ -275,12 +276,7 @@ async fn an_open_breaker_longer_than_the_poll_interval_does_not_evict_the_worker
         "a delivery that failed while the dependency was down was routed instead of waiting for the breaker: {stats:?}, {dead_letters} records in the DLQ"
     );
     // After the recovery: every record handled successfully exactly once.
-    let mut handled: Vec<&str> = calls
-        .iter()
-        .filter(|c| c.ok)
-        .map(|c| c.key.as_str())
-        .collect();
-    handled.sort_unstable();
+    let handled = succeeded_keys(&calls);
     let mut expected: Vec<String> = (0..BREAKER_RECORDS).map(|i| format!("k{i}")).collect();
     expected.sort_unstable();
     assert_eq!(
@@ -380,9 +376,8 @@ async fn long_hold_pass(combined: bool) {
         .get_multiplexed_async_connection()
         .await
         .expect("redis connection");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = steadfast_testkit::start_server(&dir.path().join("data")).await;
-    let bootstrap = server.bootstrap_servers();
+    let s = server().await;
+    let bootstrap = s.bootstrap.clone();
     let (topic, group) = topic_and_group(&bootstrap, "long-hold", 1).await;
     // The worker's lock key for a record keyed `acct` (docs/lock.md, src/policy/facts.rs).
     let key = format!("{group}/{topic}/acct");
@@ -395,12 +390,7 @@ async fn long_hold_pass(combined: bool) {
     let hold = handler.hold.clone();
     let (listener, port) = metrics_listener();
     let running = spawn(
-        Worker::builder()
-            .brokers(bootstrap.as_str())
-            .topic(topic.as_str())
-            .group(group.as_str())
-            .commit_interval(Duration::from_millis(100))
-            .retry(Retry::none())
+        worker(&bootstrap, &topic, &group)
             .key_lock(REDIS_URL, LEASE)
             .dedup(REDIS_URL)
             .combine_store_calls(combined)
@@ -494,7 +484,7 @@ async fn long_hold_pass(combined: bool) {
     .await;
     let after = http_get(port, "/metrics");
     let stats = running.stop().await;
-    server.shutdown().await;
+    s.handle.shutdown().await;
     let hold = std::mem::take(&mut *hold.lock());
     let renewals = |call: &str| store_calls(&after, call) - store_calls(&before, call);
     let (lock_renewals, guard_renewals) = (renewals("lock_renew"), renewals("guards_renew"));

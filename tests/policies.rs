@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use steadfast::config::BreakerConfig;
 use steadfast::store::{DedupStore, LockStore, Reservation, VersionStore};
-use steadfast::{Context, Handler, HandlerError, Retry, Worker, WorkerBuilder};
+use steadfast::{Context, Handler, HandlerError, Retry, Worker};
 use support::*;
 
 const CHILD: &str = "STEADFAST_TEST_CHILD";
@@ -56,32 +56,6 @@ impl Handler for FnHandler {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         (self.0)(message, cx.clone())
     }
-}
-
-/// An in-process server on a temporary directory.
-struct Server {
-    dir: tempfile::TempDir,
-    handle: steadfast::server::ServerHandle,
-    bootstrap: String,
-}
-
-async fn server() -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let handle = steadfast_testkit::start_server(&dir.path().join("data")).await;
-    Server {
-        bootstrap: handle.bootstrap_servers(),
-        dir,
-        handle,
-    }
-}
-
-fn worker(bootstrap: &str, topic: &str, group: &str) -> WorkerBuilder {
-    Worker::builder()
-        .brokers(bootstrap)
-        .topic(topic)
-        .group(group)
-        .commit_interval(Duration::from_millis(100))
-        .retry(Retry::none())
 }
 
 async fn committed_at(bootstrap: &str, group: &str, topic: &str, offset: i64) {

@@ -142,16 +142,7 @@ fn worker(s: &Setup, tier: Duration) -> WorkerBuilder {
 }
 
 async fn send(s: &Setup, txns: &[Txn]) {
-    let records: Vec<(Vec<u8>, Vec<u8>)> = txns
-        .iter()
-        .map(|t| {
-            (
-                t.key.as_bytes().to_vec(),
-                serde_json::to_vec(t).expect("encodes"),
-            )
-        })
-        .collect();
-    produce_raw(&s.bootstrap, &s.topic, &records).await;
+    produce_raw(&s.bootstrap, &s.topic, &json_records(txns)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

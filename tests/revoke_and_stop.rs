@@ -159,24 +159,6 @@ async fn stop_within(running: Running, limit: Duration, who: &str) -> steadfast:
         })
 }
 
-/// An in-process server on a temporary directory.
-struct Server {
-    _dir: tempfile::TempDir,
-    handle: steadfast::server::ServerHandle,
-    bootstrap: String,
-}
-
-async fn server() -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let handle = steadfast_testkit::start_server(dir.path()).await;
-    let bootstrap = handle.bootstrap_servers();
-    Server {
-        _dir: dir,
-        handle,
-        bootstrap,
-    }
-}
-
 /// A worker of `group` over `topic`, without in-place retries. Its members hear of a
 /// rebalance at their next heartbeat: every 200 ms here, not librdkafka's 3 s.
 fn worker(bootstrap: &str, topic: &str, group: &str) -> steadfast::WorkerBuilder {
@@ -194,21 +176,6 @@ fn event(key: &str, seq: u64) -> Event {
         seq,
         ..Event::default()
     }
-}
-
-/// Produces `events` to `partition` of `topic`, in order (on a fresh topic, event `i` lands
-/// at offset `i`).
-async fn produce_events_to(bootstrap: &str, topic: &str, partition: i32, events: &[Event]) {
-    let records: Vec<(Vec<u8>, Vec<u8>)> = events
-        .iter()
-        .map(|e| {
-            (
-                e.key.as_bytes().to_vec(),
-                serde_json::to_vec(e).expect("encodes"),
-            )
-        })
-        .collect();
-    produce_to(bootstrap, topic, &records, Some(partition)).await;
 }
 
 /// The offsets `group` committed on partitions `0..partitions` of `topic` (read on a
@@ -237,6 +204,24 @@ async fn log_ends(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
     })
     .await
     .expect("reading the log ends")
+}
+
+/// Waits up to `limit` (for `what`) until `group` has committed partitions `0..partitions` of
+/// `topic` to their log ends, as read first.
+async fn committed_to_the_end(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    limit: Duration,
+    what: &str,
+) {
+    let ends = log_ends(bootstrap, topic, partitions).await;
+    eventually_async(limit, what, || async {
+        let committed = committed_offsets(bootstrap, group, topic, partitions).await;
+        committed.iter().zip(&ends).all(|(c, end)| *c == Some(*end))
+    })
+    .await;
 }
 
 /// Produces one record to each partition of a topic every `every` until stopped, so that a
@@ -611,14 +596,13 @@ fn a_handler_past_the_drain_timeout_is_abandoned_and_the_key_lock_keeps_the_runs
     );
         // Everything is handled in the end, and committed: past the slow records too.
         feed.stop().await;
-        let ends = log_ends(&s.bootstrap, &topic, PARTITIONS).await;
-        eventually_async(
+        committed_to_the_end(
+            &s.bootstrap,
+            &group,
+            &topic,
+            PARTITIONS,
             Duration::from_secs(30),
             "every record handled and committed",
-            || async {
-                let committed = committed_offsets(&s.bootstrap, &group, &topic, PARTITIONS).await;
-                committed.iter().zip(&ends).all(|(c, end)| *c == Some(*end))
-            },
         )
         .await;
         let first_stats = stop_within(first, STOP_LIMIT, "the first member").await;
@@ -740,14 +724,13 @@ fn a_stop_abandons_a_hung_handler_at_the_drain_deadline_and_leaves_the_group() {
             "the new member was assigned the partitions {waited:?} after it started: the stopped \
          member did not leave the group"
         );
-        let ends = log_ends(&s.bootstrap, &topic, PARTITIONS).await;
-        eventually_async(
+        committed_to_the_end(
+            &s.bootstrap,
+            &group,
+            &topic,
+            PARTITIONS,
             Duration::from_secs(10),
             "the commit past the hung record",
-            || async {
-                let committed = committed_offsets(&s.bootstrap, &group, &topic, PARTITIONS).await;
-                committed.iter().zip(&ends).all(|(c, end)| *c == Some(*end))
-            },
         )
         .await;
         let second_stats = stop_within(second, STOP_LIMIT, "the new member").await;

@@ -112,8 +112,7 @@ impl Handler for Tracker {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
-    server: steadfast::server::ServerHandle,
+    server: Server,
     bootstrap: String,
     topic: String,
     group: String,
@@ -129,12 +128,10 @@ async fn setup(name: &str) -> Setup {
     let prefix = fresh_prefix();
     // Fail naming the missing service rather than with a worker waiting for it.
     redis_stores(&prefix).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = steadfast_testkit::start_server(dir.path()).await;
-    let bootstrap = server.bootstrap_servers();
+    let server = server().await;
+    let bootstrap = server.bootstrap.clone();
     let (topic, group) = topic_and_group(&bootstrap, name, 1).await;
     Setup {
-        _dir: dir,
         server,
         bootstrap,
         tier: format!("{topic}.{group}.retry.1"),
@@ -148,16 +145,7 @@ async fn setup(name: &str) -> Setup {
 impl Setup {
     /// Produces `changes` to partition 0 of the topic, in order.
     async fn send(&self, changes: &[Change]) {
-        let records: Vec<(Vec<u8>, Vec<u8>)> = changes
-            .iter()
-            .map(|c| {
-                (
-                    c.key.as_bytes().to_vec(),
-                    serde_json::to_vec(c).expect("encodes"),
-                )
-            })
-            .collect();
-        produce_raw(&self.bootstrap, &self.topic, &records).await;
+        produce_raw(&self.bootstrap, &self.topic, &json_records(changes)).await;
     }
 
     /// Reads `count` records of partition 0 of `topic` (off the runtime's threads).
@@ -290,7 +278,7 @@ async fn overtaken_case(guards: Guards) {
          instead?): {stats:?}"
     );
     let dead = s.read(s.dlq.clone(), 1).await;
-    s.server.shutdown().await;
+    s.server.handle.shutdown().await;
     let d = &dead[0];
     println!("{guards:?}: dead letter headers {:?}", d.headers);
     assert_eq!(
@@ -413,7 +401,7 @@ async fn a_dead_letter_copy_carries_the_first_delivery_and_both_failure_times() 
     let source = s.read_with_timestamps(s.topic.clone()).await;
     let tier = s.read_with_timestamps(s.tier.clone()).await;
     let dead_letters = log_end(&s.bootstrap, &s.dlq);
-    s.server.shutdown().await;
+    s.server.handle.shutdown().await;
 
     let calls: Vec<Seen> = tracker
         .calls()
@@ -612,7 +600,7 @@ async fn released_case(with_lock: bool) {
         )
         .await
         .expect("reserve");
-    s.server.shutdown().await;
+    s.server.handle.shutdown().await;
     println!("{what}: calls {:?}, stats {stats:?}", tracker.calls());
     assert_eq!(
         tracker.calls().len(),

@@ -246,44 +246,57 @@ fn spawn_worker(env: &Env, topic: &str, group: &str, prefix: &str, app: &Arc<App
         .handler(Buggy(app.clone()))
         .build()
         .expect("valid worker");
-    let token = CancellationToken::new();
-    let t = token.clone();
-    let handle = env
-        .rt
-        .spawn(async move { worker.run(t).await.expect("worker runs") });
-    Running { token, handle }
+    Running::start(env, worker)
 }
 
 impl Running {
+    /// Runs `worker` on the env's runtime until stopped.
+    fn start<H: Handler>(env: &Env, worker: Worker<H>) -> Running {
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let handle = env
+            .rt
+            .spawn(async move { worker.run(t).await.expect("worker runs") });
+        Running { token, handle }
+    }
+
     fn stop(self, env: &Env) -> WorkerStats {
         self.token.cancel();
         env.rt.block_on(self.handle).expect("worker task")
     }
 }
 
-fn produce_items(env: &Env, topic: &str) {
-    let producer: FutureProducer = steadfast_testkit::client_config(&env.bootstrap)
+/// An idempotent producer to the env's server.
+fn idempotent_producer(env: &Env) -> FutureProducer {
+    steadfast_testkit::client_config(&env.bootstrap)
         .set("enable.idempotence", "true")
         .create()
-        .expect("producer");
+        .expect("producer")
+}
+
+/// Sends `message` as JSON under `key` to `topic` and waits until it is delivered.
+async fn send_json(producer: &FutureProducer, topic: &str, key: &str, message: &impl Serialize) {
+    let payload = serde_json::to_vec(message).expect("encodes");
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+}
+
+fn produce_items(env: &Env, topic: &str) {
+    let producer = idempotent_producer(env);
     env.rt.block_on(async {
         let sends = (0..MESSAGES).map(|i| {
             let item = Item {
                 id: item_id(i),
                 key: format!("key-{}", i % 37),
             };
-            let payload = serde_json::to_vec(&item).expect("encodes");
             let producer = &producer;
-            async move {
-                producer
-                    .send(
-                        FutureRecord::to(topic).key(&item.key).payload(&payload),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-                    .expect("delivered")
-            }
+            async move { send_json(producer, topic, &item.key, &item).await }
         });
         futures::future::join_all(sends).await;
     });
@@ -1092,10 +1105,7 @@ impl Handler for VersionedHandler {
 }
 
 fn produce_versions(env: &Env, topic: &str, versions: &[(&str, i64)]) {
-    let producer: FutureProducer = steadfast_testkit::client_config(&env.bootstrap)
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
+    let producer = idempotent_producer(env);
     env.rt.block_on(async {
         for (key, version) in versions {
             let v = Versioned {
@@ -1103,15 +1113,7 @@ fn produce_versions(env: &Env, topic: &str, versions: &[(&str, i64)]) {
                 version: *version,
                 id: format!("{key}-{version}"),
             };
-            let payload = serde_json::to_vec(&v).expect("encodes");
-            producer
-                .send(
-                    FutureRecord::to(topic).key(*key).payload(&payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .expect("delivered");
+            send_json(&producer, topic, key, &v).await;
         }
     });
 }
@@ -1159,12 +1161,7 @@ fn a_replayed_record_older_than_the_applied_version_is_dropped_as_stale() {
         .handler(VersionedHandler(app.clone()))
         .build()
         .expect("valid worker");
-    let token = CancellationToken::new();
-    let t = token.clone();
-    let handle = env
-        .rt
-        .spawn(async move { worker.run(t).await.expect("worker runs") });
-    let running = Running { token, handle };
+    let running = Running::start(&env, worker);
 
     // 1. K v1 and L v1 hit the bug and are dead-lettered.
     produce_versions(&env, &topic, &[("K", 1), ("L", 1)]);

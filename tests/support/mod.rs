@@ -298,18 +298,23 @@ where
         .expect("acknowledged");
 }
 
+/// Raw records (key, JSON payload) of `messages`, in order.
+pub fn json_records<M: Message + Serialize>(messages: &[M]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    messages
+        .iter()
+        .map(|m| (m.key(), serde_json::to_vec(m).expect("encodes")))
+        .collect()
+}
+
 /// Produces events as JSON to partition 0 of `topic`, in order.
 pub async fn produce(bootstrap: &str, topic: &str, events: &[Event]) {
-    let records: Vec<(Vec<u8>, Vec<u8>)> = events
-        .iter()
-        .map(|e| {
-            (
-                e.key.as_bytes().to_vec(),
-                serde_json::to_vec(e).expect("encodes"),
-            )
-        })
-        .collect();
-    produce_raw(bootstrap, topic, &records).await;
+    produce_events_to(bootstrap, topic, 0, events).await;
+}
+
+/// Produces `events` as JSON to `partition` of `topic`, in order (on a fresh topic, event `i`
+/// lands at offset `i`).
+pub async fn produce_events_to(bootstrap: &str, topic: &str, partition: i32, events: &[Event]) {
+    produce_to(bootstrap, topic, &json_records(events), Some(partition)).await;
 }
 
 /// A record read back from a topic.
@@ -480,6 +485,24 @@ pub fn committed_and_ends(
         .map(|p| steadfast_testkit::watermarks(bootstrap, topic, p).1)
         .collect();
     (committed, ends)
+}
+
+/// An in-process server on a temporary directory (its data in `dir`'s `data`).
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub handle: steadfast::server::ServerHandle,
+    pub bootstrap: String,
+}
+
+/// Starts an in-process server on a fresh temporary directory.
+pub async fn server() -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let handle = steadfast_testkit::start_server(&dir.path().join("data")).await;
+    Server {
+        bootstrap: handle.bootstrap_servers(),
+        dir,
+        handle,
+    }
 }
 
 /// A port nobody listens on right now.
@@ -655,6 +678,16 @@ pub fn record(u: &Update) -> (Vec<u8>, Vec<u8>) {
         u.key.as_bytes().to_vec(),
         serde_json::to_vec(u).expect("encodes"),
     )
+}
+
+/// A worker of `group` over `topic` committing every 100 ms, without retries.
+pub fn worker(bootstrap: &str, topic: &str, group: &str) -> steadfast::WorkerBuilder {
+    steadfast::Worker::builder()
+        .brokers(bootstrap)
+        .topic(topic)
+        .group(group)
+        .commit_interval(Duration::from_millis(100))
+        .retry(steadfast::Retry::none())
 }
 
 /// A worker running in a task until stopped.
