@@ -340,9 +340,17 @@ impl Fleet {
             .unwrap_or_else(|| panic!("worker {name} was not reaped after SIGKILL"));
     }
 
-    /// SIGTERM; the exit is checked later.
+    /// SIGTERM; the exit is checked later. Sent once the worker serves its endpoint (up to
+    /// 15 s), which it does after it listens for signals: a SIGTERM in a process's first
+    /// milliseconds, before its `main` got that far, ends it by the signal's default action
+    /// (seed 19018: a worker started and sent SIGTERM in the same millisecond exited by
+    /// signal 15, its log empty), which no program can drain from.
     pub fn term(&self, name: &str) {
         let p = self.by_name(name);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while p.live() && Instant::now() < deadline && TcpStream::connect(&p.observe).is_err() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         p.fate.lock().termed = Some(now_ns());
         p.signal("-TERM");
     }
