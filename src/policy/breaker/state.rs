@@ -184,6 +184,10 @@ impl Breaker {
             name: Arc::from(name),
         }
     }
+    /// Its name (in logs): the group, or `<group>/<dependency>`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
     /// Follows the breaker's phase.
     pub fn watch(&self) -> watch::Receiver<BreakerPhase> {
         self.phase.subscribe()

@@ -262,6 +262,12 @@ async fn breaker_change(
         .iter_mut()
         .map(|(_, rx)| *rx.borrow_and_update())
         .collect();
+    let open_ones: Vec<&str> = breakers
+        .iter()
+        .zip(&phases)
+        .filter(|(_, phase)| **phase == BreakerPhase::Open)
+        .map(|((breaker, _), _)| breaker.name())
+        .collect();
     let rank = |phase: &BreakerPhase| match phase {
         BreakerPhase::Closed => 0.0,
         BreakerPhase::HalfOpen => 1.0,
@@ -270,9 +276,9 @@ async fn breaker_change(
     meters
         .breaker
         .set(phases.iter().map(rank).fold(0.0, f64::max));
-    let open = phases.contains(&BreakerPhase::Open);
+    let open = !open_ones.is_empty();
     if open {
-        tracing::warn!("circuit breaker open: partitions paused, polling continues");
+        tracing::warn!(breakers = ?open_ones, "circuit breaker open: partitions paused, polling continues");
     } else {
         tracing::info!("circuit breakers probing or closed: partitions resumed");
     }
