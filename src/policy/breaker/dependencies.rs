@@ -39,11 +39,6 @@ impl Dependencies {
         }
     }
 
-    /// Whether no dependency has a breaker.
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-
     /// The breakers (the worker follows their phases, pausing its partitions while one is
     /// open, and moves an open one to half-open when its open period passed).
     pub fn breakers(&self) -> Vec<Breaker> {

@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::dispatcher::Dispatcher;
 use super::job::{Accepted, Job, TopicPartition};
 use super::lanes::LaneKey;
+use super::parking::forget_gone;
 use crate::message::{Envelope, Outcome};
 
 impl Dispatcher {
@@ -17,19 +18,15 @@ impl Dispatcher {
         now_ms: i64,
     ) -> (Accepted, Vec<Job>) {
         let tp: TopicPartition = (envelope.topic.clone(), envelope.partition);
-        let (gone, read_again_until) = match self.partitions.map.get_mut(&tp) {
-            Some(p) if !p.revoking => {
-                let until = p.reread.map(|read| read.until);
-                (p.note_delivered(envelope.offset), until)
-            }
+        let p = match self.partitions.map.get_mut(&tp) {
+            Some(p) if !p.revoking => p,
             _ => return (Accepted::NotAssigned, Vec::new()),
         };
+        let read_again_until = p.reread.map(|read| read.until);
+        let gone = p.note_delivered(envelope.offset);
         if !gone.is_empty() {
-            self.forget_gone(&tp, &gone);
+            forget_gone(&mut self.lanes, &self.parked, p, &tp, &gone);
         }
-        let Some(p) = self.partitions.map.get_mut(&tp) else {
-            return (Accepted::NotAssigned, Vec::new());
-        };
         let is_tier = p.tier > 0;
         if p.recovering {
             p.deferred.push(envelope);
@@ -115,22 +112,18 @@ impl Dispatcher {
         if self.limits.strict {
             self.update_parking(envelope, outcome);
         }
-        let lane_done = match self.lanes.by_key.get_mut(job_lane) {
+        // Whether the lane holds nothing queued now, and whether it has records let go.
+        let (lane_done, spilled) = match self.lanes.by_key.get_mut(job_lane) {
             Some(lane) if lane.epoch == epoch => {
                 lane.running = false;
-                lane.queue.is_empty()
+                (lane.queue.is_empty(), !lane.spilled.is_empty())
             }
-            _ => false,
+            _ => (false, false),
         };
         if job.origin.is_none() {
             // Lanes waiting for this first delivery go first, then its own next record.
             self.release(job_lane);
         }
-        let spilled = self
-            .lanes
-            .by_key
-            .get(job_lane)
-            .is_some_and(|lane| !lane.spilled.is_empty());
         if lane_done && !spilled && !self.parked.contains(job_lane) {
             self.lanes.by_key.remove(job_lane);
         } else {
