@@ -5,7 +5,10 @@
 //! them over every partition) are produced with `acks=1`, then as many with `acks=-1`,
 //! first by librdkafka, then by a client that sends requests encoded beforehand (see
 //! [`super::raw_produce`]: it measures the server where librdkafka's own cost per
-//! partition would), and the whole topic is read back from offset 0. Meanwhile the server's resident memory and
+//! partition would), and the whole topic is read back from offset 0. The same librdkafka
+//! produce then goes to librdkafka's own mock broker (in memory, nothing written) with a
+//! topic of as many partitions: what one producer reaches whatever the server does, the
+//! client's ceiling at that count. Meanwhile the server's resident memory and
 //! open descriptors are sampled every 50 ms (peaks shown). Then the server is killed
 //! (SIGKILL) and started again on the same data: the table shows how long until it served
 //! again, and every message is checked to be there (the sum of the partitions' log ends).
@@ -22,6 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
 use steadfast_server::client::Client;
 
 use super::child::ChildServer;
@@ -47,6 +51,8 @@ struct ScalingRow {
     produce_acks_all: Measured,
     raw_acks1: Measured,
     raw_acks_all: Measured,
+    /// librdkafka `acks=1` into its in-memory mock broker: the client's ceiling.
+    mock_acks1: Measured,
     consume: Measured,
     peak_rss: u64,
     peak_fds: usize,
@@ -148,6 +154,12 @@ fn run_one(
     report("steadfast", Workload::ConsumeBacklog, &case, &consume);
     let (peak_rss, peak_fds) = sampler.stop();
     drop(admin);
+    case.messages = messages;
+    let mock_acks1 = client_ceiling(&topic, &case, &args.producer_set)?;
+    eprintln!(
+        "  librdkafka acks=1 into its mock broker ({partitions} partitions): {} msg/s",
+        group_digits(mock_acks1.msgs_per_sec())
+    );
 
     server.kill()?;
     let started = Instant::now();
@@ -175,6 +187,7 @@ fn run_one(
         produce_acks_all,
         raw_acks1,
         raw_acks_all,
+        mock_acks1,
         consume,
         peak_rss,
         peak_fds,
@@ -182,6 +195,21 @@ fn run_one(
         rss_after_restart,
         fds_after_restart,
     })
+}
+
+/// The same librdkafka `acks=1` produce into librdkafka's mock broker (one broker, in
+/// memory) with a topic of `case.partitions` partitions: the producer's own rate at that
+/// partition count, with a server that stores nothing on disk.
+fn client_ceiling(
+    topic: &str,
+    case: &Case<'_>,
+    overrides: &[(String, String)],
+) -> Result<Measured> {
+    let cluster = MockCluster::new(1).context("starting librdkafka's mock cluster")?;
+    cluster
+        .create_topic(topic, case.partitions, 1)
+        .context("creating the topic in the mock cluster")?;
+    produce(&cluster.bootstrap_servers(), topic, "1", case, overrides)
 }
 
 /// Prints a finished raw-client measurement to stderr, as progress.
@@ -297,20 +325,21 @@ fn render(rows: &[ScalingRow], messages: u64, flags: &[String]) -> String {
         flags.join(" ")
     ));
     out.push_str(
-        "| partitions | create topic | produce acks=1 msg/s | produce acks=-1 msg/s | raw produce acks=1 msg/s | raw produce acks=-1 msg/s | consume msg/s | peak RSS | peak fds | restart after SIGKILL | RSS after restart | fds after restart |\n",
+        "| partitions | create topic | produce acks=1 msg/s | produce acks=-1 msg/s | raw produce acks=1 msg/s | raw produce acks=-1 msg/s | librdkafka acks=1 into its mock broker msg/s | consume msg/s | peak RSS | peak fds | restart after SIGKILL | RSS after restart | fds after restart |\n",
     );
     out.push_str(
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.2} s | {} | {} | {} | {} | {} | {} | {} | {:.2} s | {} | {} |\n",
+            "| {} | {:.2} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} s | {} | {} |\n",
             group_digits(r.partitions as f64),
             r.create.as_secs_f64(),
             group_digits(r.produce_acks1.msgs_per_sec()),
             group_digits(r.produce_acks_all.msgs_per_sec()),
             group_digits(r.raw_acks1.msgs_per_sec()),
             group_digits(r.raw_acks_all.msgs_per_sec()),
+            group_digits(r.mock_acks1.msgs_per_sec()),
             group_digits(r.consume.msgs_per_sec()),
             mib(r.peak_rss),
             r.peak_fds,
@@ -324,12 +353,14 @@ fn render(rows: &[ScalingRow], messages: u64, flags: &[String]) -> String {
             let ratio =
                 |m: fn(&ScalingRow) -> &Measured| m(r).msgs_per_sec() / m(base).msgs_per_sec();
             out.push_str(&format!(
-                "\n{} partitions vs 64: librdkafka produce acks=1 {:.2}x, acks=-1 {:.2}x; raw produce acks=1 {:.2}x, acks=-1 {:.2}x",
+                "\n{} partitions vs 64: librdkafka produce acks=1 {:.2}x, acks=-1 {:.2}x; raw produce acks=1 {:.2}x, acks=-1 {:.2}x; librdkafka into its mock broker {:.2}x, and against this server's 64-partition acks=1 row {:.2}x",
                 group_digits(r.partitions as f64),
                 ratio(|r| &r.produce_acks1),
                 ratio(|r| &r.produce_acks_all),
                 ratio(|r| &r.raw_acks1),
                 ratio(|r| &r.raw_acks_all),
+                ratio(|r| &r.mock_acks1),
+                r.mock_acks1.msgs_per_sec() / base.produce_acks1.msgs_per_sec(),
             ));
         }
     }
