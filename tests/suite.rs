@@ -39,6 +39,8 @@ mod mock_cluster;
 mod observe;
 #[path = "outages.rs"]
 mod outages;
+#[path = "panics_and_layers.rs"]
+mod panics_and_layers;
 #[path = "policies.rs"]
 mod policies;
 #[path = "producer.rs"]

@@ -5,7 +5,7 @@
 mod batch;
 mod context;
 mod error;
-mod service;
+pub(crate) mod service;
 mod transaction;
 
 use std::future::Future;

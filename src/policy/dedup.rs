@@ -88,9 +88,13 @@ impl Policy for DedupConfig {
             Err(unanswered) => return unanswered.outcome(&envelope),
         }
         let (stop_renewal, renewal) = renew_while_held(config, &id, &owner);
+        // Stops the renewals if this call is dropped or unwound before it ends (a panic
+        // below): else they would keep the reservation for an owner that is gone, and every
+        // later delivery of the id would wait for it.
+        let stop_on_drop = stop_renewal.clone().drop_guard();
         let outcome = next.run(envelope.clone()).await;
         // No renewal may land after the completion or the release below.
-        stop_renewal.cancel();
+        drop(stop_on_drop);
         let _ = renewal.await;
         if matches!(outcome, Outcome::Ack { .. }) {
             let done = until_available("dedup complete", shutdown, || {
@@ -192,4 +196,62 @@ fn renew_while_held(
         }
     });
     (stop, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::message::Facts;
+    use crate::policy::adapter::BoxedStack;
+    use crate::store::memory::MemoryDedupStore;
+
+    const LEASE: Duration = Duration::from_millis(90);
+
+    #[tokio::test]
+    async fn a_run_unwound_by_a_panic_below_stops_renewing_its_reservation() {
+        let store = Arc::new(MemoryDedupStore::new());
+        let dedup = DedupConfig {
+            store: store.clone(),
+            lease: LEASE,
+            ttl: Duration::from_secs(60),
+            worker: "w".into(),
+            calls: std::sync::atomic::AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+            health: None,
+            give_up_after: None,
+        };
+        // Panics after a few renewals (every third of the lease).
+        let inner = tower::service_fn(|_envelope: Envelope| async {
+            tokio::time::sleep(LEASE).await;
+            if LEASE.is_zero() {
+                return Ok::<_, Infallible>(Outcome::Ack { attempt: 1 });
+            }
+            panic!("a layer below panicked");
+        });
+        let service = Next::service(BoxedStack::new(inner)).with(dedup);
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(Arc::new(Facts {
+            store_key: "k".into(),
+            version: None,
+            id: Some("id".into()),
+        }));
+        let run = tokio::spawn(async move { service.run(envelope).await });
+        assert!(run.await.is_err(), "the run was unwound");
+        // The reservation lapses within its lease once nobody renews it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let answer = store.reserve("id", "other", LEASE).await.expect("memory");
+            if answer == Reservation::Reserved {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the unwound run's reservation was still renewed: {answer:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

@@ -24,6 +24,7 @@ mod guarded;
 mod kept_leases;
 mod lock;
 mod outage;
+mod panics;
 mod ratelimit;
 mod retry;
 mod route;
@@ -59,6 +60,7 @@ pub(crate) use self::timeout::timed_out;
 pub(crate) const STACK: &[fn(&Assembly<'_>) -> Option<Wrap>] = &[
     trace::build,
     route::build,
+    panics::build,
     facts::build,
     stale::build,
     breaker::build,

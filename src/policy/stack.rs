@@ -127,11 +127,44 @@ pub(crate) fn user_layers(a: &Assembly<'_>) -> Option<Wrap> {
         return None;
     }
     let layers = a.layers.to_vec();
+    let shutdown = a.shutdown.clone();
     Some(Box::new(move |next: Next| {
         let inner = layers
             .iter()
             .rev()
             .fold(BoxedStack::new(next), |inner, layer| (layer.0)(inner));
-        Next::service(inner)
+        let shutdown = shutdown.clone();
+        Next::service(BoxedStack::new(tower::service_fn(
+            move |envelope: Envelope| {
+                let attempt = envelope.attempt;
+                let shutdown = shutdown.clone();
+                let run = tower::ServiceExt::oneshot(inner.clone(), envelope);
+                async move {
+                    let outcome = run.await.unwrap_or_else(|never| match never {});
+                    Ok::<_, Infallible>(handed_back(outcome, attempt, &shutdown))
+                }
+            },
+        )))
     }))
+}
+
+/// A user layer's `Outcome::Requeue` while the worker runs (load shedding, say): a transient
+/// failure, tried again in place and then through the tiers like any other. The runtime
+/// requeues only what a stop or a revoke leaves unfinished; a record requeued while its
+/// partition stays here would hold the partition's commit until the partition is read again.
+fn handed_back(outcome: Outcome, attempt: u32, shutdown: &CancellationToken) -> Outcome {
+    if outcome != Outcome::Requeue || shutdown.is_cancelled() {
+        return outcome;
+    }
+    Outcome::Failed(crate::message::Failure {
+        class: crate::message::ErrorClass::Transient,
+        message: "a layer handed the message back (Outcome::Requeue) while the worker runs; \
+                  tried again as a transient failure"
+            .to_owned(),
+        permanent: false,
+        retry_after: None,
+        first_failed_ms: super::clock::now_ms(),
+        attempt,
+        unavailable: false,
+    })
 }

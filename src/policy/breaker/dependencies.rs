@@ -88,7 +88,7 @@ impl Dependencies {
 }
 
 /// A call through a breaker that has not ended: recorded as failed when dropped so.
-struct Unfinished<'a>(Option<&'a Breaker>);
+pub(super) struct Unfinished<'a>(pub(super) Option<&'a Breaker>);
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {

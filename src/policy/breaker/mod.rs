@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use self::dependencies::Unfinished;
 use self::state::{Breaker, BreakerPhase, Permit};
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::stack::Assembly;
@@ -38,17 +39,32 @@ pub(crate) fn build(a: &Assembly<'_>) -> Option<Wrap> {
 impl Policy for BreakerPolicy {
     async fn call(self: Arc<Self>, envelope: Envelope, next: Next) -> Outcome {
         loop {
-            while let Permit::WaitUntil(at) = self.breaker.permit() {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at.into()) => {}
-                    _ = self.shutdown.cancelled() => return Outcome::Requeue,
+            let probe = loop {
+                match self.breaker.permit_probe() {
+                    (Permit::Go, probe) => break probe,
+                    (Permit::WaitUntil(at), _) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at.into()) => {}
+                            _ = self.shutdown.cancelled() => return Outcome::Requeue,
+                        }
+                    }
                 }
-            }
+            };
+            // A run dropped before it ended (abandoned past the drain timeout) counts as
+            // failed, as a dependency's call does: a half-open probe that never ends would
+            // otherwise hold its place for good.
+            let mut pending = Unfinished(Some(&self.breaker));
             let outcome = next.run(envelope.clone()).await;
-            let failed = matches!(&outcome, Outcome::Failed(f) if !f.permanent);
+            pending.0 = None;
             if matches!(outcome, Outcome::Requeue) {
+                // Handed back unfinished (an id in progress elsewhere, a shutdown): no
+                // verdict on the handler; a probe's place goes to the next call.
+                if let Some(round) = probe {
+                    self.breaker.give_back(round);
+                }
                 return outcome;
             }
+            let failed = matches!(&outcome, Outcome::Failed(f) if !f.permanent);
             let phase = self.breaker.record(!failed);
             if failed && phase == BreakerPhase::Open {
                 // The dependency is down: wait with the others instead of routing.
@@ -56,5 +72,94 @@ impl Policy for BreakerPolicy {
             }
             return outcome;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::state::BreakerSettings;
+    use super::*;
+    use crate::policy::adapter::BoxedStack;
+
+    /// A breaker with one probe, opened by one failure and half-open 20 ms later (waited for
+    /// with a deadline).
+    async fn half_open() -> Breaker {
+        let breaker = Breaker::new(
+            "g",
+            BreakerSettings {
+                failure_rate: 0.5,
+                window: Duration::from_secs(10),
+                min_calls: 1,
+                open_for: Duration::from_millis(20),
+                half_open_probes: 1,
+            },
+        );
+        assert_eq!(breaker.record(false), BreakerPhase::Open);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while breaker.probes_at().is_some() {
+            assert!(Instant::now() < deadline, "the open period never passed");
+            breaker.advance();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        breaker
+    }
+
+    /// The policy around a handler whose runs end as `outcomes` says, in turn (then `Ack`).
+    fn around(breaker: &Breaker, outcomes: Vec<Outcome>) -> Next {
+        let runs = Arc::new(AtomicU32::new(0));
+        let inner = tower::service_fn(move |_envelope: Envelope| {
+            let run = runs.fetch_add(1, Ordering::SeqCst) as usize;
+            let outcome = outcomes
+                .get(run)
+                .cloned()
+                .unwrap_or(Outcome::Ack { attempt: 1 });
+            async move { Ok::<_, Infallible>(outcome) }
+        });
+        Next::service(BoxedStack::new(inner)).with(BreakerPolicy {
+            breaker: breaker.clone(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_probe_handed_back_unfinished_gives_its_place_to_the_next_call() {
+        let breaker = half_open().await;
+        let service = around(&breaker, vec![Outcome::Requeue]);
+        let envelope = Envelope::new("t", "k", "p");
+        assert_eq!(service.run(envelope.clone()).await, Outcome::Requeue);
+        let next = tokio::time::timeout(Duration::from_secs(5), service.run(envelope)).await;
+        assert_eq!(
+            next.ok(),
+            Some(Outcome::Ack { attempt: 1 }),
+            "the next call waited for a probe place the requeued run kept"
+        );
+        assert_eq!(breaker.record(true), BreakerPhase::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_probe_dropped_before_it_ended_counts_as_failed() {
+        let breaker = half_open().await;
+        let inner = tower::service_fn(|_envelope: Envelope| {
+            futures::future::pending::<Result<Outcome, Infallible>>()
+        });
+        let service = Next::service(BoxedStack::new(inner)).with(BreakerPolicy {
+            breaker: breaker.clone(),
+            shutdown: CancellationToken::new(),
+        });
+        let run = service.run(Envelope::new("t", "k", "p"));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), run)
+                .await
+                .is_err(),
+            "the handler never ends"
+        );
+        assert!(
+            breaker.probes_at().is_some(),
+            "the dropped probe opened the breaker again (it would hold the only probe place for good)"
+        );
     }
 }

@@ -80,6 +80,8 @@ pub struct BreakerState {
     calls: VecDeque<(Instant, bool)>,
     probes_started: u32,
     probes_succeeded: u32,
+    /// Half-open periods so far: tells a probe of this period from one of an earlier one.
+    rounds: u64,
 }
 
 impl BreakerState {
@@ -92,6 +94,7 @@ impl BreakerState {
             calls: VecDeque::new(),
             probes_started: 0,
             probes_succeeded: 0,
+            rounds: 0,
         }
     }
     /// The current phase (an open breaker whose period passed reports half-open).
@@ -109,10 +112,30 @@ impl BreakerState {
             self.phase = BreakerPhase::HalfOpen;
             self.probes_started = 0;
             self.probes_succeeded = 0;
+            self.rounds += 1;
         }
     }
     /// Asks to call.
     pub fn permit(&mut self, now: Instant) -> Permit {
+        self.permit_probe(now).0
+    }
+    /// Asks to call; with `Go` in the half-open phase, the probe's period too (see
+    /// [`BreakerState::give_back`]).
+    pub fn permit_probe(&mut self, now: Instant) -> (Permit, Option<u64>) {
+        let permit = self.take(now);
+        let probe =
+            (permit == Permit::Go && self.phase == BreakerPhase::HalfOpen).then_some(self.rounds);
+        (permit, probe)
+    }
+    /// Gives back the probe place taken in the half-open period `round` by a call that ended
+    /// with no verdict on the handler (its message was handed back unfinished): another call
+    /// probes in its stead. Nothing once that period is over.
+    pub fn give_back(&mut self, round: u64) {
+        if self.phase == BreakerPhase::HalfOpen && self.rounds == round {
+            self.probes_started = self.probes_started.saturating_sub(1);
+        }
+    }
+    fn take(&mut self, now: Instant) -> Permit {
         self.advance(now);
         if let Some(reopen) = self.probes_at() {
             return Permit::WaitUntil(reopen);
@@ -198,6 +221,18 @@ impl Breaker {
         let permit = state.permit(Instant::now());
         self.publish(state.phase());
         permit
+    }
+    /// Asks to make a call now, as [`Breaker::permit`]; with `Go` while half-open, the
+    /// probe's period, to give its place back ([`Breaker::give_back`]).
+    pub(crate) fn permit_probe(&self) -> (Permit, Option<u64>) {
+        let mut state = self.state.lock();
+        let permit = state.permit_probe(Instant::now());
+        self.publish(state.phase());
+        permit
+    }
+    /// Gives back a probe's place (see [`BreakerState::give_back`]).
+    pub(crate) fn give_back(&self, round: u64) {
+        self.state.lock().give_back(round);
     }
     /// When the breaker, open, may probe; `None` when it is not open.
     pub(crate) fn probes_at(&self) -> Option<Instant> {

@@ -2,9 +2,11 @@
 //! lets start runs on its own task, and a finished job's outcome goes back into the
 //! dispatcher, which may start the next.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use tower::ServiceExt;
 
 use super::Shared;
@@ -20,10 +22,22 @@ impl Shared {
             let shared = self.clone();
             let stack = self.stack.clone();
             self.runtime.spawn(async move {
-                let run = stack.oneshot(job.envelope.clone());
+                let run = AssertUnwindSafe(stack.oneshot(job.envelope.clone())).catch_unwind();
                 let outcome = match policy::abandonable(job.abandoned.clone(), run).await {
-                    Ok(outcome) => outcome,
-                    Err(never) => match never {},
+                    Ok(Ok(outcome)) => outcome,
+                    Ok(Err(never)) => match never {},
+                    // A panic above the layer that catches the rest's (the route layer's own,
+                    // its sink's): the record stays unfinished, its key and slot are freed.
+                    Err(panic) => {
+                        tracing::error!(
+                            topic = %job.envelope.topic,
+                            partition = job.envelope.partition,
+                            offset = job.envelope.offset,
+                            panic = %crate::handler::service::panic_text(panic.as_ref()),
+                            "a panic in the runtime's routing; the message stays unfinished (its partition's commit waits for it until the partition is read again)"
+                        );
+                        Outcome::Requeue
+                    }
                 };
                 shared.finish(job, outcome);
             });
