@@ -7,7 +7,8 @@
 //! undecodable, panic); two consumer groups on the topic, each with its own drawn settings
 //! (concurrency 1..64, `max_in_flight` from its minimum up, `max_per_key` 1..8, strict or
 //! relaxed order, 1..3 attempts in place, two tiers of 200..800 ms, the key lock's keeping
-//! between a key's records off, left at the worker's default or 1..1000 ms); and a fault schedule
+//! between a key's records off, left at the worker's default or 1..1000 ms, eager or
+//! (relaxed groups) cooperative rebalances, starting from the log's start or end); and a fault schedule
 //! (worker SIGKILL, SIGTERM and joins, server SIGKILL and restart on the same port and data
 //! dir, restarts of a private Redis and a private Postgres) run while the records are
 //! produced. Then every partition of the topic and of each group's tiers must be committed

@@ -394,6 +394,15 @@ impl WorkerConfig {
                 "a tier delay of 0 ms would busy-loop; give each tier a delay",
             );
         }
+        if self.ordering == Ordering::Strict
+            && !self.retry_tiers_ms.is_empty()
+            && !self.range_assigned()
+        {
+            return invalid(
+                "kafka.partition.assignment.strategy",
+                "strict ordering through retry tiers holds a key back only where partition p of the topic and of its tiers go to one member, which the `range` assignor does (cooperative-sticky and roundrobin do not): leave the strategy unset (`range`), or set `ordering = \"relaxed\"`",
+            );
+        }
         if self.handler_timeout_ms == 0 {
             return invalid("handler_timeout_ms", "must be positive");
         }
@@ -545,6 +554,14 @@ impl WorkerConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether the group's assignor is `range` (the default; the first of a list is the one
+    /// preferred): partition p of every subscribed topic goes to one member.
+    fn range_assigned(&self) -> bool {
+        self.kafka
+            .get("partition.assignment.strategy")
+            .is_none_or(|strategy| strategy.split(',').next().map(str::trim) == Some("range"))
     }
 
     /// How long a dedup reservation outlives a crashed holder: the configured lease, or 10 s.
@@ -730,12 +747,32 @@ mod tests {
             ),
             ("[stores]\nschema = \"Bad-Name\"\n", "stores.schema"),
             (
+                "retry_tiers_ms = [1000]\n[kafka]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
+                "kafka.partition.assignment.strategy",
+            ),
+            (
+                "retry_tiers_ms = [1000]\n[kafka]\n\"partition.assignment.strategy\" = \"roundrobin,range\"\n",
+                "kafka.partition.assignment.strategy",
+            ),
+            (
                 "[lock]\nstore = \"memory\"\n[transaction]\npostgres = \"postgres://u@h/d\"\n",
                 "lock.store",
             ),
         ] {
             let err = WorkerConfig::from_toml(text).expect_err(text);
             assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_cooperative_assignor_is_taken_where_no_key_is_held_back_for_a_tier() {
+        for text in [
+            "retry_tiers_ms = [1000]\n[kafka]\n\"partition.assignment.strategy\" = \"range\"\n",
+            "retry_tiers_ms = [1000]\n[kafka]\n\"partition.assignment.strategy\" = \"range, cooperative-sticky\"\n",
+            "ordering = \"relaxed\"\nretry_tiers_ms = [1000]\n[kafka]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
+            "[kafka]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
+        ] {
+            WorkerConfig::from_toml(text).expect(text);
         }
     }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
-use super::outage::{pause, until_answered, until_available, Unanswered};
+use super::outage::{until_answered, until_available, wait_before_handler, Unanswered};
 use super::stack::Assembly;
 use crate::message::{DropReason, Envelope, Outcome};
 use crate::observe::Health;
@@ -149,7 +149,7 @@ async fn reserve(
                 health.reservation_wait_started(id);
             }
         }
-        if !pause(wait, shutdown).await {
+        if !wait_before_handler(wait, shutdown).await {
             break Err(Unanswered::Shutdown);
         }
         wait = (wait * 2).min(Duration::from_secs(1));

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
 use super::lock::hold;
-use super::outage::{pause, until_answered, until_available, Unanswered};
+use super::outage::{until_answered, until_available, wait_before_handler, Unanswered};
 use super::sink::Sink;
 use super::stack::Assembly;
 use super::stale::{copy, never_stale_in_tier, overtaken};
@@ -240,7 +240,7 @@ impl Guarded {
                 Ok(Entered::Duplicate) => break Ok(Admitted::Duplicate),
                 Err(unanswered) => break Err(unanswered),
             };
-            if !pause(delay, &self.shutdown).await {
+            if !wait_before_handler(delay, &self.shutdown).await {
                 break Err(Unanswered::Shutdown);
             }
         };

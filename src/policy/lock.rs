@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
 use super::kept_leases::KeptLeases;
-use super::outage::{pause, until_answered, Unanswered};
+use super::outage::{until_answered, wait_before_handler, Unanswered};
 use super::stack::Assembly;
 use super::stale::{judge, Checked};
 use crate::config::WorkerConfig;
@@ -214,7 +214,7 @@ impl LockConfig {
                 );
                 return Ok((token, sent));
             }
-            if !pause(wait, &self.shutdown).await {
+            if !wait_before_handler(wait, &self.shutdown).await {
                 return Err(Unanswered::Shutdown);
             }
             wait = (wait * 2)
@@ -358,5 +358,69 @@ mod tests {
             "run again under a new grant"
         );
         assert_eq!(outcome, Outcome::Ack { attempt: 1 });
+    }
+
+    /// Every acquire finds the key held by another worker.
+    #[derive(Debug, Default)]
+    struct HeldElsewhere;
+
+    #[async_trait]
+    impl LockStore for HeldElsewhere {
+        async fn acquire(&self, _key: &str, _ttl: Duration) -> Result<Option<u64>, StoreError> {
+            Ok(None)
+        }
+        async fn renew(&self, _key: &str, _token: u64, _ttl: Duration) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        async fn release(&self, _key: &str, _token: u64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn fence(&self, _key: &str, _token: u64) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+    }
+
+    /// A job abandoned at a revoke (its partition went to another owner) while it waits for
+    /// the key's lock is requeued without running its handler: the new owner runs it.
+    #[tokio::test]
+    async fn an_abandoned_job_waiting_for_the_key_stops_waiting_and_never_runs_its_handler() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let inner = {
+            let runs = runs.clone();
+            tower::service_fn(move |_envelope: Envelope| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, Infallible>(Outcome::Ack { attempt: 1 }) }
+            })
+        };
+        let service =
+            Next::service(crate::policy::adapter::BoxedStack::new(inner)).with(LockConfig::new(
+                KeptLeases::new(
+                    Arc::new(HeldElsewhere),
+                    Duration::from_secs(10),
+                    Duration::ZERO,
+                ),
+                None,
+                false,
+                CancellationToken::new(),
+            ));
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(Arc::new(Facts {
+            store_key: "k".into(),
+            version: None,
+            id: None,
+        }));
+        let abandoned = Arc::new(CancellationToken::new());
+        let job = tokio::spawn(crate::policy::abandonable(abandoned.clone(), async move {
+            service.run(envelope).await
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!job.is_finished(), "the job waits for the key");
+        abandoned.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), job)
+            .await
+            .expect("the abandoned job stopped waiting")
+            .expect("the job ran");
+        assert_eq!(outcome, Outcome::Requeue);
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "its handler never ran");
     }
 }

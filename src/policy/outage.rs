@@ -1,6 +1,7 @@
 //! Store and dependency outages: calls are tried again with backoff until they answer. An
 //! outage never fails a message, never spends one of its attempts and never lets the worker
-//! commit past it; a shutdown while waiting requeues the message. A store that answers with
+//! commit past it; a shutdown while waiting requeues the message, and so does a revoke that
+//! gave the message's partition to another owner while it waited before its handler. A store that answers with
 //! an error (a refusal: missing rights, a script error) is waited out the same way, visibly
 //! (a rate-limited log line, the readiness probe, `steadfast_store_errors_total`), unless
 //! `stores.dead_letter_after_refusals` sends a message that needs it before its handler to
@@ -34,6 +35,30 @@ pub(crate) fn outage_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// Sleeps `delay` while a message waits before its handler (another holder's lock or
+/// reservation, a rate permit, a store that does not answer, the next attempt); `false`
+/// when `shutdown` fired first or the message's partition went to another owner (its job
+/// was abandoned at a revoke past the drain timeout): the message is requeued, and the
+/// new owner runs it instead of both.
+pub(crate) async fn wait_before_handler(delay: Duration, shutdown: &CancellationToken) -> bool {
+    let abandoned = super::route::abandoned();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.cancelled() => false,
+        _ = abandoned.cancelled() => false,
+    }
+}
+
+/// Ends when `shutdown` fires or the job this task runs is abandoned (see
+/// [`wait_before_handler`]).
+pub(crate) async fn stopped_before_handler(shutdown: &CancellationToken) {
+    let abandoned = super::route::abandoned();
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = abandoned.cancelled() => {}
+    }
+}
+
 /// Sleeps `delay`; `false` when `shutdown` fired first.
 pub(crate) async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -45,7 +70,8 @@ pub(crate) async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool
 /// Why a store call ended without an answer.
 #[derive(Debug)]
 pub(crate) enum Unanswered {
-    /// The worker is shutting down: the message is requeued.
+    /// The worker is shutting down, or the message's partition went to another owner: the
+    /// message is requeued.
     Shutdown,
     /// The store refused the call `tries` times (`stores.dead_letter_after_refusals`).
     Refused {
@@ -89,16 +115,33 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    until_answered(what, shutdown, None, call).await.ok()
+    answered(what, shutdown, None, false, call).await.ok()
 }
 
 /// Runs `call` until it succeeds, backing off while the store is unreachable or refuses it;
 /// with `give_up_after`, ends after that many refusals ([`Unanswered::Refused`]). An outage
-/// never ends the wait. For calls before the handler runs.
+/// never ends the wait. For calls before the handler runs: an abandoned job stops waiting
+/// ([`wait_before_handler`]).
 pub(crate) async fn until_answered<T, F, Fut>(
     what: &'static str,
     shutdown: &CancellationToken,
     give_up_after: Option<NonZeroU32>,
+    call: F,
+) -> Result<T, Unanswered>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    answered(what, shutdown, give_up_after, true, call).await
+}
+
+/// [`until_answered`], and [`until_available`] (`before_handler` false: a call recording a
+/// handled message waits until the store answers whatever became of the partition).
+async fn answered<T, F, Fut>(
+    what: &'static str,
+    shutdown: &CancellationToken,
+    give_up_after: Option<NonZeroU32>,
+    before_handler: bool,
     mut call: F,
 ) -> Result<T, Unanswered>
 where
@@ -107,8 +150,9 @@ where
 {
     let mut delays = outage_backoff();
     let mut refusals = 0u32;
+    let abandoned = super::route::abandoned();
     loop {
-        if shutdown.is_cancelled() {
+        if shutdown.is_cancelled() || (before_handler && abandoned.is_cancelled()) {
             return Err(Unanswered::Shutdown);
         }
         let answer = match tokio::time::timeout(CALL_TIMEOUT, call()).await {
@@ -136,7 +180,12 @@ where
             }
         }
         log_failure(what, &error, delay);
-        if !pause(delay, shutdown).await {
+        let waited = if before_handler {
+            wait_before_handler(delay, shutdown).await
+        } else {
+            pause(delay, shutdown).await
+        };
+        if !waited {
             return Err(Unanswered::Shutdown);
         }
     }
@@ -330,5 +379,46 @@ mod tests {
             "{}",
             failure.message
         );
+    }
+
+    /// A job abandoned at a revoke stops waiting before its handler (requeued) but not after
+    /// it: a call recording a handled message goes on until the store answers.
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_job_stops_waiting_before_its_handler_but_records_what_it_handled() {
+        let shutdown = CancellationToken::new();
+        let abandoned = std::sync::Arc::new(CancellationToken::new());
+        abandoned.cancel();
+        let tries = AtomicU32::new(0);
+        let before = crate::policy::abandonable(
+            abandoned.clone(),
+            until_answered("test", &shutdown, None, || async {
+                tries.fetch_add(1, Ordering::SeqCst);
+                Err::<u32, _>(StoreError::unavailable("redis", "down"))
+            }),
+        )
+        .await;
+        assert!(matches!(before, Err(Unanswered::Shutdown)), "{before:?}");
+        assert_eq!(tries.load(Ordering::SeqCst), 0, "no call made");
+        assert!(
+            !crate::policy::abandonable(
+                abandoned.clone(),
+                wait_before_handler(Duration::from_secs(60), &shutdown)
+            )
+            .await
+        );
+
+        let tries = AtomicU32::new(0);
+        let after = crate::policy::abandonable(
+            abandoned,
+            until_available("test", &shutdown, || async {
+                if tries.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(StoreError::unavailable("redis", "down"))
+                } else {
+                    Ok(7)
+                }
+            }),
+        )
+        .await;
+        assert_eq!(after, Some(7), "recorded after three tries");
     }
 }

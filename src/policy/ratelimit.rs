@@ -8,7 +8,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
-use super::outage::{pause, until_answered};
+use super::outage::{stopped_before_handler, until_answered, wait_before_handler};
 use super::stack::Assembly;
 use crate::message::{Envelope, Outcome};
 use crate::store::{RateLimit, RateLimitStore};
@@ -59,7 +59,7 @@ impl Policy for RateLimitPolicy {
         if let Some(local) = &self.local {
             tokio::select! {
                 _ = local.until_ready() => {}
-                _ = self.shutdown.cancelled() => return Outcome::Requeue,
+                _ = stopped_before_handler(&self.shutdown) => return Outcome::Requeue,
             }
         }
         if let Some((store, limit)) = &self.shared {
@@ -71,7 +71,7 @@ impl Policy for RateLimitPolicy {
                 Ok(wait) => wait,
                 Err(unanswered) => return unanswered.outcome(&envelope),
             };
-            if !pause(wait, &self.shutdown).await {
+            if !wait_before_handler(wait, &self.shutdown).await {
                 return Outcome::Requeue;
             }
         }

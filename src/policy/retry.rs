@@ -127,7 +127,7 @@ impl Policy for RetryInPlace {
                 // A dependency outage: wait it out without spending an attempt.
                 let delay = outage.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(attempt = envelope.attempt, ?delay, error = %failure.message, "dependency unavailable; trying again without spending an attempt");
-                if !super::outage::pause(delay, &self.shutdown).await {
+                if !super::outage::wait_before_handler(delay, &self.shutdown).await {
                     return Outcome::Requeue;
                 }
                 continue;
@@ -143,7 +143,7 @@ impl Policy for RetryInPlace {
             };
             let delay = failure.retry_after.map_or(delay, |least| least.max(delay));
             tracing::debug!(attempt = envelope.attempt, ?delay, error = %failure.message, "retrying in place");
-            if !super::outage::pause(delay, &self.shutdown).await {
+            if !super::outage::wait_before_handler(delay, &self.shutdown).await {
                 return Outcome::Requeue;
             }
             envelope.attempt += 1;

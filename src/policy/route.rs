@@ -40,6 +40,11 @@ pub(crate) async fn abandonable<F: std::future::Future>(
     ABANDONED.scope(abandoned, job).await
 }
 
+/// The abandonment token of the job this task runs (never cancelled outside a job).
+pub(crate) fn abandoned() -> Arc<CancellationToken> {
+    ABANDONED.try_with(Clone::clone).unwrap_or_default()
+}
+
 /// Routes failed messages to a retry tier or the dead-letter topic.
 #[derive(Debug)]
 struct RouteConfig {
@@ -166,7 +171,7 @@ impl RouteConfig {
         target: RouteTarget,
         error_class: ErrorClass,
     ) -> Outcome {
-        let abandoned = ABANDONED.try_with(Clone::clone).unwrap_or_default();
+        let abandoned = abandoned();
         let mut delays = ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(5))

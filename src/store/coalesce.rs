@@ -105,9 +105,17 @@ impl<C: Combine> Coalesced<C> {
     }
 }
 
-/// Runs `calls` as one operation and answers each.
+/// Runs `calls` as one operation and answers each. A call whose caller stopped waiting (a
+/// call past its time limit, given up and asked again) is left out: run late, a lock would
+/// be granted or an id reserved for nobody, and the caller's next try would wait a lease.
 async fn run<C: Combine>(combine: C, calls: Vec<Call<C>>) {
-    let (requests, replies): (Vec<_>, Vec<_>) = calls.into_iter().unzip();
+    let (requests, replies): (Vec<_>, Vec<_>) = calls
+        .into_iter()
+        .filter(|(_, reply)| !reply.is_closed())
+        .unzip();
+    if requests.is_empty() {
+        return;
+    }
     let n = requests.len();
     match combine.run(requests).await {
         Ok(answers) if answers.len() == n => {
@@ -159,5 +167,76 @@ async fn send_calls<C: Combine>(
             run(combine, batch).await;
             drop(slot);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// Records the requests it runs; each operation waits until `open` is notified.
+    #[derive(Clone, Default)]
+    struct Gated {
+        ran: Arc<Mutex<Vec<u32>>>,
+        open: Arc<Notify>,
+    }
+
+    impl Combine for Gated {
+        type Request = u32;
+        type Answer = u32;
+        const BACKEND: &'static str = "test";
+        async fn run(&self, requests: Vec<u32>) -> Result<Vec<u32>, StoreError> {
+            self.open.notified().await;
+            self.ran.lock().extend(&requests);
+            Ok(requests)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_caller_stopped_waiting_is_not_run() {
+        let gated = Gated::default();
+        let coalesced = Coalesced::new(gated.clone());
+        // Every operation slot busy, one request each.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut busy = Vec::new();
+        for i in 0..IN_FLIGHT as u32 {
+            let c = coalesced.clone();
+            busy.push(tokio::spawn(async move { c.call(i).await }));
+            while coalesced.operations() <= u64::from(i) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the slots never filled"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+        // A call given up while it is queued.
+        let given_up = tokio::time::timeout(Duration::from_millis(20), coalesced.call(99)).await;
+        assert!(given_up.is_err(), "it waited for a slot");
+        let kept = {
+            let c = coalesced.clone();
+            tokio::spawn(async move { c.call(7).await })
+        };
+        // Free the slots, one operation at a time, until the kept call is answered.
+        while !kept.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kept call was never run"
+            );
+            gated.open.notify_one();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(kept.await.expect("ran").expect("answered"), 7);
+        for call in busy {
+            call.await.expect("ran").expect("answered");
+        }
+        let ran = gated.ran.lock().clone();
+        assert!(ran.contains(&7), "{ran:?}");
+        assert!(!ran.contains(&99), "the given-up request ran: {ran:?}");
     }
 }

@@ -102,6 +102,12 @@ pub struct GroupSettings {
     /// that start is committed (its faults run meanwhile).
     #[serde(default)]
     pub from_latest: bool,
+    /// Cooperative rebalances (`partition.assignment.strategy = cooperative-sticky`): a
+    /// member joining or leaving moves only the partitions that change owner, the others
+    /// keep running through it. Else eager (the worker's default: range). Relaxed groups
+    /// only: strict order through tiers needs range (the worker refuses the combination).
+    #[serde(default)]
+    pub cooperative: bool,
 }
 
 /// How a batch group forms its batches.
@@ -314,6 +320,10 @@ impl Plan {
         let mut starting = StdRng::seed_from_u64(seed ^ 0x6c61_7465_7374_5f73);
         for group in &mut groups {
             group.from_latest = starting.random_bool(0.3);
+        }
+        let mut rebalancing = StdRng::seed_from_u64(seed ^ 0x636f_6f70_5f72_6562);
+        for group in &mut groups {
+            group.cooperative = !group.strict && rebalancing.random_bool(0.6);
         }
         Plan {
             seed,
@@ -537,7 +547,7 @@ impl Plan {
                 s,
                 "\n  group {}: {} concurrency={} max_in_flight={} max_per_key={} ordering={} \
                  attempts_in_place={} tiers={:?} ms handler_timeout={} ms lock_keep={} \
-                 start_from={} workers={}; \
+                 start_from={} rebalances={} workers={}; \
                  through tier 1: {}, tier 2: {}",
                 gs.label,
                 match gs.batch {
@@ -557,6 +567,11 @@ impl Plan {
                 gs.keep_ms
                     .map_or_else(|| "default".to_owned(), |ms| format!("{ms} ms")),
                 if gs.from_latest { "latest" } else { "default" },
+                if gs.cooperative {
+                    "cooperative"
+                } else {
+                    "eager"
+                },
                 gs.initial_workers,
                 self.tier_ids(g, 1).len(),
                 self.tier_ids(g, 2).len()
@@ -598,6 +613,7 @@ fn group_settings(rng: &mut StdRng, label: &str) -> GroupSettings {
         initial_workers: rng.random_range(1..=2),
         batch: None,
         from_latest: false,
+        cooperative: false,
     }
 }
 

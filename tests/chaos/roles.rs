@@ -283,6 +283,9 @@ pub fn worker_main() {
     if let Ok(contexts) = std::env::var("CHAOS_KAFKA_DEBUG") {
         builder = builder.kafka_property("debug", contexts);
     }
+    if settings.cooperative {
+        builder = builder.kafka_property("partition.assignment.strategy", "cooperative-sticky");
+    }
     for (name, value) in &spec.kafka {
         builder = builder.kafka_property(name, value);
     }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use self::dependencies::Unfinished;
 use self::state::{Breaker, BreakerPhase, Permit};
 use super::adapter::{wrap, Next, Policy, Wrap};
+use super::outage::stopped_before_handler;
 use super::stack::Assembly;
 use crate::message::{Envelope, Outcome};
 
@@ -45,7 +46,7 @@ impl Policy for BreakerPolicy {
                     (Permit::WaitUntil(at), _) => {
                         tokio::select! {
                             _ = tokio::time::sleep_until(at.into()) => {}
-                            _ = self.shutdown.cancelled() => return Outcome::Requeue,
+                            _ = stopped_before_handler(&self.shutdown) => return Outcome::Requeue,
                         }
                     }
                 }
