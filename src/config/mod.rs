@@ -400,7 +400,7 @@ impl WorkerConfig {
         {
             return invalid(
                 "kafka.partition.assignment.strategy",
-                "strict ordering through retry tiers holds a key back only where partition p of the topic and of its tiers go to one member, which the `range` assignor does (cooperative-sticky and roundrobin do not): leave the strategy unset (`range`), or set `ordering = \"relaxed\"`",
+                "strict ordering through retry tiers holds a key back only where partition p of the topic and of its tiers go to one member, which the `range` assignor does (cooperative-sticky, roundrobin and the broker's `uniform` assignor of `group.protocol = consumer` do not): leave the strategy unset (`range`; with `group.protocol = consumer`, set `group.remote.assignor = range`), or set `ordering = \"relaxed\"`",
             );
         }
         if self.handler_timeout_ms == 0 {
@@ -559,9 +559,17 @@ impl WorkerConfig {
     /// Whether the group's assignor is `range` (the default; the first of a list is the one
     /// preferred): partition p of every subscribed topic goes to one member.
     fn range_assigned(&self) -> bool {
-        self.kafka
-            .get("partition.assignment.strategy")
-            .is_none_or(|strategy| strategy.split(',').next().map(str::trim) == Some("range"))
+        let first = |name: &str| {
+            self.kafka
+                .get(name)
+                .map(|value| value.split(',').next().map(str::trim).unwrap_or_default())
+        };
+        // The group protocol of KIP-848 assigns on the broker (`group.remote.assignor`, the
+        // broker's `uniform` unless set) and ignores the client's strategy.
+        if first("group.protocol") == Some("consumer") {
+            return first("group.remote.assignor") == Some("range");
+        }
+        first("partition.assignment.strategy").is_none_or(|strategy| strategy == "range")
     }
 
     /// How long a dedup reservation outlives a crashed holder: the configured lease, or 10 s.
@@ -755,6 +763,10 @@ mod tests {
                 "kafka.partition.assignment.strategy",
             ),
             (
+                "retry_tiers_ms = [1000]\n[kafka]\n\"group.protocol\" = \"consumer\"\n",
+                "kafka.partition.assignment.strategy",
+            ),
+            (
                 "[lock]\nstore = \"memory\"\n[transaction]\npostgres = \"postgres://u@h/d\"\n",
                 "lock.store",
             ),
@@ -771,6 +783,7 @@ mod tests {
             "retry_tiers_ms = [1000]\n[kafka]\n\"partition.assignment.strategy\" = \"range, cooperative-sticky\"\n",
             "ordering = \"relaxed\"\nretry_tiers_ms = [1000]\n[kafka]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
             "[kafka]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
+            "retry_tiers_ms = [1000]\n[kafka]\n\"group.protocol\" = \"consumer\"\n\"group.remote.assignor\" = \"range\"\n",
         ] {
             WorkerConfig::from_toml(text).expect(text);
         }

@@ -5,7 +5,7 @@
 mod batch;
 mod context;
 mod error;
-pub(crate) mod service;
+mod service;
 mod transaction;
 
 use std::future::Future;

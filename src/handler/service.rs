@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use super::{Context, Handler, HandlerError};
+pub(crate) use crate::message::panic_text;
 use crate::message::{Envelope, ErrorClass, Failure, HandlerNotes, Message, Outcome};
 use crate::policy::{now_ms, Dependencies, OutcomeFuture};
 use crate::producer::Producer;
@@ -222,13 +223,4 @@ pub(crate) fn reset_notes(notes: Option<&HandlerNotes>) {
         n.handed.store(false, Ordering::SeqCst);
         *n.skipped.lock() = None;
     }
-}
-
-/// What a panic's payload says.
-pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "handler panicked".to_owned())
 }

@@ -13,6 +13,7 @@ pub use self::class::ErrorClass;
 pub use self::codec::{Codec, DecodeError, EncodeError, Json, Protobuf, RawBytes};
 pub use self::envelope::{Envelope, Headers};
 pub use self::guard::{Facts, Guard, HandlerNotes, LeaseState};
+pub(crate) use self::outcome::panic_text;
 pub use self::outcome::{DropReason, Failure, Outcome, RouteTarget};
 
 /// A message type bound to its topic, key, optional version and optional id.

@@ -410,9 +410,10 @@ mod tests {
             id: None,
         }));
         let abandoned = Arc::new(CancellationToken::new());
-        let job = tokio::spawn(crate::policy::abandonable(abandoned.clone(), async move {
-            service.run(envelope).await
-        }));
+        let job = tokio::spawn(super::super::route::abandonable(
+            abandoned.clone(),
+            async move { service.run(envelope).await },
+        ));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!job.is_finished(), "the job waits for the key");
         abandoned.cancel();

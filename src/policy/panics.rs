@@ -10,9 +10,9 @@ use std::sync::Arc;
 use futures::FutureExt;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
+use super::clock::now_ms;
 use super::stack::Assembly;
-use crate::handler::service::{failure, panic_text};
-use crate::message::{Envelope, ErrorClass, Outcome};
+use crate::message::{panic_text, Envelope, ErrorClass, Failure, Outcome};
 
 /// Catches a panic of the rest of the stack; see the module docs.
 #[derive(Debug)]
@@ -35,12 +35,15 @@ impl Policy for CatchPanics {
             Err(panic) => {
                 let text = panic_text(panic.as_ref());
                 tracing::error!(offset, panic = %text, "a panic outside the handler; the message fails permanently");
-                failure(
-                    ErrorClass::Panic,
-                    format!("panicked outside the handler: {text}"),
-                    true,
+                Outcome::Failed(Failure {
+                    class: ErrorClass::Panic,
+                    message: format!("panicked outside the handler: {text}"),
+                    permanent: true,
+                    retry_after: None,
+                    first_failed_ms: now_ms(),
                     attempt,
-                )
+                    unavailable: false,
+                })
             }
         }
     }

@@ -148,10 +148,11 @@ pub(crate) fn user_layers(a: &Assembly<'_>) -> Option<Wrap> {
     }))
 }
 
-/// A user layer's `Outcome::Requeue` while the worker runs (load shedding, say): a transient
-/// failure, tried again in place and then through the tiers like any other. The runtime
-/// requeues only what a stop or a revoke leaves unfinished; a record requeued while its
-/// partition stays here would hold the partition's commit until the partition is read again.
+/// A user layer's `Outcome::Requeue` while the worker runs (load shedding, say): the message
+/// is waited with in place and tried again (`unavailable`: with backoff, without spending an
+/// attempt, never routed), as for a dependency that does not answer. The runtime requeues
+/// only what a stop or a revoke leaves unfinished; a record requeued while its partition
+/// stays here would hold the partition's commit until the partition is read again.
 fn handed_back(outcome: Outcome, attempt: u32, shutdown: &CancellationToken) -> Outcome {
     if outcome != Outcome::Requeue || shutdown.is_cancelled() {
         return outcome;
@@ -159,12 +160,12 @@ fn handed_back(outcome: Outcome, attempt: u32, shutdown: &CancellationToken) -> 
     Outcome::Failed(crate::message::Failure {
         class: crate::message::ErrorClass::Transient,
         message: "a layer handed the message back (Outcome::Requeue) while the worker runs; \
-                  tried again as a transient failure"
+                  tried again without spending an attempt"
             .to_owned(),
         permanent: false,
         retry_after: None,
         first_failed_ms: super::clock::now_ms(),
         attempt,
-        unavailable: false,
+        unavailable: true,
     })
 }

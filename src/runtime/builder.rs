@@ -348,8 +348,9 @@ impl<H> WorkerBuilder<H> {
     /// time limit (so every attempt goes through it); layers added first are outermost. Its
     /// service gets and returns what the policies do: an [`crate::Envelope`] in, an
     /// [`crate::Outcome`] out, never an error. An `Outcome::Requeue` it returns while the
-    /// worker runs counts as a transient failure (tried again); its panic fails the message
-    /// permanently (class `panic`), as a handler's does.
+    /// worker runs is waited out in place and tried again, as an unavailable dependency is
+    /// (no attempt spent, never routed); its panic fails the message permanently (class
+    /// `panic`), as a handler's does.
     pub fn layer<L>(mut self, layer: L) -> Self
     where
         L: tower::Layer<BoxedStack> + Send + Sync + 'static,

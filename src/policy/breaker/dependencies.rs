@@ -64,7 +64,8 @@ impl Dependencies {
             }
             return call.await;
         };
-        if let Permit::WaitUntil(_) = breaker.permit() {
+        let (permit, probe) = breaker.permit_probe();
+        if let Permit::WaitUntil(_) = permit {
             return Err(HandlerError::unavailable(format!(
                 "{name}: circuit open, not called"
             )));
@@ -72,9 +73,9 @@ impl Dependencies {
         // A call dropped before it ended (the handler's time limit, a batch's) counts as
         // failed: a dependency that hangs is failing, and a half-open probe that never ends
         // would otherwise hold its place for good.
-        let mut pending = Unfinished(Some(breaker));
+        let mut pending = Unfinished::new(breaker, probe);
         let result = call.await;
-        pending.0 = None;
+        pending.end();
         let failed = matches!(&result, Err(e) if !matches!(e, HandlerError::Permanent(_)));
         if breaker.record(!failed) == BreakerPhase::Open && failed {
             if let Err(e) = result {
@@ -87,12 +88,40 @@ impl Dependencies {
     }
 }
 
-/// A call through a breaker that has not ended: recorded as failed when dropped so.
-pub(super) struct Unfinished<'a>(pub(super) Option<&'a Breaker>);
+/// A call through a breaker that has not ended: recorded as failed when dropped so (it hung
+/// past a time limit). One unwound by a panic gives no verdict on the dependency (the panic
+/// is the code's): a half-open probe's place is given back.
+pub(super) struct Unfinished<'a> {
+    breaker: Option<&'a Breaker>,
+    /// The half-open round of the probe place the call took, if it took one.
+    probe: Option<u64>,
+}
+
+impl<'a> Unfinished<'a> {
+    /// A call through `breaker` that took the probe place of `probe`'s round, if any.
+    pub(super) fn new(breaker: &'a Breaker, probe: Option<u64>) -> Self {
+        Unfinished {
+            breaker: Some(breaker),
+            probe,
+        }
+    }
+
+    /// The call ended: its result is recorded by the caller.
+    pub(super) fn end(&mut self) {
+        self.breaker = None;
+    }
+}
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if let Some(breaker) = self.0.take() {
+        let Some(breaker) = self.breaker.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            if let Some(round) = self.probe {
+                breaker.give_back(round);
+            }
+        } else {
             breaker.record(false);
         }
     }

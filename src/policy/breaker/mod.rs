@@ -51,12 +51,13 @@ impl Policy for BreakerPolicy {
                     }
                 }
             };
-            // A run dropped before it ended (abandoned past the drain timeout) counts as
-            // failed, as a dependency's call does: a half-open probe that never ends would
-            // otherwise hold its place for good.
-            let mut pending = Unfinished(Some(&self.breaker));
+            // A run dropped before it ended counts as failed, as a dependency's call does; one
+            // unwound by a panic below gives its probe place back (a handler's own panic is
+            // caught below and counts as a permanent failure): either way a half-open probe
+            // that never ends does not hold its place for good.
+            let mut pending = Unfinished::new(&self.breaker, probe);
             let outcome = next.run(envelope.clone()).await;
-            pending.0 = None;
+            pending.end();
             if matches!(outcome, Outcome::Requeue) {
                 // Handed back unfinished (an id in progress elsewhere, a shutdown): no
                 // verdict on the handler; a probe's place goes to the next call.
@@ -161,6 +162,46 @@ mod tests {
         assert!(
             breaker.probes_at().is_some(),
             "the dropped probe opened the breaker again (it would hold the only probe place for good)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_probe_unwound_by_a_panic_below_gives_its_place_back() {
+        let breaker = half_open().await;
+        let runs = Arc::new(AtomicU32::new(0));
+        let inner = {
+            let runs = runs.clone();
+            tower::service_fn(move |_envelope: Envelope| {
+                let first = runs.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    assert!(!first, "a layer below panicked");
+                    Ok::<_, Infallible>(Outcome::Ack { attempt: 1 })
+                }
+            })
+        };
+        let service = Next::service(BoxedStack::new(inner)).with(BreakerPolicy {
+            breaker: breaker.clone(),
+            shutdown: CancellationToken::new(),
+        });
+        let first = {
+            let service = service.clone();
+            tokio::spawn(async move { service.run(Envelope::new("t", "k", "p")).await })
+        };
+        assert!(first.await.is_err(), "the first run was unwound");
+        assert_eq!(
+            breaker.probes_at(),
+            None,
+            "a panic is no verdict: not opened again"
+        );
+        let next = tokio::time::timeout(
+            Duration::from_secs(5),
+            service.run(Envelope::new("t", "k", "p")),
+        )
+        .await;
+        assert_eq!(
+            next.ok(),
+            Some(Outcome::Ack { attempt: 1 }),
+            "the next call waited for the probe place the unwound run took"
         );
     }
 }

@@ -215,14 +215,7 @@ impl Breaker {
     pub fn watch(&self) -> watch::Receiver<BreakerPhase> {
         self.phase.subscribe()
     }
-    /// Asks to make a call now: go, or wait until when.
-    pub(crate) fn permit(&self) -> Permit {
-        let mut state = self.state.lock();
-        let permit = state.permit(Instant::now());
-        self.publish(state.phase());
-        permit
-    }
-    /// Asks to make a call now, as [`Breaker::permit`]; with `Go` while half-open, the
+    /// Asks to make a call now: go, or wait until when; with `Go` while half-open, the
     /// probe's period, to give its place back ([`Breaker::give_back`]).
     pub(crate) fn permit_probe(&self) -> (Permit, Option<u64>) {
         let mut state = self.state.lock();

@@ -33,7 +33,7 @@ impl Shared {
                             topic = %job.envelope.topic,
                             partition = job.envelope.partition,
                             offset = job.envelope.offset,
-                            panic = %crate::handler::service::panic_text(panic.as_ref()),
+                            panic = %crate::message::panic_text(panic.as_ref()),
                             "a panic in the runtime's routing; the message stays unfinished (its partition's commit waits for it until the partition is read again)"
                         );
                         Outcome::Requeue
