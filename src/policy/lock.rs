@@ -288,18 +288,26 @@ mod tests {
     use crate::store::LockStore;
     use crate::store::StoreError;
 
-    /// Grants every acquire; every renewal fails as if the store were down.
+    /// A lock store scripted for a test: with `grants`, every acquire is granted and every
+    /// renewal fails as if the store were down; without, every acquire finds the key held by
+    /// another worker.
     #[derive(Debug, Default)]
-    struct Unrenewable {
+    struct Scripted {
+        grants: bool,
         tokens: AtomicU64,
     }
 
     #[async_trait]
-    impl LockStore for Unrenewable {
+    impl LockStore for Scripted {
         async fn acquire(&self, _key: &str, _ttl: Duration) -> Result<Option<u64>, StoreError> {
-            Ok(Some(self.tokens.fetch_add(1, Ordering::SeqCst) + 1))
+            Ok(self
+                .grants
+                .then(|| self.tokens.fetch_add(1, Ordering::SeqCst) + 1))
         }
         async fn renew(&self, _key: &str, _token: u64, _ttl: Duration) -> Result<bool, StoreError> {
+            if !self.grants {
+                return Ok(false);
+            }
             Err(StoreError::Unavailable {
                 backend: "test",
                 message: "down".into(),
@@ -312,6 +320,33 @@ mod tests {
         async fn fence(&self, _key: &str, _token: u64) -> Result<bool, StoreError> {
             Ok(true)
         }
+    }
+
+    /// The lock policy over `store` (leases of `lease`, kept `keep`) around `inner`, and a
+    /// delivery of key `k` with the id `id`.
+    fn locked<S>(store: Scripted, lease: Duration, keep: Duration, inner: S) -> (Next, Envelope)
+    where
+        S: tower::Service<Envelope, Response = Outcome, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let service =
+            Next::service(crate::policy::adapter::BoxedStack::new(inner)).with(LockConfig::new(
+                KeptLeases::new(Arc::new(store), lease, keep),
+                None,
+                false,
+                CancellationToken::new(),
+            ));
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(Arc::new(Facts {
+            store_key: "k".into(),
+            version: None,
+            id: Some("id".into()),
+        }));
+        (service, envelope)
     }
 
     // Real time: the lease measures its renewals with `std::time::Instant`.
@@ -334,23 +369,16 @@ mod tests {
                 }
             })
         };
-        let service =
-            Next::service(crate::policy::adapter::BoxedStack::new(inner)).with(LockConfig::new(
-                KeptLeases::new(
-                    Arc::new(Unrenewable::default()),
-                    Duration::from_millis(45),
-                    Duration::from_millis(20),
-                ),
-                None,
-                false,
-                CancellationToken::new(),
-            ));
-        let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.facts = Some(Arc::new(Facts {
-            store_key: "k".into(),
-            version: None,
-            id: Some("id".into()),
-        }));
+        let granting = Scripted {
+            grants: true,
+            ..Scripted::default()
+        };
+        let (service, envelope) = locked(
+            granting,
+            Duration::from_millis(45),
+            Duration::from_millis(20),
+            inner,
+        );
         let outcome = service.run(envelope).await;
         assert_eq!(
             runs.load(Ordering::SeqCst),
@@ -358,26 +386,6 @@ mod tests {
             "run again under a new grant"
         );
         assert_eq!(outcome, Outcome::Ack { attempt: 1 });
-    }
-
-    /// Every acquire finds the key held by another worker.
-    #[derive(Debug, Default)]
-    struct HeldElsewhere;
-
-    #[async_trait]
-    impl LockStore for HeldElsewhere {
-        async fn acquire(&self, _key: &str, _ttl: Duration) -> Result<Option<u64>, StoreError> {
-            Ok(None)
-        }
-        async fn renew(&self, _key: &str, _token: u64, _ttl: Duration) -> Result<bool, StoreError> {
-            Ok(false)
-        }
-        async fn release(&self, _key: &str, _token: u64) -> Result<(), StoreError> {
-            Ok(())
-        }
-        async fn fence(&self, _key: &str, _token: u64) -> Result<bool, StoreError> {
-            Ok(true)
-        }
     }
 
     /// A job abandoned at a revoke (its partition went to another owner) while it waits for
@@ -392,23 +400,12 @@ mod tests {
                 async { Ok::<_, Infallible>(Outcome::Ack { attempt: 1 }) }
             })
         };
-        let service =
-            Next::service(crate::policy::adapter::BoxedStack::new(inner)).with(LockConfig::new(
-                KeptLeases::new(
-                    Arc::new(HeldElsewhere),
-                    Duration::from_secs(10),
-                    Duration::ZERO,
-                ),
-                None,
-                false,
-                CancellationToken::new(),
-            ));
-        let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.facts = Some(Arc::new(Facts {
-            store_key: "k".into(),
-            version: None,
-            id: None,
-        }));
+        let (service, envelope) = locked(
+            Scripted::default(),
+            Duration::from_secs(10),
+            Duration::ZERO,
+            inner,
+        );
         let abandoned = Arc::new(CancellationToken::new());
         let job = tokio::spawn(super::super::route::abandonable(
             abandoned.clone(),
