@@ -21,6 +21,8 @@ mod config_reference;
 mod custom_store;
 #[path = "dedup_leases.rs"]
 mod dedup_leases;
+#[path = "dependency_breaker_mix.rs"]
+mod dependency_breaker_mix;
 #[path = "deploy.rs"]
 mod deploy;
 #[path = "derive.rs"]
