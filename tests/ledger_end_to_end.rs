@@ -1110,8 +1110,14 @@ async fn ledger_from_latest_loses_nothing_to_a_kill_before_the_first_commit() {
     );
 
     // Fails its three attempts in place and its first in a tier: routed to tier 1 (due a
-    // second later), where the worker is killed.
-    produce_to(&bootstrap, &topic, &txn("tiered", "a1", 1, Some(4)), None).await;
+    // second later), where the worker is killed. With it, a later record of the same account:
+    // parked behind the tier record (strict order), unfinished at the kill, past the source's
+    // end when the group first started. Both go out before the routing, so that the kill
+    // follows the routing by no more than the poll below (on a loaded machine, a produce
+    // between the two took past the tier's delay once, and the tier record ran first).
+    let mut both = txn("tiered", "a1", 1, Some(4));
+    both.extend(txn("parked", "a1", 2, None));
+    produce_to(&bootstrap, &topic, &both, None).await;
     loop {
         fleet.assert_none_exited();
         if log_end(&bootstrap, &tier) == 1 {
@@ -1123,9 +1129,6 @@ async fn ledger_from_latest_loses_nothing_to_a_kill_before_the_first_commit() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // A later record of the same account: parked behind the tier record (strict order),
-    // unfinished at the kill, past the source's end when the group first started.
-    produce_to(&bootstrap, &topic, &txn("parked", "a1", 2, None), None).await;
     let pid = fleet.live()[0];
     fleet.kill(pid);
     let (committed, _) = committed(&bootstrap, &group, &tier);
