@@ -150,9 +150,8 @@ where
 {
     let mut delays = outage_backoff();
     let mut refusals = 0u32;
-    let abandoned = super::route::abandoned();
     loop {
-        if shutdown.is_cancelled() || (before_handler && abandoned.is_cancelled()) {
+        if shutdown.is_cancelled() || (before_handler && super::route::is_abandoned()) {
             return Err(Unanswered::Shutdown);
         }
         let answer = match tokio::time::timeout(CALL_TIMEOUT, call()).await {

@@ -45,6 +45,14 @@ pub(crate) fn abandoned() -> Arc<CancellationToken> {
     ABANDONED.try_with(Clone::clone).unwrap_or_default()
 }
 
+/// Whether the job this task runs was abandoned (without a copy of its token: asked once per
+/// store call before the handler).
+pub(crate) fn is_abandoned() -> bool {
+    ABANDONED
+        .try_with(|token| token.is_cancelled())
+        .unwrap_or(false)
+}
+
 /// Routes failed messages to a retry tier or the dead-letter topic.
 #[derive(Debug)]
 struct RouteConfig {

@@ -168,7 +168,7 @@ mod tests {
             .await;
         assert!(matches!(refused, Err(HandlerError::Unavailable(_))));
         assert!(!made, "no call while open");
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        deps.breakers().remove(0).until_probing().await;
         assert!(deps.call("payments", async { Ok(()) }).await.is_ok());
         assert_eq!(*watch.borrow_and_update(), BreakerPhase::Closed);
     }
@@ -195,35 +195,32 @@ mod tests {
         assert!(deps.call("payments", async { Ok(()) }).await.is_ok());
     }
 
+    /// A call to `payments` that never ends, cut by a 20 ms time limit.
+    async fn hang(deps: &Dependencies) {
+        let cut = tokio::time::timeout(
+            Duration::from_millis(20),
+            deps.call(
+                "payments",
+                std::future::pending::<Result<(), HandlerError>>(),
+            ),
+        )
+        .await;
+        assert!(cut.is_err(), "timed out");
+    }
+
     #[tokio::test]
     async fn a_call_dropped_unfinished_counts_as_failed_and_frees_its_probe() {
         let deps = payments(1, 50);
         // A hanging call cut by a time limit: counted, and the breaker opens.
-        let hung = tokio::time::timeout(
-            Duration::from_millis(20),
-            deps.call(
-                "payments",
-                std::future::pending::<Result<(), HandlerError>>(),
-            ),
-        )
-        .await;
-        assert!(hung.is_err(), "timed out");
+        hang(&deps).await;
         let breaker = deps.breakers().remove(0);
         assert!(breaker.probes_at().is_some(), "open after the hung call");
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        breaker.until_probing().await;
         // The one probe hangs too and is cut: it counts as failed (open again), so the
         // breaker probes again after its open period instead of waiting for it for good.
-        let probe = tokio::time::timeout(
-            Duration::from_millis(20),
-            deps.call(
-                "payments",
-                std::future::pending::<Result<(), HandlerError>>(),
-            ),
-        )
-        .await;
-        assert!(probe.is_err());
+        hang(&deps).await;
         assert!(breaker.probes_at().is_some(), "open again");
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        breaker.until_probing().await;
         assert!(
             deps.call("payments", async { Ok(()) }).await.is_ok(),
             "a later probe goes through and closes it"

@@ -254,6 +254,16 @@ impl Breaker {
         self.publish(after);
         after
     }
+    /// Waits (polling, 5 s at most) until the breaker's open period passed and it probes.
+    #[cfg(test)]
+    pub(crate) async fn until_probing(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.probes_at().is_some() {
+            assert!(Instant::now() < deadline, "the open period never passed");
+            self.advance();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     fn publish(&self, phase: BreakerPhase) {
         self.phase.send_if_modified(|p| {
             let changed = *p != phase;
