@@ -86,15 +86,7 @@ pub(crate) fn failure(
     permanent: bool,
     attempt: u32,
 ) -> Outcome {
-    Outcome::Failed(Failure {
-        class,
-        message,
-        permanent,
-        retry_after: None,
-        first_failed_ms: now_ms(),
-        attempt,
-        unavailable: false,
-    })
+    Outcome::Failed(Failure::new(class, message, permanent, attempt, now_ms()))
 }
 
 impl<H: Handler> Service<Envelope> for HandlerService<H> {

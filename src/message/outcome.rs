@@ -24,6 +24,28 @@ pub struct Failure {
     pub unavailable: bool,
 }
 
+impl Failure {
+    /// A failure of `class` at `attempt`, first failed at `first_failed_ms`; permanent or
+    /// not, without a least delay, not an outage.
+    pub(crate) fn new(
+        class: ErrorClass,
+        message: String,
+        permanent: bool,
+        attempt: u32,
+        first_failed_ms: i64,
+    ) -> Failure {
+        Failure {
+            class,
+            message,
+            permanent,
+            retry_after: None,
+            first_failed_ms,
+            attempt,
+            unavailable: false,
+        }
+    }
+}
+
 /// Why a message was dropped without running the handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {

@@ -90,15 +90,13 @@ impl Unanswered {
     pub(crate) fn outcome(self, envelope: &Envelope) -> Outcome {
         match self {
             Unanswered::Shutdown => Outcome::Requeue,
-            Unanswered::Refused { what, error, tries } => Outcome::Failed(Failure {
-                class: ErrorClass::Store,
-                message: format!("the store refused `{what}` {tries} times: {error}"),
-                permanent: true,
-                retry_after: None,
-                first_failed_ms: now_ms(),
-                attempt: envelope.attempt,
-                unavailable: false,
-            }),
+            Unanswered::Refused { what, error, tries } => Outcome::Failed(Failure::new(
+                ErrorClass::Store,
+                format!("the store refused `{what}` {tries} times: {error}"),
+                true,
+                envelope.attempt,
+                now_ms(),
+            )),
         }
     }
 }

@@ -35,15 +35,13 @@ impl Policy for CatchPanics {
             Err(panic) => {
                 let text = panic_text(panic.as_ref());
                 tracing::error!(offset, panic = %text, "a panic outside the handler; the message fails permanently");
-                Outcome::Failed(Failure {
-                    class: ErrorClass::Panic,
-                    message: format!("panicked outside the handler: {text}"),
-                    permanent: true,
-                    retry_after: None,
-                    first_failed_ms: now_ms(),
+                Outcome::Failed(Failure::new(
+                    ErrorClass::Panic,
+                    format!("panicked outside the handler: {text}"),
+                    true,
                     attempt,
-                    unavailable: false,
-                })
+                    now_ms(),
+                ))
             }
         }
     }

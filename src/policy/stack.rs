@@ -158,14 +158,15 @@ fn handed_back(outcome: Outcome, attempt: u32, shutdown: &CancellationToken) -> 
         return outcome;
     }
     Outcome::Failed(crate::message::Failure {
-        class: crate::message::ErrorClass::Transient,
-        message: "a layer handed the message back (Outcome::Requeue) while the worker runs; \
-                  tried again without spending an attempt"
-            .to_owned(),
-        permanent: false,
-        retry_after: None,
-        first_failed_ms: super::clock::now_ms(),
-        attempt,
         unavailable: true,
+        ..crate::message::Failure::new(
+            crate::message::ErrorClass::Transient,
+            "a layer handed the message back (Outcome::Requeue) while the worker runs; \
+             tried again without spending an attempt"
+                .to_owned(),
+            false,
+            attempt,
+            super::clock::now_ms(),
+        )
     })
 }
