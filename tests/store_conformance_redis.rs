@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steadfast::store::redis::{restart_loses, Persistence, RedisStores};
-use steadfast::store::{DedupStore, LockStore, RateLimitStore, StoreError, VersionStore};
+use steadfast::store::{
+    DedupStore, LockStore, RateLimitStore, Reservation, StoreError, VersionStore,
+};
 
 const URL: &str = "redis://127.0.0.1:6379";
 const LONG: Duration = Duration::from_secs(60);
@@ -177,8 +179,41 @@ async fn assert_unavailable<T: std::fmt::Debug>(
     assert!(took < Duration::from_secs(5), "{what} took {took:?}");
 }
 
+/// The lease of the restart test's grants: the time a Redis that started keeping nothing
+/// holds back its first grant.
+const RESTART_LEASE: Duration = Duration::from_secs(1);
+
+/// Asks `call` until it answers `granted`, for up to 15 s: calls failing as unavailable (a
+/// reconnect in progress) and answers that hold the grant back are asked again. The answer,
+/// and whether the grant was held back at least once.
+async fn until_granted<T: std::fmt::Debug, F, Fut>(
+    what: &str,
+    mut call: F,
+    granted: impl Fn(&T) -> bool,
+) -> (T, bool)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut held_back = false;
+    loop {
+        match call().await {
+            Ok(answer) if granted(&answer) => return (answer, held_back),
+            Ok(_) => held_back = true,
+            Err(e) => assert!(e.is_unavailable(), "{what}: {e:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no grant within 15 s of the Redis's start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_keep_growing_across_a_redis_restart() {
+    let spawned = Instant::now();
     let mut server = RedisServer::start(support::free_port());
     server.wait_ready().await;
     let stores = stores_at(&server.url(), &fresh_prefix()).await;
@@ -186,44 +221,85 @@ async fn fencing_tokens_keep_growing_across_a_redis_restart() {
     let dedup = stores.dedup_store();
     let version = stores.version_store();
 
-    let mut last = 0;
+    // A Redis that just started grants nothing until it has been up for a lease: it cannot
+    // tell a first start from a restart that forgot the leases it granted.
+    let (first, _) = until_granted(
+        "first acquire",
+        || lock.acquire("k", RESTART_LEASE),
+        Option::is_some,
+    )
+    .await;
+    assert!(
+        spawned.elapsed() >= RESTART_LEASE,
+        "granted {:?} after the Redis was started, within its lease",
+        spawned.elapsed()
+    );
+    let mut last = first.expect("granted");
+    lock.release("k", last).await.expect("release");
     for _ in 0..5 {
         let token = lock
-            .acquire("k", LONG)
+            .acquire("k", RESTART_LEASE)
             .await
             .expect("acquire")
-            .expect("granted");
+            .expect("granted at once once a grant was made");
         assert!(token > last);
         last = token;
         lock.release("k", token).await.expect("release");
     }
+    // A holder and a reservation that are still running when the Redis restarts.
+    let holder = lock
+        .acquire("held", LONG)
+        .await
+        .expect("acquire")
+        .expect("granted");
+    assert_eq!(
+        dedup.reserve("id", "a", LONG).await.expect("reserve"),
+        Reservation::Reserved
+    );
     assert!(version.advance("v", 7).await.expect("advance"));
 
     server.kill();
     assert_unavailable("acquire", lock.acquire("k", LONG)).await;
     assert_unavailable("renew", lock.renew("k", last, LONG)).await;
-    assert_unavailable("reserve", dedup.reserve("id", "a", LONG)).await;
+    assert_unavailable("reserve", dedup.reserve("id", "b", LONG)).await;
     assert_unavailable("get", version.get("v")).await;
     assert_unavailable("rate limit", stores.rate_limiter("r", 10.0, 1).reserve()).await;
 
+    let restarted = Instant::now();
     server.spawn();
     server.wait_ready().await;
     // The same stores, no new connection by hand: the first calls may still meet the
-    // reconnect in progress.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let first = loop {
-        match lock.acquire("k", LONG).await {
-            Ok(granted) => break granted.expect("a restarted Redis holds no lock"),
-            Err(e) => {
-                assert!(e.is_unavailable(), "{e:?}");
-                assert!(
-                    Instant::now() < deadline,
-                    "calls did not work again within 15 s: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    // reconnect in progress. The Redis forgot the holder's lease: it holds the key back
+    // until it has been up for a lease, by which time the holder has found its lease lost
+    // at its next renewal.
+    let (renewed, _) = until_granted(
+        "the holder's renewal after the restart",
+        || lock.renew("held", holder, LONG),
+        |_| true,
+    )
+    .await;
+    assert!(
+        !renewed,
+        "the holder from before the restart renewed a forgotten lease"
+    );
+    let (granted, held_back) = until_granted(
+        "acquire after the restart",
+        || lock.acquire("held", RESTART_LEASE),
+        Option::is_some,
+    )
+    .await;
+    assert!(held_back, "the first answer after the restart was a grant");
+    assert!(
+        restarted.elapsed() >= RESTART_LEASE,
+        "granted {:?} after the restart, within a lease",
+        restarted.elapsed()
+    );
+    let first = granted.expect("granted");
+    assert_eq!(
+        dedup.reserve("id", "b", LONG).await.expect("reserve"),
+        Reservation::Reserved,
+        "the reservation from before the restart is forgotten"
+    );
     assert_eq!(
         version.get("v").await.expect("get"),
         None,
@@ -233,13 +309,53 @@ async fn fencing_tokens_keep_growing_across_a_redis_restart() {
         first > last,
         "token after the restart {first} > token before {last}"
     );
-    lock.release("k", first).await.expect("release");
+    lock.release("held", first).await.expect("release");
     let next = lock
-        .acquire("k", LONG)
+        .acquire("held", LONG)
         .await
         .expect("acquire")
         .expect("granted");
     assert!(next > first, "{next} > {first}");
+}
+
+/// A lease longer than the suite's Redis has been up (by an hour).
+async fn longer_than_uptime() -> Duration {
+    let client = redis::Client::open(URL).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis on 127.0.0.1:6379 (scripts/services.sh)");
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO server");
+    let uptime: u64 = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("uptime_in_seconds:"))
+        .and_then(|s| s.parse().ok())
+        .expect("uptime_in_seconds in INFO server");
+    Duration::from_secs(uptime + 3600)
+}
+
+#[tokio::test]
+async fn a_lease_longer_than_the_redis_has_been_up_is_held_back_until_a_grant_was_made() {
+    let stores = stores().await;
+    let lock = stores.lock_store();
+    let long = longer_than_uptime().await;
+    assert_eq!(
+        lock.acquire("a", long).await.expect("acquire"),
+        None,
+        "a holder of a forgotten lease of {long:?} may still run"
+    );
+    // A lease within the uptime is granted, and from then on this Redis (this prefix)
+    // grants any lease: it forgot nothing since.
+    let short = lock
+        .acquire("b", Duration::from_secs(1))
+        .await
+        .expect("acquire");
+    assert!(short.is_some(), "a lease within the uptime is granted");
+    assert!(lock.acquire("a", long).await.expect("acquire").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

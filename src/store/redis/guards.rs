@@ -11,7 +11,7 @@ use redis::Script;
 
 use super::coalesce::{CoalescedScript, ScriptRuns};
 use super::lock::TOKEN_MEMORY;
-use super::lua::{COMPARE_INTEGERS, NOW_US};
+use super::lua::{COMPARE_INTEGERS, MAY_GRANT, NOW_US};
 use super::Keys;
 use crate::store::coalesce::MAX_REQUESTS;
 use crate::store::guards::{Entered, Entry, Exit, GuardStore};
@@ -34,13 +34,16 @@ end
 const _: () = assert!(MAX_REQUESTS * 4 <= 7_000, "a run's keys fit Lua's unpack");
 
 /// Per entry, KEYS: version, lock, token counter, dedup; ARGV: version or '', lock lease
-/// ms, counter ms, reservation value or '', reservation lease ms. Per entry, in order, `code,
-/// text`: 1 stale (the applied version), 2 held, 3 duplicate, 4 reserved by another owner, 5
-/// granted (the token). Entries are checked one after another, each all or nothing; their
-/// keys are read at once ([`ONE_READ`]), and the server clock once per run.
+/// ms, counter ms, reservation value or '', reservation lease ms, the locks' memory key
+/// (named as an argument: every entry names the same one, which [`ScriptRuns`] would take
+/// for a shared key). Per entry, in order, `code, text`: 1 stale (the applied version), 2
+/// held (or held back after a restart of the Redis, see [`MAY_GRANT`]), 3 duplicate, 4
+/// reserved by another owner, 5 granted (the token). Entries are checked one after another,
+/// each all or nothing; their keys are read at once ([`ONE_READ`]), and the server clock and
+/// the memory key once per run.
 static ENTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{COMPARE_INTEGERS}{NOW_US}{ONE_READ}{}",
+        "{COMPARE_INTEGERS}{NOW_US}{MAY_GRANT}{ONE_READ}{}",
         r#"
 local now
 local function enter(k, a)
@@ -53,6 +56,7 @@ local function enter(k, a)
     if held == 'c' then return 3, '' end
     if held and held ~= ARGV[a + 4] then return 4, '' end
   end
+  if not may_grant(ARGV[a + 6], ARGV[a + 2]) then return 2, '' end
   now = now or now_us()
   local token = string.format('%d', math.max(tonumber(last or '0') + 1, now))
   redis.call('SET', KEYS[k + 3], token, 'PX', ARGV[a + 3])
@@ -62,7 +66,7 @@ local function enter(k, a)
 end
 local answers = {}
 for i = 0, #KEYS / 4 - 1 do
-  local code, text = enter(i * 4, i * 5)
+  local code, text = enter(i * 4, i * 6)
   answers[#answers + 1] = code
   answers[#answers + 1] = text
 end
@@ -195,6 +199,7 @@ impl GuardStore for RedisGuards {
                 .map(|_| reservation(entry.owner))
                 .unwrap_or_default(),
             ttl_ms(entry.dedup_lease).to_string(),
+            self.keys.memory("lock"),
         ];
         let answer = self.enter.call((keys, args)).await?;
         let (code, text): (i64, String) = match answer.as_slice() {
@@ -445,6 +450,51 @@ mod tests {
                 .enter(&entry("big", Some(big + 1), None, "a"))
                 .await
                 .expect("enter"),
+            Entered::Granted(_)
+        ));
+    }
+
+    /// A lease longer than the suite's Redis has been up (by an hour).
+    async fn longer_than_uptime(guards: &RedisGuards) -> Duration {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut guards.conn.clone())
+            .await
+            .expect("INFO server");
+        let uptime: u64 = info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("uptime_in_seconds:"))
+            .and_then(|s| s.parse().ok())
+            .expect("uptime_in_seconds in INFO server");
+        Duration::from_secs(uptime + 3600)
+    }
+
+    #[tokio::test]
+    async fn a_lease_longer_than_the_redis_has_been_up_is_held_back_and_nothing_is_taken() {
+        let (guards, lock, dedup, _) = stores().await;
+        let long = longer_than_uptime(&guards).await;
+        let held_back = Entry {
+            lock_lease: long,
+            ..entry("k", None, Some("id"), "a")
+        };
+        assert_eq!(
+            guards.enter(&held_back).await.expect("enter"),
+            Entered::Held,
+            "a holder of a forgotten lease may still run"
+        );
+        assert_eq!(
+            reserve(&dedup, "id", "b").await,
+            Reservation::Reserved,
+            "the held-back entry reserved nothing"
+        );
+        dedup.release("id", "b").await.expect("release");
+        // A grant within the uptime: from then on this Redis grants any lease.
+        let token = acquire(&lock, "other")
+            .await
+            .expect("a lease within the uptime");
+        lock.release("other", token).await.expect("release");
+        assert!(matches!(
+            guards.enter(&held_back).await.expect("enter"),
             Entered::Granted(_)
         ));
     }

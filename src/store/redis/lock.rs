@@ -8,7 +8,9 @@
 //! the server's clock did not step back and no key was granted more than a million times a
 //! second. The fence (`{prefix}:fence:{key}`, kept without expiry) of a Redis without
 //! persistence is forgotten in a restart: a write under a token from before the restart is
-//! then accepted until a newer token writes.
+//! then accepted until a newer token writes. Such a Redis also forgot which keys are held:
+//! it grants no lease until it has been up for a lease (see [`MAY_GRANT`]), so that a holder
+//! from before the restart has ended or found its lease lost before the key is granted again.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -17,19 +19,21 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::lua::{COMPARE_INTEGERS, DELETE_IF_HOLDS, NOW_US};
+use super::lua::{COMPARE_INTEGERS, DELETE_IF_HOLDS, MAY_GRANT, NOW_US};
 use super::Keys;
 use crate::store::{ttl_ms, LockStore, StoreError};
 
 /// How long a key's last token is kept at least after its last grant.
 pub(super) const TOKEN_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// KEYS: lock, token counter. ARGV: lease ms, counter ms. The token, or nil when held.
+/// KEYS: lock, token counter, the locks' memory key. ARGV: lease ms, counter ms. The token,
+/// or nil when held (or held back after a restart of the Redis, see [`MAY_GRANT`]).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{NOW_US}{}",
+        "{NOW_US}{MAY_GRANT}{}",
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if not may_grant(KEYS[3], ARGV[1]) then return false end
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 local token = math.max(last + 1, now_us())
 local text = string.format('%d', token)
@@ -90,6 +94,7 @@ impl LockStore for RedisLockStore {
         ACQUIRE
             .key(self.keys.key("lock", key))
             .key(self.keys.key("token", key))
+            .key(self.keys.memory("lock"))
             .arg(lease_ms)
             .arg(counter_ms)
             .invoke_async(&mut self.conn.clone())

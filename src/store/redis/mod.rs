@@ -7,7 +7,8 @@
 //! fails quickly with [`StoreError::Unavailable`], and calls work again by themselves once it
 //! is back.
 //!
-//! Keys are `{prefix}:{kind}:{key}` (`lock`, `token`, `fence`, `dedup`, `version`, `rate`);
+//! Keys are `{prefix}:{kind}:{key}` (`lock`, `token`, `fence`, `dedup`, `version`, `rate`,
+//! and `granting:lock`, a key of the stores' own);
 //! the keys given to the stores are arbitrary text. Scripts touching two keys assume a single
 //! Redis server (not a cluster).
 
@@ -135,6 +136,12 @@ impl Keys {
     /// `{prefix}:{kind}:{key}`.
     fn key(&self, kind: &str, key: &str) -> String {
         format!("{}:{kind}:{key}", self.prefix)
+    }
+
+    /// `{prefix}:granting:{kind}`: present once this Redis, up for at least a lease, granted
+    /// a lease of `kind` (`lock`) since it last started (see `lua::MAY_GRANT`).
+    fn memory(&self, kind: &str) -> String {
+        self.key("granting", kind)
     }
 }
 

@@ -68,12 +68,14 @@ pub fn restart_loses(roles: &[&str], persistence: Persistence) -> Option<String>
     let lost: Vec<&str> = roles
         .iter()
         .filter_map(|role| match *role {
-            "dedup" => Some("the completed message ids (a redelivered message runs again)"),
+            "dedup" => Some(
+                "the completed message ids and the reservations (a redelivered message runs again, also beside a run still going)",
+            ),
             "stale" => Some(
                 "the applied versions (an older version delivered again is applied over a newer one)",
             ),
             "lock" => Some(
-                "the fences (a holder whose lease ran out can write past them; tokens keep growing, seeded from the clock)",
+                "the leases (no key is granted until it has been up for a lease) and the fences (a holder whose lease ran out can write past them; tokens keep growing, seeded from the clock)",
             ),
             _ => None,
         })
