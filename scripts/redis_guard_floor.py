@@ -37,8 +37,9 @@ def lua(path, name):
 def scripts():
     compare = lua("src/store/redis/lua.rs", "COMPARE_INTEGERS")
     now = lua("src/store/redis/lua.rs", "NOW_US")
+    may_grant = lua("src/store/redis/lua.rs", "MAY_GRANT")
     one_read = lua("src/store/redis/guards.rs", "ONE_READ")
-    enter = compare + now + one_read + lua("src/store/redis/guards.rs", "ENTER")
+    enter = compare + now + may_grant + one_read + lua("src/store/redis/guards.rs", "ENTER")
     exit_ = compare + one_read + lua("src/store/redis/guards.rs", "EXIT")
     answers = (
         "local answers = {} for i = 1, #KEYS / 4 do "
@@ -46,7 +47,7 @@ def scripts():
     )
     writes_enter = """
 for i = 0, #KEYS / 4 - 1 do
-  local k, a = i * 4, i * 5
+  local k, a = i * 4, i * 6
   redis.call('SET', KEYS[k + 3], '1', 'PX', ARGV[a + 3])
   redis.call('SET', KEYS[k + 2], '1', 'PX', ARGV[a + 2])
   redis.call('SET', KEYS[k + 4], ARGV[a + 4], 'PX', ARGV[a + 5])
@@ -90,7 +91,8 @@ def one_round(r, enter_src, exit_src):
             key, id_ = f"key-{n}", f"id-{n}"
             keys += [f"{PREFIX}:version:{key}", f"{PREFIX}:lock:{key}",
                      f"{PREFIX}:token:{key}", f"{PREFIX}:dedup:{id_}"]
-            args += [str(n), "30000", "600000", "r:worker-0123456789", "60000"]
+            args += [str(n), "30000", "600000", "r:worker-0123456789", "60000",
+                     f"{PREFIX}:granting:lock"]
         answers = enter(keys=keys, args=args)
         for i in range(ENTRIES):
             n = run * ENTRIES + i

@@ -1280,6 +1280,7 @@ async fn a_keys_lease_is_kept_for_its_queued_records_and_released_when_the_worke
             }
         })
     };
+    redis_up_for(Duration::from_secs(120)).await;
     let running = spawn(
         worker(&s.bootstrap, &topic, &group)
             .key_lock(REDIS_URL, Duration::from_secs(120))

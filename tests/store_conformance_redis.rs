@@ -32,6 +32,8 @@ async fn stores() -> RedisStores {
 }
 
 async fn lock() -> Arc<dyn LockStore> {
+    // The suite grants leases of `LONG`.
+    support::redis_up_for(LONG).await;
     Arc::new(stores().await.lock_store())
 }
 async fn dedup() -> Arc<dyn DedupStore> {
@@ -246,9 +248,10 @@ async fn fencing_tokens_keep_growing_across_a_redis_restart() {
         last = token;
         lock.release("k", token).await.expect("release");
     }
-    // A holder and a reservation that are still running when the Redis restarts.
+    // A holder and a reservation that are still running when the Redis restarts (a lease
+    // longer than the one cleared would wait for the Redis to be up that long).
     let holder = lock
-        .acquire("held", LONG)
+        .acquire("held", RESTART_LEASE)
         .await
         .expect("acquire")
         .expect("granted");
@@ -282,13 +285,17 @@ async fn fencing_tokens_keep_growing_across_a_redis_restart() {
         !renewed,
         "the holder from before the restart renewed a forgotten lease"
     );
-    let (granted, held_back) = until_granted(
+    assert_eq!(
+        lock.acquire("held", LONG).await.expect("acquire"),
+        None,
+        "a lease longer than the Redis has been up since its restart was granted"
+    );
+    let (granted, _) = until_granted(
         "acquire after the restart",
         || lock.acquire("held", RESTART_LEASE),
         Option::is_some,
     )
     .await;
-    assert!(held_back, "the first answer after the restart was a grant");
     assert!(
         restarted.elapsed() >= RESTART_LEASE,
         "granted {:?} after the restart, within a lease",
@@ -311,51 +318,36 @@ async fn fencing_tokens_keep_growing_across_a_redis_restart() {
     );
     lock.release("held", first).await.expect("release");
     let next = lock
-        .acquire("held", LONG)
+        .acquire("held", RESTART_LEASE)
         .await
         .expect("acquire")
         .expect("granted");
     assert!(next > first, "{next} > {first}");
 }
 
-/// A lease longer than the suite's Redis has been up (by an hour).
-async fn longer_than_uptime() -> Duration {
-    let client = redis::Client::open(URL).expect("url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis on 127.0.0.1:6379 (scripts/services.sh)");
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut conn)
-        .await
-        .expect("INFO server");
-    let uptime: u64 = info
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("uptime_in_seconds:"))
-        .and_then(|s| s.parse().ok())
-        .expect("uptime_in_seconds in INFO server");
-    Duration::from_secs(uptime + 3600)
-}
-
 #[tokio::test]
-async fn a_lease_longer_than_the_redis_has_been_up_is_held_back_until_a_grant_was_made() {
-    let stores = stores().await;
-    let lock = stores.lock_store();
-    let long = longer_than_uptime().await;
+async fn a_lease_longer_than_the_redis_has_been_up_is_held_back_and_the_longest_cleared_is_kept() {
+    support::redis_up_for(Duration::from_secs(2)).await;
+    let lock = stores().await.lock_store();
+    let long = support::redis_uptime().await + Duration::from_secs(3600);
     assert_eq!(
         lock.acquire("a", long).await.expect("acquire"),
         None,
         "a holder of a forgotten lease of {long:?} may still run"
     );
-    // A lease within the uptime is granted, and from then on this Redis (this prefix)
-    // grants any lease: it forgot nothing since.
-    let short = lock
-        .acquire("b", Duration::from_secs(1))
-        .await
-        .expect("acquire");
-    assert!(short.is_some(), "a lease within the uptime is granted");
-    assert!(lock.acquire("a", long).await.expect("acquire").is_some());
+    // A lease within the uptime is granted, and from then on leases as long are granted
+    // at once; a longer one is still held back.
+    let short = Duration::from_secs(1);
+    let granted = lock.acquire("b", short).await.expect("acquire");
+    assert!(granted.is_some(), "a lease within the uptime is granted");
+    assert_eq!(lock.acquire("a", long).await.expect("acquire"), None);
+    let again = lock.acquire("c", short).await.expect("acquire");
+    assert!(again.is_some());
+    for (key, token) in [("b", granted), ("c", again)] {
+        lock.release(key, token.expect("granted"))
+            .await
+            .expect("release");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

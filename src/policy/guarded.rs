@@ -108,8 +108,8 @@ impl Policy for Guarded {
         // Refusals dead-letter the message only before its handler first ran.
         let mut give_up_after = self.give_up_after;
         loop {
-            let token = match self.enter(&entry, &envelope, give_up_after).await {
-                Ok(Admitted::Granted(token)) => token,
+            let (token, granted_at) = match self.enter(&entry, &envelope, give_up_after).await {
+                Ok(Admitted::Granted(token, sent)) => (token, sent),
                 Ok(Admitted::Stale(current)) => {
                     let version = version.unwrap_or(current);
                     return self.stale_drop(&envelope, &entry, version, current).await;
@@ -130,7 +130,7 @@ impl Policy for Guarded {
             let lease = Arc::new(LeaseState::new(token));
             let mut held = envelope.clone();
             held.guard.lease = Some(lease.clone());
-            let outcome = self.hold(&entry, &lease, next.run(held)).await;
+            let outcome = self.hold(&entry, &lease, granted_at, next.run(held)).await;
             let outcome = match version {
                 Some(version) => never_stale_in_tier(&envelope, version, outcome),
                 None => outcome,
@@ -186,8 +186,9 @@ enum Admitted {
     Stale(i64),
     /// The id was handled before.
     Duplicate,
-    /// The lock's fencing token; the id (if any) is reserved.
-    Granted(u64),
+    /// The lock's fencing token, and when the call that granted it was sent (the lease
+    /// counts from there); the id (if any) is reserved.
+    Granted(u64, Instant),
 }
 
 impl Guarded {
@@ -204,6 +205,9 @@ impl Guarded {
         let mut id_wait = Duration::from_millis(10);
         let mut waiting_for_id = false;
         let answer = loop {
+            // Before the call, and before any retries of it through an outage: the lease
+            // is counted from no later than the script that granted it.
+            let sent = Instant::now();
             let answer = until_answered("guards enter", &self.shutdown, give_up_after, || {
                 self.store.enter(entry)
             })
@@ -234,7 +238,7 @@ impl Guarded {
                 }
                 Ok(Entered::Granted(token)) => {
                     crate::observe::lock_wait(self.store.backend(), asked.elapsed().as_secs_f64());
-                    break Ok(Admitted::Granted(token));
+                    break Ok(Admitted::Granted(token, sent));
                 }
                 Ok(Entered::Stale(current)) => break Ok(Admitted::Stale(current)),
                 Ok(Entered::Duplicate) => break Ok(Admitted::Duplicate),
@@ -305,12 +309,14 @@ impl Guarded {
         }
     }
 
-    /// Runs `call` while renewing the lease and the reservation every third of the shorter
-    /// lease ([`hold`]); a reservation found lost is warned about once.
+    /// Runs `call` while renewing the lease (granted by a call sent at `granted_at`) and the
+    /// reservation every third of the shorter lease ([`hold`]); a reservation found lost is
+    /// warned about once.
     async fn hold<F: std::future::Future>(
         &self,
         entry: &Entry<'_>,
         lease: &LeaseState,
+        granted_at: Instant,
         call: F,
     ) -> F::Output {
         let shortest = match entry.id {
@@ -331,7 +337,7 @@ impl Guarded {
             lease,
             self.lock_lease,
             every,
-            Instant::now(),
+            granted_at,
             call,
             renew,
         )

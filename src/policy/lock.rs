@@ -11,6 +11,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::{Fuse, FusedFuture, FutureExt};
 use tokio_util::sync::CancellationToken;
 
 use super::adapter::{wrap, Next, Policy, Wrap};
@@ -226,9 +227,10 @@ impl LockConfig {
 
 /// Runs `call` while `renew` extends the lease (of length `lease_length`, last granted or
 /// renewed at `renewed_at`) every `every`, counted from `renewed_at`; marks `lease` lost when
-/// a renewal answers `false`, or when none succeeded within the lease (a renewal not
-/// answered within `every` counts as failed). Renewals stop once the lease is lost. Returns
-/// `call`'s output and when the lease was last granted or renewed (when that call was sent).
+/// a renewal answers `false`, or as soon as a lease has passed since the last grant or
+/// renewal that succeeded (counted from when it was sent, so never later than the store's
+/// own expiry), also when `call` ends after that. Renewals stop once the lease is lost.
+/// Returns `call`'s output and when the lease was last granted or renewed.
 pub(super) async fn hold<F, R, RF>(
     key: &str,
     lease: &LeaseState,
@@ -247,30 +249,31 @@ where
     let mut tick = tokio::time::interval_at(first, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_renewed = renewed_at;
-    tokio::pin!(call);
+    // The renewal in flight, polled beside `call` (a slow store must not hold the handler
+    // back), and when it was sent.
+    let renewing = Fuse::terminated();
+    let mut sent = renewed_at;
+    tokio::pin!(call, renewing);
     loop {
+        let runs_out = tokio::time::Instant::from_std(last_renewed + lease_length);
         tokio::select! {
-            output = &mut call => return (output, last_renewed),
-            _ = tick.tick(), if !lease.is_lost() => {
-                let sent = Instant::now();
-                let renewal = tokio::time::timeout(every, renew())
-                    .await
-                    .unwrap_or_else(|_| Err(StoreError::Unavailable {
-                        backend: "lock",
-                        message: format!("renewal not answered within {every:?}"),
-                        cause: None,
-                    }));
-                match renewal {
-                    Ok(true) => last_renewed = sent,
-                    Ok(false) => lease.mark_lost(),
-                    Err(e) => {
-                        tracing::warn!(key, error = %e, "lease renewal failed");
-                        if last_renewed.elapsed() >= lease_length {
-                            lease.mark_lost();
-                        }
-                    }
+            output = &mut call => {
+                if last_renewed.elapsed() >= lease_length {
+                    lease.mark_lost();
                 }
+                return (output, last_renewed);
             }
+            _ = tokio::time::sleep_until(runs_out), if !lease.is_lost() => lease.mark_lost(),
+            _ = tick.tick(), if !lease.is_lost() && renewing.is_terminated() => {
+                sent = Instant::now();
+                renewing.set(tokio::time::timeout(every, renew()).fuse());
+            }
+            renewal = &mut renewing, if !renewing.is_terminated() => match renewal {
+                Ok(Ok(true)) => last_renewed = sent,
+                Ok(Ok(false)) => lease.mark_lost(),
+                Ok(Err(e)) => tracing::warn!(key, error = %e, "lease renewal failed"),
+                Err(_) => tracing::warn!(key, "lease renewal not answered within {every:?}"),
+            },
         }
     }
 }
@@ -420,5 +423,55 @@ mod tests {
             .expect("the job ran");
         assert_eq!(outcome, Outcome::Requeue);
         assert_eq!(runs.load(Ordering::SeqCst), 0, "its handler never ran");
+    }
+
+    /// A renewal the store never answers: the handler runs on beside it (it is not held
+    /// back until the renewal times out), and the lease is found lost once a lease has
+    /// passed since the grant, while the handler still runs.
+    #[tokio::test]
+    async fn a_hung_renewal_neither_stalls_the_handler_nor_outlives_the_lease() {
+        let lease = Arc::new(LeaseState::new(1));
+        let started = Instant::now();
+        // Ends between the first renewal's start (1 s) and its time limit (2 s).
+        let (_, _) = hold(
+            "k",
+            &lease,
+            Duration::from_secs(3),
+            Duration::from_secs(1),
+            started,
+            tokio::time::sleep(Duration::from_millis(1_200)),
+            std::future::pending::<Result<bool, StoreError>>,
+        )
+        .await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(1_800),
+            "the handler waited for the hung renewal: {took:?}"
+        );
+        assert!(!lease.is_lost());
+
+        // Runs past the lease: lost at the lease's end, seen from inside the run.
+        let lease = Arc::new(LeaseState::new(2));
+        let started = Instant::now();
+        let watched = lease.clone();
+        let (lost_at, _) = hold(
+            "k",
+            &lease,
+            Duration::from_millis(600),
+            Duration::from_millis(200),
+            started,
+            async move {
+                while !watched.is_lost() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                started.elapsed()
+            },
+            std::future::pending::<Result<bool, StoreError>>,
+        )
+        .await;
+        assert!(
+            lost_at >= Duration::from_millis(600) && lost_at < Duration::from_millis(1_000),
+            "lost {lost_at:?} after the grant, for a lease of 600 ms"
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! Bounded in-place retry with exponential backoff and jitter (`backon`): a transient failure
-//! is tried again in place until the attempt budget is spent; a permanent one is not.
+//! is tried again in place until the attempt budget is spent; a permanent one is not. No
+//! attempt starts under a key lease found lost: the lock runs the delivery again under a new
+//! grant.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +132,9 @@ impl Policy for RetryInPlace {
                 if !super::outage::wait_before_handler(delay, &self.shutdown).await {
                     return Outcome::Requeue;
                 }
+                if lease_lost(&envelope) {
+                    return Outcome::Failed(failure);
+                }
                 continue;
             }
             outage = super::outage::outage_backoff();
@@ -146,15 +151,101 @@ impl Policy for RetryInPlace {
             if !super::outage::wait_before_handler(delay, &self.shutdown).await {
                 return Outcome::Requeue;
             }
+            if lease_lost(&envelope) {
+                return Outcome::Failed(failure);
+            }
             envelope.attempt += 1;
             self.retries.increment(1);
         }
     }
 }
 
+/// Whether the key's lease this delivery runs under was lost: no further attempt may start
+/// under it (another worker may hold the key now). The failure goes back to the lock, which
+/// handles the delivery again under a new grant.
+fn lease_lost(envelope: &Envelope) -> bool {
+    envelope
+        .guard
+        .lease
+        .as_ref()
+        .is_some_and(|lease| lease.is_lost())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use crate::message::{ErrorClass, Failure, LeaseState};
+
+    /// Transient failures under a lease that is lost during the first attempt: the failure
+    /// goes back at once, not tried again under the lost lease.
+    #[tokio::test]
+    async fn no_attempt_starts_under_a_lost_lease() {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let lease = Arc::new(LeaseState::new(7));
+        let handler = {
+            let (attempts, lease) = (attempts.clone(), lease.clone());
+            Next::from_fn(move |envelope: Envelope| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                lease.mark_lost();
+                let failure = Failure::new(
+                    ErrorClass::Transient,
+                    "down".into(),
+                    false,
+                    envelope.attempt,
+                    0,
+                );
+                Box::pin(async move { Outcome::Failed(failure) })
+            })
+        };
+        let retry = handler.with(RetryInPlace {
+            policy: Retry::exponential(5, Duration::from_millis(1), Duration::from_millis(2)),
+            shutdown: CancellationToken::new(),
+            retries: metrics::Counter::noop(),
+            health: Arc::new(Health::default()),
+        });
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.lease = Some(lease.clone());
+        let outcome = retry.run(envelope.clone()).await;
+        assert!(
+            matches!(outcome, Outcome::Failed(ref f) if f.attempt == 1),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            1,
+            "an attempt under the lost lease"
+        );
+
+        // Under a lease that holds, the budget is spent in place.
+        let held = Arc::new(LeaseState::new(8));
+        envelope.guard.lease = Some(held);
+        attempts.store(0, Ordering::SeqCst);
+        let failing = {
+            let attempts = attempts.clone();
+            Next::from_fn(move |envelope: Envelope| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                let failure = Failure::new(
+                    ErrorClass::Transient,
+                    "down".into(),
+                    false,
+                    envelope.attempt,
+                    0,
+                );
+                Box::pin(async move { Outcome::Failed(failure) })
+            })
+        };
+        let retry = failing.with(RetryInPlace {
+            policy: Retry::exponential(5, Duration::from_millis(1), Duration::from_millis(2)),
+            shutdown: CancellationToken::new(),
+            retries: metrics::Counter::noop(),
+            health: Arc::new(Health::default()),
+        });
+        retry.run(envelope).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 5);
+    }
 
     #[test]
     fn delays_are_bounded_by_the_attempt_budget_and_the_max_delay() {

@@ -329,6 +329,16 @@ async fn warn_without_persistence(redises: &[Watched]) {
                 "cannot read this Redis's persistence settings (CONFIG GET): make sure it keeps an append-only file or snapshots"
             ),
         }
+        // The lock scripts read the uptime (`INFO server`) to hold grants back after a
+        // restart; the restart watch reads the run id the same way.
+        if let Err(e) = redis.stores.run_id().await {
+            tracing::warn!(
+                url = %url,
+                roles = ?redis.roles,
+                error = %e,
+                "this Redis refuses `INFO server`: its restarts are not seen, and after a restart that loses its data it grants key locks at once, beside holders from before (allow `INFO` to the worker's user)"
+            );
+        }
     }
 }
 

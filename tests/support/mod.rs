@@ -432,6 +432,39 @@ pub fn fresh_prefix() -> String {
     format!("sf-test-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// How long the suite's Redis has been up (`uptime_in_seconds`, whole seconds).
+pub async fn redis_uptime() -> Duration {
+    let mut conn = redis::Client::open(REDIS_URL)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("start redis-server on 127.0.0.1:6379 (scripts/services.sh): {e}")
+        });
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO server");
+    let seconds = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("uptime_in_seconds:"))
+        .and_then(|s| s.parse().ok())
+        .expect("uptime_in_seconds in INFO server");
+    Duration::from_secs(seconds)
+}
+
+/// Waits until the suite's Redis has been up for `lease` and a second: until then it holds
+/// back key locks of that lease (it cannot tell its first start from a restart that forgot
+/// the leases it granted). Only a Redis started just before the suite makes this wait.
+pub async fn redis_up_for(lease: Duration) {
+    let needed = lease + Duration::from_secs(1);
+    let uptime = redis_uptime().await;
+    if uptime < needed {
+        tokio::time::sleep(needed - uptime + Duration::from_secs(1)).await;
+    }
+}
+
 /// A Postgres schema of its own, for isolation.
 pub fn fresh_schema() -> String {
     format!("sf_test_{}", uuid::Uuid::new_v4().simple())

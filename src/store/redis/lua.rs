@@ -42,29 +42,31 @@ local function now_us()
 end
 "#;
 
-/// `may_grant(memory, lease_ms)`: whether this Redis may grant a lease (of `lease_ms`) of
-/// the kind whose memory key is `memory` (`{prefix}:granting:{kind}`). A Redis that
-/// restarted without its data forgot the leases it granted before; their holders may run
-/// until a lease after the restart, and a grant of the same key meanwhile would run beside
-/// them. So the first grant of a kind waits until the server has been up for a lease (its
-/// `uptime_in_seconds` less one: the difference of two whole-second clock readings
-/// overstates the time up by less than a second), and then writes the memory key,
-/// which a later restart without data forgets with the rest. A Redis up longer than a lease,
-/// a kept memory key or an `INFO` the server refuses grants at once. The answer is kept for
-/// the rest of the script run.
+/// `may_grant(memory, lease_ms)`: whether this Redis may grant a lease of `lease_ms` of the
+/// kind whose memory key is `memory` (`{prefix}:granting:{kind}`). A Redis that restarted
+/// without its data forgot the leases it granted before; their holders may run until a lease
+/// after the restart, and a grant of the same key meanwhile would run beside them. So a
+/// grant waits until the server has been up for its lease (its `uptime_in_seconds` less one:
+/// the difference of two whole-second clock readings overstates the time up by less than a
+/// second), and then writes the lease into the memory key: the longest lease cleared so far,
+/// which a later restart without data forgets with the rest. A lease not longer than it is
+/// granted at once; so is any lease where the server refuses `INFO` or answers no uptime.
+/// The answer is kept for the rest of the script run.
 pub(super) const MAY_GRANT: &str = r#"
 local granting = {}
 local function may_grant(memory, lease_ms)
-  local known = granting[memory]
+  local asked = memory .. ' ' .. lease_ms
+  local known = granting[asked]
   if known ~= nil then return known end
-  local ok = redis.call('EXISTS', memory) == 1
+  local lease = tonumber(lease_ms)
+  local ok = tonumber(redis.call('GET', memory) or '-1') >= lease
   if not ok then
     local info = redis.pcall('INFO', 'server')
     local uptime = type(info) == 'string' and tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
-    ok = not uptime or (uptime - 1) * 1000 >= tonumber(lease_ms)
-    if ok then redis.call('SET', memory, '1') end
+    ok = not uptime or (uptime - 1) * 1000 >= lease
+    if ok then redis.call('SET', memory, lease_ms) end
   end
-  granting[memory] = ok
+  granting[asked] = ok
   return ok
 end
 "#;

@@ -138,8 +138,8 @@ impl Keys {
         format!("{}:{kind}:{key}", self.prefix)
     }
 
-    /// `{prefix}:granting:{kind}`: present once this Redis, up for at least a lease, granted
-    /// a lease of `kind` (`lock`) since it last started (see `lua::MAY_GRANT`).
+    /// `{prefix}:granting:{kind}`: the longest lease of `kind` (`lock`), in ms, this Redis
+    /// granted since it last started, once up for at least that lease (see `lua::MAY_GRANT`).
     fn memory(&self, kind: &str) -> String {
         self.key("granting", kind)
     }
