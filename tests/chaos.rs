@@ -2,24 +2,25 @@
 //! Redis and Postgres are killed and restarted, with every invariant checked from outside.
 //!
 //! Per seed ([`plan::Plan::new`] draws everything from it): a few hundred records over many
-//! keys with every outcome class (ok, duplicate id, stale version, transient for 1..=6
-//! attempts so some pass through tier 1 and tier 2, retry-after, handler timeout, permanent,
-//! undecodable, panic); two consumer groups on the topic, each with its own drawn settings
-//! (concurrency 1..64, `max_in_flight` from its minimum up, `max_per_key` 1..8, strict or
-//! relaxed order, 1..3 attempts in place, two tiers of 200..800 ms, the key lock's keeping
-//! between a key's records off, left at the worker's default or 1..1000 ms, eager or
-//! (relaxed groups) cooperative rebalances, starting from the log's start or end); and a fault schedule
-//! (worker SIGKILL, SIGTERM and joins, server SIGKILL and restart on the same port and data
-//! dir, restarts of a private Redis and a private Postgres) run while the records are
-//! produced. Then every partition of the topic and of each group's tiers must be committed
-//! to its end within a deadline, every worker must drain on SIGTERM and exit 0, and:
-//! every record that must apply is applied once (effects through `cx.transaction()`), at
-//! the expected attempt; per key, versions apply in increasing order and, in strict mode,
-//! exactly in production order; no two handler runs of a key overlap (from each worker's
-//! run log); the dead-letter topic holds exactly the expected records, once each, with
-//! their provenance headers and attempt counts; each group's tiers hold exactly its own
-//! copies, once each. Every other record is produced with forged routing headers (another
-//! topic as its origin, the last tier, attempts spent), which the workers must ignore.
+//! keys with every outcome class (ok, duplicate id, stale version, transient for 1..=6 attempts
+//! so some pass through tier 1 and tier 2, retry-after, handler timeout, permanent,
+//! undecodable, a panic in the handler and one outside it, in the message's `version`); two
+//! consumer groups on the topic, each with its own drawn settings (concurrency 1..64,
+//! `max_in_flight` from its minimum up, `max_per_key` 1..8, strict or relaxed order, 1..3
+//! attempts in place, two tiers of 200..800 ms, the key lock's keeping between a key's records
+//! off, left at the worker's default or 1..1000 ms, eager or (relaxed groups) cooperative
+//! rebalances, starting from the log's start or end); and a fault schedule (worker SIGKILL,
+//! SIGTERM and joins, server SIGKILL and restart on the same port and data dir, restarts of a
+//! private Redis and a private Postgres) run while the records are produced. Then every
+//! partition of the topic and of each group's tiers must be committed to its end within a
+//! deadline, every worker must drain on SIGTERM and exit 0, and: every record that must apply
+//! is applied once (effects through `cx.transaction()`), at the expected attempt; per key,
+//! versions apply in increasing order and, in strict mode, exactly in production order; no two
+//! handler runs of a key overlap (from each worker's run log); the dead-letter topic holds
+//! exactly the expected records, once each, with their provenance headers and attempt counts;
+//! each group's tiers hold exactly its own copies, once each. Every other record is produced
+//! with forged routing headers (another topic as its origin, the last tier, attempts spent),
+//! which the workers must ignore.
 //!
 //! The binary is its own worker and server: `CHAOS_ROLE=worker` / `server` (set by the test
 //! when it spawns itself) run those roles instead of the test.

@@ -39,6 +39,9 @@ pub enum Act {
     Permanent,
     /// Panics.
     Panic,
+    /// Panics when asked for its version, outside the handler (the facts the store policies
+    /// read of every delivery): dead-lettered with class `panic`, its handler never runs.
+    VersionPanics,
 }
 
 /// The JSON payload of a decodable record.
@@ -439,7 +442,7 @@ impl Plan {
                         class: "permanent",
                         attempts: 1,
                     },
-                    Act::Panic => Expect::Dlq {
+                    Act::Panic | Act::VersionPanics => Expect::Dlq {
                         class: "panic",
                         attempts: 1,
                     },
@@ -528,6 +531,7 @@ impl Plan {
                 (Kind::Fresh, Some(Act::Timeout { .. })) => "timeout",
                 (Kind::Fresh, Some(Act::Permanent)) => "permanent",
                 (Kind::Fresh, Some(Act::Panic)) => "panic",
+                (Kind::Fresh, Some(Act::VersionPanics)) => "version-panic",
             };
             *mix.entry(name).or_default() += 1;
         }
@@ -658,7 +662,8 @@ fn workload(rng: &mut StdRng, count: usize, keys: usize) -> Vec<Planned> {
                 },
             ),
             38..=40 => (Kind::Fresh, Act::Permanent),
-            41..=43 => (Kind::Fresh, Act::Panic),
+            41..=42 => (Kind::Fresh, Act::Panic),
+            43 => (Kind::Fresh, Act::VersionPanics),
             44..=46 => (Kind::Undecodable, Act::Ok),
             _ => (Kind::Fresh, Act::Ok),
         };

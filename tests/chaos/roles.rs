@@ -80,6 +80,9 @@ impl Message for Rec {
         self.key.as_bytes().to_vec()
     }
     fn version(&self) -> Option<i64> {
+        if self.act == Act::VersionPanics {
+            panic!("{} panics when asked for its version", self.id);
+        }
         Some(self.version)
     }
     fn id(&self) -> Option<String> {
@@ -131,6 +134,11 @@ impl Chaos {
             Act::Fail { .. } | Act::RetryAfter { .. } | Act::Timeout { .. } => Ok(false),
             Act::Permanent => Err(HandlerError::permanent(format!("{} is invalid", rec.id))),
             Act::Panic => panic!("{} makes the handler panic", rec.id),
+            // Dead-lettered with class `permanent`, not the expected `panic`.
+            Act::VersionPanics => Err(HandlerError::permanent(format!(
+                "{}'s handler ran although its version panics",
+                rec.id
+            ))),
         }
     }
 
