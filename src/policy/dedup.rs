@@ -87,6 +87,10 @@ impl Policy for DedupConfig {
             Ok(Reservation::InProgress) => return Outcome::Requeue,
             Err(unanswered) => return unanswered.outcome(&envelope),
         }
+        // Released if this call is dropped or unwound before it completes or releases the id.
+        let reserved = Reserved {
+            held: Some((config.store.clone(), id.clone(), owner.clone())),
+        };
         let (stop_renewal, renewal) = renew_while_held(config, &id, &owner);
         // Stops the renewals if this call is dropped or unwound before it ends (a panic
         // below): else they would keep the reservation for an owner that is gone, and every
@@ -110,7 +114,38 @@ impl Policy for DedupConfig {
         } else if let Err(e) = config.store.release(&id, &owner).await {
             tracing::debug!(id, error = %e, "releasing a reservation failed; it expires with its lease");
         }
+        reserved.ended();
         outcome
+    }
+}
+
+/// A reservation a call holds: released, in a task of its own, when the call is dropped or
+/// unwound by a panic before it completed or released the id, so that the next delivery of
+/// the id does not wait out the lease.
+struct Reserved {
+    /// The store, the id and the owner.
+    held: Option<(Arc<dyn DedupStore>, String, String)>,
+}
+
+impl Reserved {
+    /// The call completed or released the id itself.
+    fn ended(mut self) {
+        self.held = None;
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        let Some((store, id, owner)) = self.held.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.release(&id, &owner).await {
+                    tracing::debug!(id, error = %e, "releasing the reservation of a dropped call failed; it expires with its lease");
+                }
+            });
+        }
     }
 }
 
@@ -210,12 +245,16 @@ mod tests {
 
     const LEASE: Duration = Duration::from_millis(90);
 
-    #[tokio::test]
-    async fn a_run_unwound_by_a_panic_below_stops_renewing_its_reservation() {
-        let store = Arc::new(MemoryDedupStore::new());
+    /// Dedup over `store` with reservations of `lease`, around a layer that panics after
+    /// `after`, and a delivery with the id `id`.
+    fn panicking_below(
+        store: &Arc<MemoryDedupStore>,
+        lease: Duration,
+        after: Duration,
+    ) -> (Next, Envelope) {
         let dedup = DedupConfig {
             store: store.clone(),
-            lease: LEASE,
+            lease,
             ttl: Duration::from_secs(60),
             worker: "w".into(),
             calls: std::sync::atomic::AtomicU64::new(0),
@@ -223,10 +262,9 @@ mod tests {
             health: None,
             give_up_after: None,
         };
-        // Panics after a few renewals (every third of the lease).
-        let inner = tower::service_fn(|_envelope: Envelope| async {
-            tokio::time::sleep(LEASE).await;
-            if LEASE.is_zero() {
+        let inner = tower::service_fn(move |_envelope: Envelope| async move {
+            tokio::time::sleep(after).await;
+            if after.is_zero() {
                 return Ok::<_, Infallible>(Outcome::Ack { attempt: 1 });
             }
             panic!("a layer below panicked");
@@ -238,20 +276,59 @@ mod tests {
             version: None,
             id: Some("id".into()),
         }));
+        (service, envelope)
+    }
+
+    /// Reserves `id` for `owner`, asking until it is free, for up to `within`.
+    async fn reserved_within(store: &MemoryDedupStore, owner: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if store.reserve("id", owner, LEASE).await.expect("memory") == Reservation::Reserved {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_run_unwound_by_a_panic_below_stops_renewing_its_reservation() {
+        let store = Arc::new(MemoryDedupStore::new());
+        // Panics after a few renewals (every third of the lease).
+        let (service, envelope) = panicking_below(&store, LEASE, LEASE);
         let run = tokio::spawn(async move { service.run(envelope).await });
         assert!(run.await.is_err(), "the run was unwound");
-        // The reservation lapses within its lease once nobody renews it.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let answer = store.reserve("id", "other", LEASE).await.expect("memory");
-            if answer == Reservation::Reserved {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the unwound run's reservation was still renewed: {answer:?}"
+        assert!(
+            reserved_within(&store, "other", Duration::from_secs(5)).await,
+            "the unwound run's reservation stayed"
+        );
+        store.release("id", "other").await.expect("memory");
+        // A renewal still running would take the free id again (a renewal reserves): for
+        // several renewal periods, it stays free.
+        let watch_until = Instant::now() + LEASE * 3;
+        while Instant::now() < watch_until {
+            assert_eq!(
+                store.reserve("id", "probe", LEASE).await.expect("memory"),
+                Reservation::Reserved,
+                "the unwound run's reservation was renewed"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            store.release("id", "probe").await.expect("memory");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// The reservation of a run unwound by a panic below is released, not left to its lease
+    /// (10 s here): the next delivery of the id runs at once.
+    #[tokio::test]
+    async fn a_run_unwound_by_a_panic_below_releases_its_reservation() {
+        let store = Arc::new(MemoryDedupStore::new());
+        let (service, envelope) =
+            panicking_below(&store, Duration::from_secs(10), Duration::from_millis(1));
+        let run = tokio::spawn(async move { service.run(envelope).await });
+        assert!(run.await.is_err(), "the run was unwound");
+        assert!(
+            reserved_within(&store, "other", Duration::from_secs(2)).await,
+            "the unwound run's reservation was kept"
+        );
     }
 }

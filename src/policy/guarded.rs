@@ -127,6 +127,8 @@ impl Policy for Guarded {
                 }
                 Err(unanswered) => return unanswered.outcome(&envelope),
             };
+            // Released if this run is dropped or unwound before its exit below.
+            let held_guards = HeldGuards::new(&self.store, &entry, token);
             let lease = Arc::new(LeaseState::new(token));
             let mut held = envelope.clone();
             held.guard.lease = Some(lease.clone());
@@ -161,6 +163,7 @@ impl Policy for Guarded {
             } else if let Err(e) = self.store.exit(&exit).await {
                 tracing::debug!(key = entry.key, error = %e, "releasing the lock and the reservation failed; they expire with their leases");
             }
+            held_guards.ended();
             if lost {
                 tracing::warn!(
                     key = entry.key,
@@ -176,6 +179,54 @@ impl Policy for Guarded {
             }
             return outcome;
         }
+    }
+}
+
+/// The lock and reservation a run holds: released, in a task of their own, when the run is
+/// dropped or unwound by a panic before its exit, so that the key's next holder does not
+/// wait out the leases.
+struct HeldGuards {
+    /// The store, the key, the token, the id and its owner.
+    held: Option<HeldEntry>,
+}
+
+type HeldEntry = (Arc<dyn GuardStore>, String, u64, Option<(String, String)>);
+
+impl HeldGuards {
+    fn new(store: &Arc<dyn GuardStore>, entry: &Entry<'_>, token: u64) -> Self {
+        let id = entry.id.map(|id| (id.to_owned(), entry.owner.to_owned()));
+        HeldGuards {
+            held: Some((store.clone(), entry.key.to_owned(), token, id)),
+        }
+    }
+
+    /// The run exited the guards itself.
+    fn ended(mut self) {
+        self.held = None;
+    }
+}
+
+impl Drop for HeldGuards {
+    fn drop(&mut self) {
+        let Some((store, key, token, id)) = self.held.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let exit = Exit {
+                key: &key,
+                token,
+                id: id.as_ref().map(|(id, owner)| (id.as_str(), owner.as_str())),
+                completed: false,
+                ttl: Duration::ZERO,
+                advance: None,
+            };
+            if let Err(e) = store.exit(&exit).await {
+                tracing::debug!(key, error = %e, "releasing the lock and the reservation of a dropped run failed; they expire with their leases");
+            }
+        });
     }
 }
 
@@ -510,5 +561,26 @@ mod tests {
             [(1, false, None), (2, true, Some(4))],
             "the lost run released; the second completed and advanced"
         );
+    }
+
+    /// A run unwound by a panic below the guards exits them (the lock and the reservation
+    /// released, nothing completed or advanced): the key's next holder does not wait out
+    /// the leases.
+    #[tokio::test]
+    async fn a_run_unwound_by_a_panic_below_releases_the_lock_and_the_reservation() {
+        use futures::FutureExt as _;
+
+        let store = Arc::new(Unrenewable::default());
+        let service = Next::from_fn(|_| Box::pin(async { panic!("a layer below") }))
+            .with(guarded(store.clone()));
+        let unwound = std::panic::AssertUnwindSafe(service.run(delivery()))
+            .catch_unwind()
+            .await;
+        assert!(unwound.is_err(), "the panic went up");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while store.exits.lock().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*store.exits.lock(), [(1, false, None)]);
     }
 }

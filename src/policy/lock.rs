@@ -86,6 +86,8 @@ impl Policy for LockConfig {
                 Ok(grant) => grant,
                 Err(unanswered) => return unanswered.outcome(&envelope),
             };
+            // Released if this run is dropped or unwound before it ends the lease below.
+            let held_lease = config.kept.held(key, token);
             if let (Some(versions), Some(version)) = (&config.versions, facts.version) {
                 let current =
                     until_answered("version get", &config.shutdown, give_up_after, || {
@@ -95,6 +97,7 @@ impl Policy for LockConfig {
                 let current = match current {
                     Err(unanswered) => {
                         config.kept.release(key, token).await;
+                        held_lease.ended();
                         return unanswered.outcome(&envelope);
                     }
                     Ok(current) => current,
@@ -110,6 +113,7 @@ impl Policy for LockConfig {
                     config.tier_records_to_transactions,
                 ) {
                     config.kept.end(key, token, renewed_at).await;
+                    held_lease.ended();
                     return outcome;
                 }
             }
@@ -122,6 +126,7 @@ impl Policy for LockConfig {
             } else {
                 config.kept.end(key, token, renewed_at).await;
             }
+            held_lease.ended();
             if lease.is_lost() && !matches!(outcome, Outcome::Requeue) {
                 tracing::warn!(
                     key,
@@ -472,6 +477,75 @@ mod tests {
         assert!(
             lost_at >= Duration::from_millis(600) && lost_at < Duration::from_millis(1_000),
             "lost {lost_at:?} after the grant, for a lease of 600 ms"
+        );
+    }
+
+    /// Asks `store` for `key` until it is granted, for up to `within`; the token.
+    async fn granted_within(store: &dyn LockStore, key: &str, within: Duration) -> Option<u64> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let granted = store
+                .acquire(key, Duration::from_secs(10))
+                .await
+                .expect("acquire");
+            if granted.is_some() {
+                return granted;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    }
+
+    /// A run unwound by a panic below the lock, or dropped (its job ended), releases its
+    /// lease: the key's next holder does not wait out the 10 s lease.
+    #[tokio::test]
+    async fn a_run_unwound_or_dropped_below_the_lock_releases_its_lease() {
+        use futures::FutureExt as _;
+
+        let store = Arc::new(crate::store::memory::MemoryLockStore::new());
+        let service = |inner: Next| {
+            inner.with(LockConfig::new(
+                KeptLeases::new(store.clone(), Duration::from_secs(10), Duration::ZERO),
+                None,
+                false,
+                CancellationToken::new(),
+            ))
+        };
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(Arc::new(Facts {
+            store_key: "k".into(),
+            version: None,
+            id: None,
+        }));
+
+        let panicking = service(Next::from_fn(|_| {
+            Box::pin(async { panic!("a layer below") })
+        }));
+        let unwound = std::panic::AssertUnwindSafe(panicking.run(envelope.clone()))
+            .catch_unwind()
+            .await;
+        assert!(unwound.is_err(), "the panic went up");
+        let token = granted_within(store.as_ref(), "k", Duration::from_secs(2))
+            .await
+            .expect("the lease of the unwound run was released");
+        store.release("k", token).await.expect("release");
+
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let started = Arc::new(parking_lot::Mutex::new(Some(started)));
+        let pending = service(Next::from_fn(move |_| {
+            if let Some(started) = started.lock().take() {
+                let _ = started.send(());
+            }
+            Box::pin(std::future::pending())
+        }));
+        let job = tokio::spawn(async move { pending.run(envelope).await });
+        running.await.expect("the run started under the lock");
+        job.abort();
+        assert!(
+            granted_within(store.as_ref(), "k", Duration::from_secs(2))
+                .await
+                .is_some(),
+            "the lease of the dropped run was kept"
         );
     }
 }
