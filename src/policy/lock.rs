@@ -112,8 +112,10 @@ impl Policy for LockConfig {
                     current,
                     config.tier_records_to_transactions,
                 ) {
-                    config.kept.end(key, token, renewed_at).await;
+                    // From here the lease is `end`'s: a release on drop could free a lease
+                    // it already keeps for the key's next record.
                     held_lease.ended();
+                    config.kept.end(key, token, renewed_at).await;
                     return outcome;
                 }
             }
@@ -123,10 +125,11 @@ impl Policy for LockConfig {
             let (outcome, renewed_at) = config.hold(key, &lease, renewed_at, next.run(held)).await;
             if lease.is_lost() || matches!(outcome, Outcome::Requeue) {
                 config.kept.release(key, token).await;
+                held_lease.ended();
             } else {
+                held_lease.ended();
                 config.kept.end(key, token, renewed_at).await;
             }
-            held_lease.ended();
             if lease.is_lost() && !matches!(outcome, Outcome::Requeue) {
                 tracing::warn!(
                     key,
