@@ -87,19 +87,19 @@ impl Policy for DedupConfig {
             Ok(Reservation::InProgress) => return Outcome::Requeue,
             Err(unanswered) => return unanswered.outcome(&envelope),
         }
-        // Released if this call is dropped or unwound before it completes or releases the id.
-        let reserved = Reserved {
-            held: Some((config.store.clone(), id.clone(), owner.clone())),
-        };
         let (stop_renewal, renewal) = renew_while_held(config, &id, &owner);
-        // Stops the renewals if this call is dropped or unwound before it ends (a panic
-        // below): else they would keep the reservation for an owner that is gone, and every
-        // later delivery of the id would wait for it.
-        let stop_on_drop = stop_renewal.clone().drop_guard();
+        // If this call is dropped or unwound before it ends (a panic below), the renewals
+        // stop (else they would keep the reservation for an owner that is gone, and every
+        // later delivery of the id would wait for it) and, once the last one ended, the
+        // reservation is released.
+        let mut reserved = Reserved {
+            held: Some((config.store.clone(), id.clone(), owner.clone())),
+            renewal: Some(renewal),
+            stop: stop_renewal,
+        };
         let outcome = next.run(envelope.clone()).await;
         // No renewal may land after the completion or the release below.
-        drop(stop_on_drop);
-        let _ = renewal.await;
+        reserved.stop_renewal().await;
         if matches!(outcome, Outcome::Ack { .. }) {
             let done = until_available("dedup complete", shutdown, || {
                 config.store.complete(&id, &owner, config.ttl)
@@ -119,15 +119,29 @@ impl Policy for DedupConfig {
     }
 }
 
-/// A reservation a call holds: released, in a task of its own, when the call is dropped or
-/// unwound by a panic before it completed or released the id, so that the next delivery of
+/// A reservation a call holds, and its renewals: when the call is dropped or unwound by a
+/// panic before it completed or released the id, the renewals stop and the reservation is
+/// released after the last one ended (in a task of its own), so that the next delivery of
 /// the id does not wait out the lease.
 struct Reserved {
     /// The store, the id and the owner.
     held: Option<(Arc<dyn DedupStore>, String, String)>,
+    /// The renewals' task, until it ended.
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    /// Stops the renewals.
+    stop: CancellationToken,
 }
 
 impl Reserved {
+    /// Stops the renewals and waits for the last one to end.
+    async fn stop_renewal(&mut self) {
+        self.stop.cancel();
+        if let Some(renewal) = self.renewal.as_mut() {
+            let _ = renewal.await;
+        }
+        self.renewal = None;
+    }
+
     /// The call completed or released the id itself.
     fn ended(mut self) {
         self.held = None;
@@ -136,11 +150,17 @@ impl Reserved {
 
 impl Drop for Reserved {
     fn drop(&mut self) {
+        self.stop.cancel();
         let Some((store, id, owner)) = self.held.take() else {
             return;
         };
+        let renewal = self.renewal.take();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
+                // A renewal still under way could take the id again after the release.
+                if let Some(renewal) = renewal {
+                    let _ = renewal.await;
+                }
                 if let Err(e) = store.release(&id, &owner).await {
                     tracing::debug!(id, error = %e, "releasing the reservation of a dropped call failed; it expires with its lease");
                 }

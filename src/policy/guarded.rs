@@ -129,6 +129,23 @@ impl Policy for Guarded {
             };
             // Released if this run is dropped or unwound before its exit below.
             let held_guards = HeldGuards::new(&self.store, &entry, token);
+            if granted_at.elapsed() >= self.lock_lease {
+                // The lease ran out before the handler could start (the call that granted
+                // it took that long): take the key again.
+                let release = Exit {
+                    key: entry.key,
+                    token,
+                    id: entry.id.map(|id| (id, entry.owner)),
+                    completed: false,
+                    ttl: self.ttl,
+                    advance: None,
+                };
+                if let Err(e) = self.store.exit(&release).await {
+                    tracing::debug!(key = entry.key, error = %e, "releasing an expired grant failed; it expires with its lease");
+                }
+                held_guards.ended();
+                continue;
+            }
             let lease = Arc::new(LeaseState::new(token));
             let mut held = envelope.clone();
             held.guard.lease = Some(lease.clone());
@@ -256,10 +273,11 @@ impl Guarded {
         let mut id_wait = Duration::from_millis(10);
         let mut waiting_for_id = false;
         let answer = loop {
-            // Before the call, and before any retries of it through an outage: the lease
-            // is counted from no later than the script that granted it.
-            let sent = Instant::now();
+            // When the call that answered was sent (a call through an outage is made again):
+            // the lease is counted from no later than the script that granted it.
+            let mut sent = Instant::now();
             let answer = until_answered("guards enter", &self.shutdown, give_up_after, || {
+                sent = Instant::now();
                 self.store.enter(entry)
             })
             .await;

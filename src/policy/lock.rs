@@ -119,6 +119,13 @@ impl Policy for LockConfig {
                     return outcome;
                 }
             }
+            if renewed_at.elapsed() >= config.kept.lease() {
+                // The lease ran out before the handler could start (the version read waited
+                // through an outage): take the key again.
+                config.kept.release(key, token).await;
+                held_lease.ended();
+                continue;
+            }
             let lease = Arc::new(LeaseState::new(token));
             let mut held = envelope.clone();
             held.guard.lease = Some(lease.clone());
@@ -211,8 +218,10 @@ impl LockConfig {
                 );
                 return Ok(kept);
             }
-            let sent = Instant::now();
+            // When the call that answered was sent (a call through an outage is made again).
+            let mut sent = Instant::now();
             let granted = until_answered("lock acquire", &self.shutdown, give_up_after, || {
+                sent = Instant::now();
                 self.kept.store().acquire(key, self.kept.lease())
             })
             .await?;

@@ -125,6 +125,11 @@ impl Policy for RetryInPlace {
                 health.store_up(DEPENDENCY);
                 reported_down = false;
             }
+            if lease_lost(&envelope) {
+                // The key's lease was lost during this attempt: no wait, no further attempt
+                // under it.
+                return Outcome::Failed(failure);
+            }
             if failure.unavailable {
                 // A dependency outage: wait it out without spending an attempt.
                 let delay = outage.next().unwrap_or(Duration::from_secs(5));
