@@ -560,4 +560,69 @@ mod tests {
             "the lease of the dropped run was kept"
         );
     }
+
+    /// A memory lock store that is unreachable for its first calls, until `until`.
+    #[derive(Debug)]
+    struct DownUntil {
+        until: Instant,
+        store: crate::store::memory::MemoryLockStore,
+    }
+
+    #[async_trait]
+    impl LockStore for DownUntil {
+        async fn acquire(&self, key: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
+            if Instant::now() < self.until {
+                return Err(StoreError::Unavailable {
+                    backend: "test",
+                    message: "down".into(),
+                    cause: None,
+                });
+            }
+            self.store.acquire(key, ttl).await
+        }
+        async fn renew(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
+            self.store.renew(key, token, ttl).await
+        }
+        async fn release(&self, key: &str, token: u64) -> Result<(), StoreError> {
+            self.store.release(key, token).await
+        }
+        async fn fence(&self, key: &str, token: u64) -> Result<bool, StoreError> {
+            self.store.fence(key, token).await
+        }
+    }
+
+    /// A grant that comes after the store was unreachable for longer than a lease counts
+    /// its lease from the call that answered: the handler runs once, its result counts.
+    #[tokio::test]
+    async fn a_grant_after_an_outage_longer_than_the_lease_is_not_lost_at_once() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let handler = {
+            let runs = runs.clone();
+            Next::from_fn(move |_| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Outcome::Ack { attempt: 1 }
+                })
+            })
+        };
+        let store = DownUntil {
+            until: Instant::now() + Duration::from_millis(700),
+            store: crate::store::memory::MemoryLockStore::new(),
+        };
+        let service = handler.with(LockConfig::new(
+            KeptLeases::new(Arc::new(store), Duration::from_millis(300), Duration::ZERO),
+            None,
+            false,
+            CancellationToken::new(),
+        ));
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(Arc::new(Facts {
+            store_key: "k".into(),
+            version: None,
+            id: None,
+        }));
+        assert_eq!(service.run(envelope).await, Outcome::Ack { attempt: 1 });
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran again");
+    }
 }
