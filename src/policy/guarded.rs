@@ -132,15 +132,11 @@ impl Policy for Guarded {
             if granted_at.elapsed() >= self.lock_lease {
                 // The lease ran out before the handler could start (the call that granted
                 // it took that long): take the key again.
-                let release = Exit {
-                    key: entry.key,
-                    token,
-                    id: entry.id.map(|id| (id, entry.owner)),
-                    completed: false,
-                    ttl: self.ttl,
-                    advance: None,
-                };
-                if let Err(e) = self.store.exit(&release).await {
+                if let Err(e) = self
+                    .store
+                    .exit(&self.exit_of(&entry, token, false, None))
+                    .await
+                {
                     tracing::debug!(key = entry.key, error = %e, "releasing an expired grant failed; it expires with its lease");
                 }
                 held_guards.ended();
@@ -157,16 +153,9 @@ impl Policy for Guarded {
             let lost = lease.is_lost() && !matches!(outcome, Outcome::Requeue);
             let acked = matches!(outcome, Outcome::Ack { .. });
             let handled = acked || outcome == Outcome::Drop(DropReason::Duplicate);
-            let exit = Exit {
-                key: entry.key,
-                token,
-                id: entry.id.map(|id| (id, entry.owner)),
-                completed: acked,
-                ttl: self.ttl,
-                // After a lost lease, the version advances once the run again found the
-                // delivery handled.
-                advance: version.filter(|_| handled && !lost),
-            };
+            // After a lost lease, the version advances once the run again found the delivery
+            // handled.
+            let exit = self.exit_of(&entry, token, acked, version.filter(|_| handled && !lost));
             if handled {
                 if until_available("guards exit", &self.shutdown, || self.store.exit(&exit))
                     .await
@@ -260,6 +249,25 @@ enum Admitted {
 }
 
 impl Guarded {
+    /// The exit of `entry`'s grant `token`: the id completed (else released), the version
+    /// advanced to `advance`, the lock released.
+    fn exit_of<'a>(
+        &self,
+        entry: &Entry<'a>,
+        token: u64,
+        completed: bool,
+        advance: Option<i64>,
+    ) -> Exit<'a> {
+        Exit {
+            key: entry.key,
+            token,
+            id: entry.id.map(|id| (id, entry.owner)),
+            completed,
+            ttl: self.ttl,
+            advance,
+        }
+    }
+
     /// Asks the guards before the handler until they grant the lock or end the message's
     /// way (stale, duplicate), waiting while another holder has the key or the id.
     async fn enter(

@@ -492,6 +492,27 @@ mod tests {
         );
     }
 
+    /// `inner` under the lock policy over `store`, with leases of `lease`, none kept.
+    fn under_lock(inner: Next, store: Arc<dyn LockStore>, lease: Duration) -> Next {
+        inner.with(LockConfig::new(
+            KeptLeases::new(store, lease, Duration::ZERO),
+            None,
+            false,
+            CancellationToken::new(),
+        ))
+    }
+
+    /// A delivery of key `k`, without version or id.
+    fn of_key_k() -> Envelope {
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(Arc::new(Facts {
+            store_key: "k".into(),
+            version: None,
+            id: None,
+        }));
+        envelope
+    }
+
     /// Asks `store` for `key` until it is granted, for up to `within`; the token.
     async fn granted_within(store: &dyn LockStore, key: &str, within: Duration) -> Option<u64> {
         let deadline = Instant::now() + within;
@@ -515,20 +536,8 @@ mod tests {
         use futures::FutureExt as _;
 
         let store = Arc::new(crate::store::memory::MemoryLockStore::new());
-        let service = |inner: Next| {
-            inner.with(LockConfig::new(
-                KeptLeases::new(store.clone(), Duration::from_secs(10), Duration::ZERO),
-                None,
-                false,
-                CancellationToken::new(),
-            ))
-        };
-        let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.facts = Some(Arc::new(Facts {
-            store_key: "k".into(),
-            version: None,
-            id: None,
-        }));
+        let service = |inner: Next| under_lock(inner, store.clone(), Duration::from_secs(10));
+        let envelope = of_key_k();
 
         let panicking = service(Next::from_fn(|_| {
             Box::pin(async { panic!("a layer below") })
@@ -610,19 +619,8 @@ mod tests {
             until: Instant::now() + Duration::from_millis(700),
             store: crate::store::memory::MemoryLockStore::new(),
         };
-        let service = handler.with(LockConfig::new(
-            KeptLeases::new(Arc::new(store), Duration::from_millis(300), Duration::ZERO),
-            None,
-            false,
-            CancellationToken::new(),
-        ));
-        let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.facts = Some(Arc::new(Facts {
-            store_key: "k".into(),
-            version: None,
-            id: None,
-        }));
-        assert_eq!(service.run(envelope).await, Outcome::Ack { attempt: 1 });
+        let service = under_lock(handler, Arc::new(store), Duration::from_millis(300));
+        assert_eq!(service.run(of_key_k()).await, Outcome::Ack { attempt: 1 });
         assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran again");
     }
 }

@@ -184,35 +184,41 @@ mod tests {
 
     use crate::message::{ErrorClass, Failure, LeaseState};
 
+    /// Retry in place (5 attempts, 1-2 ms apart) around a stage that fails transiently,
+    /// counting its attempts, and marks `losing` lost when given.
+    fn failing_transiently(attempts: &Arc<AtomicU32>, losing: Option<Arc<LeaseState>>) -> Next {
+        let attempts = attempts.clone();
+        Next::from_fn(move |envelope: Envelope| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            if let Some(lease) = &losing {
+                lease.mark_lost();
+            }
+            let failure = Failure::new(
+                ErrorClass::Transient,
+                "down".into(),
+                false,
+                envelope.attempt,
+                0,
+            );
+            Box::pin(async move { Outcome::Failed(failure) })
+        })
+        .with(RetryInPlace {
+            policy: Retry::exponential(5, Duration::from_millis(1), Duration::from_millis(2)),
+            shutdown: CancellationToken::new(),
+            retries: metrics::Counter::noop(),
+            health: Arc::new(Health::default()),
+        })
+    }
+
     /// Transient failures under a lease that is lost during the first attempt: the failure
     /// goes back at once, not tried again under the lost lease.
     #[tokio::test]
     async fn no_attempt_starts_under_a_lost_lease() {
         let attempts = Arc::new(AtomicU32::new(0));
         let lease = Arc::new(LeaseState::new(7));
-        let handler = {
-            let (attempts, lease) = (attempts.clone(), lease.clone());
-            Next::from_fn(move |envelope: Envelope| {
-                attempts.fetch_add(1, Ordering::SeqCst);
-                lease.mark_lost();
-                let failure = Failure::new(
-                    ErrorClass::Transient,
-                    "down".into(),
-                    false,
-                    envelope.attempt,
-                    0,
-                );
-                Box::pin(async move { Outcome::Failed(failure) })
-            })
-        };
-        let retry = handler.with(RetryInPlace {
-            policy: Retry::exponential(5, Duration::from_millis(1), Duration::from_millis(2)),
-            shutdown: CancellationToken::new(),
-            retries: metrics::Counter::noop(),
-            health: Arc::new(Health::default()),
-        });
+        let retry = failing_transiently(&attempts, Some(lease.clone()));
         let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.lease = Some(lease.clone());
+        envelope.guard.lease = Some(lease);
         let outcome = retry.run(envelope.clone()).await;
         assert!(
             matches!(outcome, Outcome::Failed(ref f) if f.attempt == 1),
@@ -225,30 +231,9 @@ mod tests {
         );
 
         // Under a lease that holds, the budget is spent in place.
-        let held = Arc::new(LeaseState::new(8));
-        envelope.guard.lease = Some(held);
+        envelope.guard.lease = Some(Arc::new(LeaseState::new(8)));
         attempts.store(0, Ordering::SeqCst);
-        let failing = {
-            let attempts = attempts.clone();
-            Next::from_fn(move |envelope: Envelope| {
-                attempts.fetch_add(1, Ordering::SeqCst);
-                let failure = Failure::new(
-                    ErrorClass::Transient,
-                    "down".into(),
-                    false,
-                    envelope.attempt,
-                    0,
-                );
-                Box::pin(async move { Outcome::Failed(failure) })
-            })
-        };
-        let retry = failing.with(RetryInPlace {
-            policy: Retry::exponential(5, Duration::from_millis(1), Duration::from_millis(2)),
-            shutdown: CancellationToken::new(),
-            retries: metrics::Counter::noop(),
-            health: Arc::new(Health::default()),
-        });
-        retry.run(envelope).await;
+        failing_transiently(&attempts, None).run(envelope).await;
         assert_eq!(attempts.load(Ordering::SeqCst), 5);
     }
 
