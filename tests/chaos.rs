@@ -149,7 +149,9 @@ use support::PrivateRedis;
 /// binary while it runs makes its re-executions of itself fail to start.) With cooperative
 /// rebalances drawn for relaxed groups (`750b2ce`): 30 of 30 at `20000` (915.3 s) and
 /// `21000` (796.8 s); with the lock held back after a Redis restart and the `version-panic`
-/// class: 30 of 30 at `4f2d4e7` (`22000`, 885.5 s) and at `0726981` (`23000`, 911.7 s).
+/// class: 30 of 30 at `4f2d4e7` (`22000`, 885.5 s) and at `0726981` (`23000`, 911.7 s). On
+/// the mock cluster (`CHAOS_TARGET=mock`), with the workers' `max.poll.interval.ms` at 20 s
+/// ([`MOCK_WORKER_KAFKA`]): seed 24000 4 of 4, `24001`-`24009` 9 of 9 at `3e458a7` (340.0 s).
 /// Open too: once (short mode, seed 8) a
 /// worker did not exit within 30 s of SIGTERM; its log ends at "signal received: draining"
 /// (a hang in the drain, the final commit or the consumer's close; `cb48982` removed one such
