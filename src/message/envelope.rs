@@ -120,3 +120,18 @@ impl Envelope {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+impl Envelope {
+    /// A delivery of key `k` whose facts the store policies read: store key `k`, `version`,
+    /// `id`.
+    pub(crate) fn of_key_k(version: Option<i64>, id: Option<&str>) -> Envelope {
+        let mut envelope = Envelope::new("t", "k", "p");
+        envelope.guard.facts = Some(std::sync::Arc::new(super::Facts {
+            store_key: "k".into(),
+            version,
+            id: id.map(str::to_owned),
+        }));
+        envelope
+    }
+}

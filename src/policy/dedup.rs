@@ -259,7 +259,6 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::message::Facts;
     use crate::policy::adapter::BoxedStack;
     use crate::store::memory::MemoryDedupStore;
 
@@ -290,13 +289,7 @@ mod tests {
             panic!("a layer below panicked");
         });
         let service = Next::service(BoxedStack::new(inner)).with(dedup);
-        let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.facts = Some(Arc::new(Facts {
-            store_key: "k".into(),
-            version: None,
-            id: Some("id".into()),
-        }));
-        (service, envelope)
+        (service, Envelope::of_key_k(None, Some("id")))
     }
 
     /// Reserves `id` for `owner`, asking until it is free, for up to `within`.

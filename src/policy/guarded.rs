@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::adapter::{wrap, Next, Policy, Wrap};
 use super::facts::facts_of;
 use super::lock::hold;
+use super::on_drop::ReleaseOnDrop;
 use super::outage::{until_answered, until_available, wait_before_handler, Unanswered};
 use super::sink::Sink;
 use super::stack::Assembly;
@@ -128,7 +129,7 @@ impl Policy for Guarded {
                 Err(unanswered) => return unanswered.outcome(&envelope),
             };
             // Released if this run is dropped or unwound before its exit below.
-            let held_guards = HeldGuards::new(&self.store, &entry, token);
+            let held_guards = held_guards(&self.store, &entry, token);
             if granted_at.elapsed() >= self.lock_lease {
                 // The lease ran out before the handler could start (the call that granted
                 // it took that long): take the key again.
@@ -188,52 +189,30 @@ impl Policy for Guarded {
     }
 }
 
-/// The lock and reservation a run holds: released, in a task of their own, when the run is
-/// dropped or unwound by a panic before its exit, so that the key's next holder does not
-/// wait out the leases.
-struct HeldGuards {
-    /// The store, the key, the token, the id and its owner.
-    held: Option<HeldEntry>,
-}
-
-type HeldEntry = (Arc<dyn GuardStore>, String, u64, Option<(String, String)>);
-
-impl HeldGuards {
-    fn new(store: &Arc<dyn GuardStore>, entry: &Entry<'_>, token: u64) -> Self {
-        let id = entry.id.map(|id| (id.to_owned(), entry.owner.to_owned()));
-        HeldGuards {
-            held: Some((store.clone(), entry.key.to_owned(), token, id)),
+/// The lock and reservation `entry`'s grant `token` holds in `store`: released, in a task of
+/// their own, when the run is dropped or unwound by a panic before its exit, so that the
+/// key's next holder does not wait out the leases.
+fn held_guards(
+    store: &Arc<dyn GuardStore>,
+    entry: &Entry<'_>,
+    token: u64,
+) -> ReleaseOnDrop<impl std::future::Future<Output = ()> + Send + 'static> {
+    let store = store.clone();
+    let key = entry.key.to_owned();
+    let id = entry.id.map(|id| (id.to_owned(), entry.owner.to_owned()));
+    ReleaseOnDrop::new(async move {
+        let exit = Exit {
+            key: &key,
+            token,
+            id: id.as_ref().map(|(id, owner)| (id.as_str(), owner.as_str())),
+            completed: false,
+            ttl: Duration::ZERO,
+            advance: None,
+        };
+        if let Err(e) = store.exit(&exit).await {
+            tracing::debug!(key, error = %e, "releasing the lock and the reservation of a dropped run failed; they expire with their leases");
         }
-    }
-
-    /// The run exited the guards itself.
-    fn ended(mut self) {
-        self.held = None;
-    }
-}
-
-impl Drop for HeldGuards {
-    fn drop(&mut self) {
-        let Some((store, key, token, id)) = self.held.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            let exit = Exit {
-                key: &key,
-                token,
-                id: id.as_ref().map(|(id, owner)| (id.as_str(), owner.as_str())),
-                completed: false,
-                ttl: Duration::ZERO,
-                advance: None,
-            };
-            if let Err(e) = store.exit(&exit).await {
-                tracing::debug!(key, error = %e, "releasing the lock and the reservation of a dropped run failed; they expire with their leases");
-            }
-        });
-    }
+    })
 }
 
 /// How the guards before the handler ended, after waiting out other holders.
@@ -433,7 +412,6 @@ mod tests {
     use parking_lot::Mutex;
 
     use super::*;
-    use crate::message::Facts;
     use crate::store::StoreError;
 
     /// Guards in memory whose every renewal finds the lock gone; records the exits.
@@ -489,13 +467,7 @@ mod tests {
 
     /// A delivery of key `k`, version 4, id `id`.
     fn delivery() -> Envelope {
-        let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.facts = Some(Arc::new(Facts {
-            store_key: "k".into(),
-            version: Some(4),
-            id: Some("id".into()),
-        }));
-        envelope
+        Envelope::of_key_k(Some(4), Some("id"))
     }
 
     fn guarded(store: Arc<Unrenewable>) -> Guarded {

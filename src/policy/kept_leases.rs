@@ -12,10 +12,12 @@
 //! was never let go.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::on_drop::ReleaseOnDrop;
 use crate::store::LockStore;
 
 /// A lease between two records of its key.
@@ -147,37 +149,17 @@ impl KeptLeases {
     }
 }
 
-/// A lease a run holds: released, in a task of its own, when the run is dropped or unwound
-/// by a panic before it [`ended`](Held::ended) the lease itself (released or kept it), so
-/// that the key's next holder does not wait out the lease.
-pub(crate) struct Held {
-    lease: Option<(Arc<KeptLeases>, String, u64)>,
-}
-
 impl KeptLeases {
-    /// `key`'s lease `token`, held by a run from now on.
-    pub(crate) fn held(self: &Arc<Self>, key: &str, token: u64) -> Held {
-        Held {
-            lease: Some((self.clone(), key.to_owned(), token)),
-        }
-    }
-}
-
-impl Held {
-    /// The run ended the lease itself.
-    pub(crate) fn ended(mut self) {
-        self.lease = None;
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let Some((kept, key, token)) = self.lease.take() else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { kept.release(&key, token).await });
-        }
+    /// `key`'s lease `token`, held by a run from now on: released, in a task of its own,
+    /// when the run is dropped or unwound by a panic before it ended the lease itself
+    /// (released or kept it), so that the key's next holder does not wait out the lease.
+    pub(crate) fn held(
+        self: &Arc<Self>,
+        key: &str,
+        token: u64,
+    ) -> ReleaseOnDrop<impl Future<Output = ()> + Send + 'static> {
+        let (kept, key) = (self.clone(), key.to_owned());
+        ReleaseOnDrop::new(async move { kept.release(&key, token).await })
     }
 }
 

@@ -270,9 +270,11 @@ where
     // back), and when it was sent.
     let renewing = Fuse::terminated();
     let mut sent = renewed_at;
-    tokio::pin!(call, renewing);
+    // When the lease runs out unrenewed: moved on by each renewal that succeeded.
+    let runs_out =
+        tokio::time::sleep_until(tokio::time::Instant::from_std(renewed_at + lease_length));
+    tokio::pin!(call, renewing, runs_out);
     loop {
-        let runs_out = tokio::time::Instant::from_std(last_renewed + lease_length);
         tokio::select! {
             output = &mut call => {
                 if last_renewed.elapsed() >= lease_length {
@@ -280,13 +282,18 @@ where
                 }
                 return (output, last_renewed);
             }
-            _ = tokio::time::sleep_until(runs_out), if !lease.is_lost() => lease.mark_lost(),
+            () = &mut runs_out, if !lease.is_lost() => lease.mark_lost(),
             _ = tick.tick(), if !lease.is_lost() && renewing.is_terminated() => {
                 sent = Instant::now();
                 renewing.set(tokio::time::timeout(every, renew()).fuse());
             }
             renewal = &mut renewing, if !renewing.is_terminated() => match renewal {
-                Ok(Ok(true)) => last_renewed = sent,
+                Ok(Ok(true)) => {
+                    last_renewed = sent;
+                    runs_out
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(sent + lease_length));
+                }
                 Ok(Ok(false)) => lease.mark_lost(),
                 Ok(Err(e)) => tracing::warn!(key, error = %e, "lease renewal failed"),
                 Err(_) => tracing::warn!(key, "lease renewal not answered within {every:?}"),
@@ -304,7 +311,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::message::{DropReason, Facts};
+    use crate::message::DropReason;
     use crate::store::LockStore;
     use crate::store::StoreError;
 
@@ -360,13 +367,7 @@ mod tests {
                 false,
                 CancellationToken::new(),
             ));
-        let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.facts = Some(Arc::new(Facts {
-            store_key: "k".into(),
-            version: None,
-            id: Some("id".into()),
-        }));
-        (service, envelope)
+        (service, Envelope::of_key_k(None, Some("id")))
     }
 
     // Real time: the lease measures its renewals with `std::time::Instant`.
@@ -502,17 +503,6 @@ mod tests {
         ))
     }
 
-    /// A delivery of key `k`, without version or id.
-    fn of_key_k() -> Envelope {
-        let mut envelope = Envelope::new("t", "k", "p");
-        envelope.guard.facts = Some(Arc::new(Facts {
-            store_key: "k".into(),
-            version: None,
-            id: None,
-        }));
-        envelope
-    }
-
     /// Asks `store` for `key` until it is granted, for up to `within`; the token.
     async fn granted_within(store: &dyn LockStore, key: &str, within: Duration) -> Option<u64> {
         let deadline = Instant::now() + within;
@@ -537,7 +527,7 @@ mod tests {
 
         let store = Arc::new(crate::store::memory::MemoryLockStore::new());
         let service = |inner: Next| under_lock(inner, store.clone(), Duration::from_secs(10));
-        let envelope = of_key_k();
+        let envelope = Envelope::of_key_k(None, None);
 
         let panicking = service(Next::from_fn(|_| {
             Box::pin(async { panic!("a layer below") })
@@ -620,7 +610,10 @@ mod tests {
             store: crate::store::memory::MemoryLockStore::new(),
         };
         let service = under_lock(handler, Arc::new(store), Duration::from_millis(300));
-        assert_eq!(service.run(of_key_k()).await, Outcome::Ack { attempt: 1 });
+        assert_eq!(
+            service.run(Envelope::of_key_k(None, None)).await,
+            Outcome::Ack { attempt: 1 }
+        );
         assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran again");
     }
 }

@@ -23,6 +23,7 @@ mod facts;
 mod guarded;
 mod kept_leases;
 mod lock;
+mod on_drop;
 mod outage;
 mod panics;
 mod ratelimit;
